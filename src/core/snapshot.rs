@@ -1,0 +1,413 @@
+//! The quota data model shared by every module: windows, snapshots, cache entries and recorded
+//! API errors. The serde shape *is* the JavaScript shape (API.md) and the state-file shape, so
+//! one definition serves the binding and the persistence layer.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a snapshot (or its binding window) came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaSource {
+    Poll,
+    Headers,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaWindow {
+    pub used_percent: f64,
+    pub remaining_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
+    pub checked_at: i64,
+}
+
+impl QuotaWindow {
+    /// A window from a used percentage, clamped to 0..=100.
+    pub fn from_used(used_percent: f64, resets_at: Option<String>, checked_at: i64) -> Self {
+        let used = used_percent.clamp(0.0, 100.0);
+        Self {
+            used_percent: used,
+            remaining_percent: 100.0 - used,
+            resets_at,
+            checked_at,
+        }
+    }
+
+    /// The reset time in Unix milliseconds, when `resets_at` is a valid RFC 3339 time.
+    pub fn resets_at_ms(&self) -> Option<i64> {
+        self.resets_at.as_deref().and_then(parse_iso_ms)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopedQuotaWindow {
+    pub used_percent: f64,
+    pub remaining_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
+    pub checked_at: i64,
+    pub id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    pub model_name: String,
+}
+
+impl ScopedQuotaWindow {
+    pub fn resets_at_ms(&self) -> Option<i64> {
+        self.resets_at.as_deref().and_then(parse_iso_ms)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaMoney {
+    pub amount_minor: f64,
+    pub currency: String,
+    pub exponent: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraUsage {
+    pub used: QuotaMoney,
+    pub limit: QuotaMoney,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    pub exhausted: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaSnapshot {
+    #[serde(rename = "five_hour", default, skip_serializing_if = "Option::is_none")]
+    pub five_hour: Option<QuotaWindow>,
+    #[serde(rename = "seven_day", default, skip_serializing_if = "Option::is_none")]
+    pub seven_day: Option<QuotaWindow>,
+    /// Only polls know scoped windows; `Some(vec![])` means "the poll saw none".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoped: Option<Vec<ScopedQuotaWindow>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_usage: Option<ExtraUsage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_window_source: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_advised: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_identity: Option<String>,
+}
+
+impl QuotaSnapshot {
+    /// True when the snapshot carries at least one 5-hour or 7-day window.
+    pub fn has_windows(&self) -> bool {
+        self.five_hour.is_some() || self.seven_day.is_some()
+    }
+
+    /// The oldest `checkedAt` among the snapshot's windows (5h, 7d and scoped), falling back to
+    /// the snapshot's own `checkedAt`.
+    pub fn oldest_window_checked_at(&self) -> Option<i64> {
+        let windows = self
+            .five_hour
+            .iter()
+            .chain(self.seven_day.iter())
+            .map(|w| w.checked_at);
+        let scoped = self.scoped.iter().flatten().map(|w| w.checked_at);
+        windows.chain(scoped).min().or(self.checked_at)
+    }
+
+    /// Reads a snapshot out of untrusted JSON (host storage, the state file, a JS object),
+    /// field by field: a junk field is dropped, never the whole snapshot. `None` when the value
+    /// is not an object.
+    pub fn from_value_lenient(value: &Value) -> Option<Self> {
+        let object = value.as_object()?;
+        let field = |name: &str| object.get(name);
+        Some(Self {
+            five_hour: field("five_hour").and_then(window_from_value),
+            seven_day: field("seven_day").and_then(window_from_value),
+            scoped: field("scoped")
+                .and_then(Value::as_array)
+                .map(|items| items.iter().filter_map(scoped_from_value).collect()),
+            extra_usage: field("extraUsage").and_then(|v| serde_json::from_value(v.clone()).ok()),
+            binding_window: field("bindingWindow").and_then(non_blank_string),
+            binding_window_source: field("bindingWindowSource")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            fallback_advised: field("fallbackAdvised").and_then(Value::as_bool),
+            status: field("status").and_then(non_blank_string),
+            source: field("source").and_then(|v| serde_json::from_value(v.clone()).ok()),
+            checked_at: field("checkedAt").and_then(timestamp_from_value),
+            account_identity: field("accountIdentity").and_then(non_blank_string),
+        })
+    }
+}
+
+/// Lowercase ASCII alphanumerics only: `"Claude-Fable 5.1"` becomes `"claudefable51"`.
+pub fn normalize_model_text(text: &str) -> String {
+    text.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Model families whose scoped window covers every version of the model.
+const FAMILY_WORDS: [&str; 2] = ["fable", "mythos"];
+
+/// Does a request on `model` count against this scoped window (SPEC §3)?
+pub fn model_matches_scoped(model: &str, window: &ScopedQuotaWindow) -> bool {
+    let model = normalize_model_text(model);
+    if model.is_empty() {
+        return false;
+    }
+    let needle = FAMILY_WORDS
+        .iter()
+        .find(|word| model.contains(*word))
+        .map_or(model.as_str(), |word| word);
+    [
+        Some(&window.id),
+        window.model_id.as_ref(),
+        Some(&window.model_name),
+        Some(&window.title),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|text| normalize_model_text(text).contains(needle))
+}
+
+/// The scoped window that a request on `model` counts against, if any.
+pub fn scoped_window_for_model<'a>(
+    snapshot: &'a QuotaSnapshot,
+    model: &str,
+) -> Option<&'a ScopedQuotaWindow> {
+    snapshot
+        .scoped
+        .as_ref()?
+        .iter()
+        .find(|window| model_matches_scoped(model, window))
+}
+
+/// A cache entry: the snapshot, when it was observed, and when the next poll is due.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaEntry {
+    pub quota: QuotaSnapshot,
+    pub checked_at: i64,
+    pub refresh_after: i64,
+}
+
+impl QuotaEntry {
+    pub fn from_value_lenient(value: &Value) -> Option<Self> {
+        let quota = QuotaSnapshot::from_value_lenient(value.get("quota")?)?;
+        let checked_at = value.get("checkedAt").and_then(timestamp_from_value)?;
+        let refresh_after = value
+            .get("refreshAfter")
+            .and_then(timestamp_from_value)
+            .unwrap_or(checked_at);
+        Some(Self {
+            quota,
+            checked_at,
+            refresh_after,
+        })
+    }
+}
+
+/// A failure of the usage endpoint as the host sees it (API.md `QuotaApiError`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiErrorRecord {
+    pub message: String,
+    pub checked_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_identity: Option<String>,
+}
+
+impl ApiErrorRecord {
+    pub fn from_value_lenient(value: &Value) -> Option<Self> {
+        let object = value.as_object()?;
+        Some(Self {
+            message: object
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
+                .to_owned(),
+            checked_at: object.get("checkedAt").and_then(timestamp_from_value)?,
+            next_retry_at: object.get("nextRetryAt").and_then(timestamp_from_value),
+            retry_count: object
+                .get("retryCount")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok()),
+            status: object
+                .get("status")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok()),
+            retry_after_ms: object.get("retryAfterMs").and_then(timestamp_from_value),
+            account_identity: object.get("accountIdentity").and_then(non_blank_string),
+        })
+    }
+}
+
+fn window_from_value(value: &Value) -> Option<QuotaWindow> {
+    let object = value.as_object()?;
+    let used = finite(object.get("usedPercent")?)?;
+    let checked_at = object.get("checkedAt").and_then(timestamp_from_value)?;
+    let resets_at = object.get("resetsAt").and_then(non_blank_string);
+    Some(QuotaWindow::from_used(used, resets_at, checked_at))
+}
+
+fn scoped_from_value(value: &Value) -> Option<ScopedQuotaWindow> {
+    let window = window_from_value(value)?;
+    let object = value.as_object()?;
+    let id = object.get("id").and_then(non_blank_string)?;
+    let model_name = object.get("modelName").and_then(non_blank_string)?;
+    Some(ScopedQuotaWindow {
+        used_percent: window.used_percent,
+        remaining_percent: window.remaining_percent,
+        resets_at: window.resets_at,
+        checked_at: window.checked_at,
+        title: object
+            .get("title")
+            .and_then(non_blank_string)
+            .unwrap_or_else(|| format!("{model_name} only")),
+        id,
+        model_id: object.get("modelId").and_then(non_blank_string),
+        model_name,
+    })
+}
+
+/// A finite JSON number.
+pub fn finite(value: &Value) -> Option<f64> {
+    value.as_f64().filter(|n| n.is_finite())
+}
+
+/// A non-negative whole-millisecond timestamp (fractions are truncated).
+pub fn timestamp_from_value(value: &Value) -> Option<i64> {
+    finite(value)
+        .filter(|n| *n >= 0.0 && *n < 9.0e15)
+        .map(|n| n as i64)
+}
+
+pub fn non_blank_string(value: &Value) -> Option<String> {
+    value
+        .as_str()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Parses an RFC 3339 / ISO 8601 timestamp into Unix milliseconds.
+pub fn parse_iso_ms(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lenient_snapshot_drops_junk_fields_but_keeps_the_rest() {
+        let value = json!({
+            "five_hour": { "usedPercent": "lots", "remainingPercent": 1, "checkedAt": 5 },
+            "seven_day": { "usedPercent": 140, "remainingPercent": -40, "checkedAt": 7 },
+            "scoped": [ { "usedPercent": 3, "checkedAt": 9, "id": "x", "modelName": "Fable" }, 4 ],
+            "status": 12,
+            "checkedAt": 7
+        });
+        let snapshot = QuotaSnapshot::from_value_lenient(&value).unwrap();
+        assert!(snapshot.five_hour.is_none());
+        let seven = snapshot.seven_day.unwrap();
+        assert_eq!((seven.used_percent, seven.remaining_percent), (100.0, 0.0));
+        let scoped = snapshot.scoped.unwrap();
+        assert_eq!(scoped.len(), 1);
+        assert_eq!(scoped[0].title, "Fable only");
+        assert!(snapshot.status.is_none());
+        assert_eq!(snapshot.checked_at, Some(7));
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_the_js_shape() {
+        let snapshot = QuotaSnapshot {
+            five_hour: Some(QuotaWindow::from_used(
+                9.0,
+                Some("2026-09-14T02:10:00Z".into()),
+                1,
+            )),
+            source: Some(QuotaSource::Poll),
+            scoped: Some(vec![]),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["five_hour"]["remainingPercent"], 91.0);
+        assert_eq!(json["source"], "poll");
+        assert_eq!(json["scoped"], json!([]));
+        assert!(json.get("seven_day").is_none());
+        assert_eq!(QuotaSnapshot::from_value_lenient(&json).unwrap(), snapshot);
+    }
+
+    fn scoped(id: &str, model_id: Option<&str>, name: &str) -> ScopedQuotaWindow {
+        ScopedQuotaWindow {
+            used_percent: 1.0,
+            remaining_percent: 99.0,
+            resets_at: None,
+            checked_at: 0,
+            id: id.into(),
+            title: format!("{name} only"),
+            model_id: model_id.map(Into::into),
+            model_name: name.into(),
+        }
+    }
+
+    #[test]
+    fn models_match_scoped_windows_by_normalised_name_or_family_word() {
+        let fable = scoped(
+            "claude-weekly-scoped-claude-fable-5-1",
+            Some("claude-fable-5-1"),
+            "Fable",
+        );
+        assert!(model_matches_scoped("claude-fable-5-1", &fable));
+        assert!(model_matches_scoped("Claude Fable 5.1", &fable));
+        assert!(
+            model_matches_scoped("claude-fable-6", &fable),
+            "family word matches"
+        );
+        assert!(!model_matches_scoped("claude-sonnet-4-5", &fable));
+        assert!(!model_matches_scoped("", &fable));
+        let opus = scoped("claude-weekly-scoped-opus", None, "Opus");
+        assert!(model_matches_scoped("opus", &opus));
+        assert!(
+            !model_matches_scoped("claude-opus-4-1", &opus),
+            "whole model name must be contained"
+        );
+    }
+
+    #[test]
+    fn iso_times_parse_to_millis() {
+        assert_eq!(parse_iso_ms("1970-01-01T00:00:01Z"), Some(1000));
+        assert_eq!(
+            parse_iso_ms("2026-09-14T02:10:00+00:00"),
+            parse_iso_ms("2026-09-14T02:10:00Z")
+        );
+        assert_eq!(parse_iso_ms("yesterday"), None);
+    }
+}
