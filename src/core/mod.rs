@@ -1,5 +1,25 @@
 //! The napi-free core: everything here is plain Rust, unit-tested with `cargo test`.
+//!
+//! - [`usage`] and [`client`]: the usage endpoint (SPEC §1)
+//! - [`headers`] and [`merge`]: quota from response headers and snapshot ownership (SPEC §2)
+//! - [`freshness`]: when a cache entry is due (SPEC §3)
+//! - [`backoff`]: the per-route backoff ladder and `Retry-After` (SPEC §4)
+//! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6)
+//! - [`policy`]: the routing policy (SPEC §8)
+//! - [`manager`]: the state machine that ties them together
 
+pub mod backoff;
+pub mod client;
 pub mod clock;
 pub mod error;
+pub mod fingerprint;
+pub mod freshness;
+pub mod headers;
+pub mod host;
+pub mod manager;
+pub mod merge;
+pub mod policy;
 pub mod snapshot;
+pub mod stats;
+pub mod store;
+pub mod usage;

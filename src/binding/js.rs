@@ -1,0 +1,165 @@
+//! Conversions between JavaScript values and the core's types, and the JavaScript errors the
+//! package throws. This is the one place where core errors become `Error` objects with a `code`.
+
+use napi::bindgen_prelude::*;
+use napi::{JsRangeError, JsTypeError};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::core::error::QuotaError;
+
+/// A serde value handed to JavaScript as plain data (objects, arrays, numbers, strings).
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> ToNapiValue for Json<T> {
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        let env = Env::from_raw(env);
+        Ok(env.to_js_value(&value.0)?.raw())
+    }
+}
+
+impl<T> TypeName for Json<T> {
+    fn type_name() -> &'static str {
+        "Json"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+/// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
+pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
+    let error = JsTypeError::from(Error::new(Status::InvalidArg, message.into()));
+    with_code(env, error.into_unknown(*env), "ERR_INVALID_ARG_TYPE")
+}
+
+/// A `RangeError` naming the culprit, with Node's `ERR_OUT_OF_RANGE` code.
+pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
+    let error = JsRangeError::from(Error::new(Status::InvalidArg, message.into()));
+    with_code(env, error.into_unknown(*env), "ERR_OUT_OF_RANGE")
+}
+
+fn with_code(env: &Env, error: Unknown, code: &str) -> Error {
+    if let Ok(mut object) = error.coerce_to_object() {
+        let _ = object.set("code", code);
+    }
+    let _ = env;
+    Error::from(error)
+}
+
+/// The JavaScript `Error` for a core error: the human message, a stable `code`, and the extra
+/// fields API.md lists for that code.
+pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
+    let base = napi::JsError::from(Error::new(Status::GenericFailure, error.to_string()));
+    let value = base.into_unknown(*env);
+    if let Ok(mut object) = value.coerce_to_object() {
+        let _ = set_quota_error_fields(&mut object, error);
+    }
+    Error::from(value)
+}
+
+fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()> {
+    object.set("code", error.code())?;
+    if let Some(status) = error.status() {
+        object.set("status", status as u32)?;
+    }
+    if let Some(retry_after_ms) = error.retry_after_ms() {
+        object.set("retryAfterMs", retry_after_ms as f64)?;
+    }
+    match error {
+        QuotaError::BackedOff { next_retry_at, .. } => {
+            object.set("nextRetryAt", *next_retry_at as f64)?;
+        }
+        QuotaError::State { path, .. } => object.set("path", path.as_str())?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Reads any JavaScript value as JSON-like data; `Err` is a `TypeError` naming `name`.
+pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
+    env.from_js_value::<Value, _>(value).map_err(|e| {
+        type_error(
+            env,
+            format!("{name} could not be read as plain data: {}", e.reason),
+        )
+    })
+}
+
+/// `undefined` and `null` read as absent.
+pub fn is_nullish(value: &Unknown) -> bool {
+    matches!(
+        value.get_type(),
+        Ok(ValueType::Undefined) | Ok(ValueType::Null)
+    )
+}
+
+/// An optional string argument.
+pub fn optional_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(value) if is_nullish(&value) => Ok(None),
+        Some(value) => match value.get_type()? {
+            ValueType::String => Ok(Some(unsafe { value.cast::<String>() }?)),
+            other => Err(type_error(
+                env,
+                format!("{name} must be a string, got {}", describe(other)),
+            )),
+        },
+    }
+}
+
+/// A required string argument.
+pub fn required_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
+    optional_string(env, value, name)?
+        .ok_or_else(|| type_error(env, format!("{name} must be a string, got undefined")))
+}
+
+/// A required non-empty string argument (ids and tokens).
+pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
+    let text = required_string(env, value, name)?;
+    if text.trim().is_empty() {
+        return Err(type_error(
+            env,
+            format!("{name} must be a non-empty string"),
+        ));
+    }
+    Ok(text)
+}
+
+/// A finite number argument, within `min..=max`.
+pub fn number_in(env: &Env, value: Unknown, name: &str, min: f64, max: f64) -> Result<f64> {
+    let number = match value.get_type()? {
+        ValueType::Number => unsafe { value.cast::<f64>() }?,
+        other => {
+            return Err(type_error(
+                env,
+                format!("{name} must be a number, got {}", describe(other)),
+            ))
+        }
+    };
+    if !number.is_finite() || number < min || number > max {
+        return Err(range_error(
+            env,
+            format!("{name} must be a finite number from {min} to {max}, got {number}"),
+        ));
+    }
+    Ok(number)
+}
+
+pub fn describe(value_type: ValueType) -> &'static str {
+    match value_type {
+        ValueType::Undefined => "undefined",
+        ValueType::Null => "null",
+        ValueType::Boolean => "a boolean",
+        ValueType::Number => "a number",
+        ValueType::String => "a string",
+        ValueType::Symbol => "a symbol",
+        ValueType::Object => "an object",
+        ValueType::Function => "a function",
+        ValueType::External => "an external",
+        ValueType::BigInt => "a bigint",
+        _ => "an unknown value",
+    }
+}

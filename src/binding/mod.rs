@@ -1,0 +1,9 @@
+//! The napi-rs binding: converts options, arguments, results, callbacks and errors between
+//! JavaScript and the core. Nothing here decides quota behaviour.
+
+mod callbacks;
+mod clock;
+mod functions;
+mod js;
+mod manager;
+mod options;

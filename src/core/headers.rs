@@ -1,0 +1,536 @@
+//! Quota harvested from the unified rate-limit headers of `/v1/messages` responses (SPEC §2).
+//!
+//! Every response already carries these headers, so reading them costs no usage-endpoint call.
+//! The values arrive from the network and through the JavaScript host, so each field is parsed
+//! on its own: a garbage value drops that field, never the frame, and nothing here can panic.
+//!
+//! Decisions worth knowing:
+//! - The per-window statuses (`-5h-status`, `-7d-status`) are ignored: a snapshot has no place
+//!   for them, and the utilisation already says how full each window is. Only the unified
+//!   `status` is kept.
+//! - `anthropic-ratelimit-unified-reset` (the binding window's reset) fills in the reset of the
+//!   window named by `representative-claim` when that window's own reset header is missing.
+//! - When a header occurs more than once (e.g. in two spellings), a later valid value replaces an
+//!   earlier one; a garbage value never replaces a valid one.
+
+use chrono::{DateTime, SecondsFormat};
+
+use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow};
+
+const PREFIX: &str = "anthropic-ratelimit-unified-";
+
+/// Longest value we bother parsing as a number; anything longer is garbage by construction and
+/// refusing it early keeps a hostile megabyte-long header cheap.
+const MAX_NUMBER_LEN: usize = 64;
+
+/// Longest `status` / `representative-claim` token we accept.
+const MAX_TOKEN_LEN: usize = 64;
+
+/// 9999-12-31T23:59:59Z: later resets would not format as RFC 3339 (five-digit years), so
+/// `parse_iso_ms` could not read them back.
+const MAX_RESET_SECONDS: f64 = 253_402_300_799.0;
+
+/// The headers we read, by the name that follows [`PREFIX`]. The per-window statuses are
+/// deliberately absent (see the module docs).
+#[derive(Clone, Copy)]
+enum Field {
+    FiveHourUsed,
+    FiveHourReset,
+    SevenDayUsed,
+    SevenDayReset,
+    BindingReset,
+    Fallback,
+    Claim,
+    Status,
+}
+
+const FIELDS: [(&str, Field); 8] = [
+    ("5h-utilization", Field::FiveHourUsed),
+    ("5h-reset", Field::FiveHourReset),
+    ("7d-utilization", Field::SevenDayUsed),
+    ("7d-reset", Field::SevenDayReset),
+    ("reset", Field::BindingReset),
+    ("fallback", Field::Fallback),
+    ("representative-claim", Field::Claim),
+    ("status", Field::Status),
+];
+
+/// The fields of one header frame, before they become a snapshot.
+#[derive(Default)]
+struct Frame {
+    five_hour_used: Option<f64>,
+    five_hour_reset: Option<String>,
+    seven_day_used: Option<f64>,
+    seven_day_reset: Option<String>,
+    binding_reset: Option<String>,
+    fallback_advised: Option<bool>,
+    representative_claim: Option<String>,
+    status: Option<String>,
+}
+
+/// Builds a header-sourced snapshot from one response's headers (SPEC §2).
+///
+/// Header names are matched case-insensitively and values are trimmed. Windows get
+/// `usedPercent = round(fraction * 100)` (half away from zero, so `0.125` gives 13) clamped to
+/// 0..=100, a `resetsAt` in RFC 3339 UTC (`…Z`) and `checkedAt = now_ms`. Returns `None` when the
+/// frame has neither a 5-hour nor a 7-day utilisation, because such a frame carries no quota.
+pub fn parse_quota_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    now_ms: i64,
+) -> Option<QuotaSnapshot> {
+    let mut frame = Frame::default();
+    for (name, value) in headers {
+        let Some(suffix) = strip_prefix_ignore_case(name.trim(), PREFIX) else {
+            continue;
+        };
+        let value = value.trim();
+        // Each arm only assigns when the value parses, so garbage never erases a valid value.
+        match FIELDS
+            .iter()
+            .find(|(known, _)| suffix.eq_ignore_ascii_case(known))
+            .map(|(_, field)| field)
+        {
+            Some(Field::FiveHourUsed) => set(&mut frame.five_hour_used, used_percent(value)),
+            Some(Field::FiveHourReset) => set(&mut frame.five_hour_reset, reset_iso(value)),
+            Some(Field::SevenDayUsed) => set(&mut frame.seven_day_used, used_percent(value)),
+            Some(Field::SevenDayReset) => set(&mut frame.seven_day_reset, reset_iso(value)),
+            Some(Field::BindingReset) => set(&mut frame.binding_reset, reset_iso(value)),
+            Some(Field::Fallback) => {
+                frame.fallback_advised = Some(value.eq_ignore_ascii_case("available"));
+            }
+            Some(Field::Claim) => set(&mut frame.representative_claim, token(value)),
+            Some(Field::Status) => set(&mut frame.status, token(value)),
+            None => {}
+        }
+    }
+    frame.into_snapshot(now_ms)
+}
+
+impl Frame {
+    fn into_snapshot(self, now_ms: i64) -> Option<QuotaSnapshot> {
+        if self.five_hour_used.is_none() && self.seven_day_used.is_none() {
+            return None;
+        }
+        let claim = self.representative_claim.as_deref();
+        let binding_reset = |window: &str| {
+            if claim == Some(window) {
+                self.binding_reset.clone()
+            } else {
+                None
+            }
+        };
+        let five_hour_reset = self.five_hour_reset.or_else(|| binding_reset("five_hour"));
+        let seven_day_reset = self.seven_day_reset.or_else(|| binding_reset("seven_day"));
+        let window = |used: Option<f64>, reset: Option<String>| {
+            used.map(|used| QuotaWindow::from_used(used, reset, now_ms))
+        };
+        Some(QuotaSnapshot {
+            five_hour: window(self.five_hour_used, five_hour_reset),
+            seven_day: window(self.seven_day_used, seven_day_reset),
+            binding_window_source: self
+                .representative_claim
+                .as_ref()
+                .map(|_| QuotaSource::Headers),
+            binding_window: self.representative_claim,
+            fallback_advised: self.fallback_advised,
+            status: self.status,
+            source: Some(QuotaSource::Headers),
+            checked_at: Some(now_ms),
+            ..QuotaSnapshot::default()
+        })
+    }
+}
+
+fn set<T>(slot: &mut Option<T>, parsed: Option<T>) {
+    if parsed.is_some() {
+        *slot = parsed;
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    // `get` rather than slicing: a multi-byte character straddling the boundary must not panic.
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// A finite, non-negative number; `None` for anything else (including overflow to infinity).
+fn non_negative_number(value: &str) -> Option<f64> {
+    if value.is_empty() || value.len() > MAX_NUMBER_LEN {
+        return None;
+    }
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+}
+
+/// A utilisation fraction as a whole used percentage. A fraction above 1 clamps to 100 (the
+/// window is over its limit); a negative one is garbage rather than "unused".
+fn used_percent(value: &str) -> Option<f64> {
+    non_negative_number(value).map(|fraction| (fraction * 100.0).round().clamp(0.0, 100.0))
+}
+
+/// Unix seconds as an RFC 3339 UTC string. Zero is treated as garbage: it is a placeholder, not
+/// a reset in 1970.
+fn reset_iso(value: &str) -> Option<String> {
+    let seconds = non_negative_number(value).filter(|s| *s > 0.0 && *s <= MAX_RESET_SECONDS)?;
+    // Whole milliseconds keep fractional seconds without float noise in the output.
+    let millis = (seconds * 1000.0).round() as i64;
+    DateTime::from_timestamp_millis(millis).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// A short token such as `five_hour` or `allowed_warning`, lowercased so comparisons downstream
+/// need not care how the server spelled it.
+fn token(value: &str) -> Option<String> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_TOKEN_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    valid.then(|| value.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_789_000_000_000;
+
+    fn parse(headers: &[(&str, &str)]) -> Option<QuotaSnapshot> {
+        parse_quota_headers(headers.iter().copied(), NOW)
+    }
+
+    fn full_frame() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("anthropic-ratelimit-unified-5h-utilization", "0.09"),
+            ("anthropic-ratelimit-unified-5h-reset", "1789351800"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.68"),
+            ("anthropic-ratelimit-unified-7d-reset", "1789808400"),
+            ("anthropic-ratelimit-unified-fallback", "available"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "five_hour",
+            ),
+            ("anthropic-ratelimit-unified-status", "allowed_warning"),
+            ("anthropic-ratelimit-unified-5h-status", "allowed"),
+            ("anthropic-ratelimit-unified-7d-status", "allowed_warning"),
+            ("anthropic-ratelimit-unified-reset", "1789351800"),
+            ("content-type", "application/json"),
+        ]
+    }
+
+    #[test]
+    fn full_frame_becomes_a_header_snapshot() {
+        let snapshot = parse(&full_frame()).unwrap();
+        let five = snapshot.five_hour.unwrap();
+        assert_eq!(five.used_percent, 9.0);
+        assert_eq!(five.remaining_percent, 91.0);
+        assert_eq!(five.resets_at.as_deref(), Some("2026-09-14T02:10:00Z"));
+        assert_eq!(five.checked_at, NOW);
+        let seven = snapshot.seven_day.unwrap();
+        assert_eq!(seven.used_percent, 68.0);
+        assert_eq!(seven.remaining_percent, 32.0);
+        assert_eq!(seven.resets_at.as_deref(), Some("2026-09-19T09:00:00Z"));
+        assert_eq!(snapshot.fallback_advised, Some(true));
+        assert_eq!(snapshot.binding_window.as_deref(), Some("five_hour"));
+        assert_eq!(snapshot.binding_window_source, Some(QuotaSource::Headers));
+        assert_eq!(snapshot.status.as_deref(), Some("allowed_warning"));
+        assert_eq!(snapshot.source, Some(QuotaSource::Headers));
+        assert_eq!(snapshot.checked_at, Some(NOW));
+        assert!(snapshot.scoped.is_none(), "headers never introduce scoped");
+        assert!(snapshot.extra_usage.is_none());
+        assert!(snapshot.account_identity.is_none());
+    }
+
+    #[test]
+    fn reset_strings_read_back_with_parse_iso_ms() {
+        let snapshot = parse(&full_frame()).unwrap();
+        assert_eq!(
+            snapshot.five_hour.unwrap().resets_at_ms(),
+            Some(1_789_351_800_000)
+        );
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_values_trimmed() {
+        let snapshot = parse(&[
+            ("Anthropic-RateLimit-Unified-5H-Utilization", "  0.5 "),
+            ("  ANTHROPIC-RATELIMIT-UNIFIED-5H-RESET ", "\t1789351800\t"),
+            ("anthropic-ratelimit-unified-FALLBACK", " Available "),
+            ("anthropic-ratelimit-unified-Status", " Rejected "),
+        ])
+        .unwrap();
+        let five = snapshot.five_hour.unwrap();
+        assert_eq!(five.used_percent, 50.0);
+        assert_eq!(five.resets_at.as_deref(), Some("2026-09-14T02:10:00Z"));
+        assert_eq!(snapshot.fallback_advised, Some(true));
+        assert_eq!(snapshot.status.as_deref(), Some("rejected"));
+        assert!(snapshot.seven_day.is_none());
+    }
+
+    #[test]
+    fn frame_without_utilisation_is_none() {
+        assert_eq!(parse(&[]), None);
+        assert_eq!(
+            parse(&[
+                ("anthropic-ratelimit-unified-5h-reset", "1789351800"),
+                ("anthropic-ratelimit-unified-status", "allowed"),
+                ("anthropic-ratelimit-unified-fallback", "available"),
+            ]),
+            None
+        );
+        assert_eq!(
+            parse(&[("anthropic-ratelimit-unified-5h-utilization", "abc")]),
+            None,
+            "garbage utilisation is no utilisation"
+        );
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        let used = |fraction: &str| {
+            parse(&[("anthropic-ratelimit-unified-7d-utilization", fraction)])
+                .unwrap()
+                .seven_day
+                .unwrap()
+                .used_percent
+        };
+        assert_eq!(used("0.125"), 13.0);
+        assert_eq!(used("0.124"), 12.0);
+        assert_eq!(used("0.005"), 1.0);
+        assert_eq!(used("0.004"), 0.0);
+        assert_eq!(used("0"), 0.0);
+        assert_eq!(used("1"), 100.0);
+    }
+
+    #[test]
+    fn fraction_above_one_clamps_to_100() {
+        let five = parse(&[("anthropic-ratelimit-unified-5h-utilization", "1.7")])
+            .unwrap()
+            .five_hour
+            .unwrap();
+        assert_eq!((five.used_percent, five.remaining_percent), (100.0, 0.0));
+    }
+
+    #[test]
+    fn garbage_utilisation_is_ignored_field_by_field() {
+        let huge = "9".repeat(1 << 20);
+        for garbage in [
+            "abc",
+            "-1",
+            "-0.5",
+            "1e400",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "",
+            huge.as_str(),
+        ] {
+            let snapshot = parse(&[
+                ("anthropic-ratelimit-unified-5h-utilization", garbage),
+                ("anthropic-ratelimit-unified-7d-utilization", "0.25"),
+            ])
+            .unwrap_or_else(|| panic!("7d must survive 5h garbage {:.10}", garbage));
+            assert!(snapshot.five_hour.is_none(), "accepted {:.10}", garbage);
+            assert_eq!(snapshot.seven_day.unwrap().used_percent, 25.0);
+        }
+    }
+
+    #[test]
+    fn garbage_reset_is_ignored_but_keeps_the_window() {
+        let huge = "1".repeat(1 << 20);
+        for garbage in [
+            "abc",
+            "-1",
+            "-1789351800",
+            "1e400",
+            "NaN",
+            "inf",
+            "0",
+            "1e15",
+            huge.as_str(),
+        ] {
+            let five = parse(&[
+                ("anthropic-ratelimit-unified-5h-utilization", "0.2"),
+                ("anthropic-ratelimit-unified-5h-reset", garbage),
+            ])
+            .unwrap()
+            .five_hour
+            .unwrap();
+            assert_eq!(five.used_percent, 20.0);
+            assert_eq!(five.resets_at, None, "accepted reset {:.10}", garbage);
+        }
+    }
+
+    #[test]
+    fn fractional_reset_seconds_keep_milliseconds() {
+        let five = parse(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.2"),
+            ("anthropic-ratelimit-unified-5h-reset", "1789351800.5"),
+        ])
+        .unwrap()
+        .five_hour
+        .unwrap();
+        assert_eq!(five.resets_at.as_deref(), Some("2026-09-14T02:10:00.500Z"));
+    }
+
+    #[test]
+    fn garbage_never_replaces_a_valid_duplicate() {
+        let snapshot = parse(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.3"),
+            ("Anthropic-Ratelimit-Unified-5h-Utilization", "NaN"),
+        ])
+        .unwrap();
+        assert_eq!(snapshot.five_hour.unwrap().used_percent, 30.0);
+        let snapshot = parse(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.3"),
+            ("Anthropic-Ratelimit-Unified-5h-Utilization", "0.4"),
+        ])
+        .unwrap();
+        assert_eq!(snapshot.five_hour.unwrap().used_percent, 40.0, "later wins");
+    }
+
+    #[test]
+    fn fallback_other_than_available_is_false_and_absent_is_none() {
+        let advised = |value: Option<&str>| {
+            let mut headers = vec![("anthropic-ratelimit-unified-5h-utilization", "0.1")];
+            if let Some(value) = value {
+                headers.push(("anthropic-ratelimit-unified-fallback", value));
+            }
+            parse(&headers).unwrap().fallback_advised
+        };
+        assert_eq!(advised(Some("available")), Some(true));
+        assert_eq!(advised(Some("unavailable")), Some(false));
+        assert_eq!(advised(Some("")), Some(false));
+        assert_eq!(advised(None), None);
+    }
+
+    #[test]
+    fn representative_claim_accepts_tokens_only() {
+        let claim = |value: &str| {
+            let snapshot = parse(&[
+                ("anthropic-ratelimit-unified-5h-utilization", "0.1"),
+                ("anthropic-ratelimit-unified-representative-claim", value),
+            ])
+            .unwrap();
+            (snapshot.binding_window, snapshot.binding_window_source)
+        };
+        let headers = Some(QuotaSource::Headers);
+        assert_eq!(claim("five_hour"), (Some("five_hour".into()), headers));
+        assert_eq!(claim(" seven_day "), (Some("seven_day".into()), headers));
+        assert_eq!(
+            claim("seven_day_opus"),
+            (Some("seven_day_opus".into()), headers)
+        );
+        assert_eq!(claim("   "), (None, None));
+        assert_eq!(claim("five hour"), (None, None));
+        assert_eq!(claim("<script>"), (None, None));
+        assert_eq!(claim(&"x".repeat(1 << 20)), (None, None));
+    }
+
+    #[test]
+    fn binding_reset_fills_the_claimed_window_only() {
+        let snapshot = parse(&[
+            ("anthropic-ratelimit-unified-5h-utilization", "0.1"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.9"),
+            (
+                "anthropic-ratelimit-unified-representative-claim",
+                "seven_day",
+            ),
+            ("anthropic-ratelimit-unified-reset", "1789808400"),
+        ])
+        .unwrap();
+        assert_eq!(snapshot.five_hour.unwrap().resets_at, None);
+        assert_eq!(
+            snapshot.seven_day.unwrap().resets_at.as_deref(),
+            Some("2026-09-19T09:00:00Z")
+        );
+    }
+
+    #[test]
+    fn non_ascii_names_and_values_do_not_panic() {
+        let snapshot = parse(&[
+            ("anthropic-ratelimit-unifié-5h-utilization", "0.1"),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.１"),
+            ("é", "é"),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.2"),
+            ("anthropic-ratelimit-unified-status", "allowéd"),
+        ])
+        .unwrap();
+        assert!(snapshot.five_hour.is_none());
+        assert!(snapshot.status.is_none());
+        assert_eq!(snapshot.seven_day.unwrap().used_percent, 20.0);
+    }
+}
+
+/// The header pairs of a plain `{ name: value }` object. Strings are taken as they are, numbers
+/// as their decimal text (a host may have parsed them already); anything else is junk and dropped.
+pub fn header_pairs(value: &serde_json::Value) -> Vec<(String, String)> {
+    let Some(object) = value.as_object() else {
+        return Vec::new();
+    };
+    object
+        .iter()
+        .filter_map(|(name, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Number(number) => number.to_string(),
+                _ => return None,
+            };
+            Some((name.clone(), text))
+        })
+        .collect()
+}
+
+/// What a header push carries: the response's headers, or a snapshot the host built itself.
+/// `None` when it carries no 5-hour or 7-day quota.
+pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaSnapshot> {
+    let object = value.as_object()?;
+    let looks_like_headers = object.keys().any(|name| {
+        name.to_ascii_lowercase()
+            .starts_with("anthropic-ratelimit-")
+    });
+    if looks_like_headers {
+        let pairs = header_pairs(value);
+        return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
+    }
+    let mut value = value.clone();
+    for window in ["five_hour", "seven_day"] {
+        if let Some(window) = value.get_mut(window).and_then(|w| w.as_object_mut()) {
+            window
+                .entry("checkedAt")
+                .or_insert_with(|| serde_json::json!(now_ms));
+        }
+    }
+    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)?;
+    snapshot.checked_at.get_or_insert(now_ms);
+    snapshot.has_windows().then_some(snapshot)
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_push_is_read_as_headers_or_as_a_snapshot() {
+        let headers = json!({
+            "Anthropic-Ratelimit-Unified-5h-Utilization": 0.25,
+            "anthropic-ratelimit-unified-7d-utilization": "0.5",
+            "anthropic-ratelimit-unified-7d-reset": { "not": "text" }
+        });
+        let frame = frame_from_value(&headers, 1_000).unwrap();
+        assert_eq!(frame.five_hour.unwrap().used_percent, 25.0);
+        assert_eq!(frame.seven_day.unwrap().used_percent, 50.0);
+
+        let snapshot = json!({ "five_hour": { "usedPercent": 40 }, "scoped": [] });
+        let frame = frame_from_value(&snapshot, 2_000).unwrap();
+        assert_eq!(frame.five_hour.unwrap().checked_at, 2_000);
+        assert_eq!(frame.checked_at, Some(2_000));
+
+        assert!(frame_from_value(&json!({ "content-type": "x" }), 0).is_none());
+        assert!(frame_from_value(&json!("text"), 0).is_none());
+    }
+}

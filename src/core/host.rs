@@ -1,0 +1,170 @@
+//! The host plugin's own data, read from untrusted JSON: its `AccountStorage` (settings and the
+//! persisted main quota) and its fallback account records. Wrong types at the top of a record are
+//! reported (the binding turns them into a `TypeError`); junk inside a snapshot is dropped field
+//! by field.
+
+use serde_json::Value;
+
+use super::policy::MinimumRemaining;
+use super::snapshot::{non_blank_string, timestamp_from_value, ApiErrorRecord, QuotaSnapshot};
+
+/// `AccountStorage`, as far as the manager uses it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostStorage {
+    pub main_account_id: Option<String>,
+    pub enabled: Option<bool>,
+    pub check_interval_minutes: Option<f64>,
+    pub refresh_every_n_requests: Option<i64>,
+    pub minimum_remaining: Option<MinimumRemaining>,
+    pub fail_closed_on_unknown_quota: Option<bool>,
+    pub main_quota: Option<QuotaSnapshot>,
+    pub main_quota_checked_at: Option<i64>,
+    pub main_last_error: Option<ApiErrorRecord>,
+}
+
+impl HostStorage {
+    /// Reads the storage object; junk settings are ignored, not fatal, because the plugin wrote
+    /// this file itself and a bad value in it must not stop the manager.
+    pub fn from_value(value: &Value) -> Result<Self, String> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| "storage must be an object or null".to_owned())?;
+        let quota = object.get("quota").and_then(Value::as_object);
+        let setting = |name: &str| quota.and_then(|q| q.get(name));
+        Ok(Self {
+            main_account_id: object.get("mainAccountId").and_then(non_blank_string),
+            enabled: setting("enabled").and_then(Value::as_bool),
+            check_interval_minutes: setting("checkIntervalMinutes")
+                .and_then(Value::as_f64)
+                .filter(|m| m.is_finite() && *m >= 1.0),
+            refresh_every_n_requests: setting("refreshEveryNRequests")
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite() && *n >= 0.0)
+                .map(|n| n as i64),
+            minimum_remaining: setting("minimumRemaining")
+                .map(MinimumRemaining::from_value_lenient),
+            fail_closed_on_unknown_quota: setting("failClosedOnUnknownQuota")
+                .and_then(Value::as_bool),
+            main_quota: setting("mainQuota").and_then(QuotaSnapshot::from_value_lenient),
+            main_quota_checked_at: setting("mainQuotaCheckedAt").and_then(timestamp_from_value),
+            main_last_error: setting("mainLastQuotaApiError")
+                .and_then(ApiErrorRecord::from_value_lenient),
+        })
+    }
+}
+
+/// A fallback account record (API.md `FallbackAccount`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FallbackAccount {
+    pub id: String,
+    pub enabled: bool,
+    pub access: Option<String>,
+    pub auth_lineage_id: Option<String>,
+    pub quota: Option<QuotaSnapshot>,
+    pub last_error: Option<ApiErrorRecord>,
+}
+
+impl FallbackAccount {
+    /// Reads one account; `Err` names the offending field for a `TypeError`.
+    pub fn from_value(value: &Value, name: &str) -> Result<Self, String> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("{name} must be an object"))?;
+        let id = match object.get("id") {
+            Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+            _ => return Err(format!("{name}.id must be a non-empty string")),
+        };
+        let enabled = match object.get("enabled") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(enabled)) => *enabled,
+            Some(_) => return Err(format!("{name}.enabled must be a boolean")),
+        };
+        let optional_string = |field: &str| match object.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
+            Some(_) => Err(format!("{name}.{field} must be a string")),
+        };
+        Ok(Self {
+            access: optional_string("access")?,
+            auth_lineage_id: optional_string("authLineageId")?,
+            quota: object
+                .get("quota")
+                .and_then(QuotaSnapshot::from_value_lenient),
+            last_error: object
+                .get("lastQuotaRefreshError")
+                .and_then(ApiErrorRecord::from_value_lenient),
+            id,
+            enabled,
+        })
+    }
+
+    /// Reads an account list; duplicate ids keep the first record.
+    pub fn list_from_value(value: &Value, name: &str) -> Result<Vec<Self>, String> {
+        let items = value
+            .as_array()
+            .ok_or_else(|| format!("{name} must be an array"))?;
+        let mut accounts: Vec<Self> = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let account = Self::from_value(item, &format!("{name}[{index}]"))?;
+            if !accounts.iter().any(|a| a.id == account.id) {
+                accounts.push(account);
+            }
+        }
+        Ok(accounts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn storage_reads_settings_and_ignores_junk() {
+        let storage = HostStorage::from_value(&json!({
+            "mainAccountId": "alice",
+            "quota": {
+                "checkIntervalMinutes": 0.5,
+                "refreshEveryNRequests": 10,
+                "minimumRemaining": { "5h": 20 },
+                "failClosedOnUnknownQuota": "yes",
+                "mainQuotaCheckedAt": 1234,
+                "mainQuota": { "seven_day": { "usedPercent": 50, "checkedAt": 1234 } }
+            }
+        }))
+        .unwrap();
+        assert_eq!(storage.main_account_id.as_deref(), Some("alice"));
+        assert_eq!(
+            storage.check_interval_minutes, None,
+            "below the 1 minute floor"
+        );
+        assert_eq!(storage.refresh_every_n_requests, Some(10));
+        assert_eq!(storage.minimum_remaining.unwrap().five_hour, 20.0);
+        assert_eq!(storage.fail_closed_on_unknown_quota, None);
+        assert_eq!(
+            storage.main_quota.unwrap().seven_day.unwrap().used_percent,
+            50.0
+        );
+        assert!(HostStorage::from_value(&json!(3)).is_err());
+    }
+
+    #[test]
+    fn accounts_name_the_bad_field_and_drop_duplicates() {
+        let error =
+            FallbackAccount::list_from_value(&json!([{ "id": "a" }, { "id": 3 }]), "accounts")
+                .unwrap_err();
+        assert_eq!(error, "accounts[1].id must be a non-empty string");
+        let error =
+            FallbackAccount::list_from_value(&json!([{ "id": "a", "enabled": "no" }]), "accounts")
+                .unwrap_err();
+        assert_eq!(error, "accounts[0].enabled must be a boolean");
+        let accounts = FallbackAccount::list_from_value(
+            &json!([{ "id": "a", "access": "t1" }, { "id": "a", "access": "t2" }, { "id": "b", "quota": 7 }]),
+            "accounts",
+        )
+        .unwrap();
+        assert_eq!(accounts.len(), 2);
+        assert_eq!(accounts[0].access.as_deref(), Some("t1"));
+        assert!(accounts[1].quota.is_none());
+    }
+}

@@ -1,0 +1,1313 @@
+//! The manager's state machine: per-route cache, backoff and single flight, the shared state
+//! file, pacing, and the host callbacks. Every route (the main account of one identity, or one
+//! fallback account) is refreshed by at most one request at a time in this process, and, through
+//! the route's OS lock, on the whole machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Semaphore;
+
+use super::backoff::{self, BackoffConfig, BackoffState};
+use super::client::{UsageClient, UsageClientConfig};
+use super::clock::Clock;
+use super::error::{FailureClass, QuotaError};
+use super::fingerprint::fingerprint;
+use super::freshness;
+use super::host::{FallbackAccount, HostStorage};
+use super::merge::{merge_header_frame, merge_poll_result};
+use super::policy::{exhausted_until, MinimumRemaining, QuotaPolicy};
+use super::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
+use super::stats::{bump, Stats, StatsSnapshot};
+use super::store::{fallback_key, main_key, RouteLock, RouteRecord, StateStore, StoreUpdate};
+
+pub const DEFAULT_CHECK_INTERVAL_MINUTES: f64 = 5.0;
+pub const DEFAULT_API_CALL_GAP_MS: i64 = 1_000;
+pub const DEFAULT_LOCK_TIMEOUT_MS: i64 = 15_000;
+pub const DEFAULT_MAX_CONCURRENT_FETCHES: usize = 4;
+/// How long header pushes and host writes wait to be written together.
+const WRITE_COALESCE_MS: u64 = 250;
+/// Fallback slots remember this many replaced logins, to recognise late observations of them.
+const RETIRED_LINEAGES_KEPT: usize = 8;
+/// The main identity used when the host passes only a token: named by the token's
+/// fingerprint, so the identity can be persisted without the token.
+const TOKEN_IDENTITY_PREFIX: &str = "token:";
+
+/// Everything the manager needs besides the host's storage.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub usage: UsageClientConfig,
+    /// Overrides `storage.quota.checkIntervalMinutes`.
+    pub check_interval_minutes: Option<f64>,
+    /// Overrides `storage.quota.refreshEveryNRequests`.
+    pub refresh_every_n_requests: Option<i64>,
+    pub api_call_gap_ms: i64,
+    pub lock_timeout_ms: i64,
+    pub max_concurrent_fetches: usize,
+    pub backoff: BackoffConfig,
+    /// `None` keeps everything in memory.
+    pub state_path: Option<std::path::PathBuf>,
+}
+
+/// What a refresh hands back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefreshOutcome {
+    pub quota: QuotaSnapshot,
+    /// `false` when served from the cache (backoff) or from another process's result.
+    pub fetched: bool,
+}
+
+/// A successful poll, as reported to the host.
+#[derive(Clone, Debug)]
+pub struct FetchedEvent {
+    pub quota: QuotaSnapshot,
+    pub checked_at: i64,
+    pub token_fingerprint: String,
+    pub fetch_started_at: i64,
+}
+
+/// The host's callbacks. Each returns when the host has handled the event, so results reach
+/// callers only after the host saw them.
+pub trait HostEvents: Send + Sync {
+    fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()>;
+    fn api_error(&self, error: ApiErrorRecord) -> BoxFuture<'static, ()>;
+    fn fallback_quota_fetched(
+        &self,
+        account_id: String,
+        event: FetchedEvent,
+    ) -> BoxFuture<'static, ()>;
+    fn fallback_api_error(
+        &self,
+        account_id: String,
+        error: ApiErrorRecord,
+    ) -> BoxFuture<'static, ()>;
+}
+
+/// The answer the plugin sends itself when it fails closed (SPEC §7).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailClosedResponse {
+    pub retry_after_secs: i64,
+    pub body: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum RouteId {
+    Main,
+    Fallback(String),
+}
+
+type SharedRefresh = Shared<BoxFuture<'static, Result<RefreshOutcome, QuotaError>>>;
+
+/// One route's cache, backoff and running request.
+#[derive(Default)]
+struct RouteSlot {
+    /// Main: the account identity. Fallback: the login (`authLineageId`) the slot is bound to.
+    owner: Option<String>,
+    retired_owners: Vec<String>,
+    entry: Option<QuotaEntry>,
+    token_fingerprint: Option<String>,
+    backoff: BackoffState,
+    backoff_updated_at: i64,
+    last_attempt_at: Option<i64>,
+    /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
+    generation: u64,
+    in_flight: Option<SharedRefresh>,
+}
+
+impl RouteSlot {
+    fn to_record(&self) -> RouteRecord {
+        RouteRecord {
+            entry: self.entry.clone(),
+            token_fingerprint: self.token_fingerprint.clone(),
+            backoff: self.backoff.clone(),
+            backoff_updated_at: self.backoff_updated_at,
+            lineage: None,
+            last_attempt_at: self.last_attempt_at,
+        }
+    }
+
+    /// Folds another observer's record (the state file) into the slot: newer snapshot, newer
+    /// backoff.
+    fn adopt(&mut self, record: &RouteRecord) {
+        let newer = match (&self.entry, &record.entry) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
+        };
+        if newer {
+            self.entry = record.entry.clone();
+            self.token_fingerprint = record.token_fingerprint.clone();
+        }
+        if record.backoff_updated_at > self.backoff_updated_at {
+            self.backoff = record.backoff.clone();
+            self.backoff_updated_at = record.backoff_updated_at;
+        }
+        self.last_attempt_at = self.last_attempt_at.max(record.last_attempt_at);
+    }
+
+    fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
+        match &self.entry {
+            Some(entry) => Ok(RefreshOutcome {
+                quota: entry.quota.clone(),
+                fetched: false,
+            }),
+            None => {
+                let next_retry_at = self.backoff.next_retry_at.unwrap_or(now);
+                Err(QuotaError::BackedOff {
+                    next_retry_at,
+                    retry_after_ms: (next_retry_at - now).max(0),
+                })
+            }
+        }
+    }
+}
+
+/// Settings that come from the host's storage, with explicit options on top.
+#[derive(Clone, Debug)]
+struct Settings {
+    interval_ms: i64,
+    refresh_every_n: i64,
+    minimum: MinimumRemaining,
+    fail_closed: bool,
+}
+
+struct State {
+    closed: bool,
+    settings: Settings,
+    main: RouteSlot,
+    fallbacks: HashMap<String, RouteSlot>,
+    /// Token fingerprint → the last time a usage request went out with it.
+    last_call_by_token: HashMap<String, i64>,
+    next_generation: u64,
+    /// Routes whose changes wait for the next coalesced write.
+    unsaved: HashMap<String, StoreUpdate>,
+    flush_scheduled: bool,
+    quarantine_reported: bool,
+}
+
+impl State {
+    fn new_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn slot(&self, route: &RouteId) -> Option<&RouteSlot> {
+        match route {
+            RouteId::Main => Some(&self.main),
+            RouteId::Fallback(id) => self.fallbacks.get(id),
+        }
+    }
+
+    fn slot_mut(&mut self, route: &RouteId) -> &mut RouteSlot {
+        match route {
+            RouteId::Main => &mut self.main,
+            RouteId::Fallback(id) => self.fallbacks.entry(id.clone()).or_default(),
+        }
+    }
+
+    /// Drops a route's cache, backoff and running request (a new identity or a new login).
+    fn reset_slot(&mut self, route: &RouteId, owner: Option<String>) {
+        let generation = self.new_generation();
+        let slot = self.slot_mut(route);
+        let mut retired = std::mem::take(&mut slot.retired_owners);
+        retired.extend(slot.owner.take());
+        let excess = retired.len().saturating_sub(RETIRED_LINEAGES_KEPT);
+        retired.drain(..excess);
+        *slot = RouteSlot {
+            owner,
+            retired_owners: retired,
+            generation,
+            ..RouteSlot::default()
+        };
+    }
+
+    /// Binds the main slot to `identity`, dropping another identity's data.
+    fn bind_main(&mut self, identity: &str) {
+        match &self.main.owner {
+            Some(owner) if owner == identity => {}
+            Some(_) => self.reset_slot(&RouteId::Main, Some(identity.to_owned())),
+            None => self.main.owner = Some(identity.to_owned()),
+        }
+    }
+
+    /// Binds a fallback slot to the account's login. A new login drops the slot; an old one
+    /// (replaced earlier) is refused with `false`.
+    fn bind_fallback(&mut self, id: &str, lineage: Option<&str>) -> bool {
+        let route = RouteId::Fallback(id.to_owned());
+        let Some(lineage) = lineage.map(fingerprint) else {
+            self.slot_mut(&route);
+            return true;
+        };
+        let slot = self.slot_mut(&route);
+        match &slot.owner {
+            Some(owner) if *owner == lineage => true,
+            _ if slot.retired_owners.contains(&lineage) => false,
+            Some(_) => {
+                self.reset_slot(&route, Some(lineage));
+                true
+            }
+            None => {
+                slot.owner = Some(lineage);
+                true
+            }
+        }
+    }
+
+    fn main_matches(&self, identity: Option<&str>) -> bool {
+        match (identity, &self.main.owner) {
+            (None, _) => true,
+            (Some(wanted), Some(owner)) => owner == wanted || *owner == token_identity(wanted),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// The identity of a main account the host named only by its token.
+fn token_identity(token: &str) -> String {
+    format!("{TOKEN_IDENTITY_PREFIX}{}", fingerprint(token))
+}
+
+struct Inner {
+    config: ManagerConfig,
+    clock: Arc<dyn Clock>,
+    client: UsageClient,
+    store: Option<StateStore>,
+    events: Arc<dyn HostEvents>,
+    stats: Arc<Stats>,
+    runtime: tokio::runtime::Handle,
+    fallback_fetch_slots: Semaphore,
+    state: Mutex<State>,
+}
+
+/// The quota manager. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct QuotaManager {
+    inner: Arc<Inner>,
+}
+
+impl QuotaManager {
+    /// Builds a manager and seeds it from the state file, then from the host's storage. The
+    /// state file is read here, once; a corrupt one is set aside and reported.
+    pub fn new(
+        config: ManagerConfig,
+        storage: Option<HostStorage>,
+        clock: Arc<dyn Clock>,
+        events: Arc<dyn HostEvents>,
+        stats: Arc<Stats>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, String> {
+        let client = UsageClient::new(config.usage.clone())?;
+        let settings = settings_from(&config, storage.as_ref());
+        let store = config.state_path.clone().map(StateStore::new);
+        let state = State {
+            closed: false,
+            settings,
+            main: RouteSlot::default(),
+            fallbacks: HashMap::new(),
+            last_call_by_token: HashMap::new(),
+            next_generation: 0,
+            unsaved: HashMap::new(),
+            flush_scheduled: false,
+            quarantine_reported: false,
+        };
+        let manager = Self {
+            inner: Arc::new(Inner {
+                fallback_fetch_slots: Semaphore::new(config.max_concurrent_fetches.max(1)),
+                config,
+                clock,
+                client,
+                store,
+                events,
+                stats,
+                runtime,
+                state: Mutex::new(state),
+            }),
+        };
+        let main_identity = storage.as_ref().and_then(|s| s.main_account_id.clone());
+        manager.seed_from_state_file(main_identity.as_deref());
+        if let Some(storage) = &storage {
+            manager.seed_main(storage, None);
+        }
+        Ok(manager)
+    }
+
+    /// The manager's clock (a `ManualClock` in tests).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn now(&self) -> i64 {
+        self.now_ms()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than refusing every later call would.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ----- cache reads ---------------------------------------------------------------------
+
+    pub fn get_main(&self, identity: Option<&str>) -> Option<QuotaEntry> {
+        let state = self.state();
+        if !state.main_matches(identity) {
+            return None;
+        }
+        state.main.entry.clone()
+    }
+
+    pub fn get_fallback(&self, id: &str, account: Option<&FallbackAccount>) -> Option<QuotaEntry> {
+        let mut state = self.state();
+        if let Some(account) = account {
+            if !state.bind_fallback(id, account.auth_lineage_id.as_deref()) {
+                return None;
+            }
+        }
+        state.fallbacks.get(id)?.entry.clone()
+    }
+
+    pub fn all_fallbacks(&self) -> Vec<(String, QuotaEntry)> {
+        let state = self.state();
+        let mut entries: Vec<_> = state
+            .fallbacks
+            .iter()
+            .filter_map(|(id, slot)| Some((id.clone(), slot.entry.clone()?)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
+    // ----- cache writes --------------------------------------------------------------------
+
+    pub fn set_main(&self, identity: Option<&str>, entry: QuotaEntry) {
+        let mut state = self.state();
+        if let Some(identity) = identity {
+            state.bind_main(identity);
+        }
+        state.main.entry = Some(entry);
+        self.mark_unsaved(&mut state, &RouteId::Main);
+    }
+
+    pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
+        let mut state = self.state();
+        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+        if !state.bind_fallback(id, lineage) {
+            return;
+        }
+        let route = RouteId::Fallback(id.to_owned());
+        state.slot_mut(&route).entry = Some(entry);
+        self.mark_unsaved(&mut state, &route);
+    }
+
+    pub fn clear_fallback(&self, id: &str) {
+        let mut state = self.state();
+        if let Some(slot) = state.fallbacks.remove(id) {
+            // A poll still running for it must not bring it back.
+            drop(slot);
+            state.unsaved.insert(
+                fallback_key(id),
+                StoreUpdate::Remove {
+                    key: fallback_key(id),
+                },
+            );
+            self.schedule_flush(&mut state);
+        }
+    }
+
+    /// Merges a header frame (or a host-supplied snapshot) into the main cache. A frame for
+    /// another identity starts that identity from nothing.
+    pub fn push_main_frame(
+        &self,
+        identity: Option<&str>,
+        frame: QuotaSnapshot,
+    ) -> Option<QuotaEntry> {
+        if !frame.has_windows() {
+            return None;
+        }
+        let mut state = self.state();
+        if let Some(identity) = identity {
+            state.bind_main(identity);
+        }
+        Some(self.merge_frame(&mut state, &RouteId::Main, frame))
+    }
+
+    /// Merges a header frame into a fallback's cache; `None` for a frame without windows or one
+    /// carrying a login that was already replaced.
+    pub fn push_fallback_frame(
+        &self,
+        id: &str,
+        frame: QuotaSnapshot,
+        account: Option<&FallbackAccount>,
+    ) -> Option<QuotaEntry> {
+        if !frame.has_windows() {
+            return None;
+        }
+        let mut state = self.state();
+        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+        if !state.bind_fallback(id, lineage) {
+            return None;
+        }
+        Some(self.merge_frame(&mut state, &RouteId::Fallback(id.to_owned()), frame))
+    }
+
+    fn merge_frame(
+        &self,
+        state: &mut State,
+        route: &RouteId,
+        mut frame: QuotaSnapshot,
+    ) -> QuotaEntry {
+        frame.source = Some(QuotaSource::Headers);
+        let now = self.now();
+        let checked_at = frame.checked_at.unwrap_or(now);
+        let settings = state.settings.clone();
+        let owner = account_identity(route, state);
+        let slot = state.slot_mut(route);
+        let mut quota = merge_header_frame(slot.entry.as_ref().map(|e| &e.quota), &frame);
+        if quota.account_identity.is_none() {
+            quota.account_identity = owner;
+        }
+        let entry = make_entry(quota, checked_at, &settings, now);
+        slot.entry = Some(entry.clone());
+        self.mark_unsaved(state, route);
+        entry
+    }
+
+    // ----- polls ---------------------------------------------------------------------------
+
+    /// Refreshes the main route. `identity` `None` means the host named the account only by
+    /// its token.
+    pub async fn refresh_main(
+        &self,
+        identity: Option<&str>,
+        token: &str,
+    ) -> Result<RefreshOutcome, QuotaError> {
+        let identity = identity.map_or_else(|| token_identity(token), str::to_owned);
+        let shared = {
+            let mut state = self.state();
+            if state.closed {
+                return Err(QuotaError::Closed);
+            }
+            state.bind_main(&identity);
+            self.join_or_start(&mut state, RouteId::Main, token)?
+        };
+        shared.await
+    }
+
+    pub async fn refresh_fallback(
+        &self,
+        id: &str,
+        token: &str,
+        account: Option<&FallbackAccount>,
+    ) -> Result<RefreshOutcome, QuotaError> {
+        let shared = {
+            let mut state = self.state();
+            if state.closed {
+                return Err(QuotaError::Closed);
+            }
+            let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+            if !state.bind_fallback(id, lineage) {
+                // A refresh for a login that was replaced: answer for the current one instead.
+                state.bind_fallback(id, None);
+            }
+            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)?
+        };
+        shared.await
+    }
+
+    /// Refreshes every enabled account with a token whose quota is due, a few at a time.
+    /// Failures are recorded on each route (backoff, callbacks), never returned.
+    pub async fn refresh_all_fallbacks(&self, accounts: &[FallbackAccount]) {
+        let due: Vec<&FallbackAccount> = accounts
+            .iter()
+            .filter(|a| a.enabled && a.access.is_some())
+            .filter(|a| self.is_fallback_due(a))
+            .collect();
+        let refreshes = due.into_iter().map(|account| async move {
+            let token = account.access.as_deref().unwrap_or_default();
+            // Errors are on the route now; the caller asked for none.
+            let _ = self
+                .refresh_fallback(&account.id, token, Some(account))
+                .await;
+        });
+        futures::future::join_all(refreshes).await;
+    }
+
+    fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
+        let now = self.now();
+        let mut state = self.state();
+        if !state.bind_fallback(&account.id, account.auth_lineage_id.as_deref()) {
+            return false;
+        }
+        let interval = state.settings.interval_ms;
+        let Some(slot) = state.fallbacks.get(&account.id) else {
+            return true;
+        };
+        !slot.backoff.is_open(now)
+            && slot.in_flight.is_none()
+            && freshness::is_stale(slot.entry.as_ref(), now, interval, None)
+    }
+
+    /// A refresh of the main route that nobody awaits: `None` when one is running already,
+    /// the route is backed off, or the manager is closed.
+    pub fn background_main_refresh(&self, token: &str) -> Option<BoxFuture<'static, ()>> {
+        let now = self.now();
+        let identity = {
+            let state = self.state();
+            if state.closed || state.main.in_flight.is_some() || state.main.backoff.is_open(now) {
+                return None;
+            }
+            state.main.owner.clone()
+        };
+        let manager = self.clone();
+        let token = token.to_owned();
+        Some(
+            async move {
+                let _ = manager.refresh_main(identity.as_deref(), &token).await;
+            }
+            .boxed(),
+        )
+    }
+
+    /// Joins the route's running request, or starts one. Served from the cache when backed off.
+    fn join_or_start(
+        &self,
+        state: &mut State,
+        route: RouteId,
+        token: &str,
+    ) -> Result<SharedRefresh, QuotaError> {
+        let now = self.now();
+        let slot = state.slot_mut(&route);
+        if slot.backoff.is_open(now) {
+            bump(&self.inner.stats.served_during_backoff);
+            let served = slot.served_from_cache(now);
+            return Ok(futures::future::ready(served).boxed().shared());
+        }
+        if let Some(running) = &slot.in_flight {
+            bump(&self.inner.stats.joined_in_flight);
+            return Ok(running.clone());
+        }
+        let attempt = Attempt {
+            route: route.clone(),
+            key: route_key(&route, slot),
+            token: token.to_owned(),
+            generation: slot.generation,
+            started_at: now,
+            baseline_checked_at: slot.entry.as_ref().map(|e| e.checked_at),
+        };
+        let manager = self.clone();
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { manager.run_attempt(attempt).await });
+        let shared = async move {
+            task.await
+                .unwrap_or_else(|e| Err(QuotaError::Network(format!("refresh task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        slot.in_flight = Some(shared.clone());
+        Ok(shared)
+    }
+
+    async fn run_attempt(&self, attempt: Attempt) -> Result<RefreshOutcome, QuotaError> {
+        let result = self.attempt_under_locks(&attempt).await;
+        let mut state = self.state();
+        let slot = state.slot_mut(&attempt.route);
+        if slot.generation == attempt.generation {
+            slot.in_flight = None;
+        }
+        result
+    }
+
+    async fn attempt_under_locks(&self, attempt: &Attempt) -> Result<RefreshOutcome, QuotaError> {
+        let _fetch_slot = match attempt.route {
+            RouteId::Fallback(_) => Some(
+                self.inner
+                    .fallback_fetch_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| QuotaError::Closed)?,
+            ),
+            RouteId::Main => None,
+        };
+        let _route_lock = match &self.inner.store {
+            Some(store) => Some(self.lock_route(store, &attempt.key).await?),
+            None => None,
+        };
+        if let Some(served) = self.serve_from_shared_state(attempt)? {
+            return served;
+        }
+        self.wait_for_pacing(attempt).await;
+        self.fetch_and_record(attempt).await
+    }
+
+    /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
+    /// process's refresh to finish.
+    async fn lock_route(&self, store: &StateStore, key: &str) -> Result<RouteLock, QuotaError> {
+        let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut counted_wait = false;
+        loop {
+            let attempt = store.try_lock_route(key);
+            match attempt {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) => {}
+                Err(error) => {
+                    bump(&self.inner.stats.state_errors);
+                    return Err(error);
+                }
+            }
+            if !counted_wait {
+                counted_wait = true;
+                bump(&self.inner.stats.lock_waits);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bump(&self.inner.stats.lock_timeouts);
+                return Err(QuotaError::Timeout(format!(
+                    "waited {} ms for another process's quota refresh",
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// With the route lock held: folds in what other processes wrote, then answers from it
+    /// when it makes a request pointless (an open shared backoff, or a result produced while
+    /// this call waited). `Ok(None)` means: fetch.
+    #[allow(clippy::type_complexity)]
+    fn serve_from_shared_state(
+        &self,
+        attempt: &Attempt,
+    ) -> Result<Option<Result<RefreshOutcome, QuotaError>>, QuotaError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(None);
+        };
+        let record = store.read_route(&attempt.key).inspect_err(|_| {
+            bump(&self.inner.stats.state_errors);
+        })?;
+        let now = self.now();
+        let mut state = self.state();
+        let interval = state.settings.interval_ms;
+        let slot = state.slot_mut(&attempt.route);
+        if slot.generation != attempt.generation {
+            return Ok(None);
+        }
+        if let Some(record) = &record {
+            slot.adopt(record);
+        }
+        if slot.backoff.is_open(now) {
+            bump(&self.inner.stats.served_during_backoff);
+            return Ok(Some(slot.served_from_cache(now)));
+        }
+        let Some(entry) = &slot.entry else {
+            return Ok(None);
+        };
+        let produced_by_another = attempt
+            .baseline_checked_at
+            .is_none_or(|b| entry.checked_at > b);
+        let recent = entry.checked_at >= attempt.started_at
+            || !freshness::is_stale(Some(entry), now, interval, None);
+        if produced_by_another && recent {
+            bump(&self.inner.stats.joined_other_process);
+            return Ok(Some(Ok(RefreshOutcome {
+                quota: entry.quota.clone(),
+                fetched: false,
+            })));
+        }
+        Ok(None)
+    }
+
+    /// Keeps at least `apiCallGapMs` between two requests with one token. The gap is measured
+    /// on the manager's clock but waited out in real time, so a frozen test clock never hangs.
+    async fn wait_for_pacing(&self, attempt: &Attempt) {
+        let gap = self.inner.config.api_call_gap_ms;
+        if gap <= 0 {
+            return;
+        }
+        let token_fingerprint = fingerprint(&attempt.token);
+        let last_call = {
+            let state = self.state();
+            let by_token = state.last_call_by_token.get(&token_fingerprint).copied();
+            let by_route = state
+                .slot(&attempt.route)
+                .filter(|slot| slot.token_fingerprint.as_deref() == Some(&token_fingerprint))
+                .and_then(|slot| slot.last_attempt_at);
+            by_token.max(by_route)
+        };
+        if let Some(last_call) = last_call {
+            let wait = (gap - (self.now() - last_call)).clamp(0, gap);
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+        }
+    }
+
+    async fn fetch_and_record(&self, attempt: &Attempt) -> Result<RefreshOutcome, QuotaError> {
+        let token_fingerprint = fingerprint(&attempt.token);
+        let fetch_started_at = self.now();
+        {
+            let mut state = self.state();
+            state
+                .last_call_by_token
+                .insert(token_fingerprint.clone(), fetch_started_at);
+            let slot = state.slot_mut(&attempt.route);
+            if slot.generation == attempt.generation {
+                slot.last_attempt_at = Some(fetch_started_at);
+            }
+        }
+        bump(&self.inner.stats.api_calls);
+        let clock = self.inner.clock.clone();
+        let result = self
+            .inner
+            .client
+            .fetch(&attempt.token, move || clock.now_ms())
+            .await;
+        match result {
+            Ok(snapshot) => {
+                let outcome = self.record_success(attempt, snapshot, &token_fingerprint);
+                self.persist_route(attempt).await;
+                if let Some((quota, checked_at)) = outcome.clone() {
+                    self.announce_success(
+                        attempt,
+                        quota,
+                        checked_at,
+                        token_fingerprint,
+                        fetch_started_at,
+                    )
+                    .await;
+                }
+                match outcome {
+                    Some((quota, _)) => Ok(RefreshOutcome {
+                        quota,
+                        fetched: true,
+                    }),
+                    None => Err(QuotaError::Closed),
+                }
+            }
+            Err(error) => {
+                let armed = self.record_failure(attempt, &error);
+                self.persist_route(attempt).await;
+                if let Some(record) = armed {
+                    self.announce_failure(attempt, record).await;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Caches a poll (unless the route was dropped meanwhile) and clears the backoff. Returns
+    /// the snapshot to hand out; `None` only if the manager was closed.
+    fn record_success(
+        &self,
+        attempt: &Attempt,
+        mut snapshot: QuotaSnapshot,
+        token_fingerprint: &str,
+    ) -> Option<(QuotaSnapshot, i64)> {
+        let now = self.now();
+        let checked_at = snapshot.checked_at.unwrap_or(now);
+        let mut state = self.state();
+        let settings = state.settings.clone();
+        snapshot.account_identity = account_identity(&attempt.route, &state);
+        let slot = state.slot_mut(&attempt.route);
+        if slot.generation != attempt.generation {
+            // The login or identity was replaced while this poll ran: hand the result to its
+            // callers, but never cache it for the new owner.
+            return Some((snapshot, checked_at));
+        }
+        let quota = merge_poll_result(slot.entry.as_ref().map(|e| &e.quota), &snapshot);
+        slot.entry = Some(make_entry(quota.clone(), checked_at, &settings, now));
+        slot.token_fingerprint = Some(token_fingerprint.to_owned());
+        slot.backoff.record_success();
+        slot.backoff_updated_at = now;
+        Some((quota, checked_at))
+    }
+
+    /// Arms the route's backoff for an endpoint failure; the record to report when it did.
+    fn record_failure(&self, attempt: &Attempt, error: &QuotaError) -> Option<ApiErrorRecord> {
+        let now = self.now();
+        let mut state = self.state();
+        let identity = account_identity(&attempt.route, &state);
+        let slot = state.slot_mut(&attempt.route);
+        if slot.generation != attempt.generation {
+            return None;
+        }
+        let was_open = slot.backoff.is_open(now);
+        let armed = slot.backoff.record_failure(
+            error,
+            now,
+            &self.inner.config.backoff,
+            rand::random::<f64>(),
+            identity.as_deref(),
+        );
+        if armed.is_some() && !was_open {
+            slot.backoff_updated_at = now;
+        }
+        armed.filter(|_| !was_open)
+    }
+
+    async fn announce_success(
+        &self,
+        attempt: &Attempt,
+        quota: QuotaSnapshot,
+        checked_at: i64,
+        token_fingerprint: String,
+        fetch_started_at: i64,
+    ) {
+        if !self.is_current(attempt) {
+            return;
+        }
+        let event = FetchedEvent {
+            quota,
+            checked_at,
+            token_fingerprint,
+            fetch_started_at,
+        };
+        match &attempt.route {
+            RouteId::Main => self.inner.events.main_quota_fetched(event).await,
+            RouteId::Fallback(id) => {
+                self.inner
+                    .events
+                    .fallback_quota_fetched(id.clone(), event)
+                    .await
+            }
+        }
+    }
+
+    async fn announce_failure(&self, attempt: &Attempt, record: ApiErrorRecord) {
+        match &attempt.route {
+            RouteId::Main => self.inner.events.api_error(record).await,
+            RouteId::Fallback(id) => {
+                self.inner
+                    .events
+                    .fallback_api_error(id.clone(), record)
+                    .await
+            }
+        }
+    }
+
+    fn is_current(&self, attempt: &Attempt) -> bool {
+        self.state()
+            .slot(&attempt.route)
+            .is_some_and(|slot| slot.generation == attempt.generation)
+    }
+
+    // ----- persistence ---------------------------------------------------------------------
+
+    /// Writes the route now (other processes wait on its lock for exactly this), together with
+    /// anything else waiting to be written.
+    async fn persist_route(&self, attempt: &Attempt) {
+        if self.inner.store.is_none() {
+            return;
+        }
+        {
+            let mut state = self.state();
+            let Some(slot) = state.slot(&attempt.route) else {
+                return;
+            };
+            if slot.generation != attempt.generation {
+                return;
+            }
+            let record = self.record_for(&state, &attempt.route);
+            state.unsaved.insert(
+                attempt.key.clone(),
+                StoreUpdate::Merge {
+                    key: attempt.key.clone(),
+                    record,
+                },
+            );
+        }
+        self.flush().await;
+    }
+
+    fn record_for(&self, state: &State, route: &RouteId) -> RouteRecord {
+        let slot = state.slot(route).expect("route exists");
+        let mut record = slot.to_record();
+        if let RouteId::Fallback(_) = route {
+            record.lineage = slot.owner.clone();
+        }
+        record
+    }
+
+    fn mark_unsaved(&self, state: &mut State, route: &RouteId) {
+        if self.inner.store.is_none() {
+            return;
+        }
+        let Some(slot) = state.slot(route) else {
+            return;
+        };
+        let key = route_key(route, slot);
+        let record = self.record_for(state, route);
+        state
+            .unsaved
+            .insert(key.clone(), StoreUpdate::Merge { key, record });
+        self.schedule_flush(state);
+    }
+
+    /// Coalesces writes: the first change schedules one write a moment later that carries
+    /// every change made until then.
+    fn schedule_flush(&self, state: &mut State) {
+        if self.inner.store.is_none() || state.flush_scheduled {
+            return;
+        }
+        state.flush_scheduled = true;
+        let manager = self.clone();
+        self.inner.runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(WRITE_COALESCE_MS)).await;
+            manager.flush().await;
+        });
+    }
+
+    /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
+    pub async fn flush(&self) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let updates: Vec<StoreUpdate> = {
+            let mut state = self.state();
+            state.flush_scheduled = false;
+            state.unsaved.drain().map(|(_, update)| update).collect()
+        };
+        if updates.is_empty() {
+            return;
+        }
+        let written = tokio::task::spawn_blocking(move || store.apply(&updates))
+            .await
+            .unwrap_or_else(|e| {
+                Err(QuotaError::State {
+                    path: String::new(),
+                    reason: e.to_string(),
+                })
+            });
+        match written {
+            Ok(loaded) => {
+                bump(&self.inner.stats.state_writes);
+                if let Some(aside) = loaded.quarantined {
+                    self.report_quarantine(&aside);
+                }
+            }
+            Err(error) => {
+                bump(&self.inner.stats.state_errors);
+                eprintln!("anthropic-quota-manager: could not write the quota state: {error}");
+            }
+        }
+    }
+
+    fn report_quarantine(&self, aside: &std::path::Path) {
+        bump(&self.inner.stats.state_file_quarantines);
+        let mut state = self.state();
+        if !state.quarantine_reported {
+            state.quarantine_reported = true;
+            eprintln!(
+                "anthropic-quota-manager: the quota state file could not be read; it was moved to {} and the manager starts empty",
+                aside.display()
+            );
+        }
+    }
+
+    fn seed_from_state_file(&self, main_identity: Option<&str>) {
+        let Some(store) = &self.inner.store else {
+            return;
+        };
+        let loaded = match store.load() {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                bump(&self.inner.stats.state_errors);
+                eprintln!("anthropic-quota-manager: could not read the quota state: {error}");
+                return;
+            }
+        };
+        if let Some(aside) = &loaded.quarantined {
+            self.report_quarantine(aside);
+        }
+        let mut state = self.state();
+        let newest_main = loaded
+            .state
+            .routes
+            .iter()
+            .filter_map(|(key, record)| Some((key.strip_prefix("main:")?, record)))
+            .filter(|(identity, _)| main_identity.is_none_or(|wanted| wanted == *identity))
+            .max_by_key(|(_, record)| record.entry.as_ref().map(|e| e.checked_at));
+        if let Some((identity, record)) = newest_main {
+            state.main.owner = Some(identity.to_owned());
+            state.main.adopt(record);
+        }
+        for (key, record) in &loaded.state.routes {
+            if let Some(id) = key.strip_prefix("fallback:") {
+                let slot = state.fallbacks.entry(id.to_owned()).or_default();
+                slot.owner = record.lineage.clone();
+                slot.adopt(record);
+            }
+        }
+    }
+
+    // ----- host storage --------------------------------------------------------------------
+
+    /// Takes new settings from the host's storage and seeds the main route from it.
+    pub fn update_storage(&self, storage: Option<&HostStorage>) {
+        {
+            let mut state = self.state();
+            state.settings = settings_from(&self.inner.config, storage);
+        }
+        if let Some(storage) = storage {
+            self.seed_main(storage, None);
+        }
+    }
+
+    /// Adopts the host's persisted main snapshot when it is newer than the cache, and its
+    /// persisted backoff when that is newer than ours.
+    pub fn seed_main(&self, storage: &HostStorage, identity: Option<&str>) {
+        let now = self.now();
+        let mut state = self.state();
+        let identity = identity
+            .map(str::to_owned)
+            .or_else(|| storage.main_account_id.clone())
+            .or_else(|| storage.main_quota.as_ref()?.account_identity.clone());
+        if let Some(identity) = &identity {
+            state.bind_main(identity);
+        }
+        let settings = state.settings.clone();
+        if let Some(quota) = &storage.main_quota {
+            let checked_at = storage
+                .main_quota_checked_at
+                .or(quota.checked_at)
+                .or_else(|| quota.oldest_window_checked_at());
+            if let Some(checked_at) = checked_at {
+                let is_newer = state
+                    .main
+                    .entry
+                    .as_ref()
+                    .is_none_or(|e| checked_at > e.checked_at);
+                if is_newer {
+                    state.main.entry = Some(make_entry(quota.clone(), checked_at, &settings, now));
+                }
+            }
+        }
+        if let Some(error) = &storage.main_last_error {
+            seed_backoff(&mut state.main, error, now);
+        }
+    }
+
+    /// Adopts each configured account's persisted quota and backoff, and forgets accounts that
+    /// are no longer configured. Disabled accounts are skipped.
+    pub fn seed_fallbacks(&self, accounts: &[FallbackAccount]) {
+        let now = self.now();
+        let mut state = self.state();
+        state
+            .fallbacks
+            .retain(|id, _| accounts.iter().any(|a| &a.id == id));
+        let settings = state.settings.clone();
+        for account in accounts.iter().filter(|a| a.enabled) {
+            if !state.bind_fallback(&account.id, account.auth_lineage_id.as_deref()) {
+                continue;
+            }
+            let slot = state.slot_mut(&RouteId::Fallback(account.id.clone()));
+            if let Some(quota) = &account.quota {
+                if let Some(checked_at) = quota
+                    .checked_at
+                    .or_else(|| quota.oldest_window_checked_at())
+                {
+                    if slot
+                        .entry
+                        .as_ref()
+                        .is_none_or(|e| checked_at > e.checked_at)
+                    {
+                        slot.entry = Some(make_entry(quota.clone(), checked_at, &settings, now));
+                    }
+                }
+            }
+            if let Some(error) = &account.last_error {
+                seed_backoff(slot, error, now);
+            }
+        }
+    }
+
+    // ----- freshness and backoff -----------------------------------------------------------
+
+    pub fn is_main_stale(&self, model: Option<&str>) -> bool {
+        let state = self.state();
+        freshness::is_stale(
+            state.main.entry.as_ref(),
+            self.now(),
+            state.settings.interval_ms,
+            model,
+        )
+    }
+
+    pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
+        let state = self.state();
+        let entry = state.fallbacks.get(id).and_then(|slot| slot.entry.as_ref());
+        freshness::is_stale(entry, self.now(), state.settings.interval_ms, model)
+    }
+
+    pub fn should_refresh_on_request_count(&self, request_count: i64) -> bool {
+        let every_n = self.state().settings.refresh_every_n;
+        freshness::should_refresh_on_request_count(request_count, every_n)
+    }
+
+    pub fn needs_refresh(&self, request_count: i64, model: Option<&str>) -> bool {
+        self.is_main_stale(model) || self.should_refresh_on_request_count(request_count)
+    }
+
+    pub fn is_backed_off(&self) -> bool {
+        self.state().main.backoff.is_open(self.now())
+    }
+
+    pub fn is_fallback_backed_off(&self, id: &str) -> bool {
+        let now = self.now();
+        self.state()
+            .fallbacks
+            .get(id)
+            .is_some_and(|slot| slot.backoff.is_open(now))
+    }
+
+    pub fn last_api_error(&self) -> Option<ApiErrorRecord> {
+        self.state().main.backoff.last_error.clone()
+    }
+
+    pub fn fallback_api_error(&self, id: &str) -> Option<ApiErrorRecord> {
+        self.state().fallbacks.get(id)?.backoff.last_error.clone()
+    }
+
+    /// The routing policy the host configured in its storage.
+    pub fn policy(&self) -> QuotaPolicy {
+        let state = self.state();
+        QuotaPolicy {
+            minimum_remaining: state.settings.minimum.clone(),
+            fail_closed_on_unknown_quota: state.settings.fail_closed,
+        }
+    }
+
+    /// SPEC §7: the 429 the plugin answers with when it fails closed, main is backed off and
+    /// nothing is cached.
+    pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
+        let now = self.now();
+        let state = self.state();
+        let main = &state.main;
+        if !state.settings.fail_closed || main.entry.is_some() || !main.backoff.is_open(now) {
+            return None;
+        }
+        let remaining_ms = main.backoff.remaining_ms(now);
+        let retry_after_secs = ((remaining_ms + 999) / 1000).max(1);
+        let last_error = main
+            .backoff
+            .last_error
+            .as_ref()
+            .map_or("unknown error", |e| e.message.as_str());
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {
+                "type": "rate_limit_error",
+                "message": format!("Quota API backed off for {retry_after_secs}s after: {last_error}"),
+            }
+        });
+        Some(FailClosedResponse {
+            retry_after_secs,
+            body: body.to_string(),
+        })
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Refuses new calls, lets running ones settle, and writes what is still unsaved.
+    pub async fn close(&self) {
+        let running: Vec<SharedRefresh> = {
+            let mut state = self.state();
+            state.closed = true;
+            self.inner.fallback_fetch_slots.close();
+            std::iter::once(&state.main)
+                .chain(state.fallbacks.values())
+                .filter_map(|slot| slot.in_flight.clone())
+                .collect()
+        };
+        futures::future::join_all(running).await;
+        self.flush().await;
+    }
+}
+
+/// What one leader request knows about itself.
+struct Attempt {
+    route: RouteId,
+    key: String,
+    token: String,
+    generation: u64,
+    started_at: i64,
+    /// The cached snapshot's time when the request began; a newer one in the state file was
+    /// produced by someone else meanwhile.
+    baseline_checked_at: Option<i64>,
+}
+
+fn route_key(route: &RouteId, slot: &RouteSlot) -> String {
+    match route {
+        RouteId::Main => main_key(slot.owner.as_deref().unwrap_or("default")),
+        RouteId::Fallback(id) => fallback_key(id),
+    }
+}
+
+/// The identity a route's snapshots carry: the main account's identity, or the fallback id.
+fn account_identity(route: &RouteId, state: &State) -> Option<String> {
+    match route {
+        RouteId::Main => state.main.owner.clone(),
+        RouteId::Fallback(id) => Some(id.clone()),
+    }
+}
+
+fn settings_from(config: &ManagerConfig, storage: Option<&HostStorage>) -> Settings {
+    let minutes = config
+        .check_interval_minutes
+        .or_else(|| storage?.check_interval_minutes)
+        .unwrap_or(DEFAULT_CHECK_INTERVAL_MINUTES);
+    Settings {
+        interval_ms: (minutes * freshness::MINUTE_MS as f64) as i64,
+        refresh_every_n: config
+            .refresh_every_n_requests
+            .or_else(|| storage?.refresh_every_n_requests)
+            .unwrap_or(0),
+        minimum: storage
+            .and_then(|s| s.minimum_remaining.clone())
+            .unwrap_or_default(),
+        fail_closed: storage
+            .and_then(|s| s.fail_closed_on_unknown_quota)
+            .unwrap_or(false),
+    }
+}
+
+/// A cache entry whose `refreshAfter` follows SPEC §3, measured from the oldest window so a
+/// header push never postpones the poll that the older poll-only fields need.
+fn make_entry(quota: QuotaSnapshot, checked_at: i64, settings: &Settings, now: i64) -> QuotaEntry {
+    let oldest = quota
+        .oldest_window_checked_at()
+        .unwrap_or(checked_at)
+        .min(checked_at);
+    let exhausted = exhausted_until(&quota, &settings.minimum, now);
+    let refresh_after = freshness::refresh_after(&quota, oldest, settings.interval_ms, exhausted);
+    QuotaEntry {
+        quota,
+        checked_at,
+        refresh_after,
+    }
+}
+
+/// Adopts a backoff the host persisted, when it is newer than the one the slot has.
+fn seed_backoff(slot: &mut RouteSlot, error: &ApiErrorRecord, now: i64) {
+    if error.checked_at <= slot.backoff_updated_at {
+        return;
+    }
+    slot.backoff = backoff::from_persisted(error, now);
+    slot.backoff_updated_at = error.checked_at;
+}
+
+#[allow(dead_code)]
+fn is_transient(error: &QuotaError) -> bool {
+    error.failure_class() == FailureClass::Transient
+}

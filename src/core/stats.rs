@@ -1,0 +1,57 @@
+//! Counters for `stats()`: plain atomics, bumped where the event happens.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub api_calls: AtomicU64,
+    pub joined_in_flight: AtomicU64,
+    pub joined_other_process: AtomicU64,
+    pub served_during_backoff: AtomicU64,
+    pub lock_waits: AtomicU64,
+    pub lock_timeouts: AtomicU64,
+    pub state_writes: AtomicU64,
+    pub callback_errors: AtomicU64,
+    pub state_file_quarantines: AtomicU64,
+    pub state_errors: AtomicU64,
+}
+
+/// A copy of the counters at one moment (API.md `QuotaStats`, plus two state-file counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSnapshot {
+    pub api_calls: u64,
+    pub joined_in_flight: u64,
+    pub joined_other_process: u64,
+    pub served_during_backoff: u64,
+    pub lock_waits: u64,
+    pub lock_timeouts: u64,
+    pub state_writes: u64,
+    pub callback_errors: u64,
+    pub state_file_quarantines: u64,
+    pub state_errors: u64,
+}
+
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsSnapshot {
+            api_calls: read(&self.api_calls),
+            joined_in_flight: read(&self.joined_in_flight),
+            joined_other_process: read(&self.joined_other_process),
+            served_during_backoff: read(&self.served_during_backoff),
+            lock_waits: read(&self.lock_waits),
+            lock_timeouts: read(&self.lock_timeouts),
+            state_writes: read(&self.state_writes),
+            callback_errors: read(&self.callback_errors),
+            state_file_quarantines: read(&self.state_file_quarantines),
+            state_errors: read(&self.state_errors),
+        }
+    }
+}
