@@ -311,7 +311,7 @@ export declare function parseQuotaHeaders(headers: Record<string, string>, nowMs
  * A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
  * `undefined` for `0`, negative, past or unparsable values.
  */
-export declare function parseRetryAfter(value: string, nowMs?: number): number | null
+export declare function parseRetryAfter(value: string, nowMs?: number): number | undefined
 
 /**
  * The first 16 hex characters of the SHA-256 of a token: how the package names a token

@@ -5,7 +5,7 @@ use napi_derive::napi;
 use serde::Serialize;
 
 use super::js::{
-    is_nullish, number_in, optional_string, required_string, to_json, type_error, Json,
+    is_nullish, number_in, optional_string, required_string, to_json, type_error, Json, OrUndefined,
 };
 use crate::core::backoff;
 use crate::core::clock::{Clock, SystemClock};
@@ -108,13 +108,18 @@ pub fn parse_quota_headers_js(
 
 /// A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
 /// `undefined` for `0`, negative, past or unparsable values.
-#[napi(ts_args_type = "value: string, nowMs?: number")]
+#[napi(
+    ts_args_type = "value: string, nowMs?: number",
+    ts_return_type = "number | undefined"
+)]
 pub fn parse_retry_after(
     env: Env,
     value: Option<Unknown>,
     now_ms: Option<Unknown>,
-) -> Result<Option<f64>> {
+) -> Result<OrUndefined<f64>> {
     let value = required_string(&env, value, "value")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
-    Ok(backoff::parse_retry_after(&value, now).map(|ms| ms as f64))
+    Ok(OrUndefined(
+        backoff::parse_retry_after(&value, now).map(|ms| ms as f64),
+    ))
 }

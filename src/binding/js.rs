@@ -163,3 +163,25 @@ pub fn describe(value_type: ValueType) -> &'static str {
         _ => "an unknown value",
     }
 }
+
+/// `undefined` when absent (API.md's optional results), the value otherwise.
+pub struct OrUndefined<T>(pub Option<T>);
+
+impl<T: ToNapiValue> ToNapiValue for OrUndefined<T> {
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        match value.0 {
+            Some(inner) => T::to_napi_value(env, inner),
+            None => <()>::to_napi_value(env, ()),
+        }
+    }
+}
+
+impl<T> TypeName for OrUndefined<T> {
+    fn type_name() -> &'static str {
+        "OrUndefined"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Unknown
+    }
+}

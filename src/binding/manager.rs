@@ -11,14 +11,14 @@ use serde_json::Value;
 use super::callbacks::JsCallbacks;
 use super::js::{
     describe, is_nullish, optional_string, quota_error, required_non_empty, to_json, type_error,
-    Json,
+    Json, OrUndefined,
 };
 use super::options::parse_options;
 use crate::core::error::QuotaError;
 use crate::core::headers::frame_from_value;
 use crate::core::host::{FallbackAccount, HostStorage};
 use crate::core::manager::{QuotaManager as CoreManager, RefreshOutcome};
-use crate::core::snapshot::{QuotaEntry, QuotaSnapshot};
+use crate::core::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot};
 use crate::core::stats::Stats;
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
@@ -474,8 +474,8 @@ impl QuotaManager {
 
     /// The main route's last backoff-arming failure.
     #[napi(ts_return_type = "QuotaApiError | undefined")]
-    pub fn get_last_api_error(&self) -> Option<Json<crate::core::snapshot::ApiErrorRecord>> {
-        self.core.last_api_error().map(Json)
+    pub fn get_last_api_error(&self) -> OrUndefined<Json<ApiErrorRecord>> {
+        OrUndefined(self.core.last_api_error().map(Json))
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -487,9 +487,9 @@ impl QuotaManager {
         &self,
         env: Env,
         account_id: Option<Unknown>,
-    ) -> Result<Option<Json<crate::core::snapshot::ApiErrorRecord>>> {
+    ) -> Result<OrUndefined<Json<ApiErrorRecord>>> {
         let id = required_non_empty(&env, account_id, "accountId")?;
-        Ok(self.core.fallback_api_error(&id).map(Json))
+        Ok(OrUndefined(self.core.fallback_api_error(&id).map(Json)))
     }
 
     // ----- host storage --------------------------------------------------------------------
