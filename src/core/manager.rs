@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use super::backoff::{self, BackoffConfig, BackoffState};
 use super::client::{UsageClient, UsageClientConfig};
 use super::clock::Clock;
-use super::error::{FailureClass, QuotaError};
+use super::error::QuotaError;
 use super::fingerprint::fingerprint;
 use super::freshness;
 use super::host::{FallbackAccount, HostStorage};
@@ -921,7 +921,7 @@ impl QuotaManager {
                 attempt.key.clone(),
                 StoreUpdate::Merge {
                     key: attempt.key.clone(),
-                    record,
+                    record: Box::new(record),
                 },
             );
         }
@@ -946,9 +946,13 @@ impl QuotaManager {
         };
         let key = route_key(route, slot);
         let record = self.record_for(state, route);
-        state
-            .unsaved
-            .insert(key.clone(), StoreUpdate::Merge { key, record });
+        state.unsaved.insert(
+            key.clone(),
+            StoreUpdate::Merge {
+                key,
+                record: Box::new(record),
+            },
+        );
         self.schedule_flush(state);
     }
 
@@ -1307,7 +1311,275 @@ fn seed_backoff(slot: &mut RouteSlot, error: &ApiErrorRecord, now: i64) {
     slot.backoff_updated_at = error.checked_at;
 }
 
-#[allow(dead_code)]
-fn is_transient(error: &QuotaError) -> bool {
-    error.failure_class() == FailureClass::Transient
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::ManualClock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const START: i64 = 1_800_000_000_000;
+    const BODY: &str = r#"{"five_hour":{"utilization":9},"seven_day":{"utilization":68},
+        "limits":[{"kind":"weekly_scoped","group":"weekly","percent":22,"is_active":true,
+        "scope":{"model":{"id":"claude-fable-5-1","display_name":"Fable"}}}]}"#;
+
+    /// A local usage endpoint answering every request with `status` after `delay_ms`.
+    struct Endpoint {
+        url: String,
+        requests: Arc<AtomicUsize>,
+        status: Arc<AtomicUsize>,
+    }
+
+    async fn endpoint(delay_ms: u64) -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/usage", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicUsize::new(200));
+        let (counter, answer) = (requests.clone(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (counter, answer) = (counter.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = socket.read(&mut buffer).await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    let status = answer.load(Ordering::SeqCst);
+                    let body = if status == 200 { BODY } else { "nope" };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Endpoint {
+            url,
+            requests,
+            status,
+        }
+    }
+
+    struct NoEvents;
+    impl HostEvents for NoEvents {
+        fn main_quota_fetched(&self, _: FetchedEvent) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+        fn api_error(&self, _: ApiErrorRecord) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+        fn fallback_quota_fetched(&self, _: String, _: FetchedEvent) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+        fn fallback_api_error(&self, _: String, _: ApiErrorRecord) -> BoxFuture<'static, ()> {
+            async {}.boxed()
+        }
+    }
+
+    fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfig {
+        ManagerConfig {
+            usage: UsageClientConfig {
+                url: url.to_owned(),
+                user_agent: "test/1".to_owned(),
+                timeout: Duration::from_secs(5),
+            },
+            check_interval_minutes: None,
+            refresh_every_n_requests: None,
+            api_call_gap_ms: 0,
+            lock_timeout_ms: 5_000,
+            max_concurrent_fetches: 4,
+            backoff: BackoffConfig {
+                jitter: 0.0,
+                ..BackoffConfig::default()
+            },
+            state_path,
+        }
+    }
+
+    fn manager(config: ManagerConfig, clock: &ManualClock) -> QuotaManager {
+        QuotaManager::new(
+            config,
+            None,
+            Arc::new(clock.clone()),
+            Arc::new(NoEvents),
+            Arc::new(Stats::default()),
+            tokio::runtime::Handle::current(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_refreshes_of_one_route_share_one_request() {
+        let server = endpoint(100).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        let calls = (0..200).map(|_| manager.refresh_main(Some("alice"), "token"));
+        let results = futures::future::join_all(calls).await;
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert!(results.iter().all(|r| r.as_ref().unwrap().fetched));
+        assert_eq!(manager.stats().joined_in_flight, 199);
+        let entry = manager.get_main(Some("alice")).unwrap();
+        assert_eq!(entry.refresh_after, START + 5 * 60_000);
+        assert_eq!(entry.quota.account_identity.as_deref(), Some("alice"));
+        assert!(manager.get_main(Some("bob")).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_climb_the_ladder_once_per_window_and_serve_the_cache_meanwhile() {
+        let server = endpoint(0).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        manager.refresh_main(Some("alice"), "t").await.unwrap();
+        server.status.store(429, Ordering::SeqCst);
+        for expected_minutes in [1, 2, 4, 8, 15, 15] {
+            clock.advance(20 * 60_000);
+            let error = manager.refresh_main(Some("alice"), "t").await.unwrap_err();
+            assert_eq!(error.code(), "QUOTA_HTTP_ERROR");
+            let record = manager.last_api_error().unwrap();
+            assert_eq!(
+                record.next_retry_at.unwrap() - record.checked_at,
+                expected_minutes * 60_000
+            );
+            let served = manager.refresh_main(Some("alice"), "t").await.unwrap();
+            assert!(!served.fetched, "backed off: served from the cache");
+        }
+        assert_eq!(server.requests.load(Ordering::SeqCst), 7);
+        server.status.store(200, Ordering::SeqCst);
+        clock.advance(20 * 60_000);
+        manager.refresh_main(Some("alice"), "t").await.unwrap();
+        assert!(!manager.is_backed_off());
+        assert!(manager.last_api_error().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn switching_identity_drops_the_old_cache() {
+        let server = endpoint(0).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        manager.refresh_main(Some("alice"), "t1").await.unwrap();
+        manager.refresh_main(Some("bob"), "t2").await.unwrap();
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+        assert!(manager.get_main(Some("alice")).is_none());
+        assert!(manager.get_main(Some("bob")).is_some());
+        manager.refresh_main(None, "raw-token").await.unwrap();
+        let entry = manager
+            .get_main(Some("raw-token"))
+            .expect("found by its token");
+        assert_ne!(entry.quota.account_identity.as_deref(), Some("raw-token"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replaced_login_drops_the_slot_and_refuses_old_observations() {
+        let server = endpoint(0).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        let old = FallbackAccount {
+            id: "fb".into(),
+            enabled: true,
+            auth_lineage_id: Some("login-1".into()),
+            ..Default::default()
+        };
+        let new = FallbackAccount {
+            auth_lineage_id: Some("login-2".into()),
+            ..old.clone()
+        };
+        manager
+            .refresh_fallback("fb", "t", Some(&old))
+            .await
+            .unwrap();
+        assert!(manager.get_fallback("fb", Some(&old)).is_some());
+        assert!(
+            manager.get_fallback("fb", Some(&new)).is_none(),
+            "new login starts empty"
+        );
+        let frame = QuotaSnapshot {
+            five_hour: Some(crate::core::snapshot::QuotaWindow::from_used(
+                5.0, None, START,
+            )),
+            ..Default::default()
+        };
+        assert!(manager
+            .push_fallback_frame("fb", frame.clone(), Some(&old))
+            .is_none());
+        assert!(manager
+            .push_fallback_frame("fb", frame, Some(&new))
+            .is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_manager_waits_for_the_first_and_adopts_its_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let server = endpoint(300).await;
+        let clock = ManualClock::new(START);
+        let first = manager(config(&server.url, Some(state.clone())), &clock);
+        let second = manager(config(&server.url, Some(state.clone())), &clock);
+        let (a, b) = tokio::join!(first.refresh_main(Some("alice"), "t"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            second.refresh_main(Some("alice"), "t").await
+        });
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+        assert!(a.unwrap().fetched);
+        assert!(!b.unwrap().fetched);
+        assert_eq!(second.stats().joined_other_process, 1);
+        assert_eq!(second.stats().lock_waits, 1);
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(!text.contains("\"t\""), "no token on disk");
+
+        // A restart seeds from the file: fresh, so no request is needed.
+        let restarted = manager(config(&server.url, Some(state)), &clock);
+        assert!(!restarted.is_main_stale(None));
+        assert!(restarted.get_main(Some("alice")).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backoff_armed_by_one_manager_holds_for_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let server = endpoint(0).await;
+        server.status.store(503, Ordering::SeqCst);
+        let clock = ManualClock::new(START);
+        let first = manager(config(&server.url, Some(state.clone())), &clock);
+        let second = manager(config(&server.url, Some(state)), &clock);
+        first.refresh_main(Some("alice"), "t").await.unwrap_err();
+        let error = second.refresh_main(Some("alice"), "t").await.unwrap_err();
+        assert_eq!(error.code(), "QUOTA_BACKED_OFF");
+        assert!(second.is_backed_off());
+        assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn header_pushes_keep_poll_only_fields_and_the_poll_deadline() {
+        let server = endpoint(0).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        manager.refresh_main(Some("alice"), "t").await.unwrap();
+        clock.advance(60_000);
+        let frame = QuotaSnapshot {
+            five_hour: Some(crate::core::snapshot::QuotaWindow::from_used(
+                50.0,
+                None,
+                START + 60_000,
+            )),
+            checked_at: Some(START + 60_000),
+            ..Default::default()
+        };
+        let entry = manager.push_main_frame(Some("alice"), frame).unwrap();
+        assert_eq!(entry.quota.five_hour.as_ref().unwrap().used_percent, 50.0);
+        assert_eq!(
+            entry.quota.scoped.as_ref().unwrap().len(),
+            1,
+            "scoped kept from the poll"
+        );
+        assert_eq!(
+            entry.refresh_after,
+            START + 5 * 60_000,
+            "still due when the poll ages"
+        );
+        assert!(!manager.is_main_stale(None));
+    }
 }

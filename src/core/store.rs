@@ -83,8 +83,13 @@ pub struct StateFile {
 /// One change to apply under the file lock.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreUpdate {
-    Merge { key: String, record: RouteRecord },
-    Remove { key: String },
+    Merge {
+        key: String,
+        record: Box<RouteRecord>,
+    },
+    Remove {
+        key: String,
+    },
 }
 
 /// The result of reading the file.
@@ -360,7 +365,7 @@ mod tests {
     fn merge(key: &str, record: RouteRecord) -> StoreUpdate {
         StoreUpdate::Merge {
             key: key.into(),
-            record,
+            record: Box::new(record),
         }
     }
 
@@ -484,21 +489,21 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        let all = [
+        static ALL: [(&str, &str); 3] = [
             ("OPENCODE_CONFIG_DIR", "/oc"),
             ("XDG_CONFIG_HOME", "/xdg"),
             ("HOME", "/h"),
         ];
         assert_eq!(
-            default_state_path(env(&all)),
+            default_state_path(env(&ALL)),
             Some(PathBuf::from("/oc/anthropic-quota-state.json"))
         );
         assert_eq!(
-            default_state_path(env(&all[1..])),
+            default_state_path(env(&ALL[1..])),
             Some(PathBuf::from("/xdg/opencode/anthropic-quota-state.json"))
         );
         assert_eq!(
-            default_state_path(env(&all[2..])),
+            default_state_path(env(&ALL[2..])),
             Some(PathBuf::from(
                 "/h/.config/opencode/anthropic-quota-state.json"
             ))
