@@ -200,11 +200,34 @@ impl State {
         }
     }
 
+    /// The route's slot, created when missing. A new slot gets a generation of its own, so a
+    /// request started for a slot that was cleared meanwhile can never write into it.
     fn slot_mut(&mut self, route: &RouteId) -> &mut RouteSlot {
         match route {
             RouteId::Main => &mut self.main,
-            RouteId::Fallback(id) => self.fallbacks.entry(id.clone()).or_default(),
+            RouteId::Fallback(id) => {
+                if !self.fallbacks.contains_key(id) {
+                    let generation = self.new_generation();
+                    self.fallbacks.insert(
+                        id.clone(),
+                        RouteSlot {
+                            generation,
+                            ..RouteSlot::default()
+                        },
+                    );
+                }
+                self.fallbacks.get_mut(id).expect("inserted above")
+            }
         }
+    }
+
+    /// The slot a request was started for, unless it was dropped or replaced since.
+    fn attempt_slot(&mut self, attempt: &Attempt) -> Option<&mut RouteSlot> {
+        let slot = match &attempt.route {
+            RouteId::Main => &mut self.main,
+            RouteId::Fallback(id) => self.fallbacks.get_mut(id)?,
+        };
+        (slot.generation == attempt.generation).then_some(slot)
     }
 
     /// Drops a route's cache, backoff and running request (a new identity or a new login).
@@ -406,9 +429,8 @@ impl QuotaManager {
 
     pub fn clear_fallback(&self, id: &str) {
         let mut state = self.state();
-        if let Some(slot) = state.fallbacks.remove(id) {
-            // A poll still running for it must not bring it back.
-            drop(slot);
+        // A poll still running for it finds no slot of its generation and caches nothing.
+        if state.fallbacks.remove(id).is_some() {
             state.unsaved.insert(
                 fallback_key(id),
                 StoreUpdate::Remove {
@@ -616,9 +638,7 @@ impl QuotaManager {
 
     async fn run_attempt(&self, attempt: Attempt) -> Result<RefreshOutcome, QuotaError> {
         let result = self.attempt_under_locks(&attempt).await;
-        let mut state = self.state();
-        let slot = state.slot_mut(&attempt.route);
-        if slot.generation == attempt.generation {
+        if let Some(slot) = self.state().attempt_slot(&attempt) {
             slot.in_flight = None;
         }
         result
@@ -697,10 +717,9 @@ impl QuotaManager {
         let now = self.now();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
-        let slot = state.slot_mut(&attempt.route);
-        if slot.generation != attempt.generation {
+        let Some(slot) = state.attempt_slot(attempt) else {
             return Ok(None);
-        }
+        };
         if let Some(record) = &record {
             slot.adopt(record);
         }
@@ -759,8 +778,7 @@ impl QuotaManager {
             state
                 .last_call_by_token
                 .insert(token_fingerprint.clone(), fetch_started_at);
-            let slot = state.slot_mut(&attempt.route);
-            if slot.generation == attempt.generation {
+            if let Some(slot) = state.attempt_slot(attempt) {
                 slot.last_attempt_at = Some(fetch_started_at);
             }
         }
@@ -817,12 +835,11 @@ impl QuotaManager {
         let mut state = self.state();
         let settings = state.settings.clone();
         snapshot.account_identity = account_identity(&attempt.route, &state);
-        let slot = state.slot_mut(&attempt.route);
-        if slot.generation != attempt.generation {
-            // The login or identity was replaced while this poll ran: hand the result to its
-            // callers, but never cache it for the new owner.
+        let Some(slot) = state.attempt_slot(attempt) else {
+            // The login or identity was replaced (or the account cleared) while this poll ran:
+            // hand the result to its callers, but never cache it for the new owner.
             return Some((snapshot, checked_at));
-        }
+        };
         let quota = merge_poll_result(slot.entry.as_ref().map(|e| &e.quota), &snapshot);
         slot.entry = Some(make_entry(quota.clone(), checked_at, &settings, now));
         slot.token_fingerprint = Some(token_fingerprint.to_owned());
@@ -836,10 +853,7 @@ impl QuotaManager {
         let now = self.now();
         let mut state = self.state();
         let identity = account_identity(&attempt.route, &state);
-        let slot = state.slot_mut(&attempt.route);
-        if slot.generation != attempt.generation {
-            return None;
-        }
+        let slot = state.attempt_slot(attempt)?;
         let was_open = slot.backoff.is_open(now);
         let armed = slot.backoff.record_failure(
             error,
@@ -895,9 +909,7 @@ impl QuotaManager {
     }
 
     fn is_current(&self, attempt: &Attempt) -> bool {
-        self.state()
-            .slot(&attempt.route)
-            .is_some_and(|slot| slot.generation == attempt.generation)
+        self.state().attempt_slot(attempt).is_some()
     }
 
     // ----- persistence ---------------------------------------------------------------------
@@ -910,10 +922,7 @@ impl QuotaManager {
         }
         {
             let mut state = self.state();
-            let Some(slot) = state.slot(&attempt.route) else {
-                return;
-            };
-            if slot.generation != attempt.generation {
+            if state.attempt_slot(attempt).is_none() {
                 return;
             }
             let record = self.record_for(&state, &attempt.route);
@@ -1508,6 +1517,22 @@ mod tests {
         assert!(manager
             .push_fallback_frame("fb", frame, Some(&new))
             .is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poll_running_while_its_account_is_cleared_caches_nothing() {
+        let server = endpoint(200).await;
+        let clock = ManualClock::new(START);
+        let manager = manager(config(&server.url, None), &clock);
+        let running = manager.refresh_fallback("fb", "t", None);
+        let clear = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            manager.clear_fallback("fb");
+        };
+        let (result, ()) = tokio::join!(running, clear);
+        assert!(result.unwrap().fetched, "its caller still gets the answer");
+        assert!(manager.get_fallback("fb", None).is_none());
+        assert!(manager.all_fallbacks().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
