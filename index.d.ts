@@ -137,12 +137,17 @@ export interface QuotaManagerOptions {
   onFallbackApiError?: (accountId: string, error: QuotaApiError) => void
 }
 
+/**
+ * Counters since construction. Every refresh call lands in exactly one of `apiCalls` (it sent
+ * the request), `joinedInFlight` (it joined a request already running in this process),
+ * `joinedOtherProcess` or `servedDuringBackoff`, or it failed.
+ */
 export interface QuotaStats {
   /** Usage requests this instance sent. */
   apiCalls: number
   /** Callers served by a request already running in this process. */
   joinedInFlight: number
-  /** Callers served by another process's fresh result. */
+  /** Callers served by another process's fresh result (read from the state file). */
   joinedOtherProcess: number
   /** Callers served from cache (or refused) because the route was backed off. */
   servedDuringBackoff: number

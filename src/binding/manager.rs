@@ -59,14 +59,14 @@ fn promise<'env, T, R>(
     env: &'env Env,
     work: impl std::future::Future<Output = Settled<T>> + Send + 'static,
     convert: impl FnOnce(T) -> R + 'static,
-) -> Result<PromiseRaw<'env, Json<R>>>
+) -> Result<PromiseRaw<'env, R>>
 where
     T: Send + 'static,
-    R: Serialize,
+    R: ToNapiValue,
 {
     env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, settled| {
         settled
-            .map(|value| Json(convert(value)))
+            .map(convert)
             .map_err(|error| quota_error(env, &error))
     })
 }
@@ -305,7 +305,7 @@ impl QuotaManager {
         promise(
             env,
             async move { core.refresh_main(identity.as_deref(), &token).await },
-            |outcome| outcome.quota,
+            |outcome| Json(outcome.quota),
         )
     }
 
@@ -325,7 +325,7 @@ impl QuotaManager {
         promise(
             env,
             async move { core.refresh_main(identity.as_deref(), &token).await },
-            RefreshResult::from,
+            |outcome| Json(RefreshResult::from(outcome)),
         )
     }
 
@@ -346,7 +346,7 @@ impl QuotaManager {
         promise(
             env,
             async move { core.refresh_fallback(&id, &token, account.as_ref()).await },
-            |outcome| outcome.quota,
+            |outcome| Json(outcome.quota),
         )
     }
 
@@ -367,7 +367,7 @@ impl QuotaManager {
         promise(
             env,
             async move { core.refresh_fallback(&id, &token, account.as_ref()).await },
-            RefreshResult::from,
+            |outcome| Json(RefreshResult::from(outcome)),
         )
     }
 
@@ -381,7 +381,7 @@ impl QuotaManager {
         &self,
         env: &'env Env,
         accounts_value: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Json<()>>> {
+    ) -> Result<PromiseRaw<'env, ()>> {
         let accounts = accounts(env, accounts_value, "accounts")?;
         let core = self.core.clone();
         promise(
@@ -563,7 +563,7 @@ impl QuotaManager {
     /// Lets running calls settle, writes unsaved state, and drops the callbacks. Later calls
     /// reject with `QUOTA_CLOSED`.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Json<()>>> {
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let core = self.core.clone();
         let callbacks = self.callbacks.clone();
         promise(

@@ -1088,7 +1088,7 @@ impl QuotaManager {
             state.bind_main(identity);
         }
         let settings = state.settings.clone();
-        if let Some(quota) = &storage.main_quota {
+        if let Some(quota) = storage.main_quota.as_ref().filter(|q| q.has_windows()) {
             let checked_at = storage
                 .main_quota_checked_at
                 .or(quota.checked_at)
@@ -1123,7 +1123,7 @@ impl QuotaManager {
                 continue;
             }
             let slot = state.slot_mut(&RouteId::Fallback(account.id.clone()));
-            if let Some(quota) = &account.quota {
+            if let Some(quota) = account.quota.as_ref().filter(|q| q.has_windows()) {
                 if let Some(checked_at) = quota
                     .checked_at
                     .or_else(|| quota.oldest_window_checked_at())
@@ -1215,16 +1215,15 @@ impl QuotaManager {
             .last_error
             .as_ref()
             .map_or("unknown error", |e| e.message.as_str());
-        let body = serde_json::json!({
-            "type": "error",
-            "error": {
-                "type": "rate_limit_error",
-                "message": format!("Quota API backed off for {retry_after_secs}s after: {last_error}"),
-            }
-        });
+        let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");
+        // Built by hand: SPEC §7 fixes the key order, which a JSON map would sort.
+        let body = format!(
+            r#"{{"type":"error","error":{{"type":"rate_limit_error","message":{}}}}}"#,
+            serde_json::Value::String(message)
+        );
         Some(FailClosedResponse {
             retry_after_secs,
-            body: body.to_string(),
+            body,
         })
     }
 
@@ -1517,6 +1516,38 @@ mod tests {
         assert!(manager
             .push_fallback_frame("fb", frame, Some(&new))
             .is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_closed_answers_with_the_documented_429() {
+        let server = endpoint(0).await;
+        server.status.store(429, Ordering::SeqCst);
+        let clock = ManualClock::new(START);
+        let storage = HostStorage {
+            fail_closed_on_unknown_quota: Some(true),
+            ..HostStorage::default()
+        };
+        let manager = QuotaManager::new(
+            config(&server.url, None),
+            Some(storage),
+            Arc::new(clock.clone()),
+            Arc::new(NoEvents),
+            Arc::new(Stats::default()),
+            tokio::runtime::Handle::current(),
+        )
+        .unwrap();
+        assert!(
+            manager.fail_closed_response().is_none(),
+            "not backed off yet"
+        );
+        manager.refresh_main(Some("alice"), "t").await.unwrap_err();
+        clock.advance(59_500);
+        let answer = manager.fail_closed_response().unwrap();
+        assert_eq!(answer.retry_after_secs, 1, "rounded up, at least 1");
+        assert_eq!(
+            answer.body,
+            r#"{"type":"error","error":{"type":"rate_limit_error","message":"Quota API backed off for 1s after: Claude quota check failed: 429 — nope"}}"#
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
