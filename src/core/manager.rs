@@ -98,7 +98,19 @@ enum RouteId {
     Fallback(String),
 }
 
-type SharedRefresh = Shared<BoxFuture<'static, Result<RefreshOutcome, QuotaError>>>;
+/// How a refresh was answered, so every caller waiting on it is counted where it belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Served {
+    /// By a request this process sent (or tried to send).
+    Request,
+    /// By another process's result, read from the state file.
+    OtherProcess,
+    /// From the cache, or refused, because the route is backed off.
+    DuringBackoff,
+}
+
+type Settled = (Served, Result<RefreshOutcome, QuotaError>);
+type SharedRefresh = Shared<BoxFuture<'static, Settled>>;
 
 /// One route's cache, backoff and running request.
 #[derive(Default)]
@@ -515,9 +527,9 @@ impl QuotaManager {
                 return Err(QuotaError::Closed);
             }
             state.bind_main(&identity);
-            self.join_or_start(&mut state, RouteId::Main, token)?
+            self.join_or_start(&mut state, RouteId::Main, token)
         };
-        shared.await
+        self.settle(shared).await
     }
 
     pub async fn refresh_fallback(
@@ -536,9 +548,9 @@ impl QuotaManager {
                 // A refresh for a login that was replaced: answer for the current one instead.
                 state.bind_fallback(id, None);
             }
-            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)?
+            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)
         };
-        shared.await
+        self.settle(shared).await
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
@@ -595,23 +607,38 @@ impl QuotaManager {
         )
     }
 
-    /// Joins the route's running request, or starts one. Served from the cache when backed off.
+    /// Waits for a refresh and counts the caller by how it was served.
+    async fn settle(
+        &self,
+        (shared, joined): (SharedRefresh, bool),
+    ) -> Result<RefreshOutcome, QuotaError> {
+        let (served, result) = shared.await;
+        let stats = &self.inner.stats;
+        match served {
+            Served::OtherProcess => bump(&stats.joined_other_process),
+            Served::DuringBackoff => bump(&stats.served_during_backoff),
+            Served::Request if joined => bump(&stats.joined_in_flight),
+            Served::Request => {}
+        }
+        result
+    }
+
+    /// Joins the route's running request (`true`), or starts one. Served from the cache when
+    /// backed off.
     fn join_or_start(
         &self,
         state: &mut State,
         route: RouteId,
         token: &str,
-    ) -> Result<SharedRefresh, QuotaError> {
+    ) -> (SharedRefresh, bool) {
         let now = self.now();
         let slot = state.slot_mut(&route);
         if slot.backoff.is_open(now) {
-            bump(&self.inner.stats.served_during_backoff);
-            let served = slot.served_from_cache(now);
-            return Ok(futures::future::ready(served).boxed().shared());
+            let served = (Served::DuringBackoff, slot.served_from_cache(now));
+            return (futures::future::ready(served).boxed().shared(), false);
         }
         if let Some(running) = &slot.in_flight {
-            bump(&self.inner.stats.joined_in_flight);
-            return Ok(running.clone());
+            return (running.clone(), true);
         }
         let attempt = Attempt {
             route: route.clone(),
@@ -627,16 +654,18 @@ impl QuotaManager {
             .runtime
             .spawn(async move { manager.run_attempt(attempt).await });
         let shared = async move {
-            task.await
-                .unwrap_or_else(|e| Err(QuotaError::Network(format!("refresh task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                let failure = QuotaError::Network(format!("refresh task failed: {e}"));
+                (Served::Request, Err(failure))
+            })
         }
         .boxed()
         .shared();
         slot.in_flight = Some(shared.clone());
-        Ok(shared)
+        (shared, false)
     }
 
-    async fn run_attempt(&self, attempt: Attempt) -> Result<RefreshOutcome, QuotaError> {
+    async fn run_attempt(&self, attempt: Attempt) -> Settled {
         let result = self.attempt_under_locks(&attempt).await;
         if let Some(slot) = self.state().attempt_slot(&attempt) {
             slot.in_flight = None;
@@ -644,26 +673,28 @@ impl QuotaManager {
         result
     }
 
-    async fn attempt_under_locks(&self, attempt: &Attempt) -> Result<RefreshOutcome, QuotaError> {
+    async fn attempt_under_locks(&self, attempt: &Attempt) -> Settled {
         let _fetch_slot = match attempt.route {
-            RouteId::Fallback(_) => Some(
-                self.inner
-                    .fallback_fetch_slots
-                    .acquire()
-                    .await
-                    .map_err(|_| QuotaError::Closed)?,
-            ),
+            RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return (Served::Request, Err(QuotaError::Closed)),
+            },
             RouteId::Main => None,
         };
         let _route_lock = match &self.inner.store {
-            Some(store) => Some(self.lock_route(store, &attempt.key).await?),
+            Some(store) => match self.lock_route(store, &attempt.key).await {
+                Ok(lock) => Some(lock),
+                Err(error) => return (Served::Request, Err(error)),
+            },
             None => None,
         };
-        if let Some(served) = self.serve_from_shared_state(attempt)? {
-            return served;
+        match self.serve_from_shared_state(attempt) {
+            Ok(Some(settled)) => return settled,
+            Ok(None) => {}
+            Err(error) => return (Served::Request, Err(error)),
         }
         self.wait_for_pacing(attempt).await;
-        self.fetch_and_record(attempt).await
+        (Served::Request, self.fetch_and_record(attempt).await)
     }
 
     /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
@@ -703,11 +734,7 @@ impl QuotaManager {
     /// With the route lock held: folds in what other processes wrote, then answers from it
     /// when it makes a request pointless (an open shared backoff, or a result produced while
     /// this call waited). `Ok(None)` means: fetch.
-    #[allow(clippy::type_complexity)]
-    fn serve_from_shared_state(
-        &self,
-        attempt: &Attempt,
-    ) -> Result<Option<Result<RefreshOutcome, QuotaError>>, QuotaError> {
+    fn serve_from_shared_state(&self, attempt: &Attempt) -> Result<Option<Settled>, QuotaError> {
         let Some(store) = &self.inner.store else {
             return Ok(None);
         };
@@ -724,8 +751,7 @@ impl QuotaManager {
             slot.adopt(record);
         }
         if slot.backoff.is_open(now) {
-            bump(&self.inner.stats.served_during_backoff);
-            return Ok(Some(slot.served_from_cache(now)));
+            return Ok(Some((Served::DuringBackoff, slot.served_from_cache(now))));
         }
         let Some(entry) = &slot.entry else {
             return Ok(None);
@@ -736,11 +762,11 @@ impl QuotaManager {
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
         if produced_by_another && recent {
-            bump(&self.inner.stats.joined_other_process);
-            return Ok(Some(Ok(RefreshOutcome {
+            let outcome = RefreshOutcome {
                 quota: entry.quota.clone(),
                 fetched: false,
-            })));
+            };
+            return Ok(Some((Served::OtherProcess, Ok(outcome))));
         }
         Ok(None)
     }

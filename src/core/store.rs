@@ -23,6 +23,7 @@ use super::snapshot::QuotaEntry;
 /// The schema this build reads and writes. A file with another version is set aside.
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
+const TEMP_SUFFIX: &str = ".tmp";
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
 /// only the fingerprint of the token that produced the snapshot.
@@ -234,9 +235,14 @@ impl StateStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
+        self.remove_abandoned_temp_files(dir);
         // tempfile creates the file with mode 0600 in the target directory, so the rename
         // below stays on one filesystem and is atomic.
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.error(dir, e))?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(&self.temp_prefix())
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(dir)
+            .map_err(|e| self.error(dir, e))?;
         temp.write_all(&bytes)
             .and_then(|()| temp.as_file().sync_all())
             .map_err(|e| self.error(temp.path(), e))?;
@@ -245,6 +251,29 @@ impl StateStore {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| self.error(dir, e))
+    }
+
+    fn temp_prefix(&self) -> String {
+        format!(
+            ".{}.",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        )
+    }
+
+    /// Temporary files are only created under the state lock, which the caller holds: any left
+    /// now belong to a writer that died mid-write, and would otherwise pile up.
+    fn remove_abandoned_temp_files(&self, dir: &Path) {
+        let prefix = self.temp_prefix();
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn ensure_dir(&self, dir: &Path) -> Result<(), QuotaError> {
@@ -456,6 +485,28 @@ mod tests {
         let state = store.load().unwrap().state;
         assert_eq!(state.routes.len(), 1);
         assert!(state.routes.contains_key("main:a"));
+    }
+
+    #[test]
+    fn a_write_removes_temporary_files_left_by_a_dead_writer() {
+        let (_dir, store) = store();
+        store.apply(&[merge("main:a", record(1))]).unwrap();
+        let dir = store.path().parent().unwrap();
+        let abandoned = dir.join(".state.json.abc123.tmp");
+        let unrelated = dir.join("notes.tmp");
+        fs::write(&abandoned, "half").unwrap();
+        fs::write(&unrelated, "mine").unwrap();
+        store.apply(&[merge("main:a", record(2))]).unwrap();
+        assert!(!abandoned.exists());
+        assert!(unrelated.exists());
+        let names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(!names
+            .iter()
+            .any(|n| n.to_string_lossy().ends_with(".tmp") && n != "notes.tmp"));
     }
 
     #[test]
