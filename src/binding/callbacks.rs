@@ -14,7 +14,31 @@ use crate::core::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use crate::core::stats::{bump, Stats};
 
 /// A weak, non-callee-handled threadsafe function taking one Rust payload.
-type Callback<T, Args> = ThreadsafeFunction<T, UnknownReturnValue, Args, Status, false, true>;
+type Callback<T, Args> = ThreadsafeFunction<T, CallbackReturn, Args, Status, false, true>;
+
+/// How long a callback's promise may keep a refresh's callers waiting.
+const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a callback returned: a promise (an `async` callback) is awaited so its rejection is
+/// caught and counted instead of becoming an unhandled rejection in the host.
+enum CallbackReturn {
+    Value,
+    Promise(Promise<UnknownReturnValue>),
+}
+
+impl FromNapiValue for CallbackReturn {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
+        let mut is_promise = false;
+        check_status!(unsafe { sys::napi_is_promise(env, value, &mut is_promise) })?;
+        if is_promise {
+            Ok(Self::Promise(unsafe {
+                Promise::from_napi_value(env, value)
+            }?))
+        } else {
+            Ok(Self::Value)
+        }
+    }
+}
 
 type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64)>;
 type FallbackFetchedArgs = FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>;
@@ -104,7 +128,7 @@ fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
     let Some(function) = function else {
         return Ok(None);
     };
-    let function = unsafe { function.cast::<Function<Unknown, UnknownReturnValue>>() }?;
+    let function = unsafe { function.cast::<Function<Unknown, CallbackReturn>>() }?;
     let callback = function
         .build_threadsafe_function::<T>()
         .weak::<true>()
@@ -124,11 +148,23 @@ fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
         let Some(callback) = callback else {
             return;
         };
-        if let Err(error) = callback.call_async_catch(value).await {
+        let outcome = match callback.call_async_catch(value).await {
+            Ok(CallbackReturn::Promise(promise)) => {
+                match tokio::time::timeout(CALLBACK_PROMISE_WAIT, promise).await {
+                    Ok(settled) => settled.map(|_| ()),
+                    // Still pending: stop holding up the callers; a later rejection is still
+                    // caught (the promise keeps its handlers) but no longer counted.
+                    Err(_) => Ok(()),
+                }
+            }
+            Ok(CallbackReturn::Value) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
             // Closing means Node is shutting down: nobody is left to tell.
             if error.status != Status::Closing {
                 bump(&stats.callback_errors);
-                eprintln!("anthropic-quota-manager: {name} threw: {}", error.reason);
+                eprintln!("anthropic-quota-manager: {name} failed: {}", error.reason);
             }
         }
     }

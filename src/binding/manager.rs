@@ -301,12 +301,8 @@ impl QuotaManager {
         access_token: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, Json<QuotaSnapshot>>> {
         let (identity, token) = main_arguments(env, first, access_token)?;
-        let core = self.core.clone();
-        promise(
-            env,
-            async move { core.refresh_main(identity.as_deref(), &token).await },
-            |outcome| Json(outcome.quota),
-        )
+        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
+        promise(env, refresh, |outcome| Json(outcome.quota))
     }
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
@@ -321,12 +317,8 @@ impl QuotaManager {
         access_token: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, Json<RefreshResult>>> {
         let (identity, token) = main_arguments(env, first, access_token)?;
-        let core = self.core.clone();
-        promise(
-            env,
-            async move { core.refresh_main(identity.as_deref(), &token).await },
-            |outcome| Json(RefreshResult::from(outcome)),
-        )
+        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
+        promise(env, refresh, |outcome| Json(RefreshResult::from(outcome)))
     }
 
     /// Polls the usage endpoint for one fallback account.
@@ -342,12 +334,10 @@ impl QuotaManager {
         account: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, Json<QuotaSnapshot>>> {
         let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
-        let core = self.core.clone();
-        promise(
-            env,
-            async move { core.refresh_fallback(&id, &token, account.as_ref()).await },
-            |outcome| Json(outcome.quota),
-        )
+        let refresh = self
+            .core
+            .begin_refresh_fallback(&id, &token, account.as_ref());
+        promise(env, refresh, |outcome| Json(outcome.quota))
     }
 
     /// `refreshFallback`, telling whether a request was sent.
@@ -363,12 +353,10 @@ impl QuotaManager {
         account: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, Json<RefreshResult>>> {
         let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
-        let core = self.core.clone();
-        promise(
-            env,
-            async move { core.refresh_fallback(&id, &token, account.as_ref()).await },
-            |outcome| Json(RefreshResult::from(outcome)),
-        )
+        let refresh = self
+            .core
+            .begin_refresh_fallback(&id, &token, account.as_ref());
+        promise(env, refresh, |outcome| Json(RefreshResult::from(outcome)))
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
@@ -383,11 +371,11 @@ impl QuotaManager {
         accounts_value: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, ()>> {
         let accounts = accounts(env, accounts_value, "accounts")?;
-        let core = self.core.clone();
+        let refreshes = self.core.begin_refresh_all_fallbacks(&accounts);
         promise(
             env,
             async move {
-                core.refresh_all_fallbacks(&accounts).await;
+                refreshes.await;
                 Ok(())
             },
             |()| (),
@@ -564,12 +552,12 @@ impl QuotaManager {
     /// reject with `QUOTA_CLOSED`.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
-        let core = self.core.clone();
+        let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
         promise(
             env,
             async move {
-                core.close().await;
+                closing.await;
                 callbacks.release();
                 Ok(())
             },

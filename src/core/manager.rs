@@ -110,6 +110,8 @@ enum Served {
 }
 
 type Settled = (Served, Result<RefreshOutcome, QuotaError>);
+/// A caller's wait for a refresh that is already registered.
+pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
 type SharedRefresh = Shared<BoxFuture<'static, Settled>>;
 
 /// One route's cache, backoff and running request.
@@ -520,16 +522,21 @@ impl QuotaManager {
         identity: Option<&str>,
         token: &str,
     ) -> Result<RefreshOutcome, QuotaError> {
+        self.begin_refresh_main(identity, token).await
+    }
+
+    /// Joins or starts the main refresh now, at the call, and returns the wait for its result.
+    /// Registering synchronously keeps the call's place: a `close()` or an identity switch
+    /// issued after it cannot overtake it.
+    pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> RefreshFuture {
         let identity = identity.map_or_else(|| token_identity(token), str::to_owned);
-        let shared = {
-            let mut state = self.state();
-            if state.closed {
-                return Err(QuotaError::Closed);
-            }
-            state.bind_main(&identity);
-            self.join_or_start(&mut state, RouteId::Main, token)
-        };
-        self.settle(shared).await
+        let mut state = self.state();
+        if state.closed {
+            return futures::future::ready(Err(QuotaError::Closed)).boxed();
+        }
+        state.bind_main(&identity);
+        let started = self.join_or_start(&mut state, RouteId::Main, token);
+        self.clone().settle(started).boxed()
     }
 
     pub async fn refresh_fallback(
@@ -538,37 +545,54 @@ impl QuotaManager {
         token: &str,
         account: Option<&FallbackAccount>,
     ) -> Result<RefreshOutcome, QuotaError> {
-        let shared = {
-            let mut state = self.state();
-            if state.closed {
-                return Err(QuotaError::Closed);
-            }
-            let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
-            if !state.bind_fallback(id, lineage) {
-                // A refresh for a login that was replaced: answer for the current one instead.
-                state.bind_fallback(id, None);
-            }
-            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)
-        };
-        self.settle(shared).await
+        self.begin_refresh_fallback(id, token, account).await
+    }
+
+    /// `begin_refresh_main` for a fallback account.
+    pub fn begin_refresh_fallback(
+        &self,
+        id: &str,
+        token: &str,
+        account: Option<&FallbackAccount>,
+    ) -> RefreshFuture {
+        let mut state = self.state();
+        if state.closed {
+            return futures::future::ready(Err(QuotaError::Closed)).boxed();
+        }
+        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+        if !state.bind_fallback(id, lineage) {
+            // A refresh for a login that was replaced: answer for the current one instead.
+            state.bind_fallback(id, None);
+        }
+        let started = self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
+        self.clone().settle(started).boxed()
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
     /// Failures are recorded on each route (backoff, callbacks), never returned.
     pub async fn refresh_all_fallbacks(&self, accounts: &[FallbackAccount]) {
-        let due: Vec<&FallbackAccount> = accounts
+        self.begin_refresh_all_fallbacks(accounts).await
+    }
+
+    /// Starts the due refreshes now; the future waits for all of them.
+    pub fn begin_refresh_all_fallbacks(
+        &self,
+        accounts: &[FallbackAccount],
+    ) -> BoxFuture<'static, ()> {
+        let refreshes: Vec<RefreshFuture> = accounts
             .iter()
             .filter(|a| a.enabled && a.access.is_some())
             .filter(|a| self.is_fallback_due(a))
+            .map(|account| {
+                let token = account.access.as_deref().unwrap_or_default();
+                self.begin_refresh_fallback(&account.id, token, Some(account))
+            })
             .collect();
-        let refreshes = due.into_iter().map(|account| async move {
-            let token = account.access.as_deref().unwrap_or_default();
-            // Errors are on the route now; the caller asked for none.
-            let _ = self
-                .refresh_fallback(&account.id, token, Some(account))
-                .await;
-        });
-        futures::future::join_all(refreshes).await;
+        async move {
+            // Errors are on each route now; the caller asked for none.
+            futures::future::join_all(refreshes).await;
+        }
+        .boxed()
     }
 
     fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
@@ -597,11 +621,10 @@ impl QuotaManager {
             }
             state.main.owner.clone()
         };
-        let manager = self.clone();
-        let token = token.to_owned();
+        let refresh = self.begin_refresh_main(identity.as_deref(), token);
         Some(
             async move {
-                let _ = manager.refresh_main(identity.as_deref(), &token).await;
+                let _ = refresh.await;
             }
             .boxed(),
         )
@@ -609,7 +632,7 @@ impl QuotaManager {
 
     /// Waits for a refresh and counts the caller by how it was served.
     async fn settle(
-        &self,
+        self,
         (shared, joined): (SharedRefresh, bool),
     ) -> Result<RefreshOutcome, QuotaError> {
         let (served, result) = shared.await;
@@ -641,6 +664,10 @@ impl QuotaManager {
             return (running.clone(), true);
         }
         let attempt = Attempt {
+            identity: match &route {
+                RouteId::Main => slot.owner.clone(),
+                RouteId::Fallback(id) => Some(id.clone()),
+            },
             route: route.clone(),
             key: route_key(&route, slot),
             token: token.to_owned(),
@@ -666,35 +693,41 @@ impl QuotaManager {
     }
 
     async fn run_attempt(&self, attempt: Attempt) -> Settled {
-        let result = self.attempt_under_locks(&attempt).await;
+        let (settled, announcement) = self.attempt_under_locks(&attempt).await;
+        // The route lock is released by now: other processes need not wait for our host.
+        if let Some(announcement) = announcement {
+            self.announce(&attempt, announcement).await;
+        }
         if let Some(slot) = self.state().attempt_slot(&attempt) {
             slot.in_flight = None;
         }
-        result
+        settled
     }
 
-    async fn attempt_under_locks(&self, attempt: &Attempt) -> Settled {
+    async fn attempt_under_locks(&self, attempt: &Attempt) -> (Settled, Option<Announcement>) {
+        let failed = |error| ((Served::Request, Err(error)), None);
         let _fetch_slot = match attempt.route {
             RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
                 Ok(permit) => Some(permit),
-                Err(_) => return (Served::Request, Err(QuotaError::Closed)),
+                Err(_) => return failed(QuotaError::Closed),
             },
             RouteId::Main => None,
         };
         let _route_lock = match &self.inner.store {
             Some(store) => match self.lock_route(store, &attempt.key).await {
                 Ok(lock) => Some(lock),
-                Err(error) => return (Served::Request, Err(error)),
+                Err(error) => return failed(error),
             },
             None => None,
         };
         match self.serve_from_shared_state(attempt) {
-            Ok(Some(settled)) => return settled,
+            Ok(Some(settled)) => return (settled, None),
             Ok(None) => {}
-            Err(error) => return (Served::Request, Err(error)),
+            Err(error) => return failed(error),
         }
         self.wait_for_pacing(attempt).await;
-        (Served::Request, self.fetch_and_record(attempt).await)
+        let (result, announcement) = self.fetch_and_record(attempt).await;
+        ((Served::Request, result), announcement)
     }
 
     /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
@@ -796,7 +829,10 @@ impl QuotaManager {
         }
     }
 
-    async fn fetch_and_record(&self, attempt: &Attempt) -> Result<RefreshOutcome, QuotaError> {
+    async fn fetch_and_record(
+        &self,
+        attempt: &Attempt,
+    ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
         let token_fingerprint = fingerprint(&attempt.token);
         let fetch_started_at = self.now();
         {
@@ -817,68 +853,60 @@ impl QuotaManager {
             .await;
         match result {
             Ok(snapshot) => {
-                let outcome = self.record_success(attempt, snapshot, &token_fingerprint);
+                let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
                 self.persist_route(attempt).await;
-                if let Some((quota, checked_at)) = outcome.clone() {
-                    self.announce_success(
-                        attempt,
-                        quota,
-                        checked_at,
+                // A poll overtaken by a new identity or login is its callers' alone.
+                let announcement = cached.then(|| {
+                    Announcement::Fetched(Box::new(FetchedEvent {
+                        checked_at: quota.checked_at.unwrap_or(fetch_started_at),
+                        quota: quota.clone(),
                         token_fingerprint,
                         fetch_started_at,
-                    )
-                    .await;
-                }
-                match outcome {
-                    Some((quota, _)) => Ok(RefreshOutcome {
-                        quota,
-                        fetched: true,
-                    }),
-                    None => Err(QuotaError::Closed),
-                }
+                    }))
+                });
+                let outcome = RefreshOutcome {
+                    quota,
+                    fetched: true,
+                };
+                (Ok(outcome), announcement)
             }
             Err(error) => {
                 let armed = self.record_failure(attempt, &error);
                 self.persist_route(attempt).await;
-                if let Some(record) = armed {
-                    self.announce_failure(attempt, record).await;
-                }
-                Err(error)
+                (Err(error), armed.map(Announcement::Failed))
             }
         }
     }
 
-    /// Caches a poll (unless the route was dropped meanwhile) and clears the backoff. Returns
-    /// the snapshot to hand out; `None` only if the manager was closed.
+    /// Caches a poll, merged with newer header windows, and clears the backoff, unless the
+    /// route was dropped or replaced meanwhile. Returns the snapshot to hand out, and whether
+    /// it was cached.
     fn record_success(
         &self,
         attempt: &Attempt,
         mut snapshot: QuotaSnapshot,
         token_fingerprint: &str,
-    ) -> Option<(QuotaSnapshot, i64)> {
+    ) -> (QuotaSnapshot, bool) {
         let now = self.now();
         let checked_at = snapshot.checked_at.unwrap_or(now);
+        snapshot.account_identity = attempt.identity.clone();
         let mut state = self.state();
         let settings = state.settings.clone();
-        snapshot.account_identity = account_identity(&attempt.route, &state);
         let Some(slot) = state.attempt_slot(attempt) else {
-            // The login or identity was replaced (or the account cleared) while this poll ran:
-            // hand the result to its callers, but never cache it for the new owner.
-            return Some((snapshot, checked_at));
+            return (snapshot, false);
         };
         let quota = merge_poll_result(slot.entry.as_ref().map(|e| &e.quota), &snapshot);
         slot.entry = Some(make_entry(quota.clone(), checked_at, &settings, now));
         slot.token_fingerprint = Some(token_fingerprint.to_owned());
         slot.backoff.record_success();
         slot.backoff_updated_at = now;
-        Some((quota, checked_at))
+        (quota, true)
     }
 
     /// Arms the route's backoff for an endpoint failure; the record to report when it did.
     fn record_failure(&self, attempt: &Attempt, error: &QuotaError) -> Option<ApiErrorRecord> {
         let now = self.now();
         let mut state = self.state();
-        let identity = account_identity(&attempt.route, &state);
         let slot = state.attempt_slot(attempt)?;
         let was_open = slot.backoff.is_open(now);
         let armed = slot.backoff.record_failure(
@@ -886,7 +914,7 @@ impl QuotaManager {
             now,
             &self.inner.config.backoff,
             rand::random::<f64>(),
-            identity.as_deref(),
+            attempt.identity.as_deref(),
         );
         if armed.is_some() && !was_open {
             slot.backoff_updated_at = now;
@@ -894,48 +922,21 @@ impl QuotaManager {
         armed.filter(|_| !was_open)
     }
 
-    async fn announce_success(
-        &self,
-        attempt: &Attempt,
-        quota: QuotaSnapshot,
-        checked_at: i64,
-        token_fingerprint: String,
-        fetch_started_at: i64,
-    ) {
-        if !self.is_current(attempt) {
-            return;
-        }
-        let event = FetchedEvent {
-            quota,
-            checked_at,
-            token_fingerprint,
-            fetch_started_at,
-        };
-        match &attempt.route {
-            RouteId::Main => self.inner.events.main_quota_fetched(event).await,
-            RouteId::Fallback(id) => {
-                self.inner
-                    .events
-                    .fallback_quota_fetched(id.clone(), event)
-                    .await
+    /// Tells the host, and waits until it has handled it.
+    async fn announce(&self, attempt: &Attempt, announcement: Announcement) {
+        let events = &self.inner.events;
+        match (&attempt.route, announcement) {
+            (RouteId::Main, Announcement::Fetched(event)) => {
+                events.main_quota_fetched(*event).await
+            }
+            (RouteId::Main, Announcement::Failed(record)) => events.api_error(record).await,
+            (RouteId::Fallback(id), Announcement::Fetched(event)) => {
+                events.fallback_quota_fetched(id.clone(), *event).await
+            }
+            (RouteId::Fallback(id), Announcement::Failed(record)) => {
+                events.fallback_api_error(id.clone(), record).await
             }
         }
-    }
-
-    async fn announce_failure(&self, attempt: &Attempt, record: ApiErrorRecord) {
-        match &attempt.route {
-            RouteId::Main => self.inner.events.api_error(record).await,
-            RouteId::Fallback(id) => {
-                self.inner
-                    .events
-                    .fallback_api_error(id.clone(), record)
-                    .await
-            }
-        }
-    }
-
-    fn is_current(&self, attempt: &Attempt) -> bool {
-        self.state().attempt_slot(attempt).is_some()
     }
 
     // ----- persistence ---------------------------------------------------------------------
@@ -1259,23 +1260,39 @@ impl QuotaManager {
 
     /// Refuses new calls, lets running ones settle, and writes what is still unsaved.
     pub async fn close(&self) {
+        self.begin_close().await
+    }
+
+    /// Refuses new calls from now on; the future waits for running ones and the last write.
+    pub fn begin_close(&self) -> BoxFuture<'static, ()> {
         let running: Vec<SharedRefresh> = {
             let mut state = self.state();
             state.closed = true;
-            self.inner.fallback_fetch_slots.close();
             std::iter::once(&state.main)
                 .chain(state.fallbacks.values())
                 .filter_map(|slot| slot.in_flight.clone())
                 .collect()
         };
-        futures::future::join_all(running).await;
-        self.flush().await;
+        let manager = self.clone();
+        async move {
+            futures::future::join_all(running).await;
+            manager.flush().await;
+        }
+        .boxed()
     }
+}
+
+/// What the host hears about a request, once its locks are released.
+enum Announcement {
+    Fetched(Box<FetchedEvent>),
+    Failed(ApiErrorRecord),
 }
 
 /// What one leader request knows about itself.
 struct Attempt {
     route: RouteId,
+    /// The identity its snapshots carry: the main identity or the fallback id, as at the start.
+    identity: Option<String>,
     key: String,
     token: String,
     generation: u64,
