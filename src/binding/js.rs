@@ -31,20 +31,19 @@ impl<T> TypeName for Json<T> {
 /// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
 pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsTypeError::from(Error::new(Status::InvalidArg, message.into()));
-    with_code(env, error.into_unknown(*env), "ERR_INVALID_ARG_TYPE")
+    with_code(error.into_unknown(*env), "ERR_INVALID_ARG_TYPE")
 }
 
 /// A `RangeError` naming the culprit, with Node's `ERR_OUT_OF_RANGE` code.
 pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsRangeError::from(Error::new(Status::InvalidArg, message.into()));
-    with_code(env, error.into_unknown(*env), "ERR_OUT_OF_RANGE")
+    with_code(error.into_unknown(*env), "ERR_OUT_OF_RANGE")
 }
 
-fn with_code(env: &Env, error: Unknown, code: &str) -> Error {
+fn with_code(error: Unknown, code: &str) -> Error {
     if let Ok(mut object) = error.coerce_to_object() {
         let _ = object.set("code", code);
     }
-    let _ = env;
     Error::from(error)
 }
 

@@ -12,7 +12,6 @@ use super::snapshot::{non_blank_string, timestamp_from_value, ApiErrorRecord, Qu
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostStorage {
     pub main_account_id: Option<String>,
-    pub enabled: Option<bool>,
     pub check_interval_minutes: Option<f64>,
     pub refresh_every_n_requests: Option<i64>,
     pub minimum_remaining: Option<MinimumRemaining>,
@@ -33,7 +32,6 @@ impl HostStorage {
         let setting = |name: &str| quota.and_then(|q| q.get(name));
         Ok(Self {
             main_account_id: object.get("mainAccountId").and_then(non_blank_string),
-            enabled: setting("enabled").and_then(Value::as_bool),
             check_interval_minutes: setting("checkIntervalMinutes")
                 .and_then(Value::as_f64)
                 .filter(|m| m.is_finite() && *m >= 1.0),

@@ -1,0 +1,68 @@
+// Shared helpers of the benchmarks. Each bench script prints progress on stderr and, last, one
+// JSON line on stdout: { "bench": name, "rows": [Row] } where a Row is
+// { group, name, value, unit, runs, baseline?: { name, value }, ratio?, note? }.
+// `bench/run.mjs` runs every script in its own process and prints the table.
+import { createRequire } from 'node:module'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export const require = createRequire(import.meta.url)
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+export const addonPath = path.join(root, 'index.js')
+export const simulatorPath = path.join(root, 'simulator', 'index.js')
+/** BENCH_QUICK=1 (or --quick) cuts repetitions, for a smoke run. */
+export const QUICK = process.env.BENCH_QUICK === '1' || process.argv.includes('--quick')
+
+export function median(values) {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+
+export function tempDir(prefix = 'aqm-bench-') {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+}
+
+export const log = (...args) => process.stderr.write(args.join(' ') + '\n')
+
+export function row(group, name, values, unit, extra = {}) {
+  const value = median(values)
+  const out = { group, name, value, unit, runs: values.length, ...extra }
+  if (extra.baseline) out.ratio = value / extra.baseline.value
+  return out
+}
+
+export function emit(bench, rows) {
+  process.stdout.write(JSON.stringify({ bench, rows }) + '\n')
+}
+
+/** A realistic poll snapshot (5h, 7d, one scoped window, extra usage), as the manager keeps it. */
+export function pollSnapshot(now = Date.now()) {
+  const win = (used, resetsInMs) => ({ usedPercent: used, remainingPercent: 100 - used, resetsAt: new Date(now + resetsInMs).toISOString(), checkedAt: now })
+  return {
+    five_hour: win(9, 2 * 3600e3),
+    seven_day: win(68, 4 * 86400e3),
+    scoped: [
+      {
+        ...win(22, 3 * 86400e3),
+        id: 'claude-weekly-scoped-claude-fable-5-1',
+        title: 'Fable only',
+        modelId: 'claude-fable-5-1',
+        modelName: 'Fable',
+      },
+    ],
+    extraUsage: {
+      used: { amountMinor: 1261, currency: 'USD', exponent: 2 },
+      limit: { amountMinor: 10000, currency: 'USD', exponent: 2 },
+      utilizationPercent: 12.61,
+      severity: 'normal',
+      exhausted: false,
+    },
+    bindingWindow: 'five_hour',
+    bindingWindowSource: 'poll',
+    source: 'poll',
+    checkedAt: now,
+  }
+}
