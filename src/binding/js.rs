@@ -12,10 +12,23 @@ use crate::core::error::QuotaError;
 pub struct Json<T>(pub T);
 
 impl<T: Serialize> ToNapiValue for Json<T> {
+    /// Serialised in Rust and rebuilt by V8's own `JSON.parse`: several times faster than
+    /// creating the objects property by property through N-API, on the hot path of every read.
     unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        let text = serde_json::to_string(&value.0)
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
         let env = Env::from_raw(env);
-        Ok(env.to_js_value(&value.0)?.raw())
+        let parse: Function<String, Unknown> = json_function(&env, "parse")?;
+        Ok(parse.call(text)?.raw())
     }
+}
+
+fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
+    env: &'env Env,
+    name: &str,
+) -> Result<Function<'env, Args, Return>> {
+    let json: Object = env.get_global()?.get_named_property("JSON")?;
+    json.get_named_property(name)
 }
 
 impl<T> TypeName for Json<T> {
@@ -76,14 +89,23 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
     Ok(())
 }
 
-/// Reads any JavaScript value as JSON-like data; `Err` is a `TypeError` naming `name`.
+/// Reads any JavaScript value as JSON-like data, through V8's own `JSON.stringify` (much faster
+/// than walking the object through N-API); `Err` is a `TypeError` naming `name` (a cycle, a
+/// BigInt, or a value with no JSON form). A throw inside `stringify` is caught by `call`.
 pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
-    env.from_js_value::<Value, _>(value).map_err(|e| {
+    let unreadable = |reason: &str| {
         type_error(
             env,
-            format!("{name} could not be read as plain data: {}", e.reason),
+            format!("{name} could not be read as plain data: {reason}"),
         )
-    })
+    };
+    let stringify: Function<Unknown, Unknown> = json_function(env, "stringify")?;
+    let text = stringify.call(value).map_err(|e| unreadable(&e.reason))?;
+    if text.get_type()? != ValueType::String {
+        return Err(unreadable("it has no JSON form"));
+    }
+    let text = unsafe { text.cast::<String>() }?;
+    serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
 }
 
 /// `undefined` and `null` read as absent.
