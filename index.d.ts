@@ -52,6 +52,10 @@ export interface QuotaSnapshot {
   accountIdentity?: string
 }
 
+/**
+ * A cache entry. Entries returned by `getMain`, `getFallback`, `getAllFallbacks` and the header
+ * pushes are deep-frozen and shared: the same object comes back until the entry changes.
+ */
 export interface QuotaEntry {
   quota: QuotaSnapshot
   checkedAt: number
@@ -218,7 +222,10 @@ export declare class ManualClock {
 export declare class QuotaManager {
   /** Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options. */
   constructor(options?: QuotaManagerOptions | null)
-  /** The main cache entry; `null` unless it belongs to `mainAccountId` (when given). */
+  /**
+   * The main cache entry; `null` unless it belongs to `mainAccountId` (when given). The
+   * object is frozen, and the same one is returned until the entry changes.
+   */
   getMain(mainAccountId?: string): QuotaEntry | null
   /**
    * A fallback's cache entry. Passing the account drops the entry first if its login was

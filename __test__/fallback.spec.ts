@@ -71,7 +71,7 @@ describe('fallback cache', () => {
     expect(sim.requests).toBe(1)
   })
 
-  it('getAllFallbacks is a Map of every cached account, and a copy the caller cannot corrupt', async () => {
+  it('getAllFallbacks is a Map of every cached account, frozen so the caller cannot corrupt the cache', async () => {
     const { manager } = await setup()
     await manager.refreshFallback('a', 'tok-a')
     manager.setFallback('b', entryAt(T0, 30))
@@ -80,8 +80,11 @@ describe('fallback cache', () => {
     expect([...all.keys()].sort()).toEqual(['a', 'b'])
     expect(all.get('b')).toEqual(entryAt(T0, 30))
     expect(all.get('a')).toEqual(manager.getFallback('a'))
-    // Mutating the returned data changes nothing inside the manager.
-    all.get('b')!.quota.five_hour!.usedPercent = 99
+    // The entries are deep-frozen views shared with getFallback; the Map itself is the caller's.
+    expect(Object.isFrozen(all.get('b')!.quota.five_hour)).toBe(true)
+    expect(() => {
+      all.get('b')!.quota.five_hour!.usedPercent = 99
+    }).toThrow(TypeError)
     all.delete('a')
     expect(manager.getFallback('b')?.quota.five_hour?.usedPercent).toBe(30)
     expect(manager.getAllFallbacks().has('a')).toBe(true)

@@ -7,7 +7,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { ManualClock, QuotaManager, tokenFingerprint } from '../index.js'
 import type { AccountStorage, QuotaApiError, QuotaSnapshot } from '../index.js'
-import { usageBody } from '../simulator/index.js'
+import { startUsageSimulator, usageBody } from '../simulator/index.js'
 import type { UsageSimulator } from '../simulator/index.js'
 import { Harness, MINUTE, SECOND, T0, expectCode, rejectionOf } from './helpers/main-helpers.js'
 
@@ -1033,4 +1033,32 @@ it('the simulator default body has the shape the assertions above rely on', () =
   const body = usageBody()
   expect(body.five_hour).toMatchObject({ utilization: 9 })
   expect(body.seven_day).toMatchObject({ utilization: 68 })
+})
+
+describe('cache views', () => {
+  it('getMain returns one frozen object until the entry changes', async () => {
+    const sim = await startUsageSimulator()
+    const manager = new QuotaManager({ statePath: null, usageUrl: sim.url, apiCallGapMs: 0 })
+    try {
+      await manager.refreshMain('alice', 'tok')
+      const first = manager.getMain('alice')!
+      expect(manager.getMain('alice')).toBe(first)
+      expect(Object.isFrozen(first)).toBe(true)
+      expect(Object.isFrozen(first.quota.scoped![0])).toBe(true)
+      expect(() => {
+        first.quota.five_hour!.usedPercent = 0
+      }).toThrow(TypeError)
+
+      const pushed = manager.pushMainFromHeaders('alice', {
+        'anthropic-ratelimit-unified-5h-utilization': '0.5',
+      })!
+      expect(pushed).not.toBe(first)
+      expect(manager.getMain('alice')).toBe(pushed)
+      expect(first.quota.five_hour!.usedPercent).toBe(9)
+      expect(manager.getMain('bob')).toBeNull()
+    } finally {
+      await manager.close()
+      await sim.close()
+    }
+  })
 })

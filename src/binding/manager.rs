@@ -14,6 +14,7 @@ use super::js::{
     Json, OrUndefined,
 };
 use super::options::parse_options;
+use super::views::EntryViews;
 use crate::core::error::QuotaError;
 use crate::core::headers::frame_from_value;
 use crate::core::host::{FallbackAccount, HostStorage};
@@ -23,10 +24,18 @@ use crate::core::stats::Stats;
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
 /// whole machine, a backoff shared by every process, and a locked state file.
-#[napi]
+#[napi(custom_finalize)]
 pub struct QuotaManager {
     core: CoreManager,
     callbacks: Arc<JsCallbacks>,
+    views: EntryViews,
+}
+
+impl ObjectFinalize for QuotaManager {
+    fn finalize(self, env: Env) -> Result<()> {
+        self.views.release(&env);
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]
@@ -156,23 +165,29 @@ impl QuotaManager {
             runtime,
         )
         .map_err(|e| type_error(&env, format!("options.usageUrl: {e}")))?;
-        Ok(Self { core, callbacks })
+        Ok(Self {
+            core,
+            callbacks,
+            views: EntryViews::default(),
+        })
     }
 
     // ----- cache reads ---------------------------------------------------------------------
 
-    /// The main cache entry; `null` unless it belongs to `mainAccountId` (when given).
+    /// The main cache entry; `null` unless it belongs to `mainAccountId` (when given). The
+    /// object is frozen, and the same one is returned until the entry changes.
     #[napi(
         ts_args_type = "mainAccountId?: string",
         ts_return_type = "QuotaEntry | null"
     )]
-    pub fn get_main(
+    pub fn get_main<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         main_account_id: Option<Unknown>,
-    ) -> Result<Json<Option<QuotaEntry>>> {
-        let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        Ok(Json(self.core.get_main(identity.as_deref())))
+    ) -> Result<Unknown<'env>> {
+        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        self.views
+            .get(env, None, self.core.get_main(identity.as_deref()))
     }
 
     /// A fallback's cache entry. Passing the account drops the entry first if its login was
@@ -181,15 +196,16 @@ impl QuotaManager {
         ts_args_type = "accountId: string, account?: FallbackAccount",
         ts_return_type = "QuotaEntry | null"
     )]
-    pub fn get_fallback(
+    pub fn get_fallback<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         account_id: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<Json<Option<QuotaEntry>>> {
-        let id = required_non_empty(&env, account_id, "accountId")?;
-        let account = optional_account(&env, account, "account")?;
-        Ok(Json(self.core.get_fallback(&id, account.as_ref())))
+    ) -> Result<Unknown<'env>> {
+        let id = required_non_empty(env, account_id, "accountId")?;
+        let account = optional_account(env, account, "account")?;
+        let entry = self.core.get_fallback(&id, account.as_ref());
+        self.views.get(env, Some(&id), entry)
     }
 
     /// Every cached fallback entry, by account id.
@@ -198,10 +214,11 @@ impl QuotaManager {
         let global = env.get_global()?;
         let map_class: Function<(), Unknown> = global.get_named_property("Map")?;
         let map = map_class.new_instance(())?;
-        let set: Function<FnArgs<(String, Json<QuotaEntry>)>, Unknown> =
+        let set: Function<FnArgs<(String, Unknown)>, Unknown> =
             map.coerce_to_object()?.get_named_property("set")?;
         for (id, entry) in self.core.all_fallbacks() {
-            set.apply(map, FnArgs::from((id, Json(entry))))?;
+            let view = self.views.get(env, Some(&id), Some(entry))?;
+            set.apply(map, FnArgs::from((id, view)))?;
         }
         Ok(map)
     }
@@ -252,17 +269,17 @@ impl QuotaManager {
         ts_args_type = "mainAccountId: string | undefined, headers: Record<string, string> | QuotaSnapshot",
         ts_return_type = "QuotaEntry | null"
     )]
-    pub fn push_main_from_headers(
+    pub fn push_main_from_headers<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         main_account_id: Option<Unknown>,
         headers: Option<Unknown>,
-    ) -> Result<Json<Option<QuotaEntry>>> {
-        let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        let headers = object_arg(&env, headers, "headers")?;
+    ) -> Result<Unknown<'env>> {
+        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let headers = object_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
-        Ok(Json(entry))
+        self.views.show(env, None, entry)
     }
 
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
@@ -271,19 +288,19 @@ impl QuotaManager {
         ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccount",
         ts_return_type = "QuotaEntry | null"
     )]
-    pub fn push_fallback_from_headers(
+    pub fn push_fallback_from_headers<'env>(
         &self,
-        env: Env,
+        env: &'env Env,
         account_id: Option<Unknown>,
         headers: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<Json<Option<QuotaEntry>>> {
-        let id = required_non_empty(&env, account_id, "accountId")?;
-        let headers = object_arg(&env, headers, "headers")?;
-        let account = optional_account(&env, account, "account")?;
+    ) -> Result<Unknown<'env>> {
+        let id = required_non_empty(env, account_id, "accountId")?;
+        let headers = object_arg(env, headers, "headers")?;
+        let account = optional_account(env, account, "account")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
-        Ok(Json(entry))
+        self.views.show(env, Some(&id), entry)
     }
 
     // ----- polls ---------------------------------------------------------------------------

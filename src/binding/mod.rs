@@ -7,3 +7,4 @@ mod functions;
 mod js;
 mod manager;
 mod options;
+mod views;

@@ -52,6 +52,10 @@ export interface QuotaSnapshot {
   accountIdentity?: string
 }
 
+/**
+ * A cache entry. Entries returned by `getMain`, `getFallback`, `getAllFallbacks` and the header
+ * pushes are deep-frozen and shared: the same object comes back until the entry changes.
+ */
 export interface QuotaEntry {
   quota: QuotaSnapshot
   checkedAt: number

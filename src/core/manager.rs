@@ -120,7 +120,9 @@ struct RouteSlot {
     /// Main: the account identity. Fallback: the login (`authLineageId`) the slot is bound to.
     owner: Option<String>,
     retired_owners: Vec<String>,
-    entry: Option<QuotaEntry>,
+    /// Shared, never mutated in place: a new observation is a new `Arc`, so a reader can tell
+    /// by pointer whether the entry changed.
+    entry: Option<Arc<QuotaEntry>>,
     token_fingerprint: Option<String>,
     backoff: BackoffState,
     backoff_updated_at: i64,
@@ -133,7 +135,7 @@ struct RouteSlot {
 impl RouteSlot {
     fn to_record(&self) -> RouteRecord {
         RouteRecord {
-            entry: self.entry.clone(),
+            entry: self.entry.as_deref().cloned(),
             token_fingerprint: self.token_fingerprint.clone(),
             backoff: self.backoff.clone(),
             backoff_updated_at: self.backoff_updated_at,
@@ -151,7 +153,7 @@ impl RouteSlot {
             (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
         };
         if newer {
-            self.entry = record.entry.clone();
+            self.entry = record.entry.clone().map(Arc::new);
             self.token_fingerprint = record.token_fingerprint.clone();
         }
         if record.backoff_updated_at > self.backoff_updated_at {
@@ -390,7 +392,7 @@ impl QuotaManager {
 
     // ----- cache reads ---------------------------------------------------------------------
 
-    pub fn get_main(&self, identity: Option<&str>) -> Option<QuotaEntry> {
+    pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
         let state = self.state();
         if !state.main_matches(identity) {
             return None;
@@ -398,7 +400,11 @@ impl QuotaManager {
         state.main.entry.clone()
     }
 
-    pub fn get_fallback(&self, id: &str, account: Option<&FallbackAccount>) -> Option<QuotaEntry> {
+    pub fn get_fallback(
+        &self,
+        id: &str,
+        account: Option<&FallbackAccount>,
+    ) -> Option<Arc<QuotaEntry>> {
         let mut state = self.state();
         if let Some(account) = account {
             if !state.bind_fallback(id, account.auth_lineage_id.as_deref()) {
@@ -408,7 +414,7 @@ impl QuotaManager {
         state.fallbacks.get(id)?.entry.clone()
     }
 
-    pub fn all_fallbacks(&self) -> Vec<(String, QuotaEntry)> {
+    pub fn all_fallbacks(&self) -> Vec<(String, Arc<QuotaEntry>)> {
         let state = self.state();
         let mut entries: Vec<_> = state
             .fallbacks
@@ -426,7 +432,7 @@ impl QuotaManager {
         if let Some(identity) = identity {
             state.bind_main(identity);
         }
-        state.main.entry = Some(entry);
+        state.main.entry = Some(Arc::new(entry));
         self.mark_unsaved(&mut state, &RouteId::Main);
     }
 
@@ -437,7 +443,7 @@ impl QuotaManager {
             return;
         }
         let route = RouteId::Fallback(id.to_owned());
-        state.slot_mut(&route).entry = Some(entry);
+        state.slot_mut(&route).entry = Some(Arc::new(entry));
         self.mark_unsaved(&mut state, &route);
     }
 
@@ -461,7 +467,7 @@ impl QuotaManager {
         &self,
         identity: Option<&str>,
         frame: QuotaSnapshot,
-    ) -> Option<QuotaEntry> {
+    ) -> Option<Arc<QuotaEntry>> {
         if !frame.has_windows() {
             return None;
         }
@@ -479,7 +485,7 @@ impl QuotaManager {
         id: &str,
         frame: QuotaSnapshot,
         account: Option<&FallbackAccount>,
-    ) -> Option<QuotaEntry> {
+    ) -> Option<Arc<QuotaEntry>> {
         if !frame.has_windows() {
             return None;
         }
@@ -496,7 +502,7 @@ impl QuotaManager {
         state: &mut State,
         route: &RouteId,
         mut frame: QuotaSnapshot,
-    ) -> QuotaEntry {
+    ) -> Arc<QuotaEntry> {
         frame.source = Some(QuotaSource::Headers);
         let now = self.now();
         let checked_at = frame.checked_at.unwrap_or(now);
@@ -607,7 +613,7 @@ impl QuotaManager {
         };
         !slot.backoff.is_open(now)
             && slot.in_flight.is_none()
-            && freshness::is_stale(slot.entry.as_ref(), now, interval, None)
+            && freshness::is_stale(slot.entry.as_deref(), now, interval, None)
     }
 
     /// A refresh of the main route that nobody awaits: `None` when one is running already,
@@ -1175,7 +1181,7 @@ impl QuotaManager {
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
         let state = self.state();
         freshness::is_stale(
-            state.main.entry.as_ref(),
+            state.main.entry.as_deref(),
             self.now(),
             state.settings.interval_ms,
             model,
@@ -1184,7 +1190,10 @@ impl QuotaManager {
 
     pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
         let state = self.state();
-        let entry = state.fallbacks.get(id).and_then(|slot| slot.entry.as_ref());
+        let entry = state
+            .fallbacks
+            .get(id)
+            .and_then(|slot| slot.entry.as_deref());
         freshness::is_stale(entry, self.now(), state.settings.interval_ms, model)
     }
 
@@ -1339,18 +1348,23 @@ fn settings_from(config: &ManagerConfig, storage: Option<&HostStorage>) -> Setti
 
 /// A cache entry whose `refreshAfter` follows SPEC §3, measured from the oldest window so a
 /// header push never postpones the poll that the older poll-only fields need.
-fn make_entry(quota: QuotaSnapshot, checked_at: i64, settings: &Settings, now: i64) -> QuotaEntry {
+fn make_entry(
+    quota: QuotaSnapshot,
+    checked_at: i64,
+    settings: &Settings,
+    now: i64,
+) -> Arc<QuotaEntry> {
     let oldest = quota
         .oldest_window_checked_at()
         .unwrap_or(checked_at)
         .min(checked_at);
     let exhausted = exhausted_until(&quota, &settings.minimum, now);
     let refresh_after = freshness::refresh_after(&quota, oldest, settings.interval_ms, exhausted);
-    QuotaEntry {
+    Arc::new(QuotaEntry {
         quota,
         checked_at,
         refresh_after,
-    }
+    })
 }
 
 /// Adopts a backoff the host persisted, when it is newer than the one the slot has.
