@@ -169,23 +169,6 @@ impl BackoffState {
         *self = Self::default();
     }
 
-    /// A success observed elsewhere at `success_at` (another process's poll, the host's
-    /// `mainQuotaCheckedAt`) supersedes a failure observed before it. [`merge_from`] cannot see
-    /// successes (a reset state carries no time), so whoever merges shared state calls this with
-    /// the newest known successful `checkedAt` of the route. Returns true when it reset.
-    ///
-    /// [`merge_from`]: Self::merge_from
-    pub fn supersede_with_success(&mut self, success_at: i64) -> bool {
-        let superseded = self
-            .last_error
-            .as_ref()
-            .is_some_and(|error| error.checked_at < success_at);
-        if superseded {
-            self.record_success();
-        }
-        superseded
-    }
-
     /// Adopts what another observer of the same route knows: the later deadline and the higher
     /// attempt count win (more restrictive), and `last_error` becomes the most recently observed
     /// failure, restated with the merged deadline and count so the host sees one coherent
@@ -194,7 +177,7 @@ impl BackoffState {
     /// Each field is a join (max, or the newest record under a total order that ignores the
     /// restated fields), so merging is idempotent, commutative and associative: processes that
     /// merge each other's state in any order converge. A reset (success) state contributes
-    /// nothing; see [`supersede_with_success`](Self::supersede_with_success).
+    /// nothing: the state file orders successes and failures by when the backoff last changed.
     pub fn merge_from(&mut self, other: &BackoffState) {
         self.attempts = self.attempts.max(other.attempts);
         self.next_retry_at = self.next_retry_at.max(other.next_retry_at);
@@ -685,16 +668,6 @@ mod tests {
         let merged = &results[0];
         assert_eq!(merged.next_retry_at, Some(T0 + HOUR_MS));
         assert_eq!(merged.last_error.as_ref().unwrap().checked_at, T0 + 5);
-    }
-
-    #[test]
-    fn a_newer_success_supersedes_an_older_failure() {
-        let mut state = failed(T0, 429, None);
-        assert!(!state.supersede_with_success(T0 - 1));
-        assert!(!state.supersede_with_success(T0));
-        assert_eq!(state.attempts, 1);
-        assert!(state.supersede_with_success(T0 + 1));
-        assert_eq!(state, BackoffState::default());
     }
 
     #[test]

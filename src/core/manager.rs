@@ -1367,9 +1367,13 @@ fn make_entry(
     })
 }
 
-/// Adopts a backoff the host persisted, when it is newer than the one the slot has.
+/// Adopts a backoff the host persisted, when it is newer than the one the slot has and no poll
+/// succeeded after it (the host may keep its last error after a later success).
 fn seed_backoff(slot: &mut RouteSlot, error: &ApiErrorRecord, now: i64) {
-    if error.checked_at <= slot.backoff_updated_at {
+    let polled_since = slot.entry.as_ref().is_some_and(|entry| {
+        entry.quota.source == Some(QuotaSource::Poll) && entry.checked_at > error.checked_at
+    });
+    if error.checked_at <= slot.backoff_updated_at || polled_since {
         return;
     }
     slot.backoff = backoff::from_persisted(error, now);
@@ -1573,6 +1577,47 @@ mod tests {
         assert!(manager
             .push_fallback_frame("fb", frame, Some(&new))
             .is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
+        let clock = ManualClock::new(START);
+        let manager = manager(config("http://127.0.0.1:9/usage", None), &clock);
+        let error = ApiErrorRecord {
+            message: "Claude quota check failed: 429 — x".into(),
+            checked_at: START - 60_000,
+            next_retry_at: Some(START + 3_600_000),
+            retry_count: Some(1),
+            status: Some(429),
+            retry_after_ms: Some(3_600_000),
+            account_identity: None,
+        };
+        let polled = QuotaSnapshot {
+            five_hour: Some(crate::core::snapshot::QuotaWindow::from_used(
+                5.0, None, START,
+            )),
+            source: Some(QuotaSource::Poll),
+            checked_at: Some(START),
+            ..Default::default()
+        };
+        let mut storage = HostStorage {
+            main_account_id: Some("alice".into()),
+            main_last_error: Some(error.clone()),
+            ..HostStorage::default()
+        };
+        manager.seed_main(&storage, None);
+        assert!(
+            manager.is_backed_off(),
+            "an active persisted backoff is honoured"
+        );
+
+        let fresh = manager(config("http://127.0.0.1:9/usage", None), &clock);
+        storage.main_quota = Some(polled);
+        fresh.seed_main(&storage, None);
+        assert!(
+            !fresh.is_backed_off(),
+            "a later successful poll supersedes it"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
