@@ -1582,7 +1582,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
         let clock = ManualClock::new(START);
-        let manager = manager(config("http://127.0.0.1:9/usage", None), &clock);
+        let seeded = manager(config("http://127.0.0.1:9/usage", None), &clock);
         let error = ApiErrorRecord {
             message: "Claude quota check failed: 429 — x".into(),
             checked_at: START - 60_000,
@@ -1605,9 +1605,9 @@ mod tests {
             main_last_error: Some(error.clone()),
             ..HostStorage::default()
         };
-        manager.seed_main(&storage, None);
+        seeded.seed_main(&storage, None);
         assert!(
-            manager.is_backed_off(),
+            seeded.is_backed_off(),
             "an active persisted backoff is honoured"
         );
 
