@@ -1,6 +1,6 @@
 // Fallback accounts: per-account routes (cache, single flight, backoff), login replacement,
 // host seeding, refreshAllFallbacks and bad input at the boundary.
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { QuotaManager, ManualClock } from '../index.js'
 import type { FallbackAccount, QuotaEntry, QuotaSnapshot } from '../index.js'
 import { rateLimitHeaders, usageBody } from '../simulator/index.js'
@@ -10,7 +10,7 @@ import {
   T0,
   asQuotaError,
   failureOf,
-  harness,
+  perTestHarness,
   junk,
   recordingCallbacks,
   requestsWith,
@@ -18,18 +18,9 @@ import {
   sleep,
   startCountingServer,
 } from './helpers/fallback-harness.js'
-import type { Harness, RecordedEvents } from './helpers/fallback-harness.js'
+import type { RecordedEvents } from './helpers/fallback-harness.js'
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.()
-})
-
-async function setup(options: Parameters<typeof harness>[0] = {}, simDelayMs = 0): Promise<Harness> {
-  const h = await harness(options, simDelayMs)
-  cleanups.push(() => h.close())
-  return h
-}
+const { setup, onCleanup } = perTestHarness()
 
 const account = (id: string, extra: Partial<FallbackAccount> = {}): FallbackAccount => ({ id, ...extra })
 
@@ -593,7 +584,7 @@ describe('refreshAllFallbacks', () => {
       backoff: { jitter: 0 },
       ...(maxConcurrentFetches === undefined ? {} : { maxConcurrentFetches }),
     })
-    cleanups.push(async () => {
+    onCleanup(async () => {
       await manager.close()
       await server.close()
     })
@@ -668,7 +659,7 @@ describe('refreshAllFallbacks', () => {
       backoff: { jitter: 0 },
       ...recordingCallbacks(events),
     })
-    cleanups.push(async () => {
+    onCleanup(async () => {
       await manager.close()
       await server.close()
     })
@@ -711,7 +702,7 @@ describe('refreshAllFallbacks', () => {
       apiCallGapMs: 300,
       clock: new ManualClock(T0),
     })
-    cleanups.push(async () => {
+    onCleanup(async () => {
       await manager.close()
       await server.close()
     })

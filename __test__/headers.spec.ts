@@ -1,22 +1,12 @@
 // Quota harvested from response headers: parseQuotaHeaders (SPEC §2) and the merge rules of
 // pushMainFromHeaders / pushFallbackFromHeaders.
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { parseQuotaHeaders } from '../index.js'
 import type { QuotaSnapshot } from '../index.js'
 import { rateLimitHeaders, usageBody } from '../simulator/index.js'
-import { MINUTE, SECOND, T0, failureOf, harness, junk, sleep } from './helpers/fallback-harness.js'
-import type { Harness } from './helpers/fallback-harness.js'
+import { MINUTE, SECOND, T0, failureOf, junk, perTestHarness, sleep } from './helpers/fallback-harness.js'
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.()
-})
-
-async function setup(options: Parameters<typeof harness>[0] = {}, simDelayMs = 0): Promise<Harness> {
-  const h = await harness(options, simDelayMs)
-  cleanups.push(() => h.close())
-  return h
-}
+const { setup } = perTestHarness()
 
 const P = 'anthropic-ratelimit-unified-'
 const RESET_5H = Math.floor(T0 / 1000) + 7200

@@ -1,22 +1,12 @@
 // Routing: evaluateQuota (SPEC §8), thresholds and their aliases, model-scoped staleness of main,
 // and the fail-closed answer (SPEC §7).
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { evaluateQuota } from '../index.js'
 import type { QuotaEntry, QuotaPolicy, QuotaSnapshot, ScopedQuotaWindow } from '../index.js'
 import { rateLimitHeaders } from '../simulator/index.js'
-import { MINUTE, SECOND, T0, failureOf, harness, junk } from './helpers/fallback-harness.js'
-import type { Harness } from './helpers/fallback-harness.js'
+import { MINUTE, SECOND, T0, failureOf, junk, perTestHarness } from './helpers/fallback-harness.js'
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length > 0) await cleanups.pop()?.()
-})
-
-async function setup(options: Parameters<typeof harness>[0] = {}): Promise<Harness> {
-  const h = await harness(options)
-  cleanups.push(() => h.close())
-  return h
-}
+const { setup } = perTestHarness()
 
 const FIVE_RESET = '2026-09-14T02:10:00Z'
 const SEVEN_RESET = '2026-09-19T09:00:00Z'

@@ -1,4 +1,5 @@
 // Shared helpers for the fallback, header and routing specs.
+import { afterEach } from 'vitest'
 import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createHash } from 'node:crypto'
@@ -176,4 +177,28 @@ export async function startCountingServer(answer: (token: string) => Answer): Pr
 export function requestsWith(sim: UsageSimulator, token: string): number {
   const fp = sha16(token)
   return sim.log.filter((entry) => entry.tokenFingerprint === fp).length
+}
+
+/**
+ * Per-test cleanup for a spec file: `setup()` makes a harness that is closed after the test, and
+ * `onCleanup` registers anything else to undo then (last registered, first run).
+ */
+export function perTestHarness(): {
+  setup: (options?: QuotaManagerOptions, simDelayMs?: number) => Promise<Harness>
+  onCleanup: (cleanup: () => Promise<void>) => void
+} {
+  const cleanups: Array<() => Promise<void>> = []
+  afterEach(async () => {
+    while (cleanups.length > 0) await cleanups.pop()?.()
+  })
+  return {
+    setup: async (options = {}, simDelayMs = 0) => {
+      const h = await harness(options, simDelayMs)
+      cleanups.push(() => h.close())
+      return h
+    },
+    onCleanup: (cleanup) => {
+      cleanups.push(cleanup)
+    },
+  }
 }
