@@ -297,7 +297,12 @@ impl State {
     fn main_matches(&self, identity: Option<&str>) -> bool {
         match (identity, &self.main.owner) {
             (None, _) => true,
-            (Some(wanted), Some(owner)) => owner == wanted || *owner == token_identity(wanted),
+            (Some(wanted), Some(owner)) => {
+                // Hash only when the slot was named by a token: this runs on every request.
+                owner == wanted
+                    || (owner.starts_with(TOKEN_IDENTITY_PREFIX)
+                        && *owner == token_identity(wanted))
+            }
             (Some(_), None) => false,
         }
     }
