@@ -298,6 +298,11 @@ export declare class QuotaManager {
    * cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
    */
   failClosedResponse(): { status: 429; headers: Record<string, string>; body: string } | null
+  /**
+   * The shared state file this manager uses (resolved at construction), or `null` when it
+   * keeps everything in memory.
+   */
+  get statePath(): string | null
   /** Counters since construction. */
   stats(): QuotaStats
   /**
@@ -306,6 +311,13 @@ export declare class QuotaManager {
    */
   close(): Promise<void>
 }
+
+/**
+ * The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
+ * `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
+ * `null` when none of those variables is set.
+ */
+export declare function defaultStatePath(): string | null
 
 /**
  * Does this snapshot allow a request on this model? `blockedUntil` is when the binding window

@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.ManualClock = nativeBinding.ManualClock
 module.exports.QuotaManager = nativeBinding.QuotaManager
+module.exports.defaultStatePath = nativeBinding.defaultStatePath
 module.exports.evaluateQuota = nativeBinding.evaluateQuota
 module.exports.parseQuotaHeaders = nativeBinding.parseQuotaHeaders
 module.exports.parseRetryAfter = nativeBinding.parseRetryAfter

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { ManualClock, QuotaManager, tokenFingerprint } from '../index.js'
+import { ManualClock, QuotaManager, defaultStatePath, tokenFingerprint } from '../index.js'
 import type { AccountStorage, QuotaApiError, QuotaSnapshot } from '../index.js'
 import { startUsageSimulator, usageBody } from '../simulator/index.js'
 import type { UsageSimulator } from '../simulator/index.js'
@@ -1059,6 +1059,34 @@ describe('cache views', () => {
     } finally {
       await manager.close()
       await sim.close()
+    }
+  })
+})
+
+describe('state path', () => {
+  it('defaults to the OpenCode config dir, resolved once at construction', () => {
+    const saved = { oc: process.env.OPENCODE_CONFIG_DIR, xdg: process.env.XDG_CONFIG_HOME }
+    const first = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
+    const second = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
+    try {
+      process.env.OPENCODE_CONFIG_DIR = first
+      expect(defaultStatePath()).toBe(path.join(first, 'anthropic-quota-state.json'))
+      const manager = new QuotaManager()
+      process.env.OPENCODE_CONFIG_DIR = second
+      expect(defaultStatePath()).toBe(path.join(second, 'anthropic-quota-state.json'))
+      expect(manager.statePath).toBe(path.join(first, 'anthropic-quota-state.json'))
+      delete process.env.OPENCODE_CONFIG_DIR
+      process.env.XDG_CONFIG_HOME = second
+      expect(defaultStatePath()).toBe(path.join(second, 'opencode', 'anthropic-quota-state.json'))
+      expect(new QuotaManager({ statePath: null }).statePath).toBeNull()
+      expect(new QuotaManager({ statePath: 'rel/state.json' }).statePath).toBe(path.resolve('rel/state.json'))
+    } finally {
+      if (saved.oc === undefined) delete process.env.OPENCODE_CONFIG_DIR
+      else process.env.OPENCODE_CONFIG_DIR = saved.oc
+      if (saved.xdg === undefined) delete process.env.XDG_CONFIG_HOME
+      else process.env.XDG_CONFIG_HOME = saved.xdg
+      fs.rmSync(first, { recursive: true, force: true })
+      fs.rmSync(second, { recursive: true, force: true })
     }
   })
 })

@@ -16,7 +16,6 @@
 // renderStatus, bar, formatDuration, defaultStatePath).
 
 const fs = require('node:fs')
-const os = require('node:os')
 const path = require('node:path')
 
 const PROGRAM = 'anthropic-quota-manager'
@@ -27,17 +26,11 @@ const WIDTH = 80
 
 // ----- helpers ---------------------------------------------------------------------------------
 
-/** The library's rule: $OPENCODE_CONFIG_DIR, else $XDG_CONFIG_HOME/opencode, else ~/.config/opencode. */
-function defaultStatePath(env = process.env) {
-  const nonEmpty = (name) => {
-    const value = env[name]
-    return typeof value === 'string' && value.trim() !== '' ? value : undefined
-  }
-  let dir
-  if (nonEmpty('OPENCODE_CONFIG_DIR')) dir = env.OPENCODE_CONFIG_DIR
-  else if (nonEmpty('XDG_CONFIG_HOME')) dir = path.join(env.XDG_CONFIG_HOME, 'opencode')
-  else dir = path.join(nonEmpty('HOME') ?? os.homedir(), '.config', 'opencode')
-  return path.join(dir, STATE_FILE_NAME)
+/** The library's own default (the same rule the manager uses), or a clear error without HOME. */
+function defaultStatePath() {
+  const statePath = require('../index.js').defaultStatePath()
+  if (statePath === null) throw new CliError('no default state file: set HOME or OPENCODE_CONFIG_DIR, or pass --state PATH', 2)
+  return statePath
 }
 
 /** `[████░░░░]` for a 0..100 percentage. */

@@ -13,6 +13,7 @@ use crate::core::fingerprint::fingerprint;
 use crate::core::headers::{header_pairs, parse_quota_headers};
 use crate::core::policy::{evaluate_quota as evaluate, QuotaPolicy};
 use crate::core::snapshot::QuotaSnapshot;
+use crate::core::store;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -122,4 +123,12 @@ pub fn parse_retry_after(
     Ok(OrUndefined(
         backoff::parse_retry_after(&value, now).map(|ms| ms as f64),
     ))
+}
+
+/// The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
+/// `null` when none of those variables is set.
+#[napi(ts_return_type = "string | null")]
+pub fn default_state_path() -> Option<String> {
+    store::default_state_path(|name| std::env::var(name).ok()).map(|p| p.display().to_string())
 }

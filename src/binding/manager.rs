@@ -559,6 +559,13 @@ impl QuotaManager {
 
     // ----- observability and lifecycle -----------------------------------------------------
 
+    /// The shared state file this manager uses (resolved at construction), or `null` when it
+    /// keeps everything in memory.
+    #[napi(getter, ts_return_type = "string | null")]
+    pub fn state_path(&self) -> Option<String> {
+        self.core.state_path().map(|p| p.display().to_string())
+    }
+
     /// Counters since construction.
     #[napi(ts_return_type = "QuotaStats")]
     pub fn stats(&self) -> Json<crate::core::stats::StatsSnapshot> {

@@ -1268,6 +1268,11 @@ impl QuotaManager {
         })
     }
 
+    /// The shared state file, `None` in memory-only mode.
+    pub fn state_path(&self) -> Option<&std::path::Path> {
+        self.inner.store.as_ref().map(StateStore::path)
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
     }
