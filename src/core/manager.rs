@@ -127,6 +127,7 @@ struct RouteSlot {
     backoff: BackoffState,
     backoff_updated_at: i64,
     last_attempt_at: Option<i64>,
+    last_attempt_token: Option<String>,
     /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
     generation: u64,
     in_flight: Option<SharedRefresh>,
@@ -141,6 +142,7 @@ impl RouteSlot {
             backoff_updated_at: self.backoff_updated_at,
             lineage: None,
             last_attempt_at: self.last_attempt_at,
+            last_attempt_token: self.last_attempt_token.clone(),
         }
     }
 
@@ -160,7 +162,10 @@ impl RouteSlot {
             self.backoff = record.backoff.clone();
             self.backoff_updated_at = record.backoff_updated_at;
         }
-        self.last_attempt_at = self.last_attempt_at.max(record.last_attempt_at);
+        if record.last_attempt_at > self.last_attempt_at {
+            self.last_attempt_at = record.last_attempt_at;
+            self.last_attempt_token = record.last_attempt_token.clone();
+        }
     }
 
     fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
@@ -815,8 +820,10 @@ impl QuotaManager {
         Ok(None)
     }
 
-    /// Keeps at least `apiCallGapMs` between two requests with one token. The gap is measured
-    /// on the manager's clock but waited out in real time, so a frozen test clock never hangs.
+    /// Keeps at least `apiCallGapMs` between two requests with one token. A route's last
+    /// attempt (time and token fingerprint) comes from the state file, so the gap holds across
+    /// processes too, even after a failure that left no snapshot. The gap is measured on the
+    /// manager's clock but waited out in real time, so a frozen test clock never hangs.
     async fn wait_for_pacing(&self, attempt: &Attempt) {
         let gap = self.inner.config.api_call_gap_ms;
         if gap <= 0 {
@@ -828,7 +835,7 @@ impl QuotaManager {
             let by_token = state.last_call_by_token.get(&token_fingerprint).copied();
             let by_route = state
                 .slot(&attempt.route)
-                .filter(|slot| slot.token_fingerprint.as_deref() == Some(&token_fingerprint))
+                .filter(|slot| slot.last_attempt_token.as_deref() == Some(&token_fingerprint))
                 .and_then(|slot| slot.last_attempt_at);
             by_token.max(by_route)
         };
@@ -853,6 +860,7 @@ impl QuotaManager {
                 .insert(token_fingerprint.clone(), fetch_started_at);
             if let Some(slot) = state.attempt_slot(attempt) {
                 slot.last_attempt_at = Some(fetch_started_at);
+                slot.last_attempt_token = Some(token_fingerprint.clone());
             }
         }
         bump(&self.inner.stats.api_calls);
@@ -1702,6 +1710,35 @@ mod tests {
         let restarted = manager(config(&server.url, Some(state)), &clock);
         assert!(!restarted.is_main_stale(None));
         assert!(restarted.get_main(Some("alice")).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pacing_holds_across_managers_sharing_the_state_file_even_after_an_auth_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let server = endpoint(0).await;
+        server.status.store(401, Ordering::SeqCst);
+        let clock = ManualClock::new(START);
+        let paced = |path: &std::path::Path| ManagerConfig {
+            api_call_gap_ms: 400,
+            ..config(&server.url, Some(path.to_owned()))
+        };
+        let first = manager(paced(&state), &clock);
+        let second = manager(paced(&state), &clock);
+        first.refresh_main(Some("alice"), "t").await.unwrap_err();
+        let started = Instant::now();
+        let error = second.refresh_main(Some("alice"), "t").await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            "QUOTA_AUTH_ERROR",
+            "no backoff: it fetched itself"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(390),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(server.requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

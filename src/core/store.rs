@@ -45,6 +45,9 @@ pub struct RouteRecord {
     /// The last time any process sent a usage request for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_at: Option<i64>,
+    /// Fingerprint of the token that request used (pacing is per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_token: Option<String>,
 }
 
 impl RouteRecord {
@@ -70,7 +73,10 @@ impl RouteRecord {
         } else if incoming.backoff_updated_at == self.backoff_updated_at {
             self.backoff.merge_from(&incoming.backoff);
         }
-        self.last_attempt_at = self.last_attempt_at.max(incoming.last_attempt_at);
+        if incoming.last_attempt_at > self.last_attempt_at {
+            self.last_attempt_at = incoming.last_attempt_at;
+            self.last_attempt_token = incoming.last_attempt_token.clone();
+        }
     }
 }
 
