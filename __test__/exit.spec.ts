@@ -2,7 +2,9 @@
 // pooled connections) may hold Node's event loop open. vitest kills its own workers, so this is
 // only observable from a child `node` process.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
 import type { ChildProcess } from 'node:child_process'
 import * as path from 'node:path'
 import { startUsageSimulator } from '../simulator/index.js'
@@ -130,4 +132,27 @@ describe('a host process exits by itself', () => {
     expect(events).toEqual(['async-callback-ran'])
     expect(callbackErrors).toBe(1)
   })
+})
+
+describe('state written at exit', () => {
+  for (const ending of ['process.exit(0)', '/* falls off the end */']) {
+    it(`header pushes still waiting to be written reach the state file when the host exits: ${ending}`, () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-exit-'))
+      try {
+        const statePath = path.join(dir, 'state.json')
+        const script = `
+          const { QuotaManager } = require(${JSON.stringify(path.join(__dirname, '..'))})
+          const manager = new QuotaManager({ statePath: ${JSON.stringify(statePath)} })
+          manager.pushMainFromHeaders('alice', { 'anthropic-ratelimit-unified-5h-utilization': '0.42' })
+          ${ending}
+        `
+        const child = spawnSync(process.execPath, ['-e', script], { timeout: EXIT_DEADLINE_MS * 5 })
+        expect(child.status).toBe(0)
+        const state = JSON.parse(fs.readFileSync(statePath, 'utf8'))
+        expect(state.routes['main:alice'].entry.quota.five_hour.usedPercent).toBe(42)
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true })
+      }
+    })
+  }
 })

@@ -165,6 +165,9 @@ impl QuotaManager {
             runtime,
         )
         .map_err(|e| type_error(&env, format!("options.usageUrl: {e}")))?;
+        if core.state_path().is_some() {
+            super::exit::flush_at_exit(&env, &core)?;
+        }
         Ok(Self {
             core,
             callbacks,

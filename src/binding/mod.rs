@@ -3,6 +3,7 @@
 
 mod callbacks;
 mod clock;
+mod exit;
 mod functions;
 mod js;
 mod manager;

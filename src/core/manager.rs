@@ -1027,17 +1027,9 @@ impl QuotaManager {
 
     /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
     pub async fn flush(&self) {
-        let Some(store) = self.inner.store.clone() else {
+        let Some((store, updates)) = self.take_unsaved() else {
             return;
         };
-        let updates: Vec<StoreUpdate> = {
-            let mut state = self.state();
-            state.flush_scheduled = false;
-            state.unsaved.drain().map(|(_, update)| update).collect()
-        };
-        if updates.is_empty() {
-            return;
-        }
         let written = tokio::task::spawn_blocking(move || store.apply(&updates))
             .await
             .unwrap_or_else(|e| {
@@ -1046,6 +1038,25 @@ impl QuotaManager {
                     reason: e.to_string(),
                 })
             });
+        self.after_write(written);
+    }
+
+    /// `flush`, on the calling thread: for the host's exit, when no task will run any more.
+    pub fn flush_now(&self) {
+        if let Some((store, updates)) = self.take_unsaved() {
+            self.after_write(store.apply(&updates));
+        }
+    }
+
+    fn take_unsaved(&self) -> Option<(StateStore, Vec<StoreUpdate>)> {
+        let store = self.inner.store.clone()?;
+        let mut state = self.state();
+        state.flush_scheduled = false;
+        let updates: Vec<StoreUpdate> = state.unsaved.drain().map(|(_, update)| update).collect();
+        (!updates.is_empty()).then_some((store, updates))
+    }
+
+    fn after_write(&self, written: Result<super::store::Loaded, QuotaError>) {
         match written {
             Ok(loaded) => {
                 bump(&self.inner.stats.state_writes);
@@ -1058,6 +1069,11 @@ impl QuotaManager {
                 eprintln!("anthropic-quota-manager: could not write the quota state: {error}");
             }
         }
+    }
+
+    /// A handle that does not keep the manager alive.
+    pub fn downgrade(&self) -> WeakQuotaManager {
+        WeakQuotaManager(Arc::downgrade(&self.inner))
     }
 
     fn report_quarantine(&self, aside: &std::path::Path) {
@@ -1306,6 +1322,19 @@ impl QuotaManager {
             manager.flush().await;
         }
         .boxed()
+    }
+}
+
+/// A [`QuotaManager`] that may be gone.
+pub struct WeakQuotaManager(std::sync::Weak<Inner>);
+
+impl WeakQuotaManager {
+    pub fn upgrade(&self) -> Option<QuotaManager> {
+        self.0.upgrade().map(|inner| QuotaManager { inner })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
 }
 
