@@ -9,6 +9,10 @@ use napi::bindgen_prelude::*;
 
 use crate::core::manager::{QuotaManager, WeakQuotaManager};
 
+/// `process.on(event, listener)`.
+type AddListener<'env> =
+    Function<'env, FnArgs<(&'static str, Function<'env, (), ()>)>, Unknown<'env>>;
+
 thread_local! {
     static LISTENING: Cell<bool> = const { Cell::new(false) };
     static MANAGERS: RefCell<Vec<WeakQuotaManager>> = const { RefCell::new(Vec::new()) };
@@ -24,8 +28,7 @@ pub fn flush_at_exit(env: &Env, manager: &QuotaManager) -> Result<()> {
         return Ok(());
     }
     let process: Object = env.get_global()?.get_named_property("process")?;
-    let on: Function<FnArgs<(&str, Function<(), ()>)>, Unknown> =
-        process.get_named_property("on")?;
+    let on: AddListener = process.get_named_property("on")?;
     let listener = env.create_function_from_closure("flushQuotaStateAtExit", |_| {
         flush_all();
         Ok(())
