@@ -253,6 +253,7 @@ export declare class QuotaManager {
   /**
    * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
    * across processes). With one argument, it is both the identity and the access token.
+   * Callers of one request get the same promise and the same frozen snapshot.
    */
   refreshMain(mainAccountIdOrAccessToken: string, accessToken?: string): Promise<QuotaSnapshot>
   /** `refreshMain`, telling whether a request was sent (`fetched`) or the cache served. */

@@ -1090,3 +1090,31 @@ describe('state path', () => {
     }
   })
 })
+
+describe('one promise per request', () => {
+  it('callers of one request share one promise and one frozen result; each shape keeps its own', async () => {
+    const sim = await startUsageSimulator({ delayMs: 100 })
+    const manager = new QuotaManager({ statePath: null, usageUrl: sim.url, apiCallGapMs: 0 })
+    try {
+      const plain = Array.from({ length: 500 }, () => manager.refreshMain('alice', 'tok'))
+      const withMetadata = Array.from({ length: 500 }, () => manager.refreshMainWithMetadata('alice', 'tok'))
+      expect(new Set(plain).size).toBe(1)
+      expect(new Set(withMetadata).size).toBe(1)
+      const [snapshot, result] = await Promise.all([plain[0], withMetadata[0]])
+      expect(sim.requests).toBe(1)
+      expect(Object.isFrozen(snapshot)).toBe(true)
+      expect(Object.isFrozen(snapshot.five_hour)).toBe(true)
+      expect(result).toEqual({ quota: snapshot, fetched: true })
+      expect(manager.stats().joinedInFlight).toBe(999)
+
+      // Once it settled, the next refresh is a new request with a new promise.
+      const next = manager.refreshMain('alice', 'tok')
+      expect(next).not.toBe(plain[0])
+      await next
+      expect(sim.requests).toBe(2)
+    } finally {
+      await manager.close()
+      await sim.close()
+    }
+  })
+})

@@ -14,12 +14,13 @@ use super::js::{
     Json, OrUndefined,
 };
 use super::options::parse_options;
+use super::shared::{Shape, SharedPromises};
 use super::views::EntryViews;
 use crate::core::error::QuotaError;
 use crate::core::headers::frame_from_value;
 use crate::core::host::{FallbackAccount, HostStorage};
-use crate::core::manager::{QuotaManager as CoreManager, RefreshOutcome};
-use crate::core::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot};
+use crate::core::manager::QuotaManager as CoreManager;
+use crate::core::snapshot::{ApiErrorRecord, QuotaEntry};
 use crate::core::stats::Stats;
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
@@ -29,27 +30,13 @@ pub struct QuotaManager {
     core: CoreManager,
     callbacks: Arc<JsCallbacks>,
     views: EntryViews,
+    promises: SharedPromises,
 }
 
 impl ObjectFinalize for QuotaManager {
     fn finalize(self, env: Env) -> Result<()> {
         self.views.release(&env);
         Ok(())
-    }
-}
-
-#[derive(Serialize)]
-pub struct RefreshResult {
-    quota: QuotaSnapshot,
-    fetched: bool,
-}
-
-impl From<RefreshOutcome> for RefreshResult {
-    fn from(outcome: RefreshOutcome) -> Self {
-        Self {
-            quota: outcome.quota,
-            fetched: outcome.fetched,
-        }
     }
 }
 
@@ -172,6 +159,7 @@ impl QuotaManager {
             core,
             callbacks,
             views: EntryViews::default(),
+            promises: SharedPromises::default(),
         })
     }
 
@@ -310,6 +298,7 @@ impl QuotaManager {
 
     /// Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
     /// across processes). With one argument, it is both the identity and the access token.
+    /// Callers of one request get the same promise and the same frozen snapshot.
     #[napi(
         ts_args_type = "mainAccountIdOrAccessToken: string, accessToken?: string",
         ts_return_type = "Promise<QuotaSnapshot>"
@@ -319,10 +308,10 @@ impl QuotaManager {
         env: &'env Env,
         first: Option<Unknown>,
         access_token: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Json<QuotaSnapshot>>> {
+    ) -> Result<Unknown<'env>> {
         let (identity, token) = main_arguments(env, first, access_token)?;
         let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
-        promise(env, refresh, |outcome| Json(outcome.quota))
+        self.promises.promise(env, refresh, Shape::Snapshot)
     }
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
@@ -335,10 +324,10 @@ impl QuotaManager {
         env: &'env Env,
         first: Option<Unknown>,
         access_token: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Json<RefreshResult>>> {
+    ) -> Result<Unknown<'env>> {
         let (identity, token) = main_arguments(env, first, access_token)?;
         let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
-        promise(env, refresh, |outcome| Json(RefreshResult::from(outcome)))
+        self.promises.promise(env, refresh, Shape::WithMetadata)
     }
 
     /// Polls the usage endpoint for one fallback account.
@@ -352,12 +341,12 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         access_token: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Json<QuotaSnapshot>>> {
+    ) -> Result<Unknown<'env>> {
         let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
         let refresh = self
             .core
             .begin_refresh_fallback(&id, &token, account.as_ref());
-        promise(env, refresh, |outcome| Json(outcome.quota))
+        self.promises.promise(env, refresh, Shape::Snapshot)
     }
 
     /// `refreshFallback`, telling whether a request was sent.
@@ -371,12 +360,12 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         access_token: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, Json<RefreshResult>>> {
+    ) -> Result<Unknown<'env>> {
         let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
         let refresh = self
             .core
             .begin_refresh_fallback(&id, &token, account.as_ref());
-        promise(env, refresh, |outcome| Json(RefreshResult::from(outcome)))
+        self.promises.promise(env, refresh, Shape::WithMetadata)
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.

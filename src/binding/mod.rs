@@ -8,4 +8,5 @@ mod functions;
 mod js;
 mod manager;
 mod options;
+mod shared;
 mod views;

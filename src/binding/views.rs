@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::core::snapshot::QuotaEntry;
@@ -42,7 +43,7 @@ impl EntryViews {
         if let Some(view) = views.get(&key).filter(|v| Arc::ptr_eq(&v.entry, &entry)) {
             return Ok(view.object.get_value(env)?.to_unknown());
         }
-        let object = frozen_object(env, &entry)?;
+        let object = frozen_object(env, entry.as_ref())?;
         let fresh = View {
             entry,
             object: object.create_ref()?,
@@ -79,8 +80,18 @@ fn null(env: &Env) -> Result<Unknown<'_>> {
     Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), raw) })
 }
 
-fn frozen_object<'env>(env: &'env Env, entry: &QuotaEntry) -> Result<Object<'env>> {
-    let tree = serde_json::to_value(entry).map_err(|e| Error::from_reason(e.to_string()))?;
+/// A value handed to JavaScript deep-frozen, for results several callers share.
+pub struct Frozen<T>(pub T);
+
+impl<T: Serialize> ToNapiValue for Frozen<T> {
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        let env = Env::from_raw(env);
+        Ok(frozen_object(&env, &value.0)?.raw())
+    }
+}
+
+fn frozen_object<'env, T: Serialize>(env: &'env Env, value: &T) -> Result<Object<'env>> {
+    let tree = serde_json::to_value(value).map_err(|e| Error::from_reason(e.to_string()))?;
     let json: Object = env.get_global()?.get_named_property("JSON")?;
     let parse: Function<String, Object> = json.get_named_property("parse")?;
     let mut object = parse.call(tree.to_string())?;

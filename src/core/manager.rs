@@ -4,6 +4,7 @@
 //! the route's OS lock, on the whole machine.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use super::host::{FallbackAccount, HostStorage};
 use super::merge::{merge_header_frame, merge_poll_result};
 use super::policy::{exhausted_until, MinimumRemaining, QuotaPolicy};
 use super::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
-use super::stats::{bump, Stats, StatsSnapshot};
+use super::stats::{bump, bump_by, Stats, StatsSnapshot};
 use super::store::{fallback_key, main_key, RouteLock, RouteRecord, StateStore, StoreUpdate};
 
 pub const DEFAULT_CHECK_INTERVAL_MINUTES: f64 = 5.0;
@@ -114,6 +115,32 @@ type Settled = (Served, Result<RefreshOutcome, QuotaError>);
 pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
 type SharedRefresh = Shared<BoxFuture<'static, Settled>>;
 
+/// The request a route is waiting on, and its id (unique within the manager).
+struct InFlight {
+    id: u64,
+    shared: SharedRefresh,
+    /// Everyone waiting on it, its starter included; counted into `stats()` when it is done.
+    callers: Arc<AtomicU64>,
+}
+
+/// A refresh registered at the call.
+pub struct Refresh {
+    /// Resolves with the caller's result.
+    pub wait: RefreshFuture,
+    /// The request the call is attached to (it started it or joined it); `None` when it was
+    /// answered at once (backed off, closed). Calls with the same id get the same result.
+    pub attempt_id: Option<u64>,
+}
+
+impl Refresh {
+    fn ready(result: Result<RefreshOutcome, QuotaError>) -> Self {
+        Self {
+            wait: futures::future::ready(result).boxed(),
+            attempt_id: None,
+        }
+    }
+}
+
 /// One route's cache, backoff and running request.
 #[derive(Default)]
 struct RouteSlot {
@@ -130,7 +157,7 @@ struct RouteSlot {
     last_attempt_token: Option<String>,
     /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
     generation: u64,
-    in_flight: Option<SharedRefresh>,
+    in_flight: Option<InFlight>,
 }
 
 impl RouteSlot {
@@ -538,21 +565,21 @@ impl QuotaManager {
         identity: Option<&str>,
         token: &str,
     ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_main(identity, token).await
+        self.begin_refresh_main(identity, token).wait.await
     }
 
     /// Joins or starts the main refresh now, at the call, and returns the wait for its result.
     /// Registering synchronously keeps the call's place: a `close()` or an identity switch
     /// issued after it cannot overtake it.
-    pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> RefreshFuture {
+    pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh {
         let identity = identity.map_or_else(|| token_identity(token), str::to_owned);
         let mut state = self.state();
         if state.closed {
-            return futures::future::ready(Err(QuotaError::Closed)).boxed();
+            return Refresh::ready(Err(QuotaError::Closed));
         }
         state.bind_main(&identity);
         let started = self.join_or_start(&mut state, RouteId::Main, token);
-        self.clone().settle(started).boxed()
+        self.settle(started)
     }
 
     pub async fn refresh_fallback(
@@ -561,7 +588,7 @@ impl QuotaManager {
         token: &str,
         account: Option<&FallbackAccount>,
     ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_fallback(id, token, account).await
+        self.begin_refresh_fallback(id, token, account).wait.await
     }
 
     /// `begin_refresh_main` for a fallback account.
@@ -570,10 +597,10 @@ impl QuotaManager {
         id: &str,
         token: &str,
         account: Option<&FallbackAccount>,
-    ) -> RefreshFuture {
+    ) -> Refresh {
         let mut state = self.state();
         if state.closed {
-            return futures::future::ready(Err(QuotaError::Closed)).boxed();
+            return Refresh::ready(Err(QuotaError::Closed));
         }
         let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
         if !state.bind_fallback(id, lineage) {
@@ -581,7 +608,7 @@ impl QuotaManager {
             state.bind_fallback(id, None);
         }
         let started = self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
-        self.clone().settle(started).boxed()
+        self.settle(started)
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
@@ -602,6 +629,7 @@ impl QuotaManager {
             .map(|account| {
                 let token = account.access.as_deref().unwrap_or_default();
                 self.begin_refresh_fallback(&account.id, token, Some(account))
+                    .wait
             })
             .collect();
         async move {
@@ -637,7 +665,7 @@ impl QuotaManager {
             }
             state.main.owner.clone()
         };
-        let refresh = self.begin_refresh_main(identity.as_deref(), token);
+        let refresh = self.begin_refresh_main(identity.as_deref(), token).wait;
         Some(
             async move {
                 let _ = refresh.await;
@@ -646,38 +674,55 @@ impl QuotaManager {
         )
     }
 
-    /// Waits for a refresh and counts the caller by how it was served.
-    async fn settle(
-        self,
-        (shared, joined): (SharedRefresh, bool),
-    ) -> Result<RefreshOutcome, QuotaError> {
-        let (served, result) = shared.await;
-        let stats = &self.inner.stats;
-        match served {
-            Served::OtherProcess => bump(&stats.joined_other_process),
-            Served::DuringBackoff => bump(&stats.served_during_backoff),
-            Served::Request if joined => bump(&stats.joined_in_flight),
-            Served::Request => {}
+    /// The caller's wait: counted, when it ends, by how it was served.
+    fn settle(&self, started: Started) -> Refresh {
+        let stats = self.inner.stats.clone();
+        let Started {
+            shared,
+            callers,
+            attempt_id,
+        } = started;
+        let wait = async move {
+            let (served, result) = shared.await;
+            // Only the caller that started the request counts: once it is done nobody can join
+            // it any more, so the tally is final before any caller hears the result.
+            if let Some(callers) = callers {
+                let callers = callers.load(Ordering::SeqCst);
+                match served {
+                    Served::OtherProcess => bump_by(&stats.joined_other_process, callers),
+                    Served::DuringBackoff => bump_by(&stats.served_during_backoff, callers),
+                    Served::Request => bump_by(&stats.joined_in_flight, callers - 1),
+                }
+            }
+            result
+        };
+        Refresh {
+            wait: wait.boxed(),
+            attempt_id,
         }
-        result
     }
 
-    /// Joins the route's running request (`true`), or starts one. Served from the cache when
-    /// backed off.
-    fn join_or_start(
-        &self,
-        state: &mut State,
-        route: RouteId,
-        token: &str,
-    ) -> (SharedRefresh, bool) {
+    /// Joins the route's running request, or starts one. Served from the cache when backed off.
+    fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Started {
         let now = self.now();
+        let attempt_id = state.new_generation();
         let slot = state.slot_mut(&route);
         if slot.backoff.is_open(now) {
             let served = (Served::DuringBackoff, slot.served_from_cache(now));
-            return (futures::future::ready(served).boxed().shared(), false);
+            bump(&self.inner.stats.served_during_backoff);
+            return Started {
+                shared: futures::future::ready(served).boxed().shared(),
+                callers: None,
+                attempt_id: None,
+            };
         }
         if let Some(running) = &slot.in_flight {
-            return (running.clone(), true);
+            running.callers.fetch_add(1, Ordering::SeqCst);
+            return Started {
+                shared: running.shared.clone(),
+                callers: None,
+                attempt_id: Some(running.id),
+            };
         }
         let attempt = Attempt {
             identity: match &route {
@@ -704,8 +749,17 @@ impl QuotaManager {
         }
         .boxed()
         .shared();
-        slot.in_flight = Some(shared.clone());
-        (shared, false)
+        let callers = Arc::new(AtomicU64::new(1));
+        slot.in_flight = Some(InFlight {
+            id: attempt_id,
+            shared: shared.clone(),
+            callers: callers.clone(),
+        });
+        Started {
+            shared,
+            callers: Some(callers),
+            attempt_id: Some(attempt_id),
+        }
     }
 
     async fn run_attempt(&self, attempt: Attempt) -> Settled {
@@ -1313,7 +1367,7 @@ impl QuotaManager {
             state.closed = true;
             std::iter::once(&state.main)
                 .chain(state.fallbacks.values())
-                .filter_map(|slot| slot.in_flight.clone())
+                .filter_map(|slot| Some(slot.in_flight.as_ref()?.shared.clone()))
                 .collect()
         };
         let manager = self.clone();
@@ -1323,6 +1377,14 @@ impl QuotaManager {
         }
         .boxed()
     }
+}
+
+/// What `join_or_start` hands the caller.
+struct Started {
+    shared: SharedRefresh,
+    /// For the caller that started the request: the count of everyone waiting on it.
+    callers: Option<Arc<AtomicU64>>,
+    attempt_id: Option<u64>,
 }
 
 /// A [`QuotaManager`] that may be gone.

@@ -35,7 +35,11 @@ pub struct StatsSnapshot {
 }
 
 pub fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    bump_by(counter, 1);
+}
+
+pub fn bump_by(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl Stats {
