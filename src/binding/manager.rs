@@ -10,13 +10,12 @@ use serde_json::Value;
 
 use super::callbacks::JsCallbacks;
 use super::js::{
-    describe, is_nullish, optional_string, quota_error, required_non_empty, to_json, type_error,
-    Json, OrUndefined,
+    describe, is_nullish, optional_string, required_non_empty, to_json, type_error, Json,
+    OrUndefined,
 };
 use super::options::parse_options;
 use super::shared::{Shape, SharedPromises};
 use super::views::EntryViews;
-use crate::core::error::QuotaError;
 use crate::core::headers::frame_from_value;
 use crate::core::host::{FallbackAccount, HostStorage};
 use crate::core::manager::QuotaManager as CoreManager;
@@ -47,24 +46,18 @@ pub struct FailClosedAnswer {
     body: String,
 }
 
-type Settled<T> = std::result::Result<T, QuotaError>;
-
-/// Runs a core future on the async runtime and settles a promise with its result on the JS
-/// thread, where a rejection becomes an `Error` with the core error's `code`.
-fn promise<'env, T, R>(
+/// A promise that resolves with `undefined` when `work` is done (it cannot fail).
+fn void_promise<'env>(
     env: &'env Env,
-    work: impl std::future::Future<Output = Settled<T>> + Send + 'static,
-    convert: impl FnOnce(T) -> R + 'static,
-) -> Result<PromiseRaw<'env, R>>
-where
-    T: Send + 'static,
-    R: ToNapiValue,
-{
-    env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, settled| {
-        settled
-            .map(convert)
-            .map_err(|error| quota_error(env, &error))
-    })
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<PromiseRaw<'env, ()>> {
+    env.spawn_future_with_callback(
+        async move {
+            work.await;
+            Ok(())
+        },
+        |_, ()| Ok(()),
+    )
 }
 
 fn optional_account(
@@ -309,9 +302,7 @@ impl QuotaManager {
         first: Option<Unknown>,
         access_token: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        let (identity, token) = main_arguments(env, first, access_token)?;
-        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
-        self.promises.promise(env, refresh, Shape::Snapshot)
+        self.poll_main(env, first, access_token, Shape::Snapshot)
     }
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
@@ -325,9 +316,7 @@ impl QuotaManager {
         first: Option<Unknown>,
         access_token: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        let (identity, token) = main_arguments(env, first, access_token)?;
-        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
-        self.promises.promise(env, refresh, Shape::WithMetadata)
+        self.poll_main(env, first, access_token, Shape::WithMetadata)
     }
 
     /// Polls the usage endpoint for one fallback account.
@@ -342,11 +331,7 @@ impl QuotaManager {
         access_token: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
-        let refresh = self
-            .core
-            .begin_refresh_fallback(&id, &token, account.as_ref());
-        self.promises.promise(env, refresh, Shape::Snapshot)
+        self.poll_fallback(env, account_id, access_token, account, Shape::Snapshot)
     }
 
     /// `refreshFallback`, telling whether a request was sent.
@@ -361,11 +346,7 @@ impl QuotaManager {
         access_token: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
-        let refresh = self
-            .core
-            .begin_refresh_fallback(&id, &token, account.as_ref());
-        self.promises.promise(env, refresh, Shape::WithMetadata)
+        self.poll_fallback(env, account_id, access_token, account, Shape::WithMetadata)
     }
 
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
@@ -380,15 +361,7 @@ impl QuotaManager {
         accounts_value: Option<Unknown>,
     ) -> Result<PromiseRaw<'env, ()>> {
         let accounts = accounts(env, accounts_value, "accounts")?;
-        let refreshes = self.core.begin_refresh_all_fallbacks(&accounts);
-        promise(
-            env,
-            async move {
-                refreshes.await;
-                Ok(())
-            },
-            |()| (),
-        )
+        void_promise(env, self.core.begin_refresh_all_fallbacks(&accounts))
     }
 
     /// Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
@@ -570,15 +543,41 @@ impl QuotaManager {
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
-        promise(
-            env,
-            async move {
-                closing.await;
-                callbacks.release();
-                Ok(())
-            },
-            |()| (),
-        )
+        void_promise(env, async move {
+            closing.await;
+            callbacks.release();
+        })
+    }
+}
+
+impl QuotaManager {
+    /// `refreshMain` and `refreshMainWithMetadata`, which differ only in what they resolve with.
+    fn poll_main<'env>(
+        &self,
+        env: &'env Env,
+        first: Option<Unknown>,
+        access_token: Option<Unknown>,
+        shape: Shape,
+    ) -> Result<Unknown<'env>> {
+        let (identity, token) = main_arguments(env, first, access_token)?;
+        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
+        self.promises.promise(env, refresh, shape)
+    }
+
+    /// `refreshFallback` and `refreshFallbackWithMetadata`.
+    fn poll_fallback<'env>(
+        &self,
+        env: &'env Env,
+        account_id: Option<Unknown>,
+        access_token: Option<Unknown>,
+        account: Option<Unknown>,
+        shape: Shape,
+    ) -> Result<Unknown<'env>> {
+        let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
+        let refresh = self
+            .core
+            .begin_refresh_fallback(&id, &token, account.as_ref());
+        self.promises.promise(env, refresh, shape)
     }
 }
 

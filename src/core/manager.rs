@@ -22,7 +22,9 @@ use super::merge::{merge_header_frame, merge_poll_result};
 use super::policy::{exhausted_until, MinimumRemaining, QuotaPolicy};
 use super::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
 use super::stats::{bump, bump_by, Stats, StatsSnapshot};
-use super::store::{fallback_key, main_key, RouteLock, RouteRecord, StateStore, StoreUpdate};
+use super::store::{
+    fallback_key, is_newer, main_key, RouteLock, RouteRecord, StateStore, StoreUpdate,
+};
 
 pub const DEFAULT_CHECK_INTERVAL_MINUTES: f64 = 5.0;
 pub const DEFAULT_API_CALL_GAP_MS: i64 = 1_000;
@@ -176,12 +178,7 @@ impl RouteSlot {
     /// Folds another observer's record (the state file) into the slot: newer snapshot, newer
     /// backoff.
     fn adopt(&mut self, record: &RouteRecord) {
-        let newer = match (&self.entry, &record.entry) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
-        };
-        if newer {
+        if is_newer(self.entry.as_deref(), record.entry.as_ref()) {
             self.entry = record.entry.clone().map(Arc::new);
             self.token_fingerprint = record.token_fingerprint.clone();
         }
@@ -228,7 +225,8 @@ struct State {
     fallbacks: HashMap<String, RouteSlot>,
     /// Token fingerprint → the last time a usage request went out with it.
     last_call_by_token: HashMap<String, i64>,
-    next_generation: u64,
+    /// One counter for slot generations and request ids, so neither ever repeats.
+    last_id: u64,
     /// Routes whose changes wait for the next coalesced write.
     unsaved: HashMap<String, StoreUpdate>,
     flush_scheduled: bool,
@@ -236,9 +234,9 @@ struct State {
 }
 
 impl State {
-    fn new_generation(&mut self) -> u64 {
-        self.next_generation += 1;
-        self.next_generation
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
     }
 
     fn slot(&self, route: &RouteId) -> Option<&RouteSlot> {
@@ -255,7 +253,7 @@ impl State {
             RouteId::Main => &mut self.main,
             RouteId::Fallback(id) => {
                 if !self.fallbacks.contains_key(id) {
-                    let generation = self.new_generation();
+                    let generation = self.next_id();
                     self.fallbacks.insert(
                         id.clone(),
                         RouteSlot {
@@ -280,7 +278,7 @@ impl State {
 
     /// Drops a route's cache, backoff and running request (a new identity or a new login).
     fn reset_slot(&mut self, route: &RouteId, owner: Option<String>) {
-        let generation = self.new_generation();
+        let generation = self.next_id();
         let slot = self.slot_mut(route);
         let mut retired = std::mem::take(&mut slot.retired_owners);
         retired.extend(slot.owner.take());
@@ -383,7 +381,7 @@ impl QuotaManager {
             main: RouteSlot::default(),
             fallbacks: HashMap::new(),
             last_call_by_token: HashMap::new(),
-            next_generation: 0,
+            last_id: 0,
             unsaved: HashMap::new(),
             flush_scheduled: false,
             quarantine_reported: false,
@@ -705,7 +703,6 @@ impl QuotaManager {
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
     fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Started {
         let now = self.now();
-        let attempt_id = state.new_generation();
         let slot = state.slot_mut(&route);
         if slot.backoff.is_open(now) {
             let served = (Served::DuringBackoff, slot.served_from_cache(now));
@@ -750,7 +747,8 @@ impl QuotaManager {
         .boxed()
         .shared();
         let callers = Arc::new(AtomicU64::new(1));
-        slot.in_flight = Some(InFlight {
+        let attempt_id = state.next_id();
+        state.slot_mut(&route).in_flight = Some(InFlight {
             id: attempt_id,
             shared: shared.clone(),
             callers: callers.clone(),

@@ -58,12 +58,7 @@ impl RouteRecord {
             *self = incoming.clone();
             return;
         }
-        let incoming_is_newer = match (&self.entry, &incoming.entry) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
-        };
-        if incoming_is_newer {
+        if is_newer(self.entry.as_ref(), incoming.entry.as_ref()) {
             self.entry = incoming.entry.clone();
             self.token_fingerprint = incoming.token_fingerprint.clone();
         }
@@ -77,6 +72,16 @@ impl RouteRecord {
             self.last_attempt_at = incoming.last_attempt_at;
             self.last_attempt_token = incoming.last_attempt_token.clone();
         }
+    }
+}
+
+/// Is `theirs` a newer observation than `ours`? The one rule by which every copy of a route
+/// (this process's cache, the state file, another process's write) adopts another's snapshot.
+pub fn is_newer(ours: Option<&QuotaEntry>, theirs: Option<&QuotaEntry>) -> bool {
+    match (ours, theirs) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
     }
 }
 
