@@ -339,6 +339,12 @@ export declare function parseQuotaHeaders(headers: Record<string, string>, nowMs
 export declare function parseRetryAfter(value: string, nowMs?: number): number | undefined
 
 /**
+ * Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of
+ * another kind.
+ */
+export declare function parseRouteKey(key: string): { kind: 'main' | 'fallback'; id: string } | null
+
+/**
  * The first 16 hex characters of the SHA-256 of a token: how the package names a token
  * without storing it.
  */

@@ -841,4 +841,5 @@ module.exports.defaultStatePath = nativeBinding.defaultStatePath
 module.exports.evaluateQuota = nativeBinding.evaluateQuota
 module.exports.parseQuotaHeaders = nativeBinding.parseQuotaHeaders
 module.exports.parseRetryAfter = nativeBinding.parseRetryAfter
+module.exports.parseRouteKey = nativeBinding.parseRouteKey
 module.exports.tokenFingerprint = nativeBinding.tokenFingerprint

@@ -64,6 +64,13 @@ describe('bad options throw at construction, naming the option', () => {
     })
   }
 
+  it('a userAgent that is not a header value is named as userAgent, not usageUrl', async () => {
+    const error = await thrownBy(() => construct({ statePath: null, userAgent: 'claude\ncode' }))
+    expect(error).toBeInstanceOf(TypeError)
+    expect((error as Error).message).toContain('options.userAgent')
+    expect((error as Error).message).not.toContain('usageUrl')
+  })
+
   it('undefined and null option fields read as absent', () => {
     expect(() => h.track(new QuotaManager({ statePath: null, clock: undefined, onApiError: undefined, usageUrl: undefined }))).not.toThrow()
     expect(() => construct({ statePath: null, onMainQuotaFetched: null, storage: null })).not.toThrow()

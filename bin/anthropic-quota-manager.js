@@ -33,6 +33,11 @@ function defaultStatePath() {
   return statePath
 }
 
+/** The library's reading of a state-file route key: `{ kind: 'main' | 'fallback', id }`, or null. */
+function parseRouteKey(key) {
+  return require('../index.js').parseRouteKey(key)
+}
+
 /** `[████░░░░]` for a 0..100 percentage. */
 function bar(percent, width = 20) {
   const p = Number.isFinite(percent) ? Math.min(100, Math.max(0, percent)) : 0
@@ -124,7 +129,8 @@ function windowView(w, now) {
 
 function routeView(key, record, now) {
   const colon = key.indexOf(':')
-  const kind = key.startsWith('main:') ? 'main' : key.startsWith('fallback:') ? 'fallback' : 'other'
+  const route = parseRouteKey(key)
+  const kind = route ? route.kind : 'other'
   const entry = isObject(record.entry) ? record.entry : null
   const quota = entry && isObject(entry.quota) ? entry.quota : {}
   const checkedAt = entry ? finite(entry.checkedAt) : null
@@ -135,7 +141,7 @@ function routeView(key, record, now) {
   return {
     key,
     kind,
-    id: colon >= 0 ? key.slice(colon + 1) : key,
+    id: route ? route.id : colon >= 0 ? key.slice(colon + 1) : key,
     fiveHour: windowView(quota.five_hour, now),
     sevenDay: windowView(quota.seven_day, now),
     scoped: Array.isArray(quota.scoped)
@@ -176,7 +182,7 @@ function routeView(key, record, now) {
 function buildStatus(doc, statePath, now = Date.now()) {
   const routes = isObject(doc.routes) ? doc.routes : {}
   const keys = Object.keys(routes).sort((a, b) => {
-    const rank = (k) => (k.startsWith('main:') ? 0 : k.startsWith('fallback:') ? 1 : 2)
+    const rank = (k) => ({ main: 0, fallback: 1 })[parseRouteKey(k)?.kind] ?? 2
     return rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0)
   })
   const views = []
@@ -328,15 +334,15 @@ async function refresh(argv) {
   if (!token || token.trim() === '') throw new CliError(`refresh: environment variable ${name} is unset or empty`, 1)
   const statePath = path.resolve(flags.state ?? defaultStatePath())
 
-  const { QuotaManager, tokenFingerprint } = require('../index.js')
+  const { QuotaManager, parseRouteKey, tokenFingerprint } = require('../index.js')
   let identity = flags.identity
   if (!identity) {
     // Share the plugin's route (and its lock) when the file already has a main route for this token.
     try {
       const routes = readState(statePath).routes ?? {}
       const fp = tokenFingerprint(token)
-      const matches = Object.keys(routes).filter((k) => k.startsWith('main:') && isObject(routes[k]) && routes[k].tokenFingerprint === fp)
-      if (matches.length === 1) identity = matches[0].slice('main:'.length)
+      const matches = Object.keys(routes).filter((k) => parseRouteKey(k)?.kind === 'main' && isObject(routes[k]) && routes[k].tokenFingerprint === fp)
+      if (matches.length === 1) identity = parseRouteKey(matches[0]).id
     } catch {
       // no usable file yet: the manager creates (or sets aside) it
     }

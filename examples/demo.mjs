@@ -27,7 +27,7 @@ const require = createRequire(import.meta.url)
 const here = path.dirname(fileURLToPath(import.meta.url))
 const { QuotaManager, ManualClock, evaluateQuota, tokenFingerprint } = require('../index.js')
 const { startUsageSimulator, usageBody, rateLimitHeaders } = require('../simulator/index.js')
-const { buildStatus, readState, renderStatus, bar, formatDuration } = require('../bin/anthropic-quota-manager.js')
+const { buildStatus, readState, bar, formatDuration } = require('../bin/anthropic-quota-manager.js')
 
 // ----- arguments -------------------------------------------------------------------------------
 

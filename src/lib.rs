@@ -1,9 +1,14 @@
 #![deny(clippy::all)]
-//! anthropic-quota-manager: a machine-wide usage-quota cache for Claude accounts.
-//!
-//! [`core`] holds the behaviour and knows nothing of Node; `binding` exposes it to JavaScript.
+//! anthropic-quota-manager: the napi-rs binding over [`quota_core`]. It converts options,
+//! arguments, results, callbacks and errors between JavaScript and the core; nothing here
+//! decides quota behaviour.
 
-// The binding is exercised by the vitest suite against the built addon; unit tests cover the core.
-#[cfg(not(test))]
-mod binding;
-pub mod core;
+mod callbacks;
+mod clock;
+mod exit;
+mod functions;
+mod js;
+mod manager;
+mod options;
+mod shared;
+mod views;

@@ -117,6 +117,8 @@ export class Child {
   }
 
   private notify(): void {
+    // A copy: a listener may unsubscribe while it is being notified.
+    // oxlint-disable-next-line unicorn/no-useless-spread
     for (const listener of [...this.listeners]) listener()
   }
 

@@ -1,0 +1,198 @@
+//! The one error type of the core. Each variant has a stable `code` (API.md) that the binding
+//! copies onto the JavaScript `Error`, and a backoff class (SPEC §4).
+
+use std::fmt;
+
+/// How a failure of the usage endpoint affects the route's backoff (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    /// 429, 5xx, network failure, timeout: the exponential ladder.
+    Transient,
+    /// Any other non-2xx answer, a bad body: a flat delay.
+    NonTransient,
+    /// 401 / 403: no backoff; the host must refresh the token.
+    Auth,
+    /// Not an endpoint failure at all (closed manager, backed off, state file): no backoff.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum QuotaError {
+    /// The route is backed off and nothing is cached.
+    BackedOff {
+        next_retry_at: i64,
+        retry_after_ms: i64,
+    },
+    /// A non-2xx answer other than 401/403.
+    Http {
+        status: u16,
+        retry_after_ms: Option<i64>,
+        body: String,
+    },
+    /// 401 or 403.
+    Auth { status: u16, body: String },
+    /// The connection failed.
+    Network(String),
+    /// The request, or a wait for another process's lock, timed out.
+    Timeout(String),
+    /// The body was not JSON or was too large.
+    BadResponse(String),
+    /// The manager was closed.
+    Closed,
+    /// The state file could not be read or written.
+    State { path: String, reason: String },
+}
+
+impl QuotaError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BackedOff { .. } => "QUOTA_BACKED_OFF",
+            Self::Http { .. } => "QUOTA_HTTP_ERROR",
+            Self::Auth { .. } => "QUOTA_AUTH_ERROR",
+            Self::Network(_) => "QUOTA_NETWORK_ERROR",
+            Self::Timeout(_) => "QUOTA_TIMEOUT",
+            Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
+            Self::Closed => "QUOTA_CLOSED",
+            Self::State { .. } => "QUOTA_STATE_ERROR",
+        }
+    }
+
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            Self::Http { status, .. } if *status == 429 || *status >= 500 => {
+                FailureClass::Transient
+            }
+            Self::Network(_) | Self::Timeout(_) => FailureClass::Transient,
+            Self::Http { .. } | Self::BadResponse(_) => FailureClass::NonTransient,
+            Self::Auth { .. } => FailureClass::Auth,
+            Self::BackedOff { .. } | Self::Closed | Self::State { .. } => FailureClass::None,
+        }
+    }
+
+    /// The HTTP status, when the endpoint answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Http { status, .. } | Self::Auth { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// What the server asked for with `Retry-After`, or the time left of a backoff.
+    pub fn retry_after_ms(&self) -> Option<i64> {
+        match self {
+            Self::Http { retry_after_ms, .. } => *retry_after_ms,
+            Self::BackedOff { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BackedOff { .. } => write!(f, "Quota API rate-limited — try again later"),
+            Self::Http { status, body, .. } | Self::Auth { status, body } => {
+                write!(f, "Claude quota check failed: {status} — {body}")
+            }
+            Self::Network(reason) => {
+                write!(f, "Claude quota check failed: network error — {reason}")
+            }
+            Self::Timeout(reason) => write!(f, "Claude quota check timed out — {reason}"),
+            Self::BadResponse(reason) => {
+                write!(f, "Claude quota check failed: bad response — {reason}")
+            }
+            Self::Closed => write!(f, "QuotaManager is closed"),
+            Self::State { path, reason } => write!(f, "Quota state file {path}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for QuotaError {}
+
+/// A manager option the core cannot use, with the option it came from, so the binding's
+/// `TypeError` names the right one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `usageUrl` is not an absolute http(s) URL.
+    UsageUrl(String),
+    /// `userAgent` is not a valid HTTP header value.
+    UserAgent(String),
+    /// The HTTP client could not be built (no option is at fault).
+    HttpClient(String),
+}
+
+impl ConfigError {
+    /// The option at fault, as the host spells it; `None` when no option is.
+    pub fn option(&self) -> Option<&'static str> {
+        match self {
+            Self::UsageUrl(_) => Some("usageUrl"),
+            Self::UserAgent(_) => Some("userAgent"),
+            Self::HttpClient(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UsageUrl(reason) | Self::UserAgent(reason) | Self::HttpClient(reason) => {
+                f.write_str(reason)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16) -> QuotaError {
+        QuotaError::Http {
+            status,
+            retry_after_ms: None,
+            body: "nope".into(),
+        }
+    }
+
+    #[test]
+    fn failure_classes_follow_the_backoff_table() {
+        assert_eq!(http(429).failure_class(), FailureClass::Transient);
+        assert_eq!(http(500).failure_class(), FailureClass::Transient);
+        assert_eq!(http(503).failure_class(), FailureClass::Transient);
+        assert_eq!(http(404).failure_class(), FailureClass::NonTransient);
+        assert_eq!(http(302).failure_class(), FailureClass::NonTransient);
+        let auth = QuotaError::Auth {
+            status: 401,
+            body: String::new(),
+        };
+        assert_eq!(auth.failure_class(), FailureClass::Auth);
+        assert_eq!(
+            QuotaError::Timeout("t".into()).failure_class(),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            QuotaError::BadResponse("b".into()).failure_class(),
+            FailureClass::NonTransient
+        );
+        assert_eq!(QuotaError::Closed.failure_class(), FailureClass::None);
+    }
+
+    #[test]
+    fn messages_are_the_documented_ones() {
+        assert_eq!(
+            http(429).to_string(),
+            "Claude quota check failed: 429 — nope"
+        );
+        let backed_off = QuotaError::BackedOff {
+            next_retry_at: 1,
+            retry_after_ms: 1,
+        };
+        assert_eq!(
+            backed_off.to_string(),
+            "Quota API rate-limited — try again later"
+        );
+        assert_eq!(backed_off.code(), "QUOTA_BACKED_OFF");
+    }
+}

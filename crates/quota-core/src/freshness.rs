@@ -1,0 +1,255 @@
+//! When a cached snapshot is due for a new poll (SPEC §3). Policy thresholds stay out of here:
+//! whether an account is exhausted, and until when, is decided by the routing policy and passed
+//! in as a reset time.
+
+use super::snapshot::{scoped_window_for_model, QuotaEntry, QuotaSnapshot};
+
+/// One minute in milliseconds (`checkIntervalMinutes` is in minutes).
+pub const MINUTE_MS: i64 = 60_000;
+
+/// How long after an exhausted window's reset the next poll is due: the endpoint needs a moment
+/// to show the fresh window, and polling at the exact reset would likely see the old one.
+pub const EXHAUSTED_GRACE_MS: i64 = 60_000;
+
+/// The earliest time a new poll of `quota` (observed at `checked_at`) is due.
+///
+/// Normally `checked_at + interval_ms`. When `exhausted_until` is a reset later than
+/// `checked_at` (the caller found a window below its `minimumRemaining` threshold), SPEC §3 says
+/// the account is exhausted until that reset and the poll is due at reset + 60 s, "but never
+/// later than the oldest window's `checkedAt` + interval". So the result is
+/// `min(reset + 60 s, oldest + interval)`, where the oldest window counts the scoped windows
+/// too ([`QuotaSnapshot::oldest_window_checked_at`], falling back to `checked_at`).
+///
+/// Consequences worth knowing: an exhaustion never pushes the poll past the interval of the
+/// oldest data; it pulls it forward when the reset comes sooner, so the quota coming back is
+/// seen promptly. And when header pushes keep `checked_at` new while poll-only windows (scoped)
+/// age, the oldest window bounds the result, which may then be earlier than `checked_at +
+/// interval`, even already past, so the next request polls and renews those windows. A reset
+/// at or before `checked_at` is no exhaustion (the window has already renewed): the normal rule
+/// applies.
+pub fn refresh_after(
+    quota: &QuotaSnapshot,
+    checked_at: i64,
+    interval_ms: i64,
+    exhausted_until: Option<i64>,
+) -> i64 {
+    let normal = checked_at.saturating_add(interval_ms);
+    match exhausted_until {
+        Some(reset) if reset > checked_at => {
+            let oldest = quota.oldest_window_checked_at().unwrap_or(checked_at);
+            reset
+                .saturating_add(EXHAUSTED_GRACE_MS)
+                .min(oldest.saturating_add(interval_ms))
+        }
+        _ => normal,
+    }
+}
+
+/// Is a poll due? True when there is no entry, when `now_ms` has reached its `refresh_after`,
+/// or, for a request on `model`, when the scoped window that model counts against was observed
+/// an interval or more ago. Scoped windows of other models do not make the entry stale: a
+/// request can only be blocked by its own scoped window.
+pub fn is_stale(
+    entry: Option<&QuotaEntry>,
+    now_ms: i64,
+    interval_ms: i64,
+    model: Option<&str>,
+) -> bool {
+    let Some(entry) = entry else {
+        return true;
+    };
+    if now_ms >= entry.refresh_after {
+        return true;
+    }
+    model
+        .and_then(|model| scoped_window_for_model(&entry.quota, model))
+        .is_some_and(|window| now_ms.saturating_sub(window.checked_at) >= interval_ms)
+}
+
+/// The `refreshEveryNRequests` trigger: request `n` refreshes when `n > 0`, `every_n > 0` and
+/// `n` is a multiple of `every_n`. `every_n` of 0 (the default) or below turns it off.
+pub fn should_refresh_on_request_count(request_count: i64, every_n: i64) -> bool {
+    request_count > 0 && every_n > 0 && request_count % every_n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{QuotaWindow, ScopedQuotaWindow};
+
+    const T0: i64 = 1_789_351_800_000;
+    const INTERVAL: i64 = 5 * MINUTE_MS;
+
+    fn window(checked_at: i64) -> QuotaWindow {
+        QuotaWindow::from_used(100.0, None, checked_at)
+    }
+
+    fn scoped(model: &str, checked_at: i64) -> ScopedQuotaWindow {
+        ScopedQuotaWindow {
+            used_percent: 10.0,
+            remaining_percent: 90.0,
+            resets_at: None,
+            checked_at,
+            id: format!("claude-weekly-scoped-{model}"),
+            title: format!("{model} only"),
+            model_id: Some(model.into()),
+            model_name: model.into(),
+        }
+    }
+
+    fn snapshot(windows_at: i64, scoped_windows: Vec<ScopedQuotaWindow>) -> QuotaSnapshot {
+        QuotaSnapshot {
+            five_hour: Some(window(windows_at)),
+            seven_day: Some(window(windows_at)),
+            scoped: Some(scoped_windows),
+            checked_at: Some(windows_at),
+            ..Default::default()
+        }
+    }
+
+    fn entry(quota: QuotaSnapshot, checked_at: i64, exhausted_until: Option<i64>) -> QuotaEntry {
+        QuotaEntry {
+            refresh_after: refresh_after(&quota, checked_at, INTERVAL, exhausted_until),
+            quota,
+            checked_at,
+        }
+    }
+
+    #[test]
+    fn refresh_is_normally_due_one_interval_after_the_check() {
+        let quota = snapshot(T0, vec![]);
+        assert_eq!(refresh_after(&quota, T0, INTERVAL, None), T0 + INTERVAL);
+        let empty = QuotaSnapshot::default();
+        assert_eq!(refresh_after(&empty, T0, INTERVAL, None), T0 + INTERVAL);
+    }
+
+    #[test]
+    fn an_exhausted_account_is_polled_a_minute_after_its_reset() {
+        let quota = snapshot(T0, vec![]);
+        let reset = T0 + 2 * MINUTE_MS;
+        assert_eq!(
+            refresh_after(&quota, T0, INTERVAL, Some(reset)),
+            reset + EXHAUSTED_GRACE_MS
+        );
+    }
+
+    #[test]
+    fn a_far_reset_is_capped_by_the_oldest_window_including_scoped_ones() {
+        let reset = T0 + 3 * 24 * 60 * MINUTE_MS;
+        let quota = snapshot(T0, vec![]);
+        assert_eq!(
+            refresh_after(&quota, T0, INTERVAL, Some(reset)),
+            T0 + INTERVAL
+        );
+        // Headers renewed 5h/7d at T0, the scoped window is from a poll two minutes earlier.
+        let mut mixed = snapshot(T0, vec![scoped("opus", T0 - 2 * MINUTE_MS)]);
+        assert_eq!(
+            refresh_after(&mixed, T0, INTERVAL, Some(reset)),
+            T0 - 2 * MINUTE_MS + INTERVAL
+        );
+        // A reset sooner than the cap still wins.
+        let soon = T0 + MINUTE_MS;
+        assert_eq!(
+            refresh_after(&mixed, T0, INTERVAL, Some(soon)),
+            soon + EXHAUSTED_GRACE_MS
+        );
+        // No windows at all: the entry's own check time bounds it.
+        mixed = QuotaSnapshot::default();
+        assert_eq!(
+            refresh_after(&mixed, T0, INTERVAL, Some(reset)),
+            T0 + INTERVAL
+        );
+    }
+
+    #[test]
+    fn a_reset_already_past_is_no_exhaustion() {
+        let quota = snapshot(T0 - 4 * MINUTE_MS, vec![]);
+        for reset in [T0 - MINUTE_MS, T0] {
+            assert_eq!(
+                refresh_after(&quota, T0, INTERVAL, Some(reset)),
+                T0 + INTERVAL,
+                "reset {reset}"
+            );
+        }
+    }
+
+    #[test]
+    fn staleness_follows_refresh_after() {
+        assert!(is_stale(None, T0, INTERVAL, None));
+        let fresh = entry(snapshot(T0, vec![]), T0, None);
+        assert!(!is_stale(Some(&fresh), T0, INTERVAL, None));
+        assert!(!is_stale(Some(&fresh), T0 + INTERVAL - 1, INTERVAL, None));
+        assert!(is_stale(Some(&fresh), T0 + INTERVAL, INTERVAL, None));
+
+        let exhausted = entry(snapshot(T0, vec![]), T0, Some(T0 + MINUTE_MS));
+        assert!(!is_stale(
+            Some(&exhausted),
+            T0 + 2 * MINUTE_MS - 1,
+            INTERVAL,
+            None
+        ));
+        assert!(is_stale(
+            Some(&exhausted),
+            T0 + 2 * MINUTE_MS,
+            INTERVAL,
+            None
+        ));
+    }
+
+    #[test]
+    fn an_old_scoped_window_makes_only_its_own_model_stale() {
+        // 5h/7d renewed by headers just now; the scoped windows came from a poll 6 minutes ago.
+        let old = T0 - 6 * MINUTE_MS;
+        let quota = snapshot(
+            T0,
+            vec![scoped("claude-fable-5-1", old), scoped("opus", T0)],
+        );
+        let cached = QuotaEntry {
+            refresh_after: T0 + INTERVAL,
+            quota,
+            checked_at: T0,
+        };
+        let now = T0 + MINUTE_MS;
+        assert!(is_stale(
+            Some(&cached),
+            now,
+            INTERVAL,
+            Some("claude-fable-5-1")
+        ));
+        assert!(is_stale(
+            Some(&cached),
+            now,
+            INTERVAL,
+            Some("Claude Fable 6")
+        ));
+        assert!(!is_stale(Some(&cached), now, INTERVAL, Some("opus")));
+        assert!(!is_stale(
+            Some(&cached),
+            now,
+            INTERVAL,
+            Some("claude-sonnet-4-5")
+        ));
+        assert!(!is_stale(Some(&cached), now, INTERVAL, None));
+        assert!(!is_stale(Some(&cached), now, INTERVAL, Some("")));
+
+        // Exactly one interval old is stale; a moment less is not.
+        let edge = old + INTERVAL;
+        assert!(is_stale(Some(&cached), edge, INTERVAL, Some("fable")));
+        assert!(!is_stale(Some(&cached), edge - 1, INTERVAL, Some("fable")));
+    }
+
+    #[test]
+    fn request_count_trigger() {
+        assert!(should_refresh_on_request_count(5, 5));
+        assert!(should_refresh_on_request_count(10, 5));
+        assert!(should_refresh_on_request_count(1, 1));
+        assert!(!should_refresh_on_request_count(7, 5));
+        assert!(!should_refresh_on_request_count(0, 5), "request 0");
+        assert!(!should_refresh_on_request_count(5, 0), "off by default");
+        assert!(!should_refresh_on_request_count(0, 0));
+        assert!(!should_refresh_on_request_count(-5, 5));
+        assert!(!should_refresh_on_request_count(5, -5));
+        assert!(!should_refresh_on_request_count(-10, -5));
+        assert!(should_refresh_on_request_count(i64::MAX, 1));
+    }
+}

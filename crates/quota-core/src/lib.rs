@@ -1,0 +1,28 @@
+#![deny(clippy::all)]
+//! anthropic-quota-core: the napi-free core of anthropic-quota-manager. Everything here is plain
+//! Rust, tested with `cargo test -p anthropic-quota-core`; the root crate binds it to Node.js.
+//!
+//! - [`usage`] and [`client`]: the usage endpoint (SPEC §1)
+//! - [`headers`] and [`merge`]: quota from response headers and snapshot ownership (SPEC §2)
+//! - [`freshness`]: when a cache entry is due (SPEC §3)
+//! - [`backoff`]: the per-route backoff ladder and `Retry-After` (SPEC §4)
+//! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6)
+//! - [`policy`]: the routing policy (SPEC §8)
+//! - [`manager`]: the state machine that ties them together
+
+pub mod backoff;
+pub mod client;
+pub mod clock;
+pub mod error;
+pub mod fingerprint;
+pub mod freshness;
+pub mod headers;
+pub mod host;
+pub mod manager;
+pub mod merge;
+pub mod policy;
+pub mod route_key;
+pub mod snapshot;
+pub mod stats;
+pub mod store;
+pub mod usage;

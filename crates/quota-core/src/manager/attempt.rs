@@ -1,0 +1,242 @@
+//! One request's life, led by the first caller of a route: take the fallback fetch slot and the
+//! route's cross-process lock, fold in what other processes wrote (which may answer it), wait
+//! out the pacing gap, fetch, record the result, write it, and tell the host.
+
+use std::time::{Duration, Instant};
+
+use super::announce::Announcement;
+use super::refresh::{RefreshOutcome, Served, Settled};
+use super::routes::RouteId;
+use super::{FetchedEvent, QuotaManager};
+use crate::error::QuotaError;
+use crate::fingerprint::fingerprint;
+use crate::freshness;
+use crate::merge::merge_poll_result;
+use crate::snapshot::QuotaSnapshot;
+use crate::stats::bump;
+use crate::store::{RouteLock, RouteRecord, StateStore};
+
+/// What one leader request knows about itself.
+pub(super) struct Attempt {
+    pub route: RouteId,
+    /// The identity its snapshots carry: the main identity or the fallback id, as at the start.
+    pub identity: Option<String>,
+    /// The route's state-file key.
+    pub key: String,
+    pub token: String,
+    pub generation: u64,
+    pub started_at: i64,
+    /// The cached snapshot's time when the request began; a newer one in the state file was
+    /// produced by someone else meanwhile.
+    pub baseline_checked_at: Option<i64>,
+}
+
+impl QuotaManager {
+    pub(super) async fn run_attempt(&self, attempt: Attempt) -> Settled {
+        let (settled, announcement) = self.attempt_under_locks(&attempt).await;
+        // The route lock is released by now: other processes need not wait for our host.
+        if let Some(announcement) = announcement {
+            self.announce(&attempt, announcement).await;
+        }
+        if let Some(slot) = self
+            .state()
+            .routes
+            .attempt_slot(&attempt.route, attempt.generation)
+        {
+            slot.in_flight = None;
+        }
+        settled
+    }
+
+    async fn attempt_under_locks(&self, attempt: &Attempt) -> (Settled, Option<Announcement>) {
+        let failed = |error| ((Served::Request, Err(error)), None);
+        let _fetch_slot = match attempt.route {
+            RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return failed(QuotaError::Closed),
+            },
+            RouteId::Main => None,
+        };
+        let _route_lock = match &self.inner.store {
+            Some(store) => match self.lock_route(store, &attempt.key).await {
+                Ok(lock) => Some(lock),
+                Err(error) => return failed(error),
+            },
+            None => None,
+        };
+        match self.serve_from_shared_state(attempt).await {
+            Ok(Some(settled)) => return (settled, None),
+            Ok(None) => {}
+            Err(error) => return failed(error),
+        }
+        self.wait_for_pacing(attempt).await;
+        let (result, announcement) = self.fetch_and_record(attempt).await;
+        ((Served::Request, result), announcement)
+    }
+
+    /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
+    /// process's refresh to finish. Each try opens a file: it runs on the blocking pool.
+    async fn lock_route(&self, store: &StateStore, key: &str) -> Result<RouteLock, QuotaError> {
+        let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        let mut counted_wait = false;
+        loop {
+            match run_blocking(store, key, StateStore::try_lock_route).await {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) => {}
+                Err(error) => {
+                    bump(&self.inner.stats.state_errors);
+                    return Err(error);
+                }
+            }
+            if !counted_wait {
+                counted_wait = true;
+                bump(&self.inner.stats.lock_waits);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bump(&self.inner.stats.lock_timeouts);
+                return Err(QuotaError::Timeout(format!(
+                    "waited {} ms for another process's quota refresh",
+                    timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// With the route lock held: folds in what other processes wrote, then answers from it
+    /// when it makes a request pointless (an open shared backoff, or a result produced while
+    /// this call waited). `Ok(None)` means: fetch.
+    async fn serve_from_shared_state(
+        &self,
+        attempt: &Attempt,
+    ) -> Result<Option<Settled>, QuotaError> {
+        let Some(store) = &self.inner.store else {
+            return Ok(None);
+        };
+        let record: Option<RouteRecord> = run_blocking(store, &attempt.key, StateStore::read_route)
+            .await
+            .inspect_err(|_| {
+                bump(&self.inner.stats.state_errors);
+            })?;
+        let now = self.now();
+        let mut state = self.state();
+        let interval = state.settings.interval_ms;
+        let Some(slot) = state
+            .routes
+            .attempt_slot(&attempt.route, attempt.generation)
+        else {
+            return Ok(None);
+        };
+        if let Some(record) = &record {
+            slot.adopt(record);
+        }
+        if slot.record.backoff.is_open(now) {
+            return Ok(Some((Served::DuringBackoff, slot.served_from_cache(now))));
+        }
+        let Some(entry) = slot.entry() else {
+            return Ok(None);
+        };
+        let produced_by_another = attempt
+            .baseline_checked_at
+            .is_none_or(|b| entry.checked_at > b);
+        let recent = entry.checked_at >= attempt.started_at
+            || !freshness::is_stale(Some(entry), now, interval, None);
+        if produced_by_another && recent {
+            let outcome = RefreshOutcome {
+                quota: entry.quota.clone(),
+                fetched: false,
+            };
+            return Ok(Some((Served::OtherProcess, Ok(outcome))));
+        }
+        Ok(None)
+    }
+
+    async fn fetch_and_record(
+        &self,
+        attempt: &Attempt,
+    ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
+        let token_fingerprint = fingerprint(&attempt.token);
+        let fetch_started_at = self.now();
+        self.note_request(attempt, &token_fingerprint, fetch_started_at);
+        bump(&self.inner.stats.api_calls);
+        let clock = self.inner.clock.clone();
+        let result = self
+            .inner
+            .client
+            .fetch(&attempt.token, move || clock.now_ms())
+            .await;
+        match result {
+            Ok(snapshot) => {
+                let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
+                self.persist_route(attempt).await;
+                // A poll overtaken by a new identity or login is its callers' alone.
+                let announcement = cached.then(|| {
+                    Announcement::Fetched(Box::new(FetchedEvent {
+                        checked_at: quota.checked_at.unwrap_or(fetch_started_at),
+                        quota: quota.clone(),
+                        token_fingerprint,
+                        fetch_started_at,
+                    }))
+                });
+                let outcome = RefreshOutcome {
+                    quota,
+                    fetched: true,
+                };
+                (Ok(outcome), announcement)
+            }
+            Err(error) => {
+                let armed = self.record_failure(attempt, &error);
+                self.persist_route(attempt).await;
+                (Err(error), armed.map(Announcement::Failed))
+            }
+        }
+    }
+
+    /// Caches a poll, merged with newer header windows, and clears the backoff, unless the
+    /// route was dropped or replaced meanwhile. Returns the snapshot to hand out, and whether
+    /// it was cached.
+    fn record_success(
+        &self,
+        attempt: &Attempt,
+        mut snapshot: QuotaSnapshot,
+        token_fingerprint: &str,
+    ) -> (QuotaSnapshot, bool) {
+        let now = self.now();
+        let checked_at = snapshot.checked_at.unwrap_or(now);
+        snapshot.account_identity.clone_from(&attempt.identity);
+        let mut state = self.state();
+        let state = &mut *state;
+        let Some(slot) = state
+            .routes
+            .attempt_slot(&attempt.route, attempt.generation)
+        else {
+            return (snapshot, false);
+        };
+        let quota = merge_poll_result(slot.entry().map(|e| &e.quota), &snapshot);
+        slot.record.entry = Some(state.settings.entry(quota.clone(), checked_at, now));
+        slot.record.token_fingerprint = Some(token_fingerprint.to_owned());
+        slot.clear_backoff(now);
+        (quota, true)
+    }
+}
+
+/// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.
+async fn run_blocking<T: Send + 'static>(
+    store: &StateStore,
+    key: &str,
+    call: fn(&StateStore, &str) -> Result<T, QuotaError>,
+) -> Result<T, QuotaError> {
+    let (store, key) = (store.clone(), key.to_owned());
+    tokio::task::spawn_blocking(move || call(&store, &key))
+        .await
+        .unwrap_or_else(|e| {
+            Err(QuotaError::State {
+                path: String::new(),
+                reason: e.to_string(),
+            })
+        })
+}

@@ -1,0 +1,141 @@
+//! Backoff bookkeeping on a route: arming it for a failure, clearing it for a success, adopting
+//! one the host persisted, and answering while it is open (SPEC §4, §7).
+
+use super::attempt::Attempt;
+use super::refresh::RefreshOutcome;
+use super::routes::RouteSlot;
+use super::QuotaManager;
+use crate::backoff;
+use crate::error::QuotaError;
+use crate::snapshot::{ApiErrorRecord, QuotaSource};
+
+/// The answer the plugin sends itself when it fails closed (SPEC §7).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailClosedResponse {
+    pub retry_after_secs: i64,
+    pub body: String,
+}
+
+impl RouteSlot {
+    /// The answer while backed off: the cache, or a `QUOTA_BACKED_OFF` error when empty.
+    pub(super) fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
+        match self.entry() {
+            Some(entry) => Ok(RefreshOutcome {
+                quota: entry.quota.clone(),
+                fetched: false,
+            }),
+            None => {
+                let next_retry_at = self.record.backoff.next_retry_at.unwrap_or(now);
+                Err(QuotaError::BackedOff {
+                    next_retry_at,
+                    retry_after_ms: (next_retry_at - now).max(0),
+                })
+            }
+        }
+    }
+
+    /// A poll succeeded: the ladder starts over.
+    pub(super) fn clear_backoff(&mut self, now: i64) {
+        self.record.backoff.record_success();
+        self.record.backoff_updated_at = now;
+    }
+
+    /// Adopts a backoff the host persisted, when it is newer than the one the slot has and no
+    /// poll succeeded after it (the host may keep its last error after a later success).
+    pub(super) fn adopt_persisted_error(&mut self, error: &ApiErrorRecord, now: i64) {
+        let polled_since = self.entry().is_some_and(|entry| {
+            entry.quota.source == Some(QuotaSource::Poll) && entry.checked_at > error.checked_at
+        });
+        if error.checked_at <= self.record.backoff_updated_at || polled_since {
+            return;
+        }
+        self.record.backoff = backoff::from_persisted(error, now);
+        self.record.backoff_updated_at = error.checked_at;
+    }
+}
+
+impl QuotaManager {
+    /// Arms the route's backoff for an endpoint failure; the record to report when it did.
+    pub(super) fn record_failure(
+        &self,
+        attempt: &Attempt,
+        error: &QuotaError,
+    ) -> Option<ApiErrorRecord> {
+        let now = self.now();
+        let mut state = self.state();
+        let slot = state
+            .routes
+            .attempt_slot(&attempt.route, attempt.generation)?;
+        let was_open = slot.record.backoff.is_open(now);
+        let armed = slot.record.backoff.record_failure(
+            error,
+            now,
+            &self.inner.config.backoff,
+            rand::random::<f64>(),
+            attempt.identity.as_deref(),
+        );
+        if armed.is_some() && !was_open {
+            slot.record.backoff_updated_at = now;
+        }
+        armed.filter(|_| !was_open)
+    }
+
+    pub fn is_backed_off(&self) -> bool {
+        self.state()
+            .routes
+            .main()
+            .record
+            .backoff
+            .is_open(self.now())
+    }
+
+    pub fn is_fallback_backed_off(&self, id: &str) -> bool {
+        let now = self.now();
+        self.state()
+            .routes
+            .fallback(id)
+            .is_some_and(|slot| slot.record.backoff.is_open(now))
+    }
+
+    pub fn last_api_error(&self) -> Option<ApiErrorRecord> {
+        self.state().routes.main().record.backoff.last_error.clone()
+    }
+
+    pub fn fallback_api_error(&self, id: &str) -> Option<ApiErrorRecord> {
+        self.state()
+            .routes
+            .fallback(id)?
+            .record
+            .backoff
+            .last_error
+            .clone()
+    }
+
+    /// SPEC §7: the 429 the plugin answers with when it fails closed, main is backed off and
+    /// nothing is cached.
+    pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
+        let now = self.now();
+        let state = self.state();
+        let main = state.routes.main();
+        let backoff = &main.record.backoff;
+        if !state.settings.fail_closed || main.entry().is_some() || !backoff.is_open(now) {
+            return None;
+        }
+        let remaining_ms = backoff.remaining_ms(now);
+        let retry_after_secs = ((remaining_ms + 999) / 1000).max(1);
+        let last_error = backoff
+            .last_error
+            .as_ref()
+            .map_or("unknown error", |e| e.message.as_str());
+        let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");
+        // Built by hand: SPEC §7 fixes the key order, which a JSON map would sort.
+        let body = format!(
+            r#"{{"type":"error","error":{{"type":"rate_limit_error","message":{}}}}}"#,
+            serde_json::Value::String(message)
+        );
+        Some(FailClosedResponse {
+            retry_after_secs,
+            body,
+        })
+    }
+}

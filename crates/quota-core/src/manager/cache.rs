@@ -1,0 +1,168 @@
+//! The cache as the host sees it: reads, the host's own writes, header frames merged in, and
+//! whether an entry is due.
+
+use std::sync::Arc;
+
+use super::routes::{MainIdentity, RouteId};
+use super::{QuotaManager, State};
+use crate::freshness;
+use crate::host::FallbackAccount;
+use crate::merge::merge_header_frame;
+use crate::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
+
+impl QuotaManager {
+    // ----- reads ---------------------------------------------------------------------------
+
+    pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
+        let state = self.state();
+        if !state.routes.main_matches(identity) {
+            return None;
+        }
+        state.routes.main().entry().cloned()
+    }
+
+    pub fn get_fallback(
+        &self,
+        id: &str,
+        account: Option<&FallbackAccount>,
+    ) -> Option<Arc<QuotaEntry>> {
+        let mut state = self.state();
+        if let Some(account) = account {
+            if !state
+                .routes
+                .bind_fallback(id, account.auth_lineage_id.as_deref())
+            {
+                return None;
+            }
+        }
+        state.routes.fallback(id)?.entry().cloned()
+    }
+
+    pub fn all_fallbacks(&self) -> Vec<(String, Arc<QuotaEntry>)> {
+        self.state().routes.fallback_entries()
+    }
+
+    // ----- the host's writes ---------------------------------------------------------------
+
+    pub fn set_main(&self, identity: Option<&str>, entry: QuotaEntry) {
+        let mut state = self.state();
+        if let Some(identity) = identity {
+            state.routes.bind_main(MainIdentity::parse(identity));
+        }
+        state.routes.main_mut().record.entry = Some(Arc::new(entry));
+        let staged = state.stage_route(&RouteId::Main);
+        self.schedule_flush(staged);
+    }
+
+    pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
+        let mut state = self.state();
+        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+        if !state.routes.bind_fallback(id, lineage) {
+            return;
+        }
+        let route = RouteId::Fallback(id.to_owned());
+        state.routes.slot_mut(&route).record.entry = Some(Arc::new(entry));
+        let staged = state.stage_route(&route);
+        self.schedule_flush(staged);
+    }
+
+    pub fn clear_fallback(&self, id: &str) {
+        let mut state = self.state();
+        // A poll still running for it finds no slot of its generation and caches nothing.
+        if state.routes.remove_fallback(id) {
+            let staged = state.stage_removal(id);
+            self.schedule_flush(staged);
+        }
+    }
+
+    // ----- header frames -------------------------------------------------------------------
+
+    /// Merges a header frame (or a host-supplied snapshot) into the main cache. A frame for
+    /// another identity starts that identity from nothing.
+    pub fn push_main_frame(
+        &self,
+        identity: Option<&str>,
+        frame: QuotaSnapshot,
+    ) -> Option<Arc<QuotaEntry>> {
+        if !frame.has_windows() {
+            return None;
+        }
+        let mut state = self.state();
+        if let Some(identity) = identity {
+            state.routes.bind_main(MainIdentity::parse(identity));
+        }
+        Some(self.merge_frame(&mut state, &RouteId::Main, frame))
+    }
+
+    /// Merges a header frame into a fallback's cache; `None` for a frame without windows or one
+    /// carrying a login that was already replaced.
+    pub fn push_fallback_frame(
+        &self,
+        id: &str,
+        frame: QuotaSnapshot,
+        account: Option<&FallbackAccount>,
+    ) -> Option<Arc<QuotaEntry>> {
+        if !frame.has_windows() {
+            return None;
+        }
+        let mut state = self.state();
+        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
+        if !state.routes.bind_fallback(id, lineage) {
+            return None;
+        }
+        Some(self.merge_frame(&mut state, &RouteId::Fallback(id.to_owned()), frame))
+    }
+
+    fn merge_frame(
+        &self,
+        state: &mut State,
+        route: &RouteId,
+        mut frame: QuotaSnapshot,
+    ) -> Arc<QuotaEntry> {
+        frame.source = Some(QuotaSource::Headers);
+        let now = self.now();
+        let checked_at = frame.checked_at.unwrap_or(now);
+        let owner = state.routes.snapshot_identity(route);
+        let slot = state.routes.slot_mut(route);
+        let mut quota = merge_header_frame(slot.entry().map(|e| &e.quota), &frame);
+        if quota.account_identity.is_none() {
+            quota.account_identity = owner;
+        }
+        let entry = state.settings.entry(quota, checked_at, now);
+        slot.record.entry = Some(entry.clone());
+        let staged = state.stage_route(route);
+        self.schedule_flush(staged);
+        entry
+    }
+
+    // ----- freshness -----------------------------------------------------------------------
+
+    pub fn is_main_stale(&self, model: Option<&str>) -> bool {
+        let state = self.state();
+        freshness::is_stale(
+            state.routes.main().entry().map(Arc::as_ref),
+            self.now(),
+            state.settings.interval_ms,
+            model,
+        )
+    }
+
+    pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
+        let state = self.state();
+        let entry = state
+            .routes
+            .fallback(id)
+            .and_then(|slot| slot.entry())
+            .map(Arc::as_ref);
+        freshness::is_stale(entry, self.now(), state.settings.interval_ms, model)
+    }
+
+    pub fn should_refresh_on_request_count(&self, request_count: i64) -> bool {
+        let every_n = self.state().settings.refresh_every_n;
+        freshness::should_refresh_on_request_count(request_count, every_n)
+    }
+
+    pub fn needs_refresh(&self, request_count: i64, model: Option<&str>) -> bool {
+        self.is_main_stale(model) || self.should_refresh_on_request_count(request_count)
+    }
+}

@@ -1,0 +1,205 @@
+//! The manager: per-route cache, backoff and single flight, the shared state file, pacing, and
+//! the host callbacks. Every route (the main account of one identity, or one fallback account)
+//! is refreshed by at most one request at a time in this process, and, through the route's OS
+//! lock, on the whole machine.
+//!
+//! This file is the facade: construction, the shared state and the handles. Each concern lives
+//! in a module of its own, adding its methods to [`QuotaManager`]:
+//! - [`routes`]: route slots, route keys, binding a slot to an identity or a login
+//! - [`single_flight`]: one running request per route, shared by its callers
+//! - [`refresh`]: registering a refresh at the call; counting how each caller was served
+//! - [`attempt`]: one request's life: locks, adopting the state file, fetching, recording
+//! - [`pacing`]: the gap between two requests with one token
+//! - [`backoff_book`]: arming, adopting and answering from a route's backoff
+//! - [`write_behind`]: coalesced state-file writes
+//! - [`seeding`]: seeding from the state file and from the host's storage
+//! - [`announce`]: the host's callbacks
+//! - [`fallbacks`]: refreshing every due fallback account
+//! - [`cache`]: cache reads, host writes, header frames, freshness
+//! - [`settings`]: the host's settings and cache-entry deadlines
+
+mod announce;
+mod attempt;
+mod backoff_book;
+mod cache;
+mod fallbacks;
+mod pacing;
+mod refresh;
+mod routes;
+mod seeding;
+mod settings;
+mod single_flight;
+mod write_behind;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Semaphore;
+
+use crate::backoff::BackoffConfig;
+use crate::client::{UsageClient, UsageClientConfig};
+use crate::clock::Clock;
+use crate::error::ConfigError;
+use crate::host::HostStorage;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::StateStore;
+
+pub use announce::{FetchedEvent, HostEvents};
+pub use backoff_book::FailClosedResponse;
+pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
+pub use routes::MainIdentity;
+
+use pacing::Pacing;
+use routes::Routes;
+use settings::Settings;
+use write_behind::WriteBehind;
+
+pub const DEFAULT_CHECK_INTERVAL_MINUTES: f64 = 5.0;
+pub const DEFAULT_API_CALL_GAP_MS: i64 = 1_000;
+pub const DEFAULT_LOCK_TIMEOUT_MS: i64 = 15_000;
+pub const DEFAULT_MAX_CONCURRENT_FETCHES: usize = 4;
+
+/// Everything the manager needs besides the host's storage.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub usage: UsageClientConfig,
+    /// Overrides `storage.quota.checkIntervalMinutes`.
+    pub check_interval_minutes: Option<f64>,
+    /// Overrides `storage.quota.refreshEveryNRequests`.
+    pub refresh_every_n_requests: Option<i64>,
+    pub api_call_gap_ms: i64,
+    pub lock_timeout_ms: i64,
+    pub max_concurrent_fetches: usize,
+    pub backoff: BackoffConfig,
+    /// `None` keeps everything in memory.
+    pub state_path: Option<std::path::PathBuf>,
+}
+
+/// The manager's whole mutable state, behind one mutex that is never held across an await.
+struct State {
+    closed: bool,
+    settings: Settings,
+    routes: Routes,
+    pacing: Pacing,
+    writes: WriteBehind,
+}
+
+struct Inner {
+    config: ManagerConfig,
+    clock: Arc<dyn Clock>,
+    client: UsageClient,
+    store: Option<StateStore>,
+    events: Arc<dyn HostEvents>,
+    stats: Arc<Stats>,
+    runtime: tokio::runtime::Handle,
+    fallback_fetch_slots: Semaphore,
+    state: Mutex<State>,
+}
+
+/// The quota manager. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct QuotaManager {
+    inner: Arc<Inner>,
+}
+
+impl QuotaManager {
+    /// Builds a manager and seeds it from the state file, then from the host's storage. The
+    /// state file is read here, once; a corrupt one is set aside and reported.
+    pub fn new(
+        config: ManagerConfig,
+        storage: Option<HostStorage>,
+        clock: Arc<dyn Clock>,
+        events: Arc<dyn HostEvents>,
+        stats: Arc<Stats>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, ConfigError> {
+        let client = UsageClient::new(config.usage.clone())?;
+        let store = config.state_path.clone().map(StateStore::new);
+        let state = State {
+            closed: false,
+            settings: Settings::from_config(&config, storage.as_ref()),
+            routes: Routes::default(),
+            pacing: Pacing::default(),
+            writes: WriteBehind::new(store.is_some()),
+        };
+        let manager = Self {
+            inner: Arc::new(Inner {
+                fallback_fetch_slots: Semaphore::new(config.max_concurrent_fetches.max(1)),
+                config,
+                clock,
+                client,
+                store,
+                events,
+                stats,
+                runtime,
+                state: Mutex::new(state),
+            }),
+        };
+        let main_identity = storage.as_ref().and_then(|s| s.main_account_id.as_deref());
+        manager.seed_from_state_file(main_identity.map(MainIdentity::parse));
+        if let Some(storage) = &storage {
+            manager.seed_main(storage, None);
+        }
+        Ok(manager)
+    }
+
+    /// The manager's clock (a `ManualClock` in tests).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    fn now(&self) -> i64 {
+        self.now_ms()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than refusing every later call would.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The shared state file, `None` in memory-only mode.
+    pub fn state_path(&self) -> Option<&std::path::Path> {
+        self.inner.store.as_ref().map(StateStore::path)
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// A handle that does not keep the manager alive.
+    pub fn downgrade(&self) -> WeakQuotaManager {
+        WeakQuotaManager(Arc::downgrade(&self.inner))
+    }
+
+    /// Refuses new calls from now on; the future waits for running ones and the last write.
+    pub fn begin_close(&self) -> futures::future::BoxFuture<'static, ()> {
+        use futures::FutureExt;
+        let running = {
+            let mut state = self.state();
+            state.closed = true;
+            state.routes.running_flights()
+        };
+        let manager = self.clone();
+        async move {
+            futures::future::join_all(running).await;
+            manager.flush().await;
+        }
+        .boxed()
+    }
+}
+
+/// A [`QuotaManager`] that may be gone.
+pub struct WeakQuotaManager(std::sync::Weak<Inner>);
+
+impl WeakQuotaManager {
+    pub fn upgrade(&self) -> Option<QuotaManager> {
+        self.0.upgrade().map(|inner| QuotaManager { inner })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}

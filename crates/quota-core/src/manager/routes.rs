@@ -1,0 +1,294 @@
+//! Route slots and who they belong to: the main slot is bound to one identity, a fallback slot to
+//! one login (`authLineageId`). A new owner drops the slot; a slot's generation tells a request
+//! started before that it must not write into it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::single_flight::Flight;
+use crate::fingerprint::fingerprint;
+use crate::route_key::RouteKey;
+use crate::snapshot::QuotaEntry;
+use crate::store::RouteRecord;
+
+use super::refresh::Settled;
+
+/// Fallback slots remember this many replaced logins, to recognise late observations of them.
+const RETIRED_LINEAGES_KEPT: usize = 8;
+/// How a main identity named only by a token is persisted: `token:<fingerprint>`.
+const TOKEN_IDENTITY_PREFIX: &str = "token:";
+
+/// Who the main route belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MainIdentity {
+    /// An account the host named (`mainAccountId`, or an `identity` argument).
+    Account(String),
+    /// An account the host named only by its token: the token's fingerprint, so the identity
+    /// can be persisted without the token.
+    Token { fingerprint: String },
+}
+
+impl MainIdentity {
+    /// Reads an identity in its persisted form (see [`MainIdentity::persisted`]).
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix(TOKEN_IDENTITY_PREFIX) {
+            Some(fingerprint) => Self::Token {
+                fingerprint: fingerprint.to_owned(),
+            },
+            None => Self::Account(text.to_owned()),
+        }
+    }
+
+    /// The identity of the account behind `token`.
+    pub fn of_token(token: &str) -> Self {
+        Self::Token {
+            fingerprint: fingerprint(token),
+        }
+    }
+
+    /// The form in route keys and in snapshots' `accountIdentity`.
+    pub fn persisted(&self) -> String {
+        match self {
+            Self::Account(name) => name.clone(),
+            Self::Token { fingerprint } => format!("{TOKEN_IDENTITY_PREFIX}{fingerprint}"),
+        }
+    }
+
+    /// Does the host's `wanted` name this account? A token-named account also answers to its
+    /// token. Hashes only for a token-named account: this runs on every request.
+    fn is_named_by(&self, wanted: &str) -> bool {
+        match self {
+            Self::Account(name) => name == wanted,
+            Self::Token { fingerprint: ours } => {
+                wanted.strip_prefix(TOKEN_IDENTITY_PREFIX) == Some(ours.as_str())
+                    || fingerprint(wanted) == *ours
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum RouteId {
+    Main,
+    Fallback(String),
+}
+
+/// One route's cache, backoff and running request.
+#[derive(Default)]
+pub(super) struct RouteSlot {
+    /// The same record the state file keeps (snapshot, backoff, last attempt and, for a
+    /// fallback, its login), so one merge rule serves the cache and the file.
+    pub record: RouteRecord,
+    /// Logins this fallback slot was bound to before.
+    retired_lineages: Vec<String>,
+    /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
+    pub generation: u64,
+    pub in_flight: Option<Flight<Settled>>,
+}
+
+impl RouteSlot {
+    pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
+        self.record.entry.as_ref()
+    }
+
+    /// Folds another observer's record (the state file) into the slot, by the state file's own
+    /// rule: newer snapshot, more recently changed backoff, latest attempt, and a record of
+    /// another login replaces the slot's.
+    pub fn adopt(&mut self, incoming: &RouteRecord) {
+        self.record.merge(incoming);
+    }
+}
+
+/// Every route's slot, and who owns the main one.
+#[derive(Default)]
+pub(super) struct Routes {
+    main_owner: Option<MainIdentity>,
+    main: RouteSlot,
+    fallbacks: HashMap<String, RouteSlot>,
+    /// One counter for slot generations and request ids, so neither ever repeats.
+    last_id: u64,
+}
+
+impl Routes {
+    pub fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    pub fn main(&self) -> &RouteSlot {
+        &self.main
+    }
+
+    pub fn main_mut(&mut self) -> &mut RouteSlot {
+        &mut self.main
+    }
+
+    pub fn main_owner(&self) -> Option<&MainIdentity> {
+        self.main_owner.as_ref()
+    }
+
+    pub fn fallback(&self, id: &str) -> Option<&RouteSlot> {
+        self.fallbacks.get(id)
+    }
+
+    pub fn slot(&self, route: &RouteId) -> Option<&RouteSlot> {
+        match route {
+            RouteId::Main => Some(&self.main),
+            RouteId::Fallback(id) => self.fallbacks.get(id),
+        }
+    }
+
+    /// The route's slot, created when missing. A new slot gets a generation of its own, so a
+    /// request started for a slot that was cleared meanwhile can never write into it.
+    pub fn slot_mut(&mut self, route: &RouteId) -> &mut RouteSlot {
+        match route {
+            RouteId::Main => &mut self.main,
+            RouteId::Fallback(id) => {
+                if !self.fallbacks.contains_key(id) {
+                    let generation = self.next_id();
+                    self.fallbacks.insert(
+                        id.clone(),
+                        RouteSlot {
+                            generation,
+                            ..RouteSlot::default()
+                        },
+                    );
+                }
+                self.fallbacks.get_mut(id).expect("inserted above")
+            }
+        }
+    }
+
+    /// The slot a request was started for, unless it was dropped or replaced since.
+    pub fn attempt_slot(&mut self, route: &RouteId, generation: u64) -> Option<&mut RouteSlot> {
+        let slot = match route {
+            RouteId::Main => &mut self.main,
+            RouteId::Fallback(id) => self.fallbacks.get_mut(id)?,
+        };
+        (slot.generation == generation).then_some(slot)
+    }
+
+    /// Forgets a fallback account; `false` when it had no slot.
+    pub fn remove_fallback(&mut self, id: &str) -> bool {
+        self.fallbacks.remove(id).is_some()
+    }
+
+    pub fn retain_fallbacks(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.fallbacks.retain(|id, _| keep(id));
+    }
+
+    /// Every cached fallback entry, by account id.
+    pub fn fallback_entries(&self) -> Vec<(String, Arc<QuotaEntry>)> {
+        let mut entries: Vec<_> = self
+            .fallbacks
+            .iter()
+            .filter_map(|(id, slot)| Some((id.clone(), slot.entry()?.clone())))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
+    /// The requests running now, on every route.
+    pub fn running_flights(&self) -> Vec<super::single_flight::Shared<Settled>> {
+        std::iter::once(&self.main)
+            .chain(self.fallbacks.values())
+            .filter_map(|slot| Some(slot.in_flight.as_ref()?.wait()))
+            .collect()
+    }
+
+    /// Drops a route's cache, backoff and running request (a new identity or a new login).
+    fn reset(&mut self, route: &RouteId, lineage: Option<String>) {
+        let generation = self.next_id();
+        let slot = self.slot_mut(route);
+        let mut retired = std::mem::take(&mut slot.retired_lineages);
+        retired.extend(slot.record.lineage.take());
+        let excess = retired.len().saturating_sub(RETIRED_LINEAGES_KEPT);
+        retired.drain(..excess);
+        *slot = RouteSlot {
+            record: RouteRecord {
+                lineage,
+                ..RouteRecord::default()
+            },
+            retired_lineages: retired,
+            generation,
+            in_flight: None,
+        };
+    }
+
+    /// Binds the main slot to `identity`, dropping another identity's data.
+    pub fn bind_main(&mut self, identity: MainIdentity) {
+        match &self.main_owner {
+            Some(owner) if *owner == identity => {}
+            Some(_) => {
+                self.reset(&RouteId::Main, None);
+                self.main_owner = Some(identity);
+            }
+            None => self.main_owner = Some(identity),
+        }
+    }
+
+    /// Binds a fallback slot to the account's login. A new login drops the slot; an old one
+    /// (replaced earlier) is refused with `false`.
+    pub fn bind_fallback(&mut self, id: &str, lineage: Option<&str>) -> bool {
+        let route = RouteId::Fallback(id.to_owned());
+        let Some(lineage) = lineage.map(fingerprint) else {
+            self.slot_mut(&route);
+            return true;
+        };
+        let slot = self.slot_mut(&route);
+        match &slot.record.lineage {
+            Some(owner) if *owner == lineage => true,
+            _ if slot.retired_lineages.contains(&lineage) => false,
+            Some(_) => {
+                self.reset(&route, Some(lineage));
+                true
+            }
+            None => {
+                slot.record.lineage = Some(lineage);
+                true
+            }
+        }
+    }
+
+    /// Is the main slot the account the host names (`None`: whichever it holds)?
+    pub fn main_matches(&self, identity: Option<&str>) -> bool {
+        match (identity, &self.main_owner) {
+            (None, _) => true,
+            (Some(wanted), Some(owner)) => owner.is_named_by(wanted),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// The route's key in the state file.
+    pub fn key(&self, route: &RouteId) -> RouteKey {
+        match route {
+            RouteId::Main => RouteKey::Main(
+                self.main_owner
+                    .as_ref()
+                    .map_or_else(|| "default".to_owned(), MainIdentity::persisted),
+            ),
+            RouteId::Fallback(id) => RouteKey::Fallback(id.clone()),
+        }
+    }
+
+    /// The identity a route's snapshots carry: the main account's identity, or the fallback id.
+    pub fn snapshot_identity(&self, route: &RouteId) -> Option<String> {
+        match route {
+            RouteId::Main => self.main_owner.as_ref().map(MainIdentity::persisted),
+            RouteId::Fallback(id) => Some(id.clone()),
+        }
+    }
+
+    /// Takes the main route of `identity` from the state file.
+    pub fn seed_main(&mut self, identity: MainIdentity, record: &RouteRecord) {
+        self.main_owner = Some(identity);
+        self.main.adopt(record);
+    }
+
+    /// Takes a fallback route from the state file, bound to the login that wrote it.
+    pub fn seed_fallback(&mut self, id: &str, record: &RouteRecord) {
+        let slot = self.slot_mut(&RouteId::Fallback(id.to_owned()));
+        slot.record.lineage.clone_from(&record.lineage);
+        slot.adopt(record);
+    }
+}

@@ -1,0 +1,103 @@
+//! Single flight: while a request runs, every caller for the same route waits on it instead of
+//! starting another, and all of them get its one result. The route's slot holds its
+//! [`Flight`]; this module knows nothing of routes or quota.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt};
+
+/// A running piece of work's result, which any number of callers can await.
+pub(super) type Shared<T> = futures::future::Shared<BoxFuture<'static, T>>;
+
+/// One running piece of work: its id, its shared result, and how many callers wait on it.
+pub(super) struct Flight<T: Clone> {
+    id: u64,
+    shared: Shared<T>,
+    /// Everyone waiting on it, its leader included.
+    callers: Arc<AtomicU64>,
+}
+
+/// A caller's place on a flight.
+pub(super) struct Ticket<T: Clone> {
+    pub result: Shared<T>,
+    /// The leader's alone: the count of every caller of the flight. Nobody can join once the
+    /// flight is done, so the count is final by the time the leader's result is ready.
+    pub callers: Option<Arc<AtomicU64>>,
+    /// The flight's id; `None` for an answer given at once.
+    pub id: Option<u64>,
+}
+
+impl<T: Clone> Flight<T> {
+    /// Starts a flight with `id`, led by the calling caller.
+    pub fn lead(id: u64, work: BoxFuture<'static, T>) -> (Self, Ticket<T>) {
+        let shared = work.shared();
+        let callers = Arc::new(AtomicU64::new(1));
+        let ticket = Ticket {
+            result: shared.clone(),
+            callers: Some(callers.clone()),
+            id: Some(id),
+        };
+        (
+            Self {
+                id,
+                shared,
+                callers,
+            },
+            ticket,
+        )
+    }
+
+    /// Joins the flight as one more caller.
+    pub fn join(&self) -> Ticket<T> {
+        self.callers.fetch_add(1, Ordering::SeqCst);
+        Ticket {
+            result: self.shared.clone(),
+            callers: None,
+            id: Some(self.id),
+        }
+    }
+
+    /// The flight's result, for a waiter that is not a caller (counted nowhere).
+    pub fn wait(&self) -> Shared<T> {
+        self.shared.clone()
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Ticket<T> {
+    /// An answer known at once: no flight, nobody to join.
+    pub fn ready(value: T) -> Self {
+        Self {
+            result: futures::future::ready(value).boxed().shared(),
+            callers: None,
+            id: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn joiners_share_the_leaders_result_and_are_counted_for_it() {
+        let (flight, leader) = Flight::lead(7, async { 42 }.boxed());
+        let joiners: Vec<_> = (0..3).map(|_| flight.join()).collect();
+        assert!(joiners
+            .iter()
+            .all(|t| t.id == Some(7) && t.callers.is_none()));
+        for joiner in joiners {
+            assert_eq!(joiner.result.await, 42);
+        }
+        assert_eq!(leader.result.await, 42);
+        assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_ready_ticket_belongs_to_no_flight() {
+        let ticket = Ticket::ready("now");
+        assert_eq!(ticket.id, None);
+        assert!(ticket.callers.is_none());
+        assert_eq!(ticket.result.await, "now");
+    }
+}

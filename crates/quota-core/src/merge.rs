@@ -1,0 +1,343 @@
+//! Combining header frames and polls into one cached snapshot (SPEC §2).
+//!
+//! Two sources own different fields. Headers arrive with every model response and are the
+//! freshest view of the 5-hour and 7-day windows, but they know nothing about scoped windows or
+//! extra usage. Polls know everything, but are rare and rate-limited. Each merge keeps what the
+//! other source owns and, for the shared 5h/7d windows, prefers the newer observation.
+
+use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow};
+
+/// Merges one header frame into the cached snapshot (if any).
+///
+/// - The frame's 5h and 7d windows replace the cached ones; a window the frame lacks keeps the
+///   cached one. A cached window observed strictly *after* the frame's window is kept too, so a
+///   late-delivered frame cannot roll back a newer poll or frame.
+/// - `scoped` and `extraUsage` come from the cache only: headers never introduce them.
+/// - A cached `bindingWindow` that came from a poll is kept; otherwise the frame's binding window
+///   (and its source) applies, including its absence. A binding window without a recorded source
+///   counts as a poll's when the cached snapshot itself came from a poll (older host storage
+///   wrote no `bindingWindowSource`).
+/// - `fallbackAdvised` and `status` are the frame's: they describe the latest response only.
+/// - `source` is `headers`, `checkedAt` the frame's; `accountIdentity` is the cache's, else the
+///   frame's.
+pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
+    let Some(cached) = cached else {
+        return QuotaSnapshot {
+            // Headers never introduce poll-only fields, even when pushed as a whole snapshot.
+            scoped: None,
+            extra_usage: None,
+            binding_window_source: frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
+            source: Some(QuotaSource::Headers),
+            ..frame.clone()
+        };
+    };
+    let poll_binding = cached.binding_window.is_some()
+        && cached.binding_window_source.or(cached.source) == Some(QuotaSource::Poll);
+    let (binding_window, binding_window_source) = if poll_binding {
+        (cached.binding_window.clone(), Some(QuotaSource::Poll))
+    } else {
+        (
+            frame.binding_window.clone(),
+            frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
+        )
+    };
+    QuotaSnapshot {
+        five_hour: newer_window(frame.five_hour.as_ref(), cached.five_hour.as_ref()),
+        seven_day: newer_window(frame.seven_day.as_ref(), cached.seven_day.as_ref()),
+        scoped: cached.scoped.clone(),
+        extra_usage: cached.extra_usage.clone(),
+        binding_window,
+        binding_window_source,
+        fallback_advised: frame.fallback_advised,
+        status: frame.status.clone(),
+        source: Some(QuotaSource::Headers),
+        checked_at: frame.checked_at,
+        account_identity: cached
+            .account_identity
+            .clone()
+            .or_else(|| frame.account_identity.clone()),
+    }
+}
+
+/// Merges a finished poll into the cached snapshot (if any).
+///
+/// The poll normally wins whole. The exception is a cached 5h or 7d window observed *after* the
+/// poll (`window.checkedAt > poll.checkedAt`, i.e. header frames that arrived while the poll was
+/// in flight): that newer window is kept in place of the poll's. When the cached snapshot itself
+/// is such a newer header frame, its header-only fields (`status`, `fallbackAdvised`) are kept
+/// too, since the poll cannot know them. `scoped`, `extraUsage` and `bindingWindow` always come
+/// from the poll; `source` stays `poll` and `checkedAt` the poll's.
+pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -> QuotaSnapshot {
+    let mut merged = poll.clone();
+    if merged.binding_window.is_some() && merged.binding_window_source.is_none() {
+        merged.binding_window_source = Some(QuotaSource::Poll);
+    }
+    let Some(cached) = cached else {
+        return merged;
+    };
+    let poll_time = |window: Option<&QuotaWindow>| {
+        poll.checked_at
+            .or_else(|| window.map(|w| w.checked_at))
+            .unwrap_or(i64::MIN)
+    };
+    let keep_newer = |cached_window: Option<&QuotaWindow>, poll_window: Option<&QuotaWindow>| {
+        match cached_window {
+            Some(w) if w.checked_at > poll_time(poll_window) => Some(w.clone()),
+            _ => poll_window.cloned(),
+        }
+    };
+    merged.five_hour = keep_newer(cached.five_hour.as_ref(), poll.five_hour.as_ref());
+    merged.seven_day = keep_newer(cached.seven_day.as_ref(), poll.seven_day.as_ref());
+    let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
+        && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
+    if cached_is_newer_headers {
+        merged.status = merged.status.or_else(|| cached.status.clone());
+        merged.fallback_advised = merged.fallback_advised.or(cached.fallback_advised);
+    }
+    if merged.account_identity.is_none() {
+        merged.account_identity = cached.account_identity.clone();
+    }
+    merged
+}
+
+/// The frame's window unless the cached one was observed strictly later.
+fn newer_window(frame: Option<&QuotaWindow>, cached: Option<&QuotaWindow>) -> Option<QuotaWindow> {
+    match (frame, cached) {
+        (Some(f), Some(c)) if c.checked_at > f.checked_at => Some(c.clone()),
+        (Some(f), _) => Some(f.clone()),
+        (None, c) => c.cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{ExtraUsage, QuotaMoney, ScopedQuotaWindow};
+
+    fn window(used: f64, checked_at: i64) -> QuotaWindow {
+        QuotaWindow::from_used(used, Some("2026-09-14T02:10:00Z".into()), checked_at)
+    }
+
+    fn money(amount: f64) -> QuotaMoney {
+        QuotaMoney {
+            amount_minor: amount,
+            currency: "USD".into(),
+            exponent: 2,
+        }
+    }
+
+    fn poll(checked_at: i64) -> QuotaSnapshot {
+        QuotaSnapshot {
+            five_hour: Some(window(10.0, checked_at)),
+            seven_day: Some(window(60.0, checked_at)),
+            scoped: Some(vec![ScopedQuotaWindow {
+                used_percent: 22.0,
+                remaining_percent: 78.0,
+                resets_at: None,
+                checked_at,
+                id: "claude-weekly-scoped-claude-fable-5-1".into(),
+                title: "Fable only".into(),
+                model_id: Some("claude-fable-5-1".into()),
+                model_name: "Fable".into(),
+            }]),
+            extra_usage: Some(ExtraUsage {
+                used: money(1261.0),
+                limit: money(10000.0),
+                utilization_percent: Some(12.61),
+                severity: None,
+                exhausted: false,
+            }),
+            binding_window: Some("seven_day".into()),
+            binding_window_source: Some(QuotaSource::Poll),
+            source: Some(QuotaSource::Poll),
+            checked_at: Some(checked_at),
+            account_identity: Some("main@example".into()),
+            ..Default::default()
+        }
+    }
+
+    fn frame(checked_at: i64) -> QuotaSnapshot {
+        QuotaSnapshot {
+            five_hour: Some(window(40.0, checked_at)),
+            seven_day: Some(window(70.0, checked_at)),
+            binding_window: Some("five_hour".into()),
+            binding_window_source: Some(QuotaSource::Headers),
+            fallback_advised: Some(true),
+            status: Some("allowed_warning".into()),
+            source: Some(QuotaSource::Headers),
+            checked_at: Some(checked_at),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn header_windows_replace_cached_windows() {
+        let merged = merge_header_frame(Some(&poll(100)), &frame(200));
+        assert_eq!(merged.five_hour, Some(window(40.0, 200)));
+        assert_eq!(merged.seven_day, Some(window(70.0, 200)));
+        assert_eq!(merged.source, Some(QuotaSource::Headers));
+        assert_eq!(merged.checked_at, Some(200));
+    }
+
+    #[test]
+    fn window_absent_from_frame_keeps_cached_window() {
+        let mut partial = frame(200);
+        partial.seven_day = None;
+        let merged = merge_header_frame(Some(&poll(100)), &partial);
+        assert_eq!(merged.five_hour, Some(window(40.0, 200)));
+        assert_eq!(merged.seven_day, Some(window(60.0, 100)));
+    }
+
+    #[test]
+    fn late_frame_does_not_roll_back_a_newer_cached_window() {
+        let merged = merge_header_frame(Some(&poll(300)), &frame(200));
+        assert_eq!(merged.five_hour, Some(window(10.0, 300)));
+        assert_eq!(merged.seven_day, Some(window(60.0, 300)));
+    }
+
+    #[test]
+    fn scoped_and_extra_usage_are_kept_from_cache() {
+        let cached = poll(100);
+        let merged = merge_header_frame(Some(&cached), &frame(200));
+        assert_eq!(merged.scoped, cached.scoped);
+        assert_eq!(merged.extra_usage, cached.extra_usage);
+    }
+
+    #[test]
+    fn headers_never_introduce_poll_only_fields() {
+        let mut pushed = frame(200);
+        pushed.scoped = Some(vec![]);
+        pushed.extra_usage = poll(1).extra_usage;
+        let merged = merge_header_frame(None, &pushed);
+        assert_eq!(merged.scoped, None);
+        assert_eq!(merged.extra_usage, None);
+
+        let mut cached = poll(100);
+        cached.scoped = None;
+        cached.extra_usage = None;
+        let merged = merge_header_frame(Some(&cached), &pushed);
+        assert_eq!(merged.scoped, None);
+        assert_eq!(merged.extra_usage, None);
+    }
+
+    #[test]
+    fn poll_binding_window_survives_headers() {
+        let merged = merge_header_frame(Some(&poll(100)), &frame(200));
+        assert_eq!(merged.binding_window.as_deref(), Some("seven_day"));
+        assert_eq!(merged.binding_window_source, Some(QuotaSource::Poll));
+    }
+
+    #[test]
+    fn unsourced_binding_window_of_a_poll_snapshot_counts_as_poll() {
+        let mut cached = poll(100);
+        cached.binding_window_source = None;
+        let merged = merge_header_frame(Some(&cached), &frame(200));
+        assert_eq!(merged.binding_window.as_deref(), Some("seven_day"));
+        assert_eq!(merged.binding_window_source, Some(QuotaSource::Poll));
+    }
+
+    #[test]
+    fn header_binding_window_is_replaced_by_the_frame() {
+        let older = frame(100);
+        let mut newer = frame(200);
+        newer.binding_window = Some("seven_day".into());
+        let merged = merge_header_frame(Some(&older), &newer);
+        assert_eq!(merged.binding_window.as_deref(), Some("seven_day"));
+        assert_eq!(merged.binding_window_source, Some(QuotaSource::Headers));
+
+        newer.binding_window = None;
+        newer.binding_window_source = None;
+        let merged = merge_header_frame(Some(&older), &newer);
+        assert_eq!(merged.binding_window, None);
+        assert_eq!(merged.binding_window_source, None);
+    }
+
+    #[test]
+    fn fallback_and_status_come_from_the_frame() {
+        let mut cached = frame(100);
+        cached.status = Some("rejected".into());
+        cached.fallback_advised = Some(true);
+        let mut newer = frame(200);
+        newer.status = Some("allowed".into());
+        newer.fallback_advised = Some(false);
+        let merged = merge_header_frame(Some(&cached), &newer);
+        assert_eq!(merged.status.as_deref(), Some("allowed"));
+        assert_eq!(merged.fallback_advised, Some(false));
+    }
+
+    #[test]
+    fn account_identity_is_kept_from_cache() {
+        let mut pushed = frame(200);
+        pushed.account_identity = Some("other".into());
+        let merged = merge_header_frame(Some(&poll(100)), &pushed);
+        assert_eq!(merged.account_identity.as_deref(), Some("main@example"));
+    }
+
+    #[test]
+    fn frame_without_cache_is_a_header_snapshot() {
+        let merged = merge_header_frame(None, &frame(200));
+        assert_eq!(merged, frame(200));
+    }
+
+    #[test]
+    fn poll_wins_whole_over_older_cache() {
+        let merged = merge_poll_result(Some(&frame(100)), &poll(200));
+        assert_eq!(merged, poll(200));
+    }
+
+    #[test]
+    fn poll_wins_over_window_observed_at_the_same_time() {
+        let merged = merge_poll_result(Some(&frame(200)), &poll(200));
+        assert_eq!(merged, poll(200));
+    }
+
+    #[test]
+    fn poll_keeps_newer_header_windows_and_takes_poll_only_fields() {
+        let cached = merge_header_frame(Some(&poll(100)), &frame(300));
+        let fresh_poll = poll(200);
+        let merged = merge_poll_result(Some(&cached), &fresh_poll);
+        assert_eq!(merged.five_hour, Some(window(40.0, 300)));
+        assert_eq!(merged.seven_day, Some(window(70.0, 300)));
+        assert_eq!(merged.scoped, fresh_poll.scoped);
+        assert_eq!(merged.extra_usage, fresh_poll.extra_usage);
+        assert_eq!(merged.binding_window.as_deref(), Some("seven_day"));
+        assert_eq!(merged.binding_window_source, Some(QuotaSource::Poll));
+        assert_eq!(merged.source, Some(QuotaSource::Poll));
+        assert_eq!(merged.checked_at, Some(200));
+        assert_eq!(merged.status.as_deref(), Some("allowed_warning"));
+        assert_eq!(merged.fallback_advised, Some(true));
+    }
+
+    #[test]
+    fn poll_keeps_only_the_windows_that_are_newer() {
+        let mut cached = poll(100);
+        cached.five_hour = Some(window(40.0, 300));
+        let merged = merge_poll_result(Some(&cached), &poll(200));
+        assert_eq!(merged.five_hour, Some(window(40.0, 300)));
+        assert_eq!(merged.seven_day, Some(window(60.0, 200)));
+    }
+
+    #[test]
+    fn newer_header_window_survives_a_poll_that_lacks_it() {
+        let mut fresh_poll = poll(200);
+        fresh_poll.five_hour = None;
+        let merged = merge_poll_result(Some(&frame(300)), &fresh_poll);
+        assert_eq!(merged.five_hour, Some(window(40.0, 300)));
+
+        let merged = merge_poll_result(Some(&frame(100)), &fresh_poll);
+        assert_eq!(merged.five_hour, None, "an older window does not survive");
+    }
+
+    #[test]
+    fn poll_replaces_cached_scoped_even_with_none() {
+        let mut fresh_poll = poll(200);
+        fresh_poll.scoped = Some(vec![]);
+        fresh_poll.extra_usage = None;
+        fresh_poll.binding_window = None;
+        fresh_poll.binding_window_source = None;
+        let merged = merge_poll_result(Some(&poll(100)), &fresh_poll);
+        assert_eq!(merged.scoped, Some(vec![]));
+        assert_eq!(merged.extra_usage, None);
+        assert_eq!(merged.binding_window, None);
+    }
+}

@@ -1,0 +1,45 @@
+//! Managers sharing one state file: route locks, adopted results, shared backoff.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_manager_waits_for_the_first_and_adopts_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(300).await;
+    let clock = ManualClock::new(START);
+    let first = manager(config(&server.url, Some(state.clone())), &clock);
+    let second = manager(config(&server.url, Some(state.clone())), &clock);
+    let (a, b) = tokio::join!(first.refresh_main(Some("alice"), "t"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        second.refresh_main(Some("alice"), "t").await
+    });
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+    assert!(a.unwrap().fetched);
+    assert!(!b.unwrap().fetched);
+    assert_eq!(second.stats().joined_other_process, 1);
+    assert_eq!(second.stats().lock_waits, 1);
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(!text.contains("\"t\""), "no token on disk");
+
+    // A restart seeds from the file: fresh, so no request is needed.
+    let restarted = manager(config(&server.url, Some(state)), &clock);
+    assert!(!restarted.is_main_stale(None));
+    assert!(restarted.get_main(Some("alice")).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_armed_by_one_manager_holds_for_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    server.status.store(503, Ordering::SeqCst);
+    let clock = ManualClock::new(START);
+    let first = manager(config(&server.url, Some(state.clone())), &clock);
+    let second = manager(config(&server.url, Some(state)), &clock);
+    first.refresh_main(Some("alice"), "t").await.unwrap_err();
+    let error = second.refresh_main(Some("alice"), "t").await.unwrap_err();
+    assert_eq!(error.code(), "QUOTA_BACKED_OFF");
+    assert!(second.is_backed_off());
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+}

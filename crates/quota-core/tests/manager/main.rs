@@ -1,0 +1,11 @@
+//! The manager's behaviour, by feature, against a local usage endpoint on 127.0.0.1.
+
+mod support;
+
+mod backoff;
+mod cross_process;
+mod header_frames;
+mod pacing;
+mod routes;
+mod seeding;
+mod single_flight;

@@ -1,0 +1,212 @@
+//! The host's callbacks, called from the core's threads through *weak* threadsafe functions
+//! (they never keep Node alive) and awaited, so a result reaches its callers after the host
+//! saw it. A callback that throws is counted and reported, never propagated.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::{BoxFuture, FutureExt};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, UnknownReturnValue};
+
+use super::js::Json;
+use quota_core::manager::{FetchedEvent, HostEvents};
+use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot};
+use quota_core::stats::{bump, Stats};
+
+/// A weak, non-callee-handled threadsafe function taking one Rust payload.
+type Callback<T, Args> = ThreadsafeFunction<T, CallbackReturn, Args, Status, false, true>;
+
+/// How long a callback's promise may keep a refresh's callers waiting.
+const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a callback returned: a promise (an `async` callback) is awaited so its rejection is
+/// caught and counted instead of becoming an unhandled rejection in the host.
+enum CallbackReturn {
+    Value,
+    Promise(Promise<UnknownReturnValue>),
+}
+
+impl FromNapiValue for CallbackReturn {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
+        let mut is_promise = false;
+        check_status!(unsafe { sys::napi_is_promise(env, value, &mut is_promise) })?;
+        if is_promise {
+            Ok(Self::Promise(unsafe {
+                Promise::from_napi_value(env, value)
+            }?))
+        } else {
+            Ok(Self::Value)
+        }
+    }
+}
+
+type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64)>;
+type FallbackFetchedArgs = FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>;
+type FallbackErrorArgs = FnArgs<(String, Json<ApiErrorRecord>)>;
+
+#[derive(Default)]
+struct Slots {
+    main_fetched: Option<Arc<Callback<FetchedEvent, MainFetchedArgs>>>,
+    api_error: Option<Arc<Callback<ApiErrorRecord, Json<ApiErrorRecord>>>>,
+    fallback_fetched: Option<Arc<Callback<(String, FetchedEvent), FallbackFetchedArgs>>>,
+    fallback_error: Option<Arc<Callback<(String, ApiErrorRecord), FallbackErrorArgs>>>,
+}
+
+/// The four optional host callbacks, until `release` drops them.
+pub struct JsCallbacks {
+    slots: Mutex<Slots>,
+    stats: Arc<Stats>,
+}
+
+impl JsCallbacks {
+    pub fn new(
+        _env: &Env,
+        main_fetched: Option<Unknown>,
+        api_error: Option<Unknown>,
+        fallback_fetched: Option<Unknown>,
+        fallback_error: Option<Unknown>,
+    ) -> Result<Self> {
+        let slots = Slots {
+            main_fetched: build(main_fetched, |ctx: ThreadsafeCallContext<FetchedEvent>| {
+                let event = ctx.value;
+                Ok(FnArgs::from((
+                    Json(event.quota),
+                    event.checked_at as f64,
+                    event.token_fingerprint,
+                    event.fetch_started_at as f64,
+                )))
+            })?,
+            api_error: build(api_error, |ctx: ThreadsafeCallContext<ApiErrorRecord>| {
+                Ok(Json(ctx.value))
+            })?,
+            fallback_fetched: build(
+                fallback_fetched,
+                |ctx: ThreadsafeCallContext<(String, FetchedEvent)>| {
+                    let (id, event) = ctx.value;
+                    Ok(FnArgs::from((
+                        id,
+                        Json(event.quota),
+                        event.checked_at as f64,
+                        event.fetch_started_at as f64,
+                    )))
+                },
+            )?,
+            fallback_error: build(
+                fallback_error,
+                |ctx: ThreadsafeCallContext<(String, ApiErrorRecord)>| {
+                    let (id, error) = ctx.value;
+                    Ok(FnArgs::from((id, Json(error))))
+                },
+            )?,
+        };
+        Ok(Self {
+            slots: Mutex::new(slots),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Counts callback failures into the manager's stats.
+    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Drops every callback, so nothing the host passed in outlives `close()`.
+    pub fn release(&self) {
+        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = Slots::default();
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
+    function: Option<Unknown>,
+    to_args: impl 'static + FnMut(ThreadsafeCallContext<T>) -> Result<Args>,
+) -> Result<Option<Arc<Callback<T, Args>>>> {
+    let Some(function) = function else {
+        return Ok(None);
+    };
+    let function = unsafe { function.cast::<Function<Unknown, CallbackReturn>>() }?;
+    let callback = function
+        .build_threadsafe_function::<T>()
+        .weak::<true>()
+        .callee_handled::<false>()
+        .build_callback(to_args)?;
+    Ok(Some(Arc::new(callback)))
+}
+
+/// Calls one callback and waits for it; a throw is counted and reported on stderr.
+fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
+    callback: Option<Arc<Callback<T, Args>>>,
+    value: T,
+    name: &'static str,
+    stats: Arc<Stats>,
+) -> BoxFuture<'static, ()> {
+    async move {
+        let Some(callback) = callback else {
+            return;
+        };
+        let outcome = match callback.call_async_catch(value).await {
+            Ok(CallbackReturn::Promise(promise)) => {
+                match tokio::time::timeout(CALLBACK_PROMISE_WAIT, promise).await {
+                    Ok(settled) => settled.map(|_| ()),
+                    // Still pending: stop holding up the callers; a later rejection is still
+                    // caught (the promise keeps its handlers) but no longer counted.
+                    Err(_) => Ok(()),
+                }
+            }
+            Ok(CallbackReturn::Value) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = outcome {
+            // Closing means Node is shutting down: nobody is left to tell.
+            if error.status != Status::Closing {
+                bump(&stats.callback_errors);
+                eprintln!("anthropic-quota-manager: {name} failed: {}", error.reason);
+            }
+        }
+    }
+    .boxed()
+}
+
+impl HostEvents for JsCallbacks {
+    fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()> {
+        let callback = self.slots().main_fetched.clone();
+        invoke(callback, event, "onMainQuotaFetched", self.stats.clone())
+    }
+
+    fn api_error(&self, error: ApiErrorRecord) -> BoxFuture<'static, ()> {
+        let callback = self.slots().api_error.clone();
+        invoke(callback, error, "onApiError", self.stats.clone())
+    }
+
+    fn fallback_quota_fetched(
+        &self,
+        account_id: String,
+        event: FetchedEvent,
+    ) -> BoxFuture<'static, ()> {
+        let callback = self.slots().fallback_fetched.clone();
+        invoke(
+            callback,
+            (account_id, event),
+            "onFallbackQuotaFetched",
+            self.stats.clone(),
+        )
+    }
+
+    fn fallback_api_error(
+        &self,
+        account_id: String,
+        error: ApiErrorRecord,
+    ) -> BoxFuture<'static, ()> {
+        let callback = self.slots().fallback_error.clone();
+        invoke(
+            callback,
+            (account_id, error),
+            "onFallbackApiError",
+            self.stats.clone(),
+        )
+    }
+}

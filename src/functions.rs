@@ -1,0 +1,155 @@
+//! The package's free functions: routing policy, fingerprints and parsers.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use serde::Serialize;
+
+use super::js::{
+    is_nullish, number_in, optional_string, required_string, to_json, type_error, Json, OrUndefined,
+};
+use quota_core::backoff;
+use quota_core::clock::{Clock, SystemClock};
+use quota_core::fingerprint::fingerprint;
+use quota_core::headers::{header_pairs, parse_quota_headers};
+use quota_core::policy::{evaluate_quota as evaluate, QuotaPolicy};
+use quota_core::route_key::RouteKey;
+use quota_core::snapshot::QuotaSnapshot;
+use quota_core::store;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Evaluation {
+    passes: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked_until: Option<i64>,
+}
+
+fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
+    match value {
+        Some(value) if !is_nullish(&value) => Ok(number_in(env, value, name, 0.0, 8.64e15)? as i64),
+        _ => Ok(SystemClock.now_ms()),
+    }
+}
+
+/// Does this snapshot allow a request on this model? `blockedUntil` is when the binding window
+/// resets.
+#[napi(
+    ts_args_type = "quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string",
+    ts_return_type = "{ passes: boolean; reason?: 'five_hour' | 'seven_day' | 'scoped' | 'unknown'; blockedUntil?: number }"
+)]
+pub fn evaluate_quota(
+    env: Env,
+    quota: Option<Unknown>,
+    policy: Option<Unknown>,
+    model_id: Option<Unknown>,
+) -> Result<Json<impl Serialize>> {
+    let quota = match quota {
+        Some(value) if !is_nullish(&value) => {
+            let json = to_json(&env, value, "quota")?;
+            Some(
+                QuotaSnapshot::from_value_lenient(&json)
+                    .ok_or_else(|| type_error(&env, "quota must be an object"))?,
+            )
+        }
+        _ => None,
+    };
+    let policy = match policy {
+        Some(value) if !is_nullish(&value) => {
+            QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?)
+        }
+        _ => QuotaPolicy::default(),
+    };
+    let model = optional_string(&env, model_id, "modelId")?;
+    let result = evaluate(quota.as_ref(), &policy, model.as_deref());
+    Ok(Json(Evaluation {
+        passes: result.passes,
+        reason: result.reason.map(|r| r.as_str()),
+        blocked_until: result.blocked_until,
+    }))
+}
+
+/// The first 16 hex characters of the SHA-256 of a token: how the package names a token
+/// without storing it.
+#[napi(ts_args_type = "token: string")]
+pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
+    Ok(fingerprint(&required_string(&env, token, "token")?))
+}
+
+/// Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry
+/// no 5-hour or 7-day utilisation.
+#[napi(
+    js_name = "parseQuotaHeaders",
+    ts_args_type = "headers: Record<string, string>, nowMs?: number",
+    ts_return_type = "QuotaSnapshot | null"
+)]
+pub fn parse_quota_headers_js(
+    env: Env,
+    headers: Option<Unknown>,
+    now_ms: Option<Unknown>,
+) -> Result<Json<Option<QuotaSnapshot>>> {
+    let headers = match headers {
+        Some(value) if matches!(value.get_type()?, ValueType::Object) => {
+            to_json(&env, value, "headers")?
+        }
+        _ => {
+            return Err(type_error(
+                &env,
+                "headers must be an object of header names to values",
+            ))
+        }
+    };
+    let now = optional_time(&env, now_ms, "nowMs")?;
+    let pairs = header_pairs(&headers);
+    Ok(Json(parse_quota_headers(
+        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        now,
+    )))
+}
+
+/// A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
+/// `undefined` for `0`, negative, past or unparsable values.
+#[napi(
+    ts_args_type = "value: string, nowMs?: number",
+    ts_return_type = "number | undefined"
+)]
+pub fn parse_retry_after(
+    env: Env,
+    value: Option<Unknown>,
+    now_ms: Option<Unknown>,
+) -> Result<OrUndefined<f64>> {
+    let value = required_string(&env, value, "value")?;
+    let now = optional_time(&env, now_ms, "nowMs")?;
+    Ok(OrUndefined(
+        backoff::parse_retry_after(&value, now).map(|ms| ms as f64),
+    ))
+}
+
+/// The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
+/// `null` when none of those variables is set.
+#[napi(ts_return_type = "string | null")]
+pub fn default_state_path() -> Option<String> {
+    store::default_state_path(|name| std::env::var(name).ok()).map(|p| p.display().to_string())
+}
+
+#[derive(Serialize)]
+struct ParsedRouteKey {
+    kind: &'static str,
+    id: String,
+}
+
+/// Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of
+/// another kind.
+#[napi(
+    ts_args_type = "key: string",
+    ts_return_type = "{ kind: 'main' | 'fallback'; id: string } | null"
+)]
+pub fn parse_route_key(env: Env, key: Option<Unknown>) -> Result<Json<Option<impl Serialize>>> {
+    let key = required_string(&env, key, "key")?;
+    Ok(Json(RouteKey::parse(&key).map(|key| ParsedRouteKey {
+        kind: key.kind(),
+        id: key.id().to_owned(),
+    })))
+}

@@ -1,0 +1,208 @@
+//! Conversions between JavaScript values and the core's types, and the JavaScript errors the
+//! package throws. This is the one place where core errors become `Error` objects with a `code`.
+
+use napi::bindgen_prelude::*;
+use napi::{JsRangeError, JsTypeError};
+use serde::Serialize;
+use serde_json::Value;
+
+use quota_core::error::QuotaError;
+
+/// A serde value handed to JavaScript as plain data (objects, arrays, numbers, strings).
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> ToNapiValue for Json<T> {
+    /// Serialised in Rust and rebuilt by V8's own `JSON.parse`: several times faster than
+    /// creating the objects property by property through N-API, on the hot path of every read.
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        let text = serde_json::to_string(&value.0)
+            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let env = Env::from_raw(env);
+        let parse: Function<String, Unknown> = json_function(&env, "parse")?;
+        Ok(parse.call(text)?.raw())
+    }
+}
+
+fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
+    env: &'env Env,
+    name: &str,
+) -> Result<Function<'env, Args, Return>> {
+    let json: Object = env.get_global()?.get_named_property("JSON")?;
+    json.get_named_property(name)
+}
+
+impl<T> TypeName for Json<T> {
+    fn type_name() -> &'static str {
+        "Json"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Object
+    }
+}
+
+/// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
+pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
+    let error = JsTypeError::from(Error::new(Status::InvalidArg, message.into()));
+    with_code(error.into_unknown(*env), "ERR_INVALID_ARG_TYPE")
+}
+
+/// A `RangeError` naming the culprit, with Node's `ERR_OUT_OF_RANGE` code.
+pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
+    let error = JsRangeError::from(Error::new(Status::InvalidArg, message.into()));
+    with_code(error.into_unknown(*env), "ERR_OUT_OF_RANGE")
+}
+
+fn with_code(error: Unknown, code: &str) -> Error {
+    if let Ok(mut object) = error.coerce_to_object() {
+        let _ = object.set("code", code);
+    }
+    Error::from(error)
+}
+
+/// The JavaScript `Error` for a core error: the human message, a stable `code`, and the extra
+/// fields API.md lists for that code.
+pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
+    let base = napi::JsError::from(Error::new(Status::GenericFailure, error.to_string()));
+    let value = base.into_unknown(*env);
+    if let Ok(mut object) = value.coerce_to_object() {
+        let _ = set_quota_error_fields(&mut object, error);
+    }
+    Error::from(value)
+}
+
+fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()> {
+    object.set("code", error.code())?;
+    if let Some(status) = error.status() {
+        object.set("status", status as u32)?;
+    }
+    if let Some(retry_after_ms) = error.retry_after_ms() {
+        object.set("retryAfterMs", retry_after_ms as f64)?;
+    }
+    match error {
+        QuotaError::BackedOff { next_retry_at, .. } => {
+            object.set("nextRetryAt", *next_retry_at as f64)?;
+        }
+        QuotaError::State { path, .. } => object.set("path", path.as_str())?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Reads any JavaScript value as JSON-like data, through V8's own `JSON.stringify` (much faster
+/// than walking the object through N-API); `Err` is a `TypeError` naming `name` (a cycle, a
+/// BigInt, or a value with no JSON form). A throw inside `stringify` is caught by `call`.
+pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
+    let unreadable = |reason: &str| {
+        type_error(
+            env,
+            format!("{name} could not be read as plain data: {reason}"),
+        )
+    };
+    let stringify: Function<Unknown, Unknown> = json_function(env, "stringify")?;
+    let text = stringify.call(value).map_err(|e| unreadable(&e.reason))?;
+    if text.get_type()? != ValueType::String {
+        return Err(unreadable("it has no JSON form"));
+    }
+    let text = unsafe { text.cast::<String>() }?;
+    serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
+}
+
+/// `undefined` and `null` read as absent.
+pub fn is_nullish(value: &Unknown) -> bool {
+    matches!(
+        value.get_type(),
+        Ok(ValueType::Undefined) | Ok(ValueType::Null)
+    )
+}
+
+/// An optional string argument.
+pub fn optional_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<String>> {
+    match value {
+        None => Ok(None),
+        Some(value) if is_nullish(&value) => Ok(None),
+        Some(value) => match value.get_type()? {
+            ValueType::String => Ok(Some(unsafe { value.cast::<String>() }?)),
+            other => Err(type_error(
+                env,
+                format!("{name} must be a string, got {}", describe(other)),
+            )),
+        },
+    }
+}
+
+/// A required string argument.
+pub fn required_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
+    optional_string(env, value, name)?
+        .ok_or_else(|| type_error(env, format!("{name} must be a string, got undefined")))
+}
+
+/// A required non-empty string argument (ids and tokens).
+pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
+    let text = required_string(env, value, name)?;
+    if text.trim().is_empty() {
+        return Err(type_error(
+            env,
+            format!("{name} must be a non-empty string"),
+        ));
+    }
+    Ok(text)
+}
+
+/// A finite number argument, within `min..=max`.
+pub fn number_in(env: &Env, value: Unknown, name: &str, min: f64, max: f64) -> Result<f64> {
+    let number = match value.get_type()? {
+        ValueType::Number => unsafe { value.cast::<f64>() }?,
+        other => {
+            return Err(type_error(
+                env,
+                format!("{name} must be a number, got {}", describe(other)),
+            ))
+        }
+    };
+    if !number.is_finite() || number < min || number > max {
+        return Err(range_error(
+            env,
+            format!("{name} must be a finite number from {min} to {max}, got {number}"),
+        ));
+    }
+    Ok(number)
+}
+
+pub fn describe(value_type: ValueType) -> &'static str {
+    match value_type {
+        ValueType::Undefined => "undefined",
+        ValueType::Null => "null",
+        ValueType::Boolean => "a boolean",
+        ValueType::Number => "a number",
+        ValueType::String => "a string",
+        ValueType::Symbol => "a symbol",
+        ValueType::Object => "an object",
+        ValueType::Function => "a function",
+        ValueType::External => "an external",
+        ValueType::BigInt => "a bigint",
+        _ => "an unknown value",
+    }
+}
+
+/// `undefined` when absent (API.md's optional results), the value otherwise.
+pub struct OrUndefined<T>(pub Option<T>);
+
+impl<T: ToNapiValue> ToNapiValue for OrUndefined<T> {
+    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
+        match value.0 {
+            Some(inner) => T::to_napi_value(env, inner),
+            None => <()>::to_napi_value(env, ()),
+        }
+    }
+}
+
+impl<T> TypeName for OrUndefined<T> {
+    fn type_name() -> &'static str {
+        "OrUndefined"
+    }
+
+    fn value_type() -> ValueType {
+        ValueType::Unknown
+    }
+}

@@ -1,0 +1,84 @@
+//! One promise per running request. Every caller attached to the same request (it started it,
+//! or joined it) gets the same promise, settled once with one deep-frozen result: 10,000
+//! callers of one refresh cost one conversion and one resolution, not 10,000. The core counts
+//! every caller in `stats()` when the request is done.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use napi::bindgen_prelude::*;
+use napi::UnknownRef;
+use serde::Serialize;
+
+use super::js::quota_error;
+use super::views::Frozen;
+use quota_core::manager::{Refresh, RefreshOutcome};
+use quota_core::snapshot::QuotaSnapshot;
+
+/// What a refresh method resolves with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shape {
+    /// `refreshMain` / `refreshFallback`: the snapshot.
+    Snapshot,
+    /// The `…WithMetadata` variants: `{ quota, fetched }`.
+    WithMetadata,
+}
+
+/// A settled refresh, in the shape its method promises.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Snapshot(QuotaSnapshot),
+    WithMetadata { quota: QuotaSnapshot, fetched: bool },
+}
+
+type Running = HashMap<(u64, Shape), UnknownRef<false>>;
+
+#[derive(Default)]
+pub struct SharedPromises {
+    running: Rc<RefCell<Running>>,
+}
+
+impl SharedPromises {
+    /// The promise for `refresh`: the running request's, when one was already handed out.
+    pub fn promise<'env>(
+        &self,
+        env: &'env Env,
+        refresh: Refresh,
+        shape: Shape,
+    ) -> Result<Unknown<'env>> {
+        let Refresh { wait, attempt_id } = refresh;
+        let key = attempt_id.map(|id| (id, shape));
+        if let Some(existing) =
+            key.and_then(|key| self.running.borrow().get(&key).map(|r| r.get_value(env)))
+        {
+            // The request's starter counts every caller in stats(); this wait is not needed.
+            drop(wait);
+            return existing;
+        }
+        let running = self.running.clone();
+        let promise =
+            env.spawn_future_with_callback(async move { Ok(wait.await) }, move |env, settled| {
+                if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
+                    let _ = reference.unref(env);
+                }
+                let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
+                Ok(Frozen(match shape {
+                    Shape::Snapshot => Answer::Snapshot(outcome.quota),
+                    Shape::WithMetadata => Answer::WithMetadata {
+                        quota: outcome.quota,
+                        fetched: outcome.fetched,
+                    },
+                }))
+            })?;
+        let promise = promise.to_unknown();
+        if let Some(key) = key {
+            // A reference without the leak warning: one left behind at process exit is moot.
+            let reference =
+                unsafe { UnknownRef::<false>::from_napi_value(env.raw(), promise.raw()) }?;
+            self.running.borrow_mut().insert(key, reference);
+        }
+        Ok(promise)
+    }
+}
