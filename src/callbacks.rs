@@ -29,7 +29,7 @@ enum CallbackReturn {
 impl FromNapiValue for CallbackReturn {
     unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
         let mut is_promise = false;
-        check_status!(unsafe { sys::napi_is_promise(env, value, &mut is_promise) })?;
+        check_status!(unsafe { sys::napi_is_promise(env, value, &raw mut is_promise) })?;
         if is_promise {
             Ok(Self::Promise(unsafe {
                 Promise::from_napi_value(env, value)
@@ -113,11 +113,16 @@ impl JsCallbacks {
 
     /// Drops every callback, so nothing the host passed in outlives `close()`.
     pub fn release(&self) {
-        *self.slots.lock().unwrap_or_else(|p| p.into_inner()) = Slots::default();
+        *self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Slots::default();
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

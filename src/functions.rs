@@ -65,7 +65,7 @@ pub fn evaluate_quota(
     let result = evaluate(quota.as_ref(), &policy, model.as_deref());
     Ok(Json(Evaluation {
         passes: result.passes,
-        reason: result.reason.map(|r| r.as_str()),
+        reason: result.reason.map(quota_core::policy::BlockReason::as_str),
         blocked_until: result.blocked_until,
     }))
 }

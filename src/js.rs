@@ -74,7 +74,7 @@ pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
 fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()> {
     object.set("code", error.code())?;
     if let Some(status) = error.status() {
-        object.set("status", status as u32)?;
+        object.set("status", u32::from(status))?;
     }
     if let Some(retry_after_ms) = error.retry_after_ms() {
         object.set("retryAfterMs", retry_after_ms as f64)?;
@@ -91,7 +91,7 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
 
 /// Reads any JavaScript value as JSON-like data, through V8's own `JSON.stringify` (much faster
 /// than walking the object through N-API); `Err` is a `TypeError` naming `name` (a cycle, a
-/// BigInt, or a value with no JSON form). A throw inside `stringify` is caught by `call`.
+/// `BigInt`, or a value with no JSON form). A throw inside `stringify` is caught by `call`.
 pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
     let unreadable = |reason: &str| {
         type_error(
@@ -110,10 +110,7 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
 
 /// `undefined` and `null` read as absent.
 pub fn is_nullish(value: &Unknown) -> bool {
-    matches!(
-        value.get_type(),
-        Ok(ValueType::Undefined) | Ok(ValueType::Null)
-    )
+    matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null))
 }
 
 /// An optional string argument.
@@ -181,7 +178,7 @@ pub fn describe(value_type: ValueType) -> &'static str {
         ValueType::Function => "a function",
         ValueType::External => "an external",
         ValueType::BigInt => "a bigint",
-        _ => "an unknown value",
+        ValueType::Unknown => "an unknown value",
     }
 }
 

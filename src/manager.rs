@@ -47,10 +47,10 @@ pub struct FailClosedAnswer {
 }
 
 /// A promise that resolves with `undefined` when `work` is done (it cannot fail).
-fn void_promise<'env>(
-    env: &'env Env,
+fn void_promise(
+    env: &Env,
     work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<PromiseRaw<'env, ()>> {
+) -> Result<PromiseRaw<'_, ()>> {
     env.spawn_future_with_callback(
         async move {
             work.await;

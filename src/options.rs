@@ -220,7 +220,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
     })
 }
 
-/// `undefined`: the OpenCode config dir, resolved now so later environment changes cannot move
+/// `undefined`: the `OpenCode` config dir, resolved now so later environment changes cannot move
 /// it. `null`: memory only.
 fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     match fields.raw("statePath")? {

@@ -311,7 +311,10 @@ mod tests {
             body.len()
         );
         for (name, value) in headers {
-            text.push_str(&format!("{name}: {value}\r\n"));
+            text.push_str(name);
+            text.push_str(": ");
+            text.push_str(value);
+            text.push_str("\r\n");
         }
         text.push_str("\r\n");
         text.push_str(body);
@@ -345,7 +348,7 @@ mod tests {
     fn assert_bad_response(result: Result<QuotaSnapshot, QuotaError>, needle: &str) {
         match result {
             Err(QuotaError::BadResponse(reason)) => {
-                assert!(reason.contains(needle), "{reason:?} lacks {needle:?}")
+                assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
             }
             other => panic!("expected BadResponse, got {other:?}"),
         }

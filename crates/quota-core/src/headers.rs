@@ -332,8 +332,8 @@ mod tests {
                 ("anthropic-ratelimit-unified-5h-utilization", garbage),
                 ("anthropic-ratelimit-unified-7d-utilization", "0.25"),
             ])
-            .unwrap_or_else(|| panic!("7d must survive 5h garbage {:.10}", garbage));
-            assert!(snapshot.five_hour.is_none(), "accepted {:.10}", garbage);
+            .unwrap_or_else(|| panic!("7d must survive 5h garbage {garbage:.10}"));
+            assert!(snapshot.five_hour.is_none(), "accepted {garbage:.10}");
             assert_eq!(snapshot.seven_day.unwrap().used_percent, 25.0);
         }
     }
@@ -360,7 +360,7 @@ mod tests {
             .five_hour
             .unwrap();
             assert_eq!(five.used_percent, 20.0);
-            assert_eq!(five.resets_at, None, "accepted reset {:.10}", garbage);
+            assert_eq!(five.resets_at, None, "accepted reset {garbage:.10}");
         }
     }
 

@@ -95,7 +95,7 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
         merged.fallback_advised = merged.fallback_advised.or(cached.fallback_advised);
     }
     if merged.account_identity.is_none() {
-        merged.account_identity = cached.account_identity.clone();
+        merged.account_identity.clone_from(&cached.account_identity);
     }
     merged
 }

@@ -204,14 +204,14 @@ mod tests {
     const SCOPED_RESET: &str = "2026-09-18T00:00:00Z";
     const SCOPED_RESET_MS: i64 = 1_789_689_600_000;
 
-    fn window(used: f64, reset: &str) -> Option<QuotaWindow> {
-        Some(QuotaWindow::from_used(used, Some(reset.into()), 0))
+    fn window(used: f64, reset: &str) -> QuotaWindow {
+        QuotaWindow::from_used(used, Some(reset.into()), 0)
     }
 
     fn snapshot(five_used: f64, seven_used: f64, fable_used: f64) -> QuotaSnapshot {
         QuotaSnapshot {
-            five_hour: window(five_used, FIVE_RESET),
-            seven_day: window(seven_used, SEVEN_RESET),
+            five_hour: Some(window(five_used, FIVE_RESET)),
+            seven_day: Some(window(seven_used, SEVEN_RESET)),
             scoped: Some(vec![ScopedQuotaWindow {
                 used_percent: fable_used,
                 remaining_percent: 100.0 - fable_used,
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn past_reset_is_still_evaluated_as_given() {
         let quota = QuotaSnapshot {
-            five_hour: window(100.0, "2000-01-01T00:00:00Z"),
+            five_hour: Some(window(100.0, "2000-01-01T00:00:00Z")),
             ..Default::default()
         };
         assert_eq!(

@@ -62,8 +62,9 @@ impl RouteRecord {
             return;
         }
         if is_newer(self.entry.as_deref(), incoming.entry.as_deref()) {
-            self.entry = incoming.entry.clone();
-            self.token_fingerprint = incoming.token_fingerprint.clone();
+            self.entry.clone_from(&incoming.entry);
+            self.token_fingerprint
+                .clone_from(&incoming.token_fingerprint);
         }
         if incoming.backoff_updated_at > self.backoff_updated_at {
             self.backoff = incoming.backoff.clone();
@@ -73,7 +74,8 @@ impl RouteRecord {
         }
         if incoming.last_attempt_at > self.last_attempt_at {
             self.last_attempt_at = incoming.last_attempt_at;
-            self.last_attempt_token = incoming.last_attempt_token.clone();
+            self.last_attempt_token
+                .clone_from(&incoming.last_attempt_token);
         }
     }
 }
@@ -194,7 +196,7 @@ impl StateStore {
         for update in updates {
             match update {
                 StoreUpdate::Merge { key, record } => {
-                    state.routes.entry(key.clone()).or_default().merge(record)
+                    state.routes.entry(key.clone()).or_default().merge(record);
                 }
                 StoreUpdate::Remove { key } => {
                     state.routes.remove(key);
@@ -208,13 +210,13 @@ impl StateStore {
 
     /// Tries to take a route's refresh lock without blocking; `None` when another holder has it.
     pub fn try_lock_route(&self, key: &str) -> Result<Option<RouteLock>, QuotaError> {
-        self.ensure_dir(&self.locks_dir)?;
+        Self::ensure_dir(&self.locks_dir)?;
         let lock_path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
-        let file = open_lock_file(&lock_path).map_err(|e| self.error(&lock_path, e))?;
+        let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => Ok(Some(RouteLock { _file: file })),
             Err(fs4::TryLockError::WouldBlock) => Ok(None),
-            Err(fs4::TryLockError::Error(e)) => Err(self.error(&lock_path, e)),
+            Err(fs4::TryLockError::Error(e)) => Err(Self::error(&lock_path, e)),
         }
     }
 
@@ -222,17 +224,17 @@ impl StateStore {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Parsed::Missing),
-            Err(e) => return Err(self.error(&self.path, e)),
+            Err(e) => return Err(Self::error(&self.path, e)),
         };
         Ok(parse_state(&bytes).map_or(Parsed::Corrupt, Parsed::Valid))
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
-        self.ensure_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        let file = open_lock_file(&self.lock_path).map_err(|e| self.error(&self.lock_path, e))?;
+        Self::ensure_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        let file = open_lock_file(&self.lock_path).map_err(|e| Self::error(&self.lock_path, e))?;
         // Critical sections are a read, a merge and a small write: blocking is brief, and the OS
         // releases the lock of a holder that dies.
-        fs4::FileExt::lock(&file).map_err(|e| self.error(&self.lock_path, e))?;
+        fs4::FileExt::lock(&file).map_err(|e| Self::error(&self.lock_path, e))?;
         Ok(file)
     }
 
@@ -241,7 +243,7 @@ impl StateStore {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".corrupt-{stamp}"));
         let target = self.path.with_file_name(name);
-        fs::rename(&self.path, &target).map_err(|e| self.error(&self.path, e))?;
+        fs::rename(&self.path, &target).map_err(|e| Self::error(&self.path, e))?;
         Ok(target)
     }
 
@@ -256,15 +258,15 @@ impl StateStore {
             .prefix(&self.temp_prefix())
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
-            .map_err(|e| self.error(dir, e))?;
+            .map_err(|e| Self::error(dir, e))?;
         temp.write_all(&bytes)
             .and_then(|()| temp.as_file().sync_all())
-            .map_err(|e| self.error(temp.path(), e))?;
+            .map_err(|e| Self::error(temp.path(), e))?;
         temp.persist(&self.path)
-            .map_err(|e| self.error(&self.path, e.error))?;
+            .map_err(|e| Self::error(&self.path, e.error))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|e| self.error(dir, e))
+            .map_err(|e| Self::error(dir, e))
     }
 
     fn temp_prefix(&self) -> String {
@@ -290,7 +292,7 @@ impl StateStore {
         }
     }
 
-    fn ensure_dir(&self, dir: &Path) -> Result<(), QuotaError> {
+    fn ensure_dir(dir: &Path) -> Result<(), QuotaError> {
         if dir.as_os_str().is_empty() || dir.is_dir() {
             return Ok(());
         }
@@ -298,10 +300,10 @@ impl StateStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| self.error(dir, e))
+            .map_err(|e| Self::error(dir, e))
     }
 
-    fn error(&self, path: &Path, error: std::io::Error) -> QuotaError {
+    fn error(path: &Path, error: std::io::Error) -> QuotaError {
         QuotaError::State {
             path: path.display().to_string(),
             reason: error.to_string(),
@@ -536,6 +538,11 @@ mod tests {
 
     #[test]
     fn the_default_path_follows_the_opencode_config_dir_rules() {
+        static ALL: [(&str, &str); 3] = [
+            ("OPENCODE_CONFIG_DIR", "/oc"),
+            ("XDG_CONFIG_HOME", "/xdg"),
+            ("HOME", "/h"),
+        ];
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| {
                 pairs
@@ -544,11 +551,6 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             }
         };
-        static ALL: [(&str, &str); 3] = [
-            ("OPENCODE_CONFIG_DIR", "/oc"),
-            ("XDG_CONFIG_HOME", "/xdg"),
-            ("HOME", "/h"),
-        ];
         assert_eq!(
             default_state_path(env(&ALL)),
             Some(PathBuf::from("/oc/anthropic-quota-state.json"))

@@ -19,18 +19,17 @@ pub struct FailClosedResponse {
 impl RouteSlot {
     /// The answer while backed off: the cache, or a `QUOTA_BACKED_OFF` error when empty.
     pub(super) fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
-        match self.entry() {
-            Some(entry) => Ok(RefreshOutcome {
+        if let Some(entry) = self.entry() {
+            Ok(RefreshOutcome {
                 quota: entry.quota.clone(),
                 fetched: false,
-            }),
-            None => {
-                let next_retry_at = self.record.backoff.next_retry_at.unwrap_or(now);
-                Err(QuotaError::BackedOff {
-                    next_retry_at,
-                    retry_after_ms: (next_retry_at - now).max(0),
-                })
-            }
+            })
+        } else {
+            let next_retry_at = self.record.backoff.next_retry_at.unwrap_or(now);
+            Err(QuotaError::BackedOff {
+                next_retry_at,
+                retry_after_ms: (next_retry_at - now).max(0),
+            })
         }
     }
 

@@ -114,7 +114,7 @@ impl QuotaManager {
     ) -> Result<Self, ConfigError> {
         let client = UsageClient::new(config.usage.clone())?;
         let store = config.state_path.clone().map(StateStore::new);
-        let state = State {
+        let initial = State {
             closed: false,
             settings: Settings::from_config(&config, storage.as_ref()),
             routes: Routes::default(),
@@ -131,7 +131,7 @@ impl QuotaManager {
                 events,
                 stats,
                 runtime,
-                state: Mutex::new(state),
+                state: Mutex::new(initial),
             }),
         };
         let main_identity = storage.as_ref().and_then(|s| s.main_account_id.as_deref());

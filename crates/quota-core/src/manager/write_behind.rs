@@ -40,7 +40,9 @@ pub(super) struct Staged {
 
 impl Staged {
     /// The caller writes the queue itself, right after queuing.
-    pub fn flushed_by_caller(self) {}
+    pub fn flushed_by_caller(self) {
+        let Self { needs_write: _ } = self;
+    }
 }
 
 impl WriteBehind {
