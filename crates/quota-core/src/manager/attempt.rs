@@ -59,31 +59,36 @@ impl QuotaManager {
         };
         let _route_lock = match &self.inner.store {
             Some(store) => match self.lock_route(store, &attempt.key).await {
-                Ok(lock) => Some(lock),
+                Ok((lock, shared)) => {
+                    if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
+                        return (settled, None);
+                    }
+                    Some(lock)
+                }
                 Err(error) => return failed(error),
             },
             None => None,
         };
-        match self.serve_from_shared_state(attempt).await {
-            Ok(Some(settled)) => return (settled, None),
-            Ok(None) => {}
-            Err(error) => return failed(error),
-        }
         self.wait_for_pacing(attempt).await;
         let (result, announcement) = self.fetch_and_record(attempt).await;
         ((Served::Request, result), announcement)
     }
 
     /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
-    /// process's refresh to finish. Each try opens a file: it runs on the blocking pool.
-    async fn lock_route(&self, store: &StateStore, key: &str) -> Result<RouteLock, QuotaError> {
+    /// process's refresh to finish, and reads what the state file holds for the route under it.
+    /// Each try opens a file: it runs on the blocking pool.
+    async fn lock_route(
+        &self,
+        store: &StateStore,
+        key: &str,
+    ) -> Result<(RouteLock, Option<RouteRecord>), QuotaError> {
         let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         let mut counted_wait = false;
         loop {
-            match run_blocking(store, key, StateStore::try_lock_route).await {
-                Ok(Some(lock)) => return Ok(lock),
+            match run_blocking(store, key, lock_and_read).await {
+                Ok(Some(locked)) => return Ok(locked),
                 Ok(None) => {}
                 Err(error) => {
                     bump(&self.inner.stats.state_errors);
@@ -109,37 +114,25 @@ impl QuotaManager {
 
     /// With the route lock held: folds in what other processes wrote, then answers from it
     /// when it makes a request pointless (an open shared backoff, or a result produced while
-    /// this call waited). `Ok(None)` means: fetch.
-    async fn serve_from_shared_state(
+    /// this call waited). `None` means: fetch.
+    fn serve_from_shared_state(
         &self,
         attempt: &Attempt,
-    ) -> Result<Option<Settled>, QuotaError> {
-        let Some(store) = &self.inner.store else {
-            return Ok(None);
-        };
-        let record: Option<RouteRecord> = run_blocking(store, &attempt.key, StateStore::read_route)
-            .await
-            .inspect_err(|_| {
-                bump(&self.inner.stats.state_errors);
-            })?;
+        record: Option<&RouteRecord>,
+    ) -> Option<Settled> {
         let now = self.now();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
-        let Some(slot) = state
+        let slot = state
             .routes
-            .attempt_slot(&attempt.route, attempt.generation)
-        else {
-            return Ok(None);
-        };
-        if let Some(record) = &record {
+            .attempt_slot(&attempt.route, attempt.generation)?;
+        if let Some(record) = record {
             slot.adopt(record);
         }
         if slot.record.backoff.is_open(now) {
-            return Ok(Some((Served::DuringBackoff, slot.served_from_cache(now))));
+            return Some((Served::DuringBackoff, slot.served_from_cache(now)));
         }
-        let Some(entry) = slot.entry() else {
-            return Ok(None);
-        };
+        let entry = slot.entry()?;
         let produced_by_another = attempt
             .baseline_checked_at
             .is_none_or(|b| entry.checked_at > b);
@@ -150,9 +143,9 @@ impl QuotaManager {
                 quota: entry.quota.clone(),
                 fetched: false,
             };
-            return Ok(Some((Served::OtherProcess, Ok(outcome))));
+            return Some((Served::OtherProcess, Ok(outcome)));
         }
-        Ok(None)
+        None
     }
 
     async fn fetch_and_record(
@@ -222,6 +215,18 @@ impl QuotaManager {
         slot.clear_backoff(now);
         (quota, true)
     }
+}
+
+/// One try at the route's lock; when taken, the route's record as the state file holds it (read
+/// under the lock, in the same trip to the blocking pool).
+fn lock_and_read(
+    store: &StateStore,
+    key: &str,
+) -> Result<Option<(RouteLock, Option<RouteRecord>)>, QuotaError> {
+    let Some(lock) = store.try_lock_route(key)? else {
+        return Ok(None);
+    };
+    Ok(Some((lock, store.read_route(key)?)))
 }
 
 /// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.
