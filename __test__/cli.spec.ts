@@ -4,7 +4,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
-import { QuotaManager } from '../index.js'
+import { QuotaManager, parseRouteKey } from '../index.js'
 import { startUsageSimulator, type UsageSimulator } from '../simulator/index.js'
 
 const root = path.resolve(__dirname, '..')
@@ -51,6 +51,17 @@ beforeAll(async () => {
 afterAll(async () => {
   await sim.close()
   fs.rmSync(dir, { recursive: true, force: true })
+})
+
+describe('parseRouteKey (the route keys the CLI reads)', () => {
+  it('reads main and fallback keys as the manager writes them, and nothing else', () => {
+    expect(parseRouteKey('main:alice')).toEqual({ kind: 'main', id: 'alice' })
+    expect(parseRouteKey('main:token:0123456789abcdef')).toEqual({ kind: 'main', id: 'token:0123456789abcdef' })
+    expect(parseRouteKey('fallback:fb:1')).toEqual({ kind: 'fallback', id: 'fb:1' })
+    expect(parseRouteKey('other:x')).toBeNull()
+    expect(parseRouteKey('Main:alice')).toBeNull()
+    expect(() => parseRouteKey(42 as unknown as string)).toThrow(TypeError)
+  })
 })
 
 describe('anthropic-quota-manager status', () => {
