@@ -6,9 +6,12 @@
 //! - [`headers`] and [`merge`]: quota from response headers and snapshot ownership (SPEC §2)
 //! - [`freshness`]: when a cache entry is due (SPEC §3)
 //! - [`backoff`]: the per-route backoff ladder and `Retry-After` (SPEC §4)
-//! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6)
+//! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6); [`route_key`]: how
+//!   it names routes
 //! - [`policy`]: the routing policy (SPEC §8)
-//! - [`manager`]: the state machine that ties them together
+//! - [`manager`]: the state machine that ties them together (a facade over one module per
+//!   concern)
+//! - [`error`]: the one runtime error enum with stable codes, and the typed configuration error
 
 pub mod backoff;
 pub mod client;
