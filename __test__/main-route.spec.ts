@@ -569,15 +569,24 @@ describe('seeding from storage', () => {
     expect(manager.stats().apiCalls).toBe(0)
   })
 
-  it('a fresh persisted snapshot: no request on getMain while fresh, against a live endpoint', async () => {
+  it("a fresh persisted snapshot: the host's refresh loop sends nothing until it is due, against a live endpoint", async () => {
     const sim = await h.simulator()
     const { manager, clock } = h.manager(sim, { storage: freshStorage() })
-    expect(manager.getMain('alice')).not.toBeNull()
-    expect(manager.needsRefresh(1)).toBe(false)
-    clock.advance(4 * MINUTE)
-    expect(manager.isMainStale()).toBe(true) // checked at T0 - 1 min, interval 5 min
-    await settle(20)
+    // The plugin's loop (README): on each request, refresh in the background when needed.
+    const hostRequest = (n: number): void => {
+      expect(manager.getMain('alice')).not.toBeNull()
+      if (manager.needsRefresh(n)) manager.refreshMainInBackground(TOKEN)
+    }
+    for (let n = 1; n <= 20; n++) hostRequest(n)
+    clock.advance(4 * MINUTE - 1) // checked at T0 - 1 min, interval 5 min: 1 ms short of due
+    for (let n = 21; n <= 40; n++) hostRequest(n)
+    await settle(50)
     expect(sim.requests).toBe(0)
+    // The same loop does send once the snapshot is due, so the silence above was freshness.
+    clock.advance(1)
+    expect(manager.isMainStale()).toBe(true)
+    hostRequest(41)
+    await until(() => sim.requests === 1, 'the refresh once due')
   })
 
   it('an active persisted mainLastQuotaApiError backs the route off: refreshMain sends nothing', async () => {
@@ -965,21 +974,31 @@ describe('pacing', () => {
     expect(gapBetween(sim)).toBeLessThan(3_000)
   })
 
-  it('the gap is per access token', async () => {
+  // The next two tests each include a request that must be paced, so pacing that did not happen
+  // at all fails them too. Gaps are measured on the simulator's receive times.
+  const gapOf = (sim: UsageSimulator, from: number, to: number): number => sim.log[to].at - sim.log[from].at
+
+  it('the gap is per access token: another token goes at once while the first one still waits', async () => {
     const sim = await h.simulator()
-    const { manager } = h.manager(sim, { apiCallGapMs: 1_000 })
+    const { manager } = h.manager(sim, { apiCallGapMs: 2_000 })
     await manager.refreshMain('alice', TOKEN)
     await manager.refreshMain('alice', TOKEN_2)
-    expect(gapBetween(sim)).toBeLessThan(500)
+    await manager.refreshMain('alice', TOKEN)
+    expect(sim.log.map((r) => r.tokenFingerprint)).toEqual([TOKEN, TOKEN_2, TOKEN].map(tokenFingerprint))
+    expect(gapOf(sim, 0, 1)).toBeLessThan(1_000) // TOKEN_2 was not held by TOKEN's gap
+    expect(gapOf(sim, 0, 2)).toBeGreaterThanOrEqual(1_950) // TOKEN was held by its own
   })
 
-  it('time that passed on the manager clock counts toward the gap', async () => {
+  it('time that passed on the manager clock counts toward the gap (and only that time)', async () => {
     const sim = await h.simulator()
-    const { manager, clock } = h.manager(sim, { apiCallGapMs: 1_000 })
+    const { manager, clock } = h.manager(sim, { apiCallGapMs: 2_000 })
     await manager.refreshMain('alice', TOKEN)
-    clock.advance(1_000)
-    await manager.refreshMain('alice', TOKEN)
-    expect(gapBetween(sim)).toBeLessThan(500)
+    clock.advance(2_000)
+    await manager.refreshMain('alice', TOKEN) // the gap already passed on the manager clock
+    await manager.refreshMain('alice', TOKEN) // the clock did not move: a whole gap again
+    expect(sim.requests).toBe(3)
+    expect(gapOf(sim, 0, 1)).toBeLessThan(1_000)
+    expect(gapOf(sim, 1, 2)).toBeGreaterThanOrEqual(1_950)
   })
 })
 
