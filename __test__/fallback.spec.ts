@@ -15,8 +15,8 @@ import {
   recordingCallbacks,
   requestsWith,
   sha16,
-  sleep,
   startCountingServer,
+  until,
 } from './helpers/fallback-harness.js'
 import type { RecordedEvents } from './helpers/fallback-harness.js'
 
@@ -121,7 +121,7 @@ describe('fallback cache', () => {
     const { manager, sim } = await setup()
     sim.replyOnce({ delayMs: 300 })
     const running = manager.refreshFallback('a', 'tok-a')
-    await sleep(80)
+    await until(() => sim.requests === 1, 'the poll to reach the simulator')
     manager.clearFallback('a')
     await running.catch(() => undefined)
     expect(manager.getFallback('a')).toBeNull()
@@ -131,9 +131,10 @@ describe('fallback cache', () => {
 
 describe('fallback callbacks', () => {
   it('onFallbackQuotaFetched(accountId, quota, checkedAt, fetchStartedAt) fires after a poll; main callbacks do not', async () => {
-    const { manager, clock, events } = await setup({}, 250)
+    const { manager, clock, events, sim } = await setup({}, 250)
     const running = manager.refreshFallback('a', 'tok-a')
-    await sleep(60)
+    // The request is on the wire (the simulator holds its answer 250 ms): time moves on now.
+    await until(() => sim.requests === 1, 'the request to reach the simulator')
     clock.advance(5 * SECOND) // the response arrives later than the request started
     const quota = await running
     expect(events.fallbackFetched).toHaveLength(1)
@@ -265,7 +266,7 @@ describe('single flight per account id', () => {
     const { manager, sim } = await setup({}, 300)
     const lineage = { authLineageId: 'login-1' }
     const first = manager.refreshFallback('a', 'tok-old', account('a', { access: 'tok-old', ...lineage }))
-    await sleep(80)
+    await until(() => sim.requests === 1, 'the first poll to reach the simulator')
     const rotated = manager.refreshFallbackWithMetadata('a', 'tok-new', account('a', { access: 'tok-new', ...lineage }))
     const [q1, q2] = await Promise.all([first, rotated])
     expect(sim.requests).toBe(1)
@@ -346,7 +347,7 @@ describe('login replacement (authLineageId)', () => {
     const { manager, sim, events } = await setup()
     sim.replyOnce({ delayMs: 300, body: usageBody({ fiveHour: 11 }) })
     const old = manager.refreshFallback('a', 'tok-1', login1())
-    await sleep(80)
+    await until(() => sim.requests === 1, 'the first poll to reach the simulator')
     expect(manager.getFallback('a', login2())).toBeNull()
     const settled = await old
     expect(settled.five_hour?.usedPercent).toBe(11) // its own caller still gets an answer
@@ -361,7 +362,7 @@ describe('login replacement (authLineageId)', () => {
     sim.replyOnce({ delayMs: 300, body: usageBody({ fiveHour: 11 }) })
     sim.replyOnce({ delayMs: 0, body: usageBody({ fiveHour: 22 }) })
     const old = manager.refreshFallback('a', 'tok-1', login1())
-    await sleep(80)
+    await until(() => sim.requests === 1, 'the first poll to reach the simulator')
     const fresh = await manager.refreshFallback('a', 'tok-2', login2())
     expect(fresh.five_hour?.usedPercent).toBe(22)
     await old
@@ -373,7 +374,7 @@ describe('login replacement (authLineageId)', () => {
     const { manager, sim, events } = await setup()
     sim.replyOnce({ delayMs: 300, status: 429 })
     const old = manager.refreshFallback('a', 'tok-1', login1())
-    await sleep(80)
+    await until(() => sim.requests === 1, 'the first poll to reach the simulator')
     manager.getFallback('a', login2())
     await failureOf(() => old)
     expect(manager.isFallbackBackedOff('a')).toBe(false)

@@ -324,6 +324,30 @@ describe('backoff ladder', () => {
     expect(backoffMs(manager)).toBe(2 * 3_600 * SECOND)
   })
 
+  // Retry-After values up to 30 days are honoured (capped at maxRetryAfterMs); the bound is
+  // inclusive. Default maxRetryAfterMs: 6 h.
+  const THIRTY_DAYS_S = 30 * 24 * 3_600
+
+  it('a Retry-After of exactly 30 days is honoured, capped at maxRetryAfterMs', async () => {
+    const sim = await h.simulator()
+    const { manager } = h.manager(sim)
+    sim.replyOnce({ status: 429, headers: { 'retry-after': String(THIRTY_DAYS_S) } })
+    const error = await rejectionOf(manager.refreshMain('alice', TOKEN))
+    expect(error.retryAfterMs).toBe(THIRTY_DAYS_S * SECOND)
+    expect(backoffMs(manager)).toBe(6 * 3_600 * SECOND)
+  })
+
+  // issue 11 (item 11): a Retry-After beyond 30 days is dropped today (the 60 s rung applies)
+  // instead of being capped at maxRetryAfterMs, so a server asking for a long pause is polled
+  // again after a minute. Remove `.fails` once the product caps it.
+  it.fails('a Retry-After beyond 30 days is capped at maxRetryAfterMs, not dropped to the 60 s rung', async () => {
+    const sim = await h.simulator()
+    const { manager } = h.manager(sim)
+    sim.replyOnce({ status: 429, headers: { 'retry-after': String(THIRTY_DAYS_S + 1) } })
+    await rejectionOf(manager.refreshMain('alice', TOKEN))
+    expect(backoffMs(manager)).toBe(6 * 3_600 * SECOND)
+  })
+
   it('a success resets the ladder: the next failure is attempt 1 again', async () => {
     const sim = await h.simulator()
     const { manager, clock } = h.manager(sim)
@@ -569,15 +593,24 @@ describe('seeding from storage', () => {
     expect(manager.stats().apiCalls).toBe(0)
   })
 
-  it('a fresh persisted snapshot: no request on getMain while fresh, against a live endpoint', async () => {
+  it("a fresh persisted snapshot: the host's refresh loop sends nothing until it is due, against a live endpoint", async () => {
     const sim = await h.simulator()
     const { manager, clock } = h.manager(sim, { storage: freshStorage() })
-    expect(manager.getMain('alice')).not.toBeNull()
-    expect(manager.needsRefresh(1)).toBe(false)
-    clock.advance(4 * MINUTE)
-    expect(manager.isMainStale()).toBe(true) // checked at T0 - 1 min, interval 5 min
-    await settle(20)
+    // The plugin's loop (README): on each request, refresh in the background when needed.
+    const hostRequest = (n: number): void => {
+      expect(manager.getMain('alice')).not.toBeNull()
+      if (manager.needsRefresh(n)) manager.refreshMainInBackground(TOKEN)
+    }
+    for (let n = 1; n <= 20; n++) hostRequest(n)
+    clock.advance(4 * MINUTE - 1) // checked at T0 - 1 min, interval 5 min: 1 ms short of due
+    for (let n = 21; n <= 40; n++) hostRequest(n)
+    await settle(50)
     expect(sim.requests).toBe(0)
+    // The same loop does send once the snapshot is due, so the silence above was freshness.
+    clock.advance(1)
+    expect(manager.isMainStale()).toBe(true)
+    hostRequest(41)
+    await until(() => sim.requests === 1, 'the refresh once due')
   })
 
   it('an active persisted mainLastQuotaApiError backs the route off: refreshMain sends nothing', async () => {
@@ -856,7 +889,7 @@ describe('refreshMainInBackground', () => {
     expect(manager.getMain(TOKEN)?.quota.five_hour?.usedPercent).toBe(9)
   })
 
-  it('starts no second request while one runs', async () => {
+  it('starts no second request while one runs, and does not even join it', async () => {
     const sim = await h.simulator({ delayMs: 150 })
     const { manager } = h.manager(sim)
     const foreground = manager.refreshMain(TOKEN)
@@ -865,6 +898,8 @@ describe('refreshMainInBackground', () => {
     await foreground
     await settle(100)
     expect(sim.requests).toBe(1)
+    // Joining would be counted: the guard returns before any refresh is begun.
+    expect(manager.stats()).toMatchObject({ apiCalls: 1, joinedInFlight: 0, servedDuringBackoff: 0 })
   })
 
   it('two background calls back to back share one request', async () => {
@@ -885,6 +920,8 @@ describe('refreshMainInBackground', () => {
     manager.refreshMainInBackground(TOKEN)
     await settle(100)
     expect(sim.requests).toBe(1)
+    // Not even a refresh served from the backoff: that would be counted.
+    expect(manager.stats()).toMatchObject({ apiCalls: 1, servedDuringBackoff: 0, joinedInFlight: 0 })
     clock.advance(60 * SECOND)
     manager.refreshMainInBackground(TOKEN)
     await until(() => sim.requests === 2, 'the request after the window')
@@ -910,7 +947,8 @@ describe('close()', () => {
     // Let the calls reach the manager before closing (see the next test for the same tick).
     await until(() => sim.requests === 1, 'the request to go out')
     await manager.close()
-    // close() waited for the running request: both calls already settled, successfully.
+    // Both calls made before close() succeed. (Awaiting them here cannot show that close()
+    // waited for them to settle first: issue 11 item 13, a rare race, not asserted here.)
     const [first, second] = await Promise.all([running, joined])
     if (!first.ok || !second.ok) throw new Error(`a call made before close() failed: ${codeOf(first)} ${codeOf(second)}`)
     expect(first.value.five_hour?.usedPercent).toBe(9)
@@ -919,9 +957,11 @@ describe('close()', () => {
     const error = await rejectionOf(manager.refreshMain('alice', TOKEN))
     expectCode(error, 'QUOTA_CLOSED')
     expectCode(await rejectionOf(manager.refreshMainWithMetadata(TOKEN)), 'QUOTA_CLOSED')
+    const before = manager.stats()
     expect(() => manager.refreshMainInBackground(TOKEN)).not.toThrow()
     await settle(50)
     expect(sim.requests).toBe(1)
+    expect(manager.stats()).toEqual(before) // closed: nothing begun, nothing counted
     // Reads still answer from the cache, and a second close() is harmless.
     expect(manager.getMain('alice')).not.toBeNull()
     await manager.close()
@@ -965,21 +1005,31 @@ describe('pacing', () => {
     expect(gapBetween(sim)).toBeLessThan(3_000)
   })
 
-  it('the gap is per access token', async () => {
+  // The next two tests each include a request that must be paced, so pacing that did not happen
+  // at all fails them too. Gaps are measured on the simulator's receive times.
+  const gapOf = (sim: UsageSimulator, from: number, to: number): number => sim.log[to].at - sim.log[from].at
+
+  it('the gap is per access token: another token goes at once while the first one still waits', async () => {
     const sim = await h.simulator()
-    const { manager } = h.manager(sim, { apiCallGapMs: 1_000 })
+    const { manager } = h.manager(sim, { apiCallGapMs: 2_000 })
     await manager.refreshMain('alice', TOKEN)
     await manager.refreshMain('alice', TOKEN_2)
-    expect(gapBetween(sim)).toBeLessThan(500)
+    await manager.refreshMain('alice', TOKEN)
+    expect(sim.log.map((r) => r.tokenFingerprint)).toEqual([TOKEN, TOKEN_2, TOKEN].map(tokenFingerprint))
+    expect(gapOf(sim, 0, 1)).toBeLessThan(1_000) // TOKEN_2 was not held by TOKEN's gap
+    expect(gapOf(sim, 0, 2)).toBeGreaterThanOrEqual(1_950) // TOKEN was held by its own
   })
 
-  it('time that passed on the manager clock counts toward the gap', async () => {
+  it('time that passed on the manager clock counts toward the gap (and only that time)', async () => {
     const sim = await h.simulator()
-    const { manager, clock } = h.manager(sim, { apiCallGapMs: 1_000 })
+    const { manager, clock } = h.manager(sim, { apiCallGapMs: 2_000 })
     await manager.refreshMain('alice', TOKEN)
-    clock.advance(1_000)
-    await manager.refreshMain('alice', TOKEN)
-    expect(gapBetween(sim)).toBeLessThan(500)
+    clock.advance(2_000)
+    await manager.refreshMain('alice', TOKEN) // the gap already passed on the manager clock
+    await manager.refreshMain('alice', TOKEN) // the clock did not move: a whole gap again
+    expect(sim.requests).toBe(3)
+    expect(gapOf(sim, 0, 1)).toBeLessThan(1_000)
+    expect(gapOf(sim, 1, 2)).toBeGreaterThanOrEqual(1_950)
   })
 })
 
@@ -1064,7 +1114,14 @@ describe('cache views', () => {
 })
 
 describe('state path', () => {
-  it('defaults to the OpenCode config dir, resolved once at construction', () => {
+  // issue 11: under Bun the default state path ignores variables set through `process.env` at run
+  // time (the binding reads the C environment with std::env::var, which Bun does not update; Node
+  // does). Bun only; remove the marker once the binding reads
+  // `process.env` (GUIDE: "read env through host's process.env").
+  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== 'undefined'
+  const itNotYetOnBun = isBun ? it.fails : it
+
+  itNotYetOnBun("defaults to the OpenCode config dir read from the host's process.env, resolved once at construction", () => {
     const saved = { oc: process.env.OPENCODE_CONFIG_DIR, xdg: process.env.XDG_CONFIG_HOME }
     const first = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
     const second = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
@@ -1078,8 +1135,6 @@ describe('state path', () => {
       delete process.env.OPENCODE_CONFIG_DIR
       process.env.XDG_CONFIG_HOME = second
       expect(defaultStatePath()).toBe(path.join(second, 'opencode', 'anthropic-quota-state.json'))
-      expect(new QuotaManager({ statePath: null }).statePath).toBeNull()
-      expect(new QuotaManager({ statePath: 'rel/state.json' }).statePath).toBe(path.resolve('rel/state.json'))
     } finally {
       if (saved.oc === undefined) delete process.env.OPENCODE_CONFIG_DIR
       else process.env.OPENCODE_CONFIG_DIR = saved.oc
@@ -1088,6 +1143,11 @@ describe('state path', () => {
       fs.rmSync(first, { recursive: true, force: true })
       fs.rmSync(second, { recursive: true, force: true })
     }
+  })
+
+  it('null is memory only; a relative statePath is resolved against the working directory', () => {
+    expect(new QuotaManager({ statePath: null }).statePath).toBeNull()
+    expect(new QuotaManager({ statePath: 'rel/state.json' }).statePath).toBe(path.resolve('rel/state.json'))
   })
 })
 

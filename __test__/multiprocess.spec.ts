@@ -44,9 +44,11 @@ interface StateFileShape {
   >
 }
 
+/** Reads the state file and checks its envelope: schema version 1 and a `routes` object. */
 function readState(path: string): StateFileShape {
   const parsed = readJson(path) as StateFileShape
-  expect(typeof parsed).toBe('object')
+  expect(parsed.version, `state file version in ${path}`).toBe(1)
+  expect(parsed.routes !== null && typeof parsed.routes === 'object' && !Array.isArray(parsed.routes), `routes object in ${path}`).toBe(true)
   return parsed
 }
 
@@ -171,7 +173,6 @@ describe('cross-process deduplication', () => {
 
 describe('a holder that dies', () => {
   it('a SIGKILLed lock holder frees the route lock: the waiting process succeeds within 1 s of the kill', async () => {
-    const elapsed: number[] = []
     for (let round = 0; round < 3; round++) {
       sim.reset()
       sim.replyOnce({ stall: true }) // the holder's request never gets an answer
@@ -191,7 +192,6 @@ describe('a holder that dies', () => {
       holder.kill('SIGKILL')
       const answer = await waiter.answer<RefreshReport>(waiterCall, 20_000)
       const took = performance.now() - killedAt
-      elapsed.push(took)
 
       expect(answer.results.map((r) => r.ok)).toEqual([true, true, true])
       expect(took, `round ${round}: ms from SIGKILL to the waiter's result`).toBeLessThan(1_000)
@@ -204,32 +204,41 @@ describe('a holder that dies', () => {
       expect(readState(statePath).routes['main:alice']?.entry?.checkedAt).toBe(answer.results[0].checkedAt)
       await killAll()
     }
-    expect(elapsed.length).toBe(3)
   }, 60_000)
 
   it('a writer SIGKILLed mid-write (200 times) never leaves a torn or lost state file', async () => {
     const ITERATIONS = 200
     const LANES = 2 // independent state files, to use both cores; each lane kills its own writer
     const START = 1_700_000_000_000
-    const seen = { killsAfterWrites: 0, maxWritesBeforeKill: 0, tempFilesLeft: 0 }
+    // The store's temporary files: `.<state file name>.<random>.tmp` beside the state file.
+    const isTempFile = (name: string): boolean => name.startsWith('.state.json.') && name.endsWith('.tmp')
+    const seen = { killedWhileWriting: 0, killedBetweenWrites: 0, maxWritesBeforeKill: 0 }
     const problems: string[] = []
 
     const lane = async (laneIndex: number, iterations: number): Promise<void> => {
       const dir = tempDir()
       const statePath = join(dir, 'state.json')
       let acknowledged: number | undefined // newest checkedAt a writer said had landed
+      let abandoned: string[] = [] // temporary files the previous killed writer left behind
       for (let i = 0; i < iterations; i++) {
         const first = START + (laneIndex * iterations + i) * 1_000_000
         const child = new Child(join(FIXTURES, 'mp-writer.cjs'), [statePath, String(first)])
         await child.waitFor((m) => typeof m.wrote === 'number', 20_000, 'the first write')
+        // That write ran under the state lock and must have removed what the last kill left.
+        const survivors = abandoned.filter((name) => existsSync(join(dir, name)))
+        if (survivors.length > 0) problems.push(`lane ${laneIndex} iteration ${i}: abandoned temporary files not cleaned up: ${survivors.join(', ')}`)
         await sleep(Math.random() * 25)
         child.kill('SIGKILL')
-        await child.exited
+        const exit = await child.exited
+        // The writer loops forever: anything but our SIGKILL means it died on its own.
+        if (exit.signal !== 'SIGKILL') problems.push(`lane ${laneIndex} iteration ${i}: writer ended by ${JSON.stringify(exit)}: ${child.stderr.slice(0, 300)}`)
         const writes = child.messages.filter((m) => typeof m.checkedAt === 'number')
         const last = writes[writes.length - 1]
         if (typeof last?.checkedAt === 'number') acknowledged = last.checkedAt
-        seen.killsAfterWrites++
         seen.maxWritesBeforeKill = Math.max(seen.maxWritesBeforeKill, writes.length)
+        abandoned = readdirSync(dir).filter(isTempFile)
+        if (abandoned.length > 0) seen.killedWhileWriting++
+        else seen.killedBetweenWrites++
 
         // What a reader finds now: a whole file, old or new, never older than acknowledged.
         let text: string
@@ -261,21 +270,20 @@ describe('a holder that dies', () => {
         }
         if (checkedAt > first + 1_000_000) problems.push(`lane ${laneIndex} iteration ${i}: impossible value ${checkedAt}`)
       }
-      // No reader ever found an unreadable file to set aside.
+      // Only the last kill's leftovers may remain (a write removes older ones), and no reader
+      // ever found an unreadable file to set aside.
       const names = readdirSync(dir)
-      seen.tempFilesLeft += names.filter((name) => name.startsWith('.tmp')).length
+      const leftovers = names.filter(isTempFile)
+      if (leftovers.some((name) => !abandoned.includes(name))) problems.push(`lane ${laneIndex}: temporary files left: ${leftovers.join(', ')}`)
       const quarantined = names.filter((name) => name.includes('.corrupt-'))
       if (quarantined.length > 0) problems.push(`lane ${laneIndex}: files set aside: ${quarantined.join(', ')}`)
     }
 
-    const started = Date.now()
     await Promise.all(Array.from({ length: LANES }, (_, i) => lane(i, ITERATIONS / LANES)))
     expect(problems).toEqual([])
-    expect(seen.killsAfterWrites).toBe(ITERATIONS)
-    // How often a kill landed between creating the temporary file and renaming it (it is left
-    // behind): evidence the loop does hit writes in progress.
+    // How often a kill landed between creating the temporary file and renaming it: evidence the
+    // loop does hit writes in progress (it varies from run to run, so it is reported, not asserted).
     console.info(`mid-write kill loop: ${JSON.stringify(seen)}`)
-    expect(Date.now() - started).toBeLessThan(60_000)
   }, 90_000)
 })
 
@@ -302,9 +310,9 @@ describe('concurrent writers', () => {
       expect(outcome.rounds).toBeGreaterThanOrEqual(50)
       Object.assign(expected, outcome.final)
     }
-    expect(Object.keys(expected)).toHaveLength(2 * 2 * IDS)
+    // Every route either process wrote is in the file with its last value, and nothing else is.
     const actual: Record<string, number | undefined> = {}
-    for (const id of Object.keys(expected)) actual[id] = state.routes[`fallback:${id}`]?.entry?.checkedAt
+    for (const [route, slot] of Object.entries(state.routes)) actual[route.replace(/^fallback:/, '')] = slot.entry?.checkedAt
     expect(actual).toEqual(expected)
   }, 60_000)
 })

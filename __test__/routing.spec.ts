@@ -116,6 +116,52 @@ describe('evaluateQuota', () => {
     })
   })
 
+  describe('tie-break between several blocking windows (the latest known reset wins; ties go to 5h, 7d, scoped)', () => {
+    const both: QuotaPolicy = { minimumRemaining: { five_hour: 10, seven_day: 10 } }
+    const FABLE = 'claude-fable-5-1'
+    /** A snapshot whose 5h, 7d and Fable windows are all exhausted, with the given resets. */
+    function exhausted(fiveReset: string | undefined, sevenReset: string | undefined, scopedReset?: string): QuotaSnapshot {
+      const q = snapshot(100, 100, [{ ...fable(100), resetsAt: scopedReset }])
+      q.five_hour = { ...q.five_hour!, resetsAt: fiveReset }
+      q.seven_day = { ...q.seven_day!, resetsAt: sevenReset }
+      return q
+    }
+    const LATE = '2026-09-20T00:00:00Z'
+
+    it('a later 5h reset wins over an earlier 7d one (order is not what decides)', () => {
+      expect(evaluateQuota(exhausted(LATE, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(LATE) })
+    })
+
+    it('equal resets go to the first blocker: five_hour before seven_day before scoped', () => {
+      expect(evaluateQuota(exhausted(SEVEN_RESET, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(SEVEN_RESET) })
+      expect(evaluateQuota(exhausted(FIVE_RESET, SEVEN_RESET, SEVEN_RESET), both, FABLE)).toEqual({
+        passes: false,
+        reason: 'seven_day',
+        blockedUntil: Date.parse(SEVEN_RESET),
+      })
+      expect(evaluateQuota(exhausted(LATE, LATE, LATE), both, FABLE)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(LATE) })
+    })
+
+    it('a known reset wins over an unknown one, whichever window has it', () => {
+      expect(evaluateQuota(exhausted(undefined, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'seven_day', blockedUntil: Date.parse(SEVEN_RESET) })
+      expect(evaluateQuota(exhausted(FIVE_RESET, undefined), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(FIVE_RESET) })
+      expect(evaluateQuota(exhausted(undefined, undefined, SCOPED_RESET), both, FABLE)).toEqual({
+        passes: false,
+        reason: 'scoped',
+        blockedUntil: Date.parse(SCOPED_RESET),
+      })
+    })
+
+    it('no known reset at all: the first blocker, with no blockedUntil', () => {
+      expect(evaluateQuota(exhausted(undefined, undefined), both)).toEqual({ passes: false, reason: 'five_hour' })
+      expect(evaluateQuota(exhausted(undefined, undefined, undefined), both, FABLE)).toEqual({ passes: false, reason: 'five_hour' })
+    })
+
+    it('a later scoped reset wins over both windows', () => {
+      expect(evaluateQuota(exhausted(FIVE_RESET, SEVEN_RESET, LATE), both, FABLE)).toEqual({ passes: false, reason: 'scoped', blockedUntil: Date.parse(LATE) })
+    })
+  })
+
   it('a blocking window without a known reset has no blockedUntil', () => {
     const q: QuotaSnapshot = { five_hour: { usedPercent: 95, remainingPercent: 5, checkedAt: T0 } }
     expect(evaluateQuota(q, { minimumRemaining: { five_hour: 10 } })).toEqual({ passes: false, reason: 'five_hour' })

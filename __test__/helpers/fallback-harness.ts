@@ -17,6 +17,15 @@ export const sha16 = (token: string): string => createHash('sha256').update(toke
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** Polls `condition` every 5 ms until it holds; fails naming `what` after `timeoutMs`. */
+export async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(5)
+  }
+}
+
 /** Everything a test needs, torn down by `close`. */
 export interface Harness {
   sim: UsageSimulator
