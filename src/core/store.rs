@@ -467,8 +467,10 @@ impl StateStore {
                 std::io::Error::other("is a symbolic link; refusing to follow it"),
             )),
             Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 => {
-                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-                    .map_err(|e| self.error(dir, e))
+                // Best effort: a directory of another owner cannot be changed, and lock files
+                // are opened without following links, so a planted link there is harmless.
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+                Ok(())
             }
             Ok(_) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => self.ensure_dir(dir),
