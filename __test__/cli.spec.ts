@@ -142,7 +142,7 @@ describe('anthropic-quota-manager status', () => {
   })
 
   it('a corrupt state file is a one-line error and exit 1, and the file is left alone', async () => {
-    for (const content of ['{"version": 1, "rou', '{"version": 99, "routes": {}}', '[1,2]', '{"version":1,"routes":[]}']) {
+    for (const content of ['{"version": 1, "rou', '{"version": 0, "routes": {}}', '[1,2]', '{"version":1,"routes":[]}']) {
       const corrupt = path.join(dir, 'corrupt.json')
       fs.writeFileSync(corrupt, content)
       for (const flags of [[], ['--json']]) {
@@ -194,6 +194,17 @@ describe('anthropic-quota-manager status', () => {
     // --json stays exact data (JSON escapes the C0 controls itself).
     const json = await cli(['status', '--json', '--state', hostile])
     expect(JSON.parse(json.stdout).routes[0].key).toBe(`main:evil${esc}\u009b31m\u202e`)
+  })
+
+  it('a state file of a newer schema is named as such, exit 1, and left alone', async () => {
+    const newer = path.join(dir, 'newer.json')
+    const content = '{"version": 99, "routes": {}}'
+    fs.writeFileSync(newer, content)
+    const run = await cli(['status', '--state', newer])
+    expect(run.code).toBe(1)
+    expect(oneLine(run.stderr)).toBe(true)
+    expect(run.stderr).toContain(`state file ${newer} was written by a newer version (schema 99)`)
+    expect(fs.readFileSync(newer, 'utf8')).toBe(content)
   })
 
   it('an unknown flag, a missing value or an unknown command is a one-line error and exit 2', async () => {

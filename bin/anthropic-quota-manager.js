@@ -111,6 +111,10 @@ function readState(statePath) {
     throw new CliError(`corrupt state file ${statePath}: not JSON (${error.message})`, 1)
   }
   if (!isObject(doc)) throw new CliError(`corrupt state file ${statePath}: not a JSON object`, 1)
+  if (Number.isInteger(doc.version) && doc.version > 1) {
+    // Another (newer) build of the package owns this file; the library leaves it alone too.
+    throw new CliError(`state file ${statePath} was written by a newer version (schema ${doc.version}); this tool reads schema 1`, 1)
+  }
   if (doc.version !== 1) {
     throw new CliError(`corrupt state file ${statePath}: schema version ${JSON.stringify(doc.version)}, expected 1`, 1)
   }
