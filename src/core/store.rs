@@ -27,7 +27,8 @@ use super::error::QuotaError;
 use super::fingerprint::fingerprint;
 use super::snapshot::QuotaEntry;
 
-/// The schema this build reads and writes. A file with another version is set aside.
+/// The schema this build reads and writes. A file of an older (or no) version is set aside; a
+/// file of a newer version belongs to a newer build and is left alone (see [`Loaded`]).
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
 const TEMP_SUFFIX: &str = ".tmp";
@@ -253,7 +254,8 @@ impl StateStore {
     }
 
     /// Reads the file without taking any lock (writers replace it atomically). A file that does
-    /// not parse, or has another schema version, is moved aside and reads as empty.
+    /// not parse, or has an older or no schema version, is moved aside and reads as empty; a
+    /// newer schema reads as empty with [`Loaded::newer_schema`] set, the file untouched.
     pub fn load(&self) -> Result<Loaded, QuotaError> {
         match self.read_raw()? {
             Parsed::Missing => Ok(Loaded::default()),
