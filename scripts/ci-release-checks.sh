@@ -98,13 +98,15 @@ pack_root_package() {
   fi
 }
 
-# A project whose node_modules holds the packed root package plus a binary for one platform.
-stage_consumer() { # <dir> <binary file>
-  local dir=$1 binary=$2
+# A project laid out as npm installs the package on one platform: the packed root package and
+# that platform's package (npm/<platform> plus its binary) side by side in node_modules.
+stage_consumer() { # <dir> <platform suffix> <binary file>
+  local dir=$1 suffix=$2 binary=$3
   pack_root_package
   mkdir -p "$dir/node_modules"
   cp -r "$WORK/packed/package" "$dir/node_modules/$PACKAGE_NAME"
-  cp "$binary" "$dir/node_modules/$PACKAGE_NAME/"
+  cp -r "npm/$suffix" "$dir/node_modules/$PACKAGE_NAME-$suffix"
+  cp "$binary" "$dir/node_modules/$PACKAGE_NAME-$suffix/"
   cp __test__/smoke.mjs "$dir/"
 }
 
@@ -158,7 +160,8 @@ check_arm64() {
   [[ -f $binary ]] || fail "no $binary"
   cp "$binary" "$WORK/$(basename "$binary")"
   file "$binary" 2>/dev/null || readelf -h "$binary" | grep -E 'Class|Machine'
-  stage_consumer "$WORK/arm64" "$binary"
+  stage_consumer "$WORK/arm64" linux-arm64-gnu "$binary"
+  ls "$WORK/arm64/node_modules" "$WORK/arm64/node_modules/$PACKAGE_NAME-linux-arm64-gnu"
   (cd "$WORK/arm64" && qemu-aarch64 -L /usr/aarch64-linux-gnu "$NODE_ARM64" -p 'process.version + " " + process.arch' &&
     qemu-aarch64 -L /usr/aarch64-linux-gnu "$NODE_ARM64" smoke.mjs "$PACKAGE_NAME")
 }
