@@ -1,18 +1,25 @@
-// Runtime smoke test: loads the built addon under whatever runtime runs this file (Node 20/22/24,
-// Bun), polls the local simulator once, pushes response headers, reads the cache back, closes,
-// and then lets the process end on its own (a kept handle would hang it: CI runs this under a
-// timeout). Prints one summary line and exits 0, or prints what went wrong and exits 1.
+// Runtime smoke test: loads the addon under whatever runtime runs this file (Node 20/22/24, Bun,
+// an arm64 Node under qemu), polls the local simulator once, pushes response headers, reads the
+// cache back, closes, and then lets the process end on its own (a kept handle would hang it: CI
+// runs this under a timeout). Prints one line starting with "smoke ok" and exits 0, or prints
+// what went wrong and exits 1. Used by scripts/ci-runtimes.sh, scripts/ci-release-checks.sh
+// (arm64, the install from a local registry) and the release workflow.
 //
-//   node __test__/smoke/smoke.mjs        bun __test__/smoke/smoke.mjs
+//   node __test__/smoke/smoke.mjs                  the checkout (index.js two folders up)
+//   node smoke.mjs <package-name>                  the package as installed in ./node_modules
 
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-const require = createRequire(import.meta.url)
-const { QuotaManager, __napiBindingTarget } = require('../../index.js')
-const { startUsageSimulator, rateLimitHeaders } = require('../../simulator/index.js')
+const packageName = process.argv[2]
+const load = (subpath) =>
+  packageName
+    ? createRequire(join(process.cwd(), 'noop.js'))(subpath ? `${packageName}/${subpath}` : packageName)
+    : createRequire(import.meta.url)(subpath ? `../../${subpath}/index.js` : '../../index.js')
+const { QuotaManager, __napiBindingTarget } = load()
+const { startUsageSimulator, rateLimitHeaders } = load('simulator')
 
 const TOKEN = 'sk-ant-oat01-smoke-' + 'x'.repeat(24)
 const runtime = typeof globalThis.Bun === 'object' ? `bun ${globalThis.Bun.version}` : `node ${process.versions.node}`
