@@ -153,7 +153,7 @@ describe('anthropic-quota-manager status', () => {
   })
 
   it('a corrupt state file is a one-line error and exit 1, and the file is left alone', async () => {
-    for (const content of ['{"version": 1, "rou', '{"version": 99, "routes": {}}', '[1,2]', '{"version":1,"routes":[]}']) {
+    for (const content of ['{"version": 1, "rou', '{"version": 0, "routes": {}}', '[1,2]', '{"version":1,"routes":[]}']) {
       const corrupt = path.join(dir, 'corrupt.json')
       fs.writeFileSync(corrupt, content)
       for (const flags of [[], ['--json']]) {
@@ -166,6 +166,56 @@ describe('anthropic-quota-manager status', () => {
       expect(fs.readFileSync(corrupt, 'utf8')).toBe(content)
     }
     expect(fs.readdirSync(dir).some((name) => name.includes('.corrupt-'))).toBe(false)
+  })
+
+  it('escapes control characters from the state file in human output', async () => {
+    const hostile = path.join(dir, 'hostile.json')
+    const esc = '\u001b[2J\u001b]0;pwned\u0007'
+    const now = Date.now()
+    const window = { usedPercent: 50, remainingPercent: 50, checkedAt: now }
+    fs.writeFileSync(
+      hostile,
+      JSON.stringify({
+        version: 1,
+        routes: {
+          [`main:evil${esc}\u009b31m\u202e`]: {
+            entry: {
+              checkedAt: now,
+              refreshAfter: now + 60_000,
+              quota: {
+                five_hour: window,
+                scoped: [{ ...window, id: 'x', title: `Fable${esc} only`, modelName: 'Fable' }],
+                source: `poll${esc}`,
+              },
+            },
+            tokenFingerprint: `abc${esc}`,
+            backoff: { attempts: 1, lastError: { message: `boom\r${esc}\u007f`, checkedAt: now } },
+          },
+        },
+      }),
+    )
+    const run = await cli(['status', '--state', hostile])
+    expect(run.code, run.stderr).toBe(0)
+    // No raw control, C1 or bidi-override character reaches the terminal (newlines separate lines).
+    expect(run.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/)
+    expect(run.stdout).toContain('main:evil\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202e')
+    expect(run.stdout).toContain('Fable\\x1b[…') // a label is cut to 11 columns
+    expect(run.stdout).toContain('poll\\x1b[2J')
+    expect(run.stdout).toMatch(/last error +boom \\x1b\[2J/)
+    // --json stays exact data (JSON escapes the C0 controls itself).
+    const json = await cli(['status', '--json', '--state', hostile])
+    expect(JSON.parse(json.stdout).routes[0].key).toBe(`main:evil${esc}\u009b31m\u202e`)
+  })
+
+  it('a state file of a newer schema is named as such, exit 1, and left alone', async () => {
+    const newer = path.join(dir, 'newer.json')
+    const content = '{"version": 99, "routes": {}}'
+    fs.writeFileSync(newer, content)
+    const run = await cli(['status', '--state', newer])
+    expect(run.code).toBe(1)
+    expect(oneLine(run.stderr)).toBe(true)
+    expect(run.stderr).toContain(`state file ${newer} was written by a newer version (schema 99)`)
+    expect(fs.readFileSync(newer, 'utf8')).toBe(content)
   })
 
   it('an unknown flag, a missing value or an unknown command is a one-line error and exit 2', async () => {

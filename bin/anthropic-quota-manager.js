@@ -66,8 +66,21 @@ function formatDuration(ms) {
   return `${sign}${s}s`
 }
 
+// C0 and C1 controls, DEL, line/paragraph separators and bidirectional overrides: a state file
+// is shared, writable data, and these would let it move the cursor, recolour or rewrite the
+// terminal, or reorder what the user reads.
+const UNSAFE_CHARS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+
+/** `text` with every unsafe character shown as a visible `\xNN` / `\uNNNN` escape. */
+function escapeControls(text) {
+  return String(text).replace(UNSAFE_CHARS, (c) => {
+    const code = c.charCodeAt(0)
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`
+  })
+}
+
 function fit(text, width) {
-  const s = String(text).replace(/[\r\n\t]+/g, ' ')
+  const s = escapeControls(String(text).replace(/[\r\n\t]+/g, ' '))
   return s.length <= width ? s : s.slice(0, Math.max(0, width - 1)) + '…'
 }
 
@@ -103,6 +116,10 @@ function readState(statePath) {
     throw new CliError(`corrupt state file ${statePath}: not JSON (${error.message})`, 1)
   }
   if (!isObject(doc)) throw new CliError(`corrupt state file ${statePath}: not a JSON object`, 1)
+  if (Number.isInteger(doc.version) && doc.version > 1) {
+    // Another (newer) build of the package owns this file; the library leaves it alone too.
+    throw new CliError(`state file ${statePath} was written by a newer version (schema ${doc.version}); this tool reads schema 1`, 1)
+  }
   if (doc.version !== 1) {
     throw new CliError(`corrupt state file ${statePath}: schema version ${JSON.stringify(doc.version)}, expected 1`, 1)
   }
@@ -204,7 +221,7 @@ function windowLine(label, w) {
 /** Human output, at most 80 columns a line. */
 function renderStatus(status) {
   const lines = []
-  lines.push(`Quota state: ${status.statePath}`) // a path is never cut
+  lines.push(`Quota state: ${escapeControls(status.statePath)}`) // a path is never cut
   const n = status.routes.length
   lines.push(`${n} route${n === 1 ? '' : 's'} · read ${new Date(status.now).toISOString()} (no lock taken)`)
   if (status.skippedRecords > 0) lines.push(`(${status.skippedRecords} unreadable route record(s) skipped)`)
@@ -400,6 +417,6 @@ async function main(argv = process.argv.slice(2)) {
   }
 }
 
-module.exports = { defaultStatePath, readState, buildStatus, renderStatus, bar, formatDuration, fit, main, JSON_SCHEMA }
+module.exports = { defaultStatePath, readState, buildStatus, renderStatus, bar, formatDuration, fit, escapeControls, main, JSON_SCHEMA }
 
 if (require.main === module) main()

@@ -17,9 +17,10 @@ const SECOND_MS: i64 = 1_000;
 const MINUTE_MS: i64 = 60 * SECOND_MS;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
-/// A `Retry-After` further away than this is treated as garbage rather than as a request: the
-/// longest thing the server could sensibly mean is the 7-day quota window, and honouring a
-/// nonsense value (even capped) would park the route for hours for no reason.
+/// The ceiling of a parsed `Retry-After`: a value further away (a year, an overflowing number,
+/// a date in 9999) is read as this much. It still asks for a long wait, so it is capped at
+/// `maxRetryAfterMs` by [`BackoffState::record_failure`] rather than dropped: dropping it would
+/// fall back to the 60 s ladder and poll an endpoint that asked for the opposite.
 pub const RETRY_AFTER_ABSURD_MS: i64 = 30 * 24 * HOUR_MS;
 
 /// The longest persisted window [`from_persisted`] honours. Persisted data outlives the process
@@ -281,19 +282,23 @@ pub fn jittered_ms(delay_ms: i64, config: &BackoffConfig, random_unit: f64) -> i
 }
 
 /// Parses a `Retry-After` value into milliseconds from `now_ms`: delta seconds (digits only),
-/// or an HTTP date in IMF-fixdate, RFC 850 or asctime form. `None` for 0, negative, unparsable,
-/// past, or absurd (beyond [`RETRY_AFTER_ABSURD_MS`]) values: the endpoint sends a meaningless
-/// `0` while still refusing, so such values must not shorten the ladder.
+/// or an HTTP date in IMF-fixdate, RFC 850 or asctime form. `None` for 0, negative, unparsable
+/// or past values: the endpoint sends a meaningless `0` while still refusing, so such values
+/// must not shorten the ladder. Values beyond [`RETRY_AFTER_ABSURD_MS`] (including numbers too
+/// large for an `i64`) read as that ceiling.
 pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<i64> {
     let value = value.trim();
     let delta_ms = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        value.parse::<i64>().ok()?.checked_mul(SECOND_MS)?
+        // Digits only, so a parse failure can only be an overflow: a very long wait.
+        value
+            .parse::<i64>()
+            .map_or(i64::MAX, |seconds| seconds.saturating_mul(SECOND_MS))
     } else {
         let at = httpdate::parse_http_date(value).ok()?;
         let at_ms = i64::try_from(at.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
-        at_ms.checked_sub(now_ms)?
+        at_ms.saturating_sub(now_ms)
     };
-    (delta_ms > 0 && delta_ms <= RETRY_AFTER_ABSURD_MS).then_some(delta_ms)
+    (delta_ms > 0).then(|| delta_ms.min(RETRY_AFTER_ABSURD_MS))
 }
 
 #[cfg(test)]
@@ -750,9 +755,45 @@ mod tests {
         assert_eq!(parse_retry_after("1.5", T0), None);
         assert_eq!(parse_retry_after("abc", T0), None);
         assert_eq!(parse_retry_after("", T0), None);
-        assert_eq!(parse_retry_after("99999999999999999999999", T0), None);
-        assert_eq!(parse_retry_after("9223372036854775807", T0), None);
-        assert_eq!(parse_retry_after("31536000", T0), None, "a year is absurd");
+        let ceiling = Some(RETRY_AFTER_ABSURD_MS);
+        assert_eq!(parse_retry_after("99999999999999999999999", T0), ceiling);
+        assert_eq!(parse_retry_after("9223372036854775807", T0), ceiling);
+        assert_eq!(
+            parse_retry_after("31536000", T0),
+            ceiling,
+            "a year is capped"
+        );
+        assert_eq!(parse_retry_after("2592000", T0), ceiling, "30 days exactly");
+        assert_eq!(parse_retry_after("2591999", T0), Some(2_591_999_000));
+    }
+
+    #[test]
+    fn a_retry_after_beyond_30_days_is_capped_at_max_retry_after_not_dropped() {
+        let config = BackoffConfig {
+            jitter: 0.0,
+            ..BackoffConfig::default()
+        };
+        for header in [
+            "31536000",
+            "99999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let asked = parse_retry_after(header, T0);
+            let mut state = BackoffState::default();
+            let record = state
+                .record_failure(&http(429, asked), T0, &config, 0.0, None)
+                .expect("armed");
+            assert_eq!(
+                state.next_retry_at,
+                Some(T0 + config.max_retry_after_ms),
+                "{header}"
+            );
+            assert_eq!(
+                record.retry_after_ms,
+                Some(RETRY_AFTER_ABSURD_MS),
+                "what was asked"
+            );
+        }
     }
 
     #[test]
@@ -783,8 +824,8 @@ mod tests {
         );
         assert_eq!(
             parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", T0),
-            None,
-            "absurd"
+            Some(RETRY_AFTER_ABSURD_MS),
+            "far future is capped"
         );
     }
 }

@@ -41,6 +41,11 @@ pub enum QuotaError {
     Closed,
     /// The state file could not be read or written.
     State { path: String, reason: String },
+    /// The state file's lock (`path`) stayed held by another holder for the whole bounded wait.
+    LockTimeout { path: String, waited_ms: u64 },
+    /// A value the host passed cannot be used (e.g. a token with a line break); the binding
+    /// turns it into a `TypeError`. Never sent, never an endpoint failure.
+    InvalidArgument(String),
 }
 
 impl QuotaError {
@@ -50,10 +55,13 @@ impl QuotaError {
             Self::Http { .. } => "QUOTA_HTTP_ERROR",
             Self::Auth { .. } => "QUOTA_AUTH_ERROR",
             Self::Network(_) => "QUOTA_NETWORK_ERROR",
-            Self::Timeout(_) => "QUOTA_TIMEOUT",
+            // API.md: QUOTA_TIMEOUT covers "the request or a lock wait timed out".
+            Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
             Self::Closed => "QUOTA_CLOSED",
             Self::State { .. } => "QUOTA_STATE_ERROR",
+            // Node's own code for a TypeError about an argument's value.
+            Self::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
         }
     }
 
@@ -65,7 +73,11 @@ impl QuotaError {
             Self::Network(_) | Self::Timeout(_) => FailureClass::Transient,
             Self::Http { .. } | Self::BadResponse(_) => FailureClass::NonTransient,
             Self::Auth { .. } => FailureClass::Auth,
-            Self::BackedOff { .. } | Self::Closed | Self::State { .. } => FailureClass::None,
+            Self::BackedOff { .. }
+            | Self::Closed
+            | Self::State { .. }
+            | Self::LockTimeout { .. }
+            | Self::InvalidArgument(_) => FailureClass::None,
         }
     }
 
@@ -73,6 +85,14 @@ impl QuotaError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Http { status, .. } | Self::Auth { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The file a state or lock error is about (the `path` field of API.md).
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            Self::State { path, .. } | Self::LockTimeout { path, .. } => Some(path),
             _ => None,
         }
     }
@@ -103,6 +123,11 @@ impl fmt::Display for QuotaError {
             }
             Self::Closed => write!(f, "QuotaManager is closed"),
             Self::State { path, reason } => write!(f, "Quota state file {path}: {reason}"),
+            Self::LockTimeout { path, waited_ms } => write!(
+                f,
+                "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms"
+            ),
+            Self::InvalidArgument(reason) => write!(f, "{reason}"),
         }
     }
 }
@@ -194,5 +219,21 @@ mod tests {
             "Quota API rate-limited — try again later"
         );
         assert_eq!(backed_off.code(), "QUOTA_BACKED_OFF");
+    }
+
+    #[test]
+    fn lock_timeouts_and_bad_arguments_never_arm_a_backoff() {
+        let timeout = QuotaError::LockTimeout {
+            path: "/s.lock".into(),
+            waited_ms: 7,
+        };
+        assert_eq!(timeout.code(), "QUOTA_TIMEOUT");
+        assert_eq!(timeout.failure_class(), FailureClass::None);
+        assert_eq!(timeout.path(), Some("/s.lock"));
+        assert!(timeout.to_string().contains("/s.lock"));
+        let bad = QuotaError::InvalidArgument("token has a line break".into());
+        assert_eq!(bad.code(), "ERR_INVALID_ARG_VALUE");
+        assert_eq!(bad.failure_class(), FailureClass::None);
+        assert_eq!(bad.to_string(), "token has a line break");
     }
 }

@@ -61,9 +61,12 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
 
 /// Merges a finished poll into the cached snapshot (if any).
 ///
-/// The poll normally wins whole. The exception is a cached 5h or 7d window observed *after* the
-/// poll (`window.checkedAt > poll.checkedAt`, i.e. header frames that arrived while the poll was
-/// in flight): that newer window is kept in place of the poll's. When the cached snapshot itself
+/// The poll normally wins whole. The exceptions are a cached 5h or 7d window observed *after*
+/// the poll (`window.checkedAt > poll.checkedAt`, i.e. header frames that arrived while the poll
+/// was in flight): that newer window is kept in place of the poll's; and a cached 5h or 7d
+/// window the poll did not report at all whose reset is still ahead of the poll: a poll never
+/// erases a window it did not observe (issue 11 §7) while that window's period still runs. A
+/// window whose reset has passed (or is unknown) is not kept: it says nothing about now. When the cached snapshot itself
 /// is such a newer header frame, its header-only fields (`status`, `fallbackAdvised`) are kept
 /// too, since the poll cannot know them. `scoped`, `extraUsage` and `bindingWindow` always come
 /// from the poll; `source` stays `poll` and `checkedAt` the poll's.
@@ -83,6 +86,9 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     let keep_newer = |cached_window: Option<&QuotaWindow>, poll_window: Option<&QuotaWindow>| {
         match cached_window {
             Some(w) if w.checked_at > poll_time(poll_window) => Some(w.clone()),
+            Some(w) if poll_window.is_none() && still_running(w, poll_time(None)) => {
+                Some(w.clone())
+            }
             _ => poll_window.cloned(),
         }
     };
@@ -98,6 +104,11 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
         merged.account_identity.clone_from(&cached.account_identity);
     }
     merged
+}
+
+/// Does the window's period still run at `at` (its reset is known and later)?
+fn still_running(window: &QuotaWindow, at: i64) -> bool {
+    window.resets_at_ms().is_some_and(|reset| reset > at)
 }
 
 /// The frame's window unless the cached one was observed strictly later.
@@ -324,8 +335,44 @@ mod tests {
         let merged = merge_poll_result(Some(&frame(300)), &fresh_poll);
         assert_eq!(merged.five_hour, Some(window(40.0, 300)));
 
+        // The fixtures' windows reset in September 2026, long after t=200.
         let merged = merge_poll_result(Some(&frame(100)), &fresh_poll);
-        assert_eq!(merged.five_hour, None, "an older window does not survive");
+        assert_eq!(merged.five_hour, Some(window(40.0, 100)));
+    }
+
+    #[test]
+    fn a_poll_never_erases_a_running_window_it_did_not_observe() {
+        const AFTER_RESET: i64 = 1_789_351_800_001; // just after 2026-09-14T02:10:00Z
+        let mut cached = poll(100);
+        cached.five_hour = Some(QuotaWindow::from_used(
+            100.0,
+            Some("2026-09-14T02:10:00Z".into()),
+            100,
+        ));
+        let mut blind = poll(200);
+        blind.five_hour = None;
+        blind.seven_day = None;
+        let merged = merge_poll_result(Some(&cached), &blind);
+        assert_eq!(
+            merged.five_hour, cached.five_hour,
+            "a known 100 % window was erased"
+        );
+        assert_eq!(merged.seven_day, cached.seven_day);
+
+        let mut after_reset = blind.clone();
+        after_reset.checked_at = Some(AFTER_RESET);
+        let merged = merge_poll_result(Some(&cached), &after_reset);
+        assert_eq!(
+            merged.five_hour, None,
+            "a window whose period ended is not kept"
+        );
+        let mut no_reset = cached.clone();
+        no_reset.seven_day = Some(QuotaWindow::from_used(50.0, None, 100));
+        let merged = merge_poll_result(Some(&no_reset), &blind);
+        assert_eq!(
+            merged.seven_day, None,
+            "a window of unknown period is not kept"
+        );
     }
 
     #[test]

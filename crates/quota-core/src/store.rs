@@ -5,6 +5,12 @@
 //! (temporary file, fsync, rename, fsync of the directory), so a reader never sees half a file
 //! and a killed writer never leaves one. Per-route refresh locks live in `<file>.locks/`; they
 //! are OS locks too, so a dead holder frees them at once and nothing ever needs cleaning up.
+//!
+//! Nothing here waits without a deadline: the file lock is polled until the store's lock timeout
+//! (a holder stopped with Ctrl-Z must not hang every other process), and route locks are only
+//! ever tried. Lock files are opened without following symlinks. A file of a *newer* schema
+//! (another build of this package during an upgrade) is never moved or overwritten: the store
+//! runs read-only for as long as that file is there. Quarantined copies are bounded.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -12,19 +18,36 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::backoff::BackoffState;
+use super::backoff::{BackoffConfig, BackoffState};
 use super::error::QuotaError;
 use super::fingerprint::fingerprint;
 use super::snapshot::QuotaEntry;
 
-/// The schema this build reads and writes. A file with another version is set aside.
+/// The schema this build reads and writes. A file of an older (or no) version is set aside; a
+/// file of a newer version belongs to a newer build and is left alone (see [`Loaded`]).
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
 const TEMP_SUFFIX: &str = ".tmp";
+/// Random characters tempfile puts between our prefix and suffix; fixed so clean-up can match
+/// this store's temp files exactly and never a sibling store's.
+const TEMP_RANDOM_CHARS: usize = 6;
+const QUARANTINE_INFIX: &str = ".corrupt-";
+/// How many quarantined copies are kept; older ones are deleted so a recurring cause (e.g. a
+/// disk that keeps damaging the file) cannot fill the directory.
+pub const MAX_QUARANTINED_COPIES: usize = 5;
+/// Default bound on waiting for the state-file lock. Critical sections are a read, a merge and a
+/// small write (milliseconds); a holder that keeps it this long is stopped or stalled.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two attempts at a held lock.
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// How far ahead of this machine's clock an adopted timestamp may lie (clocks of processes on
+/// one machine agree; this only absorbs rounding and a clock step).
+pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
 /// only the fingerprint of the token that produced the snapshot.
@@ -78,6 +101,78 @@ impl RouteRecord {
                 .clone_from(&incoming.last_attempt_token);
         }
     }
+
+    /// This record with every time bounded relative to `now`, for adoption from the shared file:
+    /// a write from a clock running ahead (or a damaged value such as `i64::MAX`) must not freeze
+    /// polling or back a route off for years.
+    ///
+    /// - observation times (`checkedAt` of the entry, its snapshot and windows, the backoff's
+    ///   change time, the last attempt) are at most `now + max_clock_skew_ms`;
+    /// - `refreshAfter` is at most the (clamped) `checkedAt` plus `max_refresh_interval_ms`;
+    /// - the backoff deadline (and its copy in `lastError`) is at most `now + max_backoff_ms`.
+    ///
+    /// Saturating arithmetic throughout: any `i64` input is safe.
+    #[must_use]
+    pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> RouteRecord {
+        let latest_seen = now.saturating_add(limits.max_clock_skew_ms.max(0));
+        let latest_retry = now.saturating_add(limits.max_backoff_ms.max(0));
+        let seen = |at: i64| at.min(latest_seen);
+        let mut record = self.clone();
+        if let Some(entry) = record.entry.as_mut().map(Arc::make_mut) {
+            entry.checked_at = seen(entry.checked_at);
+            entry.refresh_after = entry.refresh_after.min(
+                entry
+                    .checked_at
+                    .saturating_add(limits.max_refresh_interval_ms.max(0)),
+            );
+            let quota = &mut entry.quota;
+            quota.checked_at = quota.checked_at.map(seen);
+            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                window.checked_at = seen(window.checked_at);
+            }
+            for window in quota.scoped.iter_mut().flatten() {
+                window.checked_at = seen(window.checked_at);
+            }
+        }
+        record.backoff_updated_at = seen(record.backoff_updated_at);
+        record.last_attempt_at = record.last_attempt_at.map(seen);
+        let backoff = &mut record.backoff;
+        backoff.next_retry_at = backoff.next_retry_at.map(|at| at.min(latest_retry));
+        if let Some(error) = backoff.last_error.as_mut() {
+            error.checked_at = seen(error.checked_at);
+            error.next_retry_at = error.next_retry_at.map(|at| at.min(latest_retry));
+        }
+        record
+    }
+}
+
+/// Bounds applied by [`RouteRecord::clamped`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptionLimits {
+    /// How far in the future an observation time may lie.
+    pub max_clock_skew_ms: i64,
+    /// The longest backoff window this configuration can arm.
+    pub max_backoff_ms: i64,
+    /// The freshness interval: no entry is fresh longer than this after it was observed.
+    pub max_refresh_interval_ms: i64,
+}
+
+impl AdoptionLimits {
+    /// The limits for a manager with this backoff configuration and freshness interval: the
+    /// longest window is the largest of the ladder cap, the flat delay and `maxRetryAfterMs`.
+    pub fn new(backoff: &BackoffConfig, refresh_interval_ms: i64) -> Self {
+        Self {
+            max_clock_skew_ms: MAX_CLOCK_SKEW_MS,
+            max_backoff_ms: backoff
+                .max_ms
+                .max(backoff.non_transient_ms)
+                .max(backoff.max_retry_after_ms),
+            max_refresh_interval_ms: refresh_interval_ms,
+        }
+    }
 }
 
 /// Is `theirs` a newer observation than `ours`? The one rule by which every copy of a route
@@ -95,6 +190,9 @@ pub fn is_newer(ours: Option<&QuotaEntry>, theirs: Option<&QuotaEntry>) -> bool 
 pub struct StateFile {
     pub version: u64,
     pub routes: BTreeMap<String, RouteRecord>,
+    /// Top-level fields this build does not know (written by a newer build): kept as they were.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One change to apply under the file lock.
@@ -115,6 +213,10 @@ pub struct Loaded {
     pub state: StateFile,
     /// Where an unreadable file was moved, when this read set one aside.
     pub quarantined: Option<PathBuf>,
+    /// The schema version of a file written by a newer build. The file was left untouched (not
+    /// read, not written): the store is read-only while it is there, and the updates of an
+    /// `apply` were not saved. `state` is then empty (for `load`) or the updates alone.
+    pub newer_schema: Option<u64>,
 }
 
 /// Holds a route's cross-process refresh lock until dropped.
@@ -128,6 +230,7 @@ pub struct StateStore {
     path: PathBuf,
     lock_path: PathBuf,
     locks_dir: PathBuf,
+    lock_timeout: Duration,
 }
 
 impl StateStore {
@@ -141,7 +244,16 @@ impl StateStore {
             lock_path: with_suffix(".lock"),
             locks_dir: with_suffix(".locks"),
             path,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
+    }
+
+    /// Bounds the wait for the state-file lock; past it, reads and writes that need the lock fail
+    /// with [`QuotaError::LockTimeout`] instead of waiting for a stopped holder.
+    #[must_use]
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -149,13 +261,15 @@ impl StateStore {
     }
 
     /// Reads the file without taking any lock (writers replace it atomically). A file that does
-    /// not parse, or has another schema version, is moved aside and reads as empty.
+    /// not parse, or has an older or no schema version, is moved aside and reads as empty; a
+    /// newer schema reads as empty with [`Loaded::newer_schema`] set, the file untouched.
     pub fn load(&self) -> Result<Loaded, QuotaError> {
         match self.read_raw()? {
             Parsed::Missing => Ok(Loaded::default()),
+            Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
             Parsed::Valid(state) => Ok(Loaded {
                 state,
-                quarantined: None,
+                ..Loaded::default()
             }),
             Parsed::Corrupt => {
                 let _guard = self.lock_file()?;
@@ -163,13 +277,14 @@ impl StateStore {
                 // is still unreadable under the lock is moved.
                 match self.read_raw()? {
                     Parsed::Corrupt => Ok(Loaded {
-                        state: StateFile::default(),
                         quarantined: Some(self.quarantine()?),
+                        ..Loaded::default()
                     }),
                     Parsed::Valid(state) => Ok(Loaded {
                         state,
-                        quarantined: None,
+                        ..Loaded::default()
                     }),
+                    Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
                     Parsed::Missing => Ok(Loaded::default()),
                 }
             }
@@ -180,7 +295,7 @@ impl StateStore {
     pub fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, QuotaError> {
         Ok(match self.read_raw()? {
             Parsed::Valid(mut state) => state.routes.remove(key),
-            Parsed::Missing | Parsed::Corrupt => None,
+            Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
         })
     }
 
@@ -192,25 +307,25 @@ impl StateStore {
             Parsed::Valid(state) => (state, None),
             Parsed::Missing => (StateFile::default(), None),
             Parsed::Corrupt => (StateFile::default(), Some(self.quarantine()?)),
-        };
-        for update in updates {
-            match update {
-                StoreUpdate::Merge { key, record } => {
-                    state.routes.entry(key.clone()).or_default().merge(record);
-                }
-                StoreUpdate::Remove { key } => {
-                    state.routes.remove(key);
-                }
+            Parsed::Newer(version) => {
+                let mut alone = StateFile::default();
+                apply_updates(&mut alone, updates);
+                return Ok(read_only(version, alone));
             }
-        }
+        };
+        apply_updates(&mut state, updates);
         state.version = SCHEMA_VERSION;
         self.write_atomically(&state)?;
-        Ok(Loaded { state, quarantined })
+        Ok(Loaded {
+            state,
+            quarantined,
+            newer_schema: None,
+        })
     }
 
     /// Tries to take a route's refresh lock without blocking; `None` when another holder has it.
     pub fn try_lock_route(&self, key: &str) -> Result<Option<RouteLock>, QuotaError> {
-        Self::ensure_dir(&self.locks_dir)?;
+        self.ensure_locks_dir()?;
         let lock_path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
         let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
         match fs4::FileExt::try_lock(&file) {
@@ -226,16 +341,30 @@ impl StateStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Parsed::Missing),
             Err(e) => return Err(Self::error(&self.path, e)),
         };
-        Ok(parse_state(&bytes).map_or(Parsed::Corrupt, Parsed::Valid))
+        Ok(parse_state(&bytes))
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
         Self::ensure_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         let file = open_lock_file(&self.lock_path).map_err(|e| Self::error(&self.lock_path, e))?;
-        // Critical sections are a read, a merge and a small write: blocking is brief, and the OS
-        // releases the lock of a holder that dies.
-        fs4::FileExt::lock(&file).map_err(|e| Self::error(&self.lock_path, e))?;
-        Ok(file)
+        // The OS releases the lock of a holder that dies, but not of one that is stopped or
+        // stalled: poll it up to a deadline rather than block on it.
+        let started = Instant::now();
+        loop {
+            match fs4::FileExt::try_lock(&file) {
+                Ok(()) => return Ok(file),
+                Err(fs4::TryLockError::WouldBlock) => {}
+                Err(fs4::TryLockError::Error(e)) => return Err(Self::error(&self.lock_path, e)),
+            }
+            let waited = started.elapsed();
+            if waited >= self.lock_timeout {
+                return Err(QuotaError::LockTimeout {
+                    path: self.lock_path.display().to_string(),
+                    waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            std::thread::sleep(LOCK_RETRY_PAUSE.min(self.lock_timeout.saturating_sub(waited)));
+        }
     }
 
     fn quarantine(&self) -> Result<PathBuf, QuotaError> {
@@ -244,7 +373,38 @@ impl StateStore {
         name.push(format!(".corrupt-{stamp}"));
         let target = self.path.with_file_name(name);
         fs::rename(&self.path, &target).map_err(|e| Self::error(&self.path, e))?;
+        self.remove_old_quarantined_copies();
         Ok(target)
+    }
+
+    /// Keeps the newest [`MAX_QUARANTINED_COPIES`] copies of this store's file. The timestamp
+    /// format sorts by name; only names of exactly this store's pattern are considered.
+    fn remove_old_quarantined_copies(&self) {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let prefix = format!(
+            "{}{QUARANTINE_INFIX}",
+            self.path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) else {
+            return;
+        };
+        let mut copies: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stamp = name.strip_prefix(&prefix)?;
+                is_quarantine_stamp(stamp).then(|| (name.clone(), entry.path()))
+            })
+            .collect();
+        copies.sort();
+        let excess = copies.len().saturating_sub(MAX_QUARANTINED_COPIES);
+        for (_, path) in copies.into_iter().take(excess) {
+            let _ = fs::remove_file(path);
+        }
     }
 
     fn write_atomically(&self, state: &StateFile) -> Result<(), QuotaError> {
@@ -256,6 +416,7 @@ impl StateStore {
         // below stays on one filesystem and is atomic.
         let mut temp = tempfile::Builder::new()
             .prefix(&self.temp_prefix())
+            .rand_bytes(TEMP_RANDOM_CHARS)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
             .map_err(|e| Self::error(dir, e))?;
@@ -286,7 +447,7 @@ impl StateStore {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+            if is_own_temp_file(&name, &prefix) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -303,6 +464,29 @@ impl StateStore {
             .map_err(|e| Self::error(dir, e))
     }
 
+    /// The `.locks` directory belongs to this package (its name is ours), so it is made private
+    /// even when it already exists with wider permissions. The state file's own directory is
+    /// the user's (`OpenCode`'s config dir) and is never changed; see the module docs.
+    fn ensure_locks_dir(&self) -> Result<(), QuotaError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = &self.locks_dir;
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(Self::error(
+                dir,
+                std::io::Error::other("is a symbolic link; refusing to follow it"),
+            )),
+            Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 => {
+                // Best effort: a directory of another owner cannot be changed, and lock files
+                // are opened without following links, so a planted link there is harmless.
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Self::ensure_dir(dir),
+            Err(e) => Err(Self::error(dir, e)),
+        }
+    }
+
     fn error(path: &Path, error: std::io::Error) -> QuotaError {
         QuotaError::State {
             path: path.display().to_string(),
@@ -315,26 +499,81 @@ enum Parsed {
     Missing,
     Valid(StateFile),
     Corrupt,
+    /// Written by a newer build, with this schema version: not ours to read, move or replace.
+    Newer(u64),
 }
 
+fn read_only(version: u64, state: StateFile) -> Loaded {
+    Loaded {
+        state,
+        quarantined: None,
+        newer_schema: Some(version),
+    }
+}
+
+fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate]) {
+    for update in updates {
+        match update {
+            StoreUpdate::Merge { key, record } => {
+                state.routes.entry(key.clone()).or_default().merge(record);
+            }
+            StoreUpdate::Remove { key } => {
+                state.routes.remove(key);
+            }
+        }
+    }
+}
+
+/// `.<file name>.` + exactly [`TEMP_RANDOM_CHARS`] alphanumerics + `.tmp`: the names this
+/// store's tempfile calls produce, and no other store's (`q.json` vs `q.json.x.json`).
+fn is_own_temp_file(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|random| {
+            random.len() == TEMP_RANDOM_CHARS && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+/// The `%Y%m%dT%H%M%S%.3fZ` stamp of a quarantined copy, e.g. `20260914T021000.123Z`.
+fn is_quarantine_stamp(stamp: &str) -> bool {
+    let bytes = stamp.as_bytes();
+    bytes.len() == 20
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 => *b == b'T',
+            15 => *b == b'.',
+            19 => *b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
+}
+
+/// Opens (creating) a lock file, never through a symbolic link: a planted or dangling link must
+/// not make us create or lock its target.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
-/// Parses the file; `None` when it is not JSON, not an object, or of another schema version.
-/// A single damaged route record is dropped rather than condemning the whole file.
-fn parse_state(bytes: &[u8]) -> Option<StateFile> {
-    let value: Value = serde_json::from_slice(bytes).ok()?;
-    if value.get("version").and_then(Value::as_u64) != Some(SCHEMA_VERSION) {
-        return None;
+/// Parses the file: corrupt when it is not a JSON object or has no (or an older) schema version;
+/// [`Parsed::Newer`] for a newer version. A single damaged route record is dropped rather than
+/// condemning the whole file; unknown top-level fields are kept for the next write.
+fn parse_state(bytes: &[u8]) -> Parsed {
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(bytes) else {
+        return Parsed::Corrupt;
+    };
+    match object.get("version").and_then(Value::as_u64) {
+        Some(SCHEMA_VERSION) => {}
+        Some(newer) if newer > SCHEMA_VERSION => return Parsed::Newer(newer),
+        _ => return Parsed::Corrupt,
     }
-    let routes = value
-        .get("routes")
+    object.remove("version");
+    let routes = object.remove("routes");
+    let routes = routes
+        .as_ref()
         .and_then(Value::as_object)
         .map(|routes| {
             routes
@@ -346,9 +585,10 @@ fn parse_state(bytes: &[u8]) -> Option<StateFile> {
                 .collect()
         })
         .unwrap_or_default();
-    Some(StateFile {
+    Parsed::Valid(StateFile {
         version: SCHEMA_VERSION,
         routes,
+        extra: object,
     })
 }
 
@@ -460,22 +700,243 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_or_future_files_are_set_aside_not_overwritten() {
+    fn corrupt_or_older_schema_files_are_set_aside_not_overwritten() {
         for content in [
             &b"{\"version\": 1, \"rou"[..],
             b"\x00\xff garbage",
-            b"{\"version\": 99}",
+            b"{\"version\": 0}",
             b"{}",
+            b"[1]",
         ] {
             let (_dir, store) = store();
             fs::create_dir_all(store.path().parent().unwrap()).unwrap();
             fs::write(store.path(), content).unwrap();
             let loaded = store.load().unwrap();
             assert!(loaded.state.routes.is_empty());
+            assert_eq!(loaded.newer_schema, None);
             let aside = loaded.quarantined.expect("file set aside");
             assert_eq!(fs::read(&aside).unwrap(), content);
             assert!(!store.path().exists());
         }
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_newer_schema_file_is_left_alone_and_the_store_runs_read_only() {
+        let (_dir, store) = store();
+        let dir = store.path().parent().unwrap().to_owned();
+        fs::create_dir_all(&dir).unwrap();
+        let newer = br#"{"version": 2, "routes": {"main:a": {"shape": "new"}}}"#;
+        fs::write(store.path(), newer).unwrap();
+
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.newer_schema, Some(2));
+        assert_eq!(loaded.quarantined, None);
+        assert!(loaded.state.routes.is_empty());
+
+        let written = store.apply(&[merge("main:b", record(5))]).unwrap();
+        assert_eq!(written.newer_schema, Some(2));
+        assert_eq!(written.quarantined, None);
+        assert!(written.state.routes.contains_key("main:b"));
+        assert_eq!(fs::read(store.path()).unwrap(), newer);
+        assert!(store.read_route("main:a").unwrap().is_none());
+        assert!(
+            !dir_names(&dir).iter().any(|n| n.contains(".corrupt-")),
+            "{:?}",
+            dir_names(&dir)
+        );
+    }
+
+    #[test]
+    fn quarantined_copies_are_bounded_to_the_newest_few_of_this_store() {
+        let (_dir, store) = store();
+        let dir = store.path().parent().unwrap().to_owned();
+        fs::create_dir_all(&dir).unwrap();
+        let old: Vec<String> = (0..7)
+            .map(|i| format!("state.json.corrupt-2020010{i}T000000.000Z"))
+            .collect();
+        for name in &old {
+            fs::write(dir.join(name), "old").unwrap();
+        }
+        let sibling = "state.json.x.json.corrupt-20200101T000000.000Z";
+        let unrelated = "state.json.corrupt-notes";
+        fs::write(dir.join(sibling), "theirs").unwrap();
+        fs::write(dir.join(unrelated), "mine").unwrap();
+        fs::write(store.path(), "garbage").unwrap();
+
+        let aside = store.load().unwrap().quarantined.expect("set aside");
+        let names = dir_names(&dir);
+        let copies: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("state.json.corrupt-2"))
+            .collect();
+        assert_eq!(copies.len(), MAX_QUARANTINED_COPIES, "{names:?}");
+        let newest = aside.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(copies.contains(&&newest));
+        assert!(!names.contains(&old[0]) && !names.contains(&old[2]));
+        assert!(names.contains(&old[6]) && names.contains(&old[3]));
+        assert!(names.contains(&sibling.to_owned()));
+        assert!(names.contains(&unrelated.to_owned()));
+    }
+
+    #[test]
+    fn a_held_state_lock_fails_the_write_within_the_deadline() {
+        let (_dir, store) = store();
+        store.apply(&[merge("main:a", record(1))]).unwrap();
+        // flock belongs to the open file description: a second open() in this process is, to
+        // the store, another process holding the lock (e.g. one stopped with Ctrl-Z).
+        let holder = open_lock_file(&store.lock_path).unwrap();
+        fs4::FileExt::lock(&holder).unwrap();
+        let store = store.with_lock_timeout(Duration::from_millis(150));
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let writer = store.clone();
+        std::thread::spawn(move || {
+            let _ = sender.send(writer.apply(&[merge("main:a", record(2))]));
+        });
+        let result = receiver
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the write waited on the lock without a deadline");
+        let error = result.unwrap_err();
+        assert_eq!(error.code(), "QUOTA_TIMEOUT");
+        let lock_path = store.lock_path.display().to_string();
+        assert_eq!(error.path(), Some(lock_path.as_str()));
+        assert!(matches!(error, QuotaError::LockTimeout { waited_ms, .. } if waited_ms >= 150));
+        // A corrupt file is only quarantined under the lock: that read is bounded too.
+        fs::write(store.path(), "garbage").unwrap();
+        assert_eq!(store.load().unwrap_err().code(), "QUOTA_TIMEOUT");
+        drop(holder);
+        assert!(store.apply(&[merge("main:a", record(3))]).is_ok());
+    }
+
+    #[test]
+    fn temp_file_clean_up_spares_a_sibling_store_with_a_longer_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = StateStore::new(dir.path().join("q.json"));
+        let long = StateStore::new(dir.path().join("q.json.x.json"));
+        short.apply(&[merge("main:a", record(1))]).unwrap();
+        let theirs = dir.path().join(".q.json.x.json.AbC123.tmp");
+        let ours = dir.path().join(".q.json.Zz9yX8.tmp");
+        fs::write(&theirs, "in flight").unwrap();
+        fs::write(&ours, "abandoned").unwrap();
+        short.apply(&[merge("main:a", record(2))]).unwrap();
+        assert!(theirs.exists(), "a sibling store's temp file was deleted");
+        assert!(!ours.exists());
+        long.apply(&[merge("main:a", record(2))]).unwrap();
+        assert!(!theirs.exists());
+    }
+
+    #[test]
+    fn lock_paths_never_follow_symbolic_links() {
+        let (_dir, store) = store();
+        let dir = store.path().parent().unwrap().to_owned();
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("planted-target");
+        std::os::unix::fs::symlink(&target, &store.lock_path).unwrap();
+        let error = store.apply(&[merge("main:a", record(1))]).unwrap_err();
+        assert_eq!(error.code(), "QUOTA_STATE_ERROR");
+        assert!(!target.exists(), "the symlink's target was created");
+
+        let elsewhere = dir.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &store.locks_dir).unwrap();
+        assert!(store.try_lock_route("main:a").is_err());
+        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn an_existing_world_writable_locks_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = store();
+        fs::create_dir_all(&store.locks_dir).unwrap();
+        fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let parent = store.path().parent().unwrap().to_owned();
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(store.try_lock_route("main:a").unwrap().is_some());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.locks_dir), 0o700);
+        // The user's own directory is not ours to change.
+        assert_eq!(mode(&parent), 0o755);
+    }
+
+    #[test]
+    fn unknown_top_level_fields_survive_a_write() {
+        let (_dir, store) = store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let text = serde_json::json!({
+            "version": 1,
+            "routes": {},
+            "futureFeature": { "keep": [1, 2] },
+            "note": "hi"
+        });
+        fs::write(store.path(), text.to_string()).unwrap();
+        store.apply(&[merge("main:a", record(1))]).unwrap();
+        let written: Value = serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
+        assert_eq!(
+            written["futureFeature"],
+            serde_json::json!({ "keep": [1, 2] })
+        );
+        assert_eq!(written["note"], "hi");
+        assert_eq!(written["version"], 1);
+        assert!(written["routes"]["main:a"].is_object());
+    }
+
+    fn limits() -> AdoptionLimits {
+        AdoptionLimits::new(&BackoffConfig::default(), 300_000)
+    }
+
+    #[test]
+    fn adopted_times_are_clamped_to_now_plus_skew_and_the_configured_maxima() {
+        use crate::snapshot::{ApiErrorRecord, QuotaWindow};
+        const NOW: i64 = 1_789_000_000_000;
+        let year_ahead = NOW + 365 * 24 * 3_600_000;
+        let mut far = record(year_ahead);
+        let entry = far.entry.as_mut().map(Arc::make_mut).unwrap();
+        entry.quota.five_hour = Some(QuotaWindow::from_used(10.0, None, year_ahead));
+        far.backoff.next_retry_at = Some(i64::MAX);
+        far.backoff.last_error = Some(ApiErrorRecord {
+            message: "429".into(),
+            checked_at: i64::MAX,
+            next_retry_at: Some(i64::MAX),
+            retry_count: Some(3),
+            status: Some(429),
+            retry_after_ms: None,
+            account_identity: None,
+        });
+        far.backoff_updated_at = i64::MAX;
+        far.last_attempt_at = Some(i64::MAX);
+
+        let clamped = far.clamped(NOW, &limits());
+        let latest_seen = NOW + MAX_CLOCK_SKEW_MS;
+        let entry = clamped.entry.as_ref().unwrap();
+        assert_eq!(entry.checked_at, latest_seen);
+        assert_eq!(entry.quota.checked_at, Some(latest_seen));
+        assert_eq!(
+            entry.quota.five_hour.as_ref().unwrap().checked_at,
+            latest_seen
+        );
+        assert_eq!(entry.refresh_after, latest_seen + 300_000);
+        let six_hours = 6 * 3_600_000;
+        assert_eq!(clamped.backoff.next_retry_at, Some(NOW + six_hours));
+        let error = clamped.backoff.last_error.as_ref().unwrap();
+        assert_eq!(error.next_retry_at, Some(NOW + six_hours));
+        assert_eq!(error.checked_at, latest_seen);
+        assert_eq!(clamped.backoff_updated_at, latest_seen);
+        assert_eq!(clamped.last_attempt_at, Some(latest_seen));
+
+        // Sane records pass unchanged, and extreme `now` values do not overflow.
+        let sane = record(NOW - 1_000);
+        assert_eq!(sane.clamped(NOW, &limits()), sane);
+        let _ = far.clamped(i64::MAX, &limits());
+        let _ = far.clamped(i64::MIN, &limits());
     }
 
     #[test]

@@ -37,6 +37,91 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     }
 }
 
+/// The top-level fields of a usage answer. A 200 with none of them (e.g. an error object
+/// `{"type":"error",…}` sent with the wrong status) observed nothing: taking it as an empty
+/// snapshot would erase known windows.
+const USAGE_FIELDS: [&str; 5] = [
+    "five_hour",
+    "seven_day",
+    "seven_day_opus",
+    "limits",
+    "extra_usage",
+];
+
+/// Checks that a parsed 200 body is a usage answer; the reason when it is not.
+pub fn check_usage_body(body: &Value) -> Result<(), String> {
+    let object = body.as_object().ok_or("body is not a JSON object")?;
+    if object.get("type").and_then(Value::as_str) == Some("error") || object.contains_key("error") {
+        return Err("body is an error object, not usage data".into());
+    }
+    if !USAGE_FIELDS.iter().any(|field| object.contains_key(*field)) {
+        return Err("body has no usage fields".into());
+    }
+    Ok(())
+}
+
+/// Parses JSON like `serde_json`, except that a number too large for an `f64` (`1e400`) reads
+/// as `null` instead of failing the whole document, so only that field is dropped.
+pub fn parse_json_lenient(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice(bytes).or_else(|error| match null_out_of_range_numbers(bytes) {
+        Some(fixed) => serde_json::from_slice(&fixed),
+        None => Err(error),
+    })
+}
+
+/// A copy of `bytes` with each number literal (outside strings) that overflows `f64` replaced by
+/// `null`; `None` when there is none, so the original error stands.
+fn null_out_of_range_numbers(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let end = string_end(bytes, i);
+                out.extend_from_slice(&bytes[i..end]);
+                i = end;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = i + bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .unwrap_or(bytes.len() - i);
+                let literal = &bytes[i..end];
+                let overflows = std::str::from_utf8(literal)
+                    .ok()
+                    .and_then(|text| text.parse::<f64>().ok())
+                    .is_some_and(f64::is_infinite);
+                if overflows {
+                    out.extend_from_slice(b"null");
+                    changed = true;
+                } else {
+                    out.extend_from_slice(literal);
+                }
+                i = end;
+            }
+            other => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// The index just past the string literal starting at `start` (a `"`), escapes skipped.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
 /// Lowercase, runs outside `[a-z0-9]` become one `-`, no leading or trailing `-`.
 pub fn slug(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -190,6 +275,40 @@ fn exponent(value: &Value) -> Option<u8> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_200_without_usage_fields_is_not_a_usage_answer() {
+        let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}});
+        assert!(check_usage_body(&error)
+            .unwrap_err()
+            .contains("error object"));
+        assert!(check_usage_body(&json!({"hello": 1}))
+            .unwrap_err()
+            .contains("no usage fields"));
+        assert!(check_usage_body(&json!({})).is_err());
+        assert!(check_usage_body(&json!([])).is_err());
+        assert!(check_usage_body(&json!({"five_hour": null, "limits": []})).is_ok());
+        assert!(check_usage_body(&json!({"seven_day": {"utilization": 1}})).is_ok());
+    }
+
+    #[test]
+    fn an_overflowing_number_drops_only_its_field() {
+        let body = br#"{"five_hour":{"utilization":1e400,"resets_at":"2026-09-14T02:10:00Z"},
+            "seven_day":{"utilization":68.0},"note":"1e400 in a \"string\" stays",
+            "extra_usage":{"is_enabled":true,"used_credits":-1E+999,"monthly_limit":5}}"#;
+        let value = parse_json_lenient(body).unwrap();
+        assert_eq!(value["note"], "1e400 in a \"string\" stays");
+        let snapshot = parse_usage_body(&value, NOW);
+        assert_eq!(snapshot.five_hour, None);
+        assert_eq!(snapshot.seven_day.unwrap().used_percent, 68.0);
+        assert_eq!(snapshot.extra_usage, None);
+        // Real syntax errors still fail, and ordinary numbers are untouched.
+        assert!(parse_json_lenient(b"{\"a\": 1e400,").is_err());
+        assert_eq!(
+            parse_json_lenient(b"[1.5e3, -2]").unwrap(),
+            json!([1500.0, -2])
+        );
+    }
 
     const NOW: i64 = 1_789_000_000_000;
 
