@@ -14,11 +14,7 @@ impl QuotaManager {
     // ----- reads ---------------------------------------------------------------------------
 
     pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
-        let state = self.state();
-        if !state.routes.main_matches(identity) {
-            return None;
-        }
-        state.routes.main().entry().cloned()
+        self.main_entry_for(identity)
     }
 
     pub fn get_fallback(
@@ -138,6 +134,9 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
+        if self.main_strictly_unmatched() {
+            return true;
+        }
         let state = self.state();
         freshness::is_stale(
             state.routes.main().entry().map(Arc::as_ref),

@@ -56,7 +56,7 @@ impl MainIdentity {
 
     /// Does the host's `wanted` name this account? A token-named account also answers to its
     /// token. Hashes only for a token-named account: this runs on every request.
-    fn is_named_by(&self, wanted: &str) -> bool {
+    pub(super) fn is_named_by(&self, wanted: &str) -> bool {
         match self {
             Self::Account(name) => name == wanted,
             Self::Token { fingerprint: ours } => {
@@ -103,6 +103,8 @@ impl RouteSlot {
 #[derive(Default)]
 pub(super) struct Routes {
     main_owner: Option<MainIdentity>,
+    /// The main identity's generations (COMPAT §3).
+    pub generations: super::identity::MainGenerations,
     main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
     /// One counter for slot generations and request ids, so neither ever repeats.
@@ -218,13 +220,23 @@ impl Routes {
     /// Binds the main slot to `identity`, dropping another identity's data.
     pub fn bind_main(&mut self, identity: MainIdentity) {
         match &self.main_owner {
-            Some(owner) if *owner == identity => {}
+            // One account, whichever way it was named (a token and `token:<fingerprint>`).
+            Some(owner)
+                if *owner == identity
+                    || owner.is_named_by(&identity.persisted())
+                    || identity.is_named_by(&owner.persisted()) => {}
             Some(_) => {
                 self.reset(&RouteId::Main, None);
                 self.main_owner = Some(identity);
             }
             None => self.main_owner = Some(identity),
         }
+    }
+
+    /// Binds the main slot to `identity` (or unbinds it), dropping what it held.
+    pub fn retarget_main(&mut self, identity: Option<MainIdentity>) {
+        self.reset(&RouteId::Main, None);
+        self.main_owner = identity;
     }
 
     /// Binds a fallback slot to the account's login. A new login drops the slot; an old one

@@ -22,7 +22,17 @@ impl Persisted<'_> {
     /// Adopts the snapshot when it is newer than the cache, and the error's backoff when that
     /// is newer than the route's.
     fn seed(&self, slot: &mut RouteSlot, settings: &Settings, now: i64) {
-        if let Some(quota) = self.quota.filter(|q| q.has_windows()) {
+        self.seed_quota(slot, settings, now);
+        if let Some(error) = self.last_error {
+            slot.adopt_persisted_error(error, now);
+        }
+    }
+
+    fn seed_quota(&self, slot: &mut RouteSlot, settings: &Settings, now: i64) {
+        // A persisted main quota counts even without windows (legacy `{ quotas: [], expires }`):
+        // it is the host's last word for that account, and its time says how fresh it is.
+        let main_legacy = self.checked_at.is_some();
+        if let Some(quota) = self.quota.filter(|q| main_legacy || q.has_windows()) {
             let checked_at = self
                 .checked_at
                 .or(quota.checked_at)
@@ -32,9 +42,6 @@ impl Persisted<'_> {
                     slot.record.entry = Some(settings.entry(quota.clone(), checked_at, now));
                 }
             }
-        }
-        if let Some(error) = self.last_error {
-            slot.adopt_persisted_error(error, now);
         }
     }
 }
@@ -105,16 +112,38 @@ impl QuotaManager {
         let now = self.now();
         let mut state = self.state();
         let state = &mut *state;
-        let identity = identity
-            .or(storage.main_account_id.as_deref())
-            .or_else(|| storage.main_quota.as_ref()?.account_identity.as_deref());
-        if let Some(identity) = identity {
+        let known = state.routes.generations.known;
+        let bound = state.routes.main_owner().map(MainIdentity::persisted);
+        let identity = if known {
+            bound.clone()
+        } else {
+            identity
+                .or(storage.main_account_id.as_deref())
+                .or_else(|| storage.main_quota.as_ref()?.account_identity.as_deref())
+                .map(str::to_owned)
+        };
+        if let (Some(identity), false) = (&identity, known) {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
+        let adopt_error = self.seed_main_generations(state, storage, now);
+        // A legacy persisted quota carries no identity: it is the one it is seeded for.
+        let quota = storage.main_quota.clone().map(|mut quota| {
+            if quota.account_identity.is_none() && !state.routes.generations.strict_known() {
+                quota.account_identity.clone_from(&identity);
+            }
+            quota
+        });
+        if let (Some(quota), Some(identity)) = (&quota, &identity) {
+            if state.routes.generations.strict_known()
+                && quota.account_identity.as_deref() != Some(identity.as_str())
+            {
+                return;
+            }
+        }
         let persisted = Persisted {
-            quota: storage.main_quota.as_ref(),
+            quota: quota.as_ref(),
             checked_at: storage.main_quota_checked_at,
-            last_error: storage.main_last_error.as_ref(),
+            last_error: storage.main_last_error.as_ref().filter(|_| adopt_error),
         };
         persisted.seed(state.routes.main_mut(), &state.settings, now);
     }

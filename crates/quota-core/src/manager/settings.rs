@@ -33,9 +33,10 @@ impl Settings {
             minimum: storage
                 .and_then(|s| s.minimum_remaining.clone())
                 .unwrap_or_default(),
+            // The plugin's default: unknown quota fails closed.
             fail_closed: storage
                 .and_then(|s| s.fail_closed_on_unknown_quota)
-                .unwrap_or(false),
+                .unwrap_or(true),
         }
     }
 
