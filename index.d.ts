@@ -136,6 +136,9 @@ export interface ApiKeyFallbackAccount {
   apiKey?: string | undefined
   baseURL?: string | undefined
   authHeader?: string | undefined
+  /** Never set on an API-key account (listed so the union can be read without narrowing). */
+  quota?: undefined
+  lastQuotaRefreshError?: undefined
 }
 
 /** The plugin's account union. */
@@ -316,7 +319,7 @@ export declare class QuotaManager {
    * A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
    * first if its login was replaced (a different `authLineageId`).
    */
-  getFallback(accountId: string, account?: FallbackAccountLineage | undefined): QuotaEntry | null
+  getFallback(accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /** Every cached fallback entry, by account id. */
   getAllFallbacks(): Map<string, QuotaEntry>
   /**
@@ -345,7 +348,7 @@ export declare class QuotaManager {
   /** Replaces the main cache entry (for example with one the host persisted). */
   setMain(mainAccountId: string | undefined, entry: QuotaEntry): void
   /** Replaces a fallback's cache entry. */
-  setFallback(accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | undefined): void
+  setFallback(accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined): void
   /** Forgets a fallback's cache and backoff, here and in the state file. */
   clearFallback(accountId: string): void
   /**
@@ -357,7 +360,7 @@ export declare class QuotaManager {
    * Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
    * they carry no quota, or carry a login that was replaced.
    */
-  pushFallbackFromHeaders(accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | undefined): QuotaEntry | null
+  pushFallbackFromHeaders(accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**
    * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
    * across processes). `mainAccountId` `undefined` means the bound identity; with one
@@ -372,9 +375,9 @@ export declare class QuotaManager {
    * Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
    * `canFetchWithoutAccessToken()`. Bad arguments reject.
    */
-  refreshFallback(accountId: string, accessToken: string, account?: FallbackAccountLineage | undefined): Promise<QuotaSnapshot>
+  refreshFallback(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaSnapshot>
   /** `refreshFallback`, telling whether a request was sent. */
-  refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccountLineage | undefined): Promise<QuotaRefreshResult>
+  refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaRefreshResult>
   /**
    * Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
    * `resolveAccessToken(account)` when given (only its answer counts), else `access` while
@@ -393,7 +396,7 @@ export declare class QuotaManager {
    * Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
    * Passing the account (or `{ authLineageId }`) binds its login first.
    */
-  isFallbackStale(accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | undefined): boolean
+  isFallbackStale(accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined): boolean
   /** True every `refreshEveryNRequests` requests (never when that setting is 0). */
   shouldRefreshOnRequestCount(requestCount: number): boolean
   /** `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`. */

@@ -218,7 +218,7 @@ impl QuotaManager {
     /// A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
     /// first if its login was replaced (a different `authLineageId`).
     #[napi(
-        ts_args_type = "accountId: string, account?: FallbackAccountLineage | undefined",
+        ts_args_type = "accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn get_fallback<'env>(
@@ -345,7 +345,7 @@ impl QuotaManager {
 
     /// Replaces a fallback's cache entry.
     #[napi(
-        ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | undefined"
+        ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined"
     )]
     pub fn set_fallback(
         &self,
@@ -395,7 +395,7 @@ impl QuotaManager {
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
     /// they carry no quota, or carry a login that was replaced.
     #[napi(
-        ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | undefined",
+        ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn push_fallback_from_headers<'env>(
@@ -455,7 +455,7 @@ impl QuotaManager {
     /// Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
     /// `canFetchWithoutAccessToken()`. Bad arguments reject.
     #[napi(
-        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | undefined",
+        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
     pub fn refresh_fallback<'env>(
@@ -471,7 +471,7 @@ impl QuotaManager {
 
     /// `refreshFallback`, telling whether a request was sent.
     #[napi(
-        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | undefined",
+        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
     pub fn refresh_fallback_with_metadata<'env>(
@@ -537,7 +537,7 @@ impl QuotaManager {
     /// Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
     /// Passing the account (or `{ authLineageId }`) binds its login first.
     #[napi(
-        ts_args_type = "accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | undefined"
+        ts_args_type = "accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined"
     )]
     pub fn is_fallback_stale(
         &self,

@@ -136,6 +136,9 @@ export interface ApiKeyFallbackAccount {
   apiKey?: string | undefined
   baseURL?: string | undefined
   authHeader?: string | undefined
+  /** Never set on an API-key account (listed so the union can be read without narrowing). */
+  quota?: undefined
+  lastQuotaRefreshError?: undefined
 }
 
 /** The plugin's account union. */
