@@ -22,7 +22,10 @@ import type { RecordedEvents } from './helpers/fallback-harness.js'
 
 const { setup, onCleanup } = perTestHarness()
 
-const account = (id: string, extra: Partial<FallbackAccount> = {}): FallbackAccount => ({ id, ...extra })
+/** Far ahead of every test clock: an `access` token is only used while `expires` is ahead (COMPAT §4). */
+const NEVER_EXPIRES = Date.UTC(2100, 0, 1)
+const account = (id: string, extra: Partial<FallbackAccount> = {}): FallbackAccount =>
+  ({ id, ...(extra.access === undefined ? {} : { expires: NEVER_EXPIRES }), ...extra }) as FallbackAccount
 
 /** A fresh entry observed at `at`, with windows at the given used percentages. */
 function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at + 5 * MINUTE): QuotaEntry {
@@ -385,6 +388,12 @@ describe('login replacement (authLineageId)', () => {
   it('an observation carrying the old lineage is discarded and returns null', async () => {
     const { manager } = await setup()
     manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.1 }), login1())
+    // COMPAT §4 (upstream acceptFallbackQuotaObservation): a header push never rebinds the login;
+    // one of another login than the bound one is discarded...
+    expect(manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.2 }), login2())).toBeNull()
+    expect(manager.getFallback('a')?.quota.five_hour?.usedPercent).toBe(10)
+    // ...until an authoritative call (a seed, a refresh, getFallback with the account) rebinds it.
+    expect(manager.getFallback('a', login2())).toBeNull()
     const current = manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.2 }), login2())
     expect(current?.quota.five_hour?.usedPercent).toBe(20)
     const stale = manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.9 }), login1())

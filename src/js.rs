@@ -228,7 +228,8 @@ pub fn host_env_var(env: &Env, name: &str) -> Option<String> {
 /// methods report bad arguments this way, never by throwing.
 pub fn rejected<'env>(env: &'env Env, error: Error) -> Result<Unknown<'env>> {
     let value = napi::JsError::from(error).into_unknown(*env);
-    let promise: Object = env.get_global()?.get_named_property("Promise")?;
+    let promise: Unknown = env.get_global()?.get_named_property("Promise")?;
+    let promise = promise.coerce_to_object()?;
     let reject: Function<Unknown, Unknown> = promise.get_named_property("reject")?;
     reject.apply(promise, value)
 }
