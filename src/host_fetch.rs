@@ -60,6 +60,17 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
   }
 })";
 
+/// The adapter factory: `(fetchImpl, fetchQuotaSnapshot, now) => adapter`.
+type Factory<'a> = Function<
+    'a,
+    FnArgs<(
+        Option<Unknown<'a>>,
+        Option<Unknown<'a>>,
+        Option<Unknown<'a>>,
+    )>,
+    Unknown<'a>,
+>;
+
 type Adapter = ThreadsafeFunction<Value, Promise<String>, Value, Status, false, true>;
 
 /// The host's transport, as the core sees it.
@@ -82,15 +93,6 @@ impl HostFetch {
             return Ok(None);
         }
         let without_token = fetch_quota_snapshot.is_some();
-        type Factory<'a> = Function<
-            'a,
-            FnArgs<(
-                Option<Unknown<'a>>,
-                Option<Unknown<'a>>,
-                Option<Unknown<'a>>,
-            )>,
-            Unknown<'a>,
-        >;
         let factory: Factory = env.run_script(ADAPTER)?;
         let adapter = factory.call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?;
         let adapter = unsafe { adapter.cast::<Function<Value, Promise<String>>>() }?;

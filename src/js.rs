@@ -226,7 +226,7 @@ pub fn host_env_var(env: &Env, name: &str) -> Option<String> {
 
 /// A promise rejected with `error` (the same JS error object, `code` included): promise-returning
 /// methods report bad arguments this way, never by throwing.
-pub fn rejected<'env>(env: &'env Env, error: Error) -> Result<Unknown<'env>> {
+pub fn rejected(env: &Env, error: Error) -> Result<Unknown<'_>> {
     let value = napi::JsError::from(error).into_unknown(*env);
     let promise: Unknown = env.get_global()?.get_named_property("Promise")?;
     let promise = promise.coerce_to_object()?;

@@ -384,10 +384,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_snapshot_passes_unless_fail_closed() {
+    fn missing_snapshot_fails_closed_by_default_and_passes_when_open() {
+        assert_eq!(
+            evaluate_quota(None, &policy(0.0, 0.0, false), Some("fable")),
+            QuotaEvaluation::pass()
+        );
         assert_eq!(
             evaluate_quota(None, &QuotaPolicy::default(), Some("fable")),
-            QuotaEvaluation::pass()
+            blocked(BlockReason::Unknown, None)
         );
         let eval = evaluate_quota(None, &policy(0.0, 0.0, true), None);
         assert_eq!(eval, blocked(BlockReason::Unknown, None));

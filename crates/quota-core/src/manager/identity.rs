@@ -151,7 +151,6 @@ impl QuotaManager {
     /// persisted error at or before the cleared-at time is ignored. Returns whether the
     /// persisted error may be adopted.
     pub(super) fn seed_main_generations(
-        &self,
         state: &mut super::State,
         storage: &HostStorage,
         now: i64,

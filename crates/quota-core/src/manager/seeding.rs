@@ -34,7 +34,6 @@ impl Persisted<'_> {
     /// fields (scoped windows, extra usage, its binding window) come back under the newer
     /// header windows, as the plugin's seeding does. `true` when it merged.
     fn restore_poll_fields(
-        &self,
         slot: &mut RouteSlot,
         persisted: &QuotaSnapshot,
         checked_at: i64,
@@ -70,7 +69,7 @@ impl Persisted<'_> {
             // As the plugin dates a persisted snapshot: its latest window or its own time.
             let checked_at = self.checked_at.or_else(|| latest_checked_at(quota));
             if let Some(checked_at) = checked_at {
-                if main_legacy && self.restore_poll_fields(slot, quota, checked_at) {
+                if main_legacy && Self::restore_poll_fields(slot, quota, checked_at) {
                     return;
                 }
                 if slot.entry().is_none_or(|e| checked_at > e.checked_at) {
@@ -160,7 +159,7 @@ impl QuotaManager {
         if let (Some(identity), false) = (&identity, known) {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
-        let adopt_error = self.seed_main_generations(state, storage, now);
+        let adopt_error = Self::seed_main_generations(state, storage, now);
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {
             if quota.account_identity.is_none() && !state.routes.generations.strict_known() {
