@@ -33,6 +33,16 @@ export interface ExtraUsage {
   exhausted: boolean
 }
 
+/** Where each present field of a snapshot came from. */
+export interface QuotaFieldSources {
+  five_hour?: 'poll' | 'headers'
+  seven_day?: 'poll' | 'headers'
+  scoped?: 'poll' | 'headers'
+  extraUsage?: 'poll' | 'headers'
+  bindingWindow?: 'poll' | 'headers'
+  fallbackAdvised?: 'poll' | 'headers'
+}
+
 export interface QuotaSnapshot {
   five_hour?: QuotaWindow
   seven_day?: QuotaWindow
@@ -50,6 +60,8 @@ export interface QuotaSnapshot {
   checkedAt?: number
   /** The route's identity, never a token. */
   accountIdentity?: string
+  /** For each present field, whether its value came from a poll or from response headers. */
+  fieldSources?: QuotaFieldSources
 }
 
 /**

@@ -349,6 +349,21 @@ describe('changed signatures', () => {
   })
 })
 
+describe('results', () => {
+  it('snapshots carry fieldSources: where each present field came from', async () => {
+    const manager = make({ now: () => T0, fetchImpl: async () => usage() })
+    const headers = {
+      'anthropic-ratelimit-unified-5h-utilization': '0.2',
+      'anthropic-ratelimit-unified-7d-utilization': '0.3',
+      'anthropic-ratelimit-unified-fallback': 'available',
+    }
+    const pushed = manager.pushMainFromHeaders('alice', headers)
+    expect(pushed?.quota.fieldSources).toEqual({ five_hour: 'headers', seven_day: 'headers', fallbackAdvised: 'headers' })
+    const polled = await manager.refreshMain('alice', 'tok')
+    expect(polled.fieldSources).toMatchObject({ five_hour: 'poll', seven_day: 'poll', scoped: 'poll' })
+  })
+})
+
 describe('no raw token as an identity (issue 11 item 3)', () => {
   it('pushMainFromHeaders, setMain, seedMainFromStorage and refreshMain(token, token) keep only its fingerprint', async () => {
     const statePath = join(tempDir(), 'state.json')
@@ -365,7 +380,7 @@ describe('no raw token as an identity (issue 11 item 3)', () => {
     })
     const headers = { 'anthropic-ratelimit-unified-5h-utilization': '0.2', 'anthropic-ratelimit-unified-7d-utilization': '0.3' }
     expect(manager.pushMainFromHeaders(token, headers)?.quota.accountIdentity).toBe(`token:${tokenFingerprint(token)}`)
-    manager.setMain(token, { quota: snapshot(), checkedAt: T0 })
+    manager.setMain(token, { quota: snapshot(), checkedAt: T0, refreshAfter: T0 + MINUTE })
     manager.seedMainFromStorage({ quota: { mainQuota: snapshot(), mainQuotaCheckedAt: T0 } }, token)
     await manager.refreshMain(token, token)
     await manager.refreshMain('alice', seenToken)

@@ -2,7 +2,7 @@
 // host seeding, refreshAllFallbacks and bad input at the boundary.
 import { describe, expect, it } from 'vitest'
 import { QuotaManager, ManualClock } from '../index.js'
-import type { FallbackAccount, QuotaEntry, QuotaSnapshot } from '../index.js'
+import type { FallbackAccount, OAuthFallbackAccount, QuotaEntry, QuotaSnapshot } from '../index.js'
 import { rateLimitHeaders, usageBody } from '../simulator/index.js'
 import {
   MINUTE,
@@ -24,8 +24,11 @@ const { setup, onCleanup } = perTestHarness()
 
 /** Far ahead of every test clock: an `access` token is only used while `expires` is ahead (COMPAT §4). */
 const NEVER_EXPIRES = Date.UTC(2100, 0, 1)
-const account = (id: string, extra: Partial<FallbackAccount> = {}): FallbackAccount =>
-  ({ id, ...(extra.access === undefined ? {} : { expires: NEVER_EXPIRES }), ...extra }) as FallbackAccount
+const account = (id: string, extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount => ({
+  id,
+  ...(extra.access === undefined ? {} : { expires: NEVER_EXPIRES }),
+  ...extra,
+})
 
 /** A fresh entry observed at `at`, with windows at the given used percentages. */
 function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at + 5 * MINUTE): QuotaEntry {
@@ -35,6 +38,8 @@ function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at
       seven_day: { usedPercent: sevenUsed, remainingPercent: 100 - sevenUsed, checkedAt: at },
       source: 'poll',
       checkedAt: at,
+      // COMPAT §5: every snapshot handed out says where each present field came from.
+      fieldSources: { five_hour: 'poll', seven_day: 'poll' },
     },
     checkedAt: at,
     refreshAfter,
@@ -310,9 +315,9 @@ describe('single flight per account id', () => {
 })
 
 describe('login replacement (authLineageId)', () => {
-  const login1 = (extra: Partial<FallbackAccount> = {}): FallbackAccount =>
+  const login1 = (extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount =>
     account('a', { access: 'tok-1', authLineageId: 'login-1', ...extra })
-  const login2 = (extra: Partial<FallbackAccount> = {}): FallbackAccount =>
+  const login2 = (extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount =>
     account('a', { access: 'tok-2', authLineageId: 'login-2', ...extra })
 
   it('drops the old login cache before it is read', async () => {
