@@ -257,6 +257,15 @@ describe('main identity generations', () => {
     expect(manager.isMainStale()).toBe(true)
   })
 
+  it('refreshMain(undefined, token) polls for the bound identity', async () => {
+    const manager = make({ now: () => T0, fetchImpl: async () => usage() })
+    manager.setMainQuotaAccountIdentity('main-a')
+    const quota = await manager.refreshMain(undefined, 'tok-a')
+    expect(quota.accountIdentity).toBe('main-a')
+    expect(manager.getMain('main-a')?.quota.accountIdentity).toBe('main-a')
+    expect(manager.getMainQuotaIdentityGeneration()).toBe(1)
+  })
+
   it('a refresh bound to an identity generation that moved on rejects without a request', async () => {
     let polls = 0
     const manager = make({

@@ -18,8 +18,10 @@ use quota_core::stats::{bump, Stats};
 /// A weak, non-callee-handled threadsafe function taking one Rust payload.
 type Callback<T, Args> = ThreadsafeFunction<T, CallbackReturn, Args, Status, false, true>;
 
-/// How long a callback's promise may keep a refresh's callers waiting.
+/// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a callback's promise is watched for a rejection when nobody waits for it.
+const CALLBACK_PROMISE_WATCH: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// What a callback returned: a promise (an `async` callback) is awaited so its rejection is
 /// caught and counted instead of becoming an unhandled rejection in the host.
@@ -179,7 +181,13 @@ fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
             Ok(CallbackReturn::Promise(promise)) => {
                 let stats = stats.clone();
                 napi::bindgen_prelude::spawn(async move {
-                    report(promise.await.map(|_| ()), name, &stats);
+                    // Watched for a while only: a promise that never settles must not hold a
+                    // task forever. A later rejection is still caught (the promise keeps its
+                    // handlers), just no longer counted.
+                    if let Ok(settled) = tokio::time::timeout(CALLBACK_PROMISE_WATCH, promise).await
+                    {
+                        report(settled.map(|_| ()), name, &stats);
+                    }
                 });
             }
             Ok(CallbackReturn::Value) => {}

@@ -780,6 +780,9 @@ impl QuotaManager {
         let first = optional_string(env, first, "mainAccountId")?;
         let token = optional_string(env, access_token, "accessToken")?;
         let expected = optional_generation(env, generation)?;
+        // One argument: it is both the identity and the token. `undefined` as the identity:
+        // the bound identity.
+        let one_argument = first.is_some() && token.is_none();
         let (identity, token) = match (first, token) {
             (Some(first), None) => (None, first),
             (first, Some(token)) => (first, token),
@@ -793,11 +796,10 @@ impl QuotaManager {
         }
         self.remember_token(&token);
         let identity = self.identity_form(identity, Some(&token));
-        let target = match (&identity, token.is_empty()) {
-            (Some(id), _) => MainTarget::Named(id),
-            (None, true) => MainTarget::Bound,
-            (None, false) if expected.is_some() => MainTarget::Bound,
-            (None, false) => MainTarget::Token,
+        let target = match &identity {
+            Some(id) => MainTarget::Named(id),
+            None if one_argument => MainTarget::Token,
+            None => MainTarget::Bound,
         };
         let refresh = self.core.begin_refresh_main_for(target, &token, expected);
         self.promises.promise(env, refresh, shape)

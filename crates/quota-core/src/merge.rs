@@ -127,10 +127,10 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     let kept = |merged_window: Option<&QuotaWindow>,
                 poll_window: Option<&QuotaWindow>,
                 field: fn(&FieldSources) -> Option<QuotaSource>| {
-        if merged_window != poll_window {
-            Some(cached.source_of(field))
-        } else {
+        if merged_window == poll_window {
             Some(QuotaSource::Poll)
+        } else {
+            Some(cached.source_of(field))
         }
     };
     let mut field_sources = FieldSources {
