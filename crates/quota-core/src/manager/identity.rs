@@ -87,7 +87,12 @@ impl QuotaManager {
         }
         let identity_moved = !same_identity(previous.as_ref(), wanted.as_ref());
         if identity_moved {
-            routes.retarget_main(wanted.clone());
+            match (&previous, wanted.clone()) {
+                // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
+                // whoever binds it), and drops an entry not stamped for the new identity.
+                (None, Some(wanted)) => routes.bind_main(wanted),
+                _ => routes.retarget_main(wanted.clone()),
+            }
             routes.main_mut().record.entry = kept_entry;
         } else if wanted_name.is_some() && kept_entry.is_none() {
             routes.main_mut().record.entry = None;
