@@ -400,6 +400,16 @@ describe('no raw token as an identity (issue 11 item 3)', () => {
       expect(identity).not.toContain(token)
       expect(identity).not.toContain(seenToken)
     }
+    // A manager started from storage that names the main account by a token.
+    const seeded = make({
+      statePath,
+      now: () => T0,
+      fetchImpl: async () => usage(),
+      storage: { mainAccountId: token, quota: { mainQuota: { ...snapshot(), accountIdentity: token }, mainQuotaCheckedAt: T0 } },
+    })
+    expect(seeded.getMain(token)?.quota.accountIdentity).toBe(`token:${tokenFingerprint(token)}`)
+    await seeded.refreshMain(token, token)
+    await seeded.close()
     const file = readFileSync(statePath, 'utf8')
     expect(file).not.toContain(token)
     expect(file).not.toContain(seenToken)

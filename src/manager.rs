@@ -171,7 +171,10 @@ impl QuotaManager {
             napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
-            parsed.storage,
+            parsed.storage.map(|mut storage| {
+                identities_as_fingerprints(&mut storage, looks_like_token);
+                storage
+            }),
             parsed.clock,
             callbacks.clone(),
             stats,
@@ -630,7 +633,10 @@ impl QuotaManager {
     #[napi(ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
-        let storage = optional_storage(&env, storage, "storage")?;
+        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
+            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            storage
+        });
         self.core.update_storage(storage.as_ref());
         Ok(())
     }
@@ -644,7 +650,10 @@ impl QuotaManager {
         main_account_id: Option<Unknown>,
     ) -> Result<()> {
         self.tick(&env)?;
-        let storage = optional_storage(&env, storage, "storage")?;
+        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
+            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            storage
+        });
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
         let identity = self.identity_form(identity, None);
         if let Some(storage) = storage {
@@ -731,27 +740,36 @@ impl QuotaManager {
     /// no token reaches the state file or a callback as an identity.
     fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
         let identity = identity?;
-        let is_token = token == Some(identity.as_str())
-            || looks_like_token(&identity)
-            || self
-                .seen_tokens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&fingerprint(&identity));
-        Some(if is_token {
-            format!("token:{}", fingerprint(&identity))
+        Some(if self.is_token(&identity, token) {
+            token_identity(&identity)
         } else {
             identity
         })
     }
 
-    fn remember_token(&self, token: &str) {
-        if !token.is_empty() {
-            self.seen_tokens
+    fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
+        token == Some(identity)
+            || looks_like_token(identity)
+            || self
+                .seen_tokens
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(fingerprint(token));
+                .contains(&fingerprint(identity))
+    }
+
+    fn remember_token(&self, token: &str) {
+        if token.is_empty() {
+            return;
         }
+        let mut seen = self
+            .seen_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Tokens rotate a few times a day: the bound only guards a host that mints them in bulk.
+        if seen.len() >= SEEN_TOKENS_KEPT {
+            seen.clear();
+        }
+        seen.insert(fingerprint(token));
     }
 
     /// An access token: a string, non-empty unless a host transport brings its own credentials.
@@ -892,6 +910,31 @@ impl QuotaManager {
 /// An OAuth token by its shape (Anthropic's tokens start with `sk-ant-`).
 fn looks_like_token(text: &str) -> bool {
     text.starts_with("sk-ant-")
+}
+
+/// How many token fingerprints a manager remembers to recognise tokens used as identities.
+const SEEN_TOKENS_KEPT: usize = 1024;
+
+/// The identity of the account behind a token, as it may be stored: `token:<fingerprint>`.
+fn token_identity(token: &str) -> String {
+    format!("token:{}", fingerprint(token))
+}
+
+/// The host's storage with every main identity that is a token replaced by its fingerprint
+/// form (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
+fn identities_as_fingerprints(storage: &mut HostStorage, is_token: impl Fn(&str) -> bool) {
+    let fix = |identity: &mut Option<String>| {
+        if let Some(id) = identity.as_deref().filter(|id| is_token(id)) {
+            *identity = Some(token_identity(id));
+        }
+    };
+    fix(&mut storage.main_account_id);
+    if let Some(quota) = storage.main_quota.as_mut() {
+        fix(&mut quota.account_identity);
+    }
+    if let Some(error) = storage.main_last_error.as_mut() {
+        fix(&mut error.account_identity);
+    }
 }
 
 /// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
