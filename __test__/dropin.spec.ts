@@ -300,12 +300,20 @@ describe('main identity generations', () => {
     await rejectionOf(first.refreshMain('main-a', 'tok-a'))
     expect(first.isBackedOff()).toBe(true)
     // Another process started now would adopt the backoff from the file.
-    expect(make(options).isBackedOff()).toBe(true)
+    const running = make(options)
+    expect(running.isBackedOff()).toBe(true)
     now += SECOND
     expect(first.clearMainBackoff()).toBe(2)
     expect(first.isBackedOff()).toBe(false)
     await first.close()
+    // A process started from then on reads the clear from the state file...
     expect(make(options).isBackedOff()).toBe(false)
+    // ...and a running one from the generations the plugin persists (updateStorage per request).
+    running.updateStorage({
+      mainAccountId: 'main-a',
+      quota: { mainQuotaErrorGeneration: 2, mainQuotaErrorClearedAt: first.getMainQuotaErrorClearedAt() },
+    })
+    expect(running.isBackedOff()).toBe(false)
   })
 })
 

@@ -85,6 +85,20 @@ quotaManager.seedFallbacksFromAccounts(initialStorage?.accounts ?? []) // API-ke
 
 // ----- identity binding of the main account -----------------------------------------------------
 
+/**
+ * Persists a cleared main backoff (its error generation and cleared-at), so other processes
+ * drop the error at their next `updateStorage` instead of resurrecting it.
+ */
+async function persistMainClear(errorGeneration: number): Promise<void> {
+  const storage = await loadAccounts(accountStoragePath)
+  if (!storage) return
+  const q = (storage.quota ??= {})
+  delete q.mainLastQuotaApiError
+  q.mainQuotaErrorGeneration = Math.max(q.mainQuotaErrorGeneration ?? 0, errorGeneration)
+  q.mainQuotaErrorClearedAt = Math.max(q.mainQuotaErrorClearedAt ?? 0, quotaManager.getMainQuotaErrorClearedAt() ?? Date.now())
+  await saveAccountState(storage, accountStoragePath, { mainQuota: true })
+}
+
 let mainQuotaKey: string | undefined
 let boundAccessToken: string | undefined
 
@@ -103,19 +117,7 @@ export async function bindMainIdentity(accessToken: string, providerChanged: boo
       accessToken.startsWith('sk-ant-oat'),
       providerChanged,
     )
-    if (cleared !== undefined) {
-      const storage = await loadAccounts(accountStoragePath)
-      if (storage) {
-        const q = (storage.quota ??= {})
-        delete q.mainLastQuotaApiError
-        q.mainQuotaErrorGeneration = Math.max(q.mainQuotaErrorGeneration ?? 0, cleared)
-        q.mainQuotaErrorClearedAt = Math.max(
-          q.mainQuotaErrorClearedAt ?? 0,
-          quotaManager.getMainQuotaErrorClearedAt() ?? Date.now(),
-        )
-        await saveAccountState(storage, accountStoragePath, { mainQuota: true })
-      }
-    }
+    if (cleared !== undefined) await persistMainClear(cleared)
   }
   // The generation a request-bound refresh must still match when it starts.
   return quotaManager.getMainQuotaIdentityGeneration()
@@ -172,6 +174,9 @@ export function harvest(served: { accountId: string; authLineageId: string | und
 export function forgetMain(): void {
   quotaManager.clearMain()
 }
-export function retryMainNow(): number | undefined {
-  return quotaManager.clearMainBackoff() // also clears it in the shared state file
+export async function retryMainNow(): Promise<void> {
+  // Clears it here and in the shared state file; persisting the generation clears it in the
+  // running processes too.
+  const cleared = quotaManager.clearMainBackoff()
+  if (cleared !== undefined) await persistMainClear(cleared)
 }
