@@ -337,10 +337,9 @@ describe('backoff ladder', () => {
     expect(backoffMs(manager)).toBe(6 * 3_600 * SECOND)
   })
 
-  // issue 11 (item 11): a Retry-After beyond 30 days is dropped today (the 60 s rung applies)
-  // instead of being capped at maxRetryAfterMs, so a server asking for a long pause is polled
-  // again after a minute. Remove `.fails` once the product caps it.
-  it.fails('a Retry-After beyond 30 days is capped at maxRetryAfterMs, not dropped to the 60 s rung', async () => {
+  // issue 11 (item 11): a server asking for a very long pause must not be polled again after a
+  // minute (the 60 s rung): the ask is capped at maxRetryAfterMs instead of being dropped.
+  it('a Retry-After beyond 30 days is capped at maxRetryAfterMs, not dropped to the 60 s rung', async () => {
     const sim = await h.simulator()
     const { manager } = h.manager(sim)
     sim.replyOnce({ status: 429, headers: { 'retry-after': String(THIRTY_DAYS_S + 1) } })

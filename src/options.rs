@@ -175,6 +175,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
             .map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
         backoff: parse_backoff(env, fields.raw("backoff")?)?,
         state_path: parse_state_path(env, &fields)?,
+        connection: quota_core::client::ConnectionOptions::default(),
     };
     Ok(ParsedOptions {
         config,

@@ -163,8 +163,10 @@ export interface QuotaStats {
   callbackErrors: number
   /** State files found unreadable and set aside. */
   stateFileQuarantines: number
-  /** State-file reads or writes that failed. */
+  /** State-file reads or writes that failed (the manager then keeps working in memory). */
   stateErrors: number
+  /** Reads or writes that left a state file of a newer schema (a newer build's) alone. */
+  stateFileNewerSchema: number
 }
 
 export interface QuotaPolicy {

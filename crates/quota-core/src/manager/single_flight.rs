@@ -3,7 +3,7 @@
 //! [`Flight`]; this module knows nothing of routes or quota.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt};
 
@@ -16,6 +16,9 @@ pub(super) struct Flight<T: Clone> {
     shared: Shared<T>,
     /// Everyone waiting on it, its leader included.
     callers: Arc<AtomicU64>,
+    /// The result, once known but not yet handed out (the work still has something to do,
+    /// e.g. tell the host): a caller joining now gets it at once.
+    early: Mutex<Option<T>>,
 }
 
 /// A caller's place on a flight.
@@ -43,14 +46,37 @@ impl<T: Clone> Flight<T> {
                 id,
                 shared,
                 callers,
+                early: Mutex::new(None),
             },
             ticket,
         )
     }
 
+    /// Records the result before the work ends: later joiners get it without waiting.
+    pub fn settle_early(&self, value: T) {
+        *self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    }
+
     /// Joins the flight as one more caller.
-    pub fn join(&self) -> Ticket<T> {
+    pub fn join(&self) -> Ticket<T>
+    where
+        T: Send + Sync + 'static,
+    {
         self.callers.fetch_add(1, Ordering::SeqCst);
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(value) = early {
+            return Ticket {
+                id: Some(self.id),
+                ..Ticket::ready(value)
+            };
+        }
         Ticket {
             result: self.shared.clone(),
             callers: None,
