@@ -376,6 +376,7 @@ describe('a damaged state file', () => {
     expect(after.stats.stateFileNewerSchema).toBeGreaterThanOrEqual(1)
     expect(readFileSync(statePath).equals(content)).toBe(true)
     expect(readdirSync(dir).filter((f) => f.includes('.corrupt-'))).toEqual([])
+    await until(() => child.stderr.includes('newer version'), 5_000, 'the stderr report')
     expect(child.stderr.match(/newer version/g)).toHaveLength(1)
     await child.request({ cmd: 'exit' })
     expect((await child.exited).code).toBe(0)

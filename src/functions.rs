@@ -5,7 +5,8 @@ use napi_derive::napi;
 use serde::Serialize;
 
 use super::js::{
-    is_nullish, number_in, optional_string, required_string, to_json, type_error, Json, OrUndefined,
+    describe, headers_arg, is_nullish, number_in, optional_string, required_string, to_json,
+    type_error, Json, OrUndefined,
 };
 use quota_core::backoff;
 use quota_core::clock::{Clock, SystemClock};
@@ -56,9 +57,15 @@ pub fn evaluate_quota(
         _ => None,
     };
     let policy = match policy {
-        Some(value) if !is_nullish(&value) => {
-            QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?)
-        }
+        Some(value) if !is_nullish(&value) => match value.get_type()? {
+            ValueType::Object => QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?),
+            other => {
+                return Err(type_error(
+                    &env,
+                    format!("policy must be an object, got {}", describe(other)),
+                ))
+            }
+        },
         _ => QuotaPolicy::default(),
     };
     let model = optional_string(&env, model_id, "modelId")?;
@@ -89,17 +96,7 @@ pub fn parse_quota_headers_js(
     headers: Option<Unknown>,
     now_ms: Option<Unknown>,
 ) -> Result<Json<Option<QuotaSnapshot>>> {
-    let headers = match headers {
-        Some(value) if matches!(value.get_type()?, ValueType::Object) => {
-            to_json(&env, value, "headers")?
-        }
-        _ => {
-            return Err(type_error(
-                &env,
-                "headers must be an object of header names to values",
-            ))
-        }
-    };
+    let headers = headers_arg(&env, headers, "headers")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
     let pairs = header_pairs(&headers);
     Ok(Json(parse_quota_headers(

@@ -108,6 +108,37 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
 }
 
+/// Response headers (or a snapshot) as plain data. A `Headers` or a `Map` (anything with an
+/// `entries()` method that is not an array: `response.headers` is the natural argument) is read
+/// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
+pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
+    let value =
+        value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
+    let value_type = value.get_type()?;
+    if value_type != ValueType::Object {
+        return Err(type_error(
+            env,
+            format!(
+                "{name} must be an object, a Headers or a Map, got {}",
+                describe(value_type)
+            ),
+        ));
+    }
+    let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
+    if !value.is_array()? && entries.get_type()? == ValueType::Function {
+        // `Object` is a function: read it as an unknown value to reach its static method.
+        let object: Unknown = env.get_global()?.get_named_property("Object")?;
+        let from_entries: Function<Unknown, Unknown> = object
+            .coerce_to_object()?
+            .get_named_property("fromEntries")?;
+        let plain = from_entries
+            .call(value)
+            .map_err(|e| type_error(env, format!("{name} could not be read: {}", e.reason)))?;
+        return to_json(env, plain, name);
+    }
+    to_json(env, value, name)
+}
+
 /// `undefined` and `null` read as absent.
 pub fn is_nullish(value: &Unknown) -> bool {
     matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null))

@@ -10,6 +10,7 @@ mod callbacks;
 mod clock;
 mod exit;
 mod functions;
+mod host_env;
 mod js;
 mod manager;
 mod options;

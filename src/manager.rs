@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::callbacks::JsCallbacks;
 use super::js::{
-    describe, is_nullish, optional_string, required_non_empty, to_json, type_error, Json,
-    OrUndefined,
+    describe, headers_arg, is_nullish, optional_string, required_non_empty, to_json, type_error,
+    Json, OrUndefined,
 };
 use super::options::parse_options;
 use super::shared::{Shape, SharedPromises};
@@ -131,7 +131,8 @@ impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
     #[napi(constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
-        let parsed = parse_options(&env, options)?;
+        let mut parsed = parse_options(&env, options)?;
+        parsed.config.connection = super::host_env::connection_options(&env)?;
         let stats = Arc::new(Stats::default());
         let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
         let runtime =
@@ -148,6 +149,7 @@ impl QuotaManager {
             Some(option) => type_error(&env, format!("options.{option}: {e}")),
             None => type_error(&env, e.to_string()),
         })?;
+        super::host_env::print_trust_warnings_once(core.trust_warnings());
         if core.state_path().is_some() {
             super::exit::flush_at_exit(&env, &core)?;
         }
@@ -263,7 +265,7 @@ impl QuotaManager {
         headers: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
-        let headers = object_arg(env, headers, "headers")?;
+        let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
         self.views.show(env, None, entry)
@@ -283,7 +285,7 @@ impl QuotaManager {
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
         let id = required_non_empty(env, account_id, "accountId")?;
-        let headers = object_arg(env, headers, "headers")?;
+        let headers = headers_arg(env, headers, "headers")?;
         let account = optional_account(env, account, "account")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
@@ -546,8 +548,11 @@ impl QuotaManager {
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
+        let unsettled = self.promises.unsettled();
         void_promise(env, async move {
             closing.await;
+            // The running calls' promises settle first: `await close()` sees them settled.
+            unsettled.all_settled().await;
             callbacks.release();
         })
     }
