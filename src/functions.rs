@@ -37,6 +37,7 @@ fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
 /// Does this snapshot allow a request on this model? `blockedUntil` is when the binding window
 /// resets.
 #[napi(
+    catch_unwind,
     ts_args_type = "quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string",
     ts_return_type = "{ passes: boolean; reason?: 'five_hour' | 'seven_day' | 'scoped' | 'unknown'; blockedUntil?: number }"
 )]
@@ -79,7 +80,7 @@ pub fn evaluate_quota(
 
 /// The first 16 hex characters of the SHA-256 of a token: how the package names a token
 /// without storing it.
-#[napi(ts_args_type = "token: string")]
+#[napi(catch_unwind, ts_args_type = "token: string")]
 pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
     Ok(fingerprint(&required_string(&env, token, "token")?))
 }
@@ -87,6 +88,7 @@ pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
 /// Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry
 /// no 5-hour or 7-day utilisation.
 #[napi(
+    catch_unwind,
     js_name = "parseQuotaHeaders",
     ts_args_type = "headers: Record<string, string>, nowMs?: number",
     ts_return_type = "QuotaSnapshot | null"
@@ -108,6 +110,7 @@ pub fn parse_quota_headers_js(
 /// A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
 /// `undefined` for `0`, negative, past or unparsable values.
 #[napi(
+    catch_unwind,
     ts_args_type = "value: string, nowMs?: number",
     ts_return_type = "number | undefined"
 )]
@@ -126,7 +129,7 @@ pub fn parse_retry_after(
 /// The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
 /// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
 /// `null` when none of those variables is set.
-#[napi(ts_return_type = "string | null")]
+#[napi(catch_unwind, ts_return_type = "string | null")]
 pub fn default_state_path() -> Option<String> {
     store::default_state_path(|name| std::env::var(name).ok()).map(|p| p.display().to_string())
 }
@@ -140,6 +143,7 @@ struct ParsedRouteKey {
 /// Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of
 /// another kind.
 #[napi(
+    catch_unwind,
     ts_args_type = "key: string",
     ts_return_type = "{ kind: 'main' | 'fallback'; id: string } | null"
 )]

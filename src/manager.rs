@@ -129,7 +129,11 @@ fn request_count(env: &Env, value: Option<Unknown>) -> Result<i64> {
 #[napi]
 impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
-    #[napi(constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
+    #[napi(
+        catch_unwind,
+        constructor,
+        ts_args_type = "options?: QuotaManagerOptions | null"
+    )]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = super::host_env::connection_options(&env)?;
@@ -166,6 +170,7 @@ impl QuotaManager {
     /// The main cache entry; `null` unless it belongs to `mainAccountId` (when given). The
     /// object is frozen, and the same one is returned until the entry changes.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountId?: string",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -182,6 +187,7 @@ impl QuotaManager {
     /// A fallback's cache entry. Passing the account drops the entry first if its login was
     /// replaced (a different `authLineageId`).
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, account?: FallbackAccount",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -198,7 +204,7 @@ impl QuotaManager {
     }
 
     /// Every cached fallback entry, by account id.
-    #[napi(ts_return_type = "Map<string, QuotaEntry>")]
+    #[napi(catch_unwind, ts_return_type = "Map<string, QuotaEntry>")]
     pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
         let global = env.get_global()?;
         let map_class: Function<(), Unknown> = global.get_named_property("Map")?;
@@ -215,7 +221,10 @@ impl QuotaManager {
     // ----- cache writes --------------------------------------------------------------------
 
     /// Replaces the main cache entry (for example with one the host persisted).
-    #[napi(ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry"
+    )]
     pub fn set_main(
         &self,
         env: Env,
@@ -229,7 +238,10 @@ impl QuotaManager {
     }
 
     /// Replaces a fallback's cache entry.
-    #[napi(ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccount")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccount"
+    )]
     pub fn set_fallback(
         &self,
         env: Env,
@@ -245,7 +257,7 @@ impl QuotaManager {
     }
 
     /// Forgets a fallback's cache and backoff, here and in the state file.
-    #[napi(ts_args_type = "accountId: string")]
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn clear_fallback(&self, env: Env, account_id: Option<Unknown>) -> Result<()> {
         let id = required_non_empty(&env, account_id, "accountId")?;
         self.core.clear_fallback(&id);
@@ -255,6 +267,7 @@ impl QuotaManager {
     /// Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
     /// into the main cache, without any request. `null` when they carry no quota.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountId: string | undefined, headers: Record<string, string> | QuotaSnapshot",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -274,6 +287,7 @@ impl QuotaManager {
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
     /// they carry no quota, or carry a login that was replaced.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccount",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -298,6 +312,7 @@ impl QuotaManager {
     /// across processes). With one argument, it is both the identity and the access token.
     /// Callers of one request get the same promise and the same frozen snapshot.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountIdOrAccessToken: string, accessToken?: string",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
@@ -312,6 +327,7 @@ impl QuotaManager {
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountIdOrAccessToken: string, accessToken?: string",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
@@ -326,6 +342,7 @@ impl QuotaManager {
 
     /// Polls the usage endpoint for one fallback account.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccount",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
@@ -341,6 +358,7 @@ impl QuotaManager {
 
     /// `refreshFallback`, telling whether a request was sent.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccount",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
@@ -357,6 +375,7 @@ impl QuotaManager {
     /// Refreshes every enabled account with a token whose quota is due, a few at a time.
     /// Failures are recorded on each account's route, never thrown.
     #[napi(
+        catch_unwind,
         ts_args_type = "accounts: FallbackAccount[]",
         ts_return_type = "Promise<void>"
     )]
@@ -371,7 +390,7 @@ impl QuotaManager {
 
     /// Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
     /// the route is backed off.
-    #[napi(ts_args_type = "accessToken: string")]
+    #[napi(catch_unwind, ts_args_type = "accessToken: string")]
     pub fn refresh_main_in_background(
         &self,
         env: Env,
@@ -387,14 +406,17 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     /// Is the main entry missing or due (for this model's scoped window too, when given)?
-    #[napi(ts_args_type = "modelId?: string")]
+    #[napi(catch_unwind, ts_args_type = "modelId?: string")]
     pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
         let model = optional_string(&env, model_id, "modelId")?;
         Ok(self.core.is_main_stale(model.as_deref()))
     }
 
     /// Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
-    #[napi(ts_args_type = "accountId: string, accessToken?: string, modelId?: string")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, accessToken?: string, modelId?: string"
+    )]
     pub fn is_fallback_stale(
         &self,
         env: Env,
@@ -409,7 +431,7 @@ impl QuotaManager {
     }
 
     /// True every `refreshEveryNRequests` requests (never when that setting is 0).
-    #[napi(ts_args_type = "requestCount: number")]
+    #[napi(catch_unwind, ts_args_type = "requestCount: number")]
     pub fn should_refresh_on_request_count(
         &self,
         env: Env,
@@ -420,7 +442,7 @@ impl QuotaManager {
     }
 
     /// `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`.
-    #[napi(ts_args_type = "requestCount: number, modelId?: string")]
+    #[napi(catch_unwind, ts_args_type = "requestCount: number, modelId?: string")]
     pub fn needs_refresh(
         &self,
         env: Env,
@@ -435,26 +457,27 @@ impl QuotaManager {
     // ----- backoff -------------------------------------------------------------------------
 
     /// Is the main route backed off?
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn is_backed_off(&self) -> bool {
         self.core.is_backed_off()
     }
 
     /// Is this fallback's route backed off?
-    #[napi(ts_args_type = "accountId: string")]
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn is_fallback_backed_off(&self, env: Env, account_id: Option<Unknown>) -> Result<bool> {
         let id = required_non_empty(&env, account_id, "accountId")?;
         Ok(self.core.is_fallback_backed_off(&id))
     }
 
     /// The main route's last backoff-arming failure.
-    #[napi(ts_return_type = "QuotaApiError | undefined")]
+    #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self) -> OrUndefined<Json<ApiErrorRecord>> {
         OrUndefined(self.core.last_api_error().map(Json))
     }
 
     /// A fallback route's last backoff-arming failure.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string",
         ts_return_type = "QuotaApiError | undefined"
     )]
@@ -470,7 +493,7 @@ impl QuotaManager {
     // ----- host storage --------------------------------------------------------------------
 
     /// Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it.
-    #[napi(ts_args_type = "storage: AccountStorage | null")]
+    #[napi(catch_unwind, ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         let storage = optional_storage(&env, storage, "storage")?;
         self.core.update_storage(storage.as_ref());
@@ -478,7 +501,10 @@ impl QuotaManager {
     }
 
     /// Adopts the host's persisted main snapshot (when newer) and backoff (when active).
-    #[napi(ts_args_type = "storage: AccountStorage | null, mainAccountId?: string")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "storage: AccountStorage | null, mainAccountId?: string"
+    )]
     pub fn seed_main_from_storage(
         &self,
         env: Env,
@@ -494,7 +520,7 @@ impl QuotaManager {
     }
 
     /// Adopts each account's persisted quota and backoff; forgets accounts no longer listed.
-    #[napi(ts_args_type = "accounts: FallbackAccount[]")]
+    #[napi(catch_unwind, ts_args_type = "accounts: FallbackAccount[]")]
     pub fn seed_fallbacks_from_accounts(
         &self,
         env: Env,
@@ -510,6 +536,7 @@ impl QuotaManager {
     /// The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
     /// cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
     #[napi(
+        catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
     pub fn fail_closed_response(&self) -> Json<Option<FailClosedAnswer>> {
@@ -531,20 +558,20 @@ impl QuotaManager {
 
     /// The shared state file this manager uses (resolved at construction), or `null` when it
     /// keeps everything in memory.
-    #[napi(getter, ts_return_type = "string | null")]
+    #[napi(catch_unwind, getter, ts_return_type = "string | null")]
     pub fn state_path(&self) -> Option<String> {
         self.core.state_path().map(|p| p.display().to_string())
     }
 
     /// Counters since construction.
-    #[napi(ts_return_type = "QuotaStats")]
+    #[napi(catch_unwind, ts_return_type = "QuotaStats")]
     pub fn stats(&self) -> Json<quota_core::stats::StatsSnapshot> {
         Json(self.core.stats())
     }
 
     /// Lets running calls settle, writes unsaved state, and drops the callbacks. Later calls
     /// reject with `QUOTA_CLOSED`.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
