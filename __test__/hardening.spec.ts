@@ -164,6 +164,19 @@ describe('an identity switch while a request runs', () => {
   })
 })
 
+describe('a token that cannot be a header', () => {
+  it('a token with CR/LF rejects with a TypeError (ERR_INVALID_ARG_VALUE), sends nothing and arms no backoff', async () => {
+    const errors: unknown[] = []
+    const manager = track(new QuotaManager({ statePath: null, usageUrl: sim.url, apiCallGapMs: 0, onApiError: (e) => void errors.push(e) }))
+    const error = await manager.refreshMain('alice', 'tok\r\nX-Evil: 1').catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(TypeError)
+    expect((error as { code?: string }).code).toBe('ERR_INVALID_ARG_VALUE')
+    expect(sim.requests).toBe(0)
+    expect(manager.isBackedOff()).toBe(false)
+    expect(errors).toEqual([])
+  })
+})
+
 describe('headers as Headers and Map objects', () => {
   it('pushMainFromHeaders and pushFallbackFromHeaders read a Headers and a Map', () => {
     const manager = track(new QuotaManager({ statePath: null, usageUrl: sim.url }))

@@ -63,8 +63,13 @@ fn with_code(error: Unknown, code: &str) -> Error {
 /// The JavaScript `Error` for a core error: the human message, a stable `code`, and the extra
 /// fields API.md lists for that code.
 pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
-    let base = napi::JsError::from(Error::new(Status::GenericFailure, error.to_string()));
-    let value = base.into_unknown(*env);
+    let reason = Error::new(Status::GenericFailure, error.to_string());
+    // A value the host passed that cannot be used (a token with a line break) is its bug.
+    let value = if matches!(error, QuotaError::InvalidArgument(_)) {
+        JsTypeError::from(reason).into_unknown(*env)
+    } else {
+        napi::JsError::from(reason).into_unknown(*env)
+    };
     if let Ok(mut object) = value.coerce_to_object() {
         let _ = set_quota_error_fields(&mut object, error);
     }
@@ -79,12 +84,12 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
     if let Some(retry_after_ms) = error.retry_after_ms() {
         object.set("retryAfterMs", retry_after_ms as f64)?;
     }
-    match error {
-        QuotaError::BackedOff { next_retry_at, .. } => {
-            object.set("nextRetryAt", *next_retry_at as f64)?;
-        }
-        QuotaError::State { path, .. } => object.set("path", path.as_str())?,
-        _ => {}
+    if let QuotaError::BackedOff { next_retry_at, .. } = error {
+        object.set("nextRetryAt", *next_retry_at as f64)?;
+    }
+    // A state error or a state-lock timeout names its file.
+    if let Some(path) = error.path() {
+        object.set("path", path)?;
     }
     Ok(())
 }
