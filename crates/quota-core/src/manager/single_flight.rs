@@ -120,6 +120,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_caller_joining_after_an_early_result_gets_it_at_once_on_the_same_flight() {
+        let (flight, leader) = Flight::lead(9, futures::future::pending::<u8>().boxed());
+        flight.settle_early(5);
+        let late = flight.join();
+        assert_eq!(
+            late.id,
+            Some(9),
+            "the same request: callers share its promise"
+        );
+        assert!(late.callers.is_none());
+        assert_eq!(
+            late.result.await,
+            5,
+            "not waiting on the work, which never ends"
+        );
+        assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn a_ready_ticket_belongs_to_no_flight() {
         let ticket = Ticket::ready("now");
         assert_eq!(ticket.id, None);
