@@ -199,7 +199,7 @@ impl HostEvents for ApiErrors {
     fn main_quota_fetched(&self, _: FetchedEvent) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
-    fn api_error(&self, error: ApiErrorRecord) -> BoxFuture<'static, ()> {
+    fn api_error(&self, error: ApiErrorRecord, _error_generation: u64) -> BoxFuture<'static, ()> {
         self.0.lock().unwrap().push(error);
         async {}.boxed()
     }
@@ -351,7 +351,7 @@ impl HostEvents for RefreshesItself {
         }
         .boxed()
     }
-    fn api_error(&self, _: ApiErrorRecord) -> BoxFuture<'static, ()> {
+    fn api_error(&self, _: ApiErrorRecord, _: u64) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
     fn fallback_quota_fetched(&self, _: String, _: FetchedEvent) -> BoxFuture<'static, ()> {
