@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest'
 
 import { startUsageSimulator, type UsageSimulator } from '../simulator/index.js'
 import {
@@ -356,19 +356,22 @@ describe('a damaged state file', () => {
   }
 
   it('a newer schema version (a newer build\'s file) is left untouched, reported once, and the manager works in memory', async () => {
-    sim.reply({ status: 200 })
+    // A simulator of its own: the request count below is this child's alone, whatever a child
+    // of an earlier test may still send on its way out.
+    const own = await startUsageSimulator()
+    onTestFinished(() => own.close())
     const dir = tempDir()
     const statePath = join(dir, 'state.json')
     const content = Buffer.from('{"version": 99, "routes": {"main:alice": {"fromTheFuture": true}}}')
     writeFileSync(statePath, content)
-    const child = await startWorker(options(statePath, { apiCallGapMs: 0 }))
+    const child = await startWorker(options(statePath, { apiCallGapMs: 0, usageUrl: own.url }))
 
     const first = await refresh(child, { callers: 2, identity: 'alice', token: TOKEN })
     expect(first.results.every((r) => r.ok)).toBe(true)
     await child.request({ cmd: 'pushMain', identity: 'alice', headers: { 'anthropic-ratelimit-unified-5h-utilization': '0.5' } })
     const second = await refresh(child, { callers: 1, identity: 'bob', token: TOKEN })
     expect(second.results[0].ok).toBe(true)
-    expect(sim.requests).toBe(2)
+    expect(own.requests).toBe(2)
     await child.request({ cmd: 'close' })
     const after = await report(child)
     expect(after.stats.stateFileQuarantines).toBe(0)
