@@ -10,6 +10,7 @@ mod callbacks;
 mod clock;
 mod exit;
 mod functions;
+mod hot_path;
 mod js;
 mod manager;
 mod options;

@@ -30,6 +30,8 @@ pub struct QuotaManager {
     callbacks: Arc<JsCallbacks>,
     views: EntryViews,
     promises: SharedPromises,
+    /// Whether the change counter was shown to JavaScript (V8 allows one buffer per memory).
+    counter_shown: std::cell::Cell<bool>,
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -156,6 +158,7 @@ impl QuotaManager {
             callbacks,
             views: EntryViews::default(),
             promises: SharedPromises::default(),
+            counter_shown: std::cell::Cell::new(false),
         })
     }
 
@@ -523,6 +526,35 @@ impl QuotaManager {
                 body: answer.body,
             }
         }))
+    }
+
+    // ----- the facade's hot path (index.js; not part of the typed API) ----------------------
+
+    /// The change counter as an `Int32Array` of length 1 in shared memory, once per manager;
+    /// `null` on a second call or where the runtime refuses external buffers.
+    #[napi(js_name = "_changeCounter", skip_typescript)]
+    pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.counter_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, self.core.changes().shared())
+    }
+
+    /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
+    /// the change counter stays put; `-Infinity` when it already is whatever the time.
+    #[napi(js_name = "_mainStaleFrom", skip_typescript)]
+    pub fn main_stale_from(&self, env: Env, model_id: Option<Unknown>) -> Result<f64> {
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(match self.core.main_stale_from(model.as_deref()) {
+            i64::MIN => f64::NEG_INFINITY,
+            from => from as f64,
+        })
+    }
+
+    /// `refreshEveryNRequests` in force (0: off).
+    #[napi(js_name = "_refreshEveryN", skip_typescript)]
+    pub fn refresh_every_n(&self) -> f64 {
+        self.core.refresh_every_n() as f64
     }
 
     // ----- observability and lifecycle -----------------------------------------------------

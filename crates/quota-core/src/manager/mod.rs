@@ -22,6 +22,7 @@ mod announce;
 mod attempt;
 mod backoff_book;
 mod cache;
+mod changes;
 mod fallbacks;
 mod pacing;
 mod refresh;
@@ -31,7 +32,7 @@ mod settings;
 mod single_flight;
 mod write_behind;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
@@ -45,9 +46,11 @@ use crate::store::StateStore;
 
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
+pub use changes::ChangeCounter;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
+use changes::StateGuard;
 use pacing::Pacing;
 use routes::Routes;
 use settings::Settings;
@@ -75,6 +78,8 @@ pub struct ManagerConfig {
 }
 
 /// The manager's whole mutable state, behind one mutex that is never held across an await.
+/// Every mutable borrow bumps the change counter ([`changes`]): keep it free of interior
+/// mutability (`Cell`, atomics, inner mutexes), or a change could go unannounced.
 struct State {
     closed: bool,
     settings: Settings,
@@ -93,6 +98,7 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     fallback_fetch_slots: Semaphore,
     state: Mutex<State>,
+    changes: ChangeCounter,
 }
 
 /// The quota manager. Cheap to clone; clones share everything.
@@ -132,6 +138,7 @@ impl QuotaManager {
                 stats,
                 runtime,
                 state: Mutex::new(initial),
+                changes: ChangeCounter::default(),
             }),
         };
         let main_identity = storage.as_ref().and_then(|s| s.main_account_id.as_deref());
@@ -151,13 +158,21 @@ impl QuotaManager {
         self.now_ms()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> StateGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
-        self.inner
+        let guard = self
+            .inner
             .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        StateGuard::new(guard, &self.inner.changes)
+    }
+
+    /// The change counter: it moves whenever anything the synchronous reads answer from may
+    /// have changed (entries, identities, settings, backoff, `closed`).
+    pub fn changes(&self) -> &ChangeCounter {
+        &self.inner.changes
     }
 
     /// The shared state file, `None` in memory-only mode.
