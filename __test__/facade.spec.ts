@@ -15,7 +15,7 @@ import { rateLimitHeaders, startUsageSimulator } from '../simulator/index.js'
 import type { UsageSimulator } from '../simulator/index.js'
 
 const root = resolve(__dirname, '..')
-const require = createRequire(import.meta.url)
+const require = createRequire(__filename)
 const binding = require(join(root, 'binding.js')) as typeof import('../binding.js')
 const facade = require(join(root, 'index.js')) as Record<string, unknown>
 const Native = binding.QuotaManager
