@@ -10,7 +10,9 @@
 // counter value read before it was computed, and served only while the counter has not moved.
 // Time-dependent answers are not kept: the core hands out the instant at which the main entry
 // turns stale (mainStaleFrom), and the facade compares it at every call with the same clock the
-// core reads (Date.now, the ManualClock passed as options.clock, or options.now). Arguments
+// core reads (Date.now, the time of the ManualClock passed as options.clock read in shared
+// memory, or options.now sampled here and stored in shared memory where the core reads it, as
+// every native entry samples it). Arguments
 // other than the plain shapes (string or undefined ids and models, a request count in range)
 // always go to the native method, which stays the authority for errors.
 'use strict'
@@ -26,33 +28,28 @@ const NEVER_CURRENT = new Int32Array(1)
 /** Each ManualClock's time in shared memory (handed out once per clock, so kept here). */
 const clockTimes = new WeakMap()
 
-/** A ManualClock's time as a function reading it in place, or null where it cannot be shared. */
-function manualClockReader(clock) {
+/** A ManualClock's time (a BigInt64Array over the core's clock), or null if it cannot be shared. */
+function sharedTimeOf(clock) {
   let time = clockTimes.get(clock)
   if (time === undefined) {
     time = clock._sharedTime()
     clockTimes.set(clock, time)
   }
-  if (time === null) return null
-  return () => Number(Atomics.load(time, 0))
+  return time
 }
 
-/**
- * The clock the core reads, as a function JavaScript can call without calling in; null when
- * there is none (the facade then keeps nothing and every read goes native).
- */
-function clockOf(options) {
-  if (options !== null && typeof options === 'object') {
-    if (options.clock instanceof binding.ManualClock) return manualClockReader(options.clock)
-    if (typeof options.now === 'function') return null
-  }
-  return Date.now
-}
+/** The largest time JavaScript dates can hold (the host's `now` beyond it goes native). */
+const MAX_TIME_MS = 8.64e15
 
 class QuotaManager extends Native {
   #changes = NEVER_CURRENT
   #version = NaN
-  #clock = Date.now
+  /** The core's time now, as the native entry would see it (sampling the host's `now`); NaN: ask natively. */
+  #time = Date.now
+  /** The core's time as last sampled, without sampling again. */
+  #read = Date.now
+  /** The host's `now` option is sampled at every entry, natively or here. */
+  #samplesNow = false
   #mainId = UNSET
   #mainView = null
   #staleModel = UNSET
@@ -62,13 +59,40 @@ class QuotaManager extends Native {
 
   constructor(options) {
     super(options)
-    const clock = clockOf(options)
-    const shared = clock === null ? null : this._changeCounter()
-    if (shared !== null) {
-      this.#changes = shared
-      this.#clock = clock
-      this.#version = NaN
+    if (!this.#useClockOf(options)) return
+    const changes = this._changeCounter()
+    if (changes !== null) this.#changes = changes
+  }
+
+  /**
+   * Reads time from the clock the core reads: the system clock (Date.now is the same wall clock
+   * in ms), a ManualClock's time in place, or the host's `now` sampled here and stored where the
+   * core reads it, as every native entry does. False when it cannot: nothing is kept then.
+   */
+  #useClockOf(options) {
+    if (options === null || typeof options !== 'object') return true
+    if (typeof options.now === 'function') {
+      const sample = this._sharedNow()
+      if (sample === null) return false
+      const now = options.now
+      this.#samplesNow = true
+      this.#read = () => Number(Atomics.load(sample, 0))
+      this.#time = () => {
+        const ms = now()
+        // Anything else goes native, which reports it.
+        if (typeof ms !== 'number' || !(Math.abs(ms) <= MAX_TIME_MS)) return NaN
+        const whole = Math.trunc(ms)
+        Atomics.store(sample, 0, BigInt(whole))
+        return whole
+      }
+      return true
     }
+    if (options.clock instanceof binding.ManualClock) {
+      const time = sharedTimeOf(options.clock)
+      if (time === null) return false
+      this.#read = this.#time = () => Number(Atomics.load(time, 0))
+    }
+    return true
   }
 
   /** Forgets every kept answer when the counter moved; returns the counter read first. */
@@ -85,7 +109,9 @@ class QuotaManager extends Native {
   }
 
   getMain(mainAccountId) {
-    if (Atomics.load(this.#changes, 0) === this.#version && mainAccountId === this.#mainId) return this.#mainView
+    if (Atomics.load(this.#changes, 0) === this.#version && mainAccountId === this.#mainId && (!this.#samplesNow || this.#time() === this.#read())) {
+      return this.#mainView
+    }
     return this.#getMainSlow(mainAccountId)
   }
 
@@ -104,9 +130,13 @@ class QuotaManager extends Native {
   isMainStale(modelId) {
     if (Atomics.load(this.#changes, 0) === this.#version) {
       if (modelId === undefined) {
-        if (this.#staleFromNoModel !== UNSET) return this.#clock() >= this.#staleFromNoModel
+        if (this.#staleFromNoModel !== UNSET) {
+          const now = this.#time()
+          if (now === now) return now >= this.#staleFromNoModel
+        }
       } else if (modelId === this.#staleModel) {
-        return this.#clock() >= this.#staleFrom
+        const now = this.#time()
+        if (now === now) return now >= this.#staleFrom
       }
     }
     return this.#isMainStaleSlow(modelId)
@@ -117,6 +147,7 @@ class QuotaManager extends Native {
       return super.isMainStale(modelId)
     }
     const version = this.#current()
+    // Native: it samples the host's `now` (when given) as isMainStale would.
     const from = this._mainStaleFrom(modelId)
     this.#version = version
     if (modelId === undefined) this.#staleFromNoModel = from
@@ -124,7 +155,7 @@ class QuotaManager extends Native {
       this.#staleModel = modelId
       this.#staleFrom = from
     }
-    return this.#clock() >= from
+    return this.#read() >= from
   }
 
   needsRefresh(requestCount, modelId) {

@@ -259,6 +259,58 @@ describe('the facade never serves a replaced value', () => {
     expect(manager.isMainStale()).toBe(false)
   })
 
+  it('after clearMain', () => {
+    const { manager } = make()
+    manager.setMain(ME, entryAt(T0, 10))
+    expectServedFromMemory(manager)
+    manager.clearMain()
+    expect(manager.getMain(ME)).toBeNull()
+    expect(manager.isMainStale()).toBe(true)
+    expectAgrees(manager)
+  })
+
+  it('after the strict identity moves to another account (setMainQuotaAccountIdentity)', () => {
+    const { manager } = make()
+    manager.setMainQuotaAccountIdentity(ME, true)
+    manager.setMain(ME, entryAt(T0, 10))
+    expect(manager.getMain(ME)).not.toBeNull()
+    expect(manager.isMainStale()).toBe(false)
+    expectServedFromMemory(manager)
+    manager.setMainQuotaAccountIdentity('someone-else', true)
+    expect(manager.getMain(ME)).toBeNull()
+    expect(manager.isMainStale()).toBe(true)
+    expectAgrees(manager, [ME, 'someone-else', undefined])
+  })
+
+  it('as the host\'s `now` option moves (sampled by the facade as by every native entry)', () => {
+    let time = T0
+    const manager = new QuotaManager({ statePath: null, now: () => time })
+    managers.push(manager)
+    manager.setMain(ME, entryAt(T0, 10, ME, T0 - 3 * MINUTE))
+    expectServedFromMemory(manager)
+    for (const step of [0, MINUTE, MINUTE - 1, 1, 3 * MINUTE - 1, 1, 10 * MINUTE]) {
+      time += step
+      expectAgrees(manager)
+    }
+    time = T0 + 0.75
+    expectAgrees(manager)
+    expect(manager.isMainStale()).toBe(false)
+  })
+
+  it('a `now` option answering garbage gets the native TypeError, from the kept path too', () => {
+    let time: unknown = T0
+    const manager = new QuotaManager({ statePath: null, now: () => time as number })
+    managers.push(manager)
+    manager.setMain(ME, entryAt(T0, 10))
+    expectServedFromMemory(manager)
+    time = Number.NaN
+    expect(() => manager.isMainStale()).toThrow(TypeError)
+    expect(() => manager.getMain(ME)).toThrow(TypeError)
+    expect(() => manager.needsRefresh(1)).toThrow(TypeError)
+    time = T0
+    expectAgrees(manager)
+  })
+
   it('two managers on one ManualClock both follow it (the time is shared once per clock)', () => {
     const clock = new ManualClock(T0)
     const { manager: a } = make({ clock })

@@ -28,4 +28,5 @@ pub mod route_key;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod transport;
 pub mod usage;

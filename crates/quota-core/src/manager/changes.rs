@@ -18,7 +18,9 @@ impl ChangeCounter {
         self.0.load(Ordering::Acquire)
     }
 
-    fn bump(&self) {
+    /// Announces a change made outside the manager's state (the binding's own knowledge that
+    /// changes answers, e.g. which identities are tokens).
+    pub fn bump(&self) {
         self.0.fetch_add(1, Ordering::AcqRel);
     }
 

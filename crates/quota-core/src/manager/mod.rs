@@ -24,7 +24,9 @@ mod backoff_book;
 mod cache;
 mod changes;
 mod fallbacks;
+mod identity;
 mod pacing;
+mod poll;
 mod refresh;
 mod routes;
 mod seeding;
@@ -47,6 +49,7 @@ use crate::store::StateStore;
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
 pub use changes::ChangeCounter;
+pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
@@ -75,6 +78,8 @@ pub struct ManagerConfig {
     pub backoff: BackoffConfig,
     /// `None` keeps everything in memory.
     pub state_path: Option<std::path::PathBuf>,
+    /// The host's transport (`fetchImpl`, `fetchQuotaSnapshot`); `None` polls over HTTP.
+    pub transport: Option<crate::transport::Transport>,
 }
 
 /// The manager's whole mutable state, behind one mutex that is never held across an await.
