@@ -43,6 +43,30 @@ pub struct QuotaManager {
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
     now_shown: std::cell::Cell<bool>,
+    /// The fingerprints of the last few identities and tokens: a burst of calls with the same
+    /// ones (1,000 callers of one refresh) hashes them once, not twice per call.
+    fingerprints: RecentFingerprints,
+}
+
+/// A tiny memo of `fingerprint` (SHA-256) for the strings a host passes again and again.
+#[derive(Default)]
+struct RecentFingerprints(std::cell::RefCell<Vec<(String, String)>>);
+
+impl RecentFingerprints {
+    const KEPT: usize = 4;
+
+    fn of(&self, text: &str) -> String {
+        let mut recent = self.0.borrow_mut();
+        if let Some((_, fingerprint)) = recent.iter().find(|(t, _)| t == text) {
+            return fingerprint.clone();
+        }
+        let computed = fingerprint(text);
+        if recent.len() >= Self::KEPT {
+            recent.remove(0);
+        }
+        recent.push((text.to_owned(), computed.clone()));
+        computed
+    }
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -200,6 +224,7 @@ impl QuotaManager {
             seen_tokens: Mutex::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
+            fingerprints: RecentFingerprints::default(),
         })
     }
 
@@ -802,7 +827,7 @@ impl QuotaManager {
                 .seen_tokens
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&fingerprint(identity))
+                .contains(&self.fingerprints.of(identity))
     }
 
     fn remember_token(&self, token: &str) {
@@ -817,7 +842,7 @@ impl QuotaManager {
         if seen.len() >= SEEN_TOKENS_KEPT {
             seen.clear();
         }
-        if seen.insert(fingerprint(token)) {
+        if seen.insert(self.fingerprints.of(token)) {
             // Which identities are tokens changes what `getMain(id)` answers: the facade's
             // kept answers must go.
             self.core.changes().bump();
