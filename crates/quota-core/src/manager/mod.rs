@@ -25,6 +25,7 @@ mod cache;
 mod changes;
 mod fallbacks;
 mod identity;
+mod loading;
 mod pacing;
 mod poll;
 mod refresh;
@@ -54,6 +55,7 @@ pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
 use changes::StateGuard;
+use loading::Loading;
 use pacing::Pacing;
 use routes::Routes;
 use settings::Settings;
@@ -104,6 +106,8 @@ struct Inner {
     fallback_fetch_slots: Semaphore,
     state: Mutex<State>,
     changes: ChangeCounter,
+    /// The state file's load, run off the host's thread; every state access waits for it.
+    loading: Loading,
 }
 
 /// The quota manager. Cheap to clone; clones share everything.
@@ -144,14 +148,38 @@ impl QuotaManager {
                 runtime,
                 state: Mutex::new(initial),
                 changes: ChangeCounter::default(),
+                loading: Loading::done(),
             }),
         };
-        let main_identity = storage.as_ref().and_then(|s| s.main_account_id.as_deref());
-        manager.seed_from_state_file(main_identity.map(MainIdentity::parse));
-        if let Some(storage) = &storage {
-            manager.seed_main(storage, None);
+        if manager.inner.store.is_none() {
+            manager.seed(storage.as_ref());
+            return Ok(manager);
         }
+        // The file is read and seeded on the blocking pool: the constructor returns at once.
+        // Seeding from the host's storage follows it there, in the same order as before.
+        let weak = Arc::downgrade(&manager.inner);
+        let job = Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                QuotaManager { inner }.seed(storage.as_ref());
+            }
+        });
+        manager.inner.loading.arm(job);
+        let weak = Arc::downgrade(&manager.inner);
+        manager.inner.runtime.spawn_blocking(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.loading.wait();
+            }
+        });
         Ok(manager)
+    }
+
+    /// Seeds from the state file, then from the host's storage.
+    fn seed(&self, storage: Option<&HostStorage>) {
+        let main_identity = storage.and_then(|s| s.main_account_id.as_deref());
+        self.seed_from_state_file(main_identity.map(MainIdentity::parse));
+        if let Some(storage) = storage {
+            self.seed_main(storage, None);
+        }
     }
 
     /// The manager's clock (a `ManualClock` in tests).
@@ -164,6 +192,7 @@ impl QuotaManager {
     }
 
     fn state(&self) -> StateGuard<'_, State> {
+        self.inner.loading.wait();
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
         let guard = self
@@ -186,6 +215,8 @@ impl QuotaManager {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
+        // The counters include what loading the state file found (a file set aside...).
+        self.inner.loading.wait();
         self.inner.stats.snapshot()
     }
 
