@@ -107,8 +107,11 @@ impl QuotaManager {
                     timeout.as_millis()
                 )));
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            if !wait_until_route_free(store, key, deadline - now).await {
+                // No blocking lock here (an error): poll instead.
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 
@@ -228,6 +231,21 @@ fn lock_and_read(
         return Ok(None);
     };
     Ok(Some((lock, store.read_route(key)?)))
+}
+
+/// Waits, on a thread of the blocking pool (never a runtime worker, never the host's thread),
+/// until the route's lock is free: the OS wakes the waiter the moment the holder unlocks or dies,
+/// where polling woke it up to 50 ms late. The lock is let go again at once: the caller then
+/// takes it (or finds another process took it first) by its usual try. `false` when the wait
+/// could not be made (a lock error): the caller polls. Past `limit` the caller stops waiting;
+/// the thread goes on until the lock is free, then lets it go.
+async fn wait_until_route_free(store: &StateStore, key: &str, limit: Duration) -> bool {
+    let (store, key) = (store.clone(), key.to_owned());
+    let waiter = tokio::task::spawn_blocking(move || store.lock_route_blocking(&key).map(drop));
+    match tokio::time::timeout(limit, waiter).await {
+        Ok(Ok(Ok(()))) | Err(_) => true,
+        Ok(Ok(Err(_)) | Err(_)) => false,
+    }
 }
 
 /// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.
