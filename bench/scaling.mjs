@@ -18,7 +18,7 @@ import { addonPath, emit, log, median, pollSnapshot, QUICK, require, row, simula
 const { QuotaManager } = require(addonPath)
 const { startUsageSimulator } = require(simulatorPath)
 
-const SIZES = QUICK ? [10, 100, 1_000] : [10, 100, 1_000, 10_000]
+const SIZES = process.env.BENCH_SCALING_SIZES ? process.env.BENCH_SCALING_SIZES.split(',').map(Number) : QUICK ? [10, 100, 1_000] : [10, 100, 1_000, 10_000]
 const RUNS = QUICK ? 1 : 3
 const BUDGET_MS = Number(process.env.BENCH_SCALING_BUDGET_MS ?? 60_000)
 const STATE_FILE_MB = 51

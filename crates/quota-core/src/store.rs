@@ -242,7 +242,8 @@ pub struct StateStore {
 #[derive(Debug)]
 struct ParsedCopy {
     stamp: FileStamp,
-    state: StateFile,
+    /// Shared with readers, so a write in progress (which works on a copy) never hides it.
+    state: Arc<StateFile>,
 }
 
 /// What tells one version of the file from another: writers replace the file by renaming a new
@@ -334,13 +335,21 @@ impl StateStore {
         let Some((file, stamp)) = self.open_stamped()? else {
             return Ok(None);
         };
-        if let Some(copy) = self.parsed_copy().as_ref().filter(|c| c.stamp == stamp) {
-            return Ok(copy.state.routes.get(key).cloned());
+        let copy = self
+            .parsed_copy()
+            .as_ref()
+            .filter(|c| c.stamp == stamp)
+            .map(|c| c.state.clone());
+        if let Some(state) = copy {
+            return Ok(state.routes.get(key).cloned());
         }
         Ok(match self.read_opened(file)? {
             Parsed::Valid(state) => {
                 let record = state.routes.get(key).cloned();
-                *self.parsed_copy() = Some(ParsedCopy { stamp, state });
+                *self.parsed_copy() = Some(ParsedCopy {
+                    stamp,
+                    state: Arc::new(state),
+                });
                 record
             }
             Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
@@ -393,12 +402,15 @@ impl StateStore {
         let Some((file, stamp)) = self.open_stamped()? else {
             return Ok(Parsed::Missing);
         };
-        let mut copy = self.parsed_copy();
-        if let Some(ParsedCopy { state, .. }) = copy.take().filter(|c| c.stamp == stamp) {
-            return Ok(Parsed::Valid(state));
+        let copy = self
+            .parsed_copy()
+            .as_ref()
+            .filter(|c| c.stamp == stamp)
+            .map(|c| c.state.clone());
+        match copy {
+            Some(state) => Ok(Parsed::Valid(StateFile::clone(&state))),
+            None => self.read_opened(file),
         }
-        drop(copy);
-        self.read_opened(file)
     }
 
     /// Applies updates with a locked read-modify-write, merging into whatever other processes
@@ -417,11 +429,7 @@ impl StateStore {
         };
         apply_updates(&mut state, updates);
         state.version = SCHEMA_VERSION;
-        let stamp = self.write_atomically(&state)?;
-        *self.parsed_copy() = Some(ParsedCopy {
-            stamp,
-            state: state.clone(),
-        });
+        self.write_atomically(&state)?;
         Ok(Loaded {
             state,
             quarantined,
@@ -513,8 +521,9 @@ impl StateStore {
         }
     }
 
-    /// Writes the file atomically; returns the new file's stamp (a rename keeps it).
-    fn write_atomically(&self, state: &StateFile) -> Result<FileStamp, QuotaError> {
+    /// Writes the file atomically, and keeps it as the parsed copy from the moment it is in place
+    /// (readers must not parse it again while the directory is being synced).
+    fn write_atomically(&self, state: &StateFile) -> Result<(), QuotaError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
@@ -534,13 +543,16 @@ impl StateStore {
             .map_err(|e| Self::error(temp.path(), e))?;
         temp.persist(&self.path)
             .map_err(|e| Self::error(&self.path, e.error))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Self::error(dir, e))?;
         // The rename changes the inode's change time: stamp the file as it now is, through the
         // path (another writer may only replace it under the state lock, which the caller holds).
         let renamed = fs::metadata(&self.path).unwrap_or(metadata);
-        Ok(FileStamp::of(&renamed))
+        *self.parsed_copy() = Some(ParsedCopy {
+            stamp: FileStamp::of(&renamed),
+            state: Arc::new(state.clone()),
+        });
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Self::error(dir, e))
     }
 
     fn temp_prefix(&self) -> String {

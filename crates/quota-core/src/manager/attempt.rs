@@ -50,7 +50,7 @@ impl QuotaManager {
 
     async fn attempt_under_locks(&self, attempt: &Attempt) -> (Settled, Option<Announcement>) {
         let failed = |error| ((Served::Request, Err(error)), None);
-        let _fetch_slot = match attempt.route {
+        let fetch_slot = match attempt.route {
             RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
                 Ok(permit) => Some(permit),
                 Err(_) => return failed(QuotaError::Closed),
@@ -70,7 +70,7 @@ impl QuotaManager {
             None => None,
         };
         self.wait_for_pacing(attempt).await;
-        let (result, announcement) = self.fetch_and_record(attempt).await;
+        let (result, announcement) = self.fetch_and_record(attempt, fetch_slot).await;
         ((Served::Request, result), announcement)
     }
 
@@ -151,15 +151,20 @@ impl QuotaManager {
         None
     }
 
+    /// The fetch slot bounds concurrent requests only: it is given back as soon as the answer
+    /// is in, so the next account's request goes out while this result is being written (and
+    /// the writes of many results can be grouped into one).
     async fn fetch_and_record(
         &self,
         attempt: &Attempt,
+        fetch_slot: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
         let token_fingerprint = fingerprint(&attempt.token);
         let fetch_started_at = self.now();
         self.note_request(attempt, &token_fingerprint, fetch_started_at);
         bump(&self.inner.stats.api_calls);
         let result = self.poll(attempt).await;
+        drop(fetch_slot);
         match result {
             Ok(snapshot) => {
                 let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);

@@ -108,6 +108,10 @@ struct Inner {
     changes: ChangeCounter,
     /// The state file's load, run off the host's thread; every state access waits for it.
     loading: Loading,
+    /// One state-file write at a time: callers queue, and whoever comes next writes everything
+    /// queued meanwhile (a group commit), so many routes' results cost a few writes, not one
+    /// read-modify-write and fsync each.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The quota manager. Cheap to clone; clones share everything.
@@ -149,6 +153,7 @@ impl QuotaManager {
                 state: Mutex::new(initial),
                 changes: ChangeCounter::default(),
                 loading: Loading::done(),
+                writer: Arc::default(),
             }),
         };
         if manager.inner.store.is_none() {
