@@ -946,23 +946,27 @@ impl QuotaManager {
         };
         let array = unsafe { value.cast::<Array>() }?;
         let now = self.core.now_ms();
-        let mut accounts: Vec<FallbackAccount> = Vec::new();
-        for index in 0..array.len() {
-            let name = format!("accounts[{index}]");
-            let item: Unknown = array
-                .get(index)?
-                .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
-            let json = to_json(env, item, &name)?;
-            if FallbackAccount::is_api_key_account(&json) {
+        // One JSON trip for the whole list (a call into JSON.stringify per account cost more than
+        // the work itself with thousands of accounts); the items themselves only for a resolver.
+        let all = to_json(env, value, "accounts")?;
+        let items = all.as_array().map_or(&[][..], Vec::as_slice);
+        let mut accounts: Vec<FallbackAccount> = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for (index, json) in items.iter().enumerate() {
+            if FallbackAccount::is_api_key_account(json) {
                 continue;
             }
+            let name = format!("accounts[{index}]");
             let mut account =
-                FallbackAccount::from_value(&json, &name).map_err(|e| type_error(env, e))?;
-            if accounts.iter().any(|a| a.id == account.id) {
+                FallbackAccount::from_value(json, &name).map_err(|e| type_error(env, e))?;
+            if !seen.insert(account.id.clone()) {
                 continue;
             }
             account.access = match &resolver {
                 Some(resolve) => {
+                    let item: Unknown = array
+                        .get(index as u32)?
+                        .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
                     let answer = resolve.call(item)?;
                     match answer.get_type()? {
                         ValueType::String => Some(unsafe { answer.cast::<String>() }?),
