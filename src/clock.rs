@@ -21,7 +21,7 @@ pub struct ManualClock {
 #[napi]
 impl ManualClock {
     /// @param startMs - the starting time in Unix milliseconds
-    #[napi(constructor, ts_args_type = "startMs: number")]
+    #[napi(catch_unwind, constructor, ts_args_type = "startMs: number")]
     pub fn new(env: Env, start_ms: Unknown) -> Result<Self> {
         let start = number_in(&env, start_ms, "startMs", 0.0, MAX_TIME_MS)?;
         Ok(Self {
@@ -31,13 +31,13 @@ impl ManualClock {
     }
 
     /// The current time in Unix milliseconds.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn now(&self) -> f64 {
         self.clock.now_ms() as f64
     }
 
     /// Moves time forward by `ms` milliseconds.
-    #[napi(ts_args_type = "ms: number")]
+    #[napi(catch_unwind, ts_args_type = "ms: number")]
     pub fn advance(&self, env: Env, ms: Unknown) -> Result<()> {
         let ms = number_in(&env, ms, "ms", 0.0, MAX_TIME_MS)?;
         self.clock.advance(ms as i64);
@@ -45,7 +45,7 @@ impl ManualClock {
     }
 
     /// Sets the time to `ms` Unix milliseconds.
-    #[napi(ts_args_type = "ms: number")]
+    #[napi(catch_unwind, ts_args_type = "ms: number")]
     pub fn set(&self, env: Env, ms: Unknown) -> Result<()> {
         let ms = number_in(&env, ms, "ms", 0.0, MAX_TIME_MS)?;
         self.clock.set(ms as i64);
@@ -54,7 +54,7 @@ impl ManualClock {
 
     /// The time as a `BigInt64Array` of length 1 in shared memory, for the facade (`index.js`),
     /// once per clock; `null` on a second call or where the runtime refuses external buffers.
-    #[napi(js_name = "_sharedTime", skip_typescript)]
+    #[napi(catch_unwind, js_name = "_sharedTime", skip_typescript)]
     pub fn shared_time<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
         if self.time_shown.replace(true) {
             return None;

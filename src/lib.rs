@@ -10,6 +10,7 @@ mod callbacks;
 mod clock;
 mod exit;
 mod functions;
+mod host_env;
 mod host_fetch;
 mod hot_path;
 mod js;
