@@ -339,3 +339,61 @@ describe('the facade never serves a replaced value', () => {
     expectAgrees(manager)
   })
 })
+
+describe('refreshMain joined in JavaScript', () => {
+  it("a call like the last one, while its request runs, gets the same promise and is counted in the core's tally", async () => {
+    const sim = await startUsageSimulator({ delayMs: 50 })
+    sims.push(sim)
+    const { manager } = make({ usageUrl: sim.url })
+    const calls = vi.spyOn(native, 'refreshMain')
+    const first = manager.refreshMain(ME, 'token-join')
+    const rest = Array.from({ length: 99 }, () => manager.refreshMain(ME, 'token-join'))
+    expect(calls).toHaveBeenCalledTimes(1)
+    for (const p of rest) expect(p).toBe(first)
+    // Another shape is another promise, on the same request.
+    const withMetadata = manager.refreshMainWithMetadata(ME, 'token-join')
+    expect(withMetadata).not.toBe(first)
+    expect(manager.refreshMainWithMetadata(ME, 'token-join')).toBe(withMetadata)
+    await Promise.all([first, withMetadata])
+    expect(sim.requests).toBe(1)
+    expect(manager.stats().joinedInFlight).toBe(101)
+    // The request is over: the next call is a new request, natively.
+    await manager.refreshMain(ME, 'token-join')
+    expect(sim.requests).toBe(2)
+    expect(calls).toHaveBeenCalledTimes(2)
+  })
+
+  it('other arguments, an expected generation, or close() are never joined in JavaScript', async () => {
+    const sim = await startUsageSimulator({ delayMs: 50 })
+    sims.push(sim)
+    const { manager } = make({ usageUrl: sim.url })
+    const calls = vi.spyOn(native, 'refreshMain')
+    const first = manager.refreshMain(ME, 'token-a')
+    const generation = manager.getMainQuotaIdentityGeneration()
+    expect(manager.refreshMain(ME, 'token-a', generation)).toBe(first)
+    expect(calls).toHaveBeenCalledTimes(2)
+    const other = manager.refreshMain('someone-else', 'token-b')
+    expect(other).not.toBe(first)
+    expect(calls).toHaveBeenCalledTimes(3)
+    const closing = manager.close()
+    const afterClose = manager.refreshMain('someone-else', 'token-b')
+    expect(calls).toHaveBeenCalledTimes(4)
+    await expect(afterClose).rejects.toMatchObject({ code: 'QUOTA_CLOSED' })
+    await Promise.allSettled([first, other])
+    await closing
+  })
+
+  it('a request that was switched away from (another identity bound) is not joined', async () => {
+    const sim = await startUsageSimulator({ delayMs: 50 })
+    sims.push(sim)
+    const { manager } = make({ usageUrl: sim.url })
+    const first = manager.refreshMain(ME, 'token-a')
+    manager.setMain('someone-else', entryAt(T0, 20, 'someone-else'))
+    const calls = vi.spyOn(native, 'refreshMain')
+    const again = manager.refreshMain(ME, 'token-a')
+    expect(calls).toHaveBeenCalledTimes(1)
+    expect(again).toBe(native.refreshMain.call(manager, ME, 'token-a'))
+    await Promise.allSettled([first, again])
+  })
+})
+

@@ -6,7 +6,7 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicI64};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64};
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
@@ -23,6 +23,10 @@ impl SharedCell for AtomicI32 {
 
 impl SharedCell for AtomicI64 {
     const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::bigint64_array;
+}
+
+impl SharedCell for AtomicU64 {
+    const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::biguint64_array;
 }
 
 /// A typed array of length 1 whose element is `cell` (an `Int32Array` or a `BigInt64Array`), or

@@ -43,6 +43,9 @@ pub struct QuotaManager {
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
     now_shown: std::cell::Cell<bool>,
+    flight_id_shown: std::cell::Cell<bool>,
+    /// The main request whose caller count was last shown (one buffer per count).
+    flight_shown: std::cell::Cell<u64>,
     /// The fingerprints of the last few identities and tokens: a burst of calls with the same
     /// ones (1,000 callers of one refresh) hashes them once, not twice per call.
     fingerprints: RecentFingerprints,
@@ -230,6 +233,8 @@ impl QuotaManager {
             seen_tokens: Mutex::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
+            flight_id_shown: std::cell::Cell::new(false),
+            flight_shown: std::cell::Cell::new(0),
             fingerprints: RecentFingerprints::default(),
         })
     }
@@ -767,6 +772,36 @@ impl QuotaManager {
             return None;
         }
         super::hot_path::shared_view(env, self.core.changes().shared())
+    }
+
+    /// The id of the main route's running request (0: none), published by the core on every
+    /// change, as an `Int32Array` of length 1 in shared memory, once per manager.
+    #[napi(catch_unwind, js_name = "_mainFlightId", skip_typescript)]
+    pub fn main_flight_id<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.flight_id_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, self.core.changes().shared_main_flight())
+    }
+
+    /// The main route's running request as `[id, callers]`, `callers` a `BigUint64Array` over
+    /// the count the core tallies its callers with (the facade adds the callers it joins to it
+    /// itself); `null` when none runs, or when this request's count was already handed out.
+    #[napi(catch_unwind, js_name = "_mainFlight", skip_typescript)]
+    pub fn main_flight<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>> {
+        let Some((id, callers)) = self.core.main_flight() else {
+            return Ok(None);
+        };
+        if self.flight_shown.replace(id) == id {
+            return Ok(None);
+        }
+        let Some(view) = super::hot_path::shared_view(env, callers) else {
+            return Ok(None);
+        };
+        let mut pair = env.create_array(2)?;
+        pair.set(0, id as f64)?;
+        pair.set(1, view)?;
+        Ok(Some(pair.coerce_to_object()?.to_unknown()))
     }
 
     /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once

@@ -10,8 +10,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 /// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
+/// Beside it, the id of the main route's running request (0: none, or the manager is closed),
+/// published on every change too, so a host can tell a call would join that request.
 #[derive(Debug, Default)]
-pub struct ChangeCounter(Arc<AtomicI32>);
+pub struct ChangeCounter(Arc<AtomicI32>, Arc<AtomicI32>);
+
+/// What a state publishes beside the counter on every change.
+pub(super) trait Published {
+    /// The main route's running request a new call would join (0: none).
+    fn main_flight(&self) -> i32;
+}
 
 impl ChangeCounter {
     pub fn current(&self) -> i32 {
@@ -29,6 +37,11 @@ impl ChangeCounter {
     pub fn shared(&self) -> Arc<AtomicI32> {
         self.0.clone()
     }
+
+    /// The published main request id, in place (see [`Published::main_flight`]).
+    pub fn shared_main_flight(&self) -> Arc<AtomicI32> {
+        self.1.clone()
+    }
 }
 
 /// The state mutex's guard, bumping the counter when it was borrowed mutably. The bump happens
@@ -36,13 +49,13 @@ impl ChangeCounter {
 /// change was made visible; one that sees the new number and asks the manager gets the new state.
 /// Every change of the state goes through `DerefMut`, so no change can be missed (as long as
 /// `State` holds no interior mutability of its own).
-pub(super) struct StateGuard<'a, T> {
+pub(super) struct StateGuard<'a, T: Published> {
     guard: MutexGuard<'a, T>,
     changes: &'a ChangeCounter,
     changed: bool,
 }
 
-impl<'a, T> StateGuard<'a, T> {
+impl<'a, T: Published> StateGuard<'a, T> {
     pub(super) fn new(guard: MutexGuard<'a, T>, changes: &'a ChangeCounter) -> Self {
         Self {
             guard,
@@ -52,7 +65,7 @@ impl<'a, T> StateGuard<'a, T> {
     }
 }
 
-impl<T> Deref for StateGuard<'_, T> {
+impl<T: Published> Deref for StateGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
@@ -60,16 +73,19 @@ impl<T> Deref for StateGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for StateGuard<'_, T> {
+impl<T: Published> DerefMut for StateGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         self.changed = true;
         &mut self.guard
     }
 }
 
-impl<T> Drop for StateGuard<'_, T> {
+impl<T: Published> Drop for StateGuard<'_, T> {
     fn drop(&mut self) {
         if self.changed {
+            self.changes
+                .1
+                .store(self.guard.main_flight(), Ordering::Release);
             self.changes.bump();
         }
     }
@@ -79,6 +95,12 @@ impl<T> Drop for StateGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    impl Published for u32 {
+        fn main_flight(&self) -> i32 {
+            i32::try_from(*self).unwrap_or_default()
+        }
+    }
 
     #[test]
     fn only_a_mutable_borrow_bumps_and_only_once_per_guard() {
@@ -102,5 +124,6 @@ mod tests {
         }
         assert_eq!(changes.current(), start.wrapping_add(1));
         assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());
+        assert_eq!(changes.shared_main_flight().load(Ordering::Acquire), 2);
     }
 }

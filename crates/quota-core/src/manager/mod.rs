@@ -54,7 +54,7 @@ pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
-use changes::StateGuard;
+use changes::{Published, StateGuard};
 use loading::Loading;
 use pacing::Pacing;
 use routes::Routes;
@@ -136,7 +136,32 @@ pub struct QuotaManager {
     inner: Arc<Inner>,
 }
 
+impl Published for State {
+    fn main_flight(&self) -> i32 {
+        if self.closed {
+            return 0;
+        }
+        self.routes
+            .main()
+            .in_flight
+            .as_ref()
+            // Ids are small and only ever grow; the low 31 bits tell flights apart.
+            .map_or(0, |flight| (flight.id() & 0x7fff_ffff) as i32)
+    }
+}
+
 impl QuotaManager {
+    /// The main route's running request: its id and the count of its callers (see
+    /// [`ChangeCounter::shared_main_flight`]); `None` when none runs or the manager is closed.
+    pub fn main_flight(&self) -> Option<(u64, Arc<std::sync::atomic::AtomicU64>)> {
+        let state = self.state();
+        if state.closed {
+            return None;
+        }
+        let flight = state.routes.main().in_flight.as_ref()?;
+        Some((flight.id(), flight.callers()))
+    }
+
     /// Builds a manager and seeds it from the state file, then from the host's storage. The
     /// state file is read here, once; a corrupt one is set aside and reported.
     pub fn new(
