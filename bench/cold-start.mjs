@@ -30,7 +30,7 @@ const t0 = performance.now()
 ${withAddon ? `
 const { QuotaManager } = require(${JSON.stringify(addonPath)})
 const t1 = performance.now()
-const m = new QuotaManager({ statePath: ${JSON.stringify(statePath)} })
+const m = new QuotaManager({ statePath: ${JSON.stringify(statePath)}, storage: { mainAccountId: 'me@example.com' } })
 const t2 = performance.now()
 if (!m.getMain('me@example.com') || m.isMainStale()) throw new Error('seeded entry not adopted')
 const t3 = performance.now()

@@ -46,7 +46,7 @@ for (const n of [20, 100]) {
   const plain = []
   let requests = []
   for (let r = 0; r < RUNS; r++) {
-    const accounts = Array.from({ length: n }, (_, i) => ({ id: `acct-${r}-${i}`, enabled: true, access: `token-${n}-${r}-${i}` }))
+    const accounts = Array.from({ length: n }, (_, i) => ({ id: `acct-${r}-${i}`, enabled: true, access: `token-${n}-${r}-${i}`, expires: Date.now() + 3600e3 }))
     const manager = new QuotaManager({ statePath: path.join(dir, `state-${n}-${r}.json`), usageUrl: sim.url })
     const before = sim.requests
     let start = performance.now()

@@ -134,6 +134,29 @@ for (const [name, make] of ops) {
   rows.push(row('hot path', name, addon, 'ns/call', { baseline: { name: 'plain JS object cache', value: jsValue } }))
   log(`hot path  ${name}: addon ${median(addon).toFixed(0)} ns, plain JS ${jsValue.toFixed(1)} ns`)
 }
+// Issue 12's yardsticks: getMain against a JS Map.get of the same frozen entry, and the two
+// freshness checks against Date.now() (the floor of any time-dependent answer).
+{
+  const map = new Map([[IDENTITY, managers.memory.getMain(IDENTITY)]])
+  const pairs = [
+    ['getMain(identity) vs Map.get', () => managers.memory.getMain(IDENTITY) !== null, () => map.get(IDENTITY) !== null, 'JS Map.get'],
+    ['needsRefresh(n, model) vs Date.now()', (i) => managers.memory.needsRefresh(i, MODEL), () => Date.now() === 0, 'Date.now()'],
+    ['isMainStale(model) vs Date.now()', () => managers.memory.isMainStale(MODEL), () => Date.now() === 0, 'Date.now()'],
+    ['isMainStale() vs Date.now()', () => managers.memory.isMainStale(), () => Date.now() === 0, 'Date.now()'],
+  ]
+  for (const [name, addonFn, jsFn, baseName] of pairs) {
+    const nAddon = calibrate(addonFn)
+    const nJs = calibrate(jsFn)
+    const addon = []
+    const js = []
+    for (let r = 0; r < RUNS; r++) {
+      addon.push(timeLoop(addonFn, nAddon))
+      js.push(timeLoop(jsFn, nJs))
+    }
+    rows.push(row('hot path (issue 12 yardsticks)', name, addon, 'ns/call', { baseline: { name: baseName, value: median(js) } }))
+    log(`hot path  ${name}: addon ${median(addon).toFixed(1)} ns, ${baseName} ${median(js).toFixed(2)} ns`)
+  }
+}
 // The harvest on a manager with a state file: the write is coalesced and done off-thread, so
 // the call itself stays in memory. Measured without a yardstick.
 {

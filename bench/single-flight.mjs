@@ -66,6 +66,44 @@ for (let r = 0; r < RUNS; r++) {
   plain.push(await measure(() => plainSingleFlight(sim.url)))
   log(`single flight run ${r + 1}/${RUNS}: addon ${addon.at(-1).requests} req ${addon.at(-1).wall.toFixed(1)} ms p99 ${addon.at(-1).p99.toFixed(1)} ms max ${addon.at(-1).max.toFixed(1)} ms; plain JS ${plain.at(-1).wall.toFixed(1)} ms p99 ${plain.at(-1).p99.toFixed(1)} ms`)
 }
+// Issuing 1,000 concurrent refreshMain calls: the synchronous time of the loop that issues
+// them (until the last call has returned its promise), against a TypeScript-style single flight
+// (an async method that checks a Map of in-flight promises and joins or starts one).
+const ISSUE = 1_000
+class TsStyleSingleFlight {
+  constructor(url) {
+    this.url = url
+    this.inFlight = new Map()
+    this.fetchOnce = plainSingleFlight(url)
+  }
+  async refreshMain(identity, token) {
+    const key = `main:${identity}`
+    const running = this.inFlight.get(key)
+    if (running) return running
+    const started = this.fetchOnce().finally(() => this.inFlight.delete(key))
+    this.inFlight.set(key, started)
+    void token
+    return started
+  }
+}
+const issueAddon = []
+const issuePlain = []
+for (let r = 0; r < RUNS * 3; r++) {
+  const manager = new QuotaManager({ statePath: path.join(dir, `issue-${r}.json`), usageUrl: sim.url })
+  let start = performance.now()
+  const calls = []
+  for (let i = 0; i < ISSUE; i++) calls.push(manager.refreshMain(`issue-${r}@example.com`, `token-issue-${r}`))
+  issueAddon.push(performance.now() - start)
+  await Promise.all(calls)
+  await manager.close()
+  const ts = new TsStyleSingleFlight(sim.url)
+  start = performance.now()
+  const tsCalls = []
+  for (let i = 0; i < ISSUE; i++) tsCalls.push(ts.refreshMain(`issue-${r}@example.com`, `token-issue-${r}`))
+  issuePlain.push(performance.now() - start)
+  await Promise.all(tsCalls)
+}
+log(`single flight: issuing ${ISSUE} refreshMain: addon ${row('', '', issueAddon, '').value.toFixed(2)} ms, TS-style ${row('', '', issuePlain, '').value.toFixed(2)} ms`)
 await sim.close()
 fs.rmSync(dir, { recursive: true, force: true })
 
@@ -76,4 +114,5 @@ emit('single-flight', [
   row('single flight (10,000 concurrent refreshMain)', 'wall time', pick(addon, 'wall'), 'ms', { baseline: base(plain, 'wall') }),
   row('single flight (10,000 concurrent refreshMain)', 'p99 event-loop delay', pick(addon, 'p99'), 'ms', { baseline: base(plain, 'p99') }),
   row('single flight (10,000 concurrent refreshMain)', 'max event-loop delay', pick(addon, 'max'), 'ms', { baseline: base(plain, 'max') }),
+  row('single flight (1,000 concurrent refreshMain)', 'issuing the calls (synchronous)', issueAddon, 'ms', { baseline: { name: 'TypeScript-style single flight', value: row('', '', issuePlain, '').value } }),
 ])

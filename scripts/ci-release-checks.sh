@@ -234,7 +234,7 @@ publish_to_registry() {
   local host_binary=$ROOT/$BINARY_NAME.linux-x64-gnu.node
   [[ -f $host_binary ]] || fail "no $host_binary: build the addon first (npm run build)"
   mkdir -p "$stage/artifacts"
-  cp -r package.json index.js index.d.ts simulator bin CLI.md LICENSE README.md scripts "$stage/"
+  cp -r package.json index.js index.d.ts binding.js binding.d.ts simulator bin CLI.md LICENSE README.md scripts "$stage/"
   local suffixes=(linux-x64-gnu) targets=(x86_64-unknown-linux-gnu)
   cp "$host_binary" "$stage/artifacts/"
   if [[ -f $WORK/$BINARY_NAME.linux-arm64-gnu.node ]]; then
@@ -253,6 +253,7 @@ publish_to_registry() {
   export NPM_CONFIG_USERCONFIG=$WORK/npmrc npm_config_registry=$REGISTRY
   "$ROOT/node_modules/.bin/napi" artifacts --cwd "$stage" --output-dir artifacts --npm-dir npm
   cmp -s index.js "$stage/index.js" || fail "napi artifacts changed index.js"
+  cmp -s binding.js "$stage/binding.js" || fail "napi artifacts changed binding.js"
   "$ROOT/node_modules/.bin/napi" prepublish --cwd "$stage" -t npm --no-gh-release
   (cd "$stage" && npm publish --access public)
   node -p 'JSON.stringify(require(process.argv[1]).optionalDependencies)' "$stage/package.json"

@@ -62,7 +62,7 @@ function build() {
     console.error('ensure-addon: @napi-rs/cli is not installed: run `npm install` first.')
     process.exit(1)
   }
-  const result = spawnSync(napi, ['build', '--platform', '--release'], {
+  const result = spawnSync(napi, ['build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'], {
     cwd: root,
     stdio: 'inherit',
     shell: process.platform === 'win32',
@@ -84,5 +84,5 @@ if (process.argv.includes('--check')) {
   console.error(`ensure-addon: ${addon} is ${state}`)
   process.exit(1)
 }
-console.error(`ensure-addon: ${addon} is ${state}: building it (napi build --platform --release)`)
+console.error(`ensure-addon: ${addon} is ${state}: building it (npm run build)`)
 build()

@@ -14,6 +14,8 @@ const MAX_TIME_MS: f64 = 8.64e15;
 #[napi]
 pub struct ManualClock {
     clock: CoreManualClock,
+    /// Whether the time was shown to JavaScript (V8 allows one buffer per memory).
+    time_shown: std::cell::Cell<bool>,
 }
 
 #[napi]
@@ -24,6 +26,7 @@ impl ManualClock {
         let start = number_in(&env, start_ms, "startMs", 0.0, MAX_TIME_MS)?;
         Ok(Self {
             clock: CoreManualClock::new(start as i64),
+            time_shown: std::cell::Cell::new(false),
         })
     }
 
@@ -47,6 +50,16 @@ impl ManualClock {
         let ms = number_in(&env, ms, "ms", 0.0, MAX_TIME_MS)?;
         self.clock.set(ms as i64);
         Ok(())
+    }
+
+    /// The time as a `BigInt64Array` of length 1 in shared memory, for the facade (`index.js`),
+    /// once per clock; `null` on a second call or where the runtime refuses external buffers.
+    #[napi(catch_unwind, js_name = "_sharedTime", skip_typescript)]
+    pub fn shared_time<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.time_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, self.clock.shared())
     }
 }
 

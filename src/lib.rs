@@ -12,6 +12,7 @@ mod exit;
 mod functions;
 mod host_env;
 mod host_fetch;
+mod hot_path;
 mod js;
 mod js_now;
 mod manager;

@@ -39,6 +39,37 @@ pub struct QuotaManager {
     /// Fingerprints of every token this manager was handed: an identity equal to one of them is
     /// a token, and is kept only as its fingerprint (issue 11 item 3).
     seen_tokens: Mutex<HashSet<String>>,
+    /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
+    /// one buffer per memory).
+    counter_shown: std::cell::Cell<bool>,
+    now_shown: std::cell::Cell<bool>,
+    flight_id_shown: std::cell::Cell<bool>,
+    /// The main request whose caller count was last shown (one buffer per count).
+    flight_shown: std::cell::Cell<u64>,
+    /// The fingerprints of the last few identities and tokens: a burst of calls with the same
+    /// ones (1,000 callers of one refresh) hashes them once, not twice per call.
+    fingerprints: RecentFingerprints,
+}
+
+/// A tiny memo of `fingerprint` (SHA-256) for the strings a host passes again and again.
+#[derive(Default)]
+struct RecentFingerprints(std::cell::RefCell<Vec<(String, String)>>);
+
+impl RecentFingerprints {
+    const KEPT: usize = 4;
+
+    fn of(&self, text: &str) -> String {
+        let mut recent = self.0.borrow_mut();
+        if let Some((_, fingerprint)) = recent.iter().find(|(t, _)| t == text) {
+            return fingerprint.clone();
+        }
+        let computed = fingerprint(text);
+        if recent.len() >= Self::KEPT {
+            recent.remove(0);
+        }
+        recent.push((text.to_owned(), computed.clone()));
+        computed
+    }
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -200,6 +231,11 @@ impl QuotaManager {
             promises: SharedPromises::default(),
             js_now,
             seen_tokens: Mutex::default(),
+            counter_shown: std::cell::Cell::new(false),
+            now_shown: std::cell::Cell::new(false),
+            flight_id_shown: std::cell::Cell::new(false),
+            flight_shown: std::cell::Cell::new(0),
+            fingerprints: RecentFingerprints::default(),
         })
     }
 
@@ -726,6 +762,78 @@ impl QuotaManager {
         })))
     }
 
+    // ----- the facade's hot path (index.js; not part of the typed API) ----------------------
+
+    /// The change counter as an `Int32Array` of length 1 in shared memory, once per manager;
+    /// `null` on a second call or where the runtime refuses external buffers.
+    #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
+    pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.counter_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, self.core.changes().shared())
+    }
+
+    /// The id of the main route's running request (0: none), published by the core on every
+    /// change, as an `Int32Array` of length 1 in shared memory, once per manager.
+    #[napi(catch_unwind, js_name = "_mainFlightId", skip_typescript)]
+    pub fn main_flight_id<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.flight_id_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, self.core.changes().shared_main_flight())
+    }
+
+    /// The main route's running request as `[id, callers]`, `callers` a `BigUint64Array` over
+    /// the count the core tallies its callers with (the facade adds the callers it joins to it
+    /// itself); `null` when none runs, or when this request's count was already handed out.
+    #[napi(catch_unwind, js_name = "_mainFlight", skip_typescript)]
+    pub fn main_flight<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>> {
+        let Some((id, callers)) = self.core.main_flight() else {
+            return Ok(None);
+        };
+        if self.flight_shown.replace(id) == id {
+            return Ok(None);
+        }
+        let Some(view) = super::hot_path::shared_view(env, callers) else {
+            return Ok(None);
+        };
+        let mut pair = env.create_array(2)?;
+        pair.set(0, id as f64)?;
+        pair.set(1, view)?;
+        Ok(Some(pair.coerce_to_object()?.to_unknown()))
+    }
+
+    /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once
+    /// per manager (`null` without a `now` option): the facade samples `now` itself at each
+    /// entry and stores the sample there, exactly as every native entry does.
+    #[napi(catch_unwind, js_name = "_sharedNow", skip_typescript)]
+    pub fn shared_now<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        let clock = self.js_now.as_ref()?.clock();
+        if self.now_shown.replace(true) {
+            return None;
+        }
+        super::hot_path::shared_view(env, clock.shared())
+    }
+
+    /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
+    /// the change counter stays put; `-Infinity` when it already is whatever the time.
+    #[napi(catch_unwind, js_name = "_mainStaleFrom", skip_typescript)]
+    pub fn main_stale_from(&self, env: Env, model_id: Option<Unknown>) -> Result<f64> {
+        self.tick(&env)?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(match self.core.main_stale_from(model.as_deref()) {
+            i64::MIN => f64::NEG_INFINITY,
+            from => from as f64,
+        })
+    }
+
+    /// `refreshEveryNRequests` in force (0: off).
+    #[napi(catch_unwind, js_name = "_refreshEveryN", skip_typescript)]
+    pub fn refresh_every_n(&self) -> f64 {
+        self.core.refresh_every_n() as f64
+    }
+
     // ----- observability and lifecycle -----------------------------------------------------
 
     /// The shared state file this manager uses (resolved at construction), or `null` when it
@@ -785,7 +893,7 @@ impl QuotaManager {
                 .seen_tokens
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&fingerprint(identity))
+                .contains(&self.fingerprints.of(identity))
     }
 
     fn remember_token(&self, token: &str) {
@@ -800,7 +908,11 @@ impl QuotaManager {
         if seen.len() >= SEEN_TOKENS_KEPT {
             seen.clear();
         }
-        seen.insert(fingerprint(token));
+        if seen.insert(self.fingerprints.of(token)) {
+            // Which identities are tokens changes what `getMain(id)` answers: the facade's
+            // kept answers must go.
+            self.core.changes().bump();
+        }
     }
 
     /// An access token: a string, non-empty unless a host transport brings its own credentials.
@@ -900,23 +1012,27 @@ impl QuotaManager {
         };
         let array = unsafe { value.cast::<Array>() }?;
         let now = self.core.now_ms();
-        let mut accounts: Vec<FallbackAccount> = Vec::new();
-        for index in 0..array.len() {
-            let name = format!("accounts[{index}]");
-            let item: Unknown = array
-                .get(index)?
-                .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
-            let json = to_json(env, item, &name)?;
-            if FallbackAccount::is_api_key_account(&json) {
+        // One JSON trip for the whole list (a call into JSON.stringify per account cost more than
+        // the work itself with thousands of accounts); the items themselves only for a resolver.
+        let all = to_json(env, value, "accounts")?;
+        let items = all.as_array().map_or(&[][..], Vec::as_slice);
+        let mut accounts: Vec<FallbackAccount> = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
+        for (index, json) in items.iter().enumerate() {
+            if FallbackAccount::is_api_key_account(json) {
                 continue;
             }
+            let name = format!("accounts[{index}]");
             let mut account =
-                FallbackAccount::from_value(&json, &name).map_err(|e| type_error(env, e))?;
-            if accounts.iter().any(|a| a.id == account.id) {
+                FallbackAccount::from_value(json, &name).map_err(|e| type_error(env, e))?;
+            if !seen.insert(account.id.clone()) {
                 continue;
             }
             account.access = match &resolver {
                 Some(resolve) => {
+                    let item: Unknown = array
+                        .get(index as u32)?
+                        .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
                     let answer = resolve.call(item)?;
                     match answer.get_type()? {
                         ValueType::String => Some(unsafe { answer.cast::<String>() }?),

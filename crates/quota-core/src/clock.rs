@@ -41,6 +41,12 @@ impl ManualClock {
     pub fn set(&self, ms: i64) {
         self.now.store(ms, Ordering::SeqCst);
     }
+
+    /// The time itself, for a host that reads or sets it in place (its address never changes
+    /// while an `Arc` is held).
+    pub fn shared(&self) -> Arc<AtomicI64> {
+        self.now.clone()
+    }
 }
 
 impl Clock for ManualClock {

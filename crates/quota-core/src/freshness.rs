@@ -55,15 +55,26 @@ pub fn is_stale(
     interval_ms: i64,
     model: Option<&str>,
 ) -> bool {
+    now_ms >= stale_from(entry, interval_ms, model)
+}
+
+/// The first instant at which [`is_stale`] answers true for this entry and model: `i64::MIN`
+/// when there is no entry (stale whatever the time), otherwise the earlier of `refresh_after`
+/// and, for a model with a scoped window, that window's `checked_at + interval`. [`is_stale`] is
+/// defined through it, so a host that caches the deadline and compares it with the same clock
+/// gives exactly the same answers.
+pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&str>) -> i64 {
     let Some(entry) = entry else {
-        return true;
+        return i64::MIN;
     };
-    if now_ms >= entry.refresh_after {
-        return true;
-    }
     model
         .and_then(|model| scoped_window_for_model(&entry.quota, model))
-        .is_some_and(|window| now_ms.saturating_sub(window.checked_at) >= interval_ms)
+        .map_or(entry.refresh_after, |window| {
+            window
+                .checked_at
+                .saturating_add(interval_ms)
+                .min(entry.refresh_after)
+        })
 }
 
 /// The `refreshEveryNRequests` trigger: request `n` refreshes when `n > 0`, `every_n > 0` and
@@ -236,6 +247,32 @@ mod tests {
         let edge = old + INTERVAL;
         assert!(is_stale(Some(&cached), edge, INTERVAL, Some("fable")));
         assert!(!is_stale(Some(&cached), edge - 1, INTERVAL, Some("fable")));
+    }
+
+    #[test]
+    fn stale_from_is_the_first_instant_is_stale_turns_true() {
+        assert_eq!(stale_from(None, INTERVAL, None), i64::MIN);
+        let old = T0 - 6 * MINUTE_MS;
+        let cached = QuotaEntry {
+            refresh_after: T0 + INTERVAL,
+            quota: snapshot(T0, vec![scoped("claude-fable-5-1", old)]),
+            checked_at: T0,
+        };
+        assert_eq!(stale_from(Some(&cached), INTERVAL, None), T0 + INTERVAL);
+        assert_eq!(
+            stale_from(Some(&cached), INTERVAL, Some("opus")),
+            T0 + INTERVAL
+        );
+        let scoped_due = old + INTERVAL;
+        assert_eq!(
+            stale_from(Some(&cached), INTERVAL, Some("fable")),
+            scoped_due
+        );
+        for model in [None, Some("fable"), Some("opus")] {
+            let from = stale_from(Some(&cached), INTERVAL, model);
+            assert!(!is_stale(Some(&cached), from - 1, INTERVAL, model));
+            assert!(is_stale(Some(&cached), from, INTERVAL, model));
+        }
     }
 
     #[test]

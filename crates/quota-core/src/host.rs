@@ -142,12 +142,14 @@ impl FallbackAccount {
             .as_array()
             .ok_or_else(|| format!("{name} must be an array"))?;
         let mut accounts: Vec<Self> = Vec::with_capacity(items.len());
+        // The first of equal ids wins; a set keeps this linear in the number of accounts.
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             if Self::is_api_key_account(item) {
                 continue;
             }
             let account = Self::from_value(item, &format!("{name}[{index}]"))?;
-            if !accounts.iter().any(|a| a.id == account.id) {
+            if seen.insert(account.id.clone()) {
                 accounts.push(account);
             }
         }

@@ -14,10 +14,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -231,6 +231,44 @@ pub struct StateStore {
     lock_path: PathBuf,
     locks_dir: PathBuf,
     lock_timeout: Duration,
+    /// The file as last read or written here, shared by clones: a read of an unchanged file
+    /// takes it from here instead of parsing the whole file again (a route's read under its lock
+    /// happens once per request: with thousands of accounts, parsing each time made the cost of
+    /// `refreshAllFallbacks` grow with the square of their number).
+    parsed: Arc<Mutex<Option<ParsedCopy>>>,
+}
+
+/// A parsed copy of the file, valid while the file on disk has the same [`FileStamp`].
+#[derive(Debug)]
+struct ParsedCopy {
+    stamp: FileStamp,
+    /// Shared with readers, so a write in progress (which works on a copy) never hides it.
+    state: Arc<StateFile>,
+}
+
+/// What tells one version of the file from another: writers replace the file by renaming a new
+/// one over it, so a new version has a new inode (and its own change time, length, mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl FileStamp {
+    fn of(metadata: &fs::Metadata) -> Self {
+        Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified_ns: i128::from(metadata.mtime()) * 1_000_000_000
+                + i128::from(metadata.mtime_nsec()),
+            changed_ns: i128::from(metadata.ctime()) * 1_000_000_000
+                + i128::from(metadata.ctime_nsec()),
+        }
+    }
 }
 
 impl StateStore {
@@ -245,6 +283,7 @@ impl StateStore {
             locks_dir: with_suffix(".locks"),
             path,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            parsed: Arc::default(),
         }
     }
 
@@ -291,19 +330,94 @@ impl StateStore {
         }
     }
 
-    /// Reads one route without a lock.
+    /// Reads one route without a lock. An unchanged file is not parsed again (see `parsed`).
     pub fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, QuotaError> {
-        Ok(match self.read_raw()? {
-            Parsed::Valid(mut state) => state.routes.remove(key),
+        let Some((file, stamp)) = self.open_stamped()? else {
+            return Ok(None);
+        };
+        let copy = self
+            .parsed_copy()
+            .as_ref()
+            .filter(|c| c.stamp == stamp)
+            .map(|c| c.state.clone());
+        if let Some(state) = copy {
+            return Ok(state.routes.get(key).cloned());
+        }
+        Ok(match self.read_opened(file)? {
+            Parsed::Valid(state) => {
+                let record = state.routes.get(key).cloned();
+                *self.parsed_copy() = Some(ParsedCopy {
+                    stamp,
+                    state: Arc::new(state),
+                });
+                record
+            }
             Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
         })
+    }
+
+    /// Waits for a route's refresh lock, blocking the calling thread: run it on a blocking pool,
+    /// never on a runtime worker or the JavaScript thread. The OS wakes the waiter the moment the
+    /// holder unlocks or dies (no polling). A lock nobody ends up waiting for (its waiter gave up)
+    /// is released as soon as it is taken, when the returned guard is dropped.
+    pub fn lock_route_blocking(&self, key: &str) -> Result<RouteLock, QuotaError> {
+        self.ensure_locks_dir()?;
+        let lock_path = self.route_lock_path(key);
+        let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
+        fs4::FileExt::lock(&file).map_err(|e| Self::error(&lock_path, e))?;
+        Ok(RouteLock { _file: file })
+    }
+
+    fn route_lock_path(&self, key: &str) -> PathBuf {
+        self.locks_dir.join(format!("{}.lock", fingerprint(key)))
+    }
+
+    fn parsed_copy(&self) -> std::sync::MutexGuard<'_, Option<ParsedCopy>> {
+        self.parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The file opened for reading with its stamp, or `None` when there is no file.
+    fn open_stamped(&self) -> Result<Option<(File, FileStamp)>, QuotaError> {
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Self::error(&self.path, e)),
+        };
+        let metadata = file.metadata().map_err(|e| Self::error(&self.path, e))?;
+        Ok(Some((file, FileStamp::of(&metadata))))
+    }
+
+    fn read_opened(&self, mut file: File) -> Result<Parsed, QuotaError> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Self::error(&self.path, e))?;
+        Ok(parse_state(&bytes))
+    }
+
+    /// Under the state lock: the file's content, from the parsed copy when the file is unchanged
+    /// since this store last read or wrote it.
+    fn read_for_update(&self) -> Result<Parsed, QuotaError> {
+        let Some((file, stamp)) = self.open_stamped()? else {
+            return Ok(Parsed::Missing);
+        };
+        let copy = self
+            .parsed_copy()
+            .as_ref()
+            .filter(|c| c.stamp == stamp)
+            .map(|c| c.state.clone());
+        match copy {
+            Some(state) => Ok(Parsed::Valid(StateFile::clone(&state))),
+            None => self.read_opened(file),
+        }
     }
 
     /// Applies updates with a locked read-modify-write, merging into whatever other processes
     /// wrote meanwhile. Returns the merged file and where a corrupt file was set aside, if one was.
     pub fn apply(&self, updates: &[StoreUpdate]) -> Result<Loaded, QuotaError> {
         let _guard = self.lock_file()?;
-        let (mut state, quarantined) = match self.read_raw()? {
+        let (mut state, quarantined) = match self.read_for_update()? {
             Parsed::Valid(state) => (state, None),
             Parsed::Missing => (StateFile::default(), None),
             Parsed::Corrupt => (StateFile::default(), Some(self.quarantine()?)),
@@ -326,7 +440,7 @@ impl StateStore {
     /// Tries to take a route's refresh lock without blocking; `None` when another holder has it.
     pub fn try_lock_route(&self, key: &str) -> Result<Option<RouteLock>, QuotaError> {
         self.ensure_locks_dir()?;
-        let lock_path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
+        let lock_path = self.route_lock_path(key);
         let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
         match fs4::FileExt::try_lock(&file) {
             Ok(()) => Ok(Some(RouteLock { _file: file })),
@@ -407,6 +521,8 @@ impl StateStore {
         }
     }
 
+    /// Writes the file atomically, and keeps it as the parsed copy from the moment it is in place
+    /// (readers must not parse it again while the directory is being synced).
     fn write_atomically(&self, state: &StateFile) -> Result<(), QuotaError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
@@ -420,11 +536,20 @@ impl StateStore {
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
             .map_err(|e| Self::error(dir, e))?;
-        temp.write_all(&bytes)
+        let metadata = temp
+            .write_all(&bytes)
             .and_then(|()| temp.as_file().sync_all())
+            .and_then(|()| temp.as_file().metadata())
             .map_err(|e| Self::error(temp.path(), e))?;
         temp.persist(&self.path)
             .map_err(|e| Self::error(&self.path, e.error))?;
+        // The rename changes the inode's change time: stamp the file as it now is, through the
+        // path (another writer may only replace it under the state lock, which the caller holds).
+        let renamed = fs::metadata(&self.path).unwrap_or(metadata);
+        *self.parsed_copy() = Some(ParsedCopy {
+            stamp: FileStamp::of(&renamed),
+            state: Arc::new(state.clone()),
+        });
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| Self::error(dir, e))
@@ -671,6 +796,49 @@ mod tests {
         let file_mode = fs::metadata(store.path()).unwrap().permissions().mode();
         assert_eq!(file_mode & 0o777, 0o600);
         assert_eq!(store.read_route("main:a").unwrap(), Some(record(5)));
+    }
+
+    #[test]
+    fn the_parsed_copy_never_hides_another_writers_change() {
+        let (_dir, ours) = store();
+        // Another process: a store of its own on the same file (no shared parsed copy).
+        let theirs = StateStore::new(ours.path().to_path_buf());
+        let checked_at = |store: &StateStore, key: &str| {
+            store
+                .read_route(key)
+                .unwrap()
+                .and_then(|r| r.entry)
+                .map(|e| e.checked_at)
+        };
+        ours.apply(&[merge("main:a", record(5))]).unwrap();
+        assert_eq!(checked_at(&ours, "main:a"), Some(5));
+        assert_eq!(checked_at(&ours, "main:a"), Some(5), "from the copy");
+        theirs
+            .apply(&[merge("main:a", record(9)), merge("fallback:x", record(3))])
+            .unwrap();
+        assert_eq!(checked_at(&ours, "main:a"), Some(9));
+        assert_eq!(checked_at(&ours, "fallback:x"), Some(3));
+        // Our next write merges into their file, not into our older copy.
+        ours.apply(&[merge("fallback:y", record(4))]).unwrap();
+        assert_eq!(checked_at(&theirs, "main:a"), Some(9));
+        assert_eq!(checked_at(&theirs, "fallback:y"), Some(4));
+        let on_disk = ours.load().unwrap().state;
+        assert_eq!(on_disk.routes.len(), 3);
+    }
+
+    #[test]
+    fn a_blocking_route_lock_waits_for_the_holder_and_wakes_when_it_lets_go() {
+        let (_dir, store) = store();
+        let held = store.try_lock_route("main:a").unwrap().expect("free");
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.lock_route_blocking("main:a").map(drop))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "waits while the lock is held");
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        assert!(store.try_lock_route("main:a").unwrap().is_some());
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl QuotaManager {
 
     async fn attempt_under_locks(&self, attempt: &Attempt) -> (Settled, Option<Announcement>) {
         let failed = |error| ((Served::Request, Err(error)), None);
-        let _fetch_slot = match attempt.route {
+        let fetch_slot = match attempt.route {
             RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
                 Ok(permit) => Some(permit),
                 Err(_) => return failed(QuotaError::Closed),
@@ -80,7 +80,7 @@ impl QuotaManager {
             None => None,
         };
         self.wait_for_pacing(attempt).await;
-        let (result, announcement) = self.fetch_and_record(attempt).await;
+        let (result, announcement) = self.fetch_and_record(attempt, fetch_slot).await;
         self.persist_attempt(attempt, route_lock).await;
         ((Served::Request, result), announcement)
     }
@@ -118,8 +118,11 @@ impl QuotaManager {
                     timeout.as_millis()
                 )));
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            if !wait_until_route_free(store, key, deadline - now).await {
+                // No blocking lock here (an error): poll instead.
+                tokio::time::sleep(pause.min(deadline - now)).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 
@@ -185,15 +188,20 @@ impl QuotaManager {
         None
     }
 
+    /// The fetch slot bounds concurrent requests only: it is given back as soon as the answer
+    /// is in, so the next account's request goes out while this result is being written (and
+    /// the writes of many results can be grouped into one).
     async fn fetch_and_record(
         &self,
         attempt: &Attempt,
+        fetch_slot: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
         let token_fingerprint = fingerprint(&attempt.token);
         let fetch_started_at = self.now();
         self.note_request(attempt, &token_fingerprint, fetch_started_at);
         bump(&self.inner.stats.api_calls);
         let result = self.poll(attempt).await;
+        drop(fetch_slot);
         match result {
             Ok(snapshot) => {
                 let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
@@ -281,6 +289,21 @@ fn lock_and_read(store: &StateStore, key: &str) -> Option<Tried> {
         record,
         problem: lock_problem.or(read_problem),
     })
+}
+
+/// Waits, on a thread of the blocking pool (never a runtime worker, never the host's thread),
+/// until the route's lock is free: the OS wakes the waiter the moment the holder unlocks or dies,
+/// where polling woke it up to 50 ms late. The lock is let go again at once: the caller then
+/// takes it (or finds another process took it first) by its usual try. `false` when the wait
+/// could not be made (a lock error): the caller polls. Past `limit` the caller stops waiting;
+/// the thread goes on until the lock is free, then lets it go.
+async fn wait_until_route_free(store: &StateStore, key: &str, limit: Duration) -> bool {
+    let (store, key) = (store.clone(), key.to_owned());
+    let waiter = tokio::task::spawn_blocking(move || store.lock_route_blocking(&key).map(drop));
+    match tokio::time::timeout(limit, waiter).await {
+        Ok(Ok(Ok(()))) | Err(_) => true,
+        Ok(Ok(Err(_)) | Err(_)) => false,
+    }
 }
 
 /// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.

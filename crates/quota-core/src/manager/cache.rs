@@ -153,16 +153,28 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
+        self.now() >= self.main_stale_from(model)
+    }
+
+    /// The first instant at which [`Self::is_main_stale`] turns true while nothing else changes
+    /// (`i64::MIN`: already, whatever the time). A host may keep it until the change counter
+    /// moves and compare it with the manager's clock itself.
+    pub fn main_stale_from(&self, model: Option<&str>) -> i64 {
+        // A strict identity makes the main entry stale unless it is stamped with that identity.
         if self.main_strictly_unmatched() {
-            return true;
+            return i64::MIN;
         }
         let state = self.state();
-        freshness::is_stale(
+        freshness::stale_from(
             state.routes.main().entry().map(Arc::as_ref),
-            self.now(),
             state.settings.interval_ms,
             model,
         )
+    }
+
+    /// `refreshEveryNRequests` as in force (0: off).
+    pub fn refresh_every_n(&self) -> i64 {
+        self.state().settings.refresh_every_n
     }
 
     pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {

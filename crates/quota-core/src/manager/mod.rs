@@ -22,8 +22,10 @@ mod announce;
 mod attempt;
 mod backoff_book;
 mod cache;
+mod changes;
 mod fallbacks;
 mod identity;
+mod loading;
 mod pacing;
 mod poll;
 mod refresh;
@@ -33,7 +35,7 @@ mod settings;
 mod single_flight;
 mod write_behind;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
@@ -47,10 +49,13 @@ use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
+pub use changes::ChangeCounter;
 pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
+use changes::{Published, StateGuard};
+use loading::Loading;
 use pacing::Pacing;
 use routes::Routes;
 use settings::Settings;
@@ -96,6 +101,8 @@ impl ManagerConfig {
 }
 
 /// The manager's whole mutable state, behind one mutex that is never held across an await.
+/// Every mutable borrow bumps the change counter ([`changes`]): keep it free of interior
+/// mutability (`Cell`, atomics, inner mutexes), or a change could go unannounced.
 struct State {
     closed: bool,
     settings: Settings,
@@ -114,6 +121,13 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     fallback_fetch_slots: Semaphore,
     state: Mutex<State>,
+    changes: ChangeCounter,
+    /// The state file's load, run off the host's thread; every state access waits for it.
+    loading: Loading,
+    /// One state-file write at a time: callers queue, and whoever comes next writes everything
+    /// queued meanwhile (a group commit), so many routes' results cost a few writes, not one
+    /// read-modify-write and fsync each.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The quota manager. Cheap to clone; clones share everything.
@@ -122,7 +136,32 @@ pub struct QuotaManager {
     inner: Arc<Inner>,
 }
 
+impl Published for State {
+    fn main_flight(&self) -> i32 {
+        if self.closed {
+            return 0;
+        }
+        self.routes
+            .main()
+            .in_flight
+            .as_ref()
+            // Ids are small and only ever grow; the low 31 bits tell flights apart.
+            .map_or(0, |flight| (flight.id() & 0x7fff_ffff) as i32)
+    }
+}
+
 impl QuotaManager {
+    /// The main route's running request: its id and the count of its callers (see
+    /// [`ChangeCounter::shared_main_flight`]); `None` when none runs or the manager is closed.
+    pub fn main_flight(&self) -> Option<(u64, Arc<std::sync::atomic::AtomicU64>)> {
+        let state = self.state();
+        if state.closed {
+            return None;
+        }
+        let flight = state.routes.main().in_flight.as_ref()?;
+        Some((flight.id(), flight.callers()))
+    }
+
     /// Builds a manager and seeds it from the state file, then from the host's storage. The
     /// state file is read here, once; a corrupt one is set aside and reported.
     pub fn new(
@@ -156,14 +195,40 @@ impl QuotaManager {
                 stats,
                 runtime,
                 state: Mutex::new(initial),
+                changes: ChangeCounter::default(),
+                loading: Loading::done(),
+                writer: Arc::default(),
             }),
         };
-        let main_identity = storage.as_ref().and_then(|s| s.main_account_id.as_deref());
-        manager.seed_from_state_file(main_identity.map(MainIdentity::parse));
-        if let Some(storage) = &storage {
-            manager.seed_main(storage, None);
+        if manager.inner.store.is_none() {
+            manager.seed(storage.as_ref());
+            return Ok(manager);
         }
+        // The file is read and seeded on the blocking pool: the constructor returns at once.
+        // Seeding from the host's storage follows it there, in the same order as before.
+        let weak = Arc::downgrade(&manager.inner);
+        let job = Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                QuotaManager { inner }.seed(storage.as_ref());
+            }
+        });
+        manager.inner.loading.arm(job);
+        let weak = Arc::downgrade(&manager.inner);
+        manager.inner.runtime.spawn_blocking(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.loading.wait();
+            }
+        });
         Ok(manager)
+    }
+
+    /// Seeds from the state file, then from the host's storage.
+    fn seed(&self, storage: Option<&HostStorage>) {
+        let main_identity = storage.and_then(|s| s.main_account_id.as_deref());
+        self.seed_from_state_file(main_identity.map(MainIdentity::parse));
+        if let Some(storage) = storage {
+            self.seed_main(storage, None);
+        }
     }
 
     /// The manager's clock (a `ManualClock` in tests).
@@ -185,13 +250,22 @@ impl QuotaManager {
         self.inner.client.trust_warnings()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> StateGuard<'_, State> {
+        self.inner.loading.wait();
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
-        self.inner
+        let guard = self
+            .inner
             .state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        StateGuard::new(guard, &self.inner.changes)
+    }
+
+    /// The change counter: it moves whenever anything the synchronous reads answer from may
+    /// have changed (entries, identities, settings, backoff, `closed`).
+    pub fn changes(&self) -> &ChangeCounter {
+        &self.inner.changes
     }
 
     /// The shared state file, `None` in memory-only mode.
@@ -200,6 +274,8 @@ impl QuotaManager {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
+        // The counters include what loading the state file found (a file set aside...).
+        self.inner.loading.wait();
         self.inner.stats.snapshot()
     }
 

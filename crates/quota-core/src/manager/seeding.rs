@@ -186,9 +186,9 @@ impl QuotaManager {
         let now = self.now();
         let mut state = self.state();
         let state = &mut *state;
-        state
-            .routes
-            .retain_fallbacks(|id| accounts.iter().any(|a| a.id == id));
+        let configured: std::collections::HashSet<&str> =
+            accounts.iter().map(|a| a.id.as_str()).collect();
+        state.routes.retain_fallbacks(|id| configured.contains(id));
         for account in accounts.iter().filter(|a| a.enabled) {
             // A replaced login's record still carries the old login's quota: adopt nothing
             // from it now (the next seed, of the new login's record, will).

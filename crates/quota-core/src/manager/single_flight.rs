@@ -84,6 +84,16 @@ impl<T: Clone> Flight<T> {
         }
     }
 
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The count of its callers, for a host that joins callers to it by itself (they are then
+    /// counted like any other caller).
+    pub fn callers(&self) -> Arc<AtomicU64> {
+        self.callers.clone()
+    }
+
     /// The flight's result, for a waiter that is not a caller (counted nowhere).
     pub fn wait(&self) -> Shared<T> {
         self.shared.clone()

@@ -22,6 +22,8 @@ use crate::store::{Loaded, RouteLock, StateStore, StoreUpdate};
 /// A polled route's write running in the background.
 pub(super) type RunningWrite = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
+/// The longest pause between two state-file writes (see [`QuotaManager::flush`]).
+const MAX_WRITE_PAUSE: Duration = Duration::from_secs(1);
 /// How long header pushes and host writes wait to be written together.
 const WRITE_COALESCE_MS: u64 = 250;
 /// How long a poll's callers wait for its write before they get the result anyway.
@@ -193,10 +195,23 @@ impl QuotaManager {
     }
 
     /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
+    ///
+    /// Writes are serialised: a caller that finds, once its turn comes, nothing left to write
+    /// had its changes written by the caller before it (which took the whole queue), and that
+    /// write has landed: so "flushed" still means "on disk" for everyone.
+    ///
+    /// After a write, the next one waits as long as this one took (at most a second): a large
+    /// file written back to back would otherwise take the CPU from the requests whose results
+    /// it writes, and each write would carry only a handful of them. Waiting that long lets the
+    /// next write carry everything that came in meanwhile, so the number of writes stays about
+    /// the same however many accounts there are, and the cost per account stays flat. A single
+    /// result is still written at once (nothing is queued behind it).
     pub async fn flush(&self) {
+        let turn = self.inner.writer.clone().lock_owned().await;
         let Some((store, updates)) = self.take_unsaved() else {
             return;
         };
+        let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || store.apply(&updates))
             .await
             .unwrap_or_else(|e| {
@@ -206,6 +221,11 @@ impl QuotaManager {
                 })
             });
         self.after_write(written);
+        let pause = started.elapsed().min(MAX_WRITE_PAUSE);
+        self.inner.runtime.spawn(async move {
+            tokio::time::sleep(pause).await;
+            drop(turn);
+        });
     }
 
     /// `flush`, on the calling thread: for the host's exit, when no task will run any more.

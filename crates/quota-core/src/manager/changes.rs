@@ -1,0 +1,129 @@
+//! The change counter: bumped whenever the manager's state is borrowed mutably, so a host can
+//! keep answers of the synchronous reads (`getMain`, the staleness deadline, settings) and know,
+//! with one atomic load and no call into the manager, whether they may still be served.
+//!
+//! The counter lives in its own allocation with a stable address, so the binding can show it to
+//! JavaScript as shared memory (an `Int32Array` over an external `ArrayBuffer`).
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, MutexGuard};
+
+/// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
+/// Beside it, the id of the main route's running request (0: none, or the manager is closed),
+/// published on every change too, so a host can tell a call would join that request.
+#[derive(Debug, Default)]
+pub struct ChangeCounter(Arc<AtomicI32>, Arc<AtomicI32>);
+
+/// What a state publishes beside the counter on every change.
+pub(super) trait Published {
+    /// The main route's running request a new call would join (0: none).
+    fn main_flight(&self) -> i32;
+}
+
+impl ChangeCounter {
+    pub fn current(&self) -> i32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Announces a change made outside the manager's state (the binding's own knowledge that
+    /// changes answers, e.g. which identities are tokens).
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The counter itself, for a host that reads it in place (its address never changes while
+    /// an `Arc` is held).
+    pub fn shared(&self) -> Arc<AtomicI32> {
+        self.0.clone()
+    }
+
+    /// The published main request id, in place (see [`Published::main_flight`]).
+    pub fn shared_main_flight(&self) -> Arc<AtomicI32> {
+        self.1.clone()
+    }
+}
+
+/// The state mutex's guard, bumping the counter when it was borrowed mutably. The bump happens
+/// in `drop`, before the mutex is released: a reader that sees the old number read before the
+/// change was made visible; one that sees the new number and asks the manager gets the new state.
+/// Every change of the state goes through `DerefMut`, so no change can be missed (as long as
+/// `State` holds no interior mutability of its own).
+pub(super) struct StateGuard<'a, T: Published> {
+    guard: MutexGuard<'a, T>,
+    changes: &'a ChangeCounter,
+    changed: bool,
+}
+
+impl<'a, T: Published> StateGuard<'a, T> {
+    pub(super) fn new(guard: MutexGuard<'a, T>, changes: &'a ChangeCounter) -> Self {
+        Self {
+            guard,
+            changes,
+            changed: false,
+        }
+    }
+}
+
+impl<T: Published> Deref for StateGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T: Published> DerefMut for StateGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.changed = true;
+        &mut self.guard
+    }
+}
+
+impl<T: Published> Drop for StateGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.changed {
+            self.changes
+                .1
+                .store(self.guard.main_flight(), Ordering::Release);
+            self.changes.bump();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    impl Published for u32 {
+        fn main_flight(&self) -> i32 {
+            i32::try_from(*self).unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn only_a_mutable_borrow_bumps_and_only_once_per_guard() {
+        let changes = ChangeCounter::default();
+        let state = Mutex::new(0_u32);
+        let start = changes.current();
+        {
+            let guard = StateGuard::new(state.lock().unwrap(), &changes);
+            assert_eq!(*guard, 0);
+        }
+        assert_eq!(changes.current(), start, "a read leaves the counter alone");
+        {
+            let mut guard = StateGuard::new(state.lock().unwrap(), &changes);
+            *guard += 1;
+            *guard += 1;
+            assert_eq!(
+                changes.current(),
+                start,
+                "the bump waits for the guard's drop"
+            );
+        }
+        assert_eq!(changes.current(), start.wrapping_add(1));
+        assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());
+        assert_eq!(changes.shared_main_flight().load(Ordering::Acquire), 2);
+    }
+}

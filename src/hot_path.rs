@@ -1,0 +1,67 @@
+//! Shared memory for the JavaScript facade (`index.js`): the core's change counter, and the
+//! time of a clock the core reads, shown to JavaScript as a typed array of length 1 over an
+//! external `ArrayBuffer`. The facade tells with one `Atomics.load`, without calling in, whether
+//! the answers it keeps are still current, and reads (or, for the `now` option, writes) the very
+//! time the core compares deadlines with.
+
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64};
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::sys;
+
+/// A value JavaScript may read and write in place, as one element of a typed array.
+pub trait SharedCell: Send + Sync + 'static {
+    const TYPED_ARRAY: sys::napi_typedarray_type;
+}
+
+impl SharedCell for AtomicI32 {
+    const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::int32_array;
+}
+
+impl SharedCell for AtomicI64 {
+    const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::bigint64_array;
+}
+
+impl SharedCell for AtomicU64 {
+    const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::biguint64_array;
+}
+
+/// A typed array of length 1 whose element is `cell` (an `Int32Array` or a `BigInt64Array`), or
+/// `None` when the runtime refuses external buffers (Electron's V8 sandbox). napi-rs's own
+/// `ArrayBuffer::from_external` would fall back to a copy there, which would freeze the number
+/// the facade reads: the facade must rather know, and then keep nothing. V8 allows one buffer per
+/// memory: call this once per cell.
+pub fn shared_view<T: SharedCell>(env: &Env, cell: Arc<T>) -> Option<Unknown<'_>> {
+    let data = Arc::as_ptr(&cell).cast_mut().cast::<c_void>();
+    // The buffer keeps its own strong reference until V8 collects it.
+    let hint = Arc::into_raw(cell).cast_mut().cast::<c_void>();
+    let mut buffer = ptr::null_mut();
+    let status = unsafe {
+        sys::napi_create_external_arraybuffer(
+            env.raw(),
+            data,
+            std::mem::size_of::<T>(),
+            Some(release::<T>),
+            hint,
+            &raw mut buffer,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        // Not created: the finalizer will never run, so drop the reference here.
+        drop(unsafe { Arc::from_raw(hint.cast::<T>().cast_const()) });
+        return None;
+    }
+    let mut array = ptr::null_mut();
+    let status = unsafe {
+        sys::napi_create_typedarray(env.raw(), T::TYPED_ARRAY, 1, buffer, 0, &raw mut array)
+    };
+    (status == sys::Status::napi_ok)
+        .then(|| unsafe { Unknown::from_raw_unchecked(env.raw(), array) })
+}
+
+unsafe extern "C" fn release<T>(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
+    drop(unsafe { Arc::from_raw(hint.cast::<T>().cast_const()) });
+}
