@@ -8,6 +8,8 @@
 //! - [`backoff`]: the per-route backoff ladder and `Retry-After` (SPEC §4)
 //! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6); [`route_key`]: how
 //!   it names routes
+//! - [`redis_store`]: the Redis shared store for several hosts (issue 13): route locks with
+//!   fencing, route records, change notices
 //! - [`policy`]: the routing policy (SPEC §8)
 //! - [`manager`]: the state machine that ties them together (a facade over one module per
 //!   concern)
@@ -24,6 +26,7 @@ pub mod host;
 pub mod manager;
 pub mod merge;
 pub mod policy;
+pub mod redis_store;
 pub mod route_key;
 pub mod snapshot;
 pub mod stats;
