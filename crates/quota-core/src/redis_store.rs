@@ -367,16 +367,27 @@ impl RedisStore {
         key: &str,
         wait: Duration,
     ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, RedisStoreError> {
+        Ok(self.lock_route_waited(key, wait).await?.0)
+    }
+
+    /// [`RedisStore::lock_route`], and whether the first try found the lock held.
+    pub async fn lock_route_waited(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<(Option<(RedisRouteLock, Option<RouteRecord>)>, bool), RedisStoreError> {
         let deadline = Instant::now() + wait;
+        let mut waited = false;
         // Subscribed before the first try: a release between the try and the wait is not missed.
         let mut notices = self.notices();
         loop {
             match self.try_lock_route(key).await? {
-                LockTry::Acquired(locked) => return Ok(Some(*locked)),
+                LockTry::Acquired(locked) => return Ok((Some(*locked), waited)),
                 LockTry::Held { expires_in } => {
+                    waited = true;
                     let now = Instant::now();
                     if now >= deadline {
-                        return Ok(None);
+                        return Ok((None, waited));
                     }
                     // A hair past the TTL, so the next try finds it gone.
                     let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
@@ -815,4 +826,4 @@ pub fn redact(url: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
