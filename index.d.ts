@@ -33,6 +33,16 @@ export interface ExtraUsage {
   exhausted: boolean
 }
 
+/** Where each present field of a snapshot came from. */
+export interface QuotaFieldSources {
+  five_hour?: 'poll' | 'headers'
+  seven_day?: 'poll' | 'headers'
+  scoped?: 'poll' | 'headers'
+  extraUsage?: 'poll' | 'headers'
+  bindingWindow?: 'poll' | 'headers'
+  fallbackAdvised?: 'poll' | 'headers'
+}
+
 export interface QuotaSnapshot {
   five_hour?: QuotaWindow
   seven_day?: QuotaWindow
@@ -50,6 +60,8 @@ export interface QuotaSnapshot {
   checkedAt?: number
   /** The route's identity, never a token. */
   accountIdentity?: string
+  /** For each present field, whether its value came from a poll or from response headers. */
+  fieldSources?: QuotaFieldSources
 }
 
 /**
@@ -81,64 +93,145 @@ export interface QuotaApiError {
   status?: number
   /** What the server asked for with `Retry-After`, when it did. */
   retryAfterMs?: number
+  /** The same in seconds, as the plugin reads it. */
+  retryAfter?: number
   accountIdentity?: string
 }
 
 /** The host's own storage object, as the plugin keeps it; every field optional. */
 export interface AccountStorage {
-  mainAccountId?: string
-  quota?: {
-    enabled?: boolean
-    checkIntervalMinutes?: number
-    refreshEveryNRequests?: number
-    minimumRemaining?: { five_hour?: number; seven_day?: number; '5h'?: number; '1w'?: number }
-    failClosedOnUnknownQuota?: boolean
-    mainQuota?: QuotaSnapshot
-    mainQuotaCheckedAt?: number
-    mainLastQuotaApiError?: QuotaApiError
-  }
+  mainAccountId?: string | undefined
+  quota?:
+    | {
+        enabled?: boolean | undefined
+        checkIntervalMinutes?: number | undefined
+        refreshEveryNRequests?: number | undefined
+        minimumRemaining?:
+          | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
+          | undefined
+        failClosedOnUnknownQuota?: boolean | undefined
+        mainQuota?: QuotaSnapshot | undefined
+        mainQuotaCheckedAt?: number | undefined
+        mainQuotaToken?: string | undefined
+        mainLastQuotaApiError?: QuotaApiError | undefined
+        /** The error generation the host persisted from the callbacks. */
+        mainQuotaErrorGeneration?: number | undefined
+        /** When the host last saw the main error cleared. */
+        mainQuotaErrorClearedAt?: number | undefined
+      }
+    | undefined
 }
 
-export interface FallbackAccount {
+/** The plugin's OAuth account record (extra fields are accepted and ignored). */
+export interface OAuthFallbackAccount {
+  type?: 'oauth' | undefined
   id: string
-  enabled?: boolean
+  enabled?: boolean | undefined
   /** Current access token. */
-  access?: string
-  expires?: number
+  access?: string | undefined
+  refresh?: string | undefined
+  /** When `access` expires (Unix ms): without a resolver, `access` is used only before then. */
+  expires?: number | undefined
   /** Changes when the login is replaced. */
-  authLineageId?: string
-  quota?: QuotaSnapshot
-  lastQuotaRefreshError?: QuotaApiError
+  authLineageId?: string | undefined
+  label?: string | undefined
+  quota?: QuotaSnapshot | undefined
+  lastQuotaRefreshError?: QuotaApiError | undefined
 }
 
+/** An API-key account: it has no quota and is ignored. */
+export interface ApiKeyFallbackAccount {
+  type: 'api'
+  id: string
+  enabled?: boolean | undefined
+  label?: string | undefined
+  apiKey?: string | undefined
+  baseURL?: string | undefined
+  authHeader?: string | undefined
+  /** Never set on an API-key account (listed so the union can be read without narrowing). */
+  quota?: undefined
+  lastQuotaRefreshError?: undefined
+}
+
+/** The plugin's account union. */
+export type FallbackAccount = OAuthFallbackAccount | ApiKeyFallbackAccount
+
+/** The account argument of the fallback methods: only the login (`authLineageId`) is read. */
+export interface FallbackAccountLineage {
+  authLineageId?: string | undefined
+}
+
+/** What `fetchQuotaSnapshot` is asked for. */
+export interface QuotaSnapshotRequest {
+  kind: 'main' | 'fallback'
+  /** The main identity, or the fallback id. */
+  accountId: string | undefined
+  /** `''` when the host's transport brings its own credentials. */
+  accessToken: string
+}
+
+/** What `fetchImpl` must answer: enough of a `Response`. */
+export interface FetchResponseLike {
+  status: number
+  headers: { get(name: string): string | null }
+  text(): Promise<string>
+}
+
+/**
+ * Options. Unknown keys are rejected with a `TypeError` naming the key (a key set to `undefined`
+ * counts as absent).
+ */
 export interface QuotaManagerOptions {
   /** Seeds cache, backoff and settings, as the plugin keeps them. */
-  storage?: AccountStorage | null
+  storage?: AccountStorage | null | undefined
   /** Shared state file; default in the OpenCode config dir; `null` = memory only. */
-  statePath?: string | null
+  statePath?: string | null | undefined
   /** Default `https://api.anthropic.com/api/oauth/usage`. */
-  usageUrl?: string
+  usageUrl?: string | undefined
   /** Default `claude-code/2.1.257`. */
-  userAgent?: string
+  userAgent?: string | undefined
   /** Overrides `storage.quota.checkIntervalMinutes`; default 5, at least 1. */
-  checkIntervalMinutes?: number
+  checkIntervalMinutes?: number | undefined
   /** Overrides `storage.quota.refreshEveryNRequests`; default 0 (off). */
-  refreshEveryNRequests?: number
+  refreshEveryNRequests?: number | undefined
   /** Default 1000. */
-  apiCallGapMs?: number
+  apiCallGapMs?: number | undefined
   /** Default 10000. */
-  requestTimeoutMs?: number
+  requestTimeoutMs?: number | undefined
   /** Default 15000. */
-  lockTimeoutMs?: number
+  lockTimeoutMs?: number | undefined
   /** Default 4. */
-  maxConcurrentFetches?: number
-  backoff?: { initialMs?: number; maxMs?: number; nonTransientMs?: number; jitter?: number; maxRetryAfterMs?: number }
+  maxConcurrentFetches?: number | undefined
+  backoff?: { initialMs?: number; maxMs?: number; nonTransientMs?: number; jitter?: number; maxRetryAfterMs?: number } | undefined
   /** Tests and simulations; default: the system clock. */
-  clock?: ManualClock
-  onMainQuotaFetched?: (quota: QuotaSnapshot, checkedAt: number, tokenFingerprint: string, fetchStartedAt: number) => void
-  onApiError?: (error: QuotaApiError) => void
-  onFallbackQuotaFetched?: (accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => void
-  onFallbackApiError?: (accountId: string, error: QuotaApiError) => void
+  clock?: ManualClock | undefined
+  /** A clock function (tests); every timestamp and deadline reads it. Not with `clock`. */
+  now?: (() => number) | undefined
+  /** A `fetch` for tests: every poll goes through it (same URL and headers). */
+  fetchImpl?: ((url: string, init: { method: 'GET'; headers: Record<string, string> }) => Promise<FetchResponseLike>) | undefined
+  /**
+   * A host transport: every poll calls it instead of HTTP (single flight, pacing, backoff, locks
+   * and the state file still apply). A rejection's numeric `status` and `retryAfter` (seconds) /
+   * `retryAfterMs` classify it like an HTTP failure; no status is a network error.
+   */
+  fetchQuotaSnapshot?: ((request: QuotaSnapshotRequest) => Promise<QuotaSnapshot>) | undefined
+  /** Await a promise a callback returns (at most 5 s) before the refresh settles. Default `false`. */
+  awaitCallbacks?: boolean | undefined
+  onMainQuotaFetched?:
+    | ((
+        quota: QuotaSnapshot,
+        checkedAt: number,
+        tokenFingerprint: string,
+        fetchStartedAt: number,
+        errorGeneration: number,
+        errorClearedAt: number | undefined,
+      ) => unknown)
+    | undefined
+  onApiError?: ((error: QuotaApiError, errorGeneration: number) => unknown) | undefined
+  onFallbackQuotaFetched?:
+    | ((accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => unknown)
+    | undefined
+  onFallbackApiError?: ((accountId: string, error: QuotaApiError) => unknown) | undefined
 }
 
 /**
@@ -168,8 +261,11 @@ export interface QuotaStats {
 }
 
 export interface QuotaPolicy {
-  minimumRemaining?: { five_hour?: number; seven_day?: number; '5h'?: number; '1w'?: number }
-  failClosedOnUnknownQuota?: boolean
+  minimumRemaining?:
+    | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
+    | undefined
+  /** Default `true`: unknown quota fails closed, as the plugin's policy does. */
+  failClosedOnUnknownQuota?: boolean | undefined
 }
 
 /** The `code` of every error this package rejects with. */
@@ -182,12 +278,15 @@ export type QuotaErrorCode =
   | 'QUOTA_BAD_RESPONSE'
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
+  | 'QUOTA_IDENTITY_CHANGED'
 
 /** A rejection from this package. */
 export interface QuotaError extends Error {
   code: QuotaErrorCode
   status?: number
   retryAfterMs?: number
+  /** `retryAfterMs` in seconds, as the plugin reads it. */
+  retryAfter?: number
   nextRetryAt?: number
   path?: string
 }
@@ -223,21 +322,45 @@ export declare class QuotaManager {
   /** Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options. */
   constructor(options?: QuotaManagerOptions | null)
   /**
-   * The main cache entry; `null` unless it belongs to `mainAccountId` (when given). The
-   * object is frozen, and the same one is returned until the entry changes.
+   * The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
+   * identity is strict, is stamped with it). Without: `null` while an identity is bound (as
+   * the plugin's). The object is frozen, and the same one is returned until it changes.
    */
-  getMain(mainAccountId?: string): QuotaEntry | null
+  getMain(mainAccountId?: string | undefined): QuotaEntry | null
   /**
-   * A fallback's cache entry. Passing the account drops the entry first if its login was
-   * replaced (a different `authLineageId`).
+   * A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
+   * first if its login was replaced (a different `authLineageId`).
    */
-  getFallback(accountId: string, account?: FallbackAccount): QuotaEntry | null
+  getFallback(accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /** Every cached fallback entry, by account id. */
   getAllFallbacks(): Map<string, QuotaEntry>
+  /**
+   * Binds the main identity (COMPAT §3). Returns the new error generation when a backoff
+   * error recorded for another identity was cleared, else `undefined`.
+   */
+  setMainQuotaAccountIdentity(identity: string | undefined, strict?: boolean | undefined, force?: boolean | undefined): number | undefined
+  /** Bumped whenever the bound main identity changes. */
+  getMainQuotaIdentityGeneration(): number
+  /** Bumped whenever the main backoff error is set or cleared. */
+  getMainQuotaErrorGeneration(): number
+  /** When the main backoff error was last cleared. */
+  getMainQuotaErrorClearedAt(): number | undefined
+  /** Unbinds the main identity and drops the main entry. */
+  clearMain(): void
+  /**
+   * Clears the main backoff, here and (through the state file) in every process. Returns the
+   * new error generation, or `undefined` when no error was set.
+   */
+  clearMainBackoff(): number | undefined
+  /**
+   * `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
+   * with an empty token.
+   */
+  canFetchWithoutAccessToken(): boolean
   /** Replaces the main cache entry (for example with one the host persisted). */
   setMain(mainAccountId: string | undefined, entry: QuotaEntry): void
   /** Replaces a fallback's cache entry. */
-  setFallback(accountId: string, entry: QuotaEntry, account?: FallbackAccount): void
+  setFallback(accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined): void
   /** Forgets a fallback's cache and backoff, here and in the state file. */
   clearFallback(accountId: string): void
   /**
@@ -249,37 +372,47 @@ export declare class QuotaManager {
    * Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
    * they carry no quota, or carry a login that was replaced.
    */
-  pushFallbackFromHeaders(accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccount): QuotaEntry | null
+  pushFallbackFromHeaders(accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**
    * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
-   * across processes). With one argument, it is both the identity and the access token.
-   * Callers of one request get the same promise and the same frozen snapshot.
+   * across processes). `mainAccountId` `undefined` means the bound identity; with one
+   * argument, it is both the identity and the access token. With
+   * `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
+   * one request get the same promise and the same frozen snapshot. Bad arguments reject.
    */
-  refreshMain(mainAccountIdOrAccessToken: string, accessToken?: string): Promise<QuotaSnapshot>
+  refreshMain(mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined): Promise<QuotaSnapshot>
   /** `refreshMain`, telling whether a request was sent (`fetched`) or the cache served. */
-  refreshMainWithMetadata(mainAccountIdOrAccessToken: string, accessToken?: string): Promise<QuotaRefreshResult>
-  /** Polls the usage endpoint for one fallback account. */
-  refreshFallback(accountId: string, accessToken: string, account?: FallbackAccount): Promise<QuotaSnapshot>
-  /** `refreshFallback`, telling whether a request was sent. */
-  refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccount): Promise<QuotaRefreshResult>
+  refreshMainWithMetadata(mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined): Promise<QuotaRefreshResult>
   /**
-   * Refreshes every enabled account with a token whose quota is due, a few at a time.
-   * Failures are recorded on each account's route, never thrown.
+   * Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
+   * `canFetchWithoutAccessToken()`. Bad arguments reject.
    */
-  refreshAllFallbacks(accounts: FallbackAccount[]): Promise<void>
+  refreshFallback(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaSnapshot>
+  /** `refreshFallback`, telling whether a request was sent. */
+  refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaRefreshResult>
+  /**
+   * Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
+   * `resolveAccessToken(account)` when given (only its answer counts), else `access` while
+   * `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
+   * skipped. Failures are recorded on each account's route, never thrown.
+   */
+  refreshAllFallbacks<A extends FallbackAccount>(accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined): Promise<void>
   /**
    * Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
    * the route is backed off.
    */
   refreshMainInBackground(accessToken: string): void
   /** Is the main entry missing or due (for this model's scoped window too, when given)? */
-  isMainStale(modelId?: string): boolean
-  /** Is a fallback's entry missing or due? The token argument is unused (kept for the plugin). */
-  isFallbackStale(accountId: string, accessToken?: string, modelId?: string): boolean
+  isMainStale(modelId?: string | undefined): boolean
+  /**
+   * Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
+   * Passing the account (or `{ authLineageId }`) binds its login first.
+   */
+  isFallbackStale(accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined): boolean
   /** True every `refreshEveryNRequests` requests (never when that setting is 0). */
   shouldRefreshOnRequestCount(requestCount: number): boolean
   /** `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`. */
-  needsRefresh(requestCount: number, modelId?: string): boolean
+  needsRefresh(requestCount: number, modelId?: string | undefined): boolean
   /** Is the main route backed off? */
   isBackedOff(): boolean
   /** Is this fallback's route backed off? */
@@ -291,9 +424,9 @@ export declare class QuotaManager {
   /** Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it. */
   updateStorage(storage: AccountStorage | null): void
   /** Adopts the host's persisted main snapshot (when newer) and backoff (when active). */
-  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string): void
+  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string | undefined): void
   /** Adopts each account's persisted quota and backoff; forgets accounts no longer listed. */
-  seedFallbacksFromAccounts(accounts: FallbackAccount[]): void
+  seedFallbacksFromAccounts(accounts: readonly FallbackAccount[]): void
   /**
    * The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
    * cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
@@ -314,9 +447,10 @@ export declare class QuotaManager {
 }
 
 /**
- * The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
- * `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
- * `null` when none of those variables is set.
+ * The state file a manager uses when `statePath` is not given: `anthropic-quota-state.json`
+ * beside `$OPENCODE_ANTHROPIC_AUTH_FILE` when that is set, else in `$OPENCODE_CONFIG_DIR`, else
+ * `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`; `null` when none of those variables
+ * is set. Variables are read from the host's `process.env`.
  */
 export declare function defaultStatePath(): string | null
 

@@ -197,6 +197,7 @@ describe('anthropic-quota-manager status', () => {
     const run = await cli(['status', '--state', hostile])
     expect(run.code, run.stderr).toBe(0)
     // No raw control, C1 or bidi-override character reaches the terminal (newlines separate lines).
+    // oxlint-disable-next-line no-control-regex -- matching control characters is the point
     expect(run.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/)
     expect(run.stdout).toContain('main:evil\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202e')
     expect(run.stdout).toContain('Fable\\x1b[…') // a label is cut to 11 columns

@@ -2,7 +2,7 @@
 // host seeding, refreshAllFallbacks and bad input at the boundary.
 import { describe, expect, it } from 'vitest'
 import { QuotaManager, ManualClock } from '../index.js'
-import type { FallbackAccount, QuotaEntry, QuotaSnapshot } from '../index.js'
+import type { FallbackAccount, OAuthFallbackAccount, QuotaEntry, QuotaSnapshot } from '../index.js'
 import { rateLimitHeaders, usageBody } from '../simulator/index.js'
 import {
   MINUTE,
@@ -22,7 +22,13 @@ import type { RecordedEvents } from './helpers/fallback-harness.js'
 
 const { setup, onCleanup } = perTestHarness()
 
-const account = (id: string, extra: Partial<FallbackAccount> = {}): FallbackAccount => ({ id, ...extra })
+/** Far ahead of every test clock: an `access` token is only used while `expires` is ahead (COMPAT §4). */
+const NEVER_EXPIRES = Date.UTC(2100, 0, 1)
+const account = (id: string, extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount => ({
+  id,
+  ...(extra.access === undefined ? {} : { expires: NEVER_EXPIRES }),
+  ...extra,
+})
 
 /** A fresh entry observed at `at`, with windows at the given used percentages. */
 function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at + 5 * MINUTE): QuotaEntry {
@@ -32,6 +38,8 @@ function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at
       seven_day: { usedPercent: sevenUsed, remainingPercent: 100 - sevenUsed, checkedAt: at },
       source: 'poll',
       checkedAt: at,
+      // COMPAT §5: every snapshot handed out says where each present field came from.
+      fieldSources: { five_hour: 'poll', seven_day: 'poll' },
     },
     checkedAt: at,
     refreshAfter,
@@ -307,9 +315,9 @@ describe('single flight per account id', () => {
 })
 
 describe('login replacement (authLineageId)', () => {
-  const login1 = (extra: Partial<FallbackAccount> = {}): FallbackAccount =>
+  const login1 = (extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount =>
     account('a', { access: 'tok-1', authLineageId: 'login-1', ...extra })
-  const login2 = (extra: Partial<FallbackAccount> = {}): FallbackAccount =>
+  const login2 = (extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount =>
     account('a', { access: 'tok-2', authLineageId: 'login-2', ...extra })
 
   it('drops the old login cache before it is read', async () => {
@@ -385,6 +393,12 @@ describe('login replacement (authLineageId)', () => {
   it('an observation carrying the old lineage is discarded and returns null', async () => {
     const { manager } = await setup()
     manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.1 }), login1())
+    // COMPAT §4 (upstream acceptFallbackQuotaObservation): a header push never rebinds the login;
+    // one of another login than the bound one is discarded...
+    expect(manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.2 }), login2())).toBeNull()
+    expect(manager.getFallback('a')?.quota.five_hour?.usedPercent).toBe(10)
+    // ...until an authoritative call (a seed, a refresh, getFallback with the account) rebinds it.
+    expect(manager.getFallback('a', login2())).toBeNull()
     const current = manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.2 }), login2())
     expect(current?.quota.five_hour?.usedPercent).toBe(20)
     const stale = manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.9 }), login1())

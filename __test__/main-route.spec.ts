@@ -337,10 +337,8 @@ describe('backoff ladder', () => {
     expect(backoffMs(manager)).toBe(6 * 3_600 * SECOND)
   })
 
-  // issue 11 (item 11): a Retry-After beyond 30 days is dropped today (the 60 s rung applies)
-  // instead of being capped at maxRetryAfterMs, so a server asking for a long pause is polled
-  // again after a minute. Remove `.fails` once the product caps it.
-  it.fails('a Retry-After beyond 30 days is capped at maxRetryAfterMs, not dropped to the 60 s rung', async () => {
+  // issue 11 (item 11): fixed by the hardening merge (capped, not dropped).
+  it('a Retry-After beyond 30 days is capped at maxRetryAfterMs, not dropped to the 60 s rung', async () => {
     const sim = await h.simulator()
     const { manager } = h.manager(sim)
     sim.replyOnce({ status: 429, headers: { 'retry-after': String(THIRTY_DAYS_S + 1) } })
@@ -446,12 +444,14 @@ describe('backoff configuration and the fail-closed answer', () => {
     expect(manager.failClosedResponse()).toBeNull()
   })
 
-  it('failClosedResponse is null without failClosedOnUnknownQuota', async () => {
+  it('failClosedResponse fails closed by default (the plugin default, COMPAT) and is null with failClosedOnUnknownQuota: false', async () => {
     const sim = await h.simulator()
     const { manager } = h.manager(sim)
     sim.replyOnce({ status: 429 })
     await rejectionOf(manager.refreshMain('alice', TOKEN))
     expect(manager.isBackedOff()).toBe(true)
+    expect(manager.failClosedResponse()?.status).toBe(429)
+    manager.updateStorage({ quota: { failClosedOnUnknownQuota: false } })
     expect(manager.failClosedResponse()).toBeNull()
   })
 
@@ -589,7 +589,9 @@ describe('seeding from storage', () => {
     const entry = manager.getMain('alice')
     expect(entry?.checkedAt).toBe(T0 - MINUTE)
     expect(entry?.quota.five_hour?.usedPercent).toBe(40)
-    expect(manager.getMain()?.quota.seven_day?.usedPercent).toBe(50)
+    expect(manager.getMain('alice')?.quota.seven_day?.usedPercent).toBe(50)
+    // COMPAT §3: without an argument, getMain() serves only while no identity is bound.
+    expect(manager.getMain()).toBeNull()
     expect(manager.stats().apiCalls).toBe(0)
   })
 
@@ -826,7 +828,8 @@ describe('identity', () => {
     const bob = manager.getMain('bob')
     expect(bob).not.toBeNull()
     expect(bob?.quota.accountIdentity).toBe('bob')
-    expect(manager.getMain()).toEqual(bob)
+    // COMPAT §3: without an argument, getMain() serves only while no identity is bound.
+    expect(manager.getMain()).toBeNull()
   })
 
   it('two identities refreshing at once never share a request, and each gets its own identity back', async () => {
@@ -1114,15 +1117,26 @@ describe('cache views', () => {
 })
 
 describe('state path', () => {
-  // issue 11: under Bun the default state path ignores variables set through `process.env` at run
-  // time (the binding reads the C environment with std::env::var, which Bun does not update; Node
-  // does). Bun only; remove the marker once the binding reads
-  // `process.env` (GUIDE: "read env through host's process.env").
-  const isBun = typeof (globalThis as { Bun?: unknown }).Bun !== 'undefined'
-  const itNotYetOnBun = isBun ? it.fails : it
+  // Read from the host's `process.env` (Bun does not mirror it into the C environment).
+  it("beside OPENCODE_ANTHROPIC_AUTH_FILE when that is set (read from the host's process.env)", () => {
+    const saved = process.env.OPENCODE_ANTHROPIC_AUTH_FILE
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-auth-'))
+    try {
+      process.env.OPENCODE_ANTHROPIC_AUTH_FILE = path.join(dir, 'anthropic-auth.json')
+      expect(defaultStatePath()).toBe(path.join(dir, 'anthropic-quota-state.json'))
+      expect(new QuotaManager().statePath).toBe(path.join(dir, 'anthropic-quota-state.json'))
+      process.env.OPENCODE_ANTHROPIC_AUTH_FILE = '  '
+      expect(defaultStatePath()).not.toBe(path.join(dir, 'anthropic-quota-state.json'))
+    } finally {
+      if (saved === undefined) delete process.env.OPENCODE_ANTHROPIC_AUTH_FILE
+      else process.env.OPENCODE_ANTHROPIC_AUTH_FILE = saved
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 
-  itNotYetOnBun("defaults to the OpenCode config dir read from the host's process.env, resolved once at construction", () => {
-    const saved = { oc: process.env.OPENCODE_CONFIG_DIR, xdg: process.env.XDG_CONFIG_HOME }
+  it("defaults to the OpenCode config dir read from the host's process.env, resolved once at construction", () => {
+    const saved = { oc: process.env.OPENCODE_CONFIG_DIR, xdg: process.env.XDG_CONFIG_HOME, auth: process.env.OPENCODE_ANTHROPIC_AUTH_FILE }
+    delete process.env.OPENCODE_ANTHROPIC_AUTH_FILE
     const first = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
     const second = fs.mkdtempSync(path.join(os.tmpdir(), 'aqm-oc-'))
     try {
@@ -1140,6 +1154,7 @@ describe('state path', () => {
       else process.env.OPENCODE_CONFIG_DIR = saved.oc
       if (saved.xdg === undefined) delete process.env.XDG_CONFIG_HOME
       else process.env.XDG_CONFIG_HOME = saved.xdg
+      if (saved.auth !== undefined) process.env.OPENCODE_ANTHROPIC_AUTH_FILE = saved.auth
       fs.rmSync(first, { recursive: true, force: true })
       fs.rmSync(second, { recursive: true, force: true })
     }

@@ -5,7 +5,7 @@
 // manager first, then waits for a command line on stdin: the `refresh` command written to every
 // child in one tight loop is the "go" signal, so the children's refreshes really overlap.
 
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'

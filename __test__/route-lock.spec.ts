@@ -119,9 +119,12 @@ describe('callbacks and the route lock', () => {
     // outer refresh waits for its callback for up to 5 s, so that would not deadlock for good).
     const { manager: other } = h.manager(sim, { statePath: file, clock, lockTimeoutMs: 1_000 })
     const inner: Array<{ ok: boolean; code?: string; fetched?: boolean }> = []
+    // awaitCallbacks: the outer refresh waits for the callback, so a callback run under the lock
+    // would show here (callbacks are not awaited by default: COMPAT §2).
     const { manager } = h.manager(sim, {
       statePath: file,
       clock,
+      awaitCallbacks: true,
       onMainQuotaFetched: async () => {
         try {
           const result = await other.refreshMainWithMetadata('alice', TOKEN)
@@ -149,6 +152,7 @@ describe('callbacks and the route lock', () => {
     const { manager } = h.manager(sim, {
       statePath: file,
       clock,
+      awaitCallbacks: true,
       onApiError: async () => {
         try {
           await other.refreshMain('alice', TOKEN)

@@ -89,11 +89,15 @@ describe('evaluateQuota', () => {
     expect(evaluateQuota(snapshot(9, 68, [fable(99)]), {}, 'claude-fable-5-1').passes).toBe(true)
   })
 
-  it('unknown quota passes unless failClosedOnUnknownQuota', () => {
-    expect(evaluateQuota(null)).toEqual({ passes: true })
-    expect(evaluateQuota(undefined, {})).toEqual({ passes: true })
-    expect(evaluateQuota({})).toEqual({ passes: true })
-    expect(evaluateQuota(snapshot(null, 68))).toEqual({ passes: true })
+  it('unknown quota fails closed by default (the plugin default, COMPAT) and passes with failClosedOnUnknownQuota: false', () => {
+    expect(evaluateQuota(null)).toEqual({ passes: false, reason: 'unknown' })
+    expect(evaluateQuota(undefined, {})).toEqual({ passes: false, reason: 'unknown' })
+    expect(evaluateQuota({})).toEqual({ passes: false, reason: 'unknown' })
+    expect(evaluateQuota(snapshot(null, 68))).toEqual({ passes: false, reason: 'unknown' })
+    const open: QuotaPolicy = { failClosedOnUnknownQuota: false }
+    expect(evaluateQuota(null, open)).toEqual({ passes: true })
+    expect(evaluateQuota({}, open)).toEqual({ passes: true })
+    expect(evaluateQuota(snapshot(null, 68), open)).toEqual({ passes: true })
     const closed: QuotaPolicy = { failClosedOnUnknownQuota: true }
     expect(evaluateQuota(null, closed)).toEqual({ passes: false, reason: 'unknown' })
     expect(evaluateQuota({}, closed)).toEqual({ passes: false, reason: 'unknown' })
@@ -172,7 +176,7 @@ describe('evaluateQuota', () => {
     expect(evaluateQuota(q, junk<QuotaPolicy>({ minimumRemaining: { five_hour: 'lots' }, failClosedOnUnknownQuota: 'yes' }))).toEqual({
       passes: true,
     })
-    expect(evaluateQuota(null, junk<QuotaPolicy>({ failClosedOnUnknownQuota: 'yes' }))).toEqual({ passes: true })
+    expect(evaluateQuota(null, junk<QuotaPolicy>({ failClosedOnUnknownQuota: 'yes' }))).toEqual({ passes: false, reason: 'unknown' })
     expect(await failureOf(() => evaluateQuota(junk<QuotaSnapshot>('full')))).toBeInstanceOf(TypeError)
     expect(await failureOf(() => evaluateQuota(snapshot(1, 1), {}, junk<string>(5)))).toBeInstanceOf(TypeError)
   })
@@ -275,7 +279,7 @@ describe('failClosedResponse (SPEC §7)', () => {
   })
 
   it('is null when the policy does not fail closed', async () => {
-    const { manager, sim } = await setup()
+    const { manager, sim } = await setup({ storage: { quota: { failClosedOnUnknownQuota: false } } })
     sim.reply({ status: 429 })
     await failureOf(() => manager.refreshMain('alice', 'tok-main'))
     expect(manager.isBackedOff()).toBe(true)
@@ -300,7 +304,7 @@ describe('failClosedResponse (SPEC §7)', () => {
   })
 
   it('follows updateStorage turning fail-closed on', async () => {
-    const { manager, sim } = await setup()
+    const { manager, sim } = await setup({ storage: { quota: { failClosedOnUnknownQuota: false } } })
     sim.reply({ status: 429 })
     await failureOf(() => manager.refreshMain('alice', 'tok-main'))
     expect(manager.failClosedResponse()).toBeNull()

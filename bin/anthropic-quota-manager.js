@@ -69,6 +69,7 @@ function formatDuration(ms) {
 // C0 and C1 controls, DEL, line/paragraph separators and bidirectional overrides: a state file
 // is shared, writable data, and these would let it move the cursor, recolour or rewrite the
 // terminal, or reorder what the user reads.
+// oxlint-disable-next-line no-control-regex -- matching control characters is the point
 const UNSAFE_CHARS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
 
 /** `text` with every unsafe character shown as a visible `\xNN` / `\uNNNN` escape. */

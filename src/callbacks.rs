@@ -1,6 +1,8 @@
 //! The host's callbacks, called from the core's threads through *weak* threadsafe functions
-//! (they never keep Node alive) and awaited, so a result reaches its callers after the host
-//! saw it. A callback that throws is counted and reported, never propagated.
+//! (they never keep Node alive), before the refresh's promise settles. A promise a callback
+//! returns is not awaited unless `awaitCallbacks` is set (the plugin's callbacks take file locks
+//! for seconds; a refresh must not wait for them), but its rejection is still caught. A callback
+//! that throws or rejects is counted and reported, never propagated.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +18,10 @@ use quota_core::stats::{bump, Stats};
 /// A weak, non-callee-handled threadsafe function taking one Rust payload.
 type Callback<T, Args> = ThreadsafeFunction<T, CallbackReturn, Args, Status, false, true>;
 
-/// How long a callback's promise may keep a refresh's callers waiting.
+/// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a callback's promise is watched for a rejection when nobody waits for it.
+const CALLBACK_PROMISE_WATCH: std::time::Duration = std::time::Duration::from_mins(1);
 
 /// What a callback returned: a promise (an `async` callback) is awaited so its rejection is
 /// caught and counted instead of becoming an unhandled rejection in the host.
@@ -40,14 +44,15 @@ impl FromNapiValue for CallbackReturn {
     }
 }
 
-type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64)>;
+type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64, f64, Option<f64>)>;
+type ApiErrorArgs = FnArgs<(Json<ApiErrorRecord>, f64)>;
 type FallbackFetchedArgs = FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>;
 type FallbackErrorArgs = FnArgs<(String, Json<ApiErrorRecord>)>;
 
 #[derive(Default)]
 struct Slots {
     main_fetched: Option<Arc<Callback<FetchedEvent, MainFetchedArgs>>>,
-    api_error: Option<Arc<Callback<ApiErrorRecord, Json<ApiErrorRecord>>>>,
+    api_error: Option<Arc<Callback<(ApiErrorRecord, u64), ApiErrorArgs>>>,
     fallback_fetched: Option<Arc<Callback<(String, FetchedEvent), FallbackFetchedArgs>>>,
     fallback_error: Option<Arc<Callback<(String, ApiErrorRecord), FallbackErrorArgs>>>,
 }
@@ -56,6 +61,7 @@ struct Slots {
 pub struct JsCallbacks {
     slots: Mutex<Slots>,
     stats: Arc<Stats>,
+    await_promises: bool,
 }
 
 impl JsCallbacks {
@@ -65,6 +71,7 @@ impl JsCallbacks {
         api_error: Option<Unknown>,
         fallback_fetched: Option<Unknown>,
         fallback_error: Option<Unknown>,
+        await_promises: bool,
     ) -> Result<Self> {
         let slots = Slots {
             main_fetched: build(main_fetched, |ctx: ThreadsafeCallContext<FetchedEvent>| {
@@ -74,11 +81,17 @@ impl JsCallbacks {
                     event.checked_at as f64,
                     event.token_fingerprint,
                     event.fetch_started_at as f64,
+                    event.error_generation as f64,
+                    event.error_cleared_at.map(|t| t as f64),
                 )))
             })?,
-            api_error: build(api_error, |ctx: ThreadsafeCallContext<ApiErrorRecord>| {
-                Ok(Json(ctx.value))
-            })?,
+            api_error: build(
+                api_error,
+                |ctx: ThreadsafeCallContext<(ApiErrorRecord, u64)>| {
+                    let (error, generation) = ctx.value;
+                    Ok(FnArgs::from((Json(error), generation as f64)))
+                },
+            )?,
             fallback_fetched: build(
                 fallback_fetched,
                 |ctx: ThreadsafeCallContext<(String, FetchedEvent)>| {
@@ -102,6 +115,7 @@ impl JsCallbacks {
         Ok(Self {
             slots: Mutex::new(slots),
             stats: Arc::new(Stats::default()),
+            await_promises,
         })
     }
 
@@ -142,49 +156,82 @@ fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
     Ok(Some(Arc::new(callback)))
 }
 
-/// Calls one callback and waits for it; a throw is counted and reported on stderr.
+/// Calls one callback (it has run when this returns). A promise it returned is awaited only
+/// with `awaitCallbacks` (at most [`CALLBACK_PROMISE_WAIT`]); otherwise it is watched in the
+/// background so a rejection is still caught and counted. A throw is counted and reported.
 fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
     callback: Option<Arc<Callback<T, Args>>>,
     value: T,
     name: &'static str,
     stats: Arc<Stats>,
+    await_promises: bool,
 ) -> BoxFuture<'static, ()> {
     async move {
         let Some(callback) = callback else {
             return;
         };
-        let outcome = match callback.call_async_catch(value).await {
-            Ok(CallbackReturn::Promise(promise)) => {
-                match tokio::time::timeout(CALLBACK_PROMISE_WAIT, promise).await {
-                    Ok(settled) => settled.map(|_| ()),
-                    // Still pending: stop holding up the callers; a later rejection is still
-                    // caught (the promise keeps its handlers) but no longer counted.
-                    Err(_) => Ok(()),
+        match callback.call_async_catch(value).await {
+            Ok(CallbackReturn::Promise(promise)) if await_promises => {
+                if let Ok(settled) = tokio::time::timeout(CALLBACK_PROMISE_WAIT, promise).await {
+                    report(settled.map(|_| ()), name, &stats);
                 }
+                // Still pending: stop holding up the callers; a later rejection is still
+                // caught (the promise keeps its handlers) but no longer counted.
             }
-            Ok(CallbackReturn::Value) => Ok(()),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = outcome {
-            // Closing means Node is shutting down: nobody is left to tell.
-            if error.status != Status::Closing {
-                bump(&stats.callback_errors);
-                eprintln!("anthropic-quota-manager: {name} failed: {}", error.reason);
+            Ok(CallbackReturn::Promise(promise)) => {
+                let stats = stats.clone();
+                napi::bindgen_prelude::spawn(async move {
+                    // Watched for a while only: a promise that never settles must not hold a
+                    // task forever. A later rejection is still caught (the promise keeps its
+                    // handlers), just no longer counted.
+                    if let Ok(settled) = tokio::time::timeout(CALLBACK_PROMISE_WATCH, promise).await
+                    {
+                        report(settled.map(|_| ()), name, &stats);
+                    }
+                });
             }
+            Ok(CallbackReturn::Value) => {}
+            Err(error) => report(Err(error), name, &stats),
         }
     }
     .boxed()
 }
 
+/// Counts and prints a callback failure. Not failures: Node shutting down (nobody is left to
+/// tell), and a promise that was garbage-collected unsettled (Bun collects a never-settling,
+/// unreferenced promise with its handlers; it can never settle, so it never failed).
+fn report(outcome: Result<()>, name: &str, stats: &Stats) {
+    let Err(error) = outcome else {
+        return;
+    };
+    if error.status == Status::Closing || error.reason.contains("canceled") {
+        return;
+    }
+    bump(&stats.callback_errors);
+    eprintln!("anthropic-quota-manager: {name} failed: {}", error.reason);
+}
+
 impl HostEvents for JsCallbacks {
     fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()> {
         let callback = self.slots().main_fetched.clone();
-        invoke(callback, event, "onMainQuotaFetched", self.stats.clone())
+        invoke(
+            callback,
+            event,
+            "onMainQuotaFetched",
+            self.stats.clone(),
+            self.await_promises,
+        )
     }
 
-    fn api_error(&self, error: ApiErrorRecord) -> BoxFuture<'static, ()> {
+    fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()> {
         let callback = self.slots().api_error.clone();
-        invoke(callback, error, "onApiError", self.stats.clone())
+        invoke(
+            callback,
+            (error, error_generation),
+            "onApiError",
+            self.stats.clone(),
+            self.await_promises,
+        )
     }
 
     fn fallback_quota_fetched(
@@ -198,6 +245,7 @@ impl HostEvents for JsCallbacks {
             (account_id, event),
             "onFallbackQuotaFetched",
             self.stats.clone(),
+            self.await_promises,
         )
     }
 
@@ -212,6 +260,7 @@ impl HostEvents for JsCallbacks {
             (account_id, error),
             "onFallbackApiError",
             self.stats.clone(),
+            self.await_promises,
         )
     }
 }

@@ -126,12 +126,14 @@ pub fn parse_retry_after(
     ))
 }
 
-/// The state file a manager uses when `statePath` is not given: `$OPENCODE_CONFIG_DIR`, else
-/// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`, holding `anthropic-quota-state.json`;
-/// `null` when none of those variables is set.
+/// The state file a manager uses when `statePath` is not given: `anthropic-quota-state.json`
+/// beside `$OPENCODE_ANTHROPIC_AUTH_FILE` when that is set, else in `$OPENCODE_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`; `null` when none of those variables
+/// is set. Variables are read from the host's `process.env`.
 #[napi(ts_return_type = "string | null")]
-pub fn default_state_path() -> Option<String> {
-    store::default_state_path(|name| std::env::var(name).ok()).map(|p| p.display().to_string())
+pub fn default_state_path(env: Env) -> Option<String> {
+    store::default_state_path(|name| super::js::host_env_var(&env, name))
+        .map(|p| p.display().to_string())
 }
 
 #[derive(Serialize)]

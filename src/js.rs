@@ -78,6 +78,8 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
     }
     if let Some(retry_after_ms) = error.retry_after_ms() {
         object.set("retryAfterMs", retry_after_ms as f64)?;
+        // The plugin reads seconds.
+        object.set("retryAfter", (retry_after_ms.max(0) as f64 / 1000.0).ceil())?;
     }
     match error {
         QuotaError::BackedOff { next_retry_at, .. } => {
@@ -201,5 +203,47 @@ impl<T> TypeName for OrUndefined<T> {
 
     fn value_type() -> ValueType {
         ValueType::Unknown
+    }
+}
+
+/// An environment variable as the host's `process.env` has it (Bun does not mirror
+/// `process.env` writes into the C environment); the C environment only when there is no
+/// `process.env`. A non-string value counts as unset.
+pub fn host_env_var(env: &Env, name: &str) -> Option<String> {
+    let process_env = env
+        .get_global()
+        .and_then(|global| global.get_named_property::<Object>("process"))
+        .and_then(|process| process.get_named_property::<Object>("env"));
+    let Ok(process_env) = process_env else {
+        return std::env::var(name).ok();
+    };
+    let value: Unknown = process_env.get_named_property(name).ok()?;
+    match value.get_type() {
+        Ok(ValueType::String) => unsafe { value.cast::<String>() }.ok(),
+        _ => None,
+    }
+}
+
+/// A promise rejected with `error` (the same JS error object, `code` included): promise-returning
+/// methods report bad arguments this way, never by throwing.
+pub fn rejected(env: &Env, error: Error) -> Result<Unknown<'_>> {
+    let value = napi::JsError::from(error).into_unknown(*env);
+    let promise: Unknown = env.get_global()?.get_named_property("Promise")?;
+    let promise = promise.coerce_to_object()?;
+    let reject: Function<Unknown, Unknown> = promise.get_named_property("reject")?;
+    reject.apply(promise, value)
+}
+
+/// An optional boolean argument (`undefined`/`null`: absent).
+pub fn optional_bool(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<bool>> {
+    match value {
+        Some(value) if !is_nullish(&value) => match value.get_type()? {
+            ValueType::Boolean => Ok(Some(unsafe { value.cast::<bool>() }?)),
+            other => Err(type_error(
+                env,
+                format!("{name} must be a boolean, got {}", describe(other)),
+            )),
+        },
+        _ => Ok(None),
     }
 }

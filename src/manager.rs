@@ -1,7 +1,8 @@
 //! The `QuotaManager` class: argument checks and conversions around the core manager. No quota
 //! logic lives here.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -9,16 +10,19 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::callbacks::JsCallbacks;
+use super::js::rejected;
 use super::js::{
-    describe, is_nullish, optional_string, required_non_empty, to_json, type_error, Json,
-    OrUndefined,
+    describe, is_nullish, optional_bool, optional_string, required_non_empty, to_json, type_error,
+    Json, OrUndefined,
 };
+use super::js_now::JsNow;
 use super::options::parse_options;
 use super::shared::{Shape, SharedPromises};
 use super::views::EntryViews;
+use quota_core::fingerprint::fingerprint;
 use quota_core::headers::frame_from_value;
 use quota_core::host::{FallbackAccount, HostStorage};
-use quota_core::manager::QuotaManager as CoreManager;
+use quota_core::manager::{MainTarget, QuotaManager as CoreManager};
 use quota_core::snapshot::{ApiErrorRecord, QuotaEntry};
 use quota_core::stats::Stats;
 
@@ -30,6 +34,11 @@ pub struct QuotaManager {
     callbacks: Arc<JsCallbacks>,
     views: EntryViews,
     promises: SharedPromises,
+    /// The host's `now` option, sampled at every entry (see `js_now.rs`).
+    js_now: Option<JsNow>,
+    /// Fingerprints of every token this manager was handed: an identity equal to one of them is
+    /// a token, and is kept only as its fingerprint (issue 11 item 3).
+    seen_tokens: Mutex<HashSet<String>>,
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -60,15 +69,18 @@ fn void_promise(
     )
 }
 
+/// The account argument of the fallback methods: only its `authLineageId` is read (the plugin
+/// passes `{ authLineageId }`, or its whole account record).
 fn optional_account(
     env: &Env,
+    id: &str,
     value: Option<Unknown>,
     name: &str,
 ) -> Result<Option<FallbackAccount>> {
     match value {
         Some(value) if !is_nullish(&value) => {
             let json = to_json(env, value, name)?;
-            FallbackAccount::from_value(&json, name)
+            FallbackAccount::lineage_of(&json, id, name)
                 .map(Some)
                 .map_err(|e| type_error(env, e))
         }
@@ -80,6 +92,26 @@ fn accounts(env: &Env, value: Option<Unknown>, name: &str) -> Result<Vec<Fallbac
     let value = value.ok_or_else(|| type_error(env, format!("{name} must be an array")))?;
     let json = to_json(env, value, name)?;
     FallbackAccount::list_from_value(&json, name).map_err(|e| type_error(env, e))
+}
+
+/// A promise-returning method's body: a bad argument rejects the promise, never throws.
+fn or_rejected<'env>(env: &'env Env, body: Result<Unknown<'env>>) -> Result<Unknown<'env>> {
+    match body {
+        Ok(promise) => Ok(promise),
+        Err(error) => rejected(env, error),
+    }
+}
+
+/// An optional identity generation: a non-negative whole number.
+fn optional_generation(env: &Env, value: Option<Unknown>) -> Result<Option<u64>> {
+    match value {
+        Some(value) if !is_nullish(&value) => {
+            let number =
+                super::js::number_in(env, value, "expectedIdentityGeneration", 0.0, 9.0e15)?;
+            Ok(Some(number as u64))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn optional_storage(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<HostStorage>> {
@@ -132,13 +164,17 @@ impl QuotaManager {
     #[napi(constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
         let parsed = parse_options(&env, options)?;
+        let js_now = parsed.js_now;
         let stats = Arc::new(Stats::default());
         let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
         let runtime =
             napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
-            parsed.storage,
+            parsed.storage.map(|mut storage| {
+                identities_as_fingerprints(&mut storage, looks_like_token);
+                storage
+            }),
             parsed.clock,
             callbacks.clone(),
             stats,
@@ -156,15 +192,18 @@ impl QuotaManager {
             callbacks,
             views: EntryViews::default(),
             promises: SharedPromises::default(),
+            js_now,
+            seen_tokens: Mutex::default(),
         })
     }
 
     // ----- cache reads ---------------------------------------------------------------------
 
-    /// The main cache entry; `null` unless it belongs to `mainAccountId` (when given). The
-    /// object is frozen, and the same one is returned until the entry changes.
+    /// The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
+    /// identity is strict, is stamped with it). Without: `null` while an identity is bound (as
+    /// the plugin's). The object is frozen, and the same one is returned until it changes.
     #[napi(
-        ts_args_type = "mainAccountId?: string",
+        ts_args_type = "mainAccountId?: string | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn get_main<'env>(
@@ -172,15 +211,17 @@ impl QuotaManager {
         env: &'env Env,
         main_account_id: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = self.identity_form(identity, None);
         self.views
             .get(env, None, self.core.get_main(identity.as_deref()))
     }
 
-    /// A fallback's cache entry. Passing the account drops the entry first if its login was
-    /// replaced (a different `authLineageId`).
+    /// A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
+    /// first if its login was replaced (a different `authLineageId`).
     #[napi(
-        ts_args_type = "accountId: string, account?: FallbackAccount",
+        ts_args_type = "accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn get_fallback<'env>(
@@ -189,8 +230,9 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
-        let account = optional_account(env, account, "account")?;
+        let account = optional_account(env, &id, account, "account")?;
         let entry = self.core.get_fallback(&id, account.as_ref());
         self.views.get(env, Some(&id), entry)
     }
@@ -198,6 +240,7 @@ impl QuotaManager {
     /// Every cached fallback entry, by account id.
     #[napi(ts_return_type = "Map<string, QuotaEntry>")]
     pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+        self.tick(env)?;
         let global = env.get_global()?;
         let map_class: Function<(), Unknown> = global.get_named_property("Map")?;
         let map = map_class.new_instance(())?;
@@ -210,6 +253,81 @@ impl QuotaManager {
         Ok(map)
     }
 
+    // ----- main identity -------------------------------------------------------------------
+
+    /// Binds the main identity (COMPAT §3). Returns the new error generation when a backoff
+    /// error recorded for another identity was cleared, else `undefined`.
+    #[napi(
+        ts_args_type = "identity: string | undefined, strict?: boolean | undefined, force?: boolean | undefined",
+        ts_return_type = "number | undefined"
+    )]
+    pub fn set_main_quota_account_identity(
+        &self,
+        env: Env,
+        identity: Option<Unknown>,
+        strict: Option<Unknown>,
+        force: Option<Unknown>,
+    ) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        let identity = optional_string(&env, identity, "identity")?;
+        let identity = self.identity_form(identity, None);
+        let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
+        let force = optional_bool(&env, force, "force")?.unwrap_or(false);
+        Ok(OrUndefined(
+            self.core
+                .set_main_identity(identity.as_deref(), strict, force)
+                .map(|g| g as f64),
+        ))
+    }
+
+    /// Bumped whenever the bound main identity changes.
+    #[napi]
+    pub fn get_main_quota_identity_generation(&self, env: Env) -> Result<f64> {
+        self.tick(&env)?;
+        Ok(self.core.main_identity_generation() as f64)
+    }
+
+    /// Bumped whenever the main backoff error is set or cleared.
+    #[napi]
+    pub fn get_main_quota_error_generation(&self, env: Env) -> Result<f64> {
+        self.tick(&env)?;
+        Ok(self.core.main_error_generation() as f64)
+    }
+
+    /// When the main backoff error was last cleared.
+    #[napi(ts_return_type = "number | undefined")]
+    pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(
+            self.core.main_error_cleared_at().map(|t| t as f64),
+        ))
+    }
+
+    /// Unbinds the main identity and drops the main entry.
+    #[napi]
+    pub fn clear_main(&self, env: Env) -> Result<()> {
+        self.tick(&env)?;
+        self.core.clear_main();
+        Ok(())
+    }
+
+    /// Clears the main backoff, here and (through the state file) in every process. Returns the
+    /// new error generation, or `undefined` when no error was set.
+    #[napi(ts_return_type = "number | undefined")]
+    pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(
+            self.core.clear_main_backoff().map(|g| g as f64),
+        ))
+    }
+
+    /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
+    /// with an empty token.
+    #[napi]
+    pub fn can_fetch_without_access_token(&self) -> bool {
+        self.core.can_fetch_without_access_token()
+    }
+
     // ----- cache writes --------------------------------------------------------------------
 
     /// Replaces the main cache entry (for example with one the host persisted).
@@ -220,14 +338,18 @@ impl QuotaManager {
         main_account_id: Option<Unknown>,
         entry: Option<Unknown>,
     ) -> Result<()> {
+        self.tick(&env)?;
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
+        let identity = self.identity_form(identity, None);
         let entry = entry_arg(&env, entry, "entry")?;
         self.core.set_main(identity.as_deref(), entry);
         Ok(())
     }
 
     /// Replaces a fallback's cache entry.
-    #[napi(ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccount")]
+    #[napi(
+        ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined"
+    )]
     pub fn set_fallback(
         &self,
         env: Env,
@@ -235,9 +357,10 @@ impl QuotaManager {
         entry: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<()> {
+        self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
         let entry = entry_arg(&env, entry, "entry")?;
-        let account = optional_account(&env, account, "account")?;
+        let account = optional_account(&env, &id, account, "account")?;
         self.core.set_fallback(&id, entry, account.as_ref());
         Ok(())
     }
@@ -245,6 +368,7 @@ impl QuotaManager {
     /// Forgets a fallback's cache and backoff, here and in the state file.
     #[napi(ts_args_type = "accountId: string")]
     pub fn clear_fallback(&self, env: Env, account_id: Option<Unknown>) -> Result<()> {
+        self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
         self.core.clear_fallback(&id);
         Ok(())
@@ -262,7 +386,9 @@ impl QuotaManager {
         main_account_id: Option<Unknown>,
         headers: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = self.identity_form(identity, None);
         let headers = object_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
@@ -272,7 +398,7 @@ impl QuotaManager {
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
     /// they carry no quota, or carry a login that was replaced.
     #[napi(
-        ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccount",
+        ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn push_fallback_from_headers<'env>(
@@ -282,9 +408,10 @@ impl QuotaManager {
         headers: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         let headers = object_arg(env, headers, "headers")?;
-        let account = optional_account(env, account, "account")?;
+        let account = optional_account(env, &id, account, "account")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
         self.views.show(env, Some(&id), entry)
@@ -293,10 +420,12 @@ impl QuotaManager {
     // ----- polls ---------------------------------------------------------------------------
 
     /// Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
-    /// across processes). With one argument, it is both the identity and the access token.
-    /// Callers of one request get the same promise and the same frozen snapshot.
+    /// across processes). `mainAccountId` `undefined` means the bound identity; with one
+    /// argument, it is both the identity and the access token. With
+    /// `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
+    /// one request get the same promise and the same frozen snapshot. Bad arguments reject.
     #[napi(
-        ts_args_type = "mainAccountIdOrAccessToken: string, accessToken?: string",
+        ts_args_type = "mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
     pub fn refresh_main<'env>(
@@ -304,13 +433,15 @@ impl QuotaManager {
         env: &'env Env,
         first: Option<Unknown>,
         access_token: Option<Unknown>,
+        generation: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        self.poll_main(env, first, access_token, Shape::Snapshot)
+        let body = self.poll_main(env, first, access_token, generation, Shape::Snapshot);
+        or_rejected(env, body)
     }
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
     #[napi(
-        ts_args_type = "mainAccountIdOrAccessToken: string, accessToken?: string",
+        ts_args_type = "mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
     pub fn refresh_main_with_metadata<'env>(
@@ -318,13 +449,16 @@ impl QuotaManager {
         env: &'env Env,
         first: Option<Unknown>,
         access_token: Option<Unknown>,
+        generation: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        self.poll_main(env, first, access_token, Shape::WithMetadata)
+        let body = self.poll_main(env, first, access_token, generation, Shape::WithMetadata);
+        or_rejected(env, body)
     }
 
-    /// Polls the usage endpoint for one fallback account.
+    /// Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
+    /// `canFetchWithoutAccessToken()`. Bad arguments reject.
     #[napi(
-        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccount",
+        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
     pub fn refresh_fallback<'env>(
@@ -334,12 +468,13 @@ impl QuotaManager {
         access_token: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        self.poll_fallback(env, account_id, access_token, account, Shape::Snapshot)
+        let body = self.poll_fallback(env, account_id, access_token, account, Shape::Snapshot);
+        or_rejected(env, body)
     }
 
     /// `refreshFallback`, telling whether a request was sent.
     #[napi(
-        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccount",
+        ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
     pub fn refresh_fallback_with_metadata<'env>(
@@ -349,22 +484,31 @@ impl QuotaManager {
         access_token: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        self.poll_fallback(env, account_id, access_token, account, Shape::WithMetadata)
+        let body = self.poll_fallback(env, account_id, access_token, account, Shape::WithMetadata);
+        or_rejected(env, body)
     }
 
-    /// Refreshes every enabled account with a token whose quota is due, a few at a time.
-    /// Failures are recorded on each account's route, never thrown.
+    /// Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
+    /// `resolveAccessToken(account)` when given (only its answer counts), else `access` while
+    /// `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
+    /// skipped. Failures are recorded on each account's route, never thrown.
     #[napi(
-        ts_args_type = "accounts: FallbackAccount[]",
+        ts_generic_types = "A extends FallbackAccount",
+        ts_args_type = "accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined",
         ts_return_type = "Promise<void>"
     )]
     pub fn refresh_all_fallbacks<'env>(
         &self,
         env: &'env Env,
         accounts_value: Option<Unknown>,
-    ) -> Result<PromiseRaw<'env, ()>> {
-        let accounts = accounts(env, accounts_value, "accounts")?;
-        void_promise(env, self.core.begin_refresh_all_fallbacks(&accounts))
+        resolver: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        let body = self.tick(env).and_then(|()| {
+            let accounts = self.resolved_accounts(env, accounts_value, resolver)?;
+            let work = self.core.begin_refresh_all_fallbacks(&accounts);
+            Ok(void_promise(env, work)?.to_unknown())
+        });
+        or_rejected(env, body)
     }
 
     /// Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
@@ -375,7 +519,8 @@ impl QuotaManager {
         env: Env,
         access_token: Option<Unknown>,
     ) -> Result<()> {
-        let token = required_non_empty(&env, access_token, "accessToken")?;
+        self.tick(&env)?;
+        let token = self.token_arg(&env, access_token, "accessToken")?;
         if let Some(refresh) = self.core.background_main_refresh(&token) {
             napi::bindgen_prelude::spawn(refresh);
         }
@@ -385,24 +530,34 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     /// Is the main entry missing or due (for this model's scoped window too, when given)?
-    #[napi(ts_args_type = "modelId?: string")]
+    #[napi(ts_args_type = "modelId?: string | undefined")]
     pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
+        self.tick(&env)?;
         let model = optional_string(&env, model_id, "modelId")?;
         Ok(self.core.is_main_stale(model.as_deref()))
     }
 
     /// Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
-    #[napi(ts_args_type = "accountId: string, accessToken?: string, modelId?: string")]
+    /// Passing the account (or `{ authLineageId }`) binds its login first.
+    #[napi(
+        ts_args_type = "accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined"
+    )]
     pub fn is_fallback_stale(
         &self,
         env: Env,
         account_id: Option<Unknown>,
         access_token: Option<Unknown>,
         model_id: Option<Unknown>,
+        account: Option<Unknown>,
     ) -> Result<bool> {
+        self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
         optional_string(&env, access_token, "accessToken")?;
         let model = optional_string(&env, model_id, "modelId")?;
+        let account = optional_account(&env, &id, account, "account")?;
+        if account.is_some() {
+            self.core.get_fallback(&id, account.as_ref());
+        }
         Ok(self.core.is_fallback_stale(&id, model.as_deref()))
     }
 
@@ -413,18 +568,20 @@ impl QuotaManager {
         env: Env,
         count: Option<Unknown>,
     ) -> Result<bool> {
+        self.tick(&env)?;
         let count = request_count(&env, count)?;
         Ok(self.core.should_refresh_on_request_count(count))
     }
 
     /// `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`.
-    #[napi(ts_args_type = "requestCount: number, modelId?: string")]
+    #[napi(ts_args_type = "requestCount: number, modelId?: string | undefined")]
     pub fn needs_refresh(
         &self,
         env: Env,
         count: Option<Unknown>,
         model_id: Option<Unknown>,
     ) -> Result<bool> {
+        self.tick(&env)?;
         let count = request_count(&env, count)?;
         let model = optional_string(&env, model_id, "modelId")?;
         Ok(self.core.needs_refresh(count, model.as_deref()))
@@ -434,21 +591,26 @@ impl QuotaManager {
 
     /// Is the main route backed off?
     #[napi]
-    pub fn is_backed_off(&self) -> bool {
-        self.core.is_backed_off()
+    pub fn is_backed_off(&self, env: Env) -> Result<bool> {
+        self.tick(&env)?;
+        Ok(self.core.is_backed_off())
     }
 
     /// Is this fallback's route backed off?
     #[napi(ts_args_type = "accountId: string")]
     pub fn is_fallback_backed_off(&self, env: Env, account_id: Option<Unknown>) -> Result<bool> {
+        self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
         Ok(self.core.is_fallback_backed_off(&id))
     }
 
     /// The main route's last backoff-arming failure.
     #[napi(ts_return_type = "QuotaApiError | undefined")]
-    pub fn get_last_api_error(&self) -> OrUndefined<Json<ApiErrorRecord>> {
-        OrUndefined(self.core.last_api_error().map(Json))
+    pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(
+            self.core.last_api_error().map(|e| Json(with_seconds(e))),
+        ))
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -470,21 +632,30 @@ impl QuotaManager {
     /// Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it.
     #[napi(ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
-        let storage = optional_storage(&env, storage, "storage")?;
+        self.tick(&env)?;
+        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
+            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            storage
+        });
         self.core.update_storage(storage.as_ref());
         Ok(())
     }
 
     /// Adopts the host's persisted main snapshot (when newer) and backoff (when active).
-    #[napi(ts_args_type = "storage: AccountStorage | null, mainAccountId?: string")]
+    #[napi(ts_args_type = "storage: AccountStorage | null, mainAccountId?: string | undefined")]
     pub fn seed_main_from_storage(
         &self,
         env: Env,
         storage: Option<Unknown>,
         main_account_id: Option<Unknown>,
     ) -> Result<()> {
-        let storage = optional_storage(&env, storage, "storage")?;
+        self.tick(&env)?;
+        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
+            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            storage
+        });
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
+        let identity = self.identity_form(identity, None);
         if let Some(storage) = storage {
             self.core.seed_main(&storage, identity.as_deref());
         }
@@ -492,12 +663,13 @@ impl QuotaManager {
     }
 
     /// Adopts each account's persisted quota and backoff; forgets accounts no longer listed.
-    #[napi(ts_args_type = "accounts: FallbackAccount[]")]
+    #[napi(ts_args_type = "accounts: readonly FallbackAccount[]")]
     pub fn seed_fallbacks_from_accounts(
         &self,
         env: Env,
         accounts_value: Option<Unknown>,
     ) -> Result<()> {
+        self.tick(&env)?;
         let accounts = accounts(&env, accounts_value, "accounts")?;
         self.core.seed_fallbacks(&accounts);
         Ok(())
@@ -510,8 +682,9 @@ impl QuotaManager {
     #[napi(
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
-    pub fn fail_closed_response(&self) -> Json<Option<FailClosedAnswer>> {
-        Json(self.core.fail_closed_response().map(|answer| {
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
+        self.tick(&env)?;
+        Ok(Json(self.core.fail_closed_response().map(|answer| {
             FailClosedAnswer {
                 status: 429,
                 headers: [
@@ -522,7 +695,7 @@ impl QuotaManager {
                 .collect(),
                 body: answer.body,
             }
-        }))
+        })))
     }
 
     // ----- observability and lifecycle -----------------------------------------------------
@@ -554,16 +727,99 @@ impl QuotaManager {
 }
 
 impl QuotaManager {
+    /// Samples the host's `now` (when given) into the core clock; every entry calls it first.
+    fn tick(&self, env: &Env) -> Result<()> {
+        match &self.js_now {
+            Some(now) => now.sample(env),
+            None => Ok(()),
+        }
+    }
+
+    /// An identity as the core may keep it: a token (one this manager was handed, the token of
+    /// the same call, or anything shaped like an OAuth token) becomes `token:<fingerprint>`, so
+    /// no token reaches the state file or a callback as an identity.
+    fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
+        let identity = identity?;
+        Some(if self.is_token(&identity, token) {
+            token_identity(&identity)
+        } else {
+            identity
+        })
+    }
+
+    fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
+        token == Some(identity)
+            || looks_like_token(identity)
+            || self
+                .seen_tokens
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(&fingerprint(identity))
+    }
+
+    fn remember_token(&self, token: &str) {
+        if token.is_empty() {
+            return;
+        }
+        let mut seen = self
+            .seen_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Tokens rotate a few times a day: the bound only guards a host that mints them in bulk.
+        if seen.len() >= SEEN_TOKENS_KEPT {
+            seen.clear();
+        }
+        seen.insert(fingerprint(token));
+    }
+
+    /// An access token: a string, non-empty unless a host transport brings its own credentials.
+    fn token_arg(&self, env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
+        let token = optional_string(env, value, name)?.unwrap_or_default();
+        if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
+            return Err(type_error(
+                env,
+                format!("{name} must be a non-empty string"),
+            ));
+        }
+        self.remember_token(&token);
+        Ok(token)
+    }
+
     /// `refreshMain` and `refreshMainWithMetadata`, which differ only in what they resolve with.
     fn poll_main<'env>(
         &self,
         env: &'env Env,
         first: Option<Unknown>,
         access_token: Option<Unknown>,
+        generation: Option<Unknown>,
         shape: Shape,
     ) -> Result<Unknown<'env>> {
-        let (identity, token) = main_arguments(env, first, access_token)?;
-        let refresh = self.core.begin_refresh_main(identity.as_deref(), &token);
+        self.tick(env)?;
+        let first = optional_string(env, first, "mainAccountId")?;
+        let token = optional_string(env, access_token, "accessToken")?;
+        let expected = optional_generation(env, generation)?;
+        // One argument: it is both the identity and the token. `undefined` as the identity:
+        // the bound identity.
+        let one_argument = first.is_some() && token.is_none();
+        let (identity, token) = match (first, token) {
+            (Some(first), None) => (None, first),
+            (first, Some(token)) => (first, token),
+            (None, None) => (None, String::new()),
+        };
+        if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
+            return Err(type_error(
+                env,
+                "Main OAuth access token is unavailable: accessToken must be a non-empty string",
+            ));
+        }
+        self.remember_token(&token);
+        let identity = self.identity_form(identity, Some(&token));
+        let target = match &identity {
+            Some(id) => MainTarget::Named(id),
+            None if one_argument => MainTarget::Token,
+            None => MainTarget::Bound,
+        };
+        let refresh = self.core.begin_refresh_main_for(target, &token, expected);
         self.promises.promise(env, refresh, shape)
     }
 
@@ -576,36 +832,119 @@ impl QuotaManager {
         account: Option<Unknown>,
         shape: Shape,
     ) -> Result<Unknown<'env>> {
-        let (id, token, account) = fallback_arguments(env, account_id, access_token, account)?;
+        self.tick(env)?;
+        let id = required_non_empty(env, account_id, "accountId")?;
+        let token = self.token_arg(env, access_token, "accessToken").map_err(|_| {
+            type_error(
+                env,
+                "Fallback OAuth access token is unavailable: accessToken must be a non-empty string",
+            )
+        })?;
+        let account = optional_account(env, &id, account, "account")?;
         let refresh = self
             .core
             .begin_refresh_fallback(&id, &token, account.as_ref());
         self.promises.promise(env, refresh, shape)
     }
+
+    /// The accounts of `refreshAllFallbacks`, each with the token to use in `access` (or none).
+    fn resolved_accounts(
+        &self,
+        env: &Env,
+        value: Option<Unknown>,
+        resolver: Option<Unknown>,
+    ) -> Result<Vec<FallbackAccount>> {
+        let value = value.ok_or_else(|| type_error(env, "accounts must be an array"))?;
+        if !value.is_array()? {
+            return Err(type_error(env, "accounts must be an array"));
+        }
+        let resolver = match resolver {
+            Some(r) if !is_nullish(&r) => {
+                if r.get_type()? != ValueType::Function {
+                    return Err(type_error(env, "resolveAccessToken must be a function"));
+                }
+                Some(unsafe { r.cast::<Function<Unknown, Unknown>>() }?)
+            }
+            _ => None,
+        };
+        let array = unsafe { value.cast::<Array>() }?;
+        let now = self.core.now_ms();
+        let mut accounts: Vec<FallbackAccount> = Vec::new();
+        for index in 0..array.len() {
+            let name = format!("accounts[{index}]");
+            let item: Unknown = array
+                .get(index)?
+                .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
+            let json = to_json(env, item, &name)?;
+            if FallbackAccount::is_api_key_account(&json) {
+                continue;
+            }
+            let mut account =
+                FallbackAccount::from_value(&json, &name).map_err(|e| type_error(env, e))?;
+            if accounts.iter().any(|a| a.id == account.id) {
+                continue;
+            }
+            account.access = match &resolver {
+                Some(resolve) => {
+                    let answer = resolve.call(item)?;
+                    match answer.get_type()? {
+                        ValueType::String => Some(unsafe { answer.cast::<String>() }?),
+                        _ => None,
+                    }
+                }
+                None => account
+                    .access
+                    .take()
+                    .filter(|_| account.expires.is_some_and(|at| at > now)),
+            }
+            .filter(|token| !token.is_empty());
+            if let Some(token) = &account.access {
+                self.remember_token(token);
+            }
+            accounts.push(account);
+        }
+        Ok(accounts)
+    }
 }
 
-fn main_arguments(
-    env: &Env,
-    first: Option<Unknown>,
-    access_token: Option<Unknown>,
-) -> Result<(Option<String>, String)> {
-    let first = required_non_empty(env, first, "mainAccountIdOrAccessToken")?;
-    Ok(match optional_string(env, access_token, "accessToken")? {
-        Some(token) if !token.trim().is_empty() => (Some(first), token),
-        Some(_) => return Err(type_error(env, "accessToken must be a non-empty string")),
-        None => (None, first),
-    })
+/// An OAuth token by its shape (Anthropic's tokens start with `sk-ant-`).
+fn looks_like_token(text: &str) -> bool {
+    text.starts_with("sk-ant-")
 }
 
-fn fallback_arguments(
-    env: &Env,
-    account_id: Option<Unknown>,
-    access_token: Option<Unknown>,
-    account: Option<Unknown>,
-) -> Result<(String, String, Option<FallbackAccount>)> {
-    Ok((
-        required_non_empty(env, account_id, "accountId")?,
-        required_non_empty(env, access_token, "accessToken")?,
-        optional_account(env, account, "account")?,
-    ))
+/// How many token fingerprints a manager remembers to recognise tokens used as identities.
+const SEEN_TOKENS_KEPT: usize = 1024;
+
+/// The identity of the account behind a token, as it may be stored: `token:<fingerprint>`.
+fn token_identity(token: &str) -> String {
+    format!("token:{}", fingerprint(token))
+}
+
+/// The host's storage with every main identity that is a token replaced by its fingerprint
+/// form (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
+fn identities_as_fingerprints(storage: &mut HostStorage, is_token: impl Fn(&str) -> bool) {
+    let fix = |identity: &mut Option<String>| {
+        if let Some(id) = identity.as_deref().filter(|id| is_token(id)) {
+            *identity = Some(token_identity(id));
+        }
+    };
+    fix(&mut storage.main_account_id);
+    if let Some(quota) = storage.main_quota.as_mut() {
+        fix(&mut quota.account_identity);
+    }
+    if let Some(error) = storage.main_last_error.as_mut() {
+        fix(&mut error.account_identity);
+    }
+}
+
+/// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
+fn with_seconds(error: ApiErrorRecord) -> serde_json::Value {
+    let retry_after = error
+        .retry_after_ms
+        .map(|ms| (ms.max(0) as f64 / 1000.0).ceil());
+    let mut value = serde_json::to_value(&error).unwrap_or(Value::Null);
+    if let (Some(seconds), Some(object)) = (retry_after, value.as_object_mut()) {
+        object.insert("retryAfter".into(), serde_json::json!(seconds));
+    }
+    value
 }

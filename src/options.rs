@@ -9,7 +9,9 @@ use napi::bindgen_prelude::*;
 
 use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
-use super::js::{describe, is_nullish, number_in, to_json, type_error};
+use super::host_fetch::HostFetch;
+use super::js::{describe, host_env_var, is_nullish, number_in, to_json, type_error};
+use super::js_now::JsNow;
 use quota_core::backoff::BackoffConfig;
 use quota_core::client::{UsageClientConfig, DEFAULT_USAGE_URL, DEFAULT_USER_AGENT};
 use quota_core::clock::{Clock, SystemClock};
@@ -18,15 +20,51 @@ use quota_core::manager::{
     ManagerConfig, DEFAULT_API_CALL_GAP_MS, DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_MAX_CONCURRENT_FETCHES,
 };
 use quota_core::store::default_state_path;
+use quota_core::transport::Transport;
 
 const HOUR_MS: f64 = 3_600_000.0;
 const DEFAULT_REQUEST_TIMEOUT_MS: f64 = 10_000.0;
+
+/// Every key `QuotaManagerOptions` has; any other key is a `TypeError` (a misspelt `fetchImpl`
+/// must not silently poll the real endpoint).
+const OPTION_KEYS: &[&str] = &[
+    "storage",
+    "statePath",
+    "usageUrl",
+    "userAgent",
+    "checkIntervalMinutes",
+    "refreshEveryNRequests",
+    "apiCallGapMs",
+    "requestTimeoutMs",
+    "lockTimeoutMs",
+    "maxConcurrentFetches",
+    "backoff",
+    "clock",
+    "now",
+    "fetchImpl",
+    "fetchQuotaSnapshot",
+    "awaitCallbacks",
+    "onMainQuotaFetched",
+    "onApiError",
+    "onFallbackQuotaFetched",
+    "onFallbackApiError",
+];
+
+const BACKOFF_KEYS: &[&str] = &[
+    "initialMs",
+    "maxMs",
+    "nonTransientMs",
+    "jitter",
+    "maxRetryAfterMs",
+];
 
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
     pub config: ManagerConfig,
     pub storage: Option<HostStorage>,
     pub clock: Arc<dyn Clock>,
+    /// The host's `now` function, sampled on the JavaScript thread into `clock`.
+    pub js_now: Option<JsNow>,
     pub callbacks: JsCallbacks,
 }
 
@@ -56,6 +94,41 @@ impl<'a> Fields<'a> {
             object,
             prefix: name,
         })
+    }
+
+    /// Refuses keys that are not options (a key whose value is `undefined` counts as absent).
+    fn reject_unknown_keys(&self, known: &[&str]) -> Result<()> {
+        let Some(object) = &self.object else {
+            return Ok(());
+        };
+        let keys: Vec<String> = Object::keys(object)?;
+        for key in keys {
+            if known.contains(&key.as_str()) || self.raw(&key)?.is_none() {
+                continue;
+            }
+            return Err(type_error(
+                self.env,
+                format!("{} is not a known option", self.name(&key)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn boolean(&self, field: &str) -> Result<Option<bool>> {
+        match self.raw(field)? {
+            None => Ok(None),
+            Some(value) if value.get_type()? == ValueType::Boolean => {
+                Ok(Some(unsafe { value.cast::<bool>() }?))
+            }
+            Some(value) => Err(type_error(
+                self.env,
+                format!(
+                    "{} must be a boolean, got {}",
+                    self.name(field),
+                    describe(value.get_type()?)
+                ),
+            )),
+        }
     }
 
     fn name(&self, field: &str) -> String {
@@ -137,6 +210,7 @@ impl<'a> Fields<'a> {
 
 pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOptions> {
     let fields = Fields::new(env, options, "options")?;
+    fields.reject_unknown_keys(OPTION_KEYS)?;
     let storage = match fields.raw("storage")? {
         Some(value) if !is_nullish(&value) => {
             let json = to_json(env, value, "options.storage")?;
@@ -175,23 +249,39 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
             .map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
         backoff: parse_backoff(env, fields.raw("backoff")?)?,
         state_path: parse_state_path(env, &fields)?,
+        transport: None,
+    };
+    let (clock, js_now) = parse_clock(env, &fields)?;
+    let transport = HostFetch::from_options(
+        env,
+        fields.function("fetchImpl")?,
+        fields.function("fetchQuotaSnapshot")?,
+        fields.function("now")?,
+        js_now.as_ref().map(JsNow::clock),
+    )?;
+    let config = ManagerConfig {
+        transport: transport.map(|t| Transport(Arc::new(t))),
+        ..config
     };
     Ok(ParsedOptions {
         config,
         storage,
-        clock: parse_clock(env, &fields)?,
+        clock,
+        js_now,
         callbacks: JsCallbacks::new(
             env,
             fields.function("onMainQuotaFetched")?,
             fields.function("onApiError")?,
             fields.function("onFallbackQuotaFetched")?,
             fields.function("onFallbackApiError")?,
+            fields.boolean("awaitCallbacks")?.unwrap_or(false),
         )?,
     })
 }
 
 fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
     let fields = Fields::new(env, value, "options.backoff")?;
+    fields.reject_unknown_keys(BACKOFF_KEYS)?;
     let defaults = BackoffConfig::default();
     let initial_ms = fields
         .integer("initialMs", 1.0, 24.0 * HOUR_MS)?
@@ -224,7 +314,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
 /// it. `null`: memory only.
 fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     match fields.raw("statePath")? {
-        None => Ok(default_state_path(|name| std::env::var(name).ok())),
+        None => Ok(default_state_path(|name| host_env_var(env, name))),
         Some(value) if is_nullish(&value) => Ok(None),
         Some(_) => {
             let path = PathBuf::from(fields.string("statePath")?.unwrap_or_default());
@@ -239,13 +329,24 @@ fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     }
 }
 
-fn parse_clock(env: &Env, fields: &Fields) -> Result<Arc<dyn Clock>> {
-    let Some(value) = fields.raw("clock")?.filter(|v| !is_nullish(v)) else {
-        return Ok(Arc::new(SystemClock));
+fn parse_clock(env: &Env, fields: &Fields) -> Result<(Arc<dyn Clock>, Option<JsNow>)> {
+    let manual = fields.raw("clock")?.filter(|v| !is_nullish(v));
+    if let Some(now) = fields.function("now")? {
+        if manual.is_some() {
+            return Err(type_error(
+                env,
+                "options.clock and options.now cannot both be set",
+            ));
+        }
+        let js_now = JsNow::new(env, now)?;
+        return Ok((Arc::new(js_now.clock()), Some(js_now)));
+    }
+    let Some(value) = manual else {
+        return Ok((Arc::new(SystemClock), None));
     };
     if !ManualClock::instance_of(env, &value)? {
         return Err(type_error(env, "options.clock must be a ManualClock"));
     }
     let clock = unsafe { value.cast::<ClassInstance<ManualClock>>() }?;
-    Ok(Arc::new(clock.core_clock()))
+    Ok((Arc::new(clock.core_clock()), None))
 }

@@ -33,6 +33,16 @@ export interface ExtraUsage {
   exhausted: boolean
 }
 
+/** Where each present field of a snapshot came from. */
+export interface QuotaFieldSources {
+  five_hour?: 'poll' | 'headers'
+  seven_day?: 'poll' | 'headers'
+  scoped?: 'poll' | 'headers'
+  extraUsage?: 'poll' | 'headers'
+  bindingWindow?: 'poll' | 'headers'
+  fallbackAdvised?: 'poll' | 'headers'
+}
+
 export interface QuotaSnapshot {
   five_hour?: QuotaWindow
   seven_day?: QuotaWindow
@@ -50,6 +60,8 @@ export interface QuotaSnapshot {
   checkedAt?: number
   /** The route's identity, never a token. */
   accountIdentity?: string
+  /** For each present field, whether its value came from a poll or from response headers. */
+  fieldSources?: QuotaFieldSources
 }
 
 /**
@@ -81,64 +93,145 @@ export interface QuotaApiError {
   status?: number
   /** What the server asked for with `Retry-After`, when it did. */
   retryAfterMs?: number
+  /** The same in seconds, as the plugin reads it. */
+  retryAfter?: number
   accountIdentity?: string
 }
 
 /** The host's own storage object, as the plugin keeps it; every field optional. */
 export interface AccountStorage {
-  mainAccountId?: string
-  quota?: {
-    enabled?: boolean
-    checkIntervalMinutes?: number
-    refreshEveryNRequests?: number
-    minimumRemaining?: { five_hour?: number; seven_day?: number; '5h'?: number; '1w'?: number }
-    failClosedOnUnknownQuota?: boolean
-    mainQuota?: QuotaSnapshot
-    mainQuotaCheckedAt?: number
-    mainLastQuotaApiError?: QuotaApiError
-  }
+  mainAccountId?: string | undefined
+  quota?:
+    | {
+        enabled?: boolean | undefined
+        checkIntervalMinutes?: number | undefined
+        refreshEveryNRequests?: number | undefined
+        minimumRemaining?:
+          | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
+          | undefined
+        failClosedOnUnknownQuota?: boolean | undefined
+        mainQuota?: QuotaSnapshot | undefined
+        mainQuotaCheckedAt?: number | undefined
+        mainQuotaToken?: string | undefined
+        mainLastQuotaApiError?: QuotaApiError | undefined
+        /** The error generation the host persisted from the callbacks. */
+        mainQuotaErrorGeneration?: number | undefined
+        /** When the host last saw the main error cleared. */
+        mainQuotaErrorClearedAt?: number | undefined
+      }
+    | undefined
 }
 
-export interface FallbackAccount {
+/** The plugin's OAuth account record (extra fields are accepted and ignored). */
+export interface OAuthFallbackAccount {
+  type?: 'oauth' | undefined
   id: string
-  enabled?: boolean
+  enabled?: boolean | undefined
   /** Current access token. */
-  access?: string
-  expires?: number
+  access?: string | undefined
+  refresh?: string | undefined
+  /** When `access` expires (Unix ms): without a resolver, `access` is used only before then. */
+  expires?: number | undefined
   /** Changes when the login is replaced. */
-  authLineageId?: string
-  quota?: QuotaSnapshot
-  lastQuotaRefreshError?: QuotaApiError
+  authLineageId?: string | undefined
+  label?: string | undefined
+  quota?: QuotaSnapshot | undefined
+  lastQuotaRefreshError?: QuotaApiError | undefined
 }
 
+/** An API-key account: it has no quota and is ignored. */
+export interface ApiKeyFallbackAccount {
+  type: 'api'
+  id: string
+  enabled?: boolean | undefined
+  label?: string | undefined
+  apiKey?: string | undefined
+  baseURL?: string | undefined
+  authHeader?: string | undefined
+  /** Never set on an API-key account (listed so the union can be read without narrowing). */
+  quota?: undefined
+  lastQuotaRefreshError?: undefined
+}
+
+/** The plugin's account union. */
+export type FallbackAccount = OAuthFallbackAccount | ApiKeyFallbackAccount
+
+/** The account argument of the fallback methods: only the login (`authLineageId`) is read. */
+export interface FallbackAccountLineage {
+  authLineageId?: string | undefined
+}
+
+/** What `fetchQuotaSnapshot` is asked for. */
+export interface QuotaSnapshotRequest {
+  kind: 'main' | 'fallback'
+  /** The main identity, or the fallback id. */
+  accountId: string | undefined
+  /** `''` when the host's transport brings its own credentials. */
+  accessToken: string
+}
+
+/** What `fetchImpl` must answer: enough of a `Response`. */
+export interface FetchResponseLike {
+  status: number
+  headers: { get(name: string): string | null }
+  text(): Promise<string>
+}
+
+/**
+ * Options. Unknown keys are rejected with a `TypeError` naming the key (a key set to `undefined`
+ * counts as absent).
+ */
 export interface QuotaManagerOptions {
   /** Seeds cache, backoff and settings, as the plugin keeps them. */
-  storage?: AccountStorage | null
+  storage?: AccountStorage | null | undefined
   /** Shared state file; default in the OpenCode config dir; `null` = memory only. */
-  statePath?: string | null
+  statePath?: string | null | undefined
   /** Default `https://api.anthropic.com/api/oauth/usage`. */
-  usageUrl?: string
+  usageUrl?: string | undefined
   /** Default `claude-code/2.1.257`. */
-  userAgent?: string
+  userAgent?: string | undefined
   /** Overrides `storage.quota.checkIntervalMinutes`; default 5, at least 1. */
-  checkIntervalMinutes?: number
+  checkIntervalMinutes?: number | undefined
   /** Overrides `storage.quota.refreshEveryNRequests`; default 0 (off). */
-  refreshEveryNRequests?: number
+  refreshEveryNRequests?: number | undefined
   /** Default 1000. */
-  apiCallGapMs?: number
+  apiCallGapMs?: number | undefined
   /** Default 10000. */
-  requestTimeoutMs?: number
+  requestTimeoutMs?: number | undefined
   /** Default 15000. */
-  lockTimeoutMs?: number
+  lockTimeoutMs?: number | undefined
   /** Default 4. */
-  maxConcurrentFetches?: number
-  backoff?: { initialMs?: number; maxMs?: number; nonTransientMs?: number; jitter?: number; maxRetryAfterMs?: number }
+  maxConcurrentFetches?: number | undefined
+  backoff?: { initialMs?: number; maxMs?: number; nonTransientMs?: number; jitter?: number; maxRetryAfterMs?: number } | undefined
   /** Tests and simulations; default: the system clock. */
-  clock?: ManualClock
-  onMainQuotaFetched?: (quota: QuotaSnapshot, checkedAt: number, tokenFingerprint: string, fetchStartedAt: number) => void
-  onApiError?: (error: QuotaApiError) => void
-  onFallbackQuotaFetched?: (accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => void
-  onFallbackApiError?: (accountId: string, error: QuotaApiError) => void
+  clock?: ManualClock | undefined
+  /** A clock function (tests); every timestamp and deadline reads it. Not with `clock`. */
+  now?: (() => number) | undefined
+  /** A `fetch` for tests: every poll goes through it (same URL and headers). */
+  fetchImpl?: ((url: string, init: { method: 'GET'; headers: Record<string, string> }) => Promise<FetchResponseLike>) | undefined
+  /**
+   * A host transport: every poll calls it instead of HTTP (single flight, pacing, backoff, locks
+   * and the state file still apply). A rejection's numeric `status` and `retryAfter` (seconds) /
+   * `retryAfterMs` classify it like an HTTP failure; no status is a network error.
+   */
+  fetchQuotaSnapshot?: ((request: QuotaSnapshotRequest) => Promise<QuotaSnapshot>) | undefined
+  /** Await a promise a callback returns (at most 5 s) before the refresh settles. Default `false`. */
+  awaitCallbacks?: boolean | undefined
+  onMainQuotaFetched?:
+    | ((
+        quota: QuotaSnapshot,
+        checkedAt: number,
+        tokenFingerprint: string,
+        fetchStartedAt: number,
+        errorGeneration: number,
+        errorClearedAt: number | undefined,
+      ) => unknown)
+    | undefined
+  onApiError?: ((error: QuotaApiError, errorGeneration: number) => unknown) | undefined
+  onFallbackQuotaFetched?:
+    | ((accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => unknown)
+    | undefined
+  onFallbackApiError?: ((accountId: string, error: QuotaApiError) => unknown) | undefined
 }
 
 /**
@@ -168,8 +261,11 @@ export interface QuotaStats {
 }
 
 export interface QuotaPolicy {
-  minimumRemaining?: { five_hour?: number; seven_day?: number; '5h'?: number; '1w'?: number }
-  failClosedOnUnknownQuota?: boolean
+  minimumRemaining?:
+    | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
+    | undefined
+  /** Default `true`: unknown quota fails closed, as the plugin's policy does. */
+  failClosedOnUnknownQuota?: boolean | undefined
 }
 
 /** The `code` of every error this package rejects with. */
@@ -182,12 +278,15 @@ export type QuotaErrorCode =
   | 'QUOTA_BAD_RESPONSE'
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
+  | 'QUOTA_IDENTITY_CHANGED'
 
 /** A rejection from this package. */
 export interface QuotaError extends Error {
   code: QuotaErrorCode
   status?: number
   retryAfterMs?: number
+  /** `retryAfterMs` in seconds, as the plugin reads it. */
+  retryAfter?: number
   nextRetryAt?: number
   path?: string
 }

@@ -18,6 +18,7 @@ const QUOTA_CODES: readonly string[] = [
   'QUOTA_BAD_RESPONSE',
   'QUOTA_CLOSED',
   'QUOTA_STATE_ERROR',
+  'QUOTA_IDENTITY_CHANGED',
 ]
 
 export function isQuotaError(value: unknown): value is QuotaError {

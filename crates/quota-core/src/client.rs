@@ -452,6 +452,46 @@ fn truncate_on_char_boundary(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
+/// Reads an answer the host's `fetch` gave (COMPAT §1 `fetchImpl`) exactly like an HTTP
+/// response: the status picks the error class, `Retry-After` is honoured, the body is checked
+/// and scrubbed of the token.
+pub fn interpret_response(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+    access_token: &str,
+    checked_at: i64,
+) -> Result<QuotaSnapshot, QuotaError> {
+    if (200..300).contains(&status) {
+        return parse_success_body(body, access_token, checked_at);
+    }
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut start = body.to_vec();
+    start.truncate(ERROR_BODY_READ_BYTES);
+    let text = error_body_text(&start, access_token, code);
+    Err(match status {
+        401 | 403 => QuotaError::Auth { status, body: text },
+        _ => QuotaError::Http {
+            status,
+            retry_after_ms: retry_after
+                .and_then(|v| crate::backoff::parse_retry_after(v, checked_at)),
+            body: text,
+        },
+    })
+}
+
+/// The headers a poll sends, for a host `fetch` (the bearer under `Authorization`, as the
+/// plugin's own poll spells it).
+pub fn poll_headers(access_token: &str, user_agent: &str) -> Vec<(String, String)> {
+    vec![
+        ("Authorization".into(), format!("Bearer {access_token}")),
+        ("Accept".into(), "application/json".into()),
+        ("Content-Type".into(), "application/json".into()),
+        ("anthropic-beta".into(), ANTHROPIC_BETA.into()),
+        ("User-Agent".into(), user_agent.into()),
+    ]
+}
+
 fn parse_success_body(
     body: &[u8],
     access_token: &str,

@@ -46,6 +46,9 @@ pub enum QuotaError {
     /// A value the host passed cannot be used (e.g. a token with a line break); the binding
     /// turns it into a `TypeError`. Never sent, never an endpoint failure.
     InvalidArgument(String),
+    /// `refreshMain(id, token, expectedIdentityGeneration)`: the main identity moved on before
+    /// the request was made (none was).
+    IdentityChanged,
 }
 
 impl QuotaError {
@@ -62,6 +65,7 @@ impl QuotaError {
             Self::State { .. } => "QUOTA_STATE_ERROR",
             // Node's own code for a TypeError about an argument's value.
             Self::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
+            Self::IdentityChanged => "QUOTA_IDENTITY_CHANGED",
         }
     }
 
@@ -77,7 +81,8 @@ impl QuotaError {
             | Self::Closed
             | Self::State { .. }
             | Self::LockTimeout { .. }
-            | Self::InvalidArgument(_) => FailureClass::None,
+            | Self::InvalidArgument(_)
+            | Self::IdentityChanged => FailureClass::None,
         }
     }
 
@@ -128,6 +133,7 @@ impl fmt::Display for QuotaError {
                 "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms"
             ),
             Self::InvalidArgument(reason) => write!(f, "{reason}"),
+            Self::IdentityChanged => write!(f, "Main quota identity changed before refresh"),
         }
     }
 }

@@ -19,6 +19,10 @@ pub struct HostStorage {
     pub main_quota: Option<QuotaSnapshot>,
     pub main_quota_checked_at: Option<i64>,
     pub main_last_error: Option<ApiErrorRecord>,
+    /// The error generation the host persisted (`mainQuotaErrorGeneration`).
+    pub main_quota_error_generation: Option<u64>,
+    /// When the host last saw the main error cleared (`mainQuotaErrorClearedAt`).
+    pub main_quota_error_cleared_at: Option<i64>,
 }
 
 impl HostStorage {
@@ -47,6 +51,14 @@ impl HostStorage {
             main_quota_checked_at: setting("mainQuotaCheckedAt").and_then(timestamp_from_value),
             main_last_error: setting("mainLastQuotaApiError")
                 .and_then(ApiErrorRecord::from_value_lenient),
+            main_quota_error_generation: setting("mainQuotaErrorGeneration")
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite() && *n >= 0.0 && n.fract() == 0.0 && *n <= 9.0e15)
+                .map(|n| n as u64),
+            main_quota_error_cleared_at: setting("mainQuotaErrorClearedAt")
+                .and_then(Value::as_f64)
+                .filter(|n| n.is_finite() && *n >= 0.0)
+                .map(|n| n as i64),
         })
     }
 }
@@ -60,9 +72,34 @@ pub struct FallbackAccount {
     pub auth_lineage_id: Option<String>,
     pub quota: Option<QuotaSnapshot>,
     pub last_error: Option<ApiErrorRecord>,
+    /// When `access` expires (Unix ms); without a resolver, `access` is used only before then.
+    pub expires: Option<i64>,
 }
 
 impl FallbackAccount {
+    /// An API-key account (`type: 'api'`): it has no quota, so it is ignored like an unlisted one.
+    pub fn is_api_key_account(value: &Value) -> bool {
+        value.get("type").and_then(Value::as_str) == Some("api")
+    }
+
+    /// The `{ authLineageId }` argument of the fallback methods (no `id` needed).
+    pub fn lineage_of(value: &Value, id: &str, name: &str) -> Result<Self, String> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("{name} must be an object"))?;
+        let auth_lineage_id = match object.get("authLineageId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()).filter(|t| !t.is_empty()),
+            Some(_) => return Err(format!("{name}.authLineageId must be a string")),
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            enabled: true,
+            auth_lineage_id,
+            ..Self::default()
+        })
+    }
+
     /// Reads one account; `Err` names the offending field for a `TypeError`.
     pub fn from_value(value: &Value, name: &str) -> Result<Self, String> {
         let object = value
@@ -91,6 +128,9 @@ impl FallbackAccount {
             last_error: object
                 .get("lastQuotaRefreshError")
                 .and_then(ApiErrorRecord::from_value_lenient),
+            expires: object
+                .get("expires")
+                .and_then(crate::snapshot::timestamp_from_value),
             id,
             enabled,
         })
@@ -103,6 +143,9 @@ impl FallbackAccount {
             .ok_or_else(|| format!("{name} must be an array"))?;
         let mut accounts: Vec<Self> = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
+            if Self::is_api_key_account(item) {
+                continue;
+            }
             let account = Self::from_value(item, &format!("{name}[{index}]"))?;
             if !accounts.iter().any(|a| a.id == account.id) {
                 accounts.push(account);

@@ -34,4 +34,5 @@ pub mod shared_store;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod transport;
 pub mod usage;

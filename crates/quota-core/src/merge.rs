@@ -5,7 +5,7 @@
 //! extra usage. Polls know everything, but are rare and rate-limited. Each merge keeps what the
 //! other source owns and, for the shared 5h/7d windows, prefers the newer observation.
 
-use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow};
+use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow};
 
 /// Merges one header frame into the cached snapshot (if any).
 ///
@@ -22,14 +22,39 @@ use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow};
 ///   frame's.
 pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
     let Some(cached) = cached else {
-        return QuotaSnapshot {
+        let mut snapshot = QuotaSnapshot {
             // Headers never introduce poll-only fields, even when pushed as a whole snapshot.
             scoped: None,
             extra_usage: None,
             binding_window_source: frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
             source: Some(QuotaSource::Headers),
+            field_sources: None,
             ..frame.clone()
         };
+        snapshot.settle_field_sources();
+        return snapshot;
+    };
+    let headers = Some(QuotaSource::Headers);
+    let window_source = |frame_window: Option<&QuotaWindow>,
+                         cached_window: Option<&QuotaWindow>,
+                         field: fn(&FieldSources) -> Option<QuotaSource>| {
+        match (frame_window, cached_window) {
+            (Some(f), Some(c)) if c.checked_at > f.checked_at => Some(cached.source_of(field)),
+            (Some(_), _) => headers,
+            (None, _) => Some(cached.source_of(field)),
+        }
+    };
+    let field_sources = FieldSources {
+        five_hour: window_source(frame.five_hour.as_ref(), cached.five_hour.as_ref(), |f| {
+            f.five_hour
+        }),
+        seven_day: window_source(frame.seven_day.as_ref(), cached.seven_day.as_ref(), |f| {
+            f.seven_day
+        }),
+        scoped: Some(cached.source_of(|f| f.scoped)),
+        extra_usage: Some(cached.source_of(|f| f.extra_usage)),
+        binding_window: None,
+        fallback_advised: headers,
     };
     let poll_binding = cached.binding_window.is_some()
         && cached.binding_window_source.or(cached.source) == Some(QuotaSource::Poll);
@@ -41,7 +66,7 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
             frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
         )
     };
-    QuotaSnapshot {
+    let mut merged = QuotaSnapshot {
         five_hour: newer_window(frame.five_hour.as_ref(), cached.five_hour.as_ref()),
         seven_day: newer_window(frame.seven_day.as_ref(), cached.seven_day.as_ref()),
         scoped: cached.scoped.clone(),
@@ -56,7 +81,10 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
             .account_identity
             .clone()
             .or_else(|| frame.account_identity.clone()),
-    }
+        field_sources: Some(field_sources),
+    };
+    merged.settle_field_sources();
+    merged
 }
 
 /// Merges a finished poll into the cached snapshot (if any).
@@ -75,7 +103,9 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     if merged.binding_window.is_some() && merged.binding_window_source.is_none() {
         merged.binding_window_source = Some(QuotaSource::Poll);
     }
+    merged.field_sources = None;
     let Some(cached) = cached else {
+        merged.settle_field_sources();
         return merged;
     };
     let poll_time = |window: Option<&QuotaWindow>| {
@@ -94,15 +124,38 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     };
     merged.five_hour = keep_newer(cached.five_hour.as_ref(), poll.five_hour.as_ref());
     merged.seven_day = keep_newer(cached.seven_day.as_ref(), poll.seven_day.as_ref());
+    let kept = |merged_window: Option<&QuotaWindow>,
+                poll_window: Option<&QuotaWindow>,
+                field: fn(&FieldSources) -> Option<QuotaSource>| {
+        if merged_window == poll_window {
+            Some(QuotaSource::Poll)
+        } else {
+            Some(cached.source_of(field))
+        }
+    };
+    let mut field_sources = FieldSources {
+        five_hour: kept(merged.five_hour.as_ref(), poll.five_hour.as_ref(), |f| {
+            f.five_hour
+        }),
+        seven_day: kept(merged.seven_day.as_ref(), poll.seven_day.as_ref(), |f| {
+            f.seven_day
+        }),
+        ..FieldSources::default()
+    };
     let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
         && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
     if cached_is_newer_headers {
         merged.status = merged.status.or_else(|| cached.status.clone());
-        merged.fallback_advised = merged.fallback_advised.or(cached.fallback_advised);
+        if merged.fallback_advised.is_none() && cached.fallback_advised.is_some() {
+            merged.fallback_advised = cached.fallback_advised;
+            field_sources.fallback_advised = Some(cached.source_of(|f| f.fallback_advised));
+        }
     }
     if merged.account_identity.is_none() {
         merged.account_identity.clone_from(&cached.account_identity);
     }
+    merged.field_sources = Some(field_sources);
+    merged.settle_field_sources();
     merged
 }
 
@@ -165,6 +218,7 @@ mod tests {
             account_identity: Some("main@example".into()),
             ..Default::default()
         }
+        .with_settled_field_sources()
     }
 
     fn frame(checked_at: i64) -> QuotaSnapshot {
@@ -179,6 +233,26 @@ mod tests {
             checked_at: Some(checked_at),
             ..Default::default()
         }
+        .with_settled_field_sources()
+    }
+
+    #[test]
+    fn field_sources_say_which_source_each_present_field_came_from() {
+        let merged = merge_header_frame(Some(&poll(100)), &frame(200));
+        let sources = merged.field_sources.unwrap();
+        assert_eq!(sources.five_hour, Some(QuotaSource::Headers));
+        assert_eq!(sources.scoped, Some(QuotaSource::Poll));
+        assert_eq!(sources.extra_usage, Some(QuotaSource::Poll));
+        assert_eq!(sources.binding_window, Some(QuotaSource::Poll));
+        assert_eq!(sources.fallback_advised, Some(QuotaSource::Headers));
+        let polled = merge_poll_result(Some(&frame(300)), &poll(200));
+        let sources = polled.field_sources.unwrap();
+        assert_eq!(
+            sources.five_hour,
+            Some(QuotaSource::Headers),
+            "the newer header window stays"
+        );
+        assert_eq!(sources.scoped, Some(QuotaSource::Poll));
     }
 
     #[test]

@@ -41,15 +41,25 @@ impl MinimumRemaining {
 }
 
 /// The host's routing policy (API.md `QuotaPolicy`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QuotaPolicy {
     pub minimum_remaining: MinimumRemaining,
     pub fail_closed_on_unknown_quota: bool,
 }
 
+impl Default for QuotaPolicy {
+    /// The plugin's defaults: no thresholds, and unknown quota fails closed.
+    fn default() -> Self {
+        Self {
+            minimum_remaining: MinimumRemaining::default(),
+            fail_closed_on_unknown_quota: true,
+        }
+    }
+}
+
 impl QuotaPolicy {
     /// Reads `{minimumRemaining, failClosedOnUnknownQuota}` from untrusted JSON; junk fields fall
-    /// back to the defaults (thresholds 0, fail open).
+    /// back to the defaults (thresholds 0, fail closed on unknown quota, as the plugin).
     pub fn from_value_lenient(v: &Value) -> Self {
         Self {
             minimum_remaining: v
@@ -59,7 +69,7 @@ impl QuotaPolicy {
             fail_closed_on_unknown_quota: v
                 .get("failClosedOnUnknownQuota")
                 .and_then(Value::as_bool)
-                .unwrap_or(false),
+                .unwrap_or(true),
         }
     }
 }
@@ -374,10 +384,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_snapshot_passes_unless_fail_closed() {
+    fn missing_snapshot_fails_closed_by_default_and_passes_when_open() {
+        assert_eq!(
+            evaluate_quota(None, &policy(0.0, 0.0, false), Some("fable")),
+            QuotaEvaluation::pass()
+        );
         assert_eq!(
             evaluate_quota(None, &QuotaPolicy::default(), Some("fable")),
-            QuotaEvaluation::pass()
+            blocked(BlockReason::Unknown, None)
         );
         let eval = evaluate_quota(None, &policy(0.0, 0.0, true), None);
         assert_eq!(eval, blocked(BlockReason::Unknown, None));

@@ -82,6 +82,25 @@ pub struct ExtraUsage {
     pub exhausted: bool,
 }
 
+/// For each present field of a snapshot, whether its value came from a poll or from response
+/// headers (COMPAT §5 `fieldSources`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldSources {
+    #[serde(rename = "five_hour", default, skip_serializing_if = "Option::is_none")]
+    pub five_hour: Option<QuotaSource>,
+    #[serde(rename = "seven_day", default, skip_serializing_if = "Option::is_none")]
+    pub seven_day: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoped: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_usage: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_window: Option<QuotaSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_advised: Option<QuotaSource>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSnapshot {
@@ -108,9 +127,50 @@ pub struct QuotaSnapshot {
     pub checked_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_sources: Option<FieldSources>,
 }
 
 impl QuotaSnapshot {
+    /// Where one field's value came from: as recorded, else the snapshot's own source (a poll
+    /// when unknown).
+    pub fn source_of(&self, field: fn(&FieldSources) -> Option<QuotaSource>) -> QuotaSource {
+        self.field_sources
+            .as_ref()
+            .and_then(field)
+            .or(self.source)
+            .unwrap_or(QuotaSource::Poll)
+    }
+
+    /// The snapshot with [`QuotaSnapshot::settle_field_sources`] applied.
+    #[must_use]
+    pub fn with_settled_field_sources(mut self) -> Self {
+        self.settle_field_sources();
+        self
+    }
+
+    /// Keeps `fieldSources` to the present fields, filling a missing one from the snapshot's
+    /// source; `None` when no such field is present.
+    pub fn settle_field_sources(&mut self) {
+        let recorded = self.field_sources.take().unwrap_or_default();
+        let fallback = self.source.unwrap_or(QuotaSource::Poll);
+        let pick = |present: bool, recorded: Option<QuotaSource>| {
+            present.then(|| recorded.unwrap_or(fallback))
+        };
+        let settled = FieldSources {
+            five_hour: pick(self.five_hour.is_some(), recorded.five_hour),
+            seven_day: pick(self.seven_day.is_some(), recorded.seven_day),
+            scoped: pick(self.scoped.is_some(), recorded.scoped),
+            extra_usage: pick(self.extra_usage.is_some(), recorded.extra_usage),
+            binding_window: pick(
+                self.binding_window.is_some(),
+                recorded.binding_window.or(self.binding_window_source),
+            ),
+            fallback_advised: pick(self.fallback_advised.is_some(), recorded.fallback_advised),
+        };
+        self.field_sources = (settled != FieldSources::default()).then_some(settled);
+    }
+
     /// True when the snapshot carries at least one 5-hour or 7-day window.
     pub fn has_windows(&self) -> bool {
         self.five_hour.is_some() || self.seven_day.is_some()
@@ -149,6 +209,12 @@ impl QuotaSnapshot {
             source: field("source").and_then(|v| serde_json::from_value(v.clone()).ok()),
             checked_at: field("checkedAt").and_then(timestamp_from_value),
             account_identity: field("accountIdentity").and_then(non_blank_string),
+            field_sources: field("fieldSources")
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+        })
+        .map(|mut snapshot| {
+            snapshot.settle_field_sources();
+            snapshot
         })
     }
 }
@@ -356,7 +422,8 @@ mod tests {
             source: Some(QuotaSource::Poll),
             scoped: Some(vec![]),
             ..Default::default()
-        };
+        }
+        .with_settled_field_sources();
         let json = serde_json::to_value(&snapshot).unwrap();
         assert_eq!(json["five_hour"]["remainingPercent"], 91.0);
         assert_eq!(json["source"], "poll");

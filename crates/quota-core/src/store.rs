@@ -596,6 +596,19 @@ fn parse_state(bytes: &[u8]) -> Parsed {
 /// `~/.config/opencode`, each holding `anthropic-quota-state.json`.
 pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    // The plugin's own files moved (its tests, users who relocate them): the quota state
+    // follows them, so whoever isolates the plugin's files isolates this state too.
+    if let Some(auth_file) = non_empty("OPENCODE_ANTHROPIC_AUTH_FILE") {
+        let auth_file = PathBuf::from(auth_file);
+        let auth_file = if auth_file.is_absolute() {
+            auth_file
+        } else {
+            std::env::current_dir().ok()?.join(auth_file)
+        };
+        if let Some(dir) = auth_file.parent() {
+            return Some(dir.join(STATE_FILE_NAME));
+        }
+    }
     let dir = if let Some(dir) = non_empty("OPENCODE_CONFIG_DIR") {
         PathBuf::from(dir)
     } else if let Some(xdg) = non_empty("XDG_CONFIG_HOME") {

@@ -24,7 +24,7 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     let limits = limit_entries(body);
     let scoped = scoped_windows(&limits, checked_at);
     let binding_window = binding_window(&limits, checked_at);
-    QuotaSnapshot {
+    let mut snapshot = QuotaSnapshot {
         five_hour: body.get("five_hour").and_then(|v| window(v, checked_at)),
         seven_day: body.get("seven_day").and_then(|v| window(v, checked_at)),
         scoped: Some(scoped),
@@ -34,7 +34,9 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
         source: Some(QuotaSource::Poll),
         checked_at: Some(checked_at),
         ..Default::default()
-    }
+    };
+    snapshot.settle_field_sources();
+    snapshot
 }
 
 /// The top-level fields of a usage answer. A 200 with none of them (e.g. an error object
@@ -435,7 +437,8 @@ mod tests {
                     source: Some(QuotaSource::Poll),
                     checked_at: Some(NOW),
                     ..Default::default()
-                },
+                }
+                .with_settled_field_sources(),
                 "body {body}"
             );
         }

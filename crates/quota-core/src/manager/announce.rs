@@ -14,13 +14,18 @@ pub struct FetchedEvent {
     pub checked_at: i64,
     pub token_fingerprint: String,
     pub fetch_started_at: i64,
+    /// The main route's error generation after this success (COMPAT §2); 0 for fallbacks.
+    pub error_generation: u64,
+    /// The main route's cleared-at time after this success.
+    pub error_cleared_at: Option<i64>,
 }
 
 /// The host's callbacks. Each returns when the host has handled the event, so results reach
 /// callers only after the host saw them.
 pub trait HostEvents: Send + Sync {
     fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()>;
-    fn api_error(&self, error: ApiErrorRecord) -> BoxFuture<'static, ()>;
+    /// `error_generation`: the main route's error generation after this error.
+    fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()>;
     fn fallback_quota_fetched(
         &self,
         account_id: String,
@@ -44,10 +49,22 @@ impl QuotaManager {
     pub(super) async fn announce(&self, attempt: &Attempt, announcement: Announcement) {
         let events = &self.inner.events;
         match (&attempt.route, announcement) {
-            (RouteId::Main, Announcement::Fetched(event)) => {
+            (RouteId::Main, Announcement::Fetched(mut event)) => {
+                {
+                    let state = self.state();
+                    event.error_generation = state.routes.generations.error;
+                    event.error_cleared_at = state.routes.generations.error_cleared_at;
+                }
                 events.main_quota_fetched(*event).await;
             }
-            (RouteId::Main, Announcement::Failed(record)) => events.api_error(record).await,
+            (RouteId::Main, Announcement::Failed(record)) => {
+                let generation = {
+                    let mut state = self.state();
+                    state.routes.generations.error += 1;
+                    state.routes.generations.error
+                };
+                events.api_error(record, generation).await;
+            }
             (RouteId::Fallback(id), Announcement::Fetched(event)) => {
                 events.fallback_quota_fetched(id.clone(), *event).await;
             }

@@ -156,12 +156,7 @@ impl QuotaManager {
         let fetch_started_at = self.now();
         self.note_request(attempt, &token_fingerprint, fetch_started_at);
         bump(&self.inner.stats.api_calls);
-        let clock = self.inner.clock.clone();
-        let result = self
-            .inner
-            .client
-            .fetch(&attempt.token, move || clock.now_ms())
-            .await;
+        let result = self.poll(attempt).await;
         match result {
             Ok(snapshot) => {
                 let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
@@ -173,6 +168,8 @@ impl QuotaManager {
                         quota: quota.clone(),
                         token_fingerprint,
                         fetch_started_at,
+                        error_generation: 0,
+                        error_cleared_at: None,
                     }))
                 });
                 let outcome = RefreshOutcome {
@@ -212,7 +209,11 @@ impl QuotaManager {
         let quota = merge_poll_result(slot.entry().map(|e| &e.quota), &snapshot);
         slot.record.entry = Some(state.settings.entry(quota.clone(), checked_at, now));
         slot.record.token_fingerprint = Some(token_fingerprint.to_owned());
+        let had_error = slot.record.backoff.last_error.is_some();
         slot.clear_backoff(now);
+        if had_error && attempt.route == RouteId::Main {
+            state.routes.generations.error_cleared(checked_at);
+        }
         (quota, true)
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::routes::{MainIdentity, RouteId};
+use super::routes::{LineageBind, MainIdentity, RouteId};
 use super::{QuotaManager, State};
 use crate::freshness;
 use crate::host::FallbackAccount;
@@ -14,11 +14,7 @@ impl QuotaManager {
     // ----- reads ---------------------------------------------------------------------------
 
     pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
-        let state = self.state();
-        if !state.routes.main_matches(identity) {
-            return None;
-        }
-        state.routes.main().entry().cloned()
+        self.main_entry_for(identity)
     }
 
     pub fn get_fallback(
@@ -28,9 +24,10 @@ impl QuotaManager {
     ) -> Option<Arc<QuotaEntry>> {
         let mut state = self.state();
         if let Some(account) = account {
-            if !state
+            if state
                 .routes
-                .bind_fallback(id, account.auth_lineage_id.as_deref())
+                .observe_fallback(id, account.auth_lineage_id.as_deref())
+                == LineageBind::Refused
             {
                 return None;
             }
@@ -56,8 +53,16 @@ impl QuotaManager {
 
     pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
         let mut state = self.state();
-        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
-        if !state.routes.bind_fallback(id, lineage) {
+        let bound = match account {
+            Some(account) => {
+                state
+                    .routes
+                    .observe_fallback(id, account.auth_lineage_id.as_deref())
+                    != LineageBind::Refused
+            }
+            None => state.routes.bind_fallback(id, None),
+        };
+        if !bound {
             return;
         }
         let route = RouteId::Fallback(id.to_owned());
@@ -106,8 +111,13 @@ impl QuotaManager {
             return None;
         }
         let mut state = self.state();
-        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
-        if !state.routes.bind_fallback(id, lineage) {
+        if let Some(account) = account {
+            let lineage = account.auth_lineage_id.as_deref();
+            if !state.routes.accepts_fallback_observation(id, lineage) {
+                return None;
+            }
+            state.routes.observe_fallback(id, lineage);
+        } else if !state.routes.bind_fallback(id, None) {
             return None;
         }
         Some(self.merge_frame(&mut state, &RouteId::Fallback(id.to_owned()), frame))
@@ -138,6 +148,9 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
+        if self.main_strictly_unmatched() {
+            return true;
+        }
         let state = self.state();
         freshness::is_stale(
             state.routes.main().entry().map(Arc::as_ref),

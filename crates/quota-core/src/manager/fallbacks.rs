@@ -4,6 +4,7 @@
 use futures::future::{BoxFuture, FutureExt};
 
 use super::refresh::RefreshFuture;
+use super::routes::LineageBind;
 use super::QuotaManager;
 use crate::freshness;
 use crate::host::FallbackAccount;
@@ -35,9 +36,10 @@ impl QuotaManager {
     fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
         let now = self.now();
         let mut state = self.state();
-        if !state
+        if state
             .routes
-            .bind_fallback(&account.id, account.auth_lineage_id.as_deref())
+            .observe_fallback(&account.id, account.auth_lineage_id.as_deref())
+            == LineageBind::Refused
         {
             return false;
         }

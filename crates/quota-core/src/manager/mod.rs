@@ -23,7 +23,9 @@ mod attempt;
 mod backoff_book;
 mod cache;
 mod fallbacks;
+mod identity;
 mod pacing;
+mod poll;
 mod refresh;
 mod routes;
 mod seeding;
@@ -45,6 +47,7 @@ use crate::store::StateStore;
 
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
+pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
 
@@ -72,6 +75,8 @@ pub struct ManagerConfig {
     pub backoff: BackoffConfig,
     /// `None` keeps everything in memory.
     pub state_path: Option<std::path::PathBuf>,
+    /// The host's transport (`fetchImpl`, `fetchQuotaSnapshot`); `None` polls over HTTP.
+    pub transport: Option<crate::transport::Transport>,
 }
 
 /// The manager's whole mutable state, behind one mutex that is never held across an await.

@@ -6,7 +6,8 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
-use super::routes::{MainIdentity, RouteId};
+use super::identity::MainTarget;
+use super::routes::{LineageBind, MainIdentity, RouteId};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State};
 use crate::error::QuotaError;
@@ -71,12 +72,48 @@ impl QuotaManager {
     /// Registering synchronously keeps the call's place: a `close()` or an identity switch
     /// issued after it cannot overtake it.
     pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh {
-        let identity = identity.map_or_else(|| MainIdentity::of_token(token), MainIdentity::parse);
+        let target = identity.map_or(MainTarget::Token, MainTarget::Named);
+        self.begin_refresh_main_for(target, token, None)
+    }
+
+    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (COMPAT §4): with a
+    /// generation, a main identity that moved on since rejects with no request.
+    pub fn begin_refresh_main_for(
+        &self,
+        target: MainTarget<'_>,
+        token: &str,
+        expected_identity_generation: Option<u64>,
+    ) -> Refresh {
         let mut state = self.state();
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        state.routes.bind_main(identity);
+        if let Some(expected) = expected_identity_generation {
+            let named_moved = match target {
+                MainTarget::Named(id) => !state.routes.main_matches(Some(id)),
+                MainTarget::Token => !state.routes.main_matches(Some(token)),
+                MainTarget::Bound => false,
+            };
+            if state.routes.generations.identity != expected || named_moved {
+                return Refresh::ready(Err(QuotaError::IdentityChanged));
+            }
+        }
+        let identity = match target {
+            MainTarget::Token => Some(MainIdentity::of_token(token)),
+            MainTarget::Named(id) => Some(MainIdentity::parse(id)),
+            MainTarget::Bound => None,
+        };
+        if let Some(identity) = identity {
+            if state
+                .routes
+                .main_owner()
+                .is_some_and(|owner| *owner != identity)
+                && state.routes.generations.known
+            {
+                state.routes.generations.identity += 1;
+            }
+            state.routes.bind_main(identity);
+        }
         let ticket = self.join_or_start(&mut state, RouteId::Main, token);
         self.settle(ticket)
     }
@@ -101,8 +138,16 @@ impl QuotaManager {
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        let lineage = account.and_then(|a| a.auth_lineage_id.as_deref());
-        if !state.routes.bind_fallback(id, lineage) {
+        let bound = match account {
+            Some(account) => {
+                state
+                    .routes
+                    .observe_fallback(id, account.auth_lineage_id.as_deref())
+                    != LineageBind::Refused
+            }
+            None => state.routes.bind_fallback(id, None),
+        };
+        if !bound {
             // A refresh for a login that was replaced: answer for the current one instead.
             state.routes.bind_fallback(id, None);
         }

@@ -56,7 +56,7 @@ impl MainIdentity {
 
     /// Does the host's `wanted` name this account? A token-named account also answers to its
     /// token. Hashes only for a token-named account: this runs on every request.
-    fn is_named_by(&self, wanted: &str) -> bool {
+    pub(super) fn is_named_by(&self, wanted: &str) -> bool {
         match self {
             Self::Account(name) => name == wanted,
             Self::Token { fingerprint: ours } => {
@@ -84,6 +84,20 @@ pub(super) struct RouteSlot {
     /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
     pub generation: u64,
     pub in_flight: Option<Flight<Settled>>,
+    /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
+    /// login named later is then a replacement, as upstream.
+    lineage_observed: bool,
+}
+
+/// What binding an observed login did to a fallback slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LineageBind {
+    /// The slot's login (or the first one bound).
+    Same,
+    /// A new login: the slot was dropped.
+    Replaced,
+    /// A login replaced earlier: refused.
+    Refused,
 }
 
 impl RouteSlot {
@@ -95,6 +109,14 @@ impl RouteSlot {
     /// rule: newer snapshot, more recently changed backoff, latest attempt, and a record of
     /// another login replaces the slot's.
     pub fn adopt(&mut self, incoming: &RouteRecord) {
+        // A record another process wrote for a login this slot has since replaced is stale.
+        if incoming
+            .lineage
+            .as_ref()
+            .is_some_and(|lineage| self.retired_lineages.contains(lineage))
+        {
+            return;
+        }
         self.record.merge(incoming);
     }
 }
@@ -103,6 +125,8 @@ impl RouteSlot {
 #[derive(Default)]
 pub(super) struct Routes {
     main_owner: Option<MainIdentity>,
+    /// The main identity's generations (COMPAT §3).
+    pub generations: super::identity::MainGenerations,
     main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
     /// One counter for slot generations and request ids, so neither ever repeats.
@@ -212,19 +236,85 @@ impl Routes {
             retired_lineages: retired,
             generation,
             in_flight: None,
+            lineage_observed: false,
         };
+    }
+
+    /// Binds a fallback slot to the login of an account record the host handed over (its
+    /// `authLineageId`, possibly none). Upstream's rule: the first login named after none was
+    /// bound (even "none") is a new login; a login replaced earlier is refused.
+    pub fn observe_fallback(&mut self, id: &str, lineage: Option<&str>) -> LineageBind {
+        let route = RouteId::Fallback(id.to_owned());
+        let observed = lineage.map(fingerprint);
+        let slot = self.slot_mut(&route);
+        let observed_before = std::mem::replace(&mut slot.lineage_observed, true);
+        match (&slot.record.lineage, observed) {
+            (Some(owner), Some(lineage)) if *owner == lineage => LineageBind::Same,
+            (_, Some(lineage)) if slot.retired_lineages.contains(&lineage) => LineageBind::Refused,
+            (Some(_), Some(lineage)) => self.replace_login(&route, lineage),
+            (None, Some(lineage)) if observed_before => self.replace_login(&route, lineage),
+            (None, Some(lineage)) => {
+                slot.record.lineage = Some(lineage);
+                LineageBind::Same
+            }
+            (Some(_), None) => {
+                slot.record.lineage = None;
+                LineageBind::Same
+            }
+            (None, None) => LineageBind::Same,
+        }
+    }
+
+    fn replace_login(&mut self, route: &RouteId, lineage: String) -> LineageBind {
+        self.reset(route, Some(lineage));
+        self.slot_mut(route).lineage_observed = true;
+        LineageBind::Replaced
+    }
+
+    /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it
+    /// only when no login is bound yet or it is the bound one; it never rebinds.
+    pub fn accepts_fallback_observation(&self, id: &str, lineage: Option<&str>) -> bool {
+        let Some(slot) = self.fallbacks.get(id) else {
+            return true;
+        };
+        if !slot.lineage_observed && slot.record.lineage.is_none() {
+            return true;
+        }
+        slot.record.lineage == lineage.map(fingerprint)
     }
 
     /// Binds the main slot to `identity`, dropping another identity's data.
     pub fn bind_main(&mut self, identity: MainIdentity) {
         match &self.main_owner {
-            Some(owner) if *owner == identity => {}
+            // One account, whichever way it was named (a token and `token:<fingerprint>`).
+            Some(owner)
+                if *owner == identity
+                    || owner.is_named_by(&identity.persisted())
+                    || identity.is_named_by(&owner.persisted()) => {}
             Some(_) => {
                 self.reset(&RouteId::Main, None);
                 self.main_owner = Some(identity);
             }
-            None => self.main_owner = Some(identity),
+            None => {
+                // What an unbound slot holds was stored for nobody in particular (a legacy seed):
+                // it is served to the account it names, never to another one.
+                let named = self
+                    .main
+                    .entry()
+                    .and_then(|e| e.quota.account_identity.as_deref())
+                    .is_some_and(|id| id == identity.persisted() || identity.is_named_by(id));
+                if !named {
+                    self.main.record.entry = None;
+                }
+                self.main_owner = Some(identity);
+            }
         }
+    }
+
+    /// Binds the main slot to `identity` (or unbinds it), dropping what it held.
+    pub fn retarget_main(&mut self, identity: Option<MainIdentity>) {
+        self.reset(&RouteId::Main, None);
+        self.main_owner = identity;
     }
 
     /// Binds a fallback slot to the account's login. A new login drops the slot; an old one

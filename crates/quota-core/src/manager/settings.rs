@@ -33,14 +33,36 @@ impl Settings {
             minimum: storage
                 .and_then(|s| s.minimum_remaining.clone())
                 .unwrap_or_default(),
+            // The plugin's default: unknown quota fails closed.
             fail_closed: storage
                 .and_then(|s| s.fail_closed_on_unknown_quota)
-                .unwrap_or(false),
+                .unwrap_or(true),
         }
     }
 
     /// A cache entry whose `refreshAfter` follows SPEC §3, measured from the oldest window so a
     /// header push never postpones the poll that the older poll-only fields need.
+    /// An entry seeded from the host's persisted snapshot: due by its standard windows only (an
+    /// old scoped window makes it due for that window's model alone, by the per-model rule).
+    pub fn seeded_entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
+        let oldest_standard = quota
+            .five_hour
+            .iter()
+            .chain(quota.seven_day.iter())
+            .map(|w| w.checked_at)
+            .min()
+            .unwrap_or(checked_at)
+            .min(checked_at);
+        let exhausted = exhausted_until(&quota, &self.minimum, now);
+        let refresh_after =
+            freshness::refresh_after(&quota, oldest_standard, self.interval_ms, exhausted);
+        Arc::new(QuotaEntry {
+            quota,
+            checked_at,
+            refresh_after,
+        })
+    }
+
     pub fn entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
         let oldest = quota
             .oldest_window_checked_at()

@@ -5,6 +5,7 @@ mod support;
 mod backoff;
 mod cross_process;
 mod header_frames;
+mod identity;
 mod pacing;
 mod routes;
 mod seeding;

@@ -65,7 +65,7 @@ impl HostEvents for NoEvents {
     fn main_quota_fetched(&self, _: FetchedEvent) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
-    fn api_error(&self, _: ApiErrorRecord) -> BoxFuture<'static, ()> {
+    fn api_error(&self, _: ApiErrorRecord, _: u64) -> BoxFuture<'static, ()> {
         async {}.boxed()
     }
     fn fallback_quota_fetched(&self, _: String, _: FetchedEvent) -> BoxFuture<'static, ()> {
@@ -93,6 +93,7 @@ pub fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfi
             ..BackoffConfig::default()
         },
         state_path,
+        transport: None,
     }
 }
 

@@ -1,0 +1,233 @@
+//! The host transports (COMPAT §1): `fetchImpl` (a `fetch` for tests) and `fetchQuotaSnapshot`
+//! (the plugin's own poll, e.g. through a credential vault). A small JavaScript adapter, built
+//! once per manager, calls the host's function, reads its answer (status, `Retry-After`,
+//! `text()`, or the snapshot / the rejection's `status` and `retryAfter(Ms)`), samples `now`
+//! when it settled, and hands back one JSON string; the core reads it like an HTTP answer. The
+//! adapter is called through a weak threadsafe function, so it never keeps Node alive.
+
+use futures::future::{BoxFuture, FutureExt};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction};
+use serde::Deserialize;
+use serde_json::Value;
+
+use quota_core::clock::ManualClock;
+use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest};
+
+/// Builds the adapter around the host's functions (`fetchQuotaSnapshot` wins over `fetchImpl`,
+/// as upstream). It never rejects: every failure becomes an answer.
+const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
+  const finite = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
+  const message = (e) => String(e && typeof e === 'object' && 'message' in e ? e.message : e)
+  const settle = (answer) => {
+    try { answer.now = now ? finite(now()) : undefined } catch (e) { answer.now = undefined }
+    try { return JSON.stringify(answer) } catch (e) {
+      return JSON.stringify({ kind: 'failed', message: 'answer has no JSON form: ' + message(e) })
+    }
+  }
+  if (fetchQuotaSnapshot) {
+    return async (request) => {
+      try {
+        const snapshot = await fetchQuotaSnapshot({
+          kind: request.kind, accountId: request.accountId, accessToken: request.accessToken,
+        })
+        return settle({ kind: 'snapshot', snapshot })
+      } catch (error) {
+        const e = error && typeof error === 'object' ? error : {}
+        return settle({
+          kind: 'rejected', status: finite(e.status), retryAfter: finite(e.retryAfter),
+          retryAfterMs: finite(e.retryAfterMs), message: message(error),
+        })
+      }
+    }
+  }
+  return async (request) => {
+    try {
+      const response = await fetchImpl(request.url, { method: 'GET', headers: request.headers })
+      if (!response || typeof response !== 'object') {
+        return settle({ kind: 'failed', message: 'fetchImpl did not resolve with a response' })
+      }
+      const headers = response.headers
+      const retryAfter = headers && typeof headers.get === 'function' ? headers.get('retry-after') : null
+      const body = await response.text()
+      return settle({
+        kind: 'response', status: Number(response.status),
+        retryAfter: retryAfter == null ? undefined : String(retryAfter), body: String(body),
+      })
+    } catch (error) {
+      return settle({ kind: 'failed', message: message(error) })
+    }
+  }
+})";
+
+/// The adapter factory: `(fetchImpl, fetchQuotaSnapshot, now) => adapter`.
+type Factory<'a> = Function<
+    'a,
+    FnArgs<(
+        Option<Unknown<'a>>,
+        Option<Unknown<'a>>,
+        Option<Unknown<'a>>,
+    )>,
+    Unknown<'a>,
+>;
+
+type Adapter = ThreadsafeFunction<Value, Promise<String>, Value, Status, false, true>;
+
+/// The host's transport, as the core sees it.
+pub struct HostFetch {
+    adapter: std::sync::Arc<Adapter>,
+    without_token: bool,
+    clock: Option<ManualClock>,
+}
+
+impl HostFetch {
+    /// `None` when the host gave neither function.
+    pub fn from_options(
+        env: &Env,
+        fetch_impl: Option<Unknown>,
+        fetch_quota_snapshot: Option<Unknown>,
+        now: Option<Unknown>,
+        clock: Option<ManualClock>,
+    ) -> Result<Option<Self>> {
+        if fetch_impl.is_none() && fetch_quota_snapshot.is_none() {
+            return Ok(None);
+        }
+        let without_token = fetch_quota_snapshot.is_some();
+        let factory: Factory = env.run_script(ADAPTER)?;
+        let adapter = factory.call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?;
+        let adapter = unsafe { adapter.cast::<Function<Value, Promise<String>>>() }?;
+        let adapter = adapter
+            .build_threadsafe_function::<Value>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(|ctx: ThreadsafeCallContext<Value>| Ok(ctx.value))?;
+        Ok(Some(Self {
+            adapter: std::sync::Arc::new(adapter),
+            without_token,
+            clock,
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+enum Answer {
+    Response {
+        status: f64,
+        #[serde(rename = "retryAfter")]
+        retry_after: Option<String>,
+        body: String,
+        now: Option<f64>,
+    },
+    Snapshot {
+        snapshot: Option<Value>,
+        now: Option<f64>,
+    },
+    Rejected {
+        status: Option<f64>,
+        #[serde(rename = "retryAfter")]
+        retry_after: Option<f64>,
+        #[serde(rename = "retryAfterMs")]
+        retry_after_ms: Option<f64>,
+        message: String,
+        now: Option<f64>,
+    },
+    Failed {
+        message: String,
+        now: Option<f64>,
+    },
+}
+
+impl Answer {
+    fn now(&self) -> Option<f64> {
+        match self {
+            Self::Response { now, .. }
+            | Self::Snapshot { now, .. }
+            | Self::Rejected { now, .. }
+            | Self::Failed { now, .. } => *now,
+        }
+    }
+
+    fn into_host_answer(self) -> HostAnswer {
+        let status_of =
+            |n: f64| (n.fract() == 0.0 && (100.0..=599.0).contains(&n)).then_some(n as u16);
+        match self {
+            Self::Response {
+                status,
+                retry_after,
+                body,
+                ..
+            } => match status_of(status) {
+                Some(status) => HostAnswer::Response {
+                    status,
+                    retry_after,
+                    body,
+                },
+                None => HostAnswer::Failed(format!("fetchImpl answered status {status}")),
+            },
+            Self::Snapshot { snapshot, .. } => {
+                HostAnswer::Snapshot(snapshot.unwrap_or(Value::Null))
+            }
+            Self::Rejected {
+                status,
+                retry_after,
+                retry_after_ms,
+                message,
+                ..
+            } => HostAnswer::Rejected {
+                status: status.and_then(status_of),
+                retry_after_ms: retry_after_ms
+                    .or(retry_after.map(|s| s * 1000.0))
+                    .filter(|ms| *ms >= 0.0)
+                    .map(|ms| ms as i64),
+                message,
+            },
+            Self::Failed { message, .. } => HostAnswer::Failed(message),
+        }
+    }
+}
+
+impl HostTransport for HostFetch {
+    fn poll(&self, request: PollRequest) -> BoxFuture<'static, HostAnswer> {
+        let argument = serde_json::json!({
+            "kind": match request.kind { PollKind::Main => "main", PollKind::Fallback => "fallback" },
+            "accountId": request.account_id,
+            "accessToken": request.access_token,
+            "url": request.url,
+            "headers": request
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, Value::String(value)))
+                .collect::<serde_json::Map<String, Value>>(),
+        });
+        let adapter = self.adapter.clone();
+        let clock = self.clock.clone();
+        async move {
+            let text = match adapter.call_async(argument).await {
+                Ok(promise) => promise.await,
+                Err(error) => Err(error),
+            };
+            let text = match text {
+                Ok(text) => text,
+                Err(error) => {
+                    return HostAnswer::Failed(format!("host transport failed: {}", error.reason))
+                }
+            };
+            let answer: Answer = match serde_json::from_str(&text) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    return HostAnswer::Failed(format!("host transport answer unreadable: {error}"))
+                }
+            };
+            if let (Some(clock), Some(now)) = (&clock, answer.now()) {
+                clock.set(now as i64);
+            }
+            answer.into_host_answer()
+        }
+        .boxed()
+    }
+
+    fn fetches_without_token(&self) -> bool {
+        self.without_token
+    }
+}

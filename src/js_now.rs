@@ -1,0 +1,59 @@
+//! The `now` option: a host clock function. Core threads must never call into JavaScript
+//! synchronously (the JS thread may be inside a method holding the manager's lock: a blocking
+//! call would deadlock), so the function is only ever called **on the JavaScript thread**: at
+//! every entry into the manager (each method samples it first), and by the host transport's
+//! adapter when a poll settles. The core reads the last sample from a `ManualClock` it shares
+//! with this object. Tests move their clock between calls, so the samples are exact for them.
+
+use napi::bindgen_prelude::*;
+
+use super::js::{describe, type_error};
+use quota_core::clock::ManualClock;
+
+/// The host's `now` and the core clock that holds its last reading.
+pub struct JsNow {
+    function: FunctionRef<(), Unknown<'static>>,
+    clock: ManualClock,
+}
+
+impl JsNow {
+    pub fn new(env: &Env, function: Unknown) -> Result<Self> {
+        let function = unsafe { function.cast::<Function<(), Unknown>>() }?;
+        let start = read(env, &function)?;
+        Ok(Self {
+            function: function.create_ref()?,
+            clock: ManualClock::new(start),
+        })
+    }
+
+    /// The clock the core reads (clones share the time).
+    pub fn clock(&self) -> ManualClock {
+        self.clock.clone()
+    }
+
+    /// Reads the host's clock now, on the JavaScript thread, into the core clock.
+    pub fn sample(&self, env: &Env) -> Result<()> {
+        let function = self.function.borrow_back(env)?;
+        self.clock.set(read(env, &function)?);
+        Ok(())
+    }
+}
+
+/// One reading; a clock that answers anything but a finite number is a programming error.
+fn read(env: &Env, function: &Function<(), Unknown>) -> Result<i64> {
+    let value = function.call(())?;
+    let value_type = value.get_type()?;
+    if value_type == ValueType::Number {
+        let ms = unsafe { value.cast::<f64>() }?;
+        if ms.is_finite() {
+            return Ok(ms as i64);
+        }
+    }
+    Err(type_error(
+        env,
+        format!(
+            "options.now must return a finite number of milliseconds, got {}",
+            describe(value_type)
+        ),
+    ))
+}
