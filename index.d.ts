@@ -162,6 +162,14 @@ export interface FallbackAccountLineage {
 }
 
 /** What `fetchQuotaSnapshot` is asked for. */
+/**
+ * Response headers as the host has them: a plain object, or anything iterable as `[name, value]`
+ * pairs with an `entries()` method (`response.headers`, a `Headers`, a `Map`).
+ */
+export type HeadersInput =
+  | Record<string, string>
+  | { entries(): IterableIterator<[string, string]> }
+
 export interface QuotaSnapshotRequest {
   kind: 'main' | 'fallback'
   /** The main identity, or the fallback id. */
@@ -256,8 +264,10 @@ export interface QuotaStats {
   callbackErrors: number
   /** State files found unreadable and set aside. */
   stateFileQuarantines: number
-  /** State-file reads or writes that failed. */
+  /** State-file reads or writes that failed (the manager then keeps working in memory). */
   stateErrors: number
+  /** Reads or writes that left a state file of a newer schema (a newer build's) alone. */
+  stateFileNewerSchema: number
 }
 
 export interface QuotaPolicy {
@@ -367,12 +377,12 @@ export declare class QuotaManager {
    * Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
    * into the main cache, without any request. `null` when they carry no quota.
    */
-  pushMainFromHeaders(mainAccountId: string | undefined, headers: Record<string, string> | QuotaSnapshot): QuotaEntry | null
+  pushMainFromHeaders(mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot): QuotaEntry | null
   /**
    * Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
    * they carry no quota, or carry a login that was replaced.
    */
-  pushFallbackFromHeaders(accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
+  pushFallbackFromHeaders(accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**
    * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
    * across processes). `mainAccountId` `undefined` means the bound identity; with one
@@ -464,7 +474,7 @@ export declare function evaluateQuota(quota: QuotaSnapshot | null | undefined, p
  * Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry
  * no 5-hour or 7-day utilisation.
  */
-export declare function parseQuotaHeaders(headers: Record<string, string>, nowMs?: number): QuotaSnapshot | null
+export declare function parseQuotaHeaders(headers: HeadersInput, nowMs?: number): QuotaSnapshot | null
 
 /**
  * A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;

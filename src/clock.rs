@@ -19,7 +19,7 @@ pub struct ManualClock {
 #[napi]
 impl ManualClock {
     /// @param startMs - the starting time in Unix milliseconds
-    #[napi(constructor, ts_args_type = "startMs: number")]
+    #[napi(catch_unwind, constructor, ts_args_type = "startMs: number")]
     pub fn new(env: Env, start_ms: Unknown) -> Result<Self> {
         let start = number_in(&env, start_ms, "startMs", 0.0, MAX_TIME_MS)?;
         Ok(Self {
@@ -28,13 +28,13 @@ impl ManualClock {
     }
 
     /// The current time in Unix milliseconds.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn now(&self) -> f64 {
         self.clock.now_ms() as f64
     }
 
     /// Moves time forward by `ms` milliseconds.
-    #[napi(ts_args_type = "ms: number")]
+    #[napi(catch_unwind, ts_args_type = "ms: number")]
     pub fn advance(&self, env: Env, ms: Unknown) -> Result<()> {
         let ms = number_in(&env, ms, "ms", 0.0, MAX_TIME_MS)?;
         self.clock.advance(ms as i64);
@@ -42,7 +42,7 @@ impl ManualClock {
     }
 
     /// Sets the time to `ms` Unix milliseconds.
-    #[napi(ts_args_type = "ms: number")]
+    #[napi(catch_unwind, ts_args_type = "ms: number")]
     pub fn set(&self, env: Env, ms: Unknown) -> Result<()> {
         let ms = number_in(&env, ms, "ms", 0.0, MAX_TIME_MS)?;
         self.clock.set(ms as i64);

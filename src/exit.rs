@@ -1,7 +1,13 @@
 //! Writes what is still unsaved when the host exits. Header pushes wait up to 250 ms to be
-//! written together; a host that exits within that time (even through `process.exit()`) still
-//! gets them on disk. One `process.on('exit')` listener per thread serves every manager, so
-//! creating many managers adds no listeners.
+//! written together; a host that exits within that time (even through `process.exit()`, or
+//! killed by SIGINT/SIGTERM) still gets them on disk. One `process.on('exit')` listener and one
+//! listener per signal, per thread, serve every manager, so creating many managers adds no
+//! listeners.
+//!
+//! Signals: a listener changes what a signal does (Node no longer terminates), so ours is a
+//! `once` listener that flushes and then, when the host has no listener of its own, re-raises
+//! the signal with no listener left (the default action: the process ends by that signal). When
+//! the host has listeners, the host decides; ours only flushes and listens again.
 
 use std::cell::{Cell, RefCell};
 
@@ -34,8 +40,43 @@ pub fn flush_at_exit(env: &Env, manager: &QuotaManager) -> Result<()> {
         Ok(())
     })?;
     on.apply(process, FnArgs::from(("exit", listener)))?;
+    flush_on_signals(env)?;
     LISTENING.set(true);
     Ok(())
+}
+
+/// Installs the signal listeners described above (the logic is plain JavaScript: it must
+/// re-arm itself and re-raise from inside the listener).
+fn flush_on_signals(env: &Env) -> Result<()> {
+    const INSTALL: &str = r"(function (flush) {
+        for (const signal of ['SIGINT', 'SIGTERM']) {
+            const onSignal = () => {
+                flush()
+                if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+                else process.once(signal, onSignal)
+            }
+            process.once(signal, onSignal)
+        }
+    })";
+    let install: Function<Function<(), ()>, ()> = env.run_script(INSTALL)?;
+    let flush = env.create_function_from_closure("flushQuotaStateOnSignal", |_| {
+        flush_living();
+        Ok(())
+    })?;
+    install.call(flush)
+}
+
+/// Writes every living manager's unsaved state, keeping them registered (the host may go on).
+fn flush_living() {
+    let managers: Vec<QuotaManager> = MANAGERS.with_borrow(|managers| {
+        managers
+            .iter()
+            .filter_map(WeakQuotaManager::upgrade)
+            .collect()
+    });
+    for manager in managers {
+        manager.flush_now();
+    }
 }
 
 fn flush_all() {

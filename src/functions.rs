@@ -5,7 +5,8 @@ use napi_derive::napi;
 use serde::Serialize;
 
 use super::js::{
-    is_nullish, number_in, optional_string, required_string, to_json, type_error, Json, OrUndefined,
+    describe, headers_arg, is_nullish, number_in, optional_string, required_string, to_json,
+    type_error, Json, OrUndefined,
 };
 use quota_core::backoff;
 use quota_core::clock::{Clock, SystemClock};
@@ -36,6 +37,7 @@ fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
 /// Does this snapshot allow a request on this model? `blockedUntil` is when the binding window
 /// resets.
 #[napi(
+    catch_unwind,
     ts_args_type = "quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string",
     ts_return_type = "{ passes: boolean; reason?: 'five_hour' | 'seven_day' | 'scoped' | 'unknown'; blockedUntil?: number }"
 )]
@@ -56,9 +58,15 @@ pub fn evaluate_quota(
         _ => None,
     };
     let policy = match policy {
-        Some(value) if !is_nullish(&value) => {
-            QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?)
-        }
+        Some(value) if !is_nullish(&value) => match value.get_type()? {
+            ValueType::Object => QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?),
+            other => {
+                return Err(type_error(
+                    &env,
+                    format!("policy must be an object, got {}", describe(other)),
+                ))
+            }
+        },
         _ => QuotaPolicy::default(),
     };
     let model = optional_string(&env, model_id, "modelId")?;
@@ -72,7 +80,7 @@ pub fn evaluate_quota(
 
 /// The first 16 hex characters of the SHA-256 of a token: how the package names a token
 /// without storing it.
-#[napi(ts_args_type = "token: string")]
+#[napi(catch_unwind, ts_args_type = "token: string")]
 pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
     Ok(fingerprint(&required_string(&env, token, "token")?))
 }
@@ -80,8 +88,9 @@ pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
 /// Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry
 /// no 5-hour or 7-day utilisation.
 #[napi(
+    catch_unwind,
     js_name = "parseQuotaHeaders",
-    ts_args_type = "headers: Record<string, string>, nowMs?: number",
+    ts_args_type = "headers: HeadersInput, nowMs?: number",
     ts_return_type = "QuotaSnapshot | null"
 )]
 pub fn parse_quota_headers_js(
@@ -89,17 +98,7 @@ pub fn parse_quota_headers_js(
     headers: Option<Unknown>,
     now_ms: Option<Unknown>,
 ) -> Result<Json<Option<QuotaSnapshot>>> {
-    let headers = match headers {
-        Some(value) if matches!(value.get_type()?, ValueType::Object) => {
-            to_json(&env, value, "headers")?
-        }
-        _ => {
-            return Err(type_error(
-                &env,
-                "headers must be an object of header names to values",
-            ))
-        }
-    };
+    let headers = headers_arg(&env, headers, "headers")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
     let pairs = header_pairs(&headers);
     Ok(Json(parse_quota_headers(
@@ -111,6 +110,7 @@ pub fn parse_quota_headers_js(
 /// A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
 /// `undefined` for `0`, negative, past or unparsable values.
 #[napi(
+    catch_unwind,
     ts_args_type = "value: string, nowMs?: number",
     ts_return_type = "number | undefined"
 )]
@@ -130,9 +130,9 @@ pub fn parse_retry_after(
 /// beside `$OPENCODE_ANTHROPIC_AUTH_FILE` when that is set, else in `$OPENCODE_CONFIG_DIR`, else
 /// `$XDG_CONFIG_HOME/opencode`, else `~/.config/opencode`; `null` when none of those variables
 /// is set. Variables are read from the host's `process.env`.
-#[napi(ts_return_type = "string | null")]
+#[napi(catch_unwind, ts_return_type = "string | null")]
 pub fn default_state_path(env: Env) -> Option<String> {
-    store::default_state_path(|name| super::js::host_env_var(&env, name))
+    store::default_state_path(|name| super::host_env::host_var(&env, name).ok().flatten())
         .map(|p| p.display().to_string())
 }
 
@@ -145,6 +145,7 @@ struct ParsedRouteKey {
 /// Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of
 /// another kind.
 #[napi(
+    catch_unwind,
     ts_args_type = "key: string",
     ts_return_type = "{ kind: 'main' | 'fallback'; id: string } | null"
 )]

@@ -63,8 +63,13 @@ fn with_code(error: Unknown, code: &str) -> Error {
 /// The JavaScript `Error` for a core error: the human message, a stable `code`, and the extra
 /// fields API.md lists for that code.
 pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
-    let base = napi::JsError::from(Error::new(Status::GenericFailure, error.to_string()));
-    let value = base.into_unknown(*env);
+    let reason = Error::new(Status::GenericFailure, error.to_string());
+    // A value the host passed that cannot be used (a token with a line break) is its bug.
+    let value = if matches!(error, QuotaError::InvalidArgument(_)) {
+        JsTypeError::from(reason).into_unknown(*env)
+    } else {
+        napi::JsError::from(reason).into_unknown(*env)
+    };
     if let Ok(mut object) = value.coerce_to_object() {
         let _ = set_quota_error_fields(&mut object, error);
     }
@@ -81,12 +86,12 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
         // The plugin reads seconds.
         object.set("retryAfter", (retry_after_ms.max(0) as f64 / 1000.0).ceil())?;
     }
-    match error {
-        QuotaError::BackedOff { next_retry_at, .. } => {
-            object.set("nextRetryAt", *next_retry_at as f64)?;
-        }
-        QuotaError::State { path, .. } => object.set("path", path.as_str())?,
-        _ => {}
+    if let QuotaError::BackedOff { next_retry_at, .. } = error {
+        object.set("nextRetryAt", *next_retry_at as f64)?;
+    }
+    // A state error or a state-lock timeout names its file.
+    if let Some(path) = error.path() {
+        object.set("path", path)?;
     }
     Ok(())
 }
@@ -108,6 +113,37 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
     }
     let text = unsafe { text.cast::<String>() }?;
     serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
+}
+
+/// Response headers (or a snapshot) as plain data. A `Headers` or a `Map` (anything with an
+/// `entries()` method that is not an array: `response.headers` is the natural argument) is read
+/// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
+pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
+    let value =
+        value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
+    let value_type = value.get_type()?;
+    if value_type != ValueType::Object {
+        return Err(type_error(
+            env,
+            format!(
+                "{name} must be an object, a Headers or a Map, got {}",
+                describe(value_type)
+            ),
+        ));
+    }
+    let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
+    if !value.is_array()? && entries.get_type()? == ValueType::Function {
+        // `Object` is a function: read it as an unknown value to reach its static method.
+        let object: Unknown = env.get_global()?.get_named_property("Object")?;
+        let from_entries: Function<Unknown, Unknown> = object
+            .coerce_to_object()?
+            .get_named_property("fromEntries")?;
+        let plain = from_entries
+            .call(value)
+            .map_err(|e| type_error(env, format!("{name} could not be read: {}", e.reason)))?;
+        return to_json(env, plain, name);
+    }
+    to_json(env, value, name)
 }
 
 /// `undefined` and `null` read as absent.
@@ -203,24 +239,6 @@ impl<T> TypeName for OrUndefined<T> {
 
     fn value_type() -> ValueType {
         ValueType::Unknown
-    }
-}
-
-/// An environment variable as the host's `process.env` has it (Bun does not mirror
-/// `process.env` writes into the C environment); the C environment only when there is no
-/// `process.env`. A non-string value counts as unset.
-pub fn host_env_var(env: &Env, name: &str) -> Option<String> {
-    let process_env = env
-        .get_global()
-        .and_then(|global| global.get_named_property::<Object>("process"))
-        .and_then(|process| process.get_named_property::<Object>("env"));
-    let Ok(process_env) = process_env else {
-        return std::env::var(name).ok();
-    };
-    let value: Unknown = process_env.get_named_property(name).ok()?;
-    match value.get_type() {
-        Ok(ValueType::String) => unsafe { value.cast::<String>() }.ok(),
-        _ => None,
     }
 }
 

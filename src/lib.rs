@@ -10,6 +10,7 @@ mod callbacks;
 mod clock;
 mod exit;
 mod functions;
+mod host_env;
 mod host_fetch;
 mod js;
 mod js_now;

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::callbacks::JsCallbacks;
 use super::js::rejected;
 use super::js::{
-    describe, is_nullish, optional_bool, optional_string, required_non_empty, to_json, type_error,
-    Json, OrUndefined,
+    describe, headers_arg, is_nullish, optional_bool, optional_string, required_non_empty, to_json,
+    type_error, Json, OrUndefined,
 };
 use super::js_now::JsNow;
 use super::options::parse_options;
@@ -161,9 +161,14 @@ fn request_count(env: &Env, value: Option<Unknown>) -> Result<i64> {
 #[napi]
 impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
-    #[napi(constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
+    #[napi(
+        catch_unwind,
+        constructor,
+        ts_args_type = "options?: QuotaManagerOptions | null"
+    )]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
-        let parsed = parse_options(&env, options)?;
+        let mut parsed = parse_options(&env, options)?;
+        parsed.config.connection = super::host_env::connection_options(&env)?;
         let js_now = parsed.js_now;
         let stats = Arc::new(Stats::default());
         let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
@@ -184,6 +189,7 @@ impl QuotaManager {
             Some(option) => type_error(&env, format!("options.{option}: {e}")),
             None => type_error(&env, e.to_string()),
         })?;
+        super::host_env::print_trust_warnings_once(core.trust_warnings());
         if core.state_path().is_some() {
             super::exit::flush_at_exit(&env, &core)?;
         }
@@ -203,6 +209,7 @@ impl QuotaManager {
     /// identity is strict, is stamped with it). Without: `null` while an identity is bound (as
     /// the plugin's). The object is frozen, and the same one is returned until it changes.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountId?: string | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -221,6 +228,7 @@ impl QuotaManager {
     /// A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
     /// first if its login was replaced (a different `authLineageId`).
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
@@ -238,7 +246,7 @@ impl QuotaManager {
     }
 
     /// Every cached fallback entry, by account id.
-    #[napi(ts_return_type = "Map<string, QuotaEntry>")]
+    #[napi(catch_unwind, ts_return_type = "Map<string, QuotaEntry>")]
     pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let global = env.get_global()?;
@@ -258,6 +266,7 @@ impl QuotaManager {
     /// Binds the main identity (COMPAT §3). Returns the new error generation when a backoff
     /// error recorded for another identity was cleared, else `undefined`.
     #[napi(
+        catch_unwind,
         ts_args_type = "identity: string | undefined, strict?: boolean | undefined, force?: boolean | undefined",
         ts_return_type = "number | undefined"
     )]
@@ -281,21 +290,21 @@ impl QuotaManager {
     }
 
     /// Bumped whenever the bound main identity changes.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn get_main_quota_identity_generation(&self, env: Env) -> Result<f64> {
         self.tick(&env)?;
         Ok(self.core.main_identity_generation() as f64)
     }
 
     /// Bumped whenever the main backoff error is set or cleared.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn get_main_quota_error_generation(&self, env: Env) -> Result<f64> {
         self.tick(&env)?;
         Ok(self.core.main_error_generation() as f64)
     }
 
     /// When the main backoff error was last cleared.
-    #[napi(ts_return_type = "number | undefined")]
+    #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
         Ok(OrUndefined(
@@ -304,7 +313,7 @@ impl QuotaManager {
     }
 
     /// Unbinds the main identity and drops the main entry.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn clear_main(&self, env: Env) -> Result<()> {
         self.tick(&env)?;
         self.core.clear_main();
@@ -313,7 +322,7 @@ impl QuotaManager {
 
     /// Clears the main backoff, here and (through the state file) in every process. Returns the
     /// new error generation, or `undefined` when no error was set.
-    #[napi(ts_return_type = "number | undefined")]
+    #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
         Ok(OrUndefined(
@@ -323,7 +332,7 @@ impl QuotaManager {
 
     /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
     /// with an empty token.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn can_fetch_without_access_token(&self) -> bool {
         self.core.can_fetch_without_access_token()
     }
@@ -331,7 +340,10 @@ impl QuotaManager {
     // ----- cache writes --------------------------------------------------------------------
 
     /// Replaces the main cache entry (for example with one the host persisted).
-    #[napi(ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry"
+    )]
     pub fn set_main(
         &self,
         env: Env,
@@ -348,6 +360,7 @@ impl QuotaManager {
 
     /// Replaces a fallback's cache entry.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined"
     )]
     pub fn set_fallback(
@@ -366,7 +379,7 @@ impl QuotaManager {
     }
 
     /// Forgets a fallback's cache and backoff, here and in the state file.
-    #[napi(ts_args_type = "accountId: string")]
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn clear_fallback(&self, env: Env, account_id: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
@@ -377,7 +390,8 @@ impl QuotaManager {
     /// Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
     /// into the main cache, without any request. `null` when they carry no quota.
     #[napi(
-        ts_args_type = "mainAccountId: string | undefined, headers: Record<string, string> | QuotaSnapshot",
+        catch_unwind,
+        ts_args_type = "mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn push_main_from_headers<'env>(
@@ -389,7 +403,7 @@ impl QuotaManager {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
         let identity = self.identity_form(identity, None);
-        let headers = object_arg(env, headers, "headers")?;
+        let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
         self.views.show(env, None, entry)
@@ -398,7 +412,8 @@ impl QuotaManager {
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
     /// they carry no quota, or carry a login that was replaced.
     #[napi(
-        ts_args_type = "accountId: string, headers: Record<string, string> | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
+        catch_unwind,
+        ts_args_type = "accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "QuotaEntry | null"
     )]
     pub fn push_fallback_from_headers<'env>(
@@ -410,7 +425,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
-        let headers = object_arg(env, headers, "headers")?;
+        let headers = headers_arg(env, headers, "headers")?;
         let account = optional_account(env, &id, account, "account")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
@@ -425,6 +440,7 @@ impl QuotaManager {
     /// `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
     /// one request get the same promise and the same frozen snapshot. Bad arguments reject.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
@@ -441,6 +457,7 @@ impl QuotaManager {
 
     /// `refreshMain`, telling whether a request was sent (`fetched`) or the cache served.
     #[napi(
+        catch_unwind,
         ts_args_type = "mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
@@ -458,6 +475,7 @@ impl QuotaManager {
     /// Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
     /// `canFetchWithoutAccessToken()`. Bad arguments reject.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaSnapshot>"
     )]
@@ -474,6 +492,7 @@ impl QuotaManager {
 
     /// `refreshFallback`, telling whether a request was sent.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
         ts_return_type = "Promise<QuotaRefreshResult>"
     )]
@@ -513,7 +532,7 @@ impl QuotaManager {
 
     /// Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
     /// the route is backed off.
-    #[napi(ts_args_type = "accessToken: string")]
+    #[napi(catch_unwind, ts_args_type = "accessToken: string")]
     pub fn refresh_main_in_background(
         &self,
         env: Env,
@@ -530,7 +549,7 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     /// Is the main entry missing or due (for this model's scoped window too, when given)?
-    #[napi(ts_args_type = "modelId?: string | undefined")]
+    #[napi(catch_unwind, ts_args_type = "modelId?: string | undefined")]
     pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
         self.tick(&env)?;
         let model = optional_string(&env, model_id, "modelId")?;
@@ -540,6 +559,7 @@ impl QuotaManager {
     /// Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
     /// Passing the account (or `{ authLineageId }`) binds its login first.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined"
     )]
     pub fn is_fallback_stale(
@@ -562,7 +582,7 @@ impl QuotaManager {
     }
 
     /// True every `refreshEveryNRequests` requests (never when that setting is 0).
-    #[napi(ts_args_type = "requestCount: number")]
+    #[napi(catch_unwind, ts_args_type = "requestCount: number")]
     pub fn should_refresh_on_request_count(
         &self,
         env: Env,
@@ -574,7 +594,10 @@ impl QuotaManager {
     }
 
     /// `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`.
-    #[napi(ts_args_type = "requestCount: number, modelId?: string | undefined")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "requestCount: number, modelId?: string | undefined"
+    )]
     pub fn needs_refresh(
         &self,
         env: Env,
@@ -590,14 +613,14 @@ impl QuotaManager {
     // ----- backoff -------------------------------------------------------------------------
 
     /// Is the main route backed off?
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn is_backed_off(&self, env: Env) -> Result<bool> {
         self.tick(&env)?;
         Ok(self.core.is_backed_off())
     }
 
     /// Is this fallback's route backed off?
-    #[napi(ts_args_type = "accountId: string")]
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn is_fallback_backed_off(&self, env: Env, account_id: Option<Unknown>) -> Result<bool> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
@@ -605,7 +628,7 @@ impl QuotaManager {
     }
 
     /// The main route's last backoff-arming failure.
-    #[napi(ts_return_type = "QuotaApiError | undefined")]
+    #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
         self.tick(&env)?;
         Ok(OrUndefined(
@@ -615,6 +638,7 @@ impl QuotaManager {
 
     /// A fallback route's last backoff-arming failure.
     #[napi(
+        catch_unwind,
         ts_args_type = "accountId: string",
         ts_return_type = "QuotaApiError | undefined"
     )]
@@ -630,7 +654,7 @@ impl QuotaManager {
     // ----- host storage --------------------------------------------------------------------
 
     /// Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it.
-    #[napi(ts_args_type = "storage: AccountStorage | null")]
+    #[napi(catch_unwind, ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
         let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
@@ -642,7 +666,10 @@ impl QuotaManager {
     }
 
     /// Adopts the host's persisted main snapshot (when newer) and backoff (when active).
-    #[napi(ts_args_type = "storage: AccountStorage | null, mainAccountId?: string | undefined")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "storage: AccountStorage | null, mainAccountId?: string | undefined"
+    )]
     pub fn seed_main_from_storage(
         &self,
         env: Env,
@@ -663,7 +690,7 @@ impl QuotaManager {
     }
 
     /// Adopts each account's persisted quota and backoff; forgets accounts no longer listed.
-    #[napi(ts_args_type = "accounts: readonly FallbackAccount[]")]
+    #[napi(catch_unwind, ts_args_type = "accounts: readonly FallbackAccount[]")]
     pub fn seed_fallbacks_from_accounts(
         &self,
         env: Env,
@@ -680,6 +707,7 @@ impl QuotaManager {
     /// The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
     /// cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
     #[napi(
+        catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
     pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
@@ -702,25 +730,28 @@ impl QuotaManager {
 
     /// The shared state file this manager uses (resolved at construction), or `null` when it
     /// keeps everything in memory.
-    #[napi(getter, ts_return_type = "string | null")]
+    #[napi(catch_unwind, getter, ts_return_type = "string | null")]
     pub fn state_path(&self) -> Option<String> {
         self.core.state_path().map(|p| p.display().to_string())
     }
 
     /// Counters since construction.
-    #[napi(ts_return_type = "QuotaStats")]
+    #[napi(catch_unwind, ts_return_type = "QuotaStats")]
     pub fn stats(&self) -> Json<quota_core::stats::StatsSnapshot> {
         Json(self.core.stats())
     }
 
     /// Lets running calls settle, writes unsaved state, and drops the callbacks. Later calls
     /// reject with `QUOTA_CLOSED`.
-    #[napi(ts_return_type = "Promise<void>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
+        let unsettled = self.promises.unsettled();
         void_promise(env, async move {
             closing.await;
+            // The running calls' promises settle first: `await close()` sees them settled.
+            unsettled.all_settled().await;
             callbacks.release();
         })
     }

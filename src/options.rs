@@ -9,8 +9,9 @@ use napi::bindgen_prelude::*;
 
 use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
+use super::host_env::host_var;
 use super::host_fetch::HostFetch;
-use super::js::{describe, host_env_var, is_nullish, number_in, to_json, type_error};
+use super::js::{describe, is_nullish, number_in, to_json, type_error};
 use super::js_now::JsNow;
 use quota_core::backoff::BackoffConfig;
 use quota_core::client::{UsageClientConfig, DEFAULT_USAGE_URL, DEFAULT_USER_AGENT};
@@ -250,6 +251,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         backoff: parse_backoff(env, fields.raw("backoff")?)?,
         state_path: parse_state_path(env, &fields)?,
         transport: None,
+        connection: quota_core::client::ConnectionOptions::default(),
     };
     let (clock, js_now) = parse_clock(env, &fields)?;
     let transport = HostFetch::from_options(
@@ -314,7 +316,9 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
 /// it. `null`: memory only.
 fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     match fields.raw("statePath")? {
-        None => Ok(default_state_path(|name| host_env_var(env, name))),
+        None => Ok(default_state_path(|name| {
+            host_var(env, name).ok().flatten()
+        })),
         Some(value) if is_nullish(&value) => Ok(None),
         Some(_) => {
             let path = PathBuf::from(fields.string("statePath")?.unwrap_or_default());

@@ -6,6 +6,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::UnknownRef;
@@ -38,9 +40,47 @@ type Running = HashMap<(u64, Shape), UnknownRef<false>>;
 #[derive(Default)]
 pub struct SharedPromises {
     running: Rc<RefCell<Running>>,
+    unsettled: Arc<Unsettled>,
+}
+
+/// How many promises handed out are not settled yet, so `close()` can resolve after them: each
+/// promise is settled by a task of its own, in no particular order with `close()`'s.
+#[derive(Default)]
+pub struct Unsettled {
+    count: AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Unsettled {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Called on the JavaScript thread just before the promise settles: anything that waits
+    /// for this resolves in a later turn, after the promise's own handlers are queued.
+    fn done(&self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        self.settled.notify_waiters();
+    }
+
+    /// Resolves once every promise handed out so far has settled.
+    pub async fn all_settled(self: Arc<Self>) {
+        loop {
+            let notified = self.settled.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl SharedPromises {
+    /// The count of promises not settled yet, for `close()`.
+    pub fn unsettled(&self) -> Arc<Unsettled> {
+        self.unsettled.clone()
+    }
+
     /// The promise for `refresh`: the running request's, when one was already handed out.
     pub fn promise<'env>(
         &self,
@@ -58,8 +98,11 @@ impl SharedPromises {
             return existing;
         }
         let running = self.running.clone();
+        let unsettled = self.unsettled.clone();
+        unsettled.add();
         let promise =
             env.spawn_future_with_callback(async move { Ok(wait.await) }, move |env, settled| {
+                unsettled.done();
                 if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
                     let _ = reference.unref(env);
                 }

@@ -162,6 +162,14 @@ export interface FallbackAccountLineage {
 }
 
 /** What `fetchQuotaSnapshot` is asked for. */
+/**
+ * Response headers as the host has them: a plain object, or anything iterable as `[name, value]`
+ * pairs with an `entries()` method (`response.headers`, a `Headers`, a `Map`).
+ */
+export type HeadersInput =
+  | Record<string, string>
+  | { entries(): IterableIterator<[string, string]> }
+
 export interface QuotaSnapshotRequest {
   kind: 'main' | 'fallback'
   /** The main identity, or the fallback id. */
@@ -256,8 +264,10 @@ export interface QuotaStats {
   callbackErrors: number
   /** State files found unreadable and set aside. */
   stateFileQuarantines: number
-  /** State-file reads or writes that failed. */
+  /** State-file reads or writes that failed (the manager then keeps working in memory). */
   stateErrors: number
+  /** Reads or writes that left a state file of a newer schema (a newer build's) alone. */
+  stateFileNewerSchema: number
 }
 
 export interface QuotaPolicy {

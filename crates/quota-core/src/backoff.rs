@@ -322,6 +322,55 @@ mod tests {
         }
     }
 
+    /// An open window known only by its deadline and count (e.g. adopted without a record).
+    fn open_without_record(attempts: u32) -> BackoffState {
+        BackoffState {
+            attempts,
+            next_retry_at: Some(T0 + 60_000),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn a_failure_during_an_open_window_without_a_record_restates_the_count_it_has() {
+        for (attempts, expected) in [(0, None), (1, Some(1)), (3, Some(3))] {
+            let mut state = open_without_record(attempts);
+            assert_eq!(
+                state.record_failure(&http(503, None), T0, &exact(), 0.5, None),
+                None
+            );
+            let record = state.last_error.expect("the failure is described");
+            assert_eq!(record.retry_count, expected, "attempts {attempts}");
+            assert_eq!(record.next_retry_at, Some(T0 + 60_000));
+        }
+    }
+
+    #[test]
+    fn a_merge_restates_no_count_when_no_failure_was_counted() {
+        let error = ApiErrorRecord {
+            message: "x".into(),
+            checked_at: T0,
+            next_retry_at: None,
+            retry_count: Some(7),
+            status: None,
+            retry_after_ms: None,
+            account_identity: None,
+        };
+        let mut state = BackoffState {
+            last_error: Some(error.clone()),
+            ..BackoffState::default()
+        };
+        state.merge_from(&BackoffState::default());
+        assert_eq!(state.last_error.unwrap().retry_count, None);
+        let mut counted = BackoffState {
+            attempts: 1,
+            last_error: Some(error),
+            ..BackoffState::default()
+        };
+        counted.merge_from(&BackoffState::default());
+        assert_eq!(counted.last_error.unwrap().retry_count, Some(1));
+    }
+
     #[test]
     fn ladder_doubles_from_60_s_and_caps_at_15_min() {
         let config = BackoffConfig::default();
@@ -704,7 +753,8 @@ mod tests {
             ..stored
         };
         let state = from_persisted(&far, now);
-        assert_eq!(state.next_retry_at, Some(now + PERSISTED_WINDOW_CAP_MS));
+        // Six hours, written out: asserting against the constant itself could never fail.
+        assert_eq!(state.next_retry_at, Some(now + 6 * 3_600_000));
         assert_eq!(
             state.last_error.unwrap().next_retry_at,
             state.next_retry_at,

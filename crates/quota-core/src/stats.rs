@@ -16,6 +16,7 @@ pub struct Stats {
     pub callback_errors: AtomicU64,
     pub state_file_quarantines: AtomicU64,
     pub state_errors: AtomicU64,
+    pub state_file_newer_schema: AtomicU64,
 }
 
 /// A copy of the counters at one moment (API.md `QuotaStats`, plus two state-file counters).
@@ -32,6 +33,8 @@ pub struct StatsSnapshot {
     pub callback_errors: u64,
     pub state_file_quarantines: u64,
     pub state_errors: u64,
+    /// Reads or writes that left a newer build's state file alone.
+    pub state_file_newer_schema: u64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -56,6 +59,7 @@ impl Stats {
             callback_errors: read(&self.callback_errors),
             state_file_quarantines: read(&self.state_file_quarantines),
             state_errors: read(&self.state_errors),
+            state_file_newer_schema: read(&self.state_file_newer_schema),
         }
     }
 }

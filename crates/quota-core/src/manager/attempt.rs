@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::announce::Announcement;
 use super::refresh::{RefreshOutcome, Served, Settled};
-use super::routes::RouteId;
+use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
 use crate::error::QuotaError;
 use crate::fingerprint::fingerprint;
@@ -14,7 +14,7 @@ use crate::freshness;
 use crate::merge::merge_poll_result;
 use crate::snapshot::QuotaSnapshot;
 use crate::stats::bump;
-use crate::store::{RouteLock, RouteRecord, StateStore};
+use crate::store::{RouteLock, RouteRecord, StateStore, MAX_CLOCK_SKEW_MS};
 
 /// What one leader request knows about itself.
 pub(super) struct Attempt {
@@ -36,6 +36,16 @@ impl QuotaManager {
         let (settled, announcement) = self.attempt_under_locks(&attempt).await;
         // The route lock is released by now: other processes need not wait for our host.
         if let Some(announcement) = announcement {
+            // A callback that refreshes this route itself gets this result at once, instead of
+            // waiting on the request that waits on the callback.
+            if let Some(flight) = self
+                .state()
+                .routes
+                .attempt_slot(&attempt.route, attempt.generation)
+                .and_then(|slot| slot.in_flight.as_ref())
+            {
+                flight.settle_early(settled.clone());
+            }
             self.announce(&attempt, announcement).await;
         }
         if let Some(slot) = self
@@ -57,13 +67,13 @@ impl QuotaManager {
             },
             RouteId::Main => None,
         };
-        let _route_lock = match &self.inner.store {
+        let route_lock = match &self.inner.store {
             Some(store) => match self.lock_route(store, &attempt.key).await {
                 Ok((lock, shared)) => {
                     if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
                         return (settled, None);
                     }
-                    Some(lock)
+                    lock
                 }
                 Err(error) => return failed(error),
             },
@@ -71,29 +81,30 @@ impl QuotaManager {
         };
         self.wait_for_pacing(attempt).await;
         let (result, announcement) = self.fetch_and_record(attempt).await;
+        self.persist_attempt(attempt, route_lock).await;
         ((Served::Request, result), announcement)
     }
 
     /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
     /// process's refresh to finish, and reads what the state file holds for the route under it.
-    /// Each try opens a file: it runs on the blocking pool.
+    /// Each try opens a file: it runs on the blocking pool. A lock or file that cannot be used
+    /// at all (read-only directory, `.locks` that is a file, unreadable state file) is reported
+    /// once and the request goes on without it: single flight still holds in this process.
     async fn lock_route(
         &self,
         store: &StateStore,
         key: &str,
-    ) -> Result<(RouteLock, Option<RouteRecord>), QuotaError> {
+    ) -> Result<(Option<RouteLock>, Option<RouteRecord>), QuotaError> {
         let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
         let mut counted_wait = false;
         loop {
-            match run_blocking(store, key, lock_and_read).await {
-                Ok(Some(locked)) => return Ok(locked),
-                Ok(None) => {}
-                Err(error) => {
-                    bump(&self.inner.stats.state_errors);
-                    return Err(error);
+            if let Some(tried) = run_blocking(store, key, lock_and_read).await {
+                if let Some(problem) = &tried.problem {
+                    self.report_state_error(problem);
                 }
+                return Ok((tried.lock, tried.record));
             }
             if !counted_wait {
                 counted_wait = true;
@@ -123,10 +134,36 @@ impl QuotaManager {
         let now = self.now();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
+        // A record from a clock running ahead is adopted clamped, but never taken as another
+        // process's fresh answer: clamped to "now", it would look fresh at every poll.
+        let from_the_future = record
+            .and_then(|r| r.entry.as_ref())
+            .is_some_and(|e| e.checked_at > now.saturating_add(MAX_CLOCK_SKEW_MS));
+        let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
+        if state
+            .routes
+            .attempt_slot(&attempt.route, attempt.generation)
+            .is_none()
+        {
+            // The slot was re-bound meanwhile: the polled route's backoff still holds.
+            let kept =
+                state
+                    .routes
+                    .attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
+            if let Some(record) = &record {
+                kept.merge(record);
+            }
+            let kept = RouteSlot::detached(kept.clone());
+            return kept
+                .record
+                .backoff
+                .is_open(now)
+                .then(|| (Served::DuringBackoff, kept.served_from_cache(now)));
+        }
         let slot = state
             .routes
             .attempt_slot(&attempt.route, attempt.generation)?;
-        if let Some(record) = record {
+        if let Some(record) = &record {
             slot.adopt(record);
         }
         if slot.record.backoff.is_open(now) {
@@ -138,7 +175,7 @@ impl QuotaManager {
             .is_none_or(|b| entry.checked_at > b);
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
-        if produced_by_another && recent {
+        if produced_by_another && recent && !from_the_future {
             let outcome = RefreshOutcome {
                 quota: entry.quota.clone(),
                 fetched: false,
@@ -160,7 +197,6 @@ impl QuotaManager {
         match result {
             Ok(snapshot) => {
                 let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
-                self.persist_route(attempt).await;
                 // A poll overtaken by a new identity or login is its callers' alone.
                 let announcement = cached.then(|| {
                     Announcement::Fetched(Box::new(FetchedEvent {
@@ -180,7 +216,6 @@ impl QuotaManager {
             }
             Err(error) => {
                 let armed = self.record_failure(attempt, &error);
-                self.persist_route(attempt).await;
                 (Err(error), armed.map(Announcement::Failed))
             }
         }
@@ -218,31 +253,53 @@ impl QuotaManager {
     }
 }
 
-/// One try at the route's lock; when taken, the route's record as the state file holds it (read
-/// under the lock, in the same trip to the blocking pool).
-fn lock_and_read(
-    store: &StateStore,
-    key: &str,
-) -> Result<Option<(RouteLock, Option<RouteRecord>)>, QuotaError> {
-    let Some(lock) = store.try_lock_route(key)? else {
-        return Ok(None);
+/// One try at the route's lock: what it gave.
+struct Tried {
+    /// `None` when the route's lock could not be used at all (see `problem`).
+    lock: Option<RouteLock>,
+    /// The route's record as the state file holds it, read under the lock.
+    record: Option<RouteRecord>,
+    /// Why the lock or the file could not be used.
+    problem: Option<QuotaError>,
+}
+
+/// One try at the route's lock; `None` when another holder has it. When taken (or when it
+/// cannot be used at all), the route's record as the state file holds it, read in the same trip
+/// to the blocking pool.
+fn lock_and_read(store: &StateStore, key: &str) -> Option<Tried> {
+    let (lock, lock_problem) = match store.try_lock_route(key) {
+        Ok(Some(lock)) => (Some(lock), None),
+        Ok(None) => return None,
+        Err(error) => (None, Some(error)),
     };
-    Ok(Some((lock, store.read_route(key)?)))
+    let (record, read_problem) = match store.read_route(key) {
+        Ok(record) => (record, None),
+        Err(error) => (None, Some(error)),
+    };
+    Some(Tried {
+        lock,
+        record,
+        problem: lock_problem.or(read_problem),
+    })
 }
 
 /// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.
-async fn run_blocking<T: Send + 'static>(
+async fn run_blocking(
     store: &StateStore,
     key: &str,
-    call: fn(&StateStore, &str) -> Result<T, QuotaError>,
-) -> Result<T, QuotaError> {
+    call: fn(&StateStore, &str) -> Option<Tried>,
+) -> Option<Tried> {
     let (store, key) = (store.clone(), key.to_owned());
     tokio::task::spawn_blocking(move || call(&store, &key))
         .await
         .unwrap_or_else(|e| {
-            Err(QuotaError::State {
-                path: String::new(),
-                reason: e.to_string(),
+            Some(Tried {
+                lock: None,
+                record: None,
+                problem: Some(QuotaError::State {
+                    path: String::new(),
+                    reason: e.to_string(),
+                }),
             })
         })
 }

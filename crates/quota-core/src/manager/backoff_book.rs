@@ -62,11 +62,13 @@ impl QuotaManager {
     ) -> Option<ApiErrorRecord> {
         let now = self.now();
         let mut state = self.state();
-        let slot = state
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)?;
-        let was_open = slot.record.backoff.is_open(now);
-        let armed = slot.record.backoff.record_failure(
+        // The route that was polled, even when the main slot was re-bound meanwhile.
+        let record =
+            state
+                .routes
+                .attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
+        let was_open = record.backoff.is_open(now);
+        let armed = record.backoff.record_failure(
             error,
             now,
             &self.inner.config.backoff,
@@ -74,7 +76,7 @@ impl QuotaManager {
             attempt.identity.as_deref(),
         );
         if armed.is_some() && !was_open {
-            slot.record.backoff_updated_at = now;
+            record.backoff_updated_at = now;
         }
         armed.filter(|_| !was_open)
     }

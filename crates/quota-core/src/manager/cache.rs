@@ -131,9 +131,14 @@ impl QuotaManager {
     ) -> Arc<QuotaEntry> {
         frame.source = Some(QuotaSource::Headers);
         let now = self.now();
-        let checked_at = frame.checked_at.unwrap_or(now);
         let owner = state.routes.snapshot_identity(route);
         let slot = state.routes.slot_mut(route);
+        let mut checked_at = frame.checked_at.unwrap_or(now);
+        if slot.entry().is_some_and(|e| e.checked_at == checked_at) {
+            // A push in the same millisecond as the cached observation (a poll just written) is
+            // still the later one: the state file keeps the newer `checkedAt` only.
+            checked_at += 1;
+        }
         let mut quota = merge_header_frame(slot.entry().map(|e| &e.quota), &frame);
         if quota.account_identity.is_none() {
             quota.account_identity = owner;

@@ -38,12 +38,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Semaphore;
 
 use crate::backoff::BackoffConfig;
-use crate::client::{UsageClient, UsageClientConfig};
+use crate::client::{ConnectionOptions, UsageClient, UsageClientConfig};
 use crate::clock::Clock;
 use crate::error::ConfigError;
 use crate::host::HostStorage;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::StateStore;
+use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
@@ -77,6 +77,22 @@ pub struct ManagerConfig {
     pub state_path: Option<std::path::PathBuf>,
     /// The host's transport (`fetchImpl`, `fetchQuotaSnapshot`); `None` polls over HTTP.
     pub transport: Option<crate::transport::Transport>,
+    /// Extra trusted roots and the proxy, read from the host's environment by the binding.
+    pub connection: ConnectionOptions,
+}
+
+/// The shortest bound on the state-file lock: a busy machine must not make writes give up.
+const MIN_STATE_LOCK_WAIT_MS: i64 = 200;
+
+impl ManagerConfig {
+    /// How long a state-file read-modify-write waits for the file's lock: `lockTimeoutMs`, at
+    /// most the store's default (critical sections are milliseconds; a holder that keeps the
+    /// lock longer is stopped or stalled, and nobody may wait on it unboundedly).
+    fn state_lock_wait(&self) -> std::time::Duration {
+        let cap = i64::try_from(DEFAULT_LOCK_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+        let ms = self.lock_timeout_ms.clamp(MIN_STATE_LOCK_WAIT_MS, cap);
+        std::time::Duration::from_millis(u64::try_from(ms).unwrap_or_default())
+    }
 }
 
 /// The manager's whole mutable state, behind one mutex that is never held across an await.
@@ -117,8 +133,11 @@ impl QuotaManager {
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, ConfigError> {
-        let client = UsageClient::new(config.usage.clone())?;
-        let store = config.state_path.clone().map(StateStore::new);
+        let client = UsageClient::with_options(config.usage.clone(), &config.connection)?;
+        let store = config
+            .state_path
+            .clone()
+            .map(|path| StateStore::new(path).with_lock_timeout(config.state_lock_wait()));
         let initial = State {
             closed: false,
             settings: Settings::from_config(&config, storage.as_ref()),
@@ -156,6 +175,16 @@ impl QuotaManager {
         self.now_ms()
     }
 
+    /// Bounds for times adopted from the shared file (a clock running ahead, a damaged value).
+    fn adoption_limits(&self, interval_ms: i64) -> AdoptionLimits {
+        AdoptionLimits::new(&self.inner.config.backoff, interval_ms)
+    }
+
+    /// Warnings about the trust store (an unreadable `SSL_CERT_FILE`...), for the host to print.
+    pub fn trust_warnings(&self) -> &[String] {
+        self.inner.client.trust_warnings()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
@@ -190,6 +219,7 @@ impl QuotaManager {
         let manager = self.clone();
         async move {
             futures::future::join_all(running).await;
+            futures::future::join_all(manager.running_writes()).await;
             manager.flush().await;
         }
         .boxed()

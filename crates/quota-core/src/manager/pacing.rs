@@ -9,6 +9,9 @@ use super::attempt::Attempt;
 use super::QuotaManager;
 use crate::fingerprint::fingerprint;
 
+/// The most requests with one token that may queue behind each other (one per fetch slot).
+const MAX_QUEUED_REQUESTS: i64 = 64;
+
 /// When each token was last used in this process.
 #[derive(Default)]
 pub(super) struct Pacing {
@@ -18,15 +21,18 @@ pub(super) struct Pacing {
 
 impl QuotaManager {
     /// Waits until the token's gap has passed. The gap is measured on the manager's clock but
-    /// waited out in real time, so a frozen test clock never hangs.
+    /// waited out in real time, so a frozen test clock never hangs. The send time is reserved
+    /// under the state lock, so two routes sharing a token (two fallbacks with one token) take
+    /// turns instead of both seeing the token idle.
     pub(super) async fn wait_for_pacing(&self, attempt: &Attempt) {
         let gap = self.inner.config.api_call_gap_ms;
         if gap <= 0 {
             return;
         }
         let token_fingerprint = fingerprint(&attempt.token);
-        let last_call = {
-            let state = self.state();
+        let now = self.now();
+        let send_at = {
+            let mut state = self.state();
             let by_token = state
                 .pacing
                 .last_call_by_token
@@ -40,30 +46,41 @@ impl QuotaManager {
                     record.last_attempt_token.as_deref() == Some(token_fingerprint.as_str())
                 })
                 .and_then(|record| record.last_attempt_at);
-            by_token.max(by_route)
+            // Bounded: a time from a clock running ahead cannot stall the token for long.
+            let latest = now.saturating_add(gap.saturating_mul(MAX_QUEUED_REQUESTS));
+            let send_at = by_token
+                .max(by_route)
+                .map_or(now, |last| last.saturating_add(gap).clamp(now, latest));
+            state
+                .pacing
+                .last_call_by_token
+                .insert(token_fingerprint, send_at);
+            send_at
         };
-        if let Some(last_call) = last_call {
-            let wait = (gap - (self.now() - last_call)).clamp(0, gap);
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
-            }
+        let wait = send_at - now;
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
         }
     }
 
-    /// Notes a request going out now, for this process and (through the route's record) for
-    /// the others.
+    /// Notes a request going out now, for this process and (through the route's record, the
+    /// one polled even if the main slot was re-bound meanwhile) for the others.
     pub(super) fn note_request(&self, attempt: &Attempt, token_fingerprint: &str, at: i64) {
         let mut state = self.state();
-        state
+        let last_call = state
             .pacing
             .last_call_by_token
-            .insert(token_fingerprint.to_owned(), at);
-        if let Some(slot) = state
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)
+            .entry(token_fingerprint.to_owned())
+            .or_insert(at);
+        // A reservation made by a later request (see `wait_for_pacing`) stays.
+        *last_call = (*last_call).max(at);
+        if let Some(record) =
+            state
+                .routes
+                .attempt_record(&attempt.route, attempt.generation, &attempt.key)
         {
-            slot.record.last_attempt_at = Some(at);
-            slot.record.last_attempt_token = Some(token_fingerprint.to_owned());
+            record.last_attempt_at = Some(at);
+            record.last_attempt_token = Some(token_fingerprint.to_owned());
         }
     }
 }

@@ -15,6 +15,8 @@ use super::refresh::Settled;
 
 /// Fallback slots remember this many replaced logins, to recognise late observations of them.
 const RETIRED_LINEAGES_KEPT: usize = 8;
+/// How many main routes left behind by an identity switch keep their backoff and pacing.
+const LEFT_MAIN_ROUTES_KEPT: usize = 8;
 /// How a main identity named only by a token is persisted: `token:<fingerprint>`.
 const TOKEN_IDENTITY_PREFIX: &str = "token:";
 
@@ -101,6 +103,14 @@ pub(super) enum LineageBind {
 }
 
 impl RouteSlot {
+    /// A slot bound to nothing, around a record (to answer from a route no slot holds).
+    pub fn detached(record: RouteRecord) -> Self {
+        Self {
+            record,
+            ..Self::default()
+        }
+    }
+
     pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
         self.record.entry.as_ref()
     }
@@ -129,6 +139,13 @@ pub(super) struct Routes {
     pub generations: super::identity::MainGenerations,
     main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
+    /// Main routes the slot was re-bound away from, by state-file key: their backoff and pacing
+    /// (never their cache), so a request of the old identity still records its failure, and
+    /// switching back finds the backoff it armed.
+    left_main: Vec<(String, RouteRecord)>,
+    /// Main routes read from the state file at construction, by key, before the host named
+    /// its account: the one of the identity the host names first is taken then, never another.
+    unclaimed_main: Vec<(String, RouteRecord)>,
     /// One counter for slot generations and request ids, so neither ever repeats.
     last_id: u64,
 }
@@ -292,8 +309,10 @@ impl Routes {
                     || owner.is_named_by(&identity.persisted())
                     || identity.is_named_by(&owner.persisted()) => {}
             Some(_) => {
+                self.leave_main();
                 self.reset(&RouteId::Main, None);
                 self.main_owner = Some(identity);
+                self.return_to_main();
             }
             None => {
                 // What an unbound slot holds was stored for nobody in particular (a legacy seed):
@@ -308,6 +327,74 @@ impl Routes {
                 }
                 self.main_owner = Some(identity);
             }
+        }
+        self.claim_main();
+    }
+
+    /// Keeps a main route of the state file until the host names its account.
+    pub fn keep_unclaimed_main(&mut self, key: String, record: RouteRecord) {
+        self.unclaimed_main.push((key, record));
+    }
+
+    /// Takes the state file's route of the identity just bound, if construction read one.
+    fn claim_main(&mut self) {
+        let key = self.key(&RouteId::Main).to_string();
+        if let Some(index) = self.unclaimed_main.iter().position(|(k, _)| *k == key) {
+            let (_, record) = self.unclaimed_main.swap_remove(index);
+            self.main.adopt(&record);
+        }
+    }
+
+    /// Keeps the backoff and pacing of the main route being left, under its key.
+    fn leave_main(&mut self) {
+        let key = self.key(&RouteId::Main).to_string();
+        let kept = RouteRecord {
+            entry: None,
+            token_fingerprint: None,
+            lineage: None,
+            ..self.main.record.clone()
+        };
+        self.left_main.retain(|(k, _)| *k != key);
+        self.left_main.push((key, kept));
+        let excess = self.left_main.len().saturating_sub(LEFT_MAIN_ROUTES_KEPT);
+        self.left_main.drain(..excess);
+    }
+
+    /// Takes back the backoff and pacing the new main identity had when it was left.
+    fn return_to_main(&mut self) {
+        let key = self.key(&RouteId::Main).to_string();
+        if let Some(index) = self.left_main.iter().position(|(k, _)| *k == key) {
+            let (_, kept) = self.left_main.remove(index);
+            self.main.adopt(&kept);
+        }
+    }
+
+    /// The record a request must record its attempt and failure in: its slot's, or, for a main
+    /// route the slot was re-bound away from meanwhile, the one kept for its key (the route
+    /// that was polled, whatever happened to the slot). `None` for a fallback slot that was
+    /// dropped or given to a new login.
+    pub fn attempt_record(
+        &mut self,
+        route: &RouteId,
+        generation: u64,
+        key: &str,
+    ) -> Option<&mut RouteRecord> {
+        let current_key = self.key(route).to_string();
+        match route {
+            RouteId::Main if self.main.generation != generation && current_key != key => {
+                let index = if let Some(index) = self.left_main.iter().position(|(k, _)| k == key) {
+                    index
+                } else {
+                    self.left_main
+                        .push((key.to_owned(), RouteRecord::default()));
+                    self.left_main.len() - 1
+                };
+                Some(&mut self.left_main[index].1)
+            }
+            RouteId::Main => Some(&mut self.main.record),
+            RouteId::Fallback(_) => self
+                .attempt_slot(route, generation)
+                .map(|slot| &mut slot.record),
         }
     }
 

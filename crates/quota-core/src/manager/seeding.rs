@@ -9,8 +9,11 @@ use crate::host::{FallbackAccount, HostStorage};
 use crate::merge::merge_header_frame;
 use crate::route_key::RouteKey;
 use crate::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
-use crate::stats::bump;
 use std::sync::Arc;
+
+/// How long construction waits for the state-file lock (taken only to set a corrupt file
+/// aside): it runs on the host's thread.
+const SEED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the host persisted for one route.
 struct Persisted<'a> {
@@ -81,54 +84,49 @@ impl Persisted<'_> {
 }
 
 impl QuotaManager {
-    /// Takes every route from the state file: the main route of `main_identity` (or the newest
-    /// main route when the host named none), and every fallback account.
+    /// Takes every route from the state file: the main route of `main_identity`, and every
+    /// fallback account. Other main routes are kept aside, unowned: the file holds other
+    /// accounts' routes too, and this process's account is known only once the host names it
+    /// (or passes its token); the route of that identity is taken then. Every adopted time is clamped (a clock running ahead, a damaged
+    /// value). This runs on the host's thread: the lock it may take (only to set a corrupt file
+    /// aside) is waited for briefly.
     pub(super) fn seed_from_state_file(&self, main_identity: Option<MainIdentity>) {
         let Some(store) = &self.inner.store else {
             return;
         };
+        let store = store
+            .clone()
+            .with_lock_timeout(SEED_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
         let loaded = match store.load() {
             Ok(loaded) => loaded,
             Err(error) => {
-                bump(&self.inner.stats.state_errors);
-                eprintln!("anthropic-quota-manager: could not read the quota state: {error}");
+                self.report_state_error(&error);
                 return;
             }
         };
+        if let Some(version) = loaded.newer_schema {
+            self.report_newer_schema(version);
+        }
         if let Some(aside) = &loaded.quarantined {
             self.report_quarantine(aside);
         }
-        let routes = loaded
-            .state
-            .routes
-            .iter()
-            .filter_map(|(key, record)| Some((RouteKey::parse(key)?, record)));
-        let mut newest_main = None;
+        let now = self.now();
         let mut state = self.state();
-        for (key, record) in routes {
-            match key {
-                RouteKey::Main(identity) => {
+        let limits = self.adoption_limits(state.settings.interval_ms);
+        for (key, record) in &loaded.state.routes {
+            let record = record.clamped(now, &limits);
+            match RouteKey::parse(key) {
+                Some(RouteKey::Main(identity)) => {
                     let identity = MainIdentity::parse(&identity);
-                    if main_identity
-                        .as_ref()
-                        .is_some_and(|wanted| *wanted != identity)
-                    {
-                        continue;
-                    }
-                    let checked_at = record.entry.as_ref().map(|e| e.checked_at);
-                    // The last of equally new routes wins, as `max_by_key` would pick it.
-                    if newest_main
-                        .as_ref()
-                        .is_none_or(|(newest, _, _)| checked_at >= *newest)
-                    {
-                        newest_main = Some((checked_at, identity, record));
+                    if main_identity.as_ref() == Some(&identity) {
+                        state.routes.seed_main(identity, &record);
+                    } else {
+                        state.routes.keep_unclaimed_main(key.clone(), record);
                     }
                 }
-                RouteKey::Fallback(id) => state.routes.seed_fallback(&id, record),
+                Some(RouteKey::Fallback(id)) => state.routes.seed_fallback(&id, &record),
+                None => {}
             }
-        }
-        if let Some((_, identity, record)) = newest_main {
-            state.routes.seed_main(identity, record);
         }
     }
 

@@ -3,7 +3,7 @@
 //! [`Flight`]; this module knows nothing of routes or quota.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt};
 
@@ -16,6 +16,9 @@ pub(super) struct Flight<T: Clone> {
     shared: Shared<T>,
     /// Everyone waiting on it, its leader included.
     callers: Arc<AtomicU64>,
+    /// The result, once known but not yet handed out (the work still has something to do,
+    /// e.g. tell the host): a caller joining now gets it at once.
+    early: Mutex<Option<T>>,
 }
 
 /// A caller's place on a flight.
@@ -43,14 +46,37 @@ impl<T: Clone> Flight<T> {
                 id,
                 shared,
                 callers,
+                early: Mutex::new(None),
             },
             ticket,
         )
     }
 
+    /// Records the result before the work ends: later joiners get it without waiting.
+    pub fn settle_early(&self, value: T) {
+        *self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+    }
+
     /// Joins the flight as one more caller.
-    pub fn join(&self) -> Ticket<T> {
+    pub fn join(&self) -> Ticket<T>
+    where
+        T: Send + Sync + 'static,
+    {
         self.callers.fetch_add(1, Ordering::SeqCst);
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(value) = early {
+            return Ticket {
+                id: Some(self.id),
+                ..Ticket::ready(value)
+            };
+        }
         Ticket {
             result: self.shared.clone(),
             callers: None,
@@ -91,6 +117,25 @@ mod tests {
         }
         assert_eq!(leader.result.await, 42);
         assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_caller_joining_after_an_early_result_gets_it_at_once_on_the_same_flight() {
+        let (flight, leader) = Flight::lead(9, futures::future::pending::<u8>().boxed());
+        flight.settle_early(5);
+        let late = flight.join();
+        assert_eq!(
+            late.id,
+            Some(9),
+            "the same request: callers share its promise"
+        );
+        assert!(late.callers.is_none());
+        assert_eq!(
+            late.result.await,
+            5,
+            "not waiting on the work, which never ends"
+        );
+        assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

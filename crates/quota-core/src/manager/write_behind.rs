@@ -9,26 +9,44 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use super::attempt::Attempt;
 use super::routes::RouteId;
 use super::{QuotaManager, State};
 use crate::error::QuotaError;
 use crate::route_key::RouteKey;
 use crate::stats::bump;
-use crate::store::{Loaded, StateStore, StoreUpdate};
+use crate::store::{Loaded, RouteLock, StateStore, StoreUpdate};
+
+/// A polled route's write running in the background.
+pub(super) type RunningWrite = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 /// How long header pushes and host writes wait to be written together.
 const WRITE_COALESCE_MS: u64 = 250;
+/// How long a poll's callers wait for its write before they get the result anyway.
+const RESULT_WRITE_WAIT: Duration = Duration::from_secs(1);
+/// The longest the host's exit waits for the state-file lock.
+const EXIT_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// The changes waiting for the next write.
+// Each flag is one independent "reported once" latch: an enum would not say more.
+#[allow(clippy::struct_excessive_bools)]
 pub(super) struct WriteBehind {
     /// `false` in memory-only mode: nothing is ever queued.
     enabled: bool,
     /// One update per route key: a later change to a route replaces the earlier one.
     unsaved: HashMap<String, StoreUpdate>,
+    /// Polled routes' writes still running in the background.
+    running: Vec<RunningWrite>,
     /// A write will take the queue: scheduled, or about to be run by the caller that queued.
     write_coming: bool,
     quarantine_reported: bool,
+    /// The state file (or its locks) could not be used: reported once, then the manager keeps
+    /// working in memory and keeps trying the file.
+    state_error_reported: bool,
+    /// A newer build's file is left alone: reported once.
+    newer_schema_reported: bool,
 }
 
 /// A change is queued: someone must make sure a write takes it.
@@ -50,8 +68,11 @@ impl WriteBehind {
         Self {
             enabled,
             unsaved: HashMap::new(),
+            running: Vec::new(),
             write_coming: false,
             quarantine_reported: false,
+            state_error_reported: false,
+            newer_schema_reported: false,
         }
     }
 
@@ -75,6 +96,14 @@ impl WriteBehind {
     /// `true` the first time only: a set-aside file is reported once per manager.
     fn first_quarantine(&mut self) -> bool {
         !std::mem::replace(&mut self.quarantine_reported, true)
+    }
+
+    fn first_state_error(&mut self) -> bool {
+        !std::mem::replace(&mut self.state_error_reported, true)
+    }
+
+    fn first_newer_schema(&mut self) -> bool {
+        !std::mem::replace(&mut self.newer_schema_reported, true)
     }
 }
 
@@ -118,24 +147,49 @@ impl QuotaManager {
         });
     }
 
-    /// Writes the route now (other processes wait on its lock for exactly this), together with
-    /// anything else waiting to be written.
-    pub(super) async fn persist_route(&self, attempt: &Attempt) {
+    /// Writes the polled route's record now (other processes wait on its lock for exactly
+    /// this), together with anything else waiting to be written, then releases the route's lock.
+    /// The caller waits for the write only briefly: a write stuck on the state-file lock (a
+    /// stopped process holds it) goes on in the background, bounded by the lock timeout, and
+    /// the fetched result reaches its callers anyway. `close()` waits for such writes.
+    pub(super) async fn persist_attempt(&self, attempt: &Attempt, route_lock: Option<RouteLock>) {
         if self.inner.store.is_none() {
             return;
         }
-        {
+        let write = {
             let mut state = self.state();
-            if state
+            let Some(record) = state
                 .routes
-                .attempt_slot(&attempt.route, attempt.generation)
-                .is_none()
-            {
+                .attempt_record(&attempt.route, attempt.generation, &attempt.key)
+                .map(|record| Box::new(record.clone()))
+            else {
                 return;
+            };
+            let update = StoreUpdate::Merge {
+                key: attempt.key.clone(),
+                record,
+            };
+            state.writes.stage(update).flushed_by_caller();
+            let manager = self.clone();
+            let task = self.inner.runtime.spawn(async move {
+                manager.flush().await;
+                drop(route_lock);
+            });
+            let write = async move {
+                let _ = task.await;
             }
-            state.stage_route(&attempt.route).flushed_by_caller();
-        }
-        self.flush().await;
+            .boxed()
+            .shared();
+            state.writes.running.retain(|w| w.peek().is_none());
+            state.writes.running.push(write.clone());
+            write
+        };
+        let _ = tokio::time::timeout(RESULT_WRITE_WAIT, write).await;
+    }
+
+    /// The writes still running (see [`QuotaManager::persist_attempt`]).
+    pub(super) fn running_writes(&self) -> Vec<RunningWrite> {
+        std::mem::take(&mut self.state().writes.running)
     }
 
     /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
@@ -155,8 +209,11 @@ impl QuotaManager {
     }
 
     /// `flush`, on the calling thread: for the host's exit, when no task will run any more.
+    /// The lock wait is short there: a stopped holder must not keep the host from exiting.
     pub fn flush_now(&self) {
         if let Some((store, updates)) = self.take_unsaved() {
+            let store =
+                store.with_lock_timeout(EXIT_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
             self.after_write(store.apply(&updates));
         }
     }
@@ -170,15 +227,40 @@ impl QuotaManager {
     fn after_write(&self, written: Result<Loaded, QuotaError>) {
         match written {
             Ok(loaded) => {
+                if let Some(version) = loaded.newer_schema {
+                    self.report_newer_schema(version);
+                    return;
+                }
                 bump(&self.inner.stats.state_writes);
                 if let Some(aside) = loaded.quarantined {
                     self.report_quarantine(&aside);
                 }
             }
-            Err(error) => {
-                bump(&self.inner.stats.state_errors);
-                eprintln!("anthropic-quota-manager: could not write the quota state: {error}");
-            }
+            Err(error) => self.report_state_error(&error),
+        }
+    }
+
+    /// The state file or its locks could not be used. Counted every time, printed once: the
+    /// manager keeps its quota in memory (single flight still holds in this process) and keeps
+    /// trying the file, so a fixed directory is used again without a restart.
+    pub(super) fn report_state_error(&self, error: &QuotaError) {
+        bump(&self.inner.stats.state_errors);
+        if self.state().writes.first_state_error() {
+            eprintln!(
+                "anthropic-quota-manager: the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
+            );
+        }
+    }
+
+    /// A file written by a newer build is left alone (never read, moved or written): reported
+    /// once, counted in `stateFileNewerSchema`, never as a state error.
+    pub(super) fn report_newer_schema(&self, version: u64) {
+        bump(&self.inner.stats.state_file_newer_schema);
+        if self.state().writes.first_newer_schema() {
+            eprintln!(
+                "anthropic-quota-manager: the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
+                self.state_path().map_or_else(String::new, |p| p.display().to_string())
+            );
         }
     }
 

@@ -22,10 +22,13 @@ async fn a_second_manager_waits_for_the_first_and_adopts_its_result() {
     let text = std::fs::read_to_string(&state).unwrap();
     assert!(!text.contains("\"t\""), "no token on disk");
 
-    // A restart seeds from the file: fresh, so no request is needed.
-    let restarted = manager(config(&server.url, Some(state)), &clock);
+    // A restart of alice's manager seeds from the file: fresh, so no request is needed.
+    let restarted = manager_of("alice", config(&server.url, Some(state.clone())), &clock);
     assert!(!restarted.is_main_stale(None));
     assert!(restarted.get_main(Some("alice")).is_some());
+    // A manager that was not told its account takes no main route: it may be another's.
+    let anonymous = manager(config(&server.url, Some(state)), &clock);
+    assert!(anonymous.get_main(None).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@ mod support;
 
 mod backoff;
 mod cross_process;
+mod hardening;
 mod header_frames;
 mod identity;
 mod pacing;

@@ -8,6 +8,7 @@ pub use futures::future::{BoxFuture, FutureExt};
 pub use quota_core::backoff::BackoffConfig;
 pub use quota_core::client::UsageClientConfig;
 pub use quota_core::clock::ManualClock;
+pub use quota_core::error::QuotaError;
 pub use quota_core::host::{FallbackAccount, HostStorage};
 pub use quota_core::manager::{FetchedEvent, HostEvents, ManagerConfig, QuotaManager};
 pub use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot, QuotaSource};
@@ -94,15 +95,34 @@ pub fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfi
         },
         state_path,
         transport: None,
+        connection: quota_core::client::ConnectionOptions::default(),
     }
 }
 
 pub fn manager(config: ManagerConfig, clock: &ManualClock) -> QuotaManager {
+    manager_with(config, None, clock, Arc::new(NoEvents))
+}
+
+/// A manager of the main account `identity` (the host's `mainAccountId`).
+pub fn manager_of(identity: &str, config: ManagerConfig, clock: &ManualClock) -> QuotaManager {
+    let storage = HostStorage {
+        main_account_id: Some(identity.to_owned()),
+        ..HostStorage::default()
+    };
+    manager_with(config, Some(storage), clock, Arc::new(NoEvents))
+}
+
+pub fn manager_with(
+    config: ManagerConfig,
+    storage: Option<HostStorage>,
+    clock: &ManualClock,
+    events: Arc<dyn HostEvents>,
+) -> QuotaManager {
     QuotaManager::new(
         config,
-        None,
+        storage,
         Arc::new(clock.clone()),
-        Arc::new(NoEvents),
+        events,
         Arc::new(Stats::default()),
         tokio::runtime::Handle::current(),
     )

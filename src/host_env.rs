@@ -1,0 +1,88 @@
+//! The host's environment as its JavaScript sees it (`process.env`), for the transport settings:
+//! Bun keeps `process.env` apart from the C environment, so a variable set (or deleted) at run
+//! time is only visible there. Read on the JavaScript thread, at construction.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use napi::bindgen_prelude::*;
+
+use quota_core::client::{ConnectionOptions, ProxySetting};
+
+/// One variable of the host's `process.env`; blank counts as unset. Falls back to the C
+/// environment only when the host has no `process.env` at all.
+pub fn host_var(env: &Env, name: &str) -> Result<Option<String>> {
+    let Some(vars) = process_env(env)? else {
+        return Ok(std::env::var(name).ok().filter(|v| !v.trim().is_empty()));
+    };
+    let value: Unknown = vars.get_named_property(name)?;
+    if value.get_type()? != ValueType::String {
+        return Ok(None);
+    }
+    let text = unsafe { value.cast::<String>() }?;
+    Ok(Some(text).filter(|v| !v.trim().is_empty()))
+}
+
+fn process_env(env: &Env) -> Result<Option<Object<'_>>> {
+    let process: Unknown = env.get_global()?.get_named_property("process")?;
+    if process.get_type()? != ValueType::Object {
+        return Ok(None);
+    }
+    let vars: Unknown = process.coerce_to_object()?.get_named_property("env")?;
+    if vars.get_type()? != ValueType::Object {
+        return Ok(None);
+    }
+    Ok(Some(vars.coerce_to_object()?))
+}
+
+/// The first of `names` that is set.
+fn first_var(env: &Env, names: &[&str]) -> Result<Option<String>> {
+    for name in names {
+        if let Some(value) = host_var(env, name)? {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
+
+/// Extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`) and the proxy
+/// (`HTTPS_PROXY`, else `HTTP_PROXY`, with `NO_PROXY`; upper or lower case) from the host's
+/// `process.env`. No proxy variable means no proxy: a C-environment-only proxy is not used
+/// behind the host's back. Loopback endpoints never use a proxy.
+pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
+    let mut extra_ca_files = Vec::new();
+    for name in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"] {
+        if let Some(file) = host_var(env, name)? {
+            extra_ca_files.push(PathBuf::from(file));
+        }
+    }
+    let proxy = match first_var(
+        env,
+        &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"],
+    )? {
+        Some(url) => ProxySetting::Url {
+            url,
+            no_proxy: first_var(env, &["NO_PROXY", "no_proxy"])?,
+        },
+        None => ProxySetting::Disabled,
+    };
+    Ok(ConnectionOptions {
+        extra_ca_files,
+        proxy,
+    })
+}
+
+/// Prints each trust-store warning once per process, however many managers are built.
+pub fn print_trust_warnings_once(warnings: &[String]) {
+    static PRINTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let mut printed = PRINTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let printed = printed.get_or_insert_with(HashSet::new);
+    for warning in warnings {
+        if printed.insert(warning.clone()) {
+            eprintln!("anthropic-quota-manager: {warning}");
+        }
+    }
+}
