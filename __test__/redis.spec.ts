@@ -5,12 +5,14 @@
 // Skipped, loudly, only where redis-server is not installed; under CI that is a failure
 // (`.ci/run` installs it with scripts/ci-redis.sh).
 
+import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 
+import { QuotaManager } from '../index.js'
 import { startUsageSimulator, type UsageSimulator } from '../simulator/index.js'
 import {
   killAll,
@@ -86,6 +88,16 @@ async function fireAll(hosts: Child[], identity: string, timeoutMs = 30_000): Pr
 const results = (reports: RefreshReport[]): CallerResult[] => reports.flatMap((r) => r.results)
 const shared = (r: { stats: unknown }): SharedStats => r.stats as SharedStats
 
+/** The CLI, as a user runs it: exit code and output. */
+function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const bin = resolve(__dirname, '..', 'bin', 'anthropic-quota-manager.js')
+  return new Promise((done) => {
+    execFile(process.execPath, [bin, ...args], (error, stdout, stderr) => {
+      done({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr })
+    })
+  })
+}
+
 async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
   const started = performance.now()
   while (!(await check())) {
@@ -116,6 +128,42 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
     const keys = (await redis.command('KEYS', `${prefix}*`)).split('\n').sort()
     expect(keys).toEqual([`${prefix}fence`, `${prefix}route:main:alice`])
     expect(await redis.command('HGET', `${prefix}route:main:alice`, 'record')).not.toContain(TOKEN.slice(14))
+
+    // The CLI reads the same store.
+    const status = await cli('status', '--json', '--redis', redis.url, '--key-prefix', prefix)
+    expect(status.code, status.stderr).toBe(0)
+    const view = JSON.parse(status.stdout) as { statePath: string; routes: { key: string; checkedAt: number; backoff: { active: boolean } }[] }
+    expect(view.statePath).toContain(`127.0.0.1:${redis.port}`)
+    expect(view.routes.map((r) => [r.key, r.checkedAt, r.backoff.active])).toEqual([['main:alice', all[0].checkedAt, false]])
+    const human = await cli('status', '--redis', redis.url, '--key-prefix', prefix)
+    expect(human.stdout).toContain('main:alice')
+  })
+
+  it('the option is checked at construction; a Redis that does not answer fails the CLI fast', async () => {
+    const build = (redisOption: unknown) => () => new QuotaManager({ statePath: null, redis: redisOption } as never)
+    expect(build({ url: 'http://127.0.0.1:1' })).toThrow(/options\.redis\.url/)
+    expect(build({ url: '' })).toThrow(/options\.redis\.url must be a non-empty string/)
+    expect(build({ url: redis.url, keyprefix: 'x' })).toThrow(/options\.redis\.keyprefix is not a known option/)
+    expect(build('redis://127.0.0.1')).toThrow(/options\.redis must be an object/)
+    expect(build({ url: redis.url, keyPrefix: 7 })).toThrow(/keyPrefix must be a string/)
+    // A URL with a password is never echoed.
+    let message = ''
+    try {
+      build({ url: 'redis://user:hunter2@[bad' })()
+    } catch (error) {
+      message = (error as Error).message
+    }
+    expect(message).toMatch(/options\.redis\.url/)
+    expect(message).not.toContain('hunter2')
+    const manager = new QuotaManager({ statePath: null, redis: { url: redis.url } })
+    expect(manager.stats()).toMatchObject({ sharedStore: 'redis', redisFallbacks: 0 })
+    await manager.close()
+
+    const closedPort = await cli('status', '--redis', 'redis://127.0.0.1:1/')
+    expect(closedPort.code).toBe(1)
+    expect(closedPort.stderr).toContain('cannot read the Redis shared store')
+    expect((await cli('status', '--redis', 'http://x')).code).toBe(2)
+    expect((await cli('status', '--redis', redis.url, '--state', '/tmp/x')).code).toBe(2)
   })
 
   it('a 429 on one host backs off every host: one request, then none from anyone', async () => {
