@@ -166,6 +166,25 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
     expect((await cli('status', '--redis', redis.url, '--state', '/tmp/x')).code).toBe(2)
   })
 
+  it('a process using Redis exits on its own, with or without close()', async () => {
+    sim.reply({ status: 200 })
+    const root = resolve(__dirname, '..')
+    for (const close of [true, false]) {
+      const script = `
+        const { QuotaManager } = require(${JSON.stringify(root)})
+        const m = new QuotaManager({ statePath: null, usageUrl: ${JSON.stringify(sim.url)}, redis: { url: ${JSON.stringify(redis.url)}, keyPrefix: 'exit-${close}:' } })
+        m.refreshMain('alice', 'exit-token').then(async (q) => {
+          process.stdout.write(JSON.stringify({ checkedAt: q.checkedAt, shared: m.stats().sharedStore }))
+          if (${close}) await m.close()
+        })`
+      const exited = await new Promise<{ code: number | null; stdout: string }>((done) => {
+        const child = execFile(process.execPath, ['-e', script], { timeout: 15_000 }, (_error, stdout) => done({ code: child.exitCode, stdout }))
+      })
+      expect(exited.code, `close=${close}`).toBe(0)
+      expect(JSON.parse(exited.stdout)).toMatchObject({ shared: 'redis' })
+    }
+  })
+
   it('a 429 on one host backs off every host: one request, then none from anyone', async () => {
     sim.reply({ status: 429, delayMs: 300 })
     const { hosts } = await startHosts()
