@@ -195,7 +195,9 @@ describe('headers as Headers and Map objects', () => {
     }
     expect(() => evaluateQuota(null, 42 as never)).toThrow(TypeError)
     expect(() => evaluateQuota(null, 'strict' as never)).toThrow(/policy/)
-    expect(evaluateQuota(null, {}).passes).toBe(true)
+    // A plain object is a policy: unknown quota fails closed by default (COMPAT), open on request.
+    expect(evaluateQuota(null, {}).passes).toBe(false)
+    expect(evaluateQuota(null, { failClosedOnUnknownQuota: false }).passes).toBe(true)
   })
 })
 
