@@ -842,4 +842,5 @@ module.exports.evaluateQuota = nativeBinding.evaluateQuota
 module.exports.parseQuotaHeaders = nativeBinding.parseQuotaHeaders
 module.exports.parseRetryAfter = nativeBinding.parseRetryAfter
 module.exports.parseRouteKey = nativeBinding.parseRouteKey
+module.exports.readRedisState = nativeBinding.readRedisState
 module.exports.tokenFingerprint = nativeBinding.tokenFingerprint

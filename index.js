@@ -243,4 +243,5 @@ module.exports.evaluateQuota = binding.evaluateQuota
 module.exports.parseQuotaHeaders = binding.parseQuotaHeaders
 module.exports.parseRetryAfter = binding.parseRetryAfter
 module.exports.parseRouteKey = binding.parseRouteKey
+module.exports.readRedisState = binding.readRedisState
 module.exports.tokenFingerprint = binding.tokenFingerprint

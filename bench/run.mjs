@@ -20,7 +20,7 @@ const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const asJson = args.includes('--json')
 const only = args.filter((a) => !a.startsWith('--'))
-const BENCHES = ['hot-path', 'single-flight', 'fallbacks', 'scaling', 'cold-start', 'memory']
+const BENCHES = ['hot-path', 'single-flight', 'fallbacks', 'scaling', 'cold-start', 'memory', 'multi-host']
 for (const name of only) {
   if (![...BENCHES, 'cross-process'].includes(name)) {
     console.error(`bench: unknown benchmark ${name} (known: ${[...BENCHES, 'cross-process'].join(', ')})`)

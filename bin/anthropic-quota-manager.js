@@ -2,7 +2,7 @@
 'use strict'
 // anthropic-quota-manager: look at (and refresh) the machine-wide quota state file.
 //
-//   anthropic-quota-manager status  [--json] [--state PATH]
+//   anthropic-quota-manager status  [--json] [--state PATH | --redis URL [--key-prefix P]]
 //   anthropic-quota-manager refresh --token-env NAME [--state PATH] [--url URL] [--identity ID] [--json]
 //
 // `status` reads the state file as it is, without taking any lock and without changing it (a
@@ -270,6 +270,7 @@ Commands:
 Run '${PROGRAM} <command> --help' for a command's flags.
 Exit codes: 0 ok, 1 missing/corrupt state file or failed refresh, 2 usage error.`,
   status: `Usage: ${PROGRAM} status [--json] [--state PATH]
+       ${PROGRAM} status [--json] --redis URL [--key-prefix P]
 
 Reads the shared state file WITHOUT taking a refresh lock and prints each route:
 5h / 7d used and remaining with a bar, time to reset, scoped (per-model)
@@ -281,6 +282,9 @@ error.
   --state PATH  state file (default: $OPENCODE_CONFIG_DIR, else
                 $XDG_CONFIG_HOME/opencode, else ~/.config/opencode,
                 file ${STATE_FILE_NAME})
+  --redis URL   read the Redis shared store instead (the manager's \`redis\`
+                option; redis:// or rediss://); no lock taken either
+  --key-prefix P  the store's key prefix (default anthropic-quota:)
   -h, --help    this help`,
   refresh: `Usage: ${PROGRAM} refresh --token-env NAME [--state PATH]
          [--url URL] [--identity ID] [--json]
@@ -335,12 +339,32 @@ function print(text) {
   process.stdout.write(text.endsWith('\n') ? text : text + '\n')
 }
 
-function status(argv) {
-  const flags = parseFlags('status', argv, { json: 'boolean', state: 'string' })
+async function status(argv) {
+  const flags = parseFlags('status', argv, { json: 'boolean', state: 'string', redis: 'string', 'key-prefix': 'string' })
   if (flags.help) return print(HELP.status)
-  const statePath = path.resolve(flags.state ?? defaultStatePath())
-  const view = buildStatus(readState(statePath), statePath)
+  if (flags.redis !== undefined && flags.state !== undefined) throw new CliError('status: --state and --redis exclude each other', 2)
+  if (flags['key-prefix'] !== undefined && flags.redis === undefined) throw new CliError('status: --key-prefix needs --redis URL', 2)
+  let doc
+  let source
+  if (flags.redis !== undefined) {
+    ;({ doc, source } = await readRedis(flags.redis, flags['key-prefix']))
+  } else {
+    source = path.resolve(flags.state ?? defaultStatePath())
+    doc = readState(source)
+  }
+  const view = buildStatus(doc, source)
   print(flags.json ? JSON.stringify(view, null, 2) : renderStatus(view))
+}
+
+/** What the Redis shared store holds, in the state file's shape; `source` names it without credentials. */
+async function readRedis(url, keyPrefix) {
+  const prefix = keyPrefix ?? 'anthropic-quota:'
+  const source = `${url.replace(/\/\/[^/@]*@/, '//')} (keys ${prefix}route:*)`
+  try {
+    return { doc: await require('../index.js').readRedisState(url, prefix), source }
+  } catch (error) {
+    throw new CliError(`cannot read the Redis shared store ${source}: ${error.message}`, error.code === 'QUOTA_STATE_ERROR' ? 1 : 2)
+  }
 }
 
 async function refresh(argv) {
@@ -404,7 +428,7 @@ async function main(argv = process.argv.slice(2)) {
     }
     if (command === '-h' || command === '--help' || command === 'help') return print(HELP.main)
     if (command === '--version' || command === '-v') return print(require('../package.json').version)
-    if (command === 'status') return status(rest)
+    if (command === 'status') return await status(rest)
     if (command === 'refresh') return await refresh(rest)
     throw new CliError(`unknown command '${command}' (see --help)`, 2)
   } catch (error) {

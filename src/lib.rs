@@ -17,5 +17,6 @@ mod js;
 mod js_now;
 mod manager;
 mod options;
+mod redis;
 mod shared;
 mod views;

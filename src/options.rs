@@ -13,6 +13,7 @@ use super::host_env::host_var;
 use super::host_fetch::HostFetch;
 use super::js::{describe, is_nullish, number_in, to_json, type_error};
 use super::js_now::JsNow;
+use super::redis::parse_redis_option;
 use quota_core::backoff::BackoffConfig;
 use quota_core::client::{UsageClientConfig, DEFAULT_USAGE_URL, DEFAULT_USER_AGENT};
 use quota_core::clock::{Clock, SystemClock};
@@ -49,6 +50,7 @@ const OPTION_KEYS: &[&str] = &[
     "onApiError",
     "onFallbackQuotaFetched",
     "onFallbackApiError",
+    "redis",
 ];
 
 const BACKOFF_KEYS: &[&str] = &[
@@ -252,6 +254,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         state_path: parse_state_path(env, &fields)?,
         transport: None,
         connection: quota_core::client::ConnectionOptions::default(),
+        redis: parse_redis_option(env, fields.raw("redis")?)?,
     };
     let (clock, js_now) = parse_clock(env, &fields)?;
     let transport = HostFetch::from_options(

@@ -194,6 +194,11 @@ export interface QuotaManagerOptions {
   storage?: AccountStorage | null | undefined
   /** Shared state file; default in the OpenCode config dir; `null` = memory only. */
   statePath?: string | null | undefined
+  /**
+   * Share route locks, snapshots, backoff and pacing through Redis, across hosts; the state file
+   * stays the local copy and the fallback while Redis does not answer. Default: none.
+   */
+  redis?: RedisOptions | null | undefined
   /** Default `https://api.anthropic.com/api/oauth/usage`. */
   usageUrl?: string | undefined
   /** Default `claude-code/2.1.257`. */
@@ -268,6 +273,21 @@ export interface QuotaStats {
   stateErrors: number
   /** Reads or writes that left a state file of a newer schema (a newer build's) alone. */
   stateFileNewerSchema: number
+  /**
+   * Where routes are shared right now: `'redis'` (the `redis` option, Redis answering), `'file'`
+   * (the state file: no `redis` option, or Redis not answering) or `'memory'`.
+   */
+  sharedStore: 'redis' | 'file' | 'memory'
+  /** Times Redis stopped answering and the state file took over (each reported once on stderr). */
+  redisFallbacks: number
+}
+
+/** The Redis shared store, for several hosts sharing one account (README, "Across hosts"). */
+export interface RedisOptions {
+  /** `redis://[user:password@]host[:port][/db]`, or `rediss://` (TLS). */
+  url: string
+  /** Prefix of every key and of the notice channel; default `anthropic-quota:`. */
+  keyPrefix?: string | undefined
 }
 
 export interface QuotaPolicy {

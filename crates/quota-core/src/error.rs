@@ -150,6 +150,8 @@ pub enum ConfigError {
     UserAgent(String),
     /// The HTTP client could not be built (no option is at fault).
     HttpClient(String),
+    /// `redis.url` is not a Redis URL.
+    RedisUrl(String),
 }
 
 impl ConfigError {
@@ -159,6 +161,7 @@ impl ConfigError {
             Self::UsageUrl(_) => Some("usageUrl"),
             Self::UserAgent(_) => Some("userAgent"),
             Self::HttpClient(_) => None,
+            Self::RedisUrl(_) => Some("redis.url"),
         }
     }
 }
@@ -166,9 +169,10 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::UsageUrl(reason) | Self::UserAgent(reason) | Self::HttpClient(reason) => {
-                f.write_str(reason)
-            }
+            Self::UsageUrl(reason)
+            | Self::UserAgent(reason)
+            | Self::HttpClient(reason)
+            | Self::RedisUrl(reason) => f.write_str(reason),
         }
     }
 }

@@ -8,6 +8,10 @@
 //! - [`backoff`]: the per-route backoff ladder and `Retry-After` (SPEC §4)
 //! - [`store`]: the shared state file and cross-process locks (SPEC §5, §6); [`route_key`]: how
 //!   it names routes
+//! - [`redis_store`]: the Redis shared store for several hosts (issue 13): route locks with
+//!   fencing, route records, change notices
+//! - [`shared_store`]: the trait both stores implement, and the manager's composite store
+//!   (Redis first, the state file when Redis does not answer)
 //! - [`policy`]: the routing policy (SPEC §8)
 //! - [`manager`]: the state machine that ties them together (a facade over one module per
 //!   concern)
@@ -24,7 +28,9 @@ pub mod host;
 pub mod manager;
 pub mod merge;
 pub mod policy;
+pub mod redis_store;
 pub mod route_key;
+pub mod shared_store;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

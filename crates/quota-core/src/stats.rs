@@ -35,6 +35,11 @@ pub struct StatsSnapshot {
     pub state_errors: u64,
     /// Reads or writes that left a newer build's state file alone.
     pub state_file_newer_schema: u64,
+    /// Where routes are shared right now: `"redis"`, `"file"` (no Redis configured, or Redis
+    /// not answering) or `"memory"` (filled in by the manager, not counted here).
+    pub shared_store: &'static str,
+    /// Times Redis stopped answering and the state file took over.
+    pub redis_fallbacks: u64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -60,6 +65,8 @@ impl Stats {
             state_file_quarantines: read(&self.state_file_quarantines),
             state_errors: read(&self.state_errors),
             state_file_newer_schema: read(&self.state_file_newer_schema),
+            shared_store: "",
+            redis_fallbacks: 0,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! route's cross-process lock, fold in what other processes wrote (which may answer it), wait
 //! out the pacing gap, fetch, record the result, write it, and tell the host.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::announce::Announcement;
 use super::refresh::{RefreshOutcome, Served, Settled};
@@ -12,9 +12,10 @@ use crate::error::QuotaError;
 use crate::fingerprint::fingerprint;
 use crate::freshness;
 use crate::merge::merge_poll_result;
+use crate::shared_store::{RouteGuard, StoreError};
 use crate::snapshot::QuotaSnapshot;
 use crate::stats::bump;
-use crate::store::{RouteLock, RouteRecord, StateStore, MAX_CLOCK_SKEW_MS};
+use crate::store::{RouteRecord, MAX_CLOCK_SKEW_MS};
 
 /// What one leader request knows about itself.
 pub(super) struct Attempt {
@@ -67,17 +68,21 @@ impl QuotaManager {
             },
             RouteId::Main => None,
         };
-        let route_lock = match &self.inner.store {
-            Some(store) => match self.lock_route(store, &attempt.key).await {
+        let route_lock = if self.inner.shared.is_memory_only() {
+            None
+        } else {
+            match self.lock_route(&attempt.key).await {
                 Ok((lock, shared)) => {
                     if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
+                        if let Some(lock) = lock {
+                            lock.release().await;
+                        }
                         return (settled, None);
                     }
                     lock
                 }
                 Err(error) => return failed(error),
-            },
-            None => None,
+            }
         };
         self.wait_for_pacing(attempt).await;
         let (result, announcement) = self.fetch_and_record(attempt, fetch_slot).await;
@@ -85,45 +90,47 @@ impl QuotaManager {
         ((Served::Request, result), announcement)
     }
 
-    /// Takes the route's cross-process lock, waiting (without blocking a thread) for another
-    /// process's refresh to finish, and reads what the state file holds for the route under it.
-    /// Each try opens a file: it runs on the blocking pool. A lock or file that cannot be used
-    /// at all (read-only directory, `.locks` that is a file, unreadable state file) is reported
-    /// once and the request goes on without it: single flight still holds in this process.
+    /// Takes the route's lock where routes are shared (Redis, or the state file), waiting
+    /// (without blocking a thread) for another process's or host's refresh to finish, and reads
+    /// the route's record under it. A lock or file that cannot be used at all (read-only
+    /// directory, `.locks` that is a file, unreadable state file) is reported once and the
+    /// request goes on without it: single flight still holds in this process.
     async fn lock_route(
         &self,
-        store: &StateStore,
         key: &str,
-    ) -> Result<(Option<RouteLock>, Option<RouteRecord>), QuotaError> {
+    ) -> Result<(Option<RouteGuard>, Option<RouteRecord>), QuotaError> {
         let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(5);
-        let mut counted_wait = false;
-        loop {
-            if let Some(tried) = run_blocking(store, key, lock_and_read).await {
-                if let Some(problem) = &tried.problem {
-                    self.report_state_error(problem);
-                }
-                return Ok((tried.lock, tried.record));
-            }
-            if !counted_wait {
-                counted_wait = true;
-                bump(&self.inner.stats.lock_waits);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bump(&self.inner.stats.lock_timeouts);
-                return Err(QuotaError::Timeout(format!(
-                    "waited {} ms for another process's quota refresh",
-                    timeout.as_millis()
-                )));
-            }
-            if !wait_until_route_free(store, key, deadline - now).await {
-                // No blocking lock here (an error): poll instead.
-                tokio::time::sleep(pause.min(deadline - now)).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
+        // One try first, so a wait is counted (`lockWaits`) when it starts, not when it ends.
+        let mut outcome = self.inner.shared.lock_route(key, Duration::ZERO).await;
+        if matches!(&outcome, Ok(tried) if tried.locked.is_none()) {
+            bump(&self.inner.stats.lock_waits);
+            outcome = self.inner.shared.lock_route(key, timeout).await;
         }
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(StoreError::State(error)) => {
+                self.report_state_error(&error);
+                return Ok((None, None));
+            }
+            Err(error) => {
+                self.report_state_error(&QuotaError::State {
+                    path: String::new(),
+                    reason: error.to_string(),
+                });
+                return Ok((None, None));
+            }
+        };
+        let Some(locked) = outcome.locked else {
+            bump(&self.inner.stats.lock_timeouts);
+            return Err(QuotaError::Timeout(format!(
+                "waited {} ms for another process's quota refresh",
+                timeout.as_millis()
+            )));
+        };
+        if let Some(problem) = &locked.problem {
+            self.report_state_error(problem);
+        }
+        Ok((locked.guard, locked.record))
     }
 
     /// With the route lock held: folds in what other processes wrote, then answers from it
@@ -259,70 +266,4 @@ impl QuotaManager {
         }
         (quota, true)
     }
-}
-
-/// One try at the route's lock: what it gave.
-struct Tried {
-    /// `None` when the route's lock could not be used at all (see `problem`).
-    lock: Option<RouteLock>,
-    /// The route's record as the state file holds it, read under the lock.
-    record: Option<RouteRecord>,
-    /// Why the lock or the file could not be used.
-    problem: Option<QuotaError>,
-}
-
-/// One try at the route's lock; `None` when another holder has it. When taken (or when it
-/// cannot be used at all), the route's record as the state file holds it, read in the same trip
-/// to the blocking pool.
-fn lock_and_read(store: &StateStore, key: &str) -> Option<Tried> {
-    let (lock, lock_problem) = match store.try_lock_route(key) {
-        Ok(Some(lock)) => (Some(lock), None),
-        Ok(None) => return None,
-        Err(error) => (None, Some(error)),
-    };
-    let (record, read_problem) = match store.read_route(key) {
-        Ok(record) => (record, None),
-        Err(error) => (None, Some(error)),
-    };
-    Some(Tried {
-        lock,
-        record,
-        problem: lock_problem.or(read_problem),
-    })
-}
-
-/// Waits, on a thread of the blocking pool (never a runtime worker, never the host's thread),
-/// until the route's lock is free: the OS wakes the waiter the moment the holder unlocks or dies,
-/// where polling woke it up to 50 ms late. The lock is let go again at once: the caller then
-/// takes it (or finds another process took it first) by its usual try. `false` when the wait
-/// could not be made (a lock error): the caller polls. Past `limit` the caller stops waiting;
-/// the thread goes on until the lock is free, then lets it go.
-async fn wait_until_route_free(store: &StateStore, key: &str, limit: Duration) -> bool {
-    let (store, key) = (store.clone(), key.to_owned());
-    let waiter = tokio::task::spawn_blocking(move || store.lock_route_blocking(&key).map(drop));
-    match tokio::time::timeout(limit, waiter).await {
-        Ok(Ok(Ok(()))) | Err(_) => true,
-        Ok(Ok(Err(_)) | Err(_)) => false,
-    }
-}
-
-/// Runs one state-store call on tokio's blocking pool: file I/O never runs on a runtime worker.
-async fn run_blocking(
-    store: &StateStore,
-    key: &str,
-    call: fn(&StateStore, &str) -> Option<Tried>,
-) -> Option<Tried> {
-    let (store, key) = (store.clone(), key.to_owned());
-    tokio::task::spawn_blocking(move || call(&store, &key))
-        .await
-        .unwrap_or_else(|e| {
-            Some(Tried {
-                lock: None,
-                record: None,
-                problem: Some(QuotaError::State {
-                    path: String::new(),
-                    reason: e.to_string(),
-                }),
-            })
-        })
 }

@@ -44,6 +44,8 @@ use crate::client::{ConnectionOptions, UsageClient, UsageClientConfig};
 use crate::clock::Clock;
 use crate::error::ConfigError;
 use crate::host::HostStorage;
+use crate::redis_store::{RedisConfig, RedisStore};
+use crate::shared_store::SharedStore;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 
@@ -84,6 +86,8 @@ pub struct ManagerConfig {
     pub transport: Option<crate::transport::Transport>,
     /// Extra trusted roots and the proxy, read from the host's environment by the binding.
     pub connection: ConnectionOptions,
+    /// The Redis shared store (several hosts); `None`: the state file alone.
+    pub redis: Option<RedisConfig>,
 }
 
 /// The shortest bound on the state-file lock: a busy machine must not make writes give up.
@@ -115,7 +119,11 @@ struct Inner {
     config: ManagerConfig,
     clock: Arc<dyn Clock>,
     client: UsageClient,
+    /// The state file: seeding at construction and the write at the host's exit.
     store: Option<StateStore>,
+    /// Where route locks and records are shared: Redis when configured and answering, else
+    /// the state file (same `StateStore`), else nothing (memory only).
+    shared: SharedStore,
     events: Arc<dyn HostEvents>,
     stats: Arc<Stats>,
     runtime: tokio::runtime::Handle,
@@ -177,12 +185,18 @@ impl QuotaManager {
             .state_path
             .clone()
             .map(|path| StateStore::new(path).with_lock_timeout(config.state_lock_wait()));
+        let redis = config
+            .redis
+            .as_ref()
+            .map(|redis| RedisStore::new(redis).map_err(|e| ConfigError::RedisUrl(e.to_string())))
+            .transpose()?;
+        let shared = SharedStore::new(store.clone(), redis);
         let initial = State {
             closed: false,
             settings: Settings::from_config(&config, storage.as_ref()),
             routes: Routes::default(),
             pacing: Pacing::default(),
-            writes: WriteBehind::new(store.is_some()),
+            writes: WriteBehind::new(!shared.is_memory_only()),
         };
         let manager = Self {
             inner: Arc::new(Inner {
@@ -191,6 +205,7 @@ impl QuotaManager {
                 clock,
                 client,
                 store,
+                shared,
                 events,
                 stats,
                 runtime,
@@ -276,7 +291,11 @@ impl QuotaManager {
     pub fn stats(&self) -> StatsSnapshot {
         // The counters include what loading the state file found (a file set aside...).
         self.inner.loading.wait();
-        self.inner.stats.snapshot()
+        StatsSnapshot {
+            shared_store: self.inner.shared.mode().as_str(),
+            redis_fallbacks: self.inner.shared.redis_fallbacks(),
+            ..self.inner.stats.snapshot()
+        }
     }
 
     /// A handle that does not keep the manager alive.

@@ -16,8 +16,9 @@ use super::routes::RouteId;
 use super::{QuotaManager, State};
 use crate::error::QuotaError;
 use crate::route_key::RouteKey;
+use crate::shared_store::{RouteGuard, StoreError};
 use crate::stats::bump;
-use crate::store::{Loaded, RouteLock, StateStore, StoreUpdate};
+use crate::store::{Loaded, StoreUpdate};
 
 /// A polled route's write running in the background.
 pub(super) type RunningWrite = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
@@ -154,8 +155,8 @@ impl QuotaManager {
     /// The caller waits for the write only briefly: a write stuck on the state-file lock (a
     /// stopped process holds it) goes on in the background, bounded by the lock timeout, and
     /// the fetched result reaches its callers anyway. `close()` waits for such writes.
-    pub(super) async fn persist_attempt(&self, attempt: &Attempt, route_lock: Option<RouteLock>) {
-        if self.inner.store.is_none() {
+    pub(super) async fn persist_attempt(&self, attempt: &Attempt, route_lock: Option<RouteGuard>) {
+        if self.inner.shared.is_memory_only() {
             return;
         }
         let write = {
@@ -174,8 +175,12 @@ impl QuotaManager {
             state.writes.stage(update).flushed_by_caller();
             let manager = self.clone();
             let task = self.inner.runtime.spawn(async move {
-                manager.flush().await;
-                drop(route_lock);
+                // Fenced by the route's lock: a holder whose Redis lock expired meanwhile
+                // cannot overwrite the newer holder's result.
+                manager.flush_under(route_lock.as_ref()).await;
+                if let Some(lock) = route_lock {
+                    lock.release().await;
+                }
             });
             let write = async move {
                 let _ = task.await;
@@ -207,20 +212,27 @@ impl QuotaManager {
     /// the same however many accounts there are, and the cost per account stays flat. A single
     /// result is still written at once (nothing is queued behind it).
     pub async fn flush(&self) {
+        self.flush_under(None).await;
+    }
+
+    /// `flush`, with the update of the route `lock` holds written under (fenced by) that lock.
+    async fn flush_under(&self, lock: Option<&RouteGuard>) {
         let turn = self.inner.writer.clone().lock_owned().await;
-        let Some((store, updates)) = self.take_unsaved() else {
+        let Some(updates) = self.take_unsaved() else {
             return;
         };
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || store.apply(&updates))
-            .await
-            .unwrap_or_else(|e| {
-                Err(QuotaError::State {
-                    path: String::new(),
-                    reason: e.to_string(),
-                })
-            });
-        self.after_write(written);
+        match self.inner.shared.apply(&updates, lock).await {
+            Ok(loaded) => self.after_write(Ok(loaded)),
+            // The lock expired while this process was paused, and another holder's newer
+            // result stands in Redis; this host's file has ours (merged, newest wins).
+            Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
+            Err(StoreError::State(error)) => self.after_write(Err(error)),
+            Err(StoreError::Unavailable(reason)) => self.after_write(Err(QuotaError::State {
+                path: String::new(),
+                reason,
+            })),
+        }
         let pause = started.elapsed().min(MAX_WRITE_PAUSE);
         self.inner.runtime.spawn(async move {
             tokio::time::sleep(pause).await;
@@ -228,20 +240,30 @@ impl QuotaManager {
         });
     }
 
+    /// Everything queued, for the write about to run; `None` when there is nothing to write
+    /// (or nowhere to write it: memory only).
+    fn take_unsaved(&self) -> Option<Vec<StoreUpdate>> {
+        if self.inner.shared.is_memory_only() {
+            return None;
+        }
+        let updates = self.state().writes.take();
+        (!updates.is_empty()).then_some(updates)
+    }
+
     /// `flush`, on the calling thread: for the host's exit, when no task will run any more.
     /// The lock wait is short there: a stopped holder must not keep the host from exiting.
+    /// With Redis, only the state file is written here (Redis got each poll's record when it
+    /// was polled; what waits now are header pushes and host writes).
     pub fn flush_now(&self) {
-        if let Some((store, updates)) = self.take_unsaved() {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let updates = self.state().writes.take();
+        if !updates.is_empty() {
             let store =
                 store.with_lock_timeout(EXIT_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
             self.after_write(store.apply(&updates));
         }
-    }
-
-    fn take_unsaved(&self) -> Option<(StateStore, Vec<StoreUpdate>)> {
-        let store = self.inner.store.clone()?;
-        let updates = self.state().writes.take();
-        (!updates.is_empty()).then_some((store, updates))
     }
 
     fn after_write(&self, written: Result<Loaded, QuotaError>) {

@@ -8,6 +8,7 @@ mod hardening;
 mod header_frames;
 mod identity;
 mod pacing;
+mod redis_hosts;
 mod routes;
 mod seeding;
 mod single_flight;

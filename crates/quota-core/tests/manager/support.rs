@@ -96,6 +96,7 @@ pub fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfi
         state_path,
         transport: None,
         connection: quota_core::client::ConnectionOptions::default(),
+        redis: None,
     }
 }
 

@@ -1,0 +1,829 @@
+//! The Redis shared store: route locks, route records and change notices on a Redis server, so
+//! "one usage call per account per freshness window" holds across hosts (issue 13), not only
+//! across the processes of one machine as with the state file ([`crate::store`]).
+//!
+//! # Keys (all under the configured prefix, default [`DEFAULT_KEY_PREFIX`])
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>route:<routeKey>` | hash | `record`: the route's [`RouteRecord`] as JSON, exactly as in the state file; `rev`: bumped by every write (optimistic concurrency); `fence`: the fencing token of the last write made under the route lock |
+//! | `<prefix>lock:<routeKey>` | string, with a TTL | the fencing token of the holder of the route's refresh lock |
+//! | `<prefix>fence` | integer | the fencing-token counter (`INCR`) |
+//! | channel `<prefix>events` | pub/sub | a route key, published when its lock is released or its record written |
+//!
+//! `<routeKey>` is the state file's route key (`main:<identity>`, `fallback:<id>`): identities
+//! are account ids or token fingerprints, never tokens. No token is ever sent to Redis.
+//!
+//! # Locks and fencing
+//!
+//! A lock is `SET <prefix>lock:<key> <fence> NX PX <ttl>`, where `<fence>` comes from `INCR
+//! <prefix>fence` in the same script, so every holder has a token larger than every earlier one.
+//! While held, a task renews it (compare-and-`PEXPIRE`) every third of the TTL; a holder that
+//! dies, or is paused (its renewal pauses with it), loses the lock within one TTL. Release is a
+//! compare-and-delete script that also publishes the notice, so a lock is only ever removed by
+//! its own holder.
+//!
+//! # Writes: one merge rule, in Rust
+//!
+//! A write reads the record and its `rev`, folds the update in with [`RouteRecord::merge`] (the
+//! one merge rule, shared with the state file and the cache), and stores the result with a
+//! compare-and-set script that succeeds only if `rev` is unchanged, retrying on a conflict. A
+//! write made under a route lock also passes its fencing token: the script rejects it
+//! ([`RedisStoreError::StaleLock`]) unless the lock still holds that very token, so a holder
+//! that was paused past its TTL cannot overwrite the newer holder's result.
+//!
+//! # Never hang
+//!
+//! Every call is bounded by the store's operation timeout; the connection is made lazily (a
+//! manager can be built while Redis is down) and re-made after a failure by redis-rs's
+//! connection manager. Waiters wake on the `events` channel, and wait at most until the held
+//! lock's TTL runs out (a dead holder publishes nothing), or a short poll while the channel is
+//! not subscribed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+
+use crate::store::{RouteRecord, StoreUpdate};
+
+/// The key prefix when the host names none.
+pub const DEFAULT_KEY_PREFIX: &str = "anthropic-quota:";
+/// Bound on one Redis round trip (connecting included): past it, the call fails and the
+/// manager falls back to the state file.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a route lock outlives a holder that stopped renewing it.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
+/// How often a waiter looks again while the notice channel is not subscribed.
+const POLL_WITHOUT_NOTICES: Duration = Duration::from_millis(100);
+/// A compare-and-set write retries this often before giving up on a hot record.
+const MAX_WRITE_CONFLICTS: usize = 16;
+/// Notices buffered per waiter; a waiter that falls behind simply looks again.
+const NOTICE_BUFFER: usize = 256;
+
+/// Takes the lock when free, with a new fencing token, and reads the record under it in the
+/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl}` when held.
+const ACQUIRE_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], fence, 'NX', 'PX', ARGV[1])
+return {1, fence, redis.call('HGET', KEYS[3], 'record') or ''}
+";
+
+/// Compare-and-`PEXPIRE`: 1 when still ours.
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Compare-and-delete, then the notice: 1 when it was still ours.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Compare-and-set of a route record. KEYS: route hash, lock. ARGV: the `rev` read ('' when
+/// none), the new record JSON ('' deletes), the writer's fencing token ('' when unfenced), the
+/// channel, the route key. Returns 1 written, 0 conflict (re-read and merge again), -1 a
+/// fenced write whose lock is no longer held by that token.
+const WRITE_SCRIPT: &str = r"
+local rev = redis.call('HGET', KEYS[1], 'rev') or ''
+if rev ~= ARGV[1] then return 0 end
+if ARGV[3] ~= '' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[3] then return -1 end
+  local last = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+  if tonumber(ARGV[3]) < last then return -1 end
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'record', ARGV[2], 'rev', (tonumber(rev) or 0) + 1)
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'fence', ARGV[3]) end
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+";
+
+/// Where and how to reach the shared store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS).
+    pub url: String,
+    pub key_prefix: String,
+    pub op_timeout: Duration,
+    pub lock_ttl: Duration,
+}
+
+impl RedisConfig {
+    /// The defaults for `url`, with the host's prefix if it gave one.
+    pub fn new(url: impl Into<String>, key_prefix: Option<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: key_prefix.unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_owned()),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            lock_ttl: DEFAULT_LOCK_TTL,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisStoreError {
+    /// The URL is not a Redis URL.
+    BadUrl(String),
+    /// Redis could not be reached, did not answer within the operation timeout, or refused the
+    /// command: the caller degrades to its local store.
+    Unavailable(String),
+    /// A write under a route lock that is no longer held by that writer (it expired, and maybe
+    /// a newer holder has it): rejected, so the newer result stands.
+    StaleLock,
+    /// The record kept changing under a compare-and-set for every retry.
+    Contended,
+}
+
+impl std::fmt::Display for RedisStoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadUrl(reason) => write!(f, "not a Redis URL: {reason}"),
+            Self::Unavailable(reason) => write!(f, "Redis unavailable: {reason}"),
+            Self::StaleLock => write!(f, "the route lock expired before the write"),
+            Self::Contended => write!(f, "the route record kept changing during the write"),
+        }
+    }
+}
+
+impl std::error::Error for RedisStoreError {}
+
+/// The Redis names of one prefix.
+#[derive(Clone, Debug)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn route(&self, key: &str) -> String {
+        format!("{}route:{key}", self.prefix)
+    }
+    fn lock(&self, key: &str) -> String {
+        format!("{}lock:{key}", self.prefix)
+    }
+    fn fence(&self) -> String {
+        format!("{}fence", self.prefix)
+    }
+    fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+    /// A `SCAN MATCH` pattern for every route key; glob characters of the prefix are escaped.
+    fn route_pattern(&self) -> String {
+        let mut pattern = String::new();
+        for c in self.route("").chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        pattern
+    }
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    write: Script,
+}
+
+struct Inner {
+    client: Client,
+    keys: Keys,
+    op_timeout: Duration,
+    lock_ttl: Duration,
+    /// The URL without credentials, for messages.
+    target: String,
+    scripts: Scripts,
+    /// Made on first use, inside the runtime: a store can be built while Redis is down.
+    connection: Mutex<Option<ConnectionManager>>,
+    notices: broadcast::Sender<String>,
+    listener_started: AtomicBool,
+    /// The `events` channel is subscribed: waiters can rely on notices.
+    listening: Arc<AtomicBool>,
+    stop_listener: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // `notify_one` keeps a permit when the listener is not waiting right now.
+        self.stop_listener.notify_one();
+    }
+}
+
+/// A handle on the Redis shared store. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("target", &self.inner.target)
+            .field("prefix", &self.inner.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to one try at a route lock.
+#[derive(Debug)]
+pub enum LockTry {
+    /// Taken: the guard, and the route's record as Redis held it under the lock.
+    Acquired(Box<(RedisRouteLock, Option<RouteRecord>)>),
+    /// Held by another; its TTL runs out in this long at the latest.
+    Held { expires_in: Duration },
+}
+
+impl RedisStore {
+    /// Checks the URL; connects on first use.
+    pub fn new(config: &RedisConfig) -> Result<Self, RedisStoreError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| RedisStoreError::BadUrl(format!("{}: {e}", redact(&config.url))))?;
+        let (notices, _) = broadcast::channel(NOTICE_BUFFER);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                keys: Keys {
+                    prefix: config.key_prefix.clone(),
+                },
+                op_timeout: config.op_timeout,
+                lock_ttl: config.lock_ttl,
+                target: redact(&config.url),
+                scripts: Scripts {
+                    acquire: Script::new(ACQUIRE_SCRIPT),
+                    renew: Script::new(RENEW_SCRIPT),
+                    release: Script::new(RELEASE_SCRIPT),
+                    write: Script::new(WRITE_SCRIPT),
+                },
+                connection: Mutex::new(None),
+                notices,
+                listener_started: AtomicBool::new(false),
+                listening: Arc::new(AtomicBool::new(false)),
+                stop_listener: Arc::new(Notify::new()),
+            }),
+        })
+    }
+
+    /// The URL without its credentials, for messages and `stats()`.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.keys.prefix
+    }
+
+    pub fn lock_ttl(&self) -> Duration {
+        self.inner.lock_ttl
+    }
+
+    /// Is the notice channel subscribed right now?
+    pub fn is_listening(&self) -> bool {
+        self.inner.listening.load(Ordering::SeqCst)
+    }
+
+    /// One round trip: does Redis answer?
+    pub async fn ping(&self) -> Result<(), RedisStoreError> {
+        let mut connection = self.connection()?;
+        self.bounded("PING", async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// One try at the route's lock (never waits for a holder).
+    pub async fn try_lock_route(&self, key: &str) -> Result<LockTry, RedisStoreError> {
+        let keys = &self.inner.keys;
+        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
+        let mut connection = self.connection()?;
+        let mut invocation = self.inner.scripts.acquire.prepare_invoke();
+        invocation
+            .key(keys.lock(key))
+            .key(keys.fence())
+            .key(keys.route(key))
+            .arg(ttl_ms);
+        let reply: Vec<redis::Value> = self
+            .bounded("lock", async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        let int = |i: usize| match reply.get(i) {
+            Some(redis::Value::Int(n)) => Some(*n),
+            _ => None,
+        };
+        match int(0) {
+            Some(1) => {
+                let fence = int(1).ok_or_else(|| self.unexpected("lock"))?;
+                let record = match reply.get(2) {
+                    Some(redis::Value::BulkString(bytes)) => parse_record(bytes),
+                    _ => None,
+                };
+                let lock = RedisRouteLock::held(self.clone(), key, fence);
+                Ok(LockTry::Acquired(Box::new((lock, record))))
+            }
+            Some(0) => {
+                // -1 (no TTL: set by hand) or -2 (gone meanwhile): look again soon.
+                let pttl = int(1).unwrap_or(0);
+                let expires_in = u64::try_from(pttl)
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .map_or(POLL_WITHOUT_NOTICES, Duration::from_millis);
+                Ok(LockTry::Held { expires_in })
+            }
+            _ => Err(self.unexpected("lock")),
+        }
+    }
+
+    /// Takes the route's lock, waiting up to `wait` for another holder: woken by its release
+    /// notice, or by its TTL running out (a dead holder sends none). `None` when still held at
+    /// the deadline.
+    pub async fn lock_route(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, RedisStoreError> {
+        Ok(self.lock_route_waited(key, wait).await?.0)
+    }
+
+    /// [`RedisStore::lock_route`], and whether the first try found the lock held.
+    pub async fn lock_route_waited(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<(Option<(RedisRouteLock, Option<RouteRecord>)>, bool), RedisStoreError> {
+        let deadline = Instant::now() + wait;
+        let mut waited = false;
+        // Subscribed before the first try: a release between the try and the wait is not missed.
+        let mut notices = self.notices();
+        loop {
+            match self.try_lock_route(key).await? {
+                LockTry::Acquired(locked) => return Ok((Some(*locked), waited)),
+                LockTry::Held { expires_in } => {
+                    waited = true;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok((None, waited));
+                    }
+                    // A hair past the TTL, so the next try finds it gone.
+                    let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
+                    if !self.is_listening() {
+                        nap = nap.min(POLL_WITHOUT_NOTICES);
+                    }
+                    notices.changed(key, nap).await;
+                }
+            }
+        }
+    }
+
+    /// The route's record, `None` when Redis has none (or a damaged one).
+    pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, RedisStoreError> {
+        Ok(self.read_with_rev(key).await?.0)
+    }
+
+    /// Every route record under the prefix (seeding, `status --redis`). Damaged records are
+    /// left out.
+    pub async fn load_all(&self) -> Result<BTreeMap<String, RouteRecord>, RedisStoreError> {
+        let pattern = self.inner.keys.route_pattern();
+        let prefix_len = self.inner.keys.route("").len();
+        let mut connection = self.connection()?;
+        self.bounded("scan", async move {
+            let mut names: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut connection)
+                    .await?;
+                names.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            let mut routes = BTreeMap::new();
+            for name in names {
+                let json: Option<Vec<u8>> = redis::cmd("HGET")
+                    .arg(&name)
+                    .arg("record")
+                    .query_async(&mut connection)
+                    .await?;
+                if let Some(record) = json.as_deref().and_then(parse_record) {
+                    routes.insert(name[prefix_len..].to_owned(), record);
+                }
+            }
+            Ok(routes)
+        })
+        .await
+    }
+
+    /// Folds each update into Redis with [`RouteRecord::merge`]. The update of the route `lock`
+    /// guards is fenced: rejected with [`RedisStoreError::StaleLock`] when the lock is no
+    /// longer this holder's. Stops at the first error.
+    pub async fn apply(
+        &self,
+        updates: &[StoreUpdate],
+        lock: Option<&RedisRouteLock>,
+    ) -> Result<(), RedisStoreError> {
+        for update in updates {
+            let key = update_key(update);
+            let fence = lock.filter(|l| l.key == key).map(|l| l.fence);
+            self.apply_one(update, fence).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        update: &StoreUpdate,
+        fence: Option<i64>,
+    ) -> Result<(), RedisStoreError> {
+        let key = update_key(update);
+        for _ in 0..MAX_WRITE_CONFLICTS {
+            let (current, rev) = self.read_with_rev(key).await?;
+            let next = match update {
+                StoreUpdate::Merge { record, .. } => {
+                    let mut merged = current.clone().unwrap_or_default();
+                    merged.merge(record);
+                    Some(merged)
+                }
+                StoreUpdate::Remove { .. } => None,
+            };
+            if next == current && fence.is_none() {
+                return Ok(());
+            }
+            let json = next.map_or_else(String::new, |record| {
+                serde_json::to_string(&record).expect("a route record serialises")
+            });
+            match self
+                .compare_and_set(key, rev.as_deref(), &json, fence)
+                .await?
+            {
+                1 => return Ok(()),
+                0 => {}
+                _ => return Err(RedisStoreError::StaleLock),
+            }
+        }
+        Err(RedisStoreError::Contended)
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        rev: Option<&str>,
+        json: &str,
+        fence: Option<i64>,
+    ) -> Result<i64, RedisStoreError> {
+        let keys = &self.inner.keys;
+        let mut connection = self.connection()?;
+        let mut invocation = self.inner.scripts.write.prepare_invoke();
+        invocation
+            .key(keys.route(key))
+            .key(keys.lock(key))
+            .arg(rev.unwrap_or(""))
+            .arg(json)
+            .arg(fence.map_or_else(String::new, |f| f.to_string()))
+            .arg(keys.events())
+            .arg(key);
+        self.bounded("write", async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
+    }
+
+    async fn read_with_rev(
+        &self,
+        key: &str,
+    ) -> Result<(Option<RouteRecord>, Option<String>), RedisStoreError> {
+        let route = self.inner.keys.route(key);
+        let mut connection = self.connection()?;
+        let (json, rev): (Option<Vec<u8>>, Option<String>) = self
+            .bounded("read", async move {
+                redis::cmd("HMGET")
+                    .arg(route)
+                    .arg("record")
+                    .arg("rev")
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok((json.as_deref().and_then(parse_record), rev))
+    }
+
+    /// A receiver of change notices; starts the channel listener on first use.
+    pub fn notices(&self) -> Notices {
+        let receiver = self.inner.notices.subscribe();
+        if !self.inner.listener_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(listen(
+                Arc::downgrade(&self.inner),
+                self.inner.listening.clone(),
+                self.inner.stop_listener.clone(),
+            ));
+        }
+        Notices { receiver }
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, RedisStoreError> {
+        let mut slot = self
+            .inner
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let timeout = self.inner.op_timeout;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(timeout);
+        let connection = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+            .map_err(|e| self.unavailable("connect", &e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Runs one Redis call under the operation timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisStoreError> {
+        match tokio::time::timeout(self.inner.op_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(self.unavailable(what, &error)),
+            Err(_) => Err(RedisStoreError::Unavailable(format!(
+                "{}: {what} got no answer within {} ms",
+                self.inner.target,
+                self.inner.op_timeout.as_millis()
+            ))),
+        }
+    }
+
+    fn unavailable(&self, what: &str, error: &redis::RedisError) -> RedisStoreError {
+        RedisStoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
+    }
+
+    fn unexpected(&self, what: &str) -> RedisStoreError {
+        RedisStoreError::Unavailable(format!("{}: {what}: unexpected reply", self.inner.target))
+    }
+
+    async fn renew(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
+        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
+        let mut connection = self.connection()?;
+        let mut invocation = self.inner.scripts.renew.prepare_invoke();
+        invocation
+            .key(self.inner.keys.lock(key))
+            .arg(fence)
+            .arg(ttl_ms);
+        let renewed: i64 = self
+            .bounded("renew", async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
+        let keys = &self.inner.keys;
+        let mut connection = self.connection()?;
+        let mut invocation = self.inner.scripts.release.prepare_invoke();
+        invocation
+            .key(keys.lock(key))
+            .arg(fence)
+            .arg(keys.events())
+            .arg(key);
+        let released: i64 = self
+            .bounded("unlock", async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(released == 1)
+    }
+}
+
+/// Keeps the `events` channel subscribed while the store lives, re-subscribing after Redis
+/// comes back, and hands each notice to the waiters.
+async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some((client, channel, timeout)) = store
+            .upgrade()
+            .map(|inner| (inner.client.clone(), inner.keys.events(), inner.op_timeout))
+        else {
+            return;
+        };
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        })
+        .await;
+        if let Ok(Ok(pubsub)) = subscribed {
+            listening.store(true, Ordering::SeqCst);
+            pause = Duration::from_millis(50);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    () = stop.notified() => {
+                        listening.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(inner) = store.upgrade() else { return };
+                        if let Ok(route) = message.get_payload::<String>() {
+                            let _ = inner.notices.send(route);
+                        }
+                    }
+                }
+            }
+            listening.store(false, Ordering::SeqCst);
+        }
+        tokio::select! {
+            () = stop.notified() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Change notices of one waiter.
+pub struct Notices {
+    receiver: broadcast::Receiver<String>,
+}
+
+impl Notices {
+    /// Waits up to `within` for a notice about `key`; `true` when one came (or notices were
+    /// lost, so the caller should look again).
+    pub async fn changed(&mut self, key: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                Err(_) => return false,
+                Ok(Ok(route)) if route == key => return true,
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Holds a route's Redis lock: renewed in the background until released or dropped.
+pub struct RedisRouteLock {
+    store: RedisStore,
+    key: String,
+    fence: i64,
+    lost: Arc<AtomicBool>,
+    renewal: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl std::fmt::Debug for RedisRouteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRouteLock")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRouteLock {
+    fn held(store: RedisStore, key: &str, fence: i64) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewal = tokio::spawn(renew_while_held(
+            store.clone(),
+            key.to_owned(),
+            fence,
+            lost.clone(),
+        ));
+        Self {
+            store,
+            key: key.to_owned(),
+            fence,
+            lost,
+            renewal,
+            released: false,
+        }
+    }
+
+    /// The fencing token: larger than every earlier holder's.
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A renewal found the lock gone or taken: writes under it will be rejected.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.
+    pub async fn release(mut self) -> Result<bool, RedisStoreError> {
+        self.renewal.abort();
+        self.released = true;
+        self.store.release(&self.key, self.fence).await
+    }
+
+    /// Stops renewing without releasing, as a holder that died would: test support.
+    #[cfg(test)]
+    fn abandon(mut self) {
+        self.renewal.abort();
+        self.released = true;
+    }
+}
+
+impl Drop for RedisRouteLock {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if self.released {
+            return;
+        }
+        // Dropped without `release` (an early return, a cancelled future): release it in the
+        // background; if no runtime is left, the TTL frees it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, key, fence) = (self.store.clone(), self.key.clone(), self.fence);
+            runtime.spawn(async move {
+                let _ = store.release(&key, fence).await;
+            });
+        }
+    }
+}
+
+async fn renew_while_held(store: RedisStore, key: String, fence: i64, lost: Arc<AtomicBool>) {
+    let period = (store.lock_ttl() / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        // An unanswered renewal is tried again: the lock may still be ours until its TTL.
+        if let Ok(false) = store.renew(&key, fence).await {
+            lost.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+fn update_key(update: &StoreUpdate) -> &str {
+    match update {
+        StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key,
+    }
+}
+
+/// A record as stored; a damaged one reads as none (as a damaged route in the state file).
+fn parse_record(bytes: &[u8]) -> Option<RouteRecord> {
+    if bytes.is_empty() {
+        return None;
+    }
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The URL without user and password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redis url>".to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

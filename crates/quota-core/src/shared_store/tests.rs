@@ -1,0 +1,188 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::redis_store::tests::RedisServer;
+use crate::redis_store::RedisConfig;
+use crate::snapshot::QuotaEntry;
+
+fn record(checked_at: i64) -> RouteRecord {
+    RouteRecord {
+        entry: Some(Arc::new(QuotaEntry {
+            quota: crate::snapshot::QuotaSnapshot {
+                checked_at: Some(checked_at),
+                ..Default::default()
+            },
+            checked_at,
+            refresh_after: checked_at + 300_000,
+        })),
+        ..RouteRecord::default()
+    }
+}
+
+fn merge(key: &str, checked_at: i64) -> StoreUpdate {
+    StoreUpdate::Merge {
+        key: key.into(),
+        record: Box::new(record(checked_at)),
+    }
+}
+
+fn checked_at(record: Option<&RouteRecord>) -> Option<i64> {
+    Some(record?.entry.as_ref()?.checked_at)
+}
+
+fn redis(server: &RedisServer) -> RedisStore {
+    let mut config = RedisConfig::new(server.url(), Some("t:".into()));
+    config.op_timeout = Duration::from_millis(300);
+    config.lock_ttl = Duration::from_millis(600);
+    RedisStore::new(&config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_store_behind_the_trait_excludes_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateStore::new(dir.path().join("state.json"));
+    let store: &dyn RouteStore = &file;
+    let first = store.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let held = first.locked.expect("free").guard.expect("usable");
+    let second = store
+        .lock_route("main:a", Duration::from_millis(30))
+        .await
+        .unwrap();
+    assert!(second.locked.is_none() && second.waited);
+    store
+        .apply(&[merge("main:a", 5)], Some(&held))
+        .await
+        .unwrap();
+    held.release().await;
+    let third = store.lock_route("main:a", Duration::ZERO).await.unwrap();
+    assert_eq!(checked_at(third.locked.unwrap().record.as_ref()), Some(5));
+    assert_eq!(store.load_routes().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateStore::new(dir.path().join("state.json"));
+    let shared = SharedStore::new(Some(file.clone()), Some(redis(&server)));
+    assert_eq!(shared.mode(), StoreMode::Redis);
+
+    // Up: the lock is Redis's, the write lands in Redis and in the file.
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let guard = locked.locked.unwrap().guard.unwrap();
+    assert!(matches!(guard, RouteGuard::Redis(_)));
+    shared
+        .apply(&[merge("main:a", 1)], Some(&guard))
+        .await
+        .unwrap();
+    guard.release().await;
+    let in_redis = redis(&server).read_route("main:a").await.unwrap();
+    assert_eq!(checked_at(in_redis.as_ref()), Some(1));
+    assert_eq!(
+        checked_at(file.read_route("main:a").unwrap().as_ref()),
+        Some(1)
+    );
+
+    // Down: every call settles, on the file; one fallback however many calls.
+    server.kill();
+    for at in 2..5 {
+        let locked = tokio::time::timeout(
+            Duration::from_secs(3),
+            shared.lock_route("main:a", Duration::from_secs(10)),
+        )
+        .await
+        .expect("the lock hung without Redis")
+        .unwrap();
+        let guard = locked.locked.unwrap().guard.unwrap();
+        assert!(matches!(guard, RouteGuard::File(_)));
+        shared
+            .apply(&[merge("main:a", at)], Some(&guard))
+            .await
+            .unwrap();
+        guard.release().await;
+    }
+    assert_eq!(shared.mode(), StoreMode::File);
+    assert_eq!(shared.redis_fallbacks(), 1);
+    assert_eq!(
+        checked_at(file.read_route("main:a").unwrap().as_ref()),
+        Some(4)
+    );
+
+    // Back (empty): the probe hands over to Redis again.
+    server.restart();
+    for _ in 0..60 {
+        if shared.mode() == StoreMode::Redis {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shared.mode(), StoreMode::Redis, "never returned to Redis");
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let guard = locked.locked.unwrap().guard.unwrap();
+    assert!(matches!(guard, RouteGuard::Redis(_)));
+    shared
+        .apply(&[merge("main:a", 9)], Some(&guard))
+        .await
+        .unwrap();
+    guard.release().await;
+    let in_redis = redis(&server).read_route("main:a").await.unwrap();
+    assert_eq!(checked_at(in_redis.as_ref()), Some(9));
+    assert_eq!(shared.redis_fallbacks(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_fenced_write_is_rejected_in_redis_but_kept_in_the_local_file() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateStore::new(dir.path().join("state.json"));
+    let shared = SharedStore::new(Some(file.clone()), Some(redis(&server)));
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let stale = locked.locked.unwrap().guard.unwrap();
+    let other = redis(&server);
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("t:lock:main:a")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let (fresh, _) = other
+        .lock_route("main:a", Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    other
+        .apply(&[merge("main:a", 10)], Some(&fresh))
+        .await
+        .unwrap();
+    let error = shared
+        .apply(&[merge("main:a", 20)], Some(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(error, StoreError::StaleLock);
+    assert_eq!(shared.mode(), StoreMode::Redis, "a stale lock is no outage");
+    let in_redis = other.read_route("main:a").await.unwrap();
+    assert_eq!(checked_at(in_redis.as_ref()), Some(10));
+    assert_eq!(
+        checked_at(file.read_route("main:a").unwrap().as_ref()),
+        Some(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_only_takes_no_lock_and_writes_nothing() {
+    let shared = SharedStore::new(None, None);
+    assert_eq!(shared.mode(), StoreMode::Memory);
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    assert!(locked.locked.unwrap().guard.is_none());
+    assert!(shared.apply(&[merge("main:a", 1)], None).await.is_ok());
+    assert!(shared.load_routes().await.unwrap().is_empty());
+}
