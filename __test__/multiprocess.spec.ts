@@ -319,6 +319,27 @@ describe('concurrent writers', () => {
   }, 60_000)
 })
 
+describe('callers of one synchronous run', () => {
+  it('a call made before the first was answered shares its request, even one already done', async () => {
+    // Two calls in one synchronous run of JS are concurrent, whatever the OS does between them:
+    // the thread stalled long enough for the first request to end must not make a second one.
+    const own = await startUsageSimulator()
+    onTestFinished(() => own.close())
+    const child = await startWorker(options(join(tempDir(), 'state.json'), { apiCallGapMs: 0, usageUrl: own.url }))
+
+    const both = await refresh(child, { callers: 2, identity: 'alice', token: TOKEN, stallMs: 300 })
+    expect(both.results.every((r) => r.ok)).toBe(true)
+    expect(own.requests).toBe(1)
+    expect(both.results[1].checkedAt).toBe(both.results[0].checkedAt)
+    expect(both.stats.apiCalls).toBe(1)
+    expect(both.stats.joinedInFlight).toBe(1)
+
+    // Once answered, a refresh is a new request.
+    await refresh(child, { callers: 1, identity: 'alice', token: TOKEN })
+    expect(own.requests).toBe(2)
+  })
+})
+
 describe('a damaged state file', () => {
   const cases: Array<[string, Buffer]> = [
     ['truncated JSON', Buffer.from('{"version": 1, "routes": {"main:alice": {"entry": {"checkedAt": 17')],
@@ -371,7 +392,12 @@ describe('a damaged state file', () => {
     await child.request({ cmd: 'pushMain', identity: 'alice', headers: { 'anthropic-ratelimit-unified-5h-utilization': '0.5' } })
     const second = await refresh(child, { callers: 1, identity: 'bob', token: TOKEN })
     expect(second.results[0].ok).toBe(true)
-    expect(own.requests).toBe(2)
+    // On failure, say which request was extra: the times and token of each, and how the
+    // child counted its callers (two callers of one request: joinedInFlight 1).
+    const requestLog = own.log.map((r) => ({ at: r.at, tokenFingerprint: r.tokenFingerprint }))
+    const childStats = { first: first.stats, second: second.stats }
+    expect(own.requests, JSON.stringify({ requestLog, childStats })).toBe(2)
+    expect(first.stats.joinedInFlight).toBe(1)
     await child.request({ cmd: 'close' })
     const after = await report(child)
     expect(after.stats.stateFileQuarantines).toBe(0)

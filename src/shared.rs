@@ -88,13 +88,18 @@ impl SharedPromises {
         refresh: Refresh,
         shape: Shape,
     ) -> Result<Unknown<'env>> {
-        let Refresh { wait, attempt_id } = refresh;
+        let Refresh {
+            wait,
+            attempt_id,
+            hold,
+        } = refresh;
         let key = attempt_id.map(|id| (id, shape));
         if let Some(existing) =
             key.and_then(|key| self.running.borrow().get(&key).map(|r| r.get_value(env)))
         {
-            // The request's starter counts every caller in stats(); this wait is not needed.
-            drop(wait);
+            // The request's starter counts every caller in stats(); this wait is not needed,
+            // and the promise's own hold keeps the request joinable until it settles.
+            drop((wait, hold));
             return existing;
         }
         let running = self.running.clone();
@@ -106,6 +111,9 @@ impl SharedPromises {
                 if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
                     let _ = reference.unref(env);
                 }
+                // The caller is answered now, not when `wait` ended: a call made in between
+                // (the same synchronous run of JS) joined this request and got this promise.
+                drop(hold);
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
                 Ok(Frozen(match shape {
                     Shape::Snapshot => Answer::Snapshot(outcome.quota),

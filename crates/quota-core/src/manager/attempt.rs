@@ -49,12 +49,20 @@ impl QuotaManager {
             }
             self.announce(&attempt, announcement).await;
         }
+        // Callers not answered yet (a JS promise settles later, on the event loop) keep the
+        // request joinable with this result: a call made before then shares it.
         if let Some(slot) = self
             .state()
             .routes
             .attempt_slot(&attempt.route, attempt.generation)
         {
-            slot.in_flight = None;
+            if slot
+                .in_flight
+                .as_ref()
+                .is_none_or(|flight| flight.finish(settled.clone()))
+            {
+                slot.in_flight = None;
+            }
         }
         settled
     }

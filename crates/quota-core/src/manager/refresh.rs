@@ -9,7 +9,7 @@ use super::attempt::Attempt;
 use super::identity::MainTarget;
 use super::routes::{LineageBind, MainIdentity, RouteId};
 use super::single_flight::{Flight, Ticket};
-use super::{QuotaManager, State};
+use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
 use crate::host::FallbackAccount;
 use crate::snapshot::QuotaSnapshot;
@@ -46,6 +46,11 @@ pub struct Refresh {
     /// The request the call is attached to (it started it or joined it); `None` when it was
     /// answered at once (backed off, closed). Calls with the same id get the same result.
     pub attempt_id: Option<u64>,
+    /// Keeps the request joinable, with its result, until this caller has been answered: drop
+    /// it once the result has reached the caller (for a JS caller: when its promise settles,
+    /// which is later than `wait` ends). A call made meanwhile is concurrent with this one and
+    /// shares its request. `None` when there is no request.
+    pub hold: Option<FlightHold>,
 }
 
 impl Refresh {
@@ -53,6 +58,32 @@ impl Refresh {
         Self {
             wait: futures::future::ready(result).boxed(),
             attempt_id: None,
+            hold: None,
+        }
+    }
+
+    /// Waits for the result; the caller is answered when it has it.
+    pub async fn answer(self) -> Result<RefreshOutcome, QuotaError> {
+        let Self { wait, hold, .. } = self;
+        let result = wait.await;
+        drop(hold);
+        result
+    }
+}
+
+/// A caller's claim on a request's result (see [`Refresh::hold`]). Dropping it marks the caller
+/// answered; the request's slot is freed for a new request once every caller was.
+pub struct FlightHold {
+    manager: WeakQuotaManager,
+    route: RouteId,
+    generation: u64,
+    id: u64,
+}
+
+impl Drop for FlightHold {
+    fn drop(&mut self) {
+        if let Some(manager) = self.manager.upgrade() {
+            manager.flight_answered(&self.route, self.generation, self.id);
         }
     }
 }
@@ -65,7 +96,7 @@ impl QuotaManager {
         identity: Option<&str>,
         token: &str,
     ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_main(identity, token).wait.await
+        self.begin_refresh_main(identity, token).answer().await
     }
 
     /// Joins or starts the main refresh now, at the call, and returns the wait for its result.
@@ -114,8 +145,8 @@ impl QuotaManager {
             }
             state.routes.bind_main(identity);
         }
-        let ticket = self.join_or_start(&mut state, RouteId::Main, token);
-        self.settle(ticket)
+        let (ticket, hold) = self.join_or_start(&mut state, RouteId::Main, token);
+        self.settle(ticket, hold)
     }
 
     pub async fn refresh_fallback(
@@ -124,7 +155,9 @@ impl QuotaManager {
         token: &str,
         account: Option<&FallbackAccount>,
     ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_fallback(id, token, account).wait.await
+        self.begin_refresh_fallback(id, token, account)
+            .answer()
+            .await
     }
 
     /// `begin_refresh_main` for a fallback account.
@@ -151,8 +184,9 @@ impl QuotaManager {
             // A refresh for a login that was replaced: answer for the current one instead.
             state.routes.bind_fallback(id, None);
         }
-        let ticket = self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
-        self.settle(ticket)
+        let (ticket, hold) =
+            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
+        self.settle(ticket, hold)
     }
 
     /// A refresh of the main route that nobody awaits: `None` when one is running already,
@@ -167,22 +201,23 @@ impl QuotaManager {
             }
             state.routes.main_owner().map(MainIdentity::persisted)
         };
-        let refresh = self.begin_refresh_main(identity.as_deref(), token).wait;
+        let refresh = self.begin_refresh_main(identity.as_deref(), token);
         Some(
             async move {
-                let _ = refresh.await;
+                let _ = refresh.answer().await;
             }
             .boxed(),
         )
     }
 
     /// The caller's wait: counted, when it ends, by how it was served.
-    fn settle(&self, ticket: Ticket<Settled>) -> Refresh {
+    fn settle(&self, ticket: Ticket<Settled>, hold: Option<FlightHold>) -> Refresh {
         let stats = self.inner.stats.clone();
         let Ticket {
             result,
             callers,
             id,
+            counts_itself: _,
         } = ticket;
         let wait = async move {
             let (served, result) = result.await;
@@ -201,20 +236,71 @@ impl QuotaManager {
         Refresh {
             wait: wait.boxed(),
             attempt_id: id,
+            hold,
+        }
+    }
+
+    /// A caller's hold is dropped: frees the route for a new request when the request is done
+    /// and this was its last caller to be answered.
+    fn flight_answered(&self, route: &RouteId, generation: u64, id: u64) {
+        let mut state = self.state();
+        let Some(slot) = state.routes.attempt_slot(route, generation) else {
+            return;
+        };
+        if slot
+            .in_flight
+            .as_ref()
+            .is_some_and(|flight| flight.id() == id && flight.answered())
+        {
+            slot.in_flight = None;
+        }
+    }
+
+    fn count_late_joiner(&self, served: Served) {
+        let stats = &self.inner.stats;
+        match served {
+            Served::OtherProcess => bump(&stats.joined_other_process),
+            Served::DuringBackoff => bump(&stats.served_during_backoff),
+            Served::Request => bump(&stats.joined_in_flight),
+        }
+    }
+
+    fn hold(&self, route: &RouteId, generation: u64, id: u64) -> FlightHold {
+        FlightHold {
+            manager: self.downgrade(),
+            route: route.clone(),
+            generation,
+            id,
         }
     }
 
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
-    fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Ticket<Settled> {
+    fn join_or_start(
+        &self,
+        state: &mut State,
+        route: RouteId,
+        token: &str,
+    ) -> (Ticket<Settled>, Option<FlightHold>) {
         let now = self.now();
         let generation = {
             let slot = state.routes.slot_mut(&route);
             if slot.record.backoff.is_open(now) {
                 bump(&self.inner.stats.served_during_backoff);
-                return Ticket::ready((Served::DuringBackoff, slot.served_from_cache(now)));
+                let cached = (Served::DuringBackoff, slot.served_from_cache(now));
+                return (Ticket::ready(cached), None);
             }
             if let Some(running) = &slot.in_flight {
-                return running.join();
+                let hold = self.hold(&route, slot.generation, running.id());
+                let ticket = running.join();
+                if ticket.counts_itself {
+                    // Joined once the request was done: its starter's tally was final. Counted
+                    // now, as the starter counts its callers: a caller handed a promise already
+                    // made never awaits its own wait.
+                    if let Some((served, _)) = running.result_now() {
+                        self.count_late_joiner(served);
+                    }
+                }
+                return (ticket, Some(hold));
             }
             slot.generation
         };
@@ -244,7 +330,8 @@ impl QuotaManager {
         }
         .boxed();
         let (flight, ticket) = Flight::lead(state.routes.next_id(), work);
+        let hold = self.hold(&route, generation, flight.id());
         state.routes.slot_mut(&route).in_flight = Some(flight);
-        ticket
+        (ticket, Some(hold))
     }
 }

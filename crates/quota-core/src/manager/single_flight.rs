@@ -1,8 +1,13 @@
 //! Single flight: while a request runs, every caller for the same route waits on it instead of
 //! starting another, and all of them get its one result. The route's slot holds its
 //! [`Flight`]; this module knows nothing of routes or quota.
+//!
+//! A flight whose work is done stays joinable, with its result, until every caller holding it
+//! has been answered: a host's callers are answered later than the work ends (a JS promise
+//! settles on the event loop), and a call made before that, in the same synchronous run as the
+//! first, is concurrent with it and must share its request, not start another.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt};
@@ -17,8 +22,14 @@ pub(super) struct Flight<T: Clone> {
     /// Everyone waiting on it, its leader included.
     callers: Arc<AtomicU64>,
     /// The result, once known but not yet handed out (the work still has something to do,
-    /// e.g. tell the host): a caller joining now gets it at once.
+    /// e.g. tell the host, or callers still wait to be answered): a caller joining now gets it
+    /// at once.
     early: Mutex<Option<T>>,
+    /// Callers not answered yet (their [`Ticket`]'s hold is alive).
+    unanswered: AtomicU64,
+    /// The work is done and its leader's tally of callers is final: a caller joining now
+    /// counts itself.
+    finished: AtomicBool,
 }
 
 /// A caller's place on a flight.
@@ -29,6 +40,8 @@ pub(super) struct Ticket<T: Clone> {
     pub callers: Option<Arc<AtomicU64>>,
     /// The flight's id; `None` for an answer given at once.
     pub id: Option<u64>,
+    /// Joined after the work was done: the leader's tally does not include this caller.
+    pub counts_itself: bool,
 }
 
 impl<T: Clone> Flight<T> {
@@ -40,6 +53,7 @@ impl<T: Clone> Flight<T> {
             result: shared.clone(),
             callers: Some(callers.clone()),
             id: Some(id),
+            counts_itself: false,
         };
         (
             Self {
@@ -47,9 +61,15 @@ impl<T: Clone> Flight<T> {
                 shared,
                 callers,
                 early: Mutex::new(None),
+                unanswered: AtomicU64::new(1),
+                finished: AtomicBool::new(false),
             },
             ticket,
         )
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Records the result before the work ends: later joiners get it without waiting.
@@ -60,12 +80,40 @@ impl<T: Clone> Flight<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
     }
 
+    /// The result, when it is known already.
+    pub fn result_now(&self) -> Option<T> {
+        self.early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The work is done with `value`. Returns `true` when every caller has been answered
+    /// already (the flight can go); otherwise it stays joinable, with `value`, until
+    /// [`Flight::answered`] says the last one was.
+    pub fn finish(&self, value: T) -> bool {
+        self.settle_early(value);
+        self.finished.store(true, Ordering::SeqCst);
+        self.unanswered.load(Ordering::SeqCst) == 0
+    }
+
+    /// One caller was answered (its hold was dropped). Returns `true` when the work is done
+    /// and this was the last caller waiting: the flight can go.
+    pub fn answered(&self) -> bool {
+        let left = self.unanswered.fetch_sub(1, Ordering::SeqCst) - 1;
+        left == 0 && self.finished.load(Ordering::SeqCst)
+    }
+
     /// Joins the flight as one more caller.
     pub fn join(&self) -> Ticket<T>
     where
         T: Send + Sync + 'static,
     {
-        self.callers.fetch_add(1, Ordering::SeqCst);
+        self.unanswered.fetch_add(1, Ordering::SeqCst);
+        let counts_itself = self.finished.load(Ordering::SeqCst);
+        if !counts_itself {
+            self.callers.fetch_add(1, Ordering::SeqCst);
+        }
         let early = self
             .early
             .lock()
@@ -74,6 +122,7 @@ impl<T: Clone> Flight<T> {
         if let Some(value) = early {
             return Ticket {
                 id: Some(self.id),
+                counts_itself,
                 ..Ticket::ready(value)
             };
         }
@@ -81,6 +130,7 @@ impl<T: Clone> Flight<T> {
             result: self.shared.clone(),
             callers: None,
             id: Some(self.id),
+            counts_itself,
         }
     }
 
@@ -107,6 +157,7 @@ impl<T: Clone + Send + Sync + 'static> Ticket<T> {
             result: futures::future::ready(value).boxed().shared(),
             callers: None,
             id: None,
+            counts_itself: false,
         }
     }
 }
@@ -146,6 +197,33 @@ mod tests {
             "not waiting on the work, which never ends"
         );
         assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_finished_flight_stays_joinable_until_its_callers_are_answered() {
+        let (flight, leader) = Flight::lead(3, async { 8 }.boxed());
+        let joiner = flight.join();
+        assert_eq!(leader.result.clone().await, 8);
+        assert!(!flight.finish(8), "two callers are still to be answered");
+        let late = flight.join();
+        assert_eq!(late.id, Some(3));
+        assert!(late.counts_itself, "the leader's tally is final");
+        assert_eq!(late.result.await, 8);
+        assert_eq!(joiner.result.await, 8);
+        assert!(!flight.answered());
+        assert!(!flight.answered());
+        assert!(
+            flight.answered(),
+            "the last caller answered: the flight can go"
+        );
+        assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_finished_flight_whose_callers_were_answered_goes_at_once() {
+        let (flight, _leader) = Flight::lead(4, async { 1 }.boxed());
+        assert!(!flight.answered(), "not finished yet");
+        assert!(flight.finish(1));
     }
 
     #[tokio::test]
