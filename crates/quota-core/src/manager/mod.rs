@@ -153,6 +153,9 @@ impl Published for State {
             .main()
             .in_flight
             .as_ref()
+            // A finished flight waits only for its callers to be answered: a host joining it by
+            // itself could no longer be counted in its tally, so it calls in (and is counted).
+            .filter(|flight| !flight.is_finished())
             // Ids are small and only ever grow; the low 31 bits tell flights apart.
             .map_or(0, |flight| (flight.id() & 0x7fff_ffff) as i32)
     }
@@ -166,7 +169,12 @@ impl QuotaManager {
         if state.closed {
             return None;
         }
-        let flight = state.routes.main().in_flight.as_ref()?;
+        let flight = state
+            .routes
+            .main()
+            .in_flight
+            .as_ref()
+            .filter(|flight| !flight.is_finished())?;
         Some((flight.id(), flight.callers()))
     }
 

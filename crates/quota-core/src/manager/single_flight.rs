@@ -97,6 +97,11 @@ impl<T: Clone> Flight<T> {
         self.unanswered.load(Ordering::SeqCst) == 0
     }
 
+    /// Whether the work is done (the flight may still wait for its callers to be answered).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
+    }
+
     /// One caller was answered (its hold was dropped). Returns `true` when the work is done
     /// and this was the last caller waiting: the flight can go.
     pub fn answered(&self) -> bool {
@@ -132,10 +137,6 @@ impl<T: Clone> Flight<T> {
             id: Some(self.id),
             counts_itself,
         }
-    }
-
-    pub fn id(&self) -> u64 {
-        self.id
     }
 
     /// The count of its callers, for a host that joins callers to it by itself (they are then
