@@ -5,7 +5,7 @@
 import http from 'node:http'
 import path from 'node:path'
 import fs from 'node:fs'
-import { addonPath, emit, log, QUICK, require, row, simulatorPath, tempDir } from './lib.mjs'
+import { addonPath, emit, getJson, log, QUICK, require, row, simulatorPath, tempDir } from './lib.mjs'
 
 const { QuotaManager } = require(addonPath)
 const { startUsageSimulator } = require(simulatorPath)
@@ -16,18 +16,7 @@ const sim = await startUsageSimulator({ delayMs: DELAY_MS })
 const agent = new http.Agent({ keepAlive: true, maxSockets: 4 })
 const dir = tempDir()
 
-function get(url, token) {
-  return new Promise((resolve, reject) => {
-    http
-      .get(url, { agent, headers: { authorization: `Bearer ${token}`, accept: 'application/json' } }, (res) => {
-        let body = ''
-        res.setEncoding('utf8')
-        res.on('data', (c) => (body += c))
-        res.on('end', () => resolve(JSON.parse(body)))
-      })
-      .on('error', reject)
-  })
-}
+const get = (url, token) => getJson(url, token, agent)
 
 async function plainPool(accounts, width = 4) {
   const queue = [...accounts]

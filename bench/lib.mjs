@@ -4,6 +4,7 @@
 // `bench/run.mjs` runs every script in its own process and prints the table.
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
+import http from 'node:http'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -65,4 +66,18 @@ export function pollSnapshot(now = Date.now()) {
     source: 'poll',
     checkedAt: now,
   }
+}
+
+/** The yardsticks' usage request: a bare GET through `agent`, its JSON body. */
+export function getJson(url, token, agent) {
+  return new Promise((resolve, reject) => {
+    http
+      .get(url, { agent, headers: { authorization: `Bearer ${token}`, accept: 'application/json' } }, (res) => {
+        let body = ''
+        res.setEncoding('utf8')
+        res.on('data', (c) => (body += c))
+        res.on('end', () => resolve(JSON.parse(body)))
+      })
+      .on('error', reject)
+  })
 }

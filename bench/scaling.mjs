@@ -13,7 +13,7 @@
 import http from 'node:http'
 import path from 'node:path'
 import fs from 'node:fs'
-import { addonPath, emit, log, median, pollSnapshot, QUICK, require, row, simulatorPath, tempDir } from './lib.mjs'
+import { addonPath, emit, getJson, log, median, pollSnapshot, QUICK, require, row, simulatorPath, tempDir } from './lib.mjs'
 
 const { QuotaManager } = require(addonPath)
 const { startUsageSimulator } = require(simulatorPath)
@@ -27,18 +27,7 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 4 })
 const dir = tempDir()
 const rows = []
 
-function get(url, token) {
-  return new Promise((resolve, reject) => {
-    http
-      .get(url, { agent, headers: { authorization: `Bearer ${token}`, accept: 'application/json' } }, (res) => {
-        let body = ''
-        res.setEncoding('utf8')
-        res.on('data', (c) => (body += c))
-        res.on('end', () => resolve(JSON.parse(body)))
-      })
-      .on('error', reject)
-  })
-}
+const get = (url, token) => getJson(url, token, agent)
 
 /** The yardstick: the same fan-out in plain JS (due check, pool of 4, Map cache). */
 async function plainRefreshAll(cache, accounts, width = 4) {
