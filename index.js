@@ -41,6 +41,120 @@ function sharedTimeOf(clock) {
 /** The largest time JavaScript dates can hold (the host's `now` beyond it goes native). */
 const MAX_TIME_MS = 8.64e15
 
+/** What an account list is read for: each reads other fields (src/account_lists.rs). */
+const SEEDING = 0
+const REFRESHING = 1
+const RESOLVING = 2
+
+/** An object JSON.stringify reads exactly as property access does: own data, no toJSON. */
+function isPlainObject(value) {
+  if (typeof value !== 'object' || value === null) return false
+  const proto = Object.getPrototypeOf(value)
+  return (proto === Object.prototype || proto === null) && typeof value.toJSON !== 'function'
+}
+
+/**
+ * The account list as the binding's compact form (src/account_lists.rs): one flat array with,
+ * per account, 8 values [id, enabled, type, authLineageId, access, expires, lastQuotaRefreshError,
+ * quota bound]: the raw values, so the core checks and names them as it does whole objects.
+ * Seeding and a resolver send `access` only when it is not a string (it is checked, not used);
+ * seeding sends a bound on the snapshot's `checkedAt` instead of the snapshot, and puts each
+ * account's snapshot in `quotas`. Only these fields are read: others are not looked at, so a
+ * value with no JSON form in a field the manager does not use is no longer an error. Null when
+ * an account is not a plain object, or a value read has no JSON form: the native method then
+ * reads the list whole, as before.
+ */
+function compactAccounts(accounts, purpose, quotas) {
+  if (!Array.isArray(accounts) || typeof accounts.toJSON === 'function') return null
+  const count = accounts.length
+  const flat = []
+  const seeding = purpose === SEEDING
+  try {
+    for (let i = 0; i < count; i++) {
+      const account = accounts[i]
+      if (!isPlainObject(account)) return null
+      const access = account.access
+      let bound = null
+      if (seeding) {
+        // Read once: the snapshot sent, if the core asks for it, is the one bounded here.
+        const quota = account.quota
+        quotas[i] = quota
+        bound = quotaCheckedAtBound(quota)
+      }
+      flat.push(
+        account.id,
+        account.enabled,
+        account.type,
+        account.authLineageId,
+        purpose !== REFRESHING && typeof access === 'string' ? null : access,
+        seeding ? null : account.expires,
+        seeding ? account.lastQuotaRefreshError : null,
+        bound,
+      )
+    }
+    return JSON.stringify(flat)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The snapshots the core asked for, as a JSON array. A snapshot holding a value with no JSON
+ * form is junk, dropped the way the core drops junk inside a snapshot: a BigInt field is left
+ * out; a snapshot that cannot be written at all (a cycle, a throwing getter) counts as none.
+ * The first half of the seeding has run by then: throwing here would leave it half done.
+ */
+function snapshotsJson(quotas, wanted) {
+  const picked = Array.from(wanted, (index) => quotas[index])
+  try {
+    return JSON.stringify(picked)
+  } catch {
+    return `[${picked.map(snapshotJsonOrNull).join(',')}]`
+  }
+}
+
+function snapshotJsonOrNull(quota) {
+  try {
+    return JSON.stringify(quota, (_, value) => (typeof value === 'bigint' ? undefined : value)) ?? 'null'
+  } catch {
+    return 'null'
+  }
+}
+
+/** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
+const UNREADABLE = NaN
+
+/** A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. */
+function windowCheckedAt(window) {
+  if (window === undefined || window === null) return -1
+  if (!isPlainObject(window)) return UNREADABLE
+  const at = window.checkedAt
+  if (at === undefined || at === null) return -1
+  return typeof at === 'number' ? at : UNREADABLE
+}
+
+/**
+ * A number no `checkedAt` of the snapshot exceeds (its own, its 5-hour, 7-day and scoped
+ * windows': the core dates a snapshot by the latest), -1 without any; null when it cannot tell
+ * (then the snapshot is sent and the core decides).
+ */
+function quotaCheckedAtBound(quota) {
+  if (quota === undefined || quota === null) return -1
+  if (!isPlainObject(quota)) return null
+  let bound = Math.max(windowCheckedAt(quota), windowCheckedAt(quota.five_hour), windowCheckedAt(quota.seven_day))
+  const scoped = quota.scoped
+  if (scoped !== undefined && scoped !== null) {
+    if (!Array.isArray(scoped) || typeof scoped.toJSON === 'function') return null
+    for (let i = 0; i < scoped.length; i++) {
+      const window = scoped[i]
+      // Items that are not objects are dropped by the core.
+      if (typeof window === 'object') bound = Math.max(bound, windowCheckedAt(window))
+    }
+  }
+  // NaN: unreadable; Infinity has no JSON form: either way "cannot tell".
+  return Number.isFinite(bound) ? bound : null
+}
+
 class QuotaManager extends Native {
   #changes = NEVER_CURRENT
   #version = NaN
@@ -62,6 +176,9 @@ class QuotaManager extends Native {
   #flightCallers = { id: 0, callers: null }
   /** Per shape (refreshMain, refreshMainWithMetadata): the last call and its promise. */
   #flights = [null, null]
+  /** The compact form of the last settled seeding, and the fallback epoch it holds for. */
+  #settledSeeding = null
+  #settledEpoch = -1
   #closed = false
 
   constructor(options) {
@@ -116,6 +233,57 @@ class QuotaManager extends Native {
     }
     this.#flights[shape] = { id, token, flight, callers: this.#flightCallers.callers, promise }
     return promise
+  }
+
+  /**
+   * The account list crosses in a compact form (only the fields seeding reads), and a snapshot
+   * crosses only when the core could adopt it (it is newer than the cached entry): a seeding of
+   * 10,000 unchanged accounts no longer turns 10,000 snapshots into JSON. When the core says a
+   * seeding is settled (the same list again would change nothing while its fallback epoch holds:
+   * no fallback route changed since), the same list again is not sent at all: the plugin seeds
+   * the list it reloads from disk before every request. Lists holding anything but plain
+   * objects go native whole.
+   */
+  seedFallbacksFromAccounts(accounts) {
+    const quotas = []
+    const compact = compactAccounts(accounts, SEEDING, quotas)
+    if (compact === null) {
+      this.#settledSeeding = null
+      return super.seedFallbacksFromAccounts(accounts)
+    }
+    if (compact === this.#settledSeeding && this._fallbackEpoch() === this.#settledEpoch) return
+    this.#settledSeeding = null
+    const [plan, wanted, planned] = this._planFallbackSeeding(compact)
+    const epoch = wanted.length === 0 ? planned : this._applyFallbackSeeding(plan, snapshotsJson(quotas, wanted))
+    if (epoch >= 0) {
+      this.#settledSeeding = compact
+      this.#settledEpoch = epoch
+    }
+  }
+
+  /**
+   * The list crosses in a compact form; the resolver is asked here, once per account the core
+   * kept (api-key accounts and repeated ids are not asked about), and the refreshes are
+   * registered off the JavaScript thread.
+   */
+  refreshAllFallbacks(accounts, resolveAccessToken) {
+    const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
+    const compact = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
+    if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
+    let plan
+    let kept
+    try {
+      ;[plan, kept] = this._planFallbackRefresh(compact)
+      if (!resolving) return this._startFallbackRefresh(plan, null)
+      const tokens = Array.from(kept, (index) => {
+        const token = resolveAccessToken(accounts[index])
+        return typeof token === 'string' ? token : null
+      })
+      return this._startFallbackRefresh(plan, JSON.stringify(tokens))
+    } catch (error) {
+      // A promise-returning method never throws (the plugin writes `void qm.refreshAllFallbacks(…).catch(…)`).
+      return Promise.reject(error)
+    }
   }
 
   /**

@@ -6,6 +6,7 @@
 //! arguments, results, callbacks and errors between JavaScript and the core; nothing here
 //! decides quota behaviour.
 
+mod account_lists;
 mod callbacks;
 mod clock;
 mod exit;
@@ -18,5 +19,6 @@ mod js_now;
 mod manager;
 mod options;
 mod redis;
+mod seen_tokens;
 mod shared;
 mod views;

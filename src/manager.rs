@@ -2,7 +2,7 @@
 //! logic lives here.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -17,6 +17,7 @@ use super::js::{
 };
 use super::js_now::JsNow;
 use super::options::parse_options;
+use super::seen_tokens::SeenTokens;
 use super::shared::{Shape, SharedPromises};
 use super::views::EntryViews;
 use quota_core::fingerprint::fingerprint;
@@ -30,15 +31,15 @@ use quota_core::stats::Stats;
 /// whole machine, a backoff shared by every process, and a locked state file.
 #[napi(custom_finalize)]
 pub struct QuotaManager {
-    core: CoreManager,
+    pub(crate) core: CoreManager,
     callbacks: Arc<JsCallbacks>,
     views: EntryViews,
     promises: SharedPromises,
     /// The host's `now` option, sampled at every entry (see `js_now.rs`).
     js_now: Option<JsNow>,
-    /// Fingerprints of every token this manager was handed: an identity equal to one of them is
-    /// a token, and is kept only as its fingerprint (issue 11 item 3).
-    seen_tokens: Mutex<HashSet<String>>,
+    /// Every token this manager was handed: an identity equal to one of them is a token, and is
+    /// kept only as its fingerprint (issue 11 item 3).
+    seen_tokens: SeenTokens,
     /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
@@ -46,30 +47,6 @@ pub struct QuotaManager {
     flight_id_shown: std::cell::Cell<bool>,
     /// The main request whose caller count was last shown (one buffer per count).
     flight_shown: std::cell::Cell<u64>,
-    /// The fingerprints of the last few identities and tokens: a burst of calls with the same
-    /// ones (1,000 callers of one refresh) hashes them once, not twice per call.
-    fingerprints: RecentFingerprints,
-}
-
-/// A tiny memo of `fingerprint` (SHA-256) for the strings a host passes again and again.
-#[derive(Default)]
-struct RecentFingerprints(std::cell::RefCell<Vec<(String, String)>>);
-
-impl RecentFingerprints {
-    const KEPT: usize = 4;
-
-    fn of(&self, text: &str) -> String {
-        let mut recent = self.0.borrow_mut();
-        if let Some((_, fingerprint)) = recent.iter().find(|(t, _)| t == text) {
-            return fingerprint.clone();
-        }
-        let computed = fingerprint(text);
-        if recent.len() >= Self::KEPT {
-            recent.remove(0);
-        }
-        recent.push((text.to_owned(), computed.clone()));
-        computed
-    }
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -87,7 +64,7 @@ pub struct FailClosedAnswer {
 }
 
 /// A promise that resolves with `undefined` when `work` is done (it cannot fail).
-fn void_promise(
+pub(crate) fn void_promise(
     env: &Env,
     work: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<PromiseRaw<'_, ()>> {
@@ -230,12 +207,11 @@ impl QuotaManager {
             views: EntryViews::default(),
             promises: SharedPromises::default(),
             js_now,
-            seen_tokens: Mutex::default(),
+            seen_tokens: SeenTokens::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
             flight_id_shown: std::cell::Cell::new(false),
             flight_shown: std::cell::Cell::new(0),
-            fingerprints: RecentFingerprints::default(),
         })
     }
 
@@ -560,7 +536,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         let body = self.tick(env).and_then(|()| {
             let accounts = self.resolved_accounts(env, accounts_value, resolver)?;
-            let work = self.core.begin_refresh_all_fallbacks(&accounts);
+            let work = self.core.refresh_all_fallbacks(accounts);
             Ok(void_promise(env, work)?.to_unknown())
         });
         or_rejected(env, body)
@@ -734,7 +710,7 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let accounts = accounts(&env, accounts_value, "accounts")?;
-        self.core.seed_fallbacks(&accounts);
+        self.core.seed_fallbacks(accounts);
         Ok(())
     }
 
@@ -867,7 +843,7 @@ impl QuotaManager {
 
 impl QuotaManager {
     /// Samples the host's `now` (when given) into the core clock; every entry calls it first.
-    fn tick(&self, env: &Env) -> Result<()> {
+    pub(crate) fn tick(&self, env: &Env) -> Result<()> {
         match &self.js_now {
             Some(now) => now.sample(env),
             None => Ok(()),
@@ -887,28 +863,15 @@ impl QuotaManager {
     }
 
     fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
-        token == Some(identity)
-            || looks_like_token(identity)
-            || self
-                .seen_tokens
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(&self.fingerprints.of(identity))
+        token == Some(identity) || looks_like_token(identity) || self.seen_tokens.contains(identity)
     }
 
     fn remember_token(&self, token: &str) {
-        if token.is_empty() {
-            return;
-        }
-        let mut seen = self
-            .seen_tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Tokens rotate a few times a day: the bound only guards a host that mints them in bulk.
-        if seen.len() >= SEEN_TOKENS_KEPT {
-            seen.clear();
-        }
-        if seen.insert(self.fingerprints.of(token)) {
+        self.remember_tokens([token]);
+    }
+
+    pub(crate) fn remember_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+        if self.seen_tokens.remember(tokens) {
             // Which identities are tokens changes what `getMain(id)` answers: the facade's
             // kept answers must go.
             self.core.changes().bump();
@@ -1045,11 +1008,9 @@ impl QuotaManager {
                     .filter(|_| account.expires.is_some_and(|at| at > now)),
             }
             .filter(|token| !token.is_empty());
-            if let Some(token) = &account.access {
-                self.remember_token(token);
-            }
             accounts.push(account);
         }
+        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         Ok(accounts)
     }
 }
@@ -1058,9 +1019,6 @@ impl QuotaManager {
 fn looks_like_token(text: &str) -> bool {
     text.starts_with("sk-ant-")
 }
-
-/// How many token fingerprints a manager remembers to recognise tokens used as identities.
-const SEEN_TOKENS_KEPT: usize = 1024;
 
 /// The identity of the account behind a token, as it may be stored: `token:<fingerprint>`.
 fn token_identity(token: &str) -> String {

@@ -105,35 +105,16 @@ impl FallbackAccount {
         let object = value
             .as_object()
             .ok_or_else(|| format!("{name} must be an object"))?;
-        let id = match object.get("id") {
-            Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
-            _ => return Err(format!("{name}.id must be a non-empty string")),
-        };
-        let enabled = match object.get("enabled") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(enabled)) => *enabled,
-            Some(_) => return Err(format!("{name}.enabled must be a boolean")),
-        };
-        let optional_string = |field: &str| match object.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
-            Some(_) => Err(format!("{name}.{field} must be a string")),
-        };
-        Ok(Self {
-            access: optional_string("access")?,
-            auth_lineage_id: optional_string("authLineageId")?,
-            quota: object
-                .get("quota")
-                .and_then(QuotaSnapshot::from_value_lenient),
-            last_error: object
-                .get("lastQuotaRefreshError")
-                .and_then(ApiErrorRecord::from_value_lenient),
-            expires: object
-                .get("expires")
-                .and_then(crate::snapshot::timestamp_from_value),
-            id,
-            enabled,
-        })
+        AccountFields {
+            id: object.get("id"),
+            enabled: object.get("enabled"),
+            access: object.get("access"),
+            auth_lineage_id: object.get("authLineageId"),
+            quota: object.get("quota"),
+            last_error: object.get("lastQuotaRefreshError"),
+            expires: object.get("expires"),
+        }
+        .read(name)
     }
 
     /// Reads an account list; duplicate ids keep the first record.
@@ -154,6 +135,49 @@ impl FallbackAccount {
             }
         }
         Ok(accounts)
+    }
+}
+
+/// The fields of an account record the manager reads, however the record arrived (an object,
+/// or the compact form the JavaScript facade sends): one rule for what each must be.
+#[derive(Clone, Copy, Default)]
+pub struct AccountFields<'a> {
+    pub id: Option<&'a Value>,
+    pub enabled: Option<&'a Value>,
+    pub access: Option<&'a Value>,
+    pub auth_lineage_id: Option<&'a Value>,
+    pub quota: Option<&'a Value>,
+    pub last_error: Option<&'a Value>,
+    pub expires: Option<&'a Value>,
+}
+
+impl AccountFields<'_> {
+    /// The account, or the offending field (`{name}.id must be a non-empty string`); `name` is
+    /// formatted only then.
+    pub fn read(self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
+        let id = match self.id {
+            Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+            _ => return Err(format!("{name}.id must be a non-empty string")),
+        };
+        let enabled = match self.enabled {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(enabled)) => *enabled,
+            Some(_) => return Err(format!("{name}.enabled must be a boolean")),
+        };
+        let optional_string = |value: Option<&Value>, field: &str| match value {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
+            Some(_) => Err(format!("{name}.{field} must be a string")),
+        };
+        Ok(FallbackAccount {
+            access: optional_string(self.access, "access")?,
+            auth_lineage_id: optional_string(self.auth_lineage_id, "authLineageId")?,
+            quota: self.quota.and_then(QuotaSnapshot::from_value_lenient),
+            last_error: self.last_error.and_then(ApiErrorRecord::from_value_lenient),
+            expires: self.expires.and_then(timestamp_from_value),
+            id,
+            enabled,
+        })
     }
 }
 

@@ -200,17 +200,16 @@ impl QuotaSnapshot {
             scoped: field("scoped")
                 .and_then(Value::as_array)
                 .map(|items| items.iter().filter_map(scoped_from_value).collect()),
-            extra_usage: field("extraUsage").and_then(|v| serde_json::from_value(v.clone()).ok()),
+            extra_usage: field("extraUsage").and_then(|v| Deserialize::deserialize(v).ok()),
             binding_window: field("bindingWindow").and_then(non_blank_string),
             binding_window_source: field("bindingWindowSource")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+                .and_then(|v| Deserialize::deserialize(v).ok()),
             fallback_advised: field("fallbackAdvised").and_then(Value::as_bool),
             status: field("status").and_then(non_blank_string),
-            source: field("source").and_then(|v| serde_json::from_value(v.clone()).ok()),
+            source: field("source").and_then(|v| Deserialize::deserialize(v).ok()),
             checked_at: field("checkedAt").and_then(timestamp_from_value),
             account_identity: field("accountIdentity").and_then(non_blank_string),
-            field_sources: field("fieldSources")
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            field_sources: field("fieldSources").and_then(|v| Deserialize::deserialize(v).ok()),
         })
         .map(|mut snapshot| {
             snapshot.settle_field_sources();

@@ -704,7 +704,7 @@ fn parse_state(bytes: &[u8]) -> Parsed {
             routes
                 .iter()
                 .filter_map(|(key, record)| {
-                    let record = serde_json::from_value(record.clone()).ok()?;
+                    let record = RouteRecord::deserialize(record).ok()?;
                     Some((key.clone(), record))
                 })
                 .collect()

@@ -55,6 +55,7 @@ pub use changes::ChangeCounter;
 pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
+pub use seeding::AwaitedSnapshots;
 
 use changes::{Published, StateGuard};
 use loading::Loading;

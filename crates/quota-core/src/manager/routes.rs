@@ -89,6 +89,25 @@ pub(super) struct RouteSlot {
     /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
     /// login named later is then a replacement, as upstream.
     lineage_observed: bool,
+    lineage_memo: LineageMemo,
+}
+
+/// The last login id a slot was handed and its fingerprint: the host hands the same one with
+/// every seeding and refresh, and hashing it each time was most of a 10,000-account seeding.
+#[derive(Default)]
+struct LineageMemo(Option<(String, String)>);
+
+impl LineageMemo {
+    fn fingerprint(&mut self, lineage: &str) -> String {
+        match &self.0 {
+            Some((seen, fingerprinted)) if seen == lineage => fingerprinted.clone(),
+            _ => {
+                let fingerprinted = fingerprint(lineage);
+                self.0 = Some((lineage.to_owned(), fingerprinted.clone()));
+                fingerprinted
+            }
+        }
+    }
 }
 
 /// What binding an observed login did to a fallback slot.
@@ -148,6 +167,9 @@ pub(super) struct Routes {
     unclaimed_main: Vec<(String, RouteRecord)>,
     /// One counter for slot generations and request ids, so neither ever repeats.
     last_id: u64,
+    /// Bumped whenever a fallback slot may change (every mutable access to one): while it
+    /// stays put, seeding the same list again would change nothing (see `seeding.rs`).
+    fallback_epoch: u64,
 }
 
 impl Routes {
@@ -172,6 +194,10 @@ impl Routes {
         self.fallbacks.get(id)
     }
 
+    pub fn fallback_epoch(&self) -> u64 {
+        self.fallback_epoch
+    }
+
     pub fn slot(&self, route: &RouteId) -> Option<&RouteSlot> {
         match route {
             RouteId::Main => Some(&self.main),
@@ -185,6 +211,7 @@ impl Routes {
         match route {
             RouteId::Main => &mut self.main,
             RouteId::Fallback(id) => {
+                self.fallback_epoch += 1;
                 if !self.fallbacks.contains_key(id) {
                     let generation = self.next_id();
                     self.fallbacks.insert(
@@ -204,17 +231,22 @@ impl Routes {
     pub fn attempt_slot(&mut self, route: &RouteId, generation: u64) -> Option<&mut RouteSlot> {
         let slot = match route {
             RouteId::Main => &mut self.main,
-            RouteId::Fallback(id) => self.fallbacks.get_mut(id)?,
+            RouteId::Fallback(id) => {
+                self.fallback_epoch += 1;
+                self.fallbacks.get_mut(id)?
+            }
         };
         (slot.generation == generation).then_some(slot)
     }
 
     /// Forgets a fallback account; `false` when it had no slot.
     pub fn remove_fallback(&mut self, id: &str) -> bool {
+        self.fallback_epoch += 1;
         self.fallbacks.remove(id).is_some()
     }
 
     pub fn retain_fallbacks(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.fallback_epoch += 1;
         self.fallbacks.retain(|id, _| keep(id));
     }
 
@@ -242,6 +274,7 @@ impl Routes {
         let generation = self.next_id();
         let slot = self.slot_mut(route);
         let mut retired = std::mem::take(&mut slot.retired_lineages);
+        let lineage_memo = std::mem::take(&mut slot.lineage_memo);
         retired.extend(slot.record.lineage.take());
         let excess = retired.len().saturating_sub(RETIRED_LINEAGES_KEPT);
         retired.drain(..excess);
@@ -254,6 +287,7 @@ impl Routes {
             generation,
             in_flight: None,
             lineage_observed: false,
+            lineage_memo,
         };
     }
 
@@ -262,8 +296,8 @@ impl Routes {
     /// bound (even "none") is a new login; a login replaced earlier is refused.
     pub fn observe_fallback(&mut self, id: &str, lineage: Option<&str>) -> LineageBind {
         let route = RouteId::Fallback(id.to_owned());
-        let observed = lineage.map(fingerprint);
         let slot = self.slot_mut(&route);
+        let observed = lineage.map(|lineage| slot.lineage_memo.fingerprint(lineage));
         let observed_before = std::mem::replace(&mut slot.lineage_observed, true);
         match (&slot.record.lineage, observed) {
             (Some(owner), Some(lineage)) if *owner == lineage => LineageBind::Same,
@@ -408,11 +442,10 @@ impl Routes {
     /// (replaced earlier) is refused with `false`.
     pub fn bind_fallback(&mut self, id: &str, lineage: Option<&str>) -> bool {
         let route = RouteId::Fallback(id.to_owned());
-        let Some(lineage) = lineage.map(fingerprint) else {
-            self.slot_mut(&route);
+        let slot = self.slot_mut(&route);
+        let Some(lineage) = lineage.map(|lineage| slot.lineage_memo.fingerprint(lineage)) else {
             return true;
         };
-        let slot = self.slot_mut(&route);
         match &slot.record.lineage {
             Some(owner) if *owner == lineage => true,
             _ if slot.retired_lineages.contains(&lineage) => false,

@@ -181,24 +181,80 @@ impl QuotaManager {
     }
 
     /// Adopts each configured account's persisted quota and backoff, and forgets accounts that
-    /// are no longer configured. Disabled accounts are skipped.
-    pub fn seed_fallbacks(&self, accounts: &[FallbackAccount]) {
+    /// are no longer configured. Disabled accounts are skipped; ids are unique.
+    pub fn seed_fallbacks(&self, accounts: Vec<FallbackAccount>) {
+        let unknown = vec![None; accounts.len()];
+        let awaited = self.seed_fallbacks_but_snapshots(accounts, &unknown);
+        self.seed_awaited_snapshots(awaited);
+    }
+
+    /// The first half of a seeding whose snapshots are not at hand yet (they cross from
+    /// JavaScript only when wanted: with 10,000 unchanged accounts that was most of the cost).
+    /// Does all of `seed_fallbacks` but adopting the snapshots that could be adopted: those with
+    /// no cached entry, or whose latest `checkedAt` may be newer than it (`latest_at_most[i]`
+    /// bounds account `i`'s; `None`: unknown). A snapshot no newer than its entry is never
+    /// adopted, so the answer may say "wanted" too often, never too rarely. The second half,
+    /// [`Self::seed_awaited_snapshots`], takes those accounts back with their snapshots. Ids
+    /// are unique, as [`FallbackAccount::list_from_value`] leaves them.
+    pub fn seed_fallbacks_but_snapshots(
+        &self,
+        accounts: Vec<FallbackAccount>,
+        latest_at_most: &[Option<f64>],
+    ) -> AwaitedSnapshots {
         let now = self.now();
         let mut state = self.state();
         let state = &mut *state;
         let configured: std::collections::HashSet<&str> =
             accounts.iter().map(|a| a.id.as_str()).collect();
         state.routes.retain_fallbacks(|id| configured.contains(id));
-        for account in accounts.iter().filter(|a| a.enabled) {
-            // A replaced login's record still carries the old login's quota: adopt nothing
-            // from it now (the next seed, of the new login's record, will).
-            if state
-                .routes
-                .observe_fallback(&account.id, account.auth_lineage_id.as_deref())
-                != LineageBind::Same
-            {
+        let mut awaited = AwaitedSnapshots::default();
+        for (position, account) in accounts.into_iter().enumerate() {
+            if !account.enabled {
                 continue;
             }
+            match state
+                .routes
+                .observe_fallback(&account.id, account.auth_lineage_id.as_deref())
+            {
+                LineageBind::Same => {}
+                // A replaced login's record still carries the old login's quota: adopt nothing
+                // from it now (the next seed, of the new login's record, will).
+                LineageBind::Replaced => {
+                    awaited.login_replaced = true;
+                    continue;
+                }
+                LineageBind::Refused => continue,
+            }
+            let latest = latest_at_most.get(position).copied().flatten();
+            if could_adopt(state.routes.fallback(&account.id), latest) {
+                // Its error waits too: whether it counts depends on the snapshot adopted.
+                awaited.positions.push(position);
+                awaited.latest_at_most.push(latest);
+                awaited.accounts.push(account);
+            } else if let Some(error) = &account.last_error {
+                let slot = state
+                    .routes
+                    .slot_mut(&RouteId::Fallback(account.id.clone()));
+                slot.adopt_persisted_error(error, now);
+            }
+        }
+        awaited.settled_epoch = awaited
+            .is_settled(&state.routes)
+            .then(|| state.routes.fallback_epoch());
+        awaited
+    }
+
+    /// The second half of a seeding: each awaited account with its snapshot in `quota`. Returns
+    /// the fallback epoch when the seeding is settled: seeding the same list again would change
+    /// nothing while the epoch stays put (`None`: it might, e.g. a login was just replaced).
+    pub fn seed_awaited_snapshots(&self, awaited: AwaitedSnapshots) -> Option<u64> {
+        if awaited.accounts.is_empty() {
+            return awaited.settled_epoch;
+        }
+        let now = self.now();
+        let mut state = self.state();
+        let state = &mut *state;
+        for account in &awaited.accounts {
             let persisted = Persisted {
                 quota: account.quota.as_ref(),
                 checked_at: None,
@@ -209,6 +265,57 @@ impl QuotaManager {
                 .slot_mut(&RouteId::Fallback(account.id.clone()));
             persisted.seed(slot, &state.settings, now);
         }
+        awaited
+            .is_settled(&state.routes)
+            .then(|| state.routes.fallback_epoch())
+    }
+
+    /// The fallback epoch (see [`Self::seed_awaited_snapshots`]).
+    pub fn fallback_epoch(&self) -> u64 {
+        self.state().routes.fallback_epoch()
+    }
+}
+
+/// Could seeding adopt a snapshot whose latest `checkedAt` is at most `latest` into this slot?
+/// A negative bound: the snapshot has no usable time (or there is none), so never.
+fn could_adopt(slot: Option<&RouteSlot>, latest: Option<f64>) -> bool {
+    match (latest, slot.and_then(RouteSlot::entry)) {
+        (Some(latest), _) if latest < 0.0 => false,
+        (Some(latest), Some(entry)) => latest > entry.checked_at as f64,
+        _ => true,
+    }
+}
+
+/// What the first half of a seeding leaves for the second: the accounts whose snapshots it
+/// could adopt, and their positions in the list it was given.
+#[derive(Default)]
+pub struct AwaitedSnapshots {
+    pub accounts: Vec<FallbackAccount>,
+    pub positions: Vec<usize>,
+    latest_at_most: Vec<Option<f64>>,
+    /// A login was replaced: the next seeding of the same list adopts what this one did not.
+    login_replaced: bool,
+    /// The first half's answer when nothing is awaited.
+    settled_epoch: Option<u64>,
+}
+
+impl AwaitedSnapshots {
+    /// When nothing is awaited: the fallback epoch if the seeding is settled (see
+    /// [`QuotaManager::seed_awaited_snapshots`]).
+    pub fn settled_epoch(&self) -> Option<u64> {
+        self.settled_epoch
+    }
+
+    /// Would the same list seeded again change nothing? Only when no login was replaced and no
+    /// awaited snapshot could still be adopted (adoption decides by `checkedAt` alone, and a
+    /// persisted error counts once: neither depends on the time).
+    fn is_settled(&self, routes: &super::routes::Routes) -> bool {
+        !self.login_replaced
+            && self
+                .accounts
+                .iter()
+                .zip(&self.latest_at_most)
+                .all(|(account, latest)| !could_adopt(routes.fallback(&account.id), *latest))
     }
 }
 

@@ -306,7 +306,7 @@ async fn two_fallbacks_sharing_one_token_are_paced() {
     quota.refresh_main(Some("alice"), "shared").await.unwrap();
     let started = Instant::now();
     quota
-        .begin_refresh_all_fallbacks(&[account("a"), account("b")])
+        .refresh_all_fallbacks(vec![account("a"), account("b")])
         .await;
     assert_eq!(server.requests.load(Ordering::SeqCst), 3);
     // Three requests with one token: the second and the third each waited out a full gap.

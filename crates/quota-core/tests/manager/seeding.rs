@@ -42,3 +42,243 @@ async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
         "a later successful poll supersedes it"
     );
 }
+
+// ----- fallback seeding in two halves (the facade's compact lists) ----------------------------
+
+const IDS: [&str; 5] = ["a", "b", "c", "d", "e"];
+const LINEAGES: [Option<&str>; 3] = [None, Some("login-1"), Some("login-2")];
+
+/// A tiny deterministic generator (xorshift), so a failing case can be replayed by its seed.
+struct Dice(u64);
+
+impl Dice {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn snapshot_at(checked_at: i64, used: f64) -> QuotaSnapshot {
+    QuotaSnapshot {
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
+            used, None, checked_at,
+        )),
+        source: Some(QuotaSource::Poll),
+        ..Default::default()
+    }
+}
+
+fn random_account(dice: &mut Dice) -> FallbackAccount {
+    let minutes = |dice: &mut Dice| START + 60_000 * dice.below(6) as i64;
+    FallbackAccount {
+        id: IDS[dice.below(IDS.len() as u64) as usize].to_owned(),
+        enabled: dice.below(6) != 0,
+        auth_lineage_id: LINEAGES[dice.below(3) as usize].map(str::to_owned),
+        quota: (dice.below(4) != 0).then(|| snapshot_at(minutes(dice), dice.below(100) as f64)),
+        last_error: (dice.below(4) == 0).then(|| ApiErrorRecord {
+            message: "Claude quota check failed: 429".into(),
+            checked_at: minutes(dice),
+            next_retry_at: Some(START + 3_600_000),
+            retry_count: Some(1),
+            status: Some(429),
+            retry_after_ms: Some(3_600_000),
+            account_identity: None,
+        }),
+        ..FallbackAccount::default()
+    }
+}
+
+/// What the host can observe of the fallback routes.
+fn observed(quota: &QuotaManager) -> Vec<String> {
+    IDS.iter()
+        .map(|id| {
+            let entry = quota
+                .all_fallbacks()
+                .into_iter()
+                .find(|(known, _)| known == id)
+                .map(|(_, entry)| (entry.checked_at, entry.quota.five_hour.clone()));
+            format!(
+                "{id}: {entry:?} backed off {} error {:?}",
+                quota.is_fallback_backed_off(id),
+                quota.fallback_api_error(id).map(|e| e.checked_at)
+            )
+        })
+        .collect()
+}
+
+/// A bound the facade may send: exact, looser (higher), unknown, or "nothing to adopt" (-1).
+/// Chosen by the snapshot itself, so the same list always gets the same bounds, as from the
+/// facade.
+fn bound_for(account: &FallbackAccount) -> Option<f64> {
+    let Some(window) = account.quota.as_ref().and_then(|q| q.five_hour.as_ref()) else {
+        return Some(-1.0);
+    };
+    let exact = window.checked_at as f64;
+    match (window.checked_at / 60_000) % 4 {
+        0 => None,
+        1 => Some(exact + 30_000.0),
+        _ => Some(exact),
+    }
+}
+
+/// A list as the facade compares it: the snapshots only by their bounds.
+type Compared = Vec<(FallbackAccount, Option<f64>)>;
+
+fn compared(accounts: &[FallbackAccount]) -> Compared {
+    accounts
+        .iter()
+        .map(|a| {
+            let without_snapshot = FallbackAccount {
+                quota: None,
+                ..a.clone()
+            };
+            (without_snapshot, bound_for(a))
+        })
+        .collect()
+}
+
+/// The facade's way: the first half without snapshots, the second with the awaited ones.
+/// Returns the epoch of a settled seeding.
+fn seed_in_halves(quota: &QuotaManager, accounts: &[FallbackAccount]) -> Option<u64> {
+    let (without_snapshots, bounds): (Vec<_>, Vec<_>) = compared(accounts).into_iter().unzip();
+    let mut awaited = quota.seed_fallbacks_but_snapshots(without_snapshots, &bounds);
+    let positions = awaited.positions.clone();
+    for (account, position) in awaited.accounts.iter_mut().zip(positions) {
+        account.quota.clone_from(&accounts[position].quota);
+    }
+    quota.seed_awaited_snapshots(awaited)
+}
+
+/// The facade's whole algorithm (two halves, and no call at all for the list of a settled
+/// seeding while the fallback epoch holds) against seeding whole lists, over random lists,
+/// repeats, cleared routes and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeding_in_two_halves_or_skipped_when_settled_leaves_what_seeding_at_once_does() {
+    let mut skipped = 0;
+    for seed in 1..=40_u64 {
+        let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let clock = ManualClock::new(START);
+        let whole = manager(config("http://127.0.0.1:9/usage", None), &clock);
+        let halves = manager(config("http://127.0.0.1:9/usage", None), &clock);
+        let mut last: Vec<FallbackAccount> = Vec::new();
+        let mut settled: Option<(Compared, u64)> = None;
+        for step in 0..60 {
+            let accounts: Vec<FallbackAccount> = if dice.below(3) == 0 && !last.is_empty() {
+                last.clone()
+            } else {
+                // Unique ids, the first kept, as the binding hands lists over.
+                let mut seen = std::collections::HashSet::new();
+                (0..dice.below(6))
+                    .map(|_| random_account(&mut dice))
+                    .filter(|account| seen.insert(account.id.clone()))
+                    .collect()
+            };
+            if dice.below(8) == 0 {
+                let id = IDS[dice.below(IDS.len() as u64) as usize];
+                whole.clear_fallback(id);
+                halves.clear_fallback(id);
+            }
+            whole.seed_fallbacks(accounts.clone());
+            let list = compared(&accounts);
+            if settled
+                .as_ref()
+                .is_some_and(|(same, epoch)| *same == list && *epoch == halves.fallback_epoch())
+            {
+                skipped += 1;
+            } else {
+                settled = seed_in_halves(&halves, &accounts).map(|epoch| (list, epoch));
+            }
+            assert_eq!(
+                observed(&whole),
+                observed(&halves),
+                "seed {seed}, step {step}"
+            );
+            clock.advance(1_000 * dice.below(120) as i64);
+            last = accounts;
+        }
+    }
+    assert!(skipped > 100, "the skip was exercised ({skipped} times)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
+    let clock = ManualClock::new(START);
+    let quota = manager(config("http://127.0.0.1:9/usage", None), &clock);
+    let account = FallbackAccount {
+        id: "a".into(),
+        enabled: true,
+        quota: Some(snapshot_at(START, 10.0)),
+        ..FallbackAccount::default()
+    };
+    let bound = Some(START as f64);
+    let awaited = quota.seed_fallbacks_but_snapshots(vec![account.clone()], &[bound]);
+    assert_eq!(
+        awaited.positions,
+        vec![0],
+        "a new account's snapshot is awaited"
+    );
+    let mut awaited = awaited;
+    awaited.accounts[0].quota.clone_from(&account.quota);
+    let epoch = quota.seed_awaited_snapshots(awaited).expect("settled");
+    assert_eq!(epoch, quota.fallback_epoch());
+
+    let again = quota.seed_fallbacks_but_snapshots(vec![account.clone()], &[bound]);
+    assert!(
+        again.positions.is_empty(),
+        "no older-or-equal snapshot is awaited"
+    );
+    assert!(again.settled_epoch().is_some());
+
+    quota.clear_fallback("a");
+    assert_ne!(
+        quota.fallback_epoch(),
+        epoch,
+        "a cleared route moves the epoch"
+    );
+    seed_in_halves(&quota, std::slice::from_ref(&account));
+    assert!(
+        quota.get_fallback("a", None).is_some(),
+        "the same list seeds it again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
+    let clock = ManualClock::new(START);
+    let quota = manager(config("http://127.0.0.1:9/usage", None), &clock);
+    let login = |lineage: &str| FallbackAccount {
+        id: "a".into(),
+        enabled: true,
+        auth_lineage_id: Some(lineage.into()),
+        quota: Some(snapshot_at(START, 10.0)),
+        ..FallbackAccount::default()
+    };
+    quota.seed_fallbacks(vec![login("login-1")]);
+    let replaced =
+        quota.seed_fallbacks_but_snapshots(vec![login("login-2")], &[Some(START as f64)]);
+    assert!(replaced.positions.is_empty() && replaced.settled_epoch().is_none());
+    assert!(
+        quota.get_fallback("a", None).is_none(),
+        "the old login's entry is gone"
+    );
+    seed_in_halves(&quota, &[login("login-2")]);
+    assert!(
+        quota.get_fallback("a", None).is_some(),
+        "the next seeding adopts the new login's"
+    );
+
+    // A snapshot no window of which has a usable time can never be adopted: not awaited.
+    let timeless = FallbackAccount {
+        id: "b".into(),
+        enabled: true,
+        ..FallbackAccount::default()
+    };
+    let awaited = quota.seed_fallbacks_but_snapshots(
+        vec![login("login-2"), timeless],
+        &[Some(START as f64), Some(-1.0)],
+    );
+    assert!(awaited.positions.is_empty());
+    assert!(awaited.settled_epoch().is_some());
+}

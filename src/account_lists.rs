@@ -1,0 +1,221 @@
+//! The account lists of `seedFallbacksFromAccounts` and `refreshAllFallbacks` in the compact
+//! form the facade (`index.js`) sends. With 10,000 accounts these calls held the JavaScript
+//! thread for 50-400 ms, most of it turning whole account objects, snapshots included, into JSON
+//! and back. The facade sends each account as a short array of the fields these calls read
+//! (the same values, so every check and message stays the core's), and a seeding sends a
+//! snapshot only when the core could adopt it. Each call comes in two halves, a plan and its
+//! application: the plan is an external value the facade hands back, so a resolver that calls
+//! the manager again cannot mix two lists up.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use serde_json::Value;
+
+use super::js::type_error;
+use super::manager::{void_promise, QuotaManager};
+use quota_core::host::{AccountFields, FallbackAccount};
+use quota_core::manager::AwaitedSnapshots;
+use quota_core::snapshot::QuotaSnapshot;
+
+/// How many values each account has in the compact form.
+const FIELDS: usize = 8;
+
+/// Where each field sits in an account's compact form (`index.js` writes this order).
+mod at {
+    pub const ID: usize = 0;
+    pub const ENABLED: usize = 1;
+    pub const TYPE: usize = 2;
+    pub const AUTH_LINEAGE_ID: usize = 3;
+    pub const ACCESS: usize = 4;
+    pub const EXPIRES: usize = 5;
+    pub const LAST_ERROR: usize = 6;
+    /// No snapshot window is newer than this (`null`: the facade could not tell).
+    pub const QUOTA_CHECKED_AT_BOUND: usize = 7;
+}
+
+/// An account list read and checked: api-key accounts dropped, the first of equal ids kept.
+#[derive(Default)]
+struct ReadAccounts {
+    accounts: Vec<FallbackAccount>,
+    /// Each account's index in the host's list.
+    indices: Vec<u32>,
+}
+
+/// A refresh's accounts, waiting for the resolver's answers.
+#[derive(Default)]
+pub struct PlannedRefresh(Vec<FallbackAccount>);
+
+/// One account in the compact form: `FIELDS` values.
+type Row = [Value];
+
+/// `accounts[index]`, formatted only for an error message.
+struct ItemName(usize);
+
+impl std::fmt::Display for ItemName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "accounts[{}]", self.0)
+    }
+}
+
+/// One account of the compact list, as `FallbackAccount::from_value` reads an object.
+fn read_account(row: &Row, index: usize) -> std::result::Result<FallbackAccount, String> {
+    AccountFields {
+        id: Some(&row[at::ID]),
+        enabled: Some(&row[at::ENABLED]),
+        access: Some(&row[at::ACCESS]),
+        auth_lineage_id: Some(&row[at::AUTH_LINEAGE_ID]),
+        quota: None,
+        last_error: Some(&row[at::LAST_ERROR]),
+        expires: Some(&row[at::EXPIRES]),
+    }
+    .read(ItemName(index))
+}
+
+/// Reads the compact list as `FallbackAccount::list_from_value` reads the host's: api-key
+/// accounts dropped, the first of equal ids kept, errors naming the host's index. Also returns
+/// each kept account's bound on its snapshot's `checkedAt`.
+fn read_compact(text: &str) -> std::result::Result<(ReadAccounts, Vec<Option<f64>>), String> {
+    let values: Vec<Value> = serde_json::from_str(text)
+        .ok()
+        .filter(|values: &Vec<Value>| values.len().is_multiple_of(FIELDS))
+        .ok_or_else(|| "accounts must be an array".to_owned())?;
+    let count = values.len() / FIELDS;
+    let mut planned = ReadAccounts::default();
+    let mut bounds = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    for (index, row) in values.chunks_exact(FIELDS).enumerate() {
+        if row[at::TYPE].as_str() == Some("api") {
+            continue;
+        }
+        let account = read_account(row, index)?;
+        if !seen.insert(row[at::ID].as_str().unwrap_or_default()) {
+            continue;
+        }
+        bounds.push(row[at::QUOTA_CHECKED_AT_BOUND].as_f64());
+        planned.accounts.push(account);
+        planned
+            .indices
+            .push(u32::try_from(index).unwrap_or(u32::MAX));
+    }
+    Ok((planned, bounds))
+}
+
+/// `[plan, indices, ...more]` for the facade.
+fn plan_and_indices<T: 'static>(
+    env: &Env,
+    plan: T,
+    indices: Vec<u32>,
+    more: Option<f64>,
+) -> Result<Array<'_>> {
+    let mut answer = env.create_array(2)?;
+    answer.set(0, External::new(plan))?;
+    answer.set(1, Uint32Array::new(indices))?;
+    if let Some(more) = more {
+        answer.set(2, more)?;
+    }
+    Ok(answer)
+}
+
+/// A settled seeding's fallback epoch for the facade; -1: not settled.
+fn settled_epoch(epoch: Option<u64>) -> f64 {
+    epoch.map_or(-1.0, |epoch| epoch as f64)
+}
+
+#[napi]
+impl QuotaManager {
+    /// Seeding, first half: reads the compact list (a `TypeError` names a bad account) and
+    /// seeds all but the snapshots the core could adopt. Answers `[plan, indices, epoch]`: the
+    /// indices, in the host's list, of the accounts whose snapshot `_applyFallbackSeeding` must
+    /// bring, and, when none, the fallback epoch if the seeding is settled (-1: not): while
+    /// that epoch holds, the same list seeded again changes nothing, and the facade skips it.
+    #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
+    pub fn plan_fallback_seeding<'env>(
+        &self,
+        env: &'env Env,
+        compact: String,
+    ) -> Result<Array<'env>> {
+        self.tick(env)?;
+        let (read, bounds) = read_compact(&compact).map_err(|e| type_error(env, e))?;
+        let awaited = self
+            .core
+            .seed_fallbacks_but_snapshots(read.accounts, &bounds);
+        let indices = awaited
+            .positions
+            .iter()
+            .map(|&at| read.indices[at])
+            .collect();
+        let epoch = settled_epoch(awaited.settled_epoch());
+        plan_and_indices(env, awaited, indices, Some(epoch))
+    }
+
+    /// Seeding, second half: `snapshots` is the JSON array of the snapshots asked for, in order.
+    /// Returns the fallback epoch if the seeding is settled, else -1.
+    #[napi(catch_unwind, js_name = "_applyFallbackSeeding", skip_typescript)]
+    pub fn apply_fallback_seeding(
+        &self,
+        env: Env,
+        plan: &mut External<AwaitedSnapshots>,
+        snapshots: String,
+    ) -> Result<f64> {
+        let snapshots: Vec<Value> = serde_json::from_str(&snapshots)
+            .map_err(|_| type_error(&env, "accounts[].quota could not be read"))?;
+        let mut awaited = std::mem::take(&mut **plan);
+        for (account, snapshot) in awaited.accounts.iter_mut().zip(&snapshots) {
+            account.quota = QuotaSnapshot::from_value_lenient(snapshot);
+        }
+        Ok(settled_epoch(self.core.seed_awaited_snapshots(awaited)))
+    }
+
+    /// The fallback epoch: it moves whenever a fallback route may have changed.
+    #[napi(catch_unwind, js_name = "_fallbackEpoch", skip_typescript)]
+    pub fn fallback_epoch(&self) -> f64 {
+        self.core.fallback_epoch() as f64
+    }
+
+    /// `refreshAllFallbacks`, first half: reads the compact list (a `TypeError` names a bad
+    /// account) and answers `[plan, indices]`: the index, in the host's list, of each account
+    /// the call works on, for the facade to ask the host's resolver about.
+    #[napi(catch_unwind, js_name = "_planFallbackRefresh", skip_typescript)]
+    pub fn plan_fallback_refresh<'env>(
+        &self,
+        env: &'env Env,
+        compact: String,
+    ) -> Result<Array<'env>> {
+        self.tick(env)?;
+        let (read, _) = read_compact(&compact).map_err(|e| type_error(env, e))?;
+        plan_and_indices(env, PlannedRefresh(read.accounts), read.indices, None)
+    }
+
+    /// `refreshAllFallbacks`, second half: `tokens` is the JSON array of the resolver's answers,
+    /// one per account of the plan (`null`: none), or `null` without a resolver: then `access`
+    /// counts while `expires` is in the future. Resolves once every due refresh is done.
+    #[napi(catch_unwind, js_name = "_startFallbackRefresh", skip_typescript)]
+    pub fn start_fallback_refresh<'env>(
+        &self,
+        env: &'env Env,
+        plan: &mut External<PlannedRefresh>,
+        tokens: Option<String>,
+    ) -> Result<Unknown<'env>> {
+        let mut accounts = std::mem::take(&mut **plan).0;
+        if let Some(tokens) = tokens {
+            let tokens: Vec<Value> = serde_json::from_str(&tokens)
+                .map_err(|_| type_error(env, "resolveAccessToken answers could not be read"))?;
+            for (account, token) in accounts.iter_mut().zip(tokens) {
+                account.access = match token {
+                    Value::String(token) if !token.is_empty() => Some(token),
+                    _ => None,
+                };
+            }
+        } else {
+            let now = self.core.now_ms();
+            for account in &mut accounts {
+                if account.expires.is_none_or(|at| at <= now) {
+                    account.access = None;
+                }
+            }
+        }
+        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
+        let work = self.core.refresh_all_fallbacks(accounts);
+        Ok(void_promise(env, work)?.to_unknown())
+    }
+}
