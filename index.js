@@ -53,16 +53,20 @@ function isPlainObject(value) {
   return (proto === Object.prototype || proto === null) && typeof value.toJSON !== 'function'
 }
 
+/** How many values each account has in the compact form. */
+const FIELDS = 8
+
 /**
  * The account list as the binding's compact form (src/account_lists.rs): one flat array with,
- * per account, 8 values [id, enabled, type, authLineageId, access, expires, lastQuotaRefreshError,
+ * per account, FIELDS values [id, enabled, type, authLineageId, access, expires, lastQuotaRefreshError,
  * quota bound]: the raw values, so the core checks and names them as it does whole objects.
  * Seeding and a resolver send `access` only when it is not a string (it is checked, not used);
  * seeding sends a bound on the snapshot's `checkedAt` instead of the snapshot, and puts each
  * account's snapshot in `quotas`. Only these fields are read: others are not looked at, so a
  * value with no JSON form in a field the manager does not use is no longer an error. Null when
- * an account is not a plain object, or a value read has no JSON form: the native method then
- * reads the list whole, as before.
+ * an account is not a plain object or a getter throws (and, later, JSON.stringify of the rows
+ * sent fails when a value read has no JSON form): the native method then reads the list whole,
+ * as before.
  */
 function compactAccounts(accounts, purpose, quotas) {
   if (!Array.isArray(accounts) || typeof accounts.toJSON === 'function') return null
@@ -92,7 +96,16 @@ function compactAccounts(accounts, purpose, quotas) {
         bound,
       )
     }
-    return JSON.stringify(flat)
+    return flat
+  } catch {
+    return null
+  }
+}
+
+/** JSON text, or null when the value has none (a BigInt, a cycle): then the native method reads the list. */
+function jsonOrNull(value) {
+  try {
+    return JSON.stringify(value)
   } catch {
     return null
   }
@@ -124,10 +137,19 @@ function snapshotJsonOrNull(quota) {
 /** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
 const UNREADABLE = NaN
 
+/**
+ * Whether JSON.stringify may write this value as something else than its properties (the bound
+ * must hold for what the core reads). An inherited or non-enumerable `checkedAt`, which JSON
+ * leaves out, only makes the bound higher than it needs to be: no harm.
+ */
+function rewrittenByJson(value) {
+  return typeof value !== 'object' || typeof value.toJSON === 'function'
+}
+
 /** A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
-  if (!isPlainObject(window)) return UNREADABLE
+  if (rewrittenByJson(window)) return UNREADABLE
   const at = window.checkedAt
   if (at === undefined || at === null) return -1
   return typeof at === 'number' ? at : UNREADABLE
@@ -140,7 +162,7 @@ function windowCheckedAt(window) {
  */
 function quotaCheckedAtBound(quota) {
   if (quota === undefined || quota === null) return -1
-  if (!isPlainObject(quota)) return null
+  if (rewrittenByJson(quota)) return null
   let bound = Math.max(windowCheckedAt(quota), windowCheckedAt(quota.five_hour), windowCheckedAt(quota.seven_day))
   const scoped = quota.scoped
   if (scoped !== undefined && scoped !== null) {
@@ -176,9 +198,8 @@ class QuotaManager extends Native {
   #flightCallers = { id: 0, callers: null }
   /** Per shape (refreshMain, refreshMainWithMetadata): the last call and its promise. */
   #flights = [null, null]
-  /** The compact form of the last settled seeding, and the fallback epoch it holds for. */
-  #settledSeeding = null
-  #settledEpoch = -1
+  /** The last settled seeding: { flat, epoch, rowsAreAccounts } (see #changedSinceSettled). */
+  #settled = null
   #closed = false
 
   constructor(options) {
@@ -246,19 +267,46 @@ class QuotaManager extends Native {
    */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
-    const compact = compactAccounts(accounts, SEEDING, quotas)
-    if (compact === null) {
-      this.#settledSeeding = null
+    const flat = compactAccounts(accounts, SEEDING, quotas)
+    if (flat === null) {
+      this.#settled = null
       return super.seedFallbacksFromAccounts(accounts)
     }
-    if (compact === this.#settledSeeding && this._fallbackEpoch() === this.#settledEpoch) return
-    this.#settledSeeding = null
-    const [plan, wanted, planned] = this._planFallbackSeeding(compact)
+    const changed = this.#changedSinceSettled(flat)
+    if (changed !== null && changed.length === 0) return
+    this.#settled = null
+    const rows = changed === null ? flat : changed.flatMap((index) => flat.slice(index * FIELDS, (index + 1) * FIELDS))
+    const compact = jsonOrNull(rows)
+    if (compact === null) return super.seedFallbacksFromAccounts(accounts)
+    const [plan, wanted, planned, rowsAreAccounts] = this._planFallbackSeeding(compact, changed === null ? null : JSON.stringify(changed))
     const epoch = wanted.length === 0 ? planned : this._applyFallbackSeeding(plan, snapshotsJson(quotas, wanted))
-    if (epoch >= 0) {
-      this.#settledSeeding = compact
-      this.#settledEpoch = epoch
+    // Changed rows of a list whose rows were accounts of their own still are (same ids, no
+    // type changed).
+    if (epoch >= 0) this.#settled = { flat, epoch, rowsAreAccounts: changed === null ? rowsAreAccounts : true }
+  }
+
+  /**
+   * The indices of the accounts whose compact rows differ from the last settled seeding's, when
+   * seeding only those is the same as seeding the list: its fallback epoch holds (no fallback
+   * route changed since), the same ids sit in the same places, each row is an account of its
+   * own (no api-key account, no repeated id) and no account's type changed. Empty: nothing to
+   * do. Null: seed the whole list.
+   */
+  #changedSinceSettled(flat) {
+    const settled = this.#settled
+    if (settled === null || settled.flat.length !== flat.length || this._fallbackEpoch() !== settled.epoch) return null
+    const before = settled.flat
+    const changed = []
+    for (let at = 0; at < flat.length; at += FIELDS) {
+      if (before[at] !== flat[at] || before[at + 2] !== flat[at + 2]) return null
+      for (let field = 1; field < FIELDS; field++) {
+        if (before[at + field] !== flat[at + field]) {
+          changed.push(at / FIELDS)
+          break
+        }
+      }
     }
+    return changed.length > 0 && !settled.rowsAreAccounts ? null : changed
   }
 
   /**
@@ -268,7 +316,8 @@ class QuotaManager extends Native {
    */
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
-    const compact = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
+    const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
+    const compact = flat === null ? null : jsonOrNull(flat)
     if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
     let plan
     let kept

@@ -915,7 +915,12 @@ function randomAccount(dice: Dice, now: number): FallbackAccount {
 }
 
 function randomList(dice: Dice, now: number): FallbackAccount[] {
-  return Array.from({ length: dice.below(11) }, () => randomAccount(dice, now))
+  const list = Array.from({ length: dice.below(11) }, () => randomAccount(dice, now))
+  if (dice.chance(0.5)) return list
+  // As the plugin's lists are: each id once, OAuth accounts only (the facade may then seed a
+  // reloaded list's edited accounts alone).
+  const ids = new Set<string>()
+  return list.filter((account) => account.type !== 'api' && !ids.has(account.id) && ids.add(account.id))
 }
 
 /** One random step on the twin; `previous` is the list last seeded. */
@@ -942,6 +947,16 @@ function randomStep(twin: Twin, dice: Dice, previous: FallbackAccount[]): Fallba
     if (changed?.quota?.five_hour) changed.quota.five_hour.usedPercent = dice.below(101)
     twin.seed(`the same list, ${changed?.id ?? 'nothing'} changed in place`, previous)
     return previous
+  }
+  if (roll < 72 && previous.length > 0) {
+    // The list reloaded with one account edited (same ids): the facade seeds that one alone.
+    const edited = structuredClone(previous)
+    const at = dice.below(edited.length)
+    const fresh = randomAccount(dice, now)
+    const field = dice.pick(['quota', 'lastQuotaRefreshError', 'authLineageId', 'enabled'] as const)
+    edited[at] = junk<FallbackAccount>({ ...edited[at], [field]: (fresh as unknown as Record<string, unknown>)[field] })
+    twin.seed(`the list with ${String(edited[at]?.id)}.${field} edited`, edited)
+    return edited
   }
   if (roll < 75) twin.both(`clear ${id}`, (m) => m.clearFallback(id))
   else if (roll < 83) {
@@ -970,6 +985,7 @@ describe('random differential run', () => {
       }
       // The run reached the states it is meant to compare.
       expect(twin.log.filter((line) => line === 'seed the same list').length).toBeGreaterThan(30)
+      expect(twin.log.filter((line) => line.includes(' edited')).length).toBeGreaterThan(5)
     })
   }
 })

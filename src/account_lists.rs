@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::js::type_error;
 use super::manager::{void_promise, QuotaManager};
 use quota_core::host::{AccountFields, FallbackAccount};
-use quota_core::manager::AwaitedSnapshots;
+use quota_core::manager::{AwaitedSnapshots, SeedingScope};
 use quota_core::snapshot::QuotaSnapshot;
 
 /// How many values each account has in the compact form.
@@ -39,6 +39,8 @@ struct ReadAccounts {
     accounts: Vec<FallbackAccount>,
     /// Each account's index in the host's list.
     indices: Vec<u32>,
+    /// No api-key account and no repeated id: each row is one account of its own.
+    every_row_kept: bool,
 }
 
 /// A refresh's accounts, waiting for the resolver's answers.
@@ -72,23 +74,36 @@ fn read_account(row: &Row, index: usize) -> std::result::Result<FallbackAccount,
 }
 
 /// Reads the compact list as `FallbackAccount::list_from_value` reads the host's: api-key
-/// accounts dropped, the first of equal ids kept, errors naming the host's index. Also returns
-/// each kept account's bound on its snapshot's `checkedAt`.
-fn read_compact(text: &str) -> std::result::Result<(ReadAccounts, Vec<Option<f64>>), String> {
+/// accounts dropped, the first of equal ids kept, errors naming the host's index (row `i` is
+/// the host's account `host_indices[i]` when given, else `i`). Also returns each kept account's
+/// bound on its snapshot's `checkedAt`.
+fn read_compact(
+    text: &str,
+    host_indices: Option<&[u32]>,
+) -> std::result::Result<(ReadAccounts, Vec<Option<f64>>), String> {
     let values: Vec<Value> = serde_json::from_str(text)
         .ok()
         .filter(|values: &Vec<Value>| values.len().is_multiple_of(FIELDS))
         .ok_or_else(|| "accounts must be an array".to_owned())?;
     let count = values.len() / FIELDS;
-    let mut planned = ReadAccounts::default();
+    let mut planned = ReadAccounts {
+        every_row_kept: true,
+        ..ReadAccounts::default()
+    };
     let mut bounds = Vec::with_capacity(count);
     let mut seen = std::collections::HashSet::with_capacity(count);
-    for (index, row) in values.chunks_exact(FIELDS).enumerate() {
+    for (row_index, row) in values.chunks_exact(FIELDS).enumerate() {
+        let index = host_indices.map_or(Some(row_index), |host| {
+            host.get(row_index).map(|&i| i as usize)
+        });
+        let index = index.ok_or_else(|| "accounts must be an array".to_owned())?;
         if row[at::TYPE].as_str() == Some("api") {
+            planned.every_row_kept = false;
             continue;
         }
         let account = read_account(row, index)?;
         if !seen.insert(row[at::ID].as_str().unwrap_or_default()) {
+            planned.every_row_kept = false;
             continue;
         }
         bounds.push(row[at::QUOTA_CHECKED_AT_BOUND].as_f64());
@@ -124,28 +139,45 @@ fn settled_epoch(epoch: Option<u64>) -> f64 {
 #[napi]
 impl QuotaManager {
     /// Seeding, first half: reads the compact list (a `TypeError` names a bad account) and
-    /// seeds all but the snapshots the core could adopt. Answers `[plan, indices, epoch]`: the
-    /// indices, in the host's list, of the accounts whose snapshot `_applyFallbackSeeding` must
-    /// bring, and, when none, the fallback epoch if the seeding is settled (-1: not): while
-    /// that epoch holds, the same list seeded again changes nothing, and the facade skips it.
+    /// seeds all but the snapshots the core could adopt. `changed` (a JSON array of host
+    /// indices, one per row) says the rows are only the accounts that changed since a settled
+    /// seeding of the same ids (see `index.js`): the others are left as they are, none is
+    /// forgotten. Answers `[plan, indices, epoch, rowsAreAccounts]`: the indices, in the host's
+    /// list, of the accounts whose snapshot `_applyFallbackSeeding` must bring; when none, the
+    /// fallback epoch if the seeding is settled (-1: not): while that epoch holds, the same list
+    /// seeded again changes nothing; and whether each row was an account of its own (no api-key
+    /// account, no repeated id), which a later seeding of changed rows only relies on.
     #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
     pub fn plan_fallback_seeding<'env>(
         &self,
         env: &'env Env,
         compact: String,
+        changed: Option<String>,
     ) -> Result<Array<'env>> {
         self.tick(env)?;
-        let (read, bounds) = read_compact(&compact).map_err(|e| type_error(env, e))?;
+        let changed: Option<Vec<u32>> = changed
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|_| type_error(env, "accounts must be an array"))?;
+        let (read, bounds) =
+            read_compact(&compact, changed.as_deref()).map_err(|e| type_error(env, e))?;
+        let scope = if changed.is_some() {
+            SeedingScope::ChangedAccounts
+        } else {
+            SeedingScope::WholeList
+        };
         let awaited = self
             .core
-            .seed_fallbacks_but_snapshots(read.accounts, &bounds);
+            .seed_fallbacks_but_snapshots(read.accounts, &bounds, scope);
         let indices = awaited
             .positions
             .iter()
             .map(|&at| read.indices[at])
             .collect();
         let epoch = settled_epoch(awaited.settled_epoch());
-        plan_and_indices(env, awaited, indices, Some(epoch))
+        let mut answer = plan_and_indices(env, awaited, indices, Some(epoch))?;
+        answer.set(3, read.every_row_kept)?;
+        Ok(answer)
     }
 
     /// Seeding, second half: `snapshots` is the JSON array of the snapshots asked for, in order.
@@ -182,7 +214,7 @@ impl QuotaManager {
         compact: String,
     ) -> Result<Array<'env>> {
         self.tick(env)?;
-        let (read, _) = read_compact(&compact).map_err(|e| type_error(env, e))?;
+        let (read, _) = read_compact(&compact, None).map_err(|e| type_error(env, e))?;
         plan_and_indices(env, PlannedRefresh(read.accounts), read.indices, None)
     }
 

@@ -55,7 +55,7 @@ pub use changes::ChangeCounter;
 pub use identity::MainTarget;
 pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
 pub use routes::MainIdentity;
-pub use seeding::AwaitedSnapshots;
+pub use seeding::{AwaitedSnapshots, SeedingScope};
 
 use changes::{Published, StateGuard};
 use loading::Loading;

@@ -184,7 +184,8 @@ impl QuotaManager {
     /// are no longer configured. Disabled accounts are skipped; ids are unique.
     pub fn seed_fallbacks(&self, accounts: Vec<FallbackAccount>) {
         let unknown = vec![None; accounts.len()];
-        let awaited = self.seed_fallbacks_but_snapshots(accounts, &unknown);
+        let awaited =
+            self.seed_fallbacks_but_snapshots(accounts, &unknown, SeedingScope::WholeList);
         self.seed_awaited_snapshots(awaited);
     }
 
@@ -200,13 +201,16 @@ impl QuotaManager {
         &self,
         accounts: Vec<FallbackAccount>,
         latest_at_most: &[Option<f64>],
+        scope: SeedingScope,
     ) -> AwaitedSnapshots {
         let now = self.now();
         let mut state = self.state();
         let state = &mut *state;
-        let configured: std::collections::HashSet<&str> =
-            accounts.iter().map(|a| a.id.as_str()).collect();
-        state.routes.retain_fallbacks(|id| configured.contains(id));
+        if scope == SeedingScope::WholeList {
+            let configured: std::collections::HashSet<&str> =
+                accounts.iter().map(|a| a.id.as_str()).collect();
+            state.routes.retain_fallbacks(|id| configured.contains(id));
+        }
         let mut awaited = AwaitedSnapshots::default();
         for (position, account) in accounts.into_iter().enumerate() {
             if !account.enabled {
@@ -284,6 +288,17 @@ fn could_adopt(slot: Option<&RouteSlot>, latest: Option<f64>) -> bool {
         (Some(latest), Some(entry)) => latest > entry.checked_at as f64,
         _ => true,
     }
+}
+
+/// What a seeding is handed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedingScope {
+    /// Every configured account: the others are forgotten.
+    WholeList,
+    /// Only the accounts that changed since a settled seeding of the same list (same ids,
+    /// each once), while its fallback epoch held: the rest would change nothing, and every
+    /// configured route is kept.
+    ChangedAccounts,
 }
 
 /// What the first half of a seeding leaves for the second: the accounts whose snapshots it

@@ -1,6 +1,7 @@
 //! Seeding from the host's storage.
 
 use crate::support::*;
+use quota_core::manager::SeedingScope;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
@@ -141,9 +142,13 @@ fn compared(accounts: &[FallbackAccount]) -> Compared {
 
 /// The facade's way: the first half without snapshots, the second with the awaited ones.
 /// Returns the epoch of a settled seeding.
-fn seed_in_halves(quota: &QuotaManager, accounts: &[FallbackAccount]) -> Option<u64> {
+fn seed_in_halves(
+    quota: &QuotaManager,
+    accounts: &[FallbackAccount],
+    scope: SeedingScope,
+) -> Option<u64> {
     let (without_snapshots, bounds): (Vec<_>, Vec<_>) = compared(accounts).into_iter().unzip();
-    let mut awaited = quota.seed_fallbacks_but_snapshots(without_snapshots, &bounds);
+    let mut awaited = quota.seed_fallbacks_but_snapshots(without_snapshots, &bounds, scope);
     let positions = awaited.positions.clone();
     for (account, position) in awaited.accounts.iter_mut().zip(positions) {
         account.quota.clone_from(&accounts[position].quota);
@@ -151,12 +156,26 @@ fn seed_in_halves(quota: &QuotaManager, accounts: &[FallbackAccount]) -> Option<
     quota.seed_awaited_snapshots(awaited)
 }
 
-/// The facade's whole algorithm (two halves, and no call at all for the list of a settled
-/// seeding while the fallback epoch holds) against seeding whole lists, over random lists,
-/// repeats, cleared routes and time.
+/// The accounts of `list` that differ from a settled seeding's, when the facade may seed only
+/// those: the same ids in the same places, while the settled seeding's epoch holds.
+fn changed_since(
+    settled: Option<&(Compared, u64)>,
+    list: &Compared,
+    quota: &QuotaManager,
+) -> Option<Vec<usize>> {
+    let (same, epoch) = settled?;
+    let comparable = *epoch == quota.fallback_epoch()
+        && same.len() == list.len()
+        && same.iter().zip(list).all(|(a, b)| a.0.id == b.0.id);
+    comparable.then(|| (0..list.len()).filter(|&i| same[i] != list[i]).collect())
+}
+
+/// The facade's whole algorithm (two halves; while a settled seeding's fallback epoch holds, no
+/// call at all for the same list, and only the changed accounts for the same ids) against
+/// seeding whole lists, over random lists, repeats, edits, cleared routes and time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seeding_in_two_halves_or_skipped_when_settled_leaves_what_seeding_at_once_does() {
-    let mut skipped = 0;
+async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seeding_at_once_does() {
+    let (mut skipped, mut partial) = (0, 0);
     for seed in 1..=40_u64 {
         let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let clock = ManualClock::new(START);
@@ -167,6 +186,16 @@ async fn seeding_in_two_halves_or_skipped_when_settled_leaves_what_seeding_at_on
         for step in 0..60 {
             let accounts: Vec<FallbackAccount> = if dice.below(3) == 0 && !last.is_empty() {
                 last.clone()
+            } else if dice.below(2) == 0 && !last.is_empty() {
+                // The same ids, one account edited (the host saved a newer quota, say).
+                let mut edited = last.clone();
+                let at = dice.below(edited.len() as u64) as usize;
+                let id = edited[at].id.clone();
+                edited[at] = FallbackAccount {
+                    id,
+                    ..random_account(&mut dice)
+                };
+                edited
             } else {
                 // Unique ids, the first kept, as the binding hands lists over.
                 let mut seen = std::collections::HashSet::new();
@@ -182,14 +211,20 @@ async fn seeding_in_two_halves_or_skipped_when_settled_leaves_what_seeding_at_on
             }
             whole.seed_fallbacks(accounts.clone());
             let list = compared(&accounts);
-            if settled
-                .as_ref()
-                .is_some_and(|(same, epoch)| *same == list && *epoch == halves.fallback_epoch())
-            {
-                skipped += 1;
-            } else {
-                settled = seed_in_halves(&halves, &accounts).map(|epoch| (list, epoch));
-            }
+            settled = match changed_since(settled.as_ref(), &list, &halves) {
+                Some(changed) if changed.is_empty() => {
+                    skipped += 1;
+                    settled
+                }
+                Some(changed) => {
+                    partial += 1;
+                    let changed: Vec<_> = changed.iter().map(|&i| accounts[i].clone()).collect();
+                    seed_in_halves(&halves, &changed, SeedingScope::ChangedAccounts)
+                        .map(|epoch| (list, epoch))
+                }
+                None => seed_in_halves(&halves, &accounts, SeedingScope::WholeList)
+                    .map(|epoch| (list, epoch)),
+            };
             assert_eq!(
                 observed(&whole),
                 observed(&halves),
@@ -200,6 +235,10 @@ async fn seeding_in_two_halves_or_skipped_when_settled_leaves_what_seeding_at_on
         }
     }
     assert!(skipped > 100, "the skip was exercised ({skipped} times)");
+    assert!(
+        partial > 30,
+        "changed accounts alone were seeded ({partial} times)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +252,11 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
         ..FallbackAccount::default()
     };
     let bound = Some(START as f64);
-    let awaited = quota.seed_fallbacks_but_snapshots(vec![account.clone()], &[bound]);
+    let awaited = quota.seed_fallbacks_but_snapshots(
+        vec![account.clone()],
+        &[bound],
+        SeedingScope::WholeList,
+    );
     assert_eq!(
         awaited.positions,
         vec![0],
@@ -224,7 +267,11 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
     let epoch = quota.seed_awaited_snapshots(awaited).expect("settled");
     assert_eq!(epoch, quota.fallback_epoch());
 
-    let again = quota.seed_fallbacks_but_snapshots(vec![account.clone()], &[bound]);
+    let again = quota.seed_fallbacks_but_snapshots(
+        vec![account.clone()],
+        &[bound],
+        SeedingScope::WholeList,
+    );
     assert!(
         again.positions.is_empty(),
         "no older-or-equal snapshot is awaited"
@@ -237,7 +284,11 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
         epoch,
         "a cleared route moves the epoch"
     );
-    seed_in_halves(&quota, std::slice::from_ref(&account));
+    seed_in_halves(
+        &quota,
+        std::slice::from_ref(&account),
+        SeedingScope::WholeList,
+    );
     assert!(
         quota.get_fallback("a", None).is_some(),
         "the same list seeds it again"
@@ -256,14 +307,17 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
         ..FallbackAccount::default()
     };
     quota.seed_fallbacks(vec![login("login-1")]);
-    let replaced =
-        quota.seed_fallbacks_but_snapshots(vec![login("login-2")], &[Some(START as f64)]);
+    let replaced = quota.seed_fallbacks_but_snapshots(
+        vec![login("login-2")],
+        &[Some(START as f64)],
+        SeedingScope::WholeList,
+    );
     assert!(replaced.positions.is_empty() && replaced.settled_epoch().is_none());
     assert!(
         quota.get_fallback("a", None).is_none(),
         "the old login's entry is gone"
     );
-    seed_in_halves(&quota, &[login("login-2")]);
+    seed_in_halves(&quota, &[login("login-2")], SeedingScope::WholeList);
     assert!(
         quota.get_fallback("a", None).is_some(),
         "the next seeding adopts the new login's"
@@ -278,6 +332,7 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
     let awaited = quota.seed_fallbacks_but_snapshots(
         vec![login("login-2"), timeless],
         &[Some(START as f64), Some(-1.0)],
+        SeedingScope::WholeList,
     );
     assert!(awaited.positions.is_empty());
     assert!(awaited.settled_epoch().is_some());
