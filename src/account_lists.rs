@@ -9,13 +9,14 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use serde::Deserializer as _;
 use serde_json::Value;
 
 use super::js::type_error;
 use super::manager::{void_promise, QuotaManager};
 use quota_core::host::{AccountFields, FallbackAccount};
+use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
-use quota_core::snapshot::QuotaSnapshot;
 
 /// How many values each account has in the compact form.
 const FIELDS: usize = 8;
@@ -74,45 +75,102 @@ fn read_account(row: &Row, index: usize) -> std::result::Result<FallbackAccount,
 }
 
 /// Reads the compact list as `FallbackAccount::list_from_value` reads the host's: api-key
-/// accounts dropped, the first of equal ids kept, errors naming the host's index (row `i` is
-/// the host's account `host_indices[i]` when given, else `i`). Also returns each kept account's
-/// bound on its snapshot's `checkedAt`.
+/// accounts dropped, every other account checked, the first of equal ids kept, errors naming the
+/// host's index (row `i` is the host's account `host_indices[i]` when given, else `i`). Also
+/// returns each kept account's bound on its snapshot's `checkedAt`.
 fn read_compact(
     text: &str,
     host_indices: Option<&[u32]>,
 ) -> std::result::Result<(ReadAccounts, Vec<Option<f64>>), String> {
-    let values: Vec<Value> = serde_json::from_str(text)
-        .ok()
-        .filter(|values: &Vec<Value>| values.len().is_multiple_of(FIELDS))
-        .ok_or_else(|| "accounts must be an array".to_owned())?;
-    let count = values.len() / FIELDS;
+    let malformed = || "accounts must be an array".to_owned();
+    let mut read: Vec<(u32, FallbackAccount, Option<f64>)> = Vec::new();
+    let mut api_rows = false;
+    let mut failure = None;
+    let mut on_row = |row_index: usize, row: &Row| -> bool {
+        let index = match host_indices {
+            Some(host) => host.get(row_index).map(|&i| i as usize),
+            None => Some(row_index),
+        };
+        let Some(index) = index else {
+            failure = Some(malformed());
+            return false;
+        };
+        if row[at::TYPE].as_str() == Some("api") {
+            api_rows = true;
+            return true;
+        }
+        match read_account(row, index) {
+            Ok(account) => {
+                let bound = row[at::QUOTA_CHECKED_AT_BOUND].as_f64();
+                read.push((u32::try_from(index).unwrap_or(u32::MAX), account, bound));
+                true
+            }
+            Err(message) => {
+                failure = Some(message);
+                false
+            }
+        }
+    };
+    let parsed = serde_json::Deserializer::from_str(text).deserialize_seq(RowVisitor(&mut on_row));
+    if let Some(message) = failure {
+        return Err(message);
+    }
+    parsed.map_err(|_| malformed())?;
+    // The first of equal ids: decided before any account moves out of `read`.
+    let first: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(read.len());
+        read.iter()
+            .map(|(_, account, _)| seen.insert(account.id.as_str()))
+            .collect()
+    };
     let mut planned = ReadAccounts {
-        every_row_kept: true,
+        every_row_kept: !api_rows && first.iter().all(|&kept| kept),
         ..ReadAccounts::default()
     };
-    let mut bounds = Vec::with_capacity(count);
-    let mut seen = std::collections::HashSet::with_capacity(count);
-    for (row_index, row) in values.chunks_exact(FIELDS).enumerate() {
-        let index = host_indices.map_or(Some(row_index), |host| {
-            host.get(row_index).map(|&i| i as usize)
-        });
-        let index = index.ok_or_else(|| "accounts must be an array".to_owned())?;
-        if row[at::TYPE].as_str() == Some("api") {
-            planned.every_row_kept = false;
-            continue;
+    let mut bounds = Vec::with_capacity(read.len());
+    for ((index, account, bound), kept) in read.into_iter().zip(first) {
+        if kept {
+            planned.indices.push(index);
+            planned.accounts.push(account);
+            bounds.push(bound);
         }
-        let account = read_account(row, index)?;
-        if !seen.insert(row[at::ID].as_str().unwrap_or_default()) {
-            planned.every_row_kept = false;
-            continue;
-        }
-        bounds.push(row[at::QUOTA_CHECKED_AT_BOUND].as_f64());
-        planned.accounts.push(account);
-        planned
-            .indices
-            .push(u32::try_from(index).unwrap_or(u32::MAX));
     }
     Ok((planned, bounds))
+}
+
+/// Walks the flat compact array a row at a time, without holding all its values (10,000
+/// accounts are 80,000 values). `on_row` answers whether to go on.
+struct RowVisitor<'a, F>(&'a mut F);
+
+impl<'de, F: FnMut(usize, &Row) -> bool> serde::de::Visitor<'de> for RowVisitor<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an array of account rows")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        let mut row = Vec::with_capacity(FIELDS);
+        let mut rows = 0;
+        while let Some(value) = seq.next_element::<Value>()? {
+            row.push(value);
+            if row.len() == FIELDS {
+                if !(self.0)(rows, &row) {
+                    return Err(serde::de::Error::custom("stopped"));
+                }
+                row.clear();
+                rows += 1;
+            }
+        }
+        if row.is_empty() {
+            Ok(())
+        } else {
+            Err(serde::de::Error::custom("a partial row"))
+        }
+    }
 }
 
 /// `[plan, indices, ...more]` for the facade.
@@ -189,11 +247,12 @@ impl QuotaManager {
         plan: &mut External<AwaitedSnapshots>,
         snapshots: String,
     ) -> Result<f64> {
-        let snapshots: Vec<Value> = serde_json::from_str(&snapshots)
+        // Read straight from the text, without a `Value` tree (see `quota_core::lenient`).
+        let snapshots: Vec<LenientSnapshot> = serde_json::from_str(&snapshots)
             .map_err(|_| type_error(&env, "accounts[].quota could not be read"))?;
         let mut awaited = std::mem::take(&mut **plan);
-        for (account, snapshot) in awaited.accounts.iter_mut().zip(&snapshots) {
-            account.quota = QuotaSnapshot::from_value_lenient(snapshot);
+        for (account, snapshot) in awaited.accounts.iter_mut().zip(snapshots) {
+            account.quota = snapshot.0.map(Box::new);
         }
         Ok(settled_epoch(self.core.seed_awaited_snapshots(awaited)))
     }

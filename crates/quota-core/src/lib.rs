@@ -25,6 +25,7 @@ pub mod fingerprint;
 pub mod freshness;
 pub mod headers;
 pub mod host;
+pub mod lenient;
 pub mod manager;
 pub mod merge;
 pub mod policy;

@@ -192,29 +192,9 @@ impl QuotaSnapshot {
     /// field by field: a junk field is dropped, never the whole snapshot. `None` when the value
     /// is not an object.
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
-        let object = value.as_object()?;
-        let field = |name: &str| object.get(name);
-        Some(Self {
-            five_hour: field("five_hour").and_then(window_from_value),
-            seven_day: field("seven_day").and_then(window_from_value),
-            scoped: field("scoped")
-                .and_then(Value::as_array)
-                .map(|items| items.iter().filter_map(scoped_from_value).collect()),
-            extra_usage: field("extraUsage").and_then(|v| Deserialize::deserialize(v).ok()),
-            binding_window: field("bindingWindow").and_then(non_blank_string),
-            binding_window_source: field("bindingWindowSource")
-                .and_then(|v| Deserialize::deserialize(v).ok()),
-            fallback_advised: field("fallbackAdvised").and_then(Value::as_bool),
-            status: field("status").and_then(non_blank_string),
-            source: field("source").and_then(|v| Deserialize::deserialize(v).ok()),
-            checked_at: field("checkedAt").and_then(timestamp_from_value),
-            account_identity: field("accountIdentity").and_then(non_blank_string),
-            field_sources: field("fieldSources").and_then(|v| Deserialize::deserialize(v).ok()),
-        })
-        .map(|mut snapshot| {
-            snapshot.settle_field_sources();
-            snapshot
-        })
+        crate::lenient::LenientSnapshot::deserialize(value)
+            .ok()
+            .and_then(|read| read.0)
     }
 }
 
@@ -328,34 +308,6 @@ impl ApiErrorRecord {
             account_identity: object.get("accountIdentity").and_then(non_blank_string),
         })
     }
-}
-
-fn window_from_value(value: &Value) -> Option<QuotaWindow> {
-    let object = value.as_object()?;
-    let used = finite(object.get("usedPercent")?)?;
-    let checked_at = object.get("checkedAt").and_then(timestamp_from_value)?;
-    let resets_at = object.get("resetsAt").and_then(non_blank_string);
-    Some(QuotaWindow::from_used(used, resets_at, checked_at))
-}
-
-fn scoped_from_value(value: &Value) -> Option<ScopedQuotaWindow> {
-    let window = window_from_value(value)?;
-    let object = value.as_object()?;
-    let id = object.get("id").and_then(non_blank_string)?;
-    let model_name = object.get("modelName").and_then(non_blank_string)?;
-    Some(ScopedQuotaWindow {
-        used_percent: window.used_percent,
-        remaining_percent: window.remaining_percent,
-        resets_at: window.resets_at,
-        checked_at: window.checked_at,
-        title: object
-            .get("title")
-            .and_then(non_blank_string)
-            .unwrap_or_else(|| format!("{model_name} only")),
-        id,
-        model_id: object.get("modelId").and_then(non_blank_string),
-        model_name,
-    })
 }
 
 /// A finite JSON number.

@@ -260,9 +260,9 @@ impl QuotaManager {
         let state = &mut *state;
         for account in &awaited.accounts {
             let persisted = Persisted {
-                quota: account.quota.as_ref(),
+                quota: account.quota.as_deref(),
                 checked_at: None,
-                last_error: account.last_error.as_ref(),
+                last_error: account.last_error.as_deref(),
             };
             let slot = state
                 .routes

@@ -77,15 +77,18 @@ fn random_account(dice: &mut Dice) -> FallbackAccount {
         id: IDS[dice.below(IDS.len() as u64) as usize].to_owned(),
         enabled: dice.below(6) != 0,
         auth_lineage_id: LINEAGES[dice.below(3) as usize].map(str::to_owned),
-        quota: (dice.below(4) != 0).then(|| snapshot_at(minutes(dice), dice.below(100) as f64)),
-        last_error: (dice.below(4) == 0).then(|| ApiErrorRecord {
-            message: "Claude quota check failed: 429".into(),
-            checked_at: minutes(dice),
-            next_retry_at: Some(START + 3_600_000),
-            retry_count: Some(1),
-            status: Some(429),
-            retry_after_ms: Some(3_600_000),
-            account_identity: None,
+        quota: (dice.below(4) != 0)
+            .then(|| Box::new(snapshot_at(minutes(dice), dice.below(100) as f64))),
+        last_error: (dice.below(4) == 0).then(|| {
+            Box::new(ApiErrorRecord {
+                message: "Claude quota check failed: 429".into(),
+                checked_at: minutes(dice),
+                next_retry_at: Some(START + 3_600_000),
+                retry_count: Some(1),
+                status: Some(429),
+                retry_after_ms: Some(3_600_000),
+                account_identity: None,
+            })
         }),
         ..FallbackAccount::default()
     }
@@ -248,7 +251,7 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
     let account = FallbackAccount {
         id: "a".into(),
         enabled: true,
-        quota: Some(snapshot_at(START, 10.0)),
+        quota: Some(Box::new(snapshot_at(START, 10.0))),
         ..FallbackAccount::default()
     };
     let bound = Some(START as f64);
@@ -303,7 +306,7 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
         id: "a".into(),
         enabled: true,
         auth_lineage_id: Some(lineage.into()),
-        quota: Some(snapshot_at(START, 10.0)),
+        quota: Some(Box::new(snapshot_at(START, 10.0))),
         ..FallbackAccount::default()
     };
     quota.seed_fallbacks(vec![login("login-1")]);
