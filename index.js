@@ -310,20 +310,21 @@ class QuotaManager extends Native {
   }
 
   /**
-   * The list crosses in a compact form; the resolver is asked here, once per account the core
-   * kept (api-key accounts and repeated ids are not asked about), and the refreshes are
-   * registered off the JavaScript thread.
+   * The list crosses in a compact form. Without a resolver it is read, and the refreshes are
+   * registered, off the JavaScript thread (a bad account rejects the promise). With one, the
+   * core reads the list first, and the resolver is asked here, once per account the core kept
+   * (api-key accounts and repeated ids are not asked about, nor any account of a bad list).
    */
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
     const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
+    if (!resolving) return this._refreshAllFallbacksFrom(compact)
     let plan
     let kept
     try {
       ;[plan, kept] = this._planFallbackRefresh(compact)
-      if (!resolving) return this._startFallbackRefresh(plan, null)
       const tokens = Array.from(kept, (index) => {
         const token = resolveAccessToken(accounts[index])
         return typeof token === 'string' ? token : null

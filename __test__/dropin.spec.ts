@@ -423,4 +423,17 @@ describe('no raw token as an identity (issue 11 item 3)', () => {
     expect(file).not.toContain(seenToken)
     expect(file).toContain(`main:token:${tokenFingerprint(token)}`)
   })
+
+  it('a token handed to refreshAllFallbacks is a token from the moment the call returns, though its list is read off the thread', async () => {
+    const token = 'opaque-fallback-token'
+    const manager = make({ statePath: null, now: () => T0, fetchImpl: async () => usage() })
+    const headers = { 'anthropic-ratelimit-unified-5h-utilization': '0.2' }
+    // Kept by the facade before the call: it must not survive it.
+    expect(manager.getMain(token)).toBeNull()
+    const done = manager.refreshAllFallbacks([{ id: 'f', access: token, expires: T0 + MINUTE }])
+    expect(manager.pushMainFromHeaders(token, headers)?.quota.accountIdentity).toBe(`token:${tokenFingerprint(token)}`)
+    expect(manager.getMain(token)?.quota.accountIdentity).toBe(`token:${tokenFingerprint(token)}`)
+    await done
+    await manager.close()
+  })
 })

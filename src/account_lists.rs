@@ -12,8 +12,11 @@ use napi_derive::napi;
 use serde::Deserializer as _;
 use serde_json::Value;
 
+use std::sync::{Arc, OnceLock};
+
 use super::js::type_error;
 use super::manager::{void_promise, QuotaManager};
+use super::seen_tokens::PendingTokens;
 use quota_core::host::{AccountFields, FallbackAccount};
 use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
@@ -173,6 +176,46 @@ impl<'de, F: FnMut(usize, &Row) -> bool> serde::de::Visitor<'de> for RowVisitor<
     }
 }
 
+/// A refresh's compact list, read once by whoever needs it first: the task that starts the
+/// refreshes (on the blocking pool), or the JavaScript thread when it must know every token the
+/// manager was handed before that task got to it.
+struct ListRead {
+    text: String,
+    /// When the call was made: `access` counts while `expires` is after it.
+    now: i64,
+    read: OnceLock<std::result::Result<Vec<FallbackAccount>, String>>,
+}
+
+impl ListRead {
+    fn new(text: String, now: i64) -> Self {
+        Self {
+            text,
+            now,
+            read: OnceLock::new(),
+        }
+    }
+
+    fn accounts(&self) -> &std::result::Result<Vec<FallbackAccount>, String> {
+        self.read.get_or_init(|| {
+            let (read, _) = read_compact(&self.text, None)?;
+            let mut accounts = read.accounts;
+            for account in &mut accounts {
+                if account.expires.is_none_or(|at| at <= self.now) {
+                    account.access = None;
+                }
+            }
+            Ok(accounts)
+        })
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.accounts()
+            .as_ref()
+            .map(|accounts| accounts.iter().filter_map(|a| a.access.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// `[plan, indices, ...more]` for the facade.
 fn plan_and_indices<T: 'static>(
     env: &Env,
@@ -277,33 +320,71 @@ impl QuotaManager {
         plan_and_indices(env, PlannedRefresh(read.accounts), read.indices, None)
     }
 
-    /// `refreshAllFallbacks`, second half: `tokens` is the JSON array of the resolver's answers,
-    /// one per account of the plan (`null`: none), or `null` without a resolver: then `access`
-    /// counts while `expires` is in the future. Resolves once every due refresh is done.
+    /// `refreshAllFallbacks` without a resolver, in one call: the compact list is read off the
+    /// JavaScript thread, then the due refreshes start (`access` counts while `expires` is after
+    /// now). A bad account rejects the promise with the `TypeError` naming it, and nothing
+    /// starts. Its tokens count as tokens from the moment this returns (see `SeenTokens`).
+    #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
+    pub fn refresh_all_fallbacks_from<'env>(
+        &self,
+        env: &'env Env,
+        compact: String,
+    ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let list = Arc::new(ListRead::new(compact, self.core.now_ms()));
+        let tokens: PendingTokens = {
+            let list = list.clone();
+            Arc::new(move || list.tokens())
+        };
+        self.seen_tokens.expect(tokens.clone());
+        // Which identities are tokens may change: the facade's kept answers must go.
+        self.core.changes().bump();
+        let (core, seen) = (self.core.clone(), self.seen_tokens.clone());
+        let work = async move {
+            let read = {
+                let list = list.clone();
+                tokio::task::spawn_blocking(move || list.accounts().clone())
+                    .await
+                    .unwrap_or_else(|_| Err("accounts could not be read".to_owned()))
+            };
+            if seen.settle(&tokens) {
+                core.changes().bump();
+            }
+            match read {
+                Ok(accounts) => {
+                    core.refresh_all_fallbacks(accounts).await;
+                    Ok(())
+                }
+                Err(message) => Err(message),
+            }
+        };
+        let promise = env.spawn_future_with_callback(
+            async move { Ok(work.await) },
+            |env, outcome: std::result::Result<(), String>| {
+                outcome.map_err(|message| type_error(env, message))
+            },
+        )?;
+        Ok(promise.to_unknown())
+    }
+
+    /// `refreshAllFallbacks` with a resolver, second half: `tokens` is the JSON array of the
+    /// resolver's answers, one per account of the plan (`null`: none). Resolves once every due
+    /// refresh is done.
     #[napi(catch_unwind, js_name = "_startFallbackRefresh", skip_typescript)]
     pub fn start_fallback_refresh<'env>(
         &self,
         env: &'env Env,
         plan: &mut External<PlannedRefresh>,
-        tokens: Option<String>,
+        tokens: String,
     ) -> Result<Unknown<'env>> {
         let mut accounts = std::mem::take(&mut **plan).0;
-        if let Some(tokens) = tokens {
-            let tokens: Vec<Value> = serde_json::from_str(&tokens)
-                .map_err(|_| type_error(env, "resolveAccessToken answers could not be read"))?;
-            for (account, token) in accounts.iter_mut().zip(tokens) {
-                account.access = match token {
-                    Value::String(token) if !token.is_empty() => Some(token),
-                    _ => None,
-                };
-            }
-        } else {
-            let now = self.core.now_ms();
-            for account in &mut accounts {
-                if account.expires.is_none_or(|at| at <= now) {
-                    account.access = None;
-                }
-            }
+        let tokens: Vec<Value> = serde_json::from_str(&tokens)
+            .map_err(|_| type_error(env, "resolveAccessToken answers could not be read"))?;
+        for (account, token) in accounts.iter_mut().zip(tokens) {
+            account.access = match token {
+                Value::String(token) if !token.is_empty() => Some(token),
+                _ => None,
+            };
         }
         self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         let work = self.core.refresh_all_fallbacks(accounts);

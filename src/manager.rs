@@ -39,7 +39,7 @@ pub struct QuotaManager {
     js_now: Option<JsNow>,
     /// Every token this manager was handed: an identity equal to one of them is a token, and is
     /// kept only as its fingerprint (issue 11 item 3).
-    seen_tokens: SeenTokens,
+    pub(crate) seen_tokens: Arc<SeenTokens>,
     /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
@@ -207,7 +207,7 @@ impl QuotaManager {
             views: EntryViews::default(),
             promises: SharedPromises::default(),
             js_now,
-            seen_tokens: SeenTokens::default(),
+            seen_tokens: Arc::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
             flight_id_shown: std::cell::Cell::new(false),

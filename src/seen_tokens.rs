@@ -6,7 +6,11 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The tokens of a list still being read off the JavaScript thread: calling it reads the list
+/// (or waits for the read under way) and answers them.
+pub type PendingTokens = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Tokens rotate a few times a day: the bound only guards a host that mints them in bulk.
 const KEPT: usize = 1024;
@@ -16,12 +20,35 @@ pub struct SeenTokens {
     /// Keyed at random per manager, so the hashes mean nothing outside this process.
     keys: std::collections::hash_map::RandomState,
     hashes: Mutex<HashSet<u64>>,
+    /// Lists whose tokens are not in `hashes` yet: read before any answer, so a token handed
+    /// over is known as one from the moment the call that handed it returned.
+    pending: Mutex<Vec<PendingTokens>>,
 }
 
 impl SeenTokens {
     pub fn contains(&self, text: &str) -> bool {
+        self.read_pending();
         let hash = self.keys.hash_one(text);
         self.lock().contains(&hash)
+    }
+
+    /// A list whose tokens count from now on, though it is read later, off the host's thread.
+    pub fn expect(&self, tokens: PendingTokens) {
+        lock(&self.pending).push(tokens);
+    }
+
+    /// Remembers an expected list's tokens, which no longer need reading at the next answer;
+    /// `true` when one was new.
+    pub fn settle(&self, tokens: &PendingTokens) -> bool {
+        lock(&self.pending).retain(|pending| !Arc::ptr_eq(pending, tokens));
+        self.remember(tokens().iter().map(String::as_str))
+    }
+
+    fn read_pending(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for tokens in pending {
+            self.remember(tokens().iter().map(String::as_str));
+        }
     }
 
     /// Remembers these tokens (empty ones are not tokens); `true` when one was new.
@@ -43,6 +70,10 @@ impl SeenTokens {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.hashes.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.hashes)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
