@@ -1,13 +1,15 @@
 // The facade's fast paths for account lists (index.js: seedFallbacksFromAccounts and
-// refreshAllFallbacks send a compact row per account, and a seeding sends a snapshot only when
-// the core could adopt it) must behave exactly as the native methods, which read the whole list
-// through JSON. This file proves it differentially: every test runs the same operations on a
-// facade manager and on the bare native class (binding.js, the oracle) sharing one ManualClock,
-// and compares after every step what a host can observe (cached entries, backoff, recorded
-// errors, staleness, thrown or rejected errors, the resolver's calls, the tokens polled).
-// Identical re-seedings after a change are covered closely: the facade is about to skip a
-// seeding identical to the previous one when no fallback route changed in between, and a skip
-// that misses a change would show here as a state the native manager does not have.
+// refreshAllFallbacks send a compact row per account, a seeding sends a snapshot only when the
+// core could adopt it, the same list again while no fallback route changed is not sent at all,
+// and a reloaded list sends only its changed accounts) must behave as the native methods, which
+// read the whole list through JSON. This file proves it differentially: every test runs the same
+// operations on a facade manager and on the bare native class (binding.js, the oracle) sharing
+// one ManualClock, and compares after every step what a host can observe (cached entries,
+// backoff, recorded errors, staleness, thrown or rejected errors, the resolver's calls, the tokens
+// polled). Identical and edited re-seedings after a change are covered closely: a skip that
+// missed a change would show as a state the native manager does not have. The deliberate
+// differences (README, "Account lists": fields the calls do not use are not read, junk inside a
+// snapshot is dropped, the list is checked before a resolver is asked) are asserted as such.
 import { createRequire } from 'node:module'
 import { join, resolve } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'

@@ -69,13 +69,25 @@ export function pollSnapshot(now = Date.now()) {
 }
 
 /** The yardsticks' usage request: a bare GET through `agent`, its JSON body. */
-export function getJson(url, token, agent) {
+export async function getJson(url, token, agent) {
+  try {
+    return await getJsonOnce(url, token, agent)
+  } catch (error) {
+    // A kept-alive socket the server closed as it was reused (the server's keep-alive timeout
+    // ran out during a long addon run): the request never reached it; send it again, once.
+    if (error.code !== 'ECONNRESET' && error.code !== 'EPIPE') throw error
+    return getJsonOnce(url, token, agent)
+  }
+}
+
+function getJsonOnce(url, token, agent) {
   return new Promise((resolve, reject) => {
     http
       .get(url, { agent, headers: { authorization: `Bearer ${token}`, accept: 'application/json' } }, (res) => {
         let body = ''
         res.setEncoding('utf8')
         res.on('data', (c) => (body += c))
+        res.on('error', reject)
         res.on('end', () => resolve(JSON.parse(body)))
       })
       .on('error', reject)

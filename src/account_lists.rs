@@ -1,11 +1,17 @@
 //! The account lists of `seedFallbacksFromAccounts` and `refreshAllFallbacks` in the compact
 //! form the facade (`index.js`) sends. With 10,000 accounts these calls held the JavaScript
 //! thread for 50-400 ms, most of it turning whole account objects, snapshots included, into JSON
-//! and back. The facade sends each account as a short array of the fields these calls read
-//! (the same values, so every check and message stays the core's), and a seeding sends a
-//! snapshot only when the core could adopt it. Each call comes in two halves, a plan and its
-//! application: the plan is an external value the facade hands back, so a resolver that calls
-//! the manager again cannot mix two lists up.
+//! and back. The facade sends each account as a short row of the fields these calls read (the
+//! same values, so every check and message stays the core's):
+//! - a seeding comes in two halves: the first seeds all but the snapshots the core could adopt
+//!   and asks for those, the second brings them; a settled seeding's epoch lets the facade skip
+//!   the same list, or send only the rows that changed (`SeedingScope::ChangedAccounts`);
+//! - `refreshAllFallbacks` reads its list off the JavaScript thread, unless a resolver must be
+//!   asked about the accounts first (then it is read here, and the answers come in a second
+//!   call).
+//!
+//! A half's plan is an external value the facade hands back, so a resolver that calls the
+//! manager again cannot mix two lists up.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
