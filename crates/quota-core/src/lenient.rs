@@ -447,25 +447,12 @@ mod tests {
         })
     }
 
-    /// A tiny deterministic generator (xorshift), so a failing case can be replayed.
-    struct Dice(u64);
-
-    impl Dice {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-
-        fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-            items[self.below(items.len() as u64) as usize].clone()
-        }
-    }
+    /// Seeded, so a failing case can be replayed.
+    type Dice = fastrand::Rng;
 
     /// Any leaf a host might put anywhere, good or junk.
     fn leaf(dice: &mut Dice) -> Value {
-        dice.pick(&[
+        let leaves = [
             json!(null),
             json!(true),
             json!(0),
@@ -486,7 +473,8 @@ mod tests {
             json!([1, "x"]),
             json!({}),
             json!({ "used": 1 }),
-        ])
+        ];
+        leaves[dice.usize(..leaves.len())].clone()
     }
 
     fn window(dice: &mut Dice) -> Value {
@@ -502,18 +490,18 @@ mod tests {
             "modelName",
             "other",
         ] {
-            if dice.below(4) != 0 {
+            if dice.u64(..4) != 0 {
                 let value = match key {
-                    "usedPercent" if dice.below(2) == 0 => json!(dice.below(120)),
-                    "checkedAt" if dice.below(2) == 0 => {
-                        json!(1_800_000_000_000_u64 + dice.below(1000))
+                    "usedPercent" if dice.u64(..2) == 0 => json!(dice.u64(..120)),
+                    "checkedAt" if dice.u64(..2) == 0 => {
+                        json!(1_800_000_000_000_u64 + dice.u64(..1000))
                     }
                     _ => leaf(dice),
                 };
                 object.insert(key.to_owned(), value);
             }
         }
-        if dice.below(8) == 0 {
+        if dice.u64(..8) == 0 {
             leaf(dice)
         } else {
             Value::Object(object)
@@ -538,13 +526,13 @@ mod tests {
             "fieldSources",
             "junk",
         ] {
-            if dice.below(3) == 0 {
+            if dice.u64(..3) == 0 {
                 continue;
             }
-            let value = match (key, dice.below(3)) {
+            let value = match (key, dice.u64(..3)) {
                 ("five_hour" | "seven_day", 0 | 1) => window(dice),
                 ("scoped", 0 | 1) => {
-                    Value::Array((0..dice.below(4)).map(|_| window(dice)).collect())
+                    Value::Array((0..dice.u64(..4)).map(|_| window(dice)).collect())
                 }
                 ("extraUsage", 0) => {
                     json!({ "used": money, "limit": money, "utilizationPercent": 12.6, "exhausted": false })
@@ -555,7 +543,7 @@ mod tests {
             };
             object.insert(key.to_owned(), value);
         }
-        if dice.below(10) == 0 {
+        if dice.u64(..10) == 0 {
             leaf(dice)
         } else {
             Value::Object(object)
@@ -568,7 +556,7 @@ mod tests {
 
     #[test]
     fn reads_every_input_as_the_value_walking_reader_did_from_a_value_and_from_text() {
-        let mut dice = Dice(0x2545_F491_4F6C_DD1D);
+        let mut dice = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
         let mut kept = 0;
         for case in 0..20_000 {
             let value = snapshot(&mut dice);

@@ -49,17 +49,8 @@ async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
 const IDS: [&str; 5] = ["a", "b", "c", "d", "e"];
 const LINEAGES: [Option<&str>; 3] = [None, Some("login-1"), Some("login-2")];
 
-/// A tiny deterministic generator (xorshift), so a failing case can be replayed by its seed.
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+/// Seeded, so a failing case can be replayed.
+type Dice = fastrand::Rng;
 
 fn snapshot_at(checked_at: i64, used: f64) -> QuotaSnapshot {
     QuotaSnapshot {
@@ -72,14 +63,14 @@ fn snapshot_at(checked_at: i64, used: f64) -> QuotaSnapshot {
 }
 
 fn random_account(dice: &mut Dice) -> FallbackAccount {
-    let minutes = |dice: &mut Dice| START + 60_000 * dice.below(6) as i64;
+    let minutes = |dice: &mut Dice| START + 60_000 * dice.u64(..6) as i64;
     FallbackAccount {
-        id: IDS[dice.below(IDS.len() as u64) as usize].to_owned(),
-        enabled: dice.below(6) != 0,
-        auth_lineage_id: LINEAGES[dice.below(3) as usize].map(str::to_owned),
-        quota: (dice.below(4) != 0)
-            .then(|| Box::new(snapshot_at(minutes(dice), dice.below(100) as f64))),
-        last_error: (dice.below(4) == 0).then(|| {
+        id: IDS[dice.u64(..IDS.len() as u64) as usize].to_owned(),
+        enabled: dice.u64(..6) != 0,
+        auth_lineage_id: LINEAGES[dice.u64(..3) as usize].map(str::to_owned),
+        quota: (dice.u64(..4) != 0)
+            .then(|| Box::new(snapshot_at(minutes(dice), dice.u64(..100) as f64))),
+        last_error: (dice.u64(..4) == 0).then(|| {
             Box::new(ApiErrorRecord {
                 message: "Claude quota check failed: 429".into(),
                 checked_at: minutes(dice),
@@ -180,19 +171,19 @@ fn changed_since(
 async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seeding_at_once_does() {
     let (mut skipped, mut partial) = (0, 0);
     for seed in 1..=40_u64 {
-        let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut dice = fastrand::Rng::with_seed(seed);
         let clock = ManualClock::new(START);
         let whole = manager(config("http://127.0.0.1:9/usage", None), &clock);
         let halves = manager(config("http://127.0.0.1:9/usage", None), &clock);
         let mut last: Vec<FallbackAccount> = Vec::new();
         let mut settled: Option<(Compared, u64)> = None;
         for step in 0..60 {
-            let accounts: Vec<FallbackAccount> = if dice.below(3) == 0 && !last.is_empty() {
+            let accounts: Vec<FallbackAccount> = if dice.u64(..3) == 0 && !last.is_empty() {
                 last.clone()
-            } else if dice.below(2) == 0 && !last.is_empty() {
+            } else if dice.u64(..2) == 0 && !last.is_empty() {
                 // The same ids, one account edited (the host saved a newer quota, say).
                 let mut edited = last.clone();
-                let at = dice.below(edited.len() as u64) as usize;
+                let at = dice.u64(..edited.len() as u64) as usize;
                 let id = edited[at].id.clone();
                 edited[at] = FallbackAccount {
                     id,
@@ -202,13 +193,13 @@ async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seed
             } else {
                 // Unique ids, the first kept, as the binding hands lists over.
                 let mut seen = std::collections::HashSet::new();
-                (0..dice.below(6))
+                (0..dice.u64(..6))
                     .map(|_| random_account(&mut dice))
                     .filter(|account| seen.insert(account.id.clone()))
                     .collect()
             };
-            if dice.below(8) == 0 {
-                let id = IDS[dice.below(IDS.len() as u64) as usize];
+            if dice.u64(..8) == 0 {
+                let id = IDS[dice.u64(..IDS.len() as u64) as usize];
                 whole.clear_fallback(id);
                 halves.clear_fallback(id);
             }
@@ -233,7 +224,7 @@ async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seed
                 observed(&halves),
                 "seed {seed}, step {step}"
             );
-            clock.advance(1_000 * dice.below(120) as i64);
+            clock.advance(1_000 * dice.u64(..120) as i64);
             last = accounts;
         }
     }
