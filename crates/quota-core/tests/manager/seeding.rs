@@ -317,6 +317,22 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
         "the next seeding adopts the new login's"
     );
 
+    // A snapshot dated 0 (the epoch itself is a usable time) is awaited, and adopted.
+    let dated_zero = FallbackAccount {
+        id: "z".into(),
+        enabled: true,
+        ..FallbackAccount::default()
+    };
+    let mut awaited = quota.seed_fallbacks_but_snapshots(
+        vec![login("login-2"), dated_zero],
+        &[Some(START as f64), Some(0.0)],
+        SeedingScope::WholeList,
+    );
+    assert_eq!(awaited.positions, vec![1]);
+    awaited.accounts[0].quota = Some(Box::new(snapshot_at(0, 10.0)));
+    assert!(quota.seed_awaited_snapshots(awaited).is_some());
+    assert_eq!(quota.get_fallback("z", None).map(|e| e.checked_at), Some(0));
+
     // A snapshot no window of which has a usable time can never be adopted: not awaited.
     let timeless = FallbackAccount {
         id: "b".into(),
