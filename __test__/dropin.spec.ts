@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-import { afterEach, describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it, vi } from 'vitest'
 
 import { QuotaManager, ManualClock, tokenFingerprint } from '../index.js'
 import type { QuotaApiError, QuotaManagerOptions, QuotaSnapshot, QuotaSnapshotRequest } from '../index.js'
@@ -301,14 +301,20 @@ describe('main identity generations', () => {
     expect(first.isBackedOff()).toBe(true)
     // Another process started now would adopt the backoff from the file.
     const running = make(options)
+    const asking = make(options)
     expect(running.isBackedOff()).toBe(true)
+    expect(asking.isBackedOff()).toBe(true)
     now += SECOND
     expect(first.clearMainBackoff()).toBe(2)
     expect(first.isBackedOff()).toBe(false)
     await first.close()
     // A process started from then on reads the clear from the state file...
     expect(make(options).isBackedOff()).toBe(false)
-    // ...and a running one from the generations the plugin persists (updateStorage per request).
+    // ...a running one that asks sees it within a moment (it looks at the file again, in the
+    // background, at most once a second while it is backed off)...
+    expect(asking.isBackedOff()).toBe(true)
+    await vi.waitFor(() => expect(asking.isBackedOff()).toBe(false), { timeout: 5_000, interval: 10 })
+    // ...and a running one also from the generations the plugin persists (updateStorage).
     running.updateStorage({
       mainAccountId: 'main-a',
       quota: { mainQuotaErrorGeneration: 2, mainQuotaErrorClearedAt: first.getMainQuotaErrorClearedAt() },

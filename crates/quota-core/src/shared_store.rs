@@ -442,6 +442,20 @@ impl SharedStore {
         }
     }
 
+    /// One route's record, without a lock, from where the routes are shared now.
+    pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, StoreError> {
+        if let Some(side) = self.live_redis() {
+            match RouteStore::read_route(&side.store, key).await {
+                Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
+                answer => return answer,
+            }
+        }
+        match &self.file {
+            Some(file) => RouteStore::read_route(file, key).await,
+            None => Ok(None),
+        }
+    }
+
     /// Writes the updates to Redis (fenced by `guard`) while it answers, and to the state file.
     /// The file's result is returned (its quarantine and schema reports); a rejected fenced
     /// write is returned as [`StoreError::StaleLock`] after the file was written.

@@ -3,11 +3,14 @@
 
 use super::attempt::Attempt;
 use super::refresh::RefreshOutcome;
-use super::routes::RouteSlot;
+use super::routes::{RouteId, RouteSlot};
 use super::QuotaManager;
 use crate::backoff;
 use crate::error::QuotaError;
 use crate::snapshot::{ApiErrorRecord, QuotaSource};
+
+/// How often, at most, a route backed off here looks at the shared store again.
+const BACKOFF_RECHECK_MS: i64 = 1_000;
 
 /// The answer the plugin sends itself when it fails closed (SPEC §7).
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +57,35 @@ impl RouteSlot {
 }
 
 impl QuotaManager {
+    /// A backoff held here may have been cleared meanwhile by another process
+    /// (`clearMainBackoff` clears it in every process, COMPAT §3; a success there starts the
+    /// ladder over), which this process would otherwise learn only at its next attempt, and it
+    /// makes none while backed off. So while a route is backed off, asking about it looks at the
+    /// shared store again, in the background and at most once a second, and takes its record
+    /// when it is newer (the one merge rule).
+    pub(super) fn recheck_backoff_soon(&self, state: &super::State, route: &RouteId, now: i64) {
+        let Some(slot) = state.routes.slot(route) else {
+            return;
+        };
+        if !slot.record.backoff.is_open(now) || !slot.claim_backoff_recheck(now, BACKOFF_RECHECK_MS)
+        {
+            return;
+        }
+        let (manager, route, generation) = (self.clone(), route.clone(), slot.generation);
+        let key = state.routes.key(&route).to_string();
+        self.inner.runtime.spawn(async move {
+            let Ok(Some(record)) = manager.inner.shared.read_route(&key).await else {
+                return;
+            };
+            let now = manager.now();
+            let mut state = manager.state();
+            let record = record.clamped(now, &manager.adoption_limits(state.settings.interval_ms));
+            if let Some(slot) = state.routes.attempt_slot(&route, generation) {
+                slot.adopt(&record);
+            }
+        });
+    }
+
     /// Arms the route's backoff for an endpoint failure; the record to report when it did.
     pub(super) fn record_failure(
         &self,
@@ -82,17 +114,18 @@ impl QuotaManager {
     }
 
     pub fn is_backed_off(&self) -> bool {
-        self.state()
-            .routes
-            .main()
-            .record
-            .backoff
-            .is_open(self.now())
+        let now = self.now();
+        let state = self.state();
+        self.recheck_backoff_soon(&state, &RouteId::Main, now);
+        state.routes.main().record.backoff.is_open(now)
     }
 
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
         let now = self.now();
-        self.state()
+        let state = self.state();
+        let route = RouteId::Fallback(id.to_owned());
+        self.recheck_backoff_soon(&state, &route, now);
+        state
             .routes
             .fallback(id)
             .is_some_and(|slot| slot.record.backoff.is_open(now))

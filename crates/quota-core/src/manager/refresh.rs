@@ -287,6 +287,7 @@ impl QuotaManager {
             if slot.record.backoff.is_open(now) {
                 bump(&self.inner.stats.served_during_backoff);
                 let cached = (Served::DuringBackoff, slot.served_from_cache(now));
+                self.recheck_backoff_soon(state, &route, now);
                 return (Ticket::ready(cached), None);
             }
             if let Some(running) = &slot.in_flight {

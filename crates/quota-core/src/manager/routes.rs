@@ -3,6 +3,7 @@
 //! started before that it must not write into it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use super::single_flight::Flight;
@@ -90,6 +91,9 @@ pub(super) struct RouteSlot {
     /// login named later is then a replacement, as upstream.
     lineage_observed: bool,
     lineage_memo: LineageMemo,
+    /// When the shared store was last looked at for this route's backoff (see
+    /// `recheck_backoff_soon`): atomic, so a read-only question can claim the next look.
+    backoff_rechecked_at: AtomicI64,
 }
 
 /// The last login id a slot was handed and its fingerprint: the host hands the same one with
@@ -132,6 +136,17 @@ impl RouteSlot {
 
     pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
         self.record.entry.as_ref()
+    }
+
+    /// Claims the next look at the shared store for this route when the last was at least
+    /// `every_ms` ago; `false` when it is not time yet (or another caller claimed it).
+    pub fn claim_backoff_recheck(&self, now: i64, every_ms: i64) -> bool {
+        let last = self.backoff_rechecked_at.load(Ordering::Relaxed);
+        now - last >= every_ms
+            && self
+                .backoff_rechecked_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Folds another observer's record (the state file) into the slot, by the state file's own
@@ -288,6 +303,7 @@ impl Routes {
             in_flight: None,
             lineage_observed: false,
             lineage_memo,
+            backoff_rechecked_at: AtomicI64::default(),
         };
     }
 

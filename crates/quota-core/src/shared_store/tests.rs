@@ -55,7 +55,12 @@ async fn the_file_store_behind_the_trait_excludes_and_merges() {
         .await
         .unwrap();
     held.release().await;
-    let third = store.lock_route("main:a", Duration::ZERO).await.unwrap();
+    // Not a bare try: the second caller's blocking wait, abandoned after 30 ms, may still take
+    // and drop the lock once it is free (under load, just as the third asks).
+    let third = store
+        .lock_route("main:a", Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(checked_at(third.locked.unwrap().record.as_ref()), Some(5));
     assert_eq!(store.load_routes().await.unwrap().len(), 1);
 }

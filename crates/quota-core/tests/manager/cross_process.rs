@@ -46,3 +46,42 @@ async fn a_backoff_armed_by_one_manager_holds_for_the_other() {
     assert!(second.is_backed_off());
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_cleared_by_another_manager_is_seen_by_one_still_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    server.status.store(503, Ordering::SeqCst);
+    let clock = ManualClock::new(START);
+    let first = manager(config(&server.url, Some(state.clone())), &clock);
+    let second = manager(config(&server.url, Some(state)), &clock);
+    first.refresh_main(Some("alice"), "t").await.unwrap_err();
+    second.refresh_main(Some("alice"), "t").await.unwrap_err();
+    assert!(second.is_backed_off());
+
+    // COMPAT §3: clearMainBackoff clears it in every process, through the state file.
+    clock.advance(1_000);
+    assert!(first.clear_main_backoff().is_some());
+    first.flush().await;
+    server.status.store(200, Ordering::SeqCst);
+    // Asked while it is still backed off, the other manager looks at the state file again (in
+    // the background, at most once a second per route) and takes the clear.
+    clock.advance(1_000);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while second.is_backed_off() {
+        assert!(
+            Instant::now() < deadline,
+            "the clear never reached the other manager"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        second
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 2);
+}
