@@ -256,6 +256,60 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_pushed_as_headers_with_nothing_cached_says_headers_throughout() {
+        // A host pushing a whole poll snapshot through the headers path: it is a header frame.
+        let pushed = poll(200);
+        let merged = merge_header_frame(None, &pushed);
+        assert_eq!(merged.source, Some(QuotaSource::Headers));
+        assert_eq!(merged.binding_window_source, Some(QuotaSource::Headers));
+        let sources = merged.field_sources.unwrap();
+        assert_eq!(sources.five_hour, Some(QuotaSource::Headers));
+        assert_eq!(sources.binding_window, Some(QuotaSource::Headers));
+        let mut unbound = frame(200);
+        unbound.binding_window = None;
+        assert_eq!(
+            merge_header_frame(None, &unbound).binding_window_source,
+            None
+        );
+    }
+
+    #[test]
+    fn a_kept_cached_window_keeps_its_source_and_a_tie_goes_to_the_frame() {
+        // The cached 5h window is newer than the frame's: it stays, and so does its source.
+        let mut late = frame(200);
+        late.seven_day = Some(window(70.0, 400));
+        let merged = merge_header_frame(Some(&poll(300)), &late);
+        let sources = merged.field_sources.unwrap();
+        assert_eq!(merged.five_hour, Some(window(10.0, 300)));
+        assert_eq!(sources.five_hour, Some(QuotaSource::Poll));
+        assert_eq!(sources.seven_day, Some(QuotaSource::Headers));
+        // Observed in the same millisecond: the frame's window and source win.
+        let merged = merge_header_frame(Some(&poll(300)), &frame(300));
+        assert_eq!(merged.five_hour, Some(window(40.0, 300)));
+        assert_eq!(
+            merged.field_sources.unwrap().five_hour,
+            Some(QuotaSource::Headers)
+        );
+    }
+
+    #[test]
+    fn a_poll_without_a_binding_window_records_no_binding_source() {
+        let mut unbound = poll(200);
+        unbound.binding_window = None;
+        unbound.binding_window_source = None;
+        assert_eq!(
+            merge_poll_result(None, &unbound).binding_window_source,
+            None
+        );
+        let mut unsourced = poll(200);
+        unsourced.binding_window_source = None;
+        assert_eq!(
+            merge_poll_result(None, &unsourced).binding_window_source,
+            Some(QuotaSource::Poll)
+        );
+    }
+
+    #[test]
     fn header_windows_replace_cached_windows() {
         let merged = merge_header_frame(Some(&poll(100)), &frame(200));
         assert_eq!(merged.five_hour, Some(window(40.0, 200)));
