@@ -85,3 +85,95 @@ async fn a_backoff_cleared_by_another_manager_is_seen_by_one_still_backed_off() 
     );
     assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }
+
+/// When, holding the route lock, a refresh may answer with what another process wrote instead
+/// of polling (`serve_from_shared_state`): only a result that process produced (newer than the
+/// entry this one had) and that is recent (produced while this call waited, or still fresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_polls_unless_another_process_wrote_a_recent_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    let clock = ManualClock::new(START);
+    let first = manager(config(&server.url, Some(state.clone())), &clock);
+    let second = manager(config(&server.url, Some(state)), &clock);
+    let requests = || server.requests.load(Ordering::SeqCst);
+    let refresh = |quota: &QuotaManager| {
+        let quota = quota.clone();
+        async move {
+            quota
+                .refresh_main(Some("alice"), "t")
+                .await
+                .unwrap()
+                .fetched
+        }
+    };
+
+    assert!(refresh(&first).await);
+    // Its own entry, fresh as it is, is not another process's answer: an explicit refresh polls.
+    clock.advance(1_000);
+    assert!(refresh(&first).await);
+    assert_eq!(requests(), 2);
+
+    // Written by the other process just now: served.
+    assert!(!refresh(&second).await);
+    // Written by the other process before this call, and still fresh: served.
+    clock.advance(6 * 60_000);
+    assert!(refresh(&first).await);
+    clock.advance(1_000);
+    assert!(!refresh(&second).await);
+    assert_eq!(requests(), 3);
+    // Written by the other process before this call, and stale by now: polled.
+    clock.advance(1_000);
+    assert!(refresh(&first).await);
+    clock.advance(6 * 60_000);
+    assert!(refresh(&second).await);
+    assert_eq!(requests(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_from_a_clock_up_to_a_minute_ahead_is_served_and_one_further_ahead_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    let here = ManualClock::new(START);
+    let ahead = ManualClock::new(START + 60_000);
+    let further = ManualClock::new(START + 60_001);
+    let local = manager(config(&server.url, Some(state.clone())), &here);
+    let skewed = manager(config(&server.url, Some(state.clone())), &ahead);
+    assert!(
+        skewed
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    );
+    assert!(
+        !local
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let local = manager(config(&server.url, Some(state.clone())), &here);
+    let skewed = manager(config(&server.url, Some(state)), &further);
+    assert!(
+        skewed
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    );
+    assert!(
+        local
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 3);
+}
