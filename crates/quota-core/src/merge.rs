@@ -310,6 +310,38 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_keeps_newer_header_windows_with_their_source_and_its_own_advice() {
+        let merged = merge_poll_result(Some(&frame(300)), &poll(200));
+        let sources = merged.field_sources.unwrap();
+        assert_eq!(merged.seven_day, Some(window(70.0, 300)));
+        assert_eq!(sources.seven_day, Some(QuotaSource::Headers));
+        // The poll gave advice of its own: it stands, even against a newer header frame's.
+        let mut advising = poll(200);
+        advising.fallback_advised = Some(false);
+        let merged = merge_poll_result(Some(&frame(300)), &advising);
+        assert_eq!(merged.fallback_advised, Some(false));
+    }
+
+    #[test]
+    fn a_window_the_poll_lacks_is_kept_only_while_its_reset_is_strictly_ahead() {
+        // `window()` resets at 2026-09-14T02:10:00Z.
+        let reset = QuotaWindow::from_used(1.0, Some("2026-09-14T02:10:00Z".into()), 0)
+            .resets_at_ms()
+            .unwrap();
+        let mut cached = poll(reset - 1_000);
+        cached.seven_day = Some(window(60.0, reset - 1_000));
+        let mut at_reset = poll(reset);
+        at_reset.seven_day = None;
+        assert_eq!(merge_poll_result(Some(&cached), &at_reset).seven_day, None);
+        let mut before_reset = poll(reset - 1);
+        before_reset.seven_day = None;
+        assert_eq!(
+            merge_poll_result(Some(&cached), &before_reset).seven_day,
+            cached.seven_day
+        );
+    }
+
+    #[test]
     fn header_windows_replace_cached_windows() {
         let merged = merge_header_frame(Some(&poll(100)), &frame(200));
         assert_eq!(merged.five_hour, Some(window(40.0, 200)));

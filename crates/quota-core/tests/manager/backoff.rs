@@ -60,3 +60,45 @@ async fn failing_closed_answers_with_the_documented_429() {
         r#"{"type":"error","error":{"type":"rate_limit_error","message":"Quota API backed off for 1s after: Claude quota check failed: 429 — nope"}}"#
     );
 }
+
+/// COMPAT §3: the main route's error generation moves when its backoff error is cleared, a
+/// success after a failure included; a success with no error before, or a fallback's, leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_main_success_after_a_failure_moves_the_error_generation_and_nothing_else_does() {
+    let server = endpoint(0).await;
+    let clock = ManualClock::new(START);
+    let quota = manager(config(&server.url, None), &clock);
+    quota.refresh_main(Some("alice"), "t").await.unwrap();
+    let start = quota.main_error_generation();
+    assert_eq!(
+        start,
+        quota.main_error_generation(),
+        "a success with no error before"
+    );
+
+    server.status.store(503, Ordering::SeqCst);
+    quota.refresh_fallback("b", "u", None).await.unwrap_err();
+    clock.advance(16 * 60_000);
+    server.status.store(200, Ordering::SeqCst);
+    quota.refresh_fallback("b", "u", None).await.unwrap();
+    assert_eq!(
+        quota.main_error_generation(),
+        start,
+        "a fallback's failure and success"
+    );
+
+    server.status.store(503, Ordering::SeqCst);
+    quota.refresh_main(Some("alice"), "t").await.unwrap_err();
+    let failed = quota.main_error_generation();
+    clock.advance(16 * 60_000);
+    server.status.store(200, Ordering::SeqCst);
+    quota.refresh_main(Some("alice"), "t").await.unwrap();
+    assert_eq!(
+        quota.main_error_generation(),
+        failed + 1,
+        "the main success after its failure"
+    );
+    clock.advance(16 * 60_000);
+    quota.refresh_main(Some("alice"), "t").await.unwrap();
+    assert_eq!(quota.main_error_generation(), failed + 1);
+}

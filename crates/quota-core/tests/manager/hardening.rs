@@ -384,3 +384,61 @@ async fn a_callback_that_refreshes_its_own_route_gets_the_result_without_a_deadl
     );
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never reached the file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes that nobody awaits (header pushes, host writes, a forgotten account) reach the file
+/// by themselves, coalesced a moment later; the host's exit writes what is still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let clock = ManualClock::new(START);
+    let quota = manager(
+        config("http://127.0.0.1:9/usage", Some(state.clone())),
+        &clock,
+    );
+    let read_routes = || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .map(|file| file["routes"].clone())
+    };
+    let entry = |checked_at| quota_core::snapshot::QuotaEntry {
+        quota: frame(30.0, checked_at),
+        checked_at,
+        refresh_after: checked_at + 60_000,
+    };
+
+    quota
+        .push_main_frame(Some("alice"), frame(55.0, START))
+        .unwrap();
+    quota.set_fallback("b", entry(START), None);
+    wait_until("a header push and a host write", || {
+        read_routes()
+            .is_some_and(|r| r.get("main:alice").is_some() && r.get("fallback:b").is_some())
+    })
+    .await;
+    quota.clear_fallback("b");
+    wait_until("a forgotten account", || {
+        read_routes().is_some_and(|r| r.get("fallback:b").is_none())
+    })
+    .await;
+
+    // At exit no task runs any more: the queue is written on the calling thread.
+    quota.set_fallback("c", entry(START + 1), None);
+    let written = quota.stats().state_writes;
+    quota.flush_now();
+    assert!(read_routes().unwrap().get("fallback:c").is_some());
+    assert_eq!(
+        quota.stats().state_writes,
+        written + 1,
+        "each write is counted"
+    );
+}
