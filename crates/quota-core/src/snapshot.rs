@@ -176,16 +176,23 @@ impl QuotaSnapshot {
         self.five_hour.is_some() || self.seven_day.is_some()
     }
 
+    /// Every window's `checkedAt` (5h, 7d and scoped).
+    fn window_checked_ats(&self) -> impl Iterator<Item = i64> + '_ {
+        let windows = self.five_hour.iter().chain(self.seven_day.iter());
+        let scoped = self.scoped.iter().flatten().map(|w| w.checked_at);
+        windows.map(|w| w.checked_at).chain(scoped)
+    }
+
     /// The oldest `checkedAt` among the snapshot's windows (5h, 7d and scoped), falling back to
     /// the snapshot's own `checkedAt`.
     pub fn oldest_window_checked_at(&self) -> Option<i64> {
-        let windows = self
-            .five_hour
-            .iter()
-            .chain(self.seven_day.iter())
-            .map(|w| w.checked_at);
-        let scoped = self.scoped.iter().flatten().map(|w| w.checked_at);
-        windows.chain(scoped).min().or(self.checked_at)
+        self.window_checked_ats().min().or(self.checked_at)
+    }
+
+    /// The latest `checkedAt` among the snapshot's windows and its own: how the plugin dates a
+    /// persisted snapshot.
+    pub fn latest_checked_at(&self) -> Option<i64> {
+        self.window_checked_ats().chain(self.checked_at).max()
     }
 
     /// Reads a snapshot out of untrusted JSON (host storage, the state file, a JS object),

@@ -123,12 +123,14 @@ impl QuotaManager {
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
         let now = self.now();
         let state = self.state();
-        let route = RouteId::Fallback(id.to_owned());
-        self.recheck_backoff_soon(&state, &route, now);
-        state
+        let backed_off = state
             .routes
             .fallback(id)
-            .is_some_and(|slot| slot.record.backoff.is_open(now))
+            .is_some_and(|slot| slot.record.backoff.is_open(now));
+        if backed_off {
+            self.recheck_backoff_soon(&state, &RouteId::Fallback(id.to_owned()), now);
+        }
+        backed_off
     }
 
     pub fn last_api_error(&self) -> Option<ApiErrorRecord> {

@@ -53,15 +53,7 @@ impl QuotaManager {
 
     pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
         let mut state = self.state();
-        let bound = match account {
-            Some(account) => {
-                state
-                    .routes
-                    .observe_fallback(id, account.auth_lineage_id.as_deref())
-                    != LineageBind::Refused
-            }
-            None => state.routes.bind_fallback(id, None),
-        };
+        let bound = state.routes.bind_fallback_for(id, account);
         if !bound {
             return;
         }

@@ -4,7 +4,6 @@
 use futures::future::{BoxFuture, FutureExt};
 
 use super::refresh::RefreshFuture;
-use super::routes::LineageBind;
 use super::QuotaManager;
 use crate::freshness;
 use crate::host::FallbackAccount;
@@ -47,11 +46,7 @@ impl QuotaManager {
     fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
         let now = self.now();
         let mut state = self.state();
-        if state
-            .routes
-            .observe_fallback(&account.id, account.auth_lineage_id.as_deref())
-            == LineageBind::Refused
-        {
+        if !state.routes.bind_fallback_for(&account.id, Some(account)) {
             return false;
         }
         let interval = state.settings.interval_ms;

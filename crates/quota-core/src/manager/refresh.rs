@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
 use super::identity::MainTarget;
-use super::routes::{LineageBind, MainIdentity, RouteId};
+use super::routes::{MainIdentity, RouteId};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
@@ -171,15 +171,7 @@ impl QuotaManager {
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        let bound = match account {
-            Some(account) => {
-                state
-                    .routes
-                    .observe_fallback(id, account.auth_lineage_id.as_deref())
-                    != LineageBind::Refused
-            }
-            None => state.routes.bind_fallback(id, None),
-        };
+        let bound = state.routes.bind_fallback_for(id, account);
         if !bound {
             // A refresh for a login that was replaced: answer for the current one instead.
             state.routes.bind_fallback(id, None);

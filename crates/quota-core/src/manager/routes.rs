@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::single_flight::Flight;
 use crate::fingerprint::fingerprint;
+use crate::host::FallbackAccount;
 use crate::route_key::RouteKey;
 use crate::snapshot::QuotaEntry;
 use crate::store::RouteRecord;
@@ -336,6 +337,19 @@ impl Routes {
         self.reset(route, Some(lineage));
         self.slot_mut(route).lineage_observed = true;
         LineageBind::Replaced
+    }
+
+    /// Binds a fallback slot for a call that may name the account (its record, or
+    /// `{ authLineageId }`): the account's login is observed as a seeding would; without one,
+    /// the slot is bound to whatever login it has. `false` for a login replaced earlier.
+    pub fn bind_fallback_for(&mut self, id: &str, account: Option<&FallbackAccount>) -> bool {
+        match account {
+            Some(account) => {
+                self.observe_fallback(id, account.auth_lineage_id.as_deref())
+                    != LineageBind::Refused
+            }
+            None => self.bind_fallback(id, None),
+        }
     }
 
     /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it

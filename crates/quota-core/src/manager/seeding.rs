@@ -70,7 +70,7 @@ impl Persisted<'_> {
             |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
         if let Some(quota) = self.quota.filter(|q| main_legacy || has_any_window(q)) {
             // As the plugin dates a persisted snapshot: its latest window or its own time.
-            let checked_at = self.checked_at.or_else(|| latest_checked_at(quota));
+            let checked_at = self.checked_at.or_else(|| quota.latest_checked_at());
             if let Some(checked_at) = checked_at {
                 if main_legacy && Self::restore_poll_fields(slot, quota, checked_at) {
                     return;
@@ -332,15 +332,4 @@ impl AwaitedSnapshots {
                 .zip(&self.latest_at_most)
                 .all(|(account, latest)| !could_adopt(routes.fallback(&account.id), *latest))
     }
-}
-
-/// The latest `checkedAt` among a snapshot's windows (5h, 7d, scoped) and its own.
-fn latest_checked_at(quota: &QuotaSnapshot) -> Option<i64> {
-    let windows = quota
-        .five_hour
-        .iter()
-        .chain(quota.seven_day.iter())
-        .map(|w| w.checked_at);
-    let scoped = quota.scoped.iter().flatten().map(|w| w.checked_at);
-    windows.chain(scoped).chain(quota.checked_at).max()
 }

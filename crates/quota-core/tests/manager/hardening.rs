@@ -385,14 +385,6 @@ async fn a_callback_that_refreshes_its_own_route_gets_the_result_without_a_deadl
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }
 
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} never reached the file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Writes that nobody awaits (header pushes, host writes, a forgotten account) reach the file
 /// by themselves, coalesced a moment later; the host's exit writes what is still queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,13 +412,13 @@ async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
         .push_main_frame(Some("alice"), frame(55.0, START))
         .unwrap();
     quota.set_fallback("b", entry(START), None);
-    wait_until("a header push and a host write", || {
+    wait_until("a header push and a host write reaching the file", || {
         read_routes()
             .is_some_and(|r| r.get("main:alice").is_some() && r.get("fallback:b").is_some())
     })
     .await;
     quota.clear_fallback("b");
-    wait_until("a forgotten account", || {
+    wait_until("a forgotten account leaving the file", || {
         read_routes().is_some_and(|r| r.get("fallback:b").is_none())
     })
     .await;

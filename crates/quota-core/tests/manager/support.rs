@@ -77,6 +77,15 @@ impl HostEvents for NoEvents {
     }
 }
 
+/// Waits (5 s at most) for something a background task does.
+pub async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfig {
     ManagerConfig {
         usage: UsageClientConfig {
