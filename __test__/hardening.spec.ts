@@ -124,9 +124,9 @@ describe('close() and the running calls', () => {
 })
 
 describe('a stopped process holding the state-file lock', () => {
-  const lockTest = process.platform === 'win32' ? it.skip : it
+  // The lock holder is stopped with SIGSTOP, which Windows does not have.
   for (const withClose of [false, true]) {
-    lockTest(`refreshMain settles and the process exits${withClose ? ' after close()' : ' by itself'}`, async () => {
+    it.skipIf(process.platform === 'win32')(`refreshMain settles and the process exits${withClose ? ' after close()' : ' by itself'}`, async () => {
       sim.reply({ status: 200 })
       const statePath = path.join(tempDir(), 'state.json')
       await stoppedLockHolder(statePath)
@@ -202,7 +202,8 @@ describe('headers as Headers and Map objects', () => {
 })
 
 describe('signals', () => {
-  const signalTest = process.platform === 'win32' ? it.skip : it
+  // POSIX signals sent to a child process: Windows has no SIGTERM to send.
+  const signalTest = it.skipIf(process.platform === 'win32')
   signalTest('a header push waiting to be written reaches the file when SIGTERM ends a host with no handler', async () => {
     const statePath = path.join(tempDir(), 'state.json')
     const run = await runChild(['signal', statePath, sim.url], 10_000)

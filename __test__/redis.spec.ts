@@ -106,6 +106,7 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 15
   }
 }
 
+// Skipped only off CI: under CI a missing redis-server throws (scripts/ci-redis.sh installs it).
 describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
   it('3 hosts × 50 callers against a slow endpoint: exactly 1 request, 150/150 served, the record in Redis', async () => {
     sim.reply({ status: 200, delayMs: 300 })

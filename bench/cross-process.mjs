@@ -10,89 +10,27 @@
 // waiting on another process's lock for ~2 s. Prints a markdown table, then the figures as JSON
 // on the last line of stdout.
 
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
-import { dirname, join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { fileURLToPath } from 'node:url'
+import { QUICK, killWorkers, median, require, root, startWorker } from './lib.mjs'
 
-const here = dirname(fileURLToPath(import.meta.url))
-const root = resolve(here, '..')
-const require = createRequire(import.meta.url)
 const { startUsageSimulator } = require(join(root, 'simulator', 'index.js'))
-const WORKER = join(root, '__test__', 'fixtures', 'mp-worker.cjs')
 
-const QUICK = process.env.BENCH_QUICK === '1' || process.argv.includes('--quick')
 const RUNS = QUICK ? 3 : 5
 const CALLERS = 50
 const DELAY_MS = 300
 const TOKEN = 'sk-ant-oat01-bench-cross-process'
 
-const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const mid = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
-}
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms))
 const round1 = (x) => Math.round(x * 10) / 10
 
-const live = new Set()
-
-function worker() {
-  const proc = spawn(process.execPath, [WORKER], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
-  live.add(proc)
-  const waiting = new Map() // id -> resolve
-  const early = new Map()
-  let loaded
-  const ready = new Promise((done) => (loaded = done))
-  let buffer = ''
-  let nextId = 1
-  proc.stdin.on('error', () => {})
-  proc.stdout.setEncoding('utf8')
-  proc.stdout.on('data', (chunk) => {
-    buffer += chunk
-    let nl
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, nl)
-      buffer = buffer.slice(nl + 1)
-      if (!line.trim()) continue
-      const message = JSON.parse(line)
-      if (message.event === 'loaded') loaded()
-      else if (waiting.has(message.id)) {
-        waiting.get(message.id)(message)
-        waiting.delete(message.id)
-      } else early.set(message.id, message)
-    }
-  })
-  const exited = new Promise((done) => proc.on('exit', () => (live.delete(proc), done())))
-  const post = (command) => {
-    const id = nextId++
-    proc.stdin.write(JSON.stringify({ ...command, id }) + '\n')
-    return id
-  }
-  const answer = (id) =>
-    new Promise((done, fail) => {
-      const settle = (message) => (message.ok ? done(message) : fail(new Error(`${message.code}: ${message.message}`)))
-      if (early.has(id)) return settle(early.get(id))
-      waiting.set(id, settle)
-    })
-  const request = (command) => answer(post(command))
-  return { proc, ready, exited, post, answer, request }
-}
-
 async function workers(count, options) {
-  const started = Array.from({ length: count }, () => worker())
+  const started = Array.from({ length: count }, () => startWorker())
   await Promise.all(started.map((w) => w.ready))
   await Promise.all(started.map((w) => w.request({ cmd: 'init', options })))
   return started
-}
-
-async function killAll() {
-  const procs = [...live]
-  for (const proc of procs) proc.kill('SIGKILL')
-  await Promise.all(procs.map((proc) => new Promise((done) => (proc.exitCode !== null || proc.signalCode !== null ? done() : proc.on('exit', done)))))
 }
 
 function freshStatePath(dirs) {
@@ -116,7 +54,7 @@ async function fanIn(sim, k, dirs) {
     wall.push(performance.now() - t0)
     requests.push(sim.requests)
     failures.push(reports.flatMap((r) => r.results).filter((r) => !r.ok).length)
-    await killAll()
+    await killWorkers()
   }
   return { k, callers: k * CALLERS, requests, medianRequests: median(requests), medianWallMs: round1(median(wall)), wallMs: wall.map(round1), failures: failures.reduce((a, b) => a + b, 0) }
 }
@@ -139,7 +77,7 @@ async function killToSuccess(sim, dirs) {
     const report = await waiter.answer(call)
     times.push(performance.now() - t0)
     if (!report.results[0].ok) throw new Error(`waiter failed: ${JSON.stringify(report.results[0])}`)
-    await killAll()
+    await killWorkers()
   }
   return { medianMs: round1(median(times)), runsMs: times.map(round1) }
 }
@@ -169,7 +107,7 @@ async function eventLoopWhileWaiting(sim, dirs) {
     if (waited.stats.lockWaits < 1 || waited.stats.apiCalls !== 0) throw new Error('the waiter did not wait on the lock')
     p99s.push(delay.p99)
     maxes.push(delay.max)
-    await killAll()
+    await killWorkers()
   }
   return { p99Ms: round1(median(p99s)), maxMs: round1(median(maxes)), idleP99Ms: round1(idleP99), holdMs: HOLD_MS }
 }
@@ -201,7 +139,7 @@ async function main() {
     process.stdout.write(lines.join('\n') + '\n')
     process.stdout.write(JSON.stringify({ fanIn: fan, eightOverOne: fan.at(-1).medianWallMs / fan[0].medianWallMs, killToSuccess: kill, eventLoopWhileWaiting: eld }) + '\n')
   } finally {
-    await killAll()
+    await killWorkers()
     await sim.close()
     for (const dir of dirs) rmSync(dir, { recursive: true, force: true })
   }
@@ -209,6 +147,6 @@ async function main() {
 
 main().catch(async (error) => {
   console.error(error)
-  await killAll()
+  await killWorkers()
   process.exit(1)
 })

@@ -2,6 +2,7 @@
 // JSON line on stdout: { "bench": name, "rows": [Row] } where a Row is
 // { group, name, value, unit, runs, baseline?: { name, value }, ratio?, note? }.
 // `bench/run.mjs` runs every script in its own process and prints the table.
+import { spawn } from 'node:child_process'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import http from 'node:http'
@@ -92,4 +93,62 @@ function getJsonOnce(url, token, agent) {
       })
       .on('error', reject)
   })
+}
+
+/** The test suite's worker fixture: a QuotaManager in a child process, driven by JSON lines. */
+const WORKER = path.join(root, '__test__', 'fixtures', 'mp-worker.cjs')
+const liveWorkers = new Set()
+
+/**
+ * Starts a worker process. `post(command)` sends a command and returns its id; `answer(id)`
+ * resolves with its answer (one that came before it was asked for is kept); `request(command)`
+ * is both. `ready` settles once the addon is loaded, `exited` when the process ends.
+ */
+export function startWorker() {
+  const proc = spawn(process.execPath, [WORKER], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
+  liveWorkers.add(proc)
+  const waiting = new Map()
+  const early = new Map()
+  let loaded
+  const ready = new Promise((done) => (loaded = done))
+  let buffer = ''
+  let nextId = 1
+  proc.stdin.on('error', () => {})
+  proc.stdout.setEncoding('utf8')
+  proc.stdout.on('data', (chunk) => {
+    buffer += chunk
+    let nl
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl)
+      buffer = buffer.slice(nl + 1)
+      if (!line.trim()) continue
+      const message = JSON.parse(line)
+      if (message.event === 'loaded') loaded()
+      else if (waiting.has(message.id)) {
+        waiting.get(message.id)(message)
+        waiting.delete(message.id)
+      } else early.set(message.id, message)
+    }
+  })
+  const exited = new Promise((done) => proc.on('exit', () => (liveWorkers.delete(proc), done())))
+  const post = (command) => {
+    const id = nextId++
+    proc.stdin.write(JSON.stringify({ ...command, id }) + '\n')
+    return id
+  }
+  const answer = (id) =>
+    new Promise((done, fail) => {
+      const settle = (message) => (message.ok ? done(message) : fail(new Error(`${message.code}: ${message.message}`)))
+      if (early.has(id)) return settle(early.get(id))
+      waiting.set(id, settle)
+    })
+  const request = (command) => answer(post(command))
+  return { proc, ready, exited, post, answer, request }
+}
+
+/** SIGKILLs every worker still running; resolves once they are gone. */
+export async function killWorkers() {
+  const procs = [...liveWorkers]
+  for (const proc of procs) proc.kill('SIGKILL')
+  await Promise.all(procs.map((proc) => new Promise((done) => (proc.exitCode !== null || proc.signalCode !== null ? done() : proc.on('exit', done)))))
 }

@@ -17,10 +17,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 
-import { QUICK, emit, log, median, require, root, row } from './lib.mjs'
+import { QUICK, emit, killWorkers, log, median, require, root, row, startWorker } from './lib.mjs'
 
 const { startUsageSimulator } = require(join(root, 'simulator', 'index.js'))
-const WORKER = join(root, '__test__', 'fixtures', 'mp-worker.cjs')
 const HOSTS = [1, 2, 4, 8]
 const CALLERS = 50
 const DELAY_MS = 300
@@ -28,7 +27,6 @@ const RUNS = QUICK ? 1 : 3
 const TOKEN = 'sk-ant-oat01-bench-multi-host'
 
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms))
-const live = new Set()
 const dirs = []
 
 function freshDir() {
@@ -57,66 +55,27 @@ async function startRedis() {
   return { url: `redis://127.0.0.1:${port}/`, proc }
 }
 
-/** A host: the test suite's worker fixture, driven by JSON lines. */
-function host() {
-  const proc = spawn(process.execPath, [WORKER], { cwd: root, stdio: ['pipe', 'pipe', 'inherit'] })
-  live.add(proc)
-  const waiting = new Map()
-  let loaded
-  const ready = new Promise((done) => (loaded = done))
-  let buffer = ''
-  let nextId = 1
-  proc.stdin.on('error', () => {})
-  proc.stdout.setEncoding('utf8')
-  proc.stdout.on('data', (chunk) => {
-    buffer += chunk
-    let nl
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, nl)
-      buffer = buffer.slice(nl + 1)
-      if (!line.trim()) continue
-      const message = JSON.parse(line)
-      if (message.event === 'loaded') loaded()
-      else waiting.get(message.id)?.(message)
-    }
-  })
-  proc.on('exit', () => live.delete(proc))
-  const post = (command) => {
-    const id = nextId++
-    const answer = new Promise((done, fail) => waiting.set(id, (m) => (m.ok ? done(m) : fail(new Error(`${m.code}: ${m.message}`)))))
-    proc.stdin.write(JSON.stringify({ ...command, id }) + '\n')
-    return answer
-  }
-  return { ready, post }
-}
-
-async function killAll() {
-  const procs = [...live]
-  for (const proc of procs) proc.kill('SIGKILL')
-  await Promise.all(procs.map((proc) => new Promise((done) => (proc.exitCode !== null || proc.signalCode !== null ? done() : proc.on('exit', done)))))
-}
-
 async function runOnce(sim, k, redisUrl) {
   sim.reset()
   sim.reply({ status: 200, delayMs: DELAY_MS })
   const keyPrefix = `bench-${Math.random().toString(16).slice(2)}:`
-  const hosts = Array.from({ length: k }, () => host())
+  const hosts = Array.from({ length: k }, () => startWorker())
   await Promise.all(hosts.map((h) => h.ready))
   await Promise.all(
     hosts.map((h) =>
-      h.post({
+      h.request({
         cmd: 'init',
         options: { statePath: join(freshDir(), 'state.json'), usageUrl: sim.url, lockTimeoutMs: 20_000, ...(redisUrl ? { redis: { url: redisUrl, keyPrefix } } : {}) },
       }),
     ),
   )
   const t0 = performance.now()
-  const reports = await Promise.all(hosts.map((h) => h.post({ cmd: 'refresh', callers: CALLERS, identity: 'alice', token: TOKEN })))
+  const reports = await Promise.all(hosts.map((h) => h.request({ cmd: 'refresh', callers: CALLERS, identity: 'alice', token: TOKEN })))
   const wall = performance.now() - t0
   const failed = reports.flatMap((r) => r.results).filter((r) => !r.ok).length
   if (failed) throw new Error(`${failed} callers failed (${redisUrl ? 'redis' : 'file'}, ${k} hosts)`)
   const requests = sim.requests
-  await killAll()
+  await killWorkers()
   return { wall, requests }
 }
 
@@ -155,7 +114,7 @@ async function main() {
       log(table.at(-1))
     }
   } finally {
-    await killAll()
+    await killWorkers()
     redis?.proc.kill('SIGKILL')
     await sim.close()
   }
@@ -168,6 +127,6 @@ async function main() {
 
 main().catch(async (error) => {
   console.error(error)
-  await killAll()
+  await killWorkers()
   process.exit(1)
 })
