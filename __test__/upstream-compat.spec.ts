@@ -1,9 +1,12 @@
 // The plugin's own QuotaManager suite, ported (issue 9, /work/shared/COMPAT.md §7).
 //
-// Source: cortexkit/anthropic-auth, packages/opencode/src/tests/quota-manager.test.ts (bun:test,
-// the identity-generation revision: 69 tests). Every upstream test has exactly one test here, in
-// the same order and under the same describe blocks; each title starts with the upstream title
-// in quotes. The tests are rewritten, not copied, against this package's public API only.
+// Source: cortexkit/anthropic-auth, packages/opencode/src/tests/quota-manager.test.ts (bun:test),
+// in its newest revision (72 tests; the fork coleleavitt/anthropic-auth at 0677fd0c holds it).
+// Every upstream test has exactly one test here, in the same order and under the same describe
+// blocks; each title starts with the upstream title in quotes. The tests are rewritten, not
+// copied, against this package's public API only. After them: the three scenarios of
+// packages/core/src/tests/quota-native-transport.test.ts and the tests of the fork
+// iceteaSA/anthropic-auth about main requests per token and persisted main freshness.
 //
 // Where this package deliberately behaves better than the TypeScript QuotaManager, the test is
 // kept but asserts the better behaviour, and its title names the item of the README section
@@ -13,6 +16,11 @@
 //     "Quota refresh is already in progress".
 //   - "Backoff jitter": each backoff step is lengthened by up to 10 % (never past the 15 min cap),
 //     so a deadline is checked against its jittered bound instead of the exact ladder step.
+//   - "One request per token, one result per account": requests with different tokens for one
+//     main identity are separate, but the second, waiting on the route lock, is answered by the
+//     first one's fresh result instead of polling again.
+//   - "Only the snapshot's own fields": keys outside the snapshot shape (a legacy snapshot's
+//     `quotas`, `expires`) are not kept.
 //
 // Each test runs with a fresh temporary directory that holds both the shared state file (passed
 // as `statePath`) and the plugin's auth file (`OPENCODE_ANTHROPIC_AUTH_FILE`, as upstream sets
@@ -337,8 +345,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
         await expect(qm.refreshFallback('fallback-1', 'fallback-token', undefined)).rejects.toThrow('429')
         const cached = await qm.refreshFallbackWithMetadata('fallback-1', 'fallback-token', undefined)
-        expect(cached.fetched).toBe(false)
-        expect(cached.quota).toMatchObject(cachedQuota)
+        expect(cached).toEqual({ quota: cachedQuota, fetched: false })
 
         now += FIRST_STEP_MAX + SECOND
         const fetched = await qm.refreshFallbackWithMetadata('fallback-1', 'fallback-token', undefined)
@@ -361,8 +368,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
         await expect(qm.refreshMain('main-account', 'main-token')).rejects.toThrow('429')
         const cached = await qm.refreshMainWithMetadata('main-account', 'main-token')
-        expect(cached.fetched).toBe(false)
-        expect(cached.quota).toMatchObject(cachedQuota)
+        expect(cached).toEqual({ quota: cachedQuota, fetched: false })
 
         now += FIRST_STEP_MAX + SECOND
         const fetched = await qm.refreshMainWithMetadata('main-account', 'main-token')
@@ -370,6 +376,36 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
         expect(fetchCalls).toBe(2)
       },
     )
+
+    test('upstream "seeds an active persisted fallback 429 backoff before polling"', async () => {
+      const fetchMock = vi.fn(async (): Promise<Response> => {
+        throw new Error('persisted fallback backoff must prevent a quota poll')
+      })
+      const qm = make({ storage: pluginStorage({ quota: { checkIntervalMinutes: 5 } }), fetchImpl: fetchMock })
+      qm.seedFallbacksFromAccounts([
+        {
+          id: 'fallback-persisted-backoff',
+          type: 'oauth',
+          access: 'fallback-token',
+          refresh: 'fallback-refresh',
+          expires: now + MINUTE,
+          quota: { five_hour: { usedPercent: 25, remainingPercent: 75, checkedAt: now - 2 * SECOND } },
+          lastQuotaRefreshError: {
+            message: 'Claude quota check failed: 429 — rate limited',
+            checkedAt: now - SECOND,
+            nextRetryAt: now + MINUTE,
+            retryCount: 1,
+            accountIdentity: 'fallback-persisted-backoff',
+          },
+        },
+      ])
+
+      expect(qm.isFallbackBackedOff('fallback-persisted-backoff')).toBe(true)
+      await expect(
+        qm.refreshFallbackWithMetadata('fallback-persisted-backoff', 'fallback-token', undefined),
+      ).resolves.toMatchObject({ fetched: false })
+      expect(fetchMock).not.toHaveBeenCalled()
+    })
 
     test(
       'upstream "first 429 backs off for 60s" — inverted, README Differences: "Backoff jitter":' +
@@ -636,19 +672,19 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
   })
 
   describe('persistence', () => {
-    test('upstream "seeds main quota from persisted storage"', () => {
+    test('upstream "seeds legacy main quota without trusting its unbound timestamp"', () => {
       const qm = make({
         now: () => 1_000_000,
-        storage: pluginStorage({
+        storage: {
           version: 1,
           accounts: [],
           quota: { mainQuota: legacyQuota(), mainQuotaCheckedAt: 900_000 },
-        }),
+        },
       })
 
       const main = qm.getMain()
       expect(main).not.toBeNull()
-      expect(main?.checkedAt).toBe(900_000)
+      expect(main?.checkedAt).toBe(0)
     })
 
     test('upstream "getMain(mainAccountId) rejects a cached entry from a different identity"', () => {
@@ -1213,7 +1249,10 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(qm.getMain()).toBeNull()
     })
 
-    test('upstream "keeps persisted main seed during backoff when the identity matches"', async () => {
+    test(
+      'upstream "keeps persisted main seed during backoff when the identity matches" (README Differences:' +
+        ' "Only the snapshot\'s own fields": the legacy `quotas` and `expires` keys are not kept)',
+      async () => {
       const fetchMock = vi.fn(async () => quotaResponse(now))
       const qm = make({
         now: () => 1_000_000,
@@ -1237,10 +1276,11 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
       // Same identity, rotated token, backed off: the seed is served, nothing is sent.
       const result = await qm.refreshMain('main-a', 'rotated-access-token')
-      expect(result.accountIdentity).toBe('main-a')
-      expect(result).toEqual(qm.getMain('main-a')?.quota)
+      expect(result).toEqual({ accountIdentity: 'main-a' })
+      expect(qm.getMain('main-a')).not.toBeNull()
       expect(fetchMock).not.toHaveBeenCalled()
-    })
+    },
+    )
 
     test('upstream "calls onMainQuotaFetched after successful fetch"', async () => {
       let seen: { quota: QuotaSnapshot; checkedAt: number } | null = null
@@ -1314,21 +1354,31 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
   })
 
   describe('refreshMain dedup (identity-keyed)', () => {
-    test('upstream "rotated access tokens under one main identity share one in-flight fetch"', async () => {
-      let fetchCalls = 0
-      const qm = createQM(async () => {
-        fetchCalls += 1
-        return quotaResponse(now)
-      })
+    test(
+      'upstream "rotated access tokens under one main identity use separate in-flight fetches"' +
+        ' (README Differences: "One request per token, one result per account": two requests, and' +
+        ' the second is answered by the first one\'s fresh result instead of a second poll)',
+      async () => {
+        let fetchCalls = 0
+        const qm = createQM(async () => {
+          fetchCalls += 1
+          return quotaResponse(now)
+        })
 
-      const [quotaA, quotaB] = await Promise.all([
-        qm.refreshMain('main-account', 'access-token-a'),
-        qm.refreshMain('main-account', 'access-token-b'),
-      ])
+        const [quotaA, quotaB] = await Promise.all([
+          qm.refreshMainWithMetadata('main-account', 'access-token-a'),
+          qm.refreshMainWithMetadata('main-account', 'access-token-b'),
+        ])
 
-      expect(quotaA).toEqual(quotaB)
-      expect(fetchCalls).toBe(1)
-    })
+        expect(quotaA.quota).toEqual(quotaB.quota)
+        // Separate requests: the second did not join the first one ...
+        expect(qm.stats().joinedInFlight).toBe(0)
+        // ... and whichever took the route first answered the other with the account's quota: one poll.
+        expect([quotaA.fetched, quotaB.fetched].sort()).toEqual([false, true])
+        expect(qm.stats().joinedOtherProcess).toBe(1)
+        expect(fetchCalls).toBe(1)
+      },
+    )
 
     test('upstream "concurrent different-token refreshMain: each gets its own quota"', async () => {
       let callCount = 0
@@ -1494,6 +1544,38 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
       expect(pushed !== null && 'scoped' in pushed.quota).toBe(true)
       expect(pushed?.quota.scoped).toEqual([])
+    })
+
+    test('upstream "a header-only main entry stays due for its first usage poll"', () => {
+      const qm = createQM()
+      qm.pushMainFromHeaders('token', headerSnapshot())
+
+      // Headers never carry the model-scoped windows: without a poll the entry would never learn them.
+      expect(qm.isMainStale()).toBe(true)
+
+      qm.setMain('token', { quota: { scoped: [], checkedAt: now, source: 'poll' }, checkedAt: now, refreshAfter: now + MINUTE })
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(false)
+    })
+
+    test('upstream "a failed first usage poll does not re-arm header-only staleness until the next interval"', async () => {
+      let usageCalls = 0
+      const qm = createQM(async () => {
+        usageCalls += 1
+        return new Response('{"error":{"type":"permission_error"}}', { status: 403 })
+      })
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(true)
+
+      await qm.refreshMain('token', 'access-token').catch(() => {})
+      expect(usageCalls).toBe(1)
+      // A 403 arms no backoff: the header-only rule must not turn every request into a poll.
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(false)
+
+      now += 5 * MINUTE
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(true)
     })
 
     test('upstream "header push never introduces poll-owned scoped data"', () => {

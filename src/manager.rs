@@ -150,7 +150,7 @@ fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
 /// A cache entry the host hands in; its quota is read field by field.
 fn entry_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<QuotaEntry> {
     let json = object_arg(env, value, name)?;
-    QuotaEntry::from_value_lenient(&json).ok_or_else(|| {
+    QuotaEntry::from_host_value(&json).ok_or_else(|| {
         type_error(
             env,
             format!("{name} must be {{ quota: QuotaSnapshot, checkedAt: number, refreshAfter?: number }}"),
@@ -904,8 +904,8 @@ impl QuotaManager {
         let first = optional_string(env, first, "mainAccountId")?;
         let token = optional_string(env, access_token, "accessToken")?;
         let expected = optional_generation(env, generation)?;
-        // One argument: it is both the identity and the token. `undefined` as the identity:
-        // the bound identity.
+        // One argument: it is both the identity and the token. `undefined` as the identity is
+        // an identity of its own, as in the plugin's manager: the slot is unbound for it.
         let one_argument = first.is_some() && token.is_none();
         let (identity, token) = match (first, token) {
             (Some(first), None) => (None, first),
@@ -923,7 +923,7 @@ impl QuotaManager {
         let target = match &identity {
             Some(id) => MainTarget::Named(id),
             None if one_argument => MainTarget::Token,
-            None => MainTarget::Bound,
+            None => MainTarget::Unnamed,
         };
         let refresh = self.core.begin_refresh_main_for(target, &token, expected);
         self.promises.promise(env, refresh, shape)

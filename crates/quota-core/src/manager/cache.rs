@@ -157,11 +157,16 @@ impl QuotaManager {
             return i64::MIN;
         }
         let state = self.state();
-        freshness::stale_from(
-            state.routes.main().entry().map(Arc::as_ref),
-            state.settings.interval_ms,
-            model,
-        )
+        let main = state.routes.main();
+        let interval = state.settings.interval_ms;
+        let by_time = freshness::stale_from(main.entry().map(Arc::as_ref), interval, model);
+        // The last attempt is the shared record's: an attempt by any process counts, so many
+        // processes still poll once per interval between them.
+        main.entry()
+            .and_then(|entry| {
+                freshness::header_only_due_from(&entry.quota, main.record.last_attempt_at, interval)
+            })
+            .map_or(by_time, |due| due.min(by_time))
     }
 
     /// `refreshEveryNRequests` as in force (0: off).
