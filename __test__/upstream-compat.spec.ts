@@ -31,6 +31,7 @@
 // §1–§4). Where upstream holds the plugin's own file lock (`acquireRefreshFileLock`), this port
 // has a real second process hold this package's route lock by polling a slow local endpoint.
 
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -1854,5 +1855,170 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(pushed?.quota.scoped).toBeUndefined()
       expect(pushed?.quota.five_hour?.usedPercent).toBe(78)
     })
+  })
+})
+
+// The plugin's packages/core/src/tests/quota-native-transport.test.ts: a child process whose
+// manager has only a host transport (or none) makes a tokenless poll through it, never a direct
+// fetch, and writes nothing outside its own directory.
+describe('native quota transport (upstream quota-native-transport.test.ts)', () => {
+  const child = join(__dirname, 'fixtures', 'native-transport-child.cjs')
+
+  function runChild(root: string, scenario: string): Promise<{ exit: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+      execFile(process.execPath, [child, root, scenario], { timeout: 20_000 }, (error, stdout, stderr) => {
+        if (error && typeof error.code !== 'number') reject(error)
+        else resolve({ exit: error ? Number(error.code) : 0, stdout, stderr })
+      })
+    })
+  }
+
+  for (const scenario of ['main', 'fallback', 'missing']) {
+    test(`upstream "native quota ${scenario} transport authorizes without legacy custody flags only when a callback owns dispatch"`, async () => {
+      const root = mkdtempSync(join(tmpdir(), 'aqm-native-transport-'))
+      try {
+        const { exit, stdout, stderr } = await runChild(root, scenario)
+        expect(exit).toBe(0)
+        expect(stderr).toBe('')
+        expect(JSON.parse(stdout)).toEqual({
+          fetched: scenario !== 'missing',
+          tokenless: scenario !== 'missing',
+          calls: scenario === 'missing' ? [] : [{ kind: scenario, accountId: `synthetic-${scenario}`, accessToken: '' }],
+        })
+      } finally {
+        rmSync(root, { recursive: true, force: true })
+      }
+    })
+  }
+})
+
+// The fork iceteaSA/anthropic-auth, packages/core/src/tests/quota-manager.test.ts: main requests
+// per token, and persisted main snapshots dated by their own times.
+describe('main requests and persisted main freshness (fork iceteaSA/anthropic-auth)', () => {
+  let dir: string
+  let managers: QuotaManager[]
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'aqm-fork-'))
+    managers = []
+  })
+
+  afterEach(async () => {
+    await Promise.allSettled(managers.map((manager) => manager.close()))
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  function make(options: QuotaManagerOptions): QuotaManager {
+    const manager = new QuotaManager({ storage: null, statePath: join(dir, 'state.json'), usageUrl: NOWHERE, ...options })
+    managers.push(manager)
+    return manager
+  }
+
+  const usageBody = {
+    five_hour: { utilization: 4 },
+    seven_day: { utilization: 13 },
+    extra_usage: { is_enabled: false, monthly_limit: null, used_credits: null },
+    spend: null,
+  }
+
+  test(
+    'upstream "a completed older main request does not clear a newer in-flight refresh" (README Differences:' +
+      ' "One request per token, one result per account": token-a\'s request fails with a 401, which is' +
+      ' no answer for token-b, so token-b polls itself, as both do upstream)',
+    async () => {
+      const firstStarted = deferred<void>()
+      const releaseFirst = deferred<void>()
+      const secondStarted = deferred<void>()
+      const releaseSecond = deferred<void>()
+      let fetches = 0
+      const manager = make({
+        fetchImpl: async () => {
+          fetches += 1
+          if (fetches === 1) {
+            firstStarted.resolve()
+            await releaseFirst.promise
+            return new Response('token revoked', { status: 401 })
+          }
+          if (fetches === 2) {
+            secondStarted.resolve()
+            await releaseSecond.promise
+          }
+          return Response.json(usageBody)
+        },
+        apiCallGapMs: 0,
+      })
+
+      const first = later(manager.refreshMainWithMetadata('main', 'token-a'))
+      await within(firstStarted.promise, 'the first poll')
+      const second = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseFirst.resolve()
+      await within(secondStarted.promise, 'the second poll')
+      // token-a's request is over: had it cleared token-b's, this call would start a third.
+      const joinedSecond = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseSecond.resolve()
+
+      await expect(first).rejects.toThrow('401')
+      const [secondResult, joinedResult] = await Promise.all([second, joinedSecond])
+      expect(joinedResult).toEqual(secondResult)
+      expect(secondResult.fetched).toBe(true)
+      expect(fetches).toBe(2)
+      expect(manager.stats().joinedInFlight).toBe(1)
+    },
+  )
+
+  test(
+    'a completed older main request answers a newer one of another token with its fresh result' +
+      ' (README Differences: "One request per token, one result per account")',
+    async () => {
+      const firstStarted = deferred<void>()
+      const releaseFirst = deferred<void>()
+      let fetches = 0
+      const manager = make({
+        fetchImpl: async () => {
+          fetches += 1
+          if (fetches === 1) {
+            firstStarted.resolve()
+            await releaseFirst.promise
+          }
+          return Response.json(usageBody)
+        },
+        apiCallGapMs: 0,
+      })
+
+      const first = manager.refreshMainWithMetadata('main', 'token-a')
+      await within(firstStarted.promise, 'the first poll')
+      const second = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseFirst.resolve()
+
+      const [firstResult, secondResult] = await Promise.all([first, second])
+      expect(firstResult.fetched).toBe(true)
+      expect(secondResult).toEqual({ quota: firstResult.quota, fetched: false })
+      expect(fetches).toBe(1)
+      expect(manager.stats().joinedInFlight).toBe(0)
+    },
+  )
+
+  test('upstream "an unbound future timestamp cannot replace a newer in-memory main snapshot"', () => {
+    const manager = make({ now: () => 1_000 })
+    manager.setMain('account-a', {
+      quota: { accountIdentity: 'account-a', checkedAt: 200, five_hour: { usedPercent: 20, remainingPercent: 80, checkedAt: 200 } },
+      checkedAt: 200,
+      refreshAfter: 500,
+    })
+
+    manager.seedMainFromStorage(
+      {
+        version: 1,
+        accounts: [],
+        mainAccountId: 'account-a',
+        quota: {
+          mainQuota: { accountIdentity: 'account-a', checkedAt: 100, five_hour: { usedPercent: 80, remainingPercent: 20, checkedAt: 100 } },
+          mainQuotaCheckedAt: 900,
+        },
+      },
+      'account-a',
+    )
+
+    expect(manager.getMain('account-a')).toMatchObject({ checkedAt: 200, quota: { five_hour: { usedPercent: 20 } } })
   })
 })

@@ -37,7 +37,8 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
     return async (request) => {
       try {
         const snapshot = await fetchQuotaSnapshot({
-          kind: request.kind, accountId: request.accountId, accessToken: request.accessToken,
+          // No identity arrives as JSON null; the host's transport gets `undefined`, as from the plugin's manager.
+          kind: request.kind, accountId: request.accountId ?? undefined, accessToken: request.accessToken,
         })
         return settle({ kind: 'snapshot', snapshot })
       } catch (error) {
