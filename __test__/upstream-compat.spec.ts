@@ -1579,6 +1579,40 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(qm.isMainStale()).toBe(true)
     })
 
+    test(
+      '(this package) a poll attempt by another process counts for the header-only rule: one poll per interval' +
+        ' between them (README Differences: "One state file shared by every process")',
+      async () => {
+        let usageCalls = 0
+        const forbidden = async (): Promise<Response> => {
+          usageCalls += 1
+          return new Response('{"error":{"type":"permission_error"}}', { status: 403 })
+        }
+        const first = createQM(forbidden)
+        const second = createQM(forbidden)
+        first.pushMainFromHeaders('token', headerSnapshot())
+        second.pushMainFromHeaders('token', headerSnapshot())
+        expect(second.isMainStale()).toBe(true)
+
+        await first.refreshMain('token', 'access-token').catch(() => {})
+        expect(usageCalls).toBe(1)
+        // The second process still thinks a poll is owed; asked for one, it finds the first
+        // process's attempt under the route lock and answers from its cache.
+        const served = await second.refreshMainWithMetadata('token', 'access-token')
+        expect(served.fetched).toBe(false)
+        expect(usageCalls).toBe(1)
+        expect(second.isMainStale()).toBe(false)
+        // A process started now knows the attempt from the state file.
+        await first.close()
+        const third = createQM(forbidden)
+        third.pushMainFromHeaders('token', headerSnapshot())
+        expect(third.isMainStale()).toBe(false)
+
+        now += 5 * MINUTE
+        expect(second.isMainStale()).toBe(true)
+      },
+    )
+
     test('upstream "header push never introduces poll-owned scoped data"', () => {
       const qm = createQM()
       const incoming: QuotaSnapshot = {
