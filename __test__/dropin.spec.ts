@@ -372,6 +372,32 @@ describe('main identity generations', () => {
     })
     expect(running.isBackedOff()).toBe(false)
   })
+
+  it("a clear in the plugin's own store (its reset command) reaches the shared state file too", async () => {
+    const statePath = join(tempDir(), 'state.json')
+    let now = T0
+    const options: QuotaManagerOptions = {
+      statePath,
+      now: () => now,
+      fetchImpl: async () => new Response('x', { status: 429 }),
+      storage: { mainAccountId: 'main-a' },
+    }
+    const first = make(options)
+    await rejectionOf(first.refreshMain('main-a', 'tok-a'))
+    const armed = first.getLastApiError()
+    now += SECOND
+    // The plugin's store: its transport recorded the error, then its reset command cleared it.
+    first.updateStorage({
+      mainAccountId: 'main-a',
+      quota: { mainQuotaErrorGeneration: first.getMainQuotaErrorGeneration() + 1, mainQuotaErrorClearedAt: now },
+    })
+    expect(first.isBackedOff()).toBe(false)
+    await first.close()
+    // Neither store keeps the backoff: a process that reads the state file (and the plugin's
+    // store still holding the old error) is not backed off.
+    const next = make({ ...options, storage: { mainAccountId: 'main-a', quota: { mainLastQuotaApiError: armed } } })
+    expect(next.isBackedOff()).toBe(false)
+  })
 })
 
 describe('changed signatures', () => {

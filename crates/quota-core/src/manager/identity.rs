@@ -148,7 +148,7 @@ impl QuotaManager {
         Some(generation)
     }
 
-    fn schedule_main_write(&self, state: &mut super::State) {
+    pub(super) fn schedule_main_write(&self, state: &mut super::State) {
         let staged = state.stage_route(&RouteId::Main);
         self.schedule_flush(staged);
     }

@@ -162,7 +162,13 @@ impl QuotaManager {
         if let (Some(identity), false) = (&identity, known) {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
+        let held_error = state.routes.main().record.backoff.last_error.is_some();
         let adopt_error = Self::seed_main_generations(state, storage, now);
+        if held_error && state.routes.main().record.backoff.last_error.is_none() {
+            // The host's store says the backoff was cleared (the plugin's reset command): the
+            // shared state file must not keep it for the other processes either.
+            self.schedule_main_write(state);
+        }
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {
             if quota.account_identity.is_none() && !state.routes.generations.strict_known() {
