@@ -413,8 +413,9 @@ export declare class QuotaManager {
    */
   pushFallbackFromHeaders(accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**
-   * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
-   * across processes). `mainAccountId` `undefined` means the bound identity; with one
+   * Polls the usage endpoint for the main account (one request per identity and token,
+   * paced, backed off, shared across processes). `mainAccountId` `undefined` is an identity
+   * of its own, as in the plugin's manager (a bound identity is unbound first); with one
    * argument, it is both the identity and the access token. With
    * `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
    * one request get the same promise and the same frozen snapshot. Bad arguments reject.
