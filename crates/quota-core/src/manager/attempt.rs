@@ -160,9 +160,13 @@ impl QuotaManager {
         let interval = state.settings.interval_ms;
         // A record from a clock running ahead is adopted clamped, but never taken as another
         // process's fresh answer: clamped to "now", it would look fresh at every poll.
+        let beyond_skew = |at: i64| at > now.saturating_add(MAX_CLOCK_SKEW_MS);
         let from_the_future = record
             .and_then(|r| r.entry.as_ref())
-            .is_some_and(|e| e.checked_at > now.saturating_add(MAX_CLOCK_SKEW_MS));
+            .is_some_and(|e| beyond_skew(e.checked_at));
+        let attempt_from_the_future = record
+            .and_then(|r| r.last_attempt_at)
+            .is_some_and(beyond_skew);
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
         if state
             .routes
@@ -200,7 +204,8 @@ impl QuotaManager {
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
         if (produced_by_another && recent && !from_the_future)
-            || Self::main_attempted_meanwhile(attempt, slot, now, interval)
+            || (!attempt_from_the_future
+                && Self::main_attempted_meanwhile(attempt, slot, now, interval))
         {
             let outcome = RefreshOutcome {
                 quota: slot.entry()?.quota.clone(),
