@@ -143,11 +143,12 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     };
     let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
         && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
-    if cached_is_newer_headers {
-        if merged.fallback_advised.is_none() && cached.fallback_advised.is_some() {
-            merged.fallback_advised = cached.fallback_advised;
-            field_sources.fallback_advised = Some(cached.source_of(|f| f.fallback_advised));
-        }
+    if cached_is_newer_headers
+        && merged.fallback_advised.is_none()
+        && cached.fallback_advised.is_some()
+    {
+        merged.fallback_advised = cached.fallback_advised;
+        field_sources.fallback_advised = Some(cached.source_of(|f| f.fallback_advised));
     }
     if merged.account_identity.is_none() {
         merged.account_identity.clone_from(&cached.account_identity);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use super::single_flight::Flights;
+use super::single_flight::{Flight, Flights};
 use crate::fingerprint::fingerprint;
 use crate::host::FallbackAccount;
 use crate::route_key::RouteKey;
@@ -295,7 +295,7 @@ impl Routes {
     pub fn running_flights(&self) -> Vec<super::single_flight::Shared<Settled>> {
         std::iter::once(&self.main)
             .chain(self.fallbacks.values())
-            .flat_map(|slot| slot.flights.iter().map(|flight| flight.wait()))
+            .flat_map(|slot| slot.flights.iter().map(Flight::wait))
             .collect()
     }
 
