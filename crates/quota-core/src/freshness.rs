@@ -93,6 +93,21 @@ pub fn header_only_due_from(
     header_only.then(|| last_attempt_at.map_or(i64::MIN, |at| at.saturating_add(interval_ms)))
 }
 
+/// The main route's [`stale_from`]: an entry built only from headers is also due an interval
+/// after the last poll attempt for the account, or at once without one
+/// ([`header_only_due_from`]).
+pub fn main_stale_from(
+    entry: Option<&QuotaEntry>,
+    last_attempt_at: Option<i64>,
+    interval_ms: i64,
+    model: Option<&str>,
+) -> i64 {
+    let by_time = stale_from(entry, interval_ms, model);
+    entry
+        .and_then(|entry| header_only_due_from(&entry.quota, last_attempt_at, interval_ms))
+        .map_or(by_time, |due| due.min(by_time))
+}
+
 /// The `refreshEveryNRequests` trigger: request `n` refreshes when `n > 0`, `every_n > 0` and
 /// `n` is a multiple of `every_n`. `every_n` of 0 (the default) or below turns it off.
 pub fn should_refresh_on_request_count(request_count: i64, every_n: i64) -> bool {
@@ -335,5 +350,31 @@ mod tests {
             ..headers
         };
         assert_eq!(header_only_due_from(&poll, None, INTERVAL), None);
+    }
+
+    #[test]
+    fn the_main_route_is_due_at_the_earlier_of_its_time_and_the_header_only_rule() {
+        let headers = QuotaSnapshot {
+            five_hour: Some(window(T0)),
+            source: Some(QuotaSource::Headers),
+            ..QuotaSnapshot::default()
+        };
+        let fresh = entry(headers, T0, None);
+        assert_eq!(stale_from(Some(&fresh), INTERVAL, None), T0 + INTERVAL);
+        assert_eq!(
+            main_stale_from(Some(&fresh), None, INTERVAL, None),
+            i64::MIN,
+            "never polled"
+        );
+        assert_eq!(
+            main_stale_from(Some(&fresh), Some(T0 - MINUTE_MS), INTERVAL, None),
+            T0 - MINUTE_MS + INTERVAL
+        );
+        assert_eq!(
+            main_stale_from(Some(&fresh), Some(T0 + MINUTE_MS), INTERVAL, None),
+            T0 + INTERVAL,
+            "an attempt never makes an entry fresher than its own time"
+        );
+        assert_eq!(main_stale_from(None, Some(T0), INTERVAL, None), i64::MIN);
     }
 }

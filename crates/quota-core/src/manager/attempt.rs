@@ -227,12 +227,15 @@ impl QuotaManager {
         interval: i64,
     ) -> bool {
         let record = &slot.record;
-        let (Some(entry), Some(attempted_at)) = (slot.entry(), record.last_attempt_at) else {
+        let Some(attempted_at) = record.last_attempt_at else {
             return false;
         };
-        let by_time = freshness::stale_from(Some(entry), interval, None);
-        let due = freshness::header_only_due_from(&entry.quota, Some(attempted_at), interval)
-            .map_or(by_time, |due| due.min(by_time));
+        let due = freshness::main_stale_from(
+            slot.entry().map(AsRef::as_ref),
+            Some(attempted_at),
+            interval,
+            None,
+        );
         attempt.route == RouteId::Main
             && attempt
                 .baseline_attempt_at

@@ -158,15 +158,14 @@ impl QuotaManager {
         }
         let state = self.state();
         let main = state.routes.main();
-        let interval = state.settings.interval_ms;
-        let by_time = freshness::stale_from(main.entry().map(Arc::as_ref), interval, model);
         // The last attempt is the shared record's: an attempt by any process counts, so many
         // processes still poll once per interval between them.
-        main.entry()
-            .and_then(|entry| {
-                freshness::header_only_due_from(&entry.quota, main.record.last_attempt_at, interval)
-            })
-            .map_or(by_time, |due| due.min(by_time))
+        freshness::main_stale_from(
+            main.entry().map(Arc::as_ref),
+            main.record.last_attempt_at,
+            state.settings.interval_ms,
+            model,
+        )
     }
 
     /// `refreshEveryNRequests` as in force (0: off).
