@@ -387,6 +387,19 @@ describe('header pushes: merge ownership (SPEC §2)', () => {
     expect(manager.getAllFallbacks().has('new')).toBe(false)
   })
 
+  it("a pushed snapshot without windows is merged, as the plugin's manager merges it", async () => {
+    const { manager } = await setup()
+    await manager.refreshMain('alice', 'tok-main')
+    const polled = manager.getMain('alice')
+    const pushed = manager.pushMainFromHeaders('alice', { fallbackAdvised: true, source: 'headers' })
+    expect(pushed).not.toBeNull()
+    expect(pushed?.quota.fallbackAdvised).toBe(true)
+    expect(pushed?.quota.five_hour).toEqual(polled?.quota.five_hour)
+    expect(pushed?.quota.scoped).toEqual(polled?.quota.scoped)
+    expect(manager.getMain('alice')).toEqual(pushed)
+    expect(manager.pushFallbackFromHeaders('a', { fallbackAdvised: false })?.quota.fallbackAdvised).toBe(false)
+  })
+
   it('garbage header values in a push are ignored field by field; wrong types are TypeErrors', async () => {
     const { manager } = await setup()
     await manager.refreshFallback('a', 'tok-a')

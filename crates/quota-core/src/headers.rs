@@ -477,7 +477,9 @@ pub fn header_pairs(value: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// What a header push carries: the response's headers, or a snapshot the host built itself.
-/// `None` when it carries no 5-hour or 7-day quota.
+/// `None` for headers that carry no 5-hour or 7-day quota, and for a value with no snapshot
+/// field at all; a snapshot without windows is still a frame (it is merged, as the plugin's
+/// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
 pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaSnapshot> {
     let object = value.as_object()?;
     let looks_like_headers = object.keys().any(|name| {
@@ -496,9 +498,10 @@ pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaS
                 .or_insert_with(|| serde_json::json!(now_ms));
         }
     }
-    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)?;
+    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)
+        .filter(|snapshot| *snapshot != QuotaSnapshot::default())?;
     snapshot.checked_at.get_or_insert(now_ms);
-    snapshot.has_windows().then_some(snapshot)
+    Some(snapshot)
 }
 
 #[cfg(test)]
@@ -522,7 +525,13 @@ mod frame_tests {
         assert_eq!(frame.five_hour.unwrap().checked_at, 2_000);
         assert_eq!(frame.checked_at, Some(2_000));
 
+        let windowless = frame_from_value(&json!({ "fallbackAdvised": true }), 3_000).unwrap();
+        assert_eq!(windowless.fallback_advised, Some(true));
+        assert_eq!(windowless.checked_at, Some(3_000));
+
         assert!(frame_from_value(&json!({ "content-type": "x" }), 0).is_none());
+        assert!(frame_from_value(&json!({ "junk": 1 }), 0).is_none());
+        assert!(frame_from_value(&json!({}), 0).is_none());
         assert!(frame_from_value(&json!("text"), 0).is_none());
     }
 }
