@@ -404,12 +404,14 @@ export declare class QuotaManager {
   clearFallback(accountId: string): void
   /**
    * Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
-   * into the main cache, without any request. `null` when they carry no quota.
+   * into the main cache, without any request. `null` when headers carry no quota; a snapshot
+   * is merged even without windows, as in the plugin's manager.
    */
   pushMainFromHeaders(mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot): QuotaEntry | null
   /**
    * Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
-   * they carry no quota, or carry a login that was replaced.
+   * headers carry no quota, or the observation is of a login that was replaced; a snapshot
+   * is merged even without windows.
    */
   pushFallbackFromHeaders(accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**

@@ -400,7 +400,8 @@ impl QuotaManager {
     }
 
     /// Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
-    /// into the main cache, without any request. `null` when they carry no quota.
+    /// into the main cache, without any request. `null` when headers carry no quota; a snapshot
+    /// is merged even without windows, as in the plugin's manager.
     #[napi(
         catch_unwind,
         ts_args_type = "mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot",
@@ -422,7 +423,8 @@ impl QuotaManager {
     }
 
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
-    /// they carry no quota, or carry a login that was replaced.
+    /// headers carry no quota, or the observation is of a login that was replaced; a snapshot
+    /// is merged even without windows.
     #[napi(
         catch_unwind,
         ts_args_type = "accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
