@@ -53,8 +53,6 @@ export interface QuotaSnapshot {
   bindingWindow?: string
   bindingWindowSource?: 'poll' | 'headers'
   fallbackAdvised?: boolean
-  /** Unified status from headers, when present. */
-  status?: string
   source?: 'poll' | 'headers'
   /** Unix ms. */
   checkedAt?: number
@@ -101,8 +99,15 @@ export interface QuotaApiError {
 /** The host's own storage object, as the plugin keeps it; every field optional. */
 export interface AccountStorage {
   mainAccountId?: string | undefined
+  /**
+   * The rest of the plugin's storage (`version`, `accounts`, `main`, ...): accepted as it is,
+   * so the plugin hands over its whole storage object; not read.
+   */
+  [field: string]: unknown
   quota?:
     | {
+        /** The plugin's other quota settings: accepted, not read. */
+        [setting: string]: unknown
         enabled?: boolean | undefined
         checkIntervalMinutes?: number | undefined
         refreshEveryNRequests?: number | undefined
@@ -225,7 +230,10 @@ export interface QuotaManagerOptions {
   /**
    * A host transport: every poll calls it instead of HTTP (single flight, pacing, backoff, locks
    * and the state file still apply). A rejection's numeric `status` and `retryAfter` (seconds) /
-   * `retryAfterMs` classify it like an HTTP failure; no status is a network error.
+   * `retryAfterMs` classify it like an HTTP failure. Without a status it is a network error
+   * (transient) when its `code` (or its `cause`'s) is `ECONNRESET`, `ETIMEDOUT`, `ENOTFOUND` or
+   * `ECONNREFUSED`, or it is a `TypeError` (as `fetch` rejects); otherwise `QUOTA_TRANSPORT_ERROR`
+   * with a flat 5-minute backoff.
    */
   fetchQuotaSnapshot?: ((request: QuotaSnapshotRequest) => Promise<QuotaSnapshot>) | undefined
   /** Await a promise a callback returns (at most 5 s) before the refresh settles. Default `false`. */
@@ -306,6 +314,7 @@ export type QuotaErrorCode =
   | 'QUOTA_NETWORK_ERROR'
   | 'QUOTA_TIMEOUT'
   | 'QUOTA_BAD_RESPONSE'
+  | 'QUOTA_TRANSPORT_ERROR'
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
   | 'QUOTA_IDENTITY_CHANGED'
@@ -395,17 +404,20 @@ export declare class QuotaManager {
   clearFallback(accountId: string): void
   /**
    * Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
-   * into the main cache, without any request. `null` when they carry no quota.
+   * into the main cache, without any request. `null` when headers carry no quota; a snapshot
+   * is merged even without windows, as in the plugin's manager.
    */
   pushMainFromHeaders(mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot): QuotaEntry | null
   /**
    * Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
-   * they carry no quota, or carry a login that was replaced.
+   * headers carry no quota, or the observation is of a login that was replaced; a snapshot
+   * is merged even without windows.
    */
   pushFallbackFromHeaders(accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
   /**
-   * Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
-   * across processes). `mainAccountId` `undefined` means the bound identity; with one
+   * Polls the usage endpoint for the main account (one request per identity and token,
+   * paced, backed off, shared across processes). `mainAccountId` `undefined` is an identity
+   * of its own, as in the plugin's manager (a bound identity is unbound first); with one
    * argument, it is both the identity and the access token. With
    * `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
    * one request get the same promise and the same frozen snapshot. Bad arguments reject.

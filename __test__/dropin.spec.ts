@@ -131,8 +131,7 @@ describe('fetchQuotaSnapshot', () => {
     expect(fallback.source).toBe('poll')
     expect(fallback.five_hour?.usedPercent).toBe(40)
     expect(fallback).not.toHaveProperty('junk')
-    manager.setMainQuotaAccountIdentity('main-a')
-    const main = await manager.refreshMainWithMetadata(undefined, '')
+    const main = await manager.refreshMainWithMetadata('main-a', '')
     expect(main.fetched).toBe(true)
     expect(main.quota.accountIdentity).toBe('main-a')
     expect(requests).toEqual([
@@ -162,8 +161,41 @@ describe('fetchQuotaSnapshot', () => {
     await rejectionOf(manager.refreshFallback('c', ''))
     expect(manager.getFallbackApiError('c')?.nextRetryAt).toBe(T0 + 5 * MINUTE)
 
+    // No status: a refusal of the host's (a vault that is locked) is not a network failure,
+    // and is not retried on the ladder's first minute.
     next = httpError(undefined)
-    expect((await rejectionOf(manager.refreshFallback('d', ''))).code).toBe('QUOTA_NETWORK_ERROR')
+    const refused = await rejectionOf(manager.refreshFallback('d', ''))
+    expect(refused.code).toBe('QUOTA_TRANSPORT_ERROR')
+    expect(refused.message).toBe('Claude quota check failed: quota poll failed: network')
+    expect(manager.getFallbackApiError('d')?.nextRetryAt).toBe(T0 + 5 * MINUTE)
+  })
+
+  it('a rejection without a status is transient only when it is a network failure', async () => {
+    let next: unknown
+    const manager = make({ now: () => T0, backoff: { jitter: 0 }, fetchQuotaSnapshot: async () => Promise.reject(next) })
+    const failures: Array<[string, unknown]> = [
+      ...['ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'ECONNREFUSED'].map((code): [string, unknown] => [
+        code,
+        Object.assign(new Error(`socket: ${code}`), { code }),
+      ]),
+      ['a TypeError, as fetch rejects', new TypeError('fetch failed')],
+      ['a code on the cause, as undici sets it', new Error('fetch failed', { cause: Object.assign(new Error('reset'), { code: 'ECONNRESET' }) })],
+    ]
+    for (const [what, error] of failures) {
+      next = error
+      const rejection = await rejectionOf(manager.refreshFallback(what, ''))
+      expect(rejection.code, what).toBe('QUOTA_NETWORK_ERROR')
+      expect(manager.getFallbackApiError(what)?.nextRetryAt, what).toBe(T0 + MINUTE)
+    }
+    for (const [what, error] of [
+      ['another code', Object.assign(new Error('locked'), { code: 'EVAULTLOCKED' })],
+      ['a plain Error', new Error('no credential')],
+      ['a string', 'no credential'],
+    ] as Array<[string, unknown]>) {
+      next = error
+      expect((await rejectionOf(manager.refreshFallback(what, ''))).code, what).toBe('QUOTA_TRANSPORT_ERROR')
+      expect(manager.getFallbackApiError(what)?.nextRetryAt, what).toBe(T0 + 5 * MINUTE)
+    }
   })
 })
 
@@ -257,13 +289,32 @@ describe('main identity generations', () => {
     expect(manager.isMainStale()).toBe(true)
   })
 
-  it('refreshMain(undefined, token) polls for the bound identity', async () => {
-    const manager = make({ now: () => T0, fetchImpl: async () => usage() })
-    manager.setMainQuotaAccountIdentity('main-a')
-    const quota = await manager.refreshMain(undefined, 'tok-a')
-    expect(quota.accountIdentity).toBe('main-a')
-    expect(manager.getMain('main-a')?.quota.accountIdentity).toBe('main-a')
-    expect(manager.getMainQuotaIdentityGeneration()).toBe(1)
+  it("refreshMain(undefined, token) takes undefined as an identity of its own, as the plugin's manager does", async () => {
+    const requests: Array<string | undefined> = []
+    const manager = make({
+      now: () => T0,
+      fetchQuotaSnapshot: async ({ accountId }) => {
+        requests.push(accountId)
+        return snapshot(30)
+      },
+    })
+    manager.setMainQuotaAccountIdentity('main-a', false)
+    await manager.refreshMain('main-a', '')
+    expect(manager.getMain('main-a')).not.toBeNull()
+    const generation = manager.getMainQuotaIdentityGeneration()
+
+    // With a generation: the bound identity is not `undefined`, so nothing is sent.
+    const moved = await rejectionOf(manager.refreshMain(undefined, '', generation))
+    expect(moved.message).toBe('Main quota identity changed before refresh')
+    expect(requests).toEqual(['main-a'])
+
+    // Without one: the identity is unbound and its entry dropped, then the poll is made for nobody.
+    const quota = await manager.refreshMain(undefined, '')
+    expect(manager.getMainQuotaIdentityGeneration()).toBe(generation + 1)
+    expect(requests).toEqual(['main-a', undefined])
+    expect(quota.accountIdentity).toBeUndefined()
+    expect(manager.getMain('main-a')).toBeNull()
+    expect(manager.getMain()?.quota.five_hour?.usedPercent).toBe(30)
   })
 
   it('a refresh bound to an identity generation that moved on rejects without a request', async () => {
@@ -320,6 +371,32 @@ describe('main identity generations', () => {
       quota: { mainQuotaErrorGeneration: 2, mainQuotaErrorClearedAt: first.getMainQuotaErrorClearedAt() },
     })
     expect(running.isBackedOff()).toBe(false)
+  })
+
+  it("a clear in the plugin's own store (its reset command) reaches the shared state file too", async () => {
+    const statePath = join(tempDir(), 'state.json')
+    let now = T0
+    const options: QuotaManagerOptions = {
+      statePath,
+      now: () => now,
+      fetchImpl: async () => new Response('x', { status: 429 }),
+      storage: { mainAccountId: 'main-a' },
+    }
+    const first = make(options)
+    await rejectionOf(first.refreshMain('main-a', 'tok-a'))
+    const armed = first.getLastApiError()
+    now += SECOND
+    // The plugin's store: its transport recorded the error, then its reset command cleared it.
+    first.updateStorage({
+      mainAccountId: 'main-a',
+      quota: { mainQuotaErrorGeneration: first.getMainQuotaErrorGeneration() + 1, mainQuotaErrorClearedAt: now },
+    })
+    expect(first.isBackedOff()).toBe(false)
+    await first.close()
+    // Neither store keeps the backoff: a process that reads the state file (and the plugin's
+    // store still holding the old error) is not backed off.
+    const next = make({ ...options, storage: { mainAccountId: 'main-a', quota: { mainLastQuotaApiError: armed } } })
+    expect(next.isBackedOff()).toBe(false)
   })
 })
 

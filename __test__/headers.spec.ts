@@ -36,7 +36,7 @@ describe('parseQuotaHeaders', () => {
     expect(s.seven_day?.remainingPercent).toBe(30)
     expect(s.seven_day?.checkedAt).toBe(T0)
     expect(Date.parse(s.seven_day?.resetsAt ?? '')).toBe(RESET_7D * 1000)
-    expect(s.status).toBe('allowed_warning')
+    expect(s).not.toHaveProperty('status')
     expect(s.bindingWindow).toBe('seven_day')
     expect(s.bindingWindowSource).toBe('headers')
     expect(s.fallbackAdvised).toBe(true)
@@ -53,7 +53,7 @@ describe('parseQuotaHeaders', () => {
     expect(other?.fallbackAdvised).not.toBe(true)
   })
 
-  it('keeps the unified status, alongside the per-window status headers', () => {
+  it("reads no status, unified or per window: a snapshot has no `status` key (the plugin's quota codec refuses one)", () => {
     const s = parseQuotaHeaders(
       {
         [`${P}status`]: 'rejected',
@@ -65,7 +65,7 @@ describe('parseQuotaHeaders', () => {
       },
       T0,
     )
-    expect(s?.status).toBe('rejected')
+    expect(s).not.toHaveProperty('status')
     expect(s?.five_hour?.usedPercent).toBe(100)
     expect(s?.five_hour?.remainingPercent).toBe(0)
     expect(s?.seven_day?.usedPercent).toBe(40)
@@ -84,7 +84,7 @@ describe('parseQuotaHeaders', () => {
     expect(s?.five_hour?.usedPercent).toBe(25)
     expect(s?.seven_day?.usedPercent).toBe(50)
     expect(Date.parse(s?.five_hour?.resetsAt ?? '')).toBe(RESET_5H * 1000)
-    expect(s?.status).toBe('allowed')
+    expect(s).not.toHaveProperty('status')
   })
 
   it('rounds fraction × 100 and clamps to 0..100', () => {
@@ -156,17 +156,17 @@ describe('parseQuotaHeaders', () => {
       )
       expect(s?.five_hour, JSON.stringify(bad)).toBeUndefined()
       expect(s?.seven_day?.usedPercent).toBe(20)
-      expect(s?.status).toBeUndefined()
+      expect(s).not.toHaveProperty('status')
     }
   })
 
-  it('a garbage status or claim drops only that field', () => {
+  it('a garbage claim drops only that field (and a status is never read)', () => {
     const s = parseQuotaHeaders(
       { [`${P}5h-utilization`]: '0.5', [`${P}status`]: 'x'.repeat(1 << 20), [`${P}representative-claim`]: '<script>' },
       T0,
     )
     expect(s?.five_hour?.usedPercent).toBe(50)
-    expect(s?.status).toBeUndefined()
+    expect(s).not.toHaveProperty('status')
     expect(s?.bindingWindow).toBeUndefined()
   })
 
@@ -385,6 +385,19 @@ describe('header pushes: merge ownership (SPEC §2)', () => {
     expect(manager.getFallback('a')).toEqual(fallbackBefore)
     expect(manager.getMain('alice')).toEqual(mainBefore)
     expect(manager.getAllFallbacks().has('new')).toBe(false)
+  })
+
+  it("a pushed snapshot without windows is merged, as the plugin's manager merges it", async () => {
+    const { manager } = await setup()
+    await manager.refreshMain('alice', 'tok-main')
+    const polled = manager.getMain('alice')
+    const pushed = manager.pushMainFromHeaders('alice', { fallbackAdvised: true, source: 'headers' })
+    expect(pushed).not.toBeNull()
+    expect(pushed?.quota.fallbackAdvised).toBe(true)
+    expect(pushed?.quota.five_hour).toEqual(polled?.quota.five_hour)
+    expect(pushed?.quota.scoped).toEqual(polled?.quota.scoped)
+    expect(manager.getMain('alice')).toEqual(pushed)
+    expect(manager.pushFallbackFromHeaders('a', { fallbackAdvised: false })?.quota.fallbackAdvised).toBe(false)
   })
 
   it('garbage header values in a push are ignored field by field; wrong types are TypeErrors', async () => {

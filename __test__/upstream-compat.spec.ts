@@ -1,9 +1,12 @@
 // The plugin's own QuotaManager suite, ported (issue 9, /work/shared/COMPAT.md §7).
 //
-// Source: cortexkit/anthropic-auth, packages/opencode/src/tests/quota-manager.test.ts (bun:test,
-// the identity-generation revision: 69 tests). Every upstream test has exactly one test here, in
-// the same order and under the same describe blocks; each title starts with the upstream title
-// in quotes. The tests are rewritten, not copied, against this package's public API only.
+// Source: cortexkit/anthropic-auth, packages/opencode/src/tests/quota-manager.test.ts (bun:test),
+// in its newest revision (72 tests; the fork coleleavitt/anthropic-auth at 0677fd0c holds it).
+// Every upstream test has exactly one test here, in the same order and under the same describe
+// blocks; each title starts with the upstream title in quotes. The tests are rewritten, not
+// copied, against this package's public API only. After them: the three scenarios of
+// packages/core/src/tests/quota-native-transport.test.ts and the tests of the fork
+// iceteaSA/anthropic-auth about main requests per token and persisted main freshness.
 //
 // Where this package deliberately behaves better than the TypeScript QuotaManager, the test is
 // kept but asserts the better behaviour, and its title names the item of the README section
@@ -13,6 +16,11 @@
 //     "Quota refresh is already in progress".
 //   - "Backoff jitter": each backoff step is lengthened by up to 10 % (never past the 15 min cap),
 //     so a deadline is checked against its jittered bound instead of the exact ladder step.
+//   - "One request per token, one result per account": requests with different tokens for one
+//     main identity are separate, but the second, waiting on the route lock, is answered by the
+//     first one's fresh result instead of polling again.
+//   - "Only the snapshot's own fields": keys outside the snapshot shape (a legacy snapshot's
+//     `quotas`, `expires`) are not kept.
 //
 // Each test runs with a fresh temporary directory that holds both the shared state file (passed
 // as `statePath`) and the plugin's auth file (`OPENCODE_ANTHROPIC_AUTH_FILE`, as upstream sets
@@ -23,6 +31,7 @@
 // §1–§4). Where upstream holds the plugin's own file lock (`acquireRefreshFileLock`), this port
 // has a real second process hold this package's route lock by polling a slow local endpoint.
 
+import { execFile } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -337,8 +346,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
         await expect(qm.refreshFallback('fallback-1', 'fallback-token', undefined)).rejects.toThrow('429')
         const cached = await qm.refreshFallbackWithMetadata('fallback-1', 'fallback-token', undefined)
-        expect(cached.fetched).toBe(false)
-        expect(cached.quota).toMatchObject(cachedQuota)
+        expect(cached).toEqual({ quota: cachedQuota, fetched: false })
 
         now += FIRST_STEP_MAX + SECOND
         const fetched = await qm.refreshFallbackWithMetadata('fallback-1', 'fallback-token', undefined)
@@ -361,8 +369,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
         await expect(qm.refreshMain('main-account', 'main-token')).rejects.toThrow('429')
         const cached = await qm.refreshMainWithMetadata('main-account', 'main-token')
-        expect(cached.fetched).toBe(false)
-        expect(cached.quota).toMatchObject(cachedQuota)
+        expect(cached).toEqual({ quota: cachedQuota, fetched: false })
 
         now += FIRST_STEP_MAX + SECOND
         const fetched = await qm.refreshMainWithMetadata('main-account', 'main-token')
@@ -370,6 +377,36 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
         expect(fetchCalls).toBe(2)
       },
     )
+
+    test('upstream "seeds an active persisted fallback 429 backoff before polling"', async () => {
+      const fetchMock = vi.fn(async (): Promise<Response> => {
+        throw new Error('persisted fallback backoff must prevent a quota poll')
+      })
+      const qm = make({ storage: pluginStorage({ quota: { checkIntervalMinutes: 5 } }), fetchImpl: fetchMock })
+      qm.seedFallbacksFromAccounts([
+        {
+          id: 'fallback-persisted-backoff',
+          type: 'oauth',
+          access: 'fallback-token',
+          refresh: 'fallback-refresh',
+          expires: now + MINUTE,
+          quota: { five_hour: { usedPercent: 25, remainingPercent: 75, checkedAt: now - 2 * SECOND } },
+          lastQuotaRefreshError: {
+            message: 'Claude quota check failed: 429 — rate limited',
+            checkedAt: now - SECOND,
+            nextRetryAt: now + MINUTE,
+            retryCount: 1,
+            accountIdentity: 'fallback-persisted-backoff',
+          },
+        },
+      ])
+
+      expect(qm.isFallbackBackedOff('fallback-persisted-backoff')).toBe(true)
+      await expect(
+        qm.refreshFallbackWithMetadata('fallback-persisted-backoff', 'fallback-token', undefined),
+      ).resolves.toMatchObject({ fetched: false })
+      expect(fetchMock).not.toHaveBeenCalled()
+    })
 
     test(
       'upstream "first 429 backs off for 60s" — inverted, README Differences: "Backoff jitter":' +
@@ -636,19 +673,19 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
   })
 
   describe('persistence', () => {
-    test('upstream "seeds main quota from persisted storage"', () => {
+    test('upstream "seeds legacy main quota without trusting its unbound timestamp"', () => {
       const qm = make({
         now: () => 1_000_000,
-        storage: pluginStorage({
+        storage: {
           version: 1,
           accounts: [],
           quota: { mainQuota: legacyQuota(), mainQuotaCheckedAt: 900_000 },
-        }),
+        },
       })
 
       const main = qm.getMain()
       expect(main).not.toBeNull()
-      expect(main?.checkedAt).toBe(900_000)
+      expect(main?.checkedAt).toBe(0)
     })
 
     test('upstream "getMain(mainAccountId) rejects a cached entry from a different identity"', () => {
@@ -1213,7 +1250,10 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(qm.getMain()).toBeNull()
     })
 
-    test('upstream "keeps persisted main seed during backoff when the identity matches"', async () => {
+    test(
+      'upstream "keeps persisted main seed during backoff when the identity matches" (README Differences:' +
+        ' "Only the snapshot\'s own fields": the legacy `quotas` and `expires` keys are not kept)',
+      async () => {
       const fetchMock = vi.fn(async () => quotaResponse(now))
       const qm = make({
         now: () => 1_000_000,
@@ -1237,10 +1277,11 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
 
       // Same identity, rotated token, backed off: the seed is served, nothing is sent.
       const result = await qm.refreshMain('main-a', 'rotated-access-token')
-      expect(result.accountIdentity).toBe('main-a')
-      expect(result).toEqual(qm.getMain('main-a')?.quota)
+      expect(result).toEqual({ accountIdentity: 'main-a' })
+      expect(qm.getMain('main-a')).not.toBeNull()
       expect(fetchMock).not.toHaveBeenCalled()
-    })
+    },
+    )
 
     test('upstream "calls onMainQuotaFetched after successful fetch"', async () => {
       let seen: { quota: QuotaSnapshot; checkedAt: number } | null = null
@@ -1314,21 +1355,31 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
   })
 
   describe('refreshMain dedup (identity-keyed)', () => {
-    test('upstream "rotated access tokens under one main identity share one in-flight fetch"', async () => {
-      let fetchCalls = 0
-      const qm = createQM(async () => {
-        fetchCalls += 1
-        return quotaResponse(now)
-      })
+    test(
+      'upstream "rotated access tokens under one main identity use separate in-flight fetches"' +
+        ' (README Differences: "One request per token, one result per account": two requests, and' +
+        ' the second is answered by the first one\'s fresh result instead of a second poll)',
+      async () => {
+        let fetchCalls = 0
+        const qm = createQM(async () => {
+          fetchCalls += 1
+          return quotaResponse(now)
+        })
 
-      const [quotaA, quotaB] = await Promise.all([
-        qm.refreshMain('main-account', 'access-token-a'),
-        qm.refreshMain('main-account', 'access-token-b'),
-      ])
+        const [quotaA, quotaB] = await Promise.all([
+          qm.refreshMainWithMetadata('main-account', 'access-token-a'),
+          qm.refreshMainWithMetadata('main-account', 'access-token-b'),
+        ])
 
-      expect(quotaA).toEqual(quotaB)
-      expect(fetchCalls).toBe(1)
-    })
+        expect(quotaA.quota).toEqual(quotaB.quota)
+        // Separate requests: the second did not join the first one ...
+        expect(qm.stats().joinedInFlight).toBe(0)
+        // ... and whichever took the route first answered the other with the account's quota: one poll.
+        expect([quotaA.fetched, quotaB.fetched].sort()).toEqual([false, true])
+        expect(qm.stats().joinedOtherProcess).toBe(1)
+        expect(fetchCalls).toBe(1)
+      },
+    )
 
     test('upstream "concurrent different-token refreshMain: each gets its own quota"', async () => {
       let callCount = 0
@@ -1495,6 +1546,72 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(pushed !== null && 'scoped' in pushed.quota).toBe(true)
       expect(pushed?.quota.scoped).toEqual([])
     })
+
+    test('upstream "a header-only main entry stays due for its first usage poll"', () => {
+      const qm = createQM()
+      qm.pushMainFromHeaders('token', headerSnapshot())
+
+      // Headers never carry the model-scoped windows: without a poll the entry would never learn them.
+      expect(qm.isMainStale()).toBe(true)
+
+      qm.setMain('token', { quota: { scoped: [], checkedAt: now, source: 'poll' }, checkedAt: now, refreshAfter: now + MINUTE })
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(false)
+    })
+
+    test('upstream "a failed first usage poll does not re-arm header-only staleness until the next interval"', async () => {
+      let usageCalls = 0
+      const qm = createQM(async () => {
+        usageCalls += 1
+        return new Response('{"error":{"type":"permission_error"}}', { status: 403 })
+      })
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(true)
+
+      await qm.refreshMain('token', 'access-token').catch(() => {})
+      expect(usageCalls).toBe(1)
+      // A 403 arms no backoff: the header-only rule must not turn every request into a poll.
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(false)
+
+      now += 5 * MINUTE
+      qm.pushMainFromHeaders('token', headerSnapshot())
+      expect(qm.isMainStale()).toBe(true)
+    })
+
+    test(
+      '(this package) a poll attempt by another process counts for the header-only rule: one poll per interval' +
+        ' between them (README Differences: "One state file shared by every process")',
+      async () => {
+        let usageCalls = 0
+        const forbidden = async (): Promise<Response> => {
+          usageCalls += 1
+          return new Response('{"error":{"type":"permission_error"}}', { status: 403 })
+        }
+        const first = createQM(forbidden)
+        const second = createQM(forbidden)
+        first.pushMainFromHeaders('token', headerSnapshot())
+        second.pushMainFromHeaders('token', headerSnapshot())
+        expect(second.isMainStale()).toBe(true)
+
+        await first.refreshMain('token', 'access-token').catch(() => {})
+        expect(usageCalls).toBe(1)
+        // The second process still thinks a poll is owed; asked for one, it finds the first
+        // process's attempt under the route lock and answers from its cache.
+        const served = await second.refreshMainWithMetadata('token', 'access-token')
+        expect(served.fetched).toBe(false)
+        expect(usageCalls).toBe(1)
+        expect(second.isMainStale()).toBe(false)
+        // A process started now knows the attempt from the state file.
+        await first.close()
+        const third = createQM(forbidden)
+        third.pushMainFromHeaders('token', headerSnapshot())
+        expect(third.isMainStale()).toBe(false)
+
+        now += 5 * MINUTE
+        expect(second.isMainStale()).toBe(true)
+      },
+    )
 
     test('upstream "header push never introduces poll-owned scoped data"', () => {
       const qm = createQM()
@@ -1772,5 +1889,170 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       expect(pushed?.quota.scoped).toBeUndefined()
       expect(pushed?.quota.five_hour?.usedPercent).toBe(78)
     })
+  })
+})
+
+// The plugin's packages/core/src/tests/quota-native-transport.test.ts: a child process whose
+// manager has only a host transport (or none) makes a tokenless poll through it, never a direct
+// fetch, and writes nothing outside its own directory.
+describe('native quota transport (upstream quota-native-transport.test.ts)', () => {
+  const child = join(__dirname, 'fixtures', 'native-transport-child.cjs')
+
+  function runChild(root: string, scenario: string): Promise<{ exit: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+      execFile(process.execPath, [child, root, scenario], { timeout: 20_000 }, (error, stdout, stderr) => {
+        if (error && typeof error.code !== 'number') reject(error)
+        else resolve({ exit: error ? Number(error.code) : 0, stdout, stderr })
+      })
+    })
+  }
+
+  for (const scenario of ['main', 'fallback', 'missing']) {
+    test(`upstream "native quota ${scenario} transport authorizes without legacy custody flags only when a callback owns dispatch"`, async () => {
+      const root = mkdtempSync(join(tmpdir(), 'aqm-native-transport-'))
+      try {
+        const { exit, stdout, stderr } = await runChild(root, scenario)
+        expect(exit).toBe(0)
+        expect(stderr).toBe('')
+        expect(JSON.parse(stdout)).toEqual({
+          fetched: scenario !== 'missing',
+          tokenless: scenario !== 'missing',
+          calls: scenario === 'missing' ? [] : [{ kind: scenario, accountId: `synthetic-${scenario}`, accessToken: '' }],
+        })
+      } finally {
+        rmSync(root, { recursive: true, force: true })
+      }
+    })
+  }
+})
+
+// The fork iceteaSA/anthropic-auth, packages/core/src/tests/quota-manager.test.ts: main requests
+// per token, and persisted main snapshots dated by their own times.
+describe('main requests and persisted main freshness (fork iceteaSA/anthropic-auth)', () => {
+  let dir: string
+  let managers: QuotaManager[]
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'aqm-fork-'))
+    managers = []
+  })
+
+  afterEach(async () => {
+    await Promise.allSettled(managers.map((manager) => manager.close()))
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  function make(options: QuotaManagerOptions): QuotaManager {
+    const manager = new QuotaManager({ storage: null, statePath: join(dir, 'state.json'), usageUrl: NOWHERE, ...options })
+    managers.push(manager)
+    return manager
+  }
+
+  const usageBody = {
+    five_hour: { utilization: 4 },
+    seven_day: { utilization: 13 },
+    extra_usage: { is_enabled: false, monthly_limit: null, used_credits: null },
+    spend: null,
+  }
+
+  test(
+    'upstream "a completed older main request does not clear a newer in-flight refresh" (README Differences:' +
+      ' "One request per token, one result per account": token-a\'s request fails with a 401, which is' +
+      ' no answer for token-b, so token-b polls itself, as both do upstream)',
+    async () => {
+      const firstStarted = deferred<void>()
+      const releaseFirst = deferred<void>()
+      const secondStarted = deferred<void>()
+      const releaseSecond = deferred<void>()
+      let fetches = 0
+      const manager = make({
+        fetchImpl: async () => {
+          fetches += 1
+          if (fetches === 1) {
+            firstStarted.resolve()
+            await releaseFirst.promise
+            return new Response('token revoked', { status: 401 })
+          }
+          if (fetches === 2) {
+            secondStarted.resolve()
+            await releaseSecond.promise
+          }
+          return Response.json(usageBody)
+        },
+        apiCallGapMs: 0,
+      })
+
+      const first = later(manager.refreshMainWithMetadata('main', 'token-a'))
+      await within(firstStarted.promise, 'the first poll')
+      const second = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseFirst.resolve()
+      await within(secondStarted.promise, 'the second poll')
+      // token-a's request is over: had it cleared token-b's, this call would start a third.
+      const joinedSecond = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseSecond.resolve()
+
+      await expect(first).rejects.toThrow('401')
+      const [secondResult, joinedResult] = await Promise.all([second, joinedSecond])
+      expect(joinedResult).toEqual(secondResult)
+      expect(secondResult.fetched).toBe(true)
+      expect(fetches).toBe(2)
+      expect(manager.stats().joinedInFlight).toBe(1)
+    },
+  )
+
+  test(
+    'a completed older main request answers a newer one of another token with its fresh result' +
+      ' (README Differences: "One request per token, one result per account")',
+    async () => {
+      const firstStarted = deferred<void>()
+      const releaseFirst = deferred<void>()
+      let fetches = 0
+      const manager = make({
+        fetchImpl: async () => {
+          fetches += 1
+          if (fetches === 1) {
+            firstStarted.resolve()
+            await releaseFirst.promise
+          }
+          return Response.json(usageBody)
+        },
+        apiCallGapMs: 0,
+      })
+
+      const first = manager.refreshMainWithMetadata('main', 'token-a')
+      await within(firstStarted.promise, 'the first poll')
+      const second = manager.refreshMainWithMetadata('main', 'token-b')
+      releaseFirst.resolve()
+
+      const [firstResult, secondResult] = await Promise.all([first, second])
+      expect(firstResult.fetched).toBe(true)
+      expect(secondResult).toEqual({ quota: firstResult.quota, fetched: false })
+      expect(fetches).toBe(1)
+      expect(manager.stats().joinedInFlight).toBe(0)
+    },
+  )
+
+  test('upstream "an unbound future timestamp cannot replace a newer in-memory main snapshot"', () => {
+    const manager = make({ now: () => 1_000 })
+    manager.setMain('account-a', {
+      quota: { accountIdentity: 'account-a', checkedAt: 200, five_hour: { usedPercent: 20, remainingPercent: 80, checkedAt: 200 } },
+      checkedAt: 200,
+      refreshAfter: 500,
+    })
+
+    manager.seedMainFromStorage(
+      {
+        version: 1,
+        accounts: [],
+        mainAccountId: 'account-a',
+        quota: {
+          mainQuota: { accountIdentity: 'account-a', checkedAt: 100, five_hour: { usedPercent: 80, remainingPercent: 20, checkedAt: 100 } },
+          mainQuotaCheckedAt: 900,
+        },
+      },
+      'account-a',
+    )
+
+    expect(manager.getMain('account-a')).toMatchObject({ checkedAt: 200, quota: { five_hour: { usedPercent: 20 } } })
   })
 })

@@ -1,7 +1,10 @@
-// The OpenCode Anthropic auth plugin's real wiring of its QuotaManager, with this package in its
-// place: persistence through the plugin's own storage (error generations included), the identity
-// binding of the main account, request-bound refreshes, header harvests, fallback routing and
-// fail-closed answers. The plugin's helpers are declared, not implemented.
+// The OpenCode Anthropic auth plugin's earlier wiring of its QuotaManager (callbacks and header
+// pushes), with this package in its place: persistence through the plugin's own storage (error
+// generations included), the identity binding of the main account, request-bound refreshes,
+// header harvests, fallback routing and fail-closed answers. The plugin's helpers are declared,
+// not implemented. Its wiring of today (a transport that persists, entries handed over with
+// setMain, the barrel's named re-export) is in __test__/typecheck/plugin-wiring.ts and the
+// README's "Adopting it in the plugin".
 import {
   QuotaManager,
   evaluateQuota,

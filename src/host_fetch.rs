@@ -19,6 +19,14 @@ use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest};
 const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
   const finite = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
   const message = (e) => String(e && typeof e === 'object' && 'message' in e ? e.message : e)
+  // A connection that failed (Node's socket codes, or fetch's TypeError), not an answer.
+  const networkCodes = ['ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'ECONNREFUSED']
+  const networkFailure = (e) => {
+    if (e instanceof TypeError) return true
+    const codeOf = (v) => (v && typeof v === 'object' && typeof v.code === 'string' ? v.code : undefined)
+    const code = codeOf(e) ?? codeOf(e && typeof e === 'object' ? e.cause : undefined)
+    return code !== undefined && networkCodes.includes(code)
+  }
   const settle = (answer) => {
     try { answer.now = now ? finite(now()) : undefined } catch (e) { answer.now = undefined }
     try { return JSON.stringify(answer) } catch (e) {
@@ -29,7 +37,8 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
     return async (request) => {
       try {
         const snapshot = await fetchQuotaSnapshot({
-          kind: request.kind, accountId: request.accountId, accessToken: request.accessToken,
+          // No identity arrives as JSON null; the host's transport gets `undefined`, as from the plugin's manager.
+          kind: request.kind, accountId: request.accountId ?? undefined, accessToken: request.accessToken,
         })
         return settle({ kind: 'snapshot', snapshot })
       } catch (error) {
@@ -37,6 +46,7 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
         return settle({
           kind: 'rejected', status: finite(e.status), retryAfter: finite(e.retryAfter),
           retryAfterMs: finite(e.retryAfterMs), message: message(error),
+          network: networkFailure(error),
         })
       }
     }
@@ -130,6 +140,9 @@ enum Answer {
         #[serde(rename = "retryAfterMs")]
         retry_after_ms: Option<f64>,
         message: String,
+        /// The rejection is a connection failure (a socket code, or fetch's `TypeError`).
+        #[serde(default)]
+        network: bool,
         now: Option<f64>,
     },
     Failed {
@@ -173,9 +186,11 @@ impl Answer {
                 retry_after,
                 retry_after_ms,
                 message,
+                network,
                 ..
             } => HostAnswer::Rejected {
                 status: status.and_then(status_of),
+                network,
                 retry_after_ms: retry_after_ms
                     .or(retry_after.map(|s| s * 1000.0))
                     .filter(|ms| *ms >= 0.0)

@@ -150,7 +150,7 @@ fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
 /// A cache entry the host hands in; its quota is read field by field.
 fn entry_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<QuotaEntry> {
     let json = object_arg(env, value, name)?;
-    QuotaEntry::from_value_lenient(&json).ok_or_else(|| {
+    QuotaEntry::from_host_value(&json).ok_or_else(|| {
         type_error(
             env,
             format!("{name} must be {{ quota: QuotaSnapshot, checkedAt: number, refreshAfter?: number }}"),
@@ -400,7 +400,8 @@ impl QuotaManager {
     }
 
     /// Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
-    /// into the main cache, without any request. `null` when they carry no quota.
+    /// into the main cache, without any request. `null` when headers carry no quota; a snapshot
+    /// is merged even without windows, as in the plugin's manager.
     #[napi(
         catch_unwind,
         ts_args_type = "mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot",
@@ -422,7 +423,8 @@ impl QuotaManager {
     }
 
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
-    /// they carry no quota, or carry a login that was replaced.
+    /// headers carry no quota, or the observation is of a login that was replaced; a snapshot
+    /// is merged even without windows.
     #[napi(
         catch_unwind,
         ts_args_type = "accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
@@ -446,8 +448,9 @@ impl QuotaManager {
 
     // ----- polls ---------------------------------------------------------------------------
 
-    /// Polls the usage endpoint for the main account (deduplicated, paced, backed off, shared
-    /// across processes). `mainAccountId` `undefined` means the bound identity; with one
+    /// Polls the usage endpoint for the main account (one request per identity and token,
+    /// paced, backed off, shared across processes). `mainAccountId` `undefined` is an identity
+    /// of its own, as in the plugin's manager (a bound identity is unbound first); with one
     /// argument, it is both the identity and the access token. With
     /// `expectedIdentityGeneration`, rejects (no request) when the identity moved on. Callers of
     /// one request get the same promise and the same frozen snapshot. Bad arguments reject.
@@ -904,8 +907,8 @@ impl QuotaManager {
         let first = optional_string(env, first, "mainAccountId")?;
         let token = optional_string(env, access_token, "accessToken")?;
         let expected = optional_generation(env, generation)?;
-        // One argument: it is both the identity and the token. `undefined` as the identity:
-        // the bound identity.
+        // One argument: it is both the identity and the token. `undefined` as the identity is
+        // an identity of its own, as in the plugin's manager: the slot is unbound for it.
         let one_argument = first.is_some() && token.is_none();
         let (identity, token) = match (first, token) {
             (Some(first), None) => (None, first),
@@ -923,7 +926,7 @@ impl QuotaManager {
         let target = match &identity {
             Some(id) => MainTarget::Named(id),
             None if one_argument => MainTarget::Token,
-            None => MainTarget::Bound,
+            None => MainTarget::Unnamed,
         };
         let refresh = self.core.begin_refresh_main_for(target, &token, expected);
         self.promises.promise(env, refresh, shape)

@@ -53,8 +53,6 @@ export interface QuotaSnapshot {
   bindingWindow?: string
   bindingWindowSource?: 'poll' | 'headers'
   fallbackAdvised?: boolean
-  /** Unified status from headers, when present. */
-  status?: string
   source?: 'poll' | 'headers'
   /** Unix ms. */
   checkedAt?: number
@@ -101,8 +99,15 @@ export interface QuotaApiError {
 /** The host's own storage object, as the plugin keeps it; every field optional. */
 export interface AccountStorage {
   mainAccountId?: string | undefined
+  /**
+   * The rest of the plugin's storage (`version`, `accounts`, `main`, ...): accepted as it is,
+   * so the plugin hands over its whole storage object; not read.
+   */
+  [field: string]: unknown
   quota?:
     | {
+        /** The plugin's other quota settings: accepted, not read. */
+        [setting: string]: unknown
         enabled?: boolean | undefined
         checkIntervalMinutes?: number | undefined
         refreshEveryNRequests?: number | undefined
@@ -225,7 +230,10 @@ export interface QuotaManagerOptions {
   /**
    * A host transport: every poll calls it instead of HTTP (single flight, pacing, backoff, locks
    * and the state file still apply). A rejection's numeric `status` and `retryAfter` (seconds) /
-   * `retryAfterMs` classify it like an HTTP failure; no status is a network error.
+   * `retryAfterMs` classify it like an HTTP failure. Without a status it is a network error
+   * (transient) when its `code` (or its `cause`'s) is `ECONNRESET`, `ETIMEDOUT`, `ENOTFOUND` or
+   * `ECONNREFUSED`, or it is a `TypeError` (as `fetch` rejects); otherwise `QUOTA_TRANSPORT_ERROR`
+   * with a flat 5-minute backoff.
    */
   fetchQuotaSnapshot?: ((request: QuotaSnapshotRequest) => Promise<QuotaSnapshot>) | undefined
   /** Await a promise a callback returns (at most 5 s) before the refresh settles. Default `false`. */
@@ -306,6 +314,7 @@ export type QuotaErrorCode =
   | 'QUOTA_NETWORK_ERROR'
   | 'QUOTA_TIMEOUT'
   | 'QUOTA_BAD_RESPONSE'
+  | 'QUOTA_TRANSPORT_ERROR'
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
   | 'QUOTA_IDENTITY_CHANGED'

@@ -33,6 +33,9 @@ pub enum QuotaError {
     Auth { status: u16, body: String },
     /// The connection failed.
     Network(String),
+    /// The host's transport (`fetchQuotaSnapshot`) rejected with no HTTP status and no sign of
+    /// a connection failure.
+    Transport(String),
     /// The request, or a wait for another process's lock, timed out.
     Timeout(String),
     /// The body was not JSON or was too large.
@@ -58,6 +61,7 @@ impl QuotaError {
             Self::Http { .. } => "QUOTA_HTTP_ERROR",
             Self::Auth { .. } => "QUOTA_AUTH_ERROR",
             Self::Network(_) => "QUOTA_NETWORK_ERROR",
+            Self::Transport(_) => "QUOTA_TRANSPORT_ERROR",
             // API.md: QUOTA_TIMEOUT covers "the request or a lock wait timed out".
             Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
@@ -75,7 +79,9 @@ impl QuotaError {
                 FailureClass::Transient
             }
             Self::Network(_) | Self::Timeout(_) => FailureClass::Transient,
-            Self::Http { .. } | Self::BadResponse(_) => FailureClass::NonTransient,
+            Self::Http { .. } | Self::BadResponse(_) | Self::Transport(_) => {
+                FailureClass::NonTransient
+            }
             Self::Auth { .. } => FailureClass::Auth,
             Self::BackedOff { .. }
             | Self::Closed
@@ -122,6 +128,7 @@ impl fmt::Display for QuotaError {
             Self::Network(reason) => {
                 write!(f, "Claude quota check failed: network error — {reason}")
             }
+            Self::Transport(reason) => write!(f, "Claude quota check failed: {reason}"),
             Self::Timeout(reason) => write!(f, "Claude quota check timed out — {reason}"),
             Self::BadResponse(reason) => {
                 write!(f, "Claude quota check failed: bad response — {reason}")

@@ -2,7 +2,7 @@
 //! whether an account is exhausted, and until when, is decided by the routing policy and passed
 //! in as a reset time.
 
-use super::snapshot::{scoped_window_for_model, QuotaEntry, QuotaSnapshot};
+use super::snapshot::{scoped_window_for_model, QuotaEntry, QuotaSnapshot, QuotaSource};
 
 /// One minute in milliseconds (`checkIntervalMinutes` is in minutes).
 pub const MINUTE_MS: i64 = 60_000;
@@ -75,6 +75,37 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
                 .saturating_add(interval_ms)
                 .min(entry.refresh_after)
         })
+}
+
+/// When a main entry built only from response headers is due for its first usage poll:
+/// `None` when the rule does not apply (a poll result, or anything with `scoped`, even an empty
+/// list, which is a real poll result), `i64::MIN` when no poll was attempted for the account
+/// yet, else an interval after the last attempt. Headers keep the 5-hour and 7-day windows
+/// fresh but never carry the model-scoped ones, so without it such an entry would never learn
+/// them; counting the attempt, not its success, keeps a failing poll (a 403 arms no backoff)
+/// from repeating on every request.
+pub fn header_only_due_from(
+    quota: &QuotaSnapshot,
+    last_attempt_at: Option<i64>,
+    interval_ms: i64,
+) -> Option<i64> {
+    let header_only = quota.source == Some(QuotaSource::Headers) && quota.scoped.is_none();
+    header_only.then(|| last_attempt_at.map_or(i64::MIN, |at| at.saturating_add(interval_ms)))
+}
+
+/// The main route's [`stale_from`]: an entry built only from headers is also due an interval
+/// after the last poll attempt for the account, or at once without one
+/// ([`header_only_due_from`]).
+pub fn main_stale_from(
+    entry: Option<&QuotaEntry>,
+    last_attempt_at: Option<i64>,
+    interval_ms: i64,
+    model: Option<&str>,
+) -> i64 {
+    let by_time = stale_from(entry, interval_ms, model);
+    entry
+        .and_then(|entry| header_only_due_from(&entry.quota, last_attempt_at, interval_ms))
+        .map_or(by_time, |due| due.min(by_time))
 }
 
 /// The `refreshEveryNRequests` trigger: request `n` refreshes when `n > 0`, `every_n > 0` and
@@ -288,5 +319,62 @@ mod tests {
         assert!(!should_refresh_on_request_count(5, -5));
         assert!(!should_refresh_on_request_count(-10, -5));
         assert!(should_refresh_on_request_count(i64::MAX, 1));
+    }
+
+    #[test]
+    fn a_header_only_entry_is_due_until_a_poll_was_attempted_an_interval_ago_at_most() {
+        let headers = QuotaSnapshot {
+            five_hour: Some(window(T0)),
+            source: Some(QuotaSource::Headers),
+            ..QuotaSnapshot::default()
+        };
+        assert_eq!(
+            header_only_due_from(&headers, None, INTERVAL),
+            Some(i64::MIN)
+        );
+        assert_eq!(
+            header_only_due_from(&headers, Some(T0), INTERVAL),
+            Some(T0 + INTERVAL)
+        );
+        let polled_nothing_scoped = QuotaSnapshot {
+            scoped: Some(Vec::new()),
+            ..headers.clone()
+        };
+        assert_eq!(
+            header_only_due_from(&polled_nothing_scoped, None, INTERVAL),
+            None,
+            "an empty scoped list is a poll's answer"
+        );
+        let poll = QuotaSnapshot {
+            source: Some(QuotaSource::Poll),
+            ..headers
+        };
+        assert_eq!(header_only_due_from(&poll, None, INTERVAL), None);
+    }
+
+    #[test]
+    fn the_main_route_is_due_at_the_earlier_of_its_time_and_the_header_only_rule() {
+        let headers = QuotaSnapshot {
+            five_hour: Some(window(T0)),
+            source: Some(QuotaSource::Headers),
+            ..QuotaSnapshot::default()
+        };
+        let fresh = entry(headers, T0, None);
+        assert_eq!(stale_from(Some(&fresh), INTERVAL, None), T0 + INTERVAL);
+        assert_eq!(
+            main_stale_from(Some(&fresh), None, INTERVAL, None),
+            i64::MIN,
+            "never polled"
+        );
+        assert_eq!(
+            main_stale_from(Some(&fresh), Some(T0 - MINUTE_MS), INTERVAL, None),
+            T0 - MINUTE_MS + INTERVAL
+        );
+        assert_eq!(
+            main_stale_from(Some(&fresh), Some(T0 + MINUTE_MS), INTERVAL, None),
+            T0 + INTERVAL,
+            "an attempt never makes an entry fresher than its own time"
+        );
+        assert_eq!(main_stale_from(None, Some(T0), INTERVAL, None), i64::MIN);
     }
 }

@@ -5,9 +5,9 @@
 //! on its own: a garbage value drops that field, never the frame, and nothing here can panic.
 //!
 //! Decisions worth knowing:
-//! - The per-window statuses (`-5h-status`, `-7d-status`) are ignored: a snapshot has no place
-//!   for them, and the utilisation already says how full each window is. Only the unified
-//!   `status` is kept.
+//! - The statuses (`-status`, `-5h-status`, `-7d-status`) are ignored: a snapshot has no place
+//!   for them (the plugin's strict quota codec refuses a `status` key), and the utilisation
+//!   already says how full each window is.
 //! - `anthropic-ratelimit-unified-reset` (the binding window's reset) fills in the reset of the
 //!   window named by `representative-claim` when that window's own reset header is missing.
 //! - When a header occurs more than once (e.g. in two spellings), a later valid value replaces an
@@ -23,15 +23,15 @@ const PREFIX: &str = "anthropic-ratelimit-unified-";
 /// refusing it early keeps a hostile megabyte-long header cheap.
 const MAX_NUMBER_LEN: usize = 64;
 
-/// Longest `status` / `representative-claim` token we accept.
+/// Longest `representative-claim` token we accept.
 const MAX_TOKEN_LEN: usize = 64;
 
 /// 9999-12-31T23:59:59Z: later resets would not format as RFC 3339 (five-digit years), so
 /// `parse_iso_ms` could not read them back.
 const MAX_RESET_SECONDS: f64 = 253_402_300_799.0;
 
-/// The headers we read, by the name that follows [`PREFIX`]. The per-window statuses are
-/// deliberately absent (see the module docs).
+/// The headers we read, by the name that follows [`PREFIX`]. The statuses are deliberately
+/// absent (see the module docs).
 #[derive(Clone, Copy)]
 enum Field {
     FiveHourUsed,
@@ -41,10 +41,9 @@ enum Field {
     BindingReset,
     Fallback,
     Claim,
-    Status,
 }
 
-const FIELDS: [(&str, Field); 8] = [
+const FIELDS: [(&str, Field); 7] = [
     ("5h-utilization", Field::FiveHourUsed),
     ("5h-reset", Field::FiveHourReset),
     ("7d-utilization", Field::SevenDayUsed),
@@ -52,7 +51,6 @@ const FIELDS: [(&str, Field); 8] = [
     ("reset", Field::BindingReset),
     ("fallback", Field::Fallback),
     ("representative-claim", Field::Claim),
-    ("status", Field::Status),
 ];
 
 /// The fields of one header frame, before they become a snapshot.
@@ -65,7 +63,6 @@ struct Frame {
     binding_reset: Option<String>,
     fallback_advised: Option<bool>,
     representative_claim: Option<String>,
-    status: Option<String>,
 }
 
 /// Builds a header-sourced snapshot from one response's headers (SPEC §2).
@@ -99,7 +96,6 @@ pub fn parse_quota_headers<'a>(
                 frame.fallback_advised = Some(value.eq_ignore_ascii_case("available"));
             }
             Some(Field::Claim) => set(&mut frame.representative_claim, token(value)),
-            Some(Field::Status) => set(&mut frame.status, token(value)),
             None => {}
         }
     }
@@ -133,7 +129,6 @@ impl Frame {
                 .map(|_| QuotaSource::Headers),
             binding_window: self.representative_claim,
             fallback_advised: self.fallback_advised,
-            status: self.status,
             source: Some(QuotaSource::Headers),
             checked_at: Some(now_ms),
             ..QuotaSnapshot::default()
@@ -235,7 +230,6 @@ mod tests {
         assert_eq!(snapshot.fallback_advised, Some(true));
         assert_eq!(snapshot.binding_window.as_deref(), Some("five_hour"));
         assert_eq!(snapshot.binding_window_source, Some(QuotaSource::Headers));
-        assert_eq!(snapshot.status.as_deref(), Some("allowed_warning"));
         assert_eq!(snapshot.source, Some(QuotaSource::Headers));
         assert_eq!(snapshot.checked_at, Some(NOW));
         assert!(snapshot.scoped.is_none(), "headers never introduce scoped");
@@ -265,7 +259,6 @@ mod tests {
         assert_eq!(five.used_percent, 50.0);
         assert_eq!(five.resets_at.as_deref(), Some("2026-09-14T02:10:00Z"));
         assert_eq!(snapshot.fallback_advised, Some(true));
-        assert_eq!(snapshot.status.as_deref(), Some("rejected"));
         assert!(snapshot.seven_day.is_none());
     }
 
@@ -460,7 +453,6 @@ mod tests {
         ])
         .unwrap();
         assert!(snapshot.five_hour.is_none());
-        assert!(snapshot.status.is_none());
         assert_eq!(snapshot.seven_day.unwrap().used_percent, 20.0);
     }
 }
@@ -485,7 +477,9 @@ pub fn header_pairs(value: &serde_json::Value) -> Vec<(String, String)> {
 }
 
 /// What a header push carries: the response's headers, or a snapshot the host built itself.
-/// `None` when it carries no 5-hour or 7-day quota.
+/// `None` for headers that carry no 5-hour or 7-day quota, and for a value with no snapshot
+/// field at all; a snapshot without windows is still a frame (it is merged, as the plugin's
+/// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
 pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaSnapshot> {
     let object = value.as_object()?;
     let looks_like_headers = object.keys().any(|name| {
@@ -504,9 +498,10 @@ pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaS
                 .or_insert_with(|| serde_json::json!(now_ms));
         }
     }
-    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)?;
+    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)
+        .filter(|snapshot| *snapshot != QuotaSnapshot::default())?;
     snapshot.checked_at.get_or_insert(now_ms);
-    snapshot.has_windows().then_some(snapshot)
+    Some(snapshot)
 }
 
 #[cfg(test)]
@@ -530,7 +525,13 @@ mod frame_tests {
         assert_eq!(frame.five_hour.unwrap().checked_at, 2_000);
         assert_eq!(frame.checked_at, Some(2_000));
 
+        let windowless = frame_from_value(&json!({ "fallbackAdvised": true }), 3_000).unwrap();
+        assert_eq!(windowless.fallback_advised, Some(true));
+        assert_eq!(windowless.checked_at, Some(3_000));
+
         assert!(frame_from_value(&json!({ "content-type": "x" }), 0).is_none());
+        assert!(frame_from_value(&json!({ "junk": 1 }), 0).is_none());
+        assert!(frame_from_value(&json!({}), 0).is_none());
         assert!(frame_from_value(&json!("text"), 0).is_none());
     }
 }

@@ -319,8 +319,6 @@ enum SnapshotKey {
     BindingWindowSource,
     #[serde(rename = "fallbackAdvised")]
     FallbackAdvised,
-    #[serde(rename = "status")]
-    Status,
     #[serde(rename = "source")]
     Source,
     #[serde(rename = "checkedAt")]
@@ -367,7 +365,6 @@ impl<'de> Visitor<'de> for SnapshotVisitor {
                 SnapshotKey::FallbackAdvised => {
                     snapshot.fallback_advised = map.next_value::<Flag>()?.0;
                 }
-                SnapshotKey::Status => snapshot.status = map.next_value::<NonBlank>()?.0,
                 SnapshotKey::Source => snapshot.source = map.next_value::<Typed<_>>()?.0,
                 SnapshotKey::CheckedAt => {
                     snapshot.checked_at = timestamp(map.next_value::<Finite>()?.0);
@@ -410,7 +407,6 @@ mod tests {
             binding_window_source: field("bindingWindowSource")
                 .and_then(|v| Deserialize::deserialize(v).ok()),
             fallback_advised: field("fallbackAdvised").and_then(Value::as_bool),
-            status: field("status").and_then(non_blank_string),
             source: field("source").and_then(|v| Deserialize::deserialize(v).ok()),
             checked_at: field("checkedAt").and_then(timestamp_from_value),
             account_identity: field("accountIdentity").and_then(non_blank_string),
@@ -590,7 +586,6 @@ mod tests {
         assert_eq!(Some(read.clone()), snapshot_oracle(&value));
         assert!(read.five_hour.is_none());
         assert_eq!(read.seven_day.unwrap().used_percent, 7.0);
-        assert_eq!(read.status.as_deref(), Some("last"));
     }
 
     #[test]

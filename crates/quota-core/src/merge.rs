@@ -17,7 +17,7 @@ use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow};
 ///   (and its source) applies, including its absence. A binding window without a recorded source
 ///   counts as a poll's when the cached snapshot itself came from a poll (older host storage
 ///   wrote no `bindingWindowSource`).
-/// - `fallbackAdvised` and `status` are the frame's: they describe the latest response only.
+/// - `fallbackAdvised` is the frame's: it describes the latest response only.
 /// - `source` is `headers`, `checkedAt` the frame's; `accountIdentity` is the cache's, else the
 ///   frame's.
 pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
@@ -74,7 +74,6 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
         binding_window,
         binding_window_source,
         fallback_advised: frame.fallback_advised,
-        status: frame.status.clone(),
         source: Some(QuotaSource::Headers),
         checked_at: frame.checked_at,
         account_identity: cached
@@ -95,8 +94,8 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
 /// window the poll did not report at all whose reset is still ahead of the poll: a poll never
 /// erases a window it did not observe (issue 11 §7) while that window's period still runs. A
 /// window whose reset has passed (or is unknown) is not kept: it says nothing about now. When the cached snapshot itself
-/// is such a newer header frame, its header-only fields (`status`, `fallbackAdvised`) are kept
-/// too, since the poll cannot know them. `scoped`, `extraUsage` and `bindingWindow` always come
+/// is such a newer header frame, its header-only field (`fallbackAdvised`) is kept
+/// too, since the poll cannot know it. `scoped`, `extraUsage` and `bindingWindow` always come
 /// from the poll; `source` stays `poll` and `checkedAt` the poll's.
 pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -> QuotaSnapshot {
     let mut merged = poll.clone();
@@ -144,12 +143,12 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     };
     let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
         && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
-    if cached_is_newer_headers {
-        merged.status = merged.status.or_else(|| cached.status.clone());
-        if merged.fallback_advised.is_none() && cached.fallback_advised.is_some() {
-            merged.fallback_advised = cached.fallback_advised;
-            field_sources.fallback_advised = Some(cached.source_of(|f| f.fallback_advised));
-        }
+    if cached_is_newer_headers
+        && merged.fallback_advised.is_none()
+        && cached.fallback_advised.is_some()
+    {
+        merged.fallback_advised = cached.fallback_advised;
+        field_sources.fallback_advised = Some(cached.source_of(|f| f.fallback_advised));
     }
     if merged.account_identity.is_none() {
         merged.account_identity.clone_from(&cached.account_identity);
@@ -228,7 +227,6 @@ mod tests {
             binding_window: Some("five_hour".into()),
             binding_window_source: Some(QuotaSource::Headers),
             fallback_advised: Some(true),
-            status: Some("allowed_warning".into()),
             source: Some(QuotaSource::Headers),
             checked_at: Some(checked_at),
             ..Default::default()
@@ -424,15 +422,12 @@ mod tests {
     }
 
     #[test]
-    fn fallback_and_status_come_from_the_frame() {
+    fn fallback_comes_from_the_frame() {
         let mut cached = frame(100);
-        cached.status = Some("rejected".into());
         cached.fallback_advised = Some(true);
         let mut newer = frame(200);
-        newer.status = Some("allowed".into());
         newer.fallback_advised = Some(false);
         let merged = merge_header_frame(Some(&cached), &newer);
-        assert_eq!(merged.status.as_deref(), Some("allowed"));
         assert_eq!(merged.fallback_advised, Some(false));
     }
 
@@ -475,7 +470,6 @@ mod tests {
         assert_eq!(merged.binding_window_source, Some(QuotaSource::Poll));
         assert_eq!(merged.source, Some(QuotaSource::Poll));
         assert_eq!(merged.checked_at, Some(200));
-        assert_eq!(merged.status.as_deref(), Some("allowed_warning"));
         assert_eq!(merged.fallback_advised, Some(true));
     }
 

@@ -120,8 +120,6 @@ pub struct QuotaSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_advised: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<QuotaSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<i64>,
@@ -259,6 +257,18 @@ pub struct QuotaEntry {
 }
 
 impl QuotaEntry {
+    /// A cache entry the host hands in (`setMain`, `setFallback`): read like any untrusted
+    /// entry, but with `fieldSources` only as the host gave it, so that it comes back as it
+    /// was set (the plugin compares it with `toEqual`).
+    pub fn from_host_value(value: &Value) -> Option<Self> {
+        let mut entry = Self::from_value_lenient(value)?;
+        entry.quota.field_sources = value
+            .get("quota")
+            .and_then(|quota| quota.get("fieldSources"))
+            .and_then(|sources| FieldSources::deserialize(sources).ok());
+        Some(entry)
+    }
+
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         let quota = QuotaSnapshot::from_value_lenient(value.get("quota")?)?;
         let checked_at = value.get("checkedAt").and_then(timestamp_from_value)?;
@@ -365,7 +375,6 @@ mod tests {
         let scoped = snapshot.scoped.unwrap();
         assert_eq!(scoped.len(), 1);
         assert_eq!(scoped[0].title, "Fable only");
-        assert!(snapshot.status.is_none());
         assert_eq!(snapshot.checked_at, Some(7));
     }
 

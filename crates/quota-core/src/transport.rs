@@ -45,9 +45,11 @@ pub enum HostAnswer {
     },
     /// A snapshot (`fetchQuotaSnapshot` resolved).
     Snapshot(Value),
-    /// `fetchQuotaSnapshot` rejected: classified by its `status` and `retryAfter(Ms)`.
+    /// `fetchQuotaSnapshot` rejected: classified by its `status` and `retryAfter(Ms)`; without
+    /// a status, by whether it is a connection failure (`network`).
     Rejected {
         status: Option<u16>,
+        network: bool,
         retry_after_ms: Option<i64>,
         message: String,
     },
@@ -114,9 +116,10 @@ impl Transport {
             HostAnswer::Snapshot(value) => snapshot_from_host(&value, checked_at),
             HostAnswer::Rejected {
                 status,
+                network,
                 retry_after_ms,
                 message,
-            } => Err(rejection_error(status, retry_after_ms, message)),
+            } => Err(rejection_error(status, network, retry_after_ms, message)),
             HostAnswer::Failed(message) => Err(QuotaError::Network(message)),
         }
     }
@@ -133,10 +136,13 @@ fn snapshot_from_host(value: &Value, now: i64) -> Result<QuotaSnapshot, QuotaErr
     Ok(snapshot)
 }
 
-/// A rejection of `fetchQuotaSnapshot`, classified like an HTTP failure of that status; no
-/// status means a network error.
+/// A rejection of `fetchQuotaSnapshot`, classified like an HTTP failure of that status. Without
+/// a status it is a network error (transient) only when it says so (`network`); anything else
+/// (a vault that refused, a credential missing) is the host's refusal: a flat backoff, so a
+/// failing transport is not retried on the ladder's first minute.
 fn rejection_error(
     status: Option<u16>,
+    network: bool,
     retry_after_ms: Option<i64>,
     message: String,
 ) -> QuotaError {
@@ -150,7 +156,8 @@ fn rejection_error(
             retry_after_ms,
             body: message,
         },
-        _ => QuotaError::Network(message),
+        _ if network => QuotaError::Network(message),
+        _ => QuotaError::Transport(message),
     }
 }
 
@@ -162,20 +169,27 @@ mod tests {
     #[test]
     fn rejections_are_classified_by_status() {
         assert_eq!(
-            rejection_error(Some(401), None, "x".into()).failure_class(),
+            rejection_error(Some(401), false, None, "x".into()).failure_class(),
             FailureClass::Auth
         );
         assert_eq!(
-            rejection_error(Some(429), Some(5_000), "x".into()).retry_after_ms(),
+            rejection_error(Some(429), false, Some(5_000), "x".into()).retry_after_ms(),
             Some(5_000)
         );
         assert_eq!(
-            rejection_error(Some(404), None, "x".into()).failure_class(),
+            rejection_error(Some(404), false, None, "x".into()).failure_class(),
             FailureClass::NonTransient
         );
+        let network = rejection_error(None, true, None, "x".into());
+        assert_eq!(network.code(), "QUOTA_NETWORK_ERROR");
+        assert_eq!(network.failure_class(), FailureClass::Transient);
+        let refused = rejection_error(None, false, None, "vault locked".into());
+        assert_eq!(refused.code(), "QUOTA_TRANSPORT_ERROR");
+        assert_eq!(refused.failure_class(), FailureClass::NonTransient);
         assert_eq!(
-            rejection_error(None, None, "x".into()).code(),
-            "QUOTA_NETWORK_ERROR"
+            rejection_error(Some(503), true, None, "x".into()).code(),
+            "QUOTA_HTTP_ERROR",
+            "a status wins"
         );
     }
 

@@ -412,7 +412,6 @@ mod tests {
         assert_eq!(snapshot.source, Some(QuotaSource::Poll));
         assert_eq!(snapshot.checked_at, Some(NOW));
         assert_eq!(snapshot.fallback_advised, None);
-        assert_eq!(snapshot.status, None);
         assert_eq!(snapshot.account_identity, None);
     }
 

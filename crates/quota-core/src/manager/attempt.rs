@@ -26,10 +26,15 @@ pub(super) struct Attempt {
     pub key: String,
     pub token: String,
     pub generation: u64,
+    /// The id of the flight this request runs for (its callers' shared result).
+    pub flight_id: u64,
     pub started_at: i64,
     /// The cached snapshot's time when the request began; a newer one in the state file was
     /// produced by someone else meanwhile.
     pub baseline_checked_at: Option<i64>,
+    /// The route's last attempt known when the request began; a later one in the state file
+    /// was made by someone else meanwhile.
+    pub baseline_attempt_at: Option<i64>,
 }
 
 impl QuotaManager {
@@ -43,7 +48,7 @@ impl QuotaManager {
                 .state()
                 .routes
                 .attempt_slot(&attempt.route, attempt.generation)
-                .and_then(|slot| slot.in_flight.as_ref())
+                .and_then(|slot| slot.flights.by_id(attempt.flight_id))
             {
                 flight.settle_early(settled.clone());
             }
@@ -56,12 +61,13 @@ impl QuotaManager {
             .routes
             .attempt_slot(&attempt.route, attempt.generation)
         {
+            // Only its own flight: another token's request, started later, runs on.
             if slot
-                .in_flight
-                .as_ref()
-                .is_none_or(|flight| flight.finish(settled.clone()))
+                .flights
+                .by_id(attempt.flight_id)
+                .is_some_and(|flight| flight.finish(settled.clone()))
             {
-                slot.in_flight = None;
+                slot.flights.remove(attempt.flight_id);
             }
         }
         settled
@@ -154,9 +160,13 @@ impl QuotaManager {
         let interval = state.settings.interval_ms;
         // A record from a clock running ahead is adopted clamped, but never taken as another
         // process's fresh answer: clamped to "now", it would look fresh at every poll.
+        let beyond_skew = |at: i64| at > now.saturating_add(MAX_CLOCK_SKEW_MS);
         let from_the_future = record
             .and_then(|r| r.entry.as_ref())
-            .is_some_and(|e| e.checked_at > now.saturating_add(MAX_CLOCK_SKEW_MS));
+            .is_some_and(|e| beyond_skew(e.checked_at));
+        let attempt_from_the_future = record
+            .and_then(|r| r.last_attempt_at)
+            .is_some_and(beyond_skew);
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
         if state
             .routes
@@ -193,14 +203,45 @@ impl QuotaManager {
             .is_none_or(|b| entry.checked_at > b);
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
-        if produced_by_another && recent && !from_the_future {
+        if (produced_by_another && recent && !from_the_future)
+            || (!attempt_from_the_future
+                && Self::main_attempted_meanwhile(attempt, slot, now, interval))
+        {
             let outcome = RefreshOutcome {
-                quota: entry.quota.clone(),
+                quota: slot.entry()?.quota.clone(),
                 fetched: false,
             };
             return Some((Served::OtherProcess, Ok(outcome)));
         }
         None
+    }
+
+    /// Another process attempted the main route with this token while this request waited,
+    /// and knowing that, the cached entry is not due (the header-only rule counts an attempt,
+    /// not its success): polling again would make two polls in one interval. A failure met
+    /// with another token is no answer for this one.
+    fn main_attempted_meanwhile(
+        attempt: &Attempt,
+        slot: &RouteSlot,
+        now: i64,
+        interval: i64,
+    ) -> bool {
+        let record = &slot.record;
+        let Some(attempted_at) = record.last_attempt_at else {
+            return false;
+        };
+        let due = freshness::main_stale_from(
+            slot.entry().map(AsRef::as_ref),
+            Some(attempted_at),
+            interval,
+            None,
+        );
+        attempt.route == RouteId::Main
+            && attempt
+                .baseline_attempt_at
+                .is_none_or(|known| attempted_at > known)
+            && record.last_attempt_token.as_deref() == Some(fingerprint(&attempt.token).as_str())
+            && now < due
     }
 
     /// The fetch slot bounds concurrent requests only: it is given back as soon as the answer

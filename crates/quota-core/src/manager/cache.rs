@@ -74,16 +74,13 @@ impl QuotaManager {
 
     // ----- header frames -------------------------------------------------------------------
 
-    /// Merges a header frame (or a host-supplied snapshot) into the main cache. A frame for
-    /// another identity starts that identity from nothing.
+    /// Merges a header frame (or a host-supplied snapshot, windows or not) into the main cache.
+    /// A frame for another identity starts that identity from nothing.
     pub fn push_main_frame(
         &self,
         identity: Option<&str>,
         frame: QuotaSnapshot,
     ) -> Option<Arc<QuotaEntry>> {
-        if !frame.has_windows() {
-            return None;
-        }
         let mut state = self.state();
         if let Some(identity) = identity {
             state.routes.bind_main(MainIdentity::parse(identity));
@@ -91,17 +88,14 @@ impl QuotaManager {
         Some(self.merge_frame(&mut state, &RouteId::Main, frame))
     }
 
-    /// Merges a header frame into a fallback's cache; `None` for a frame without windows or one
-    /// carrying a login that was already replaced.
+    /// Merges a header frame into a fallback's cache; `None` for one carrying a login that was
+    /// already replaced.
     pub fn push_fallback_frame(
         &self,
         id: &str,
         frame: QuotaSnapshot,
         account: Option<&FallbackAccount>,
     ) -> Option<Arc<QuotaEntry>> {
-        if !frame.has_windows() {
-            return None;
-        }
         let mut state = self.state();
         if let Some(account) = account {
             let lineage = account.auth_lineage_id.as_deref();
@@ -157,8 +151,12 @@ impl QuotaManager {
             return i64::MIN;
         }
         let state = self.state();
-        freshness::stale_from(
-            state.routes.main().entry().map(Arc::as_ref),
+        let main = state.routes.main();
+        // The last attempt is the shared record's: an attempt by any process counts, so many
+        // processes still poll once per interval between them.
+        freshness::main_stale_from(
+            main.entry().map(Arc::as_ref),
+            main.record.last_attempt_at,
             state.settings.interval_ms,
             model,
         )

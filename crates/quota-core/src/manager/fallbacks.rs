@@ -54,7 +54,7 @@ impl QuotaManager {
             return true;
         };
         !slot.record.backoff.is_open(now)
-            && slot.in_flight.is_none()
+            && slot.flights.is_empty()
             && freshness::is_stale(slot.entry().map(AsRef::as_ref), now, interval, None)
     }
 }

@@ -41,8 +41,9 @@ impl MainGenerations {
 pub enum MainTarget<'a> {
     /// Named only by its token (one-argument `refreshMain`).
     Token,
-    /// Whatever identity is bound now (`refreshMain(undefined, token)`).
-    Bound,
+    /// No identity (`refreshMain(undefined, token)`), as the plugin's manager takes it: an
+    /// identity of its own, so a bound one is unbound first.
+    Unnamed,
     Named(&'a str),
 }
 
@@ -147,7 +148,7 @@ impl QuotaManager {
         Some(generation)
     }
 
-    fn schedule_main_write(&self, state: &mut super::State) {
+    pub(super) fn schedule_main_write(&self, state: &mut super::State) {
         let staged = state.stage_route(&RouteId::Main);
         self.schedule_flush(staged);
     }
@@ -260,7 +261,7 @@ impl QuotaManager {
 }
 
 /// The same account, whichever way it was named (a token and its fingerprint are one).
-fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) -> bool {
+pub(super) fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) -> bool {
     match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => {

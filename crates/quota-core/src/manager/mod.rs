@@ -152,11 +152,12 @@ impl Published for State {
         }
         self.routes
             .main()
-            .in_flight
-            .as_ref()
+            .flights
             // A finished flight waits only for its callers to be answered: a host joining it by
             // itself could no longer be counted in its tally, so it calls in (and is counted).
-            .filter(|flight| !flight.is_finished())
+            // Of several (one per token), the one the last call was handed: the host joins it
+            // only for a call with that call's identity and token, and calls in for any other.
+            .last_handed_unfinished()
             // Ids are small and only ever grow; the low 31 bits tell flights apart.
             .map_or(0, |flight| (flight.id() & 0x7fff_ffff) as i32)
     }
@@ -170,12 +171,7 @@ impl QuotaManager {
         if state.closed {
             return None;
         }
-        let flight = state
-            .routes
-            .main()
-            .in_flight
-            .as_ref()
-            .filter(|flight| !flight.is_finished())?;
+        let flight = state.routes.main().flights.last_handed_unfinished()?;
         Some((flight.id(), flight.callers()))
     }
 

@@ -6,7 +6,7 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
-use super::identity::MainTarget;
+use super::identity::{same_identity, MainTarget};
 use super::routes::{MainIdentity, RouteId};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
@@ -123,7 +123,7 @@ impl QuotaManager {
             let named_moved = match target {
                 MainTarget::Named(id) => !state.routes.main_matches(Some(id)),
                 MainTarget::Token => !state.routes.main_matches(Some(token)),
-                MainTarget::Bound => false,
+                MainTarget::Unnamed => state.routes.main_owner().is_some(),
             };
             if state.routes.generations.identity != expected || named_moved {
                 return Refresh::ready(Err(QuotaError::IdentityChanged));
@@ -132,18 +132,15 @@ impl QuotaManager {
         let identity = match target {
             MainTarget::Token => Some(MainIdentity::of_token(token)),
             MainTarget::Named(id) => Some(MainIdentity::parse(id)),
-            MainTarget::Bound => None,
+            MainTarget::Unnamed => None,
         };
-        if let Some(identity) = identity {
-            if state
-                .routes
-                .main_owner()
-                .is_some_and(|owner| *owner != identity)
-                && state.routes.generations.known
-            {
-                state.routes.generations.identity += 1;
-            }
-            state.routes.bind_main(identity);
+        let moves = !same_identity(state.routes.main_owner(), identity.as_ref());
+        if moves && state.routes.generations.known {
+            state.routes.generations.identity += 1;
+        }
+        match identity {
+            Some(identity) => state.routes.bind_main(identity),
+            None => state.routes.unbind_main(),
         }
         let (ticket, hold) = self.join_or_start(&mut state, RouteId::Main, token);
         self.settle(ticket, hold)
@@ -188,7 +185,7 @@ impl QuotaManager {
         let identity = {
             let state = self.state();
             let main = state.routes.main();
-            if state.closed || main.in_flight.is_some() || main.record.backoff.is_open(now) {
+            if state.closed || !main.flights.is_empty() || main.record.backoff.is_open(now) {
                 return None;
             }
             state.routes.main_owner().map(MainIdentity::persisted)
@@ -239,12 +236,8 @@ impl QuotaManager {
         let Some(slot) = state.routes.attempt_slot(route, generation) else {
             return;
         };
-        if slot
-            .in_flight
-            .as_ref()
-            .is_some_and(|flight| flight.id() == id && flight.answered())
-        {
-            slot.in_flight = None;
+        if slot.flights.by_id(id).is_some_and(Flight::answered) {
+            slot.flights.remove(id);
         }
     }
 
@@ -274,6 +267,7 @@ impl QuotaManager {
         token: &str,
     ) -> (Ticket<Settled>, Option<FlightHold>) {
         let now = self.now();
+        let flight_key = route.flight_key(token);
         let generation = {
             let slot = state.routes.slot_mut(&route);
             if slot.record.backoff.is_open(now) {
@@ -282,8 +276,9 @@ impl QuotaManager {
                 self.recheck_backoff_soon(state, &route, now);
                 return (Ticket::ready(cached), None);
             }
-            if let Some(running) = &slot.in_flight {
-                let hold = self.hold(&route, slot.generation, running.id());
+            if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
+                let id = running.id();
+                let hold = self.hold(&route, slot.generation, id);
                 let ticket = running.join();
                 if ticket.counts_itself {
                     // Joined once the request was done: its starter's tally was final. Counted
@@ -293,10 +288,12 @@ impl QuotaManager {
                         self.count_late_joiner(served);
                     }
                 }
+                slot.flights.handed(id);
                 return (ticket, Some(hold));
             }
             slot.generation
         };
+        let flight_id = state.routes.next_id();
         let attempt = Attempt {
             identity: state.routes.snapshot_identity(&route),
             key: state.routes.key(&route).to_string(),
@@ -305,9 +302,14 @@ impl QuotaManager {
                 .slot(&route)
                 .and_then(|slot| slot.entry())
                 .map(|e| e.checked_at),
+            baseline_attempt_at: state
+                .routes
+                .slot(&route)
+                .and_then(|slot| slot.record.last_attempt_at),
             route: route.clone(),
             token: token.to_owned(),
             generation,
+            flight_id,
             started_at: now,
         };
         let manager = self.clone();
@@ -322,9 +324,13 @@ impl QuotaManager {
             })
         }
         .boxed();
-        let (flight, ticket) = Flight::lead(state.routes.next_id(), work);
-        let hold = self.hold(&route, generation, flight.id());
-        state.routes.slot_mut(&route).in_flight = Some(flight);
+        let (flight, ticket) = Flight::lead(flight_id, work);
+        let hold = self.hold(&route, generation, flight_id);
+        state
+            .routes
+            .slot_mut(&route)
+            .flights
+            .start(flight_key, flight);
         (ticket, Some(hold))
     }
 }

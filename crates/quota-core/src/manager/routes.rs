@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use super::single_flight::Flight;
+use super::single_flight::{Flight, Flights};
 use crate::fingerprint::fingerprint;
 use crate::host::FallbackAccount;
 use crate::route_key::RouteKey;
@@ -77,6 +77,19 @@ pub(super) enum RouteId {
     Fallback(String),
 }
 
+impl RouteId {
+    /// Which of the route's running requests a caller with `token` shares: on the main route
+    /// only one with the same token (a failure belongs to the token that met it: a 401 for a
+    /// revoked token is no answer for its successor); on a fallback route the one running,
+    /// whatever the token (a rotated token of one login joins it).
+    pub fn flight_key(&self, token: &str) -> Option<String> {
+        match self {
+            Self::Main => Some(fingerprint(token)),
+            Self::Fallback(_) => None,
+        }
+    }
+}
+
 /// One route's cache, backoff and running request.
 #[derive(Default)]
 pub(super) struct RouteSlot {
@@ -87,7 +100,8 @@ pub(super) struct RouteSlot {
     retired_lineages: Vec<String>,
     /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
     pub generation: u64,
-    pub in_flight: Option<Flight<Settled>>,
+    /// Its running requests: one per token on the main route, one in all on a fallback route.
+    pub flights: Flights<Settled>,
     /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
     /// login named later is then a replacement, as upstream.
     lineage_observed: bool,
@@ -281,7 +295,7 @@ impl Routes {
     pub fn running_flights(&self) -> Vec<super::single_flight::Shared<Settled>> {
         std::iter::once(&self.main)
             .chain(self.fallbacks.values())
-            .filter_map(|slot| Some(slot.in_flight.as_ref()?.wait()))
+            .flat_map(|slot| slot.flights.iter().map(Flight::wait))
             .collect()
     }
 
@@ -301,7 +315,7 @@ impl Routes {
             },
             retired_lineages: retired,
             generation,
-            in_flight: None,
+            flights: Flights::default(),
             lineage_observed: false,
             lineage_memo,
             backoff_rechecked_at: AtomicI64::default(),
@@ -393,6 +407,19 @@ impl Routes {
             }
         }
         self.claim_main();
+    }
+
+    /// Unbinds the main slot (`refreshMain(undefined, …)`): the account it was bound to keeps
+    /// its backoff and pacing under its key, its cache is dropped, and the unnamed route gets
+    /// back what it had.
+    pub fn unbind_main(&mut self) {
+        if self.main_owner.is_none() {
+            return;
+        }
+        self.leave_main();
+        self.reset(&RouteId::Main, None);
+        self.main_owner = None;
+        self.return_to_main();
     }
 
     /// Keeps a main route of the state file until the host names its account.

@@ -18,7 +18,9 @@ const SEED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// What the host persisted for one route.
 struct Persisted<'a> {
     quota: Option<&'a QuotaSnapshot>,
-    /// When the host says the snapshot was taken, if it keeps that apart from the snapshot.
+    /// The host's separate time for a main snapshot (`mainQuotaCheckedAt`): it marks a main
+    /// snapshot the host kept, windows or not, but never dates it (it is when the host wrote
+    /// it, not when the quota was seen).
     checked_at: Option<i64>,
     last_error: Option<&'a ApiErrorRecord>,
 }
@@ -69,8 +71,11 @@ impl Persisted<'_> {
         let has_any_window =
             |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
         if let Some(quota) = self.quota.filter(|q| main_legacy || has_any_window(q)) {
-            // As the plugin dates a persisted snapshot: its latest window or its own time.
-            let checked_at = self.checked_at.or_else(|| quota.latest_checked_at());
+            // As the plugin dates a persisted snapshot: by its own times (its latest window or
+            // its own `checkedAt`); a legacy one without any is dated 0, due at once.
+            let checked_at = quota
+                .latest_checked_at()
+                .or_else(|| main_legacy.then_some(0));
             if let Some(checked_at) = checked_at {
                 if main_legacy && Self::restore_poll_fields(slot, quota, checked_at) {
                     return;
@@ -157,7 +162,13 @@ impl QuotaManager {
         if let (Some(identity), false) = (&identity, known) {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
+        let held_error = state.routes.main().record.backoff.last_error.is_some();
         let adopt_error = Self::seed_main_generations(state, storage, now);
+        if held_error && state.routes.main().record.backoff.last_error.is_none() {
+            // The host's store says the backoff was cleared (the plugin's reset command): the
+            // shared state file must not keep it for the other processes either.
+            self.schedule_main_write(state);
+        }
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {
             if quota.account_identity.is_none() && !state.routes.generations.strict_known() {

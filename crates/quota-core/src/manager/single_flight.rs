@@ -151,6 +151,70 @@ impl<T: Clone> Flight<T> {
     }
 }
 
+/// The flights running on one route, each under a key: callers share a flight only when their
+/// keys match (the main route keys its flights by token, so a caller with another token never
+/// joins a request it did not ask for). A flight is found and removed by its id, so a flight
+/// that ends never takes another one, started later, with it.
+pub(super) struct Flights<T: Clone> {
+    running: Vec<(Option<String>, Flight<T>)>,
+    /// The flight the last caller was handed (it started or joined it).
+    last_handed: Option<u64>,
+}
+
+impl<T: Clone> Default for Flights<T> {
+    fn default() -> Self {
+        Self {
+            running: Vec::new(),
+            last_handed: None,
+        }
+    }
+}
+
+impl<T: Clone> Flights<T> {
+    /// The flight callers with `key` join.
+    pub fn keyed(&self, key: Option<&str>) -> Option<&Flight<T>> {
+        self.running
+            .iter()
+            .find(|(k, _)| k.as_deref() == key)
+            .map(|(_, flight)| flight)
+    }
+
+    pub fn by_id(&self, id: u64) -> Option<&Flight<T>> {
+        self.iter().find(|flight| flight.id() == id)
+    }
+
+    /// Adds a flight for `key`, handed to its first caller; a finished one left under the same
+    /// key gives way to it.
+    pub fn start(&mut self, key: Option<String>, flight: Flight<T>) {
+        self.last_handed = Some(flight.id());
+        self.running.retain(|(k, _)| *k != key);
+        self.running.push((key, flight));
+    }
+
+    /// A caller joined the flight `id`.
+    pub fn handed(&mut self, id: u64) {
+        self.last_handed = Some(id);
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.running.retain(|(_, flight)| flight.id() != id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Flight<T>> {
+        self.running.iter().map(|(_, flight)| flight)
+    }
+
+    /// The flight the last caller was handed, while its work is not done.
+    pub fn last_handed_unfinished(&self) -> Option<&Flight<T>> {
+        self.by_id(self.last_handed?)
+            .filter(|flight| !flight.is_finished())
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> Ticket<T> {
     /// An answer known at once: no flight, nobody to join.
     pub fn ready(value: T) -> Self {
@@ -225,6 +289,41 @@ mod tests {
         let (flight, _leader) = Flight::lead(4, async { 1 }.boxed());
         assert!(!flight.answered(), "not finished yet");
         assert!(flight.finish(1));
+    }
+
+    #[tokio::test]
+    async fn flights_under_other_keys_are_apart_and_one_ending_leaves_the_others() {
+        let mut flights = Flights::default();
+        let (older, _a) = Flight::lead(1, futures::future::pending::<u8>().boxed());
+        let (newer, _b) = Flight::lead(2, futures::future::pending::<u8>().boxed());
+        flights.start(Some("a".to_owned()), older);
+        flights.start(Some("b".to_owned()), newer);
+        assert_eq!(flights.keyed(Some("a")).map(Flight::id), Some(1));
+        assert_eq!(flights.keyed(Some("b")).map(Flight::id), Some(2));
+        assert!(flights.keyed(None).is_none());
+        assert_eq!(flights.last_handed_unfinished().map(Flight::id), Some(2));
+        flights.handed(1);
+        assert_eq!(flights.last_handed_unfinished().map(Flight::id), Some(1));
+        flights.handed(2);
+        flights.remove(1);
+        assert!(flights.keyed(Some("a")).is_none());
+        assert_eq!(
+            flights.by_id(2).map(Flight::id),
+            Some(2),
+            "the older flight's end leaves the newer one"
+        );
+        assert!(!flights.by_id(2).unwrap().finish(9));
+        assert!(
+            flights.last_handed_unfinished().is_none(),
+            "a finished flight is not published"
+        );
+        let (again, _c) = Flight::lead(3, futures::future::pending::<u8>().boxed());
+        flights.start(Some("b".to_owned()), again);
+        assert_eq!(
+            flights.iter().count(),
+            1,
+            "the finished one under that key gave way"
+        );
     }
 
     #[tokio::test]

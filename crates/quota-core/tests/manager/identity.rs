@@ -88,6 +88,7 @@ async fn a_host_transport_replaces_only_the_poll() {
         ManagerConfig {
             transport: transport(HostAnswer::Rejected {
                 status: Some(429),
+                network: false,
                 retry_after_ms: Some(120_000),
                 message: "slow down".into(),
             }),
