@@ -198,6 +198,7 @@ impl QuotaManager {
                 quota: entry.quota.clone(),
                 fetched: false,
             };
+            slot.answered_with_adopted();
             return Some((Served::OtherProcess, Ok(outcome)));
         }
         None
