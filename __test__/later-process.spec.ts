@@ -2,7 +2,8 @@
 // the account, however it names it. One real `node` child polls and exits; a second one, started
 // afterwards, asks for the same account and must be answered with the first one's result
 // (`fetched: false`), with no request to the usage endpoint. Through the shared state file, and
-// through Redis (each host then has a state file of its own, so only Redis is shared).
+// through Redis (hosts with a state file each, so only Redis is shared; and processes of one
+// machine sharing both).
 //
 // The same pair naming *another* account must still poll: a record is adopted only by the route
 // it belongs to (`main:<id>`, `main:token:<fingerprint>`, `fallback:<id>`).
@@ -74,7 +75,7 @@ const STORES: Store[] = [
     },
   },
   {
-    name: 'Redis',
+    name: 'Redis (a state file per host)',
     skip: redisMissing !== null,
     processes() {
       const keyPrefix = `aqm-later-${randomBytes(4).toString('hex')}:`
@@ -84,6 +85,17 @@ const STORES: Store[] = [
         lockTimeoutMs: 20_000,
         redis: { url: redis?.url ?? '', keyPrefix },
       })
+    },
+  },
+  {
+    // Processes of one machine with Redis configured: the later one also finds the record in
+    // the state file it seeds from, and must still take it, from Redis, without a request.
+    name: 'Redis (hosts of one machine, one state file)',
+    skip: redisMissing !== null,
+    processes() {
+      const keyPrefix = `aqm-later-${randomBytes(4).toString('hex')}:`
+      const statePath = join(tempDir(), 'state.json')
+      return () => ({ statePath, usageUrl: sim.url, lockTimeoutMs: 20_000, redis: { url: redis?.url ?? '', keyPrefix } })
     },
   },
 ]
