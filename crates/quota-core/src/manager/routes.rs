@@ -182,10 +182,10 @@ impl RouteSlot {
         }
         let before = self.record.entry.clone();
         self.record.merge(incoming);
-        let replaced = match (&before, &self.record.entry) {
+        let replaced = match (&before, self.entry()) {
             (Some(before), Some(after)) => !Arc::ptr_eq(before, after),
-            (None, after) => after.is_some(),
-            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (_, None) => false,
         };
         if replaced {
             self.adopted_checked_at = self.entry().map(|e| e.checked_at);

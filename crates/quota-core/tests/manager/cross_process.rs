@@ -180,31 +180,39 @@ async fn a_result_from_a_clock_up_to_a_minute_ahead_is_served_and_one_further_ah
 /// refresh asks for a newer result; and another account's record never answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_started_later_takes_the_fresh_result_of_the_route_it_names() {
+    async fn main_fetched(quota: &QuotaManager, id: Option<&str>, token: &str) -> bool {
+        quota.refresh_main(id, token).await.unwrap().fetched
+    }
+    async fn fallback_fetched(quota: &QuotaManager, id: &str, token: &str) -> bool {
+        quota
+            .refresh_fallback(id, token, None)
+            .await
+            .unwrap()
+            .fetched
+    }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let server = endpoint(0).await;
     let clock = ManualClock::new(START);
     let requests = || server.requests.load(Ordering::SeqCst);
     let first = manager(config(&server.url, Some(state.clone())), &clock);
-    assert!(first.refresh_main(Some("alice"), "t").await.unwrap().fetched);
-    assert!(first.refresh_main(None, "t2").await.unwrap().fetched);
-    assert!(first.refresh_fallback("fb-1", "f", None).await.unwrap().fetched);
+    assert!(main_fetched(&first, Some("alice"), "t").await);
+    assert!(main_fetched(&first, None, "t2").await);
+    assert!(fallback_fetched(&first, "fb-1", "f").await);
     first.begin_close().await;
     assert_eq!(requests(), 3);
     clock.advance(2_000);
 
     let later = || manager(config(&server.url, Some(state.clone())), &clock);
     let by_id = later();
-    assert!(!by_id.refresh_main(Some("alice"), "t").await.unwrap().fetched);
-    let by_token = later();
-    assert!(!by_token.refresh_main(None, "t2").await.unwrap().fetched);
-    let fallback = later();
-    assert!(!fallback.refresh_fallback("fb-1", "f", None).await.unwrap().fetched);
+    assert!(!main_fetched(&by_id, Some("alice"), "t").await);
+    assert!(!main_fetched(&later(), None, "t2").await);
+    assert!(!fallback_fetched(&later(), "fb-1", "f").await);
     assert_eq!(requests(), 3);
 
     clock.advance(2_000);
-    assert!(by_id.refresh_main(Some("alice"), "t").await.unwrap().fetched);
-    assert!(later().refresh_main(Some("bob"), "t3").await.unwrap().fetched);
-    assert!(later().refresh_fallback("fb-2", "f2", None).await.unwrap().fetched);
+    assert!(main_fetched(&by_id, Some("alice"), "t").await);
+    assert!(main_fetched(&later(), Some("bob"), "t3").await);
+    assert!(fallback_fetched(&later(), "fb-2", "f2").await);
     assert_eq!(requests(), 6);
 }
