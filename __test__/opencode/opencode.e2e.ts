@@ -5,7 +5,7 @@
 // request to the right account's token, and each exit by itself with status 0.
 //
 // Run by `.ci/run` (`npm run test:opencode`); not part of `npm test`, because it installs
-// OpenCode (about 150 MB, cached in `.ci-cache/`) and takes a minute or two.
+// OpenCode (about 150 MB, cached in `.ci-cache/`) and takes a few minutes.
 //
 // Learnt on the way: `opencode run` takes its project directory from `PWD`; a fresh HOME makes
 // the first run set itself up, and several first runs at once race there, so the HOME is warmed
