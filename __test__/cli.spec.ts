@@ -245,7 +245,7 @@ describe('anthropic-quota-manager status', () => {
 })
 
 describe('anthropic-quota-manager refresh', () => {
-  it('sends one usage request per refresh through a QuotaManager, and prints the status', async () => {
+  it('sends one usage request through a QuotaManager and prints the status; a second run within the window sends none', async () => {
     const state = path.join(dir, 'refresh.json')
     const env = { CLI_TEST_TOKEN: 'token-cli' }
     const before = sim.requests
@@ -258,10 +258,14 @@ describe('anthropic-quota-manager refresh', () => {
     const second = await cli(['refresh', '--token-env', 'CLI_TEST_TOKEN', '--state', state, '--url', sim.url, '--json'], env)
     expect(second.code).toBe(0)
     const doc = JSON.parse(second.stdout)
-    // an explicit refresh polls again (paced by apiCallGapMs), on the same route
-    expect(doc.refresh).toMatchObject({ ok: true, fetched: true })
+    // A process started later within the freshness window (issue 17): the first run's result
+    // answers it, on the same route, with no request.
+    expect(doc.refresh).toMatchObject({ ok: true, fetched: false })
     expect(doc.status.routes).toHaveLength(1)
-    expect(sim.requests - before).toBe(2)
+    expect(sim.requests - before).toBe(1)
+    const third = await cli(['refresh', '--token-env', 'CLI_TEST_TOKEN', '--state', state, '--url', sim.url], env)
+    expect(third.stdout).toContain('answered from the state file (no request)')
+    expect(sim.requests - before).toBe(1)
     expect(fs.readFileSync(state, 'utf8')).not.toContain('token-cli')
   })
 
@@ -270,9 +274,10 @@ describe('anthropic-quota-manager refresh', () => {
     const run = await cli(['refresh', '--token-env', 'CLI_TEST_TOKEN', '--state', statePath, '--url', sim.url, '--json'], { CLI_TEST_TOKEN: 'token-main' })
     expect(run.code).toBe(0)
     const doc = JSON.parse(run.stdout)
-    expect(doc.refresh).toMatchObject({ ok: true, fetched: true, identity: 'me@example.com' })
+    // That route's record is fresh: it answers, with no request (issue 17).
+    expect(doc.refresh).toMatchObject({ ok: true, fetched: false, identity: 'me@example.com' })
     expect(doc.status.routes.filter((r: { kind: string }) => r.kind === 'main')).toHaveLength(2)
-    expect(sim.requests).toBe(before + 1)
+    expect(sim.requests).toBe(before)
   })
 
   it('obeys the shared backoff: a backed-off route sends nothing and exits 1 with a one-line error', async () => {

@@ -291,8 +291,8 @@ error.
 
 Refreshes the main route once through a QuotaManager, then prints the status.
 It obeys the shared refresh lock, pacing and backoff: a backed-off route, or one
-another process has just refreshed, is answered from the state file without a
-request. Otherwise one usage request is sent.
+another process refreshed within the freshness window, is answered from the
+state file without a request. Otherwise one usage request is sent.
 
   --token-env NAME  environment variable holding the OAuth access token
                     (never printed or written; only its fingerprint)
@@ -411,7 +411,7 @@ async function refresh(argv) {
     print(JSON.stringify({ refresh: result, status: doc }, null, 2))
   } else {
     const who = result.identity ? `main:${result.identity}` : 'main route'
-    if (result.ok) print(fit(`${who}: ${result.fetched ? 'refreshed (one usage request sent)' : 'answered from the state file (backed off, or just refreshed elsewhere)'}`, WIDTH))
+    if (result.ok) print(fit(`${who}: ${result.fetched ? 'refreshed (one usage request sent)' : 'answered from the state file (no request)'}`, WIDTH))
     else process.stderr.write(fit(`${PROGRAM}: refresh: ${who}: ${result.error.code}: ${result.error.message}`, WIDTH) + '\n')
     print('\n' + renderStatus(doc))
   }

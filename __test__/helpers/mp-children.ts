@@ -26,6 +26,8 @@ export interface CallerResult {
   ok: boolean
   checkedAt?: number
   source?: string
+  /** With `metadata: true`: whether this caller's refresh sent the request. */
+  fetched?: boolean
   code?: string
   path?: string
   status?: number
@@ -51,6 +53,7 @@ export interface WorkerOptions {
   lockTimeoutMs?: number
   requestTimeoutMs?: number
   apiCallGapMs?: number
+  redis?: { url: string; keyPrefix?: string }
   backoff?: { initialMs?: number; maxMs?: number; nonTransientMs?: number; jitter?: number }
 }
 

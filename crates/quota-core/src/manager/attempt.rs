@@ -211,6 +211,7 @@ impl QuotaManager {
                 quota: slot.entry()?.quota.clone(),
                 fetched: false,
             };
+            slot.answered_with_adopted();
             return Some((Served::OtherProcess, Ok(outcome)));
         }
         None

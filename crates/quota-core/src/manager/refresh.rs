@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
 use super::identity::{same_identity, MainTarget};
-use super::routes::{MainIdentity, RouteId};
+use super::routes::{MainIdentity, RouteId, RouteSlot};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
@@ -300,8 +300,7 @@ impl QuotaManager {
             baseline_checked_at: state
                 .routes
                 .slot(&route)
-                .and_then(|slot| slot.entry())
-                .map(|e| e.checked_at),
+                .and_then(RouteSlot::own_checked_at),
             baseline_attempt_at: state
                 .routes
                 .slot(&route)

@@ -109,6 +109,9 @@ pub(super) struct RouteSlot {
     /// When the shared store was last looked at for this route's backoff (see
     /// `recheck_backoff_soon`): atomic, so a read-only question can claim the next look.
     backoff_rechecked_at: AtomicI64,
+    /// The `checkedAt` of a snapshot taken from the shared store (another process's result)
+    /// that no refresh here has answered with yet (see [`RouteSlot::own_checked_at`]).
+    adopted_checked_at: Option<i64>,
 }
 
 /// The last login id a slot was handed and its fingerprint: the host hands the same one with
@@ -153,6 +156,21 @@ impl RouteSlot {
         self.record.entry.as_ref()
     }
 
+    /// The time of the cached snapshot when this process knew it already (its own poll, header
+    /// push or host write, or another process's result a refresh here has answered with): a
+    /// refresh then asks for a newer one. `None` when nothing is cached, or when the cached
+    /// snapshot was only taken from the shared store: it is this route's own record, written by
+    /// another process, and when still fresh it answers the refresh with no request.
+    pub fn own_checked_at(&self) -> Option<i64> {
+        let at = self.entry()?.checked_at;
+        (self.adopted_checked_at != Some(at)).then_some(at)
+    }
+
+    /// A refresh answered with the adopted snapshot: from now on this process knows it.
+    pub fn answered_with_adopted(&mut self) {
+        self.adopted_checked_at = None;
+    }
+
     /// Claims the next look at the shared store for this route when the last was at least
     /// `every_ms` ago; `false` when it is not time yet (or another caller claimed it).
     pub fn claim_backoff_recheck(&self, now: i64, every_ms: i64) -> bool {
@@ -176,7 +194,16 @@ impl RouteSlot {
         {
             return;
         }
+        let before = self.record.entry.clone();
         self.record.merge(incoming);
+        let replaced = match (&before, self.entry()) {
+            (Some(before), Some(after)) => !Arc::ptr_eq(before, after),
+            (None, Some(_)) => true,
+            (_, None) => false,
+        };
+        if replaced {
+            self.adopted_checked_at = self.entry().map(|e| e.checked_at);
+        }
     }
 }
 
@@ -319,6 +346,7 @@ impl Routes {
             lineage_observed: false,
             lineage_memo,
             backoff_rechecked_at: AtomicI64::default(),
+            adopted_checked_at: None,
         };
     }
 

@@ -173,3 +173,46 @@ async fn a_result_from_a_clock_up_to_a_minute_ahead_is_served_and_one_further_ah
     );
     assert_eq!(server.requests.load(Ordering::SeqCst), 3);
 }
+
+/// Issue 17: a manager constructed after another one polled (a process started later) is
+/// answered, for the account it names, by the fresh record the other one wrote for exactly that
+/// account's route, however it names it; once that record has answered it, a further explicit
+/// refresh asks for a newer result; and another account's record never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_started_later_takes_the_fresh_result_of_the_route_it_names() {
+    async fn main_fetched(quota: &QuotaManager, id: Option<&str>, token: &str) -> bool {
+        quota.refresh_main(id, token).await.unwrap().fetched
+    }
+    async fn fallback_fetched(quota: &QuotaManager, id: &str, token: &str) -> bool {
+        quota
+            .refresh_fallback(id, token, None)
+            .await
+            .unwrap()
+            .fetched
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    let clock = ManualClock::new(START);
+    let requests = || server.requests.load(Ordering::SeqCst);
+    let first = manager(config(&server.url, Some(state.clone())), &clock);
+    assert!(main_fetched(&first, Some("alice"), "t").await);
+    assert!(main_fetched(&first, None, "t2").await);
+    assert!(fallback_fetched(&first, "fb-1", "f").await);
+    first.begin_close().await;
+    assert_eq!(requests(), 3);
+    clock.advance(2_000);
+
+    let later = || manager(config(&server.url, Some(state.clone())), &clock);
+    let by_id = later();
+    assert!(!main_fetched(&by_id, Some("alice"), "t").await);
+    assert!(!main_fetched(&later(), None, "t2").await);
+    assert!(!fallback_fetched(&later(), "fb-1", "f").await);
+    assert_eq!(requests(), 3);
+
+    clock.advance(2_000);
+    assert!(main_fetched(&by_id, Some("alice"), "t").await);
+    assert!(main_fetched(&later(), Some("bob"), "t3").await);
+    assert!(fallback_fetched(&later(), "fb-2", "f2").await);
+    assert_eq!(requests(), 6);
+}
