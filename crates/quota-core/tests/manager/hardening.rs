@@ -423,7 +423,9 @@ async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
     })
     .await;
 
-    // At exit no task runs any more: the queue is written on the calling thread.
+    // At exit no task runs any more: the queue is written on the calling thread. The count is
+    // read once the writer is idle: a write shows in the file a moment before it is counted.
+    quota.flush().await;
     quota.set_fallback("c", entry(START + 1), None);
     let written = quota.stats().state_writes;
     quota.flush_now();
