@@ -9,8 +9,8 @@
 #      package (zig compiles ring's C against its MinGW headers, as MSVC's are not here; `zig lib`
 #      archives it);
 #   3. wine: cross-build the addon for x86_64-pc-windows-gnu and run it under Wine with the
-#      official Node for Windows: the smoke test, then the state-file and multi-process vitest
-#      files (real node.exe children sharing one state file and its locks).
+#      official Node for Windows: the smoke test, then the state-file, multi-process, exit and
+#      console-signal vitest files (real node.exe children sharing one state file and its locks).
 # Runs as root on a fresh Debian machine: installs what it needs (apt, rustup targets, PyPI and
 # npm packages into a cache directory reused by later runs).
 #
@@ -49,7 +49,7 @@ WINE=/usr/lib/wine/wine64
 # behaviour is covered under Wine by the other multi-process tests: children that wait for each
 # other's lock, a killed lock holder, corrupt files, counters across processes).
 WINE_SKIPPED_TESTS='20 rounds in a row|backs off all 8|SIGKILLed mid-write \(200 times\)|for 5 s lose no route'
-WINE_TEST_FILES=(__test__/multiprocess.spec.ts __test__/route-lock.spec.ts __test__/exit.spec.ts)
+WINE_TEST_FILES=(__test__/multiprocess.spec.ts __test__/route-lock.spec.ts __test__/exit.spec.ts __test__/windows-signals.spec.ts)
 WINE_TIMEOUT=900 # seconds for the vitest run under Wine
 
 BINARY_NAME=$(node -p 'require("./package.json").napi.binaryName')
@@ -257,8 +257,8 @@ run_under_wine() {
   step "vitest under Wine (node.exe $NODE_WIN_VERSION): ${WINE_TEST_FILES[*]}"
   out=$WORK/vitest
   rc=0
-  (cd "$stage" && timeout --kill-after=10 "$WINE_TIMEOUT" "$WINE" "$NODE_EXE" node_modules/vitest/vitest.mjs run \
-    --reporter=verbose --color=false -t "^(?!.*($WINE_SKIPPED_TESTS))" "${WINE_TEST_FILES[@]}" >"$out.out" 2>"$out.err") || rc=$?
+  (cd "$stage" && NO_COLOR=1 timeout --kill-after=10 "$WINE_TIMEOUT" "$WINE" "$NODE_EXE" node_modules/vitest/vitest.mjs run \
+    --reporter=verbose -t "^(?!.*($WINE_SKIPPED_TESTS))" "${WINE_TEST_FILES[@]}" >"$out.out" 2>"$out.err") || rc=$?
   cat "$out.out"
   if ((rc != 0)); then
     cat "$out.err" >&2

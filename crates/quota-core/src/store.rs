@@ -12,9 +12,9 @@
 //! (another build of this package during an upgrade) is never moved or overwritten: the store
 //! runs read-only for as long as that file is there. Quarantined copies are bounded.
 
-use std::collections::BTreeMap;
 mod platform;
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -524,8 +524,8 @@ impl StateStore {
             let _ = fs::remove_file(&temp_path);
             return Err(Self::error(&self.path, e));
         }
-        let stamp = FileStamp::of(&file).map_err(|e| Self::error(&self.path, e))?;
-        *self.parsed_copy() = Some(ParsedCopy {
+        // The file is in place: a stamp that cannot be read only costs the next reader a parse.
+        *self.parsed_copy() = FileStamp::of(&file).ok().map(|stamp| ParsedCopy {
             stamp,
             state: Arc::new(state.clone()),
         });
