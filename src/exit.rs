@@ -8,6 +8,11 @@
 //! `once` listener that flushes and then, when the host has no listener of its own, re-raises
 //! the signal with no listener left (the default action: the process ends by that signal). When
 //! the host has listeners, the host decides; ours only flushes and listens again.
+//!
+//! Windows has its own set: SIGINT (Ctrl+C), SIGBREAK (Ctrl+Break) and SIGHUP (the console window
+//! closes; Windows ends the process seconds later). It never raises SIGTERM, and `process.kill`
+//! there can only end a process (as SIGTERM: SIGBREAK and SIGHUP cannot be sent), so that is how
+//! the default action is re-raised.
 
 use std::cell::{Cell, RefCell};
 
@@ -49,10 +54,11 @@ pub fn flush_at_exit(env: &Env, manager: &QuotaManager) -> Result<()> {
 /// re-arm itself and re-raise from inside the listener).
 fn flush_on_signals(env: &Env) -> Result<()> {
     const INSTALL: &str = r"(function (flush) {
-        for (const signal of ['SIGINT', 'SIGTERM']) {
+        const windows = process.platform === 'win32'
+        for (const signal of windows ? ['SIGINT', 'SIGBREAK', 'SIGHUP'] : ['SIGINT', 'SIGTERM']) {
             const onSignal = () => {
                 flush()
-                if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+                if (process.listenerCount(signal) === 0) process.kill(process.pid, windows ? 'SIGTERM' : signal)
                 else process.once(signal, onSignal)
             }
             process.once(signal, onSignal)

@@ -12,10 +12,11 @@
 //! (another build of this package during an upgrade) is never moved or overwritten: the store
 //! runs read-only for as long as that file is there. Quarantined copies are bounded.
 
+mod platform;
+
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, TryLockError};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use super::backoff::{BackoffConfig, BackoffState};
 use super::error::QuotaError;
 use super::fingerprint::fingerprint;
 use super::snapshot::QuotaEntry;
+use platform::{open_lock_file, FileStamp};
 
 /// The schema this build reads and writes. A file of an older (or no) version is set aside; a
 /// file of a newer version belongs to a newer build and is left alone (see [`Loaded`]).
@@ -246,31 +248,6 @@ struct ParsedCopy {
     state: Arc<StateFile>,
 }
 
-/// What tells one version of the file from another: writers replace the file by renaming a new
-/// one over it, so a new version has a new inode (and its own change time, length, mtime).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    device: u64,
-    inode: u64,
-    len: u64,
-    modified_ns: i128,
-    changed_ns: i128,
-}
-
-impl FileStamp {
-    fn of(metadata: &fs::Metadata) -> Self {
-        Self {
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            len: metadata.len(),
-            modified_ns: i128::from(metadata.mtime()) * 1_000_000_000
-                + i128::from(metadata.mtime_nsec()),
-            changed_ns: i128::from(metadata.ctime()) * 1_000_000_000
-                + i128::from(metadata.ctime_nsec()),
-        }
-    }
-}
-
 impl StateStore {
     pub fn new(path: PathBuf) -> Self {
         let with_suffix = |suffix: &str| {
@@ -364,7 +341,7 @@ impl StateStore {
         self.ensure_locks_dir()?;
         let lock_path = self.route_lock_path(key);
         let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
-        fs4::FileExt::lock(&file).map_err(|e| Self::error(&lock_path, e))?;
+        file.lock().map_err(|e| Self::error(&lock_path, e))?;
         Ok(RouteLock { _file: file })
     }
 
@@ -385,8 +362,8 @@ impl StateStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::error(&self.path, e)),
         };
-        let metadata = file.metadata().map_err(|e| Self::error(&self.path, e))?;
-        Ok(Some((file, FileStamp::of(&metadata))))
+        let stamp = FileStamp::of(&file).map_err(|e| Self::error(&self.path, e))?;
+        Ok(Some((file, stamp)))
     }
 
     fn read_opened(&self, mut file: File) -> Result<Parsed, QuotaError> {
@@ -442,10 +419,10 @@ impl StateStore {
         self.ensure_locks_dir()?;
         let lock_path = self.route_lock_path(key);
         let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
-        match fs4::FileExt::try_lock(&file) {
+        match file.try_lock() {
             Ok(()) => Ok(Some(RouteLock { _file: file })),
-            Err(fs4::TryLockError::WouldBlock) => Ok(None),
-            Err(fs4::TryLockError::Error(e)) => Err(Self::error(&lock_path, e)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(Self::error(&lock_path, e)),
         }
     }
 
@@ -465,10 +442,10 @@ impl StateStore {
         // stalled: poll it up to a deadline rather than block on it.
         let started = Instant::now();
         loop {
-            match fs4::FileExt::try_lock(&file) {
+            match file.try_lock() {
                 Ok(()) => return Ok(file),
-                Err(fs4::TryLockError::WouldBlock) => {}
-                Err(fs4::TryLockError::Error(e)) => return Err(Self::error(&self.lock_path, e)),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(Self::error(&self.lock_path, e)),
             }
             let waited = started.elapsed();
             if waited >= self.lock_timeout {
@@ -528,31 +505,31 @@ impl StateStore {
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
         self.remove_abandoned_temp_files(dir);
-        // tempfile creates the file with mode 0600 in the target directory, so the rename
-        // below stays on one filesystem and is atomic.
+        // tempfile creates the file in the target directory (so the rename below stays on one
+        // filesystem and is atomic), with mode 0600 on Unix; Windows restricts it here.
         let mut temp = tempfile::Builder::new()
             .prefix(&self.temp_prefix())
             .rand_bytes(TEMP_RANDOM_CHARS)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
             .map_err(|e| Self::error(dir, e))?;
-        let metadata = temp
-            .write_all(&bytes)
+        temp.write_all(&bytes)
             .and_then(|()| temp.as_file().sync_all())
-            .and_then(|()| temp.as_file().metadata())
+            .and_then(|()| platform::make_private_file(temp.path()))
             .map_err(|e| Self::error(temp.path(), e))?;
-        temp.persist(&self.path)
-            .map_err(|e| Self::error(&self.path, e.error))?;
-        // The rename changes the inode's change time: stamp the file as it now is, through the
-        // path (another writer may only replace it under the state lock, which the caller holds).
-        let renamed = fs::metadata(&self.path).unwrap_or(metadata);
-        *self.parsed_copy() = Some(ParsedCopy {
-            stamp: FileStamp::of(&renamed),
+        // Kept (no longer deleted on drop) and renamed by hand: the handle stays open to stamp
+        // the file as it is after the rename, which changes its change time.
+        let (file, temp_path) = temp.keep().map_err(|e| Self::error(dir, e.error))?;
+        if let Err(e) = platform::replace(&temp_path, &self.path) {
+            let _ = fs::remove_file(&temp_path);
+            return Err(Self::error(&self.path, e));
+        }
+        // The file is in place: a stamp that cannot be read only costs the next reader a parse.
+        *self.parsed_copy() = FileStamp::of(&file).ok().map(|stamp| ParsedCopy {
+            stamp,
             state: Arc::new(state.clone()),
         });
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Self::error(dir, e))
+        platform::sync_dir(dir).map_err(|e| Self::error(dir, e))
     }
 
     fn temp_prefix(&self) -> String {
@@ -582,28 +559,23 @@ impl StateStore {
         if dir.as_os_str().is_empty() || dir.is_dir() {
             return Ok(());
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Self::error(dir, e))
+        platform::create_private_dir(dir).map_err(|e| Self::error(dir, e))
     }
 
     /// The `.locks` directory belongs to this package (its name is ours), so it is made private
     /// even when it already exists with wider permissions. The state file's own directory is
     /// the user's (`OpenCode`'s config dir) and is never changed; see the module docs.
     fn ensure_locks_dir(&self) -> Result<(), QuotaError> {
-        use std::os::unix::fs::PermissionsExt;
         let dir = &self.locks_dir;
         match fs::symlink_metadata(dir) {
             Ok(meta) if meta.file_type().is_symlink() => Err(Self::error(
                 dir,
                 std::io::Error::other("is a symbolic link; refusing to follow it"),
             )),
-            Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 => {
+            Ok(meta) if meta.is_dir() => {
                 // Best effort: a directory of another owner cannot be changed, and lock files
                 // are opened without following links, so a planted link there is harmless.
-                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+                let _ = platform::make_private_dir(dir, &meta);
                 Ok(())
             }
             Ok(_) => Ok(()),
@@ -671,18 +643,6 @@ fn is_quarantine_stamp(stamp: &str) -> bool {
         })
 }
 
-/// Opens (creating) a lock file, never through a symbolic link: a planted or dangling link must
-/// not make us create or lock its target.
-fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-}
-
 /// Parses the file: corrupt when it is not a JSON object or has no (or an older) schema version;
 /// [`Parsed::Newer`] for a newer version. A single damaged route record is dropped rather than
 /// condemning the whole file; unknown top-level fields are kept for the next write.
@@ -717,8 +677,17 @@ fn parse_state(bytes: &[u8]) -> Parsed {
     })
 }
 
+/// The variable that names the user's home directory where Node's `os.homedir()` looks first:
+/// `OpenCode` (through xdg-basedir) and the plugin put their config under `<home>/.config/opencode`
+/// on Windows too, with home `%USERPROFILE%` there.
+#[cfg(windows)]
+const HOME_VAR: &str = "USERPROFILE";
+#[cfg(not(windows))]
+const HOME_VAR: &str = "HOME";
+
 /// The default state file: `$OPENCODE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/opencode`, else
-/// `~/.config/opencode`, each holding `anthropic-quota-state.json`.
+/// `~/.config/opencode` (`%USERPROFILE%\.config\opencode` on Windows), each holding
+/// `anthropic-quota-state.json`.
 pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     // The plugin's own files moved (its tests, users who relocate them): the quota state
@@ -739,7 +708,7 @@ pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBu
     } else if let Some(xdg) = non_empty("XDG_CONFIG_HOME") {
         PathBuf::from(xdg).join("opencode")
     } else {
-        PathBuf::from(non_empty("HOME")?)
+        PathBuf::from(non_empty(HOME_VAR)?)
             .join(".config")
             .join("opencode")
     };
@@ -784,17 +753,20 @@ mod tests {
 
     #[test]
     fn a_missing_file_reads_empty_and_the_first_write_creates_a_private_directory() {
-        use std::os::unix::fs::PermissionsExt;
         let (_dir, store) = store();
         assert!(store.load().unwrap().state.routes.is_empty());
         store.apply(&[merge("main:a", record(5))]).unwrap();
-        let dir_mode = fs::metadata(store.path().parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(dir_mode & 0o777, 0o700);
-        let file_mode = fs::metadata(store.path()).unwrap().permissions().mode();
-        assert_eq!(file_mode & 0o777, 0o600);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let dir_mode = fs::metadata(store.path().parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(dir_mode & 0o777, 0o700);
+            let file_mode = fs::metadata(store.path()).unwrap().permissions().mode();
+            assert_eq!(file_mode & 0o777, 0o600);
+        }
         assert_eq!(store.read_route("main:a").unwrap(), Some(record(5)));
     }
 
@@ -976,7 +948,7 @@ mod tests {
         // flock belongs to the open file description: a second open() in this process is, to
         // the store, another process holding the lock (e.g. one stopped with Ctrl-Z).
         let holder = open_lock_file(&store.lock_path).unwrap();
-        fs4::FileExt::lock(&holder).unwrap();
+        holder.lock().unwrap();
         let store = store.with_lock_timeout(Duration::from_millis(150));
         let (sender, receiver) = std::sync::mpsc::channel();
         let writer = store.clone();
@@ -1015,6 +987,9 @@ mod tests {
         assert!(!theirs.exists());
     }
 
+    // Creating a symbolic link on Windows needs a privilege most users lack; the Windows form
+    // (reparse points opened as such and refused) is the same check through other calls.
+    #[cfg(unix)]
     #[test]
     fn lock_paths_never_follow_symbolic_links() {
         let (_dir, store) = store();
@@ -1033,6 +1008,7 @@ mod tests {
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
     }
 
+    #[cfg(unix)]
     #[test]
     fn an_existing_world_writable_locks_directory_is_made_private() {
         use std::os::unix::fs::PermissionsExt;
@@ -1183,7 +1159,7 @@ mod tests {
         static ALL: [(&str, &str); 3] = [
             ("OPENCODE_CONFIG_DIR", "/oc"),
             ("XDG_CONFIG_HOME", "/xdg"),
-            ("HOME", "/h"),
+            (HOME_VAR, "/h"),
         ];
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| {

@@ -97,6 +97,7 @@ impl RedisServer {
         self.run();
     }
 
+    #[cfg(unix)]
     fn signal(&self, signal: libc::c_int) {
         let pid = self.child.as_ref().expect("running").id();
         // SAFETY: a plain kill(2) on our own child's pid.
@@ -108,6 +109,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        #[cfg(unix)]
         if self.child.is_some() {
             self.signal(libc::SIGCONT);
         }
@@ -443,16 +445,19 @@ async fn a_stopped_or_killed_redis_fails_every_call_within_its_timeout_and_a_res
     s.apply(&[merge("main:acct", record(1))], None)
         .await
         .unwrap();
-    let (held, _) = acquire(&s, "main:held").await;
 
-    // Stops answering (SIGSTOP): connected, silent.
-    server.signal(libc::SIGSTOP);
-    every_call_fails_within(&s, Duration::from_secs(3)).await;
-    assert!(tokio::time::timeout(Duration::from_secs(3), held.release())
-        .await
-        .expect("release hung")
-        .is_err());
-    server.signal(libc::SIGCONT);
+    // Stops answering (SIGSTOP, which has no Windows form): connected, silent.
+    #[cfg(unix)]
+    {
+        let (held, _) = acquire(&s, "main:held").await;
+        server.signal(libc::SIGSTOP);
+        every_call_fails_within(&s, Duration::from_secs(3)).await;
+        assert!(tokio::time::timeout(Duration::from_secs(3), held.release())
+            .await
+            .expect("release hung")
+            .is_err());
+        server.signal(libc::SIGCONT);
+    }
 
     // Gone (connection refused).
     server.kill();

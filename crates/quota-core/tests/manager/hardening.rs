@@ -22,7 +22,7 @@ fn hold_state_lock(state: &std::path::Path) -> std::fs::File {
         .write(true)
         .open(state.with_file_name(name))
         .unwrap();
-    fs4::FileExt::try_lock(&file).unwrap();
+    file.try_lock().unwrap();
     file
 }
 
