@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::client::{interpret_response, MAX_BODY_BYTES};
+use crate::client::{interpret_response, redact_strings, scrub_message, MAX_BODY_BYTES};
 use crate::error::QuotaError;
 use crate::snapshot::{QuotaSnapshot, QuotaSource};
 
@@ -54,6 +54,10 @@ pub enum HostAnswer {
     /// The host's function failed in a way that says nothing about the endpoint (a `fetch`
     /// rejection, a non-object answer): a network error.
     Failed(String),
+    /// The host's function failed because it called the manager back for the route it was
+    /// polling (a call that would have waited for itself): the host's bug, not the endpoint's,
+    /// so no backoff.
+    Reentered(String),
 }
 
 /// A host transport. `fetches_without_token`: polls may be made with an empty token (the
@@ -111,13 +115,27 @@ impl Transport {
                     checked_at,
                 )
             }
-            HostAnswer::Snapshot(value) => snapshot_from_host(&value, checked_at),
+            // What the host hands back is scrubbed as an HTTP answer is: its messages and the
+            // strings of its snapshot reach the state file, `onApiError` and the rejection.
+            HostAnswer::Snapshot(mut value) => {
+                redact_strings(&mut value, &token);
+                snapshot_from_host(&value, checked_at)
+            }
             HostAnswer::Rejected {
                 status,
                 retry_after_ms,
                 message,
-            } => Err(rejection_error(status, retry_after_ms, message)),
-            HostAnswer::Failed(message) => Err(QuotaError::Network(message)),
+            } => Err(rejection_error(
+                status,
+                retry_after_ms,
+                scrub_message(&message, &token),
+            )),
+            HostAnswer::Failed(message) => {
+                Err(QuotaError::Network(scrub_message(&message, &token)))
+            }
+            HostAnswer::Reentered(message) => {
+                Err(QuotaError::Reentered(scrub_message(&message, &token)))
+            }
         }
     }
 }
@@ -157,6 +175,7 @@ fn rejection_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::MAX_ERROR_BODY_CHARS;
     use crate::error::FailureClass;
 
     #[test]
@@ -189,5 +208,88 @@ mod tests {
         assert_eq!(snapshot.source, Some(QuotaSource::Poll));
         assert_eq!(snapshot.checked_at, Some(42));
         assert!(snapshot_from_host(&serde_json::json!(3), 1).is_err());
+    }
+
+    /// A host transport that always gives the same answer.
+    struct Answering(HostAnswer);
+
+    impl HostTransport for Answering {
+        fn poll(&self, _: PollRequest) -> BoxFuture<'static, HostAnswer> {
+            let answer = self.0.clone();
+            Box::pin(async move { answer })
+        }
+        fn fetches_without_token(&self) -> bool {
+            false
+        }
+    }
+
+    const TOKEN: &str = "sk-ant-oat01-secret-token";
+
+    async fn fetch_through(answer: HostAnswer) -> Result<QuotaSnapshot, QuotaError> {
+        let request = PollRequest {
+            kind: PollKind::Main,
+            account_id: None,
+            access_token: TOKEN.into(),
+            url: "http://127.0.0.1/usage".into(),
+            headers: Vec::new(),
+        };
+        Transport(Arc::new(Answering(answer)))
+            .fetch(request, Duration::from_secs(5), || 7)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_host_rejection_or_failure_is_redacted() {
+        let rejected = fetch_through(HostAnswer::Rejected {
+            status: Some(429),
+            retry_after_ms: None,
+            message: format!("upstream 429 for Bearer {TOKEN} "),
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            rejected.to_string(),
+            "Claude quota check failed: 429 — upstream 429 for Bearer [redacted]"
+        );
+        let failed = fetch_through(HostAnswer::Failed(format!(
+            "fetch failed: {{\"authorization\":\"Bearer {TOKEN}\"}}"
+        )))
+        .await
+        .unwrap_err();
+        assert!(!failed.to_string().contains(TOKEN), "{failed}");
+        assert!(failed.to_string().contains("Bearer [redacted]"), "{failed}");
+        let auth = fetch_through(HostAnswer::Rejected {
+            status: Some(401),
+            retry_after_ms: None,
+            message: TOKEN.repeat(400),
+        })
+        .await
+        .unwrap_err();
+        assert!(!auth.to_string().contains("oat01"), "{auth}");
+        assert!(auth.to_string().len() < 2 * MAX_ERROR_BODY_CHARS, "{auth}");
+    }
+
+    #[tokio::test]
+    async fn a_poll_failed_by_the_hosts_own_call_back_arms_no_backoff() {
+        let error = fetch_through(HostAnswer::Reentered(format!("refreshMain inside {TOKEN}")))
+            .await
+            .unwrap_err();
+        assert_eq!(error.failure_class(), FailureClass::None);
+        assert_eq!(error.to_string(), "refreshMain inside [redacted]");
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_host_snapshot_string_is_redacted() {
+        let snapshot = fetch_through(HostAnswer::Snapshot(serde_json::json!({
+            "five_hour": { "usedPercent": 10, "checkedAt": 5 },
+            "status": format!("allowed for {TOKEN}"),
+            "scoped": [{ "id": "claude-weekly-scoped-x", "title": TOKEN, "modelName": TOKEN,
+                         "usedPercent": 1, "remainingPercent": 99, "checkedAt": 5 }],
+        })))
+        .await
+        .unwrap();
+        let stored = serde_json::to_string(&snapshot).unwrap();
+        assert!(!stored.contains(TOKEN), "{stored}");
+        assert_eq!(snapshot.status.as_deref(), Some("allowed for [redacted]"));
     }
 }
