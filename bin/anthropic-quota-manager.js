@@ -244,8 +244,10 @@ function buildStatus(doc, statePath, now = Date.now()) {
     if (isObject(routes[key])) views.push(routeView(key, routes[key], now))
     else skipped++
   }
-  const skippedKeys = Array.isArray(doc.skipped) ? doc.skipped.map((k) => ({ key: String(k.key), reason: String(k.reason) })) : []
-  return { schema: JSON_SCHEMA, statePath, now, routes: views, skippedRecords: skipped, skippedKeys }
+  const view = { schema: JSON_SCHEMA, statePath, now, routes: views, skippedRecords: skipped }
+  // Redis only: the keys under the route prefix that hold no route record.
+  if (Array.isArray(doc.skipped)) view.skippedKeys = doc.skipped.map((k) => ({ key: String(k.key), reason: String(k.reason) }))
+  return view
 }
 
 function windowLine(label, w) {

@@ -241,10 +241,10 @@ impl RouteStore for StateStore {
         _guard: Option<&'a RouteGuard>,
         now: i64,
     ) -> BoxFuture<'a, Result<Loaded, StoreError>> {
-        // Under the file lock, with the route lock held by the caller: no fence needed. The
-        // file's writers share this machine's clock: no skew is allowed.
+        // Under the file lock, with the route lock held by the caller: no fence needed.
         let (store, updates) = (self.clone(), updates.to_vec());
-        blocking(move || store.apply_as_of(&updates, now)).boxed()
+        let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
+        blocking(move || store.apply_as_of(&updates, trusted_until)).boxed()
     }
 }
 
@@ -473,8 +473,8 @@ impl SharedStore {
         self.apply_as_of(updates, guard, i64::MAX).await
     }
 
-    /// [`SharedStore::apply`] by a process whose clock reads `now`: a record dated after it
-    /// (beyond the skew allowed between hosts, in Redis) yields to the update.
+    /// [`SharedStore::apply`] by a process whose clock reads `now`: a record dated after it,
+    /// beyond the skew allowed, yields to the update.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],

@@ -45,8 +45,9 @@ pub const MAX_QUARANTINED_COPIES: usize = 5;
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts at a held lock.
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
-/// How far ahead of this host's clock a timestamp written by another host (through Redis) may
-/// lie. Processes on one machine share its clock: through the state file alone none is allowed.
+/// How far ahead of this process's clock another's observation may be dated: the skew between
+/// hosts sharing Redis, a clock step, or a host whose `now` lags the machine's clock. Beyond
+/// it, an observation comes from a clock running ahead (or a damaged value).
 pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
@@ -189,12 +190,11 @@ pub struct AdoptionLimits {
 }
 
 impl AdoptionLimits {
-    /// The limits for a manager with this backoff configuration, freshness interval and clock
-    /// skew allowance: the longest window is the largest of the ladder cap, the flat delay and
-    /// `maxRetryAfterMs`.
-    pub fn new(backoff: &BackoffConfig, refresh_interval_ms: i64, max_clock_skew_ms: i64) -> Self {
+    /// The limits for a manager with this backoff configuration and freshness interval: the
+    /// longest window is the largest of the ladder cap, the flat delay and `maxRetryAfterMs`.
+    pub fn new(backoff: &BackoffConfig, refresh_interval_ms: i64) -> Self {
         Self {
-            max_clock_skew_ms,
+            max_clock_skew_ms: MAX_CLOCK_SKEW_MS,
             max_backoff_ms: backoff
                 .max_ms
                 .max(backoff.non_transient_ms)
@@ -1114,7 +1114,7 @@ mod tests {
     }
 
     fn limits() -> AdoptionLimits {
-        AdoptionLimits::new(&BackoffConfig::default(), 300_000, MAX_CLOCK_SKEW_MS)
+        AdoptionLimits::new(&BackoffConfig::default(), 300_000)
     }
 
     #[test]
@@ -1160,8 +1160,11 @@ mod tests {
         let entry = near.entry.as_ref().unwrap();
         assert_eq!(entry.checked_at, NOW + MAX_CLOCK_SKEW_MS);
         assert_eq!(entry.refresh_after, NOW + MAX_CLOCK_SKEW_MS + 300_000);
-        // Without a skew allowance (one machine), one millisecond ahead is too far.
-        let no_skew = AdoptionLimits::new(&BackoffConfig::default(), 300_000, 0);
+        // Without a skew allowance, one millisecond ahead is too far.
+        let no_skew = AdoptionLimits {
+            max_clock_skew_ms: 0,
+            ..limits()
+        };
         let ahead = record(NOW + 1).clamped(NOW, &no_skew);
         assert_eq!(ahead.entry.as_ref().unwrap().checked_at, NOW);
         assert_eq!(ahead.entry.as_ref().unwrap().refresh_after, NOW);

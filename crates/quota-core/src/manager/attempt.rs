@@ -15,7 +15,7 @@ use crate::merge::merge_poll_result;
 use crate::shared_store::{RouteGuard, StoreError};
 use crate::snapshot::QuotaSnapshot;
 use crate::stats::bump;
-use crate::store::RouteRecord;
+use crate::store::{RouteRecord, MAX_CLOCK_SKEW_MS};
 
 /// What one leader request knows about itself.
 pub(super) struct Attempt {
@@ -156,7 +156,7 @@ impl QuotaManager {
         // process's fresh answer: clamped to "now", it would look fresh at every poll.
         let from_the_future = record
             .and_then(|r| r.entry.as_ref())
-            .is_some_and(|e| e.checked_at > now.saturating_add(self.clock_skew_allowance()));
+            .is_some_and(|e| e.checked_at > now.saturating_add(MAX_CLOCK_SKEW_MS));
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
         if state
             .routes
@@ -264,15 +264,7 @@ impl QuotaManager {
         else {
             return (snapshot, false);
         };
-        // A cached snapshot dated after this clock (plus the skew allowed) came from a clock
-        // running ahead: the poll just made is newer, whatever the dates say.
-        let trusted_until = now.saturating_add(self.clock_skew_allowance());
-        let cached = slot.entry().map(|e| &e.quota).filter(|quota| {
-            quota
-                .latest_checked_at()
-                .is_none_or(|at| at <= trusted_until)
-        });
-        let quota = merge_poll_result(cached, &snapshot);
+        let quota = merge_poll_result(slot.entry().map(|e| &e.quota), &snapshot);
         slot.record.entry = Some(state.settings.entry(quota.clone(), checked_at, now));
         slot.record.token_fingerprint = Some(token_fingerprint.to_owned());
         let had_error = slot.record.backoff.last_error.is_some();

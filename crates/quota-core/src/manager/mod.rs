@@ -47,7 +47,7 @@ use crate::host::HostStorage;
 use crate::redis_store::{RedisConfig, RedisStore};
 use crate::shared_store::SharedStore;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT, MAX_CLOCK_SKEW_MS};
+use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
@@ -266,21 +266,7 @@ impl QuotaManager {
 
     /// Bounds for times adopted from the shared file (a clock running ahead, a damaged value).
     fn adoption_limits(&self, interval_ms: i64) -> AdoptionLimits {
-        AdoptionLimits::new(
-            &self.inner.config.backoff,
-            interval_ms,
-            self.clock_skew_allowance(),
-        )
-    }
-
-    /// How far ahead of this process's clock another's observation may be dated: the skew
-    /// between hosts when they share Redis; none on one machine (its processes share a clock).
-    fn clock_skew_allowance(&self) -> i64 {
-        if self.inner.config.redis.is_some() {
-            MAX_CLOCK_SKEW_MS
-        } else {
-            0
-        }
+        AdoptionLimits::new(&self.inner.config.backoff, interval_ms)
     }
 
     /// Warnings about the trust store (an unreadable `SSL_CERT_FILE`...), for the host to print.
