@@ -1177,6 +1177,62 @@ mod tests {
         let _ = far.clamped(i64::MIN, &limits());
     }
 
+    /// The merge rule, tie by tie: on equal times what is here stays (the snapshot and its
+    /// fingerprint, the last attempt's token), equal backoff changes are folded together, an
+    /// older backoff change is ignored, and an update without a login keeps this one's.
+    #[test]
+    fn merge_keeps_what_is_here_on_ties_and_folds_equal_backoff_changes() {
+        use crate::backoff::BackoffState;
+        let backoff = |attempts, next| BackoffState {
+            attempts,
+            next_retry_at: Some(next),
+            last_error: None,
+        };
+        let mut here = record(5);
+        here.token_fingerprint = Some("aaaaaaaaaaaaaaaa".into());
+        here.backoff = backoff(3, 100);
+        here.backoff_updated_at = 10;
+        here.last_attempt_at = Some(7);
+        here.last_attempt_token = Some("here".into());
+        here.lineage = Some("login-1".into());
+        let mut tie = record(5);
+        tie.token_fingerprint = Some("bbbbbbbbbbbbbbbb".into());
+        tie.backoff = backoff(1, 50);
+        tie.backoff_updated_at = 10;
+        tie.last_attempt_at = Some(7);
+        tie.last_attempt_token = Some("there".into());
+        let mut merged = here.clone();
+        merged.merge(&tie);
+        assert_eq!(merged.entry, here.entry);
+        assert_eq!(merged.token_fingerprint, here.token_fingerprint);
+        assert_eq!(merged.backoff, backoff(3, 100), "folded, not replaced");
+        assert_eq!(merged.last_attempt_token.as_deref(), Some("here"));
+        assert_eq!(merged.lineage.as_deref(), Some("login-1"));
+
+        let mut older = tie.clone();
+        older.backoff = backoff(9, 900);
+        older.backoff_updated_at = 9;
+        let mut merged = here.clone();
+        merged.merge(&older);
+        assert_eq!(
+            merged.backoff,
+            backoff(3, 100),
+            "an older change is ignored"
+        );
+
+        let mut newer = record(6);
+        newer.backoff = backoff(1, 50);
+        newer.backoff_updated_at = 11;
+        newer.last_attempt_at = Some(8);
+        newer.last_attempt_token = Some("newer".into());
+        let mut merged = here.clone();
+        merged.merge(&newer);
+        assert_eq!(merged.entry, newer.entry);
+        assert_eq!(merged.backoff, backoff(1, 50), "a newer change replaces");
+        assert_eq!(merged.last_attempt_token.as_deref(), Some("newer"));
+        assert_eq!(merged.lineage.as_deref(), Some("login-1"));
+    }
+
     #[test]
     fn a_write_replaces_a_record_dated_after_the_writers_clock() {
         const NOW: i64 = 1_789_000_000_000;

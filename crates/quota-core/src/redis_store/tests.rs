@@ -370,6 +370,27 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
         ]
     );
     assert_eq!(s.load_all().await.unwrap().len(), 1);
+
+    // Any other refusal is an error, not a skipped key: a client that may not read hashes.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("no-hget")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-hget")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut limited = config(&server);
+    limited.url = format!("redis://no-hget:secret@127.0.0.1:{}/", server.port);
+    let limited = RedisStore::new(&limited).unwrap();
+    assert!(matches!(
+        limited.load_all_reporting().await,
+        Err(RedisStoreError::Unavailable(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
