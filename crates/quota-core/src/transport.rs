@@ -270,6 +270,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fetch_response_is_read_like_http_and_only_a_large_success_body_is_refused() {
+        let response = |status, body: String| HostAnswer::Response {
+            status,
+            retry_after: Some("120".into()),
+            body,
+        };
+        let small = r#"{"five_hour":{"utilization":9}}"#.to_owned();
+        let polled = fetch_through(response(200, small)).await.unwrap();
+        assert_eq!(polled.five_hour.map(|w| w.used_percent), Some(9.0));
+        let large = "x".repeat(MAX_BODY_BYTES + 1);
+        let refused = fetch_through(response(200, large.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), "QUOTA_BAD_RESPONSE");
+        // A large error page is still that status's failure, with its Retry-After.
+        let limited = fetch_through(response(429, large)).await.unwrap_err();
+        assert_eq!(limited.code(), "QUOTA_HTTP_ERROR");
+        assert_eq!(limited.retry_after_ms(), Some(120_000));
+        assert_eq!(
+            format!(
+                "{:?}",
+                Transport(Arc::new(Answering(HostAnswer::Failed(String::new()))))
+            ),
+            "Transport(host)"
+        );
+    }
+
+    #[tokio::test]
     async fn a_poll_failed_by_the_hosts_own_call_back_arms_no_backoff() {
         let error = fetch_through(HostAnswer::Reentered(format!("refreshMain inside {TOKEN}")))
             .await
