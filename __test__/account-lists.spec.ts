@@ -1118,7 +1118,7 @@ describe('refreshAllFallbacks', () => {
     expect('threw' in outcome && outcome.threw.message).toContain('Promise')
     // The native method reads a list holding anything but plain objects: the same answer.
     const odd = [account('a'), junk<FallbackAccount>(new AccountRecord('b', snapshot(T0)))]
-    expectTypeErrorNaming(await refreshBoth(twin, 'async resolver, native', (manager) => manager.refreshAllFallbacks(odd, async () => 'tok')), 'accounts[0]')
+    expectTypeErrorNaming(await refreshBoth(twin, 'async resolver, native', (manager) => manager.refreshAllFallbacks(odd, () => junk<string>(Promise.resolve('tok')))), 'accounts[0]')
     expect(facadeSim.requests).toBe(0)
     expect(nativeSim.requests).toBe(0)
     twin.expectSameState()
