@@ -196,6 +196,11 @@ mod tests {
             rejection_error(None, None, "x".into()).code(),
             "QUOTA_NETWORK_ERROR"
         );
+        // A rejection that names a success status says nothing about the endpoint either.
+        assert_eq!(
+            rejection_error(Some(200), Some(5_000), "x".into()).code(),
+            "QUOTA_NETWORK_ERROR"
+        );
     }
 
     #[test]
@@ -279,6 +284,11 @@ mod tests {
         let small = r#"{"five_hour":{"utilization":9}}"#.to_owned();
         let polled = fetch_through(response(200, small)).await.unwrap();
         assert_eq!(polled.five_hour.map(|w| w.used_percent), Some(9.0));
+        // Exactly the limit is still read.
+        let head = r#"{"five_hour":{"utilization":9},"pad":""#;
+        let padded = format!("{head}{}\"}}", "x".repeat(MAX_BODY_BYTES - head.len() - 2));
+        assert_eq!(padded.len(), MAX_BODY_BYTES);
+        assert!(fetch_through(response(200, padded)).await.is_ok());
         let large = "x".repeat(MAX_BODY_BYTES + 1);
         let refused = fetch_through(response(200, large.clone()))
             .await
