@@ -381,7 +381,7 @@ impl RedisStore {
                 Ok(LockTry::Acquired(Box::new((lock, record))))
             }
             Some(0) => {
-                // -1 (no TTL: set by hand) or -2 (gone meanwhile): look again soon.
+                // -2 (gone meanwhile) or 0 (going): look again soon.
                 let pttl = int(1).unwrap_or(0);
                 let expires_in = u64::try_from(pttl)
                     .ok()
