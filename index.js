@@ -18,6 +18,7 @@
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
+const { isProxy } = require('node:util').types
 const binding = require('./binding.js')
 
 const Native = binding.QuotaManager
@@ -47,7 +48,6 @@ const SEEDING = 0
 const REFRESHING = 1
 const RESOLVING = 2
 
-const { isProxy } = require('node:util').types
 const isEnumerable = Object.prototype.propertyIsEnumerable
 
 /**

@@ -61,6 +61,8 @@ fn flush_on_signals(env: &Env) -> Result<()> {
             }
             process.prependListener(signal, onSignal)
         }
+        // Every other time the loop runs dry: the extra turn ends in beforeExit again, and
+        // then the process may exit.
         let turnGiven = false
         process.on('beforeExit', () => {
             turnGiven = !turnGiven
