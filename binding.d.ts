@@ -318,6 +318,7 @@ export type QuotaErrorCode =
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
   | 'QUOTA_IDENTITY_CHANGED'
+  | 'QUOTA_REENTRANT_CALL'
 
 /** A rejection from this package. */
 export interface QuotaError extends Error {
@@ -522,10 +523,11 @@ export declare function parseRouteKey(key: string): { kind: 'main' | 'fallback';
 
 /**
  * What Redis holds under a key prefix, in the state file's shape (`{ version, routes }`), for
- * `anthropic-quota-manager status --redis URL`. Rejects with `QUOTA_STATE_ERROR` when Redis
- * does not answer (within 1 s per call).
+ * `anthropic-quota-manager status --redis URL`, with the keys under `<prefix>route:` that hold
+ * no route record (`skipped`: another type than a hash, or a damaged record). Rejects with
+ * `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call).
  */
-export declare function readRedisState(url: string, keyPrefix?: string): Promise<{ version: number; routes: Record<string, unknown> }>
+export declare function readRedisState(url: string, keyPrefix?: string): Promise<{ version: number; routes: Record<string, unknown>; skipped: Array<{ key: string; reason: string }> }>
 
 /**
  * The first 16 hex characters of the SHA-256 of a token: how the package names a token

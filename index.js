@@ -17,6 +17,8 @@
 // always go to the native method, which stays the authority for errors.
 'use strict'
 
+const { AsyncLocalStorage } = require('node:async_hooks')
+const { isProxy } = require('node:util').types
 const binding = require('./binding.js')
 
 const Native = binding.QuotaManager
@@ -46,11 +48,24 @@ const SEEDING = 0
 const REFRESHING = 1
 const RESOLVING = 2
 
-/** An object JSON.stringify reads exactly as property access does: own data, no toJSON. */
+const isEnumerable = Object.prototype.propertyIsEnumerable
+
+/**
+ * An object whose fields `ownField` reads as JSON.stringify does: a plain object (no toJSON),
+ * not a Proxy (whose traps may answer a property read and JSON's own-key walk differently).
+ */
 function isPlainObject(value) {
-  if (typeof value !== 'object' || value === null) return false
+  if (typeof value !== 'object' || value === null || isProxy(value)) return false
   const proto = Object.getPrototypeOf(value)
   return (proto === Object.prototype || proto === null) && typeof value.toJSON !== 'function'
+}
+
+/**
+ * A field as JSON.stringify reads it (and so the native method): own and enumerable, else
+ * absent. An inherited field (`Object.prototype.access = …`) or a non-enumerable one is not data.
+ */
+function ownField(object, key) {
+  return isEnumerable.call(object, key) ? object[key] : undefined
 }
 
 /** How many values each account has in the compact form. */
@@ -69,7 +84,7 @@ const FIELDS = 8
  * as before.
  */
 function compactAccounts(accounts, purpose, quotas) {
-  if (!Array.isArray(accounts) || typeof accounts.toJSON === 'function') return null
+  if (!Array.isArray(accounts) || isProxy(accounts) || typeof accounts.toJSON === 'function') return null
   const count = accounts.length
   const flat = []
   const seeding = purpose === SEEDING
@@ -77,22 +92,22 @@ function compactAccounts(accounts, purpose, quotas) {
     for (let i = 0; i < count; i++) {
       const account = accounts[i]
       if (!isPlainObject(account)) return null
-      const access = account.access
+      const access = ownField(account, 'access')
       let bound = null
       if (seeding) {
         // Read once: the snapshot sent, if the core asks for it, is the one bounded here.
-        const quota = account.quota
+        const quota = ownField(account, 'quota')
         quotas[i] = quota
         bound = quotaCheckedAtBound(quota)
       }
       flat.push(
-        account.id,
-        account.enabled,
-        account.type,
-        account.authLineageId,
+        ownField(account, 'id'),
+        ownField(account, 'enabled'),
+        ownField(account, 'type'),
+        ownField(account, 'authLineageId'),
         purpose !== REFRESHING && typeof access === 'string' ? null : access,
-        seeding ? null : account.expires,
-        seeding ? account.lastQuotaRefreshError : null,
+        seeding ? null : ownField(account, 'expires'),
+        seeding ? ownField(account, 'lastQuotaRefreshError') : null,
         bound,
       )
     }
@@ -100,6 +115,18 @@ function compactAccounts(accounts, purpose, quotas) {
   } catch {
     return null
   }
+}
+
+/** A Promise or another thenable (read as the native method reads it). */
+function isThenable(value) {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof value.then === 'function'
+}
+
+/** The native method's error for a resolver that answered with a Promise (src/manager.rs). */
+function resolverAnsweredLater(index) {
+  const error = new TypeError(`resolveAccessToken must return the token (a string) or undefined, not a Promise (accounts[${index}]): resolve tokens before calling refreshAllFallbacks`)
+  error.code = 'ERR_INVALID_ARG_TYPE'
+  return error
 }
 
 /** JSON text, or null when the value has none (a BigInt, a cycle): then the native method reads the list. */
@@ -143,7 +170,7 @@ const UNREADABLE = NaN
  * leaves out, only makes the bound higher than it needs to be: no harm.
  */
 function rewrittenByJson(value) {
-  return typeof value !== 'object' || typeof value.toJSON === 'function'
+  return typeof value !== 'object' || isProxy(value) || typeof value.toJSON === 'function'
 }
 
 /** A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. */
@@ -166,7 +193,7 @@ function quotaCheckedAtBound(quota) {
   let bound = Math.max(windowCheckedAt(quota), windowCheckedAt(quota.five_hour), windowCheckedAt(quota.seven_day))
   const scoped = quota.scoped
   if (scoped !== undefined && scoped !== null) {
-    if (!Array.isArray(scoped) || typeof scoped.toJSON === 'function') return null
+    if (!Array.isArray(scoped) || isProxy(scoped) || typeof scoped.toJSON === 'function') return null
     for (let i = 0; i < scoped.length; i++) {
       const window = scoped[i]
       // Items that are not objects are dropped by the core.
@@ -175,6 +202,45 @@ function quotaCheckedAtBound(quota) {
   }
   // NaN: unreadable; Infinity has no JSON form: either way "cannot tell".
   return Number.isFinite(bound) ? bound : null
+}
+
+/**
+ * The host transport's poll running in this async context: { owner, kind, accountId, refused }.
+ * A call the host makes from inside its fetchQuotaSnapshot back into the route being polled
+ * would wait for the very request it runs in (until the request timeout, which then arms a
+ * backoff for the host's own bug): such a call is refused at once (#refusedReentry), and the
+ * poll it broke fails without a backoff.
+ */
+const runningPoll = new AsyncLocalStorage()
+const REENTRANT_CALL = 'QUOTA_REENTRANT_CALL'
+
+function reentrantCall(message) {
+  const error = new Error(message)
+  error.code = REENTRANT_CALL
+  return error
+}
+
+/** Options as given, with a plain object's fetchQuotaSnapshot run inside `runningPoll`. */
+function withPollContext(options, owner) {
+  if (!isPlainObject(options) || typeof options.fetchQuotaSnapshot !== 'function') return options
+  const fetchQuotaSnapshot = options.fetchQuotaSnapshot
+  return { ...options, fetchQuotaSnapshot: (request) => runPoll(fetchQuotaSnapshot, request, owner) }
+}
+
+function runPoll(fetchQuotaSnapshot, request, owner) {
+  const poll = { owner, kind: request.kind, accountId: request.accountId, refused: false }
+  const failed = (error) => {
+    if (!poll.refused) throw error
+    const reason = error !== null && typeof error === 'object' && 'message' in error ? error.message : error
+    throw reentrantCall(`fetchQuotaSnapshot failed after calling the manager back for the ${poll.kind} route it was polling: ${String(reason)}`)
+  }
+  let answer
+  try {
+    answer = runningPoll.run(poll, fetchQuotaSnapshot, request)
+  } catch (error) {
+    failed(error)
+  }
+  return isThenable(answer) ? Promise.resolve(answer).catch(failed) : answer
 }
 
 class QuotaManager extends Native {
@@ -201,9 +267,13 @@ class QuotaManager extends Native {
   /** The last settled seeding: { flat, epoch, rowsAreAccounts } (see #changedSinceSettled). */
   #settled = null
   #closed = false
+  /** What marks this manager's polls in `runningPoll`. */
+  #owner
 
   constructor(options) {
-    super(options)
+    const owner = {}
+    super(withPollContext(options, owner))
+    this.#owner = owner
     if (!this.#useClockOf(options)) return
     const changes = this._changeCounter()
     if (changes !== null) this.#changes = changes
@@ -220,14 +290,46 @@ class QuotaManager extends Native {
    * running, close() called) goes native.
    */
   refreshMain(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return this.#joined(0, mainAccountId, accessToken, expectedIdentityGeneration) ?? this.#refresh(0, mainAccountId, accessToken, expectedIdentityGeneration)
+    return (
+      this.#refusedReentry('refreshMain', 'main', mainAccountId) ??
+      this.#joined(0, mainAccountId, accessToken, expectedIdentityGeneration) ??
+      this.#refresh(0, mainAccountId, accessToken, expectedIdentityGeneration)
+    )
   }
 
   refreshMainWithMetadata(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return this.#joined(1, mainAccountId, accessToken, expectedIdentityGeneration) ?? this.#refresh(1, mainAccountId, accessToken, expectedIdentityGeneration)
+    return (
+      this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ??
+      this.#joined(1, mainAccountId, accessToken, expectedIdentityGeneration) ??
+      this.#refresh(1, mainAccountId, accessToken, expectedIdentityGeneration)
+    )
+  }
+
+  refreshFallback(...args) {
+    return this.#refusedReentry('refreshFallback', 'fallback', args[0]) ?? super.refreshFallback(...args)
+  }
+
+  refreshFallbackWithMetadata(...args) {
+    return this.#refusedReentry('refreshFallbackWithMetadata', 'fallback', args[0]) ?? super.refreshFallbackWithMetadata(...args)
+  }
+
+  /**
+   * A rejected promise when called from inside this manager's fetchQuotaSnapshot for the route it
+   * is polling (close(): for any route); undefined otherwise. A main poll whose identity is not
+   * known is taken for every main route.
+   */
+  #refusedReentry(method, kind, id) {
+    const poll = runningPoll.getStore()
+    if (poll === undefined || poll.owner !== this.#owner) return undefined
+    if (kind !== undefined && (poll.kind !== kind || (poll.accountId != null && id !== poll.accountId))) return undefined
+    poll.refused = true
+    const route = poll.accountId == null ? poll.kind : `${poll.kind} route ${poll.accountId}`
+    return Promise.reject(reentrantCall(`${method}() was called from inside fetchQuotaSnapshot while it polls the ${route}: it would wait for itself`))
   }
 
   close() {
+    const refused = this.#refusedReentry('close')
+    if (refused !== undefined) return refused
     this.#closed = true
     this.#flights = [null, null]
     return super.close()
@@ -327,6 +429,7 @@ class QuotaManager extends Native {
       ;[plan, kept] = this._planFallbackRefresh(compact)
       const tokens = Array.from(kept, (index) => {
         const token = resolveAccessToken(accounts[index])
+        if (isThenable(token)) throw resolverAnsweredLater(index)
         return typeof token === 'string' ? token : null
       })
       return this._startFallbackRefresh(plan, JSON.stringify(tokens))

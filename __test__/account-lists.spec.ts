@@ -443,12 +443,43 @@ describe('fields the manager does not read are not read (README: Account lists)'
     twin.expectSameState()
   })
 
-  it('a non-enumerable field is read, as by property access', () => {
+  it('a non-enumerable field is not read, as JSON.stringify does not read it', () => {
     const twin = new Twin()
+    seedBaseline(twin)
     const hiddenId = Object.defineProperty({ quota: snapshot(T0, 12) }, 'id', { value: 'c', enumerable: false })
-    seedMeaning(twin, 'non-enumerable id', [junk<FallbackAccount>(hiddenId)], [account('c', { quota: snapshot(T0, 12) })])
+    expectTypeErrorNaming(twin.seed('non-enumerable id', [junk<FallbackAccount>(hiddenId)]), 'accounts[0].id')
+    twin.expectSameState()
     const hiddenDisabled = Object.defineProperty(account('d', { quota: snapshot(T0, 13) }), 'enabled', { value: false, enumerable: false })
-    seedMeaning(twin, 'non-enumerable enabled', [junk<FallbackAccount>(hiddenDisabled)], [account('d', { enabled: false, quota: snapshot(T0, 13) })])
+    seedMeaning(twin, 'non-enumerable enabled', [junk<FallbackAccount>(hiddenDisabled)], [account('d', { quota: snapshot(T0, 13) })])
+    expect(twin.facade.getFallback('d')?.quota.five_hour?.usedPercent).toBe(13)
+  })
+
+  it('an inherited field (an enumerable Object.prototype property) is not read, as JSON does not read it', () => {
+    const twin = new Twin()
+    const proto = Object.prototype as Record<string, unknown>
+    proto.quota = snapshot(T0, 66)
+    proto.enabled = false
+    try {
+      twin.seed('inherited quota and enabled', [junk<FallbackAccount>({ id: 'a' }), account('b', { quota: snapshot(T0, 14) })])
+    } finally {
+      delete proto.quota
+      delete proto.enabled
+    }
+    twin.expectSameState()
+    expect(twin.facade.getFallback('a')).toBeNull()
+    expect(twin.facade.getFallback('b')?.quota.five_hour?.usedPercent).toBe(14)
+  })
+
+  it("a Proxy's traps are met as JSON.stringify meets them", () => {
+    const twin = new Twin()
+    // The target has no quota: JSON, walking its own keys, never asks the trap for one.
+    const trapped = new Proxy({ id: 'a' }, { get: (target, key) => (key === 'quota' ? snapshot(T0, 77) : Reflect.get(target, key)) })
+    // Own keys that hide every field: JSON reads an empty object.
+    const hidden = new Proxy(account('b', { quota: snapshot(T0, 15) }), { ownKeys: () => [] })
+    seedAndCompare(twin, 'proxies', [junk<FallbackAccount>(trapped), account('c', { quota: snapshot(T0, 16) })])
+    expect(twin.facade.getFallback('a')).toBeNull()
+    expectTypeErrorNaming(twin.seed('proxy without own keys', [junk<FallbackAccount>(hidden)]), 'accounts[0].id')
+    twin.expectSameState()
   })
 
   it('a getter is read once per seeding, as JSON.stringify reads it', () => {
@@ -1053,6 +1084,43 @@ describe('refreshAllFallbacks', () => {
     const tokens = ['tok-a', 'tok-b', 'tok-f', 'tok-g', 'ignored-a', 'ignored-c']
     expect(polledTokens(facadeSim, tokens)).toStrictEqual(['tok-a', 'tok-g'])
     expect(polledTokens(facadeSim, tokens)).toStrictEqual(polledTokens(nativeSim, tokens))
+    twin.expectSameState()
+  })
+
+  it('polls with own enumerable tokens only: an inherited, non-enumerable or trapped access is not a token', async () => {
+    const { twin, facadeSim, nativeSim } = await polledTwin()
+    const proto = Object.prototype as Record<string, unknown>
+    const list = [
+      junk<FallbackAccount>({ id: 'a', expires: NEVER_EXPIRES }),
+      junk<FallbackAccount>(Object.defineProperty({ id: 'b', expires: NEVER_EXPIRES }, 'access', { value: 'tok-hidden', enumerable: false })),
+      junk<FallbackAccount>(new Proxy({ id: 'c', expires: NEVER_EXPIRES }, { get: (target, key) => (key === 'access' ? 'tok-trapped' : Reflect.get(target, key)) })),
+      account('d', { access: 'tok-d', expires: NEVER_EXPIRES }),
+    ]
+    proto.access = 'tok-inherited'
+    try {
+      await refreshBoth(twin, 'odd access fields', (manager) => manager.refreshAllFallbacks(list))
+    } finally {
+      delete proto.access
+    }
+    const tokens = ['tok-inherited', 'tok-hidden', 'tok-trapped', 'tok-d']
+    expect(polledTokens(facadeSim, tokens)).toStrictEqual(['tok-d'])
+    expect(polledTokens(facadeSim, tokens)).toStrictEqual(polledTokens(nativeSim, tokens))
+    twin.expectSameState()
+  })
+
+  it('a resolver that answers with a Promise rejects with a TypeError naming the account, and nothing is polled', async () => {
+    const { twin, facadeSim, nativeSim } = await polledTwin()
+    const list = [account('a'), account('b'), account('c')]
+    const outcome = await refreshBoth(twin, 'async resolver', (manager) =>
+      manager.refreshAllFallbacks(list, (item) => (item.id === 'b' ? junk<string>(Promise.resolve('tok-b')) : `tok-${item.id}`)),
+    )
+    expectTypeErrorNaming(outcome, 'accounts[1]')
+    expect('threw' in outcome && outcome.threw.message).toContain('Promise')
+    // The native method reads a list holding anything but plain objects: the same answer.
+    const odd = [account('a'), junk<FallbackAccount>(new AccountRecord('b', snapshot(T0)))]
+    expectTypeErrorNaming(await refreshBoth(twin, 'async resolver, native', (manager) => manager.refreshAllFallbacks(odd, () => junk<string>(Promise.resolve('tok')))), 'accounts[0]')
+    expect(facadeSim.requests).toBe(0)
+    expect(nativeSim.requests).toBe(0)
     twin.expectSameState()
   })
 

@@ -225,6 +225,27 @@ describe('signals', () => {
     const state = JSON.parse(fs.readFileSync(statePath, 'utf8'))
     expect(state.routes['main:alice'].entry.quota.five_hour.usedPercent).toBe(42)
   })
+
+  signalTest("a host's once listener, added before the manager, decides: its async cleanup runs and it exits as it chooses", async () => {
+    const statePath = path.join(tempDir(), 'state.json')
+    const run = await runChild(['signal', statePath, sim.url, 'once-before'], 10_000)
+    expect(run.exited).toBe(true)
+    expect(run.signal).toBeNull()
+    expect(run.code, run.stderr).toBe(0)
+    expect(run.lines.some((l) => l.cleanedUp)).toBe(true)
+    const state = JSON.parse(fs.readFileSync(statePath, 'utf8'))
+    expect(state.routes['main:alice'].entry.quota.five_hour.usedPercent).toBe(42)
+  })
+
+  signalTest('a SIGTERM caught as the event loop ends still ends the process by the signal', async () => {
+    const statePath = path.join(tempDir(), 'state.json')
+    const run = await runChild(['signal', statePath, sim.url, 'at-end'], 10_000)
+    expect(run.exited).toBe(true)
+    expect(run.code).toBeNull()
+    expect(run.signal).toBe('SIGTERM')
+    const state = JSON.parse(fs.readFileSync(statePath, 'utf8'))
+    expect(state.routes['main:alice'].entry.quota.five_hour.usedPercent).toBe(42)
+  })
 })
 
 describe('the transport reads the host\'s process.env', () => {

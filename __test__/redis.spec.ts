@@ -163,8 +163,27 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
     const closedPort = await cli('status', '--redis', 'redis://127.0.0.1:1/')
     expect(closedPort.code).toBe(1)
     expect(closedPort.stderr).toContain('cannot read the Redis shared store')
+    expect(closedPort.stderr).not.toContain('state file')
     expect((await cli('status', '--redis', 'http://x')).code).toBe(2)
     expect((await cli('status', '--redis', redis.url, '--state', '/tmp/x')).code).toBe(2)
+  })
+
+  it('status --redis skips and names a key under the route prefix that is no route hash, and prints the others', async () => {
+    sim.reply({ status: 200 })
+    const prefix = `aqm-foreign-${randomBytes(4).toString('hex')}:`
+    const manager = new QuotaManager({ statePath: null, usageUrl: sim.url, apiCallGapMs: 0, redis: { url: redis.url, keyPrefix: prefix } })
+    await manager.refreshMain('alice', TOKEN)
+    await manager.close()
+    await redis.command('SET', `${prefix}route:main:foreign`, 'not a hash')
+    const status = await cli('status', '--json', '--redis', redis.url, '--key-prefix', prefix)
+    expect(status.code, status.stderr).toBe(0)
+    const view = JSON.parse(status.stdout) as { routes: { key: string }[]; skippedKeys: { key: string; reason: string }[] }
+    expect(view.routes.map((r) => r.key)).toEqual(['main:alice'])
+    expect(view.skippedKeys).toEqual([{ key: `${prefix}route:main:foreign`, reason: 'not a hash' }])
+    const human = await cli('status', '--redis', redis.url, '--key-prefix', prefix)
+    expect(human.code, human.stderr).toBe(0)
+    expect(human.stdout).toContain('main:alice')
+    expect(human.stdout).toContain(`(skipped ${prefix}route:main:foreign: not a hash)`)
   })
 
   it('a process using Redis exits on its own, with or without close()', async () => {

@@ -105,8 +105,9 @@ class CliError extends Error {
 function readState(statePath) {
   let text
   try {
-    text = fs.readFileSync(statePath, 'utf8')
+    text = readRegularFile(statePath)
   } catch (error) {
+    if (error instanceof CliError) throw error
     if (error.code === 'ENOENT') throw new CliError(`no state file at ${statePath}`, 1)
     throw new CliError(`cannot read state file ${statePath}: ${error.message}`, 1)
   }
@@ -128,6 +129,40 @@ function readState(statePath) {
     throw new CliError(`corrupt state file ${statePath}: "routes" is not an object`, 1)
   }
   return doc
+}
+
+/**
+ * Largest state file `status` reads: parsing costs many times the file's size in memory (10,000
+ * routes take about 6 MiB).
+ */
+const MAX_STATE_FILE_BYTES = 16 * 1024 * 1024
+
+/**
+ * A regular file's text, at most MAX_STATE_FILE_BYTES. Opened without blocking (a FIFO would
+ * wait forever for a writer) and checked on the open descriptor, so what is read is what was
+ * checked.
+ */
+function readRegularFile(filePath) {
+  const fd = fs.openSync(filePath, fs.constants.O_RDONLY | (fs.constants.O_NONBLOCK ?? 0))
+  try {
+    const stat = fs.fstatSync(fd)
+    if (!stat.isFile()) throw new CliError(`cannot read state file ${filePath}: not a regular file`, 1)
+    if (stat.size > MAX_STATE_FILE_BYTES) {
+      throw new CliError(`cannot read state file ${filePath}: ${stat.size} bytes, more than the ${MAX_STATE_FILE_BYTES} this tool reads`, 1)
+    }
+    // Read to the end, but never past the bound (the file may grow while it is read).
+    const buffer = Buffer.alloc(MAX_STATE_FILE_BYTES + 1)
+    let length = 0
+    for (;;) {
+      const read = fs.readSync(fd, buffer, length, buffer.length - length, null)
+      if (read === 0) break
+      length += read
+      if (length > MAX_STATE_FILE_BYTES) throw new CliError(`cannot read state file ${filePath}: it grew past the ${MAX_STATE_FILE_BYTES} bytes this tool reads`, 1)
+    }
+    return buffer.toString('utf8', 0, length)
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 function windowView(w, now) {
@@ -209,7 +244,10 @@ function buildStatus(doc, statePath, now = Date.now()) {
     if (isObject(routes[key])) views.push(routeView(key, routes[key], now))
     else skipped++
   }
-  return { schema: JSON_SCHEMA, statePath, now, routes: views, skippedRecords: skipped }
+  const view = { schema: JSON_SCHEMA, statePath, now, routes: views, skippedRecords: skipped }
+  // Redis only: the keys under the route prefix that hold no route record.
+  if (Array.isArray(doc.skipped)) view.skippedKeys = doc.skipped.map((k) => ({ key: String(k.key), reason: String(k.reason) }))
+  return view
 }
 
 function windowLine(label, w) {
@@ -226,6 +264,7 @@ function renderStatus(status) {
   const n = status.routes.length
   lines.push(`${n} route${n === 1 ? '' : 's'} · read ${new Date(status.now).toISOString()} (no lock taken)`)
   if (status.skippedRecords > 0) lines.push(`(${status.skippedRecords} unreadable route record(s) skipped)`)
+  for (const skipped of status.skippedKeys ?? []) lines.push(fit(`(skipped ${escapeControls(skipped.key)}: ${skipped.reason})`, WIDTH))
   if (n === 0) lines.push('', 'No routes recorded yet.')
   for (const r of status.routes) {
     lines.push('', fit(r.key, WIDTH))

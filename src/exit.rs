@@ -4,10 +4,13 @@
 //! listener per signal, per thread, serve every manager, so creating many managers adds no
 //! listeners.
 //!
-//! Signals: a listener changes what a signal does (Node no longer terminates), so ours is a
-//! `once` listener that flushes and then, when the host has no listener of its own, re-raises
-//! the signal with no listener left (the default action: the process ends by that signal). When
-//! the host has listeners, the host decides; ours only flushes and listens again.
+//! Signals: a listener changes what a signal does (Node no longer terminates), so ours flushes
+//! and then, when the host had no listener of its own when the signal arrived, re-raises the
+//! signal with no listener left (the default action: the process ends by that signal). When the
+//! host had listeners, the host decides; ours only flushes. Ours is put first, so it sees the
+//! host's `once` listeners before they remove themselves. A signal caught just as the event loop
+//! ends would never reach a listener (the loop no longer polls): when the loop runs dry, it gets
+//! one more turn, which delivers it.
 //!
 //! Windows has its own set: SIGINT (Ctrl+C), SIGBREAK (Ctrl+Break) and SIGHUP (the console window
 //! closes; Windows ends the process seconds later). It never raises SIGTERM, and `process.kill`
@@ -58,11 +61,19 @@ fn flush_on_signals(env: &Env) -> Result<()> {
         for (const signal of windows ? ['SIGINT', 'SIGBREAK', 'SIGHUP'] : ['SIGINT', 'SIGTERM']) {
             const onSignal = () => {
                 flush()
-                if (process.listenerCount(signal) === 0) process.kill(process.pid, windows ? 'SIGTERM' : signal)
-                else process.once(signal, onSignal)
+                if (process.listenerCount(signal) > 1) return
+                process.removeListener(signal, onSignal)
+                process.kill(process.pid, windows ? 'SIGTERM' : signal)
             }
-            process.once(signal, onSignal)
+            process.prependListener(signal, onSignal)
         }
+        // Every other time the loop runs dry: the extra turn ends in beforeExit again, and
+        // then the process may exit.
+        let turnGiven = false
+        process.on('beforeExit', () => {
+            turnGiven = !turnGiven
+            if (turnGiven) setImmediate(() => {})
+        })
     })";
     let install: Function<Function<(), ()>, ()> = env.run_script(INSTALL)?;
     let flush = env.create_function_from_closure("flushQuotaStateOnSignal", |_| {

@@ -43,6 +43,8 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
         return settle({ kind: 'snapshot', snapshot })
       } catch (error) {
         const e = error && typeof error === 'object' ? error : {}
+        // The facade's mark: the host called the manager back for the route it was polling.
+        if (e.code === 'QUOTA_REENTRANT_CALL') return settle({ kind: 'reentered', message: message(error) })
         return settle({
           kind: 'rejected', status: finite(e.status), retryAfter: finite(e.retryAfter),
           retryAfterMs: finite(e.retryAfterMs), message: message(error),
@@ -149,6 +151,10 @@ enum Answer {
         message: String,
         now: Option<f64>,
     },
+    Reentered {
+        message: String,
+        now: Option<f64>,
+    },
 }
 
 impl Answer {
@@ -157,7 +163,8 @@ impl Answer {
             Self::Response { now, .. }
             | Self::Snapshot { now, .. }
             | Self::Rejected { now, .. }
-            | Self::Failed { now, .. } => *now,
+            | Self::Failed { now, .. }
+            | Self::Reentered { now, .. } => *now,
         }
     }
 
@@ -198,6 +205,7 @@ impl Answer {
                 message,
             },
             Self::Failed { message, .. } => HostAnswer::Failed(message),
+            Self::Reentered { message, .. } => HostAnswer::Reentered(message),
         }
     }
 }

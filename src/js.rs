@@ -265,3 +265,12 @@ pub fn optional_bool(env: &Env, value: Option<Unknown>, name: &str) -> Result<Op
         _ => Ok(None),
     }
 }
+
+/// A Promise or another thenable: an object or function with a callable `then`.
+pub fn is_thenable(value: &Unknown) -> Result<bool> {
+    if !matches!(value.get_type()?, ValueType::Object | ValueType::Function) {
+        return Ok(false);
+    }
+    let then: Unknown = value.coerce_to_object()?.get_named_property("then")?;
+    Ok(then.get_type()? == ValueType::Function)
+}

@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::callbacks::JsCallbacks;
 use super::js::rejected;
 use super::js::{
-    describe, headers_arg, is_nullish, optional_bool, optional_string, required_non_empty, to_json,
-    type_error, Json, OrUndefined,
+    describe, headers_arg, is_nullish, is_thenable, optional_bool, optional_string,
+    required_non_empty, to_json, type_error, Json, OrUndefined,
 };
 use super::js_now::JsNow;
 use super::options::parse_options;
@@ -1002,6 +1002,17 @@ impl QuotaManager {
                     let answer = resolve.call(item)?;
                     match answer.get_type()? {
                         ValueType::String => Some(unsafe { answer.cast::<String>() }?),
+                        // Polling nothing, silently, would hide the host's mistake.
+                        ValueType::Object | ValueType::Function if is_thenable(&answer)? => {
+                            return Err(type_error(
+                                env,
+                                format!(
+                                    "resolveAccessToken must return the token (a string) or \
+                                     undefined, not a Promise ({name}): resolve tokens before \
+                                     calling refreshAllFallbacks"
+                                ),
+                            ));
+                        }
                         _ => None,
                     }
                 }

@@ -100,11 +100,17 @@ impl<'a> Fields<'a> {
     }
 
     /// Refuses keys that are not options (a key whose value is `undefined` counts as absent).
+    /// Only the object's own enumerable keys (`Object.keys`): N-API's key listing also walks the
+    /// prototype chain, and an enumerable `Object.prototype` property is not an option given.
     fn reject_unknown_keys(&self, known: &[&str]) -> Result<()> {
         let Some(object) = &self.object else {
             return Ok(());
         };
-        let keys: Vec<String> = Object::keys(object)?;
+        let object_class: Unknown = self.env.get_global()?.get_named_property("Object")?;
+        let own_keys: Function<Object, Vec<String>> = object_class
+            .coerce_to_object()?
+            .get_named_property("keys")?;
+        let keys = own_keys.call(*object)?;
         for key in keys {
             if known.contains(&key.as_str()) || self.raw(&key)?.is_none() {
                 continue;

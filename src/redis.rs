@@ -9,7 +9,7 @@ use super::js::{
     is_nullish, optional_string, quota_error, required_string, to_json, type_error, Json,
 };
 use quota_core::error::QuotaError;
-use quota_core::redis_store::{RedisConfig, RedisStore, RedisStoreError};
+use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore, RedisStoreError};
 use quota_core::store::SCHEMA_VERSION;
 
 const REDIS_KEYS: &[&str] = &["url", "keyPrefix"];
@@ -77,11 +77,12 @@ fn validate(env: &Env, config: &RedisConfig, name: &str) -> Result<()> {
 }
 
 /// What Redis holds under a key prefix, in the state file's shape (`{ version, routes }`), for
-/// `anthropic-quota-manager status --redis URL`. Rejects with `QUOTA_STATE_ERROR` when Redis
-/// does not answer (within 1 s per call).
+/// `anthropic-quota-manager status --redis URL`, with the keys under `<prefix>route:` that hold
+/// no route record (`skipped`: another type than a hash, or a damaged record). Rejects with
+/// `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call).
 #[napi(
     ts_args_type = "url: string, keyPrefix?: string",
-    ts_return_type = "Promise<{ version: number; routes: Record<string, unknown> }>"
+    ts_return_type = "Promise<{ version: number; routes: Record<string, unknown>; skipped: Array<{ key: string; reason: string }> }>"
 )]
 pub fn read_redis_state<'env>(
     env: &'env Env,
@@ -101,20 +102,26 @@ pub fn read_redis_state<'env>(
     };
     let target = store.target().to_owned();
     let promise = env.spawn_future_with_callback(
-        async move { Ok(store.load_all().await) },
-        move |env, loaded: std::result::Result<_, RedisStoreError>| {
-            let routes = loaded.map_err(|error| {
+        async move { Ok(store.load_all_reporting().await) },
+        move |env, loaded: std::result::Result<LoadedRoutes, RedisStoreError>| {
+            let loaded = loaded.map_err(|error| {
                 quota_error(
                     env,
-                    &QuotaError::State {
-                        path: target.clone(),
+                    &QuotaError::SharedStore {
+                        target: target.clone(),
                         reason: error.to_string(),
                     },
                 )
             })?;
+            let skipped: Vec<Value> = loaded
+                .skipped
+                .into_iter()
+                .map(|k| serde_json::json!({ "key": k.key, "reason": k.reason }))
+                .collect();
             Ok(Json(serde_json::json!({
                 "version": SCHEMA_VERSION,
-                "routes": routes,
+                "routes": loaded.routes,
+                "skipped": skipped,
             })))
         },
     )?;

@@ -318,6 +318,7 @@ export type QuotaErrorCode =
   | 'QUOTA_CLOSED'
   | 'QUOTA_STATE_ERROR'
   | 'QUOTA_IDENTITY_CHANGED'
+  | 'QUOTA_REENTRANT_CALL'
 
 /** A rejection from this package. */
 export interface QuotaError extends Error {

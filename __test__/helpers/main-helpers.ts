@@ -20,6 +20,7 @@ const QUOTA_CODES: readonly string[] = [
   'QUOTA_CLOSED',
   'QUOTA_STATE_ERROR',
   'QUOTA_IDENTITY_CHANGED',
+  'QUOTA_REENTRANT_CALL',
 ]
 
 export function isQuotaError(value: unknown): value is QuotaError {

@@ -363,13 +363,22 @@ async fn read_error_body(mut response: Response) -> Vec<u8> {
 /// An error body fit for a message: token scrubbed, trimmed, at most [`MAX_ERROR_BODY_CHARS`]
 /// bytes; the status's reason phrase when the body is blank, so the message never ends in `— `.
 fn error_body_text(raw: &[u8], access_token: &str, status: StatusCode) -> String {
-    let text = redact_token(&String::from_utf8_lossy(raw), access_token);
-    let body = truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS).trim_end();
+    let body = scrub_message(&String::from_utf8_lossy(raw), access_token);
     if body.is_empty() {
         status.canonical_reason().unwrap_or("no body").to_owned()
     } else {
-        body.to_owned()
+        body
     }
+}
+
+/// Text from outside (an error body, a host transport's rejection) fit for a message that is
+/// stored and handed to the host: every echo of the token redacted, trimmed, at most
+/// [`MAX_ERROR_BODY_CHARS`] bytes.
+pub fn scrub_message(text: &str, access_token: &str) -> String {
+    let text = redact_token(text, access_token);
+    truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS)
+        .trim_end()
+        .to_owned()
 }
 
 /// `text` with every echo of `token` replaced by [`REDACTED`]: literal, or with any of its
@@ -513,7 +522,7 @@ fn parse_success_body(
 }
 
 /// Redacts the token in every string of a parsed body (escapes are already decoded there).
-fn redact_strings(value: &mut Value, token: &str) {
+pub fn redact_strings(value: &mut Value, token: &str) {
     match value {
         Value::String(text) if !token.is_empty() && text.contains(token) => {
             *text = text.replace(token, REDACTED);

@@ -44,6 +44,8 @@ pub enum QuotaError {
     Closed,
     /// The state file could not be read or written.
     State { path: String, reason: String },
+    /// The Redis shared store (`target`: its URL without credentials) could not be read.
+    SharedStore { target: String, reason: String },
     /// The state file's lock (`path`) stayed held by another holder for the whole bounded wait.
     LockTimeout { path: String, waited_ms: u64 },
     /// A value the host passed cannot be used (e.g. a token with a line break); the binding
@@ -52,6 +54,9 @@ pub enum QuotaError {
     /// `refreshMain(id, token, expectedIdentityGeneration)`: the main identity moved on before
     /// the request was made (none was).
     IdentityChanged,
+    /// The host's transport called the manager back for the route it was polling (a call that
+    /// would have waited for itself): the host's bug, never an endpoint failure.
+    Reentered(String),
 }
 
 impl QuotaError {
@@ -66,10 +71,11 @@ impl QuotaError {
             Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
             Self::Closed => "QUOTA_CLOSED",
-            Self::State { .. } => "QUOTA_STATE_ERROR",
+            Self::State { .. } | Self::SharedStore { .. } => "QUOTA_STATE_ERROR",
             // Node's own code for a TypeError about an argument's value.
             Self::InvalidArgument(_) => "ERR_INVALID_ARG_VALUE",
             Self::IdentityChanged => "QUOTA_IDENTITY_CHANGED",
+            Self::Reentered(_) => "QUOTA_REENTRANT_CALL",
         }
     }
 
@@ -86,9 +92,11 @@ impl QuotaError {
             Self::BackedOff { .. }
             | Self::Closed
             | Self::State { .. }
+            | Self::SharedStore { .. }
             | Self::LockTimeout { .. }
             | Self::InvalidArgument(_)
-            | Self::IdentityChanged => FailureClass::None,
+            | Self::IdentityChanged
+            | Self::Reentered(_) => FailureClass::None,
         }
     }
 
@@ -103,7 +111,9 @@ impl QuotaError {
     /// The file a state or lock error is about (the `path` field of API.md).
     pub fn path(&self) -> Option<&str> {
         match self {
-            Self::State { path, .. } | Self::LockTimeout { path, .. } => Some(path),
+            Self::State { path, .. }
+            | Self::SharedStore { target: path, .. }
+            | Self::LockTimeout { path, .. } => Some(path),
             _ => None,
         }
     }
@@ -135,11 +145,14 @@ impl fmt::Display for QuotaError {
             }
             Self::Closed => write!(f, "QuotaManager is closed"),
             Self::State { path, reason } => write!(f, "Quota state file {path}: {reason}"),
+            Self::SharedStore { target, reason } => {
+                write!(f, "Quota shared store {target}: {reason}")
+            }
             Self::LockTimeout { path, waited_ms } => write!(
                 f,
                 "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms"
             ),
-            Self::InvalidArgument(reason) => write!(f, "{reason}"),
+            Self::InvalidArgument(reason) | Self::Reentered(reason) => write!(f, "{reason}"),
             Self::IdentityChanged => write!(f, "Main quota identity changed before refresh"),
         }
     }

@@ -70,12 +70,29 @@ const NOTICE_BUFFER: usize = 256;
 
 /// Takes the lock when free, with a new fencing token, and reads the record under it in the
 /// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl}` when held.
+///
+/// The token is at least Redis's clock in microseconds, so tokens stay unique when Redis
+/// restarts empty or is flushed (the counter starts again at 1, the clock does not). A lock with
+/// no expiry (set by hand: no holder of ours ever sets one) gets the lease a holder's has, so it
+/// cannot block the route forever. Numbers cross as `%d` text: Lua writes large numbers
+/// in exponent form.
 const ACQUIRE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('PTTL', KEYS[1])}
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl == -1 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    pttl = tonumber(ARGV[1])
+  end
+  return {0, pttl}
 end
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], fence, 'NX', 'PX', ARGV[1])
+if fence < floor then
+  fence = floor
+  redis.call('SET', KEYS[2], string.format('%d', fence))
+end
+redis.call('SET', KEYS[1], string.format('%d', fence), 'NX', 'PX', ARGV[1])
 return {1, fence, redis.call('HGET', KEYS[3], 'record') or ''}
 ";
 
@@ -247,6 +264,23 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// What [`RedisStore::load_all_reporting`] found under the prefix.
+#[derive(Debug, Default)]
+pub struct LoadedRoutes {
+    /// By route key (the state file's).
+    pub routes: BTreeMap<String, RouteRecord>,
+    /// Keys under `<prefix>route:` left out.
+    pub skipped: Vec<SkippedKey>,
+}
+
+/// A key under `<prefix>route:` that holds no route record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// The whole Redis key.
+    pub key: String,
+    pub reason: String,
+}
+
 /// The answer to one try at a route lock.
 #[derive(Debug)]
 pub enum LockTry {
@@ -347,7 +381,7 @@ impl RedisStore {
                 Ok(LockTry::Acquired(Box::new((lock, record))))
             }
             Some(0) => {
-                // -1 (no TTL: set by hand) or -2 (gone meanwhile): look again soon.
+                // -2 (gone meanwhile) or 0 (going): look again soon.
                 let pttl = int(1).unwrap_or(0);
                 let expires_in = u64::try_from(pttl)
                     .ok()
@@ -405,9 +439,16 @@ impl RedisStore {
         Ok(self.read_with_rev(key).await?.0)
     }
 
-    /// Every route record under the prefix (seeding, `status --redis`). Damaged records are
-    /// left out.
+    /// Every route record under the prefix (seeding). Keys that hold no route record are left
+    /// out (see [`RedisStore::load_all_reporting`]).
     pub async fn load_all(&self) -> Result<BTreeMap<String, RouteRecord>, RedisStoreError> {
+        Ok(self.load_all_reporting().await?.routes)
+    }
+
+    /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none
+    /// (another type than a hash, or a damaged record), each with why (`status --redis`): one
+    /// foreign key must not hide every route.
+    pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, RedisStoreError> {
         let pattern = self.inner.keys.route_pattern();
         let prefix_len = self.inner.keys.route("").len();
         let mut connection = self.connection()?;
@@ -429,18 +470,32 @@ impl RedisStore {
                 }
                 cursor = next;
             }
-            let mut routes = BTreeMap::new();
+            let mut loaded = LoadedRoutes::default();
             for name in names {
-                let json: Option<Vec<u8>> = redis::cmd("HGET")
+                let json: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
                     .arg(&name)
                     .arg("record")
                     .query_async(&mut connection)
-                    .await?;
-                if let Some(record) = json.as_deref().and_then(parse_record) {
-                    routes.insert(name[prefix_len..].to_owned(), record);
-                }
+                    .await;
+                let skipped = match json {
+                    // Deleted since the scan.
+                    Ok(None) => continue,
+                    Ok(Some(json)) => match parse_record(&json) {
+                        Some(record) => {
+                            loaded.routes.insert(name[prefix_len..].to_owned(), record);
+                            continue;
+                        }
+                        None => "its record is not a route record",
+                    },
+                    Err(error) if error.code() == Some("WRONGTYPE") => "not a hash",
+                    Err(error) => return Err(error),
+                };
+                loaded.skipped.push(SkippedKey {
+                    key: name,
+                    reason: skipped.to_owned(),
+                });
             }
-            Ok(routes)
+            Ok(loaded)
         })
         .await
     }
@@ -453,10 +508,22 @@ impl RedisStore {
         updates: &[StoreUpdate],
         lock: Option<&RedisRouteLock>,
     ) -> Result<(), RedisStoreError> {
+        self.apply_as_of(updates, lock, i64::MAX).await
+    }
+
+    /// [`RedisStore::apply`] by a writer whose clock reads no later than `trusted_until` (its
+    /// time plus the skew allowed between hosts): a record dated after it yields to the update
+    /// ([`RouteRecord::merge_as_of`]).
+    pub async fn apply_as_of(
+        &self,
+        updates: &[StoreUpdate],
+        lock: Option<&RedisRouteLock>,
+        trusted_until: i64,
+    ) -> Result<(), RedisStoreError> {
         for update in updates {
             let key = update_key(update);
             let fence = lock.filter(|l| l.key == key).map(|l| l.fence);
-            self.apply_one(update, fence).await?;
+            self.apply_one(update, fence, trusted_until).await?;
         }
         Ok(())
     }
@@ -465,6 +532,7 @@ impl RedisStore {
         &self,
         update: &StoreUpdate,
         fence: Option<i64>,
+        trusted_until: i64,
     ) -> Result<(), RedisStoreError> {
         let key = update_key(update);
         for _ in 0..MAX_WRITE_CONFLICTS {
@@ -472,7 +540,7 @@ impl RedisStore {
             let next = match update {
                 StoreUpdate::Merge { record, .. } => {
                     let mut merged = current.clone().unwrap_or_default();
-                    merged.merge(record);
+                    merged.merge_as_of(record, trusted_until);
                     Some(merged)
                 }
                 StoreUpdate::Remove { .. } => None,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::QuotaError;
 use crate::redis_store::{RedisRouteLock, RedisStore, RedisStoreError};
-use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate};
+use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate, MAX_CLOCK_SKEW_MS};
 
 /// How often a Redis that stopped answering is asked again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -112,12 +112,14 @@ pub trait RouteStore: Send + Sync {
     /// Every route.
     fn load_routes(&self) -> BoxFuture<'_, Result<BTreeMap<String, RouteRecord>, StoreError>>;
 
-    /// Folds the updates in with [`RouteRecord::merge`]. The update of the route `guard` holds
-    /// is fenced (Redis rejects it when the lock expired meanwhile).
+    /// Folds the updates in with [`RouteRecord::merge_as_of`], written by a process whose clock
+    /// reads `now`. The update of the route `guard` holds is fenced (Redis rejects it when the
+    /// lock expired meanwhile).
     fn apply<'a>(
         &'a self,
         updates: &'a [StoreUpdate],
         guard: Option<&'a RouteGuard>,
+        now: i64,
     ) -> BoxFuture<'a, Result<Loaded, StoreError>>;
 }
 
@@ -237,10 +239,12 @@ impl RouteStore for StateStore {
         &'a self,
         updates: &'a [StoreUpdate],
         _guard: Option<&'a RouteGuard>,
+        now: i64,
     ) -> BoxFuture<'a, Result<Loaded, StoreError>> {
         // Under the file lock, with the route lock held by the caller: no fence needed.
         let (store, updates) = (self.clone(), updates.to_vec());
-        blocking(move || store.apply(&updates)).boxed()
+        let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
+        blocking(move || store.apply_as_of(&updates, trusted_until)).boxed()
     }
 }
 
@@ -279,13 +283,15 @@ impl RouteStore for RedisStore {
         &'a self,
         updates: &'a [StoreUpdate],
         guard: Option<&'a RouteGuard>,
+        now: i64,
     ) -> BoxFuture<'a, Result<Loaded, StoreError>> {
         async move {
             let lock = match guard {
                 Some(RouteGuard::Redis(lock)) => Some(lock),
                 _ => None,
             };
-            RedisStore::apply(self, updates, lock).await?;
+            let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
+            RedisStore::apply_as_of(self, updates, lock, trusted_until).await?;
             Ok(Loaded::default())
         }
         .boxed()
@@ -464,16 +470,27 @@ impl SharedStore {
         updates: &[StoreUpdate],
         guard: Option<&RouteGuard>,
     ) -> Result<Loaded, StoreError> {
+        self.apply_as_of(updates, guard, i64::MAX).await
+    }
+
+    /// [`SharedStore::apply`] by a process whose clock reads `now`: a record dated after it,
+    /// beyond the skew allowed, yields to the update.
+    pub async fn apply_as_of(
+        &self,
+        updates: &[StoreUpdate],
+        guard: Option<&RouteGuard>,
+        now: i64,
+    ) -> Result<Loaded, StoreError> {
         let mut shared = Ok(());
         if let Some(side) = self.live_redis() {
-            match RouteStore::apply(&side.store, updates, guard).await {
+            match RouteStore::apply(&side.store, updates, guard, now).await {
                 Ok(_) => {}
                 Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
                 Err(other) => shared = Err(other),
             }
         }
         let written = match &self.file {
-            Some(file) => RouteStore::apply(file, updates, None).await,
+            Some(file) => RouteStore::apply(file, updates, None, now).await,
             None => Ok(Loaded::default()),
         };
         shared.and(written)

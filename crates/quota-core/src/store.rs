@@ -47,8 +47,9 @@ pub const MAX_QUARANTINED_COPIES: usize = 5;
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts at a held lock.
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
-/// How far ahead of this machine's clock an adopted timestamp may lie (clocks of processes on
-/// one machine agree; this only absorbs rounding and a clock step).
+/// How far ahead of this process's clock another's observation may be dated: the skew between
+/// hosts sharing Redis, a clock step, or a host whose `now` lags the machine's clock. Beyond
+/// it, an observation comes from a clock running ahead (or a damaged value).
 pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
@@ -104,13 +105,36 @@ impl RouteRecord {
         }
     }
 
+    /// Folds in `incoming` as [`RouteRecord::merge`] does, written by a process whose clock
+    /// reads no later than `trusted_until` (its time plus the skew allowed): a snapshot or a
+    /// backoff change here dated after that comes from a clock running ahead (or a damaged
+    /// value), and the incoming one replaces it, whatever its date. Otherwise a just-fetched
+    /// result would lose to such a record, window after window.
+    pub fn merge_as_of(&mut self, incoming: &RouteRecord, trusted_until: i64) {
+        let from_the_future = |at: i64| at > trusted_until;
+        if incoming.entry.is_some()
+            && self
+                .entry
+                .as_ref()
+                .is_some_and(|e| from_the_future(e.checked_at))
+        {
+            self.entry = None;
+        }
+        if incoming.backoff_updated_at > 0 && from_the_future(self.backoff_updated_at) {
+            self.backoff_updated_at = i64::MIN;
+        }
+        self.merge(incoming);
+    }
+
     /// This record with every time bounded relative to `now`, for adoption from the shared file:
     /// a write from a clock running ahead (or a damaged value such as `i64::MAX`) must not freeze
     /// polling or back a route off for years.
     ///
     /// - observation times (`checkedAt` of the entry, its snapshot and windows, the backoff's
-    ///   change time, the last attempt) are at most `now + max_clock_skew_ms`;
-    /// - `refreshAfter` is at most the (clamped) `checkedAt` plus `max_refresh_interval_ms`;
+    ///   change time, the last attempt) later than `now + max_clock_skew_ms` become `now`: a
+    ///   poll made from now on is newer;
+    /// - an entry observed after that is stale at once (it says nothing about now), otherwise
+    ///   `refreshAfter` is at most the (clamped) `checkedAt` plus `max_refresh_interval_ms`;
     /// - the backoff deadline (and its copy in `lastError`) is at most `now + max_backoff_ms`.
     ///
     /// Saturating arithmetic throughout: any `i64` input is safe.
@@ -118,15 +142,20 @@ impl RouteRecord {
     pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> RouteRecord {
         let latest_seen = now.saturating_add(limits.max_clock_skew_ms.max(0));
         let latest_retry = now.saturating_add(limits.max_backoff_ms.max(0));
-        let seen = |at: i64| at.min(latest_seen);
+        let seen = |at: i64| if at > latest_seen { now } else { at };
         let mut record = self.clone();
         if let Some(entry) = record.entry.as_mut().map(Arc::make_mut) {
+            let from_the_future = entry.checked_at > latest_seen;
             entry.checked_at = seen(entry.checked_at);
-            entry.refresh_after = entry.refresh_after.min(
-                entry
-                    .checked_at
-                    .saturating_add(limits.max_refresh_interval_ms.max(0)),
-            );
+            entry.refresh_after = if from_the_future {
+                now
+            } else {
+                entry.refresh_after.min(
+                    entry
+                        .checked_at
+                        .saturating_add(limits.max_refresh_interval_ms.max(0)),
+                )
+            };
             let quota = &mut entry.quota;
             quota.checked_at = quota.checked_at.map(seen);
             for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()]
@@ -393,6 +422,16 @@ impl StateStore {
     /// Applies updates with a locked read-modify-write, merging into whatever other processes
     /// wrote meanwhile. Returns the merged file and where a corrupt file was set aside, if one was.
     pub fn apply(&self, updates: &[StoreUpdate]) -> Result<Loaded, QuotaError> {
+        self.apply_as_of(updates, i64::MAX)
+    }
+
+    /// [`StateStore::apply`] by a writer whose clock reads no later than `trusted_until`: a
+    /// record here dated after it yields to the update ([`RouteRecord::merge_as_of`]).
+    pub fn apply_as_of(
+        &self,
+        updates: &[StoreUpdate],
+        trusted_until: i64,
+    ) -> Result<Loaded, QuotaError> {
         let _guard = self.lock_file()?;
         let (mut state, quarantined) = match self.read_for_update()? {
             Parsed::Valid(state) => (state, None),
@@ -400,11 +439,11 @@ impl StateStore {
             Parsed::Corrupt => (StateFile::default(), Some(self.quarantine()?)),
             Parsed::Newer(version) => {
                 let mut alone = StateFile::default();
-                apply_updates(&mut alone, updates);
+                apply_updates(&mut alone, updates, trusted_until);
                 return Ok(read_only(version, alone));
             }
         };
-        apply_updates(&mut state, updates);
+        apply_updates(&mut state, updates, trusted_until);
         state.version = SCHEMA_VERSION;
         self.write_atomically(&state)?;
         Ok(Loaded {
@@ -608,11 +647,15 @@ fn read_only(version: u64, state: StateFile) -> Loaded {
     }
 }
 
-fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate]) {
+fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: i64) {
     for update in updates {
         match update {
             StoreUpdate::Merge { key, record } => {
-                state.routes.entry(key.clone()).or_default().merge(record);
+                state
+                    .routes
+                    .entry(key.clone())
+                    .or_default()
+                    .merge_as_of(record, trusted_until);
             }
             StoreUpdate::Remove { key } => {
                 state.routes.remove(key);
@@ -1051,7 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn adopted_times_are_clamped_to_now_plus_skew_and_the_configured_maxima() {
+    fn adopted_times_beyond_the_skew_become_now_stale_and_the_configured_maxima_hold() {
         use crate::snapshot::{ApiErrorRecord, QuotaWindow};
         const NOW: i64 = 1_789_000_000_000;
         let year_ahead = NOW + 365 * 24 * 3_600_000;
@@ -1072,28 +1115,132 @@ mod tests {
         far.last_attempt_at = Some(i64::MAX);
 
         let clamped = far.clamped(NOW, &limits());
-        let latest_seen = NOW + MAX_CLOCK_SKEW_MS;
         let entry = clamped.entry.as_ref().unwrap();
-        assert_eq!(entry.checked_at, latest_seen);
-        assert_eq!(entry.quota.checked_at, Some(latest_seen));
-        assert_eq!(
-            entry.quota.five_hour.as_ref().unwrap().checked_at,
-            latest_seen
-        );
-        assert_eq!(entry.refresh_after, latest_seen + 300_000);
+        assert_eq!(entry.checked_at, NOW);
+        assert_eq!(entry.quota.checked_at, Some(NOW));
+        assert_eq!(entry.quota.five_hour.as_ref().unwrap().checked_at, NOW);
+        // Says nothing about now: stale at once.
+        assert_eq!(entry.refresh_after, NOW);
         let six_hours = 6 * 3_600_000;
         assert_eq!(clamped.backoff.next_retry_at, Some(NOW + six_hours));
         let error = clamped.backoff.last_error.as_ref().unwrap();
         assert_eq!(error.next_retry_at, Some(NOW + six_hours));
-        assert_eq!(error.checked_at, latest_seen);
-        assert_eq!(clamped.backoff_updated_at, latest_seen);
-        assert_eq!(clamped.last_attempt_at, Some(latest_seen));
+        assert_eq!(error.checked_at, NOW);
+        assert_eq!(clamped.backoff_updated_at, NOW);
+        assert_eq!(clamped.last_attempt_at, Some(NOW));
+
+        // Within the skew: kept as written, `refreshAfter` bounded by the interval.
+        let mut near = record(NOW + MAX_CLOCK_SKEW_MS);
+        Arc::make_mut(near.entry.as_mut().unwrap()).refresh_after = i64::MAX;
+        let near = near.clamped(NOW, &limits());
+        let entry = near.entry.as_ref().unwrap();
+        assert_eq!(entry.checked_at, NOW + MAX_CLOCK_SKEW_MS);
+        assert_eq!(entry.refresh_after, NOW + MAX_CLOCK_SKEW_MS + 300_000);
+        // Without a skew allowance, one millisecond ahead is too far.
+        let no_skew = AdoptionLimits {
+            max_clock_skew_ms: 0,
+            ..limits()
+        };
+        let ahead = record(NOW + 1).clamped(NOW, &no_skew);
+        assert_eq!(ahead.entry.as_ref().unwrap().checked_at, NOW);
+        assert_eq!(ahead.entry.as_ref().unwrap().refresh_after, NOW);
+        assert_eq!(record(NOW).clamped(NOW, &no_skew), record(NOW));
 
         // Sane records pass unchanged, and extreme `now` values do not overflow.
         let sane = record(NOW - 1_000);
         assert_eq!(sane.clamped(NOW, &limits()), sane);
         let _ = far.clamped(i64::MAX, &limits());
         let _ = far.clamped(i64::MIN, &limits());
+    }
+
+    /// The merge rule, tie by tie: on equal times what is here stays (the snapshot and its
+    /// fingerprint, the last attempt's token), equal backoff changes are folded together, an
+    /// older backoff change is ignored, and an update without a login keeps this one's.
+    #[test]
+    fn merge_keeps_what_is_here_on_ties_and_folds_equal_backoff_changes() {
+        use crate::backoff::BackoffState;
+        let backoff = |attempts, next| BackoffState {
+            attempts,
+            next_retry_at: Some(next),
+            last_error: None,
+        };
+        let mut here = record(5);
+        here.token_fingerprint = Some("aaaaaaaaaaaaaaaa".into());
+        here.backoff = backoff(3, 100);
+        here.backoff_updated_at = 10;
+        here.last_attempt_at = Some(7);
+        here.last_attempt_token = Some("here".into());
+        here.lineage = Some("login-1".into());
+        let mut tie = record(5);
+        tie.token_fingerprint = Some("bbbbbbbbbbbbbbbb".into());
+        tie.backoff = backoff(1, 50);
+        tie.backoff_updated_at = 10;
+        tie.last_attempt_at = Some(7);
+        tie.last_attempt_token = Some("there".into());
+        let mut merged = here.clone();
+        merged.merge(&tie);
+        assert_eq!(merged.entry, here.entry);
+        assert_eq!(merged.token_fingerprint, here.token_fingerprint);
+        assert_eq!(merged.backoff, backoff(3, 100), "folded, not replaced");
+        assert_eq!(merged.last_attempt_token.as_deref(), Some("here"));
+        assert_eq!(merged.lineage.as_deref(), Some("login-1"));
+
+        let mut older = tie.clone();
+        older.backoff = backoff(9, 900);
+        older.backoff_updated_at = 9;
+        let mut merged = here.clone();
+        merged.merge(&older);
+        assert_eq!(
+            merged.backoff,
+            backoff(3, 100),
+            "an older change is ignored"
+        );
+
+        let mut newer = record(6);
+        newer.backoff = backoff(1, 50);
+        newer.backoff_updated_at = 11;
+        newer.last_attempt_at = Some(8);
+        newer.last_attempt_token = Some("newer".into());
+        let mut merged = here.clone();
+        merged.merge(&newer);
+        assert_eq!(merged.entry, newer.entry);
+        assert_eq!(merged.backoff, backoff(1, 50), "a newer change replaces");
+        assert_eq!(merged.last_attempt_token.as_deref(), Some("newer"));
+        assert_eq!(merged.lineage.as_deref(), Some("login-1"));
+    }
+
+    #[test]
+    fn a_write_replaces_a_record_dated_after_the_writers_clock() {
+        const NOW: i64 = 1_789_000_000_000;
+        let (_dir, store) = store();
+        let mut skewed = record(NOW + 3_600_000);
+        skewed.backoff_updated_at = NOW + 3_600_000;
+        store.apply(&[merge("main:a", skewed.clone())]).unwrap();
+        // Without a bound, the later date wins as ever.
+        let mut fresh = record(NOW);
+        fresh.backoff_updated_at = NOW;
+        let written = store.apply(&[merge("main:a", fresh.clone())]).unwrap();
+        assert_eq!(written.state.routes["main:a"], skewed);
+        // Written by a process whose clock reads NOW: the record from an hour ahead yields.
+        let written = store
+            .apply_as_of(&[merge("main:a", fresh.clone())], NOW)
+            .unwrap();
+        assert_eq!(written.state.routes["main:a"].entry, fresh.entry);
+        assert_eq!(written.state.routes["main:a"].backoff_updated_at, NOW);
+        // A record dated up to the bound is newer, and stays.
+        let mut near = record(NOW + 10);
+        near.backoff_updated_at = NOW + 10;
+        store.apply(&[merge("main:b", near.clone())]).unwrap();
+        let written = store
+            .apply_as_of(&[merge("main:b", fresh.clone())], NOW + 10)
+            .unwrap();
+        assert_eq!(written.state.routes["main:b"], near);
+        // An update without an entry or a backoff change leaves a future one alone.
+        store.apply(&[merge("main:c", skewed.clone())]).unwrap();
+        let written = store
+            .apply_as_of(&[merge("main:c", RouteRecord::default())], NOW)
+            .unwrap();
+        assert_eq!(written.state.routes["main:c"], skewed);
     }
 
     #[test]

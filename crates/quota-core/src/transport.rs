@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::client::{interpret_response, MAX_BODY_BYTES};
+use crate::client::{interpret_response, redact_strings, scrub_message, MAX_BODY_BYTES};
 use crate::error::QuotaError;
 use crate::snapshot::{QuotaSnapshot, QuotaSource};
 
@@ -56,6 +56,10 @@ pub enum HostAnswer {
     /// The host's function failed in a way that says nothing about the endpoint (a `fetch`
     /// rejection, a non-object answer): a network error.
     Failed(String),
+    /// The host's function failed because it called the manager back for the route it was
+    /// polling (a call that would have waited for itself): the host's bug, not the endpoint's,
+    /// so no backoff.
+    Reentered(String),
 }
 
 /// A host transport. `fetches_without_token`: polls may be made with an empty token (the
@@ -113,14 +117,29 @@ impl Transport {
                     checked_at,
                 )
             }
-            HostAnswer::Snapshot(value) => snapshot_from_host(&value, checked_at),
+            // What the host hands back is scrubbed as an HTTP answer is: its messages and the
+            // strings of its snapshot reach the state file, `onApiError` and the rejection.
+            HostAnswer::Snapshot(mut value) => {
+                redact_strings(&mut value, &token);
+                snapshot_from_host(&value, checked_at)
+            }
             HostAnswer::Rejected {
                 status,
                 network,
                 retry_after_ms,
                 message,
-            } => Err(rejection_error(status, network, retry_after_ms, message)),
-            HostAnswer::Failed(message) => Err(QuotaError::Network(message)),
+            } => Err(rejection_error(
+                status,
+                network,
+                retry_after_ms,
+                scrub_message(&message, &token),
+            )),
+            HostAnswer::Failed(message) => {
+                Err(QuotaError::Network(scrub_message(&message, &token)))
+            }
+            HostAnswer::Reentered(message) => {
+                Err(QuotaError::Reentered(scrub_message(&message, &token)))
+            }
         }
     }
 }
@@ -164,6 +183,7 @@ fn rejection_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::MAX_ERROR_BODY_CHARS;
     use crate::error::FailureClass;
 
     #[test]
@@ -191,6 +211,11 @@ mod tests {
             "QUOTA_HTTP_ERROR",
             "a status wins"
         );
+        // A rejection that names a success status says nothing about the endpoint: as no status.
+        assert_eq!(
+            rejection_error(Some(200), false, Some(5_000), "x".into()).code(),
+            "QUOTA_TRANSPORT_ERROR"
+        );
     }
 
     #[test]
@@ -203,5 +228,122 @@ mod tests {
         assert_eq!(snapshot.source, Some(QuotaSource::Poll));
         assert_eq!(snapshot.checked_at, Some(42));
         assert!(snapshot_from_host(&serde_json::json!(3), 1).is_err());
+    }
+
+    /// A host transport that always gives the same answer.
+    struct Answering(HostAnswer);
+
+    impl HostTransport for Answering {
+        fn poll(&self, _: PollRequest) -> BoxFuture<'static, HostAnswer> {
+            let answer = self.0.clone();
+            Box::pin(async move { answer })
+        }
+        fn fetches_without_token(&self) -> bool {
+            false
+        }
+    }
+
+    const TOKEN: &str = "sk-ant-oat01-secret-token";
+
+    async fn fetch_through(answer: HostAnswer) -> Result<QuotaSnapshot, QuotaError> {
+        let request = PollRequest {
+            kind: PollKind::Main,
+            account_id: None,
+            access_token: TOKEN.into(),
+            url: "http://127.0.0.1/usage".into(),
+            headers: Vec::new(),
+        };
+        Transport(Arc::new(Answering(answer)))
+            .fetch(request, Duration::from_secs(5), || 7)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_host_rejection_or_failure_is_redacted() {
+        let rejected = fetch_through(HostAnswer::Rejected {
+            status: Some(429),
+            network: false,
+            retry_after_ms: None,
+            message: format!("upstream 429 for Bearer {TOKEN} "),
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            rejected.to_string(),
+            "Claude quota check failed: 429 — upstream 429 for Bearer [redacted]"
+        );
+        let failed = fetch_through(HostAnswer::Failed(format!(
+            "fetch failed: {{\"authorization\":\"Bearer {TOKEN}\"}}"
+        )))
+        .await
+        .unwrap_err();
+        assert!(!failed.to_string().contains(TOKEN), "{failed}");
+        assert!(failed.to_string().contains("Bearer [redacted]"), "{failed}");
+        let auth = fetch_through(HostAnswer::Rejected {
+            status: Some(401),
+            network: false,
+            retry_after_ms: None,
+            message: TOKEN.repeat(400),
+        })
+        .await
+        .unwrap_err();
+        assert!(!auth.to_string().contains("oat01"), "{auth}");
+        assert!(auth.to_string().len() < 2 * MAX_ERROR_BODY_CHARS, "{auth}");
+    }
+
+    #[tokio::test]
+    async fn a_fetch_response_is_read_like_http_and_only_a_large_success_body_is_refused() {
+        let response = |status, body: String| HostAnswer::Response {
+            status,
+            retry_after: Some("120".into()),
+            body,
+        };
+        let small = r#"{"five_hour":{"utilization":9}}"#.to_owned();
+        let polled = fetch_through(response(200, small)).await.unwrap();
+        assert_eq!(polled.five_hour.map(|w| w.used_percent), Some(9.0));
+        // Exactly the limit is still read.
+        let head = r#"{"five_hour":{"utilization":9},"pad":""#;
+        let padded = format!("{head}{}\"}}", "x".repeat(MAX_BODY_BYTES - head.len() - 2));
+        assert_eq!(padded.len(), MAX_BODY_BYTES);
+        assert!(fetch_through(response(200, padded)).await.is_ok());
+        let large = "x".repeat(MAX_BODY_BYTES + 1);
+        let refused = fetch_through(response(200, large.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), "QUOTA_BAD_RESPONSE");
+        // A large error page is still that status's failure, with its Retry-After.
+        let limited = fetch_through(response(429, large)).await.unwrap_err();
+        assert_eq!(limited.code(), "QUOTA_HTTP_ERROR");
+        assert_eq!(limited.retry_after_ms(), Some(120_000));
+        assert_eq!(
+            format!(
+                "{:?}",
+                Transport(Arc::new(Answering(HostAnswer::Failed(String::new()))))
+            ),
+            "Transport(host)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_poll_failed_by_the_hosts_own_call_back_arms_no_backoff() {
+        let error = fetch_through(HostAnswer::Reentered(format!("refreshMain inside {TOKEN}")))
+            .await
+            .unwrap_err();
+        assert_eq!(error.failure_class(), FailureClass::None);
+        assert_eq!(error.to_string(), "refreshMain inside [redacted]");
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_host_snapshot_string_is_redacted() {
+        let snapshot = fetch_through(HostAnswer::Snapshot(serde_json::json!({
+            "five_hour": { "usedPercent": 10, "checkedAt": 5 },
+            "scoped": [{ "id": "claude-weekly-scoped-x", "title": TOKEN, "modelName": TOKEN,
+                         "usedPercent": 1, "remainingPercent": 99, "checkedAt": 5 }],
+        })))
+        .await
+        .unwrap();
+        let stored = serde_json::to_string(&snapshot).unwrap();
+        assert!(!stored.contains(TOKEN), "{stored}");
+        assert!(stored.contains("[redacted]"), "{stored}");
     }
 }

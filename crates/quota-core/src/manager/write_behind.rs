@@ -222,7 +222,12 @@ impl QuotaManager {
             return;
         };
         let started = std::time::Instant::now();
-        match self.inner.shared.apply(&updates, lock).await {
+        match self
+            .inner
+            .shared
+            .apply_as_of(&updates, lock, self.now())
+            .await
+        {
             Ok(loaded) => self.after_write(Ok(loaded)),
             // The lock expired while this process was paused, and another holder's newer
             // result stands in Redis; this host's file has ours (merged, newest wins).
@@ -262,7 +267,7 @@ impl QuotaManager {
         if !updates.is_empty() {
             let store =
                 store.with_lock_timeout(EXIT_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
-            self.after_write(store.apply(&updates));
+            self.after_write(store.apply_as_of(&updates, self.now()));
         }
     }
 

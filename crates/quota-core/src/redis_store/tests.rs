@@ -249,6 +249,153 @@ async fn fencing_rejects_the_write_of_a_holder_whose_lock_expired() {
     assert!(fresh.release().await.unwrap());
 }
 
+/// Redis restarted empty (or flushed): the fence counter starts again, but a paused holder from
+/// before and the new holder never share a fence, so the paused one's write and release fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_stay_unique_when_redis_is_flushed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = (store(&server), store(&server));
+    let (stale, _) = acquire(&a, "main:acct").await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    let (fresh, _) = acquire(&b, "main:acct").await;
+    assert!(
+        fresh.fence() > stale.fence(),
+        "{} then {}",
+        stale.fence(),
+        fresh.fence()
+    );
+    b.apply(&[merge("main:acct", record(300))], Some(&fresh))
+        .await
+        .unwrap();
+    let error = a
+        .apply(&[merge("main:acct", record(200))], Some(&stale))
+        .await
+        .unwrap_err();
+    assert_eq!(error, RedisStoreError::StaleLock);
+    assert!(!stale.release().await.unwrap());
+    assert!(matches!(
+        a.try_lock_route("main:acct").await.unwrap(),
+        LockTry::Held { .. }
+    ));
+    let stored = b.read_route("main:acct").await.unwrap();
+    assert_eq!(checked_at(stored.as_ref()), Some(300));
+    let next = fresh.fence();
+    assert!(fresh.release().await.unwrap());
+    // The counter carries on from there: the next holder's fence is larger still.
+    let (after, _) = acquire(&a, "main:acct").await;
+    assert!(after.fence() > next);
+    // A fence crosses as an integer, whatever its size (the lock holds the same text).
+    let held: String = redis::cmd("GET")
+        .arg("test:lock:main:acct")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    assert_eq!(held, after.fence().to_string());
+    assert!(after.release().await.unwrap());
+}
+
+/// A lock key written by hand without an expiry gets a holder's lease: it blocks the route for
+/// one lease at most, not forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_without_expiry_gets_a_lease() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server);
+    let mut connection = raw(&server).await;
+    let _: () = redis::cmd("SET")
+        .arg("test:lock:main:acct")
+        .arg("by-hand")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // The lease it was given, to the millisecond: the waiter sleeps that long.
+    assert!(matches!(
+        s.try_lock_route("main:acct").await.unwrap(),
+        LockTry::Held { expires_in } if expires_in == Duration::from_millis(600)
+    ));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("test:lock:main:acct")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 600, "{pttl}");
+    let locked = s
+        .lock_route("main:acct", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(locked.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server);
+    s.apply(&[merge("main:acct", record(1))], None)
+        .await
+        .unwrap();
+    let mut connection = raw(&server).await;
+    let _: () = redis::cmd("SET")
+        .arg("test:route:main:string")
+        .arg("x")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("test:route:main:bad")
+        .arg("record")
+        .arg("{not json")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let loaded = s.load_all_reporting().await.unwrap();
+    assert_eq!(loaded.routes.keys().collect::<Vec<_>>(), ["main:acct"]);
+    let mut skipped = loaded.skipped;
+    skipped.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(
+        skipped,
+        [
+            SkippedKey {
+                key: "test:route:main:bad".into(),
+                reason: "its record is not a route record".into()
+            },
+            SkippedKey {
+                key: "test:route:main:string".into(),
+                reason: "not a hash".into()
+            },
+        ]
+    );
+    assert_eq!(s.load_all().await.unwrap().len(), 1);
+
+    // Any other refusal is an error, not a skipped key: a client that may not read hashes.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("no-hget")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-hget")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut limited = config(&server);
+    limited.url = format!("redis://no-hget:secret@127.0.0.1:{}/", server.port);
+    let limited = RedisStore::new(&limited).unwrap();
+    assert!(matches!(
+        limited.load_all_reporting().await,
+        Err(RedisStoreError::Unavailable(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_notice_wakes_a_waiter_long_before_the_ttl() {
     let Some(server) = RedisServer::start() else {

@@ -51,7 +51,7 @@ async fn the_file_store_behind_the_trait_excludes_and_merges() {
         .unwrap();
     assert!(second.locked.is_none() && second.waited);
     store
-        .apply(&[merge("main:a", 5)], Some(&held))
+        .apply(&[merge("main:a", 5)], Some(&held), i64::MAX)
         .await
         .unwrap();
     held.release().await;

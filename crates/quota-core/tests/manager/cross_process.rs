@@ -216,3 +216,57 @@ async fn a_manager_started_later_takes_the_fresh_result_of_the_route_it_names() 
     assert!(fallback_fetched(&later(), "fb-2", "f2").await);
     assert_eq!(requests(), 6);
 }
+
+fn used_frame(used: f64, at: i64) -> QuotaSnapshot {
+    QuotaSnapshot {
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(used, None, at)),
+        checked_at: Some(at),
+        ..QuotaSnapshot::default()
+    }
+}
+
+fn five_hour_used(quota: &QuotaSnapshot) -> Option<f64> {
+    quota.five_hour.as_ref().map(|w| w.used_percent)
+}
+
+/// A process whose clock runs an hour ahead wrote 100 %; the endpoint says 9 %. A correct
+/// process's poll wins, in its answer, its cache and the file, window after window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_poll_wins_over_a_record_from_a_clock_running_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let server = endpoint(0).await;
+    let here = ManualClock::new(START);
+    let ahead = ManualClock::new(START + 3_600_000);
+    let skewed = manager_of("alice", config(&server.url, Some(state.clone())), &ahead);
+    skewed.push_main_frame(Some("alice"), used_frame(100.0, START + 3_600_000));
+    skewed.flush().await;
+
+    let local = manager_of("alice", config(&server.url, Some(state.clone())), &here);
+    // Adopted at construction, but it says nothing about now.
+    assert!(local.is_main_stale(None));
+    for window in 0..3 {
+        let now = START + window * 6 * 60_000;
+        let outcome = local.refresh_main(Some("alice"), "t").await.unwrap();
+        assert!(outcome.fetched, "window {window}");
+        assert_eq!(five_hour_used(&outcome.quota), Some(9.0), "window {window}");
+        let cached = local.get_main(Some("alice")).unwrap();
+        assert_eq!(five_hour_used(&cached.quota), Some(9.0), "window {window}");
+        local.flush().await;
+        let file = quota_core::store::StateStore::new(state.clone())
+            .load()
+            .unwrap();
+        let entry = file.state.routes["main:alice"].entry.clone().unwrap();
+        assert_eq!(entry.checked_at, now, "window {window}");
+        assert_eq!(five_hour_used(&entry.quota), Some(9.0), "window {window}");
+        // The next window: a process starting now gets the true figure, fresh.
+        let restarted = manager_of("alice", config(&server.url, Some(state.clone())), &here);
+        assert!(!restarted.is_main_stale(None), "window {window}");
+        assert_eq!(
+            five_hour_used(&restarted.get_main(Some("alice")).unwrap().quota),
+            Some(9.0)
+        );
+        here.advance(6 * 60_000);
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 3);
+}

@@ -77,6 +77,93 @@ fn host_config(url: &str, redis_url: &str, dir: &tempfile::TempDir) -> ManagerCo
     }
 }
 
+/// Hosts' clocks may disagree by up to a minute: a result another host dated that far ahead is
+/// its answer; one further ahead is not, and the poll made here replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_from_a_host_up_to_a_minute_ahead_is_served_and_one_further_ahead_is_not() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let server = endpoint(0).await;
+    let here = ManualClock::new(START);
+    let fetched = |quota: QuotaManager| async move {
+        quota
+            .refresh_main(Some("alice"), "t")
+            .await
+            .unwrap()
+            .fetched
+    };
+    for (ahead_ms, served) in [(60_000, true), (60_001, false)] {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ahead = ManualClock::new(START + ahead_ms);
+        let prefix = format!("skew{ahead_ms}:");
+        let with_prefix = |dir| ManagerConfig {
+            redis: Some(RedisConfig::new(redis.url(), Some(prefix.clone()))),
+            ..host_config(&server.url, &redis.url(), dir)
+        };
+        let skewed = manager(with_prefix(&dir_a), &ahead);
+        let local = manager(with_prefix(&dir_b), &here);
+        assert!(fetched(skewed).await);
+        assert_eq!(!fetched(local).await, served, "{ahead_ms} ms ahead");
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 3);
+}
+
+/// A record dated 9e15 in Redis (written by hand, or by a broken clock) is not fresh, and the
+/// first poll replaces it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_dated_far_ahead_in_redis_is_stale_and_replaced_by_the_next_poll() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = endpoint(0).await;
+    let clock = ManualClock::new(START);
+    let shared = RedisStore::new(&RedisConfig::new(redis.url(), Some("hosts:".into()))).unwrap();
+    let far = 9_000_000_000_000_000;
+    let frame = QuotaSnapshot {
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
+            100.0, None, far,
+        )),
+        checked_at: Some(far),
+        ..QuotaSnapshot::default()
+    };
+    let record = quota_core::store::RouteRecord {
+        entry: Some(Arc::new(quota_core::snapshot::QuotaEntry {
+            quota: frame,
+            checked_at: far,
+            refresh_after: far + 300_000,
+        })),
+        ..Default::default()
+    };
+    shared
+        .apply(
+            &[quota_core::store::StoreUpdate::Merge {
+                key: "main:alice".into(),
+                record: Box::new(record),
+            }],
+            None,
+        )
+        .await
+        .unwrap();
+    let host = manager_of(
+        "alice",
+        host_config(&server.url, &redis.url(), &dir),
+        &clock,
+    );
+    assert!(host.is_main_stale(None));
+    let outcome = host.refresh_main(Some("alice"), "t").await.unwrap();
+    assert!(outcome.fetched);
+    assert_eq!(
+        outcome.quota.five_hour.as_ref().map(|w| w.used_percent),
+        Some(9.0)
+    );
+    host.flush().await;
+    let stored = shared.read_route("main:alice").await.unwrap().unwrap();
+    assert_eq!(stored.entry.as_ref().unwrap().checked_at, START);
+    assert!(!host.is_main_stale(None));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_one_request_and_one_backoff_through_redis() {
     let Some(redis) = Redis::start() else {
