@@ -375,7 +375,7 @@ export declare class QuotaManager {
   /** Every cached fallback entry, by account id. */
   getAllFallbacks(): Map<string, QuotaEntry>
   /**
-   * Binds the main identity (COMPAT §3). Returns the new error generation when a backoff
+   * Binds the main identity (docs/compat.md#main-identity). Returns the new error generation when a backoff
    * error recorded for another identity was cleared, else `undefined`.
    */
   setMainQuotaAccountIdentity(identity: string | undefined, strict?: boolean | undefined, force?: boolean | undefined): number | undefined

@@ -1,4 +1,4 @@
-// The drop-in surface for the plugin (issue 9, /work/shared/COMPAT.md): the host transports, the
+// The drop-in surface for the plugin (issue 9, docs/compat.md): the host transports, the
 // `now` clock, callbacks that are not awaited, the main identity generations, the changed
 // signatures, rejections instead of throws, and no raw token ever used as an identity (issue 11
 // item 3). Polls go through `fetchImpl` / `fetchQuotaSnapshot`, so no server is needed; runs under

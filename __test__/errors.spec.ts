@@ -77,7 +77,7 @@ describe('bad options throw at construction, naming the option', () => {
   })
 })
 
-// COMPAT §4: promise-returning methods report bad arguments by rejecting, never by throwing
+// docs/compat.md#signatures: promise-returning methods report bad arguments by rejecting, never by throwing
 // synchronously (the plugin writes `void qm.refreshFallback(...).catch(() => {})`).
 describe('bad arguments throw (sync methods) or reject (promise methods) a TypeError / RangeError naming the argument; the manager stays usable', () => {
   type Loose = {

@@ -22,7 +22,7 @@ import type { RecordedEvents } from './helpers/fallback-harness.js'
 
 const { setup, onCleanup } = perTestHarness()
 
-/** Far ahead of every test clock: an `access` token is only used while `expires` is ahead (COMPAT §4). */
+/** Far ahead of every test clock: an `access` token is only used while `expires` is ahead (docs/compat.md#signatures). */
 const NEVER_EXPIRES = Date.UTC(2100, 0, 1)
 const account = (id: string, extra: Partial<OAuthFallbackAccount> = {}): FallbackAccount => ({
   id,
@@ -38,7 +38,7 @@ function entryAt(at: number, fiveUsed: number, sevenUsed = 50, refreshAfter = at
       seven_day: { usedPercent: sevenUsed, remainingPercent: 100 - sevenUsed, checkedAt: at },
       source: 'poll',
       checkedAt: at,
-      // COMPAT §5: every snapshot handed out says where each present field came from.
+      // docs/compat.md#results: every snapshot handed out says where each present field came from.
       fieldSources: { five_hour: 'poll', seven_day: 'poll' },
     },
     checkedAt: at,
@@ -393,7 +393,7 @@ describe('login replacement (authLineageId)', () => {
   it('an observation carrying the old lineage is discarded and returns null', async () => {
     const { manager } = await setup()
     manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.1 }), login1())
-    // COMPAT §4 (upstream acceptFallbackQuotaObservation): a header push never rebinds the login;
+    // docs/compat.md#signatures (upstream acceptFallbackQuotaObservation): a header push never rebinds the login;
     // one of another login than the bound one is discarded...
     expect(manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.2 }), login2())).toBeNull()
     expect(manager.getFallback('a')?.quota.five_hour?.usedPercent).toBe(10)

@@ -195,7 +195,7 @@ describe('headers as Headers and Map objects', () => {
     }
     expect(() => evaluateQuota(null, 42 as never)).toThrow(TypeError)
     expect(() => evaluateQuota(null, 'strict' as never)).toThrow(/policy/)
-    // A plain object is a policy: unknown quota fails closed by default (COMPAT), open on request.
+    // A plain object is a policy: unknown quota fails closed by default (docs/routing.md#policy), open on request.
     expect(evaluateQuota(null, {}).passes).toBe(false)
     expect(evaluateQuota(null, { failClosedOnUnknownQuota: false }).passes).toBe(true)
   })

@@ -1,4 +1,4 @@
-// Quota harvested from response headers: parseQuotaHeaders (SPEC §2) and the merge rules of
+// Quota harvested from response headers: parseQuotaHeaders (docs/headers.md) and the merge rules of
 // pushMainFromHeaders / pushFallbackFromHeaders.
 import { describe, expect, it } from 'vitest'
 import { parseQuotaHeaders } from '../index.js'
@@ -13,7 +13,7 @@ const RESET_5H = Math.floor(T0 / 1000) + 7200
 const RESET_7D = Math.floor(T0 / 1000) + 4 * 86400
 
 describe('parseQuotaHeaders', () => {
-  it('reads a full frame (SPEC §2)', () => {
+  it('reads a full frame (docs/headers.md#parsing)', () => {
     const snapshot = parseQuotaHeaders(
       rateLimitHeaders({
         fiveHour: 0.12,
@@ -186,7 +186,7 @@ describe('parseQuotaHeaders', () => {
   })
 })
 
-describe('header pushes: merge ownership (SPEC §2)', () => {
+describe('header pushes: merge ownership (docs/headers.md#merging-a-header-frame)', () => {
   it('a push into an empty cache makes a header entry for that route', async () => {
     const { manager } = await setup()
     const entry = manager.pushFallbackFromHeaders('a', rateLimitHeaders({ fiveHour: 0.12, sevenDay: 0.7 }))

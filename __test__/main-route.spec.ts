@@ -444,7 +444,7 @@ describe('backoff configuration and the fail-closed answer', () => {
     expect(manager.failClosedResponse()).toBeNull()
   })
 
-  it('failClosedResponse fails closed by default (the plugin default, COMPAT) and is null with failClosedOnUnknownQuota: false', async () => {
+  it('failClosedResponse fails closed by default (the plugin default, docs/routing.md#policy) and is null with failClosedOnUnknownQuota: false', async () => {
     const sim = await h.simulator()
     const { manager } = h.manager(sim)
     sim.replyOnce({ status: 429 })
@@ -590,7 +590,7 @@ describe('seeding from storage', () => {
     expect(entry?.checkedAt).toBe(T0 - MINUTE)
     expect(entry?.quota.five_hour?.usedPercent).toBe(40)
     expect(manager.getMain('alice')?.quota.seven_day?.usedPercent).toBe(50)
-    // COMPAT §3: without an argument, getMain() serves only while no identity is bound.
+    // docs/compat.md#main-identity: without an argument, getMain() serves only while no identity is bound.
     expect(manager.getMain()).toBeNull()
     expect(manager.stats().apiCalls).toBe(0)
   })
@@ -828,7 +828,7 @@ describe('identity', () => {
     const bob = manager.getMain('bob')
     expect(bob).not.toBeNull()
     expect(bob?.quota.accountIdentity).toBe('bob')
-    // COMPAT §3: without an argument, getMain() serves only while no identity is bound.
+    // docs/compat.md#main-identity: without an argument, getMain() serves only while no identity is bound.
     expect(manager.getMain()).toBeNull()
   })
 

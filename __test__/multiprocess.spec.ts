@@ -1,4 +1,4 @@
-// Multi-process behaviour (SPEC §5–§6): real `node` children share one state file and the
+// Multi-process behaviour (docs/single-flight.md, docs/state-file.md): real `node` children share one state file and the
 // per-route OS locks, against the local usage simulator running in this (the vitest) process.
 //
 // Each child runs __test__/fixtures/mp-*.cjs. The worker fixture loads the addon and builds its

@@ -120,7 +120,7 @@ describe('callbacks and the route lock', () => {
     const { manager: other } = h.manager(sim, { statePath: file, clock, lockTimeoutMs: 1_000 })
     const inner: Array<{ ok: boolean; code?: string; fetched?: boolean }> = []
     // awaitCallbacks: the outer refresh waits for the callback, so a callback run under the lock
-    // would show here (callbacks are not awaited by default: COMPAT §2).
+    // would show here (callbacks are not awaited by default: docs/compat.md#callbacks).
     const { manager } = h.manager(sim, {
       statePath: file,
       clock,

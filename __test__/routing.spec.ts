@@ -1,5 +1,5 @@
-// Routing: evaluateQuota (SPEC §8), thresholds and their aliases, model-scoped staleness of main,
-// and the fail-closed answer (SPEC §7).
+// Routing: evaluateQuota (docs/routing.md#policy), thresholds and their aliases, model-scoped staleness of main,
+// and the fail-closed answer (docs/routing.md#fail-closed-answer).
 import { describe, expect, it } from 'vitest'
 import { evaluateQuota } from '../index.js'
 import type { QuotaEntry, QuotaPolicy, QuotaSnapshot, ScopedQuotaWindow } from '../index.js'
@@ -82,14 +82,14 @@ describe('evaluateQuota', () => {
       reason: 'scoped',
       blockedUntil: Date.parse(SCOPED_RESET),
     })
-    // Another version of the same family counts against the Fable window (SPEC §3 matching).
+    // Another version of the same family counts against the Fable window (docs/freshness.md#model-matching).
     expect(evaluateQuota(q, {}, 'claude-fable-6').reason).toBe('scoped')
     expect(evaluateQuota(q, {}, 'claude-sonnet-4-5')).toEqual({ passes: true })
     expect(evaluateQuota(q)).toEqual({ passes: true })
     expect(evaluateQuota(snapshot(9, 68, [fable(99)]), {}, 'claude-fable-5-1').passes).toBe(true)
   })
 
-  it('unknown quota fails closed by default (the plugin default, COMPAT) and passes with failClosedOnUnknownQuota: false', () => {
+  it('unknown quota fails closed by default (the plugin default, docs/routing.md#policy) and passes with failClosedOnUnknownQuota: false', () => {
     expect(evaluateQuota(null)).toEqual({ passes: false, reason: 'unknown' })
     expect(evaluateQuota(undefined, {})).toEqual({ passes: false, reason: 'unknown' })
     expect(evaluateQuota({})).toEqual({ passes: false, reason: 'unknown' })
@@ -229,7 +229,7 @@ describe('model-scoped staleness of main', () => {
   })
 })
 
-describe('failClosedResponse (SPEC §7)', () => {
+describe('failClosedResponse (docs/routing.md#fail-closed-answer)', () => {
   const failClosed = { storage: { quota: { failClosedOnUnknownQuota: true } } }
 
   function expectedBody(seconds: number, message: string): string {

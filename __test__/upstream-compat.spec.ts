@@ -1,4 +1,4 @@
-// The plugin's own QuotaManager suite, ported (issue 9, /work/shared/COMPAT.md §7).
+// The plugin's own QuotaManager suite, ported (issue 9, docs/compat.md#upstream-tests).
 //
 // Source: cortexkit/anthropic-auth, packages/opencode/src/tests/quota-manager.test.ts (bun:test),
 // in its newest revision (72 tests; the fork coleleavitt/anthropic-auth at 0677fd0c holds it).
@@ -27,8 +27,8 @@
 // it), so no test touches ~/.config or another test's state.
 //
 // The upstream tests use an injected `fetchImpl` and a `now` clock function, the plugin's
-// `setMainQuotaAccountIdentity` / generation API and the 3-argument refresh signatures (COMPAT.md
-// §1–§4). Where upstream holds the plugin's own file lock (`acquireRefreshFileLock`), this port
+// `setMainQuotaAccountIdentity` / generation API and the 3-argument refresh signatures (docs/compat.md:
+// host options, callbacks, main identity, signatures). Where upstream holds the plugin's own file lock (`acquireRefreshFileLock`), this port
 // has a real second process hold this package's route lock by polling a slow local endpoint.
 
 import { execFile } from 'node:child_process'
@@ -1416,7 +1416,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       let callCount = 0
       const fetchMock = vi.fn(async (_url: string, init?: FetchInit) => {
         callCount += 1
-        // The headers arrive as a plain object (COMPAT.md §1).
+        // The headers arrive as a plain object (docs/compat.md#host-options).
         fetchedTokens.push((init?.headers?.Authorization ?? '').replace('Bearer ', ''))
         return utilizationResponse(callCount * 10, now)
       })

@@ -6,7 +6,7 @@
 const http = require('node:http')
 const crypto = require('node:crypto')
 
-/** A realistic usage body (SPEC §1 shape). Percentages 0..100. */
+/** A realistic usage body (docs/endpoint.md#response-body shape). Percentages 0..100. */
 function usageBody({
   fiveHour = 9,
   sevenDay = 68,

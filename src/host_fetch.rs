@@ -1,4 +1,4 @@
-//! The host transports (COMPAT §1): `fetchImpl` (a `fetch` for tests) and `fetchQuotaSnapshot`
+//! The host transports (docs/endpoint.md#host-transports): `fetchImpl` (a `fetch` for tests) and `fetchQuotaSnapshot`
 //! (the plugin's own poll, e.g. through a credential vault). A small JavaScript adapter, built
 //! once per manager, calls the host's function, reads its answer (status, `Retry-After`,
 //! `text()`, or the snapshot / the rejection's `status` and `retryAfter(Ms)`), samples `now`

@@ -61,7 +61,7 @@ fn with_code(error: Unknown, code: &str) -> Error {
 }
 
 /// The JavaScript `Error` for a core error: the human message, a stable `code`, and the extra
-/// fields API.md lists for that code.
+/// fields docs/api.md#error-fields lists for that code.
 pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
     let reason = Error::new(Status::GenericFailure, error.to_string());
     // A value the host passed that cannot be used (a token with a line break) is its bug.
@@ -220,7 +220,7 @@ pub fn describe(value_type: ValueType) -> &'static str {
     }
 }
 
-/// `undefined` when absent (API.md's optional results), the value otherwise.
+/// `undefined` when absent (the optional results of docs/api.md#methods), the value otherwise.
 pub struct OrUndefined<T>(pub Option<T>);
 
 impl<T: ToNapiValue> ToNapiValue for OrUndefined<T> {

@@ -275,7 +275,7 @@ impl QuotaManager {
 
     // ----- main identity -------------------------------------------------------------------
 
-    /// Binds the main identity (COMPAT §3). Returns the new error generation when a backoff
+    /// Binds the main identity (docs/compat.md#main-identity). Returns the new error generation when a backoff
     /// error recorded for another identity was cleared, else `undefined`.
     #[napi(
         catch_unwind,

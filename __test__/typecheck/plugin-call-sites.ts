@@ -3,7 +3,7 @@
 // Compiled, never run: `npm run typecheck:plugin` (tsc --strict --exactOptionalPropertyTypes).
 //
 // The plugin (cortexkit/anthropic-auth) calls its QuotaManager from packages/opencode/src/index.ts
-// and packages/core/src/accounts.ts; the reference list is /work/shared/COMPAT.md. The plugin's
+// and packages/core/src/accounts.ts; the reference list is docs/compat.md. The plugin's
 // account and storage types are restated below in this file's own words, with the same shapes,
 // so that "only the import line changes" is checked against what the plugin really passes: its
 // `AccountStorage` (with `version`, `accounts`, `main`, `mainQuotaToken`, error generations), its

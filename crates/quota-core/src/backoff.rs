@@ -1,4 +1,4 @@
-//! Per-route backoff of the usage endpoint (SPEC §4): the exponential ladder for transient
+//! Per-route backoff of the usage endpoint (docs/backoff.md): the exponential ladder for transient
 //! failures, the flat delay for the other failures, `Retry-After`, and the rule that one open
 //! window is escalated only once however many processes fail inside it.
 //!
@@ -28,7 +28,7 @@ pub const RETRY_AFTER_ABSURD_MS: i64 = 30 * 24 * HOUR_MS;
 /// Six hours is the longest window this crate arms with the default configuration.
 pub const PERSISTED_WINDOW_CAP_MS: i64 = 6 * HOUR_MS;
 
-/// Tunables of the backoff (API.md `backoff` option). Validation of user input is the caller's
+/// Tunables of the backoff (the `backoff` option in docs/api.md#options). Validation of user input is the caller's
 /// job; the functions here only guarantee not to overflow or shorten a delay on odd values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackoffConfig {
@@ -100,7 +100,7 @@ impl BackoffState {
     /// - Otherwise the attempt count goes up by one (the count survives an expired window) and
     ///   the window is `max(rung delay, min(Retry-After, max_retry_after_ms))`, where the rung
     ///   delay is the jittered ladder for transient failures and the flat `non_transient_ms`,
-    ///   unjittered, for the others (SPEC calls it flat; cross-process sharing of the window
+    ///   unjittered, for the others (docs/backoff.md#failure-classes calls it flat; cross-process sharing of the window
     ///   already stops processes from retrying in lockstep).
     ///
     /// `random_unit` is a uniform sample from `[0, 1)`.

@@ -1,5 +1,5 @@
-//! The HTTP client for Anthropic's usage endpoint (SPEC §1): one GET, a bounded body, and every
-//! failure mapped onto a [`QuotaError`] whose class drives the backoff (SPEC §4).
+//! The HTTP client for Anthropic's usage endpoint (docs/endpoint.md): one GET, a bounded body, and every
+//! failure mapped onto a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
 //!
 //! The access token goes only into the `Authorization` header (marked sensitive) and is scrubbed
 //! from any error body the server echoes back (also JSON-, unicode- or percent-escaped, and a
@@ -461,7 +461,7 @@ fn truncate_on_char_boundary(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
-/// Reads an answer the host's `fetch` gave (COMPAT §1 `fetchImpl`) exactly like an HTTP
+/// Reads an answer the host's `fetch` gave (docs/endpoint.md#host-transports, `fetchImpl`) exactly like an HTTP
 /// response: the status picks the error class, `Retry-After` is honoured, the body is checked
 /// and scrubbed of the token.
 pub fn interpret_response(

@@ -1,9 +1,9 @@
-//! The one error type of the core. Each variant has a stable `code` (API.md) that the binding
-//! copies onto the JavaScript `Error`, and a backoff class (SPEC §4).
+//! The one error type of the core. Each variant has a stable `code` (docs/api.md#error-codes) that the binding
+//! copies onto the JavaScript `Error`, and a backoff class (docs/backoff.md#failure-classes).
 
 use std::fmt;
 
-/// How a failure of the usage endpoint affects the route's backoff (SPEC §4).
+/// How a failure of the usage endpoint affects the route's backoff (docs/backoff.md#failure-classes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
     /// 429, 5xx, network failure, timeout: the exponential ladder.
@@ -67,7 +67,7 @@ impl QuotaError {
             Self::Auth { .. } => "QUOTA_AUTH_ERROR",
             Self::Network(_) => "QUOTA_NETWORK_ERROR",
             Self::Transport(_) => "QUOTA_TRANSPORT_ERROR",
-            // API.md: QUOTA_TIMEOUT covers "the request or a lock wait timed out".
+            // docs/api.md#error-codes: QUOTA_TIMEOUT covers a request that timed out and a lock wait that ran out.
             Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
             Self::Closed => "QUOTA_CLOSED",
@@ -108,7 +108,7 @@ impl QuotaError {
         }
     }
 
-    /// The file a state or lock error is about (the `path` field of API.md).
+    /// The file a state or lock error is about (the `path` field of docs/api.md#error-fields).
     pub fn path(&self) -> Option<&str> {
         match self {
             Self::State { path, .. }

@@ -1,4 +1,4 @@
-//! When a cached snapshot is due for a new poll (SPEC §3). Policy thresholds stay out of here:
+//! When a cached snapshot is due for a new poll (docs/freshness.md). Policy thresholds stay out of here:
 //! whether an account is exhausted, and until when, is decided by the routing policy and passed
 //! in as a reset time.
 
@@ -14,7 +14,7 @@ pub const EXHAUSTED_GRACE_MS: i64 = 60_000;
 /// The earliest time a new poll of `quota` (observed at `checked_at`) is due.
 ///
 /// Normally `checked_at + interval_ms`. When `exhausted_until` is a reset later than
-/// `checked_at` (the caller found a window below its `minimumRemaining` threshold), SPEC §3 says
+/// `checked_at` (the caller found a window below its `minimumRemaining` threshold), docs/freshness.md#refresh-after says
 /// the account is exhausted until that reset and the poll is due at reset + 60 s, "but never
 /// later than the oldest window's `checkedAt` + interval". So the result is
 /// `min(reset + 60 s, oldest + interval)`, where the oldest window counts the scoped windows

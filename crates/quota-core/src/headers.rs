@@ -1,4 +1,4 @@
-//! Quota harvested from the unified rate-limit headers of `/v1/messages` responses (SPEC §2).
+//! Quota harvested from the unified rate-limit headers of `/v1/messages` responses (docs/headers.md).
 //!
 //! Every response already carries these headers, so reading them costs no usage-endpoint call.
 //! The values arrive from the network and through the JavaScript host, so each field is parsed
@@ -65,7 +65,7 @@ struct Frame {
     representative_claim: Option<String>,
 }
 
-/// Builds a header-sourced snapshot from one response's headers (SPEC §2).
+/// Builds a header-sourced snapshot from one response's headers (docs/headers.md#parsing).
 ///
 /// Header names are matched case-insensitively and values are trimmed. Windows get
 /// `usedPercent = round(fraction * 100)` (half away from zero, so `0.125` gives 13) clamped to

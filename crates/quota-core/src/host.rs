@@ -63,7 +63,7 @@ impl HostStorage {
     }
 }
 
-/// A fallback account record (API.md `FallbackAccount`).
+/// A fallback account record (`FallbackAccount` in docs/api.md#data-types).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FallbackAccount {
     pub id: String,

@@ -1,4 +1,4 @@
-//! Combining header frames and polls into one cached snapshot (SPEC §2).
+//! Combining header frames and polls into one cached snapshot (docs/headers.md).
 //!
 //! Two sources own different fields. Headers arrive with every model response and are the
 //! freshest view of the 5-hour and 7-day windows, but they know nothing about scoped windows or

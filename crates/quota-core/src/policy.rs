@@ -1,9 +1,9 @@
-//! The routing policy (SPEC §8): may this account serve a request on this model, and if not,
+//! The routing policy (docs/routing.md#policy): may this account serve a request on this model, and if not,
 //! until when is it blocked?
 //!
 //! A window counts as exhausted when its `remainingPercent` is below the threshold, *or* is zero
 //! or less: a fully used window never passes, even with the default threshold of 0, because
-//! Anthropic would reject the request anyway. (SPEC §8 read literally lets `0 >= 0` pass; the
+//! Anthropic would reject the request anyway. (docs/routing.md#policy; a bare `remaining >= threshold` would let `0 >= 0` pass. The
 //! freshness rule for `exhausted_until` treats it as exhausted, and both use the same test here.)
 //!
 //! Windows are evaluated as given, even when their `resetsAt` already lies in the past: this is a
@@ -40,7 +40,7 @@ impl MinimumRemaining {
     }
 }
 
-/// The host's routing policy (API.md `QuotaPolicy`).
+/// The host's routing policy (`QuotaPolicy` in docs/api.md#data-types).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuotaPolicy {
     pub minimum_remaining: MinimumRemaining,
@@ -114,7 +114,7 @@ impl QuotaEvaluation {
     }
 }
 
-/// Does this snapshot allow a request on `model` under `policy` (SPEC §8)?
+/// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)?
 ///
 /// Each present 5h/7d window must not be exhausted against its threshold (see the module docs),
 /// and the scoped window matching `model`, if any, must have more than 0 % remaining. A missing

@@ -1,5 +1,5 @@
 //! The quota data model shared by every module: windows, snapshots, cache entries and recorded
-//! API errors. The serde shape *is* the JavaScript shape (API.md) and the state-file shape, so
+//! API errors. The serde shape *is* the JavaScript shape (docs/api.md#data-types) and the state-file shape, so
 //! one definition serves the binding and the persistence layer.
 
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,7 @@ pub struct ExtraUsage {
 }
 
 /// For each present field of a snapshot, whether its value came from a poll or from response
-/// headers (COMPAT §5 `fieldSources`).
+/// headers (docs/headers.md#field-sources).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldSources {
@@ -214,7 +214,7 @@ pub fn normalize_model_text(text: &str) -> String {
 /// Model families whose scoped window covers every version of the model.
 const FAMILY_WORDS: [&str; 2] = ["fable", "mythos"];
 
-/// Does a request on `model` count against this scoped window (SPEC §3)?
+/// Does a request on `model` count against this scoped window (docs/freshness.md#model-matching)?
 pub fn model_matches_scoped(model: &str, window: &ScopedQuotaWindow) -> bool {
     let model = normalize_model_text(model);
     if model.is_empty() {
@@ -284,7 +284,7 @@ impl QuotaEntry {
     }
 }
 
-/// A failure of the usage endpoint as the host sees it (API.md `QuotaApiError`).
+/// A failure of the usage endpoint as the host sees it (`QuotaApiError` in docs/api.md#data-types).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiErrorRecord {

@@ -19,7 +19,7 @@ pub struct Stats {
     pub state_file_newer_schema: AtomicU64,
 }
 
-/// A copy of the counters at one moment (API.md `QuotaStats`, plus two state-file counters).
+/// A copy of the counters at one moment (`QuotaStats` in docs/api.md#stats, plus two state-file counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {

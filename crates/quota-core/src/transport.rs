@@ -1,4 +1,4 @@
-//! Polls through the host instead of HTTP (COMPAT §1): a `fetch`-like function (`fetchImpl`) or a
+//! Polls through the host instead of HTTP (docs/endpoint.md#host-transports): a `fetch`-like function (`fetchImpl`) or a
 //! snapshot source (`fetchQuotaSnapshot`). Only the poll itself goes through the host; single
 //! flight, pacing, backoff, locks and the state file stay in the manager. The binding implements
 //! [`HostTransport`] on the JavaScript side; this module turns its answers into the same

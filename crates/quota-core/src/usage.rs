@@ -1,4 +1,4 @@
-//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (SPEC §1).
+//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body).
 //!
 //! The body is untrusted: every field is read on its own and a junk value drops only that field
 //! (or that one `limits[]` entry), never the whole snapshot.

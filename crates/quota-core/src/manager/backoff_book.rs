@@ -1,5 +1,5 @@
 //! Backoff bookkeeping on a route: arming it for a failure, clearing it for a success, adopting
-//! one the host persisted, and answering while it is open (SPEC §4, §7).
+//! one the host persisted, and answering while it is open (docs/backoff.md, docs/routing.md#fail-closed-answer).
 
 use super::attempt::Attempt;
 use super::refresh::RefreshOutcome;
@@ -12,7 +12,7 @@ use crate::snapshot::{ApiErrorRecord, QuotaSource};
 /// How often, at most, a route backed off here looks at the shared store again.
 const BACKOFF_RECHECK_MS: i64 = 1_000;
 
-/// The answer the plugin sends itself when it fails closed (SPEC §7).
+/// The answer the plugin sends itself when it fails closed (docs/routing.md#fail-closed-answer).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FailClosedResponse {
     pub retry_after_secs: i64,
@@ -58,7 +58,7 @@ impl RouteSlot {
 
 impl QuotaManager {
     /// A backoff held here may have been cleared meanwhile by another process
-    /// (`clearMainBackoff` clears it in every process, COMPAT §3; a success there starts the
+    /// (`clearMainBackoff` clears it in every process, docs/compat.md#main-identity; a success there starts the
     /// ladder over), which this process would otherwise learn only at its next attempt, and it
     /// makes none while backed off. So while a route is backed off, asking about it looks at the
     /// shared store again, in the background and at most once a second, and takes its record
@@ -147,7 +147,7 @@ impl QuotaManager {
             .clone()
     }
 
-    /// SPEC §7: the 429 the plugin answers with when it fails closed, main is backed off and
+    /// docs/routing.md#fail-closed-answer: the 429 the plugin answers with when it fails closed, main is backed off and
     /// nothing is cached.
     pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
         let now = self.now();
@@ -164,7 +164,7 @@ impl QuotaManager {
             .as_ref()
             .map_or("unknown error", |e| e.message.as_str());
         let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");
-        // Built by hand: SPEC §7 fixes the key order, which a JSON map would sort.
+        // Built by hand: docs/routing.md#fail-closed-answer fixes the key order, which a JSON map would sort.
         let body = format!(
             r#"{{"type":"error","error":{{"type":"rate_limit_error","message":{}}}}}"#,
             serde_json::Value::String(message)

@@ -1,4 +1,4 @@
-//! The main identity as the plugin binds it (COMPAT §3): an identity generation bumped whenever
+//! The main identity as the plugin binds it (docs/compat.md#main-identity): an identity generation bumped whenever
 //! the bound identity changes, an error generation and a cleared-at time bumped whenever the
 //! main backoff error is set or cleared, and strictness (a strict identity serves nothing that
 //! is not stamped with it). The host persists the generations through the callbacks and hands
@@ -48,7 +48,7 @@ pub enum MainTarget<'a> {
 }
 
 impl QuotaManager {
-    /// `setMainQuotaAccountIdentity`: see COMPAT §3. Returns the new error generation when a
+    /// `setMainQuotaAccountIdentity`: see docs/compat.md#main-identity. Returns the new error generation when a
     /// backoff error recorded for another identity was cleared.
     pub fn set_main_identity(
         &self,
@@ -153,7 +153,7 @@ impl QuotaManager {
         self.schedule_flush(staged);
     }
 
-    /// Seeding order (COMPAT §3): a persisted clear cannot erase a newer in-memory error, and a
+    /// Seeding order (docs/compat.md#main-identity): a persisted clear cannot erase a newer in-memory error, and a
     /// persisted error at or before the cleared-at time is ignored. Returns whether the
     /// persisted error may be adopted.
     pub(super) fn seed_main_generations(
@@ -217,7 +217,7 @@ impl QuotaManager {
         false
     }
 
-    /// The main entry as `getMain(id)` serves it (COMPAT §3).
+    /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).
     pub(super) fn main_entry_for(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
         let state = self.state();
         let routes = &state.routes;

@@ -1,4 +1,4 @@
-//! The poll itself: over HTTP, or through the host's transport when it gave one (COMPAT §1).
+//! The poll itself: over HTTP, or through the host's transport when it gave one (docs/endpoint.md#host-transports).
 
 use super::attempt::Attempt;
 use super::routes::RouteId;

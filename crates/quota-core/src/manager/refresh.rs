@@ -107,7 +107,7 @@ impl QuotaManager {
         self.begin_refresh_main_for(target, token, None)
     }
 
-    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (COMPAT §4): with a
+    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (docs/compat.md#signatures): with a
     /// generation, a main identity that moved on since rejects with no request.
     pub fn begin_refresh_main_for(
         &self,

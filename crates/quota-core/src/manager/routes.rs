@@ -211,7 +211,7 @@ impl RouteSlot {
 #[derive(Default)]
 pub(super) struct Routes {
     main_owner: Option<MainIdentity>,
-    /// The main identity's generations (COMPAT §3).
+    /// The main identity's generations (docs/compat.md#main-identity).
     pub generations: super::identity::MainGenerations,
     main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,

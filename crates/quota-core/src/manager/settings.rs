@@ -40,7 +40,7 @@ impl Settings {
         }
     }
 
-    /// A cache entry whose `refreshAfter` follows SPEC §3, measured from the oldest window so a
+    /// A cache entry whose `refreshAfter` follows docs/freshness.md#refresh-after, measured from the oldest window so a
     /// header push never postpones the poll that the older poll-only fields need.
     /// An entry seeded from the host's persisted snapshot: due by its standard windows only (an
     /// old scoped window makes it due for that window's model alone, by the per-model rule).

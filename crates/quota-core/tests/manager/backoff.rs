@@ -61,7 +61,7 @@ async fn failing_closed_answers_with_the_documented_429() {
     );
 }
 
-/// COMPAT §3: the main route's error generation moves when its backoff error is cleared, a
+/// docs/compat.md#main-identity: the main route's error generation moves when its backoff error is cleared, a
 /// success after a failure included; a success with no error before, or a fallback's, leaves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_main_success_after_a_failure_moves_the_error_generation_and_nothing_else_does() {

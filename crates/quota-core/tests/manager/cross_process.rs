@@ -60,7 +60,7 @@ async fn a_backoff_cleared_by_another_manager_is_seen_by_one_still_backed_off() 
     second.refresh_main(Some("alice"), "t").await.unwrap_err();
     assert!(second.is_backed_off());
 
-    // COMPAT §3: clearMainBackoff clears it in every process, through the state file.
+    // docs/compat.md#main-identity: clearMainBackoff clears it in every process, through the state file.
     clock.advance(1_000);
     assert!(first.clear_main_backoff().is_some());
     first.flush().await;

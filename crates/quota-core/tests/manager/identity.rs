@@ -1,4 +1,4 @@
-//! The main identity and its generations (COMPAT §3), and the host transport (COMPAT §1).
+//! The main identity and its generations (docs/compat.md#main-identity), and the host transport (docs/endpoint.md#host-transports).
 
 use crate::support::*;
 use quota_core::manager::MainTarget;
