@@ -74,14 +74,13 @@ describe('a token in what a host transport hands back never reaches the file, on
       onMainQuotaFetched: (quota) => void fetched.push(quota),
       fetchQuotaSnapshot: async () =>
         snapshot(12, {
-          status: `allowed for ${TOKEN}`,
           scoped: [{ id: 'claude-weekly-scoped-fable', title: `Fable ${TOKEN}`, modelName: TOKEN, usedPercent: 3, remainingPercent: 97, checkedAt: T0 }],
         }),
     })
     const quota = await manager.refreshMain('alice', TOKEN)
     await manager.close()
     expect(JSON.stringify(quota)).not.toContain(TOKEN)
-    expect(quota.status).toBe('allowed for [redacted]')
+    expect(quota.scoped?.[0].title).toBe('Fable [redacted]')
     expect(quota.scoped?.[0].modelName).toBe('[redacted]')
     expect(JSON.stringify(fetched)).not.toContain(TOKEN)
     expect(readFileSync(statePath, 'utf8')).not.toContain(TOKEN)
