@@ -1332,4 +1332,32 @@ mod tests {
         );
         assert_eq!(default_state_path(env(&[])), None);
     }
+
+    /// Clean-up removes only this store's own temp files and quarantined copies: a name must
+    /// match in every part, not in one of them.
+    #[test]
+    fn own_temp_files_and_quarantine_stamps_match_in_every_part() {
+        let prefix = ".q.json.";
+        assert!(is_own_temp_file(".q.json.aB3xY9.tmp", prefix));
+        assert!(
+            !is_own_temp_file(".q.json.aB3-Y9.tmp", prefix),
+            "not alphanumeric"
+        );
+        assert!(!is_own_temp_file(".q.json.aB3xY.tmp", prefix), "too short");
+        assert!(!is_own_temp_file(".q.json.aB3xY9z.tmp", prefix), "too long");
+        assert!(
+            !is_own_temp_file(".r.json.aB3xY9.tmp", prefix),
+            "another store's"
+        );
+        assert!(is_quarantine_stamp("20260914T021000.123Z"));
+        assert!(
+            !is_quarantine_stamp("20260914-021000.123Z"),
+            "right length, wrong shape"
+        );
+        assert!(
+            !is_quarantine_stamp("2026"),
+            "digits, but not a whole stamp"
+        );
+        assert!(!is_quarantine_stamp("20260914T021000.1234Z"), "too long");
+    }
 }
