@@ -128,9 +128,7 @@ fn read_compact(
     // The first of equal ids: decided before any account moves out of `read`.
     let first: Vec<bool> = {
         let mut seen = std::collections::HashSet::with_capacity(read.len());
-        read.iter()
-            .map(|(_, account, _)| seen.insert(account.id.as_str()))
-            .collect()
+        read.iter().map(|(_, account, _)| seen.insert(account.id.as_str())).collect()
     };
     let mut planned = ReadAccounts {
         every_row_kept: !api_rows && first.iter().all(|&kept| kept),
@@ -194,11 +192,7 @@ struct ListRead {
 
 impl ListRead {
     fn new(text: String, now: i64) -> Self {
-        Self {
-            text,
-            now,
-            read: OnceLock::new(),
-        }
+        Self { text, now, read: OnceLock::new() }
     }
 
     fn accounts(&self) -> &std::result::Result<Vec<FallbackAccount>, String> {
@@ -268,19 +262,10 @@ impl QuotaManager {
             .map_err(|_| type_error(env, "accounts must be an array"))?;
         let (read, bounds) =
             read_compact(&compact, changed.as_deref()).map_err(|e| type_error(env, e))?;
-        let scope = if changed.is_some() {
-            SeedingScope::ChangedAccounts
-        } else {
-            SeedingScope::WholeList
-        };
-        let awaited = self
-            .core
-            .seed_fallbacks_but_snapshots(read.accounts, &bounds, scope);
-        let indices = awaited
-            .positions
-            .iter()
-            .map(|&at| read.indices[at])
-            .collect();
+        let scope =
+            if changed.is_some() { SeedingScope::ChangedAccounts } else { SeedingScope::WholeList };
+        let awaited = self.core.seed_fallbacks_but_snapshots(read.accounts, &bounds, scope);
+        let indices = awaited.positions.iter().map(|&at| read.indices[at]).collect();
         let epoch = settled_epoch(awaited.settled_epoch());
         let mut answer = plan_and_indices(env, awaited, indices, Some(epoch))?;
         answer.set(3, read.every_row_kept)?;

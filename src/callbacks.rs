@@ -35,9 +35,7 @@ impl FromNapiValue for CallbackReturn {
         let mut is_promise = false;
         check_status!(unsafe { sys::napi_is_promise(env, value, &raw mut is_promise) })?;
         if is_promise {
-            Ok(Self::Promise(unsafe {
-                Promise::from_napi_value(env, value)
-            }?))
+            Ok(Self::Promise(unsafe { Promise::from_napi_value(env, value) }?))
         } else {
             Ok(Self::Value)
         }
@@ -85,13 +83,10 @@ impl JsCallbacks {
                     event.error_cleared_at.map(|t| t as f64),
                 )))
             })?,
-            api_error: build(
-                api_error,
-                |ctx: ThreadsafeCallContext<(ApiErrorRecord, u64)>| {
-                    let (error, generation) = ctx.value;
-                    Ok(FnArgs::from((Json(error), generation as f64)))
-                },
-            )?,
+            api_error: build(api_error, |ctx: ThreadsafeCallContext<(ApiErrorRecord, u64)>| {
+                let (error, generation) = ctx.value;
+                Ok(FnArgs::from((Json(error), generation as f64)))
+            })?,
             fallback_fetched: build(
                 fallback_fetched,
                 |ctx: ThreadsafeCallContext<(String, FetchedEvent)>| {
@@ -112,11 +107,7 @@ impl JsCallbacks {
                 },
             )?,
         };
-        Ok(Self {
-            slots: Mutex::new(slots),
-            stats: Arc::new(Stats::default()),
-            await_promises,
-        })
+        Ok(Self { slots: Mutex::new(slots), stats: Arc::new(Stats::default()), await_promises })
     }
 
     /// Counts callback failures into the manager's stats.
@@ -127,16 +118,11 @@ impl JsCallbacks {
 
     /// Drops every callback, so nothing the host passed in outlives `close()`.
     pub fn release(&self) {
-        *self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Slots::default();
+        *self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Slots::default();
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -214,13 +200,7 @@ fn report(outcome: Result<()>, name: &str, stats: &Stats) {
 impl HostEvents for JsCallbacks {
     fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()> {
         let callback = self.slots().main_fetched.clone();
-        invoke(
-            callback,
-            event,
-            "onMainQuotaFetched",
-            self.stats.clone(),
-            self.await_promises,
-        )
+        invoke(callback, event, "onMainQuotaFetched", self.stats.clone(), self.await_promises)
     }
 
     fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()> {

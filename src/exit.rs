@@ -85,12 +85,8 @@ fn flush_on_signals(env: &Env) -> Result<()> {
 
 /// Writes every living manager's unsaved state, keeping them registered (the host may go on).
 fn flush_living() {
-    let managers: Vec<QuotaManager> = MANAGERS.with_borrow(|managers| {
-        managers
-            .iter()
-            .filter_map(WeakQuotaManager::upgrade)
-            .collect()
-    });
+    let managers: Vec<QuotaManager> = MANAGERS
+        .with_borrow(|managers| managers.iter().filter_map(WeakQuotaManager::upgrade).collect());
     for manager in managers {
         manager.flush_now();
     }

@@ -101,10 +101,7 @@ pub fn parse_quota_headers_js(
     let headers = headers_arg(&env, headers, "headers")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
     let pairs = header_pairs(&headers);
-    Ok(Json(parse_quota_headers(
-        pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        now,
-    )))
+    Ok(Json(parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now)))
 }
 
 /// A `Retry-After` value (delta seconds or an HTTP date) in milliseconds from now;
@@ -121,9 +118,7 @@ pub fn parse_retry_after(
 ) -> Result<OrUndefined<f64>> {
     let value = required_string(&env, value, "value")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
-    Ok(OrUndefined(
-        backoff::parse_retry_after(&value, now).map(|ms| ms as f64),
-    ))
+    Ok(OrUndefined(backoff::parse_retry_after(&value, now).map(|ms| ms as f64)))
 }
 
 /// The state file a manager uses when `statePath` is not given: `anthropic-quota-state.json`
@@ -151,8 +146,8 @@ struct ParsedRouteKey {
 )]
 pub fn parse_route_key(env: Env, key: Option<Unknown>) -> Result<Json<Option<impl Serialize>>> {
     let key = required_string(&env, key, "key")?;
-    Ok(Json(RouteKey::parse(&key).map(|key| ParsedRouteKey {
-        kind: key.kind(),
-        id: key.id().to_owned(),
-    })))
+    Ok(Json(
+        RouteKey::parse(&key)
+            .map(|key| ParsedRouteKey { kind: key.kind(), id: key.id().to_owned() }),
+    ))
 }

@@ -57,28 +57,19 @@ pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
             extra_ca_files.push(PathBuf::from(file));
         }
     }
-    let proxy = match first_var(
-        env,
-        &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"],
-    )? {
-        Some(url) => ProxySetting::Url {
-            url,
-            no_proxy: first_var(env, &["NO_PROXY", "no_proxy"])?,
-        },
+    let proxy = match first_var(env, &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"])? {
+        Some(url) => {
+            ProxySetting::Url { url, no_proxy: first_var(env, &["NO_PROXY", "no_proxy"])? }
+        }
         None => ProxySetting::Disabled,
     };
-    Ok(ConnectionOptions {
-        extra_ca_files,
-        proxy,
-    })
+    Ok(ConnectionOptions { extra_ca_files, proxy })
 }
 
 /// Prints each trust-store warning once per process, however many managers are built.
 pub fn print_trust_warnings_once(warnings: &[String]) {
     static PRINTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let mut printed = PRINTED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut printed = PRINTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let printed = printed.get_or_insert_with(HashSet::new);
     for warning in warnings {
         if printed.insert(warning.clone()) {

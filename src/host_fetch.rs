@@ -75,11 +75,7 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
 /// The adapter factory: `(fetchImpl, fetchQuotaSnapshot, now) => adapter`.
 type Factory<'a> = Function<
     'a,
-    FnArgs<(
-        Option<Unknown<'a>>,
-        Option<Unknown<'a>>,
-        Option<Unknown<'a>>,
-    )>,
+    FnArgs<(Option<Unknown<'a>>, Option<Unknown<'a>>, Option<Unknown<'a>>)>,
     Unknown<'a>,
 >;
 
@@ -113,11 +109,7 @@ impl HostFetch {
             .weak::<true>()
             .callee_handled::<false>()
             .build_callback(|ctx: ThreadsafeCallContext<Value>| Ok(ctx.value))?;
-        Ok(Some(Self {
-            adapter: std::sync::Arc::new(adapter),
-            without_token,
-            clock,
-        }))
+        Ok(Some(Self { adapter: std::sync::Arc::new(adapter), without_token, clock }))
     }
 }
 
@@ -172,38 +164,24 @@ impl Answer {
         let status_of =
             |n: f64| (n.fract() == 0.0 && (100.0..=599.0).contains(&n)).then_some(n as u16);
         match self {
-            Self::Response {
-                status,
-                retry_after,
-                body,
-                ..
-            } => match status_of(status) {
-                Some(status) => HostAnswer::Response {
-                    status,
-                    retry_after,
-                    body,
-                },
+            Self::Response { status, retry_after, body, .. } => match status_of(status) {
+                Some(status) => HostAnswer::Response { status, retry_after, body },
                 None => HostAnswer::Failed(format!("fetchImpl answered status {status}")),
             },
             Self::Snapshot { snapshot, .. } => {
                 HostAnswer::Snapshot(snapshot.unwrap_or(Value::Null))
             }
-            Self::Rejected {
-                status,
-                retry_after,
-                retry_after_ms,
-                message,
-                network,
-                ..
-            } => HostAnswer::Rejected {
-                status: status.and_then(status_of),
-                network,
-                retry_after_ms: retry_after_ms
-                    .or(retry_after.map(|s| s * 1000.0))
-                    .filter(|ms| *ms >= 0.0)
-                    .map(|ms| ms as i64),
-                message,
-            },
+            Self::Rejected { status, retry_after, retry_after_ms, message, network, .. } => {
+                HostAnswer::Rejected {
+                    status: status.and_then(status_of),
+                    network,
+                    retry_after_ms: retry_after_ms
+                        .or(retry_after.map(|s| s * 1000.0))
+                        .filter(|ms| *ms >= 0.0)
+                        .map(|ms| ms as i64),
+                    message,
+                }
+            }
             Self::Failed { message, .. } => HostAnswer::Failed(message),
             Self::Reentered { message, .. } => HostAnswer::Reentered(message),
         }

@@ -100,12 +100,8 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
 /// than walking the object through N-API); `Err` is a `TypeError` naming `name` (a cycle, a
 /// `BigInt`, or a value with no JSON form). A throw inside `stringify` is caught by `call`.
 pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
-    let unreadable = |reason: &str| {
-        type_error(
-            env,
-            format!("{name} could not be read as plain data: {reason}"),
-        )
-    };
+    let unreadable =
+        |reason: &str| type_error(env, format!("{name} could not be read as plain data: {reason}"));
     let stringify: Function<Unknown, Unknown> = json_function(env, "stringify")?;
     let text = stringify.call(value).map_err(|e| unreadable(&e.reason))?;
     if text.get_type()? != ValueType::String {
@@ -125,19 +121,15 @@ pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Valu
     if value_type != ValueType::Object {
         return Err(type_error(
             env,
-            format!(
-                "{name} must be an object, a Headers or a Map, got {}",
-                describe(value_type)
-            ),
+            format!("{name} must be an object, a Headers or a Map, got {}", describe(value_type)),
         ));
     }
     let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
     if !value.is_array()? && entries.get_type()? == ValueType::Function {
         // `Object` is a function: read it as an unknown value to reach its static method.
         let object: Unknown = env.get_global()?.get_named_property("Object")?;
-        let from_entries: Function<Unknown, Unknown> = object
-            .coerce_to_object()?
-            .get_named_property("fromEntries")?;
+        let from_entries: Function<Unknown, Unknown> =
+            object.coerce_to_object()?.get_named_property("fromEntries")?;
         let plain = from_entries
             .call(value)
             .map_err(|e| type_error(env, format!("{name} could not be read: {}", e.reason)))?;
@@ -158,10 +150,9 @@ pub fn optional_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<
         Some(value) if is_nullish(&value) => Ok(None),
         Some(value) => match value.get_type()? {
             ValueType::String => Ok(Some(unsafe { value.cast::<String>() }?)),
-            other => Err(type_error(
-                env,
-                format!("{name} must be a string, got {}", describe(other)),
-            )),
+            other => {
+                Err(type_error(env, format!("{name} must be a string, got {}", describe(other))))
+            }
         },
     }
 }
@@ -176,10 +167,7 @@ pub fn required_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<
 pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
     let text = required_string(env, value, name)?;
     if text.trim().is_empty() {
-        return Err(type_error(
-            env,
-            format!("{name} must be a non-empty string"),
-        ));
+        return Err(type_error(env, format!("{name} must be a non-empty string")));
     }
     Ok(text)
 }
@@ -257,10 +245,9 @@ pub fn optional_bool(env: &Env, value: Option<Unknown>, name: &str) -> Result<Op
     match value {
         Some(value) if !is_nullish(&value) => match value.get_type()? {
             ValueType::Boolean => Ok(Some(unsafe { value.cast::<bool>() }?)),
-            other => Err(type_error(
-                env,
-                format!("{name} must be a boolean, got {}", describe(other)),
-            )),
+            other => {
+                Err(type_error(env, format!("{name} must be a boolean, got {}", describe(other))))
+            }
         },
         _ => Ok(None),
     }

@@ -20,10 +20,7 @@ impl JsNow {
     pub fn new(env: &Env, function: Unknown) -> Result<Self> {
         let function = unsafe { function.cast::<Function<(), Unknown>>() }?;
         let start = read(env, &function)?;
-        Ok(Self {
-            function: function.create_ref()?,
-            clock: ManualClock::new(start),
-        })
+        Ok(Self { function: function.create_ref()?, clock: ManualClock::new(start) })
     }
 
     /// The clock the core reads (clones share the time).

@@ -88,9 +88,7 @@ fn optional_account(
     match value {
         Some(value) if !is_nullish(&value) => {
             let json = to_json(env, value, name)?;
-            FallbackAccount::lineage_of(&json, id, name)
-                .map(Some)
-                .map_err(|e| type_error(env, e))
+            FallbackAccount::lineage_of(&json, id, name).map(Some).map_err(|e| type_error(env, e))
         }
         _ => Ok(None),
     }
@@ -140,10 +138,7 @@ fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
         value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
     match value.get_type()? {
         ValueType::Object => to_json(env, value, name),
-        other => Err(type_error(
-            env,
-            format!("{name} must be an object, got {}", describe(other)),
-        )),
+        other => Err(type_error(env, format!("{name} must be an object, got {}", describe(other)))),
     }
 }
 
@@ -169,11 +164,7 @@ fn request_count(env: &Env, value: Option<Unknown>) -> Result<i64> {
 #[napi]
 impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
-    #[napi(
-        catch_unwind,
-        constructor,
-        ts_args_type = "options?: QuotaManagerOptions | null"
-    )]
+    #[napi(catch_unwind, constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = super::host_env::connection_options(&env)?;
@@ -233,8 +224,7 @@ impl QuotaManager {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
         let identity = self.identity_form(identity, None);
-        self.views
-            .get(env, None, self.core.get_main(identity.as_deref()))
+        self.views.get(env, None, self.core.get_main(identity.as_deref()))
     }
 
     /// A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
@@ -295,9 +285,7 @@ impl QuotaManager {
         let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
         let force = optional_bool(&env, force, "force")?.unwrap_or(false);
         Ok(OrUndefined(
-            self.core
-                .set_main_identity(identity.as_deref(), strict, force)
-                .map(|g| g as f64),
+            self.core.set_main_identity(identity.as_deref(), strict, force).map(|g| g as f64),
         ))
     }
 
@@ -319,9 +307,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        Ok(OrUndefined(
-            self.core.main_error_cleared_at().map(|t| t as f64),
-        ))
+        Ok(OrUndefined(self.core.main_error_cleared_at().map(|t| t as f64)))
     }
 
     /// Unbinds the main identity and drops the main entry.
@@ -337,9 +323,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        Ok(OrUndefined(
-            self.core.clear_main_backoff().map(|g| g as f64),
-        ))
+        Ok(OrUndefined(self.core.clear_main_backoff().map(|g| g as f64)))
     }
 
     /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
@@ -352,10 +336,7 @@ impl QuotaManager {
     // ----- cache writes --------------------------------------------------------------------
 
     /// Replaces the main cache entry (for example with one the host persisted).
-    #[napi(
-        catch_unwind,
-        ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry"
-    )]
+    #[napi(catch_unwind, ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry")]
     pub fn set_main(
         &self,
         env: Env,
@@ -609,10 +590,7 @@ impl QuotaManager {
     }
 
     /// `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`.
-    #[napi(
-        catch_unwind,
-        ts_args_type = "requestCount: number, modelId?: string | undefined"
-    )]
+    #[napi(catch_unwind, ts_args_type = "requestCount: number, modelId?: string | undefined")]
     pub fn needs_refresh(
         &self,
         env: Env,
@@ -646,9 +624,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
         self.tick(&env)?;
-        Ok(OrUndefined(
-            self.core.last_api_error().map(|e| Json(with_seconds(e))),
-        ))
+        Ok(OrUndefined(self.core.last_api_error().map(|e| Json(with_seconds(e)))))
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -858,11 +834,7 @@ impl QuotaManager {
     /// no token reaches the state file or a callback as an identity.
     fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
         let identity = identity?;
-        Some(if self.is_token(&identity, token) {
-            token_identity(&identity)
-        } else {
-            identity
-        })
+        Some(if self.is_token(&identity, token) { token_identity(&identity) } else { identity })
     }
 
     fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
@@ -885,10 +857,7 @@ impl QuotaManager {
     fn token_arg(&self, env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
         let token = optional_string(env, value, name)?.unwrap_or_default();
         if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
-            return Err(type_error(
-                env,
-                format!("{name} must be a non-empty string"),
-            ));
+            return Err(type_error(env, format!("{name} must be a non-empty string")));
         }
         self.remember_token(&token);
         Ok(token)
@@ -950,9 +919,7 @@ impl QuotaManager {
             )
         })?;
         let account = optional_account(env, &id, account, "account")?;
-        let refresh = self
-            .core
-            .begin_refresh_fallback(&id, &token, account.as_ref());
+        let refresh = self.core.begin_refresh_fallback(&id, &token, account.as_ref());
         self.promises.promise(env, refresh, shape)
     }
 
@@ -1016,10 +983,9 @@ impl QuotaManager {
                         _ => None,
                     }
                 }
-                None => account
-                    .access
-                    .take()
-                    .filter(|_| account.expires.is_some_and(|at| at > now)),
+                None => {
+                    account.access.take().filter(|_| account.expires.is_some_and(|at| at > now))
+                }
             }
             .filter(|token| !token.is_empty());
             accounts.push(account);
@@ -1058,9 +1024,7 @@ fn identities_as_fingerprints(storage: &mut HostStorage, is_token: impl Fn(&str)
 
 /// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
 fn with_seconds(error: ApiErrorRecord) -> serde_json::Value {
-    let retry_after = error
-        .retry_after_ms
-        .map(|ms| (ms.max(0) as f64 / 1000.0).ceil());
+    let retry_after = error.retry_after_ms.map(|ms| (ms.max(0) as f64 / 1000.0).ceil());
     let mut value = serde_json::to_value(&error).unwrap_or(Value::Null);
     if let (Some(seconds), Some(object)) = (retry_after, value.as_object_mut()) {
         object.insert("retryAfter".into(), serde_json::json!(seconds));

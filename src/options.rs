@@ -53,13 +53,8 @@ const OPTION_KEYS: &[&str] = &[
     "redis",
 ];
 
-const BACKOFF_KEYS: &[&str] = &[
-    "initialMs",
-    "maxMs",
-    "nonTransientMs",
-    "jitter",
-    "maxRetryAfterMs",
-];
+const BACKOFF_KEYS: &[&str] =
+    &["initialMs", "maxMs", "nonTransientMs", "jitter", "maxRetryAfterMs"];
 
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
@@ -92,11 +87,7 @@ impl<'a> Fields<'a> {
             },
             _ => None,
         };
-        Ok(Self {
-            env,
-            object,
-            prefix: name,
-        })
+        Ok(Self { env, object, prefix: name })
     }
 
     /// Refuses keys that are not options (a key whose value is `undefined` counts as absent).
@@ -107,18 +98,14 @@ impl<'a> Fields<'a> {
             return Ok(());
         };
         let object_class: Unknown = self.env.get_global()?.get_named_property("Object")?;
-        let own_keys: Function<Object, Vec<String>> = object_class
-            .coerce_to_object()?
-            .get_named_property("keys")?;
+        let own_keys: Function<Object, Vec<String>> =
+            object_class.coerce_to_object()?.get_named_property("keys")?;
         let keys = own_keys.call(*object)?;
         for key in keys {
             if known.contains(&key.as_str()) || self.raw(&key)?.is_none() {
                 continue;
             }
-            return Err(type_error(
-                self.env,
-                format!("{} is not a known option", self.name(&key)),
-            ));
+            return Err(type_error(self.env, format!("{} is not a known option", self.name(&key))));
         }
         Ok(())
     }
@@ -189,11 +176,7 @@ impl<'a> Fields<'a> {
                 }
                 other => Err(type_error(
                     self.env,
-                    format!(
-                        "{} must be a string, got {}",
-                        self.name(field),
-                        describe(other)
-                    ),
+                    format!("{} must be a string, got {}", self.name(field), describe(other)),
                 )),
             },
         }
@@ -205,11 +188,7 @@ impl<'a> Fields<'a> {
                 ValueType::Function => Ok(Some(value)),
                 other => Err(type_error(
                     self.env,
-                    format!(
-                        "{} must be a function, got {}",
-                        self.name(field),
-                        describe(other)
-                    ),
+                    format!("{} must be a function, got {}", self.name(field), describe(other)),
                 )),
             },
             _ => Ok(None),
@@ -231,12 +210,8 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         _ => None,
     };
     let usage = UsageClientConfig {
-        url: fields
-            .string("usageUrl")?
-            .unwrap_or_else(|| DEFAULT_USAGE_URL.to_owned()),
-        user_agent: fields
-            .string("userAgent")?
-            .unwrap_or_else(|| DEFAULT_USER_AGENT.to_owned()),
+        url: fields.string("usageUrl")?.unwrap_or_else(|| DEFAULT_USAGE_URL.to_owned()),
+        user_agent: fields.string("userAgent")?.unwrap_or_else(|| DEFAULT_USER_AGENT.to_owned()),
         timeout: Duration::from_millis(
             fields
                 .number("requestTimeoutMs", 1.0, 10.0 * 60_000.0)?
@@ -270,10 +245,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         fields.function("now")?,
         js_now.as_ref().map(JsNow::clock),
     )?;
-    let config = ManagerConfig {
-        transport: transport.map(|t| Transport(Arc::new(t))),
-        ..config
-    };
+    let config = ManagerConfig { transport: transport.map(|t| Transport(Arc::new(t))), ..config };
     Ok(ParsedOptions {
         config,
         storage,
@@ -294,12 +266,10 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
     let fields = Fields::new(env, value, "options.backoff")?;
     fields.reject_unknown_keys(BACKOFF_KEYS)?;
     let defaults = BackoffConfig::default();
-    let initial_ms = fields
-        .integer("initialMs", 1.0, 24.0 * HOUR_MS)?
-        .unwrap_or(defaults.initial_ms);
-    let max_ms = fields
-        .integer("maxMs", 1.0, 24.0 * HOUR_MS)?
-        .unwrap_or(defaults.max_ms.max(initial_ms));
+    let initial_ms =
+        fields.integer("initialMs", 1.0, 24.0 * HOUR_MS)?.unwrap_or(defaults.initial_ms);
+    let max_ms =
+        fields.integer("maxMs", 1.0, 24.0 * HOUR_MS)?.unwrap_or(defaults.max_ms.max(initial_ms));
     if max_ms < initial_ms {
         return Err(super::js::range_error(
             env,
@@ -312,9 +282,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
         non_transient_ms: fields
             .integer("nonTransientMs", 0.0, 24.0 * HOUR_MS)?
             .unwrap_or(defaults.non_transient_ms),
-        jitter: fields
-            .number("jitter", 0.0, 1.0)?
-            .unwrap_or(defaults.jitter),
+        jitter: fields.number("jitter", 0.0, 1.0)?.unwrap_or(defaults.jitter),
         max_retry_after_ms: fields
             .integer("maxRetryAfterMs", 0.0, 7.0 * 24.0 * HOUR_MS)?
             .unwrap_or(defaults.max_retry_after_ms),
@@ -325,9 +293,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
 /// it. `null`: memory only.
 fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     match fields.raw("statePath")? {
-        None => Ok(default_state_path(|name| {
-            host_var(env, name).ok().flatten()
-        })),
+        None => Ok(default_state_path(|name| host_var(env, name).ok().flatten())),
         Some(value) if is_nullish(&value) => Ok(None),
         Some(_) => {
             let path = PathBuf::from(fields.string("statePath")?.unwrap_or_default());
@@ -346,10 +312,7 @@ fn parse_clock(env: &Env, fields: &Fields) -> Result<(Arc<dyn Clock>, Option<JsN
     let manual = fields.raw("clock")?.filter(|v| !is_nullish(v));
     if let Some(now) = fields.function("now")? {
         if manual.is_some() {
-            return Err(type_error(
-                env,
-                "options.clock and options.now cannot both be set",
-            ));
+            return Err(type_error(env, "options.clock and options.now cannot both be set"));
         }
         let js_now = JsNow::new(env, now)?;
         return Ok((Arc::new(js_now.clock()), Some(js_now)));

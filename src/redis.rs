@@ -30,10 +30,7 @@ pub fn parse_redis_option(env: &Env, value: Option<Unknown>) -> Result<Option<Re
         ));
     };
     if let Some(unknown) = fields.keys().find(|k| !REDIS_KEYS.contains(&k.as_str())) {
-        return Err(type_error(
-            env,
-            format!("options.redis.{unknown} is not a known option"),
-        ));
+        return Err(type_error(env, format!("options.redis.{unknown} is not a known option")));
     }
     let url = match fields.get("url") {
         Some(Value::String(url)) if !url.trim().is_empty() => url.clone(),
@@ -67,10 +64,7 @@ fn validate(env: &Env, config: &RedisConfig, name: &str) -> Result<()> {
         Ok(_) if scheme_ok => Ok(()),
         Ok(store) => Err(type_error(
             env,
-            format!(
-                "{name} must start with redis:// or rediss://, got {}",
-                store.target()
-            ),
+            format!("{name} must start with redis:// or rediss://, got {}", store.target()),
         )),
         Err(error) => Err(type_error(env, format!("{name}: {error}"))),
     }
@@ -107,10 +101,7 @@ pub fn read_redis_state<'env>(
             let loaded = loaded.map_err(|error| {
                 quota_error(
                     env,
-                    &QuotaError::SharedStore {
-                        target: target.clone(),
-                        reason: error.to_string(),
-                    },
+                    &QuotaError::SharedStore { target: target.clone(), reason: error.to_string() },
                 )
             })?;
             let skipped: Vec<Value> = loaded

@@ -88,11 +88,7 @@ impl SharedPromises {
         refresh: Refresh,
         shape: Shape,
     ) -> Result<Unknown<'env>> {
-        let Refresh {
-            wait,
-            attempt_id,
-            hold,
-        } = refresh;
+        let Refresh { wait, attempt_id, hold } = refresh;
         let key = attempt_id.map(|id| (id, shape));
         if let Some(existing) =
             key.and_then(|key| self.running.borrow().get(&key).map(|r| r.get_value(env)))
@@ -117,10 +113,9 @@ impl SharedPromises {
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
                 Ok(Frozen(match shape {
                     Shape::Snapshot => Answer::Snapshot(outcome.quota),
-                    Shape::WithMetadata => Answer::WithMetadata {
-                        quota: outcome.quota,
-                        fetched: outcome.fetched,
-                    },
+                    Shape::WithMetadata => {
+                        Answer::WithMetadata { quota: outcome.quota, fetched: outcome.fetched }
+                    }
                 }))
             })?;
         let promise = promise.to_unknown();

@@ -44,10 +44,7 @@ impl EntryViews {
             return Ok(view.object.get_value(env)?.to_unknown());
         }
         let object = frozen_object(env, entry.as_ref())?;
-        let fresh = View {
-            entry,
-            object: object.create_ref()?,
-        };
+        let fresh = View { entry, object: object.create_ref()? };
         if let Some(stale) = views.insert(key, fresh) {
             stale.object.unref(env)?;
         }

@@ -203,13 +203,7 @@ impl BackoffState {
 /// restates (`next_retry_at`, `retry_count`), so the winner does not depend on merge order.
 fn record_order(a: &ApiErrorRecord, b: &ApiErrorRecord) -> Ordering {
     let key = |r: &ApiErrorRecord| {
-        (
-            r.checked_at,
-            r.status,
-            r.retry_after_ms,
-            r.message.clone(),
-            r.account_identity.clone(),
-        )
+        (r.checked_at, r.status, r.retry_after_ms, r.message.clone(), r.account_identity.clone())
     };
     key(a).cmp(&key(b))
 }
@@ -224,20 +218,11 @@ fn record_order(a: &ApiErrorRecord, b: &ApiErrorRecord) -> Ordering {
 /// from now; an expired or missing deadline is kept as it is, which leaves the window closed, so
 /// only the count carries over.
 pub fn from_persisted(error: &ApiErrorRecord, now_ms: i64) -> BackoffState {
-    let next_retry_at = error
-        .next_retry_at
-        .map(|at| at.min(now_ms.saturating_add(PERSISTED_WINDOW_CAP_MS)));
+    let next_retry_at =
+        error.next_retry_at.map(|at| at.min(now_ms.saturating_add(PERSISTED_WINDOW_CAP_MS)));
     let attempts = error.retry_count.unwrap_or(1).max(1);
-    let record = ApiErrorRecord {
-        next_retry_at,
-        retry_count: Some(attempts),
-        ..error.clone()
-    };
-    BackoffState {
-        attempts,
-        next_retry_at,
-        last_error: Some(record),
-    }
+    let record = ApiErrorRecord { next_retry_at, retry_count: Some(attempts), ..error.clone() };
+    BackoffState { attempts, next_retry_at, last_error: Some(record) }
 }
 
 /// The ladder delay of failure `attempt` in a row: `initial × 2^(attempt-1)`, capped at `max_ms`.
@@ -266,16 +251,8 @@ pub fn jittered_ms(delay_ms: i64, config: &BackoffConfig, random_unit: f64) -> i
     if delay_ms >= config.max_ms || delay_ms <= 0 {
         return delay_ms;
     }
-    let unit = if random_unit.is_finite() {
-        random_unit.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let jitter = if config.jitter.is_finite() {
-        config.jitter.max(0.0)
-    } else {
-        0.0
-    };
+    let unit = if random_unit.is_finite() { random_unit.clamp(0.0, 1.0) } else { 0.0 };
+    let jitter = if config.jitter.is_finite() { config.jitter.max(0.0) } else { 0.0 };
     // `as` saturates on overflow, and floor keeps a unit below 1 from rounding past the bound.
     let extra = (delay_ms as f64 * jitter * unit).floor() as i64;
     delay_ms.saturating_add(extra.max(0)).min(config.max_ms)
@@ -290,9 +267,7 @@ pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<i64> {
     let value = value.trim();
     let delta_ms = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Digits only, so a parse failure can only be an overflow: a very long wait.
-        value
-            .parse::<i64>()
-            .map_or(i64::MAX, |seconds| seconds.saturating_mul(SECOND_MS))
+        value.parse::<i64>().map_or(i64::MAX, |seconds| seconds.saturating_mul(SECOND_MS))
     } else {
         let at = httpdate::parse_http_date(value).ok()?;
         let at_ms = i64::try_from(at.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
@@ -308,37 +283,23 @@ mod tests {
     const T0: i64 = 1_789_351_800_000; // Mon, 14 Sep 2026 02:10:00 GMT
 
     fn exact() -> BackoffConfig {
-        BackoffConfig {
-            jitter: 0.0,
-            ..BackoffConfig::default()
-        }
+        BackoffConfig { jitter: 0.0, ..BackoffConfig::default() }
     }
 
     fn http(status: u16, retry_after_ms: Option<i64>) -> QuotaError {
-        QuotaError::Http {
-            status,
-            retry_after_ms,
-            body: "slow down".into(),
-        }
+        QuotaError::Http { status, retry_after_ms, body: "slow down".into() }
     }
 
     /// An open window known only by its deadline and count (e.g. adopted without a record).
     fn open_without_record(attempts: u32) -> BackoffState {
-        BackoffState {
-            attempts,
-            next_retry_at: Some(T0 + 60_000),
-            last_error: None,
-        }
+        BackoffState { attempts, next_retry_at: Some(T0 + 60_000), last_error: None }
     }
 
     #[test]
     fn a_failure_during_an_open_window_without_a_record_restates_the_count_it_has() {
         for (attempts, expected) in [(0, None), (1, Some(1)), (3, Some(3))] {
             let mut state = open_without_record(attempts);
-            assert_eq!(
-                state.record_failure(&http(503, None), T0, &exact(), 0.5, None),
-                None
-            );
+            assert_eq!(state.record_failure(&http(503, None), T0, &exact(), 0.5, None), None);
             let record = state.last_error.expect("the failure is described");
             assert_eq!(record.retry_count, expected, "attempts {attempts}");
             assert_eq!(record.next_retry_at, Some(T0 + 60_000));
@@ -356,17 +317,11 @@ mod tests {
             retry_after_ms: None,
             account_identity: None,
         };
-        let mut state = BackoffState {
-            last_error: Some(error.clone()),
-            ..BackoffState::default()
-        };
+        let mut state = BackoffState { last_error: Some(error.clone()), ..BackoffState::default() };
         state.merge_from(&BackoffState::default());
         assert_eq!(state.last_error.unwrap().retry_count, None);
-        let mut counted = BackoffState {
-            attempts: 1,
-            last_error: Some(error),
-            ..BackoffState::default()
-        };
+        let mut counted =
+            BackoffState { attempts: 1, last_error: Some(error), ..BackoffState::default() };
         counted.merge_from(&BackoffState::default());
         assert_eq!(counted.last_error.unwrap().retry_count, Some(1));
     }
@@ -375,10 +330,7 @@ mod tests {
     fn ladder_doubles_from_60_s_and_caps_at_15_min() {
         let config = BackoffConfig::default();
         let table: Vec<i64> = (1..=7).map(|k| ladder_delay_ms(k, &config)).collect();
-        assert_eq!(
-            table,
-            [60, 120, 240, 480, 900, 900, 900].map(|s| s * SECOND_MS)
-        );
+        assert_eq!(table, [60, 120, 240, 480, 900, 900, 900].map(|s| s * SECOND_MS));
         assert_eq!(ladder_delay_ms(0, &config), MINUTE_MS);
     }
 
@@ -404,10 +356,7 @@ mod tests {
         assert_eq!(jittered_ms(60_000, &config, 0.999), 65_994);
         assert_eq!(jittered_ms(480_000, &config, 0.999), 527_952);
         assert_eq!(jittered_ms(900_000, &config, 0.999), 900_000);
-        let wild = BackoffConfig {
-            jitter: 1.0,
-            ..BackoffConfig::default()
-        };
+        let wild = BackoffConfig { jitter: 1.0, ..BackoffConfig::default() };
         assert_eq!(jittered_ms(480_000, &wild, 0.999), 900_000);
         // A delay already beyond the cap (a Retry-After) is neither shortened nor lengthened.
         assert_eq!(jittered_ms(3_000_000, &config, 0.999), 3_000_000);
@@ -478,9 +427,7 @@ mod tests {
         let config = BackoffConfig::default();
         let mut state = BackoffState::default();
         let error = QuotaError::Timeout("10 s".into());
-        let record = state
-            .record_failure(&error, T0, &config, 0.5, None)
-            .unwrap();
+        let record = state.record_failure(&error, T0, &config, 0.5, None).unwrap();
         assert_eq!(record.next_retry_at, Some(T0 + 63_000));
         assert_eq!(record.status, None);
         assert_eq!(record.account_identity, None);
@@ -497,17 +444,13 @@ mod tests {
             } else {
                 http(404, None)
             };
-            let record = state
-                .record_failure(&error, now, &config, 0.999, None)
-                .unwrap();
+            let record = state.record_failure(&error, now, &config, 0.999, None).unwrap();
             assert_eq!(record.next_retry_at, Some(now + 5 * MINUTE_MS));
             assert_eq!(record.retry_count, Some(attempt));
             now += 5 * MINUTE_MS;
         }
         // The count is shared with the ladder: a transient failure now escalates to rung 4.
-        let record = state
-            .record_failure(&http(500, None), now, &exact(), 0.0, None)
-            .unwrap();
+        let record = state.record_failure(&http(500, None), now, &exact(), 0.0, None).unwrap();
         assert_eq!(record.next_retry_at, Some(now + 8 * MINUTE_MS));
     }
 
@@ -519,32 +462,17 @@ mod tests {
         let before = state.clone();
         let later = T0 + 2 * MINUTE_MS;
         for error in [
-            QuotaError::Auth {
-                status: 401,
-                body: "expired".into(),
-            },
-            QuotaError::Auth {
-                status: 403,
-                body: "forbidden".into(),
-            },
+            QuotaError::Auth { status: 401, body: "expired".into() },
+            QuotaError::Auth { status: 403, body: "forbidden".into() },
             QuotaError::Closed,
-            QuotaError::BackedOff {
-                next_retry_at: later,
-                retry_after_ms: 1,
-            },
+            QuotaError::BackedOff { next_retry_at: later, retry_after_ms: 1 },
         ] {
-            assert_eq!(
-                state.record_failure(&error, later, &config, 0.0, None),
-                None
-            );
+            assert_eq!(state.record_failure(&error, later, &config, 0.0, None), None);
             assert_eq!(state, before, "{error:?}");
         }
         assert!(!state.is_open(later));
         let mut fresh = BackoffState::default();
-        let auth = QuotaError::Auth {
-            status: 401,
-            body: String::new(),
-        };
+        let auth = QuotaError::Auth { status: 401, body: String::new() };
         assert_eq!(fresh.record_failure(&auth, T0, &config, 0.0, None), None);
         assert_eq!(fresh, BackoffState::default());
     }
@@ -553,24 +481,21 @@ mod tests {
     fn a_longer_retry_after_wins_up_to_its_cap() {
         let config = BackoffConfig::default();
         let mut state = BackoffState::default();
-        let record = state
-            .record_failure(&http(429, Some(3_000_000)), T0, &config, 0.999, None)
-            .unwrap();
+        let record =
+            state.record_failure(&http(429, Some(3_000_000)), T0, &config, 0.999, None).unwrap();
         assert_eq!(record.next_retry_at, Some(T0 + 3_000_000), "beyond 15 min");
         assert_eq!(record.retry_after_ms, Some(3_000_000));
 
         let mut state = BackoffState::default();
-        let record = state
-            .record_failure(&http(429, Some(10 * HOUR_MS)), T0, &config, 0.0, None)
-            .unwrap();
+        let record =
+            state.record_failure(&http(429, Some(10 * HOUR_MS)), T0, &config, 0.0, None).unwrap();
         assert_eq!(record.next_retry_at, Some(T0 + 6 * HOUR_MS));
         assert_eq!(record.retry_after_ms, Some(10 * HOUR_MS), "what was asked");
 
         // A non-transient failure honours Retry-After too.
         let mut state = BackoffState::default();
-        let record = state
-            .record_failure(&http(400, Some(HOUR_MS)), T0, &config, 0.0, None)
-            .unwrap();
+        let record =
+            state.record_failure(&http(400, Some(HOUR_MS)), T0, &config, 0.0, None).unwrap();
         assert_eq!(record.next_retry_at, Some(T0 + HOUR_MS));
     }
 
@@ -581,9 +506,7 @@ mod tests {
             let mut state = BackoffState::default();
             state.record_failure(&http(429, None), T0, &config, 0.0, None);
             let now = T0 + MINUTE_MS;
-            let record = state
-                .record_failure(&http(429, asked), now, &config, 0.0, None)
-                .unwrap();
+            let record = state.record_failure(&http(429, asked), now, &config, 0.0, None).unwrap();
             assert_eq!(record.next_retry_at, Some(now + 2 * MINUTE_MS), "{asked:?}");
             assert_eq!(record.retry_after_ms, asked.filter(|ms| *ms > 0));
         }
@@ -593,9 +516,7 @@ mod tests {
     fn failures_inside_an_open_window_do_not_escalate() {
         let config = exact();
         let mut state = BackoffState::default();
-        let armed = state
-            .record_failure(&http(429, None), T0, &config, 0.0, Some("main"))
-            .unwrap();
+        let armed = state.record_failure(&http(429, None), T0, &config, 0.0, Some("main")).unwrap();
         let deadline = T0 + MINUTE_MS;
         // Other processes' requests, already in flight, fail inside the window.
         for (offset, error) in [
@@ -616,9 +537,7 @@ mod tests {
             assert_eq!(record.account_identity, armed.account_identity);
         }
         // At the deadline the window is closed: the next failure escalates to rung 2.
-        let record = state
-            .record_failure(&http(429, None), deadline, &config, 0.0, None)
-            .unwrap();
+        let record = state.record_failure(&http(429, None), deadline, &config, 0.0, None).unwrap();
         assert_eq!(record.retry_count, Some(2));
         assert_eq!(record.next_retry_at, Some(deadline + 2 * MINUTE_MS));
     }
@@ -631,18 +550,16 @@ mod tests {
         let hours_later = T0 + 5 * HOUR_MS;
         assert!(!state.is_open(hours_later));
         assert_eq!(state.remaining_ms(hours_later), 0);
-        let record = state
-            .record_failure(&http(429, None), hours_later, &config, 0.0, None)
-            .unwrap();
+        let record =
+            state.record_failure(&http(429, None), hours_later, &config, 0.0, None).unwrap();
         assert_eq!(record.retry_count, Some(2));
         assert_eq!(record.next_retry_at, Some(hours_later + 2 * MINUTE_MS));
 
         state.record_success();
         assert_eq!(state, BackoffState::default());
         assert!(!state.is_open(hours_later));
-        let record = state
-            .record_failure(&http(429, None), hours_later + 1, &config, 0.0, None)
-            .unwrap();
+        let record =
+            state.record_failure(&http(429, None), hours_later + 1, &config, 0.0, None).unwrap();
         assert_eq!(record.retry_count, Some(1));
         assert_eq!(record.next_retry_at, Some(hours_later + 1 + MINUTE_MS));
     }
@@ -663,10 +580,7 @@ mod tests {
         let mut ba = b.clone();
         ba.merge_from(&a);
         assert_eq!(ab, ba);
-        assert_eq!(
-            ab.attempts, 1,
-            "one window, one escalation across processes"
-        );
+        assert_eq!(ab.attempts, 1, "one window, one escalation across processes");
         assert_eq!(ab.next_retry_at, Some(T0 + HOUR_MS));
         let record = ab.last_error.clone().unwrap();
         assert_eq!(record.status, Some(500));
@@ -702,12 +616,7 @@ mod tests {
             from_persisted(&failed(T0 - HOUR_MS, 429, None).last_error.unwrap(), T0),
             BackoffState::default(),
         ];
-        let orders = [
-            [0, 1, 2, 3, 4],
-            [4, 3, 2, 1, 0],
-            [2, 0, 4, 1, 3],
-            [1, 3, 0, 4, 2],
-        ];
+        let orders = [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3], [1, 3, 0, 4, 2]];
         let results: Vec<BackoffState> = orders
             .iter()
             .map(|order| {
@@ -742,16 +651,10 @@ mod tests {
         assert_eq!(state.remaining_ms(now), 7 * MINUTE_MS);
         assert_eq!(state.last_error.as_ref(), Some(&stored));
 
-        let counted = ApiErrorRecord {
-            retry_count: None,
-            ..stored.clone()
-        };
+        let counted = ApiErrorRecord { retry_count: None, ..stored.clone() };
         assert_eq!(from_persisted(&counted, now).attempts, 1);
 
-        let far = ApiErrorRecord {
-            next_retry_at: Some(T0 + 1_000 * HOUR_MS),
-            ..stored
-        };
+        let far = ApiErrorRecord { next_retry_at: Some(T0 + 1_000 * HOUR_MS), ..stored };
         let state = from_persisted(&far, now);
         // Six hours, written out: asserting against the constant itself could never fail.
         assert_eq!(state.next_retry_at, Some(now + 6 * 3_600_000));
@@ -778,17 +681,11 @@ mod tests {
         assert!(!state.is_open(now));
         assert_eq!(state.remaining_ms(now), 0);
         assert_eq!(state.attempts, 2);
-        let record = state
-            .record_failure(&http(429, None), now, &exact(), 0.0, None)
-            .unwrap();
+        let record = state.record_failure(&http(429, None), now, &exact(), 0.0, None).unwrap();
         assert_eq!(record.retry_count, Some(3));
         assert_eq!(record.next_retry_at, Some(now + 4 * MINUTE_MS));
 
-        let no_deadline = ApiErrorRecord {
-            next_retry_at: None,
-            retry_count: Some(0),
-            ..stored
-        };
+        let no_deadline = ApiErrorRecord { next_retry_at: None, retry_count: Some(0), ..stored };
         let state = from_persisted(&no_deadline, now);
         assert!(!state.is_open(now));
         assert_eq!(state.attempts, 1);
@@ -808,41 +705,21 @@ mod tests {
         let ceiling = Some(RETRY_AFTER_ABSURD_MS);
         assert_eq!(parse_retry_after("99999999999999999999999", T0), ceiling);
         assert_eq!(parse_retry_after("9223372036854775807", T0), ceiling);
-        assert_eq!(
-            parse_retry_after("31536000", T0),
-            ceiling,
-            "a year is capped"
-        );
+        assert_eq!(parse_retry_after("31536000", T0), ceiling, "a year is capped");
         assert_eq!(parse_retry_after("2592000", T0), ceiling, "30 days exactly");
         assert_eq!(parse_retry_after("2591999", T0), Some(2_591_999_000));
     }
 
     #[test]
     fn a_retry_after_beyond_30_days_is_capped_at_max_retry_after_not_dropped() {
-        let config = BackoffConfig {
-            jitter: 0.0,
-            ..BackoffConfig::default()
-        };
-        for header in [
-            "31536000",
-            "99999999999999999999999",
-            "Fri, 31 Dec 9999 23:59:59 GMT",
-        ] {
+        let config = BackoffConfig { jitter: 0.0, ..BackoffConfig::default() };
+        for header in ["31536000", "99999999999999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"] {
             let asked = parse_retry_after(header, T0);
             let mut state = BackoffState::default();
-            let record = state
-                .record_failure(&http(429, asked), T0, &config, 0.0, None)
-                .expect("armed");
-            assert_eq!(
-                state.next_retry_at,
-                Some(T0 + config.max_retry_after_ms),
-                "{header}"
-            );
-            assert_eq!(
-                record.retry_after_ms,
-                Some(RETRY_AFTER_ABSURD_MS),
-                "what was asked"
-            );
+            let record =
+                state.record_failure(&http(429, asked), T0, &config, 0.0, None).expect("armed");
+            assert_eq!(state.next_retry_at, Some(T0 + config.max_retry_after_ms), "{header}");
+            assert_eq!(record.retry_after_ms, Some(RETRY_AFTER_ABSURD_MS), "what was asked");
         }
     }
 

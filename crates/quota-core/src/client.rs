@@ -82,10 +82,7 @@ pub enum ProxySetting {
     /// Straight to the endpoint.
     Disabled,
     /// Through this proxy URL, except for hosts matched by `no_proxy` (`NO_PROXY` syntax).
-    Url {
-        url: String,
-        no_proxy: Option<String>,
-    },
+    Url { url: String, no_proxy: Option<String> },
 }
 
 /// A client for the usage endpoint. Cloning is cheap and clones share one connection pool.
@@ -136,9 +133,7 @@ impl UsageClient {
                     builder.no_proxy().proxy(proxy)
                 }
             };
-            builder
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client: {e}"))
+            builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))
         };
         // A system store with nothing usable in it must not stop quota checks: the bundled
         // roots and the extra files still apply.
@@ -149,12 +144,7 @@ impl UsageClient {
                 Ok::<_, String>(client)
             })
             .map_err(ConfigError::HttpClient)?;
-        Ok(Self {
-            http,
-            url,
-            timeout: config.timeout,
-            trust_warnings,
-        })
+        Ok(Self { http, url, timeout: config.timeout, trust_warnings })
     }
 
     /// Extra CA files that were skipped, one message each (naming the file), for the host to
@@ -197,18 +187,11 @@ impl UsageClient {
     /// Reads the success body chunk by chunk so an oversized one is refused after 1 MiB, not
     /// after it has all been buffered.
     async fn read_body(&self, mut response: Response) -> Result<Vec<u8>, QuotaError> {
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY_BYTES as u64)
-        {
+        if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Err(body_too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(&e))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(&e))? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(body_too_large());
             }
@@ -251,9 +234,7 @@ fn parse_url(text: &str) -> Result<Url, String> {
     }
     // Credentials in the URL would become a second `Authorization` header.
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "invalid usage URL {text:?}: it must not contain user credentials"
-        ));
+        return Err(format!("invalid usage URL {text:?}: it must not contain user credentials"));
     }
     Ok(url)
 }
@@ -337,11 +318,7 @@ async fn status_error(response: Response, access_token: &str, now_ms: i64) -> Qu
     let body = error_body_text(&raw, access_token, status);
     match status.as_u16() {
         status @ (401 | 403) => QuotaError::Auth { status, body },
-        status => QuotaError::Http {
-            status,
-            retry_after_ms,
-            body,
-        },
+        status => QuotaError::Http { status, retry_after_ms, body },
     }
 }
 
@@ -376,9 +353,7 @@ fn error_body_text(raw: &[u8], access_token: &str, status: StatusCode) -> String
 /// [`MAX_ERROR_BODY_CHARS`] bytes.
 pub fn scrub_message(text: &str, access_token: &str) -> String {
     let text = redact_token(text, access_token);
-    truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS)
-        .trim_end()
-        .to_owned()
+    truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS).trim_end().to_owned()
 }
 
 /// `text` with every echo of `token` replaced by [`REDACTED`]: literal, or with any of its
@@ -573,10 +548,7 @@ mod tests {
         while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
             head.push(byte[0]);
         }
-        String::from_utf8_lossy(&head)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        String::from_utf8_lossy(&head).lines().map(str::to_owned).collect()
     }
 
     /// Serves `bytes` verbatim, then closes the connection.
@@ -606,9 +578,7 @@ mod tests {
 
     async fn fetch_reply(bytes: Vec<u8>) -> Result<QuotaSnapshot, QuotaError> {
         let (url, _server) = serve_bytes(bytes).await;
-        client(&url, Duration::from_secs(5))
-            .fetch(TOKEN, || NOW)
-            .await
+        client(&url, Duration::from_secs(5)).fetch(TOKEN, || NOW).await
     }
 
     fn client(url: &str, timeout: Duration) -> UsageClient {
@@ -640,10 +610,7 @@ mod tests {
     #[tokio::test]
     async fn success_parses_the_body_and_sends_the_documented_headers() {
         let (url, server) = serve_bytes(response("200 OK", &[], BODY)).await;
-        let snapshot = client(&url, Duration::from_secs(5))
-            .fetch(TOKEN, || NOW)
-            .await
-            .unwrap();
+        let snapshot = client(&url, Duration::from_secs(5)).fetch(TOKEN, || NOW).await.unwrap();
         assert_eq!(snapshot.five_hour.unwrap().used_percent, 9.0);
         assert_eq!(snapshot.seven_day.unwrap().checked_at, NOW);
         assert_eq!(snapshot.checked_at, Some(NOW));
@@ -661,14 +628,9 @@ mod tests {
     async fn success_with_a_query_string_keeps_it() {
         let (url, server) = serve_bytes(response("200 OK", &[], BODY)).await;
         let url = format!("{url}?beta=true");
-        let snapshot = client(&url, Duration::from_secs(5))
-            .fetch(TOKEN, || NOW)
-            .await;
+        let snapshot = client(&url, Duration::from_secs(5)).fetch(TOKEN, || NOW).await;
         assert!(snapshot.is_ok());
-        assert_eq!(
-            server.await.unwrap()[0],
-            "GET /api/oauth/usage?beta=true HTTP/1.1"
-        );
+        assert_eq!(server.await.unwrap()[0], "GET /api/oauth/usage?beta=true HTTP/1.1");
     }
 
     #[tokio::test]
@@ -696,11 +658,7 @@ mod tests {
 
     #[tokio::test]
     async fn unparsable_retry_after_is_dropped() {
-        let reply = response(
-            "503 Service Unavailable",
-            &[("Retry-After", "soon")],
-            "down",
-        );
+        let reply = response("503 Service Unavailable", &[("Retry-After", "soon")], "down");
         let error = fetch_reply(reply).await.unwrap_err();
         assert_eq!(error.retry_after_ms(), None);
         assert_eq!(error.status(), Some(503));
@@ -711,42 +669,27 @@ mod tests {
         for (line, status) in [("401 Unauthorized", 401), ("403 Forbidden", 403)] {
             let reply = response(line, &[("Retry-After", "60")], "token expired");
             let error = fetch_reply(reply).await.unwrap_err();
-            assert_eq!(
-                error,
-                QuotaError::Auth {
-                    status,
-                    body: "token expired".into()
-                }
-            );
+            assert_eq!(error, QuotaError::Auth { status, body: "token expired".into() });
             assert_eq!(error.failure_class(), FailureClass::Auth);
         }
     }
 
     #[tokio::test]
     async fn not_found_is_a_plain_http_error() {
-        let error = fetch_reply(response("404 Not Found", &[], " no such endpoint \n"))
-            .await
-            .unwrap_err();
+        let error =
+            fetch_reply(response("404 Not Found", &[], " no such endpoint \n")).await.unwrap_err();
         assert_eq!(
             error,
-            QuotaError::Http {
-                status: 404,
-                retry_after_ms: None,
-                body: "no such endpoint".into()
-            }
+            QuotaError::Http { status: 404, retry_after_ms: None, body: "no such endpoint".into() }
         );
         assert_eq!(error.failure_class(), FailureClass::NonTransient);
     }
 
     #[tokio::test]
     async fn blank_error_body_becomes_the_reason_phrase() {
-        let error = fetch_reply(response("500 Internal Server Error", &[], "  "))
-            .await
-            .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "Claude quota check failed: 500 — Internal Server Error"
-        );
+        let error =
+            fetch_reply(response("500 Internal Server Error", &[], "  ")).await.unwrap_err();
+        assert_eq!(error.to_string(), "Claude quota check failed: 500 — Internal Server Error");
     }
 
     #[tokio::test]
@@ -765,11 +708,8 @@ mod tests {
 
     #[tokio::test]
     async fn html_on_200_is_a_bad_response() {
-        let reply = response(
-            "200 OK",
-            &[("Content-Type", "text/html")],
-            "<html>maintenance</html>",
-        );
+        let reply =
+            response("200 OK", &[("Content-Type", "text/html")], "<html>maintenance</html>");
         assert_bad_response(fetch_reply(reply).await, "not JSON");
     }
 
@@ -826,9 +766,7 @@ mod tests {
         for declare_length in [true, false] {
             let url = serve_huge(11 * 1024 * 1024, declare_length).await;
             let started = Instant::now();
-            let result = client(&url, Duration::from_secs(10))
-                .fetch(TOKEN, || NOW)
-                .await;
+            let result = client(&url, Duration::from_secs(10)).fetch(TOKEN, || NOW).await;
             assert_bad_response(result, "larger than");
             assert!(started.elapsed() < Duration::from_secs(2), "took too long");
         }
@@ -840,10 +778,7 @@ mod tests {
         body.push_str(&" ".repeat(MAX_BODY_BYTES - body.len()));
         assert!(fetch_reply(response("200 OK", &[], &body)).await.is_ok());
         body.push(' ');
-        assert_bad_response(
-            fetch_reply(response("200 OK", &[], &body)).await,
-            "larger than",
-        );
+        assert_bad_response(fetch_reply(response("200 OK", &[], &body)).await, "larger than");
     }
 
     async fn stall(mut stream: TcpStream, head: &'static [u8]) {
@@ -853,9 +788,7 @@ mod tests {
 
     async fn fetch_with_short_timeout(url: &str) -> (Result<QuotaSnapshot, QuotaError>, Duration) {
         let started = Instant::now();
-        let result = client(url, Duration::from_millis(300))
-            .fetch(TOKEN, || NOW)
-            .await;
+        let result = client(url, Duration::from_millis(300)).fetch(TOKEN, || NOW).await;
         (result, started.elapsed())
     }
 
@@ -885,11 +818,7 @@ mod tests {
         let (result, _) = fetch_with_short_timeout(&url).await;
         assert_eq!(
             result.unwrap_err(),
-            QuotaError::Http {
-                status: 500,
-                retry_after_ms: None,
-                body: "oops".into()
-            }
+            QuotaError::Http { status: 500, retry_after_ms: None, body: "oops".into() }
         );
     }
 
@@ -900,10 +829,7 @@ mod tests {
             listener.local_addr().unwrap().port()
         };
         let url = format!("http://127.0.0.1:{port}/api/oauth/usage");
-        let error = client(&url, Duration::from_secs(5))
-            .fetch(TOKEN, || NOW)
-            .await
-            .unwrap_err();
+        let error = client(&url, Duration::from_secs(5)).fetch(TOKEN, || NOW).await.unwrap_err();
         let QuotaError::Network(reason) = &error else {
             panic!("expected Network, got {error:?}");
         };
@@ -915,9 +841,7 @@ mod tests {
     #[tokio::test]
     async fn error_body_is_cut_to_one_kib() {
         let long = "x".repeat(5000);
-        let error = fetch_reply(response("400 Bad Request", &[], &long))
-            .await
-            .unwrap_err();
+        let error = fetch_reply(response("400 Bad Request", &[], &long)).await.unwrap_err();
         let QuotaError::Http { body, .. } = error else {
             panic!("expected Http");
         };
@@ -927,30 +851,19 @@ mod tests {
     #[tokio::test]
     async fn an_echoed_token_is_redacted_from_the_error_body() {
         let echo = format!("bad token {TOKEN} rejected");
-        let error = fetch_reply(response("401 Unauthorized", &[], &echo))
-            .await
-            .unwrap_err();
+        let error = fetch_reply(response("401 Unauthorized", &[], &echo)).await.unwrap_err();
         assert_eq!(
             error,
-            QuotaError::Auth {
-                status: 401,
-                body: "bad token [redacted] rejected".into()
-            }
+            QuotaError::Auth { status: 401, body: "bad token [redacted] rejected".into() }
         );
     }
 
     #[tokio::test]
     async fn a_token_that_cannot_be_a_header_is_not_sent() {
         let (url, server) = serve_bytes(response("200 OK", &[], BODY)).await;
-        for token in [
-            "line\nbreak-secret",
-            "carriage\rreturn-secret",
-            "nul\0-secret",
-        ] {
-            let error = client(&url, Duration::from_secs(5))
-                .fetch(token, || NOW)
-                .await
-                .unwrap_err();
+        for token in ["line\nbreak-secret", "carriage\rreturn-secret", "nul\0-secret"] {
+            let error =
+                client(&url, Duration::from_secs(5)).fetch(token, || NOW).await.unwrap_err();
             // An argument error (a TypeError in JS), not an endpoint failure: no backoff.
             assert!(matches!(error, QuotaError::InvalidArgument(_)), "{error:?}");
             assert_eq!(error.failure_class(), FailureClass::None);
@@ -973,9 +886,7 @@ mod tests {
             fetch_reply(response("200 OK", &[], r#"{"ok":true}"#)).await,
             "no usage fields",
         );
-        let error = fetch_reply(response("200 OK", &[], "{}"))
-            .await
-            .unwrap_err();
+        let error = fetch_reply(response("200 OK", &[], "{}")).await.unwrap_err();
         assert_eq!(error.failure_class(), FailureClass::NonTransient);
     }
 
@@ -1012,10 +923,7 @@ mod tests {
         let forms = [
             format!("echo {token} end"),
             format!("echo {} end", token.replace('/', "\\/")),
-            format!(
-                "echo {} end",
-                token.replace('/', "\\u002F").replace('a', "\\u0061")
-            ),
+            format!("echo {} end", token.replace('/', "\\u002F").replace('a', "\\u0061")),
             format!("echo {} end", token.replace('/', "%2F").replace('+', "%2b")),
         ];
         for form in &forms {
@@ -1029,21 +937,14 @@ mod tests {
         let text = error_body_text(cut.as_bytes(), token, StatusCode::BAD_REQUEST);
         assert_eq!(text, "bad: [redacted]");
         // Short common words that merely start like the token are left alone mid-body.
-        let text = error_body_text(
-            b"sk- is a prefix; sk-ant too",
-            token,
-            StatusCode::BAD_REQUEST,
-        );
+        let text = error_body_text(b"sk- is a prefix; sk-ant too", token, StatusCode::BAD_REQUEST);
         assert_eq!(text, "sk- is a prefix; sk-ant too");
         // An echo that starts past the first 1 KiB but within what is kept after trimming.
         let mut late = " ".repeat(3900);
         late.push_str(&"y".repeat(100));
         late.push_str(token);
         let text = error_body_text(late.as_bytes(), token, StatusCode::BAD_REQUEST);
-        assert!(
-            text.ends_with("[redacted]") && !text.contains("oat01"),
-            "{text}"
-        );
+        assert!(text.ends_with("[redacted]") && !text.contains("oat01"), "{text}");
     }
 
     #[tokio::test]
@@ -1051,9 +952,7 @@ mod tests {
         let mut body = " ".repeat(ERROR_BODY_READ_BYTES - 20);
         body.push_str(TOKEN);
         body.push_str(&"z".repeat(8 * 1024));
-        let error = fetch_reply(response("400 Bad Request", &[], &body))
-            .await
-            .unwrap_err();
+        let error = fetch_reply(response("400 Bad Request", &[], &body)).await.unwrap_err();
         let QuotaError::Http { body, .. } = &error else {
             panic!("expected Http, got {error:?}");
         };
@@ -1076,10 +975,7 @@ mod tests {
             "http://localhost.evil.com/usage",
         ] {
             let message = build(url).unwrap_err().to_string();
-            assert!(
-                message.contains("only allowed to loopback"),
-                "{url}: {message}"
-            );
+            assert!(message.contains("only allowed to loopback"), "{url}: {message}");
         }
         for url in [
             "http://127.0.0.1:9/usage",
@@ -1128,10 +1024,7 @@ mod tests {
             ..UsageClientConfig::default()
         };
         let options = ConnectionOptions {
-            proxy: ProxySetting::Url {
-                url: proxy.to_owned(),
-                no_proxy: None,
-            },
+            proxy: ProxySetting::Url { url: proxy.to_owned(), no_proxy: None },
             ..ConnectionOptions::default()
         };
         UsageClient::with_options(config, &options).unwrap()
@@ -1152,10 +1045,7 @@ mod tests {
         let remote = proxied("https://quota.example.invalid/usage", &proxy_url);
         let _ = remote.fetch(TOKEN, || NOW).await;
         let first_line = proxy.await.unwrap().unwrap_or_default();
-        assert!(
-            first_line.starts_with("CONNECT quota.example.invalid:443"),
-            "{first_line}"
-        );
+        assert!(first_line.starts_with("CONNECT quota.example.invalid:443"), "{first_line}");
     }
 
     #[test]
@@ -1219,16 +1109,9 @@ J+AanMQSof1Yms0X9xGi
 
     #[test]
     fn new_rejects_unusable_urls_and_names_them() {
-        let config = |url: &str| UsageClientConfig {
-            url: url.to_owned(),
-            ..UsageClientConfig::default()
-        };
-        for url in [
-            "not a url",
-            "/api/oauth/usage",
-            "ftp://example.com/usage",
-            "",
-        ] {
+        let config =
+            |url: &str| UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() };
+        for url in ["not a url", "/api/oauth/usage", "ftp://example.com/usage", ""] {
             let error = UsageClient::new(config(url)).unwrap_err();
             assert_eq!(error.option(), Some("usageUrl"));
             let message = error.to_string();
@@ -1236,10 +1119,8 @@ J+AanMQSof1Yms0X9xGi
         }
         let client = UsageClient::new(config("http://127.0.0.1:9/usage")).unwrap();
         assert_eq!(client.url(), "http://127.0.0.1:9/usage");
-        let bad_agent = UsageClientConfig {
-            user_agent: "claude\ncode".into(),
-            ..UsageClientConfig::default()
-        };
+        let bad_agent =
+            UsageClientConfig { user_agent: "claude\ncode".into(), ..UsageClientConfig::default() };
         let error = UsageClient::new(bad_agent).unwrap_err();
         assert_eq!(error.option(), Some("userAgent"));
         assert!(error.to_string().contains("user agent"));

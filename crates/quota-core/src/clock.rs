@@ -29,9 +29,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> Self {
-        Self {
-            now: Arc::new(AtomicI64::new(start_ms)),
-        }
+        Self { now: Arc::new(AtomicI64::new(start_ms)) }
     }
 
     pub fn advance(&self, ms: i64) {

@@ -19,16 +19,9 @@ pub enum FailureClass {
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuotaError {
     /// The route is backed off and nothing is cached.
-    BackedOff {
-        next_retry_at: i64,
-        retry_after_ms: i64,
-    },
+    BackedOff { next_retry_at: i64, retry_after_ms: i64 },
     /// A non-2xx answer other than 401/403.
-    Http {
-        status: u16,
-        retry_after_ms: Option<i64>,
-        body: String,
-    },
+    Http { status: u16, retry_after_ms: Option<i64>, body: String },
     /// 401 or 403.
     Auth { status: u16, body: String },
     /// The connection failed.
@@ -148,10 +141,9 @@ impl fmt::Display for QuotaError {
             Self::SharedStore { target, reason } => {
                 write!(f, "Quota shared store {target}: {reason}")
             }
-            Self::LockTimeout { path, waited_ms } => write!(
-                f,
-                "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms"
-            ),
+            Self::LockTimeout { path, waited_ms } => {
+                write!(f, "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms")
+            }
             Self::InvalidArgument(reason) | Self::Reentered(reason) => write!(f, "{reason}"),
             Self::IdentityChanged => write!(f, "Main quota identity changed before refresh"),
         }
@@ -204,11 +196,7 @@ mod tests {
     use super::*;
 
     fn http(status: u16) -> QuotaError {
-        QuotaError::Http {
-            status,
-            retry_after_ms: None,
-            body: "nope".into(),
-        }
+        QuotaError::Http { status, retry_after_ms: None, body: "nope".into() }
     }
 
     #[test]
@@ -218,45 +206,24 @@ mod tests {
         assert_eq!(http(503).failure_class(), FailureClass::Transient);
         assert_eq!(http(404).failure_class(), FailureClass::NonTransient);
         assert_eq!(http(302).failure_class(), FailureClass::NonTransient);
-        let auth = QuotaError::Auth {
-            status: 401,
-            body: String::new(),
-        };
+        let auth = QuotaError::Auth { status: 401, body: String::new() };
         assert_eq!(auth.failure_class(), FailureClass::Auth);
-        assert_eq!(
-            QuotaError::Timeout("t".into()).failure_class(),
-            FailureClass::Transient
-        );
-        assert_eq!(
-            QuotaError::BadResponse("b".into()).failure_class(),
-            FailureClass::NonTransient
-        );
+        assert_eq!(QuotaError::Timeout("t".into()).failure_class(), FailureClass::Transient);
+        assert_eq!(QuotaError::BadResponse("b".into()).failure_class(), FailureClass::NonTransient);
         assert_eq!(QuotaError::Closed.failure_class(), FailureClass::None);
     }
 
     #[test]
     fn messages_are_the_documented_ones() {
-        assert_eq!(
-            http(429).to_string(),
-            "Claude quota check failed: 429 — nope"
-        );
-        let backed_off = QuotaError::BackedOff {
-            next_retry_at: 1,
-            retry_after_ms: 1,
-        };
-        assert_eq!(
-            backed_off.to_string(),
-            "Quota API rate-limited — try again later"
-        );
+        assert_eq!(http(429).to_string(), "Claude quota check failed: 429 — nope");
+        let backed_off = QuotaError::BackedOff { next_retry_at: 1, retry_after_ms: 1 };
+        assert_eq!(backed_off.to_string(), "Quota API rate-limited — try again later");
         assert_eq!(backed_off.code(), "QUOTA_BACKED_OFF");
     }
 
     #[test]
     fn lock_timeouts_and_bad_arguments_never_arm_a_backoff() {
-        let timeout = QuotaError::LockTimeout {
-            path: "/s.lock".into(),
-            waited_ms: 7,
-        };
+        let timeout = QuotaError::LockTimeout { path: "/s.lock".into(), waited_ms: 7 };
         assert_eq!(timeout.code(), "QUOTA_TIMEOUT");
         assert_eq!(timeout.failure_class(), FailureClass::None);
         assert_eq!(timeout.path(), Some("/s.lock"));

@@ -37,9 +37,7 @@ pub fn refresh_after(
     match exhausted_until {
         Some(reset) if reset > checked_at => {
             let oldest = quota.oldest_window_checked_at().unwrap_or(checked_at);
-            reset
-                .saturating_add(EXHAUSTED_GRACE_MS)
-                .min(oldest.saturating_add(interval_ms))
+            reset.saturating_add(EXHAUSTED_GRACE_MS).min(oldest.saturating_add(interval_ms))
         }
         _ => normal,
     }
@@ -70,10 +68,7 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
     model
         .and_then(|model| scoped_window_for_model(&entry.quota, model))
         .map_or(entry.refresh_after, |window| {
-            window
-                .checked_at
-                .saturating_add(interval_ms)
-                .min(entry.refresh_after)
+            window.checked_at.saturating_add(interval_ms).min(entry.refresh_after)
         })
 }
 
@@ -169,38 +164,23 @@ mod tests {
     fn an_exhausted_account_is_polled_a_minute_after_its_reset() {
         let quota = snapshot(T0, vec![]);
         let reset = T0 + 2 * MINUTE_MS;
-        assert_eq!(
-            refresh_after(&quota, T0, INTERVAL, Some(reset)),
-            reset + EXHAUSTED_GRACE_MS
-        );
+        assert_eq!(refresh_after(&quota, T0, INTERVAL, Some(reset)), reset + EXHAUSTED_GRACE_MS);
     }
 
     #[test]
     fn a_far_reset_is_capped_by_the_oldest_window_including_scoped_ones() {
         let reset = T0 + 3 * 24 * 60 * MINUTE_MS;
         let quota = snapshot(T0, vec![]);
-        assert_eq!(
-            refresh_after(&quota, T0, INTERVAL, Some(reset)),
-            T0 + INTERVAL
-        );
+        assert_eq!(refresh_after(&quota, T0, INTERVAL, Some(reset)), T0 + INTERVAL);
         // Headers renewed 5h/7d at T0, the scoped window is from a poll two minutes earlier.
         let mut mixed = snapshot(T0, vec![scoped("opus", T0 - 2 * MINUTE_MS)]);
-        assert_eq!(
-            refresh_after(&mixed, T0, INTERVAL, Some(reset)),
-            T0 - 2 * MINUTE_MS + INTERVAL
-        );
+        assert_eq!(refresh_after(&mixed, T0, INTERVAL, Some(reset)), T0 - 2 * MINUTE_MS + INTERVAL);
         // A reset sooner than the cap still wins.
         let soon = T0 + MINUTE_MS;
-        assert_eq!(
-            refresh_after(&mixed, T0, INTERVAL, Some(soon)),
-            soon + EXHAUSTED_GRACE_MS
-        );
+        assert_eq!(refresh_after(&mixed, T0, INTERVAL, Some(soon)), soon + EXHAUSTED_GRACE_MS);
         // No windows at all: the entry's own check time bounds it.
         mixed = QuotaSnapshot::default();
-        assert_eq!(
-            refresh_after(&mixed, T0, INTERVAL, Some(reset)),
-            T0 + INTERVAL
-        );
+        assert_eq!(refresh_after(&mixed, T0, INTERVAL, Some(reset)), T0 + INTERVAL);
     }
 
     #[test]
@@ -224,53 +204,21 @@ mod tests {
         assert!(is_stale(Some(&fresh), T0 + INTERVAL, INTERVAL, None));
 
         let exhausted = entry(snapshot(T0, vec![]), T0, Some(T0 + MINUTE_MS));
-        assert!(!is_stale(
-            Some(&exhausted),
-            T0 + 2 * MINUTE_MS - 1,
-            INTERVAL,
-            None
-        ));
-        assert!(is_stale(
-            Some(&exhausted),
-            T0 + 2 * MINUTE_MS,
-            INTERVAL,
-            None
-        ));
+        assert!(!is_stale(Some(&exhausted), T0 + 2 * MINUTE_MS - 1, INTERVAL, None));
+        assert!(is_stale(Some(&exhausted), T0 + 2 * MINUTE_MS, INTERVAL, None));
     }
 
     #[test]
     fn an_old_scoped_window_makes_only_its_own_model_stale() {
         // 5h/7d renewed by headers just now; the scoped windows came from a poll 6 minutes ago.
         let old = T0 - 6 * MINUTE_MS;
-        let quota = snapshot(
-            T0,
-            vec![scoped("claude-fable-5-1", old), scoped("opus", T0)],
-        );
-        let cached = QuotaEntry {
-            refresh_after: T0 + INTERVAL,
-            quota,
-            checked_at: T0,
-        };
+        let quota = snapshot(T0, vec![scoped("claude-fable-5-1", old), scoped("opus", T0)]);
+        let cached = QuotaEntry { refresh_after: T0 + INTERVAL, quota, checked_at: T0 };
         let now = T0 + MINUTE_MS;
-        assert!(is_stale(
-            Some(&cached),
-            now,
-            INTERVAL,
-            Some("claude-fable-5-1")
-        ));
-        assert!(is_stale(
-            Some(&cached),
-            now,
-            INTERVAL,
-            Some("Claude Fable 6")
-        ));
+        assert!(is_stale(Some(&cached), now, INTERVAL, Some("claude-fable-5-1")));
+        assert!(is_stale(Some(&cached), now, INTERVAL, Some("Claude Fable 6")));
         assert!(!is_stale(Some(&cached), now, INTERVAL, Some("opus")));
-        assert!(!is_stale(
-            Some(&cached),
-            now,
-            INTERVAL,
-            Some("claude-sonnet-4-5")
-        ));
+        assert!(!is_stale(Some(&cached), now, INTERVAL, Some("claude-sonnet-4-5")));
         assert!(!is_stale(Some(&cached), now, INTERVAL, None));
         assert!(!is_stale(Some(&cached), now, INTERVAL, Some("")));
 
@@ -290,15 +238,9 @@ mod tests {
             checked_at: T0,
         };
         assert_eq!(stale_from(Some(&cached), INTERVAL, None), T0 + INTERVAL);
-        assert_eq!(
-            stale_from(Some(&cached), INTERVAL, Some("opus")),
-            T0 + INTERVAL
-        );
+        assert_eq!(stale_from(Some(&cached), INTERVAL, Some("opus")), T0 + INTERVAL);
         let scoped_due = old + INTERVAL;
-        assert_eq!(
-            stale_from(Some(&cached), INTERVAL, Some("fable")),
-            scoped_due
-        );
+        assert_eq!(stale_from(Some(&cached), INTERVAL, Some("fable")), scoped_due);
         for model in [None, Some("fable"), Some("opus")] {
             let from = stale_from(Some(&cached), INTERVAL, model);
             assert!(!is_stale(Some(&cached), from - 1, INTERVAL, model));
@@ -328,27 +270,15 @@ mod tests {
             source: Some(QuotaSource::Headers),
             ..QuotaSnapshot::default()
         };
-        assert_eq!(
-            header_only_due_from(&headers, None, INTERVAL),
-            Some(i64::MIN)
-        );
-        assert_eq!(
-            header_only_due_from(&headers, Some(T0), INTERVAL),
-            Some(T0 + INTERVAL)
-        );
-        let polled_nothing_scoped = QuotaSnapshot {
-            scoped: Some(Vec::new()),
-            ..headers.clone()
-        };
+        assert_eq!(header_only_due_from(&headers, None, INTERVAL), Some(i64::MIN));
+        assert_eq!(header_only_due_from(&headers, Some(T0), INTERVAL), Some(T0 + INTERVAL));
+        let polled_nothing_scoped = QuotaSnapshot { scoped: Some(Vec::new()), ..headers.clone() };
         assert_eq!(
             header_only_due_from(&polled_nothing_scoped, None, INTERVAL),
             None,
             "an empty scoped list is a poll's answer"
         );
-        let poll = QuotaSnapshot {
-            source: Some(QuotaSource::Poll),
-            ..headers
-        };
+        let poll = QuotaSnapshot { source: Some(QuotaSource::Poll), ..headers };
         assert_eq!(header_only_due_from(&poll, None, INTERVAL), None);
     }
 
@@ -361,11 +291,7 @@ mod tests {
         };
         let fresh = entry(headers, T0, None);
         assert_eq!(stale_from(Some(&fresh), INTERVAL, None), T0 + INTERVAL);
-        assert_eq!(
-            main_stale_from(Some(&fresh), None, INTERVAL, None),
-            i64::MIN,
-            "never polled"
-        );
+        assert_eq!(main_stale_from(Some(&fresh), None, INTERVAL, None), i64::MIN, "never polled");
         assert_eq!(
             main_stale_from(Some(&fresh), Some(T0 - MINUTE_MS), INTERVAL, None),
             T0 - MINUTE_MS + INTERVAL

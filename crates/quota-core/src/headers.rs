@@ -123,10 +123,7 @@ impl Frame {
         Some(QuotaSnapshot {
             five_hour: window(self.five_hour_used, five_hour_reset),
             seven_day: window(self.seven_day_used, seven_day_reset),
-            binding_window_source: self
-                .representative_claim
-                .as_ref()
-                .map(|_| QuotaSource::Headers),
+            binding_window_source: self.representative_claim.as_ref().map(|_| QuotaSource::Headers),
             binding_window: self.representative_claim,
             fallback_advised: self.fallback_advised,
             source: Some(QuotaSource::Headers),
@@ -145,8 +142,7 @@ fn set<T>(slot: &mut Option<T>, parsed: Option<T>) {
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     // `get` rather than slicing: a multi-byte character straddling the boundary must not panic.
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 /// A finite, non-negative number; `None` for anything else (including overflow to infinity).
@@ -154,10 +150,7 @@ fn non_negative_number(value: &str) -> Option<f64> {
     if value.is_empty() || value.len() > MAX_NUMBER_LEN {
         return None;
     }
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n >= 0.0)
+    value.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)
 }
 
 /// A utilisation fraction as a whole used percentage. A fraction above 1 clamps to 100 (the
@@ -203,10 +196,7 @@ mod tests {
             ("anthropic-ratelimit-unified-7d-utilization", "0.68"),
             ("anthropic-ratelimit-unified-7d-reset", "1789808400"),
             ("anthropic-ratelimit-unified-fallback", "available"),
-            (
-                "anthropic-ratelimit-unified-representative-claim",
-                "five_hour",
-            ),
+            ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
             ("anthropic-ratelimit-unified-status", "allowed_warning"),
             ("anthropic-ratelimit-unified-5h-status", "allowed"),
             ("anthropic-ratelimit-unified-7d-status", "allowed_warning"),
@@ -240,10 +230,7 @@ mod tests {
     #[test]
     fn reset_strings_read_back_with_parse_iso_ms() {
         let snapshot = parse(&full_frame()).unwrap();
-        assert_eq!(
-            snapshot.five_hour.unwrap().resets_at_ms(),
-            Some(1_789_351_800_000)
-        );
+        assert_eq!(snapshot.five_hour.unwrap().resets_at_ms(), Some(1_789_351_800_000));
     }
 
     #[test]
@@ -309,18 +296,9 @@ mod tests {
     #[test]
     fn garbage_utilisation_is_ignored_field_by_field() {
         let huge = "9".repeat(1 << 20);
-        for garbage in [
-            "abc",
-            "-1",
-            "-0.5",
-            "1e400",
-            "NaN",
-            "nan",
-            "inf",
-            "-inf",
-            "",
-            huge.as_str(),
-        ] {
+        for garbage in
+            ["abc", "-1", "-0.5", "1e400", "NaN", "nan", "inf", "-inf", "", huge.as_str()]
+        {
             let snapshot = parse(&[
                 ("anthropic-ratelimit-unified-5h-utilization", garbage),
                 ("anthropic-ratelimit-unified-7d-utilization", "0.25"),
@@ -334,17 +312,9 @@ mod tests {
     #[test]
     fn garbage_reset_is_ignored_but_keeps_the_window() {
         let huge = "1".repeat(1 << 20);
-        for garbage in [
-            "abc",
-            "-1",
-            "-1789351800",
-            "1e400",
-            "NaN",
-            "inf",
-            "0",
-            "1e15",
-            huge.as_str(),
-        ] {
+        for garbage in
+            ["abc", "-1", "-1789351800", "1e400", "NaN", "inf", "0", "1e15", huge.as_str()]
+        {
             let five = parse(&[
                 ("anthropic-ratelimit-unified-5h-utilization", "0.2"),
                 ("anthropic-ratelimit-unified-5h-reset", garbage),
@@ -413,10 +383,7 @@ mod tests {
         let headers = Some(QuotaSource::Headers);
         assert_eq!(claim("five_hour"), (Some("five_hour".into()), headers));
         assert_eq!(claim(" seven_day "), (Some("seven_day".into()), headers));
-        assert_eq!(
-            claim("seven_day_opus"),
-            (Some("seven_day_opus".into()), headers)
-        );
+        assert_eq!(claim("seven_day_opus"), (Some("seven_day_opus".into()), headers));
         assert_eq!(claim("   "), (None, None));
         assert_eq!(claim("five hour"), (None, None));
         assert_eq!(claim("<script>"), (None, None));
@@ -428,18 +395,12 @@ mod tests {
         let snapshot = parse(&[
             ("anthropic-ratelimit-unified-5h-utilization", "0.1"),
             ("anthropic-ratelimit-unified-7d-utilization", "0.9"),
-            (
-                "anthropic-ratelimit-unified-representative-claim",
-                "seven_day",
-            ),
+            ("anthropic-ratelimit-unified-representative-claim", "seven_day"),
             ("anthropic-ratelimit-unified-reset", "1789808400"),
         ])
         .unwrap();
         assert_eq!(snapshot.five_hour.unwrap().resets_at, None);
-        assert_eq!(
-            snapshot.seven_day.unwrap().resets_at.as_deref(),
-            Some("2026-09-19T09:00:00Z")
-        );
+        assert_eq!(snapshot.seven_day.unwrap().resets_at.as_deref(), Some("2026-09-19T09:00:00Z"));
     }
 
     #[test]
@@ -482,10 +443,8 @@ pub fn header_pairs(value: &serde_json::Value) -> Vec<(String, String)> {
 /// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
 pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaSnapshot> {
     let object = value.as_object()?;
-    let looks_like_headers = object.keys().any(|name| {
-        name.to_ascii_lowercase()
-            .starts_with("anthropic-ratelimit-")
-    });
+    let looks_like_headers =
+        object.keys().any(|name| name.to_ascii_lowercase().starts_with("anthropic-ratelimit-"));
     if looks_like_headers {
         let pairs = header_pairs(value);
         return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
@@ -493,9 +452,7 @@ pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaS
     let mut value = value.clone();
     for window in ["five_hour", "seven_day"] {
         if let Some(window) = value.get_mut(window).and_then(|w| w.as_object_mut()) {
-            window
-                .entry("checkedAt")
-                .or_insert_with(|| serde_json::json!(now_ms));
+            window.entry("checkedAt").or_insert_with(|| serde_json::json!(now_ms));
         }
     }
     let mut snapshot = QuotaSnapshot::from_value_lenient(&value)

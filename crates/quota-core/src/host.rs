@@ -29,9 +29,8 @@ impl HostStorage {
     /// Reads the storage object; junk settings are ignored, not fatal, because the plugin wrote
     /// this file itself and a bad value in it must not stop the manager.
     pub fn from_value(value: &Value) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| "storage must be an object or null".to_owned())?;
+        let object =
+            value.as_object().ok_or_else(|| "storage must be an object or null".to_owned())?;
         let quota = object.get("quota").and_then(Value::as_object);
         let setting = |name: &str| quota.and_then(|q| q.get(name));
         Ok(Self {
@@ -85,27 +84,18 @@ impl FallbackAccount {
 
     /// The `{ authLineageId }` argument of the fallback methods (no `id` needed).
     pub fn lineage_of(value: &Value, id: &str, name: &str) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| format!("{name} must be an object"))?;
+        let object = value.as_object().ok_or_else(|| format!("{name} must be an object"))?;
         let auth_lineage_id = match object.get("authLineageId") {
             None | Some(Value::Null) => None,
             Some(Value::String(text)) => Some(text.clone()).filter(|t| !t.is_empty()),
             Some(_) => return Err(format!("{name}.authLineageId must be a string")),
         };
-        Ok(Self {
-            id: id.to_owned(),
-            enabled: true,
-            auth_lineage_id,
-            ..Self::default()
-        })
+        Ok(Self { id: id.to_owned(), enabled: true, auth_lineage_id, ..Self::default() })
     }
 
     /// Reads one account; `Err` names the offending field for a `TypeError`.
     pub fn from_value(value: &Value, name: &str) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| format!("{name} must be an object"))?;
+        let object = value.as_object().ok_or_else(|| format!("{name} must be an object"))?;
         AccountFields {
             id: object.get("id"),
             enabled: object.get("enabled"),
@@ -120,9 +110,7 @@ impl FallbackAccount {
 
     /// Reads an account list; duplicate ids keep the first record.
     pub fn list_from_value(value: &Value, name: &str) -> Result<Vec<Self>, String> {
-        let items = value
-            .as_array()
-            .ok_or_else(|| format!("{name} must be an array"))?;
+        let items = value.as_array().ok_or_else(|| format!("{name} must be an array"))?;
         let mut accounts: Vec<Self> = Vec::with_capacity(items.len());
         // The first of equal ids wins; a set keeps this linear in the number of accounts.
         let mut seen = std::collections::HashSet::with_capacity(items.len());
@@ -173,14 +161,8 @@ impl AccountFields<'_> {
         Ok(FallbackAccount {
             access: optional_string(self.access, "access")?,
             auth_lineage_id: optional_string(self.auth_lineage_id, "authLineageId")?,
-            quota: self
-                .quota
-                .and_then(QuotaSnapshot::from_value_lenient)
-                .map(Box::new),
-            last_error: self
-                .last_error
-                .and_then(ApiErrorRecord::from_value_lenient)
-                .map(Box::new),
+            quota: self.quota.and_then(QuotaSnapshot::from_value_lenient).map(Box::new),
+            last_error: self.last_error.and_then(ApiErrorRecord::from_value_lenient).map(Box::new),
             expires: self.expires.and_then(timestamp_from_value),
             id,
             enabled,
@@ -208,17 +190,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(storage.main_account_id.as_deref(), Some("alice"));
-        assert_eq!(
-            storage.check_interval_minutes, None,
-            "below the 1 minute floor"
-        );
+        assert_eq!(storage.check_interval_minutes, None, "below the 1 minute floor");
         assert_eq!(storage.refresh_every_n_requests, Some(10));
         assert_eq!(storage.minimum_remaining.unwrap().five_hour, 20.0);
         assert_eq!(storage.fail_closed_on_unknown_quota, None);
-        assert_eq!(
-            storage.main_quota.unwrap().seven_day.unwrap().used_percent,
-            50.0
-        );
+        assert_eq!(storage.main_quota.unwrap().seven_day.unwrap().used_percent, 50.0);
         assert!(HostStorage::from_value(&json!(3)).is_err());
     }
 

@@ -25,9 +25,7 @@ pub struct LenientSnapshot(pub Option<QuotaSnapshot>);
 
 impl<'de> Deserialize<'de> for LenientSnapshot {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(Junk::or(SnapshotVisitor))
-            .map(Self)
+        deserializer.deserialize_any(Junk::or(SnapshotVisitor)).map(Self)
     }
 }
 
@@ -92,9 +90,7 @@ leaf!(Flag -> bool, "a boolean", |FlagVisitor| {
 /// A non-negative whole-millisecond timestamp below 9e15 (fractions are truncated), as
 /// [`crate::snapshot::timestamp_from_value`] reads one.
 fn timestamp(number: Option<f64>) -> Option<i64> {
-    number
-        .filter(|n| *n >= 0.0 && *n < 9.0e15)
-        .map(|n| n as i64)
+    number.filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64)
 }
 
 /// A field read as its own serde type, or dropped: buffered as a (small) `Value` first, since a
@@ -263,9 +259,7 @@ struct Window(Option<WindowFields>);
 
 impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(Junk::or(WindowFieldsVisitor))
-            .map(Self)
+        deserializer.deserialize_any(Junk::or(WindowFieldsVisitor)).map(Self)
     }
 }
 
@@ -296,9 +290,7 @@ impl<'de> Deserialize<'de> for Scoped {
             }
         }
 
-        deserializer
-            .deserialize_any(Junk::or(ScopedVisitor))
-            .map(Self)
+        deserializer.deserialize_any(Junk::or(ScopedVisitor)).map(Self)
     }
 }
 
@@ -559,21 +551,10 @@ mod tests {
             let value = snapshot(&mut dice);
             let expected = snapshot_oracle(&value);
             kept += usize::from(expected.as_ref().is_some_and(QuotaSnapshot::has_windows));
-            assert_eq!(
-                QuotaSnapshot::from_value_lenient(&value),
-                expected,
-                "case {case}: {value}"
-            );
-            assert_eq!(
-                from_text(&value.to_string()),
-                expected,
-                "case {case}: {value}"
-            );
+            assert_eq!(QuotaSnapshot::from_value_lenient(&value), expected, "case {case}: {value}");
+            assert_eq!(from_text(&value.to_string()), expected, "case {case}: {value}");
         }
-        assert!(
-            kept > 2_000,
-            "the generator makes usable snapshots too ({kept})"
-        );
+        assert!(kept > 2_000, "the generator makes usable snapshots too ({kept})");
     }
 
     #[test]

@@ -61,10 +61,7 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
     let (binding_window, binding_window_source) = if poll_binding {
         (cached.binding_window.clone(), Some(QuotaSource::Poll))
     } else {
-        (
-            frame.binding_window.clone(),
-            frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
-        )
+        (frame.binding_window.clone(), frame.binding_window.as_ref().map(|_| QuotaSource::Headers))
     };
     let mut merged = QuotaSnapshot {
         five_hour: newer_window(frame.five_hour.as_ref(), cached.five_hour.as_ref()),
@@ -108,9 +105,7 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
         return merged;
     };
     let poll_time = |window: Option<&QuotaWindow>| {
-        poll.checked_at
-            .or_else(|| window.map(|w| w.checked_at))
-            .unwrap_or(i64::MIN)
+        poll.checked_at.or_else(|| window.map(|w| w.checked_at)).unwrap_or(i64::MIN)
     };
     let keep_newer = |cached_window: Option<&QuotaWindow>, poll_window: Option<&QuotaWindow>| {
         match cached_window {
@@ -133,12 +128,8 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
         }
     };
     let mut field_sources = FieldSources {
-        five_hour: kept(merged.five_hour.as_ref(), poll.five_hour.as_ref(), |f| {
-            f.five_hour
-        }),
-        seven_day: kept(merged.seven_day.as_ref(), poll.seven_day.as_ref(), |f| {
-            f.seven_day
-        }),
+        five_hour: kept(merged.five_hour.as_ref(), poll.five_hour.as_ref(), |f| f.five_hour),
+        seven_day: kept(merged.seven_day.as_ref(), poll.seven_day.as_ref(), |f| f.seven_day),
         ..FieldSources::default()
     };
     let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
@@ -182,11 +173,7 @@ mod tests {
     }
 
     fn money(amount: f64) -> QuotaMoney {
-        QuotaMoney {
-            amount_minor: amount,
-            currency: "USD".into(),
-            exponent: 2,
-        }
+        QuotaMoney { amount_minor: amount, currency: "USD".into(), exponent: 2 }
     }
 
     fn poll(checked_at: i64) -> QuotaSnapshot {
@@ -245,11 +232,7 @@ mod tests {
         assert_eq!(sources.fallback_advised, Some(QuotaSource::Headers));
         let polled = merge_poll_result(Some(&frame(300)), &poll(200));
         let sources = polled.field_sources.unwrap();
-        assert_eq!(
-            sources.five_hour,
-            Some(QuotaSource::Headers),
-            "the newer header window stays"
-        );
+        assert_eq!(sources.five_hour, Some(QuotaSource::Headers), "the newer header window stays");
         assert_eq!(sources.scoped, Some(QuotaSource::Poll));
     }
 
@@ -265,10 +248,7 @@ mod tests {
         assert_eq!(sources.binding_window, Some(QuotaSource::Headers));
         let mut unbound = frame(200);
         unbound.binding_window = None;
-        assert_eq!(
-            merge_header_frame(None, &unbound).binding_window_source,
-            None
-        );
+        assert_eq!(merge_header_frame(None, &unbound).binding_window_source, None);
     }
 
     #[test]
@@ -284,10 +264,7 @@ mod tests {
         // Observed in the same millisecond: the frame's window and source win.
         let merged = merge_header_frame(Some(&poll(300)), &frame(300));
         assert_eq!(merged.five_hour, Some(window(40.0, 300)));
-        assert_eq!(
-            merged.field_sources.unwrap().five_hour,
-            Some(QuotaSource::Headers)
-        );
+        assert_eq!(merged.field_sources.unwrap().five_hour, Some(QuotaSource::Headers));
     }
 
     #[test]
@@ -295,10 +272,7 @@ mod tests {
         let mut unbound = poll(200);
         unbound.binding_window = None;
         unbound.binding_window_source = None;
-        assert_eq!(
-            merge_poll_result(None, &unbound).binding_window_source,
-            None
-        );
+        assert_eq!(merge_poll_result(None, &unbound).binding_window_source, None);
         let mut unsourced = poll(200);
         unsourced.binding_window_source = None;
         assert_eq!(
@@ -333,10 +307,7 @@ mod tests {
         assert_eq!(merge_poll_result(Some(&cached), &at_reset).seven_day, None);
         let mut before_reset = poll(reset - 1);
         before_reset.seven_day = None;
-        assert_eq!(
-            merge_poll_result(Some(&cached), &before_reset).seven_day,
-            cached.seven_day
-        );
+        assert_eq!(merge_poll_result(Some(&cached), &before_reset).seven_day, cached.seven_day);
     }
 
     #[test]
@@ -498,35 +469,23 @@ mod tests {
     fn a_poll_never_erases_a_running_window_it_did_not_observe() {
         const AFTER_RESET: i64 = 1_789_351_800_001; // just after 2026-09-14T02:10:00Z
         let mut cached = poll(100);
-        cached.five_hour = Some(QuotaWindow::from_used(
-            100.0,
-            Some("2026-09-14T02:10:00Z".into()),
-            100,
-        ));
+        cached.five_hour =
+            Some(QuotaWindow::from_used(100.0, Some("2026-09-14T02:10:00Z".into()), 100));
         let mut blind = poll(200);
         blind.five_hour = None;
         blind.seven_day = None;
         let merged = merge_poll_result(Some(&cached), &blind);
-        assert_eq!(
-            merged.five_hour, cached.five_hour,
-            "a known 100 % window was erased"
-        );
+        assert_eq!(merged.five_hour, cached.five_hour, "a known 100 % window was erased");
         assert_eq!(merged.seven_day, cached.seven_day);
 
         let mut after_reset = blind.clone();
         after_reset.checked_at = Some(AFTER_RESET);
         let merged = merge_poll_result(Some(&cached), &after_reset);
-        assert_eq!(
-            merged.five_hour, None,
-            "a window whose period ended is not kept"
-        );
+        assert_eq!(merged.five_hour, None, "a window whose period ended is not kept");
         let mut no_reset = cached.clone();
         no_reset.seven_day = Some(QuotaWindow::from_used(50.0, None, 100));
         let merged = merge_poll_result(Some(&no_reset), &blind);
-        assert_eq!(
-            merged.seven_day, None,
-            "a window of unknown period is not kept"
-        );
+        assert_eq!(merged.seven_day, None, "a window of unknown period is not kept");
     }
 
     #[test]

@@ -33,10 +33,7 @@ impl MinimumRemaining {
                 .find_map(|key| v.get(key).and_then(finite))
                 .map_or(0.0, |n| n.clamp(0.0, 100.0))
         };
-        Self {
-            five_hour: read("five_hour", "5h"),
-            seven_day: read("seven_day", "1w"),
-        }
+        Self { five_hour: read("five_hour", "5h"), seven_day: read("seven_day", "1w") }
     }
 }
 
@@ -50,10 +47,7 @@ pub struct QuotaPolicy {
 impl Default for QuotaPolicy {
     /// The plugin's defaults: no thresholds, and unknown quota fails closed.
     fn default() -> Self {
-        Self {
-            minimum_remaining: MinimumRemaining::default(),
-            fail_closed_on_unknown_quota: true,
-        }
+        Self { minimum_remaining: MinimumRemaining::default(), fail_closed_on_unknown_quota: true }
     }
 }
 
@@ -106,11 +100,7 @@ pub struct QuotaEvaluation {
 
 impl QuotaEvaluation {
     fn pass() -> Self {
-        Self {
-            passes: true,
-            reason: None,
-            blocked_until: None,
-        }
+        Self { passes: true, reason: None, blocked_until: None }
     }
 }
 
@@ -163,15 +153,11 @@ pub fn evaluate_quota(
     }
 
     // `None < Some(_)`, and only a strictly later reset displaces an earlier blocker.
-    let worst = blockers
-        .into_iter()
-        .reduce(|best, next| if next.1 > best.1 { next } else { best });
+    let worst = blockers.into_iter().reduce(|best, next| if next.1 > best.1 { next } else { best });
     match worst {
-        Some((reason, blocked_until)) => QuotaEvaluation {
-            passes: false,
-            reason: Some(reason),
-            blocked_until,
-        },
+        Some((reason, blocked_until)) => {
+            QuotaEvaluation { passes: false, reason: Some(reason), blocked_until }
+        }
         None => QuotaEvaluation::pass(),
     }
 }
@@ -184,16 +170,13 @@ pub fn exhausted_until(
     minimum: &MinimumRemaining,
     now_ms: i64,
 ) -> Option<i64> {
-    [
-        (&quota.five_hour, minimum.five_hour),
-        (&quota.seven_day, minimum.seven_day),
-    ]
-    .into_iter()
-    .filter_map(|(window, threshold)| window.as_ref().map(|w| (w, threshold)))
-    .filter(|(w, threshold)| window_exhausted(w, *threshold))
-    .filter_map(|(w, _)| w.resets_at_ms())
-    .filter(|reset| *reset > now_ms)
-    .max()
+    [(&quota.five_hour, minimum.five_hour), (&quota.seven_day, minimum.seven_day)]
+        .into_iter()
+        .filter_map(|(window, threshold)| window.as_ref().map(|w| (w, threshold)))
+        .filter(|(w, threshold)| window_exhausted(w, *threshold))
+        .filter_map(|(w, _)| w.resets_at_ms())
+        .filter(|reset| *reset > now_ms)
+        .max()
 }
 
 /// Below the threshold, or fully used whatever the threshold.
@@ -238,20 +221,13 @@ mod tests {
 
     fn policy(five: f64, seven: f64, fail_closed: bool) -> QuotaPolicy {
         QuotaPolicy {
-            minimum_remaining: MinimumRemaining {
-                five_hour: five,
-                seven_day: seven,
-            },
+            minimum_remaining: MinimumRemaining { five_hour: five, seven_day: seven },
             fail_closed_on_unknown_quota: fail_closed,
         }
     }
 
     fn blocked(reason: BlockReason, until: Option<i64>) -> QuotaEvaluation {
-        QuotaEvaluation {
-            passes: false,
-            reason: Some(reason),
-            blocked_until: until,
-        }
+        QuotaEvaluation { passes: false, reason: Some(reason), blocked_until: until }
     }
 
     #[test]
@@ -276,50 +252,28 @@ mod tests {
 
     #[test]
     fn seven_day_below_threshold_blocks_until_its_reset() {
-        let eval = evaluate_quota(
-            Some(&snapshot(9.0, 95.0, 0.0)),
-            &policy(0.0, 10.0, false),
-            None,
-        );
+        let eval = evaluate_quota(Some(&snapshot(9.0, 95.0, 0.0)), &policy(0.0, 10.0, false), None);
         assert_eq!(eval, blocked(BlockReason::SevenDay, Some(SEVEN_RESET_MS)));
         assert_eq!(eval.reason.unwrap().as_str(), "seven_day");
     }
 
     #[test]
     fn fully_used_window_blocks_with_default_threshold() {
-        let eval = evaluate_quota(
-            Some(&snapshot(100.0, 50.0, 0.0)),
-            &QuotaPolicy::default(),
-            None,
-        );
+        let eval = evaluate_quota(Some(&snapshot(100.0, 50.0, 0.0)), &QuotaPolicy::default(), None);
         assert_eq!(eval, blocked(BlockReason::FiveHour, Some(FIVE_RESET_MS)));
         assert!(
-            evaluate_quota(
-                Some(&snapshot(99.0, 50.0, 0.0)),
-                &QuotaPolicy::default(),
-                None
-            )
-            .passes
+            evaluate_quota(Some(&snapshot(99.0, 50.0, 0.0)), &QuotaPolicy::default(), None).passes
         );
     }
 
     #[test]
     fn exhausted_scoped_window_blocks_only_its_model() {
         let quota = snapshot(9.0, 68.0, 100.0);
-        let eval = evaluate_quota(
-            Some(&quota),
-            &QuotaPolicy::default(),
-            Some("claude-fable-5-1"),
-        );
+        let eval = evaluate_quota(Some(&quota), &QuotaPolicy::default(), Some("claude-fable-5-1"));
         assert_eq!(eval, blocked(BlockReason::Scoped, Some(SCOPED_RESET_MS)));
         assert_eq!(eval.reason.unwrap().as_str(), "scoped");
         assert!(
-            evaluate_quota(
-                Some(&quota),
-                &QuotaPolicy::default(),
-                Some("claude-sonnet-4-5")
-            )
-            .passes
+            evaluate_quota(Some(&quota), &QuotaPolicy::default(), Some("claude-sonnet-4-5")).passes
         );
         assert!(evaluate_quota(Some(&quota), &QuotaPolicy::default(), None).passes);
     }
@@ -333,11 +287,7 @@ mod tests {
     #[test]
     fn several_blockers_report_the_latest_reset() {
         let quota = snapshot(100.0, 100.0, 100.0);
-        let eval = evaluate_quota(
-            Some(&quota),
-            &QuotaPolicy::default(),
-            Some("claude-fable-5-1"),
-        );
+        let eval = evaluate_quota(Some(&quota), &QuotaPolicy::default(), Some("claude-fable-5-1"));
         assert_eq!(eval, blocked(BlockReason::SevenDay, Some(SEVEN_RESET_MS)));
 
         let mut quota = snapshot(100.0, 50.0, 100.0);
@@ -409,14 +359,8 @@ mod tests {
     #[test]
     fn minimum_remaining_reads_canonical_keys_and_aliases() {
         let read = |v: Value| MinimumRemaining::from_value_lenient(&v);
-        let m = |five_hour, seven_day| MinimumRemaining {
-            five_hour,
-            seven_day,
-        };
-        assert_eq!(
-            read(json!({"five_hour": 10, "seven_day": 20.5})),
-            m(10.0, 20.5)
-        );
+        let m = |five_hour, seven_day| MinimumRemaining { five_hour, seven_day };
+        assert_eq!(read(json!({"five_hour": 10, "seven_day": 20.5})), m(10.0, 20.5));
         assert_eq!(read(json!({"5h": 15, "1w": 25})), m(15.0, 25.0));
         assert_eq!(
             read(json!({"five_hour": 10, "5h": 90, "seven_day": 20, "1w": 80})),
@@ -428,10 +372,7 @@ mod tests {
             m(30.0, 40.0),
             "junk canonical falls through to the alias"
         );
-        assert_eq!(
-            read(json!({"five_hour": -5, "seven_day": 150})),
-            m(0.0, 100.0)
-        );
+        assert_eq!(read(json!({"five_hour": -5, "seven_day": 150})), m(0.0, 100.0));
         assert_eq!(read(json!({"five_hour": true, "1w": [1]})), m(0.0, 0.0));
         assert_eq!(read(json!("nope")), m(0.0, 0.0));
         assert_eq!(read(Value::Null), m(0.0, 0.0));
@@ -454,31 +395,16 @@ mod tests {
     fn exhausted_until_takes_the_latest_future_reset_of_exhausted_windows() {
         let now = FIVE_RESET_MS - 1_000;
         let none = MinimumRemaining::default();
-        assert_eq!(
-            exhausted_until(&snapshot(100.0, 50.0, 100.0), &none, now),
-            Some(FIVE_RESET_MS)
-        );
-        assert_eq!(
-            exhausted_until(&snapshot(100.0, 100.0, 0.0), &none, now),
-            Some(SEVEN_RESET_MS)
-        );
+        assert_eq!(exhausted_until(&snapshot(100.0, 50.0, 100.0), &none, now), Some(FIVE_RESET_MS));
+        assert_eq!(exhausted_until(&snapshot(100.0, 100.0, 0.0), &none, now), Some(SEVEN_RESET_MS));
         assert_eq!(
             exhausted_until(&snapshot(99.0, 99.0, 100.0), &none, now),
             None,
             "scoped is not counted"
         );
-        let strict = MinimumRemaining {
-            five_hour: 0.0,
-            seven_day: 40.0,
-        };
-        assert_eq!(
-            exhausted_until(&snapshot(10.0, 70.0, 0.0), &strict, now),
-            Some(SEVEN_RESET_MS)
-        );
-        assert_eq!(
-            exhausted_until(&snapshot(10.0, 60.0, 0.0), &strict, now),
-            None
-        );
+        let strict = MinimumRemaining { five_hour: 0.0, seven_day: 40.0 };
+        assert_eq!(exhausted_until(&snapshot(10.0, 70.0, 0.0), &strict, now), Some(SEVEN_RESET_MS));
+        assert_eq!(exhausted_until(&snapshot(10.0, 60.0, 0.0), &strict, now), None);
     }
 
     #[test]
@@ -486,10 +412,7 @@ mod tests {
         let none = MinimumRemaining::default();
         let quota = snapshot(100.0, 100.0, 0.0);
         assert_eq!(exhausted_until(&quota, &none, SEVEN_RESET_MS), None);
-        assert_eq!(
-            exhausted_until(&quota, &none, FIVE_RESET_MS),
-            Some(SEVEN_RESET_MS)
-        );
+        assert_eq!(exhausted_until(&quota, &none, FIVE_RESET_MS), Some(SEVEN_RESET_MS));
         let mut quota = snapshot(100.0, 0.0, 0.0);
         quota.five_hour.as_mut().unwrap().resets_at = None;
         assert_eq!(exhausted_until(&quota, &none, 0), None);

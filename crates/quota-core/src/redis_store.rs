@@ -299,9 +299,7 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                keys: Keys {
-                    prefix: config.key_prefix.clone(),
-                },
+                keys: Keys { prefix: config.key_prefix.clone() },
                 op_timeout: config.op_timeout,
                 lock_ttl: config.lock_ttl,
                 target: redact(&config.url),
@@ -342,9 +340,7 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), RedisStoreError> {
         let mut connection = self.connection()?;
         self.bounded("PING", async move {
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
+            redis::cmd("PING").query_async::<String>(&mut connection).await
         })
         .await
         .map(drop)
@@ -356,15 +352,9 @@ impl RedisStore {
         let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
         let mut connection = self.connection()?;
         let mut invocation = self.inner.scripts.acquire.prepare_invoke();
-        invocation
-            .key(keys.lock(key))
-            .key(keys.fence())
-            .key(keys.route(key))
-            .arg(ttl_ms);
+        invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(ttl_ms);
         let reply: Vec<redis::Value> = self
-            .bounded("lock", async move {
-                invocation.invoke_async(&mut connection).await
-            })
+            .bounded("lock", async move { invocation.invoke_async(&mut connection).await })
             .await?;
         let int = |i: usize| match reply.get(i) {
             Some(redis::Value::Int(n)) => Some(*n),
@@ -472,11 +462,8 @@ impl RedisStore {
             }
             let mut loaded = LoadedRoutes::default();
             for name in names {
-                let json: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
-                    .arg(&name)
-                    .arg("record")
-                    .query_async(&mut connection)
-                    .await;
+                let json: redis::RedisResult<Option<Vec<u8>>> =
+                    redis::cmd("HGET").arg(&name).arg("record").query_async(&mut connection).await;
                 let skipped = match json {
                     // Deleted since the scan.
                     Ok(None) => continue,
@@ -490,10 +477,7 @@ impl RedisStore {
                     Err(error) if error.code() == Some("WRONGTYPE") => "not a hash",
                     Err(error) => return Err(error),
                 };
-                loaded.skipped.push(SkippedKey {
-                    key: name,
-                    reason: skipped.to_owned(),
-                });
+                loaded.skipped.push(SkippedKey { key: name, reason: skipped.to_owned() });
             }
             Ok(loaded)
         })
@@ -551,10 +535,7 @@ impl RedisStore {
             let json = next.map_or_else(String::new, |record| {
                 serde_json::to_string(&record).expect("a route record serialises")
             });
-            match self
-                .compare_and_set(key, rev.as_deref(), &json, fence)
-                .await?
-            {
+            match self.compare_and_set(key, rev.as_deref(), &json, fence).await? {
                 1 => return Ok(()),
                 0 => {}
                 _ => return Err(RedisStoreError::StaleLock),
@@ -581,10 +562,7 @@ impl RedisStore {
             .arg(fence.map_or_else(String::new, |f| f.to_string()))
             .arg(keys.events())
             .arg(key);
-        self.bounded("write", async move {
-            invocation.invoke_async(&mut connection).await
-        })
-        .await
+        self.bounded("write", async move { invocation.invoke_async(&mut connection).await }).await
     }
 
     async fn read_with_rev(
@@ -620,11 +598,8 @@ impl RedisStore {
     }
 
     fn connection(&self) -> Result<ConnectionManager, RedisStoreError> {
-        let mut slot = self
-            .inner
-            .connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot =
+            self.inner.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
@@ -670,14 +645,9 @@ impl RedisStore {
         let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
         let mut connection = self.connection()?;
         let mut invocation = self.inner.scripts.renew.prepare_invoke();
-        invocation
-            .key(self.inner.keys.lock(key))
-            .arg(fence)
-            .arg(ttl_ms);
+        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(ttl_ms);
         let renewed: i64 = self
-            .bounded("renew", async move {
-                invocation.invoke_async(&mut connection).await
-            })
+            .bounded("renew", async move { invocation.invoke_async(&mut connection).await })
             .await?;
         Ok(renewed == 1)
     }
@@ -686,15 +656,9 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let mut connection = self.connection()?;
         let mut invocation = self.inner.scripts.release.prepare_invoke();
-        invocation
-            .key(keys.lock(key))
-            .arg(fence)
-            .arg(keys.events())
-            .arg(key);
+        invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
         let released: i64 = self
-            .bounded("unlock", async move {
-                invocation.invoke_async(&mut connection).await
-            })
+            .bounded("unlock", async move { invocation.invoke_async(&mut connection).await })
             .await?;
         Ok(released == 1)
     }
@@ -793,20 +757,9 @@ impl std::fmt::Debug for RedisRouteLock {
 impl RedisRouteLock {
     fn held(store: RedisStore, key: &str, fence: i64) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
-        let renewal = tokio::spawn(renew_while_held(
-            store.clone(),
-            key.to_owned(),
-            fence,
-            lost.clone(),
-        ));
-        Self {
-            store,
-            key: key.to_owned(),
-            fence,
-            lost,
-            renewal,
-            released: false,
-        }
+        let renewal =
+            tokio::spawn(renew_while_held(store.clone(), key.to_owned(), fence, lost.clone()));
+        Self { store, key: key.to_owned(), fence, lost, renewal, released: false }
     }
 
     /// The fencing token: larger than every earlier holder's.
@@ -887,9 +840,7 @@ pub fn redact(url: &str) -> String {
         return "<redis url>".to_owned();
     };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     format!("{scheme}://{host}{path}")
 }
 

@@ -21,8 +21,7 @@ impl RouteKey {
         if let Some(identity) = text.strip_prefix(MAIN_PREFIX) {
             Some(Self::Main(identity.to_owned()))
         } else {
-            text.strip_prefix(FALLBACK_PREFIX)
-                .map(|id| Self::Fallback(id.to_owned()))
+            text.strip_prefix(FALLBACK_PREFIX).map(|id| Self::Fallback(id.to_owned()))
         }
     }
 

@@ -129,12 +129,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(call)
         .await
-        .unwrap_or_else(|e| {
-            Err(QuotaError::State {
-                path: String::new(),
-                reason: e.to_string(),
-            })
-        })
+        .unwrap_or_else(|e| Err(QuotaError::State { path: String::new(), reason: e.to_string() }))
         .map_err(StoreError::State)
 }
 
@@ -151,11 +146,7 @@ impl StateStore {
             Ok(record) => (record, None),
             Err(error) => (None, Some(error)),
         };
-        Some(LockedRoute {
-            guard,
-            record,
-            problem: lock_problem.or(read_problem),
-        })
+        Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) })
     }
 }
 
@@ -199,18 +190,12 @@ impl RouteStore for StateStore {
                         })
                     });
                 if let Some(locked) = tried {
-                    return Ok(LockOutcome {
-                        locked: Some(locked),
-                        waited,
-                    });
+                    return Ok(LockOutcome { locked: Some(locked), waited });
                 }
                 waited = true;
                 let now = Instant::now();
                 if now >= deadline {
-                    return Ok(LockOutcome {
-                        locked: None,
-                        waited,
-                    });
+                    return Ok(LockOutcome { locked: None, waited });
                 }
                 if !wait_until_route_free(self, key, deadline - now).await {
                     // No blocking lock here (an error): poll instead.
@@ -382,16 +367,12 @@ impl SharedStore {
 
     /// How many times Redis stopped answering and the file took over.
     pub fn redis_fallbacks(&self) -> u64 {
-        self.redis
-            .as_ref()
-            .map_or(0, |side| side.fallbacks.load(Ordering::SeqCst))
+        self.redis.as_ref().map_or(0, |side| side.fallbacks.load(Ordering::SeqCst))
     }
 
     /// Redis while it is up.
     fn live_redis(&self) -> Option<&Arc<RedisSide>> {
-        self.redis
-            .as_ref()
-            .filter(|side| !side.down.load(Ordering::SeqCst))
+        self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))
     }
 
     /// Redis did not answer: the file takes over, reported once for this outage, and a probe
@@ -438,11 +419,7 @@ impl SharedStore {
         match &self.file {
             Some(file) => RouteStore::lock_route(file, key, wait).await,
             None => Ok(LockOutcome {
-                locked: Some(LockedRoute {
-                    guard: None,
-                    record: None,
-                    problem: None,
-                }),
+                locked: Some(LockedRoute { guard: None, record: None, problem: None }),
                 waited: false,
             }),
         }

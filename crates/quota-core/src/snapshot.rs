@@ -27,12 +27,7 @@ impl QuotaWindow {
     /// A window from a used percentage, clamped to 0..=100.
     pub fn from_used(used_percent: f64, resets_at: Option<String>, checked_at: i64) -> Self {
         let used = used_percent.clamp(0.0, 100.0);
-        Self {
-            used_percent: used,
-            remaining_percent: 100.0 - used,
-            resets_at,
-            checked_at,
-        }
+        Self { used_percent: used, remaining_percent: 100.0 - used, resets_at, checked_at }
     }
 
     /// The reset time in Unix milliseconds, when `resets_at` is a valid RFC 3339 time.
@@ -133,11 +128,7 @@ impl QuotaSnapshot {
     /// Where one field's value came from: as recorded, else the snapshot's own source (a poll
     /// when unknown).
     pub fn source_of(&self, field: fn(&FieldSources) -> Option<QuotaSource>) -> QuotaSource {
-        self.field_sources
-            .as_ref()
-            .and_then(field)
-            .or(self.source)
-            .unwrap_or(QuotaSource::Poll)
+        self.field_sources.as_ref().and_then(field).or(self.source).unwrap_or(QuotaSource::Poll)
     }
 
     /// The snapshot with [`QuotaSnapshot::settle_field_sources`] applied.
@@ -197,18 +188,13 @@ impl QuotaSnapshot {
     /// field by field: a junk field is dropped, never the whole snapshot. `None` when the value
     /// is not an object.
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
-        crate::lenient::LenientSnapshot::deserialize(value)
-            .ok()
-            .and_then(|read| read.0)
+        crate::lenient::LenientSnapshot::deserialize(value).ok().and_then(|read| read.0)
     }
 }
 
 /// Lowercase ASCII alphanumerics only: `"Claude-Fable 5.1"` becomes `"claudefable51"`.
 pub fn normalize_model_text(text: &str) -> String {
-    text.chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
+    text.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
 }
 
 /// Model families whose scoped window covers every version of the model.
@@ -220,19 +206,12 @@ pub fn model_matches_scoped(model: &str, window: &ScopedQuotaWindow) -> bool {
     if model.is_empty() {
         return false;
     }
-    let needle = FAMILY_WORDS
-        .iter()
-        .find(|word| model.contains(*word))
-        .map_or(model.as_str(), |word| word);
-    [
-        Some(&window.id),
-        window.model_id.as_ref(),
-        Some(&window.model_name),
-        Some(&window.title),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|text| normalize_model_text(text).contains(needle))
+    let needle =
+        FAMILY_WORDS.iter().find(|word| model.contains(*word)).map_or(model.as_str(), |word| word);
+    [Some(&window.id), window.model_id.as_ref(), Some(&window.model_name), Some(&window.title)]
+        .into_iter()
+        .flatten()
+        .any(|text| normalize_model_text(text).contains(needle))
 }
 
 /// The scoped window that a request on `model` counts against, if any.
@@ -240,11 +219,7 @@ pub fn scoped_window_for_model<'a>(
     snapshot: &'a QuotaSnapshot,
     model: &str,
 ) -> Option<&'a ScopedQuotaWindow> {
-    snapshot
-        .scoped
-        .as_ref()?
-        .iter()
-        .find(|window| model_matches_scoped(model, window))
+    snapshot.scoped.as_ref()?.iter().find(|window| model_matches_scoped(model, window))
 }
 
 /// A cache entry: the snapshot, when it was observed, and when the next poll is due.
@@ -272,15 +247,9 @@ impl QuotaEntry {
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         let quota = QuotaSnapshot::from_value_lenient(value.get("quota")?)?;
         let checked_at = value.get("checkedAt").and_then(timestamp_from_value)?;
-        let refresh_after = value
-            .get("refreshAfter")
-            .and_then(timestamp_from_value)
-            .unwrap_or(checked_at);
-        Some(Self {
-            quota,
-            checked_at,
-            refresh_after,
-        })
+        let refresh_after =
+            value.get("refreshAfter").and_then(timestamp_from_value).unwrap_or(checked_at);
+        Some(Self { quota, checked_at, refresh_after })
     }
 }
 
@@ -334,24 +303,16 @@ pub fn finite(value: &Value) -> Option<f64> {
 
 /// A non-negative whole-millisecond timestamp (fractions are truncated).
 pub fn timestamp_from_value(value: &Value) -> Option<i64> {
-    finite(value)
-        .filter(|n| *n >= 0.0 && *n < 9.0e15)
-        .map(|n| n as i64)
+    finite(value).filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64)
 }
 
 pub fn non_blank_string(value: &Value) -> Option<String> {
-    value
-        .as_str()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    value.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Parses an RFC 3339 / ISO 8601 timestamp into Unix milliseconds.
 pub fn parse_iso_ms(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text.trim())
-        .ok()
-        .map(|t| t.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -381,11 +342,7 @@ mod tests {
     #[test]
     fn snapshot_round_trips_through_the_js_shape() {
         let snapshot = QuotaSnapshot {
-            five_hour: Some(QuotaWindow::from_used(
-                9.0,
-                Some("2026-09-14T02:10:00Z".into()),
-                1,
-            )),
+            five_hour: Some(QuotaWindow::from_used(9.0, Some("2026-09-14T02:10:00Z".into()), 1)),
             source: Some(QuotaSource::Poll),
             scoped: Some(vec![]),
             ..Default::default()
@@ -414,17 +371,11 @@ mod tests {
 
     #[test]
     fn models_match_scoped_windows_by_normalised_name_or_family_word() {
-        let fable = scoped(
-            "claude-weekly-scoped-claude-fable-5-1",
-            Some("claude-fable-5-1"),
-            "Fable",
-        );
+        let fable =
+            scoped("claude-weekly-scoped-claude-fable-5-1", Some("claude-fable-5-1"), "Fable");
         assert!(model_matches_scoped("claude-fable-5-1", &fable));
         assert!(model_matches_scoped("Claude Fable 5.1", &fable));
-        assert!(
-            model_matches_scoped("claude-fable-6", &fable),
-            "family word matches"
-        );
+        assert!(model_matches_scoped("claude-fable-6", &fable), "family word matches");
         assert!(!model_matches_scoped("claude-sonnet-4-5", &fable));
         assert!(!model_matches_scoped("", &fable));
         let opus = scoped("claude-weekly-scoped-opus", None, "Opus");
@@ -438,10 +389,7 @@ mod tests {
     #[test]
     fn iso_times_parse_to_millis() {
         assert_eq!(parse_iso_ms("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(
-            parse_iso_ms("2026-09-14T02:10:00+00:00"),
-            parse_iso_ms("2026-09-14T02:10:00Z")
-        );
+        assert_eq!(parse_iso_ms("2026-09-14T02:10:00+00:00"), parse_iso_ms("2026-09-14T02:10:00Z"));
         assert_eq!(parse_iso_ms("yesterday"), None);
     }
 }

@@ -89,8 +89,7 @@ impl RouteRecord {
         }
         if is_newer(self.entry.as_deref(), incoming.entry.as_deref()) {
             self.entry.clone_from(&incoming.entry);
-            self.token_fingerprint
-                .clone_from(&incoming.token_fingerprint);
+            self.token_fingerprint.clone_from(&incoming.token_fingerprint);
         }
         if incoming.backoff_updated_at > self.backoff_updated_at {
             self.backoff = incoming.backoff.clone();
@@ -100,8 +99,7 @@ impl RouteRecord {
         }
         if incoming.last_attempt_at > self.last_attempt_at {
             self.last_attempt_at = incoming.last_attempt_at;
-            self.last_attempt_token
-                .clone_from(&incoming.last_attempt_token);
+            self.last_attempt_token.clone_from(&incoming.last_attempt_token);
         }
     }
 
@@ -113,10 +111,7 @@ impl RouteRecord {
     pub fn merge_as_of(&mut self, incoming: &RouteRecord, trusted_until: i64) {
         let from_the_future = |at: i64| at > trusted_until;
         if incoming.entry.is_some()
-            && self
-                .entry
-                .as_ref()
-                .is_some_and(|e| from_the_future(e.checked_at))
+            && self.entry.as_ref().is_some_and(|e| from_the_future(e.checked_at))
         {
             self.entry = None;
         }
@@ -150,17 +145,13 @@ impl RouteRecord {
             entry.refresh_after = if from_the_future {
                 now
             } else {
-                entry.refresh_after.min(
-                    entry
-                        .checked_at
-                        .saturating_add(limits.max_refresh_interval_ms.max(0)),
-                )
+                entry
+                    .refresh_after
+                    .min(entry.checked_at.saturating_add(limits.max_refresh_interval_ms.max(0)))
             };
             let quota = &mut entry.quota;
             quota.checked_at = quota.checked_at.map(seen);
-            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()]
-                .into_iter()
-                .flatten()
+            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()].into_iter().flatten()
             {
                 window.checked_at = seen(window.checked_at);
             }
@@ -229,13 +220,8 @@ pub struct StateFile {
 /// One change to apply under the file lock.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreUpdate {
-    Merge {
-        key: String,
-        record: Box<RouteRecord>,
-    },
-    Remove {
-        key: String,
-    },
+    Merge { key: String, record: Box<RouteRecord> },
+    Remove { key: String },
 }
 
 /// The result of reading the file.
@@ -312,23 +298,16 @@ impl StateStore {
         match self.read_raw()? {
             Parsed::Missing => Ok(Loaded::default()),
             Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
-            Parsed::Valid(state) => Ok(Loaded {
-                state,
-                ..Loaded::default()
-            }),
+            Parsed::Valid(state) => Ok(Loaded { state, ..Loaded::default() }),
             Parsed::Corrupt => {
                 let _guard = self.lock_file()?;
                 // Another process may have replaced the file since we looked: only a file that
                 // is still unreadable under the lock is moved.
                 match self.read_raw()? {
-                    Parsed::Corrupt => Ok(Loaded {
-                        quarantined: Some(self.quarantine()?),
-                        ..Loaded::default()
-                    }),
-                    Parsed::Valid(state) => Ok(Loaded {
-                        state,
-                        ..Loaded::default()
-                    }),
+                    Parsed::Corrupt => {
+                        Ok(Loaded { quarantined: Some(self.quarantine()?), ..Loaded::default() })
+                    }
+                    Parsed::Valid(state) => Ok(Loaded { state, ..Loaded::default() }),
                     Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
                     Parsed::Missing => Ok(Loaded::default()),
                 }
@@ -341,21 +320,15 @@ impl StateStore {
         let Some((file, stamp)) = self.open_stamped()? else {
             return Ok(None);
         };
-        let copy = self
-            .parsed_copy()
-            .as_ref()
-            .filter(|c| c.stamp == stamp)
-            .map(|c| c.state.clone());
+        let copy =
+            self.parsed_copy().as_ref().filter(|c| c.stamp == stamp).map(|c| c.state.clone());
         if let Some(state) = copy {
             return Ok(state.routes.get(key).cloned());
         }
         Ok(match self.read_opened(file)? {
             Parsed::Valid(state) => {
                 let record = state.routes.get(key).cloned();
-                *self.parsed_copy() = Some(ParsedCopy {
-                    stamp,
-                    state: Arc::new(state),
-                });
+                *self.parsed_copy() = Some(ParsedCopy { stamp, state: Arc::new(state) });
                 record
             }
             Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
@@ -379,9 +352,7 @@ impl StateStore {
     }
 
     fn parsed_copy(&self) -> std::sync::MutexGuard<'_, Option<ParsedCopy>> {
-        self.parsed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The file opened for reading with its stamp, or `None` when there is no file.
@@ -397,8 +368,7 @@ impl StateStore {
 
     fn read_opened(&self, mut file: File) -> Result<Parsed, QuotaError> {
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Self::error(&self.path, e))?;
+        file.read_to_end(&mut bytes).map_err(|e| Self::error(&self.path, e))?;
         Ok(parse_state(&bytes))
     }
 
@@ -408,11 +378,8 @@ impl StateStore {
         let Some((file, stamp)) = self.open_stamped()? else {
             return Ok(Parsed::Missing);
         };
-        let copy = self
-            .parsed_copy()
-            .as_ref()
-            .filter(|c| c.stamp == stamp)
-            .map(|c| c.state.clone());
+        let copy =
+            self.parsed_copy().as_ref().filter(|c| c.stamp == stamp).map(|c| c.state.clone());
         match copy {
             Some(state) => Ok(Parsed::Valid(StateFile::clone(&state))),
             None => self.read_opened(file),
@@ -446,11 +413,7 @@ impl StateStore {
         apply_updates(&mut state, updates, trusted_until);
         state.version = SCHEMA_VERSION;
         self.write_atomically(&state)?;
-        Ok(Loaded {
-            state,
-            quarantined,
-            newer_schema: None,
-        })
+        Ok(Loaded { state, quarantined, newer_schema: None })
     }
 
     /// Tries to take a route's refresh lock without blocking; `None` when another holder has it.
@@ -515,11 +478,9 @@ impl StateStore {
             "{}{QUARANTINE_INFIX}",
             self.path.file_name().unwrap_or_default().to_string_lossy()
         );
-        let Ok(entries) = fs::read_dir(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) else {
+        let Ok(entries) =
+            fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
+        else {
             return;
         };
         let mut copies: Vec<(String, PathBuf)> = entries
@@ -564,18 +525,14 @@ impl StateStore {
             return Err(Self::error(&self.path, e));
         }
         // The file is in place: a stamp that cannot be read only costs the next reader a parse.
-        *self.parsed_copy() = FileStamp::of(&file).ok().map(|stamp| ParsedCopy {
-            stamp,
-            state: Arc::new(state.clone()),
-        });
+        *self.parsed_copy() = FileStamp::of(&file)
+            .ok()
+            .map(|stamp| ParsedCopy { stamp, state: Arc::new(state.clone()) });
         platform::sync_dir(dir).map_err(|e| Self::error(dir, e))
     }
 
     fn temp_prefix(&self) -> String {
-        format!(
-            ".{}.",
-            self.path.file_name().unwrap_or_default().to_string_lossy()
-        )
+        format!(".{}.", self.path.file_name().unwrap_or_default().to_string_lossy())
     }
 
     /// Temporary files are only created under the state lock, which the caller holds: any left
@@ -624,10 +581,7 @@ impl StateStore {
     }
 
     fn error(path: &Path, error: std::io::Error) -> QuotaError {
-        QuotaError::State {
-            path: path.display().to_string(),
-            reason: error.to_string(),
-        }
+        QuotaError::State { path: path.display().to_string(), reason: error.to_string() }
     }
 }
 
@@ -640,22 +594,14 @@ enum Parsed {
 }
 
 fn read_only(version: u64, state: StateFile) -> Loaded {
-    Loaded {
-        state,
-        quarantined: None,
-        newer_schema: Some(version),
-    }
+    Loaded { state, quarantined: None, newer_schema: Some(version) }
 }
 
 fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: i64) {
     for update in updates {
         match update {
             StoreUpdate::Merge { key, record } => {
-                state
-                    .routes
-                    .entry(key.clone())
-                    .or_default()
-                    .merge_as_of(record, trusted_until);
+                state.routes.entry(key.clone()).or_default().merge_as_of(record, trusted_until);
             }
             StoreUpdate::Remove { key } => {
                 state.routes.remove(key);
@@ -667,11 +613,11 @@ fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: 
 /// `.<file name>.` + exactly [`TEMP_RANDOM_CHARS`] alphanumerics + `.tmp`: the names this
 /// store's tempfile calls produce, and no other store's (`q.json` vs `q.json.x.json`).
 fn is_own_temp_file(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
-        .is_some_and(|random| {
+    name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(TEMP_SUFFIX)).is_some_and(
+        |random| {
             random.len() == TEMP_RANDOM_CHARS && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        })
+        },
+    )
 }
 
 /// The `%Y%m%dT%H%M%S%.3fZ` stamp of a quarantined copy, e.g. `20260914T021000.123Z`.
@@ -713,11 +659,7 @@ fn parse_state(bytes: &[u8]) -> Parsed {
                 .collect()
         })
         .unwrap_or_default();
-    Parsed::Valid(StateFile {
-        version: SCHEMA_VERSION,
-        routes,
-        extra: object,
-    })
+    Parsed::Valid(StateFile { version: SCHEMA_VERSION, routes, extra: object })
 }
 
 /// The variable that names the user's home directory where Node's `os.homedir()` looks first:
@@ -751,9 +693,7 @@ pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBu
     } else if let Some(xdg) = non_empty("XDG_CONFIG_HOME") {
         PathBuf::from(xdg).join("opencode")
     } else {
-        PathBuf::from(non_empty(HOME_VAR)?)
-            .join(".config")
-            .join("opencode")
+        PathBuf::from(non_empty(HOME_VAR)?).join(".config").join("opencode")
     };
     Some(dir.join(STATE_FILE_NAME))
 }
@@ -765,20 +705,14 @@ mod tests {
 
     fn entry(checked_at: i64) -> Arc<QuotaEntry> {
         Arc::new(QuotaEntry {
-            quota: QuotaSnapshot {
-                checked_at: Some(checked_at),
-                ..Default::default()
-            },
+            quota: QuotaSnapshot { checked_at: Some(checked_at), ..Default::default() },
             checked_at,
             refresh_after: checked_at + 300_000,
         })
     }
 
     fn record(checked_at: i64) -> RouteRecord {
-        RouteRecord {
-            entry: Some(entry(checked_at)),
-            ..Default::default()
-        }
+        RouteRecord { entry: Some(entry(checked_at)), ..Default::default() }
     }
 
     fn store() -> (tempfile::TempDir, StateStore) {
@@ -788,10 +722,7 @@ mod tests {
     }
 
     fn merge(key: &str, record: RouteRecord) -> StoreUpdate {
-        StoreUpdate::Merge {
-            key: key.into(),
-            record: Box::new(record),
-        }
+        StoreUpdate::Merge { key: key.into(), record: Box::new(record) }
     }
 
     #[test]
@@ -802,10 +733,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let dir_mode = fs::metadata(store.path().parent().unwrap())
-                .unwrap()
-                .permissions()
-                .mode();
+            let dir_mode =
+                fs::metadata(store.path().parent().unwrap()).unwrap().permissions().mode();
             assert_eq!(dir_mode & 0o777, 0o700);
             let file_mode = fs::metadata(store.path()).unwrap().permissions().mode();
             assert_eq!(file_mode & 0o777, 0o600);
@@ -819,18 +748,12 @@ mod tests {
         // Another process: a store of its own on the same file (no shared parsed copy).
         let theirs = StateStore::new(ours.path().to_path_buf());
         let checked_at = |store: &StateStore, key: &str| {
-            store
-                .read_route(key)
-                .unwrap()
-                .and_then(|r| r.entry)
-                .map(|e| e.checked_at)
+            store.read_route(key).unwrap().and_then(|r| r.entry).map(|e| e.checked_at)
         };
         ours.apply(&[merge("main:a", record(5))]).unwrap();
         assert_eq!(checked_at(&ours, "main:a"), Some(5));
         assert_eq!(checked_at(&ours, "main:a"), Some(5), "from the copy");
-        theirs
-            .apply(&[merge("main:a", record(9)), merge("fallback:x", record(3))])
-            .unwrap();
+        theirs.apply(&[merge("main:a", record(9)), merge("fallback:x", record(3))]).unwrap();
         assert_eq!(checked_at(&ours, "main:a"), Some(9));
         assert_eq!(checked_at(&ours, "fallback:x"), Some(3));
         // Our next write merges into their file, not into our older copy.
@@ -859,21 +782,12 @@ mod tests {
     #[test]
     fn merges_keep_the_newest_snapshot_and_other_routes() {
         let (_dir, store) = store();
-        store
-            .apply(&[merge("main:a", record(10)), merge("fallback:x", record(1))])
-            .unwrap();
+        store.apply(&[merge("main:a", record(10)), merge("fallback:x", record(1))]).unwrap();
         store.apply(&[merge("main:a", record(5))]).unwrap();
         let state = store.load().unwrap().state;
-        assert_eq!(
-            state.routes["main:a"].entry.as_ref().unwrap().checked_at,
-            10
-        );
+        assert_eq!(state.routes["main:a"].entry.as_ref().unwrap().checked_at, 10);
         assert!(state.routes.contains_key("fallback:x"));
-        store
-            .apply(&[StoreUpdate::Remove {
-                key: "fallback:x".into(),
-            }])
-            .unwrap();
+        store.apply(&[StoreUpdate::Remove { key: "fallback:x".into() }]).unwrap();
         assert!(store.read_route("fallback:x").unwrap().is_none());
     }
 
@@ -945,11 +859,7 @@ mod tests {
         assert!(written.state.routes.contains_key("main:b"));
         assert_eq!(fs::read(store.path()).unwrap(), newer);
         assert!(store.read_route("main:a").unwrap().is_none());
-        assert!(
-            !dir_names(&dir).iter().any(|n| n.contains(".corrupt-")),
-            "{:?}",
-            dir_names(&dir)
-        );
+        assert!(!dir_names(&dir).iter().any(|n| n.contains(".corrupt-")), "{:?}", dir_names(&dir));
     }
 
     #[test]
@@ -957,9 +867,8 @@ mod tests {
         let (_dir, store) = store();
         let dir = store.path().parent().unwrap().to_owned();
         fs::create_dir_all(&dir).unwrap();
-        let old: Vec<String> = (0..7)
-            .map(|i| format!("state.json.corrupt-2020010{i}T000000.000Z"))
-            .collect();
+        let old: Vec<String> =
+            (0..7).map(|i| format!("state.json.corrupt-2020010{i}T000000.000Z")).collect();
         for name in &old {
             fs::write(dir.join(name), "old").unwrap();
         }
@@ -971,10 +880,8 @@ mod tests {
 
         let aside = store.load().unwrap().quarantined.expect("set aside");
         let names = dir_names(&dir);
-        let copies: Vec<&String> = names
-            .iter()
-            .filter(|n| n.starts_with("state.json.corrupt-2"))
-            .collect();
+        let copies: Vec<&String> =
+            names.iter().filter(|n| n.starts_with("state.json.corrupt-2")).collect();
         assert_eq!(copies.len(), MAX_QUARANTINED_COPIES, "{names:?}");
         let newest = aside.file_name().unwrap().to_string_lossy().into_owned();
         assert!(copies.contains(&&newest));
@@ -1080,10 +987,7 @@ mod tests {
         fs::write(store.path(), text.to_string()).unwrap();
         store.apply(&[merge("main:a", record(1))]).unwrap();
         let written: Value = serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
-        assert_eq!(
-            written["futureFeature"],
-            serde_json::json!({ "keep": [1, 2] })
-        );
+        assert_eq!(written["futureFeature"], serde_json::json!({ "keep": [1, 2] }));
         assert_eq!(written["note"], "hi");
         assert_eq!(written["version"], 1);
         assert!(written["routes"]["main:a"].is_object());
@@ -1137,10 +1041,7 @@ mod tests {
         assert_eq!(entry.checked_at, NOW + MAX_CLOCK_SKEW_MS);
         assert_eq!(entry.refresh_after, NOW + MAX_CLOCK_SKEW_MS + 300_000);
         // Without a skew allowance, one millisecond ahead is too far.
-        let no_skew = AdoptionLimits {
-            max_clock_skew_ms: 0,
-            ..limits()
-        };
+        let no_skew = AdoptionLimits { max_clock_skew_ms: 0, ..limits() };
         let ahead = record(NOW + 1).clamped(NOW, &no_skew);
         assert_eq!(ahead.entry.as_ref().unwrap().checked_at, NOW);
         assert_eq!(ahead.entry.as_ref().unwrap().refresh_after, NOW);
@@ -1159,11 +1060,8 @@ mod tests {
     #[test]
     fn merge_keeps_what_is_here_on_ties_and_folds_equal_backoff_changes() {
         use crate::backoff::BackoffState;
-        let backoff = |attempts, next| BackoffState {
-            attempts,
-            next_retry_at: Some(next),
-            last_error: None,
-        };
+        let backoff =
+            |attempts, next| BackoffState { attempts, next_retry_at: Some(next), last_error: None };
         let mut here = record(5);
         here.token_fingerprint = Some("aaaaaaaaaaaaaaaa".into());
         here.backoff = backoff(3, 100);
@@ -1190,11 +1088,7 @@ mod tests {
         older.backoff_updated_at = 9;
         let mut merged = here.clone();
         merged.merge(&older);
-        assert_eq!(
-            merged.backoff,
-            backoff(3, 100),
-            "an older change is ignored"
-        );
+        assert_eq!(merged.backoff, backoff(3, 100), "an older change is ignored");
 
         let mut newer = record(6);
         newer.backoff = backoff(1, 50);
@@ -1222,24 +1116,18 @@ mod tests {
         let written = store.apply(&[merge("main:a", fresh.clone())]).unwrap();
         assert_eq!(written.state.routes["main:a"], skewed);
         // Written by a process whose clock reads NOW: the record from an hour ahead yields.
-        let written = store
-            .apply_as_of(&[merge("main:a", fresh.clone())], NOW)
-            .unwrap();
+        let written = store.apply_as_of(&[merge("main:a", fresh.clone())], NOW).unwrap();
         assert_eq!(written.state.routes["main:a"].entry, fresh.entry);
         assert_eq!(written.state.routes["main:a"].backoff_updated_at, NOW);
         // A record dated up to the bound is newer, and stays.
         let mut near = record(NOW + 10);
         near.backoff_updated_at = NOW + 10;
         store.apply(&[merge("main:b", near.clone())]).unwrap();
-        let written = store
-            .apply_as_of(&[merge("main:b", fresh.clone())], NOW + 10)
-            .unwrap();
+        let written = store.apply_as_of(&[merge("main:b", fresh.clone())], NOW + 10).unwrap();
         assert_eq!(written.state.routes["main:b"], near);
         // An update without an entry or a backoff change leaves a future one alone.
         store.apply(&[merge("main:c", skewed.clone())]).unwrap();
-        let written = store
-            .apply_as_of(&[merge("main:c", RouteRecord::default())], NOW)
-            .unwrap();
+        let written = store.apply_as_of(&[merge("main:c", RouteRecord::default())], NOW).unwrap();
         assert_eq!(written.state.routes["main:c"], skewed);
     }
 
@@ -1270,14 +1158,8 @@ mod tests {
         store.apply(&[merge("main:a", record(2))]).unwrap();
         assert!(!abandoned.exists());
         assert!(unrelated.exists());
-        let names: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(!names
-            .iter()
-            .any(|n| n.to_string_lossy().ends_with(".tmp") && n != "notes.tmp"));
+        let names: Vec<_> = fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert!(!names.iter().any(|n| n.to_string_lossy().ends_with(".tmp") && n != "notes.tmp"));
     }
 
     #[test]
@@ -1303,18 +1185,10 @@ mod tests {
 
     #[test]
     fn the_default_path_follows_the_opencode_config_dir_rules() {
-        static ALL: [(&str, &str); 3] = [
-            ("OPENCODE_CONFIG_DIR", "/oc"),
-            ("XDG_CONFIG_HOME", "/xdg"),
-            (HOME_VAR, "/h"),
-        ];
+        static ALL: [(&str, &str); 3] =
+            [("OPENCODE_CONFIG_DIR", "/oc"), ("XDG_CONFIG_HOME", "/xdg"), (HOME_VAR, "/h")];
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         assert_eq!(
             default_state_path(env(&ALL)),
@@ -1326,9 +1200,7 @@ mod tests {
         );
         assert_eq!(
             default_state_path(env(&ALL[2..])),
-            Some(PathBuf::from(
-                "/h/.config/opencode/anthropic-quota-state.json"
-            ))
+            Some(PathBuf::from("/h/.config/opencode/anthropic-quota-state.json"))
         );
         assert_eq!(default_state_path(env(&[])), None);
     }
@@ -1339,25 +1211,13 @@ mod tests {
     fn own_temp_files_and_quarantine_stamps_match_in_every_part() {
         let prefix = ".q.json.";
         assert!(is_own_temp_file(".q.json.aB3xY9.tmp", prefix));
-        assert!(
-            !is_own_temp_file(".q.json.aB3-Y9.tmp", prefix),
-            "not alphanumeric"
-        );
+        assert!(!is_own_temp_file(".q.json.aB3-Y9.tmp", prefix), "not alphanumeric");
         assert!(!is_own_temp_file(".q.json.aB3xY.tmp", prefix), "too short");
         assert!(!is_own_temp_file(".q.json.aB3xY9z.tmp", prefix), "too long");
-        assert!(
-            !is_own_temp_file(".r.json.aB3xY9.tmp", prefix),
-            "another store's"
-        );
+        assert!(!is_own_temp_file(".r.json.aB3xY9.tmp", prefix), "another store's");
         assert!(is_quarantine_stamp("20260914T021000.123Z"));
-        assert!(
-            !is_quarantine_stamp("20260914-021000.123Z"),
-            "right length, wrong shape"
-        );
-        assert!(
-            !is_quarantine_stamp("2026"),
-            "digits, but not a whole stamp"
-        );
+        assert!(!is_quarantine_stamp("20260914-021000.123Z"), "right length, wrong shape");
+        assert!(!is_quarantine_stamp("2026"), "digits, but not a whole stamp");
         assert!(!is_quarantine_stamp("20260914T021000.1234Z"), "too long");
     }
 }

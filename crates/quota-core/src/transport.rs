@@ -38,21 +38,12 @@ pub struct PollRequest {
 #[derive(Clone, Debug)]
 pub enum HostAnswer {
     /// A `fetch` response, read whole.
-    Response {
-        status: u16,
-        retry_after: Option<String>,
-        body: String,
-    },
+    Response { status: u16, retry_after: Option<String>, body: String },
     /// A snapshot (`fetchQuotaSnapshot` resolved).
     Snapshot(Value),
     /// `fetchQuotaSnapshot` rejected: classified by its `status` and `retryAfter(Ms)`; without
     /// a status, by whether it is a connection failure (`network`).
-    Rejected {
-        status: Option<u16>,
-        network: bool,
-        retry_after_ms: Option<i64>,
-        message: String,
-    },
+    Rejected { status: Option<u16>, network: bool, retry_after_ms: Option<i64>, message: String },
     /// The host's function failed in a way that says nothing about the endpoint (a `fetch`
     /// rejection, a non-object answer): a network error.
     Failed(String),
@@ -89,21 +80,12 @@ impl Transport {
         now: impl Fn() -> i64 + Send,
     ) -> Result<QuotaSnapshot, QuotaError> {
         let token = request.access_token.clone();
-        let answer = tokio::time::timeout(timeout, self.0.poll(request))
-            .await
-            .map_err(|_| {
-                QuotaError::Timeout(format!(
-                    "no complete answer within {} ms",
-                    timeout.as_millis()
-                ))
-            })?;
+        let answer = tokio::time::timeout(timeout, self.0.poll(request)).await.map_err(|_| {
+            QuotaError::Timeout(format!("no complete answer within {} ms", timeout.as_millis()))
+        })?;
         let checked_at = now();
         match answer {
-            HostAnswer::Response {
-                status,
-                retry_after,
-                body,
-            } => {
+            HostAnswer::Response { status, retry_after, body } => {
                 if body.len() > MAX_BODY_BYTES && (200..300).contains(&status) {
                     return Err(QuotaError::BadResponse(format!(
                         "body larger than {MAX_BODY_BYTES} bytes"
@@ -123,17 +105,9 @@ impl Transport {
                 redact_strings(&mut value, &token);
                 snapshot_from_host(&value, checked_at)
             }
-            HostAnswer::Rejected {
-                status,
-                network,
-                retry_after_ms,
-                message,
-            } => Err(rejection_error(
-                status,
-                network,
-                retry_after_ms,
-                scrub_message(&message, &token),
-            )),
+            HostAnswer::Rejected { status, network, retry_after_ms, message } => Err(
+                rejection_error(status, network, retry_after_ms, scrub_message(&message, &token)),
+            ),
             HostAnswer::Failed(message) => {
                 Err(QuotaError::Network(scrub_message(&message, &token)))
             }
@@ -166,15 +140,10 @@ fn rejection_error(
     message: String,
 ) -> QuotaError {
     match status {
-        Some(status @ (401 | 403)) => QuotaError::Auth {
-            status,
-            body: message,
-        },
-        Some(status) if !(200..300).contains(&status) => QuotaError::Http {
-            status,
-            retry_after_ms,
-            body: message,
-        },
+        Some(status @ (401 | 403)) => QuotaError::Auth { status, body: message },
+        Some(status) if !(200..300).contains(&status) => {
+            QuotaError::Http { status, retry_after_ms, body: message }
+        }
         _ if network => QuotaError::Network(message),
         _ => QuotaError::Transport(message),
     }
@@ -253,9 +222,7 @@ mod tests {
             url: "http://127.0.0.1/usage".into(),
             headers: Vec::new(),
         };
-        Transport(Arc::new(Answering(answer)))
-            .fetch(request, Duration::from_secs(5), || 7)
-            .await
+        Transport(Arc::new(Answering(answer))).fetch(request, Duration::from_secs(5), || 7).await
     }
 
     #[tokio::test]
@@ -307,19 +274,14 @@ mod tests {
         assert_eq!(padded.len(), MAX_BODY_BYTES);
         assert!(fetch_through(response(200, padded)).await.is_ok());
         let large = "x".repeat(MAX_BODY_BYTES + 1);
-        let refused = fetch_through(response(200, large.clone()))
-            .await
-            .unwrap_err();
+        let refused = fetch_through(response(200, large.clone())).await.unwrap_err();
         assert_eq!(refused.code(), "QUOTA_BAD_RESPONSE");
         // A large error page is still that status's failure, with its Retry-After.
         let limited = fetch_through(response(429, large)).await.unwrap_err();
         assert_eq!(limited.code(), "QUOTA_HTTP_ERROR");
         assert_eq!(limited.retry_after_ms(), Some(120_000));
         assert_eq!(
-            format!(
-                "{:?}",
-                Transport(Arc::new(Answering(HostAnswer::Failed(String::new()))))
-            ),
+            format!("{:?}", Transport(Arc::new(Answering(HostAnswer::Failed(String::new()))))),
             "Transport(host)"
         );
     }

@@ -42,13 +42,8 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
 /// The top-level fields of a usage answer. A 200 with none of them (e.g. an error object
 /// `{"type":"error",…}` sent with the wrong status) observed nothing: taking it as an empty
 /// snapshot would erase known windows.
-const USAGE_FIELDS: [&str; 5] = [
-    "five_hour",
-    "seven_day",
-    "seven_day_opus",
-    "limits",
-    "extra_usage",
-];
+const USAGE_FIELDS: [&str; 5] =
+    ["five_hour", "seven_day", "seven_day_opus", "limits", "extra_usage"];
 
 /// Checks that a parsed 200 body is a usage answer; the reason when it is not.
 pub fn check_usage_body(body: &Value) -> Result<(), String> {
@@ -154,18 +149,12 @@ fn limit_entries(body: &Value) -> Vec<&Map<String, Value>> {
 
 fn window(value: &Value, checked_at: i64) -> Option<QuotaWindow> {
     let used = finite(value.get("utilization")?)?;
-    Some(QuotaWindow::from_used(
-        used,
-        iso_time(value.get("resets_at")),
-        checked_at,
-    ))
+    Some(QuotaWindow::from_used(used, iso_time(value.get("resets_at")), checked_at))
 }
 
 /// A reset time is kept only when it parses, so later reset arithmetic never meets junk.
 fn iso_time(value: Option<&Value>) -> Option<String> {
-    value
-        .and_then(non_blank_string)
-        .filter(|text| parse_iso_ms(text).is_some())
+    value.and_then(non_blank_string).filter(|text| parse_iso_ms(text).is_some())
 }
 
 fn str_field<'a>(entry: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
@@ -237,22 +226,14 @@ fn extra_usage(body: &Value) -> Option<ExtraUsage> {
         .and_then(|l| l.get("currency"))
         .and_then(currency_code)
         .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
-    let exponent = spend_limit
-        .and_then(|l| l.get("exponent"))
-        .and_then(exponent)
-        .unwrap_or(DEFAULT_EXPONENT);
-    let money = |amount_minor| QuotaMoney {
-        amount_minor,
-        currency: currency.clone(),
-        exponent,
-    };
+    let exponent =
+        spend_limit.and_then(|l| l.get("exponent")).and_then(exponent).unwrap_or(DEFAULT_EXPONENT);
+    let money = |amount_minor| QuotaMoney { amount_minor, currency: currency.clone(), exponent };
     Some(ExtraUsage {
         used: money(used),
         limit: money(limit),
         utilization_percent: extra.get("utilization").and_then(finite),
-        severity: spend
-            .and_then(|s| s.get("severity"))
-            .and_then(non_blank_string),
+        severity: spend.and_then(|s| s.get("severity")).and_then(non_blank_string),
         exhausted: used >= limit,
     })
 }
@@ -281,12 +262,8 @@ mod tests {
     #[test]
     fn a_200_without_usage_fields_is_not_a_usage_answer() {
         let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}});
-        assert!(check_usage_body(&error)
-            .unwrap_err()
-            .contains("error object"));
-        assert!(check_usage_body(&json!({"hello": 1}))
-            .unwrap_err()
-            .contains("no usage fields"));
+        assert!(check_usage_body(&error).unwrap_err().contains("error object"));
+        assert!(check_usage_body(&json!({"hello": 1})).unwrap_err().contains("no usage fields"));
         assert!(check_usage_body(&json!({})).is_err());
         assert!(check_usage_body(&json!([])).is_err());
         assert!(check_usage_body(&json!({"five_hour": null, "limits": []})).is_ok());
@@ -306,10 +283,7 @@ mod tests {
         assert_eq!(snapshot.extra_usage, None);
         // Real syntax errors still fail, and ordinary numbers are untouched.
         assert!(parse_json_lenient(b"{\"a\": 1e400,").is_err());
-        assert_eq!(
-            parse_json_lenient(b"[1.5e3, -2]").unwrap(),
-            json!([1500.0, -2])
-        );
+        assert_eq!(parse_json_lenient(b"[1.5e3, -2]").unwrap(), json!([1500.0, -2]));
     }
 
     const NOW: i64 = 1_789_000_000_000;
@@ -394,11 +368,7 @@ mod tests {
             Some("claude-weekly-scoped-claude-fable-5-1")
         );
         assert_eq!(snapshot.binding_window_source, Some(QuotaSource::Poll));
-        let usd = |amount_minor| QuotaMoney {
-            amount_minor,
-            currency: "USD".into(),
-            exponent: 2,
-        };
+        let usd = |amount_minor| QuotaMoney { amount_minor, currency: "USD".into(), exponent: 2 };
         assert_eq!(
             snapshot.extra_usage,
             Some(ExtraUsage {
@@ -495,10 +465,7 @@ mod tests {
         let seven = snapshot.seven_day.unwrap();
         assert_eq!((seven.used_percent, seven.remaining_percent), (0.0, 100.0));
         let scoped = &snapshot.scoped.unwrap()[0];
-        assert_eq!(
-            (scoped.used_percent, scoped.remaining_percent),
-            (100.0, 0.0)
-        );
+        assert_eq!((scoped.used_percent, scoped.remaining_percent), (100.0, 0.0));
     }
 
     #[test]
@@ -591,11 +558,8 @@ mod tests {
 
     #[test]
     fn display_name_and_model_id_are_trimmed() {
-        let snapshot = with_limits(json!([scoped_limit(
-            json!(" claude-x "),
-            json!("  X  "),
-            json!(1)
-        )]));
+        let snapshot =
+            with_limits(json!([scoped_limit(json!(" claude-x "), json!("  X  "), json!(1))]));
         let window = &snapshot.scoped.unwrap()[0];
         assert_eq!(window.model_id.as_deref(), Some("claude-x"));
         assert_eq!(window.model_name, "X");
@@ -609,14 +573,8 @@ mod tests {
         let mut scoped = scoped_limit(json!("claude-fable"), json!("Fable"), json!(3));
         scoped["is_active"] = json!(true);
         let binding = |limits: Value| with_limits(limits).binding_window;
-        assert_eq!(
-            binding(json!([session, weekly])).as_deref(),
-            Some("five_hour")
-        );
-        assert_eq!(
-            binding(json!([weekly, session])).as_deref(),
-            Some("seven_day")
-        );
+        assert_eq!(binding(json!([session, weekly])).as_deref(), Some("five_hour"));
+        assert_eq!(binding(json!([weekly, session])).as_deref(), Some("seven_day"));
         assert_eq!(
             binding(json!([scoped, session])).as_deref(),
             Some("claude-weekly-scoped-claude-fable")
@@ -679,10 +637,7 @@ mod tests {
     fn extra_usage_is_exhausted_when_used_reaches_the_limit() {
         let exhausted = |used: f64, limit: f64| {
             let extra = json!({ "is_enabled": true, "monthly_limit": limit, "used_credits": used });
-            parse_usage_body(&json!({ "extra_usage": extra }), NOW)
-                .extra_usage
-                .unwrap()
-                .exhausted
+            parse_usage_body(&json!({ "extra_usage": extra }), NOW).extra_usage.unwrap().exhausted
         };
         assert!(exhausted(100.0, 100.0));
         assert!(exhausted(150.0, 100.0));
@@ -712,14 +667,7 @@ mod tests {
         assert_eq!(money(json!("JPY"), json!(0)).exponent, 0);
         assert_eq!(money(json!("USD"), json!(20)).exponent, 20);
         assert_eq!(money(json!("USD"), json!(3.0)).exponent, 3);
-        for junk in [
-            json!(21),
-            json!(-1),
-            json!(2.5),
-            json!("3"),
-            json!(1e300),
-            json!(null),
-        ] {
+        for junk in [json!(21), json!(-1), json!(2.5), json!("3"), json!(1e300), json!(null)] {
             assert_eq!(money(json!("USD"), junk.clone()).exponent, 2, "{junk}");
         }
     }
@@ -735,30 +683,17 @@ mod tests {
     #[test]
     fn severity_and_utilization_are_optional() {
         let severity = |spend: Value| extra_with_spend(spend).unwrap().severity;
-        assert_eq!(
-            severity(json!({ "severity": "warning" })).as_deref(),
-            Some("warning")
-        );
+        assert_eq!(severity(json!({ "severity": "warning" })).as_deref(), Some("warning"));
         assert_eq!(severity(json!({ "severity": "  " })), None);
         assert_eq!(severity(json!({ "severity": 3 })), None);
         assert_eq!(severity(json!("high")), None);
-        assert_eq!(
-            extra_with_spend(json!({ "limit": "lots" }))
-                .unwrap()
-                .used
-                .exponent,
-            2
-        );
+        assert_eq!(extra_with_spend(json!({ "limit": "lots" })).unwrap().used.exponent, 2);
         let body = |utilization: Value| {
             json!({ "extra_usage": { "is_enabled": true, "monthly_limit": 1,
                                      "used_credits": 0, "utilization": utilization } })
         };
-        let utilization = |u: Value| {
-            parse_usage_body(&body(u), NOW)
-                .extra_usage
-                .unwrap()
-                .utilization_percent
-        };
+        let utilization =
+            |u: Value| parse_usage_body(&body(u), NOW).extra_usage.unwrap().utilization_percent;
         assert_eq!(utilization(json!(12.5)), Some(12.5));
         assert_eq!(utilization(json!("12.5")), None);
         assert_eq!(utilization(json!(null)), None);

@@ -56,11 +56,7 @@ impl QuotaManager {
         }
         // Callers not answered yet (a JS promise settles later, on the event loop) keep the
         // request joinable with this result: a call made before then shares it.
-        if let Some(slot) = self
-            .state()
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)
-        {
+        if let Some(slot) = self.state().routes.attempt_slot(&attempt.route, attempt.generation) {
             // Only its own flight: another token's request, started later, runs on.
             if slot
                 .flights
@@ -161,23 +157,15 @@ impl QuotaManager {
         // A record from a clock running ahead is adopted clamped, but never taken as another
         // process's fresh answer: clamped to "now", it would look fresh at every poll.
         let beyond_skew = |at: i64| at > now.saturating_add(MAX_CLOCK_SKEW_MS);
-        let from_the_future = record
-            .and_then(|r| r.entry.as_ref())
-            .is_some_and(|e| beyond_skew(e.checked_at));
-        let attempt_from_the_future = record
-            .and_then(|r| r.last_attempt_at)
-            .is_some_and(beyond_skew);
+        let from_the_future =
+            record.and_then(|r| r.entry.as_ref()).is_some_and(|e| beyond_skew(e.checked_at));
+        let attempt_from_the_future =
+            record.and_then(|r| r.last_attempt_at).is_some_and(beyond_skew);
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
-        if state
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)
-            .is_none()
-        {
+        if state.routes.attempt_slot(&attempt.route, attempt.generation).is_none() {
             // The slot was re-bound meanwhile: the polled route's backoff still holds.
             let kept =
-                state
-                    .routes
-                    .attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
+                state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
             if let Some(record) = &record {
                 kept.merge(record);
             }
@@ -188,9 +176,7 @@ impl QuotaManager {
                 .is_open(now)
                 .then(|| (Served::DuringBackoff, kept.served_from_cache(now)));
         }
-        let slot = state
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)?;
+        let slot = state.routes.attempt_slot(&attempt.route, attempt.generation)?;
         if let Some(record) = &record {
             slot.adopt(record);
         }
@@ -198,19 +184,14 @@ impl QuotaManager {
             return Some((Served::DuringBackoff, slot.served_from_cache(now)));
         }
         let entry = slot.entry()?;
-        let produced_by_another = attempt
-            .baseline_checked_at
-            .is_none_or(|b| entry.checked_at > b);
+        let produced_by_another = attempt.baseline_checked_at.is_none_or(|b| entry.checked_at > b);
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
         if (produced_by_another && recent && !from_the_future)
             || (!attempt_from_the_future
                 && Self::main_attempted_meanwhile(attempt, slot, now, interval))
         {
-            let outcome = RefreshOutcome {
-                quota: slot.entry()?.quota.clone(),
-                fetched: false,
-            };
+            let outcome = RefreshOutcome { quota: slot.entry()?.quota.clone(), fetched: false };
             slot.answered_with_adopted();
             return Some((Served::OtherProcess, Ok(outcome)));
         }
@@ -238,9 +219,7 @@ impl QuotaManager {
             None,
         );
         attempt.route == RouteId::Main
-            && attempt
-                .baseline_attempt_at
-                .is_none_or(|known| attempted_at > known)
+            && attempt.baseline_attempt_at.is_none_or(|known| attempted_at > known)
             && record.last_attempt_token.as_deref() == Some(fingerprint(&attempt.token).as_str())
             && now < due
     }
@@ -273,10 +252,7 @@ impl QuotaManager {
                         error_cleared_at: None,
                     }))
                 });
-                let outcome = RefreshOutcome {
-                    quota,
-                    fetched: true,
-                };
+                let outcome = RefreshOutcome { quota, fetched: true };
                 (Ok(outcome), announcement)
             }
             Err(error) => {
@@ -300,10 +276,7 @@ impl QuotaManager {
         snapshot.account_identity.clone_from(&attempt.identity);
         let mut state = self.state();
         let state = &mut *state;
-        let Some(slot) = state
-            .routes
-            .attempt_slot(&attempt.route, attempt.generation)
-        else {
+        let Some(slot) = state.routes.attempt_slot(&attempt.route, attempt.generation) else {
             return (snapshot, false);
         };
         let quota = merge_poll_result(slot.entry().map(|e| &e.quota), &snapshot);

@@ -23,10 +23,7 @@ impl RouteSlot {
     /// The answer while backed off: the cache, or a `QUOTA_BACKED_OFF` error when empty.
     pub(super) fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
         if let Some(entry) = self.entry() {
-            Ok(RefreshOutcome {
-                quota: entry.quota.clone(),
-                fetched: false,
-            })
+            Ok(RefreshOutcome { quota: entry.quota.clone(), fetched: false })
         } else {
             let next_retry_at = self.record.backoff.next_retry_at.unwrap_or(now);
             Err(QuotaError::BackedOff {
@@ -96,9 +93,7 @@ impl QuotaManager {
         let mut state = self.state();
         // The route that was polled, even when the main slot was re-bound meanwhile.
         let record =
-            state
-                .routes
-                .attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
+            state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
         let was_open = record.backoff.is_open(now);
         let armed = record.backoff.record_failure(
             error,
@@ -123,10 +118,8 @@ impl QuotaManager {
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
         let now = self.now();
         let state = self.state();
-        let backed_off = state
-            .routes
-            .fallback(id)
-            .is_some_and(|slot| slot.record.backoff.is_open(now));
+        let backed_off =
+            state.routes.fallback(id).is_some_and(|slot| slot.record.backoff.is_open(now));
         if backed_off {
             self.recheck_backoff_soon(&state, &RouteId::Fallback(id.to_owned()), now);
         }
@@ -138,13 +131,7 @@ impl QuotaManager {
     }
 
     pub fn fallback_api_error(&self, id: &str) -> Option<ApiErrorRecord> {
-        self.state()
-            .routes
-            .fallback(id)?
-            .record
-            .backoff
-            .last_error
-            .clone()
+        self.state().routes.fallback(id)?.record.backoff.last_error.clone()
     }
 
     /// docs/routing.md#fail-closed-answer: the 429 the plugin answers with when it fails closed, main is backed off and
@@ -159,19 +146,14 @@ impl QuotaManager {
         }
         let remaining_ms = backoff.remaining_ms(now);
         let retry_after_secs = ((remaining_ms + 999) / 1000).max(1);
-        let last_error = backoff
-            .last_error
-            .as_ref()
-            .map_or("unknown error", |e| e.message.as_str());
+        let last_error =
+            backoff.last_error.as_ref().map_or("unknown error", |e| e.message.as_str());
         let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");
         // Built by hand: docs/routing.md#fail-closed-answer fixes the key order, which a JSON map would sort.
         let body = format!(
             r#"{{"type":"error","error":{{"type":"rate_limit_error","message":{}}}}}"#,
             serde_json::Value::String(message)
         );
-        Some(FailClosedResponse {
-            retry_after_secs,
-            body,
-        })
+        Some(FailClosedResponse { retry_after_secs, body })
     }
 }

@@ -24,9 +24,7 @@ impl QuotaManager {
     ) -> Option<Arc<QuotaEntry>> {
         let mut state = self.state();
         if let Some(account) = account {
-            if state
-                .routes
-                .observe_fallback(id, account.auth_lineage_id.as_deref())
+            if state.routes.observe_fallback(id, account.auth_lineage_id.as_deref())
                 == LineageBind::Refused
             {
                 return None;
@@ -169,11 +167,7 @@ impl QuotaManager {
 
     pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
         let state = self.state();
-        let entry = state
-            .routes
-            .fallback(id)
-            .and_then(|slot| slot.entry())
-            .map(Arc::as_ref);
+        let entry = state.routes.fallback(id).and_then(|slot| slot.entry()).map(Arc::as_ref);
         freshness::is_stale(entry, self.now(), state.settings.interval_ms, model)
     }
 

@@ -57,11 +57,7 @@ pub(super) struct StateGuard<'a, T: Published> {
 
 impl<'a, T: Published> StateGuard<'a, T> {
     pub(super) fn new(guard: MutexGuard<'a, T>, changes: &'a ChangeCounter) -> Self {
-        Self {
-            guard,
-            changes,
-            changed: false,
-        }
+        Self { guard, changes, changed: false }
     }
 }
 
@@ -83,9 +79,7 @@ impl<T: Published> DerefMut for StateGuard<'_, T> {
 impl<T: Published> Drop for StateGuard<'_, T> {
     fn drop(&mut self) {
         if self.changed {
-            self.changes
-                .1
-                .store(self.guard.main_flight(), Ordering::Release);
+            self.changes.1.store(self.guard.main_flight(), Ordering::Release);
             self.changes.bump();
         }
     }
@@ -116,11 +110,7 @@ mod tests {
             let mut guard = StateGuard::new(state.lock().unwrap(), &changes);
             *guard += 1;
             *guard += 1;
-            assert_eq!(
-                changes.current(),
-                start,
-                "the bump waits for the guard's drop"
-            );
+            assert_eq!(changes.current(), start, "the bump waits for the guard's drop");
         }
         assert_eq!(changes.current(), start.wrapping_add(1));
         assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());

@@ -31,9 +31,7 @@ impl QuotaManager {
                 if manager.is_fallback_due(account) {
                     let token = account.access.as_deref().unwrap_or_default();
                     refreshes.push(
-                        manager
-                            .begin_refresh_fallback(&account.id, token, Some(account))
-                            .wait,
+                        manager.begin_refresh_fallback(&account.id, token, Some(account)).wait,
                     );
                 }
             }

@@ -164,20 +164,10 @@ impl QuotaManager {
         let routes = &mut state.routes;
         let persisted_error = storage.main_last_error.as_ref();
         let current_checked_at = |routes: &super::routes::Routes| {
-            routes
-                .main()
-                .record
-                .backoff
-                .last_error
-                .as_ref()
-                .map(|e| e.checked_at)
+            routes.main().record.backoff.last_error.as_ref().map(|e| e.checked_at)
         };
         if let Some(cleared) = storage.main_quota_error_cleared_at {
-            if routes
-                .generations
-                .error_cleared_at
-                .is_none_or(|at| cleared > at)
-            {
+            if routes.generations.error_cleared_at.is_none_or(|at| cleared > at) {
                 routes.generations.error_cleared_at = Some(cleared);
                 let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
                 if persisted_older && current_checked_at(routes).is_none_or(|at| at <= cleared) {
@@ -202,10 +192,8 @@ impl QuotaManager {
         let identity_ok = !routes.generations.known
             || error.account_identity.is_none()
             || error.account_identity == routes.main_owner().map(MainIdentity::persisted);
-        let after_clear = routes
-            .generations
-            .error_cleared_at
-            .is_none_or(|at| error.checked_at > at);
+        let after_clear =
+            routes.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
         let newest = current_checked_at(routes).is_none_or(|at| error.checked_at >= at);
         let active = error.next_retry_at.is_some_and(|at| at > now);
         if identity_ok && after_clear && newest && active {

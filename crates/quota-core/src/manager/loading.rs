@@ -27,10 +27,7 @@ struct Pending {
 impl Loading {
     /// Nothing to load.
     pub fn done() -> Self {
-        Self {
-            done: AtomicBool::new(true),
-            ..Self::default()
-        }
+        Self { done: AtomicBool::new(true), ..Self::default() }
     }
 
     /// A load to run before anyone may read the state (armed before the manager is handed out).
@@ -64,10 +61,7 @@ impl Loading {
             return;
         }
         while !self.done.load(Ordering::Acquire) {
-            pending = self
-                .finished
-                .wait(pending)
-                .unwrap_or_else(PoisonError::into_inner);
+            pending = self.finished.wait(pending).unwrap_or_else(PoisonError::into_inner);
         }
     }
 

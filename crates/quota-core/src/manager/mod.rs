@@ -274,11 +274,7 @@ impl QuotaManager {
         self.inner.loading.wait();
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
-        let guard = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         StateGuard::new(guard, &self.inner.changes)
     }
 

@@ -33,11 +33,7 @@ impl QuotaManager {
         let now = self.now();
         let send_at = {
             let mut state = self.state();
-            let by_token = state
-                .pacing
-                .last_call_by_token
-                .get(&token_fingerprint)
-                .copied();
+            let by_token = state.pacing.last_call_by_token.get(&token_fingerprint).copied();
             let by_route = state
                 .routes
                 .slot(&attempt.route)
@@ -51,10 +47,7 @@ impl QuotaManager {
             let send_at = by_token
                 .max(by_route)
                 .map_or(now, |last| last.saturating_add(gap).clamp(now, latest));
-            state
-                .pacing
-                .last_call_by_token
-                .insert(token_fingerprint, send_at);
+            state.pacing.last_call_by_token.insert(token_fingerprint, send_at);
             send_at
         };
         let wait = send_at - now;
@@ -67,17 +60,12 @@ impl QuotaManager {
     /// one polled even if the main slot was re-bound meanwhile) for the others.
     pub(super) fn note_request(&self, attempt: &Attempt, token_fingerprint: &str, at: i64) {
         let mut state = self.state();
-        let last_call = state
-            .pacing
-            .last_call_by_token
-            .entry(token_fingerprint.to_owned())
-            .or_insert(at);
+        let last_call =
+            state.pacing.last_call_by_token.entry(token_fingerprint.to_owned()).or_insert(at);
         // A reservation made by a later request (see `wait_for_pacing`) stays.
         *last_call = (*last_call).max(at);
         if let Some(record) =
-            state
-                .routes
-                .attempt_record(&attempt.route, attempt.generation, &attempt.key)
+            state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)
         {
             record.last_attempt_at = Some(at);
             record.last_attempt_token = Some(token_fingerprint.to_owned());

@@ -32,10 +32,6 @@ impl QuotaManager {
     /// May a refresh be made with an empty token? Only through a host transport that brings
     /// its own credentials.
     pub fn can_fetch_without_access_token(&self) -> bool {
-        self.inner
-            .config
-            .transport
-            .as_ref()
-            .is_some_and(|t| t.0.fetches_without_token())
+        self.inner.config.transport.as_ref().is_some_and(|t| t.0.fetches_without_token())
     }
 }

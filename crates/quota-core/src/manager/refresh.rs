@@ -55,11 +55,7 @@ pub struct Refresh {
 
 impl Refresh {
     fn ready(result: Result<RefreshOutcome, QuotaError>) -> Self {
-        Self {
-            wait: futures::future::ready(result).boxed(),
-            attempt_id: None,
-            hold: None,
-        }
+        Self { wait: futures::future::ready(result).boxed(), attempt_id: None, hold: None }
     }
 
     /// Waits for the result; the caller is answered when it has it.
@@ -152,9 +148,7 @@ impl QuotaManager {
         token: &str,
         account: Option<&FallbackAccount>,
     ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_fallback(id, token, account)
-            .answer()
-            .await
+        self.begin_refresh_fallback(id, token, account).answer().await
     }
 
     /// `begin_refresh_main` for a fallback account.
@@ -202,12 +196,7 @@ impl QuotaManager {
     /// The caller's wait: counted, when it ends, by how it was served.
     fn settle(&self, ticket: Ticket<Settled>, hold: Option<FlightHold>) -> Refresh {
         let stats = self.inner.stats.clone();
-        let Ticket {
-            result,
-            callers,
-            id,
-            counts_itself: _,
-        } = ticket;
+        let Ticket { result, callers, id, counts_itself: _ } = ticket;
         let wait = async move {
             let (served, result) = result.await;
             // Only the caller that started the request counts: once it is done nobody can join
@@ -222,11 +211,7 @@ impl QuotaManager {
             }
             result
         };
-        Refresh {
-            wait: wait.boxed(),
-            attempt_id: id,
-            hold,
-        }
+        Refresh { wait: wait.boxed(), attempt_id: id, hold }
     }
 
     /// A caller's hold is dropped: frees the route for a new request when the request is done
@@ -251,12 +236,7 @@ impl QuotaManager {
     }
 
     fn hold(&self, route: &RouteId, generation: u64, id: u64) -> FlightHold {
-        FlightHold {
-            manager: self.downgrade(),
-            route: route.clone(),
-            generation,
-            id,
-        }
+        FlightHold { manager: self.downgrade(), route: route.clone(), generation, id }
     }
 
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
@@ -297,10 +277,7 @@ impl QuotaManager {
         let attempt = Attempt {
             identity: state.routes.snapshot_identity(&route),
             key: state.routes.key(&route).to_string(),
-            baseline_checked_at: state
-                .routes
-                .slot(&route)
-                .and_then(RouteSlot::own_checked_at),
+            baseline_checked_at: state.routes.slot(&route).and_then(RouteSlot::own_checked_at),
             baseline_attempt_at: state
                 .routes
                 .slot(&route)
@@ -312,10 +289,7 @@ impl QuotaManager {
             started_at: now,
         };
         let manager = self.clone();
-        let task = self
-            .inner
-            .runtime
-            .spawn(async move { manager.run_attempt(attempt).await });
+        let task = self.inner.runtime.spawn(async move { manager.run_attempt(attempt).await });
         let work = async move {
             task.await.unwrap_or_else(|e| {
                 let failure = QuotaError::Network(format!("refresh task failed: {e}"));
@@ -325,11 +299,7 @@ impl QuotaManager {
         .boxed();
         let (flight, ticket) = Flight::lead(flight_id, work);
         let hold = self.hold(&route, generation, flight_id);
-        state
-            .routes
-            .slot_mut(&route)
-            .flights
-            .start(flight_key, flight);
+        state.routes.slot_mut(&route).flights.start(flight_key, flight);
         (ticket, Some(hold))
     }
 }

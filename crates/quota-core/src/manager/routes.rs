@@ -36,18 +36,14 @@ impl MainIdentity {
     /// Reads an identity in its persisted form (see [`MainIdentity::persisted`]).
     pub fn parse(text: &str) -> Self {
         match text.strip_prefix(TOKEN_IDENTITY_PREFIX) {
-            Some(fingerprint) => Self::Token {
-                fingerprint: fingerprint.to_owned(),
-            },
+            Some(fingerprint) => Self::Token { fingerprint: fingerprint.to_owned() },
             None => Self::Account(text.to_owned()),
         }
     }
 
     /// The identity of the account behind `token`.
     pub fn of_token(token: &str) -> Self {
-        Self::Token {
-            fingerprint: fingerprint(token),
-        }
+        Self::Token { fingerprint: fingerprint(token) }
     }
 
     /// The form in route keys and in snapshots' `accountIdentity`.
@@ -146,10 +142,7 @@ pub(super) enum LineageBind {
 impl RouteSlot {
     /// A slot bound to nothing, around a record (to answer from a route no slot holds).
     pub fn detached(record: RouteRecord) -> Self {
-        Self {
-            record,
-            ..Self::default()
-        }
+        Self { record, ..Self::default() }
     }
 
     pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
@@ -187,10 +180,7 @@ impl RouteSlot {
     /// another login replaces the slot's.
     pub fn adopt(&mut self, incoming: &RouteRecord) {
         // A record another process wrote for a login this slot has since replaced is stale.
-        if incoming
-            .lineage
-            .as_ref()
-            .is_some_and(|lineage| self.retired_lineages.contains(lineage))
+        if incoming.lineage.as_ref().is_some_and(|lineage| self.retired_lineages.contains(lineage))
         {
             return;
         }
@@ -271,13 +261,8 @@ impl Routes {
                 self.fallback_epoch += 1;
                 if !self.fallbacks.contains_key(id) {
                     let generation = self.next_id();
-                    self.fallbacks.insert(
-                        id.clone(),
-                        RouteSlot {
-                            generation,
-                            ..RouteSlot::default()
-                        },
-                    );
+                    self.fallbacks
+                        .insert(id.clone(), RouteSlot { generation, ..RouteSlot::default() });
                 }
                 self.fallbacks.get_mut(id).expect("inserted above")
             }
@@ -336,10 +321,7 @@ impl Routes {
         let excess = retired.len().saturating_sub(RETIRED_LINEAGES_KEPT);
         retired.drain(..excess);
         *slot = RouteSlot {
-            record: RouteRecord {
-                lineage,
-                ..RouteRecord::default()
-            },
+            record: RouteRecord { lineage, ..RouteRecord::default() },
             retired_lineages: retired,
             generation,
             flights: Flights::default(),
@@ -504,16 +486,15 @@ impl Routes {
                 let index = if let Some(index) = self.left_main.iter().position(|(k, _)| k == key) {
                     index
                 } else {
-                    self.left_main
-                        .push((key.to_owned(), RouteRecord::default()));
+                    self.left_main.push((key.to_owned(), RouteRecord::default()));
                     self.left_main.len() - 1
                 };
                 Some(&mut self.left_main[index].1)
             }
             RouteId::Main => Some(&mut self.main.record),
-            RouteId::Fallback(_) => self
-                .attempt_slot(route, generation)
-                .map(|slot| &mut slot.record),
+            RouteId::Fallback(_) => {
+                self.attempt_slot(route, generation).map(|slot| &mut slot.record)
+            }
         }
     }
 

@@ -53,9 +53,7 @@ impl Persisted<'_> {
             return false;
         }
         let mut quota = merge_header_frame(Some(persisted), &current.quota);
-        quota
-            .account_identity
-            .clone_from(&current.quota.account_identity);
+        quota.account_identity.clone_from(&current.quota.account_identity);
         slot.record.entry = Some(Arc::new(QuotaEntry {
             quota,
             checked_at: current.checked_at,
@@ -73,9 +71,7 @@ impl Persisted<'_> {
         if let Some(quota) = self.quota.filter(|q| main_legacy || has_any_window(q)) {
             // As the plugin dates a persisted snapshot: by its own times (its latest window or
             // its own `checkedAt`); a legacy one without any is dated 0, due at once.
-            let checked_at = quota
-                .latest_checked_at()
-                .or_else(|| main_legacy.then_some(0));
+            let checked_at = quota.latest_checked_at().or_else(|| main_legacy.then_some(0));
             if let Some(checked_at) = checked_at {
                 if main_legacy && Self::restore_poll_fields(slot, quota, checked_at) {
                     return;
@@ -227,10 +223,7 @@ impl QuotaManager {
             if !account.enabled {
                 continue;
             }
-            match state
-                .routes
-                .observe_fallback(&account.id, account.auth_lineage_id.as_deref())
-            {
+            match state.routes.observe_fallback(&account.id, account.auth_lineage_id.as_deref()) {
                 LineageBind::Same => {}
                 // A replaced login's record still carries the old login's quota: adopt nothing
                 // from it now (the next seed, of the new login's record, will).
@@ -247,15 +240,12 @@ impl QuotaManager {
                 awaited.latest_at_most.push(latest);
                 awaited.accounts.push(account);
             } else if let Some(error) = &account.last_error {
-                let slot = state
-                    .routes
-                    .slot_mut(&RouteId::Fallback(account.id.clone()));
+                let slot = state.routes.slot_mut(&RouteId::Fallback(account.id.clone()));
                 slot.adopt_persisted_error(error, now);
             }
         }
-        awaited.settled_epoch = awaited
-            .is_settled(&state.routes)
-            .then(|| state.routes.fallback_epoch());
+        awaited.settled_epoch =
+            awaited.is_settled(&state.routes).then(|| state.routes.fallback_epoch());
         awaited
     }
 
@@ -275,14 +265,10 @@ impl QuotaManager {
                 checked_at: None,
                 last_error: account.last_error.as_deref(),
             };
-            let slot = state
-                .routes
-                .slot_mut(&RouteId::Fallback(account.id.clone()));
+            let slot = state.routes.slot_mut(&RouteId::Fallback(account.id.clone()));
             persisted.seed(slot, &state.settings, now);
         }
-        awaited
-            .is_settled(&state.routes)
-            .then(|| state.routes.fallback_epoch())
+        awaited.is_settled(&state.routes).then(|| state.routes.fallback_epoch())
     }
 
     /// The fallback epoch (see [`Self::seed_awaited_snapshots`]).

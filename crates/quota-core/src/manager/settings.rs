@@ -30,13 +30,9 @@ impl Settings {
                 .refresh_every_n_requests
                 .or_else(|| storage?.refresh_every_n_requests)
                 .unwrap_or(0),
-            minimum: storage
-                .and_then(|s| s.minimum_remaining.clone())
-                .unwrap_or_default(),
+            minimum: storage.and_then(|s| s.minimum_remaining.clone()).unwrap_or_default(),
             // The plugin's default: unknown quota fails closed.
-            fail_closed: storage
-                .and_then(|s| s.fail_closed_on_unknown_quota)
-                .unwrap_or(true),
+            fail_closed: storage.and_then(|s| s.fail_closed_on_unknown_quota).unwrap_or(true),
         }
     }
 
@@ -56,24 +52,13 @@ impl Settings {
         let exhausted = exhausted_until(&quota, &self.minimum, now);
         let refresh_after =
             freshness::refresh_after(&quota, oldest_standard, self.interval_ms, exhausted);
-        Arc::new(QuotaEntry {
-            quota,
-            checked_at,
-            refresh_after,
-        })
+        Arc::new(QuotaEntry { quota, checked_at, refresh_after })
     }
 
     pub fn entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
-        let oldest = quota
-            .oldest_window_checked_at()
-            .unwrap_or(checked_at)
-            .min(checked_at);
+        let oldest = quota.oldest_window_checked_at().unwrap_or(checked_at).min(checked_at);
         let exhausted = exhausted_until(&quota, &self.minimum, now);
         let refresh_after = freshness::refresh_after(&quota, oldest, self.interval_ms, exhausted);
-        Arc::new(QuotaEntry {
-            quota,
-            checked_at,
-            refresh_after,
-        })
+        Arc::new(QuotaEntry { quota, checked_at, refresh_after })
     }
 }

@@ -74,18 +74,12 @@ impl<T: Clone> Flight<T> {
 
     /// Records the result before the work ends: later joiners get it without waiting.
     pub fn settle_early(&self, value: T) {
-        *self
-            .early
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        *self.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
     }
 
     /// The result, when it is known already.
     pub fn result_now(&self) -> Option<T> {
-        self.early
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The work is done with `value`. Returns `true` when every caller has been answered
@@ -119,24 +113,11 @@ impl<T: Clone> Flight<T> {
         if !counts_itself {
             self.callers.fetch_add(1, Ordering::SeqCst);
         }
-        let early = self
-            .early
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let early = self.early.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         if let Some(value) = early {
-            return Ticket {
-                id: Some(self.id),
-                counts_itself,
-                ..Ticket::ready(value)
-            };
+            return Ticket { id: Some(self.id), counts_itself, ..Ticket::ready(value) };
         }
-        Ticket {
-            result: self.shared.clone(),
-            callers: None,
-            id: Some(self.id),
-            counts_itself,
-        }
+        Ticket { result: self.shared.clone(), callers: None, id: Some(self.id), counts_itself }
     }
 
     /// The count of its callers, for a host that joins callers to it by itself (they are then
@@ -163,20 +144,14 @@ pub(super) struct Flights<T: Clone> {
 
 impl<T: Clone> Default for Flights<T> {
     fn default() -> Self {
-        Self {
-            running: Vec::new(),
-            last_handed: None,
-        }
+        Self { running: Vec::new(), last_handed: None }
     }
 }
 
 impl<T: Clone> Flights<T> {
     /// The flight callers with `key` join.
     pub fn keyed(&self, key: Option<&str>) -> Option<&Flight<T>> {
-        self.running
-            .iter()
-            .find(|(k, _)| k.as_deref() == key)
-            .map(|(_, flight)| flight)
+        self.running.iter().find(|(k, _)| k.as_deref() == key).map(|(_, flight)| flight)
     }
 
     pub fn by_id(&self, id: u64) -> Option<&Flight<T>> {
@@ -210,8 +185,7 @@ impl<T: Clone> Flights<T> {
 
     /// The flight the last caller was handed, while its work is not done.
     pub fn last_handed_unfinished(&self) -> Option<&Flight<T>> {
-        self.by_id(self.last_handed?)
-            .filter(|flight| !flight.is_finished())
+        self.by_id(self.last_handed?).filter(|flight| !flight.is_finished())
     }
 }
 
@@ -235,9 +209,7 @@ mod tests {
     async fn joiners_share_the_leaders_result_and_are_counted_for_it() {
         let (flight, leader) = Flight::lead(7, async { 42 }.boxed());
         let joiners: Vec<_> = (0..3).map(|_| flight.join()).collect();
-        assert!(joiners
-            .iter()
-            .all(|t| t.id == Some(7) && t.callers.is_none()));
+        assert!(joiners.iter().all(|t| t.id == Some(7) && t.callers.is_none()));
         for joiner in joiners {
             assert_eq!(joiner.result.await, 42);
         }
@@ -250,17 +222,9 @@ mod tests {
         let (flight, leader) = Flight::lead(9, futures::future::pending::<u8>().boxed());
         flight.settle_early(5);
         let late = flight.join();
-        assert_eq!(
-            late.id,
-            Some(9),
-            "the same request: callers share its promise"
-        );
+        assert_eq!(late.id, Some(9), "the same request: callers share its promise");
         assert!(late.callers.is_none());
-        assert_eq!(
-            late.result.await,
-            5,
-            "not waiting on the work, which never ends"
-        );
+        assert_eq!(late.result.await, 5, "not waiting on the work, which never ends");
         assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
     }
 
@@ -277,10 +241,7 @@ mod tests {
         assert_eq!(joiner.result.await, 8);
         assert!(!flight.answered());
         assert!(!flight.answered());
-        assert!(
-            flight.answered(),
-            "the last caller answered: the flight can go"
-        );
+        assert!(flight.answered(), "the last caller answered: the flight can go");
         assert_eq!(leader.callers.unwrap().load(Ordering::SeqCst), 2);
     }
 
@@ -313,17 +274,10 @@ mod tests {
             "the older flight's end leaves the newer one"
         );
         assert!(!flights.by_id(2).unwrap().finish(9));
-        assert!(
-            flights.last_handed_unfinished().is_none(),
-            "a finished flight is not published"
-        );
+        assert!(flights.last_handed_unfinished().is_none(), "a finished flight is not published");
         let (again, _c) = Flight::lead(3, futures::future::pending::<u8>().boxed());
         flights.start(Some("b".to_owned()), again);
-        assert_eq!(
-            flights.iter().count(),
-            1,
-            "the finished one under that key gave way"
-        );
+        assert_eq!(flights.iter().count(), 1, "the finished one under that key gave way");
     }
 
     #[tokio::test]

@@ -168,10 +168,7 @@ impl QuotaManager {
             else {
                 return;
             };
-            let update = StoreUpdate::Merge {
-                key: attempt.key.clone(),
-                record,
-            };
+            let update = StoreUpdate::Merge { key: attempt.key.clone(), record };
             state.writes.stage(update).flushed_by_caller();
             let manager = self.clone();
             let task = self.inner.runtime.spawn(async move {
@@ -222,21 +219,15 @@ impl QuotaManager {
             return;
         };
         let started = std::time::Instant::now();
-        match self
-            .inner
-            .shared
-            .apply_as_of(&updates, lock, self.now())
-            .await
-        {
+        match self.inner.shared.apply_as_of(&updates, lock, self.now()).await {
             Ok(loaded) => self.after_write(Ok(loaded)),
             // The lock expired while this process was paused, and another holder's newer
             // result stands in Redis; this host's file has ours (merged, newest wins).
             Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
             Err(StoreError::State(error)) => self.after_write(Err(error)),
-            Err(StoreError::Unavailable(reason)) => self.after_write(Err(QuotaError::State {
-                path: String::new(),
-                reason,
-            })),
+            Err(StoreError::Unavailable(reason)) => {
+                self.after_write(Err(QuotaError::State { path: String::new(), reason }))
+            }
         }
         let pause = started.elapsed().min(MAX_WRITE_PAUSE);
         self.inner.runtime.spawn(async move {

@@ -20,12 +20,7 @@ pub(crate) struct RedisServer {
 impl RedisServer {
     /// A fresh server, or `None` (after a loud message) when `redis-server` is not installed.
     pub(crate) fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "redis-server is not installed; CI installs it (scripts/ci-redis.sh)"
@@ -40,11 +35,7 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let mut server = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
+        let mut server = Self { child: None, port, dir: tempfile::tempdir().expect("temp dir") };
         server.run();
         Some(server)
     }
@@ -129,11 +120,7 @@ fn store(server: &RedisServer) -> RedisStore {
 }
 
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+    Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 fn record(checked_at: i64) -> RouteRecord {
@@ -152,10 +139,7 @@ fn record(checked_at: i64) -> RouteRecord {
 }
 
 fn merge(key: &str, record: RouteRecord) -> StoreUpdate {
-    StoreUpdate::Merge {
-        key: key.into(),
-        record: Box::new(record),
-    }
+    StoreUpdate::Merge { key: key.into(), record: Box::new(record) }
 }
 
 async fn acquire(store: &RedisStore, key: &str) -> (RedisRouteLock, Option<RouteRecord>) {
@@ -199,18 +183,12 @@ async fn a_held_lock_is_renewed_past_its_ttl_and_a_dead_holders_lock_expires() {
     let (held, _) = acquire(&a, "main:acct").await;
     // Twice the TTL: only renewal keeps it.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert!(matches!(
-        b.try_lock_route("main:acct").await.unwrap(),
-        LockTry::Held { .. }
-    ));
+    assert!(matches!(b.try_lock_route("main:acct").await.unwrap(), LockTry::Held { .. }));
     assert!(!held.is_lost());
     // The holder dies: no renewal, no release. The waiter gets the lock within the TTL.
     held.abandon();
     let waited = tokio::time::Instant::now();
-    let taken = b
-        .lock_route("main:acct", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let taken = b.lock_route("main:acct", Duration::from_secs(5)).await.unwrap();
     assert!(taken.is_some(), "the dead holder's lock never expired");
     assert!(waited.elapsed() < Duration::from_secs(5));
 }
@@ -229,23 +207,15 @@ async fn fencing_rejects_the_write_of_a_holder_whose_lock_expired() {
         .await
         .unwrap();
     let (fresh, _) = acquire(&b, "main:acct").await;
-    b.apply(&[merge("main:acct", record(100))], Some(&fresh))
-        .await
-        .unwrap();
+    b.apply(&[merge("main:acct", record(100))], Some(&fresh)).await.unwrap();
     // A wakes with an observation it thinks is newer: rejected, B's result stands.
-    let error = a
-        .apply(&[merge("main:acct", record(200))], Some(&stale))
-        .await
-        .unwrap_err();
+    let error = a.apply(&[merge("main:acct", record(200))], Some(&stale)).await.unwrap_err();
     assert_eq!(error, RedisStoreError::StaleLock);
     let stored = b.read_route("main:acct").await.unwrap();
     assert_eq!(checked_at(stored.as_ref()), Some(100));
     // Released by its owner only: A's release leaves B's lock alone.
     assert!(!stale.release().await.unwrap());
-    assert!(matches!(
-        a.try_lock_route("main:acct").await.unwrap(),
-        LockTry::Held { .. }
-    ));
+    assert!(matches!(a.try_lock_route("main:acct").await.unwrap(), LockTry::Held { .. }));
     assert!(fresh.release().await.unwrap());
 }
 
@@ -258,30 +228,14 @@ async fn fences_stay_unique_when_redis_is_flushed() {
     };
     let (a, b) = (store(&server), store(&server));
     let (stale, _) = acquire(&a, "main:acct").await;
-    let _: () = redis::cmd("FLUSHALL")
-        .query_async(&mut raw(&server).await)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.unwrap();
     let (fresh, _) = acquire(&b, "main:acct").await;
-    assert!(
-        fresh.fence() > stale.fence(),
-        "{} then {}",
-        stale.fence(),
-        fresh.fence()
-    );
-    b.apply(&[merge("main:acct", record(300))], Some(&fresh))
-        .await
-        .unwrap();
-    let error = a
-        .apply(&[merge("main:acct", record(200))], Some(&stale))
-        .await
-        .unwrap_err();
+    assert!(fresh.fence() > stale.fence(), "{} then {}", stale.fence(), fresh.fence());
+    b.apply(&[merge("main:acct", record(300))], Some(&fresh)).await.unwrap();
+    let error = a.apply(&[merge("main:acct", record(200))], Some(&stale)).await.unwrap_err();
     assert_eq!(error, RedisStoreError::StaleLock);
     assert!(!stale.release().await.unwrap());
-    assert!(matches!(
-        a.try_lock_route("main:acct").await.unwrap(),
-        LockTry::Held { .. }
-    ));
+    assert!(matches!(a.try_lock_route("main:acct").await.unwrap(), LockTry::Held { .. }));
     let stored = b.read_route("main:acct").await.unwrap();
     assert_eq!(checked_at(stored.as_ref()), Some(300));
     let next = fresh.fence();
@@ -319,16 +273,10 @@ async fn a_lock_without_expiry_gets_a_lease() {
         s.try_lock_route("main:acct").await.unwrap(),
         LockTry::Held { expires_in } if expires_in == Duration::from_millis(600)
     ));
-    let pttl: i64 = redis::cmd("PTTL")
-        .arg("test:lock:main:acct")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let pttl: i64 =
+        redis::cmd("PTTL").arg("test:lock:main:acct").query_async(&mut connection).await.unwrap();
     assert!(pttl > 0 && pttl <= 600, "{pttl}");
-    let locked = s
-        .lock_route("main:acct", Duration::from_secs(5))
-        .await
-        .unwrap();
+    let locked = s.lock_route("main:acct", Duration::from_secs(5)).await.unwrap();
     assert!(locked.is_some());
 }
 
@@ -338,9 +286,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
         return;
     };
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(1))], None)
-        .await
-        .unwrap();
+    s.apply(&[merge("main:acct", record(1))], None).await.unwrap();
     let mut connection = raw(&server).await;
     let _: () = redis::cmd("SET")
         .arg("test:route:main:string")
@@ -366,10 +312,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
                 key: "test:route:main:bad".into(),
                 reason: "its record is not a route record".into()
             },
-            SkippedKey {
-                key: "test:route:main:string".into(),
-                reason: "not a hash".into()
-            },
+            SkippedKey { key: "test:route:main:string".into(), reason: "not a hash".into() },
         ]
     );
     assert_eq!(s.load_all().await.unwrap().len(), 1);
@@ -390,10 +333,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
     let mut limited = config(&server);
     limited.url = format!("redis://no-hget:secret@127.0.0.1:{}/", server.port);
     let limited = RedisStore::new(&limited).unwrap();
-    assert!(matches!(
-        limited.load_all_reporting().await,
-        Err(RedisStoreError::Unavailable(_))
-    ));
+    assert!(matches!(limited.load_all_reporting().await, Err(RedisStoreError::Unavailable(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,10 +343,7 @@ async fn a_release_notice_wakes_a_waiter_long_before_the_ttl() {
     };
     let mut long = config(&server);
     long.lock_ttl = Duration::from_secs(30);
-    let (a, b) = (
-        RedisStore::new(&long).unwrap(),
-        RedisStore::new(&long).unwrap(),
-    );
+    let (a, b) = (RedisStore::new(&long).unwrap(), RedisStore::new(&long).unwrap());
     let _ = b.notices();
     for _ in 0..200 {
         if b.is_listening() {
@@ -419,9 +356,7 @@ async fn a_release_notice_wakes_a_waiter_long_before_the_ttl() {
     let waiter =
         tokio::spawn(async move { b.lock_route("main:acct", Duration::from_secs(10)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    a.apply(&[merge("main:acct", record(7))], Some(&held))
-        .await
-        .unwrap();
+    a.apply(&[merge("main:acct", record(7))], Some(&held)).await.unwrap();
     assert!(held.release().await.unwrap());
     // With a 30 s TTL and a 10 s wait, only the notice can have woken it.
     let (lock, record) = tokio::time::timeout(Duration::from_secs(10), waiter)
@@ -458,23 +393,14 @@ async fn concurrent_unfenced_merges_lose_no_update_and_follow_the_merge_rule() {
     for writer in writers {
         writer.await.unwrap().unwrap();
     }
-    let stored = store(&server)
-        .read_route("main:acct")
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = store(&server).read_route("main:acct").await.unwrap().unwrap();
     assert_eq!(stored.last_attempt_at, Some(20));
     assert_eq!(stored.last_attempt_token.as_deref(), Some("fp20"));
     assert_eq!(checked_at(Some(&stored)), Some(500));
     // An older observation does not replace a newer one.
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(400))], None)
-        .await
-        .unwrap();
-    assert_eq!(
-        checked_at(s.read_route("main:acct").await.unwrap().as_ref()),
-        Some(500)
-    );
+    s.apply(&[merge("main:acct", record(400))], None).await.unwrap();
+    assert_eq!(checked_at(s.read_route("main:acct").await.unwrap().as_ref()), Some(500));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,30 +420,13 @@ async fn records_are_the_state_files_json_under_the_documented_keys() {
     )
     .await
     .unwrap();
-    s.apply(
-        &[StoreUpdate::Remove {
-            key: "fallback:gone".into(),
-        }],
-        None,
-    )
-    .await
-    .unwrap();
+    s.apply(&[StoreUpdate::Remove { key: "fallback:gone".into() }], None).await.unwrap();
     lock.release().await.unwrap();
     let mut connection = raw(&server).await;
-    let mut keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let mut keys: Vec<String> =
+        redis::cmd("KEYS").arg("*").query_async(&mut connection).await.unwrap();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "test:fence",
-            "test:route:fallback:f1",
-            "test:route:main:acct"
-        ]
-    );
+    assert_eq!(keys, ["test:fence", "test:route:fallback:f1", "test:route:main:acct"]);
     let json: String = redis::cmd("HGET")
         .arg("test:route:main:acct")
         .arg("record")
@@ -544,41 +453,23 @@ async fn records_are_the_state_files_json_under_the_documented_keys() {
 async fn every_call_fails_within(store: &RedisStore, bound: Duration) {
     let calls: Vec<(&str, futures::future::BoxFuture<'_, bool>)> = vec![
         ("ping", Box::pin(async { store.ping().await.is_err() })),
-        (
-            "try_lock",
-            Box::pin(async { store.try_lock_route("main:acct").await.is_err() }),
-        ),
+        ("try_lock", Box::pin(async { store.try_lock_route("main:acct").await.is_err() })),
         (
             "lock_route",
             Box::pin(async {
-                store
-                    .lock_route("main:acct", Duration::from_secs(30))
-                    .await
-                    .is_err()
+                store.lock_route("main:acct", Duration::from_secs(30)).await.is_err()
             }),
         ),
-        (
-            "read",
-            Box::pin(async { store.read_route("main:acct").await.is_err() }),
-        ),
-        (
-            "load_all",
-            Box::pin(async { store.load_all().await.is_err() }),
-        ),
+        ("read", Box::pin(async { store.read_route("main:acct").await.is_err() })),
+        ("load_all", Box::pin(async { store.load_all().await.is_err() })),
         (
             "apply",
-            Box::pin(async {
-                store
-                    .apply(&[merge("main:acct", record(9))], None)
-                    .await
-                    .is_err()
-            }),
+            Box::pin(async { store.apply(&[merge("main:acct", record(9))], None).await.is_err() }),
         ),
     ];
     for (name, call) in calls {
-        let failed = tokio::time::timeout(bound, call)
-            .await
-            .unwrap_or_else(|_| panic!("{name} hung"));
+        let failed =
+            tokio::time::timeout(bound, call).await.unwrap_or_else(|_| panic!("{name} hung"));
         assert!(failed, "{name} succeeded without Redis");
     }
 }
@@ -589,9 +480,7 @@ async fn a_stopped_or_killed_redis_fails_every_call_within_its_timeout_and_a_res
         return;
     };
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(1))], None)
-        .await
-        .unwrap();
+    s.apply(&[merge("main:acct", record(1))], None).await.unwrap();
 
     // Stops answering (SIGSTOP, which has no Windows form): connected, silent.
     #[cfg(unix)]
@@ -621,13 +510,8 @@ async fn a_stopped_or_killed_redis_fails_every_call_within_its_timeout_and_a_res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healed, "the store never reconnected");
-    s.apply(&[merge("main:acct", record(2))], None)
-        .await
-        .unwrap();
-    assert_eq!(
-        checked_at(s.read_route("main:acct").await.unwrap().as_ref()),
-        Some(2)
-    );
+    s.apply(&[merge("main:acct", record(2))], None).await.unwrap();
+    assert_eq!(checked_at(s.read_route("main:acct").await.unwrap().as_ref()), Some(2));
     let (lock, _) = acquire(&s, "main:acct").await;
     assert!(lock.release().await.unwrap());
 }
@@ -638,9 +522,7 @@ fn urls_are_redacted_and_prefix_globs_escaped() {
     assert_eq!(redact("rediss://:p%40ss@host"), "rediss://host");
     assert_eq!(redact("redis://127.0.0.1:1/"), "redis://127.0.0.1:1/");
     assert_eq!(redact("no scheme"), "<redis url>");
-    let keys = Keys {
-        prefix: "a*[b]:".into(),
-    };
+    let keys = Keys { prefix: "a*[b]:".into() };
     assert_eq!(keys.route_pattern(), r"a\*\[b\]:route:*");
     assert!(matches!(
         RedisStore::new(&RedisConfig::new("http://x", None)),

@@ -21,10 +21,7 @@ fn record(checked_at: i64) -> RouteRecord {
 }
 
 fn merge(key: &str, checked_at: i64) -> StoreUpdate {
-    StoreUpdate::Merge {
-        key: key.into(),
-        record: Box::new(record(checked_at)),
-    }
+    StoreUpdate::Merge { key: key.into(), record: Box::new(record(checked_at)) }
 }
 
 fn checked_at(record: Option<&RouteRecord>) -> Option<i64> {
@@ -45,22 +42,13 @@ async fn the_file_store_behind_the_trait_excludes_and_merges() {
     let store: &dyn RouteStore = &file;
     let first = store.lock_route("main:a", Duration::ZERO).await.unwrap();
     let held = first.locked.expect("free").guard.expect("usable");
-    let second = store
-        .lock_route("main:a", Duration::from_millis(30))
-        .await
-        .unwrap();
+    let second = store.lock_route("main:a", Duration::from_millis(30)).await.unwrap();
     assert!(second.locked.is_none() && second.waited);
-    store
-        .apply(&[merge("main:a", 5)], Some(&held), i64::MAX)
-        .await
-        .unwrap();
+    store.apply(&[merge("main:a", 5)], Some(&held), i64::MAX).await.unwrap();
     held.release().await;
     // Not a bare try: the second caller's blocking wait, abandoned after 30 ms, may still take
     // and drop the lock once it is free (under load, just as the third asks).
-    let third = store
-        .lock_route("main:a", Duration::from_secs(1))
-        .await
-        .unwrap();
+    let third = store.lock_route("main:a", Duration::from_secs(1)).await.unwrap();
     assert_eq!(checked_at(third.locked.unwrap().record.as_ref()), Some(5));
     assert_eq!(store.load_routes().await.unwrap().len(), 1);
 }
@@ -79,17 +67,11 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
     let guard = locked.locked.unwrap().guard.unwrap();
     assert!(matches!(guard, RouteGuard::Redis(_)));
-    shared
-        .apply(&[merge("main:a", 1)], Some(&guard))
-        .await
-        .unwrap();
+    shared.apply(&[merge("main:a", 1)], Some(&guard)).await.unwrap();
     guard.release().await;
     let in_redis = redis(&server).read_route("main:a").await.unwrap();
     assert_eq!(checked_at(in_redis.as_ref()), Some(1));
-    assert_eq!(
-        checked_at(file.read_route("main:a").unwrap().as_ref()),
-        Some(1)
-    );
+    assert_eq!(checked_at(file.read_route("main:a").unwrap().as_ref()), Some(1));
 
     // Down: every call settles, on the file; one fallback however many calls.
     server.kill();
@@ -103,18 +85,12 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
         .unwrap();
         let guard = locked.locked.unwrap().guard.unwrap();
         assert!(matches!(guard, RouteGuard::File(_)));
-        shared
-            .apply(&[merge("main:a", at)], Some(&guard))
-            .await
-            .unwrap();
+        shared.apply(&[merge("main:a", at)], Some(&guard)).await.unwrap();
         guard.release().await;
     }
     assert_eq!(shared.mode(), StoreMode::File);
     assert_eq!(shared.redis_fallbacks(), 1);
-    assert_eq!(
-        checked_at(file.read_route("main:a").unwrap().as_ref()),
-        Some(4)
-    );
+    assert_eq!(checked_at(file.read_route("main:a").unwrap().as_ref()), Some(4));
 
     // Back (empty): the probe hands over to Redis again.
     server.restart();
@@ -128,10 +104,7 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
     let guard = locked.locked.unwrap().guard.unwrap();
     assert!(matches!(guard, RouteGuard::Redis(_)));
-    shared
-        .apply(&[merge("main:a", 9)], Some(&guard))
-        .await
-        .unwrap();
+    shared.apply(&[merge("main:a", 9)], Some(&guard)).await.unwrap();
     guard.release().await;
     let in_redis = redis(&server).read_route("main:a").await.unwrap();
     assert_eq!(checked_at(in_redis.as_ref()), Some(9));
@@ -154,32 +127,15 @@ async fn a_stale_fenced_write_is_rejected_in_redis_but_kept_in_the_local_file() 
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg("t:lock:main:a")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let (fresh, _) = other
-        .lock_route("main:a", Duration::ZERO)
-        .await
-        .unwrap()
-        .unwrap();
-    other
-        .apply(&[merge("main:a", 10)], Some(&fresh))
-        .await
-        .unwrap();
-    let error = shared
-        .apply(&[merge("main:a", 20)], Some(&stale))
-        .await
-        .unwrap_err();
+    let _: () = redis::cmd("DEL").arg("t:lock:main:a").query_async(&mut raw).await.unwrap();
+    let (fresh, _) = other.lock_route("main:a", Duration::ZERO).await.unwrap().unwrap();
+    other.apply(&[merge("main:a", 10)], Some(&fresh)).await.unwrap();
+    let error = shared.apply(&[merge("main:a", 20)], Some(&stale)).await.unwrap_err();
     assert_eq!(error, StoreError::StaleLock);
     assert_eq!(shared.mode(), StoreMode::Redis, "a stale lock is no outage");
     let in_redis = other.read_route("main:a").await.unwrap();
     assert_eq!(checked_at(in_redis.as_ref()), Some(10));
-    assert_eq!(
-        checked_at(file.read_route("main:a").unwrap().as_ref()),
-        Some(20)
-    );
+    assert_eq!(checked_at(file.read_route("main:a").unwrap().as_ref()), Some(20));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,10 +69,7 @@ mod imp {
     }
 
     pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
     }
 
     pub fn make_private_dir(dir: &Path, metadata: &fs::Metadata) -> io::Result<()> {
@@ -96,13 +93,15 @@ mod imp {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    super::link_refused()
-                } else {
-                    e
-                }
-            })
+            .map_err(
+                |e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) {
+                        super::link_refused()
+                    } else {
+                        e
+                    }
+                },
+            )
     }
 
     pub fn replace(from: &Path, to: &Path) -> io::Result<()> {

@@ -14,10 +14,7 @@ async fn failures_climb_the_ladder_once_per_window_and_serve_the_cache_meanwhile
         let error = manager.refresh_main(Some("alice"), "t").await.unwrap_err();
         assert_eq!(error.code(), "QUOTA_HTTP_ERROR");
         let record = manager.last_api_error().unwrap();
-        assert_eq!(
-            record.next_retry_at.unwrap() - record.checked_at,
-            expected_minutes * 60_000
-        );
+        assert_eq!(record.next_retry_at.unwrap() - record.checked_at, expected_minutes * 60_000);
         let served = manager.refresh_main(Some("alice"), "t").await.unwrap();
         assert!(!served.fetched, "backed off: served from the cache");
     }
@@ -34,10 +31,8 @@ async fn failing_closed_answers_with_the_documented_429() {
     let server = endpoint(0).await;
     server.status.store(429, Ordering::SeqCst);
     let clock = ManualClock::new(START);
-    let storage = HostStorage {
-        fail_closed_on_unknown_quota: Some(true),
-        ..HostStorage::default()
-    };
+    let storage =
+        HostStorage { fail_closed_on_unknown_quota: Some(true), ..HostStorage::default() };
     let manager = QuotaManager::new(
         config(&server.url, None),
         Some(storage),
@@ -47,10 +42,7 @@ async fn failing_closed_answers_with_the_documented_429() {
         tokio::runtime::Handle::current(),
     )
     .unwrap();
-    assert!(
-        manager.fail_closed_response().is_none(),
-        "not backed off yet"
-    );
+    assert!(manager.fail_closed_response().is_none(), "not backed off yet");
     manager.refresh_main(Some("alice"), "t").await.unwrap_err();
     clock.advance(59_500);
     let answer = manager.fail_closed_response().unwrap();
@@ -70,22 +62,14 @@ async fn a_main_success_after_a_failure_moves_the_error_generation_and_nothing_e
     let quota = manager(config(&server.url, None), &clock);
     quota.refresh_main(Some("alice"), "t").await.unwrap();
     let start = quota.main_error_generation();
-    assert_eq!(
-        start,
-        quota.main_error_generation(),
-        "a success with no error before"
-    );
+    assert_eq!(start, quota.main_error_generation(), "a success with no error before");
 
     server.status.store(503, Ordering::SeqCst);
     quota.refresh_fallback("b", "u", None).await.unwrap_err();
     clock.advance(16 * 60_000);
     server.status.store(200, Ordering::SeqCst);
     quota.refresh_fallback("b", "u", None).await.unwrap();
-    assert_eq!(
-        quota.main_error_generation(),
-        start,
-        "a fallback's failure and success"
-    );
+    assert_eq!(quota.main_error_generation(), start, "a fallback's failure and success");
 
     server.status.store(503, Ordering::SeqCst);
     quota.refresh_main(Some("alice"), "t").await.unwrap_err();
@@ -93,11 +77,7 @@ async fn a_main_success_after_a_failure_moves_the_error_generation_and_nothing_e
     clock.advance(16 * 60_000);
     server.status.store(200, Ordering::SeqCst);
     quota.refresh_main(Some("alice"), "t").await.unwrap();
-    assert_eq!(
-        quota.main_error_generation(),
-        failed + 1,
-        "the main success after its failure"
-    );
+    assert_eq!(quota.main_error_generation(), failed + 1, "the main success after its failure");
     clock.advance(16 * 60_000);
     quota.refresh_main(Some("alice"), "t").await.unwrap();
     assert_eq!(quota.main_error_generation(), failed + 1);

@@ -68,17 +68,8 @@ async fn a_backoff_cleared_by_another_manager_is_seen_by_one_still_backed_off() 
     // Asked while it is still backed off, the other manager looks at the state file again (in
     // the background, at most once a second per route) and takes the clear.
     clock.advance(1_000);
-    wait_until("the clear to reach the other manager", || {
-        !second.is_backed_off()
-    })
-    .await;
-    assert!(
-        second
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    wait_until("the clear to reach the other manager", || !second.is_backed_off()).await;
+    assert!(second.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert_eq!(server.requests.load(Ordering::SeqCst), 2);
 }
 
@@ -96,13 +87,7 @@ async fn a_refresh_polls_unless_another_process_wrote_a_recent_result() {
     let requests = || server.requests.load(Ordering::SeqCst);
     let refresh = |quota: &QuotaManager| {
         let quota = quota.clone();
-        async move {
-            quota
-                .refresh_main(Some("alice"), "t")
-                .await
-                .unwrap()
-                .fetched
-        }
+        async move { quota.refresh_main(Some("alice"), "t").await.unwrap().fetched }
     };
 
     assert!(refresh(&first).await);
@@ -137,40 +122,16 @@ async fn a_result_from_a_clock_up_to_a_minute_ahead_is_served_and_one_further_ah
     let further = ManualClock::new(START + 60_001);
     let local = manager(config(&server.url, Some(state.clone())), &here);
     let skewed = manager(config(&server.url, Some(state.clone())), &ahead);
-    assert!(
-        skewed
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
-    assert!(
-        !local
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    assert!(skewed.refresh_main(Some("alice"), "t").await.unwrap().fetched);
+    assert!(!local.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let local = manager(config(&server.url, Some(state.clone())), &here);
     let skewed = manager(config(&server.url, Some(state)), &further);
-    assert!(
-        skewed
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
-    assert!(
-        local
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    assert!(skewed.refresh_main(Some("alice"), "t").await.unwrap().fetched);
+    assert!(local.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert_eq!(server.requests.load(Ordering::SeqCst), 3);
 }
 
@@ -184,11 +145,7 @@ async fn a_manager_started_later_takes_the_fresh_result_of_the_route_it_names() 
         quota.refresh_main(id, token).await.unwrap().fetched
     }
     async fn fallback_fetched(quota: &QuotaManager, id: &str, token: &str) -> bool {
-        quota
-            .refresh_fallback(id, token, None)
-            .await
-            .unwrap()
-            .fetched
+        quota.refresh_fallback(id, token, None).await.unwrap().fetched
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
@@ -253,19 +210,14 @@ async fn a_fresh_poll_wins_over_a_record_from_a_clock_running_ahead() {
         let cached = local.get_main(Some("alice")).unwrap();
         assert_eq!(five_hour_used(&cached.quota), Some(9.0), "window {window}");
         local.flush().await;
-        let file = quota_core::store::StateStore::new(state.clone())
-            .load()
-            .unwrap();
+        let file = quota_core::store::StateStore::new(state.clone()).load().unwrap();
         let entry = file.state.routes["main:alice"].entry.clone().unwrap();
         assert_eq!(entry.checked_at, now, "window {window}");
         assert_eq!(five_hour_used(&entry.quota), Some(9.0), "window {window}");
         // The next window: a process starting now gets the true figure, fresh.
         let restarted = manager_of("alice", config(&server.url, Some(state.clone())), &here);
         assert!(!restarted.is_main_stale(None), "window {window}");
-        assert_eq!(
-            five_hour_used(&restarted.get_main(Some("alice")).unwrap().quota),
-            Some(9.0)
-        );
+        assert_eq!(five_hour_used(&restarted.get_main(Some("alice")).unwrap().quota), Some(9.0));
         here.advance(6 * 60_000);
     }
     assert_eq!(server.requests.load(Ordering::SeqCst), 3);

@@ -35,13 +35,11 @@ async fn a_fetched_result_reaches_its_caller_while_a_stopped_process_holds_the_s
     let held = hold_state_lock(&state);
     let quota = manager(config(&server.url, Some(state.clone())), &clock);
     // The write waits for the lock (up to 5 s here); the caller must not.
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(3),
-        quota.refresh_main(Some("alice"), "t"),
-    )
-    .await
-    .expect("the result is delivered while the write still waits")
-    .unwrap();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(3), quota.refresh_main(Some("alice"), "t"))
+            .await
+            .expect("the result is delivered while the write still waits")
+            .unwrap();
     assert!(outcome.fetched);
     assert!(!state.exists(), "the write is still waiting for the lock");
     // Once the holder goes, close() lets the write finish: nothing is lost.
@@ -60,22 +58,11 @@ async fn construction_does_not_wait_long_for_a_held_lock_to_set_a_corrupt_file_a
     let _held = hold_state_lock(&state);
     let clock = ManualClock::new(START);
     let started = Instant::now();
-    let quota = manager(
-        config("http://127.0.0.1:9/usage", Some(state.clone())),
-        &clock,
-    );
+    let quota = manager(config("http://127.0.0.1:9/usage", Some(state.clone())), &clock);
     // The default wait of the store is 5 s; construction runs on the host's thread.
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
     assert_eq!(quota.stats().state_errors, 1);
-    assert_eq!(
-        std::fs::read(&state).unwrap(),
-        b"{ not json",
-        "left for later"
-    );
+    assert_eq!(std::fs::read(&state).unwrap(), b"{ not json", "left for later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,13 +85,7 @@ async fn a_year_ahead_record_in_the_file_does_not_freeze_polling() {
     // at once, not in a year.
     assert!(seeded.is_main_stale(None), "due now");
     let before = server.requests.load(Ordering::SeqCst);
-    assert!(
-        seeded
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    assert!(seeded.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert_eq!(server.requests.load(Ordering::SeqCst), before + 1);
 }
 
@@ -123,9 +104,7 @@ async fn a_backoff_years_ahead_in_the_file_is_cut_to_the_longest_configured_one(
 
     let second = manager(config(&server.url, Some(state.clone())), &clock);
     let error = second.refresh_main(Some("alice"), "t").await.unwrap_err();
-    let QuotaError::BackedOff { next_retry_at, .. } = error else {
-        panic!("{error:?}")
-    };
+    let QuotaError::BackedOff { next_retry_at, .. } = error else { panic!("{error:?}") };
     let longest = BackoffConfig::default().max_retry_after_ms;
     assert!(next_retry_at <= START + longest, "{next_retry_at}");
 }
@@ -172,19 +151,9 @@ async fn an_unusable_state_file_is_reported_and_refreshes_keep_working_in_memory
     for outcome in futures::future::join_all(calls).await {
         outcome.unwrap();
     }
-    assert_eq!(
-        server.requests.load(Ordering::SeqCst),
-        1,
-        "single flight holds"
-    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "single flight holds");
     clock.advance(10 * 60_000);
-    assert!(
-        quota
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    assert!(quota.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert!(quota.get_main(Some("alice")).is_some());
     assert!(quota.stats().state_errors >= 1);
 }
@@ -221,12 +190,7 @@ async fn identity_switch_during_a_429(state_path: Option<std::path::PathBuf>) {
     server.status.store(429, Ordering::SeqCst);
     let clock = ManualClock::new(START);
     let events = Arc::new(ApiErrors::default());
-    let quota = manager_with(
-        config(&server.url, state_path),
-        None,
-        &clock,
-        events.clone(),
-    );
+    let quota = manager_with(config(&server.url, state_path), None, &clock, events.clone());
     for _ in 0..5 {
         // The host names the account by its token, then by the token as an identity (the two
         // ways the API allows), re-binding the main slot while the request runs.
@@ -236,11 +200,7 @@ async fn identity_switch_during_a_429(state_path: Option<std::path::PathBuf>) {
         let _ = polled.await;
         clock.advance(1_000);
     }
-    assert_eq!(
-        server.requests.load(Ordering::SeqCst),
-        1,
-        "the backoff holds"
-    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "the backoff holds");
     assert_eq!(events.0.lock().unwrap().len(), 1, "onApiError once");
 }
 
@@ -267,10 +227,7 @@ async fn a_background_refresh_never_writes_under_another_accounts_key() {
     let bobs = read_json(&state)["routes"]["main:bob"].clone();
 
     let anonymous = manager(config(&server.url, Some(state.clone())), &clock);
-    assert!(
-        anonymous.get_main(None).is_none(),
-        "bob's route is not ours"
-    );
+    assert!(anonymous.get_main(None).is_none(), "bob's route is not ours");
     anonymous
         .background_main_refresh("alice-token")
         .expect("nothing runs, nothing is backed off")
@@ -278,10 +235,7 @@ async fn a_background_refresh_never_writes_under_another_accounts_key() {
     anonymous.begin_close().await;
     let routes = read_json(&state)["routes"].clone();
     assert_eq!(routes["main:bob"], bobs, "bob's route untouched");
-    let alice = format!(
-        "main:token:{}",
-        quota_core::fingerprint::fingerprint("alice-token")
-    );
+    let alice = format!("main:token:{}", quota_core::fingerprint::fingerprint("alice-token"));
     assert!(routes[alice.as_str()]["entry"].is_object(), "{routes}");
 }
 
@@ -289,10 +243,7 @@ async fn a_background_refresh_never_writes_under_another_accounts_key() {
 async fn two_fallbacks_sharing_one_token_are_paced() {
     let server = endpoint(0).await;
     let clock = ManualClock::new(START);
-    let paced = ManagerConfig {
-        api_call_gap_ms: 400,
-        ..config(&server.url, None)
-    };
+    let paced = ManagerConfig { api_call_gap_ms: 400, ..config(&server.url, None) };
     let quota = manager(paced, &clock);
     let account = |id: &str| FallbackAccount {
         id: id.to_owned(),
@@ -302,16 +253,10 @@ async fn two_fallbacks_sharing_one_token_are_paced() {
     };
     quota.refresh_main(Some("alice"), "shared").await.unwrap();
     let started = Instant::now();
-    quota
-        .refresh_all_fallbacks(vec![account("a"), account("b")])
-        .await;
+    quota.refresh_all_fallbacks(vec![account("a"), account("b")]).await;
     assert_eq!(server.requests.load(Ordering::SeqCst), 3);
     // Three requests with one token: the second and the third each waited out a full gap.
-    assert!(
-        started.elapsed() >= Duration::from_millis(790),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(790), "{:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,9 +267,7 @@ async fn a_header_push_in_the_same_millisecond_as_a_poll_reaches_the_file() {
     let clock = ManualClock::new(START);
     let quota = manager(config(&server.url, Some(state.clone())), &clock);
     quota.refresh_main(Some("alice"), "t").await.unwrap();
-    let pushed = quota
-        .push_main_frame(Some("alice"), frame(77.0, START))
-        .unwrap();
+    let pushed = quota.push_main_frame(Some("alice"), frame(77.0, START)).unwrap();
     quota.flush().await;
     let file = read_json(&state);
     let entry = &file["routes"]["main:alice"]["entry"];
@@ -366,19 +309,13 @@ async fn a_callback_that_refreshes_its_own_route_gets_the_result_without_a_deadl
     let events = Arc::new(RefreshesItself::default());
     let quota = manager_with(config(&server.url, None), None, &clock, events.clone());
     events.manager.set(quota.clone()).ok().unwrap();
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(3),
-        quota.refresh_main(Some("alice"), "t"),
-    )
-    .await
-    .expect("no deadlock between the callback and its route's request")
-    .unwrap();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(3), quota.refresh_main(Some("alice"), "t"))
+            .await
+            .expect("no deadlock between the callback and its route's request")
+            .unwrap();
     assert!(outcome.fetched);
-    assert_eq!(
-        *events.inner.lock().unwrap(),
-        Some(true),
-        "the same request's result"
-    );
+    assert_eq!(*events.inner.lock().unwrap(), Some(true), "the same request's result");
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 }
 
@@ -389,10 +326,7 @@ async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let clock = ManualClock::new(START);
-    let quota = manager(
-        config("http://127.0.0.1:9/usage", Some(state.clone())),
-        &clock,
-    );
+    let quota = manager(config("http://127.0.0.1:9/usage", Some(state.clone())), &clock);
     let read_routes = || {
         std::fs::read_to_string(&state)
             .ok()
@@ -405,9 +339,7 @@ async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
         refresh_after: checked_at + 60_000,
     };
 
-    quota
-        .push_main_frame(Some("alice"), frame(55.0, START))
-        .unwrap();
+    quota.push_main_frame(Some("alice"), frame(55.0, START)).unwrap();
     quota.set_fallback("b", entry(START), None);
     wait_until("a header push and a host write reaching the file", || {
         read_routes()
@@ -427,9 +359,5 @@ async fn queued_writes_reach_the_file_by_themselves_and_at_exit() {
     let written = quota.stats().state_writes;
     quota.flush_now();
     assert!(read_routes().unwrap().get("fallback:c").is_some());
-    assert_eq!(
-        quota.stats().state_writes,
-        written + 1,
-        "each write is counted"
-    );
+    assert_eq!(quota.stats().state_writes, written + 1, "each write is counted");
 }

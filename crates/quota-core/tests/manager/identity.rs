@@ -53,10 +53,7 @@ async fn seeding_keeps_a_newer_in_memory_error_over_a_persisted_clear() {
     }))
     .unwrap();
     manager.update_storage(Some(&cleared_before_the_error));
-    assert!(
-        manager.is_backed_off(),
-        "a clear older than the error cannot erase it"
-    );
+    assert!(manager.is_backed_off(), "a clear older than the error cannot erase it");
     let cleared_after = HostStorage::from_value(&serde_json::json!({
         "mainAccountId": "a",
         "quota": { "mainQuotaErrorGeneration": 5, "mainQuotaErrorClearedAt": START + 1 }
@@ -99,10 +96,7 @@ async fn a_host_transport_replaces_only_the_poll() {
     assert!(limited.can_fetch_without_access_token());
     let error = limited.refresh_fallback("a", "", None).await.unwrap_err();
     assert_eq!(error.code(), "QUOTA_HTTP_ERROR");
-    assert_eq!(
-        limited.fallback_api_error("a").unwrap().next_retry_at,
-        Some(START + 120_000)
-    );
+    assert_eq!(limited.fallback_api_error("a").unwrap().next_retry_at, Some(START + 120_000));
     let polled = manager(
         ManagerConfig {
             transport: transport(HostAnswer::Response {

@@ -17,12 +17,7 @@ struct Redis {
 
 impl Redis {
     fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
+        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "redis-server is not installed; CI installs it (scripts/ci-redis.sh)"
@@ -30,10 +25,7 @@ impl Redis {
             eprintln!("\n!!! SKIPPED: redis-server is not installed; the manager's Redis tests did not run\n");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -45,11 +37,7 @@ impl Redis {
             .unwrap();
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self {
-                    child,
-                    port,
-                    _dir: dir,
-                });
+                return Some(Self { child, port, _dir: dir });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -87,11 +75,7 @@ async fn a_result_from_a_host_up_to_a_minute_ahead_is_served_and_one_further_ahe
     let server = endpoint(0).await;
     let here = ManualClock::new(START);
     let fetched = |quota: QuotaManager| async move {
-        quota
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
+        quota.refresh_main(Some("alice"), "t").await.unwrap().fetched
     };
     for (ahead_ms, served) in [(60_000, true), (60_001, false)] {
         let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -122,9 +106,7 @@ async fn a_record_dated_far_ahead_in_redis_is_stale_and_replaced_by_the_next_pol
     let shared = RedisStore::new(&RedisConfig::new(redis.url(), Some("hosts:".into()))).unwrap();
     let far = 9_000_000_000_000_000;
     let frame = QuotaSnapshot {
-        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
-            100.0, None, far,
-        )),
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(100.0, None, far)),
         checked_at: Some(far),
         ..QuotaSnapshot::default()
     };
@@ -146,18 +128,11 @@ async fn a_record_dated_far_ahead_in_redis_is_stale_and_replaced_by_the_next_pol
         )
         .await
         .unwrap();
-    let host = manager_of(
-        "alice",
-        host_config(&server.url, &redis.url(), &dir),
-        &clock,
-    );
+    let host = manager_of("alice", host_config(&server.url, &redis.url(), &dir), &clock);
     assert!(host.is_main_stale(None));
     let outcome = host.refresh_main(Some("alice"), "t").await.unwrap();
     assert!(outcome.fetched);
-    assert_eq!(
-        outcome.quota.five_hour.as_ref().map(|w| w.used_percent),
-        Some(9.0)
-    );
+    assert_eq!(outcome.quota.five_hour.as_ref().map(|w| w.used_percent), Some(9.0));
     host.flush().await;
     let stored = shared.read_route("main:alice").await.unwrap().unwrap();
     assert_eq!(stored.entry.as_ref().unwrap().checked_at, START);
@@ -201,36 +176,23 @@ async fn two_hosts_share_one_request_and_one_backoff_through_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_redis_degrades_to_the_state_file_within_its_timeout() {
-    let closed_port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let closed_port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let server = endpoint(0).await;
     let clock = ManualClock::new(START);
     let redis_url = format!("redis://127.0.0.1:{closed_port}/");
     let host = manager(host_config(&server.url, &redis_url, &dir), &clock);
     let other = manager(host_config(&server.url, &redis_url, &dir), &clock);
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        host.refresh_main(Some("alice"), "t"),
-    )
-    .await
-    .expect("a refresh hung on an unreachable Redis");
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), host.refresh_main(Some("alice"), "t"))
+            .await
+            .expect("a refresh hung on an unreachable Redis");
     assert!(answer.unwrap().fetched);
     let stats = host.stats();
     assert_eq!((stats.shared_store, stats.redis_fallbacks), ("file", 1));
     // The file still gives machine-wide single flight: the other manager adopts the result.
-    assert!(
-        !other
-            .refresh_main(Some("alice"), "t")
-            .await
-            .unwrap()
-            .fetched
-    );
+    assert!(!other.refresh_main(Some("alice"), "t").await.unwrap().fetched);
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
     assert_eq!(other.stats().joined_other_process, 1);
-    assert!(std::fs::read_to_string(dir.path().join("state.json"))
-        .unwrap()
-        .contains("main:alice"));
+    assert!(std::fs::read_to_string(dir.path().join("state.json")).unwrap().contains("main:alice"));
 }

@@ -13,9 +13,7 @@ async fn switching_identity_drops_the_old_cache() {
     assert!(manager.get_main(Some("alice")).is_none());
     assert!(manager.get_main(Some("bob")).is_some());
     manager.refresh_main(None, "raw-token").await.unwrap();
-    let entry = manager
-        .get_main(Some("raw-token"))
-        .expect("found by its token");
+    let entry = manager.get_main(Some("raw-token")).expect("found by its token");
     assert_ne!(entry.quota.account_identity.as_deref(), Some("raw-token"));
 }
 
@@ -30,31 +28,16 @@ async fn a_replaced_login_drops_the_slot_and_refuses_old_observations() {
         auth_lineage_id: Some("login-1".into()),
         ..Default::default()
     };
-    let new = FallbackAccount {
-        auth_lineage_id: Some("login-2".into()),
-        ..old.clone()
-    };
-    manager
-        .refresh_fallback("fb", "t", Some(&old))
-        .await
-        .unwrap();
+    let new = FallbackAccount { auth_lineage_id: Some("login-2".into()), ..old.clone() };
+    manager.refresh_fallback("fb", "t", Some(&old)).await.unwrap();
     assert!(manager.get_fallback("fb", Some(&old)).is_some());
-    assert!(
-        manager.get_fallback("fb", Some(&new)).is_none(),
-        "new login starts empty"
-    );
+    assert!(manager.get_fallback("fb", Some(&new)).is_none(), "new login starts empty");
     let frame = QuotaSnapshot {
-        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
-            5.0, None, START,
-        )),
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(5.0, None, START)),
         ..Default::default()
     };
-    assert!(manager
-        .push_fallback_frame("fb", frame.clone(), Some(&old))
-        .is_none());
-    assert!(manager
-        .push_fallback_frame("fb", frame, Some(&new))
-        .is_some());
+    assert!(manager.push_fallback_frame("fb", frame.clone(), Some(&old)).is_none());
+    assert!(manager.push_fallback_frame("fb", frame, Some(&new)).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

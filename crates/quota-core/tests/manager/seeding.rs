@@ -17,9 +17,7 @@ async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
         account_identity: None,
     };
     let polled = QuotaSnapshot {
-        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
-            5.0, None, START,
-        )),
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(5.0, None, START)),
         source: Some(QuotaSource::Poll),
         checked_at: Some(START),
         ..Default::default()
@@ -30,18 +28,12 @@ async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
         ..HostStorage::default()
     };
     seeded.seed_main(&storage, None);
-    assert!(
-        seeded.is_backed_off(),
-        "an active persisted backoff is honoured"
-    );
+    assert!(seeded.is_backed_off(), "an active persisted backoff is honoured");
 
     let fresh = manager(config("http://127.0.0.1:9/usage", None), &clock);
     storage.main_quota = Some(polled);
     fresh.seed_main(&storage, None);
-    assert!(
-        !fresh.is_backed_off(),
-        "a later successful poll supersedes it"
-    );
+    assert!(!fresh.is_backed_off(), "a later successful poll supersedes it");
 }
 
 // ----- fallback seeding in two halves (the facade's compact lists) ----------------------------
@@ -54,9 +46,7 @@ type Dice = fastrand::Rng;
 
 fn snapshot_at(checked_at: i64, used: f64) -> QuotaSnapshot {
     QuotaSnapshot {
-        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(
-            used, None, checked_at,
-        )),
+        five_hour: Some(quota_core::snapshot::QuotaWindow::from_used(used, None, checked_at)),
         source: Some(QuotaSource::Poll),
         ..Default::default()
     }
@@ -125,10 +115,7 @@ fn compared(accounts: &[FallbackAccount]) -> Compared {
     accounts
         .iter()
         .map(|a| {
-            let without_snapshot = FallbackAccount {
-                quota: None,
-                ..a.clone()
-            };
+            let without_snapshot = FallbackAccount { quota: None, ..a.clone() };
             (without_snapshot, bound_for(a))
         })
         .collect()
@@ -185,10 +172,7 @@ async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seed
                 let mut edited = last.clone();
                 let at = dice.u64(..edited.len() as u64) as usize;
                 let id = edited[at].id.clone();
-                edited[at] = FallbackAccount {
-                    id,
-                    ..random_account(&mut dice)
-                };
+                edited[at] = FallbackAccount { id, ..random_account(&mut dice) };
                 edited
             } else {
                 // Unique ids, the first kept, as the binding hands lists over.
@@ -219,20 +203,13 @@ async fn seeding_in_halves_skipped_or_only_changed_when_settled_leaves_what_seed
                 None => seed_in_halves(&halves, &accounts, SeedingScope::WholeList)
                     .map(|epoch| (list, epoch)),
             };
-            assert_eq!(
-                observed(&whole),
-                observed(&halves),
-                "seed {seed}, step {step}"
-            );
+            assert_eq!(observed(&whole), observed(&halves), "seed {seed}, step {step}");
             clock.advance(1_000 * dice.u64(..120) as i64);
             last = accounts;
         }
     }
     assert!(skipped > 100, "the skip was exercised ({skipped} times)");
-    assert!(
-        partial > 30,
-        "changed accounts alone were seeded ({partial} times)"
-    );
+    assert!(partial > 30, "changed accounts alone were seeded ({partial} times)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,11 +228,7 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
         &[bound],
         SeedingScope::WholeList,
     );
-    assert_eq!(
-        awaited.positions,
-        vec![0],
-        "a new account's snapshot is awaited"
-    );
+    assert_eq!(awaited.positions, vec![0], "a new account's snapshot is awaited");
     let mut awaited = awaited;
     awaited.accounts[0].quota.clone_from(&account.quota);
     let epoch = quota.seed_awaited_snapshots(awaited).expect("settled");
@@ -266,27 +239,13 @@ async fn a_settled_seeding_holds_until_a_fallback_route_changes() {
         &[bound],
         SeedingScope::WholeList,
     );
-    assert!(
-        again.positions.is_empty(),
-        "no older-or-equal snapshot is awaited"
-    );
+    assert!(again.positions.is_empty(), "no older-or-equal snapshot is awaited");
     assert!(again.settled_epoch().is_some());
 
     quota.clear_fallback("a");
-    assert_ne!(
-        quota.fallback_epoch(),
-        epoch,
-        "a cleared route moves the epoch"
-    );
-    seed_in_halves(
-        &quota,
-        std::slice::from_ref(&account),
-        SeedingScope::WholeList,
-    );
-    assert!(
-        quota.get_fallback("a", None).is_some(),
-        "the same list seeds it again"
-    );
+    assert_ne!(quota.fallback_epoch(), epoch, "a cleared route moves the epoch");
+    seed_in_halves(&quota, std::slice::from_ref(&account), SeedingScope::WholeList);
+    assert!(quota.get_fallback("a", None).is_some(), "the same list seeds it again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,22 +266,13 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
         SeedingScope::WholeList,
     );
     assert!(replaced.positions.is_empty() && replaced.settled_epoch().is_none());
-    assert!(
-        quota.get_fallback("a", None).is_none(),
-        "the old login's entry is gone"
-    );
+    assert!(quota.get_fallback("a", None).is_none(), "the old login's entry is gone");
     seed_in_halves(&quota, &[login("login-2")], SeedingScope::WholeList);
-    assert!(
-        quota.get_fallback("a", None).is_some(),
-        "the next seeding adopts the new login's"
-    );
+    assert!(quota.get_fallback("a", None).is_some(), "the next seeding adopts the new login's");
 
     // A snapshot dated 0 (the epoch itself is a usable time) is awaited, and adopted.
-    let dated_zero = FallbackAccount {
-        id: "z".into(),
-        enabled: true,
-        ..FallbackAccount::default()
-    };
+    let dated_zero =
+        FallbackAccount { id: "z".into(), enabled: true, ..FallbackAccount::default() };
     let mut awaited = quota.seed_fallbacks_but_snapshots(
         vec![login("login-2"), dated_zero],
         &[Some(START as f64), Some(0.0)],
@@ -334,11 +284,7 @@ async fn a_seeding_that_replaced_a_login_or_could_not_adopt_is_not_settled() {
     assert_eq!(quota.get_fallback("z", None).map(|e| e.checked_at), Some(0));
 
     // A snapshot no window of which has a usable time can never be adopted: not awaited.
-    let timeless = FallbackAccount {
-        id: "b".into(),
-        enabled: true,
-        ..FallbackAccount::default()
-    };
+    let timeless = FallbackAccount { id: "b".into(), enabled: true, ..FallbackAccount::default() };
     let awaited = quota.seed_fallbacks_but_snapshots(
         vec![login("login-2"), timeless],
         &[Some(START as f64), Some(-1.0)],

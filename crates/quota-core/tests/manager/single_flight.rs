@@ -35,10 +35,7 @@ async fn a_call_made_before_the_first_caller_was_answered_shares_its_finished_re
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
 
     let second = manager.begin_refresh_main(Some("alice"), "token");
-    assert_eq!(
-        second.attempt_id, first_id,
-        "the same request, the same promise"
-    );
+    assert_eq!(second.attempt_id, first_id, "the same request, the same promise");
     assert_eq!(second.answer().await.unwrap(), first_result);
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
     assert_eq!(manager.stats().joined_in_flight, 1);

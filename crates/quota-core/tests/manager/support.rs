@@ -54,11 +54,7 @@ pub async fn endpoint(delay_ms: u64) -> Endpoint {
             });
         }
     });
-    Endpoint {
-        url,
-        requests,
-        status,
-    }
+    Endpoint { url, requests, status }
 }
 
 pub struct NoEvents;
@@ -98,10 +94,7 @@ pub fn config(url: &str, state_path: Option<std::path::PathBuf>) -> ManagerConfi
         api_call_gap_ms: 0,
         lock_timeout_ms: 5_000,
         max_concurrent_fetches: 4,
-        backoff: BackoffConfig {
-            jitter: 0.0,
-            ..BackoffConfig::default()
-        },
+        backoff: BackoffConfig { jitter: 0.0, ..BackoffConfig::default() },
         state_path,
         transport: None,
         connection: quota_core::client::ConnectionOptions::default(),
@@ -115,10 +108,8 @@ pub fn manager(config: ManagerConfig, clock: &ManualClock) -> QuotaManager {
 
 /// A manager of the main account `identity` (the host's `mainAccountId`).
 pub fn manager_of(identity: &str, config: ManagerConfig, clock: &ManualClock) -> QuotaManager {
-    let storage = HostStorage {
-        main_account_id: Some(identity.to_owned()),
-        ..HostStorage::default()
-    };
+    let storage =
+        HostStorage { main_account_id: Some(identity.to_owned()), ..HostStorage::default() };
     manager_with(config, Some(storage), clock, Arc::new(NoEvents))
 }
 
