@@ -359,12 +359,15 @@ export declare class ManualClock {
  * whole machine, a backoff shared by every process, and a locked state file.
  */
 export declare class QuotaManager {
-  /** Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it. */
-  updateStorage(storage: AccountStorage | null): void
-  /** Adopts the host's persisted main snapshot (when newer) and backoff (when active). */
-  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string | undefined): void
   /** Adopts each account's persisted quota and backoff; forgets accounts no longer listed. */
   seedFallbacksFromAccounts(accounts: readonly FallbackAccount[]): void
+  /**
+   * Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
+   * `resolveAccessToken(account)` when given (only its answer counts), else `access` while
+   * `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
+   * skipped. Failures are recorded on each account's route, never thrown.
+   */
+  refreshAllFallbacks<A extends FallbackAccount>(accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined): Promise<void>
   /**
    * The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
    * identity is strict, is stamped with it). Without: `null` while an identity is bound (as
@@ -463,17 +466,14 @@ export declare class QuotaManager {
   /** `refreshFallback`, telling whether a request was sent. */
   refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaRefreshResult>
   /**
-   * Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
-   * `resolveAccessToken(account)` when given (only its answer counts), else `access` while
-   * `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
-   * skipped. Failures are recorded on each account's route, never thrown.
-   */
-  refreshAllFallbacks<A extends FallbackAccount>(accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined): Promise<void>
-  /**
    * Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
    * the route is backed off.
    */
   refreshMainInBackground(accessToken: string): void
+  /** Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it. */
+  updateStorage(storage: AccountStorage | null): void
+  /** Adopts the host's persisted main snapshot (when newer) and backoff (when active). */
+  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string | undefined): void
   /** Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options. */
   constructor(options?: QuotaManagerOptions | null)
   /**

@@ -68,48 +68,31 @@ function ownField(object, key) {
   return isEnumerable.call(object, key) ? object[key] : undefined
 }
 
-/** How many values each account has in the compact form. */
-const FIELDS = 8
+/** The fields of an account's compact row, in the order the core reads them. */
+const ROW = Native._accountFields()
+const FIELDS = ROW.length
+const ID_AT = ROW.indexOf('id')
+const TYPE_AT = ROW.indexOf('type')
 
 /**
  * The account list as the binding's compact form (src/account_lists.rs): one flat array with,
- * per account, FIELDS values [id, enabled, type, authLineageId, access, expires, lastQuotaRefreshError,
- * quota bound]: the raw values, so the core checks and names them as it does whole objects.
- * Seeding and a resolver send `access` only when it is not a string (it is checked, not used);
- * seeding sends a bound on the snapshot's `checkedAt` instead of the snapshot, and puts each
- * account's snapshot in `quotas`. Only these fields are read: others are not looked at, so a
- * value with no JSON form in a field the manager does not use is no longer an error. Null when
- * an account is not a plain object or a getter throws (and, later, JSON.stringify of the rows
- * sent fails when a value read has no JSON form): the native method then reads the list whole,
- * as before.
+ * per account, the raw values of the ROW fields, so the core checks and names them as it does
+ * whole objects. Seeding and a resolver send `access` only when it is not a string (it is
+ * checked, not used); seeding sends a bound on the snapshot's `checkedAt` instead of the
+ * snapshot, and puts each account's snapshot in `quotas`. Only the fields a call uses are read:
+ * others are not looked at, so a value with no JSON form in a field the manager does not use is
+ * no longer an error. Null when an account is not a plain object or a getter throws (and, later,
+ * JSON.stringify of the rows sent fails when a value read has no JSON form): the native method
+ * then reads the list whole.
  */
 function compactAccounts(accounts, purpose, quotas) {
   if (!Array.isArray(accounts) || isProxy(accounts) || typeof accounts.toJSON === 'function') return null
-  const count = accounts.length
   const flat = []
-  const seeding = purpose === SEEDING
   try {
-    for (let i = 0; i < count; i++) {
+    for (let i = 0; i < accounts.length; i++) {
       const account = accounts[i]
       if (!isPlainObject(account)) return null
-      const access = ownField(account, 'access')
-      let bound = null
-      if (seeding) {
-        // Read once: the snapshot sent, if the core asks for it, is the one bounded here.
-        const quota = ownField(account, 'quota')
-        quotas[i] = quota
-        bound = quotaCheckedAtBound(quota)
-      }
-      flat.push(
-        ownField(account, 'id'),
-        ownField(account, 'enabled'),
-        ownField(account, 'type'),
-        ownField(account, 'authLineageId'),
-        purpose !== REFRESHING && typeof access === 'string' ? null : access,
-        seeding ? null : ownField(account, 'expires'),
-        seeding ? ownField(account, 'lastQuotaRefreshError') : null,
-        bound,
-      )
+      for (const field of ROW) flat.push(rowValue(account, field, purpose, quotas, i))
     }
     return flat
   } catch {
@@ -117,16 +100,32 @@ function compactAccounts(accounts, purpose, quotas) {
   }
 }
 
+/** One value of an account's compact row (null: a field this call does not use). */
+function rowValue(account, field, purpose, quotas, index) {
+  switch (field) {
+    case 'access': {
+      const access = ownField(account, field)
+      return purpose !== REFRESHING && typeof access === 'string' ? null : access
+    }
+    case 'expires':
+      return purpose === SEEDING ? null : ownField(account, field)
+    case 'lastQuotaRefreshError':
+      return purpose === SEEDING ? ownField(account, field) : null
+    case 'quota': {
+      if (purpose !== SEEDING) return null
+      // Read once: the snapshot sent, if the core asks for it, is the one bounded here.
+      const quota = ownField(account, field)
+      quotas[index] = quota
+      return quotaCheckedAtBound(quota)
+    }
+    default:
+      return ownField(account, field)
+  }
+}
+
 /** A Promise or another thenable (read as the native method reads it). */
 function isThenable(value) {
   return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof value.then === 'function'
-}
-
-/** The native method's error for a resolver that answered with a Promise (src/manager.rs). */
-function resolverAnsweredLater(index) {
-  const error = new TypeError(`resolveAccessToken must return the token (a string) or undefined, not a Promise (accounts[${index}]): resolve tokens before calling refreshAllFallbacks`)
-  error.code = 'ERR_INVALID_ARG_TYPE'
-  return error
 }
 
 /** JSON text, or null when the value has none (a BigInt, a cycle): then the native method reads the list. */
@@ -400,8 +399,8 @@ class QuotaManager extends Native {
     const before = settled.flat
     const changed = []
     for (let at = 0; at < flat.length; at += FIELDS) {
-      if (before[at] !== flat[at] || before[at + 2] !== flat[at + 2]) return null
-      for (let field = 1; field < FIELDS; field++) {
+      if (before[at + ID_AT] !== flat[at + ID_AT] || before[at + TYPE_AT] !== flat[at + TYPE_AT]) return null
+      for (let field = 0; field < FIELDS; field++) {
         if (before[at + field] !== flat[at + field]) {
           changed.push(at / FIELDS)
           break
@@ -414,29 +413,15 @@ class QuotaManager extends Native {
   /**
    * The list crosses in a compact form. Without a resolver it is read, and the refreshes are
    * registered, off the JavaScript thread (a bad account rejects the promise). With one, the
-   * core reads the list first, and the resolver is asked here, once per account the core kept
-   * (api-key accounts and repeated ids are not asked about, nor any account of a bad list).
+   * core reads the list first, then asks the resolver once per account it kept (api-key
+   * accounts and repeated ids are not asked about, nor any account of a bad list).
    */
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
     const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
-    if (!resolving) return this._refreshAllFallbacksFrom(compact)
-    let plan
-    let kept
-    try {
-      ;[plan, kept] = this._planFallbackRefresh(compact)
-      const tokens = Array.from(kept, (index) => {
-        const token = resolveAccessToken(accounts[index])
-        if (isThenable(token)) throw resolverAnsweredLater(index)
-        return typeof token === 'string' ? token : null
-      })
-      return this._startFallbackRefresh(plan, JSON.stringify(tokens))
-    } catch (error) {
-      // A promise-returning method never throws (the plugin writes `void qm.refreshAllFallbacks(…).catch(…)`).
-      return Promise.reject(error)
-    }
+    return this._refreshAllFallbacksFrom(compact, accounts, resolveAccessToken)
   }
 
   /**

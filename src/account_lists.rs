@@ -1,17 +1,17 @@
-//! The account lists of `seedFallbacksFromAccounts` and `refreshAllFallbacks` in the compact
-//! form the facade (`index.js`) sends. With 10,000 accounts these calls held the JavaScript
-//! thread for 50-400 ms, most of it turning whole account objects, snapshots included, into JSON
-//! and back. The facade sends each account as a short row of the fields these calls read (the
-//! same values, so every check and message stays the core's):
+//! `seedFallbacksFromAccounts` and `refreshAllFallbacks`: one way in per operation, every account
+//! read by `quota_core::host::AccountList` (the api-key, field and duplicate-id rules). The
+//! native methods read the host's list whole, through JSON; the facade (`index.js`) sends plain
+//! lists in a compact form instead, one row of `ACCOUNT_FIELDS` per account (with 10,000
+//! accounts, turning whole accounts, snapshots included, into JSON and back held the JavaScript
+//! thread 50-400 ms):
 //! - a seeding comes in two halves: the first seeds all but the snapshots the core could adopt
 //!   and asks for those, the second brings them; a settled seeding's epoch lets the facade skip
 //!   the same list, or send only the rows that changed (`SeedingScope::ChangedAccounts`);
 //! - `refreshAllFallbacks` reads its list off the JavaScript thread, unless a resolver must be
-//!   asked about the accounts first (then it is read here, and the answers come in a second
-//!   call).
+//!   asked about the accounts first (then it is read here, before the resolver is asked).
 //!
-//! A half's plan is an external value the facade hands back, so a resolver that calls the
-//! manager again cannot mix two lists up.
+//! A seeding's plan is an external value the facade hands back, so a host callback that calls
+//! the manager again cannot mix two lists up.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -20,136 +20,47 @@ use serde_json::Value;
 
 use std::sync::{Arc, OnceLock};
 
-use super::js::type_error;
-use super::manager::{void_promise, QuotaManager};
+use super::js::{is_thenable, to_json, type_error};
+use super::manager::{or_rejected, void_promise, QuotaManager};
 use super::seen_tokens::PendingTokens;
-use quota_core::host::{AccountFields, FallbackAccount};
+use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
 
-/// How many values each account has in the compact form.
-const FIELDS: usize = 8;
+const NOT_AN_ARRAY: &str = "accounts must be an array";
 
-/// Where each field sits in an account's compact form (`index.js` writes this order).
-mod at {
-    pub const ID: usize = 0;
-    pub const ENABLED: usize = 1;
-    pub const TYPE: usize = 2;
-    pub const AUTH_LINEAGE_ID: usize = 3;
-    pub const ACCESS: usize = 4;
-    pub const EXPIRES: usize = 5;
-    pub const LAST_ERROR: usize = 6;
-    /// No snapshot window is newer than this (`null`: the facade could not tell).
-    pub const QUOTA_CHECKED_AT_BOUND: usize = 7;
-}
-
-/// An account list read and checked: api-key accounts dropped, the first of equal ids kept.
-#[derive(Default)]
-struct ReadAccounts {
-    accounts: Vec<FallbackAccount>,
-    /// Each account's index in the host's list.
-    indices: Vec<u32>,
-    /// No api-key account and no repeated id: each row is one account of its own.
-    every_row_kept: bool,
-}
-
-/// A refresh's accounts, waiting for the resolver's answers.
-#[derive(Default)]
-pub struct PlannedRefresh(Vec<FallbackAccount>);
-
-/// One account in the compact form: `FIELDS` values.
-type Row = [Value];
-
-/// `accounts[index]`, formatted only for an error message.
-struct ItemName(usize);
-
-impl std::fmt::Display for ItemName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "accounts[{}]", self.0)
-    }
-}
-
-/// One account of the compact list, as `FallbackAccount::from_value` reads an object.
-fn read_account(row: &Row, index: usize) -> std::result::Result<FallbackAccount, String> {
-    AccountFields {
-        id: Some(&row[at::ID]),
-        enabled: Some(&row[at::ENABLED]),
-        access: Some(&row[at::ACCESS]),
-        auth_lineage_id: Some(&row[at::AUTH_LINEAGE_ID]),
-        quota: None,
-        last_error: Some(&row[at::LAST_ERROR]),
-        expires: Some(&row[at::EXPIRES]),
-    }
-    .read(ItemName(index))
-}
-
-/// Reads the compact list as `FallbackAccount::list_from_value` reads the host's: api-key
-/// accounts dropped, every other account checked, the first of equal ids kept, errors naming the
-/// host's index (row `i` is the host's account `host_indices[i]` when given, else `i`). Also
-/// returns each kept account's bound on its snapshot's `checkedAt`.
+/// Reads the compact list (a flat array, `ACCOUNT_FIELDS.len()` values per account): row `i`
+/// is the host's account `host_indices[i]` when given, else `i`.
 fn read_compact(
     text: &str,
     host_indices: Option<&[u32]>,
-) -> std::result::Result<(ReadAccounts, Vec<Option<f64>>), String> {
-    let malformed = || "accounts must be an array".to_owned();
-    let mut read: Vec<(u32, FallbackAccount, Option<f64>)> = Vec::new();
-    let mut api_rows = false;
+    quota_is_bound: bool,
+) -> std::result::Result<AccountList, String> {
+    let mut list = AccountList::default();
     let mut failure = None;
-    let mut on_row = |row_index: usize, row: &Row| -> bool {
+    let mut on_row = |row_index: usize, row: &[Value]| {
         let index = match host_indices {
             Some(host) => host.get(row_index).map(|&i| i as usize),
             None => Some(row_index),
         };
-        let Some(index) = index else {
-            failure = Some(malformed());
-            return false;
-        };
-        if row[at::TYPE].as_str() == Some("api") {
-            api_rows = true;
-            return true;
-        }
-        match read_account(row, index) {
-            Ok(account) => {
-                let bound = row[at::QUOTA_CHECKED_AT_BOUND].as_f64();
-                read.push((u32::try_from(index).unwrap_or(u32::MAX), account, bound));
-                true
-            }
-            Err(message) => {
-                failure = Some(message);
-                false
-            }
-        }
+        let read = index
+            .ok_or_else(|| NOT_AN_ARRAY.to_owned())
+            .and_then(|index| list.push(index, Some(AccountFields::of_row(row)), quota_is_bound));
+        read.map_err(|message| failure = Some(message)).is_ok()
     };
     let parsed = serde_json::Deserializer::from_str(text).deserialize_seq(RowVisitor(&mut on_row));
     if let Some(message) = failure {
         return Err(message);
     }
-    parsed.map_err(|_| malformed())?;
-    // The first of equal ids: decided before any account moves out of `read`.
-    let first: Vec<bool> = {
-        let mut seen = std::collections::HashSet::with_capacity(read.len());
-        read.iter().map(|(_, account, _)| seen.insert(account.id.as_str())).collect()
-    };
-    let mut planned = ReadAccounts {
-        every_row_kept: !api_rows && first.iter().all(|&kept| kept),
-        ..ReadAccounts::default()
-    };
-    let mut bounds = Vec::with_capacity(read.len());
-    for ((index, account, bound), kept) in read.into_iter().zip(first) {
-        if kept {
-            planned.indices.push(index);
-            planned.accounts.push(account);
-            bounds.push(bound);
-        }
-    }
-    Ok((planned, bounds))
+    parsed.map_err(|_| NOT_AN_ARRAY.to_owned())?;
+    Ok(list)
 }
 
 /// Walks the flat compact array a row at a time, without holding all its values (10,000
 /// accounts are 80,000 values). `on_row` answers whether to go on.
 struct RowVisitor<'a, F>(&'a mut F);
 
-impl<'de, F: FnMut(usize, &Row) -> bool> serde::de::Visitor<'de> for RowVisitor<'_, F> {
+impl<'de, F: FnMut(usize, &[Value]) -> bool> serde::de::Visitor<'de> for RowVisitor<'_, F> {
     type Value = ();
 
     fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -160,11 +71,11 @@ impl<'de, F: FnMut(usize, &Row) -> bool> serde::de::Visitor<'de> for RowVisitor<
         self,
         mut seq: A,
     ) -> std::result::Result<(), A::Error> {
-        let mut row = Vec::with_capacity(FIELDS);
+        let mut row = Vec::with_capacity(ACCOUNT_FIELDS.len());
         let mut rows = 0;
         while let Some(value) = seq.next_element::<Value>()? {
             row.push(value);
-            if row.len() == FIELDS {
+            if row.len() == ACCOUNT_FIELDS.len() {
                 if !(self.0)(rows, &row) {
                     return Err(serde::de::Error::custom("stopped"));
                 }
@@ -187,22 +98,15 @@ struct ListRead {
     text: String,
     /// When the call was made: `access` counts while `expires` is after it.
     now: i64,
-    read: OnceLock<std::result::Result<Vec<FallbackAccount>, String>>,
+    read: OnceLock<std::result::Result<Vec<quota_core::host::FallbackAccount>, String>>,
 }
 
 impl ListRead {
-    fn new(text: String, now: i64) -> Self {
-        Self { text, now, read: OnceLock::new() }
-    }
-
-    fn accounts(&self) -> &std::result::Result<Vec<FallbackAccount>, String> {
+    fn accounts(&self) -> &std::result::Result<Vec<quota_core::host::FallbackAccount>, String> {
         self.read.get_or_init(|| {
-            let (read, _) = read_compact(&self.text, None)?;
-            let mut accounts = read.accounts;
+            let mut accounts = read_compact(&self.text, None, false)?.accounts;
             for account in &mut accounts {
-                if account.expires.is_none_or(|at| at <= self.now) {
-                    account.access = None;
-                }
+                account.drop_expired_access(self.now);
             }
             Ok(accounts)
         })
@@ -216,22 +120,6 @@ impl ListRead {
     }
 }
 
-/// `[plan, indices, ...more]` for the facade.
-fn plan_and_indices<T: 'static>(
-    env: &Env,
-    plan: T,
-    indices: Vec<u32>,
-    more: Option<f64>,
-) -> Result<Array<'_>> {
-    let mut answer = env.create_array(2)?;
-    answer.set(0, External::new(plan))?;
-    answer.set(1, Uint32Array::new(indices))?;
-    if let Some(more) = more {
-        answer.set(2, more)?;
-    }
-    Ok(answer)
-}
-
 /// A settled seeding's fallback epoch for the facade; -1: not settled.
 fn settled_epoch(epoch: Option<u64>) -> f64 {
     epoch.map_or(-1.0, |epoch| epoch as f64)
@@ -239,6 +127,45 @@ fn settled_epoch(epoch: Option<u64>) -> f64 {
 
 #[napi]
 impl QuotaManager {
+    /// Adopts each account's persisted quota and backoff; forgets accounts no longer listed.
+    #[napi(catch_unwind, ts_args_type = "accounts: readonly FallbackAccount[]")]
+    pub fn seed_fallbacks_from_accounts(&self, env: Env, accounts: Option<Unknown>) -> Result<()> {
+        self.tick(&env)?;
+        let list = match accounts {
+            // Not an array: JSON's reading of it says so (as it names its first bad item).
+            Some(value) => AccountList::from_value(&to_json(&env, value, "accounts")?),
+            None => Err(NOT_AN_ARRAY.to_owned()),
+        };
+        self.core.seed_fallbacks(list.map_err(|e| type_error(&env, e))?.accounts);
+        Ok(())
+    }
+
+    /// Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
+    /// `resolveAccessToken(account)` when given (only its answer counts), else `access` while
+    /// `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
+    /// skipped. Failures are recorded on each account's route, never thrown.
+    #[napi(
+        ts_generic_types = "A extends FallbackAccount",
+        ts_args_type = "accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined",
+        ts_return_type = "Promise<void>"
+    )]
+    pub fn refresh_all_fallbacks<'env>(
+        &self,
+        env: &'env Env,
+        accounts: Option<Unknown>,
+        resolver: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        let body = self.tick(env).and_then(|()| {
+            let accounts = accounts.filter(|v| v.is_array().unwrap_or(false));
+            let accounts = accounts.ok_or_else(|| type_error(env, NOT_AN_ARRAY))?;
+            let resolver = resolver_arg(env, resolver)?;
+            let list = AccountList::from_value(&to_json(env, accounts, "accounts")?)
+                .map_err(|e| type_error(env, e))?;
+            self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
+        });
+        or_rejected(env, body)
+    }
+
     /// Seeding, first half: reads the compact list (a `TypeError` names a bad account) and
     /// seeds all but the snapshots the core could adopt. `changed` (a JSON array of host
     /// indices, one per row) says the rows are only the accounts that changed since a settled
@@ -259,16 +186,19 @@ impl QuotaManager {
         let changed: Option<Vec<u32>> = changed
             .map(|text| serde_json::from_str(&text))
             .transpose()
-            .map_err(|_| type_error(env, "accounts must be an array"))?;
-        let (read, bounds) =
-            read_compact(&compact, changed.as_deref()).map_err(|e| type_error(env, e))?;
+            .map_err(|_| type_error(env, NOT_AN_ARRAY))?;
+        let list =
+            read_compact(&compact, changed.as_deref(), true).map_err(|e| type_error(env, e))?;
         let scope =
             if changed.is_some() { SeedingScope::ChangedAccounts } else { SeedingScope::WholeList };
-        let awaited = self.core.seed_fallbacks_but_snapshots(read.accounts, &bounds, scope);
-        let indices = awaited.positions.iter().map(|&at| read.indices[at]).collect();
+        let awaited = self.core.seed_fallbacks_but_snapshots(list.accounts, &list.bounds, scope);
+        let indices: Vec<u32> = awaited.positions.iter().map(|&at| list.indices[at]).collect();
         let epoch = settled_epoch(awaited.settled_epoch());
-        let mut answer = plan_and_indices(env, awaited, indices, Some(epoch))?;
-        answer.set(3, read.every_row_kept)?;
+        let mut answer = env.create_array(4)?;
+        answer.set(0, External::new(awaited))?;
+        answer.set(1, Uint32Array::new(indices))?;
+        answer.set(2, epoch)?;
+        answer.set(3, !list.dropped_any)?;
         Ok(answer)
     }
 
@@ -297,32 +227,101 @@ impl QuotaManager {
         self.core.fallback_epoch() as f64
     }
 
-    /// `refreshAllFallbacks`, first half: reads the compact list (a `TypeError` names a bad
-    /// account) and answers `[plan, indices]`: the index, in the host's list, of each account
-    /// the call works on, for the facade to ask the host's resolver about.
-    #[napi(catch_unwind, js_name = "_planFallbackRefresh", skip_typescript)]
-    pub fn plan_fallback_refresh<'env>(
-        &self,
-        env: &'env Env,
-        compact: String,
-    ) -> Result<Array<'env>> {
-        self.tick(env)?;
-        let (read, _) = read_compact(&compact, None).map_err(|e| type_error(env, e))?;
-        plan_and_indices(env, PlannedRefresh(read.accounts), read.indices, None)
+    /// The fields of a compact row, in order.
+    #[napi(js_name = "_accountFields", skip_typescript)]
+    pub fn account_fields() -> Vec<&'static str> {
+        ACCOUNT_FIELDS.to_vec()
     }
 
-    /// `refreshAllFallbacks` without a resolver, in one call: the compact list is read off the
-    /// JavaScript thread, then the due refreshes start (`access` counts while `expires` is after
-    /// now). A bad account rejects the promise with the `TypeError` naming it, and nothing
-    /// starts. Its tokens count as tokens from the moment this returns (see `SeenTokens`).
+    /// `refreshAllFallbacks` over the compact list (`accounts` is the host's own, for the
+    /// resolver). Without a resolver, the list is read off the JavaScript thread, then the due
+    /// refreshes start (`access` counts while `expires` is after now); its tokens count as
+    /// tokens from the moment this returns (see `SeenTokens`). A bad account rejects the promise
+    /// with the `TypeError` naming it, and nothing starts.
     #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
     pub fn refresh_all_fallbacks_from<'env>(
         &self,
         env: &'env Env,
         compact: String,
+        accounts: Array,
+        resolver: Option<Function<Unknown, Unknown>>,
     ) -> Result<Unknown<'env>> {
-        self.tick(env)?;
-        let list = Arc::new(ListRead::new(compact, self.core.now_ms()));
+        let body = self.tick(env).and_then(|()| match resolver {
+            Some(resolver) => {
+                let list = read_compact(&compact, None, false).map_err(|e| type_error(env, e))?;
+                self.start_refreshes(env, list, &accounts, Some(resolver))
+            }
+            None => self.refresh_off_thread(env, compact),
+        });
+        or_rejected(env, body)
+    }
+}
+
+/// `resolveAccessToken`: a function, or nullish.
+fn resolver_arg<'env>(
+    env: &Env,
+    resolver: Option<Unknown<'env>>,
+) -> Result<Option<Function<'env, Unknown<'env>, Unknown<'env>>>> {
+    match resolver {
+        Some(r) if !super::js::is_nullish(&r) => {
+            if r.get_type()? != ValueType::Function {
+                return Err(type_error(env, "resolveAccessToken must be a function"));
+            }
+            Ok(Some(unsafe { r.cast::<Function<Unknown, Unknown>>() }?))
+        }
+        _ => Ok(None),
+    }
+}
+
+impl QuotaManager {
+    /// Starts the refreshes of a list read on this thread: each account's token is the
+    /// resolver's answer for the host's item (asked once the whole list is read), else `access`
+    /// while `expires` is in the future.
+    fn start_refreshes<'env>(
+        &self,
+        env: &'env Env,
+        list: AccountList,
+        originals: &Array,
+        resolver: Option<Function<Unknown, Unknown>>,
+    ) -> Result<Unknown<'env>> {
+        let mut accounts = list.accounts;
+        let now = self.core.now_ms();
+        for (account, &index) in accounts.iter_mut().zip(&list.indices) {
+            let Some(resolve) = &resolver else {
+                account.drop_expired_access(now);
+                continue;
+            };
+            let name = format!("accounts[{index}]");
+            let item: Unknown = originals
+                .get(index)?
+                .ok_or_else(|| type_error(env, format!("{name} must be an object")))?;
+            let answer = resolve.call(item)?;
+            account.access = match answer.get_type()? {
+                ValueType::String => Some(unsafe { answer.cast::<String>() }?),
+                // Polling nothing, silently, would hide the host's mistake.
+                ValueType::Object | ValueType::Function if is_thenable(&answer)? => {
+                    return Err(type_error(
+                        env,
+                        format!(
+                            "resolveAccessToken must return the token (a string) or undefined, \
+                             not a Promise ({name}): resolve tokens before calling \
+                             refreshAllFallbacks"
+                        ),
+                    ));
+                }
+                _ => None,
+            }
+            .filter(|token| !token.is_empty());
+        }
+        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
+        let work = self.core.refresh_all_fallbacks(accounts);
+        Ok(void_promise(env, work)?.to_unknown())
+    }
+
+    /// Reads the compact list on the blocking pool, then starts the due refreshes.
+    fn refresh_off_thread<'env>(&self, env: &'env Env, compact: String) -> Result<Unknown<'env>> {
+        let list =
+            Arc::new(ListRead { text: compact, now: self.core.now_ms(), read: OnceLock::new() });
         let tokens: PendingTokens = {
             let list = list.clone();
             Arc::new(move || list.tokens())
@@ -332,22 +331,14 @@ impl QuotaManager {
         self.core.changes().bump();
         let (core, seen) = (self.core.clone(), self.seen_tokens.clone());
         let work = async move {
-            let read = {
-                let list = list.clone();
-                tokio::task::spawn_blocking(move || list.accounts().clone())
-                    .await
-                    .unwrap_or_else(|_| Err("accounts could not be read".to_owned()))
-            };
+            let read = tokio::task::spawn_blocking(move || list.accounts().clone())
+                .await
+                .unwrap_or_else(|_| Err("accounts could not be read".to_owned()));
             if seen.settle(&tokens) {
                 core.changes().bump();
             }
-            match read {
-                Ok(accounts) => {
-                    core.refresh_all_fallbacks(accounts).await;
-                    Ok(())
-                }
-                Err(message) => Err(message),
-            }
+            core.refresh_all_fallbacks(read?).await;
+            Ok(())
         };
         let promise = env.spawn_future_with_callback(
             async move { Ok(work.await) },
@@ -356,29 +347,5 @@ impl QuotaManager {
             },
         )?;
         Ok(promise.to_unknown())
-    }
-
-    /// `refreshAllFallbacks` with a resolver, second half: `tokens` is the JSON array of the
-    /// resolver's answers, one per account of the plan (`null`: none). Resolves once every due
-    /// refresh is done.
-    #[napi(catch_unwind, js_name = "_startFallbackRefresh", skip_typescript)]
-    pub fn start_fallback_refresh<'env>(
-        &self,
-        env: &'env Env,
-        plan: &mut External<PlannedRefresh>,
-        tokens: String,
-    ) -> Result<Unknown<'env>> {
-        let mut accounts = std::mem::take(&mut **plan).0;
-        let tokens: Vec<Value> = serde_json::from_str(&tokens)
-            .map_err(|_| type_error(env, "resolveAccessToken answers could not be read"))?;
-        for (account, token) in accounts.iter_mut().zip(tokens) {
-            account.access = match token {
-                Value::String(token) if !token.is_empty() => Some(token),
-                _ => None,
-            };
-        }
-        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
-        let work = self.core.refresh_all_fallbacks(accounts);
-        Ok(void_promise(env, work)?.to_unknown())
     }
 }

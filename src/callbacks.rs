@@ -183,7 +183,7 @@ fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
     .boxed()
 }
 
-/// Counts and prints a callback failure. Not failures: Node shutting down (nobody is left to
+/// Counts and logs a callback failure. Not failures: Node shutting down (nobody is left to
 /// tell), and a promise that was garbage-collected unsettled (Bun collects a never-settling,
 /// unreferenced promise with its handlers; it can never settle, so it never failed).
 fn report(outcome: Result<()>, name: &str, stats: &Stats) {
@@ -194,7 +194,7 @@ fn report(outcome: Result<()>, name: &str, stats: &Stats) {
         return;
     }
     bump(&stats.callback_errors);
-    eprintln!("anthropic-quota-manager: {name} failed: {}", error.reason);
+    log::warn!("{name} failed: {}", error.reason);
 }
 
 impl HostEvents for JsCallbacks {

@@ -66,14 +66,14 @@ pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
     Ok(ConnectionOptions { extra_ca_files, proxy })
 }
 
-/// Prints each trust-store warning once per process, however many managers are built.
+/// Logs each trust-store warning once per process, however many managers are built.
 pub fn print_trust_warnings_once(warnings: &[String]) {
     static PRINTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
     let mut printed = PRINTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let printed = printed.get_or_insert_with(HashSet::new);
     for warning in warnings {
         if printed.insert(warning.clone()) {
-            eprintln!("anthropic-quota-manager: {warning}");
+            log::warn!("{warning}");
         }
     }
 }

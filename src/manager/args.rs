@@ -24,16 +24,6 @@ pub(super) fn optional_account(
     }
 }
 
-pub(super) fn accounts(
-    env: &Env,
-    value: Option<Unknown>,
-    name: &str,
-) -> Result<Vec<FallbackAccount>> {
-    let value = value.ok_or_else(|| type_error(env, format!("{name} must be an array")))?;
-    let json = to_json(env, value, name)?;
-    FallbackAccount::list_from_value(&json, name).map_err(|e| type_error(env, e))
-}
-
 /// An optional identity generation: a non-negative whole number.
 pub(super) fn optional_generation(env: &Env, value: Option<Unknown>) -> Result<Option<u64>> {
     match value {

@@ -1,11 +1,11 @@
 //! The `QuotaManager` class: argument checks and conversions around the core manager. No quota
 //! logic lives here.
 
-mod accounts;
 mod args;
 mod cache;
 mod facade;
 mod refreshes;
+mod storage;
 mod tokens;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The polls: `refreshMain`, `refreshFallback` (each with its `…WithMetadata` twin),
-//! `refreshAllFallbacks` and the background main refresh.
+//! and the background main refresh (`refreshAllFallbacks`: `account_lists.rs`).
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -9,7 +9,7 @@ use crate::shared::Shape;
 use quota_core::manager::MainTarget;
 
 use super::args::{optional_account, optional_generation};
-use super::{or_rejected, void_promise, QuotaManager};
+use super::{or_rejected, QuotaManager};
 
 #[napi]
 impl QuotaManager {
@@ -86,29 +86,6 @@ impl QuotaManager {
         account: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
         let body = self.poll_fallback(env, account_id, access_token, account, Shape::WithMetadata);
-        or_rejected(env, body)
-    }
-
-    /// Refreshes every enabled OAuth account whose quota is due, a few at a time. The token is
-    /// `resolveAccessToken(account)` when given (only its answer counts), else `access` while
-    /// `expires` is in the future; accounts without one, and `type: 'api'` accounts, are
-    /// skipped. Failures are recorded on each account's route, never thrown.
-    #[napi(
-        ts_generic_types = "A extends FallbackAccount",
-        ts_args_type = "accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined",
-        ts_return_type = "Promise<void>"
-    )]
-    pub fn refresh_all_fallbacks<'env>(
-        &self,
-        env: &'env Env,
-        accounts_value: Option<Unknown>,
-        resolver: Option<Unknown>,
-    ) -> Result<Unknown<'env>> {
-        let body = self.tick(env).and_then(|()| {
-            let accounts = self.resolved_accounts(env, accounts_value, resolver)?;
-            let work = self.core.refresh_all_fallbacks(accounts);
-            Ok(void_promise(env, work)?.to_unknown())
-        });
         or_rejected(env, body)
     }
 

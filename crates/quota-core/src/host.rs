@@ -77,96 +77,163 @@ pub struct FallbackAccount {
 }
 
 impl FallbackAccount {
-    /// An API-key account (`type: 'api'`): it has no quota, so it is ignored like an unlisted one.
-    pub fn is_api_key_account(value: &Value) -> bool {
-        value.get("type").and_then(Value::as_str) == Some("api")
-    }
-
     /// The `{ authLineageId }` argument of the fallback methods (no `id` needed).
     pub fn lineage_of(value: &Value, id: &str, name: &str) -> Result<Self, String> {
         let object = value.as_object().ok_or_else(|| format!("{name} must be an object"))?;
-        let auth_lineage_id = match object.get("authLineageId") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(text)) => Some(text.clone()).filter(|t| !t.is_empty()),
-            Some(_) => return Err(format!("{name}.authLineageId must be a string")),
-        };
+        let auth_lineage_id = optional_text(object.get("authLineageId"), &name, "authLineageId")?;
         Ok(Self { id: id.to_owned(), enabled: true, auth_lineage_id, ..Self::default() })
     }
 
-    /// Reads one account; `Err` names the offending field for a `TypeError`.
-    pub fn from_value(value: &Value, name: &str) -> Result<Self, String> {
-        let object = value.as_object().ok_or_else(|| format!("{name} must be an object"))?;
-        AccountFields {
-            id: object.get("id"),
-            enabled: object.get("enabled"),
-            access: object.get("access"),
-            auth_lineage_id: object.get("authLineageId"),
-            quota: object.get("quota"),
-            last_error: object.get("lastQuotaRefreshError"),
-            expires: object.get("expires"),
+    /// Without a resolver, `access` counts only while `expires` is after `now`.
+    pub fn drop_expired_access(&mut self, now: i64) {
+        if self.expires.is_none_or(|at| at <= now) {
+            self.access = None;
         }
-        .read(name)
-    }
-
-    /// Reads an account list; duplicate ids keep the first record.
-    pub fn list_from_value(value: &Value, name: &str) -> Result<Vec<Self>, String> {
-        let items = value.as_array().ok_or_else(|| format!("{name} must be an array"))?;
-        let mut accounts: Vec<Self> = Vec::with_capacity(items.len());
-        // The first of equal ids wins; a set keeps this linear in the number of accounts.
-        let mut seen = std::collections::HashSet::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            if Self::is_api_key_account(item) {
-                continue;
-            }
-            let account = Self::from_value(item, &format!("{name}[{index}]"))?;
-            if seen.insert(account.id.clone()) {
-                accounts.push(account);
-            }
-        }
-        Ok(accounts)
     }
 }
 
-/// The fields of an account record the manager reads, however the record arrived (an object,
-/// or the compact form the JavaScript facade sends): one rule for what each must be.
+/// The fields of an account record the manager reads, in the order of the facade's compact rows
+/// (`index.js` takes this list from the binding): the one definition of that layout. In a
+/// compact row of a seeding, `quota` holds a bound on the snapshot's `checkedAt` instead.
+pub const ACCOUNT_FIELDS: [&str; 8] = [
+    "id",
+    "enabled",
+    "type",
+    "authLineageId",
+    "access",
+    "expires",
+    "lastQuotaRefreshError",
+    "quota",
+];
+
+/// The fields of one account record, however it arrived (an object, or a compact row).
 #[derive(Clone, Copy, Default)]
-pub struct AccountFields<'a> {
-    pub id: Option<&'a Value>,
-    pub enabled: Option<&'a Value>,
-    pub access: Option<&'a Value>,
-    pub auth_lineage_id: Option<&'a Value>,
-    pub quota: Option<&'a Value>,
-    pub last_error: Option<&'a Value>,
-    pub expires: Option<&'a Value>,
-}
+pub struct AccountFields<'a>([Option<&'a Value>; ACCOUNT_FIELDS.len()]);
 
-impl AccountFields<'_> {
+impl<'a> AccountFields<'a> {
+    pub fn of_object(object: &'a serde_json::Map<String, Value>) -> Self {
+        Self(ACCOUNT_FIELDS.map(|name| object.get(name)))
+    }
+
+    /// A compact row: `ACCOUNT_FIELDS.len()` values in that order.
+    pub fn of_row(row: &'a [Value]) -> Self {
+        Self(std::array::from_fn(|at| row.get(at)))
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0[Self::at(name)].filter(|value| !value.is_null())
+    }
+
+    fn take(&mut self, name: &str) -> Option<&'a Value> {
+        self.0[Self::at(name)].take()
+    }
+
+    fn at(name: &str) -> usize {
+        ACCOUNT_FIELDS.iter().position(|field| *field == name).expect("a field of the list")
+    }
+
+    /// An API-key account (`type: 'api'`): it has no quota, so it is ignored like an unlisted one.
+    fn is_api_key_account(&self) -> bool {
+        self.get("type").and_then(Value::as_str) == Some("api")
+    }
+
     /// The account, or the offending field (`{name}.id must be a non-empty string`); `name` is
     /// formatted only then.
-    pub fn read(self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
-        let id = match self.id {
+    fn read(&self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
+        let id = match self.get("id") {
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
             _ => return Err(format!("{name}.id must be a non-empty string")),
         };
-        let enabled = match self.enabled {
-            None | Some(Value::Null) => true,
+        let enabled = match self.get("enabled") {
+            None => true,
             Some(Value::Bool(enabled)) => *enabled,
             Some(_) => return Err(format!("{name}.enabled must be a boolean")),
         };
-        let optional_string = |value: Option<&Value>, field: &str| match value {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
-            Some(_) => Err(format!("{name}.{field} must be a string")),
-        };
         Ok(FallbackAccount {
-            access: optional_string(self.access, "access")?,
-            auth_lineage_id: optional_string(self.auth_lineage_id, "authLineageId")?,
-            quota: self.quota.and_then(QuotaSnapshot::from_value_lenient).map(Box::new),
-            last_error: self.last_error.and_then(ApiErrorRecord::from_value_lenient).map(Box::new),
-            expires: self.expires.and_then(timestamp_from_value),
+            access: optional_text(self.get("access"), &name, "access")?,
+            auth_lineage_id: optional_text(self.get("authLineageId"), &name, "authLineageId")?,
+            quota: self.get("quota").and_then(QuotaSnapshot::from_value_lenient).map(Box::new),
+            last_error: self
+                .get("lastQuotaRefreshError")
+                .and_then(ApiErrorRecord::from_value_lenient)
+                .map(Box::new),
+            expires: self.get("expires").and_then(timestamp_from_value),
             id,
             enabled,
         })
+    }
+}
+
+/// An optional string field: absent, `null` and `''` are none; anything else is an error.
+fn optional_text(
+    value: Option<&Value>,
+    name: &dyn std::fmt::Display,
+    field: &str,
+) -> Result<Option<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
+        Some(_) => Err(format!("{name}.{field} must be a string")),
+    }
+}
+
+/// `accounts[index]`, formatted only for an error message.
+struct ItemName(usize);
+
+impl std::fmt::Display for ItemName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "accounts[{}]", self.0)
+    }
+}
+
+/// An account list read and checked, one item at a time: api-key accounts dropped, every other
+/// account checked (an error names the host's `accounts[i].field`), the first of equal ids kept.
+#[derive(Default)]
+pub struct AccountList {
+    pub accounts: Vec<FallbackAccount>,
+    /// Each kept account's index in the host's list.
+    pub indices: Vec<u32>,
+    /// Each kept account's bound on its snapshot's `checkedAt` (compact rows of a seeding).
+    pub bounds: Vec<Option<f64>>,
+    /// An api-key account or a repeated id was dropped.
+    pub dropped_any: bool,
+    seen: std::collections::HashSet<String>,
+}
+
+impl AccountList {
+    /// Reads a whole list of account objects.
+    pub fn from_value(value: &Value) -> Result<Self, String> {
+        let items = value.as_array().ok_or_else(|| "accounts must be an array".to_owned())?;
+        let mut list = Self::default();
+        for (index, item) in items.iter().enumerate() {
+            list.push(index, item.as_object().map(AccountFields::of_object), false)?;
+        }
+        Ok(list)
+    }
+
+    /// Reads the host's item `index` (`None`: not an object). `quota_is_bound`: the item is a
+    /// compact row of a seeding, its `quota` a bound on the snapshot's `checkedAt`.
+    pub fn push(
+        &mut self,
+        index: usize,
+        fields: Option<AccountFields>,
+        quota_is_bound: bool,
+    ) -> Result<(), String> {
+        let mut fields = fields.ok_or_else(|| format!("{} must be an object", ItemName(index)))?;
+        if fields.is_api_key_account() {
+            self.dropped_any = true;
+            return Ok(());
+        }
+        let bound = quota_is_bound.then(|| fields.take("quota").and_then(Value::as_f64));
+        let account = fields.read(ItemName(index))?;
+        if !self.seen.insert(account.id.clone()) {
+            self.dropped_any = true;
+            return Ok(());
+        }
+        self.indices.push(u32::try_from(index).unwrap_or(u32::MAX));
+        self.bounds.push(bound.flatten());
+        self.accounts.push(account);
+        Ok(())
     }
 }
 
@@ -200,19 +267,21 @@ mod tests {
 
     #[test]
     fn accounts_name_the_bad_field_and_drop_duplicates() {
-        let error =
-            FallbackAccount::list_from_value(&json!([{ "id": "a" }, { "id": 3 }]), "accounts")
-                .unwrap_err();
+        let error = AccountList::from_value(&json!([{ "id": "a" }, { "id": 3 }]))
+            .map(|list| list.accounts)
+            .unwrap_err();
         assert_eq!(error, "accounts[1].id must be a non-empty string");
-        let error =
-            FallbackAccount::list_from_value(&json!([{ "id": "a", "enabled": "no" }]), "accounts")
-                .unwrap_err();
+        let error = AccountList::from_value(&json!([{ "id": "a", "enabled": "no" }]))
+            .map(|list| list.accounts)
+            .unwrap_err();
         assert_eq!(error, "accounts[0].enabled must be a boolean");
-        let accounts = FallbackAccount::list_from_value(
-            &json!([{ "id": "a", "access": "t1" }, { "id": "a", "access": "t2" }, { "id": "b", "quota": 7 }]),
-            "accounts",
-        )
-        .unwrap();
+        let accounts = AccountList::from_value(&json!([
+            { "id": "a", "access": "t1" },
+            { "id": "a", "access": "t2" },
+            { "id": "b", "quota": 7 }
+        ]))
+        .unwrap()
+        .accounts;
         assert_eq!(accounts.len(), 2);
         assert_eq!(accounts[0].access.as_deref(), Some("t1"));
         assert!(accounts[1].quota.is_none());

@@ -245,6 +245,12 @@ impl Routes {
         self.fallback_epoch
     }
 
+    /// Every mutable access to the fallback slots: it moves the fallback epoch.
+    fn fallbacks_mut(&mut self) -> &mut HashMap<String, RouteSlot> {
+        self.fallback_epoch += 1;
+        &mut self.fallbacks
+    }
+
     pub fn slot(&self, route: &RouteId) -> Option<&RouteSlot> {
         match route {
             RouteId::Main => Some(&self.main),
@@ -258,13 +264,12 @@ impl Routes {
         match route {
             RouteId::Main => &mut self.main,
             RouteId::Fallback(id) => {
-                self.fallback_epoch += 1;
                 if !self.fallbacks.contains_key(id) {
                     let generation = self.next_id();
-                    self.fallbacks
+                    self.fallbacks_mut()
                         .insert(id.clone(), RouteSlot { generation, ..RouteSlot::default() });
                 }
-                self.fallbacks.get_mut(id).expect("inserted above")
+                self.fallbacks_mut().get_mut(id).expect("inserted above")
             }
         }
     }
@@ -273,23 +278,18 @@ impl Routes {
     pub fn attempt_slot(&mut self, route: &RouteId, generation: u64) -> Option<&mut RouteSlot> {
         let slot = match route {
             RouteId::Main => &mut self.main,
-            RouteId::Fallback(id) => {
-                self.fallback_epoch += 1;
-                self.fallbacks.get_mut(id)?
-            }
+            RouteId::Fallback(id) => self.fallbacks_mut().get_mut(id)?,
         };
         (slot.generation == generation).then_some(slot)
     }
 
     /// Forgets a fallback account; `false` when it had no slot.
     pub fn remove_fallback(&mut self, id: &str) -> bool {
-        self.fallback_epoch += 1;
-        self.fallbacks.remove(id).is_some()
+        self.fallbacks_mut().remove(id).is_some()
     }
 
     pub fn retain_fallbacks(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.fallback_epoch += 1;
-        self.fallbacks.retain(|id, _| keep(id));
+        self.fallbacks_mut().retain(|id, _| keep(id));
     }
 
     /// Every cached fallback entry, by account id.

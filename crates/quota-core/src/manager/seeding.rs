@@ -203,7 +203,7 @@ impl QuotaManager {
     /// bounds account `i`'s; `None`: unknown). A snapshot no newer than its entry is never
     /// adopted, so the answer may say "wanted" too often, never too rarely. The second half,
     /// [`Self::seed_awaited_snapshots`], takes those accounts back with their snapshots. Ids
-    /// are unique, as [`FallbackAccount::list_from_value`] leaves them.
+    /// are unique, as [`crate::host::AccountList`] leaves them.
     pub fn seed_fallbacks_but_snapshots(
         &self,
         accounts: Vec<FallbackAccount>,
