@@ -12,9 +12,10 @@
 // turns stale (mainStaleFrom), and the facade compares it at every call with the same clock the
 // core reads (Date.now, the time of the ManualClock passed as options.clock read in shared
 // memory, or options.now sampled here and stored in shared memory where the core reads it, as
-// every native entry samples it). Arguments
-// other than the plain shapes (string or undefined ids and models, a request count in range)
-// always go to the native method, which stays the authority for errors.
+// every native entry samples it). Arguments other than the plain shapes (string or undefined ids
+// and models, a request count in range) always go to the native method, which stays the
+// authority for errors. Account lists cross in a compact form whose fields the core names
+// (QuotaManager._accountFields(), src/account_lists.rs).
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')

@@ -15,7 +15,6 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use serde::Deserializer as _;
 use serde_json::Value;
 
 use std::sync::{Arc, OnceLock};
@@ -36,59 +35,16 @@ fn read_compact(
     host_indices: Option<&[u32]>,
     quota_is_bound: bool,
 ) -> std::result::Result<AccountList, String> {
+    let values: Vec<Value> = serde_json::from_str(text).map_err(|_| NOT_AN_ARRAY.to_owned())?;
     let mut list = AccountList::default();
-    let mut failure = None;
-    let mut on_row = |row_index: usize, row: &[Value]| {
+    for (row, fields) in values.chunks(ACCOUNT_FIELDS.len()).enumerate() {
         let index = match host_indices {
-            Some(host) => host.get(row_index).map(|&i| i as usize),
-            None => Some(row_index),
+            Some(host) => *host.get(row).ok_or_else(|| NOT_AN_ARRAY.to_owned())? as usize,
+            None => row,
         };
-        let read = index
-            .ok_or_else(|| NOT_AN_ARRAY.to_owned())
-            .and_then(|index| list.push(index, Some(AccountFields::of_row(row)), quota_is_bound));
-        read.map_err(|message| failure = Some(message)).is_ok()
-    };
-    let parsed = serde_json::Deserializer::from_str(text).deserialize_seq(RowVisitor(&mut on_row));
-    if let Some(message) = failure {
-        return Err(message);
+        list.push(index, Some(AccountFields::of_row(fields)), quota_is_bound)?;
     }
-    parsed.map_err(|_| NOT_AN_ARRAY.to_owned())?;
     Ok(list)
-}
-
-/// Walks the flat compact array a row at a time, without holding all its values (10,000
-/// accounts are 80,000 values). `on_row` answers whether to go on.
-struct RowVisitor<'a, F>(&'a mut F);
-
-impl<'de, F: FnMut(usize, &[Value]) -> bool> serde::de::Visitor<'de> for RowVisitor<'_, F> {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("an array of account rows")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<(), A::Error> {
-        let mut row = Vec::with_capacity(ACCOUNT_FIELDS.len());
-        let mut rows = 0;
-        while let Some(value) = seq.next_element::<Value>()? {
-            row.push(value);
-            if row.len() == ACCOUNT_FIELDS.len() {
-                if !(self.0)(rows, &row) {
-                    return Err(serde::de::Error::custom("stopped"));
-                }
-                row.clear();
-                rows += 1;
-            }
-        }
-        if row.is_empty() {
-            Ok(())
-        } else {
-            Err(serde::de::Error::custom("a partial row"))
-        }
-    }
 }
 
 /// A refresh's compact list, read once by whoever needs it first: the task that starts the
