@@ -1291,4 +1291,31 @@ mod tests {
         assert_eq!(loaded.quarantined, None);
         assert_eq!(loaded.state.routes.get("main:a"), Some(&record(7)));
     }
+
+    /// A lock file that is a link fails with an error that says so (not the OS's "too many
+    /// levels of symbolic links").
+    #[cfg(unix)]
+    #[test]
+    fn a_linked_lock_file_is_reported_as_a_link() {
+        let (_dir, store) = store();
+        fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("elsewhere", &store.lock_path).unwrap();
+        let error = store.apply(&[merge("main:a", record(1))]).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+    }
+
+    /// A locks directory that admits no one else is left as it is, even when its owner made it
+    /// narrower than 0700.
+    #[cfg(unix)]
+    #[test]
+    fn a_private_locks_directory_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, store) = store();
+        fs::create_dir_all(&store.locks_dir).unwrap();
+        fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o500)).unwrap();
+        let _ = store.try_lock_route("main:a");
+        let mode = fs::metadata(&store.locks_dir).unwrap().permissions().mode() & 0o777;
+        fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(mode, 0o500);
+    }
 }

@@ -568,6 +568,7 @@ async fn a_dropped_lock_is_released_without_waiting_for_its_ttl() {
         format!("{held:?}"),
         format!("RedisRouteLock {{ key: \"main:acct\", fence: {}, .. }}", held.fence())
     );
+    assert_eq!(held.key(), "main:acct");
     drop(held);
     let taken = b.lock_route("main:acct", Duration::from_secs(5)).await.unwrap();
     assert!(taken.is_some(), "the dropped lock was never released");
@@ -605,4 +606,26 @@ async fn a_dropped_store_unsubscribes_from_the_notices() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the dropped store's listener is still subscribed");
+}
+
+/// A holder whose lock was taken from it learns so at its next renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_learns_its_lock_was_lost() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server);
+    let (held, _) = acquire(&s, "main:acct").await;
+    let _: () = redis::cmd("DEL")
+        .arg("test:lock:main:acct")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if held.is_lost() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the renewal never noticed that the lock was gone");
 }

@@ -181,3 +181,25 @@ async fn a_file_lock_waiter_gets_the_lock_its_holder_lets_go_of() {
     assert!(outcome.waited);
     assert!(outcome.locked.expect("taken within the wait").guard.is_some());
 }
+
+/// When `release` resolves, the route is free: another host may take it at once. The check is
+/// a blocking round trip on this single-threaded runtime, so no task of this process (a
+/// release left to the background) can run before it.
+#[tokio::test]
+async fn a_released_redis_guard_has_freed_the_route_when_release_resolves() {
+    use std::io::{Read, Write};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let shared = SharedStore::new(None, Some(redis(&server)));
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let guard = locked.locked.unwrap().guard.unwrap();
+    assert!(matches!(guard, RouteGuard::Redis(_)));
+    guard.release().await;
+    let address = server.url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"EXISTS t:lock:main:a\r\n").unwrap();
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b":0\r\n", "the lock was still there");
+}
