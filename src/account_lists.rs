@@ -22,9 +22,9 @@ use std::sync::{Arc, OnceLock};
 
 use super::js::type_error;
 use super::manager::{void_promise, QuotaManager};
-use super::seen_tokens::PendingTokens;
 use quota_core::host::{AccountFields, FallbackAccount};
 use quota_core::lenient::LenientSnapshot;
+use quota_core::manager::PendingTokens;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
 
 /// How many values each account has in the compact form.
@@ -314,7 +314,7 @@ impl QuotaManager {
     /// `refreshAllFallbacks` without a resolver, in one call: the compact list is read off the
     /// JavaScript thread, then the due refreshes start (`access` counts while `expires` is after
     /// now). A bad account rejects the promise with the `TypeError` naming it, and nothing
-    /// starts. Its tokens count as tokens from the moment this returns (see `SeenTokens`).
+    /// starts. Its tokens count as tokens from the moment this returns (see `QuotaManager::expect_tokens`).
     #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
     pub fn refresh_all_fallbacks_from<'env>(
         &self,
@@ -327,10 +327,8 @@ impl QuotaManager {
             let list = list.clone();
             Arc::new(move || list.tokens())
         };
-        self.seen_tokens.expect(tokens.clone());
-        // Which identities are tokens may change: the facade's kept answers must go.
-        self.core.changes().bump();
-        let (core, seen) = (self.core.clone(), self.seen_tokens.clone());
+        self.core.expect_tokens(tokens.clone());
+        let core = self.core.clone();
         let work = async move {
             let read = {
                 let list = list.clone();
@@ -338,9 +336,7 @@ impl QuotaManager {
                     .await
                     .unwrap_or_else(|_| Err("accounts could not be read".to_owned()))
             };
-            if seen.settle(&tokens) {
-                core.changes().bump();
-            }
+            core.settle_tokens(&tokens);
             match read {
                 Ok(accounts) => {
                     core.refresh_all_fallbacks(accounts).await;
@@ -377,7 +373,7 @@ impl QuotaManager {
                 _ => None,
             };
         }
-        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
+        self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         let work = self.core.refresh_all_fallbacks(accounts);
         Ok(void_promise(env, work)?.to_unknown())
     }

@@ -19,6 +19,5 @@ mod js_now;
 mod manager;
 mod options;
 mod redis;
-mod seen_tokens;
 mod shared;
 mod views;

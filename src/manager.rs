@@ -17,10 +17,8 @@ use super::js::{
 };
 use super::js_now::JsNow;
 use super::options::parse_options;
-use super::seen_tokens::SeenTokens;
 use super::shared::{Shape, SharedPromises};
 use super::views::EntryViews;
-use quota_core::fingerprint::fingerprint;
 use quota_core::headers::frame_from_value;
 use quota_core::host::{FallbackAccount, HostStorage};
 use quota_core::manager::{MainTarget, QuotaManager as CoreManager};
@@ -37,16 +35,10 @@ pub struct QuotaManager {
     promises: SharedPromises,
     /// The host's `now` option, sampled at every entry (see `js_now.rs`).
     js_now: Option<JsNow>,
-    /// Every token this manager was handed: an identity equal to one of them is a token, and is
-    /// kept only as its fingerprint (issue 11 item 3).
-    pub(crate) seen_tokens: Arc<SeenTokens>,
     /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
     now_shown: std::cell::Cell<bool>,
-    flight_id_shown: std::cell::Cell<bool>,
-    /// The main request whose caller count was last shown (one buffer per count).
-    flight_shown: std::cell::Cell<u64>,
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -175,10 +167,7 @@ impl QuotaManager {
             napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
-            parsed.storage.map(|mut storage| {
-                identities_as_fingerprints(&mut storage, looks_like_token);
-                storage
-            }),
+            parsed.storage,
             parsed.clock,
             callbacks.clone(),
             stats,
@@ -198,11 +187,8 @@ impl QuotaManager {
             views: EntryViews::default(),
             promises: SharedPromises::default(),
             js_now,
-            seen_tokens: Arc::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
-            flight_id_shown: std::cell::Cell::new(false),
-            flight_shown: std::cell::Cell::new(0),
         })
     }
 
@@ -223,7 +209,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         self.views.get(env, None, self.core.get_main(identity.as_deref()))
     }
 
@@ -281,7 +267,7 @@ impl QuotaManager {
     ) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
         let identity = optional_string(&env, identity, "identity")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
         let force = optional_bool(&env, force, "force")?.unwrap_or(false);
         Ok(OrUndefined(
@@ -345,7 +331,7 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let entry = entry_arg(&env, entry, "entry")?;
         self.core.set_main(identity.as_deref(), entry);
         Ok(())
@@ -396,7 +382,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
@@ -649,7 +635,7 @@ impl QuotaManager {
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
         let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            self.core.storage_identities(&mut storage);
             storage
         });
         self.core.update_storage(storage.as_ref());
@@ -669,11 +655,11 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            self.core.storage_identities(&mut storage);
             storage
         });
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         if let Some(storage) = storage {
             self.core.seed_main(&storage, identity.as_deref());
         }
@@ -729,34 +715,11 @@ impl QuotaManager {
         super::hot_path::shared_view(env, self.core.changes().shared())
     }
 
-    /// The id of the main route's running request (0: none), published by the core on every
-    /// change, as an `Int32Array` of length 1 in shared memory, once per manager.
-    #[napi(catch_unwind, js_name = "_mainFlightId", skip_typescript)]
-    pub fn main_flight_id<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
-        if self.flight_id_shown.replace(true) {
-            return None;
-        }
-        super::hot_path::shared_view(env, self.core.changes().shared_main_flight())
-    }
-
-    /// The main route's running request as `[id, callers]`, `callers` a `BigUint64Array` over
-    /// the count the core tallies its callers with (the facade adds the callers it joins to it
-    /// itself); `null` when none runs, or when this request's count was already handed out.
-    #[napi(catch_unwind, js_name = "_mainFlight", skip_typescript)]
-    pub fn main_flight<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>> {
-        let Some((id, callers)) = self.core.main_flight() else {
-            return Ok(None);
-        };
-        if self.flight_shown.replace(id) == id {
-            return Ok(None);
-        }
-        let Some(view) = super::hot_path::shared_view(env, callers) else {
-            return Ok(None);
-        };
-        let mut pair = env.create_array(2)?;
-        pair.set(0, id as f64)?;
-        pair.set(1, view)?;
-        Ok(Some(pair.coerce_to_object()?.to_unknown()))
+    /// A `refreshMain` with the same arguments as the last one, while the change counter held:
+    /// counts the caller on that call's request; `false` when the facade must call in.
+    #[napi(catch_unwind, js_name = "_joinMain", skip_typescript)]
+    pub fn join_main(&self) -> bool {
+        self.core.join_last_main_refresh()
     }
 
     /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once
@@ -829,37 +792,13 @@ impl QuotaManager {
         }
     }
 
-    /// An identity as the core may keep it: a token (one this manager was handed, the token of
-    /// the same call, or anything shaped like an OAuth token) becomes `token:<fingerprint>`, so
-    /// no token reaches the state file or a callback as an identity.
-    fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
-        let identity = identity?;
-        Some(if self.is_token(&identity, token) { token_identity(&identity) } else { identity })
-    }
-
-    fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
-        token == Some(identity) || looks_like_token(identity) || self.seen_tokens.contains(identity)
-    }
-
-    fn remember_token(&self, token: &str) {
-        self.remember_tokens([token]);
-    }
-
-    pub(crate) fn remember_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
-        if self.seen_tokens.remember(tokens) {
-            // Which identities are tokens changes what `getMain(id)` answers: the facade's
-            // kept answers must go.
-            self.core.changes().bump();
-        }
-    }
-
     /// An access token: a string, non-empty unless a host transport brings its own credentials.
     fn token_arg(&self, env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
         let token = optional_string(env, value, name)?.unwrap_or_default();
         if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
             return Err(type_error(env, format!("{name} must be a non-empty string")));
         }
-        self.remember_token(&token);
+        self.core.remember_tokens([token.as_str()]);
         Ok(token)
     }
 
@@ -890,8 +829,8 @@ impl QuotaManager {
                 "Main OAuth access token is unavailable: accessToken must be a non-empty string",
             ));
         }
-        self.remember_token(&token);
-        let identity = self.identity_form(identity, Some(&token));
+        self.core.remember_tokens([token.as_str()]);
+        let identity = self.core.identity_form(identity, Some(&token));
         let target = match &identity {
             Some(id) => MainTarget::Named(id),
             None if one_argument => MainTarget::Token,
@@ -990,35 +929,8 @@ impl QuotaManager {
             .filter(|token| !token.is_empty());
             accounts.push(account);
         }
-        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
+        self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         Ok(accounts)
-    }
-}
-
-/// An OAuth token by its shape (Anthropic's tokens start with `sk-ant-`).
-fn looks_like_token(text: &str) -> bool {
-    text.starts_with("sk-ant-")
-}
-
-/// The identity of the account behind a token, as it may be stored: `token:<fingerprint>`.
-fn token_identity(token: &str) -> String {
-    format!("token:{}", fingerprint(token))
-}
-
-/// The host's storage with every main identity that is a token replaced by its fingerprint
-/// form (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
-fn identities_as_fingerprints(storage: &mut HostStorage, is_token: impl Fn(&str) -> bool) {
-    let fix = |identity: &mut Option<String>| {
-        if let Some(id) = identity.as_deref().filter(|id| is_token(id)) {
-            *identity = Some(token_identity(id));
-        }
-    };
-    fix(&mut storage.main_account_id);
-    if let Some(quota) = storage.main_quota.as_mut() {
-        fix(&mut quota.account_identity);
-    }
-    if let Some(error) = storage.main_last_error.as_mut() {
-        fix(&mut error.account_identity);
     }
 }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::announce::Announcement;
-use super::refresh::{RefreshOutcome, Served, Settled};
+use super::outcome::{RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
 use crate::error::QuotaError;
@@ -50,9 +50,9 @@ impl QuotaManager {
                 .attempt_slot(&attempt.route, attempt.generation)
                 .and_then(|slot| slot.flights.by_id(attempt.flight_id))
             {
-                flight.settle_early(settled.clone());
+                flight.settle(settled.clone());
             }
-            self.announce(&attempt, announcement).await;
+            self.announce(&attempt.route, announcement).await;
         }
         // Callers not answered yet (a JS promise settles later, on the event loop) keep the
         // request joinable with this result: a call made before then shares it.

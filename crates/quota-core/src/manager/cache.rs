@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use super::routes::{LineageBind, MainIdentity, RouteId};
+use super::identity::MainIdentity;
+use super::routes::{LineageBind, RouteId};
 use super::{QuotaManager, State};
 use crate::freshness;
 use crate::host::FallbackAccount;

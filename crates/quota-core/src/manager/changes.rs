@@ -10,25 +10,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 /// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
-/// Beside it, the id of the main route's running request (0: none, or the manager is closed),
-/// published on every change too, so a host can tell a call would join that request.
 #[derive(Debug, Default)]
-pub struct ChangeCounter(Arc<AtomicI32>, Arc<AtomicI32>);
-
-/// What a state publishes beside the counter on every change.
-pub(super) trait Published {
-    /// The main route's running request a new call would join (0: none).
-    fn main_flight(&self) -> i32;
-}
+pub struct ChangeCounter(Arc<AtomicI32>);
 
 impl ChangeCounter {
     pub fn current(&self) -> i32 {
         self.0.load(Ordering::Acquire)
     }
 
-    /// Announces a change made outside the manager's state (the binding's own knowledge that
-    /// changes answers, e.g. which identities are tokens).
-    pub fn bump(&self) {
+    /// Announces a change made outside the guarded state (which identities are tokens).
+    pub(super) fn bump(&self) {
         self.0.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -37,11 +28,6 @@ impl ChangeCounter {
     pub fn shared(&self) -> Arc<AtomicI32> {
         self.0.clone()
     }
-
-    /// The published main request id, in place (see [`Published::main_flight`]).
-    pub fn shared_main_flight(&self) -> Arc<AtomicI32> {
-        self.1.clone()
-    }
 }
 
 /// The state mutex's guard, bumping the counter when it was borrowed mutably. The bump happens
@@ -49,19 +35,19 @@ impl ChangeCounter {
 /// change was made visible; one that sees the new number and asks the manager gets the new state.
 /// Every change of the state goes through `DerefMut`, so no change can be missed (as long as
 /// `State` holds no interior mutability of its own).
-pub(super) struct StateGuard<'a, T: Published> {
+pub(super) struct StateGuard<'a, T> {
     guard: MutexGuard<'a, T>,
     changes: &'a ChangeCounter,
     changed: bool,
 }
 
-impl<'a, T: Published> StateGuard<'a, T> {
+impl<'a, T> StateGuard<'a, T> {
     pub(super) fn new(guard: MutexGuard<'a, T>, changes: &'a ChangeCounter) -> Self {
         Self { guard, changes, changed: false }
     }
 }
 
-impl<T: Published> Deref for StateGuard<'_, T> {
+impl<T> Deref for StateGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
@@ -69,17 +55,16 @@ impl<T: Published> Deref for StateGuard<'_, T> {
     }
 }
 
-impl<T: Published> DerefMut for StateGuard<'_, T> {
+impl<T> DerefMut for StateGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         self.changed = true;
         &mut self.guard
     }
 }
 
-impl<T: Published> Drop for StateGuard<'_, T> {
+impl<T> Drop for StateGuard<'_, T> {
     fn drop(&mut self) {
         if self.changed {
-            self.changes.1.store(self.guard.main_flight(), Ordering::Release);
             self.changes.bump();
         }
     }
@@ -89,12 +74,6 @@ impl<T: Published> Drop for StateGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-
-    impl Published for u32 {
-        fn main_flight(&self) -> i32 {
-            i32::try_from(*self).unwrap_or_default()
-        }
-    }
 
     #[test]
     fn only_a_mutable_borrow_bumps_and_only_once_per_guard() {
@@ -114,6 +93,5 @@ mod tests {
         }
         assert_eq!(changes.current(), start.wrapping_add(1));
         assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());
-        assert_eq!(changes.shared_main_flight().load(Ordering::Acquire), 2);
     }
 }

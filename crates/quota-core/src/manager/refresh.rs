@@ -6,35 +6,14 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
-use super::identity::{same_identity, MainTarget};
-use super::routes::{MainIdentity, RouteId, RouteSlot};
+use super::identity::{same_identity, MainIdentity, MainTarget};
+use super::outcome::{RefreshOutcome, Served, Settled};
+use super::routes::{RouteId, RouteSlot};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
 use crate::host::FallbackAccount;
-use crate::snapshot::QuotaSnapshot;
 use crate::stats::{bump, bump_by};
-
-/// What a refresh hands back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RefreshOutcome {
-    pub quota: QuotaSnapshot,
-    /// `false` when served from the cache (backoff) or from another process's result.
-    pub fetched: bool,
-}
-
-/// How a refresh was answered, so every caller waiting on it is counted where it belongs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Served {
-    /// By a request this process sent (or tried to send).
-    Request,
-    /// By another process's result, read from the state file.
-    OtherProcess,
-    /// From the cache, or refused, because the route is backed off.
-    DuringBackoff,
-}
-
-pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);
 
 /// A caller's wait for a refresh that is already registered.
 pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
@@ -196,7 +175,7 @@ impl QuotaManager {
     /// The caller's wait: counted, when it ends, by how it was served.
     fn settle(&self, ticket: Ticket<Settled>, hold: Option<FlightHold>) -> Refresh {
         let stats = self.inner.stats.clone();
-        let Ticket { result, callers, id, counts_itself: _ } = ticket;
+        let Ticket { result, callers, id } = ticket;
         let wait = async move {
             let (served, result) = result.await;
             // Only the caller that started the request counts: once it is done nobody can join
@@ -226,6 +205,25 @@ impl QuotaManager {
         }
     }
 
+    /// A host's caller with the same arguments as the last main refresh, while nothing changed
+    /// since (the change counter held): counted on that call's request, as a native call would
+    /// be, and answered by the host with that call's promise. `false` when the last call had no
+    /// request (answered at once) or the manager is closed: the host then calls in.
+    pub fn join_last_main_refresh(&self) -> bool {
+        let state = self.state();
+        let Some(flight) = state.routes.main().flights.last_handed().filter(|_| !state.closed)
+        else {
+            return false;
+        };
+        if let Some(&(served, _)) = flight.count_caller() {
+            self.count_late_joiner(served);
+        }
+        true
+    }
+
+    /// Joined once the request was done: its starter's tally was final. Counted now, as the
+    /// starter counts its callers (a caller handed a promise already made never awaits its own
+    /// wait).
     fn count_late_joiner(&self, served: Served) {
         let stats = &self.inner.stats;
         match served {
@@ -252,24 +250,19 @@ impl QuotaManager {
             let slot = state.routes.slot_mut(&route);
             if slot.record.backoff.is_open(now) {
                 bump(&self.inner.stats.served_during_backoff);
+                slot.flights.handed(None);
                 let cached = (Served::DuringBackoff, slot.served_from_cache(now));
                 self.recheck_backoff_soon(state, &route, now);
                 return (Ticket::ready(cached), None);
             }
             if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
                 let id = running.id();
-                let hold = self.hold(&route, slot.generation, id);
-                let ticket = running.join();
-                if ticket.counts_itself {
-                    // Joined once the request was done: its starter's tally was final. Counted
-                    // now, as the starter counts its callers: a caller handed a promise already
-                    // made never awaits its own wait.
-                    if let Some((served, _)) = running.result_now() {
-                        self.count_late_joiner(served);
-                    }
+                if let Some(&(served, _)) = running.count_caller() {
+                    self.count_late_joiner(served);
                 }
-                slot.flights.handed(id);
-                return (ticket, Some(hold));
+                let ticket = running.join();
+                slot.flights.handed(Some(id));
+                return (ticket, Some(self.hold(&route, slot.generation, id)));
             }
             slot.generation
         };
