@@ -102,8 +102,6 @@ impl QuotaManager {
                 return None;
             }
             state.routes.observe_fallback(id, lineage);
-        } else if !state.routes.bind_fallback(id, None) {
-            return None;
         }
         Some(self.merge_frame(&mut state, &RouteId::Fallback(id.to_owned()), frame))
     }

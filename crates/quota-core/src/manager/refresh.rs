@@ -141,11 +141,8 @@ impl QuotaManager {
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        let bound = state.routes.bind_fallback_for(id, account);
-        if !bound {
-            // A refresh for a login that was replaced: answer for the current one instead.
-            state.routes.bind_fallback(id, None);
-        }
+        // A refresh for a login that was replaced answers for the current one.
+        state.routes.bind_fallback_for(id, account);
         let (ticket, hold) =
             self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
         self.settle(ticket, hold)

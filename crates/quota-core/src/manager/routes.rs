@@ -19,6 +19,7 @@ use crate::store::RouteRecord;
 const RETIRED_LINEAGES_KEPT: usize = 8;
 /// How many main routes left behind by an identity switch keep their backoff and pacing.
 const LEFT_MAIN_ROUTES_KEPT: usize = 8;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RouteId {
     Main,
@@ -276,11 +277,8 @@ impl Routes {
             record: RouteRecord { lineage, ..RouteRecord::default() },
             retired_lineages: retired,
             generation,
-            flights: Flights::default(),
-            lineage_observed: false,
             lineage_memo,
-            backoff_rechecked_at: AtomicI64::default(),
-            adopted_checked_at: None,
+            ..RouteSlot::default()
         };
     }
 
@@ -324,7 +322,10 @@ impl Routes {
                 self.observe_fallback(id, account.auth_lineage_id.as_deref())
                     != LineageBind::Refused
             }
-            None => self.bind_fallback(id, None),
+            None => {
+                self.slot_mut(&RouteId::Fallback(id.to_owned()));
+                true
+            }
         }
     }
 
@@ -451,28 +452,6 @@ impl Routes {
     pub fn retarget_main(&mut self, identity: Option<MainIdentity>) {
         self.reset(&RouteId::Main, None);
         self.main_owner = identity;
-    }
-
-    /// Binds a fallback slot to the account's login. A new login drops the slot; an old one
-    /// (replaced earlier) is refused with `false`.
-    pub fn bind_fallback(&mut self, id: &str, lineage: Option<&str>) -> bool {
-        let route = RouteId::Fallback(id.to_owned());
-        let slot = self.slot_mut(&route);
-        let Some(lineage) = lineage.map(|lineage| slot.lineage_memo.fingerprint(lineage)) else {
-            return true;
-        };
-        match &slot.record.lineage {
-            Some(owner) if *owner == lineage => true,
-            _ if slot.retired_lineages.contains(&lineage) => false,
-            Some(_) => {
-                self.reset(&route, Some(lineage));
-                true
-            }
-            None => {
-                slot.record.lineage = Some(lineage);
-                true
-            }
-        }
     }
 
     /// Is the main slot the account the host names (`None`: whichever it holds)?
