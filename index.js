@@ -25,7 +25,7 @@ const Native = binding.QuotaManager
 const UNSET = Symbol('unset')
 const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
-const NEVER_CURRENT = new Int32Array(1)
+const NEVER_CURRENT = new Int32Array(2)
 
 /** Each ManualClock's time in shared memory (handed out once per clock, so kept here). */
 const clockTimes = new WeakMap()
@@ -312,19 +312,20 @@ class QuotaManager extends Native {
 
   /**
    * A call with the same arguments as the last one, while the change counter held since that
-   * call returned, is the same call again (the core bumps the counter when a main request
-   * starts, ends or is answered): it gets that call's promise (callers of one request share
-   * one), and `_joinMain` counts it on that request, as the native call would. Anything else
-   * goes native. Not with a `now` option, which every native entry samples.
+   * call returned (the core moves it whenever a main request starts, ends or is answered), is
+   * the same call again: it gets that call's promise (callers of one request share one) and is
+   * added to the calls the core counts on that request (the counter's second element). Anything
+   * else goes native. Not with a `now` option, which every native entry samples.
    */
   #refreshMain(shape, id, token, generation) {
     const kept = this.#refreshed[shape]
-    if (kept !== null && Atomics.load(this.#changes, 0) === kept.version && id === kept.id && token === kept.token && generation === undefined && this._joinMain()) {
+    if (kept !== null && Atomics.load(this.#changes, 0) === kept.version && id === kept.id && token === kept.token && generation === undefined) {
+      Atomics.add(this.#changes, 1, 1)
       return kept.promise
     }
     const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
     const keep = this.#changes !== NEVER_CURRENT && !this.#samplesNow && generation === undefined && typeof token === 'string' && (id === undefined || typeof id === 'string')
-    this.#refreshed[shape] = keep ? { version: Atomics.load(this.#changes, 0), id, token, promise } : null
+    this.#refreshed[shape] = keep && this._mainJoinable() ? { version: Atomics.load(this.#changes, 0), id, token, promise } : null
     return promise
   }
 

@@ -705,7 +705,8 @@ impl QuotaManager {
 
     // ----- the facade's hot path (index.js; not part of the typed API) ----------------------
 
-    /// The change counter as an `Int32Array` of length 1 in shared memory, once per manager;
+    /// The change counter and the calls answered from the kept `refreshMain` answer as an
+    /// `Int32Array` of length 2 in shared memory, once per manager;
     /// `null` on a second call or where the runtime refuses external buffers.
     #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
     pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
@@ -715,11 +716,10 @@ impl QuotaManager {
         super::hot_path::shared_view(env, self.core.changes().shared())
     }
 
-    /// A `refreshMain` with the same arguments as the last one, while the change counter held:
-    /// counts the caller on that call's request; `false` when the facade must call in.
-    #[napi(catch_unwind, js_name = "_joinMain", skip_typescript)]
-    pub fn join_main(&self) -> bool {
-        self.core.join_last_main_refresh()
+    /// Whether the last `refreshMain` call is attached to a request (see `index.js`).
+    #[napi(catch_unwind, js_name = "_mainJoinable", skip_typescript)]
+    pub fn main_joinable(&self) -> bool {
+        self.core.main_joinable()
     }
 
     /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once

@@ -10,22 +10,34 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 /// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
+/// Beside it, the calls the host answered from its kept `refreshMain` answer (`index.js`) and
+/// the manager has not counted yet: a host adds one per call, with one atomic add and no call
+/// into the manager, and the manager counts them on the main route's request before its state
+/// can change (see `QuotaManager::state`).
 #[derive(Debug, Default)]
-pub struct ChangeCounter(Arc<AtomicI32>);
+pub struct ChangeCounter(Arc<[AtomicI32; 2]>);
 
 impl ChangeCounter {
     pub fn current(&self) -> i32 {
-        self.0.load(Ordering::Acquire)
+        self.0[0].load(Ordering::Acquire)
     }
 
     /// Announces a change made outside the guarded state (which identities are tokens).
     pub(super) fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0[0].fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The counter itself, for a host that reads it in place (its address never changes while
-    /// an `Arc` is held).
-    pub fn shared(&self) -> Arc<AtomicI32> {
+    /// The calls the host answered from its kept `refreshMain` answer since the last take.
+    pub(super) fn take_joined(&self) -> u64 {
+        match self.0[1].load(Ordering::Acquire) {
+            0 => 0,
+            _ => u64::from(self.0[1].swap(0, Ordering::AcqRel).unsigned_abs()),
+        }
+    }
+
+    /// The counter and the joined calls, for a host that reads and adds in place (their
+    /// address never changes while an `Arc` is held).
+    pub fn shared(&self) -> Arc<[AtomicI32; 2]> {
         self.0.clone()
     }
 }
@@ -92,6 +104,6 @@ mod tests {
             assert_eq!(changes.current(), start, "the bump waits for the guard's drop");
         }
         assert_eq!(changes.current(), start.wrapping_add(1));
-        assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());
+        assert_eq!(changes.shared()[0].load(Ordering::Acquire), changes.current());
     }
 }

@@ -6,7 +6,10 @@
 //! This file is the facade: construction, the shared state and the handles. Each concern lives
 //! in a module of its own, adding its methods to [`QuotaManager`]:
 //! - [`routes`]: route slots, route keys, binding a slot to an identity or a login
-//! - [`single_flight`]: one running request per route, shared by its callers
+//! - [`identity`], [`main_account`]: the main identity (token identities included), its
+//!   generations and strictness
+//! - [`single_flight`]: a flight's stages; one running request per route, shared by its callers
+//! - [`outcome`]: what a refresh ends with and how its callers are counted
 //! - [`refresh`]: registering a refresh at the call; counting how each caller was served
 //! - [`attempt`]: one request's life: locks, adopting the state file, fetching, recording
 //! - [`pacing`]: the gap between two requests with one token
@@ -256,7 +259,14 @@ impl QuotaManager {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
         let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        StateGuard::new(guard, &self.inner.changes)
+        let state = StateGuard::new(guard, &self.inner.changes);
+        // Calls the host answered from its kept `refreshMain` answer belong to the main request
+        // that answer came from: counted on it before anything can change it.
+        let joined = self.inner.changes.take_joined();
+        if joined > 0 {
+            self.count_joined_main(&state, joined);
+        }
+        state
     }
 
     /// The change counter: it moves whenever anything the synchronous reads answer from may
@@ -271,8 +281,9 @@ impl QuotaManager {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        // The counters include what loading the state file found (a file set aside...).
-        self.inner.loading.wait();
+        // The counters include what loading the state file found (a file set aside...), and the
+        // calls the host answered from its kept `refreshMain` answer.
+        drop(self.state());
         StatsSnapshot {
             shared_store: self.inner.shared.mode().as_str(),
             redis_fallbacks: self.inner.shared.redis_fallbacks(),

@@ -1,7 +1,10 @@
 //! What a refresh ends with, shared by the modules that start, run and answer it.
 
+use std::sync::atomic::AtomicU64;
+
 use crate::error::QuotaError;
 use crate::snapshot::QuotaSnapshot;
+use crate::stats::Stats;
 
 /// What a refresh hands back.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +23,17 @@ pub(super) enum Served {
     OtherProcess,
     /// From the cache, or refused, because the route is backed off.
     DuringBackoff,
+}
+
+impl Served {
+    /// Where a caller served this way is counted (a request's starter is counted nowhere).
+    pub fn counter(self, stats: &Stats) -> &AtomicU64 {
+        match self {
+            Self::Request => &stats.joined_in_flight,
+            Self::OtherProcess => &stats.joined_other_process,
+            Self::DuringBackoff => &stats.served_during_backoff,
+        }
+    }
 }
 
 pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);

@@ -161,12 +161,7 @@ impl QuotaManager {
             state.routes.main_owner().map(MainIdentity::persisted)
         };
         let refresh = self.begin_refresh_main(identity.as_deref(), token);
-        Some(
-            async move {
-                let _ = refresh.answer().await;
-            }
-            .boxed(),
-        )
+        Some(refresh.answer().map(drop).boxed())
     }
 
     /// The caller's wait: counted, when it ends, by how it was served.
@@ -178,12 +173,8 @@ impl QuotaManager {
             // Only the caller that started the request counts: once it is done nobody can join
             // it any more, so the tally is final before any caller hears the result.
             if let Some(callers) = callers {
-                let callers = callers.load(Ordering::SeqCst);
-                match served {
-                    Served::OtherProcess => bump_by(&stats.joined_other_process, callers),
-                    Served::DuringBackoff => bump_by(&stats.served_during_backoff, callers),
-                    Served::Request => bump_by(&stats.joined_in_flight, callers - 1),
-                }
+                let starter = u64::from(served == Served::Request);
+                bump_by(served.counter(&stats), callers.load(Ordering::SeqCst) - starter);
             }
             result
         };
@@ -197,37 +188,33 @@ impl QuotaManager {
         let Some(slot) = state.routes.attempt_slot(route, generation) else {
             return;
         };
-        if slot.flights.by_id(id).is_some_and(Flight::answered) {
-            slot.flights.remove(id);
-        }
+        slot.flights.answered(id);
     }
 
-    /// A host's caller with the same arguments as the last main refresh, while nothing changed
-    /// since (the change counter held): counted on that call's request, as a native call would
-    /// be, and answered by the host with that call's promise. `false` when the last call had no
-    /// request (answered at once) or the manager is closed: the host then calls in.
-    pub fn join_last_main_refresh(&self) -> bool {
+    /// Whether the last main refresh call is attached to a request: a host may then answer a
+    /// call with the same arguments, while the change counter holds, with that call's answer,
+    /// counting it with [`super::ChangeCounter`]'s joined calls.
+    pub fn main_joinable(&self) -> bool {
         let state = self.state();
-        let Some(flight) = state.routes.main().flights.last_handed().filter(|_| !state.closed)
-        else {
-            return false;
+        !state.closed && state.routes.main().flights.last_handed().is_some()
+    }
+
+    /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
+    /// request the last main refresh call was handed, as if each had joined it.
+    pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
+        let Some(flight) = state.routes.main().flights.last_handed() else {
+            return;
         };
-        if let Some(&(served, _)) = flight.count_caller() {
-            self.count_late_joiner(served);
+        if let Some(&(served, _)) = flight.count_callers(joined) {
+            bump_by(served.counter(&self.inner.stats), joined);
         }
-        true
     }
 
     /// Joined once the request was done: its starter's tally was final. Counted now, as the
     /// starter counts its callers (a caller handed a promise already made never awaits its own
     /// wait).
     fn count_late_joiner(&self, served: Served) {
-        let stats = &self.inner.stats;
-        match served {
-            Served::OtherProcess => bump(&stats.joined_other_process),
-            Served::DuringBackoff => bump(&stats.served_during_backoff),
-            Served::Request => bump(&stats.joined_in_flight),
-        }
+        bump(served.counter(&self.inner.stats));
     }
 
     fn hold(&self, route: &RouteId, generation: u64, id: u64) -> FlightHold {
@@ -254,7 +241,7 @@ impl QuotaManager {
             }
             if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
                 let id = running.id();
-                if let Some(&(served, _)) = running.count_caller() {
+                if let Some(&(served, _)) = running.count_callers(1) {
                     self.count_late_joiner(served);
                 }
                 let ticket = running.join();

@@ -77,19 +77,19 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         self.unanswered == 0 && matches!(self.stage, Stage::Finished(_))
     }
 
-    /// Counts one more caller: in the leader's tally while it is open; once the work is done,
-    /// the result, for the caller to count itself by.
-    pub fn count_caller(&self) -> Option<&T> {
+    /// Counts `n` more callers: in the leader's tally while it is open; once the work is done,
+    /// the result, for the callers to count themselves by.
+    pub fn count_callers(&self, n: u64) -> Option<&T> {
         match &self.stage {
             Stage::Finished(value) => Some(value),
             Stage::Running | Stage::Settled(_) => {
-                self.callers.fetch_add(1, Ordering::SeqCst);
+                self.callers.fetch_add(n, Ordering::SeqCst);
                 None
             }
         }
     }
 
-    /// Joins the flight as one more caller to answer (counted with [`Flight::count_caller`]).
+    /// Joins the flight as one more caller to answer (counted with [`Flight::count_callers`]).
     pub fn join(&mut self) -> Ticket<T> {
         self.unanswered += 1;
         let result = match &self.stage {
@@ -150,7 +150,29 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         self.iter().find(|flight| flight.id == id)
     }
 
-    pub fn remove(&mut self, id: u64) {
+    /// The flight `id`'s result is known before its work ends.
+    pub fn settle(&mut self, id: u64, value: T) {
+        if let Some(flight) = self.by_id(id) {
+            flight.settle(value);
+        }
+    }
+
+    /// The flight `id`'s work is done: it goes once every caller has been answered.
+    pub fn finish(&mut self, id: u64, value: T) {
+        if self.by_id(id).is_some_and(|flight| flight.finish(value)) {
+            self.remove(id);
+        }
+    }
+
+    /// One caller of the flight `id` was answered: it goes when it was the last, and the work
+    /// is done.
+    pub fn answered(&mut self, id: u64) {
+        if self.by_id(id).is_some_and(Flight::answered) {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
         self.running.retain(|(_, flight)| flight.id != id);
     }
 
@@ -184,7 +206,7 @@ mod tests {
         let (mut flight, leader) = Flight::lead(7, async { 42 }.boxed());
         let joiners: Vec<_> = (0..3)
             .map(|_| {
-                assert!(flight.count_caller().is_none());
+                assert!(flight.count_callers(1).is_none());
                 flight.join()
             })
             .collect();
@@ -200,7 +222,7 @@ mod tests {
     async fn a_caller_joining_after_an_early_result_gets_it_at_once_on_the_same_flight() {
         let (mut flight, leader) = Flight::lead(9, futures::future::pending::<u8>().boxed());
         flight.settle(5);
-        assert!(flight.count_caller().is_none(), "still counted in the tally");
+        assert!(flight.count_callers(1).is_none(), "still counted in the tally");
         let late = flight.join();
         assert_eq!(late.id, Some(9), "the same request: callers share its promise");
         assert!(late.callers.is_none());
@@ -211,11 +233,11 @@ mod tests {
     #[tokio::test]
     async fn a_finished_flight_stays_joinable_until_its_callers_are_answered() {
         let (mut flight, leader) = Flight::lead(3, async { 8 }.boxed());
-        assert!(flight.count_caller().is_none());
+        assert!(flight.count_callers(1).is_none());
         let joiner = flight.join();
         assert_eq!(leader.result.clone().await, 8);
         assert!(!flight.finish(8), "two callers are still to be answered");
-        assert_eq!(flight.count_caller(), Some(&8), "the leader's tally is final");
+        assert_eq!(flight.count_callers(1), Some(&8), "the leader's tally is final");
         let late = flight.join();
         assert_eq!(late.id, Some(3));
         assert_eq!(late.result.await, 8);
