@@ -317,16 +317,11 @@ impl Routes {
     /// `{ authLineageId }`): the account's login is observed as a seeding would; without one,
     /// the slot is bound to whatever login it has. `false` for a login replaced earlier.
     pub fn bind_fallback_for(&mut self, id: &str, account: Option<&FallbackAccount>) -> bool {
-        match account {
-            Some(account) => {
-                self.observe_fallback(id, account.auth_lineage_id.as_deref())
-                    != LineageBind::Refused
-            }
-            None => {
-                self.slot_mut(&RouteId::Fallback(id.to_owned()));
-                true
-            }
-        }
+        let Some(account) = account else {
+            self.slot_mut(&RouteId::Fallback(id.to_owned()));
+            return true;
+        };
+        self.observe_fallback(id, account.auth_lineage_id.as_deref()) != LineageBind::Refused
     }
 
     /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it
