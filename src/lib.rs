@@ -16,34 +16,10 @@ mod host_fetch;
 mod hot_path;
 mod js;
 mod js_now;
+mod logger;
 mod manager;
 mod options;
 mod redis;
 mod shared;
 mod views;
 
-/// The core's warnings on stderr, as they were printed before it logged them: each message
-/// carries its own `anthropic-quota-manager: ` prefix.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Warn
-    }
-
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            eprintln!("{}", record.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-#[napi_derive::module_init]
-fn init() {
-    // A host that installed a logger of its own keeps it.
-    if log::set_logger(&StderrLogger).is_ok() {
-        log::set_max_level(log::LevelFilter::Warn);
-    }
-}

@@ -285,7 +285,7 @@ impl QuotaManager {
         bump(&self.inner.stats.state_errors);
         if self.state().writes.first_state_error() {
             log::warn!(
-                "anthropic-quota-manager: the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
+                "the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
             );
         }
     }
@@ -296,7 +296,7 @@ impl QuotaManager {
         bump(&self.inner.stats.state_file_newer_schema);
         if self.state().writes.first_newer_schema() {
             log::warn!(
-                "anthropic-quota-manager: the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
+                "the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
                 self.state_path().map_or_else(String::new, |p| p.display().to_string())
             );
         }
@@ -306,7 +306,7 @@ impl QuotaManager {
         bump(&self.inner.stats.state_file_quarantines);
         if self.state().writes.first_quarantine() {
             log::warn!(
-                "anthropic-quota-manager: the quota state file could not be read; it was moved to {} and the manager starts empty",
+                "the quota state file could not be read; it was moved to {} and the manager starts empty",
                 aside.display()
             );
         }
