@@ -359,8 +359,12 @@ export declare class ManualClock {
  * whole machine, a backoff shared by every process, and a locked state file.
  */
 export declare class QuotaManager {
-  /** Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options. */
-  constructor(options?: QuotaManagerOptions | null)
+  /** Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it. */
+  updateStorage(storage: AccountStorage | null): void
+  /** Adopts the host's persisted main snapshot (when newer) and backoff (when active). */
+  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string | undefined): void
+  /** Adopts each account's persisted quota and backoff; forgets accounts no longer listed. */
+  seedFallbacksFromAccounts(accounts: readonly FallbackAccount[]): void
   /**
    * The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
    * identity is strict, is stamped with it). Without: `null` while an identity is bound (as
@@ -415,6 +419,31 @@ export declare class QuotaManager {
    * is merged even without windows.
    */
   pushFallbackFromHeaders(accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
+  /** Is the main entry missing or due (for this model's scoped window too, when given)? */
+  isMainStale(modelId?: string | undefined): boolean
+  /**
+   * Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
+   * Passing the account (or `{ authLineageId }`) binds its login first.
+   */
+  isFallbackStale(accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined): boolean
+  /** True every `refreshEveryNRequests` requests (never when that setting is 0). */
+  shouldRefreshOnRequestCount(requestCount: number): boolean
+  /** `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`. */
+  needsRefresh(requestCount: number, modelId?: string | undefined): boolean
+  /** Is the main route backed off? */
+  isBackedOff(): boolean
+  /** Is this fallback's route backed off? */
+  isFallbackBackedOff(accountId: string): boolean
+  /** The main route's last backoff-arming failure. */
+  getLastApiError(): QuotaApiError | undefined
+  /** A fallback route's last backoff-arming failure. */
+  getFallbackApiError(accountId: string): QuotaApiError | undefined
+  /**
+   * The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
+   * cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
+   */
+  failClosedResponse(): { status: 429; headers: Record<string, string>; body: string } | null
+
   /**
    * Polls the usage endpoint for the main account (one request per identity and token,
    * paced, backed off, shared across processes). `mainAccountId` `undefined` is an identity
@@ -445,36 +474,8 @@ export declare class QuotaManager {
    * the route is backed off.
    */
   refreshMainInBackground(accessToken: string): void
-  /** Is the main entry missing or due (for this model's scoped window too, when given)? */
-  isMainStale(modelId?: string | undefined): boolean
-  /**
-   * Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
-   * Passing the account (or `{ authLineageId }`) binds its login first.
-   */
-  isFallbackStale(accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined): boolean
-  /** True every `refreshEveryNRequests` requests (never when that setting is 0). */
-  shouldRefreshOnRequestCount(requestCount: number): boolean
-  /** `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`. */
-  needsRefresh(requestCount: number, modelId?: string | undefined): boolean
-  /** Is the main route backed off? */
-  isBackedOff(): boolean
-  /** Is this fallback's route backed off? */
-  isFallbackBackedOff(accountId: string): boolean
-  /** The main route's last backoff-arming failure. */
-  getLastApiError(): QuotaApiError | undefined
-  /** A fallback route's last backoff-arming failure. */
-  getFallbackApiError(accountId: string): QuotaApiError | undefined
-  /** Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it. */
-  updateStorage(storage: AccountStorage | null): void
-  /** Adopts the host's persisted main snapshot (when newer) and backoff (when active). */
-  seedMainFromStorage(storage: AccountStorage | null, mainAccountId?: string | undefined): void
-  /** Adopts each account's persisted quota and backoff; forgets accounts no longer listed. */
-  seedFallbacksFromAccounts(accounts: readonly FallbackAccount[]): void
-  /**
-   * The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
-   * cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
-   */
-  failClosedResponse(): { status: 429; headers: Record<string, string>; body: string } | null
+  /** Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options. */
+  constructor(options?: QuotaManagerOptions | null)
   /**
    * The shared state file this manager uses (resolved at construction), or `null` when it
    * keeps everything in memory.

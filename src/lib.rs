@@ -22,4 +22,3 @@ mod options;
 mod redis;
 mod shared;
 mod views;
-

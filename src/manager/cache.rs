@@ -1,0 +1,380 @@
+//! Cache reads and writes, the main identity, freshness, backoff and the fail-closed answer.
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::js::{
+    headers_arg, optional_bool, optional_string, required_non_empty, Json, OrUndefined,
+};
+use quota_core::headers::frame_from_value;
+use quota_core::snapshot::ApiErrorRecord;
+
+use super::args::{entry_arg, optional_account, request_count};
+use super::QuotaManager;
+
+#[derive(Serialize)]
+pub struct FailClosedAnswer {
+    status: u16,
+    headers: std::collections::BTreeMap<&'static str, String>,
+    body: String,
+}
+
+#[napi]
+impl QuotaManager {
+    // ----- cache reads ---------------------------------------------------------------------
+
+    /// The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
+    /// identity is strict, is stamped with it). Without: `null` while an identity is bound (as
+    /// the plugin's). The object is frozen, and the same one is returned until it changes.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "mainAccountId?: string | undefined",
+        ts_return_type = "QuotaEntry | null"
+    )]
+    pub fn get_main<'env>(
+        &self,
+        env: &'env Env,
+        main_account_id: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = self.core.identity_form(identity, None);
+        self.views.get(env, None, self.core.get_main(identity.as_deref()))
+    }
+
+    /// A fallback's cache entry. Passing the account (or `{ authLineageId }`) drops the entry
+    /// first if its login was replaced (a different `authLineageId`).
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined",
+        ts_return_type = "QuotaEntry | null"
+    )]
+    pub fn get_fallback<'env>(
+        &self,
+        env: &'env Env,
+        account_id: Option<Unknown>,
+        account: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let id = required_non_empty(env, account_id, "accountId")?;
+        let account = optional_account(env, &id, account, "account")?;
+        let entry = self.core.get_fallback(&id, account.as_ref());
+        self.views.get(env, Some(&id), entry)
+    }
+
+    /// Every cached fallback entry, by account id.
+    #[napi(catch_unwind, ts_return_type = "Map<string, QuotaEntry>")]
+    pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let global = env.get_global()?;
+        let map_class: Function<(), Unknown> = global.get_named_property("Map")?;
+        let map = map_class.new_instance(())?;
+        let set: Function<FnArgs<(String, Unknown)>, Unknown> =
+            map.coerce_to_object()?.get_named_property("set")?;
+        for (id, entry) in self.core.all_fallbacks() {
+            let view = self.views.get(env, Some(&id), Some(entry))?;
+            set.apply(map, FnArgs::from((id, view)))?;
+        }
+        Ok(map)
+    }
+
+    // ----- main identity -------------------------------------------------------------------
+
+    /// Binds the main identity (docs/compat.md#main-identity). Returns the new error generation when a backoff
+    /// error recorded for another identity was cleared, else `undefined`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "identity: string | undefined, strict?: boolean | undefined, force?: boolean | undefined",
+        ts_return_type = "number | undefined"
+    )]
+    pub fn set_main_quota_account_identity(
+        &self,
+        env: Env,
+        identity: Option<Unknown>,
+        strict: Option<Unknown>,
+        force: Option<Unknown>,
+    ) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        let identity = optional_string(&env, identity, "identity")?;
+        let identity = self.core.identity_form(identity, None);
+        let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
+        let force = optional_bool(&env, force, "force")?.unwrap_or(false);
+        Ok(OrUndefined(
+            self.core.set_main_identity(identity.as_deref(), strict, force).map(|g| g as f64),
+        ))
+    }
+
+    /// Bumped whenever the bound main identity changes.
+    #[napi(catch_unwind)]
+    pub fn get_main_quota_identity_generation(&self, env: Env) -> Result<f64> {
+        self.tick(&env)?;
+        Ok(self.core.main_identity_generation() as f64)
+    }
+
+    /// Bumped whenever the main backoff error is set or cleared.
+    #[napi(catch_unwind)]
+    pub fn get_main_quota_error_generation(&self, env: Env) -> Result<f64> {
+        self.tick(&env)?;
+        Ok(self.core.main_error_generation() as f64)
+    }
+
+    /// When the main backoff error was last cleared.
+    #[napi(catch_unwind, ts_return_type = "number | undefined")]
+    pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(self.core.main_error_cleared_at().map(|t| t as f64)))
+    }
+
+    /// Unbinds the main identity and drops the main entry.
+    #[napi(catch_unwind)]
+    pub fn clear_main(&self, env: Env) -> Result<()> {
+        self.tick(&env)?;
+        self.core.clear_main();
+        Ok(())
+    }
+
+    /// Clears the main backoff, here and (through the state file) in every process. Returns the
+    /// new error generation, or `undefined` when no error was set.
+    #[napi(catch_unwind, ts_return_type = "number | undefined")]
+    pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(self.core.clear_main_backoff().map(|g| g as f64)))
+    }
+
+    /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
+    /// with an empty token.
+    #[napi(catch_unwind)]
+    pub fn can_fetch_without_access_token(&self) -> bool {
+        self.core.can_fetch_without_access_token()
+    }
+
+    // ----- cache writes --------------------------------------------------------------------
+
+    /// Replaces the main cache entry (for example with one the host persisted).
+    #[napi(catch_unwind, ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry")]
+    pub fn set_main(
+        &self,
+        env: Env,
+        main_account_id: Option<Unknown>,
+        entry: Option<Unknown>,
+    ) -> Result<()> {
+        self.tick(&env)?;
+        let identity = optional_string(&env, main_account_id, "mainAccountId")?;
+        let identity = self.core.identity_form(identity, None);
+        let entry = entry_arg(&env, entry, "entry")?;
+        self.core.set_main(identity.as_deref(), entry);
+        Ok(())
+    }
+
+    /// Replaces a fallback's cache entry.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, entry: QuotaEntry, account?: FallbackAccountLineage | FallbackAccount | undefined"
+    )]
+    pub fn set_fallback(
+        &self,
+        env: Env,
+        account_id: Option<Unknown>,
+        entry: Option<Unknown>,
+        account: Option<Unknown>,
+    ) -> Result<()> {
+        self.tick(&env)?;
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        let entry = entry_arg(&env, entry, "entry")?;
+        let account = optional_account(&env, &id, account, "account")?;
+        self.core.set_fallback(&id, entry, account.as_ref());
+        Ok(())
+    }
+
+    /// Forgets a fallback's cache and backoff, here and in the state file.
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
+    pub fn clear_fallback(&self, env: Env, account_id: Option<Unknown>) -> Result<()> {
+        self.tick(&env)?;
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        self.core.clear_fallback(&id);
+        Ok(())
+    }
+
+    /// Harvests quota from a response's `anthropic-ratelimit-unified-*` headers (or a snapshot)
+    /// into the main cache, without any request. `null` when headers carry no quota; a snapshot
+    /// is merged even without windows, as in the plugin's manager.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "mainAccountId: string | undefined, headers: HeadersInput | QuotaSnapshot",
+        ts_return_type = "QuotaEntry | null"
+    )]
+    pub fn push_main_from_headers<'env>(
+        &self,
+        env: &'env Env,
+        main_account_id: Option<Unknown>,
+        headers: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = self.core.identity_form(identity, None);
+        let headers = headers_arg(env, headers, "headers")?;
+        let entry = frame_from_value(&headers, self.core.now_ms())
+            .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
+        self.views.show(env, None, entry)
+    }
+
+    /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
+    /// headers carry no quota, or the observation is of a login that was replaced; a snapshot
+    /// is merged even without windows.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, headers: HeadersInput | QuotaSnapshot, account?: FallbackAccountLineage | FallbackAccount | undefined",
+        ts_return_type = "QuotaEntry | null"
+    )]
+    pub fn push_fallback_from_headers<'env>(
+        &self,
+        env: &'env Env,
+        account_id: Option<Unknown>,
+        headers: Option<Unknown>,
+        account: Option<Unknown>,
+    ) -> Result<Unknown<'env>> {
+        self.tick(env)?;
+        let id = required_non_empty(env, account_id, "accountId")?;
+        let headers = headers_arg(env, headers, "headers")?;
+        let account = optional_account(env, &id, account, "account")?;
+        let entry = frame_from_value(&headers, self.core.now_ms())
+            .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
+        self.views.show(env, Some(&id), entry)
+    }
+
+    // ----- freshness -----------------------------------------------------------------------
+
+    /// Is the main entry missing or due (for this model's scoped window too, when given)?
+    #[napi(catch_unwind, ts_args_type = "modelId?: string | undefined")]
+    pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
+        self.tick(&env)?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(self.core.is_main_stale(model.as_deref()))
+    }
+
+    /// Is a fallback's entry missing or due? The token argument is unused (kept for the plugin).
+    /// Passing the account (or `{ authLineageId }`) binds its login first.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string, accessToken?: string | undefined, modelId?: string | undefined, account?: FallbackAccountLineage | FallbackAccount | undefined"
+    )]
+    pub fn is_fallback_stale(
+        &self,
+        env: Env,
+        account_id: Option<Unknown>,
+        access_token: Option<Unknown>,
+        model_id: Option<Unknown>,
+        account: Option<Unknown>,
+    ) -> Result<bool> {
+        self.tick(&env)?;
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        optional_string(&env, access_token, "accessToken")?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        let account = optional_account(&env, &id, account, "account")?;
+        if account.is_some() {
+            self.core.get_fallback(&id, account.as_ref());
+        }
+        Ok(self.core.is_fallback_stale(&id, model.as_deref()))
+    }
+
+    /// True every `refreshEveryNRequests` requests (never when that setting is 0).
+    #[napi(catch_unwind, ts_args_type = "requestCount: number")]
+    pub fn should_refresh_on_request_count(
+        &self,
+        env: Env,
+        count: Option<Unknown>,
+    ) -> Result<bool> {
+        self.tick(&env)?;
+        let count = request_count(&env, count)?;
+        Ok(self.core.should_refresh_on_request_count(count))
+    }
+
+    /// `isMainStale(modelId) || shouldRefreshOnRequestCount(requestCount)`.
+    #[napi(catch_unwind, ts_args_type = "requestCount: number, modelId?: string | undefined")]
+    pub fn needs_refresh(
+        &self,
+        env: Env,
+        count: Option<Unknown>,
+        model_id: Option<Unknown>,
+    ) -> Result<bool> {
+        self.tick(&env)?;
+        let count = request_count(&env, count)?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(self.core.needs_refresh(count, model.as_deref()))
+    }
+
+    // ----- backoff -------------------------------------------------------------------------
+
+    /// Is the main route backed off?
+    #[napi(catch_unwind)]
+    pub fn is_backed_off(&self, env: Env) -> Result<bool> {
+        self.tick(&env)?;
+        Ok(self.core.is_backed_off())
+    }
+
+    /// Is this fallback's route backed off?
+    #[napi(catch_unwind, ts_args_type = "accountId: string")]
+    pub fn is_fallback_backed_off(&self, env: Env, account_id: Option<Unknown>) -> Result<bool> {
+        self.tick(&env)?;
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        Ok(self.core.is_fallback_backed_off(&id))
+    }
+
+    /// The main route's last backoff-arming failure.
+    #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
+    pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
+        self.tick(&env)?;
+        Ok(OrUndefined(self.core.last_api_error().map(|e| Json(with_seconds(e)))))
+    }
+
+    /// A fallback route's last backoff-arming failure.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "accountId: string",
+        ts_return_type = "QuotaApiError | undefined"
+    )]
+    pub fn get_fallback_api_error(
+        &self,
+        env: Env,
+        account_id: Option<Unknown>,
+    ) -> Result<OrUndefined<Json<ApiErrorRecord>>> {
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        Ok(OrUndefined(self.core.fallback_api_error(&id).map(Json)))
+    }
+
+    // ----- routing -------------------------------------------------------------------------
+
+    /// The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
+    /// cached, and `failClosedOnUnknownQuota` set. `null` otherwise.
+    #[napi(
+        catch_unwind,
+        ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
+    )]
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
+        self.tick(&env)?;
+        Ok(Json(self.core.fail_closed_response().map(|answer| {
+            FailClosedAnswer {
+                status: 429,
+                headers: [
+                    ("retry-after", answer.retry_after_secs.to_string()),
+                    ("content-type", "application/json".to_owned()),
+                ]
+                .into_iter()
+                .collect(),
+                body: answer.body,
+            }
+        })))
+    }
+}
+
+/// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
+fn with_seconds(error: ApiErrorRecord) -> serde_json::Value {
+    let retry_after = error.retry_after_ms.map(|ms| (ms.max(0) as f64 / 1000.0).ceil());
+    let mut value = serde_json::to_value(&error).unwrap_or(Value::Null);
+    if let (Some(seconds), Some(object)) = (retry_after, value.as_object_mut()) {
+        object.insert("retryAfter".into(), serde_json::json!(seconds));
+    }
+    value
+}

@@ -1,0 +1,58 @@
+//! The facade's hot path (`index.js`; not part of the typed API).
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::js::optional_string;
+
+use super::QuotaManager;
+
+#[napi]
+impl QuotaManager {
+    /// The change counter and the calls answered from the kept `refreshMain` answer as an
+    /// `Int32Array` of length 2 in shared memory, once per manager;
+    /// `null` on a second call or where the runtime refuses external buffers.
+    #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
+    pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        if self.counter_shown.replace(true) {
+            return None;
+        }
+        crate::hot_path::shared_view(env, self.core.changes().shared())
+    }
+
+    /// Whether the last `refreshMain` call is attached to a request (see `index.js`).
+    #[napi(catch_unwind, js_name = "_mainJoinable", skip_typescript)]
+    pub fn main_joinable(&self) -> bool {
+        self.core.main_joinable()
+    }
+
+    /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once
+    /// per manager (`null` without a `now` option): the facade samples `now` itself at each
+    /// entry and stores the sample there, exactly as every native entry does.
+    #[napi(catch_unwind, js_name = "_sharedNow", skip_typescript)]
+    pub fn shared_now<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
+        let clock = self.js_now.as_ref()?.clock();
+        if self.now_shown.replace(true) {
+            return None;
+        }
+        crate::hot_path::shared_view(env, clock.shared())
+    }
+
+    /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
+    /// the change counter stays put; `-Infinity` when it already is whatever the time.
+    #[napi(catch_unwind, js_name = "_mainStaleFrom", skip_typescript)]
+    pub fn main_stale_from(&self, env: Env, model_id: Option<Unknown>) -> Result<f64> {
+        self.tick(&env)?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(match self.core.main_stale_from(model.as_deref()) {
+            i64::MIN => f64::NEG_INFINITY,
+            from => from as f64,
+        })
+    }
+
+    /// `refreshEveryNRequests` in force (0: off).
+    #[napi(catch_unwind, js_name = "_refreshEveryN", skip_typescript)]
+    pub fn refresh_every_n(&self) -> f64 {
+        self.core.refresh_every_n() as f64
+    }
+}

@@ -1,0 +1,152 @@
+//! The `QuotaManager` class: argument checks and conversions around the core manager. No quota
+//! logic lives here.
+
+mod accounts;
+mod args;
+mod cache;
+mod facade;
+mod refreshes;
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+
+use crate::callbacks::JsCallbacks;
+use crate::js::rejected;
+use crate::js::{type_error, Json};
+use crate::js_now::JsNow;
+use crate::options::parse_options;
+use crate::shared::SharedPromises;
+use crate::views::EntryViews;
+use quota_core::manager::QuotaManager as CoreManager;
+use quota_core::stats::Stats;
+
+/// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
+/// whole machine, a backoff shared by every process, and a locked state file.
+#[napi(custom_finalize)]
+pub struct QuotaManager {
+    pub(crate) core: CoreManager,
+    callbacks: Arc<JsCallbacks>,
+    views: EntryViews,
+    promises: SharedPromises,
+    /// The host's `now` option, sampled at every entry (see `js_now.rs`).
+    js_now: Option<JsNow>,
+    /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
+    /// one buffer per memory).
+    counter_shown: std::cell::Cell<bool>,
+    now_shown: std::cell::Cell<bool>,
+}
+
+impl ObjectFinalize for QuotaManager {
+    fn finalize(self, env: Env) -> Result<()> {
+        self.views.release(&env);
+        Ok(())
+    }
+}
+
+/// A promise that resolves with `undefined` when `work` is done (it cannot fail).
+pub(crate) fn void_promise(
+    env: &Env,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<PromiseRaw<'_, ()>> {
+    env.spawn_future_with_callback(
+        async move {
+            work.await;
+            Ok(())
+        },
+        |_, ()| Ok(()),
+    )
+}
+
+/// A promise-returning method's body: a bad argument rejects the promise, never throws.
+pub(crate) fn or_rejected<'env>(
+    env: &'env Env,
+    body: Result<Unknown<'env>>,
+) -> Result<Unknown<'env>> {
+    match body {
+        Ok(promise) => Ok(promise),
+        Err(error) => rejected(env, error),
+    }
+}
+
+#[napi]
+impl QuotaManager {
+    /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
+    #[napi(catch_unwind, constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
+    pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
+        crate::logger::install();
+        let mut parsed = parse_options(&env, options)?;
+        parsed.config.connection = crate::host_env::connection_options(&env)?;
+        let js_now = parsed.js_now;
+        let stats = Arc::new(Stats::default());
+        let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
+        let runtime =
+            napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
+        let core = CoreManager::new(
+            parsed.config,
+            parsed.storage,
+            parsed.clock,
+            callbacks.clone(),
+            stats,
+            runtime,
+        )
+        .map_err(|e| match e.option() {
+            Some(option) => type_error(&env, format!("options.{option}: {e}")),
+            None => type_error(&env, e.to_string()),
+        })?;
+        crate::host_env::print_trust_warnings_once(core.trust_warnings());
+        if core.state_path().is_some() {
+            crate::exit::flush_at_exit(&env, &core)?;
+        }
+        Ok(Self {
+            core,
+            callbacks,
+            views: EntryViews::default(),
+            promises: SharedPromises::default(),
+            js_now,
+            counter_shown: std::cell::Cell::new(false),
+            now_shown: std::cell::Cell::new(false),
+        })
+    }
+
+    // ----- observability and lifecycle -----------------------------------------------------
+
+    /// The shared state file this manager uses (resolved at construction), or `null` when it
+    /// keeps everything in memory.
+    #[napi(catch_unwind, getter, ts_return_type = "string | null")]
+    pub fn state_path(&self) -> Option<String> {
+        self.core.state_path().map(|p| p.display().to_string())
+    }
+
+    /// Counters since construction.
+    #[napi(catch_unwind, ts_return_type = "QuotaStats")]
+    pub fn stats(&self) -> Json<quota_core::stats::StatsSnapshot> {
+        Json(self.core.stats())
+    }
+
+    /// Lets running calls settle, writes unsaved state, and drops the callbacks. Later calls
+    /// reject with `QUOTA_CLOSED`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
+        let closing = self.core.begin_close();
+        let callbacks = self.callbacks.clone();
+        let unsettled = self.promises.unsettled();
+        void_promise(env, async move {
+            closing.await;
+            // The running calls' promises settle first: `await close()` sees them settled.
+            unsettled.all_settled().await;
+            callbacks.release();
+        })
+    }
+}
+
+impl QuotaManager {
+    /// Samples the host's `now` (when given) into the core clock; every entry calls it first.
+    pub(crate) fn tick(&self, env: &Env) -> Result<()> {
+        match &self.js_now {
+            Some(now) => now.sample(env),
+            None => Ok(()),
+        }
+    }
+}
