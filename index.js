@@ -311,22 +311,33 @@ class QuotaManager extends Native {
   }
 
   /**
-   * A call with the same arguments as the last one, while the change counter held since that
-   * call returned (the core moves it whenever a main request starts, ends or is answered), is
-   * the same call again: it gets that call's promise (callers of one request share one) and is
-   * added to the calls the core counts on that request (the counter's second element). Anything
-   * else goes native. Not with a `now` option, which every native entry samples.
+   * A call with the same arguments as the last one is the same call again while it would join
+   * the same request: it gets that call's promise (callers of one request share one) and is
+   * added to the calls the core counts on that request (the counter's second element). That
+   * holds while the change counter has not moved since it was last checked; when it moved, the
+   * core says which request such a call would join now. Anything else goes native. Not with a
+   * `now` option, which every native entry samples.
    */
   #refreshMain(shape, id, token, generation) {
     const kept = this.#refreshed[shape]
-    if (kept !== null && Atomics.load(this.#changes, 0) === kept.version && id === kept.id && token === kept.token && generation === undefined) {
+    if (kept !== null && id === kept.id && token === kept.token && generation === undefined && this.#stillJoins(kept)) {
       Atomics.add(this.#changes, 1, 1)
       return kept.promise
     }
     const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
     const keep = this.#changes !== NEVER_CURRENT && !this.#samplesNow && generation === undefined && typeof token === 'string' && (id === undefined || typeof id === 'string')
-    this.#refreshed[shape] = keep && this._mainJoinable() ? { version: Atomics.load(this.#changes, 0), id, token, promise } : null
+    const version = Atomics.load(this.#changes, 0)
+    const flight = keep ? this._mainJoinable() : 0
+    this.#refreshed[shape] = flight === 0 ? null : { version, flight, id, token, promise }
     return promise
+  }
+
+  #stillJoins(kept) {
+    const version = Atomics.load(this.#changes, 0)
+    if (version === kept.version) return true
+    if (this._mainJoinable() !== kept.flight) return false
+    kept.version = version
+    return true
   }
 
   /**

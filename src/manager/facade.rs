@@ -20,10 +20,10 @@ impl QuotaManager {
         crate::hot_path::shared_view(env, self.core.changes().shared())
     }
 
-    /// Whether the last `refreshMain` call is attached to a request (see `index.js`).
+    /// The request a `refreshMain` like the last one would join now (0: none; see `index.js`).
     #[napi(catch_unwind, js_name = "_mainJoinable", skip_typescript)]
-    pub fn main_joinable(&self) -> bool {
-        self.core.main_joinable()
+    pub fn main_joinable(&self) -> f64 {
+        self.core.main_joinable() as f64
     }
 
     /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once

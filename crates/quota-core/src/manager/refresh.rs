@@ -191,12 +191,15 @@ impl QuotaManager {
         slot.flights.answered(id);
     }
 
-    /// Whether the last main refresh call is attached to a request: a host may then answer a
-    /// call with the same arguments, while the change counter holds, with that call's answer,
-    /// counting it with [`super::ChangeCounter`]'s joined calls.
-    pub fn main_joinable(&self) -> bool {
+    /// The request a main refresh call with the same arguments as the last one would join now
+    /// (0: none; it would be answered at once, or start one): the host may answer such a call
+    /// with the last call's answer, counting it with [`super::ChangeCounter`]'s joined calls.
+    pub fn main_joinable(&self) -> u64 {
+        let now = self.now();
         let state = self.state();
-        !state.closed && state.routes.main().flights.last_handed().is_some()
+        let main = state.routes.main();
+        let flight = main.flights.last_handed().filter(|_| !state.closed);
+        flight.filter(|_| !main.record.backoff.is_open(now)).map_or(0, Flight::id)
     }
 
     /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
