@@ -26,7 +26,7 @@ const Native = binding.QuotaManager
 const UNSET = Symbol('unset')
 const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
-const NEVER_CURRENT = new Int32Array(1)
+const NEVER_CURRENT = new Int32Array(2)
 
 /** Each ManualClock's time in shared memory (handed out once per clock, so kept here). */
 const clockTimes = new WeakMap()
@@ -258,15 +258,10 @@ class QuotaManager extends Native {
   #staleFrom = 0
   #staleFromNoModel = UNSET
   #everyN = UNSET
-  /** The main route's running request id, published by the core (null: never join in JS). */
-  #flightIds = null
-  /** The running main request's caller count, shared with the core: { id, callers }. */
-  #flightCallers = { id: 0, callers: null }
-  /** Per shape (refreshMain, refreshMainWithMetadata): the last call and its promise. */
-  #flights = [null, null]
+  /** Per shape (refreshMain, refreshMainWithMetadata): the last call, its promise and the counter then. */
+  #refreshed = [null, null]
   /** The last settled seeding: { flat, epoch, rowsAreAccounts } (see #changedSinceSettled). */
   #settled = null
-  #closed = false
   /** What marks this manager's polls in `runningPoll`. */
   #owner
 
@@ -277,32 +272,14 @@ class QuotaManager extends Native {
     if (!this.#useClockOf(options)) return
     const changes = this._changeCounter()
     if (changes !== null) this.#changes = changes
-    // Joining in JS skips the native entry, so not with a `now` option (sampled at every entry).
-    if (!this.#samplesNow) this.#flightIds = this._mainFlightId()
   }
 
-  /**
-   * refreshMain / refreshMainWithMetadata: a call with the same arguments as the last one, while
-   * the core still publishes that call's request as the main route's running one, gets that
-   * request's promise without calling in (exactly what the native call would hand out: callers
-   * of one request share one promise), and is counted among its callers in the core's own tally.
-   * Anything else (another identity or token, an expected identity generation, no request
-   * running, close() called) goes native.
-   */
   refreshMain(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return (
-      this.#refusedReentry('refreshMain', 'main', mainAccountId) ??
-      this.#joined(0, mainAccountId, accessToken, expectedIdentityGeneration) ??
-      this.#refresh(0, mainAccountId, accessToken, expectedIdentityGeneration)
-    )
+    return this.#refusedReentry('refreshMain', 'main', mainAccountId) ?? this.#refreshMain(0, mainAccountId, accessToken, expectedIdentityGeneration)
   }
 
   refreshMainWithMetadata(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return (
-      this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ??
-      this.#joined(1, mainAccountId, accessToken, expectedIdentityGeneration) ??
-      this.#refresh(1, mainAccountId, accessToken, expectedIdentityGeneration)
-    )
+    return this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ?? this.#refreshMain(1, mainAccountId, accessToken, expectedIdentityGeneration)
   }
 
   refreshFallback(...args) {
@@ -330,32 +307,37 @@ class QuotaManager extends Native {
   close() {
     const refused = this.#refusedReentry('close')
     if (refused !== undefined) return refused
-    this.#closed = true
-    this.#flights = [null, null]
     return super.close()
   }
 
-  #joined(shape, id, token, generation) {
-    const last = this.#flights[shape]
-    if (last === null || generation !== undefined || id !== last.id || token !== last.token || this.#closed) return undefined
-    if (Atomics.load(this.#flightIds, 0) !== last.flight) return undefined
-    Atomics.add(last.callers, 0, 1n)
-    return last.promise
+  /**
+   * A call with the same arguments as the last one is the same call again while it would join
+   * the same request: it gets that call's promise (callers of one request share one) and is
+   * added to the calls the core counts on that request (the counter's second element). That
+   * holds while the change counter has not moved since it was last checked; when it moved, the
+   * core says which request such a call would join now. Anything else goes native. Not with a
+   * `now` option, which every native entry samples.
+   */
+  #refreshMain(shape, id, token, generation) {
+    const kept = this.#refreshed[shape]
+    if (kept !== null && id === kept.id && token === kept.token && generation === undefined && this.#stillJoins(kept)) {
+      Atomics.add(this.#changes, 1, 1)
+      return kept.promise
+    }
+    const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
+    const keep = this.#changes !== NEVER_CURRENT && !this.#samplesNow && generation === undefined && typeof token === 'string' && (id === undefined || typeof id === 'string')
+    const version = Atomics.load(this.#changes, 0)
+    const flight = keep ? this._mainJoinable() : 0
+    this.#refreshed[shape] = flight === 0 ? null : { version, flight, id, token, promise }
+    return promise
   }
 
-  #refresh(shape, id, token, generation) {
-    const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
-    this.#flights[shape] = null
-    if (this.#flightIds === null || this.#closed || generation !== undefined || typeof token !== 'string' || (id !== undefined && typeof id !== 'string')) return promise
-    const flight = Atomics.load(this.#flightIds, 0)
-    if (flight === 0) return promise
-    if (this.#flightCallers.id !== flight) {
-      const pair = this._mainFlight()
-      if (pair === null || pair[0] % 2147483648 !== flight) return promise
-      this.#flightCallers = { id: flight, callers: pair[1] }
-    }
-    this.#flights[shape] = { id, token, flight, callers: this.#flightCallers.callers, promise }
-    return promise
+  #stillJoins(kept) {
+    const version = Atomics.load(this.#changes, 0)
+    if (version === kept.version) return true
+    if (this._mainJoinable() !== kept.flight) return false
+    kept.version = version
+    return true
   }
 
   /**

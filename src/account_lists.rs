@@ -21,9 +21,9 @@ use std::sync::{Arc, OnceLock};
 
 use super::js::{is_thenable, to_json, type_error};
 use super::manager::{or_rejected, void_promise, QuotaManager};
-use super::seen_tokens::PendingTokens;
 use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
+use quota_core::manager::PendingTokens;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
 
 const NOT_AN_ARRAY: &str = "accounts must be an array";
@@ -192,7 +192,7 @@ impl QuotaManager {
     /// `refreshAllFallbacks` over the compact list (`accounts` is the host's own, for the
     /// resolver). Without a resolver, the list is read off the JavaScript thread, then the due
     /// refreshes start (`access` counts while `expires` is after now); its tokens count as
-    /// tokens from the moment this returns (see `SeenTokens`). A bad account rejects the promise
+    /// tokens from the moment this returns (see `QuotaManager::expect_tokens`). A bad account rejects the promise
     /// with the `TypeError` naming it, and nothing starts.
     #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
     pub fn refresh_all_fallbacks_from<'env>(
@@ -269,7 +269,7 @@ impl QuotaManager {
             }
             .filter(|token| !token.is_empty());
         }
-        self.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
+        self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         let work = self.core.refresh_all_fallbacks(accounts);
         Ok(void_promise(env, work)?.to_unknown())
     }
@@ -282,17 +282,13 @@ impl QuotaManager {
             let list = list.clone();
             Arc::new(move || list.tokens())
         };
-        self.seen_tokens.expect(tokens.clone());
-        // Which identities are tokens may change: the facade's kept answers must go.
-        self.core.changes().bump();
-        let (core, seen) = (self.core.clone(), self.seen_tokens.clone());
+        self.core.expect_tokens(tokens.clone());
+        let core = self.core.clone();
         let work = async move {
             let read = tokio::task::spawn_blocking(move || list.accounts().clone())
                 .await
                 .unwrap_or_else(|_| Err("accounts could not be read".to_owned()));
-            if seen.settle(&tokens) {
-                core.changes().bump();
-            }
+            core.settle_tokens(&tokens);
             core.refresh_all_fallbacks(read?).await;
             Ok(())
         };

@@ -6,7 +6,7 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI32, AtomicI64};
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
@@ -15,21 +15,21 @@ use napi::sys;
 /// A value JavaScript may read and write in place, as one element of a typed array.
 pub trait SharedCell: Send + Sync + 'static {
     const TYPED_ARRAY: sys::napi_typedarray_type;
+    /// How many elements the typed array has.
+    const LEN: usize = 1;
 }
 
-impl SharedCell for AtomicI32 {
+/// The change counter and the calls the facade answered from its kept `refreshMain` answer.
+impl SharedCell for [AtomicI32; 2] {
     const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::int32_array;
+    const LEN: usize = 2;
 }
 
 impl SharedCell for AtomicI64 {
     const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::bigint64_array;
 }
 
-impl SharedCell for AtomicU64 {
-    const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::biguint64_array;
-}
-
-/// A typed array of length 1 whose element is `cell` (an `Int32Array` or a `BigInt64Array`), or
+/// A typed array over `cell` (an `Int32Array` or a `BigInt64Array`), or
 /// `None` when the runtime refuses external buffers (Electron's V8 sandbox). napi-rs's own
 /// `ArrayBuffer::from_external` would fall back to a copy there, which would freeze the number
 /// the facade reads: the facade must rather know, and then keep nothing. V8 allows one buffer per
@@ -56,7 +56,7 @@ pub fn shared_view<T: SharedCell>(env: &Env, cell: Arc<T>) -> Option<Unknown<'_>
     }
     let mut array = ptr::null_mut();
     let status = unsafe {
-        sys::napi_create_typedarray(env.raw(), T::TYPED_ARRAY, 1, buffer, 0, &raw mut array)
+        sys::napi_create_typedarray(env.raw(), T::TYPED_ARRAY, T::LEN, buffer, 0, &raw mut array)
     };
     (status == sys::Status::napi_ok)
         .then(|| unsafe { Unknown::from_raw_unchecked(env.raw(), array) })

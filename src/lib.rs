@@ -20,6 +20,5 @@ mod logger;
 mod manager;
 mod options;
 mod redis;
-mod seen_tokens;
 mod shared;
 mod views;

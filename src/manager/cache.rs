@@ -40,7 +40,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         self.views.get(env, None, self.core.get_main(identity.as_deref()))
     }
 
@@ -98,7 +98,7 @@ impl QuotaManager {
     ) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
         let identity = optional_string(&env, identity, "identity")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
         let force = optional_bool(&env, force, "force")?.unwrap_or(false);
         Ok(OrUndefined(
@@ -162,7 +162,7 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let entry = entry_arg(&env, entry, "entry")?;
         self.core.set_main(identity.as_deref(), entry);
         Ok(())
@@ -213,7 +213,7 @@ impl QuotaManager {
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
         let identity = optional_string(env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));

@@ -9,7 +9,8 @@ use super::QuotaManager;
 
 #[napi]
 impl QuotaManager {
-    /// The change counter as an `Int32Array` of length 1 in shared memory, once per manager;
+    /// The change counter and the calls answered from the kept `refreshMain` answer as an
+    /// `Int32Array` of length 2 in shared memory, once per manager;
     /// `null` on a second call or where the runtime refuses external buffers.
     #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
     pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
@@ -19,34 +20,10 @@ impl QuotaManager {
         crate::hot_path::shared_view(env, self.core.changes().shared())
     }
 
-    /// The id of the main route's running request (0: none), published by the core on every
-    /// change, as an `Int32Array` of length 1 in shared memory, once per manager.
-    #[napi(catch_unwind, js_name = "_mainFlightId", skip_typescript)]
-    pub fn main_flight_id<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
-        if self.flight_id_shown.replace(true) {
-            return None;
-        }
-        crate::hot_path::shared_view(env, self.core.changes().shared_main_flight())
-    }
-
-    /// The main route's running request as `[id, callers]`, `callers` a `BigUint64Array` over
-    /// the count the core tallies its callers with (the facade adds the callers it joins to it
-    /// itself); `null` when none runs, or when this request's count was already handed out.
-    #[napi(catch_unwind, js_name = "_mainFlight", skip_typescript)]
-    pub fn main_flight<'env>(&self, env: &'env Env) -> Result<Option<Unknown<'env>>> {
-        let Some((id, callers)) = self.core.main_flight() else {
-            return Ok(None);
-        };
-        if self.flight_shown.replace(id) == id {
-            return Ok(None);
-        }
-        let Some(view) = crate::hot_path::shared_view(env, callers) else {
-            return Ok(None);
-        };
-        let mut pair = env.create_array(2)?;
-        pair.set(0, id as f64)?;
-        pair.set(1, view)?;
-        Ok(Some(pair.coerce_to_object()?.to_unknown()))
+    /// The request a `refreshMain` like the last one would join now (0: none; see `index.js`).
+    #[napi(catch_unwind, js_name = "_mainJoinable", skip_typescript)]
+    pub fn main_joinable(&self) -> f64 {
+        self.core.main_joinable() as f64
     }
 
     /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once

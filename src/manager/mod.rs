@@ -6,7 +6,6 @@ mod cache;
 mod facade;
 mod refreshes;
 mod storage;
-mod tokens;
 
 use std::sync::Arc;
 
@@ -18,12 +17,10 @@ use crate::js::rejected;
 use crate::js::{type_error, Json};
 use crate::js_now::JsNow;
 use crate::options::parse_options;
-use crate::seen_tokens::SeenTokens;
 use crate::shared::SharedPromises;
 use crate::views::EntryViews;
 use quota_core::manager::QuotaManager as CoreManager;
 use quota_core::stats::Stats;
-use tokens::{identities_as_fingerprints, looks_like_token};
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
 /// whole machine, a backoff shared by every process, and a locked state file.
@@ -35,16 +32,10 @@ pub struct QuotaManager {
     promises: SharedPromises,
     /// The host's `now` option, sampled at every entry (see `js_now.rs`).
     js_now: Option<JsNow>,
-    /// Every token this manager was handed: an identity equal to one of them is a token, and is
-    /// kept only as its fingerprint (issue 11 item 3).
-    pub(crate) seen_tokens: Arc<SeenTokens>,
     /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
     /// one buffer per memory).
     counter_shown: std::cell::Cell<bool>,
     now_shown: std::cell::Cell<bool>,
-    flight_id_shown: std::cell::Cell<bool>,
-    /// The main request whose caller count was last shown (one buffer per count).
-    flight_shown: std::cell::Cell<u64>,
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -93,10 +84,7 @@ impl QuotaManager {
             napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
-            parsed.storage.map(|mut storage| {
-                identities_as_fingerprints(&mut storage, looks_like_token);
-                storage
-            }),
+            parsed.storage,
             parsed.clock,
             callbacks.clone(),
             stats,
@@ -116,11 +104,8 @@ impl QuotaManager {
             views: EntryViews::default(),
             promises: SharedPromises::default(),
             js_now,
-            seen_tokens: Arc::default(),
             counter_shown: std::cell::Cell::new(false),
             now_shown: std::cell::Cell::new(false),
-            flight_id_shown: std::cell::Cell::new(false),
-            flight_shown: std::cell::Cell::new(0),
         })
     }
 

@@ -118,7 +118,7 @@ impl QuotaManager {
         if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
             return Err(type_error(env, format!("{name} must be a non-empty string")));
         }
-        self.remember_token(&token);
+        self.core.remember_tokens([token.as_str()]);
         Ok(token)
     }
 
@@ -149,8 +149,8 @@ impl QuotaManager {
                 "Main OAuth access token is unavailable: accessToken must be a non-empty string",
             ));
         }
-        self.remember_token(&token);
-        let identity = self.identity_form(identity, Some(&token));
+        self.core.remember_tokens([token.as_str()]);
+        let identity = self.core.identity_form(identity, Some(&token));
         let target = match &identity {
             Some(id) => MainTarget::Named(id),
             None if one_argument => MainTarget::Token,

@@ -6,7 +6,6 @@ use napi_derive::napi;
 use crate::js::optional_string;
 
 use super::args::optional_storage;
-use super::tokens::identities_as_fingerprints;
 use super::QuotaManager;
 
 #[napi]
@@ -18,7 +17,7 @@ impl QuotaManager {
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
         let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            self.core.storage_identities(&mut storage);
             storage
         });
         self.core.update_storage(storage.as_ref());
@@ -38,11 +37,11 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            identities_as_fingerprints(&mut storage, |id| self.is_token(id, None));
+            self.core.storage_identities(&mut storage);
             storage
         });
         let identity = optional_string(&env, main_account_id, "mainAccountId")?;
-        let identity = self.identity_form(identity, None);
+        let identity = self.core.identity_form(identity, None);
         if let Some(storage) = storage {
             self.core.seed_main(&storage, identity.as_deref());
         }

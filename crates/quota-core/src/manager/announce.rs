@@ -2,7 +2,6 @@
 
 use futures::future::BoxFuture;
 
-use super::attempt::Attempt;
 use super::routes::RouteId;
 use super::QuotaManager;
 use crate::snapshot::{ApiErrorRecord, QuotaSnapshot};
@@ -46,9 +45,9 @@ pub(super) enum Announcement {
 
 impl QuotaManager {
     /// Tells the host, and waits until it has handled it.
-    pub(super) async fn announce(&self, attempt: &Attempt, announcement: Announcement) {
+    pub(super) async fn announce(&self, route: &RouteId, announcement: Announcement) {
         let events = &self.inner.events;
-        match (&attempt.route, announcement) {
+        match (route, announcement) {
             (RouteId::Main, Announcement::Fetched(mut event)) => {
                 {
                     let state = self.state();

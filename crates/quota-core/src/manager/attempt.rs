@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::announce::Announcement;
-use super::refresh::{RefreshOutcome, Served, Settled};
+use super::outcome::{RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
 use crate::error::QuotaError;
@@ -44,27 +44,17 @@ impl QuotaManager {
         if let Some(announcement) = announcement {
             // A callback that refreshes this route itself gets this result at once, instead of
             // waiting on the request that waits on the callback.
-            if let Some(flight) = self
-                .state()
-                .routes
-                .attempt_slot(&attempt.route, attempt.generation)
-                .and_then(|slot| slot.flights.by_id(attempt.flight_id))
+            if let Some(slot) = self.state().routes.attempt_slot(&attempt.route, attempt.generation)
             {
-                flight.settle_early(settled.clone());
+                slot.flights.settle(attempt.flight_id, settled.clone());
             }
-            self.announce(&attempt, announcement).await;
+            self.announce(&attempt.route, announcement).await;
         }
         // Callers not answered yet (a JS promise settles later, on the event loop) keep the
         // request joinable with this result: a call made before then shares it.
+        // Only its own flight: another token's request, started later, runs on.
         if let Some(slot) = self.state().routes.attempt_slot(&attempt.route, attempt.generation) {
-            // Only its own flight: another token's request, started later, runs on.
-            if slot
-                .flights
-                .by_id(attempt.flight_id)
-                .is_some_and(|flight| flight.finish(settled.clone()))
-            {
-                slot.flights.remove(attempt.flight_id);
-            }
+            slot.flights.finish(attempt.flight_id, settled.clone());
         }
         settled
     }

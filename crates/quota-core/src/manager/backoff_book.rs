@@ -2,7 +2,7 @@
 //! one the host persisted, and answering while it is open (docs/backoff.md, docs/routing.md#fail-closed-answer).
 
 use super::attempt::Attempt;
-use super::refresh::RefreshOutcome;
+use super::outcome::RefreshOutcome;
 use super::routes::{RouteId, RouteSlot};
 use super::QuotaManager;
 use crate::backoff;

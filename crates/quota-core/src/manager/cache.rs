@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use super::routes::{LineageBind, MainIdentity, RouteId};
+use super::identity::MainIdentity;
+use super::routes::{LineageBind, RouteId};
 use super::{QuotaManager, State};
 use crate::freshness;
 use crate::host::FallbackAccount;
@@ -101,8 +102,6 @@ impl QuotaManager {
                 return None;
             }
             state.routes.observe_fallback(id, lineage);
-        } else if !state.routes.bind_fallback(id, None) {
-            return None;
         }
         Some(self.merge_frame(&mut state, &RouteId::Fallback(id.to_owned()), frame))
     }

@@ -10,37 +10,35 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 /// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
-/// Beside it, the id of the main route's running request (0: none, or the manager is closed),
-/// published on every change too, so a host can tell a call would join that request.
+/// Beside it, the calls the host answered from its kept `refreshMain` answer (`index.js`) and
+/// the manager has not counted yet: a host adds one per call, with one atomic add and no call
+/// into the manager, and the manager counts them on the main route's request before its state
+/// can change (see `QuotaManager::state`).
 #[derive(Debug, Default)]
-pub struct ChangeCounter(Arc<AtomicI32>, Arc<AtomicI32>);
-
-/// What a state publishes beside the counter on every change.
-pub(super) trait Published {
-    /// The main route's running request a new call would join (0: none).
-    fn main_flight(&self) -> i32;
-}
+pub struct ChangeCounter(Arc<[AtomicI32; 2]>);
 
 impl ChangeCounter {
     pub fn current(&self) -> i32 {
-        self.0.load(Ordering::Acquire)
+        self.0[0].load(Ordering::Acquire)
     }
 
-    /// Announces a change made outside the manager's state (the binding's own knowledge that
-    /// changes answers, e.g. which identities are tokens).
-    pub fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    /// Announces a change made outside the guarded state (which identities are tokens).
+    pub(super) fn bump(&self) {
+        self.0[0].fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The counter itself, for a host that reads it in place (its address never changes while
-    /// an `Arc` is held).
-    pub fn shared(&self) -> Arc<AtomicI32> {
+    /// The calls the host answered from its kept `refreshMain` answer since the last take.
+    pub(super) fn take_joined(&self) -> u64 {
+        match self.0[1].load(Ordering::Acquire) {
+            0 => 0,
+            _ => u64::from(self.0[1].swap(0, Ordering::AcqRel).unsigned_abs()),
+        }
+    }
+
+    /// The counter and the joined calls, for a host that reads and adds in place (their
+    /// address never changes while an `Arc` is held).
+    pub fn shared(&self) -> Arc<[AtomicI32; 2]> {
         self.0.clone()
-    }
-
-    /// The published main request id, in place (see [`Published::main_flight`]).
-    pub fn shared_main_flight(&self) -> Arc<AtomicI32> {
-        self.1.clone()
     }
 }
 
@@ -49,19 +47,19 @@ impl ChangeCounter {
 /// change was made visible; one that sees the new number and asks the manager gets the new state.
 /// Every change of the state goes through `DerefMut`, so no change can be missed (as long as
 /// `State` holds no interior mutability of its own).
-pub(super) struct StateGuard<'a, T: Published> {
+pub(super) struct StateGuard<'a, T> {
     guard: MutexGuard<'a, T>,
     changes: &'a ChangeCounter,
     changed: bool,
 }
 
-impl<'a, T: Published> StateGuard<'a, T> {
+impl<'a, T> StateGuard<'a, T> {
     pub(super) fn new(guard: MutexGuard<'a, T>, changes: &'a ChangeCounter) -> Self {
         Self { guard, changes, changed: false }
     }
 }
 
-impl<T: Published> Deref for StateGuard<'_, T> {
+impl<T> Deref for StateGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
@@ -69,17 +67,16 @@ impl<T: Published> Deref for StateGuard<'_, T> {
     }
 }
 
-impl<T: Published> DerefMut for StateGuard<'_, T> {
+impl<T> DerefMut for StateGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         self.changed = true;
         &mut self.guard
     }
 }
 
-impl<T: Published> Drop for StateGuard<'_, T> {
+impl<T> Drop for StateGuard<'_, T> {
     fn drop(&mut self) {
         if self.changed {
-            self.changes.1.store(self.guard.main_flight(), Ordering::Release);
             self.changes.bump();
         }
     }
@@ -89,12 +86,6 @@ impl<T: Published> Drop for StateGuard<'_, T> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-
-    impl Published for u32 {
-        fn main_flight(&self) -> i32 {
-            i32::try_from(*self).unwrap_or_default()
-        }
-    }
 
     #[test]
     fn only_a_mutable_borrow_bumps_and_only_once_per_guard() {
@@ -113,7 +104,6 @@ mod tests {
             assert_eq!(changes.current(), start, "the bump waits for the guard's drop");
         }
         assert_eq!(changes.current(), start.wrapping_add(1));
-        assert_eq!(changes.shared().load(Ordering::Acquire), changes.current());
-        assert_eq!(changes.shared_main_flight().load(Ordering::Acquire), 2);
+        assert_eq!(changes.shared()[0].load(Ordering::Acquire), changes.current());
     }
 }

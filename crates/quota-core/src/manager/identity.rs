@@ -1,15 +1,83 @@
-//! The main identity as the plugin binds it (docs/compat.md#main-identity): an identity generation bumped whenever
-//! the bound identity changes, an error generation and a cleared-at time bumped whenever the
-//! main backoff error is set or cleared, and strictness (a strict identity serves nothing that
-//! is not stamped with it). The host persists the generations through the callbacks and hands
-//! them back in its storage; seeding compares them (see [`QuotaManager::seed_main_generations`]).
+//! Who the main route belongs to, and which strings are tokens (docs/compat.md#main-identity).
+//! An identity that is a token is kept only as `token:<fingerprint>`, so no token reaches the
+//! state file or a callback as an identity.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::routes::{MainIdentity, RouteId};
-use super::QuotaManager;
+use crate::fingerprint::fingerprint;
 use crate::host::HostStorage;
-use crate::snapshot::QuotaEntry;
+
+/// How a main identity named only by a token is persisted: `token:<fingerprint>`.
+const TOKEN_IDENTITY_PREFIX: &str = "token:";
+
+/// Who the main route belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MainIdentity {
+    /// An account the host named (`mainAccountId`, or an `identity` argument).
+    Account(String),
+    /// An account the host named only by its token: the token's fingerprint, so the identity
+    /// can be persisted without the token.
+    Token { fingerprint: String },
+}
+
+impl MainIdentity {
+    /// Reads an identity in its persisted form (see [`MainIdentity::persisted`]).
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix(TOKEN_IDENTITY_PREFIX) {
+            Some(fingerprint) => Self::Token { fingerprint: fingerprint.to_owned() },
+            None => Self::Account(text.to_owned()),
+        }
+    }
+
+    /// The identity of the account behind `token`.
+    pub fn of_token(token: &str) -> Self {
+        Self::Token { fingerprint: fingerprint(token) }
+    }
+
+    /// The form in route keys and in snapshots' `accountIdentity`.
+    pub fn persisted(&self) -> String {
+        match self {
+            Self::Account(name) => name.clone(),
+            Self::Token { fingerprint } => format!("{TOKEN_IDENTITY_PREFIX}{fingerprint}"),
+        }
+    }
+
+    /// Does the host's `wanted` name this account? A token-named account also answers to its
+    /// token. Hashes only for a token-named account: this runs on every request.
+    pub(super) fn is_named_by(&self, wanted: &str) -> bool {
+        match self {
+            Self::Account(name) => name == wanted,
+            Self::Token { fingerprint: ours } => {
+                wanted.strip_prefix(TOKEN_IDENTITY_PREFIX) == Some(ours.as_str())
+                    || fingerprint(wanted) == *ours
+            }
+        }
+    }
+}
+
+/// The same account, whichever way it was named (a token and its fingerprint are one).
+pub(super) fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a == b || a.is_named_by(&b.persisted()) || b.is_named_by(&a.persisted())
+        }
+        _ => false,
+    }
+}
+
+/// Who a main refresh is for.
+#[derive(Clone, Copy, Debug)]
+pub enum MainTarget<'a> {
+    /// Named only by its token (one-argument `refreshMain`).
+    Token,
+    /// No identity (`refreshMain(undefined, token)`), as the plugin's manager takes it: an
+    /// identity of its own, so a bound one is unbound first.
+    Unnamed,
+    Named(&'a str),
+}
 
 /// The main route's generations (upstream `mainQuotaIdentityGeneration` and friends).
 #[derive(Clone, Debug, Default)]
@@ -36,225 +104,84 @@ impl MainGenerations {
     }
 }
 
-/// Who a main refresh is for.
-#[derive(Clone, Copy, Debug)]
-pub enum MainTarget<'a> {
-    /// Named only by its token (one-argument `refreshMain`).
-    Token,
-    /// No identity (`refreshMain(undefined, token)`), as the plugin's manager takes it: an
-    /// identity of its own, so a bound one is unbound first.
-    Unnamed,
-    Named(&'a str),
+/// The tokens of a list still being read off the host's thread: calling it reads the list (or
+/// waits for the read under way) and answers them.
+pub type PendingTokens = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// Tokens rotate a few times a day: the bound only guards a host that mints them in bulk.
+const TOKENS_KEPT: usize = 1024;
+
+/// The tokens a manager was handed, so that an identity equal to one of them is kept only as
+/// its fingerprint. Only a keyed 64-bit hash of each is kept, in memory, never persisted (a
+/// SHA-256 per token cost 5 ms of the host's thread over 10,000 accounts).
+#[derive(Default)]
+pub(super) struct SeenTokens {
+    /// Keyed at random per manager, so the hashes mean nothing outside this process.
+    keys: std::collections::hash_map::RandomState,
+    hashes: Mutex<HashSet<u64>>,
+    /// Lists whose tokens are not in `hashes` yet: read before any answer, so a token handed
+    /// over is known as one from the moment the call that handed it returned.
+    pending: Mutex<Vec<PendingTokens>>,
 }
 
-impl QuotaManager {
-    /// `setMainQuotaAccountIdentity`: see docs/compat.md#main-identity. Returns the new error generation when a
-    /// backoff error recorded for another identity was cleared.
-    pub fn set_main_identity(
-        &self,
-        identity: Option<&str>,
-        strict: bool,
-        force: bool,
-    ) -> Option<u64> {
-        let now = self.now();
-        let mut state = self.state();
-        let state = &mut *state;
-        let routes = &mut state.routes;
-        let wanted = identity.map(MainIdentity::parse);
-        let previous = routes.main_owner().cloned();
-        let was_known = routes.generations.known;
-        let changed = force
-            || !was_known
-            || !same_identity(previous.as_ref(), wanted.as_ref())
-            || strict != routes.generations.strict;
-        routes.generations.known = true;
-        routes.generations.strict = strict;
-        if !changed {
-            return None;
-        }
-        routes.generations.identity += 1;
-        let wanted_name = wanted.as_ref().map(MainIdentity::persisted);
-        let last_error = routes.main().record.backoff.last_error.clone();
-        let kept_entry = routes
-            .main()
-            .entry()
-            .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
-            .cloned();
-        if force {
-            routes.retarget_main(wanted.clone());
-            routes.generations.error_cleared(now);
-            self.schedule_main_write(state);
-            return None;
-        }
-        let identity_moved = !same_identity(previous.as_ref(), wanted.as_ref());
-        if identity_moved {
-            match (&previous, wanted.clone()) {
-                // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
-                // whoever binds it), and drops an entry not stamped for the new identity.
-                (None, Some(wanted)) => routes.bind_main(wanted),
-                _ => routes.retarget_main(wanted.clone()),
+impl SeenTokens {
+    /// Is `identity` a token: the token of the same call, one shaped like an OAuth token
+    /// (Anthropic's start with `sk-ant-`), or one this manager was handed?
+    pub fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
+        token == Some(identity) || identity.starts_with("sk-ant-") || {
+            let pending = std::mem::take(&mut *lock(&self.pending));
+            for tokens in pending {
+                self.remember(tokens().iter().map(String::as_str));
             }
-            routes.main_mut().record.entry = kept_entry;
-        } else if wanted_name.is_some() && kept_entry.is_none() {
-            routes.main_mut().record.entry = None;
+            lock(&self.hashes).contains(&self.keys.hash_one(identity))
         }
-        let error_of_another = last_error.as_ref().is_some_and(|error| {
-            wanted_name.is_some()
-                && match &error.account_identity {
-                    Some(owner) => Some(owner) != wanted_name.as_ref(),
-                    None => was_known && previous.is_some() && identity_moved,
-                }
-        });
-        if error_of_another {
-            routes.main_mut().clear_backoff(now);
-            let generation = routes.generations.error_cleared(now);
-            self.schedule_main_write(state);
-            return Some(generation);
+    }
+
+    /// `identity` as it may be kept: `token:<fingerprint>` when it is a token.
+    pub fn identity_form(&self, identity: String, token: Option<&str>) -> String {
+        if self.is_token(&identity, token) {
+            MainIdentity::of_token(&identity).persisted()
+        } else {
+            identity
         }
-        None
     }
 
-    pub fn main_identity_generation(&self) -> u64 {
-        self.state().routes.generations.identity
-    }
-
-    pub fn main_error_generation(&self) -> u64 {
-        self.state().routes.generations.error
-    }
-
-    pub fn main_error_cleared_at(&self) -> Option<i64> {
-        self.state().routes.generations.error_cleared_at
-    }
-
-    /// Unbinds the main identity and drops its entry (strictness and `known` stay).
-    pub fn clear_main(&self) {
-        let mut state = self.state();
-        state.routes.retarget_main(None);
-    }
-
-    /// Clears the main backoff here and, through the state file, in every process. `None`
-    /// when no error is set.
-    pub fn clear_main_backoff(&self) -> Option<u64> {
-        let now = self.now();
-        let mut state = self.state();
-        let state = &mut *state;
-        let main = state.routes.main_mut();
-        if main.record.backoff.last_error.is_none() && !main.record.backoff.is_open(now) {
-            return None;
+    /// The host's storage with every main identity that is a token in its fingerprint form
+    /// (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
+    pub fn storage_identities(&self, storage: &mut HostStorage) {
+        let quota = storage.main_quota.as_mut().map(|quota| &mut quota.account_identity);
+        let error = storage.main_last_error.as_mut().map(|error| &mut error.account_identity);
+        for identity in [Some(&mut storage.main_account_id), quota, error].into_iter().flatten() {
+            *identity = identity.take().map(|id| self.identity_form(id, None));
         }
-        main.clear_backoff(now);
-        let generation = state.routes.generations.error_cleared(now);
-        self.schedule_main_write(state);
-        Some(generation)
     }
 
-    pub(super) fn schedule_main_write(&self, state: &mut super::State) {
-        let staged = state.stage_route(&RouteId::Main);
-        self.schedule_flush(staged);
+    pub fn expect(&self, tokens: PendingTokens) {
+        lock(&self.pending).push(tokens);
     }
 
-    /// Seeding order (docs/compat.md#main-identity): a persisted clear cannot erase a newer in-memory error, and a
-    /// persisted error at or before the cleared-at time is ignored. Returns whether the
-    /// persisted error may be adopted.
-    pub(super) fn seed_main_generations(
-        state: &mut super::State,
-        storage: &HostStorage,
-        now: i64,
-    ) -> bool {
-        let routes = &mut state.routes;
-        let persisted_error = storage.main_last_error.as_ref();
-        let current_checked_at = |routes: &super::routes::Routes| {
-            routes.main().record.backoff.last_error.as_ref().map(|e| e.checked_at)
-        };
-        if let Some(cleared) = storage.main_quota_error_cleared_at {
-            if routes.generations.error_cleared_at.is_none_or(|at| cleared > at) {
-                routes.generations.error_cleared_at = Some(cleared);
-                let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
-                if persisted_older && current_checked_at(routes).is_none_or(|at| at <= cleared) {
-                    routes.main_mut().clear_backoff(now);
-                }
+    /// Remembers an expected list's tokens now; `true` when one was new.
+    pub fn settle(&self, tokens: &PendingTokens) -> bool {
+        lock(&self.pending).retain(|pending| !Arc::ptr_eq(pending, tokens));
+        self.remember(tokens().iter().map(String::as_str))
+    }
+
+    /// Remembers these tokens (empty ones are not tokens); `true` when one was new.
+    pub fn remember<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) -> bool {
+        let hashes: Vec<u64> =
+            tokens.into_iter().filter(|t| !t.is_empty()).map(|t| self.keys.hash_one(t)).collect();
+        let mut seen = lock(&self.hashes);
+        let mut any_new = false;
+        for hash in hashes {
+            if seen.len() >= TOKENS_KEPT && !seen.contains(&hash) {
+                seen.clear();
             }
+            any_new |= seen.insert(hash);
         }
-        if let Some(generation) = storage.main_quota_error_generation {
-            if generation > routes.generations.error {
-                routes.generations.error = generation;
-                let cleared = routes.generations.error_cleared_at;
-                if persisted_error.is_none()
-                    && current_checked_at(routes).is_none_or(|at| cleared.is_none_or(|c| at <= c))
-                {
-                    routes.main_mut().clear_backoff(now);
-                }
-            }
-        }
-        let Some(error) = persisted_error else {
-            return false;
-        };
-        let identity_ok = !routes.generations.known
-            || error.account_identity.is_none()
-            || error.account_identity == routes.main_owner().map(MainIdentity::persisted);
-        let after_clear =
-            routes.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
-        let newest = current_checked_at(routes).is_none_or(|at| error.checked_at >= at);
-        let active = error.next_retry_at.is_some_and(|at| at > now);
-        if identity_ok && after_clear && newest && active {
-            if let Some(generation) = storage.main_quota_error_generation {
-                routes.generations.error = generation.max(routes.generations.error);
-            }
-            return true;
-        }
-        false
-    }
-
-    /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).
-    pub(super) fn main_entry_for(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
-        let state = self.state();
-        let routes = &state.routes;
-        let entry = routes.main().entry()?;
-        match identity {
-            None => {
-                let bound_by_name = matches!(routes.main_owner(), Some(MainIdentity::Account(_)));
-                if bound_by_name || routes.generations.strict_known() {
-                    return None;
-                }
-            }
-            Some(wanted) => {
-                if !routes.main_matches(Some(wanted)) {
-                    return None;
-                }
-                if routes.generations.strict_known() {
-                    let owner = routes.main_owner().map(MainIdentity::persisted);
-                    if entry.quota.account_identity != owner {
-                        return None;
-                    }
-                }
-            }
-        }
-        Some(entry.clone())
-    }
-
-    /// A strict identity makes the main entry stale unless it is stamped with that identity.
-    pub(super) fn main_strictly_unmatched(&self) -> bool {
-        let state = self.state();
-        let routes = &state.routes;
-        if !routes.generations.strict_known() {
-            return false;
-        }
-        let Some(owner) = routes.main_owner() else {
-            return true;
-        };
-        routes.main().entry().is_some_and(|e| {
-            e.quota.account_identity.as_deref() != Some(owner.persisted().as_str())
-        })
+        any_new
     }
 }
 
-/// The same account, whichever way it was named (a token and its fingerprint are one).
-pub(super) fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            a == b || a.is_named_by(&b.persisted()) || b.is_named_by(&a.persisted())
-        }
-        _ => false,
-    }
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -6,7 +6,10 @@
 //! This file is the facade: construction, the shared state and the handles. Each concern lives
 //! in a module of its own, adding its methods to [`QuotaManager`]:
 //! - [`routes`]: route slots, route keys, binding a slot to an identity or a login
-//! - [`single_flight`]: one running request per route, shared by its callers
+//! - [`identity`], [`main_account`]: the main identity (token identities included), its
+//!   generations and strictness
+//! - [`single_flight`]: a flight's stages; one running request per route, shared by its callers
+//! - [`outcome`]: what a refresh ends with and how its callers are counted
 //! - [`refresh`]: registering a refresh at the call; counting how each caller was served
 //! - [`attempt`]: one request's life: locks, adopting the state file, fetching, recording
 //! - [`pacing`]: the gap between two requests with one token
@@ -26,6 +29,8 @@ mod changes;
 mod fallbacks;
 mod identity;
 mod loading;
+mod main_account;
+mod outcome;
 mod pacing;
 mod poll;
 mod refresh;
@@ -52,12 +57,13 @@ use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
 pub use changes::ChangeCounter;
-pub use identity::MainTarget;
-pub use refresh::{Refresh, RefreshFuture, RefreshOutcome};
-pub use routes::MainIdentity;
+pub use identity::{MainIdentity, MainTarget, PendingTokens};
+pub use outcome::RefreshOutcome;
+pub use refresh::{Refresh, RefreshFuture};
 pub use seeding::{AwaitedSnapshots, SeedingScope};
 
-use changes::{Published, StateGuard};
+use changes::StateGuard;
+use identity::SeenTokens;
 use loading::Loading;
 use pacing::Pacing;
 use routes::Routes;
@@ -137,6 +143,8 @@ struct Inner {
     /// queued meanwhile (a group commit), so many routes' results cost a few writes, not one
     /// read-modify-write and fsync each.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// The tokens the host handed over (which identities are tokens).
+    seen_tokens: SeenTokens,
 }
 
 /// The quota manager. Cheap to clone; clones share everything.
@@ -145,36 +153,7 @@ pub struct QuotaManager {
     inner: Arc<Inner>,
 }
 
-impl Published for State {
-    fn main_flight(&self) -> i32 {
-        if self.closed {
-            return 0;
-        }
-        self.routes
-            .main()
-            .flights
-            // A finished flight waits only for its callers to be answered: a host joining it by
-            // itself could no longer be counted in its tally, so it calls in (and is counted).
-            // Of several (one per token), the one the last call was handed: the host joins it
-            // only for a call with that call's identity and token, and calls in for any other.
-            .last_handed_unfinished()
-            // Ids are small and only ever grow; the low 31 bits tell flights apart.
-            .map_or(0, |flight| (flight.id() & 0x7fff_ffff) as i32)
-    }
-}
-
 impl QuotaManager {
-    /// The main route's running request: its id and the count of its callers (see
-    /// [`ChangeCounter::shared_main_flight`]); `None` when none runs or the manager is closed.
-    pub fn main_flight(&self) -> Option<(u64, Arc<std::sync::atomic::AtomicU64>)> {
-        let state = self.state();
-        if state.closed {
-            return None;
-        }
-        let flight = state.routes.main().flights.last_handed_unfinished()?;
-        Some((flight.id(), flight.callers()))
-    }
-
     /// Builds a manager and seeds it from the state file, then from the host's storage. The
     /// state file is read here, once; a corrupt one is set aside and reported.
     pub fn new(
@@ -185,6 +164,10 @@ impl QuotaManager {
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, ConfigError> {
+        let mut storage = storage;
+        if let Some(storage) = storage.as_mut() {
+            SeenTokens::default().storage_identities(storage);
+        }
         let client = UsageClient::with_options(config.usage.clone(), &config.connection)?;
         let store = config
             .state_path
@@ -218,6 +201,7 @@ impl QuotaManager {
                 changes: ChangeCounter::default(),
                 loading: Loading::done(),
                 writer: Arc::default(),
+                seen_tokens: SeenTokens::default(),
             }),
         };
         if manager.inner.store.is_none() {
@@ -275,7 +259,14 @@ impl QuotaManager {
         // A panic while holding the lock cannot leave the state half-updated in a way that
         // matters more than refusing every later call would.
         let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        StateGuard::new(guard, &self.inner.changes)
+        let state = StateGuard::new(guard, &self.inner.changes);
+        // Calls the host answered from its kept `refreshMain` answer belong to the main request
+        // that answer came from: counted on it before anything can change it.
+        let joined = self.inner.changes.take_joined();
+        if joined > 0 {
+            self.count_joined_main(&state, joined);
+        }
+        state
     }
 
     /// The change counter: it moves whenever anything the synchronous reads answer from may
@@ -290,8 +281,9 @@ impl QuotaManager {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        // The counters include what loading the state file found (a file set aside...).
-        self.inner.loading.wait();
+        // The counters include what loading the state file found (a file set aside...), and the
+        // calls the host answered from its kept `refreshMain` answer.
+        drop(self.state());
         StatsSnapshot {
             shared_store: self.inner.shared.mode().as_str(),
             redis_fallbacks: self.inner.shared.redis_fallbacks(),

@@ -6,35 +6,14 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
-use super::identity::{same_identity, MainTarget};
-use super::routes::{MainIdentity, RouteId, RouteSlot};
+use super::identity::{same_identity, MainIdentity, MainTarget};
+use super::outcome::{RefreshOutcome, Served, Settled};
+use super::routes::{RouteId, RouteSlot};
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
 use crate::host::FallbackAccount;
-use crate::snapshot::QuotaSnapshot;
 use crate::stats::{bump, bump_by};
-
-/// What a refresh hands back.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RefreshOutcome {
-    pub quota: QuotaSnapshot,
-    /// `false` when served from the cache (backoff) or from another process's result.
-    pub fetched: bool,
-}
-
-/// How a refresh was answered, so every caller waiting on it is counted where it belongs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Served {
-    /// By a request this process sent (or tried to send).
-    Request,
-    /// By another process's result, read from the state file.
-    OtherProcess,
-    /// From the cache, or refused, because the route is backed off.
-    DuringBackoff,
-}
-
-pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);
 
 /// A caller's wait for a refresh that is already registered.
 pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
@@ -162,11 +141,8 @@ impl QuotaManager {
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        let bound = state.routes.bind_fallback_for(id, account);
-        if !bound {
-            // A refresh for a login that was replaced: answer for the current one instead.
-            state.routes.bind_fallback(id, None);
-        }
+        // A refresh for a login that was replaced answers for the current one.
+        state.routes.bind_fallback_for(id, account);
         let (ticket, hold) =
             self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
         self.settle(ticket, hold)
@@ -185,29 +161,20 @@ impl QuotaManager {
             state.routes.main_owner().map(MainIdentity::persisted)
         };
         let refresh = self.begin_refresh_main(identity.as_deref(), token);
-        Some(
-            async move {
-                let _ = refresh.answer().await;
-            }
-            .boxed(),
-        )
+        Some(refresh.answer().map(drop).boxed())
     }
 
     /// The caller's wait: counted, when it ends, by how it was served.
     fn settle(&self, ticket: Ticket<Settled>, hold: Option<FlightHold>) -> Refresh {
         let stats = self.inner.stats.clone();
-        let Ticket { result, callers, id, counts_itself: _ } = ticket;
+        let Ticket { result, callers, id } = ticket;
         let wait = async move {
             let (served, result) = result.await;
             // Only the caller that started the request counts: once it is done nobody can join
             // it any more, so the tally is final before any caller hears the result.
             if let Some(callers) = callers {
-                let callers = callers.load(Ordering::SeqCst);
-                match served {
-                    Served::OtherProcess => bump_by(&stats.joined_other_process, callers),
-                    Served::DuringBackoff => bump_by(&stats.served_during_backoff, callers),
-                    Served::Request => bump_by(&stats.joined_in_flight, callers - 1),
-                }
+                let starter = u64::from(served == Served::Request);
+                bump_by(served.counter(&stats), callers.load(Ordering::SeqCst) - starter);
             }
             result
         };
@@ -221,18 +188,36 @@ impl QuotaManager {
         let Some(slot) = state.routes.attempt_slot(route, generation) else {
             return;
         };
-        if slot.flights.by_id(id).is_some_and(Flight::answered) {
-            slot.flights.remove(id);
+        slot.flights.answered(id);
+    }
+
+    /// The request a main refresh call with the same arguments as the last one would join now
+    /// (0: none; it would be answered at once, or start one): the host may answer such a call
+    /// with the last call's answer, counting it with [`super::ChangeCounter`]'s joined calls.
+    pub fn main_joinable(&self) -> u64 {
+        let now = self.now();
+        let state = self.state();
+        let main = state.routes.main();
+        let flight = main.flights.last_handed().filter(|_| !state.closed);
+        flight.filter(|_| !main.record.backoff.is_open(now)).map_or(0, Flight::id)
+    }
+
+    /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
+    /// request the last main refresh call was handed, as if each had joined it.
+    pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
+        let Some(flight) = state.routes.main().flights.last_handed() else {
+            return;
+        };
+        if let Some(&(served, _)) = flight.count_callers(joined) {
+            bump_by(served.counter(&self.inner.stats), joined);
         }
     }
 
+    /// Joined once the request was done: its starter's tally was final. Counted now, as the
+    /// starter counts its callers (a caller handed a promise already made never awaits its own
+    /// wait).
     fn count_late_joiner(&self, served: Served) {
-        let stats = &self.inner.stats;
-        match served {
-            Served::OtherProcess => bump(&stats.joined_other_process),
-            Served::DuringBackoff => bump(&stats.served_during_backoff),
-            Served::Request => bump(&stats.joined_in_flight),
-        }
+        bump(served.counter(&self.inner.stats));
     }
 
     fn hold(&self, route: &RouteId, generation: u64, id: u64) -> FlightHold {
@@ -252,24 +237,19 @@ impl QuotaManager {
             let slot = state.routes.slot_mut(&route);
             if slot.record.backoff.is_open(now) {
                 bump(&self.inner.stats.served_during_backoff);
+                slot.flights.handed(None);
                 let cached = (Served::DuringBackoff, slot.served_from_cache(now));
                 self.recheck_backoff_soon(state, &route, now);
                 return (Ticket::ready(cached), None);
             }
             if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
                 let id = running.id();
-                let hold = self.hold(&route, slot.generation, id);
-                let ticket = running.join();
-                if ticket.counts_itself {
-                    // Joined once the request was done: its starter's tally was final. Counted
-                    // now, as the starter counts its callers: a caller handed a promise already
-                    // made never awaits its own wait.
-                    if let Some((served, _)) = running.result_now() {
-                        self.count_late_joiner(served);
-                    }
+                if let Some(&(served, _)) = running.count_callers(1) {
+                    self.count_late_joiner(served);
                 }
-                slot.flights.handed(id);
-                return (ticket, Some(hold));
+                let ticket = running.join();
+                slot.flights.handed(Some(id));
+                return (ticket, Some(self.hold(&route, slot.generation, id)));
             }
             slot.generation
         };

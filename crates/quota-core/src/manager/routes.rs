@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use super::identity::{same_identity, MainGenerations, MainIdentity};
+use super::outcome::Settled;
 use super::single_flight::{Flight, Flights};
 use crate::fingerprint::fingerprint;
 use crate::host::FallbackAccount;
@@ -13,59 +15,10 @@ use crate::route_key::RouteKey;
 use crate::snapshot::QuotaEntry;
 use crate::store::RouteRecord;
 
-use super::refresh::Settled;
-
 /// Fallback slots remember this many replaced logins, to recognise late observations of them.
 const RETIRED_LINEAGES_KEPT: usize = 8;
 /// How many main routes left behind by an identity switch keep their backoff and pacing.
 const LEFT_MAIN_ROUTES_KEPT: usize = 8;
-/// How a main identity named only by a token is persisted: `token:<fingerprint>`.
-const TOKEN_IDENTITY_PREFIX: &str = "token:";
-
-/// Who the main route belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MainIdentity {
-    /// An account the host named (`mainAccountId`, or an `identity` argument).
-    Account(String),
-    /// An account the host named only by its token: the token's fingerprint, so the identity
-    /// can be persisted without the token.
-    Token { fingerprint: String },
-}
-
-impl MainIdentity {
-    /// Reads an identity in its persisted form (see [`MainIdentity::persisted`]).
-    pub fn parse(text: &str) -> Self {
-        match text.strip_prefix(TOKEN_IDENTITY_PREFIX) {
-            Some(fingerprint) => Self::Token { fingerprint: fingerprint.to_owned() },
-            None => Self::Account(text.to_owned()),
-        }
-    }
-
-    /// The identity of the account behind `token`.
-    pub fn of_token(token: &str) -> Self {
-        Self::Token { fingerprint: fingerprint(token) }
-    }
-
-    /// The form in route keys and in snapshots' `accountIdentity`.
-    pub fn persisted(&self) -> String {
-        match self {
-            Self::Account(name) => name.clone(),
-            Self::Token { fingerprint } => format!("{TOKEN_IDENTITY_PREFIX}{fingerprint}"),
-        }
-    }
-
-    /// Does the host's `wanted` name this account? A token-named account also answers to its
-    /// token. Hashes only for a token-named account: this runs on every request.
-    pub(super) fn is_named_by(&self, wanted: &str) -> bool {
-        match self {
-            Self::Account(name) => name == wanted,
-            Self::Token { fingerprint: ours } => {
-                wanted.strip_prefix(TOKEN_IDENTITY_PREFIX) == Some(ours.as_str())
-                    || fingerprint(wanted) == *ours
-            }
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RouteId {
@@ -202,7 +155,7 @@ impl RouteSlot {
 pub(super) struct Routes {
     main_owner: Option<MainIdentity>,
     /// The main identity's generations (docs/compat.md#main-identity).
-    pub generations: super::identity::MainGenerations,
+    pub generations: MainGenerations,
     main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
     /// Main routes the slot was re-bound away from, by state-file key: their backoff and pacing
@@ -324,11 +277,8 @@ impl Routes {
             record: RouteRecord { lineage, ..RouteRecord::default() },
             retired_lineages: retired,
             generation,
-            flights: Flights::default(),
-            lineage_observed: false,
             lineage_memo,
-            backoff_rechecked_at: AtomicI64::default(),
-            adopted_checked_at: None,
+            ..RouteSlot::default()
         };
     }
 
@@ -367,13 +317,11 @@ impl Routes {
     /// `{ authLineageId }`): the account's login is observed as a seeding would; without one,
     /// the slot is bound to whatever login it has. `false` for a login replaced earlier.
     pub fn bind_fallback_for(&mut self, id: &str, account: Option<&FallbackAccount>) -> bool {
-        match account {
-            Some(account) => {
-                self.observe_fallback(id, account.auth_lineage_id.as_deref())
-                    != LineageBind::Refused
-            }
-            None => self.bind_fallback(id, None),
-        }
+        let Some(account) = account else {
+            self.slot_mut(&RouteId::Fallback(id.to_owned()));
+            return true;
+        };
+        self.observe_fallback(id, account.auth_lineage_id.as_deref()) != LineageBind::Refused
     }
 
     /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it
@@ -392,10 +340,7 @@ impl Routes {
     pub fn bind_main(&mut self, identity: MainIdentity) {
         match &self.main_owner {
             // One account, whichever way it was named (a token and `token:<fingerprint>`).
-            Some(owner)
-                if *owner == identity
-                    || owner.is_named_by(&identity.persisted())
-                    || identity.is_named_by(&owner.persisted()) => {}
+            Some(owner) if same_identity(Some(owner), Some(&identity)) => {}
             Some(_) => {
                 self.leave_main();
                 self.reset(&RouteId::Main, None);
@@ -502,28 +447,6 @@ impl Routes {
     pub fn retarget_main(&mut self, identity: Option<MainIdentity>) {
         self.reset(&RouteId::Main, None);
         self.main_owner = identity;
-    }
-
-    /// Binds a fallback slot to the account's login. A new login drops the slot; an old one
-    /// (replaced earlier) is refused with `false`.
-    pub fn bind_fallback(&mut self, id: &str, lineage: Option<&str>) -> bool {
-        let route = RouteId::Fallback(id.to_owned());
-        let slot = self.slot_mut(&route);
-        let Some(lineage) = lineage.map(|lineage| slot.lineage_memo.fingerprint(lineage)) else {
-            return true;
-        };
-        match &slot.record.lineage {
-            Some(owner) if *owner == lineage => true,
-            _ if slot.retired_lineages.contains(&lineage) => false,
-            Some(_) => {
-                self.reset(&route, Some(lineage));
-                true
-            }
-            None => {
-                slot.record.lineage = Some(lineage);
-                true
-            }
-        }
     }
 
     /// Is the main slot the account the host names (`None`: whichever it holds)?

@@ -2,7 +2,8 @@
 //! snapshots and errors) is adopted whenever the host hands it over. Either way a route only
 //! takes what is newer than what it has.
 
-use super::routes::{LineageBind, MainIdentity, RouteId, RouteSlot};
+use super::identity::MainIdentity;
+use super::routes::{LineageBind, RouteId, RouteSlot};
 use super::settings::Settings;
 use super::QuotaManager;
 use crate::host::{FallbackAccount, HostStorage};

@@ -284,8 +284,8 @@ impl QuotaManager {
     pub(super) fn report_state_error(&self, error: &QuotaError) {
         bump(&self.inner.stats.state_errors);
         if self.state().writes.first_state_error() {
-            eprintln!(
-                "anthropic-quota-manager: the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
+            log::warn!(
+                "the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
             );
         }
     }
@@ -295,8 +295,8 @@ impl QuotaManager {
     pub(super) fn report_newer_schema(&self, version: u64) {
         bump(&self.inner.stats.state_file_newer_schema);
         if self.state().writes.first_newer_schema() {
-            eprintln!(
-                "anthropic-quota-manager: the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
+            log::warn!(
+                "the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
                 self.state_path().map_or_else(String::new, |p| p.display().to_string())
             );
         }
@@ -305,8 +305,8 @@ impl QuotaManager {
     pub(super) fn report_quarantine(&self, aside: &std::path::Path) {
         bump(&self.inner.stats.state_file_quarantines);
         if self.state().writes.first_quarantine() {
-            eprintln!(
-                "anthropic-quota-manager: the quota state file could not be read; it was moved to {} and the manager starts empty",
+            log::warn!(
+                "the quota state file could not be read; it was moved to {} and the manager starts empty",
                 aside.display()
             );
         }

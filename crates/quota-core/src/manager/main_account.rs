@@ -1,0 +1,246 @@
+//! The main identity as the plugin binds it (docs/compat.md#main-identity): an identity generation bumped whenever
+//! the bound identity changes, an error generation and a cleared-at time bumped whenever the
+//! main backoff error is set or cleared, and strictness (a strict identity serves nothing that
+//! is not stamped with it). The host persists the generations through the callbacks and hands
+//! them back in its storage; seeding compares them (see [`QuotaManager::seed_main_generations`]).
+
+use std::sync::Arc;
+
+use super::identity::{same_identity, MainIdentity, PendingTokens};
+use super::routes::{RouteId, Routes};
+use super::QuotaManager;
+use crate::host::HostStorage;
+use crate::snapshot::QuotaEntry;
+
+impl QuotaManager {
+    /// `setMainQuotaAccountIdentity`: see docs/compat.md#main-identity. Returns the new error generation when a
+    /// backoff error recorded for another identity was cleared.
+    pub fn set_main_identity(
+        &self,
+        identity: Option<&str>,
+        strict: bool,
+        force: bool,
+    ) -> Option<u64> {
+        let now = self.now();
+        let mut state = self.state();
+        let state = &mut *state;
+        let routes = &mut state.routes;
+        let wanted = identity.map(MainIdentity::parse);
+        let previous = routes.main_owner().cloned();
+        let was_known = routes.generations.known;
+        let changed = force
+            || !was_known
+            || !same_identity(previous.as_ref(), wanted.as_ref())
+            || strict != routes.generations.strict;
+        routes.generations.known = true;
+        routes.generations.strict = strict;
+        if !changed {
+            return None;
+        }
+        routes.generations.identity += 1;
+        let wanted_name = wanted.as_ref().map(MainIdentity::persisted);
+        let last_error = routes.main().record.backoff.last_error.clone();
+        let kept_entry = routes
+            .main()
+            .entry()
+            .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
+            .cloned();
+        if force {
+            routes.retarget_main(wanted.clone());
+            routes.generations.error_cleared(now);
+            self.schedule_main_write(state);
+            return None;
+        }
+        let identity_moved = !same_identity(previous.as_ref(), wanted.as_ref());
+        if identity_moved {
+            match (&previous, wanted.clone()) {
+                // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
+                // whoever binds it), and drops an entry not stamped for the new identity.
+                (None, Some(wanted)) => routes.bind_main(wanted),
+                _ => routes.retarget_main(wanted.clone()),
+            }
+            routes.main_mut().record.entry = kept_entry;
+        } else if wanted_name.is_some() && kept_entry.is_none() {
+            routes.main_mut().record.entry = None;
+        }
+        let error_of_another = last_error.as_ref().is_some_and(|error| {
+            wanted_name.is_some()
+                && match &error.account_identity {
+                    Some(owner) => Some(owner) != wanted_name.as_ref(),
+                    None => was_known && previous.is_some() && identity_moved,
+                }
+        });
+        if error_of_another {
+            routes.main_mut().clear_backoff(now);
+            let generation = routes.generations.error_cleared(now);
+            self.schedule_main_write(state);
+            return Some(generation);
+        }
+        None
+    }
+
+    pub fn main_identity_generation(&self) -> u64 {
+        self.state().routes.generations.identity
+    }
+
+    pub fn main_error_generation(&self) -> u64 {
+        self.state().routes.generations.error
+    }
+
+    pub fn main_error_cleared_at(&self) -> Option<i64> {
+        self.state().routes.generations.error_cleared_at
+    }
+
+    /// Unbinds the main identity and drops its entry (strictness and `known` stay).
+    pub fn clear_main(&self) {
+        let mut state = self.state();
+        state.routes.retarget_main(None);
+    }
+
+    /// Clears the main backoff here and, through the state file, in every process. `None`
+    /// when no error is set.
+    pub fn clear_main_backoff(&self) -> Option<u64> {
+        let now = self.now();
+        let mut state = self.state();
+        let state = &mut *state;
+        let main = state.routes.main_mut();
+        if main.record.backoff.last_error.is_none() && !main.record.backoff.is_open(now) {
+            return None;
+        }
+        main.clear_backoff(now);
+        let generation = state.routes.generations.error_cleared(now);
+        self.schedule_main_write(state);
+        Some(generation)
+    }
+
+    pub(super) fn schedule_main_write(&self, state: &mut super::State) {
+        let staged = state.stage_route(&RouteId::Main);
+        self.schedule_flush(staged);
+    }
+
+    /// Seeding order (docs/compat.md#main-identity): a persisted clear cannot erase a newer in-memory error, and a
+    /// persisted error at or before the cleared-at time is ignored. Returns whether the
+    /// persisted error may be adopted.
+    pub(super) fn seed_main_generations(
+        state: &mut super::State,
+        storage: &HostStorage,
+        now: i64,
+    ) -> bool {
+        let routes = &mut state.routes;
+        let persisted_error = storage.main_last_error.as_ref();
+        let current_checked_at = |routes: &Routes| {
+            routes.main().record.backoff.last_error.as_ref().map(|e| e.checked_at)
+        };
+        if let Some(cleared) = storage.main_quota_error_cleared_at {
+            if routes.generations.error_cleared_at.is_none_or(|at| cleared > at) {
+                routes.generations.error_cleared_at = Some(cleared);
+                let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
+                if persisted_older && current_checked_at(routes).is_none_or(|at| at <= cleared) {
+                    routes.main_mut().clear_backoff(now);
+                }
+            }
+        }
+        if let Some(generation) = storage.main_quota_error_generation {
+            if generation > routes.generations.error {
+                routes.generations.error = generation;
+                let cleared = routes.generations.error_cleared_at;
+                if persisted_error.is_none()
+                    && current_checked_at(routes).is_none_or(|at| cleared.is_none_or(|c| at <= c))
+                {
+                    routes.main_mut().clear_backoff(now);
+                }
+            }
+        }
+        let Some(error) = persisted_error else {
+            return false;
+        };
+        let identity_ok = !routes.generations.known
+            || error.account_identity.is_none()
+            || error.account_identity == routes.main_owner().map(MainIdentity::persisted);
+        let after_clear =
+            routes.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
+        let newest = current_checked_at(routes).is_none_or(|at| error.checked_at >= at);
+        let active = error.next_retry_at.is_some_and(|at| at > now);
+        if identity_ok && after_clear && newest && active {
+            if let Some(generation) = storage.main_quota_error_generation {
+                routes.generations.error = generation.max(routes.generations.error);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).
+    pub(super) fn main_entry_for(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
+        let state = self.state();
+        let routes = &state.routes;
+        let entry = routes.main().entry()?;
+        match identity {
+            None => {
+                let bound_by_name = matches!(routes.main_owner(), Some(MainIdentity::Account(_)));
+                if bound_by_name || routes.generations.strict_known() {
+                    return None;
+                }
+            }
+            Some(wanted) => {
+                if !routes.main_matches(Some(wanted)) {
+                    return None;
+                }
+                if routes.generations.strict_known() {
+                    let owner = routes.main_owner().map(MainIdentity::persisted);
+                    if entry.quota.account_identity != owner {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(entry.clone())
+    }
+
+    /// A strict identity makes the main entry stale unless it is stamped with that identity.
+    pub(super) fn main_strictly_unmatched(&self) -> bool {
+        let state = self.state();
+        let routes = &state.routes;
+        if !routes.generations.strict_known() {
+            return false;
+        }
+        let Some(owner) = routes.main_owner() else {
+            return true;
+        };
+        routes.main().entry().is_some_and(|e| {
+            e.quota.account_identity.as_deref() != Some(owner.persisted().as_str())
+        })
+    }
+
+    /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the
+    /// token of the same call, one shaped like an OAuth token, or one this manager was handed).
+    pub fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
+        Some(self.inner.seen_tokens.identity_form(identity?, token))
+    }
+
+    /// The host's storage with every main identity that is a token in its fingerprint form.
+    pub fn storage_identities(&self, storage: &mut HostStorage) {
+        self.inner.seen_tokens.storage_identities(storage);
+    }
+
+    /// Tokens handed to the manager: an identity equal to one of them is a token from now on.
+    pub fn remember_tokens<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
+        if self.inner.seen_tokens.remember(tokens) {
+            // Which identities are tokens changes what `getMain(id)` answers.
+            self.inner.changes.bump();
+        }
+    }
+
+    /// A list whose tokens count from now on, though it is read later, off the host's thread.
+    pub fn expect_tokens(&self, tokens: PendingTokens) {
+        self.inner.seen_tokens.expect(tokens);
+        self.inner.changes.bump();
+    }
+
+    /// An expected list was read: its tokens no longer need reading at the next answer.
+    pub fn settle_tokens(&self, tokens: &PendingTokens) {
+        if self.inner.seen_tokens.settle(tokens) {
+            self.inner.changes.bump();
+        }
+    }
+}
