@@ -1,44 +1,18 @@
-//! The Redis shared store: route locks, route records and change notices on a Redis server, so
-//! "one usage call per account per freshness window" holds across hosts (issue 13), not only
-//! across the processes of one machine as with the state file ([`crate::store`]).
+//! The Redis shared store (docs/redis.md): route locks, route records and change notices on a
+//! Redis server, so "one usage call per account per freshness window" holds across hosts, not
+//! only across the processes of one machine as with the state file ([`crate::store`]).
 //!
-//! # Keys (all under the configured prefix, default [`DEFAULT_KEY_PREFIX`])
+//! Keys, under the configured prefix (default [`DEFAULT_KEY_PREFIX`]; docs/redis.md#keys):
+//! `route:<routeKey>` (a hash: `record`, the state file's JSON; `rev`; `fence`), `lock:<routeKey>`
+//! (the holder's fencing token, with a TTL), `fence` (the counter) and the `events` channel.
+//! Route keys name identities (account ids or fingerprints): no token is ever sent to Redis.
 //!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `<prefix>route:<routeKey>` | hash | `record`: the route's [`RouteRecord`] as JSON, exactly as in the state file; `rev`: bumped by every write (optimistic concurrency); `fence`: the fencing token of the last write made under the route lock |
-//! | `<prefix>lock:<routeKey>` | string, with a TTL | the fencing token of the holder of the route's refresh lock |
-//! | `<prefix>fence` | integer | the fencing-token counter (`INCR`) |
-//! | channel `<prefix>events` | pub/sub | a route key, published when its lock is released or its record written |
-//!
-//! `<routeKey>` is the state file's route key (`main:<identity>`, `fallback:<id>`): identities
-//! are account ids or token fingerprints, never tokens. No token is ever sent to Redis.
-//!
-//! # Locks and fencing
-//!
-//! A lock is `SET <prefix>lock:<key> <fence> NX PX <ttl>`, where `<fence>` comes from `INCR
-//! <prefix>fence` in the same script, so every holder has a token larger than every earlier one.
-//! While held, a task renews it (compare-and-`PEXPIRE`) every third of the TTL; a holder that
-//! dies, or is paused (its renewal pauses with it), loses the lock within one TTL. Release is a
-//! compare-and-delete script that also publishes the notice, so a lock is only ever removed by
-//! its own holder.
-//!
-//! # Writes: one merge rule, in Rust
-//!
-//! A write reads the record and its `rev`, folds the update in with [`RouteRecord::merge`] (the
-//! one merge rule, shared with the state file and the cache), and stores the result with a
-//! compare-and-set script that succeeds only if `rev` is unchanged, retrying on a conflict. A
-//! write made under a route lock also passes its fencing token: the script rejects it
-//! ([`RedisStoreError::StaleLock`]) unless the lock still holds that very token, so a holder
-//! that was paused past its TTL cannot overwrite the newer holder's result.
-//!
-//! # Never hang
-//!
-//! Every call is bounded by the store's operation timeout; the connection is made lazily (a
-//! manager can be built while Redis is down) and re-made after a failure by redis-rs's
-//! connection manager. Waiters wake on the `events` channel, and wait at most until the held
-//! lock's TTL runs out (a dead holder publishes nothing), or a short poll while the channel is
-//! not subscribed.
+//! A lock carries a fencing token larger than every earlier holder's and is renewed while held
+//! (docs/redis.md#locks). A write folds the update in with [`RouteRecord::merge`], the one merge
+//! rule, and stores the result by compare-and-set, fenced by the writer's lock
+//! (docs/redis.md#writes). Every call is bounded by the operation timeout; the connection is made
+//! lazily and re-made after a failure (docs/redis.md#failure-behaviour). Waiters wake on the
+//! `events` channel, at the latest when the held lock's TTL runs out.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -323,10 +297,6 @@ impl RedisStore {
         &self.inner.target
     }
 
-    pub fn key_prefix(&self) -> &str {
-        &self.inner.keys.prefix
-    }
-
     pub fn lock_ttl(&self) -> Duration {
         self.inner.lock_ttl
     }
@@ -391,48 +361,30 @@ impl RedisStore {
         key: &str,
         wait: Duration,
     ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, RedisStoreError> {
-        Ok(self.lock_route_waited(key, wait).await?.0)
-    }
-
-    /// [`RedisStore::lock_route`], and whether the first try found the lock held.
-    pub async fn lock_route_waited(
-        &self,
-        key: &str,
-        wait: Duration,
-    ) -> Result<(Option<(RedisRouteLock, Option<RouteRecord>)>, bool), RedisStoreError> {
         let deadline = Instant::now() + wait;
-        let mut waited = false;
         // Subscribed before the first try: a release between the try and the wait is not missed.
         let mut notices = self.notices();
         loop {
-            match self.try_lock_route(key).await? {
-                LockTry::Acquired(locked) => return Ok((Some(*locked), waited)),
-                LockTry::Held { expires_in } => {
-                    waited = true;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok((None, waited));
-                    }
-                    // A hair past the TTL, so the next try finds it gone.
-                    let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
-                    if !self.is_listening() {
-                        nap = nap.min(POLL_WITHOUT_NOTICES);
-                    }
-                    notices.changed(key, nap).await;
-                }
+            let expires_in = match self.try_lock_route(key).await? {
+                LockTry::Acquired(locked) => return Ok(Some(*locked)),
+                LockTry::Held { expires_in } => expires_in,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
             }
+            // A hair past the TTL, so the next try finds it gone.
+            let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
+            if !self.is_listening() {
+                nap = nap.min(POLL_WITHOUT_NOTICES);
+            }
+            notices.changed(key, nap).await;
         }
     }
 
     /// The route's record, `None` when Redis has none (or a damaged one).
     pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, RedisStoreError> {
         Ok(self.read_with_rev(key).await?.0)
-    }
-
-    /// Every route record under the prefix (seeding). Keys that hold no route record are left
-    /// out (see [`RedisStore::load_all_reporting`]).
-    pub async fn load_all(&self) -> Result<BTreeMap<String, RouteRecord>, RedisStoreError> {
-        Ok(self.load_all_reporting().await?.routes)
     }
 
     /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none
@@ -484,20 +436,11 @@ impl RedisStore {
         .await
     }
 
-    /// Folds each update into Redis with [`RouteRecord::merge`]. The update of the route `lock`
-    /// guards is fenced: rejected with [`RedisStoreError::StaleLock`] when the lock is no
-    /// longer this holder's. Stops at the first error.
-    pub async fn apply(
-        &self,
-        updates: &[StoreUpdate],
-        lock: Option<&RedisRouteLock>,
-    ) -> Result<(), RedisStoreError> {
-        self.apply_as_of(updates, lock, i64::MAX).await
-    }
-
-    /// [`RedisStore::apply`] by a writer whose clock reads no later than `trusted_until` (its
-    /// time plus the skew allowed between hosts): a record dated after it yields to the update
-    /// ([`RouteRecord::merge_as_of`]).
+    /// Folds each update into Redis with [`RouteRecord::merge_as_of`], by a writer whose clock
+    /// reads no later than `trusted_until` (its time plus the skew allowed between hosts;
+    /// `i64::MAX`: no bound). The update of the route `lock` guards is fenced: rejected with
+    /// [`RedisStoreError::StaleLock`] when the lock is no longer this holder's. Stops at the
+    /// first error.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
@@ -765,10 +708,6 @@ impl RedisRouteLock {
     /// The fencing token: larger than every earlier holder's.
     pub fn fence(&self) -> i64 {
         self.fence
-    }
-
-    pub fn key(&self) -> &str {
-        &self.key
     }
 
     /// A renewal found the lock gone or taken: writes under it will be rejected.

@@ -295,115 +295,83 @@ impl StateStore {
     /// not parse, or has an older or no schema version, is moved aside and reads as empty; a
     /// newer schema reads as empty with [`Loaded::newer_schema`] set, the file untouched.
     pub fn load(&self) -> Result<Loaded, QuotaError> {
-        match self.read_raw()? {
-            Parsed::Missing => Ok(Loaded::default()),
-            Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
-            Parsed::Valid(state) => Ok(Loaded { state, ..Loaded::default() }),
+        let (parsed, quarantined) = match self.read()? {
+            // Another process may have replaced the file since we looked: only a file that is
+            // still unreadable under the lock is moved.
             Parsed::Corrupt => {
                 let _guard = self.lock_file()?;
-                // Another process may have replaced the file since we looked: only a file that
-                // is still unreadable under the lock is moved.
-                match self.read_raw()? {
-                    Parsed::Corrupt => {
-                        Ok(Loaded { quarantined: Some(self.quarantine()?), ..Loaded::default() })
-                    }
-                    Parsed::Valid(state) => Ok(Loaded { state, ..Loaded::default() }),
-                    Parsed::Newer(version) => Ok(read_only(version, StateFile::default())),
-                    Parsed::Missing => Ok(Loaded::default()),
-                }
+                self.read_locked()?
             }
-        }
+            parsed => (parsed, None),
+        };
+        Ok(match parsed {
+            Parsed::Valid(state) => {
+                Loaded { state: Arc::unwrap_or_clone(state), ..Loaded::default() }
+            }
+            Parsed::Newer(version) => read_only(version, StateFile::default()),
+            Parsed::Missing | Parsed::Corrupt => Loaded { quarantined, ..Loaded::default() },
+        })
     }
 
-    /// Reads one route without a lock. An unchanged file is not parsed again (see `parsed`).
+    /// Reads one route without a lock.
     pub fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, QuotaError> {
-        let Some((file, stamp)) = self.open_stamped()? else {
-            return Ok(None);
-        };
-        let copy =
-            self.parsed_copy().as_ref().filter(|c| c.stamp == stamp).map(|c| c.state.clone());
-        if let Some(state) = copy {
-            return Ok(state.routes.get(key).cloned());
-        }
-        Ok(match self.read_opened(file)? {
-            Parsed::Valid(state) => {
-                let record = state.routes.get(key).cloned();
-                *self.parsed_copy() = Some(ParsedCopy { stamp, state: Arc::new(state) });
-                record
-            }
+        Ok(match self.read()? {
+            Parsed::Valid(state) => state.routes.get(key).cloned(),
             Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
         })
     }
 
-    /// Waits for a route's refresh lock, blocking the calling thread: run it on a blocking pool,
-    /// never on a runtime worker or the JavaScript thread. The OS wakes the waiter the moment the
-    /// holder unlocks or dies (no polling). A lock nobody ends up waiting for (its waiter gave up)
-    /// is released as soon as it is taken, when the returned guard is dropped.
-    pub fn lock_route_blocking(&self, key: &str) -> Result<RouteLock, QuotaError> {
-        self.ensure_locks_dir()?;
-        let lock_path = self.route_lock_path(key);
-        let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
-        file.lock().map_err(|e| Self::error(&lock_path, e))?;
-        Ok(RouteLock { _file: file })
+    /// The file's content: the parsed copy while the file is unchanged since this store last read
+    /// or wrote it, else the file parsed (and kept as the parsed copy).
+    fn read(&self) -> Result<Parsed, QuotaError> {
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Parsed::Missing),
+            Err(e) => return Err(Self::error(&self.path, e)),
+        };
+        let stamp = FileStamp::of(&file).map_err(|e| Self::error(&self.path, e))?;
+        let copy =
+            self.parsed_copy().as_ref().filter(|c| c.stamp == stamp).map(|c| c.state.clone());
+        if let Some(state) = copy {
+            return Ok(Parsed::Valid(state));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| Self::error(&self.path, e))?;
+        let parsed = parse_state(&bytes);
+        if let Parsed::Valid(state) = &parsed {
+            *self.parsed_copy() = Some(ParsedCopy { stamp, state: state.clone() });
+        }
+        Ok(parsed)
     }
 
-    fn route_lock_path(&self, key: &str) -> PathBuf {
-        self.locks_dir.join(format!("{}.lock", fingerprint(key)))
+    /// [`StateStore::read`] under the state lock, which a corrupt file is set aside under: it
+    /// then reads as missing, with where it went.
+    fn read_locked(&self) -> Result<(Parsed, Option<PathBuf>), QuotaError> {
+        match self.read()? {
+            Parsed::Corrupt => Ok((Parsed::Missing, Some(self.quarantine()?))),
+            parsed => Ok((parsed, None)),
+        }
     }
 
     fn parsed_copy(&self) -> std::sync::MutexGuard<'_, Option<ParsedCopy>> {
         self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The file opened for reading with its stamp, or `None` when there is no file.
-    fn open_stamped(&self) -> Result<Option<(File, FileStamp)>, QuotaError> {
-        let file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Self::error(&self.path, e)),
-        };
-        let stamp = FileStamp::of(&file).map_err(|e| Self::error(&self.path, e))?;
-        Ok(Some((file, stamp)))
-    }
-
-    fn read_opened(&self, mut file: File) -> Result<Parsed, QuotaError> {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| Self::error(&self.path, e))?;
-        Ok(parse_state(&bytes))
-    }
-
-    /// Under the state lock: the file's content, from the parsed copy when the file is unchanged
-    /// since this store last read or wrote it.
-    fn read_for_update(&self) -> Result<Parsed, QuotaError> {
-        let Some((file, stamp)) = self.open_stamped()? else {
-            return Ok(Parsed::Missing);
-        };
-        let copy =
-            self.parsed_copy().as_ref().filter(|c| c.stamp == stamp).map(|c| c.state.clone());
-        match copy {
-            Some(state) => Ok(Parsed::Valid(StateFile::clone(&state))),
-            None => self.read_opened(file),
-        }
-    }
-
     /// Applies updates with a locked read-modify-write, merging into whatever other processes
-    /// wrote meanwhile. Returns the merged file and where a corrupt file was set aside, if one was.
-    pub fn apply(&self, updates: &[StoreUpdate]) -> Result<Loaded, QuotaError> {
-        self.apply_as_of(updates, i64::MAX)
-    }
-
-    /// [`StateStore::apply`] by a writer whose clock reads no later than `trusted_until`: a
-    /// record here dated after it yields to the update ([`RouteRecord::merge_as_of`]).
+    /// wrote meanwhile, by a writer whose clock reads no later than `trusted_until` (`i64::MAX`:
+    /// no bound): a record here dated after it yields to the update
+    /// ([`RouteRecord::merge_as_of`]). Returns the merged file and where a corrupt file was set
+    /// aside, if one was.
     pub fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
         trusted_until: i64,
     ) -> Result<Loaded, QuotaError> {
         let _guard = self.lock_file()?;
-        let (mut state, quarantined) = match self.read_for_update()? {
-            Parsed::Valid(state) => (state, None),
-            Parsed::Missing => (StateFile::default(), None),
-            Parsed::Corrupt => (StateFile::default(), Some(self.quarantine()?)),
+        let (parsed, quarantined) = self.read_locked()?;
+        let mut state = match parsed {
+            Parsed::Valid(state) => Arc::unwrap_or_clone(state),
+            Parsed::Missing | Parsed::Corrupt => StateFile::default(),
             Parsed::Newer(version) => {
                 let mut alone = StateFile::default();
                 apply_updates(&mut alone, updates, trusted_until);
@@ -416,86 +384,66 @@ impl StateStore {
         Ok(Loaded { state, quarantined, newer_schema: None })
     }
 
-    /// Tries to take a route's refresh lock without blocking; `None` when another holder has it.
-    pub fn try_lock_route(&self, key: &str) -> Result<Option<RouteLock>, QuotaError> {
+    /// Takes a route's refresh lock. With `wait`, blocks the calling thread until the holder
+    /// unlocks or dies (the OS wakes it: no polling): run it on a blocking pool, never on a
+    /// runtime worker or the JavaScript thread; a lock nobody ends up waiting for (its waiter
+    /// gave up) is released as soon as it is taken, when the guard is dropped. Without, one try:
+    /// `None` when another holder has it.
+    pub fn lock_route(&self, key: &str, wait: bool) -> Result<Option<RouteLock>, QuotaError> {
         self.ensure_locks_dir()?;
-        let lock_path = self.route_lock_path(key);
-        let file = open_lock_file(&lock_path).map_err(|e| Self::error(&lock_path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(RouteLock { _file: file })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(Self::error(&lock_path, e)),
-        }
-    }
-
-    fn read_raw(&self) -> Result<Parsed, QuotaError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Parsed::Missing),
-            Err(e) => return Err(Self::error(&self.path, e)),
-        };
-        Ok(parse_state(&bytes))
+        let path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
+        let file = open_lock_file(&path).map_err(|e| Self::error(&path, e))?;
+        let taken = if wait { file.lock().map(|()| true) } else { try_lock(&file) };
+        Ok(taken.map_err(|e| Self::error(&path, e))?.then_some(RouteLock { _file: file }))
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
         Self::ensure_dir(self.path.parent().unwrap_or(Path::new(".")))?;
-        let file = open_lock_file(&self.lock_path).map_err(|e| Self::error(&self.lock_path, e))?;
+        let path = &self.lock_path;
+        let file = open_lock_file(path).map_err(|e| Self::error(path, e))?;
         // The OS releases the lock of a holder that dies, but not of one that is stopped or
         // stalled: poll it up to a deadline rather than block on it.
         let started = Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(Self::error(&self.lock_path, e)),
-            }
+        while !try_lock(&file).map_err(|e| Self::error(path, e))? {
             let waited = started.elapsed();
             if waited >= self.lock_timeout {
                 return Err(QuotaError::LockTimeout {
-                    path: self.lock_path.display().to_string(),
+                    path: path.display().to_string(),
                     waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             std::thread::sleep(LOCK_RETRY_PAUSE.min(self.lock_timeout.saturating_sub(waited)));
         }
+        Ok(file)
     }
 
     fn quarantine(&self) -> Result<PathBuf, QuotaError> {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".corrupt-{stamp}"));
+        name.push(format!("{QUARANTINE_INFIX}{stamp}"));
         let target = self.path.with_file_name(name);
         fs::rename(&self.path, &target).map_err(|e| Self::error(&self.path, e))?;
-        self.remove_old_quarantined_copies();
+        // Keeps the newest copies: the timestamp format sorts by name.
+        let prefix = format!("{}{QUARANTINE_INFIX}", self.file_name());
+        let mut copies =
+            self.own_files(|name| name.strip_prefix(&prefix).is_some_and(is_quarantine_stamp));
+        copies.sort();
+        let excess = copies.len().saturating_sub(MAX_QUARANTINED_COPIES);
+        for path in copies.into_iter().take(excess) {
+            let _ = fs::remove_file(path);
+        }
         Ok(target)
     }
 
-    /// Keeps the newest [`MAX_QUARANTINED_COPIES`] copies of this store's file. The timestamp
-    /// format sorts by name; only names of exactly this store's pattern are considered.
-    fn remove_old_quarantined_copies(&self) {
+    /// The files beside the state file whose names `is_own` accepts: only names of exactly this
+    /// store's patterns, never a sibling store's.
+    fn own_files(&self, is_own: impl Fn(&str) -> bool) -> Vec<PathBuf> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let prefix = format!(
-            "{}{QUARANTINE_INFIX}",
-            self.path.file_name().unwrap_or_default().to_string_lossy()
-        );
-        let Ok(entries) =
-            fs::read_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })
-        else {
-            return;
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
         };
-        let mut copies: Vec<(String, PathBuf)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let stamp = name.strip_prefix(&prefix)?;
-                is_quarantine_stamp(stamp).then(|| (name.clone(), entry.path()))
-            })
-            .collect();
-        copies.sort();
-        let excess = copies.len().saturating_sub(MAX_QUARANTINED_COPIES);
-        for (_, path) in copies.into_iter().take(excess) {
-            let _ = fs::remove_file(path);
-        }
+        entries.flatten().map(|e| e.path()).filter(|p| is_own(&file_name(p))).collect()
     }
 
     /// Writes the file atomically, and keeps it as the parsed copy from the moment it is in place
@@ -504,11 +452,16 @@ impl StateStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
-        self.remove_abandoned_temp_files(dir);
+        // Temporary files are only created under the state lock, which the caller holds: any
+        // left now belong to a writer that died mid-write, and would otherwise pile up.
+        let prefix = format!(".{}.", self.file_name());
+        for abandoned in self.own_files(|name| is_own_temp_file(name, &prefix)) {
+            let _ = fs::remove_file(abandoned);
+        }
         // tempfile creates the file in the target directory (so the rename below stays on one
         // filesystem and is atomic), with mode 0600 on Unix; Windows restricts it here.
         let mut temp = tempfile::Builder::new()
-            .prefix(&self.temp_prefix())
+            .prefix(&prefix)
             .rand_bytes(TEMP_RANDOM_CHARS)
             .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
@@ -531,24 +484,8 @@ impl StateStore {
         platform::sync_dir(dir).map_err(|e| Self::error(dir, e))
     }
 
-    fn temp_prefix(&self) -> String {
-        format!(".{}.", self.path.file_name().unwrap_or_default().to_string_lossy())
-    }
-
-    /// Temporary files are only created under the state lock, which the caller holds: any left
-    /// now belong to a writer that died mid-write, and would otherwise pile up.
-    fn remove_abandoned_temp_files(&self, dir: &Path) {
-        let prefix = self.temp_prefix();
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if is_own_temp_file(&name, &prefix) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+    fn file_name(&self) -> String {
+        file_name(&self.path)
     }
 
     fn ensure_dir(dir: &Path) -> Result<(), QuotaError> {
@@ -585,9 +522,23 @@ impl StateStore {
     }
 }
 
+/// One try at an OS lock: `false` when another holder has it.
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+}
+
 enum Parsed {
     Missing,
-    Valid(StateFile),
+    /// Shared with the parsed copy.
+    Valid(Arc<StateFile>),
     Corrupt,
     /// Written by a newer build, with this schema version: not ours to read, move or replace.
     Newer(u64),
@@ -659,7 +610,7 @@ fn parse_state(bytes: &[u8]) -> Parsed {
                 .collect()
         })
         .unwrap_or_default();
-    Parsed::Valid(StateFile { version: SCHEMA_VERSION, routes, extra: object })
+    Parsed::Valid(Arc::new(StateFile { version: SCHEMA_VERSION, routes, extra: object }))
 }
 
 /// The variable that names the user's home directory where Node's `os.homedir()` looks first:

@@ -207,9 +207,12 @@ async fn fencing_rejects_the_write_of_a_holder_whose_lock_expired() {
         .await
         .unwrap();
     let (fresh, _) = acquire(&b, "main:acct").await;
-    b.apply(&[merge("main:acct", record(100))], Some(&fresh)).await.unwrap();
+    b.apply_as_of(&[merge("main:acct", record(100))], Some(&fresh), i64::MAX).await.unwrap();
     // A wakes with an observation it thinks is newer: rejected, B's result stands.
-    let error = a.apply(&[merge("main:acct", record(200))], Some(&stale)).await.unwrap_err();
+    let error = a
+        .apply_as_of(&[merge("main:acct", record(200))], Some(&stale), i64::MAX)
+        .await
+        .unwrap_err();
     assert_eq!(error, RedisStoreError::StaleLock);
     let stored = b.read_route("main:acct").await.unwrap();
     assert_eq!(checked_at(stored.as_ref()), Some(100));
@@ -231,8 +234,11 @@ async fn fences_stay_unique_when_redis_is_flushed() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw(&server).await).await.unwrap();
     let (fresh, _) = acquire(&b, "main:acct").await;
     assert!(fresh.fence() > stale.fence(), "{} then {}", stale.fence(), fresh.fence());
-    b.apply(&[merge("main:acct", record(300))], Some(&fresh)).await.unwrap();
-    let error = a.apply(&[merge("main:acct", record(200))], Some(&stale)).await.unwrap_err();
+    b.apply_as_of(&[merge("main:acct", record(300))], Some(&fresh), i64::MAX).await.unwrap();
+    let error = a
+        .apply_as_of(&[merge("main:acct", record(200))], Some(&stale), i64::MAX)
+        .await
+        .unwrap_err();
     assert_eq!(error, RedisStoreError::StaleLock);
     assert!(!stale.release().await.unwrap());
     assert!(matches!(a.try_lock_route("main:acct").await.unwrap(), LockTry::Held { .. }));
@@ -286,7 +292,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
         return;
     };
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(1))], None).await.unwrap();
+    s.apply_as_of(&[merge("main:acct", record(1))], None, i64::MAX).await.unwrap();
     let mut connection = raw(&server).await;
     let _: () = redis::cmd("SET")
         .arg("test:route:main:string")
@@ -315,7 +321,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
             SkippedKey { key: "test:route:main:string".into(), reason: "not a hash".into() },
         ]
     );
-    assert_eq!(s.load_all().await.unwrap().len(), 1);
+    assert_eq!(s.load_all_reporting().await.unwrap().routes.len(), 1);
 
     // Any other refusal is an error, not a skipped key: a client that may not read hashes.
     let _: () = redis::cmd("ACL")
@@ -356,7 +362,7 @@ async fn a_release_notice_wakes_a_waiter_long_before_the_ttl() {
     let waiter =
         tokio::spawn(async move { b.lock_route("main:acct", Duration::from_secs(10)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    a.apply(&[merge("main:acct", record(7))], Some(&held)).await.unwrap();
+    a.apply_as_of(&[merge("main:acct", record(7))], Some(&held), i64::MAX).await.unwrap();
     assert!(held.release().await.unwrap());
     // With a 30 s TTL and a 10 s wait, only the notice can have woken it.
     let (lock, record) = tokio::time::timeout(Duration::from_secs(10), waiter)
@@ -386,7 +392,7 @@ async fn concurrent_unfenced_merges_lose_no_update_and_follow_the_merge_rule() {
                 if i == 7 {
                     update = record(500);
                 }
-                store.apply(&[merge("main:acct", update)], None).await
+                store.apply_as_of(&[merge("main:acct", update)], None, i64::MAX).await
             })
         })
         .collect();
@@ -399,7 +405,7 @@ async fn concurrent_unfenced_merges_lose_no_update_and_follow_the_merge_rule() {
     assert_eq!(checked_at(Some(&stored)), Some(500));
     // An older observation does not replace a newer one.
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(400))], None).await.unwrap();
+    s.apply_as_of(&[merge("main:acct", record(400))], None, i64::MAX).await.unwrap();
     assert_eq!(checked_at(s.read_route("main:acct").await.unwrap().as_ref()), Some(500));
 }
 
@@ -410,17 +416,20 @@ async fn records_are_the_state_files_json_under_the_documented_keys() {
     };
     let s = store(&server);
     let (lock, _) = acquire(&s, "main:acct").await;
-    s.apply(
+    s.apply_as_of(
         &[
             merge("main:acct", record(1)),
             merge("fallback:f1", record(2)),
             merge("fallback:gone", record(3)),
         ],
         Some(&lock),
+        i64::MAX,
     )
     .await
     .unwrap();
-    s.apply(&[StoreUpdate::Remove { key: "fallback:gone".into() }], None).await.unwrap();
+    s.apply_as_of(&[StoreUpdate::Remove { key: "fallback:gone".into() }], None, i64::MAX)
+        .await
+        .unwrap();
     lock.release().await.unwrap();
     let mut connection = raw(&server).await;
     let mut keys: Vec<String> =
@@ -434,7 +443,7 @@ async fn records_are_the_state_files_json_under_the_documented_keys() {
         .await
         .unwrap();
     assert_eq!(json, serde_json::to_string(&record(1)).unwrap());
-    let all = s.load_all().await.unwrap();
+    let all = s.load_all_reporting().await.unwrap().routes;
     assert_eq!(all.keys().collect::<Vec<_>>(), ["fallback:f1", "main:acct"]);
     assert_eq!(all["fallback:f1"], record(2));
     // A damaged record reads as none, alone.
@@ -445,7 +454,7 @@ async fn records_are_the_state_files_json_under_the_documented_keys() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(s.load_all().await.unwrap().len(), 2);
+    assert_eq!(s.load_all_reporting().await.unwrap().routes.len(), 2);
     assert_eq!(s.read_route("main:bad").await.unwrap(), None);
 }
 
@@ -461,10 +470,12 @@ async fn every_call_fails_within(store: &RedisStore, bound: Duration) {
             }),
         ),
         ("read", Box::pin(async { store.read_route("main:acct").await.is_err() })),
-        ("load_all", Box::pin(async { store.load_all().await.is_err() })),
+        ("load_all", Box::pin(async { store.load_all_reporting().await.is_err() })),
         (
             "apply",
-            Box::pin(async { store.apply(&[merge("main:acct", record(9))], None).await.is_err() }),
+            Box::pin(async {
+                store.apply_as_of(&[merge("main:acct", record(9))], None, i64::MAX).await.is_err()
+            }),
         ),
     ];
     for (name, call) in calls {
@@ -480,7 +491,7 @@ async fn a_stopped_or_killed_redis_fails_every_call_within_its_timeout_and_a_res
         return;
     };
     let s = store(&server);
-    s.apply(&[merge("main:acct", record(1))], None).await.unwrap();
+    s.apply_as_of(&[merge("main:acct", record(1))], None, i64::MAX).await.unwrap();
 
     // Stops answering (SIGSTOP, which has no Windows form): connected, silent.
     #[cfg(unix)]
@@ -510,7 +521,7 @@ async fn a_stopped_or_killed_redis_fails_every_call_within_its_timeout_and_a_res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(healed, "the store never reconnected");
-    s.apply(&[merge("main:acct", record(2))], None).await.unwrap();
+    s.apply_as_of(&[merge("main:acct", record(2))], None, i64::MAX).await.unwrap();
     assert_eq!(checked_at(s.read_route("main:acct").await.unwrap().as_ref()), Some(2));
     let (lock, _) = acquire(&s, "main:acct").await;
     assert!(lock.release().await.unwrap());

@@ -27,12 +27,11 @@ fn merge(key: &str, record: RouteRecord) -> StoreUpdate {
 fn a_missing_file_reads_empty_and_the_first_write_creates_a_private_directory() {
     let (_dir, store) = store();
     assert!(store.load().unwrap().state.routes.is_empty());
-    store.apply(&[merge("main:a", record(5))]).unwrap();
+    store.apply_as_of(&[merge("main:a", record(5))], i64::MAX).unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let dir_mode =
-            fs::metadata(store.path().parent().unwrap()).unwrap().permissions().mode();
+        let dir_mode = fs::metadata(store.path().parent().unwrap()).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         let file_mode = fs::metadata(store.path()).unwrap().permissions().mode();
         assert_eq!(file_mode & 0o777, 0o600);
@@ -48,14 +47,16 @@ fn the_parsed_copy_never_hides_another_writers_change() {
     let checked_at = |store: &StateStore, key: &str| {
         store.read_route(key).unwrap().and_then(|r| r.entry).map(|e| e.checked_at)
     };
-    ours.apply(&[merge("main:a", record(5))]).unwrap();
+    ours.apply_as_of(&[merge("main:a", record(5))], i64::MAX).unwrap();
     assert_eq!(checked_at(&ours, "main:a"), Some(5));
     assert_eq!(checked_at(&ours, "main:a"), Some(5), "from the copy");
-    theirs.apply(&[merge("main:a", record(9)), merge("fallback:x", record(3))]).unwrap();
+    theirs
+        .apply_as_of(&[merge("main:a", record(9)), merge("fallback:x", record(3))], i64::MAX)
+        .unwrap();
     assert_eq!(checked_at(&ours, "main:a"), Some(9));
     assert_eq!(checked_at(&ours, "fallback:x"), Some(3));
     // Our next write merges into their file, not into our older copy.
-    ours.apply(&[merge("fallback:y", record(4))]).unwrap();
+    ours.apply_as_of(&[merge("fallback:y", record(4))], i64::MAX).unwrap();
     assert_eq!(checked_at(&theirs, "main:a"), Some(9));
     assert_eq!(checked_at(&theirs, "fallback:y"), Some(4));
     let on_disk = ours.load().unwrap().state;
@@ -65,27 +66,29 @@ fn the_parsed_copy_never_hides_another_writers_change() {
 #[test]
 fn a_blocking_route_lock_waits_for_the_holder_and_wakes_when_it_lets_go() {
     let (_dir, store) = store();
-    let held = store.try_lock_route("main:a").unwrap().expect("free");
+    let held = store.lock_route("main:a", false).unwrap().expect("free");
     let waiter = {
         let store = store.clone();
-        std::thread::spawn(move || store.lock_route_blocking("main:a").map(drop))
+        std::thread::spawn(move || store.lock_route("main:a", true).map(drop))
     };
     std::thread::sleep(Duration::from_millis(50));
     assert!(!waiter.is_finished(), "waits while the lock is held");
     drop(held);
     waiter.join().unwrap().unwrap();
-    assert!(store.try_lock_route("main:a").unwrap().is_some());
+    assert!(store.lock_route("main:a", false).unwrap().is_some());
 }
 
 #[test]
 fn merges_keep_the_newest_snapshot_and_other_routes() {
     let (_dir, store) = store();
-    store.apply(&[merge("main:a", record(10)), merge("fallback:x", record(1))]).unwrap();
-    store.apply(&[merge("main:a", record(5))]).unwrap();
+    store
+        .apply_as_of(&[merge("main:a", record(10)), merge("fallback:x", record(1))], i64::MAX)
+        .unwrap();
+    store.apply_as_of(&[merge("main:a", record(5))], i64::MAX).unwrap();
     let state = store.load().unwrap().state;
     assert_eq!(state.routes["main:a"].entry.as_ref().unwrap().checked_at, 10);
     assert!(state.routes.contains_key("fallback:x"));
-    store.apply(&[StoreUpdate::Remove { key: "fallback:x".into() }]).unwrap();
+    store.apply_as_of(&[StoreUpdate::Remove { key: "fallback:x".into() }], i64::MAX).unwrap();
     assert!(store.read_route("fallback:x").unwrap().is_none());
 }
 
@@ -109,13 +112,9 @@ fn the_most_recently_changed_backoff_wins_and_a_new_login_replaces_the_record() 
 
 #[test]
 fn corrupt_or_older_schema_files_are_set_aside_not_overwritten() {
-    for content in [
-        &b"{\"version\": 1, \"rou"[..],
-        b"\x00\xff garbage",
-        b"{\"version\": 0}",
-        b"{}",
-        b"[1]",
-    ] {
+    for content in
+        [&b"{\"version\": 1, \"rou"[..], b"\x00\xff garbage", b"{\"version\": 0}", b"{}", b"[1]"]
+    {
         let (_dir, store) = store();
         fs::create_dir_all(store.path().parent().unwrap()).unwrap();
         fs::write(store.path(), content).unwrap();
@@ -151,7 +150,7 @@ fn a_newer_schema_file_is_left_alone_and_the_store_runs_read_only() {
     assert_eq!(loaded.quarantined, None);
     assert!(loaded.state.routes.is_empty());
 
-    let written = store.apply(&[merge("main:b", record(5))]).unwrap();
+    let written = store.apply_as_of(&[merge("main:b", record(5))], i64::MAX).unwrap();
     assert_eq!(written.newer_schema, Some(2));
     assert_eq!(written.quarantined, None);
     assert!(written.state.routes.contains_key("main:b"));
@@ -192,7 +191,7 @@ fn quarantined_copies_are_bounded_to_the_newest_few_of_this_store() {
 #[test]
 fn a_held_state_lock_fails_the_write_within_the_deadline() {
     let (_dir, store) = store();
-    store.apply(&[merge("main:a", record(1))]).unwrap();
+    store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap();
     // flock belongs to the open file description: a second open() in this process is, to
     // the store, another process holding the lock (e.g. one stopped with Ctrl-Z).
     let holder = open_lock_file(&store.lock_path).unwrap();
@@ -201,7 +200,7 @@ fn a_held_state_lock_fails_the_write_within_the_deadline() {
     let (sender, receiver) = std::sync::mpsc::channel();
     let writer = store.clone();
     std::thread::spawn(move || {
-        let _ = sender.send(writer.apply(&[merge("main:a", record(2))]));
+        let _ = sender.send(writer.apply_as_of(&[merge("main:a", record(2))], i64::MAX));
     });
     let result = receiver
         .recv_timeout(Duration::from_secs(10))
@@ -215,7 +214,7 @@ fn a_held_state_lock_fails_the_write_within_the_deadline() {
     fs::write(store.path(), "garbage").unwrap();
     assert_eq!(store.load().unwrap_err().code(), "QUOTA_TIMEOUT");
     drop(holder);
-    assert!(store.apply(&[merge("main:a", record(3))]).is_ok());
+    assert!(store.apply_as_of(&[merge("main:a", record(3))], i64::MAX).is_ok());
 }
 
 #[test]
@@ -223,15 +222,15 @@ fn temp_file_clean_up_spares_a_sibling_store_with_a_longer_name() {
     let dir = tempfile::tempdir().unwrap();
     let short = StateStore::new(dir.path().join("q.json"));
     let long = StateStore::new(dir.path().join("q.json.x.json"));
-    short.apply(&[merge("main:a", record(1))]).unwrap();
+    short.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap();
     let theirs = dir.path().join(".q.json.x.json.AbC123.tmp");
     let ours = dir.path().join(".q.json.Zz9yX8.tmp");
     fs::write(&theirs, "in flight").unwrap();
     fs::write(&ours, "abandoned").unwrap();
-    short.apply(&[merge("main:a", record(2))]).unwrap();
+    short.apply_as_of(&[merge("main:a", record(2))], i64::MAX).unwrap();
     assert!(theirs.exists(), "a sibling store's temp file was deleted");
     assert!(!ours.exists());
-    long.apply(&[merge("main:a", record(2))]).unwrap();
+    long.apply_as_of(&[merge("main:a", record(2))], i64::MAX).unwrap();
     assert!(!theirs.exists());
 }
 
@@ -245,14 +244,14 @@ fn lock_paths_never_follow_symbolic_links() {
     fs::create_dir_all(&dir).unwrap();
     let target = dir.join("planted-target");
     std::os::unix::fs::symlink(&target, &store.lock_path).unwrap();
-    let error = store.apply(&[merge("main:a", record(1))]).unwrap_err();
+    let error = store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap_err();
     assert_eq!(error.code(), "QUOTA_STATE_ERROR");
     assert!(!target.exists(), "the symlink's target was created");
 
     let elsewhere = dir.join("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &store.locks_dir).unwrap();
-    assert!(store.try_lock_route("main:a").is_err());
+    assert!(store.lock_route("main:a", false).is_err());
     assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
 }
 
@@ -265,7 +264,7 @@ fn an_existing_world_writable_locks_directory_is_made_private() {
     fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o777)).unwrap();
     let parent = store.path().parent().unwrap().to_owned();
     fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
-    assert!(store.try_lock_route("main:a").unwrap().is_some());
+    assert!(store.lock_route("main:a", false).unwrap().is_some());
     let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&store.locks_dir), 0o700);
     // The user's own directory is not ours to change.
@@ -283,7 +282,7 @@ fn unknown_top_level_fields_survive_a_write() {
         "note": "hi"
     });
     fs::write(store.path(), text.to_string()).unwrap();
-    store.apply(&[merge("main:a", record(1))]).unwrap();
+    store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap();
     let written: Value = serde_json::from_slice(&fs::read(store.path()).unwrap()).unwrap();
     assert_eq!(written["futureFeature"], serde_json::json!({ "keep": [1, 2] }));
     assert_eq!(written["note"], "hi");
@@ -407,11 +406,11 @@ fn a_write_replaces_a_record_dated_after_the_writers_clock() {
     let (_dir, store) = store();
     let mut skewed = record(NOW + 3_600_000);
     skewed.backoff_updated_at = NOW + 3_600_000;
-    store.apply(&[merge("main:a", skewed.clone())]).unwrap();
+    store.apply_as_of(&[merge("main:a", skewed.clone())], i64::MAX).unwrap();
     // Without a bound, the later date wins as ever.
     let mut fresh = record(NOW);
     fresh.backoff_updated_at = NOW;
-    let written = store.apply(&[merge("main:a", fresh.clone())]).unwrap();
+    let written = store.apply_as_of(&[merge("main:a", fresh.clone())], i64::MAX).unwrap();
     assert_eq!(written.state.routes["main:a"], skewed);
     // Written by a process whose clock reads NOW: the record from an hour ahead yields.
     let written = store.apply_as_of(&[merge("main:a", fresh.clone())], NOW).unwrap();
@@ -420,11 +419,11 @@ fn a_write_replaces_a_record_dated_after_the_writers_clock() {
     // A record dated up to the bound is newer, and stays.
     let mut near = record(NOW + 10);
     near.backoff_updated_at = NOW + 10;
-    store.apply(&[merge("main:b", near.clone())]).unwrap();
+    store.apply_as_of(&[merge("main:b", near.clone())], i64::MAX).unwrap();
     let written = store.apply_as_of(&[merge("main:b", fresh.clone())], NOW + 10).unwrap();
     assert_eq!(written.state.routes["main:b"], near);
     // An update without an entry or a backoff change leaves a future one alone.
-    store.apply(&[merge("main:c", skewed.clone())]).unwrap();
+    store.apply_as_of(&[merge("main:c", skewed.clone())], i64::MAX).unwrap();
     let written = store.apply_as_of(&[merge("main:c", RouteRecord::default())], NOW).unwrap();
     assert_eq!(written.state.routes["main:c"], skewed);
 }
@@ -447,13 +446,13 @@ fn a_damaged_route_record_is_dropped_alone() {
 #[test]
 fn a_write_removes_temporary_files_left_by_a_dead_writer() {
     let (_dir, store) = store();
-    store.apply(&[merge("main:a", record(1))]).unwrap();
+    store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap();
     let dir = store.path().parent().unwrap();
     let abandoned = dir.join(".state.json.abc123.tmp");
     let unrelated = dir.join("notes.tmp");
     fs::write(&abandoned, "half").unwrap();
     fs::write(&unrelated, "mine").unwrap();
-    store.apply(&[merge("main:a", record(2))]).unwrap();
+    store.apply_as_of(&[merge("main:a", record(2))], i64::MAX).unwrap();
     assert!(!abandoned.exists());
     assert!(unrelated.exists());
     let names: Vec<_> = fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
@@ -463,11 +462,11 @@ fn a_write_removes_temporary_files_left_by_a_dead_writer() {
 #[test]
 fn route_locks_exclude_a_second_holder_until_dropped() {
     let (_dir, store) = store();
-    let held = store.try_lock_route("main:a").unwrap().expect("free");
-    assert!(store.try_lock_route("main:a").unwrap().is_none());
-    assert!(store.try_lock_route("main:b").unwrap().is_some());
+    let held = store.lock_route("main:a", false).unwrap().expect("free");
+    assert!(store.lock_route("main:a", false).unwrap().is_none());
+    assert!(store.lock_route("main:b", false).unwrap().is_some());
     drop(held);
-    assert!(store.try_lock_route("main:a").unwrap().is_some());
+    assert!(store.lock_route("main:a", false).unwrap().is_some());
 }
 
 #[test]
@@ -476,7 +475,7 @@ fn an_unusable_directory_is_a_state_error_naming_the_path() {
     let blocker = dir.path().join("file");
     fs::write(&blocker, "x").unwrap();
     let store = StateStore::new(blocker.join("state.json"));
-    let error = store.apply(&[merge("main:a", record(1))]).unwrap_err();
+    let error = store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap_err();
     assert_eq!(error.code(), "QUOTA_STATE_ERROR");
     assert!(error.to_string().contains(&blocker.display().to_string()));
 }
