@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -43,7 +43,7 @@ const MAX_WRITE_CONFLICTS: usize = 16;
 const NOTICE_BUFFER: usize = 256;
 
 /// Takes the lock when free, with a new fencing token, and reads the record under it in the
-/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl}` when held.
+/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl, ''}` when held.
 ///
 /// The token is at least Redis's clock in microseconds, so tokens stay unique when Redis
 /// restarts empty or is flushed (the counter starts again at 1, the clock does not). A lock with
@@ -57,7 +57,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
     pttl = tonumber(ARGV[1])
   end
-  return {0, pttl}
+  return {0, pttl, ''}
 end
 local now = redis.call('TIME')
 local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -109,6 +109,11 @@ end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ";
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_SCRIPT));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_SCRIPT));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SCRIPT));
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
 
 /// Where and how to reach the shared store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,13 +197,6 @@ impl Keys {
     }
 }
 
-struct Scripts {
-    acquire: Script,
-    renew: Script,
-    release: Script,
-    write: Script,
-}
-
 struct Inner {
     client: Client,
     keys: Keys,
@@ -206,7 +204,6 @@ struct Inner {
     lock_ttl: Duration,
     /// The URL without credentials, for messages.
     target: String,
-    scripts: Scripts,
     /// Made on first use, inside the runtime: a store can be built while Redis is down.
     connection: Mutex<Option<ConnectionManager>>,
     notices: broadcast::Sender<String>,
@@ -277,12 +274,6 @@ impl RedisStore {
                 op_timeout: config.op_timeout,
                 lock_ttl: config.lock_ttl,
                 target: redact(&config.url),
-                scripts: Scripts {
-                    acquire: Script::new(ACQUIRE_SCRIPT),
-                    renew: Script::new(RENEW_SCRIPT),
-                    release: Script::new(RELEASE_SCRIPT),
-                    write: Script::new(WRITE_SCRIPT),
-                },
                 connection: Mutex::new(None),
                 notices,
                 listener_started: AtomicBool::new(false),
@@ -321,36 +312,21 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.acquire.prepare_invoke();
+        let mut invocation = ACQUIRE.prepare_invoke();
         invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(ttl_ms);
-        let reply: Vec<redis::Value> = self
+        let (taken, fence_or_pttl, record): (i64, i64, Vec<u8>) = self
             .bounded("lock", async move { invocation.invoke_async(&mut connection).await })
             .await?;
-        let int = |i: usize| match reply.get(i) {
-            Some(redis::Value::Int(n)) => Some(*n),
-            _ => None,
-        };
-        match int(0) {
-            Some(1) => {
-                let fence = int(1).ok_or_else(|| self.unexpected("lock"))?;
-                let record = match reply.get(2) {
-                    Some(redis::Value::BulkString(bytes)) => parse_record(bytes),
-                    _ => None,
-                };
-                let lock = RedisRouteLock::held(self.clone(), key, fence);
-                Ok(LockTry::Acquired(Box::new((lock, record))))
-            }
-            Some(0) => {
-                // -2 (gone meanwhile) or 0 (going): look again soon.
-                let pttl = int(1).unwrap_or(0);
-                let expires_in = u64::try_from(pttl)
-                    .ok()
-                    .filter(|ms| *ms > 0)
-                    .map_or(POLL_WITHOUT_NOTICES, Duration::from_millis);
-                Ok(LockTry::Held { expires_in })
-            }
-            _ => Err(self.unexpected("lock")),
+        if taken == 1 {
+            let lock = RedisRouteLock::held(self.clone(), key, fence_or_pttl);
+            return Ok(LockTry::Acquired(Box::new((lock, parse_record(&record)))));
         }
+        // -2 (gone meanwhile) or 0 (going): look again soon.
+        let expires_in = u64::try_from(fence_or_pttl)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map_or(POLL_WITHOUT_NOTICES, Duration::from_millis);
+        Ok(LockTry::Held { expires_in })
     }
 
     /// Takes the route's lock, waiting up to `wait` for another holder: woken by its release
@@ -496,7 +472,7 @@ impl RedisStore {
     ) -> Result<i64, RedisStoreError> {
         let keys = &self.inner.keys;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.write.prepare_invoke();
+        let mut invocation = WRITE.prepare_invoke();
         invocation
             .key(keys.route(key))
             .key(keys.lock(key))
@@ -580,14 +556,10 @@ impl RedisStore {
         RedisStoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
     }
 
-    fn unexpected(&self, what: &str) -> RedisStoreError {
-        RedisStoreError::Unavailable(format!("{}: {what}: unexpected reply", self.inner.target))
-    }
-
     async fn renew(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
         let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.renew.prepare_invoke();
+        let mut invocation = RENEW.prepare_invoke();
         invocation.key(self.inner.keys.lock(key)).arg(fence).arg(ttl_ms);
         let renewed: i64 = self
             .bounded("renew", async move { invocation.invoke_async(&mut connection).await })
@@ -598,7 +570,7 @@ impl RedisStore {
     async fn release(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
         let keys = &self.inner.keys;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.release.prepare_invoke();
+        let mut invocation = RELEASE.prepare_invoke();
         invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
         let released: i64 = self
             .bounded("unlock", async move { invocation.invoke_async(&mut connection).await })
@@ -679,6 +651,7 @@ impl Notices {
 }
 
 /// Holds a route's Redis lock: renewed in the background until released or dropped.
+#[derive(Debug)]
 pub struct RedisRouteLock {
     store: RedisStore,
     key: String,
@@ -686,15 +659,6 @@ pub struct RedisRouteLock {
     lost: Arc<AtomicBool>,
     renewal: tokio::task::JoinHandle<()>,
     released: bool,
-}
-
-impl std::fmt::Debug for RedisRouteLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRouteLock")
-            .field("key", &self.key)
-            .field("fence", &self.fence)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisRouteLock {

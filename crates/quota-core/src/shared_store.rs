@@ -8,18 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::error::QuotaError;
 use crate::redis_store::{RedisRouteLock, RedisStore, RedisStoreError};
 use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate, MAX_CLOCK_SKEW_MS};
 
 /// How often a Redis that stopped answering is asked again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// The file lock has no notices: a waiter blocks on it on the blocking pool (the OS wakes it);
-/// where that fails it polls: first pause, doubling up to the last.
-const FILE_POLL_FIRST: Duration = Duration::from_millis(5);
-const FILE_POLL_LAST: Duration = Duration::from_millis(50);
 
 /// Holds a route's lock until released (Redis: also wakes the waiters) or dropped.
 #[derive(Debug)]
@@ -162,61 +156,37 @@ async fn on_blocking_pool<T: Send + 'static>(
         .unwrap_or_else(|e| Err(QuotaError::State { path: String::new(), reason: e.to_string() }))
 }
 
-impl StateStore {
-    /// One try at the route's lock with the record read in the same trip to the blocking pool;
-    /// `None` when held. A lock that cannot be used at all still reads the record.
-    fn lock_and_read(&self, key: &str) -> Option<LockedRoute> {
-        let (guard, lock_problem) = match self.lock_route(key, false) {
+/// The file's route lock with the record read under it: one try and, while another process
+/// holds it, a wait on the blocking pool (never a runtime worker, never the host's thread) that
+/// the OS ends the moment the holder unlocks or dies. Past `wait` the caller stops waiting; the
+/// thread goes on until the lock is free, then lets it go.
+async fn lock_file_route(file: &StateStore, key: &str, wait: Duration) -> Option<LockedRoute> {
+    let tried = lock_and_read(file, key, false).await;
+    if tried.is_some() || wait.is_zero() {
+        return tried;
+    }
+    tokio::time::timeout(wait, lock_and_read(file, key, true)).await.ok().flatten()
+}
+
+/// [`StateStore::lock_route`] and the record read under it, in one trip to the blocking pool;
+/// `None` when held. A lock that cannot be used at all still reads the record.
+async fn lock_and_read(file: &StateStore, key: &str, wait: bool) -> Option<LockedRoute> {
+    let (file, key) = (file.clone(), key.to_owned());
+    let locked = on_blocking_pool(move || {
+        let (guard, lock_problem) = match file.lock_route(&key, wait) {
             Ok(Some(lock)) => (Some(RouteGuard::File(lock)), None),
-            Ok(None) => return None,
+            Ok(None) => return Ok(None),
             Err(error) => (None, Some(error)),
         };
-        let (record, read_problem) = match self.read_route(key) {
+        let (record, read_problem) = match file.read_route(&key) {
             Ok(record) => (record, None),
             Err(error) => (None, Some(error)),
         };
-        Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) })
-    }
-}
-
-/// The file's route lock: tried, and while another process holds it, waited for (polled where
-/// the wait cannot be made) until `wait` runs out.
-async fn lock_file_route(file: &StateStore, key: &str, wait: Duration) -> Option<LockedRoute> {
-    let deadline = Instant::now() + wait;
-    let mut pause = FILE_POLL_FIRST;
-    loop {
-        let (store, owned_key) = (file.clone(), key.to_owned());
-        let tried =
-            on_blocking_pool(move || Ok(store.lock_and_read(&owned_key))).await.unwrap_or_else(
-                |problem| Some(LockedRoute { guard: None, record: None, problem: Some(problem) }),
-            );
-        if tried.is_some() {
-            return tried;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return None;
-        }
-        if !wait_until_route_free(file, key, deadline - now).await {
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(FILE_POLL_LAST);
-        }
-    }
-}
-
-/// Waits, on a thread of the blocking pool (never a runtime worker, never the host's thread),
-/// until the route's file lock is free: the OS wakes the waiter the moment the holder unlocks or
-/// dies, where polling woke it up to 50 ms late. The lock is let go again at once: the caller
-/// then takes it (or finds another process took it first) by its usual try. `false` when the
-/// wait could not be made (a lock error): the caller polls. Past `limit` the caller stops
-/// waiting; the thread goes on until the lock is free, then lets it go.
-async fn wait_until_route_free(store: &StateStore, key: &str, limit: Duration) -> bool {
-    let (store, key) = (store.clone(), key.to_owned());
-    let waiter = tokio::task::spawn_blocking(move || store.lock_route(&key, true).map(drop));
-    match tokio::time::timeout(limit, waiter).await {
-        Ok(Ok(Ok(()))) | Err(_) => true,
-        Ok(Ok(Err(_)) | Err(_)) => false,
-    }
+        Ok(Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) }))
+    });
+    locked.await.unwrap_or_else(|problem| {
+        Some(LockedRoute { guard: None, record: None, problem: Some(problem) })
+    })
 }
 
 /// Which store the composite uses right now (`stats().sharedStore`).

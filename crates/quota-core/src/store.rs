@@ -1,16 +1,13 @@
-//! The shared state file: one JSON document per machine that every process's manager reads and
-//! merges into, so a route polled by one process is fresh (or backed off) in all of them.
+//! The shared state file (docs/state-file.md): one JSON document per machine that every
+//! process's manager reads and merges into, so a route polled by one process is fresh (or backed
+//! off) in all of them.
 //!
-//! Writes are read-modify-write under an exclusive OS lock on `<file>.lock`, and land atomically
-//! (temporary file, fsync, rename, fsync of the directory), so a reader never sees half a file
-//! and a killed writer never leaves one. Per-route refresh locks live in `<file>.locks/`; they
-//! are OS locks too, so a dead holder frees them at once and nothing ever needs cleaning up.
-//!
-//! Nothing here waits without a deadline: the file lock is polled until the store's lock timeout
-//! (a holder stopped with Ctrl-Z must not hang every other process), and route locks are only
-//! ever tried. Lock files are opened without following symlinks. A file of a *newer* schema
-//! (another build of this package during an upgrade) is never moved or overwritten: the store
-//! runs read-only for as long as that file is there. Quarantined copies are bounded.
+//! Writes are read-modify-write under an OS lock on `<file>.lock`, and land atomically
+//! (docs/state-file.md#atomic-writes). Route locks are OS locks on files in `<file>.locks/`: a
+//! dead holder frees them at once, and nothing ever needs cleaning up. The file lock is waited
+//! for up to a deadline (a holder stopped with Ctrl-Z must not hang every other process). Lock
+//! files are opened without following links. A file of a newer schema is never moved or
+//! overwritten (docs/state-file.md#newer-schema).
 
 mod platform;
 
@@ -80,8 +77,8 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// Folds a newer or concurrent observation into this record: the newest snapshot wins, the
-    /// most recently changed backoff wins, and a record of another login replaces this one.
+    /// Folds a newer or concurrent observation into this record: the one merge rule of the
+    /// cache, the state file and Redis (docs/state-file.md#merge-rule).
     pub fn merge(&mut self, incoming: &RouteRecord) {
         if incoming.lineage.is_some() && incoming.lineage != self.lineage {
             *self = incoming.clone();
@@ -121,17 +118,9 @@ impl RouteRecord {
         self.merge(incoming);
     }
 
-    /// This record with every time bounded relative to `now`, for adoption from the shared file:
-    /// a write from a clock running ahead (or a damaged value such as `i64::MAX`) must not freeze
-    /// polling or back a route off for years.
-    ///
-    /// - observation times (`checkedAt` of the entry, its snapshot and windows, the backoff's
-    ///   change time, the last attempt) later than `now + max_clock_skew_ms` become `now`: a
-    ///   poll made from now on is newer;
-    /// - an entry observed after that is stale at once (it says nothing about now), otherwise
-    ///   `refreshAfter` is at most the (clamped) `checkedAt` plus `max_refresh_interval_ms`;
-    /// - the backoff deadline (and its copy in `lastError`) is at most `now + max_backoff_ms`.
-    ///
+    /// This record with every time bounded relative to `now`, for adoption from the shared file
+    /// or Redis (docs/state-file.md#clock-bounds): a write from a clock running ahead (or a
+    /// damaged value such as `i64::MAX`) must not freeze polling or back a route off for years.
     /// Saturating arithmetic throughout: any `i64` input is safe.
     #[must_use]
     pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> RouteRecord {
