@@ -1,4 +1,6 @@
 use super::*;
+use crate::backoff::{BackoffConfig, BackoffState};
+use crate::snapshot::QuotaEntry;
 use crate::snapshot::QuotaSnapshot;
 
 fn entry(checked_at: i64) -> Arc<QuotaEntry> {
