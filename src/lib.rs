@@ -16,6 +16,7 @@ mod host_fetch;
 mod hot_path;
 mod js;
 mod js_now;
+mod logger;
 mod manager;
 mod options;
 mod redis;

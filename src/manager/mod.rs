@@ -84,6 +84,7 @@ impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
     #[napi(catch_unwind, constructor, ts_args_type = "options?: QuotaManagerOptions | null")]
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
+        crate::logger::install();
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = crate::host_env::connection_options(&env)?;
         let js_now = parsed.js_now;
