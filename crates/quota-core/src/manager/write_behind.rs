@@ -226,7 +226,7 @@ impl QuotaManager {
             Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
             Err(StoreError::State(error)) => self.after_write(Err(error)),
             Err(StoreError::Unavailable(reason)) => {
-                self.after_write(Err(QuotaError::State { path: String::new(), reason }))
+                self.after_write(Err(QuotaError::State { path: String::new(), reason }));
             }
         }
         let pause = started.elapsed().min(MAX_WRITE_PAUSE);
