@@ -320,3 +320,80 @@ async fn a_release_notice_wakes_a_waiter_long_before_the_ttl() {
     assert_eq!(checked_at(record.as_ref()), Some(7));
     drop(lock);
 }
+
+/// A lock dropped without `release` (an early return, a cancelled future) is released in the
+/// background: with a 30 s TTL, only that release lets the next holder in within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lock_is_released_without_waiting_for_its_ttl() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let mut long = config(&server);
+    long.lock_ttl = Duration::from_secs(30);
+    let (a, b) = (RedisStore::new(&long).unwrap(), RedisStore::new(&long).unwrap());
+    let (held, _) = acquire(&a, "main:acct").await;
+    assert_eq!(
+        format!("{held:?}"),
+        format!("RedisRouteLock {{ key: \"main:acct\", fence: {}, .. }}", held.fence())
+    );
+    assert_eq!(held.key(), "main:acct");
+    drop(held);
+    let taken = b.lock_route("main:acct", Duration::from_secs(5)).await.unwrap();
+    assert!(taken.is_some(), "the dropped lock was never released");
+}
+
+/// A store that is dropped stops its listener: the `events` subscription goes away with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_unsubscribes_from_the_notices() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server);
+    let _ = s.notices();
+    let subscribers = || async {
+        let reply: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("test:events")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        reply.1
+    };
+    for _ in 0..200 {
+        if s.is_listening() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(subscribers().await, 1);
+    drop(s);
+    for _ in 0..100 {
+        if subscribers().await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the dropped store's listener is still subscribed");
+}
+
+/// A holder whose lock was taken from it learns so at its next renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_learns_its_lock_was_lost() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let s = store(&server);
+    let (held, _) = acquire(&s, "main:acct").await;
+    let _: () = redis::cmd("DEL")
+        .arg("test:lock:main:acct")
+        .query_async(&mut raw(&server).await)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if held.is_lost() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the renewal never noticed that the lock was gone");
+}

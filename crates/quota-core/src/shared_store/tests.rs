@@ -148,3 +148,58 @@ async fn memory_only_takes_no_lock_and_writes_nothing() {
     assert!(shared.apply_as_of(&[merge("main:a", 1)], None, i64::MAX).await.is_ok());
     assert_eq!(shared.read_route("main:a").await.unwrap(), None);
 }
+
+#[test]
+fn only_a_store_with_neither_a_file_nor_redis_is_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = || Some(StateStore::new(dir.path().join("state.json")));
+    let redis = || Some(RedisStore::new(&RedisConfig::new("redis://127.0.0.1:1/", None)).unwrap());
+    assert!(SharedStore::new(None, None).is_memory_only());
+    assert!(!SharedStore::new(file(), None).is_memory_only());
+    assert!(!SharedStore::new(None, redis()).is_memory_only());
+    assert!(!SharedStore::new(file(), redis()).is_memory_only());
+}
+
+/// A waiter on the file's route lock gets it when the holder lets go within its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_lock_waiter_gets_the_lock_its_holder_lets_go_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateStore::new(dir.path().join("state.json"));
+    let held = file.lock_route("main:a", false).unwrap().expect("free");
+    let waiter = {
+        let file = file.clone();
+        tokio::spawn(async move {
+            Backend::File(&file).lock_route("main:a", Duration::from_secs(10)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(held);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter hung")
+        .unwrap()
+        .unwrap();
+    assert!(outcome.expect("taken within the wait").guard.is_some());
+}
+
+/// When `release` resolves, the route is free: another host may take it at once. The check is
+/// a blocking round trip on this single-threaded runtime, so no task of this process (a
+/// release left to the background) can run before it.
+#[tokio::test]
+async fn a_released_redis_guard_has_freed_the_route_when_release_resolves() {
+    use std::io::{Read, Write};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let shared = SharedStore::new(None, Some(redis(&server)));
+    let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
+    let guard = locked.unwrap().guard.unwrap();
+    assert!(matches!(guard, RouteGuard::Redis(_)));
+    guard.release().await;
+    let address = server.url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"EXISTS t:lock:main:a\r\n").unwrap();
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b":0\r\n", "the lock was still there");
+}

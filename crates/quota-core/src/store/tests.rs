@@ -519,3 +519,101 @@ fn own_temp_files_and_quarantine_stamps_match_in_every_part() {
     assert!(!is_quarantine_stamp("2026"), "digits, but not a whole stamp");
     assert!(!is_quarantine_stamp("20260914T021000.1234Z"), "too long");
 }
+
+/// A write merges into the file as another process left it, not into this store's copy of
+/// the file as it last wrote it.
+#[test]
+fn a_write_after_another_writers_merges_into_their_file() {
+    let (_dir, ours) = store();
+    let theirs = StateStore::new(ours.path().to_path_buf());
+    ours.apply_as_of(&[merge("main:a", record(5))], i64::MAX).unwrap();
+    theirs.apply_as_of(&[merge("fallback:x", record(3))], i64::MAX).unwrap();
+    let written = ours.apply_as_of(&[merge("fallback:y", record(4))], i64::MAX).unwrap();
+    assert!(written.state.routes.contains_key("fallback:x"), "their write was lost");
+    assert_eq!(ours.load().unwrap().state.routes.len(), 3);
+}
+
+/// Only a missing file reads as empty: any other failure to open it is an error naming it.
+#[test]
+fn a_state_file_that_cannot_be_opened_is_an_error_not_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    fs::write(&blocker, "x").unwrap();
+    let store = StateStore::new(blocker.join("state.json"));
+    for error in [store.load().unwrap_err(), store.read_route("main:a").unwrap_err()] {
+        assert_eq!(error.code(), "QUOTA_STATE_ERROR");
+        assert!(error.to_string().contains(&store.path().display().to_string()), "{error}");
+    }
+}
+
+/// What stands at the `.locks` path and is no directory is not the package's: it is left
+/// as it is, and route locks fail.
+#[cfg(unix)]
+#[test]
+fn a_file_in_place_of_the_locks_directory_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, store) = store();
+    fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+    fs::write(&store.locks_dir, "not ours").unwrap();
+    fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(store.lock_route("main:a", false).is_err());
+    let mode = fs::metadata(&store.locks_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
+/// A file unreadable at first but replaced by a valid one before the quarantine's lock is
+/// taken is read, not set aside: another writer fixed it meanwhile. The first read is made
+/// through a FIFO, so the test decides what it sees and when the replacement happens.
+#[cfg(unix)]
+#[test]
+fn a_file_replaced_by_a_valid_one_before_the_quarantine_lock_is_read() {
+    let (_dir, store) = store();
+    let dir = store.path().parent().unwrap().to_owned();
+    fs::create_dir_all(&dir).unwrap();
+    let fifo = std::ffi::CString::new(store.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a plain mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let valid = StateStore::new(dir.join("valid.json"));
+    valid.apply_as_of(&[merge("main:a", record(7))], i64::MAX).unwrap();
+    // Held here: the reader finds the file corrupt, then waits for the lock.
+    let holder = open_lock_file(&store.lock_path).unwrap();
+    holder.lock().unwrap();
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || store.load())
+    };
+    // Opening the FIFO for writing waits for the reader's open: what it reads is this.
+    fs::write(store.path(), "garbage").unwrap();
+    fs::rename(valid.path(), store.path()).unwrap();
+    drop(holder);
+    let loaded = reader.join().unwrap().unwrap();
+    assert_eq!(loaded.quarantined, None);
+    assert_eq!(loaded.state.routes.get("main:a"), Some(&record(7)));
+}
+
+/// A lock file that is a link fails with an error that says so (not the OS's "too many
+/// levels of symbolic links").
+#[cfg(unix)]
+#[test]
+fn a_linked_lock_file_is_reported_as_a_link() {
+    let (_dir, store) = store();
+    fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("elsewhere", &store.lock_path).unwrap();
+    let error = store.apply_as_of(&[merge("main:a", record(1))], i64::MAX).unwrap_err();
+    assert!(error.to_string().contains("is a symbolic link"), "{error}");
+}
+
+/// A locks directory that admits no one else is left as it is, even when its owner made it
+/// narrower than 0700.
+#[cfg(unix)]
+#[test]
+fn a_private_locks_directory_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, store) = store();
+    fs::create_dir_all(&store.locks_dir).unwrap();
+    fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o500)).unwrap();
+    let _ = store.lock_route("main:a", false);
+    let mode = fs::metadata(&store.locks_dir).unwrap().permissions().mode() & 0o777;
+    fs::set_permissions(&store.locks_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(mode, 0o500);
+}

@@ -226,3 +226,26 @@ fn urls_are_redacted_and_prefix_globs_escaped() {
         Err(RedisStoreError::BadUrl(_))
     ));
 }
+
+/// What a store tells about itself (`stats()`, messages) names the server without its password.
+#[test]
+fn a_store_describes_itself_without_credentials() {
+    let s =
+        RedisStore::new(&RedisConfig::new("redis://u:secret@h:6380/2", Some("p:".into()))).unwrap();
+    assert_eq!(s.target(), "redis://h:6380/2");
+    assert_eq!(s.key_prefix(), "p:");
+    assert_eq!(s.lock_ttl(), DEFAULT_LOCK_TTL);
+    assert!(!s.is_listening());
+    let debug = format!("{s:?}");
+    assert!(debug.contains("redis://h:6380/2") && debug.contains("\"p:\""), "{debug}");
+    assert!(!debug.contains("secret"), "{debug}");
+    let messages = [
+        (RedisStoreError::BadUrl("x".into()), "not a Redis URL: x"),
+        (RedisStoreError::Unavailable("y".into()), "Redis unavailable: y"),
+        (RedisStoreError::StaleLock, "the route lock expired before the write"),
+        (RedisStoreError::Contended, "the route record kept changing during the write"),
+    ];
+    for (error, message) in messages {
+        assert_eq!(error.to_string(), message);
+    }
+}
