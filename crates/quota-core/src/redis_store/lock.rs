@@ -173,6 +173,10 @@ impl RedisRouteLock {
         self.fence
     }
 
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// A renewal found the lock gone or taken: writes under it will be rejected.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst)
