@@ -1,58 +1,34 @@
-//! The Redis shared store: route locks, route records and change notices on a Redis server, so
-//! "one usage call per account per freshness window" holds across hosts (issue 13), not only
-//! across the processes of one machine as with the state file ([`crate::store`]).
+//! The Redis shared store (docs/redis.md): route locks, route records and change notices on a
+//! Redis server, so "one usage call per account per freshness window" holds across hosts, not
+//! only across the processes of one machine as with the state file ([`crate::store`]).
 //!
-//! # Keys (all under the configured prefix, default [`DEFAULT_KEY_PREFIX`])
+//! Keys, under the configured prefix (default [`DEFAULT_KEY_PREFIX`]; docs/redis.md#keys):
+//! `route:<routeKey>` (a hash: `record`, the state file's JSON; `rev`; `fence`), `lock:<routeKey>`
+//! (the holder's fencing token, with a TTL), `fence` (the counter) and the `events` channel.
+//! Route keys name identities (account ids or fingerprints): no token is ever sent to Redis.
 //!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `<prefix>route:<routeKey>` | hash | `record`: the route's [`RouteRecord`] as JSON, exactly as in the state file; `rev`: bumped by every write (optimistic concurrency); `fence`: the fencing token of the last write made under the route lock |
-//! | `<prefix>lock:<routeKey>` | string, with a TTL | the fencing token of the holder of the route's refresh lock |
-//! | `<prefix>fence` | integer | the fencing-token counter (`INCR`) |
-//! | channel `<prefix>events` | pub/sub | a route key, published when its lock is released or its record written |
-//!
-//! `<routeKey>` is the state file's route key (`main:<identity>`, `fallback:<id>`): identities
-//! are account ids or token fingerprints, never tokens. No token is ever sent to Redis.
-//!
-//! # Locks and fencing
-//!
-//! A lock is `SET <prefix>lock:<key> <fence> NX PX <ttl>`, where `<fence>` comes from `INCR
-//! <prefix>fence` in the same script, so every holder has a token larger than every earlier one.
-//! While held, a task renews it (compare-and-`PEXPIRE`) every third of the TTL; a holder that
-//! dies, or is paused (its renewal pauses with it), loses the lock within one TTL. Release is a
-//! compare-and-delete script that also publishes the notice, so a lock is only ever removed by
-//! its own holder.
-//!
-//! # Writes: one merge rule, in Rust
-//!
-//! A write reads the record and its `rev`, folds the update in with [`RouteRecord::merge`] (the
-//! one merge rule, shared with the state file and the cache), and stores the result with a
-//! compare-and-set script that succeeds only if `rev` is unchanged, retrying on a conflict. A
-//! write made under a route lock also passes its fencing token: the script rejects it
-//! ([`RedisStoreError::StaleLock`]) unless the lock still holds that very token, so a holder
-//! that was paused past its TTL cannot overwrite the newer holder's result.
-//!
-//! # Never hang
-//!
-//! Every call is bounded by the store's operation timeout; the connection is made lazily (a
-//! manager can be built while Redis is down) and re-made after a failure by redis-rs's
-//! connection manager. Waiters wake on the `events` channel, and wait at most until the held
-//! lock's TTL runs out (a dead holder publishes nothing), or a short poll while the channel is
-//! not subscribed.
+//! A lock carries a fencing token larger than every earlier holder's and is renewed while held
+//! (docs/redis.md#locks). A write folds the update in with [`RouteRecord::merge`], the one merge
+//! rule, and stores the result by compare-and-set, fenced by the writer's lock
+//! (docs/redis.md#writes). Every call is bounded by the operation timeout; the connection is made
+//! lazily and re-made after a failure (docs/redis.md#failure-behaviour). Waiters wake on the
+//! `events` channel, at the latest when the held lock's TTL runs out.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
 use crate::store::{RouteRecord, StoreUpdate};
+
+mod lock;
+pub use lock::{Notices, RedisRouteLock};
 
 /// The key prefix when the host names none.
 pub const DEFAULT_KEY_PREFIX: &str = "anthropic-quota:";
@@ -69,7 +45,7 @@ const MAX_WRITE_CONFLICTS: usize = 16;
 const NOTICE_BUFFER: usize = 256;
 
 /// Takes the lock when free, with a new fencing token, and reads the record under it in the
-/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl}` when held.
+/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl, ''}` when held.
 ///
 /// The token is at least Redis's clock in microseconds, so tokens stay unique when Redis
 /// restarts empty or is flushed (the counter starts again at 1, the clock does not). A lock with
@@ -83,7 +59,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
     pttl = tonumber(ARGV[1])
   end
-  return {0, pttl}
+  return {0, pttl, ''}
 end
 local now = redis.call('TIME')
 local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -94,24 +70,6 @@ if fence < floor then
 end
 redis.call('SET', KEYS[1], string.format('%d', fence), 'NX', 'PX', ARGV[1])
 return {1, fence, redis.call('HGET', KEYS[3], 'record') or ''}
-";
-
-/// Compare-and-`PEXPIRE`: 1 when still ours.
-const RENEW_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-";
-
-/// Compare-and-delete, then the notice: 1 when it was still ours.
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
 ";
 
 /// Compare-and-set of a route record. KEYS: route hash, lock. ARGV: the `rev` read ('' when
@@ -135,6 +93,9 @@ end
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return 1
 ";
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_SCRIPT));
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
 
 /// Where and how to reach the shared store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,13 +179,6 @@ impl Keys {
     }
 }
 
-struct Scripts {
-    acquire: Script,
-    renew: Script,
-    release: Script,
-    write: Script,
-}
-
 struct Inner {
     client: Client,
     keys: Keys,
@@ -232,7 +186,6 @@ struct Inner {
     lock_ttl: Duration,
     /// The URL without credentials, for messages.
     target: String,
-    scripts: Scripts,
     /// Made on first use, inside the runtime: a store can be built while Redis is down.
     connection: Mutex<Option<ConnectionManager>>,
     notices: broadcast::Sender<String>,
@@ -303,12 +256,6 @@ impl RedisStore {
                 op_timeout: config.op_timeout,
                 lock_ttl: config.lock_ttl,
                 target: redact(&config.url),
-                scripts: Scripts {
-                    acquire: Script::new(ACQUIRE_SCRIPT),
-                    renew: Script::new(RENEW_SCRIPT),
-                    release: Script::new(RELEASE_SCRIPT),
-                    write: Script::new(WRITE_SCRIPT),
-                },
                 connection: Mutex::new(None),
                 notices,
                 listener_started: AtomicBool::new(false),
@@ -351,36 +298,21 @@ impl RedisStore {
         let keys = &self.inner.keys;
         let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.acquire.prepare_invoke();
+        let mut invocation = ACQUIRE.prepare_invoke();
         invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(ttl_ms);
-        let reply: Vec<redis::Value> = self
+        let (taken, fence_or_pttl, record): (i64, i64, Vec<u8>) = self
             .bounded("lock", async move { invocation.invoke_async(&mut connection).await })
             .await?;
-        let int = |i: usize| match reply.get(i) {
-            Some(redis::Value::Int(n)) => Some(*n),
-            _ => None,
-        };
-        match int(0) {
-            Some(1) => {
-                let fence = int(1).ok_or_else(|| self.unexpected("lock"))?;
-                let record = match reply.get(2) {
-                    Some(redis::Value::BulkString(bytes)) => parse_record(bytes),
-                    _ => None,
-                };
-                let lock = RedisRouteLock::held(self.clone(), key, fence);
-                Ok(LockTry::Acquired(Box::new((lock, record))))
-            }
-            Some(0) => {
-                // -2 (gone meanwhile) or 0 (going): look again soon.
-                let pttl = int(1).unwrap_or(0);
-                let expires_in = u64::try_from(pttl)
-                    .ok()
-                    .filter(|ms| *ms > 0)
-                    .map_or(POLL_WITHOUT_NOTICES, Duration::from_millis);
-                Ok(LockTry::Held { expires_in })
-            }
-            _ => Err(self.unexpected("lock")),
+        if taken == 1 {
+            let lock = RedisRouteLock::held(self.clone(), key, fence_or_pttl);
+            return Ok(LockTry::Acquired(Box::new((lock, parse_record(&record)))));
         }
+        // -2 (gone meanwhile) or 0 (going): look again soon.
+        let expires_in = u64::try_from(fence_or_pttl)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map_or(POLL_WITHOUT_NOTICES, Duration::from_millis);
+        Ok(LockTry::Held { expires_in })
     }
 
     /// Takes the route's lock, waiting up to `wait` for another holder: woken by its release
@@ -391,48 +323,30 @@ impl RedisStore {
         key: &str,
         wait: Duration,
     ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, RedisStoreError> {
-        Ok(self.lock_route_waited(key, wait).await?.0)
-    }
-
-    /// [`RedisStore::lock_route`], and whether the first try found the lock held.
-    pub async fn lock_route_waited(
-        &self,
-        key: &str,
-        wait: Duration,
-    ) -> Result<(Option<(RedisRouteLock, Option<RouteRecord>)>, bool), RedisStoreError> {
         let deadline = Instant::now() + wait;
-        let mut waited = false;
         // Subscribed before the first try: a release between the try and the wait is not missed.
         let mut notices = self.notices();
         loop {
-            match self.try_lock_route(key).await? {
-                LockTry::Acquired(locked) => return Ok((Some(*locked), waited)),
-                LockTry::Held { expires_in } => {
-                    waited = true;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok((None, waited));
-                    }
-                    // A hair past the TTL, so the next try finds it gone.
-                    let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
-                    if !self.is_listening() {
-                        nap = nap.min(POLL_WITHOUT_NOTICES);
-                    }
-                    notices.changed(key, nap).await;
-                }
+            let expires_in = match self.try_lock_route(key).await? {
+                LockTry::Acquired(locked) => return Ok(Some(*locked)),
+                LockTry::Held { expires_in } => expires_in,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
             }
+            // A hair past the TTL, so the next try finds it gone.
+            let mut nap = (expires_in + Duration::from_millis(2)).min(deadline - now);
+            if !self.is_listening() {
+                nap = nap.min(POLL_WITHOUT_NOTICES);
+            }
+            notices.changed(key, nap).await;
         }
     }
 
     /// The route's record, `None` when Redis has none (or a damaged one).
     pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, RedisStoreError> {
         Ok(self.read_with_rev(key).await?.0)
-    }
-
-    /// Every route record under the prefix (seeding). Keys that hold no route record are left
-    /// out (see [`RedisStore::load_all_reporting`]).
-    pub async fn load_all(&self) -> Result<BTreeMap<String, RouteRecord>, RedisStoreError> {
-        Ok(self.load_all_reporting().await?.routes)
     }
 
     /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none
@@ -484,20 +398,11 @@ impl RedisStore {
         .await
     }
 
-    /// Folds each update into Redis with [`RouteRecord::merge`]. The update of the route `lock`
-    /// guards is fenced: rejected with [`RedisStoreError::StaleLock`] when the lock is no
-    /// longer this holder's. Stops at the first error.
-    pub async fn apply(
-        &self,
-        updates: &[StoreUpdate],
-        lock: Option<&RedisRouteLock>,
-    ) -> Result<(), RedisStoreError> {
-        self.apply_as_of(updates, lock, i64::MAX).await
-    }
-
-    /// [`RedisStore::apply`] by a writer whose clock reads no later than `trusted_until` (its
-    /// time plus the skew allowed between hosts): a record dated after it yields to the update
-    /// ([`RouteRecord::merge_as_of`]).
+    /// Folds each update into Redis with [`RouteRecord::merge_as_of`], by a writer whose clock
+    /// reads no later than `trusted_until` (its time plus the skew allowed between hosts;
+    /// `i64::MAX`: no bound). The update of the route `lock` guards is fenced: rejected with
+    /// [`RedisStoreError::StaleLock`] when the lock is no longer this holder's. Stops at the
+    /// first error.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
@@ -553,7 +458,7 @@ impl RedisStore {
     ) -> Result<i64, RedisStoreError> {
         let keys = &self.inner.keys;
         let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.write.prepare_invoke();
+        let mut invocation = WRITE.prepare_invoke();
         invocation
             .key(keys.route(key))
             .key(keys.lock(key))
@@ -582,19 +487,6 @@ impl RedisStore {
             })
             .await?;
         Ok((json.as_deref().and_then(parse_record), rev))
-    }
-
-    /// A receiver of change notices; starts the channel listener on first use.
-    pub fn notices(&self) -> Notices {
-        let receiver = self.inner.notices.subscribe();
-        if !self.inner.listener_started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(listen(
-                Arc::downgrade(&self.inner),
-                self.inner.listening.clone(),
-                self.inner.stop_listener.clone(),
-            ));
-        }
-        Notices { receiver }
     }
 
     fn connection(&self) -> Result<ConnectionManager, RedisStoreError> {
@@ -635,188 +527,6 @@ impl RedisStore {
 
     fn unavailable(&self, what: &str, error: &redis::RedisError) -> RedisStoreError {
         RedisStoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
-    }
-
-    fn unexpected(&self, what: &str) -> RedisStoreError {
-        RedisStoreError::Unavailable(format!("{}: {what}: unexpected reply", self.inner.target))
-    }
-
-    async fn renew(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
-        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
-        let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.renew.prepare_invoke();
-        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(ttl_ms);
-        let renewed: i64 = self
-            .bounded("renew", async move { invocation.invoke_async(&mut connection).await })
-            .await?;
-        Ok(renewed == 1)
-    }
-
-    async fn release(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
-        let keys = &self.inner.keys;
-        let mut connection = self.connection()?;
-        let mut invocation = self.inner.scripts.release.prepare_invoke();
-        invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
-        let released: i64 = self
-            .bounded("unlock", async move { invocation.invoke_async(&mut connection).await })
-            .await?;
-        Ok(released == 1)
-    }
-}
-
-/// Keeps the `events` channel subscribed while the store lives, re-subscribing after Redis
-/// comes back, and hands each notice to the waiters.
-async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify>) {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let Some((client, channel, timeout)) = store
-            .upgrade()
-            .map(|inner| (inner.client.clone(), inner.keys.events(), inner.op_timeout))
-        else {
-            return;
-        };
-        let subscribed = tokio::time::timeout(timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            redis::RedisResult::Ok(pubsub)
-        })
-        .await;
-        if let Ok(Ok(pubsub)) = subscribed {
-            listening.store(true, Ordering::SeqCst);
-            pause = Duration::from_millis(50);
-            let mut messages = pubsub.into_on_message();
-            loop {
-                tokio::select! {
-                    () = stop.notified() => {
-                        listening.store(false, Ordering::SeqCst);
-                        return;
-                    }
-                    message = messages.next() => {
-                        let Some(message) = message else { break };
-                        let Some(inner) = store.upgrade() else { return };
-                        if let Ok(route) = message.get_payload::<String>() {
-                            let _ = inner.notices.send(route);
-                        }
-                    }
-                }
-            }
-            listening.store(false, Ordering::SeqCst);
-        }
-        tokio::select! {
-            () = stop.notified() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(2));
-    }
-}
-
-/// Change notices of one waiter.
-pub struct Notices {
-    receiver: broadcast::Receiver<String>,
-}
-
-impl Notices {
-    /// Waits up to `within` for a notice about `key`; `true` when one came (or notices were
-    /// lost, so the caller should look again).
-    pub async fn changed(&mut self, key: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Err(_) => return false,
-                Ok(Ok(route)) if route == key => return true,
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    tokio::time::sleep_until(deadline).await;
-                    return false;
-                }
-            }
-        }
-    }
-}
-
-/// Holds a route's Redis lock: renewed in the background until released or dropped.
-pub struct RedisRouteLock {
-    store: RedisStore,
-    key: String,
-    fence: i64,
-    lost: Arc<AtomicBool>,
-    renewal: tokio::task::JoinHandle<()>,
-    released: bool,
-}
-
-impl std::fmt::Debug for RedisRouteLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisRouteLock")
-            .field("key", &self.key)
-            .field("fence", &self.fence)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisRouteLock {
-    fn held(store: RedisStore, key: &str, fence: i64) -> Self {
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewal =
-            tokio::spawn(renew_while_held(store.clone(), key.to_owned(), fence, lost.clone()));
-        Self { store, key: key.to_owned(), fence, lost, renewal, released: false }
-    }
-
-    /// The fencing token: larger than every earlier holder's.
-    pub fn fence(&self) -> i64 {
-        self.fence
-    }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// A renewal found the lock gone or taken: writes under it will be rejected.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
-    /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.
-    pub async fn release(mut self) -> Result<bool, RedisStoreError> {
-        self.renewal.abort();
-        self.released = true;
-        self.store.release(&self.key, self.fence).await
-    }
-
-    /// Stops renewing without releasing, as a holder that died would: test support.
-    #[cfg(test)]
-    fn abandon(mut self) {
-        self.renewal.abort();
-        self.released = true;
-    }
-}
-
-impl Drop for RedisRouteLock {
-    fn drop(&mut self) {
-        self.renewal.abort();
-        if self.released {
-            return;
-        }
-        // Dropped without `release` (an early return, a cancelled future): release it in the
-        // background; if no runtime is left, the TTL frees it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (store, key, fence) = (self.store.clone(), self.key.clone(), self.fence);
-            runtime.spawn(async move {
-                let _ = store.release(&key, fence).await;
-            });
-        }
-    }
-}
-
-async fn renew_while_held(store: RedisStore, key: String, fence: i64, lost: Arc<AtomicBool>) {
-    let period = (store.lock_ttl() / 3).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(period).await;
-        // An unanswered renewal is tried again: the lock may still be ours until its TTL.
-        if let Ok(false) = store.renew(&key, fence).await {
-            lost.store(true, Ordering::SeqCst);
-            return;
-        }
     }
 }
 

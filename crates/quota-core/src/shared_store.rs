@@ -1,16 +1,12 @@
 //! Where route locks and route records are shared: the state file (the processes of one
-//! machine, [`crate::store`]) or Redis (several hosts, [`crate::redis_store`]). Both implement
-//! [`RouteStore`]; [`SharedStore`] is what the manager holds: Redis while it answers, the state
-//! file when it does not (reported once per outage), and Redis again when it is back.
+//! machine, [`crate::store`]) or Redis (several hosts, [`crate::redis_store`]). [`SharedStore`]
+//! is what the manager holds: Redis while it answers, the state file when it does not (reported
+//! once per outage), and Redis again when it is back (docs/redis.md#failure-behaviour).
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures::future::BoxFuture;
-use futures::FutureExt;
-use tokio::time::Instant;
 
 use crate::error::QuotaError;
 use crate::redis_store::{RedisRouteLock, RedisStore, RedisStoreError};
@@ -18,10 +14,6 @@ use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate, MAX_
 
 /// How often a Redis that stopped answering is asked again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// The file lock has no notices: a waiter blocks on it on the blocking pool (the OS wakes it);
-/// where that fails it polls: first pause, doubling up to the last.
-const FILE_POLL_FIRST: Duration = Duration::from_millis(5);
-const FILE_POLL_LAST: Duration = Duration::from_millis(50);
 
 /// Holds a route's lock until released (Redis: also wakes the waiters) or dropped.
 #[derive(Debug)]
@@ -53,15 +45,6 @@ pub struct LockedRoute {
     pub problem: Option<QuotaError>,
 }
 
-/// What a wait for a route lock gave.
-#[derive(Debug)]
-pub struct LockOutcome {
-    /// `None`: another holder kept it for the whole wait.
-    pub locked: Option<LockedRoute>,
-    /// The first try found it held.
-    pub waited: bool,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub enum StoreError {
     /// Redis did not answer (or refused): the composite store falls back to the file.
@@ -91,196 +74,119 @@ impl From<RedisStoreError> for StoreError {
     }
 }
 
-/// A home for route locks and route records shared beyond this process.
-pub trait RouteStore: Send + Sync {
+impl From<QuotaError> for StoreError {
+    fn from(error: QuotaError) -> Self {
+        Self::State(error)
+    }
+}
+
+/// Where one call goes: Redis, the state file, or nowhere (memory only).
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    Redis(&'a RedisStore),
+    File(&'a StateStore),
+    Memory,
+}
+
+impl Backend<'_> {
     /// Takes the route's lock, waiting up to `wait` for another holder (Redis: woken by its
-    /// release notice or its TTL running out; file: a blocking wait the OS ends, polled where
-    /// that fails), and reads the route's record
-    /// under it. This is the manager's only wait on another process.
-    fn lock_route<'a>(
-        &'a self,
-        key: &'a str,
+    /// release notice or its TTL running out; file: see [`lock_file_route`]), and reads the
+    /// route's record under it; `None` when another holder kept it for the whole wait. Memory
+    /// takes no lock. This is the manager's only wait on another process.
+    async fn lock_route(
+        self,
+        key: &str,
         wait: Duration,
-    ) -> BoxFuture<'a, Result<LockOutcome, StoreError>>;
+    ) -> Result<Option<LockedRoute>, StoreError> {
+        Ok(match self {
+            Self::Redis(redis) => redis.lock_route(key, wait).await?.map(|(lock, record)| {
+                LockedRoute { guard: Some(RouteGuard::Redis(lock)), record, problem: None }
+            }),
+            Self::File(file) => lock_file_route(file, key, wait).await,
+            Self::Memory => Some(LockedRoute { guard: None, record: None, problem: None }),
+        })
+    }
 
-    /// One route's record, without a lock.
-    fn read_route<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RouteRecord>, StoreError>>;
-
-    /// Every route.
-    fn load_routes(&self) -> BoxFuture<'_, Result<BTreeMap<String, RouteRecord>, StoreError>>;
+    async fn read_route(self, key: &str) -> Result<Option<RouteRecord>, StoreError> {
+        match self {
+            Self::Redis(redis) => Ok(redis.read_route(key).await?),
+            Self::File(file) => {
+                let (file, key) = (file.clone(), key.to_owned());
+                Ok(on_blocking_pool(move || file.read_route(&key)).await?)
+            }
+            Self::Memory => Ok(None),
+        }
+    }
 
     /// Folds the updates in with [`RouteRecord::merge_as_of`], written by a process whose clock
-    /// reads `now`. The update of the route `guard` holds is fenced (Redis rejects it when the
-    /// lock expired meanwhile).
-    fn apply<'a>(
-        &'a self,
-        updates: &'a [StoreUpdate],
-        guard: Option<&'a RouteGuard>,
+    /// reads `now`. In Redis, the update of the route `guard` holds is fenced (rejected when the
+    /// lock expired meanwhile); the file is written under its own lock, the route's held by the
+    /// caller: no fence needed.
+    async fn apply(
+        self,
+        updates: &[StoreUpdate],
+        guard: Option<&RouteGuard>,
         now: i64,
-    ) -> BoxFuture<'a, Result<Loaded, StoreError>>;
+    ) -> Result<Loaded, StoreError> {
+        let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
+        match self {
+            Self::Redis(redis) => {
+                let lock = match guard {
+                    Some(RouteGuard::Redis(lock)) => Some(lock),
+                    _ => None,
+                };
+                redis.apply_as_of(updates, lock, trusted_until).await?;
+                Ok(Loaded::default())
+            }
+            Self::File(file) => {
+                let (file, updates) = (file.clone(), updates.to_vec());
+                Ok(on_blocking_pool(move || file.apply_as_of(&updates, trusted_until)).await?)
+            }
+            Self::Memory => Ok(Loaded::default()),
+        }
+    }
 }
 
 /// Runs a state-file call on tokio's blocking pool: file I/O never runs on a runtime worker.
-async fn blocking<T: Send + 'static>(
+async fn on_blocking_pool<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, QuotaError> + Send + 'static,
-) -> Result<T, StoreError> {
+) -> Result<T, QuotaError> {
     tokio::task::spawn_blocking(call)
         .await
         .unwrap_or_else(|e| Err(QuotaError::State { path: String::new(), reason: e.to_string() }))
-        .map_err(StoreError::State)
 }
 
-impl StateStore {
-    /// One try at the route's lock with the record read in the same trip to the blocking pool;
-    /// `None` when held. A lock that cannot be used at all still reads the record.
-    fn lock_and_read(&self, key: &str) -> Option<LockedRoute> {
-        let (guard, lock_problem) = match self.try_lock_route(key) {
+/// The file's route lock with the record read under it: one try and, while another process
+/// holds it, a wait on the blocking pool (never a runtime worker, never the host's thread) that
+/// the OS ends the moment the holder unlocks or dies. Past `wait` the caller stops waiting; the
+/// thread goes on until the lock is free, then lets it go.
+async fn lock_file_route(file: &StateStore, key: &str, wait: Duration) -> Option<LockedRoute> {
+    let tried = lock_and_read(file, key, false).await;
+    if tried.is_some() || wait.is_zero() {
+        return tried;
+    }
+    tokio::time::timeout(wait, lock_and_read(file, key, true)).await.ok().flatten()
+}
+
+/// [`StateStore::lock_route`] and the record read under it, in one trip to the blocking pool;
+/// `None` when held. A lock that cannot be used at all still reads the record.
+async fn lock_and_read(file: &StateStore, key: &str, wait: bool) -> Option<LockedRoute> {
+    let (file, key) = (file.clone(), key.to_owned());
+    let locked = on_blocking_pool(move || {
+        let (guard, lock_problem) = match file.lock_route(&key, wait) {
             Ok(Some(lock)) => (Some(RouteGuard::File(lock)), None),
-            Ok(None) => return None,
+            Ok(None) => return Ok(None),
             Err(error) => (None, Some(error)),
         };
-        let (record, read_problem) = match self.read_route(key) {
+        let (record, read_problem) = match file.read_route(&key) {
             Ok(record) => (record, None),
             Err(error) => (None, Some(error)),
         };
-        Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) })
-    }
-}
-
-/// Waits, on a thread of the blocking pool (never a runtime worker, never the host's thread),
-/// until the route's file lock is free: the OS wakes the waiter the moment the holder unlocks or
-/// dies, where polling woke it up to 50 ms late. The lock is let go again at once: the caller
-/// then takes it (or finds another process took it first) by its usual try. `false` when the
-/// wait could not be made (a lock error): the caller polls. Past `limit` the caller stops
-/// waiting; the thread goes on until the lock is free, then lets it go.
-async fn wait_until_route_free(store: &StateStore, key: &str, limit: Duration) -> bool {
-    let (store, key) = (store.clone(), key.to_owned());
-    let waiter = tokio::task::spawn_blocking(move || store.lock_route_blocking(&key).map(drop));
-    match tokio::time::timeout(limit, waiter).await {
-        Ok(Ok(Ok(()))) | Err(_) => true,
-        Ok(Ok(Err(_)) | Err(_)) => false,
-    }
-}
-
-impl RouteStore for StateStore {
-    fn lock_route<'a>(
-        &'a self,
-        key: &'a str,
-        wait: Duration,
-    ) -> BoxFuture<'a, Result<LockOutcome, StoreError>> {
-        async move {
-            let deadline = Instant::now() + wait;
-            let mut pause = FILE_POLL_FIRST;
-            let mut waited = false;
-            loop {
-                let (store, owned_key) = (self.clone(), key.to_owned());
-                let tried = tokio::task::spawn_blocking(move || store.lock_and_read(&owned_key))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Some(LockedRoute {
-                            guard: None,
-                            record: None,
-                            problem: Some(QuotaError::State {
-                                path: String::new(),
-                                reason: e.to_string(),
-                            }),
-                        })
-                    });
-                if let Some(locked) = tried {
-                    return Ok(LockOutcome { locked: Some(locked), waited });
-                }
-                waited = true;
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(LockOutcome { locked: None, waited });
-                }
-                if !wait_until_route_free(self, key, deadline - now).await {
-                    // No blocking lock here (an error): poll instead.
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(FILE_POLL_LAST);
-                }
-            }
-        }
-        .boxed()
-    }
-
-    fn read_route<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RouteRecord>, StoreError>> {
-        let (store, key) = (self.clone(), key.to_owned());
-        blocking(move || store.read_route(&key)).boxed()
-    }
-
-    fn load_routes(&self) -> BoxFuture<'_, Result<BTreeMap<String, RouteRecord>, StoreError>> {
-        let store = self.clone();
-        blocking(move || store.load().map(|loaded| loaded.state.routes)).boxed()
-    }
-
-    fn apply<'a>(
-        &'a self,
-        updates: &'a [StoreUpdate],
-        _guard: Option<&'a RouteGuard>,
-        now: i64,
-    ) -> BoxFuture<'a, Result<Loaded, StoreError>> {
-        // Under the file lock, with the route lock held by the caller: no fence needed.
-        let (store, updates) = (self.clone(), updates.to_vec());
-        let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
-        blocking(move || store.apply_as_of(&updates, trusted_until)).boxed()
-    }
-}
-
-impl RouteStore for RedisStore {
-    fn lock_route<'a>(
-        &'a self,
-        key: &'a str,
-        wait: Duration,
-    ) -> BoxFuture<'a, Result<LockOutcome, StoreError>> {
-        async move {
-            let (locked, waited) = RedisStore::lock_route_waited(self, key, wait).await?;
-            Ok(LockOutcome {
-                locked: locked.map(|(lock, record)| LockedRoute {
-                    guard: Some(RouteGuard::Redis(lock)),
-                    record,
-                    problem: None,
-                }),
-                waited,
-            })
-        }
-        .boxed()
-    }
-
-    fn read_route<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<RouteRecord>, StoreError>> {
-        async move { Ok(RedisStore::read_route(self, key).await?) }.boxed()
-    }
-
-    fn load_routes(&self) -> BoxFuture<'_, Result<BTreeMap<String, RouteRecord>, StoreError>> {
-        async move { Ok(self.load_all().await?) }.boxed()
-    }
-
-    fn apply<'a>(
-        &'a self,
-        updates: &'a [StoreUpdate],
-        guard: Option<&'a RouteGuard>,
-        now: i64,
-    ) -> BoxFuture<'a, Result<Loaded, StoreError>> {
-        async move {
-            let lock = match guard {
-                Some(RouteGuard::Redis(lock)) => Some(lock),
-                _ => None,
-            };
-            let trusted_until = now.saturating_add(MAX_CLOCK_SKEW_MS);
-            RedisStore::apply_as_of(self, updates, lock, trusted_until).await?;
-            Ok(Loaded::default())
-        }
-        .boxed()
-    }
+        Ok(Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) }))
+    });
+    locked.await.unwrap_or_else(|problem| {
+        Some(LockedRoute { guard: None, record: None, problem: Some(problem) })
+    })
 }
 
 /// Which store the composite uses right now (`stats().sharedStore`).
@@ -344,14 +250,6 @@ impl SharedStore {
         }
     }
 
-    pub fn file(&self) -> Option<&StateStore> {
-        self.file.as_ref()
-    }
-
-    pub fn redis(&self) -> Option<&RedisStore> {
-        self.redis.as_ref().map(|side| &side.store)
-    }
-
     /// Nothing is shared: memory only.
     pub fn is_memory_only(&self) -> bool {
         self.file.is_none() && self.redis.is_none()
@@ -370,13 +268,44 @@ impl SharedStore {
         self.redis.as_ref().map_or(0, |side| side.fallbacks.load(Ordering::SeqCst))
     }
 
-    /// Redis while it is up.
-    fn live_redis(&self) -> Option<&Arc<RedisSide>> {
-        self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))
+    /// The state file, or memory when there is none.
+    fn local(&self) -> Backend<'_> {
+        self.file.as_ref().map_or(Backend::Memory, Backend::File)
     }
 
-    /// Redis did not answer: the file takes over, reported once for this outage, and a probe
-    /// hands back to Redis when it answers again.
+    /// `call` on Redis while it is up; `None` when it is not, or when it does not answer now
+    /// (reported once per outage: the file takes over until a probe hears Redis again).
+    async fn on_live_redis<'s, T, F>(
+        &'s self,
+        call: impl FnOnce(Backend<'s>) -> F,
+    ) -> Option<Result<T, StoreError>>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let side = self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))?;
+        match call(Backend::Redis(&side.store)).await {
+            Err(StoreError::Unavailable(reason)) => {
+                self.redis_failed(side, &reason);
+                None
+            }
+            answer => Some(answer),
+        }
+    }
+
+    /// `call` where the routes are shared now: Redis while it answers, else the file (or memory).
+    async fn redis_first<'s, T, F>(
+        &'s self,
+        call: impl Fn(Backend<'s>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        match self.on_live_redis(&call).await {
+            Some(answer) => answer,
+            None => call(self.local()).await,
+        }
+    }
+
     fn redis_failed(&self, side: &Arc<RedisSide>, reason: &str) {
         if side.down.swap(true, Ordering::SeqCst) {
             return;
@@ -387,8 +316,8 @@ impl SharedStore {
         } else {
             "memory (single flight in this process only)"
         };
-        eprintln!(
-            "anthropic-quota-manager: Redis shared store unavailable ({reason}); using {fallback} until it answers again"
+        log::warn!(
+            "Redis shared store unavailable ({reason}); using {fallback} until it answers again"
         );
         let side = Arc::downgrade(side);
         tokio::spawn(async move {
@@ -397,8 +326,8 @@ impl SharedStore {
                 let Some(side) = side.upgrade() else { return };
                 if side.store.ping().await.is_ok() {
                     side.down.store(false, Ordering::SeqCst);
-                    eprintln!(
-                        "anthropic-quota-manager: Redis shared store {} answers again; sharing across hosts resumed",
+                    log::warn!(
+                        "Redis shared store {} answers again; sharing across hosts resumed",
                         side.store.target()
                     );
                     return;
@@ -407,83 +336,35 @@ impl SharedStore {
         });
     }
 
-    /// Takes the route's lock where the routes are shared now. `Ok` with `locked: None` and
-    /// `waited` set when another holder kept it; memory-only mode takes no lock.
-    pub async fn lock_route(&self, key: &str, wait: Duration) -> Result<LockOutcome, StoreError> {
-        if let Some(side) = self.live_redis() {
-            match RouteStore::lock_route(&side.store, key, wait).await {
-                Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
-                answer => return answer,
-            }
-        }
-        match &self.file {
-            Some(file) => RouteStore::lock_route(file, key, wait).await,
-            None => Ok(LockOutcome {
-                locked: Some(LockedRoute { guard: None, record: None, problem: None }),
-                waited: false,
-            }),
-        }
+    /// Takes the route's lock where the routes are shared now (see [`Backend::lock_route`]).
+    pub async fn lock_route(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<LockedRoute>, StoreError> {
+        self.redis_first(|backend| backend.lock_route(key, wait)).await
     }
 
     /// One route's record, without a lock, from where the routes are shared now.
     pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, StoreError> {
-        if let Some(side) = self.live_redis() {
-            match RouteStore::read_route(&side.store, key).await {
-                Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
-                answer => return answer,
-            }
-        }
-        match &self.file {
-            Some(file) => RouteStore::read_route(file, key).await,
-            None => Ok(None),
-        }
+        self.redis_first(|backend| backend.read_route(key)).await
     }
 
-    /// Writes the updates to Redis (fenced by `guard`) while it answers, and to the state file.
-    /// The file's result is returned (its quarantine and schema reports); a rejected fenced
-    /// write is returned as [`StoreError::StaleLock`] after the file was written.
-    pub async fn apply(
-        &self,
-        updates: &[StoreUpdate],
-        guard: Option<&RouteGuard>,
-    ) -> Result<Loaded, StoreError> {
-        self.apply_as_of(updates, guard, i64::MAX).await
-    }
-
-    /// [`SharedStore::apply`] by a process whose clock reads `now`: a record dated after it,
-    /// beyond the skew allowed, yields to the update.
+    /// Writes the updates to Redis (fenced by `guard`) while it answers, and to the state file,
+    /// by a process whose clock reads `now` (see [`Backend::apply`]). The file's result is
+    /// returned (its quarantine and schema reports); a rejected fenced write is returned as
+    /// [`StoreError::StaleLock`] after the file was written.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
         guard: Option<&RouteGuard>,
         now: i64,
     ) -> Result<Loaded, StoreError> {
-        let mut shared = Ok(());
-        if let Some(side) = self.live_redis() {
-            match RouteStore::apply(&side.store, updates, guard, now).await {
-                Ok(_) => {}
-                Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
-                Err(other) => shared = Err(other),
-            }
-        }
-        let written = match &self.file {
-            Some(file) => RouteStore::apply(file, updates, None, now).await,
-            None => Ok(Loaded::default()),
-        };
-        shared.and(written)
-    }
-
-    /// Every route: from Redis while it answers, else from the file.
-    pub async fn load_routes(&self) -> Result<BTreeMap<String, RouteRecord>, StoreError> {
-        if let Some(side) = self.live_redis() {
-            match side.store.load_routes().await {
-                Err(StoreError::Unavailable(reason)) => self.redis_failed(side, &reason),
-                answer => return answer,
-            }
-        }
-        match &self.file {
-            Some(file) => file.load_routes().await,
-            None => Ok(BTreeMap::new()),
+        let shared = self.on_live_redis(|redis| redis.apply(updates, guard, now)).await;
+        let written = self.local().apply(updates, None, now).await;
+        match shared {
+            Some(Err(error)) => Err(error),
+            _ => written,
         }
     }
 }

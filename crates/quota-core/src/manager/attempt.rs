@@ -102,7 +102,7 @@ impl QuotaManager {
         let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
         // One try first, so a wait is counted (`lockWaits`) when it starts, not when it ends.
         let mut outcome = self.inner.shared.lock_route(key, Duration::ZERO).await;
-        if matches!(&outcome, Ok(tried) if tried.locked.is_none()) {
+        if matches!(outcome, Ok(None)) {
             bump(&self.inner.stats.lock_waits);
             outcome = self.inner.shared.lock_route(key, timeout).await;
         }
@@ -120,7 +120,7 @@ impl QuotaManager {
                 return Ok((None, None));
             }
         };
-        let Some(locked) = outcome.locked else {
+        let Some(locked) = outcome else {
             bump(&self.inner.stats.lock_timeouts);
             return Err(QuotaError::Timeout(format!(
                 "waited {} ms for another process's quota refresh",

@@ -36,21 +36,21 @@ fn redis(server: &RedisServer) -> RedisStore {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_file_store_behind_the_trait_excludes_and_merges() {
+async fn the_file_backend_excludes_and_merges() {
     let dir = tempfile::tempdir().unwrap();
     let file = StateStore::new(dir.path().join("state.json"));
-    let store: &dyn RouteStore = &file;
+    let store = Backend::File(&file);
     let first = store.lock_route("main:a", Duration::ZERO).await.unwrap();
-    let held = first.locked.expect("free").guard.expect("usable");
+    let held = first.expect("free").guard.expect("usable");
     let second = store.lock_route("main:a", Duration::from_millis(30)).await.unwrap();
-    assert!(second.locked.is_none() && second.waited);
+    assert!(second.is_none());
     store.apply(&[merge("main:a", 5)], Some(&held), i64::MAX).await.unwrap();
     held.release().await;
     // Not a bare try: the second caller's blocking wait, abandoned after 30 ms, may still take
     // and drop the lock once it is free (under load, just as the third asks).
     let third = store.lock_route("main:a", Duration::from_secs(1)).await.unwrap();
-    assert_eq!(checked_at(third.locked.unwrap().record.as_ref()), Some(5));
-    assert_eq!(store.load_routes().await.unwrap().len(), 1);
+    assert_eq!(checked_at(third.unwrap().record.as_ref()), Some(5));
+    assert_eq!(file.load().unwrap().state.routes.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,9 +65,9 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
 
     // Up: the lock is Redis's, the write lands in Redis and in the file.
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
-    let guard = locked.locked.unwrap().guard.unwrap();
+    let guard = locked.unwrap().guard.unwrap();
     assert!(matches!(guard, RouteGuard::Redis(_)));
-    shared.apply(&[merge("main:a", 1)], Some(&guard)).await.unwrap();
+    shared.apply_as_of(&[merge("main:a", 1)], Some(&guard), i64::MAX).await.unwrap();
     guard.release().await;
     let in_redis = redis(&server).read_route("main:a").await.unwrap();
     assert_eq!(checked_at(in_redis.as_ref()), Some(1));
@@ -83,9 +83,9 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
         .await
         .expect("the lock hung without Redis")
         .unwrap();
-        let guard = locked.locked.unwrap().guard.unwrap();
+        let guard = locked.unwrap().guard.unwrap();
         assert!(matches!(guard, RouteGuard::File(_)));
-        shared.apply(&[merge("main:a", at)], Some(&guard)).await.unwrap();
+        shared.apply_as_of(&[merge("main:a", at)], Some(&guard), i64::MAX).await.unwrap();
         guard.release().await;
     }
     assert_eq!(shared.mode(), StoreMode::File);
@@ -102,9 +102,9 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
     }
     assert_eq!(shared.mode(), StoreMode::Redis, "never returned to Redis");
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
-    let guard = locked.locked.unwrap().guard.unwrap();
+    let guard = locked.unwrap().guard.unwrap();
     assert!(matches!(guard, RouteGuard::Redis(_)));
-    shared.apply(&[merge("main:a", 9)], Some(&guard)).await.unwrap();
+    shared.apply_as_of(&[merge("main:a", 9)], Some(&guard), i64::MAX).await.unwrap();
     guard.release().await;
     let in_redis = redis(&server).read_route("main:a").await.unwrap();
     assert_eq!(checked_at(in_redis.as_ref()), Some(9));
@@ -120,7 +120,7 @@ async fn a_stale_fenced_write_is_rejected_in_redis_but_kept_in_the_local_file() 
     let file = StateStore::new(dir.path().join("state.json"));
     let shared = SharedStore::new(Some(file.clone()), Some(redis(&server)));
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
-    let stale = locked.locked.unwrap().guard.unwrap();
+    let stale = locked.unwrap().guard.unwrap();
     let other = redis(&server);
     let mut raw = redis::Client::open(server.url())
         .unwrap()
@@ -129,8 +129,9 @@ async fn a_stale_fenced_write_is_rejected_in_redis_but_kept_in_the_local_file() 
         .unwrap();
     let _: () = redis::cmd("DEL").arg("t:lock:main:a").query_async(&mut raw).await.unwrap();
     let (fresh, _) = other.lock_route("main:a", Duration::ZERO).await.unwrap().unwrap();
-    other.apply(&[merge("main:a", 10)], Some(&fresh)).await.unwrap();
-    let error = shared.apply(&[merge("main:a", 20)], Some(&stale)).await.unwrap_err();
+    other.apply_as_of(&[merge("main:a", 10)], Some(&fresh), i64::MAX).await.unwrap();
+    let error =
+        shared.apply_as_of(&[merge("main:a", 20)], Some(&stale), i64::MAX).await.unwrap_err();
     assert_eq!(error, StoreError::StaleLock);
     assert_eq!(shared.mode(), StoreMode::Redis, "a stale lock is no outage");
     let in_redis = other.read_route("main:a").await.unwrap();
@@ -143,9 +144,9 @@ async fn memory_only_takes_no_lock_and_writes_nothing() {
     let shared = SharedStore::new(None, None);
     assert_eq!(shared.mode(), StoreMode::Memory);
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
-    assert!(locked.locked.unwrap().guard.is_none());
-    assert!(shared.apply(&[merge("main:a", 1)], None).await.is_ok());
-    assert!(shared.load_routes().await.unwrap().is_empty());
+    assert!(locked.unwrap().guard.is_none());
+    assert!(shared.apply_as_of(&[merge("main:a", 1)], None, i64::MAX).await.is_ok());
+    assert_eq!(shared.read_route("main:a").await.unwrap(), None);
 }
 
 #[test]
@@ -164,11 +165,11 @@ fn only_a_store_with_neither_a_file_nor_redis_is_memory_only() {
 async fn a_file_lock_waiter_gets_the_lock_its_holder_lets_go_of() {
     let dir = tempfile::tempdir().unwrap();
     let file = StateStore::new(dir.path().join("state.json"));
-    let held = file.try_lock_route("main:a").unwrap().expect("free");
+    let held = file.lock_route("main:a", false).unwrap().expect("free");
     let waiter = {
         let file = file.clone();
         tokio::spawn(async move {
-            RouteStore::lock_route(&file, "main:a", Duration::from_secs(10)).await
+            Backend::File(&file).lock_route("main:a", Duration::from_secs(10)).await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -178,8 +179,7 @@ async fn a_file_lock_waiter_gets_the_lock_its_holder_lets_go_of() {
         .expect("the waiter hung")
         .unwrap()
         .unwrap();
-    assert!(outcome.waited);
-    assert!(outcome.locked.expect("taken within the wait").guard.is_some());
+    assert!(outcome.expect("taken within the wait").guard.is_some());
 }
 
 /// When `release` resolves, the route is free: another host may take it at once. The check is
@@ -193,7 +193,7 @@ async fn a_released_redis_guard_has_freed_the_route_when_release_resolves() {
     };
     let shared = SharedStore::new(None, Some(redis(&server)));
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
-    let guard = locked.locked.unwrap().guard.unwrap();
+    let guard = locked.unwrap().guard.unwrap();
     assert!(matches!(guard, RouteGuard::Redis(_)));
     guard.release().await;
     let address = server.url().trim_start_matches("redis://").trim_end_matches('/').to_owned();

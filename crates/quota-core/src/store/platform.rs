@@ -19,17 +19,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-pub use imp::{create_private_dir, make_private_dir, make_private_file, open_lock_file, FileStamp};
-
-/// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a mix).
-pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
-    imp::replace(from, to)
-}
-
-/// Makes a rename in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    imp::sync_dir(dir)
-}
+pub use imp::{
+    create_private_dir, make_private_dir, make_private_file, open_lock_file, replace, sync_dir,
+    FileStamp,
+};
 
 /// The error a lock file that turned out to be a link fails with.
 fn link_refused() -> io::Error {
@@ -104,10 +97,13 @@ mod imp {
             )
     }
 
+    /// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
+    /// mix).
     pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
 
+    /// Makes a rename in `dir` durable.
     pub fn sync_dir(dir: &Path) -> io::Result<()> {
         File::open(dir).and_then(|d| d.sync_all())
     }

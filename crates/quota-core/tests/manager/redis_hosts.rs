@@ -119,12 +119,13 @@ async fn a_record_dated_far_ahead_in_redis_is_stale_and_replaced_by_the_next_pol
         ..Default::default()
     };
     shared
-        .apply(
+        .apply_as_of(
             &[quota_core::store::StoreUpdate::Merge {
                 key: "main:alice".into(),
                 record: Box::new(record),
             }],
             None,
+            i64::MAX,
         )
         .await
         .unwrap();

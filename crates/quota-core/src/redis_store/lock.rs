@@ -1,0 +1,227 @@
+//! A held route lock, renewed until released (docs/redis.md#locks), and the change notices its
+//! waiters wake on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::Script;
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+
+use super::{Inner, RedisStore, RedisStoreError};
+
+/// Compare-and-`PEXPIRE`: 1 when still ours.
+const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Compare-and-delete, then the notice: 1 when it was still ours.
+const RELEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+";
+
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_SCRIPT));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SCRIPT));
+
+impl RedisStore {
+    /// A receiver of change notices; starts the channel listener on first use.
+    pub fn notices(&self) -> Notices {
+        let receiver = self.inner.notices.subscribe();
+        if !self.inner.listener_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(listen(
+                Arc::downgrade(&self.inner),
+                self.inner.listening.clone(),
+                self.inner.stop_listener.clone(),
+            ));
+        }
+        Notices { receiver }
+    }
+
+    async fn renew(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
+        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
+        let mut connection = self.connection()?;
+        let mut invocation = RENEW.prepare_invoke();
+        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(ttl_ms);
+        let renewed: i64 = self
+            .bounded("renew", async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
+        let keys = &self.inner.keys;
+        let mut connection = self.connection()?;
+        let mut invocation = RELEASE.prepare_invoke();
+        invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
+        let released: i64 = self
+            .bounded("unlock", async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        Ok(released == 1)
+    }
+}
+
+/// Keeps the `events` channel subscribed while the store lives, re-subscribing after Redis
+/// comes back, and hands each notice to the waiters.
+async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some((client, channel, timeout)) = store
+            .upgrade()
+            .map(|inner| (inner.client.clone(), inner.keys.events(), inner.op_timeout))
+        else {
+            return;
+        };
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        })
+        .await;
+        if let Ok(Ok(pubsub)) = subscribed {
+            listening.store(true, Ordering::SeqCst);
+            pause = Duration::from_millis(50);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    () = stop.notified() => {
+                        listening.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let Some(inner) = store.upgrade() else { return };
+                        if let Ok(route) = message.get_payload::<String>() {
+                            let _ = inner.notices.send(route);
+                        }
+                    }
+                }
+            }
+            listening.store(false, Ordering::SeqCst);
+        }
+        tokio::select! {
+            () = stop.notified() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Change notices of one waiter.
+pub struct Notices {
+    receiver: broadcast::Receiver<String>,
+}
+
+impl Notices {
+    /// Waits up to `within` for a notice about `key`; `true` when one came (or notices were
+    /// lost, so the caller should look again).
+    pub async fn changed(&mut self, key: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                Err(_) => return false,
+                Ok(Ok(route)) if route == key => return true,
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Holds a route's Redis lock: renewed in the background until released or dropped.
+pub struct RedisRouteLock {
+    store: RedisStore,
+    pub(super) key: String,
+    pub(super) fence: i64,
+    lost: Arc<AtomicBool>,
+    renewal: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl std::fmt::Debug for RedisRouteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRouteLock")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRouteLock {
+    pub(super) fn held(store: RedisStore, key: &str, fence: i64) -> Self {
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewal =
+            tokio::spawn(renew_while_held(store.clone(), key.to_owned(), fence, lost.clone()));
+        Self { store, key: key.to_owned(), fence, lost, renewal, released: false }
+    }
+
+    /// The fencing token: larger than every earlier holder's.
+    pub fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A renewal found the lock gone or taken: writes under it will be rejected.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.
+    pub async fn release(mut self) -> Result<bool, RedisStoreError> {
+        self.renewal.abort();
+        self.released = true;
+        self.store.release(&self.key, self.fence).await
+    }
+
+    /// Stops renewing without releasing, as a holder that died would: test support.
+    #[cfg(test)]
+    pub(super) fn abandon(mut self) {
+        self.renewal.abort();
+        self.released = true;
+    }
+}
+
+impl Drop for RedisRouteLock {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if self.released {
+            return;
+        }
+        // Dropped without `release` (an early return, a cancelled future): release it in the
+        // background; if no runtime is left, the TTL frees it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, key, fence) = (self.store.clone(), self.key.clone(), self.fence);
+            runtime.spawn(async move {
+                let _ = store.release(&key, fence).await;
+            });
+        }
+    }
+}
+
+async fn renew_while_held(store: RedisStore, key: String, fence: i64, lost: Arc<AtomicBool>) {
+    let period = (store.lock_ttl() / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(period).await;
+        // An unanswered renewal is tried again: the lock may still be ours until its TTL.
+        if let Ok(false) = store.renew(&key, fence).await {
+            lost.store(true, Ordering::SeqCst);
+            return;
+        }
+    }
+}

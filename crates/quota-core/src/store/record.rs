@@ -1,0 +1,162 @@
+//! A route's record and the one merge rule by which every copy of it (this process's cache, the
+//! state file, Redis) adopts another's (docs/state-file.md#merge-rule), with the bounds on times
+//! adopted from another clock (docs/state-file.md#clock-bounds).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::{BackoffConfig, BackoffState};
+use crate::snapshot::QuotaEntry;
+
+/// How far ahead of this process's clock another's observation may be dated: the skew between
+/// hosts sharing Redis, a clock step, or a host whose `now` lags the machine's clock. Beyond
+/// it, an observation comes from a clock running ahead (or a damaged value).
+pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+
+/// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
+/// only the fingerprint of the token that produced the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRecord {
+    /// Shared, never mutated in place: a new observation is a new `Arc`, so a reader can tell
+    /// by pointer whether the entry changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<Arc<QuotaEntry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    #[serde(default)]
+    pub backoff: BackoffState,
+    /// When the backoff last changed (a failure armed it, or a success cleared it).
+    #[serde(default)]
+    pub backoff_updated_at: i64,
+    /// Fingerprint of the fallback login (`authLineageId`) this record belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
+    /// The last time any process sent a usage request for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<i64>,
+    /// Fingerprint of the token that request used (pacing is per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_token: Option<String>,
+}
+
+impl RouteRecord {
+    /// Folds a newer or concurrent observation into this record: the one merge rule of the
+    /// cache, the state file and Redis (docs/state-file.md#merge-rule).
+    pub fn merge(&mut self, incoming: &RouteRecord) {
+        if incoming.lineage.is_some() && incoming.lineage != self.lineage {
+            *self = incoming.clone();
+            return;
+        }
+        if is_newer(self.entry.as_deref(), incoming.entry.as_deref()) {
+            self.entry.clone_from(&incoming.entry);
+            self.token_fingerprint.clone_from(&incoming.token_fingerprint);
+        }
+        if incoming.backoff_updated_at > self.backoff_updated_at {
+            self.backoff = incoming.backoff.clone();
+            self.backoff_updated_at = incoming.backoff_updated_at;
+        } else if incoming.backoff_updated_at == self.backoff_updated_at {
+            self.backoff.merge_from(&incoming.backoff);
+        }
+        if incoming.last_attempt_at > self.last_attempt_at {
+            self.last_attempt_at = incoming.last_attempt_at;
+            self.last_attempt_token.clone_from(&incoming.last_attempt_token);
+        }
+    }
+
+    /// Folds in `incoming` as [`RouteRecord::merge`] does, written by a process whose clock
+    /// reads no later than `trusted_until` (its time plus the skew allowed): a snapshot or a
+    /// backoff change here dated after that comes from a clock running ahead (or a damaged
+    /// value), and the incoming one replaces it, whatever its date. Otherwise a just-fetched
+    /// result would lose to such a record, window after window.
+    pub fn merge_as_of(&mut self, incoming: &RouteRecord, trusted_until: i64) {
+        let from_the_future = |at: i64| at > trusted_until;
+        if incoming.entry.is_some()
+            && self.entry.as_ref().is_some_and(|e| from_the_future(e.checked_at))
+        {
+            self.entry = None;
+        }
+        if incoming.backoff_updated_at > 0 && from_the_future(self.backoff_updated_at) {
+            self.backoff_updated_at = i64::MIN;
+        }
+        self.merge(incoming);
+    }
+
+    /// This record with every time bounded relative to `now`, for adoption from the shared file
+    /// or Redis (docs/state-file.md#clock-bounds): a write from a clock running ahead (or a
+    /// damaged value such as `i64::MAX`) must not freeze polling or back a route off for years.
+    /// Saturating arithmetic throughout: any `i64` input is safe.
+    #[must_use]
+    pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> RouteRecord {
+        let latest_seen = now.saturating_add(limits.max_clock_skew_ms.max(0));
+        let latest_retry = now.saturating_add(limits.max_backoff_ms.max(0));
+        let seen = |at: i64| if at > latest_seen { now } else { at };
+        let mut record = self.clone();
+        if let Some(entry) = record.entry.as_mut().map(Arc::make_mut) {
+            let from_the_future = entry.checked_at > latest_seen;
+            entry.checked_at = seen(entry.checked_at);
+            entry.refresh_after = if from_the_future {
+                now
+            } else {
+                entry
+                    .refresh_after
+                    .min(entry.checked_at.saturating_add(limits.max_refresh_interval_ms.max(0)))
+            };
+            let quota = &mut entry.quota;
+            quota.checked_at = quota.checked_at.map(seen);
+            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()].into_iter().flatten()
+            {
+                window.checked_at = seen(window.checked_at);
+            }
+            for window in quota.scoped.iter_mut().flatten() {
+                window.checked_at = seen(window.checked_at);
+            }
+        }
+        record.backoff_updated_at = seen(record.backoff_updated_at);
+        record.last_attempt_at = record.last_attempt_at.map(seen);
+        let backoff = &mut record.backoff;
+        backoff.next_retry_at = backoff.next_retry_at.map(|at| at.min(latest_retry));
+        if let Some(error) = backoff.last_error.as_mut() {
+            error.checked_at = seen(error.checked_at);
+            error.next_retry_at = error.next_retry_at.map(|at| at.min(latest_retry));
+        }
+        record
+    }
+}
+
+/// Bounds applied by [`RouteRecord::clamped`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptionLimits {
+    /// How far in the future an observation time may lie.
+    pub max_clock_skew_ms: i64,
+    /// The longest backoff window this configuration can arm.
+    pub max_backoff_ms: i64,
+    /// The freshness interval: no entry is fresh longer than this after it was observed.
+    pub max_refresh_interval_ms: i64,
+}
+
+impl AdoptionLimits {
+    /// The limits for a manager with this backoff configuration and freshness interval: the
+    /// longest window is the largest of the ladder cap, the flat delay and `maxRetryAfterMs`.
+    pub fn new(backoff: &BackoffConfig, refresh_interval_ms: i64) -> Self {
+        Self {
+            max_clock_skew_ms: MAX_CLOCK_SKEW_MS,
+            max_backoff_ms: backoff
+                .max_ms
+                .max(backoff.non_transient_ms)
+                .max(backoff.max_retry_after_ms),
+            max_refresh_interval_ms: refresh_interval_ms,
+        }
+    }
+}
+
+/// Is `theirs` a newer observation than `ours`? The one rule by which every copy of a route
+/// (this process's cache, the state file, another process's write) adopts another's snapshot.
+pub fn is_newer(ours: Option<&QuotaEntry>, theirs: Option<&QuotaEntry>) -> bool {
+    match (ours, theirs) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
+    }
+}
