@@ -69,8 +69,10 @@ impl Default for UsageClientConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionOptions {
     /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`), added to the
-    /// bundled and system roots. A file that cannot be read or holds no certificate is skipped
-    /// and named in [`UsageClient::trust_warnings`]: a bad variable must not stop quota checks.
+    /// bundled and system roots. A file that cannot be opened is skipped and named in
+    /// [`UsageClient::trust_warnings`]; one that cannot be read or holds no certificate is
+    /// skipped and named on stderr when the client is built (at the first request): a bad
+    /// variable must not stop quota checks.
     pub extra_ca_files: Vec<PathBuf>,
     /// Which proxy non-loopback requests use. Loopback requests never use one.
     pub proxy: ProxySetting,
@@ -125,7 +127,7 @@ impl UsageClient {
         Ok(Self { http: SharedHttp::for_settings(settings), url })
     }
 
-    /// Extra CA files that were skipped, one message each (naming the file), for the host to
+    /// Extra CA files that cannot be opened, one message each (naming the file), for the host to
     /// report once.
     pub fn trust_warnings(&self) -> &[String] {
         &self.http.trust_warnings
@@ -213,13 +215,14 @@ struct HttpSettings {
 }
 
 /// One HTTP client per distinct [`HttpSettings`] in the process, built at its first request:
-/// building one loads the system trust store, milliseconds that constructing a manager should
-/// not cost (nor a second manager cost again).
+/// building one loads the system trust store and parses the extra CA files, milliseconds that
+/// constructing a manager should not cost (nor a second manager cost again).
 #[derive(Debug)]
 struct SharedHttp {
     settings: HttpSettings,
-    /// The extra CA files' roots, read once, when these settings are first seen.
-    roots: Vec<Certificate>,
+    /// The extra CA files that open; they are read when the client is built.
+    ca_files: Vec<PathBuf>,
+    /// One message per extra CA file that cannot be opened, known at once.
     trust_warnings: Vec<String>,
     client: OnceLock<Result<reqwest::Client, String>>,
 }
@@ -230,31 +233,40 @@ impl SharedHttp {
             LazyLock::new(Mutex::default);
         let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = shared.entry(settings).or_insert_with_key(|settings| {
-            let (roots, trust_warnings) = load_extra_roots(&settings.extra_ca_files);
-            Arc::new(Self {
-                settings: settings.clone(),
-                roots,
-                trust_warnings,
-                client: OnceLock::new(),
-            })
+            let mut ca_files = Vec::new();
+            let mut trust_warnings = Vec::new();
+            for file in &settings.extra_ca_files {
+                match std::fs::File::open(file) {
+                    Ok(_) => ca_files.push(file.clone()),
+                    Err(e) => trust_warnings.push(unusable_ca_file(file, &e.to_string())),
+                }
+            }
+            let client = OnceLock::new();
+            Arc::new(Self { settings: settings.clone(), ca_files, trust_warnings, client })
         });
         Arc::clone(entry)
     }
 
-    /// The client, built on first use. A system store with nothing usable in it must not stop
-    /// quota checks: the bundled roots and the extra files still apply.
+    /// The client, built on first use; what that finds wrong with the trust store is printed
+    /// then. A system store with nothing usable in it must not stop quota checks: the bundled
+    /// roots and the extra files still apply.
     fn client(&self) -> Result<&reqwest::Client, QuotaError> {
         let built = self.client.get_or_init(|| {
-            self.build(true).or_else(|error| {
-                let client = self.build(false)?;
-                eprintln!("anthropic-quota-manager: system trust store not used: {error}");
-                Ok(client)
-            })
+            let (roots, mut warnings) = load_extra_roots(&self.ca_files);
+            let client = self.build(true, &roots).or_else(|error| {
+                let client = self.build(false, &roots)?;
+                warnings.push(format!("system trust store not used: {error}"));
+                Ok::<_, String>(client)
+            });
+            for warning in warnings {
+                eprintln!("anthropic-quota-manager: {warning}");
+            }
+            client
         });
         built.as_ref().map_err(|e| QuotaError::Network(e.clone()))
     }
 
-    fn build(&self, system_roots: bool) -> Result<reqwest::Client, String> {
+    fn build(&self, system_roots: bool, roots: &[Certificate]) -> Result<reqwest::Client, String> {
         let settings = &self.settings;
         let mut builder = reqwest::Client::builder()
             .user_agent(settings.user_agent.clone())
@@ -262,7 +274,7 @@ impl SharedHttp {
             .redirect(redirect::Policy::none())
             .timeout(settings.timeout)
             .tls_built_in_native_certs(system_roots);
-        for root in &self.roots {
+        for root in roots {
             builder = builder.add_root_certificate(root.clone());
         }
         if settings.proxy != ProxySetting::System {
@@ -339,13 +351,14 @@ fn load_extra_roots(files: &[PathBuf]) -> (Vec<Certificate>, Vec<String>) {
                 "extra CA file {} holds no PEM certificate; skipped",
                 file.display()
             )),
-            Err(reason) => warnings.push(format!(
-                "extra CA file {} cannot be used ({reason}); skipped",
-                file.display()
-            )),
+            Err(reason) => warnings.push(unusable_ca_file(file, &reason)),
         }
     }
     (roots, warnings)
+}
+
+fn unusable_ca_file(file: &std::path::Path, reason: &str) -> String {
+    format!("extra CA file {} cannot be used ({reason}); skipped", file.display())
 }
 
 /// The `Authorization` value, marked sensitive so it is never printed by `Debug`. A token that
