@@ -31,7 +31,9 @@ const NEVER_CURRENT = new Int32Array(1)
 /**
  * Answers kept while the change counter holds still: per question, a Map from its key (an id, a
  * model) to the native answer (a frozen entry view, a stale-from deadline); isFallbackStale's
- * keys are the id, then the model; the one setting read, `refreshEveryNRequests`, as it is.
+ * keys are the id, then the model; the one setting read, `refreshEveryNRequests`, as it is. A
+ * read serves its kept answer while the counter equals the version they were kept at (checked
+ * inline: it is the whole cost of the hot path); #ask adds one.
  */
 function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
@@ -461,11 +463,6 @@ class QuotaManager extends Native {
     return true
   }
 
-  /** The kept answers, or null when the counter moved since they were kept. */
-  #answers() {
-    return Atomics.load(this.#changes, 0) === this.#version ? this.#kept : null
-  }
-
   /**
    * Where to keep an answer about to be asked natively: read before asking, so the answer is
    * stamped with the counter as it was before (every kept answer is forgotten when it moved).
@@ -487,16 +484,12 @@ class QuotaManager extends Native {
     return answer
   }
 
-  /** Whether a kept answer may be served now: the host's `now` (when given) sampled as a native entry would. */
+  /**
+   * With the host's `now`, whether a kept answer may be served: `now` sampled (and stored where
+   * the core reads it) as a native entry would, and a usable time.
+   */
   #sampled() {
-    return !this.#samplesNow || this.#time() === this.#read()
-  }
-
-  /** Whether `deadline` (a kept stale-from instant) has passed; undefined when not kept or the clock cannot tell. */
-  #passed(deadline) {
-    if (deadline === undefined) return undefined
-    const now = this.#time()
-    return now === now ? now >= deadline : undefined
+    return this.#time() === this.#read()
   }
 
   /** Whether answers can be kept for these arguments: an id and a model, each a string or undefined. */
@@ -505,15 +498,22 @@ class QuotaManager extends Native {
   }
 
   getMain(mainAccountId) {
-    const view = this.#answers()?.main.get(mainAccountId)
-    if (view !== undefined && this.#sampled()) return view
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const view = this.#kept.main.get(mainAccountId)
+      if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
+    }
     if (!this.#keepable(mainAccountId)) return super.getMain(mainAccountId)
     return this.#ask('main', mainAccountId, () => super.getMain(mainAccountId))
   }
 
   isMainStale(modelId) {
-    const stale = this.#passed(this.#answers()?.mainStaleFrom.get(modelId))
-    if (stale !== undefined) return stale
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const from = this.#kept.mainStaleFrom.get(modelId)
+      if (from !== undefined) {
+        const now = this.#time()
+        if (now === now) return now >= from
+      }
+    }
     if (!this.#keepable(undefined, modelId)) return super.isMainStale(modelId)
     // Native: it samples the host's `now` (when given) as isMainStale would.
     return this.#read() >= this.#ask('mainStaleFrom', modelId, () => this._mainStaleFrom(modelId))
@@ -522,8 +522,10 @@ class QuotaManager extends Native {
   /** With an account (its login is bound first, which may change the cache), always native. */
   getFallback(accountId, account) {
     if (account !== undefined && account !== null) return super.getFallback(accountId, account)
-    const view = this.#answers()?.fallback.get(accountId)
-    if (view !== undefined && this.#sampled()) return view
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const view = this.#kept.fallback.get(accountId)
+      if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
+    }
     if (typeof accountId !== 'string' || !this.#keepable()) return super.getFallback(accountId)
     return this.#ask('fallback', accountId, () => super.getFallback(accountId))
   }
@@ -533,8 +535,13 @@ class QuotaManager extends Native {
     if ((account !== undefined && account !== null) || (accessToken !== undefined && accessToken !== null && typeof accessToken !== 'string')) {
       return super.isFallbackStale(accountId, accessToken, modelId, account)
     }
-    const stale = this.#passed(this.#answers()?.fallbackStaleFrom.get(accountId)?.get(modelId))
-    if (stale !== undefined) return stale
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const from = this.#kept.fallbackStaleFrom.get(accountId)?.get(modelId)
+      if (from !== undefined) {
+        const now = this.#time()
+        if (now === now) return now >= from
+      }
+    }
     if (typeof accountId !== 'string' || !this.#keepable(undefined, modelId)) return super.isFallbackStale(accountId, accessToken, modelId)
     const byId = this.#keep().fallbackStaleFrom
     let kept = byId.get(accountId)
@@ -552,8 +559,8 @@ class QuotaManager extends Native {
     if (this.isMainStale(modelId)) return true
     const count = Math.trunc(requestCount)
     if (count === 0) return false
-    let everyN = this.#answers()?.everyN
-    if (everyN === undefined) {
+    let everyN = this.#kept.everyN
+    if (everyN === undefined || Atomics.load(this.#changes, 0) !== this.#version) {
       const kept = this.#keep()
       everyN = kept.everyN = this._refreshEveryN()
     }
