@@ -1,21 +1,22 @@
 // anthropic-quota-manager: the package's entry point. Written by hand, over the binding that
 // `napi build` generates (binding.js, binding.d.ts): it re-exports everything and answers the
 // synchronous reads the plugin makes on every model request (getMain, isMainStale,
-// needsRefresh) without calling into native code while nothing changed.
+// needsRefresh, getFallback, isFallbackStale) without calling into native code while nothing
+// changed.
 //
 // How it stays true: the Rust core bumps a change counter on every mutable access to its state
 // (a poll's result, a header push, another process's record adopted, clear, close, identity
 // binding, settings, seeding). The counter lives in memory shared with JavaScript (an Int32Array
 // over an external ArrayBuffer), read with Atomics.load. An answer is kept together with the
 // counter value read before it was computed, and served only while the counter has not moved.
-// Time-dependent answers are not kept: the core hands out the instant at which the main entry
-// turns stale (mainStaleFrom), and the facade compares it at every call with the same clock the
-// core reads (Date.now, the time of the ManualClock passed as options.clock read in shared
-// memory, or options.now sampled here and stored in shared memory where the core reads it, as
-// every native entry samples it). Arguments other than the plain shapes (string or undefined ids
-// and models, a request count in range) always go to the native method, which stays the
-// authority for errors. Account lists cross in a compact form whose fields the core names
-// (QuotaManager._accountFields(), src/account_lists.rs).
+// Time-dependent answers are not kept: the core hands out the instant at which an entry turns
+// stale (_mainStaleFrom, _fallbackStaleFrom), and the facade compares it at every call with the
+// same clock the core reads (Date.now, the time of the ManualClock passed as options.clock read
+// in shared memory, or options.now sampled here and stored in shared memory where the core reads
+// it, as every native entry samples it). Arguments other than the plain shapes (string or
+// undefined ids and models, no account, a request count in range) always go to the native
+// method, which stays the authority for errors. Account lists cross in a compact form whose
+// fields the core names (QuotaManager._accountFields(), src/account_lists.rs).
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
@@ -23,10 +24,20 @@ const { isProxy } = require('node:util').types
 const binding = require('./binding.js')
 
 const Native = binding.QuotaManager
-const UNSET = Symbol('unset')
 const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
 const NEVER_CURRENT = new Int32Array(2)
+
+/**
+ * Answers kept while the change counter holds still: per question, a Map from its key (an id, a
+ * model) to the native answer (a frozen entry view, a stale-from deadline); isFallbackStale's
+ * keys are the id, then the model; the one setting read, `refreshEveryNRequests`, as it is. A
+ * read serves its kept answer while the counter equals the version they were kept at (checked
+ * inline: it is the whole cost of the hot path); #ask adds one.
+ */
+function keptAnswers() {
+  return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
+}
 
 /** Each ManualClock's time in shared memory (handed out once per clock, so kept here). */
 const clockTimes = new WeakMap()
@@ -245,19 +256,15 @@ function runPoll(fetchQuotaSnapshot, request, owner) {
 
 class QuotaManager extends Native {
   #changes = NEVER_CURRENT
-  #version = NaN
   /** The core's time now, as the native entry would see it (sampling the host's `now`); NaN: ask natively. */
   #time = Date.now
   /** The core's time as last sampled, without sampling again. */
   #read = Date.now
   /** The host's `now` option is sampled at every entry, natively or here. */
   #samplesNow = false
-  #mainId = UNSET
-  #mainView = null
-  #staleModel = UNSET
-  #staleFrom = 0
-  #staleFromNoModel = UNSET
-  #everyN = UNSET
+  /** The counter value the kept answers were computed at. */
+  #version = NaN
+  #kept = keptAnswers()
   /** Per shape (refreshMain, refreshMainWithMetadata): the last call, its promise and the counter then. */
   #refreshed = [null, null]
   /** The last settled seeding: { flat, epoch, rowsAreAccounts } (see #changedSinceSettled). */
@@ -438,66 +445,92 @@ class QuotaManager extends Native {
     return true
   }
 
-  /** Forgets every kept answer when the counter moved; returns the counter read first. */
-  #current() {
+  /**
+   * Where to keep an answer about to be asked natively: read before asking, so the answer is
+   * stamped with the counter as it was before (every kept answer is forgotten when it moved).
+   */
+  #keep() {
     const version = Atomics.load(this.#changes, 0)
     if (version !== this.#version) {
-      this.#mainId = UNSET
-      this.#mainView = null
-      this.#staleModel = UNSET
-      this.#staleFromNoModel = UNSET
-      this.#everyN = UNSET
+      this.#kept = keptAnswers()
+      this.#version = version
     }
-    return version
+    return this.#kept
+  }
+
+  /** Asks natively and keeps the answer under `key` of `question`. */
+  #ask(question, key, ask) {
+    const kept = this.#keep()[question]
+    const answer = ask()
+    kept.set(key, answer)
+    return answer
+  }
+
+  /**
+   * With the host's `now`, whether a kept answer may be served: `now` sampled (and stored where
+   * the core reads it) as a native entry would, and a usable time.
+   */
+  #sampled() {
+    return this.#time() === this.#read()
+  }
+
+  /** Whether answers can be kept for these arguments: an id and a model, each a string or undefined. */
+  #keepable(id, model) {
+    return this.#changes !== NEVER_CURRENT && (id === undefined || typeof id === 'string') && (model === undefined || typeof model === 'string')
   }
 
   getMain(mainAccountId) {
-    if (Atomics.load(this.#changes, 0) === this.#version && mainAccountId === this.#mainId && (!this.#samplesNow || this.#time() === this.#read())) {
-      return this.#mainView
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const view = this.#kept.main.get(mainAccountId)
+      if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
     }
-    return this.#getMainSlow(mainAccountId)
-  }
-
-  #getMainSlow(mainAccountId) {
-    if (this.#changes === NEVER_CURRENT || (mainAccountId !== undefined && typeof mainAccountId !== 'string')) {
-      return super.getMain(mainAccountId)
-    }
-    const version = this.#current()
-    const view = super.getMain(mainAccountId)
-    this.#version = version
-    this.#mainId = mainAccountId
-    this.#mainView = view
-    return view
+    if (!this.#keepable(mainAccountId)) return super.getMain(mainAccountId)
+    return this.#ask('main', mainAccountId, () => super.getMain(mainAccountId))
   }
 
   isMainStale(modelId) {
     if (Atomics.load(this.#changes, 0) === this.#version) {
-      if (modelId === undefined) {
-        if (this.#staleFromNoModel !== UNSET) {
-          const now = this.#time()
-          if (now === now) return now >= this.#staleFromNoModel
-        }
-      } else if (modelId === this.#staleModel) {
+      const from = this.#kept.mainStaleFrom.get(modelId)
+      if (from !== undefined) {
         const now = this.#time()
-        if (now === now) return now >= this.#staleFrom
+        if (now === now) return now >= from
       }
     }
-    return this.#isMainStaleSlow(modelId)
+    if (!this.#keepable(undefined, modelId)) return super.isMainStale(modelId)
+    // Native: it samples the host's `now` (when given) as isMainStale would.
+    return this.#read() >= this.#ask('mainStaleFrom', modelId, () => this._mainStaleFrom(modelId))
   }
 
-  #isMainStaleSlow(modelId) {
-    if (this.#changes === NEVER_CURRENT || (modelId !== undefined && typeof modelId !== 'string')) {
-      return super.isMainStale(modelId)
+  /** With an account (its login is bound first, which may change the cache), always native. */
+  getFallback(accountId, account) {
+    if (account !== undefined && account !== null) return super.getFallback(accountId, account)
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const view = this.#kept.fallback.get(accountId)
+      if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
     }
-    const version = this.#current()
-    // Native: it samples the host's `now` (when given) as isMainStale would.
-    const from = this._mainStaleFrom(modelId)
-    this.#version = version
-    if (modelId === undefined) this.#staleFromNoModel = from
-    else {
-      this.#staleModel = modelId
-      this.#staleFrom = from
+    if (typeof accountId !== 'string' || !this.#keepable()) return super.getFallback(accountId)
+    return this.#ask('fallback', accountId, () => super.getFallback(accountId))
+  }
+
+  /** With an account (its login is bound first) or a token that is not a string, always native. */
+  isFallbackStale(accountId, accessToken, modelId, account) {
+    if ((account !== undefined && account !== null) || (accessToken !== undefined && accessToken !== null && typeof accessToken !== 'string')) {
+      return super.isFallbackStale(accountId, accessToken, modelId, account)
     }
+    if (Atomics.load(this.#changes, 0) === this.#version) {
+      const from = this.#kept.fallbackStaleFrom.get(accountId)?.get(modelId)
+      if (from !== undefined) {
+        const now = this.#time()
+        if (now === now) return now >= from
+      }
+    }
+    if (typeof accountId !== 'string' || !this.#keepable(undefined, modelId)) return super.isFallbackStale(accountId, accessToken, modelId)
+    const byId = this.#keep().fallbackStaleFrom
+    let kept = byId.get(accountId)
+    if (kept === undefined) byId.set(accountId, (kept = new Map()))
+    // Native: it checks the id and the model, and samples the host's `now`, as isFallbackStale would.
+    const from = this._fallbackStaleFrom(accountId, modelId)
+    kept.set(modelId, from)
     return this.#read() >= from
   }
 
@@ -508,17 +541,12 @@ class QuotaManager extends Native {
     if (this.isMainStale(modelId)) return true
     const count = Math.trunc(requestCount)
     if (count === 0) return false
-    let everyN = this.#everyN
-    if (everyN === UNSET || Atomics.load(this.#changes, 0) !== this.#version) everyN = this.#loadEveryN()
+    let everyN = this.#kept.everyN
+    if (everyN === undefined || Atomics.load(this.#changes, 0) !== this.#version) {
+      const kept = this.#keep()
+      everyN = kept.everyN = this._refreshEveryN()
+    }
     return everyN > 0 && count % everyN === 0
-  }
-
-  #loadEveryN() {
-    const version = this.#current()
-    const everyN = this._refreshEveryN()
-    this.#version = version
-    this.#everyN = everyN
-    return everyN
   }
 }
 

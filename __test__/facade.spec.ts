@@ -1,6 +1,6 @@
 // The JavaScript facade (index.js) over the generated binding (binding.js): it answers getMain,
-// isMainStale and needsRefresh without calling into native code while the core's change counter
-// stays put. These tests prove it never serves a value the core has replaced, whatever replaced
+// isMainStale, needsRefresh, getFallback and isFallbackStale without calling into native code
+// while the core's change counter stays put. These tests prove it never serves a value the core has replaced, whatever replaced
 // it, by comparing every facade answer with the native method's answer right after the change,
 // and that it really answered from memory in between (the native methods are counted).
 import { spawnSync } from 'node:child_process'
@@ -337,6 +337,125 @@ describe('the facade never serves a replaced value', () => {
     manager.setMain(ME, { ...entryAt(now - 10 * MINUTE, 10), refreshAfter: now - 1 })
     expect(manager.isMainStale()).toBe(true)
     expectAgrees(manager)
+  })
+})
+
+describe('the fallback reads (getFallback, isFallbackStale) are kept the same way', () => {
+  const IDS = ['acct-a', 'acct-b', 'missing']
+  const MODELS = [MODEL, undefined, 'opus']
+
+  /** The facade's fallback answers equal the native ones, for each id and model (the first ones kept). */
+  function expectFallbacksAgree(manager: QuotaManager): void {
+    for (const id of IDS) {
+      expect(manager.getFallback(id), `getFallback(${id})`).toBe(native.getFallback.call(manager, id))
+      for (const model of MODELS) {
+        expect(manager.isFallbackStale(id, 'token', model), `isFallbackStale(${id}, ${model})`).toBe(native.isFallbackStale.call(manager, id, 'token', model))
+        expect(manager.isFallbackStale(id, undefined, model)).toBe(native.isFallbackStale.call(manager, id, undefined, model))
+      }
+    }
+  }
+
+  /** Warms the fallback reads, then proves the next ones stay in JavaScript. */
+  function expectFallbacksFromMemory(manager: QuotaManager): void {
+    expectFallbacksAgree(manager)
+    const getFallback = vi.spyOn(native, 'getFallback')
+    const staleFrom = vi.spyOn(native as unknown as { _fallbackStaleFrom: (id: string, m?: string) => number }, '_fallbackStaleFrom')
+    const isFallbackStale = vi.spyOn(native, 'isFallbackStale')
+    for (let i = 0; i < 3; i++) {
+      for (const id of IDS) {
+        manager.getFallback(id)
+        for (const model of MODELS) manager.isFallbackStale(id, 'token', model)
+      }
+    }
+    expect(getFallback).not.toHaveBeenCalled()
+    expect(staleFrom).not.toHaveBeenCalled()
+    expect(isFallbackStale).not.toHaveBeenCalled()
+    vi.restoreAllMocks()
+  }
+
+  function seeded(options: QuotaManagerOptions = {}) {
+    const made = make(options)
+    made.manager.setFallback('acct-a', entryAt(T0, 10, 'acct-a', T0 - 3 * MINUTE), { authLineageId: 'lineage-a' })
+    made.manager.setFallback('acct-b', entryAt(T0 - 2 * MINUTE, 20, 'acct-b'))
+    return made
+  }
+
+  it('warm reads stay in JavaScript, and the main reads stay kept beside them', () => {
+    const { manager } = seeded()
+    manager.setMain(ME, entryAt(T0))
+    expectFallbacksFromMemory(manager)
+    expectServedFromMemory(manager)
+    expectFallbacksFromMemory(manager)
+    expect(manager.getFallback('acct-a')?.quota.five_hour?.usedPercent).toBe(10)
+  })
+
+  it('after setFallback, clearFallback, a header push, seeding and a poll', async () => {
+    const sim = await startUsageSimulator()
+    sims.push(sim)
+    const { manager, clock } = seeded({ usageUrl: sim.url })
+    expectFallbacksFromMemory(manager)
+    manager.setFallback('acct-b', entryAt(T0, 30, 'acct-b'))
+    expect(manager.getFallback('acct-b')?.quota.five_hour?.usedPercent).toBe(30)
+    expectFallbacksAgree(manager)
+    manager.clearFallback('acct-b')
+    expect(manager.getFallback('acct-b')).toBeNull()
+    expect(manager.isFallbackStale('acct-b')).toBe(true)
+    expectFallbacksAgree(manager)
+    manager.pushFallbackFromHeaders('acct-b', rateLimitHeaders({ fiveHour: 0.41, sevenDay: 0.5 }))
+    expectFallbacksAgree(manager)
+    manager.seedFallbacksFromAccounts([{ id: 'acct-a', authLineageId: 'lineage-a' }])
+    expect(manager.getFallback('acct-b')).toBeNull()
+    expectFallbacksAgree(manager)
+    clock.advance(6 * MINUTE)
+    expect(manager.isFallbackStale('acct-a', 'token')).toBe(true)
+    const before = manager.getFallback('acct-a')
+    await manager.refreshFallback('acct-a', 'token-a')
+    expect(sim.requests).toBe(1)
+    expect(manager.getFallback('acct-a')).not.toBe(before)
+    expect(manager.isFallbackStale('acct-a', 'token')).toBe(false)
+    expectFallbacksAgree(manager)
+  })
+
+  it('a call with an account (its login bound first) goes native, and what it changes is seen', () => {
+    const { manager } = seeded()
+    expectFallbacksFromMemory(manager)
+    expect(manager.getFallback('acct-a', { authLineageId: 'lineage-a' })).not.toBeNull()
+    expect(manager.getFallback('acct-a', { authLineageId: 'another-login' })).toBeNull()
+    expect(manager.getFallback('acct-a')).toBeNull()
+    expect(manager.isFallbackStale('acct-a', 'token', undefined, { authLineageId: 'another-login' })).toBe(true)
+    expectFallbacksAgree(manager)
+  })
+
+  it('as a ManualClock or the host\'s `now` moves', () => {
+    const { manager, clock } = seeded()
+    let time = T0
+    const sampled = new QuotaManager({ statePath: null, now: () => time })
+    managers.push(sampled)
+    sampled.setFallback('acct-a', entryAt(T0, 10, 'acct-a', T0 - 3 * MINUTE))
+    expectFallbacksFromMemory(manager)
+    expectFallbacksFromMemory(sampled)
+    // acct-a's scoped window turns stale at T0 + 2 min, its entry at T0 + 5 min; acct-b's at T0 + 3 min.
+    for (const step of [0, MINUTE, MINUTE - 1, 1, MINUTE - 1, 1, 2 * MINUTE - 1, 1, 10 * MINUTE]) {
+      clock.advance(step)
+      time += step
+      expectFallbacksAgree(manager)
+      expectFallbacksAgree(sampled)
+    }
+  })
+
+  it('bad arguments still reach the native checks (same errors)', () => {
+    const { manager } = seeded()
+    expectFallbacksFromMemory(manager)
+    for (const call of [
+      () => manager.getFallback(42 as unknown as string),
+      () => manager.getFallback(' '),
+      () => manager.isFallbackStale(undefined as unknown as string),
+      () => manager.isFallbackStale('acct-a', 42 as unknown as string),
+      () => manager.isFallbackStale('acct-a', 'token', {} as unknown as string),
+      () => manager.isFallbackStale('', 'token'),
+    ]) {
+      expect(call).toThrow(TypeError)
+    }
   })
 })
 

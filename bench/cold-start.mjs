@@ -25,6 +25,18 @@ const statePath = path.join(dir, 'anthropic-quota-state.json')
   log(`cold start: state file seeded with ${routes} routes (${fs.statSync(statePath).size} bytes)`)
 }
 
+/** The constructor alone, in memory (`statePath: null`): the first in the process, then the mean of 200 more. */
+const WARM_CONSTRUCTIONS = 200
+const memoryChildCode = `
+const { QuotaManager } = require(${JSON.stringify(addonPath)})
+const t0 = performance.now()
+new QuotaManager({ statePath: null })
+const first = performance.now() - t0
+const t1 = performance.now()
+for (let i = 0; i < ${WARM_CONSTRUCTIONS}; i++) new QuotaManager({ statePath: null })
+process.stdout.write(JSON.stringify({ first, warm: (performance.now() - t1) / ${WARM_CONSTRUCTIONS} }))
+`
+
 const childCode = (withAddon) => `
 const t0 = performance.now()
 ${withAddon ? `
@@ -38,10 +50,10 @@ process.stdout.write(JSON.stringify({ require: t1 - t0, construct: t2 - t1, firs
 ` : `process.stdout.write(JSON.stringify({ sinceOrigin: t0 }))`}
 `
 
-function runChild(withAddon) {
+function runChild(withAddon, code = childCode(withAddon)) {
   return new Promise((resolve, reject) => {
     const start = performance.now()
-    const child = spawn(process.execPath, ['-e', childCode(withAddon)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] })
     let out = ''
     child.stdout.on('data', (c) => (out += c))
     child.on('error', reject)
@@ -54,10 +66,12 @@ function runChild(withAddon) {
 
 const addon = []
 const bare = []
+const memory = []
 for (let r = 0; r < RUNS; r++) {
   bare.push(await runChild(false))
   addon.push(await runChild(true))
-  log(`cold start run ${r + 1}/${RUNS}: require ${addon.at(-1).require.toFixed(1)} ms, construct ${addon.at(-1).construct.toFixed(2)} ms, process ${addon.at(-1).wall.toFixed(0)} ms (bare node ${bare.at(-1).wall.toFixed(0)} ms)`)
+  memory.push(await runChild(true, memoryChildCode))
+  log(`cold start run ${r + 1}/${RUNS}: require ${addon.at(-1).require.toFixed(1)} ms, construct ${addon.at(-1).construct.toFixed(2)} ms, process ${addon.at(-1).wall.toFixed(0)} ms (bare node ${bare.at(-1).wall.toFixed(0)} ms); in memory: first ${memory.at(-1).first.toFixed(2)} ms, then ${memory.at(-1).warm.toFixed(3)} ms each`)
 }
 fs.rmSync(dir, { recursive: true, force: true })
 const pick = (runs, k) => runs.map((x) => x[k])
@@ -66,5 +80,7 @@ emit('cold-start', [
   row(group, 'require() of the addon', pick(addon, 'require'), 'ms'),
   row(group, 'new QuotaManager (reads the file)', pick(addon, 'construct'), 'ms'),
   row(group, 'first getMain + isMainStale', pick(addon, 'firstRead'), 'ms'),
+  row('constructor (child process, statePath: null)', 'first new QuotaManager in the process', pick(memory, 'first'), 'ms'),
+  row('constructor (child process, statePath: null)', `new QuotaManager, mean of ${WARM_CONSTRUCTIONS} more`, pick(memory, 'warm'), 'ms'),
   row(group, 'process spawn → exit', pick(addon, 'wall'), 'ms', { baseline: { name: 'bare node process', value: row('', '', pick(bare, 'wall'), '').value } }),
 ])

@@ -11,6 +11,8 @@ const { rateLimitHeaders } = require(simulatorPath)
 const INTERVAL_MS = 5 * 60_000
 const MODEL = 'claude-fable-5-1'
 const IDENTITY = 'me@example.com'
+const FALLBACK = 'acct-1'
+const FALLBACK_TOKEN = 'sk-ant-oat01-fallback-token'
 
 /** The yardstick: the same operations on a plain JS object, no persistence, no locking. */
 class PlainQuotaCache {
@@ -101,6 +103,7 @@ const managers = {
 }
 const plain = new PlainQuotaCache()
 const entry = fresh(managers.memory)
+managers.memory.setFallback(FALLBACK, { ...entry, quota: { ...entry.quota, accountIdentity: FALLBACK } })
 fresh(managers.file)
 plain.setMain(IDENTITY, structuredClone(entry))
 const headers = rateLimitHeaders({ fiveHour: 0.41, sevenDay: 0.73 })
@@ -108,6 +111,7 @@ const headers = rateLimitHeaders({ fiveHour: 0.41, sevenDay: 0.73 })
 // sanity: both sides agree
 if (managers.memory.isMainStale(MODEL) !== plain.isMainStale(MODEL)) throw new Error('yardstick disagrees on isMainStale')
 if (!managers.memory.getMain(IDENTITY)?.quota.scoped?.length) throw new Error('no scoped window in the warm entry')
+if (managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL) || !managers.memory.getFallback(FALLBACK)) throw new Error('no fresh fallback entry')
 
 const ops = [
   ['needsRefresh(n, model)', (m) => (i) => m.needsRefresh(i, MODEL)],
@@ -135,14 +139,18 @@ for (const [name, make] of ops) {
   log(`hot path  ${name}: addon ${median(addon).toFixed(0)} ns, plain JS ${jsValue.toFixed(1)} ns`)
 }
 // Issue 12's yardsticks: getMain against a JS Map.get of the same frozen entry, and the two
-// freshness checks against Date.now() (the floor of any time-dependent answer).
+// freshness checks against Date.now() (the floor of any time-dependent answer); issue 21 adds the
+// fallback reads (getFallback, isFallbackStale) against the same yardsticks.
 {
-  const map = new Map([[IDENTITY, managers.memory.getMain(IDENTITY)]])
+  const map = new Map([[IDENTITY, managers.memory.getMain(IDENTITY)], [FALLBACK, managers.memory.getFallback(FALLBACK)]])
   const pairs = [
     ['getMain(identity) vs Map.get', () => managers.memory.getMain(IDENTITY) !== null, () => map.get(IDENTITY) !== null, 'JS Map.get'],
     ['needsRefresh(n, model) vs Date.now()', (i) => managers.memory.needsRefresh(i, MODEL), () => Date.now() === 0, 'Date.now()'],
     ['isMainStale(model) vs Date.now()', () => managers.memory.isMainStale(MODEL), () => Date.now() === 0, 'Date.now()'],
     ['isMainStale() vs Date.now()', () => managers.memory.isMainStale(), () => Date.now() === 0, 'Date.now()'],
+    ['getFallback(id) vs Map.get', () => managers.memory.getFallback(FALLBACK) !== null, () => map.get(FALLBACK) !== null, 'JS Map.get'],
+    ['isFallbackStale(id, token, model) vs Date.now()', () => managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL), () => Date.now() === 0, 'Date.now()'],
+    ['isFallbackStale(id) vs Date.now()', () => managers.memory.isFallbackStale(FALLBACK), () => Date.now() === 0, 'Date.now()'],
   ]
   for (const [name, addonFn, jsFn, baseName] of pairs) {
     const nAddon = calibrate(addonFn)

@@ -35,7 +35,10 @@ impl EntryViews {
         let mut views = self.views.borrow_mut();
         let key = route.map(str::to_owned);
         let Some(entry) = entry else {
-            if let Some(stale) = views.remove(&key) {
+            // A fallback without an entry lets its view go. Main keeps its view: `getMain`
+            // answers null for another identity while the entry stays, and the entry must keep
+            // its object for every identity it is shown to (the facade keeps one per identity).
+            if let Some(stale) = route.and_then(|_| views.remove(&key)) {
                 stale.object.unref(env)?;
             }
             return null(env);

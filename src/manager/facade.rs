@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::optional_string;
+use crate::js::{optional_string, required_non_empty};
 
 use super::QuotaManager;
 
@@ -44,15 +44,35 @@ impl QuotaManager {
     pub fn main_stale_from(&self, env: Env, model_id: Option<Unknown>) -> Result<f64> {
         self.tick(&env)?;
         let model = optional_string(&env, model_id, "modelId")?;
-        Ok(match self.core.main_stale_from(model.as_deref()) {
-            i64::MIN => f64::NEG_INFINITY,
-            from => from as f64,
-        })
+        Ok(stale_from_ms(self.core.main_stale_from(model.as_deref())))
+    }
+
+    /// `_mainStaleFrom` for `isFallbackStale(accountId, token, modelId)` without an account.
+    #[napi(catch_unwind, js_name = "_fallbackStaleFrom", skip_typescript)]
+    pub fn fallback_stale_from(
+        &self,
+        env: Env,
+        account_id: Option<Unknown>,
+        model_id: Option<Unknown>,
+    ) -> Result<f64> {
+        self.tick(&env)?;
+        let id = required_non_empty(&env, account_id, "accountId")?;
+        let model = optional_string(&env, model_id, "modelId")?;
+        Ok(stale_from_ms(self.core.fallback_stale_from(&id, model.as_deref())))
     }
 
     /// `refreshEveryNRequests` in force (0: off).
     #[napi(catch_unwind, js_name = "_refreshEveryN", skip_typescript)]
     pub fn refresh_every_n(&self) -> f64 {
         self.core.refresh_every_n() as f64
+    }
+}
+
+/// A stale-from instant for JavaScript: `i64::MIN` (stale whatever the time) as `-Infinity`.
+fn stale_from_ms(from: i64) -> f64 {
+    if from == i64::MIN {
+        f64::NEG_INFINITY
+    } else {
+        from as f64
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::client::{interpret_response, redact_strings, scrub_message, MAX_BODY_BYTES};
+use crate::client::{interpret_response, redact_strings, scrub_message, timed_out};
 use crate::error::QuotaError;
 use crate::snapshot::{QuotaSnapshot, QuotaSource};
 
@@ -80,25 +80,18 @@ impl Transport {
         now: impl Fn() -> i64 + Send,
     ) -> Result<QuotaSnapshot, QuotaError> {
         let token = request.access_token.clone();
-        let answer = tokio::time::timeout(timeout, self.0.poll(request)).await.map_err(|_| {
-            QuotaError::Timeout(format!("no complete answer within {} ms", timeout.as_millis()))
-        })?;
+        let answer = tokio::time::timeout(timeout, self.0.poll(request))
+            .await
+            .map_err(|_| timed_out(timeout))?;
         let checked_at = now();
         match answer {
-            HostAnswer::Response { status, retry_after, body } => {
-                if body.len() > MAX_BODY_BYTES && (200..300).contains(&status) {
-                    return Err(QuotaError::BadResponse(format!(
-                        "body larger than {MAX_BODY_BYTES} bytes"
-                    )));
-                }
-                interpret_response(
-                    status,
-                    retry_after.as_deref(),
-                    body.as_bytes(),
-                    &token,
-                    checked_at,
-                )
-            }
+            HostAnswer::Response { status, retry_after, body } => interpret_response(
+                status,
+                retry_after.as_deref(),
+                body.as_bytes(),
+                &token,
+                checked_at,
+            ),
             // What the host hands back is scrubbed as an HTTP answer is: its messages and the
             // strings of its snapshot reach the state file, `onApiError` and the rejection.
             HostAnswer::Snapshot(mut value) => {
@@ -152,7 +145,7 @@ fn rejection_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::MAX_ERROR_BODY_CHARS;
+    use crate::client::{MAX_BODY_BYTES, MAX_ERROR_BODY_CHARS};
     use crate::error::FailureClass;
 
     #[test]

@@ -165,9 +165,14 @@ impl QuotaManager {
     }
 
     pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
+        self.now() >= self.fallback_stale_from(id, model)
+    }
+
+    /// [`Self::main_stale_from`] for a fallback route.
+    pub fn fallback_stale_from(&self, id: &str, model: Option<&str>) -> i64 {
         let state = self.state();
         let entry = state.routes.fallback(id).and_then(|slot| slot.entry()).map(Arc::as_ref);
-        freshness::is_stale(entry, self.now(), state.settings.interval_ms, model)
+        freshness::stale_from(entry, state.settings.interval_ms, model)
     }
 
     pub fn should_refresh_on_request_count(&self, request_count: i64) -> bool {
