@@ -243,7 +243,9 @@ function runPoll(fetchQuotaSnapshot, request, owner) {
   const failed = (error) => {
     if (!poll.refused) throw error
     const reason = error !== null && typeof error === 'object' && 'message' in error ? error.message : error
-    throw reentrantCall(`fetchQuotaSnapshot failed after calling the manager back for the ${poll.kind} route it was polling: ${String(reason)}`)
+    throw reentrantCall(
+      `fetchQuotaSnapshot failed after calling the manager back for the ${poll.kind} route it was polling: ${String(reason)}`,
+    )
   }
   let answer
   try {
@@ -282,11 +284,17 @@ class QuotaManager extends Native {
   }
 
   refreshMain(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return this.#refusedReentry('refreshMain', 'main', mainAccountId) ?? this.#refreshMain(0, mainAccountId, accessToken, expectedIdentityGeneration)
+    return (
+      this.#refusedReentry('refreshMain', 'main', mainAccountId) ??
+      this.#refreshMain(0, mainAccountId, accessToken, expectedIdentityGeneration)
+    )
   }
 
   refreshMainWithMetadata(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ?? this.#refreshMain(1, mainAccountId, accessToken, expectedIdentityGeneration)
+    return (
+      this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ??
+      this.#refreshMain(1, mainAccountId, accessToken, expectedIdentityGeneration)
+    )
   }
 
   refreshFallback(...args) {
@@ -308,7 +316,9 @@ class QuotaManager extends Native {
     if (kind !== undefined && (poll.kind !== kind || (poll.accountId != null && id !== poll.accountId))) return undefined
     poll.refused = true
     const route = poll.accountId == null ? poll.kind : `${poll.kind} route ${poll.accountId}`
-    return Promise.reject(reentrantCall(`${method}() was called from inside fetchQuotaSnapshot while it polls the ${route}: it would wait for itself`))
+    return Promise.reject(
+      reentrantCall(`${method}() was called from inside fetchQuotaSnapshot while it polls the ${route}: it would wait for itself`),
+    )
   }
 
   close() {
@@ -332,7 +342,12 @@ class QuotaManager extends Native {
       return kept.promise
     }
     const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
-    const keep = this.#changes !== NEVER_CURRENT && !this.#samplesNow && generation === undefined && typeof token === 'string' && (id === undefined || typeof id === 'string')
+    const keep =
+      this.#changes !== NEVER_CURRENT &&
+      !this.#samplesNow &&
+      generation === undefined &&
+      typeof token === 'string' &&
+      (id === undefined || typeof id === 'string')
     const version = Atomics.load(this.#changes, 0)
     const flight = keep ? this._mainJoinable() : 0
     this.#refreshed[shape] = flight === 0 ? null : { version, flight, id, token, promise }
@@ -408,7 +423,8 @@ class QuotaManager extends Native {
    */
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
-    const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
+    const flat =
+      !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
     return this._refreshAllFallbacksFrom(compact, accounts, resolveAccessToken)
@@ -476,7 +492,9 @@ class QuotaManager extends Native {
 
   /** Whether answers can be kept for these arguments: an id and a model, each a string or undefined. */
   #keepable(id, model) {
-    return this.#changes !== NEVER_CURRENT && (id === undefined || typeof id === 'string') && (model === undefined || typeof model === 'string')
+    return (
+      this.#changes !== NEVER_CURRENT && (id === undefined || typeof id === 'string') && (model === undefined || typeof model === 'string')
+    )
   }
 
   getMain(mainAccountId) {
@@ -514,7 +532,10 @@ class QuotaManager extends Native {
 
   /** With an account (its login is bound first) or a token that is not a string, always native. */
   isFallbackStale(accountId, accessToken, modelId, account) {
-    if ((account !== undefined && account !== null) || (accessToken !== undefined && accessToken !== null && typeof accessToken !== 'string')) {
+    if (
+      (account !== undefined && account !== null) ||
+      (accessToken !== undefined && accessToken !== null && typeof accessToken !== 'string')
+    ) {
       return super.isFallbackStale(accountId, accessToken, modelId, account)
     }
     if (Atomics.load(this.#changes, 0) === this.#version) {

@@ -54,7 +54,15 @@ function snapshot(checkedAt: number, used = 10, extra: Partial<QuotaSnapshot> = 
 
 /** A persisted failure; its backoff lasts until `nextRetryAt` (10 minutes after it, unless told). */
 function apiError(checkedAt: number, extra: Partial<QuotaApiError> = {}): QuotaApiError {
-  return { message: 'Too Many Requests', checkedAt, status: 429, retryAfterMs: 10 * MINUTE, nextRetryAt: checkedAt + 10 * MINUTE, retryCount: 1, ...extra }
+  return {
+    message: 'Too Many Requests',
+    checkedAt,
+    status: 429,
+    retryAfterMs: 10 * MINUTE,
+    nextRetryAt: checkedAt + 10 * MINUTE,
+    retryCount: 1,
+    ...extra,
+  }
 }
 
 function entryAt(checkedAt: number, used = 50, source: 'poll' | 'headers' = 'poll'): QuotaEntry {
@@ -313,7 +321,10 @@ describe('bad input: the same TypeError, naming the same account and field, and 
     expect(twin.facade.getFallback('c')?.quota.five_hour?.usedPercent).toBe(44)
     expect(twin.facade.getFallback('ignored')).toBeNull()
     // An instance with a bad field is named like an object.
-    expectTypeErrorNaming(twin.seed('bad instance', junk<FallbackAccount[]>([account('a'), new AccountRecord(junk<string>(5), snapshot(T0))])), 'accounts[1].id')
+    expectTypeErrorNaming(
+      twin.seed('bad instance', junk<FallbackAccount[]>([account('a'), new AccountRecord(junk<string>(5), snapshot(T0))])),
+      'accounts[1].id',
+    )
     twin.expectSameState()
   })
 
@@ -387,7 +398,10 @@ describe('fields the manager does not read are not read (README: Account lists)'
     const odd = [account('a'), account('c', { label: junk<string>(5n) })]
     seedMeaning(twin, 'bigint label', odd, [account('a'), account('c')])
     // The native method still reads the whole list, and refuses it.
-    expectTypeErrorNaming(outcomeOf(() => twin.native.seedFallbacksFromAccounts(odd)), 'could not be read as plain data')
+    expectTypeErrorNaming(
+      outcomeOf(() => twin.native.seedFallbacksFromAccounts(odd)),
+      'could not be read as plain data',
+    )
     twin.expectSameState()
     await expect(twin.facade.refreshAllFallbacks(odd)).resolves.toBeUndefined()
     await expect(twin.facade.refreshAllFallbacks(odd, () => undefined)).resolves.toBeUndefined()
@@ -404,7 +418,12 @@ describe('fields the manager does not read are not read (README: Account lists)'
     const twin = new Twin()
     seedBaseline(twin)
     const adoptable = snapshot(T0 + SECOND, 80, { extraUsage: junk<QuotaSnapshot['extraUsage']>({ used: 5n }) })
-    seedMeaning(twin, 'bigint in a newer snapshot', [account('c', { quota: adoptable })], [account('c', { quota: snapshot(T0 + SECOND, 80, { extraUsage: junk<QuotaSnapshot['extraUsage']>({}) }) })])
+    seedMeaning(
+      twin,
+      'bigint in a newer snapshot',
+      [account('c', { quota: adoptable })],
+      [account('c', { quota: snapshot(T0 + SECOND, 80, { extraUsage: junk<QuotaSnapshot['extraUsage']>({}) }) })],
+    )
     expect(twin.facade.getFallback('c')?.quota.five_hour?.usedPercent).toBe(80)
     const cyclic = snapshot(T0 + 2 * SECOND, 85) as QuotaSnapshot & { self?: unknown }
     cyclic.self = cyclic
@@ -535,22 +554,34 @@ describe('which accounts count', () => {
     ])
     expect(twin.facade.getFallback('a')?.quota.five_hour?.usedPercent).toBe(10)
     expect(twin.facade.isFallbackBackedOff('a')).toBe(false)
-    expectTypeErrorNaming(twin.seed('bad duplicate', junk<FallbackAccount[]>([account('a'), { id: 'a', enabled: 'no' }])), 'accounts[1].enabled')
+    expectTypeErrorNaming(
+      twin.seed('bad duplicate', junk<FallbackAccount[]>([account('a'), { id: 'a', enabled: 'no' }])),
+      'accounts[1].enabled',
+    )
     // A disabled first record wins over an enabled duplicate.
-    seedAndCompare(twin, 'disabled first', [account('c', { enabled: false, quota: snapshot(T0, 10) }), account('c', { quota: snapshot(T0, 20) })])
+    seedAndCompare(twin, 'disabled first', [
+      account('c', { enabled: false, quota: snapshot(T0, 10) }),
+      account('c', { quota: snapshot(T0, 20) }),
+    ])
     expect(twin.facade.getFallback('c')).toBeNull()
   })
 
   it('disabled accounts are not seeded but kept; enabled again, they are seeded', () => {
     const twin = new Twin()
     seedAndCompare(twin, 'a cached', [account('a', { quota: snapshot(T0 - MINUTE, 10) })])
-    const disabled = [account('a', { enabled: false, quota: snapshot(T0, 60), lastQuotaRefreshError: apiError(T0) }), account('b', { enabled: false, quota: snapshot(T0, 70) })]
+    const disabled = [
+      account('a', { enabled: false, quota: snapshot(T0, 60), lastQuotaRefreshError: apiError(T0) }),
+      account('b', { enabled: false, quota: snapshot(T0, 70) }),
+    ]
     seedAndCompare(twin, 'disabled', disabled)
     expect(twin.facade.getFallback('a')?.quota.five_hour?.usedPercent).toBe(10)
     expect(twin.facade.isFallbackBackedOff('a')).toBe(false)
     expect(twin.facade.getFallback('b')).toBeNull()
     seedAndCompare(twin, 'disabled again', disabled)
-    seedAndCompare(twin, 'enabled: null', [account('a', { enabled: junk<boolean>(null), quota: snapshot(T0, 60) }), account('b', { enabled: true, quota: snapshot(T0, 70) })])
+    seedAndCompare(twin, 'enabled: null', [
+      account('a', { enabled: junk<boolean>(null), quota: snapshot(T0, 60) }),
+      account('b', { enabled: true, quota: snapshot(T0, 70) }),
+    ])
     expect(twin.facade.getFallback('a')?.quota.five_hour?.usedPercent).toBe(60)
     expect(twin.facade.getFallback('b')?.quota.five_hour?.usedPercent).toBe(70)
   })
@@ -590,7 +621,10 @@ describe('snapshot adoption', () => {
     ]
     for (const quota of quotas) {
       // a has a cached entry, b has none.
-      seedAndCompare(twin, JSON.stringify(quota), [account('a', { quota: junk<QuotaSnapshot>(quota) }), account('b', { quota: junk<QuotaSnapshot>(quota) })])
+      seedAndCompare(twin, JSON.stringify(quota), [
+        account('a', { quota: junk<QuotaSnapshot>(quota) }),
+        account('b', { quota: junk<QuotaSnapshot>(quota) }),
+      ])
       twin.both('clear b', (m) => m.clearFallback('b'))
     }
     // The last snapshot is dated by its own checkedAt, newer than its only window.
@@ -604,9 +638,15 @@ describe('snapshot adoption', () => {
     const scopedNewer = snapshot(T0 - 10 * MINUTE, 20, { checkedAt: undefined, scoped: [scopedWindow(T0 - MINUTE)] })
     seedAndCompare(twin, 'scoped newer', [account('a', { quota: scopedNewer })])
     expect(twin.facade.getFallback('a')?.quota.five_hour?.usedPercent).toBe(20)
-    const junkScoped = snapshot(T0 - 10 * MINUTE, 30, { checkedAt: undefined, scoped: junk<ScopedQuotaWindow[]>([{ checkedAt: T0 }, null, 4, [scopedWindow(T0)], scopedWindow(T0 - 20 * MINUTE)]) })
+    const junkScoped = snapshot(T0 - 10 * MINUTE, 30, {
+      checkedAt: undefined,
+      scoped: junk<ScopedQuotaWindow[]>([{ checkedAt: T0 }, null, 4, [scopedWindow(T0)], scopedWindow(T0 - 20 * MINUTE)]),
+    })
     seedAndCompare(twin, 'junk scoped', [account('a', { quota: junkScoped })])
-    const scopedNotArray = snapshot(T0 - 10 * MINUTE, 35, { checkedAt: undefined, scoped: junk<ScopedQuotaWindow[]>({ 0: scopedWindow(T0) }) })
+    const scopedNotArray = snapshot(T0 - 10 * MINUTE, 35, {
+      checkedAt: undefined,
+      scoped: junk<ScopedQuotaWindow[]>({ 0: scopedWindow(T0) }),
+    })
     seedAndCompare(twin, 'scoped object', [account('a', { quota: scopedNotArray })])
     const scopedOnly = { scoped: [scopedWindow(T0, 77)] }
     seedAndCompare(twin, 'scoped only', [account('a', { quota: scopedOnly }), account('b', { quota: scopedOnly })])
@@ -616,7 +656,20 @@ describe('snapshot adoption', () => {
   it('checkedAt as a string, Infinity, NaN, negative, huge or fractional', () => {
     const twin = new Twin()
     seedAndCompare(twin, 'cached', [account('a', { quota: snapshot(T0 - 5 * MINUTE, 10) })])
-    const times: unknown[] = [String(T0), new Date(T0).toISOString(), Infinity, -Infinity, NaN, -5, -0.5, 0, 9e15, 1e300, T0 + 0.999, new Date(T0)]
+    const times: unknown[] = [
+      String(T0),
+      new Date(T0).toISOString(),
+      Infinity,
+      -Infinity,
+      NaN,
+      -5,
+      -0.5,
+      0,
+      9e15,
+      1e300,
+      T0 + 0.999,
+      new Date(T0),
+    ]
     let used = 20
     for (const at of times) {
       used += 1
@@ -650,7 +703,10 @@ describe('snapshot adoption', () => {
 describe('lastQuotaRefreshError adoption', () => {
   it('an error alone arms the backoff, which ends with the clock', () => {
     const twin = new Twin()
-    seedAndCompare(twin, 'error', [account('a', { lastQuotaRefreshError: apiError(T0 - MINUTE) }), account('b', { lastQuotaRefreshError: apiError(T0 - MINUTE, { status: 500, retryAfterMs: undefined, nextRetryAt: undefined }) })])
+    seedAndCompare(twin, 'error', [
+      account('a', { lastQuotaRefreshError: apiError(T0 - MINUTE) }),
+      account('b', { lastQuotaRefreshError: apiError(T0 - MINUTE, { status: 500, retryAfterMs: undefined, nextRetryAt: undefined }) }),
+    ])
     expect(twin.facade.isFallbackBackedOff('a')).toBe(true)
     expect(twin.facade.getFallbackApiError('a')?.status).toBe(429)
     twin.advance(5 * MINUTE)
@@ -669,7 +725,11 @@ describe('lastQuotaRefreshError adoption', () => {
       { id: 'd', quota: snapshot(T0 - MINUTE), error: apiError(T0 - MINUTE), backedOff: true },
       { id: 'e', quota: junk<QuotaSnapshot>({ five_hour: 'junk', checkedAt: T0 }), error: apiError(T0 - MINUTE), backedOff: true },
     ]
-    seedAndCompare(twin, 'snapshot and error', cases.map(({ id, quota, error }) => account(id, { quota, lastQuotaRefreshError: error })))
+    seedAndCompare(
+      twin,
+      'snapshot and error',
+      cases.map(({ id, quota, error }) => account(id, { quota, lastQuotaRefreshError: error })),
+    )
     for (const { id, backedOff } of cases) expect(twin.facade.isFallbackBackedOff(id), id).toBe(backedOff)
   })
 
@@ -679,13 +739,20 @@ describe('lastQuotaRefreshError adoption', () => {
     twin.both('set b', (m) => m.setFallback('b', entryAt(T0 - 5 * MINUTE)))
     twin.both('set c', (m) => m.setFallback('c', entryAt(T0, 50, 'headers')))
     twin.expectSameState()
-    const list = ['a', 'b', 'c'].map((id) => account(id, { quota: snapshot(T0 - 10 * MINUTE), lastQuotaRefreshError: apiError(T0 - MINUTE) }))
+    const list = ['a', 'b', 'c'].map((id) =>
+      account(id, { quota: snapshot(T0 - 10 * MINUTE), lastQuotaRefreshError: apiError(T0 - MINUTE) }),
+    )
     seedAndCompare(twin, 'older snapshots, error', list)
     expect(twin.facade.isFallbackBackedOff('a')).toBe(false)
     expect(twin.facade.isFallbackBackedOff('b')).toBe(true)
     expect(twin.facade.isFallbackBackedOff('c')).toBe(true)
     // A newer error of the same account, then an older one again.
-    const newer = ['a', 'b', 'c'].map((id) => account(id, { quota: snapshot(T0 - 10 * MINUTE), lastQuotaRefreshError: apiError(T0 + SECOND, { status: 503, retryAfterMs: HOUR, nextRetryAt: T0 + HOUR }) }))
+    const newer = ['a', 'b', 'c'].map((id) =>
+      account(id, {
+        quota: snapshot(T0 - 10 * MINUTE),
+        lastQuotaRefreshError: apiError(T0 + SECOND, { status: 503, retryAfterMs: HOUR, nextRetryAt: T0 + HOUR }),
+      }),
+    )
     seedAndCompare(twin, 'newer error', newer)
     seedAndCompare(twin, 'older error again', list)
     twin.advance(20 * MINUTE)
@@ -764,7 +831,9 @@ describe('the same list again, after something changed in between', () => {
   it('a replaced login: the first seeding after it adopts nothing for that account, the next identical one does', () => {
     const twin = new Twin()
     seedAndCompare(twin, 'login 1', [account('a', { authLineageId: 'login-1', quota: snapshot(T0 - 10 * MINUTE, 10) })])
-    const replaced = [account('a', { authLineageId: 'login-2', quota: snapshot(T0 - MINUTE, 60), lastQuotaRefreshError: apiError(T0 - 30 * SECOND) })]
+    const replaced = [
+      account('a', { authLineageId: 'login-2', quota: snapshot(T0 - MINUTE, 60), lastQuotaRefreshError: apiError(T0 - 30 * SECOND) }),
+    ]
     seedAndCompare(twin, 'login 2', replaced)
     expect(twin.facade.getFallback('a')).toBeNull()
     expect(twin.facade.isFallbackBackedOff('a')).toBe(false)
@@ -854,7 +923,9 @@ describe('the same list again, after something changed in between', () => {
     seedAndCompare(twin, 'windowless', [account('a', { quota: { checkedAt: T0 - MINUTE } })])
     expect(twin.facade.getFallback('a')).toBeNull()
     // Same rows, same bound (T0 - MINUTE), but now a window.
-    seedAndCompare(twin, 'with a window', [account('a', { quota: { five_hour: quotaWindow(T0 - 2 * MINUTE, 66), checkedAt: T0 - MINUTE } })])
+    seedAndCompare(twin, 'with a window', [
+      account('a', { quota: { five_hour: quotaWindow(T0 - 2 * MINUTE, 66), checkedAt: T0 - MINUTE } }),
+    ])
     expect(twin.facade.getFallback('a')?.quota.five_hour?.usedPercent).toBe(66)
   })
 
@@ -917,7 +988,10 @@ function randomQuota(dice: Dice, now: number): QuotaSnapshot | undefined {
     case 2:
       return snapshot(randomTime(dice, now), used, { checkedAt: undefined, scoped: [scopedWindow(randomTime(dice, now), used)] })
     case 3:
-      return { five_hour: { ...quotaWindow(randomTime(dice, now), used), usedPercent: junk<number>('junk') }, checkedAt: randomTime(dice, now) }
+      return {
+        five_hour: { ...quotaWindow(randomTime(dice, now), used), usedPercent: junk<number>('junk') },
+        checkedAt: randomTime(dice, now),
+      }
     default:
       return snapshot(randomTime(dice, now), used, { source: dice.pick(['poll', 'headers'] as const) })
   }
@@ -1092,8 +1166,15 @@ describe('refreshAllFallbacks', () => {
     const proto = Object.prototype as Record<string, unknown>
     const list = [
       junk<FallbackAccount>({ id: 'a', expires: NEVER_EXPIRES }),
-      junk<FallbackAccount>(Object.defineProperty({ id: 'b', expires: NEVER_EXPIRES }, 'access', { value: 'tok-hidden', enumerable: false })),
-      junk<FallbackAccount>(new Proxy({ id: 'c', expires: NEVER_EXPIRES }, { get: (target, key) => (key === 'access' ? 'tok-trapped' : Reflect.get(target, key)) })),
+      junk<FallbackAccount>(
+        Object.defineProperty({ id: 'b', expires: NEVER_EXPIRES }, 'access', { value: 'tok-hidden', enumerable: false }),
+      ),
+      junk<FallbackAccount>(
+        new Proxy(
+          { id: 'c', expires: NEVER_EXPIRES },
+          { get: (target, key) => (key === 'access' ? 'tok-trapped' : Reflect.get(target, key)) },
+        ),
+      ),
       account('d', { access: 'tok-d', expires: NEVER_EXPIRES }),
     ]
     proto.access = 'tok-inherited'
@@ -1118,7 +1199,12 @@ describe('refreshAllFallbacks', () => {
     expect('threw' in outcome && outcome.threw.message).toContain('Promise')
     // The native method reads a list holding anything but plain objects: the same answer.
     const odd = [account('a'), junk<FallbackAccount>(new AccountRecord('b', snapshot(T0)))]
-    expectTypeErrorNaming(await refreshBoth(twin, 'async resolver, native', (manager) => manager.refreshAllFallbacks(odd, () => junk<string>(Promise.resolve('tok')))), 'accounts[0]')
+    expectTypeErrorNaming(
+      await refreshBoth(twin, 'async resolver, native', (manager) =>
+        manager.refreshAllFallbacks(odd, () => junk<string>(Promise.resolve('tok'))),
+      ),
+      'accounts[0]',
+    )
     expect(facadeSim.requests).toBe(0)
     expect(nativeSim.requests).toBe(0)
     twin.expectSameState()

@@ -105,8 +105,21 @@ describe('anthropic-quota-manager status', () => {
     expect(doc.routes.map((r: { key: string }) => r.key)).toEqual(['main:me@example.com', 'main:team@example.com', 'fallback:alice'])
     const [me, team, alice] = doc.routes
     expect(Object.keys(me)).toEqual([
-      'key', 'kind', 'id', 'fiveHour', 'sevenDay', 'scoped', 'source', 'status', 'checkedAt', 'ageMs',
-      'refreshAfter', 'stale', 'tokenFingerprint', 'lastAttemptAt', 'backoff',
+      'key',
+      'kind',
+      'id',
+      'fiveHour',
+      'sevenDay',
+      'scoped',
+      'source',
+      'status',
+      'checkedAt',
+      'ageMs',
+      'refreshAfter',
+      'stale',
+      'tokenFingerprint',
+      'lastAttemptAt',
+      'backoff',
     ])
     expect(me).toMatchObject({ kind: 'main', id: 'me@example.com', source: 'poll', stale: false })
     expect(me.fiveHour).toMatchObject({ usedPercent: 9, remainingPercent: 91 })
@@ -232,8 +245,14 @@ describe('anthropic-quota-manager status', () => {
   it('--help works for the program and each command', async () => {
     for (const [args, words] of [
       [['--help'], ['status', 'refresh']],
-      [['status', '--help'], ['--json', '--state', 'WITHOUT taking a refresh lock']],
-      [['refresh', '-h'], ['--token-env', '--url', '--state']],
+      [
+        ['status', '--help'],
+        ['--json', '--state', 'WITHOUT taking a refresh lock'],
+      ],
+      [
+        ['refresh', '-h'],
+        ['--token-env', '--url', '--state'],
+      ],
     ] as const) {
       const run = await cli([...args])
       expect(run.code).toBe(0)
@@ -271,7 +290,9 @@ describe('anthropic-quota-manager refresh', () => {
 
   it('joins the main route of the state file whose token fingerprint matches', async () => {
     const before = sim.requests
-    const run = await cli(['refresh', '--token-env', 'CLI_TEST_TOKEN', '--state', statePath, '--url', sim.url, '--json'], { CLI_TEST_TOKEN: 'token-main' })
+    const run = await cli(['refresh', '--token-env', 'CLI_TEST_TOKEN', '--state', statePath, '--url', sim.url, '--json'], {
+      CLI_TEST_TOKEN: 'token-main',
+    })
     expect(run.code).toBe(0)
     const doc = JSON.parse(run.stdout)
     // That route's record is fresh: it answers, with no request (issue 17).
@@ -282,7 +303,9 @@ describe('anthropic-quota-manager refresh', () => {
 
   it('obeys the shared backoff: a backed-off route sends nothing and exits 1 with a one-line error', async () => {
     const before = sim.requests
-    const run = await cli(['refresh', '--token-env', 'T', '--identity', 'team@example.com', '--state', statePath, '--url', sim.url], { T: 'token-team' })
+    const run = await cli(['refresh', '--token-env', 'T', '--identity', 'team@example.com', '--state', statePath, '--url', sim.url], {
+      T: 'token-team',
+    })
     expect(run.code).toBe(1)
     expect(oneLine(run.stderr)).toBe(true)
     expect(run.stderr).toContain('QUOTA_BACKED_OFF')

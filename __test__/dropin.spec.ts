@@ -179,7 +179,10 @@ describe('fetchQuotaSnapshot', () => {
         Object.assign(new Error(`socket: ${code}`), { code }),
       ]),
       ['a TypeError, as fetch rejects', new TypeError('fetch failed')],
-      ['a code on the cause, as undici sets it', new Error('fetch failed', { cause: Object.assign(new Error('reset'), { code: 'ECONNRESET' }) })],
+      [
+        'a code on the cause, as undici sets it',
+        new Error('fetch failed', { cause: Object.assign(new Error('reset'), { code: 'ECONNRESET' }) }),
+      ],
     ]
     for (const [what, error] of failures) {
       next = error

@@ -35,19 +35,49 @@ function construct(options: unknown): QuotaManager {
 
 describe('bad options throw at construction, naming the option', () => {
   const cases: Array<{ name: string; options: () => unknown; kind: 'TypeError' | 'RangeError' | 'either'; names: string }> = [
-    { name: 'a negative checkIntervalMinutes', options: () => ({ statePath: null, checkIntervalMinutes: -5 }), kind: 'RangeError', names: 'checkIntervalMinutes' },
-    { name: 'a zero checkIntervalMinutes (below the 1 minute floor)', options: () => ({ statePath: null, checkIntervalMinutes: 0 }), kind: 'RangeError', names: 'checkIntervalMinutes' },
-    { name: 'a string checkIntervalMinutes', options: () => ({ statePath: null, checkIntervalMinutes: '5' }), kind: 'TypeError', names: 'checkIntervalMinutes' },
-    { name: 'a non-function onMainQuotaFetched', options: () => ({ statePath: null, onMainQuotaFetched: 'log it' }), kind: 'TypeError', names: 'onMainQuotaFetched' },
+    {
+      name: 'a negative checkIntervalMinutes',
+      options: () => ({ statePath: null, checkIntervalMinutes: -5 }),
+      kind: 'RangeError',
+      names: 'checkIntervalMinutes',
+    },
+    {
+      name: 'a zero checkIntervalMinutes (below the 1 minute floor)',
+      options: () => ({ statePath: null, checkIntervalMinutes: 0 }),
+      kind: 'RangeError',
+      names: 'checkIntervalMinutes',
+    },
+    {
+      name: 'a string checkIntervalMinutes',
+      options: () => ({ statePath: null, checkIntervalMinutes: '5' }),
+      kind: 'TypeError',
+      names: 'checkIntervalMinutes',
+    },
+    {
+      name: 'a non-function onMainQuotaFetched',
+      options: () => ({ statePath: null, onMainQuotaFetched: 'log it' }),
+      kind: 'TypeError',
+      names: 'onMainQuotaFetched',
+    },
     { name: 'a non-function onApiError', options: () => ({ statePath: null, onApiError: {} }), kind: 'TypeError', names: 'onApiError' },
     { name: 'an unparsable usageUrl', options: () => ({ statePath: null, usageUrl: 'not a url' }), kind: 'either', names: 'usageUrl' },
-    { name: 'a non-http usageUrl', options: () => ({ statePath: null, usageUrl: 'ftp://example.com/usage' }), kind: 'either', names: 'usageUrl' },
+    {
+      name: 'a non-http usageUrl',
+      options: () => ({ statePath: null, usageUrl: 'ftp://example.com/usage' }),
+      kind: 'either',
+      names: 'usageUrl',
+    },
     { name: 'a number as options', options: () => 42, kind: 'TypeError', names: 'options' },
     { name: 'a string as options', options: () => 'options', kind: 'TypeError', names: 'options' },
     { name: 'a plain object as clock', options: () => ({ statePath: null, clock: { now: () => T0 } }), kind: 'TypeError', names: 'clock' },
     { name: 'a Date as clock', options: () => ({ statePath: null, clock: new Date(T0) }), kind: 'TypeError', names: 'clock' },
     { name: 'a negative apiCallGapMs', options: () => ({ statePath: null, apiCallGapMs: -1 }), kind: 'RangeError', names: 'apiCallGapMs' },
-    { name: 'a negative backoff.jitter', options: () => ({ statePath: null, backoff: { jitter: -0.5 } }), kind: 'RangeError', names: 'jitter' },
+    {
+      name: 'a negative backoff.jitter',
+      options: () => ({ statePath: null, backoff: { jitter: -0.5 } }),
+      kind: 'RangeError',
+      names: 'jitter',
+    },
   ]
 
   for (const c of cases) {
@@ -127,7 +157,9 @@ describe('bad arguments throw (sync methods) or reject (promise methods) a TypeE
 })
 
 describe('bad endpoints', () => {
-  async function badResponse(answer: Parameters<UsageSimulator['reply']>[0]): Promise<{ manager: QuotaManager; sim: UsageSimulator; clock: ManualClock }> {
+  async function badResponse(
+    answer: Parameters<UsageSimulator['reply']>[0],
+  ): Promise<{ manager: QuotaManager; sim: UsageSimulator; clock: ManualClock }> {
     const sim = await h.simulator()
     const { manager, clock } = h.manager(sim)
     sim.replyOnce(answer)

@@ -82,7 +82,11 @@ function warm(manager: QuotaManager, id: string | undefined = ME): void {
  * identity and the first model are the ones `warm` keeps: asked first, they test the kept answers.
  * Ends warm again, so the next change is checked against kept answers too.
  */
-function expectAgrees(manager: QuotaManager, ids: (string | undefined)[] = [ME, undefined, 'other'], models: (string | undefined)[] = [MODEL, undefined, 'opus']): void {
+function expectAgrees(
+  manager: QuotaManager,
+  ids: (string | undefined)[] = [ME, undefined, 'other'],
+  models: (string | undefined)[] = [MODEL, undefined, 'opus'],
+): void {
   for (const id of ids) expect(manager.getMain(id), `getMain(${id})`).toBe(native.getMain.call(manager, id))
   for (const model of models) {
     expect(manager.isMainStale(model), `isMainStale(${model})`).toBe(native.isMainStale.call(manager, model))
@@ -282,7 +286,7 @@ describe('the facade never serves a replaced value', () => {
     expectAgrees(manager, [ME, 'someone-else', undefined])
   })
 
-  it('as the host\'s `now` option moves (sampled by the facade as by every native entry)', () => {
+  it("as the host's `now` option moves (sampled by the facade as by every native entry)", () => {
     let time = T0
     const manager = new QuotaManager({ statePath: null, now: () => time })
     managers.push(manager)
@@ -349,7 +353,9 @@ describe('the fallback reads (getFallback, isFallbackStale) are kept the same wa
     for (const id of IDS) {
       expect(manager.getFallback(id), `getFallback(${id})`).toBe(native.getFallback.call(manager, id))
       for (const model of MODELS) {
-        expect(manager.isFallbackStale(id, 'token', model), `isFallbackStale(${id}, ${model})`).toBe(native.isFallbackStale.call(manager, id, 'token', model))
+        expect(manager.isFallbackStale(id, 'token', model), `isFallbackStale(${id}, ${model})`).toBe(
+          native.isFallbackStale.call(manager, id, 'token', model),
+        )
         expect(manager.isFallbackStale(id, undefined, model)).toBe(native.isFallbackStale.call(manager, id, undefined, model))
       }
     }
@@ -426,7 +432,7 @@ describe('the fallback reads (getFallback, isFallbackStale) are kept the same wa
     expectFallbacksAgree(manager)
   })
 
-  it('as a ManualClock or the host\'s `now` moves', () => {
+  it("as a ManualClock or the host's `now` moves", () => {
     const { manager, clock } = seeded()
     let time = T0
     const sampled = new QuotaManager({ statePath: null, now: () => time })
@@ -515,4 +521,3 @@ describe('refreshMain joined in JavaScript', () => {
     await Promise.allSettled([first, again])
   })
 })
-

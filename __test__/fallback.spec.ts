@@ -295,13 +295,9 @@ describe('single flight per account id', () => {
   it('a rotated access token keeps the account backoff: no request until it ends', async () => {
     const { manager, sim, clock } = await setup()
     sim.replyOnce({ status: 429 })
-    await failureOf(() =>
-      manager.refreshFallback('a', 'tok-old', account('a', { access: 'tok-old', authLineageId: 'login-1' })),
-    )
+    await failureOf(() => manager.refreshFallback('a', 'tok-old', account('a', { access: 'tok-old', authLineageId: 'login-1' })))
     const refused = asQuotaError(
-      await failureOf(() =>
-        manager.refreshFallback('a', 'tok-new', account('a', { access: 'tok-new', authLineageId: 'login-1' })),
-      ),
+      await failureOf(() => manager.refreshFallback('a', 'tok-new', account('a', { access: 'tok-new', authLineageId: 'login-1' }))),
     )
     expect(refused.code).toBe('QUOTA_BACKED_OFF')
     expect(requestsWith(sim, 'tok-new')).toBe(0)
@@ -585,8 +581,7 @@ describe('seedFallbacksFromAccounts', () => {
 })
 
 describe('refreshAllFallbacks', () => {
-  const eight = (): FallbackAccount[] =>
-    Array.from({ length: 8 }, (_, i) => account(`acct-${i}`, { access: `tok-${i}` }))
+  const eight = (): FallbackAccount[] => Array.from({ length: 8 }, (_, i) => account(`acct-${i}`, { access: `tok-${i}` }))
 
   async function concurrencyRun(maxConcurrentFetches: number | undefined): Promise<{ max: number; elapsed: number; cached: number }> {
     const server = await startCountingServer(() => ({ delayMs: 200 }))
@@ -726,7 +721,10 @@ describe('refreshAllFallbacks', () => {
       account('b', { access: 'shared' }),
       account('c', { access: 'own' }),
     ])
-    const shared = server.served.filter((r) => r.token === 'shared').map((r) => r.startedAt).sort((x, y) => x - y)
+    const shared = server.served
+      .filter((r) => r.token === 'shared')
+      .map((r) => r.startedAt)
+      .sort((x, y) => x - y)
     const own = server.served.filter((r) => r.token === 'own').map((r) => r.startedAt)
     expect(shared).toHaveLength(2)
     expect(own).toHaveLength(1)
@@ -781,10 +779,12 @@ describe('bad input at the boundary', () => {
       const refreshed = await failureOf(() => manager.refreshAllFallbacks(junk<FallbackAccount[]>(list)))
       expect(refreshed, JSON.stringify(list)).toBeInstanceOf(TypeError)
     }
-    expect((await failureOf(() => manager.seedFallbacksFromAccounts(junk<FallbackAccount[]>([{ enabled: true }])))) as Error)
-      .toHaveProperty('message', expect.stringMatching(/id/))
-    expect((await failureOf(() => manager.seedFallbacksFromAccounts(junk<FallbackAccount[]>([{ id: 'b', enabled: 1 }])))) as Error)
-      .toHaveProperty('message', expect.stringMatching(/enabled/))
+    expect(
+      (await failureOf(() => manager.seedFallbacksFromAccounts(junk<FallbackAccount[]>([{ enabled: true }])))) as Error,
+    ).toHaveProperty('message', expect.stringMatching(/id/))
+    expect(
+      (await failureOf(() => manager.seedFallbacksFromAccounts(junk<FallbackAccount[]>([{ id: 'b', enabled: 1 }])))) as Error,
+    ).toHaveProperty('message', expect.stringMatching(/enabled/))
     // A rejected list changed nothing: a is still cached and nothing was fetched.
     expect(manager.getFallback('a')).toEqual(entryAt(T0, 10))
     expect(sim.requests).toBe(0)
@@ -799,10 +799,7 @@ describe('bad input at the boundary', () => {
     manager.seedFallbacksFromAccounts([account('a', { quota: q(10) }), account('a', { quota: q(90) })])
     expect(manager.getAllFallbacks().size).toBe(1)
     expect([10, 90]).toContain(manager.getFallback('a')?.quota.five_hour?.usedPercent)
-    await manager.refreshAllFallbacks([
-      account('d', { access: 'tok-d1' }),
-      account('d', { access: 'tok-d2' }),
-    ])
+    await manager.refreshAllFallbacks([account('d', { access: 'tok-d1' }), account('d', { access: 'tok-d2' })])
     expect(sim.requests).toBe(1)
     expect(manager.getFallback('d')?.quota.source).toBe('poll')
   })

@@ -90,7 +90,10 @@ function runChild(args: string[], deadlineMs: number): Promise<Run> {
 
 /** Holds `<statePath>.lock` in a stopped process (as Ctrl-Z during a write would). */
 async function stoppedLockHolder(statePath: string): Promise<ChildProcess> {
-  const holder = spawn('flock', [`${statePath}.lock`, '-c', 'echo locked; exec sleep 600'], { stdio: ['ignore', 'pipe', 'ignore'], detached: true })
+  const holder = spawn('flock', [`${statePath}.lock`, '-c', 'echo locked; exec sleep 600'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    detached: true,
+  })
   children.push(holder)
   await new Promise<void>((resolve, reject) => {
     holder.once('error', reject)
@@ -126,17 +129,24 @@ describe('close() and the running calls', () => {
 describe('a stopped process holding the state-file lock', () => {
   // The lock holder is stopped with SIGSTOP, which Windows does not have.
   for (const withClose of [false, true]) {
-    it.skipIf(process.platform === 'win32')(`refreshMain settles and the process exits${withClose ? ' after close()' : ' by itself'}`, async () => {
-      sim.reply({ status: 200 })
-      const statePath = path.join(tempDir(), 'state.json')
-      await stoppedLockHolder(statePath)
-      const run = await runChild(['locked', statePath, sim.url, withClose ? 'close' : ''], 15_000)
-      expect(run.lines.some((l) => l.settled === true), JSON.stringify(run)).toBe(true)
-      expect(run.exited, JSON.stringify(run)).toBe(true)
-      expect(run.code, run.stderr).toBe(0)
-      if (withClose) expect(run.lines.some((l) => l.closed === true)).toBe(true)
-      expect(sim.requests).toBe(1)
-    }, 20_000)
+    it.skipIf(process.platform === 'win32')(
+      `refreshMain settles and the process exits${withClose ? ' after close()' : ' by itself'}`,
+      async () => {
+        sim.reply({ status: 200 })
+        const statePath = path.join(tempDir(), 'state.json')
+        await stoppedLockHolder(statePath)
+        const run = await runChild(['locked', statePath, sim.url, withClose ? 'close' : ''], 15_000)
+        expect(
+          run.lines.some((l) => l.settled === true),
+          JSON.stringify(run),
+        ).toBe(true)
+        expect(run.exited, JSON.stringify(run)).toBe(true)
+        expect(run.code, run.stderr).toBe(0)
+        if (withClose) expect(run.lines.some((l) => l.closed === true)).toBe(true)
+        expect(sim.requests).toBe(1)
+      },
+      20_000,
+    )
   }
 })
 
@@ -146,7 +156,14 @@ describe('an identity switch while a request runs', () => {
     const errors: QuotaApiError[] = []
     const clock = new ManualClock(T0)
     const manager = track(
-      new QuotaManager({ statePath: null, usageUrl: sim.url, apiCallGapMs: 0, clock, backoff: { jitter: 0 }, onApiError: (e) => void errors.push(e) }),
+      new QuotaManager({
+        statePath: null,
+        usageUrl: sim.url,
+        apiCallGapMs: 0,
+        clock,
+        backoff: { jitter: 0 },
+        onApiError: (e) => void errors.push(e),
+      }),
     )
     const token = 'sk-ant-oat01-switching-token'
     for (let i = 0; i < 10; i++) {
@@ -248,7 +265,7 @@ describe('signals', () => {
   })
 })
 
-describe('the transport reads the host\'s process.env', () => {
+describe("the transport reads the host's process.env", () => {
   it('an unreadable SSL_CERT_FILE set in process.env is reported once, and the managers still build', async () => {
     const dir = tempDir()
     const run = await runChild(['env', path.join(dir, 'state.json'), sim.url], 10_000)

@@ -939,8 +939,7 @@ describe('close()', () => {
       (value): Settled<T> => ({ ok: true, value }),
       (error: unknown): Settled<T> => ({ ok: false, error }),
     )
-  const codeOf = (s: Settled<unknown>): string | undefined =>
-    s.ok ? undefined : String((s.error as { code?: unknown }).code)
+  const codeOf = (s: Settled<unknown>): string | undefined => (s.ok ? undefined : String((s.error as { code?: unknown }).code))
 
   it('running calls settle; later refreshMain rejects with QUOTA_CLOSED', async () => {
     const sim = await h.simulator({ delayMs: 150 })

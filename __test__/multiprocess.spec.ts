@@ -37,7 +37,11 @@ interface StateFileShape {
   routes: Record<
     string,
     {
-      entry?: { checkedAt: number; refreshAfter: number; quota: { checkedAt?: number; five_hour?: { usedPercent: number; checkedAt: number } } }
+      entry?: {
+        checkedAt: number
+        refreshAfter: number
+        quota: { checkedAt?: number; five_hour?: { usedPercent: number; checkedAt: number } }
+      }
       tokenFingerprint?: string
       backoff?: { attempts: number; nextRetryAt?: number }
     }
@@ -48,7 +52,9 @@ interface StateFileShape {
 function readState(path: string): StateFileShape {
   const parsed = readJson(path) as StateFileShape
   expect(parsed.version, `state file version in ${path}`).toBe(1)
-  expect(parsed.routes !== null && typeof parsed.routes === 'object' && !Array.isArray(parsed.routes), `routes object in ${path}`).toBe(true)
+  expect(parsed.routes !== null && typeof parsed.routes === 'object' && !Array.isArray(parsed.routes), `routes object in ${path}`).toBe(
+    true,
+  )
   return parsed
 }
 
@@ -228,12 +234,14 @@ describe('a holder that dies', () => {
         await child.waitFor((m) => typeof m.wrote === 'number', 20_000, 'the first write')
         // That write ran under the state lock and must have removed what the last kill left.
         const survivors = abandoned.filter((name) => existsSync(join(dir, name)))
-        if (survivors.length > 0) problems.push(`lane ${laneIndex} iteration ${i}: abandoned temporary files not cleaned up: ${survivors.join(', ')}`)
+        if (survivors.length > 0)
+          problems.push(`lane ${laneIndex} iteration ${i}: abandoned temporary files not cleaned up: ${survivors.join(', ')}`)
         await sleep(Math.random() * 25)
         child.kill('SIGKILL')
         const exit = await child.exited
         // The writer loops forever: anything but our SIGKILL means it died on its own.
-        if (exit.signal !== 'SIGKILL') problems.push(`lane ${laneIndex} iteration ${i}: writer ended by ${JSON.stringify(exit)}: ${child.stderr.slice(0, 300)}`)
+        if (exit.signal !== 'SIGKILL')
+          problems.push(`lane ${laneIndex} iteration ${i}: writer ended by ${JSON.stringify(exit)}: ${child.stderr.slice(0, 300)}`)
         const writes = child.messages.filter((m) => typeof m.checkedAt === 'number')
         const last = writes[writes.length - 1]
         if (typeof last?.checkedAt === 'number') acknowledged = last.checkedAt
@@ -264,7 +272,11 @@ describe('a holder that dies', () => {
           continue
         }
         // The content belongs to one write: every field agrees with its checkedAt.
-        if (entry?.quota.checkedAt !== checkedAt || entry?.quota.five_hour?.usedPercent !== checkedAt % 100 || entry?.refreshAfter !== checkedAt + 300_000) {
+        if (
+          entry?.quota.checkedAt !== checkedAt ||
+          entry?.quota.five_hour?.usedPercent !== checkedAt % 100 ||
+          entry?.refreshAfter !== checkedAt + 300_000
+        ) {
           problems.push(`lane ${laneIndex} iteration ${i}: mixed content ${JSON.stringify(entry)}`)
         }
         if (acknowledged !== undefined && checkedAt < acknowledged) {
@@ -276,7 +288,8 @@ describe('a holder that dies', () => {
       // ever found an unreadable file to set aside.
       const names = readdirSync(dir)
       const leftovers = names.filter(isTempFile)
-      if (leftovers.some((name) => !abandoned.includes(name))) problems.push(`lane ${laneIndex}: temporary files left: ${leftovers.join(', ')}`)
+      if (leftovers.some((name) => !abandoned.includes(name)))
+        problems.push(`lane ${laneIndex}: temporary files left: ${leftovers.join(', ')}`)
       const quarantined = names.filter((name) => name.includes('.corrupt-'))
       if (quarantined.length > 0) problems.push(`lane ${laneIndex}: files set aside: ${quarantined.join(', ')}`)
     }
@@ -376,7 +389,7 @@ describe('a damaged state file', () => {
     })
   }
 
-  it('a newer schema version (a newer build\'s file) is left untouched, reported once, and the manager works in memory', async () => {
+  it("a newer schema version (a newer build's file) is left untouched, reported once, and the manager works in memory", async () => {
     // A simulator of its own: the request count below is this child's alone, whatever a child
     // of an earlier test may still send on its way out.
     const own = await startUsageSimulator()

@@ -34,15 +34,13 @@ const SNAPSHOT_KEYS = [
   'source',
 ]
 
-const isObject = (value: unknown): value is Json =>
-  typeof value === 'object' && value !== null && !Array.isArray(value)
+const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value)
 const isFiniteNumber = (value: unknown): value is number => typeof value === 'number' && Number.isFinite(value)
 const isTime = (value: unknown) => isFiniteNumber(value) && value >= 0
 /** A non-empty string without surrounding whitespace. */
 const isTrimmedText = (value: unknown) => typeof value === 'string' && value !== '' && value.trim() === value
 const isSource = (value: unknown) => value === 'poll' || value === 'headers'
-const absentOr = (value: Json, key: string, check: (field: unknown) => boolean) =>
-  value[key] === undefined || check(value[key])
+const absentOr = (value: Json, key: string, check: (field: unknown) => boolean) => value[key] === undefined || check(value[key])
 
 /** Every required key present, and no key outside required + optional. */
 function hasExactly(value: Json, required: string[], optional: string[] = []): boolean {
@@ -105,8 +103,7 @@ function passesPluginCodec(value: unknown): boolean {
     absentOr(value, 'extraUsage', isExtraUsage) &&
     absentOr(value, 'bindingWindow', isTrimmedText) &&
     absentOr(value, 'bindingWindowSource', isSource) &&
-    (sources === undefined ||
-      (isObject(sources) && hasExactly(sources, [], FIELD_NAMES) && Object.values(sources).every(isSource))) &&
+    (sources === undefined || (isObject(sources) && hasExactly(sources, [], FIELD_NAMES) && Object.values(sources).every(isSource))) &&
     absentOr(value, 'fallbackAdvised', (advised) => typeof advised === 'boolean') &&
     absentOr(value, 'source', isSource) &&
     absentOr(value, 'five_hour', (window) => isWindow(window, false)) &&
@@ -158,7 +155,15 @@ describe('the restated codec rule', () => {
     ['an unknown window key', { five_hour: { ...window, extra: 1 } }],
     ['a window without checkedAt', { five_hour: { usedPercent: 1, remainingPercent: 99 } }],
     ['a padded identity', { accountIdentity: ' main ' }],
-    ['duplicate scoped ids', { scoped: [{ ...window, id: 'a', title: 't', modelName: 'm' }, { ...window, id: 'a', title: 't', modelName: 'm' }] }],
+    [
+      'duplicate scoped ids',
+      {
+        scoped: [
+          { ...window, id: 'a', title: 't', modelName: 'm' },
+          { ...window, id: 'a', title: 't', modelName: 'm' },
+        ],
+      },
+    ],
     ['an unknown field source', { fieldSources: { status: 'poll' } }],
     ['a negative checkedAt', { checkedAt: -1 }],
   ])('refuses %s', (_, value) => {
@@ -298,7 +303,9 @@ describe('every snapshot the package hands out passes the plugin codec', () => {
     const manager = make()
     const hostQuota: QuotaSnapshot = {
       five_hour: { usedPercent: 25, remainingPercent: 75, checkedAt: now },
-      scoped: [{ id: 'claude-weekly-scoped-fable', title: 'Fable only', modelName: 'Fable', usedPercent: 3, remainingPercent: 97, checkedAt: now }],
+      scoped: [
+        { id: 'claude-weekly-scoped-fable', title: 'Fable only', modelName: 'Fable', usedPercent: 3, remainingPercent: 97, checkedAt: now },
+      ],
       source: 'headers',
       checkedAt: now,
       accountIdentity: 'main',

@@ -122,7 +122,10 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
     for (const r of reports.filter((r) => r.stats.apiCalls === 0)) expect(r.stats.joinedOtherProcess).toBeGreaterThanOrEqual(1)
     for (const r of reports) expect(shared(r)).toMatchObject({ sharedStore: 'redis', redisFallbacks: 0 })
 
-    const record = JSON.parse(await redis.command('HGET', `${prefix}route:main:alice`, 'record')) as { entry: { checkedAt: number }; tokenFingerprint: string }
+    const record = JSON.parse(await redis.command('HGET', `${prefix}route:main:alice`, 'record')) as {
+      entry: { checkedAt: number }
+      tokenFingerprint: string
+    }
     expect(record.entry.checkedAt).toBe(all[0].checkedAt)
     expect(record.tokenFingerprint).toMatch(/^[0-9a-f]{16}$/)
     // Only route records and the fence counter stay; no lock is left, no token anywhere.
@@ -133,7 +136,10 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
     // The CLI reads the same store.
     const status = await cli('status', '--json', '--redis', redis.url, '--key-prefix', prefix)
     expect(status.code, status.stderr).toBe(0)
-    const view = JSON.parse(status.stdout) as { statePath: string; routes: { key: string; checkedAt: number; backoff: { active: boolean } }[] }
+    const view = JSON.parse(status.stdout) as {
+      statePath: string
+      routes: { key: string; checkedAt: number; backoff: { active: boolean } }[]
+    }
     expect(view.statePath).toContain(`127.0.0.1:${redis.port}`)
     expect(view.routes.map((r) => [r.key, r.checkedAt, r.backoff.active])).toEqual([['main:alice', all[0].checkedAt, false]])
     const human = await cli('status', '--redis', redis.url, '--key-prefix', prefix)
@@ -198,7 +204,9 @@ describe.skipIf(missing !== null)('Redis shared store across hosts', () => {
           if (${close}) await m.close()
         })`
       const exited = await new Promise<{ code: number | null; stdout: string }>((done) => {
-        const child = execFile(process.execPath, ['-e', script], { timeout: 15_000 }, (_error, stdout) => done({ code: child.exitCode, stdout }))
+        const child = execFile(process.execPath, ['-e', script], { timeout: 15_000 }, (_error, stdout) =>
+          done({ code: child.exitCode, stdout }),
+        )
       })
       expect(exited.code, `close=${close}`).toBe(0)
       expect(JSON.parse(exited.stdout)).toMatchObject({ shared: 'redis' })

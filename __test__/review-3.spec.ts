@@ -50,7 +50,9 @@ describe('a token in what a host transport hands back never reaches the file, on
     it(`${name} rejecting with the token in its message`, async () => {
       const statePath = join(tempDir(), 'state.json')
       const errors: QuotaApiError[] = []
-      const rejection = Object.assign(new Error(`upstream 429 for Bearer ${TOKEN} (headers: {"authorization":"Bearer ${TOKEN}"})`), { status: 429 })
+      const rejection = Object.assign(new Error(`upstream 429 for Bearer ${TOKEN} (headers: {"authorization":"Bearer ${TOKEN}"})`), {
+        status: 429,
+      })
       const manager = make({ statePath, onApiError: (error) => void errors.push(error), ...transport(rejection) })
       const error = await rejectionOf(manager.refreshMain('alice', TOKEN))
       await manager.close()
@@ -74,7 +76,16 @@ describe('a token in what a host transport hands back never reaches the file, on
       onMainQuotaFetched: (quota) => void fetched.push(quota),
       fetchQuotaSnapshot: async () =>
         snapshot(12, {
-          scoped: [{ id: 'claude-weekly-scoped-fable', title: `Fable ${TOKEN}`, modelName: TOKEN, usedPercent: 3, remainingPercent: 97, checkedAt: T0 }],
+          scoped: [
+            {
+              id: 'claude-weekly-scoped-fable',
+              title: `Fable ${TOKEN}`,
+              modelName: TOKEN,
+              usedPercent: 3,
+              remainingPercent: 97,
+              checkedAt: T0,
+            },
+          ],
         }),
     })
     const quota = await manager.refreshMain('alice', TOKEN)

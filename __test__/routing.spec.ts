@@ -133,22 +133,42 @@ describe('evaluateQuota', () => {
     const LATE = '2026-09-20T00:00:00Z'
 
     it('a later 5h reset wins over an earlier 7d one (order is not what decides)', () => {
-      expect(evaluateQuota(exhausted(LATE, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(LATE) })
+      expect(evaluateQuota(exhausted(LATE, SEVEN_RESET), both)).toEqual({
+        passes: false,
+        reason: 'five_hour',
+        blockedUntil: Date.parse(LATE),
+      })
     })
 
     it('equal resets go to the first blocker: five_hour before seven_day before scoped', () => {
-      expect(evaluateQuota(exhausted(SEVEN_RESET, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(SEVEN_RESET) })
+      expect(evaluateQuota(exhausted(SEVEN_RESET, SEVEN_RESET), both)).toEqual({
+        passes: false,
+        reason: 'five_hour',
+        blockedUntil: Date.parse(SEVEN_RESET),
+      })
       expect(evaluateQuota(exhausted(FIVE_RESET, SEVEN_RESET, SEVEN_RESET), both, FABLE)).toEqual({
         passes: false,
         reason: 'seven_day',
         blockedUntil: Date.parse(SEVEN_RESET),
       })
-      expect(evaluateQuota(exhausted(LATE, LATE, LATE), both, FABLE)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(LATE) })
+      expect(evaluateQuota(exhausted(LATE, LATE, LATE), both, FABLE)).toEqual({
+        passes: false,
+        reason: 'five_hour',
+        blockedUntil: Date.parse(LATE),
+      })
     })
 
     it('a known reset wins over an unknown one, whichever window has it', () => {
-      expect(evaluateQuota(exhausted(undefined, SEVEN_RESET), both)).toEqual({ passes: false, reason: 'seven_day', blockedUntil: Date.parse(SEVEN_RESET) })
-      expect(evaluateQuota(exhausted(FIVE_RESET, undefined), both)).toEqual({ passes: false, reason: 'five_hour', blockedUntil: Date.parse(FIVE_RESET) })
+      expect(evaluateQuota(exhausted(undefined, SEVEN_RESET), both)).toEqual({
+        passes: false,
+        reason: 'seven_day',
+        blockedUntil: Date.parse(SEVEN_RESET),
+      })
+      expect(evaluateQuota(exhausted(FIVE_RESET, undefined), both)).toEqual({
+        passes: false,
+        reason: 'five_hour',
+        blockedUntil: Date.parse(FIVE_RESET),
+      })
       expect(evaluateQuota(exhausted(undefined, undefined, SCOPED_RESET), both, FABLE)).toEqual({
         passes: false,
         reason: 'scoped',
@@ -162,7 +182,11 @@ describe('evaluateQuota', () => {
     })
 
     it('a later scoped reset wins over both windows', () => {
-      expect(evaluateQuota(exhausted(FIVE_RESET, SEVEN_RESET, LATE), both, FABLE)).toEqual({ passes: false, reason: 'scoped', blockedUntil: Date.parse(LATE) })
+      expect(evaluateQuota(exhausted(FIVE_RESET, SEVEN_RESET, LATE), both, FABLE)).toEqual({
+        passes: false,
+        reason: 'scoped',
+        blockedUntil: Date.parse(LATE),
+      })
     })
   })
 

@@ -25,7 +25,8 @@ function statePath(): string {
   return join(dir, 'state.json')
 }
 
-const accounts = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `acct-${i}`, enabled: true, access: `token-${i}`, expires: Date.now() + 3_600_000 }))
+const accounts = (n: number) =>
+  Array.from({ length: n }, (_, i) => ({ id: `acct-${i}`, enabled: true, access: `token-${i}`, expires: Date.now() + 3_600_000 }))
 
 describe('grouped state-file writes', () => {
   it('every result of refreshAllFallbacks is on disk when it resolves, in fewer writes than results or as many', async () => {
@@ -53,7 +54,12 @@ describe('the state file loaded off the constructor', () => {
     const seed = new QuotaManager({ statePath: path })
     const now = Date.now()
     const win = { usedPercent: 10, remainingPercent: 90, checkedAt: now }
-    for (let i = 0; i < 200; i++) seed.setFallback(`acct-${i}`, { quota: { five_hour: win, seven_day: win, source: 'poll', checkedAt: now }, checkedAt: now, refreshAfter: now + 300_000 })
+    for (let i = 0; i < 200; i++)
+      seed.setFallback(`acct-${i}`, {
+        quota: { five_hour: win, seven_day: win, source: 'poll', checkedAt: now },
+        checkedAt: now,
+        refreshAfter: now + 300_000,
+      })
     await seed.close()
     const manager = new QuotaManager({ statePath: path })
     managers.push(manager)

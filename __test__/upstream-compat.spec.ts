@@ -310,7 +310,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
     test(
       'upstream "fallback quota refresh does not call the API while another process holds the account lock"' +
         ' — inverted, README Differences: "Waits for another process\'s refresh": no API call, and the' +
-        " caller gets the other process's result instead of \"Quota refresh is already in progress\"",
+        ' caller gets the other process\'s result instead of "Quota refresh is already in progress"',
       async () => {
         now = Date.now()
         let fetchCalls = 0
@@ -402,15 +402,14 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       ])
 
       expect(qm.isFallbackBackedOff('fallback-persisted-backoff')).toBe(true)
-      await expect(
-        qm.refreshFallbackWithMetadata('fallback-persisted-backoff', 'fallback-token', undefined),
-      ).resolves.toMatchObject({ fetched: false })
+      await expect(qm.refreshFallbackWithMetadata('fallback-persisted-backoff', 'fallback-token', undefined)).resolves.toMatchObject({
+        fetched: false,
+      })
       expect(fetchMock).not.toHaveBeenCalled()
     })
 
     test(
-      'upstream "first 429 backs off for 60s" — inverted, README Differences: "Backoff jitter":' +
-        ' 60 s lengthened by at most 10 %',
+      'upstream "first 429 backs off for 60s" — inverted, README Differences: "Backoff jitter":' + ' 60 s lengthened by at most 10 %',
       async () => {
         const qm = createQM(async () => rateLimited())
         const failedAt = now
@@ -894,10 +893,9 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
           oldPollEntered.resolve()
           return oldPoll.promise
         }
-        return new Response(
-          JSON.stringify({ five_hour: { utilization: 10, resets_at: new Date(now + 60 * MINUTE).toISOString() } }),
-          { status: 200 },
-        )
+        return new Response(JSON.stringify({ five_hour: { utilization: 10, resets_at: new Date(now + 60 * MINUTE).toISOString() } }), {
+          status: 200,
+        })
       })
       qm.seedFallbacksFromAccounts([
         {
@@ -926,10 +924,9 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       now += SECOND
       // The old login's answer (90 % used) arrives last and must not land in the slot.
       oldPoll.resolve(
-        new Response(
-          JSON.stringify({ five_hour: { utilization: 90, resets_at: new Date(now + 60 * MINUTE).toISOString() } }),
-          { status: 200 },
-        ),
+        new Response(JSON.stringify({ five_hour: { utilization: 90, resets_at: new Date(now + 60 * MINUTE).toISOString() } }), {
+          status: 200,
+        }),
       )
 
       await priorPoll
@@ -1254,33 +1251,33 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
       'upstream "keeps persisted main seed during backoff when the identity matches" (README Differences:' +
         ' "Only the snapshot\'s own fields": the legacy `quotas` and `expires` keys are not kept)',
       async () => {
-      const fetchMock = vi.fn(async () => quotaResponse(now))
-      const qm = make({
-        now: () => 1_000_000,
-        fetchImpl: fetchMock,
-        storage: pluginStorage({
-          version: 1,
-          accounts: [],
-          mainAccountId: 'main-a',
-          quota: {
-            mainQuota: { ...legacyQuota(), accountIdentity: 'main-a' },
-            mainQuotaCheckedAt: 900_000,
-            mainLastQuotaApiError: {
-              message: 'Claude quota check failed: 429 — rate limited',
-              checkedAt: 999_000,
-              nextRetryAt: 1_030_000,
-              retryCount: 1,
+        const fetchMock = vi.fn(async () => quotaResponse(now))
+        const qm = make({
+          now: () => 1_000_000,
+          fetchImpl: fetchMock,
+          storage: pluginStorage({
+            version: 1,
+            accounts: [],
+            mainAccountId: 'main-a',
+            quota: {
+              mainQuota: { ...legacyQuota(), accountIdentity: 'main-a' },
+              mainQuotaCheckedAt: 900_000,
+              mainLastQuotaApiError: {
+                message: 'Claude quota check failed: 429 — rate limited',
+                checkedAt: 999_000,
+                nextRetryAt: 1_030_000,
+                retryCount: 1,
+              },
             },
-          },
-        }),
-      })
+          }),
+        })
 
-      // Same identity, rotated token, backed off: the seed is served, nothing is sent.
-      const result = await qm.refreshMain('main-a', 'rotated-access-token')
-      expect(result).toEqual({ accountIdentity: 'main-a' })
-      expect(qm.getMain('main-a')).not.toBeNull()
-      expect(fetchMock).not.toHaveBeenCalled()
-    },
+        // Same identity, rotated token, backed off: the seed is served, nothing is sent.
+        const result = await qm.refreshMain('main-a', 'rotated-access-token')
+        expect(result).toEqual({ accountIdentity: 'main-a' })
+        expect(qm.getMain('main-a')).not.toBeNull()
+        expect(fetchMock).not.toHaveBeenCalled()
+      },
     )
 
     test('upstream "calls onMainQuotaFetched after successful fetch"', async () => {
@@ -1358,7 +1355,7 @@ describe('QuotaManager (upstream quota-manager.test.ts)', () => {
     test(
       'upstream "rotated access tokens under one main identity use separate in-flight fetches"' +
         ' (README Differences: "One request per token, one result per account": two requests, and' +
-        ' the second is answered by the first one\'s fresh result instead of a second poll)',
+        " the second is answered by the first one's fresh result instead of a second poll)",
       async () => {
         let fetchCalls = 0
         const qm = createQM(async () => {

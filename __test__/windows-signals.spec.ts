@@ -66,7 +66,10 @@ describe.runIf(process.platform === 'win32')('console signals on Windows', () =>
       const statePath = path.join(dir, 'state.json')
       const result = await run(signal, statePath)
       expect(result.lines[0], result.stderr).toEqual({ counts: { SIGINT: 1, SIGBREAK: 1, SIGHUP: 1, SIGTERM: 0 } })
-      expect(result.lines.some((l) => l.timerRan), result.stderr).toBe(false)
+      expect(
+        result.lines.some((l) => l.timerRan),
+        result.stderr,
+      ).toBe(false)
       expect(result.code, result.stderr).not.toBe(0)
       const state = JSON.parse(fs.readFileSync(statePath, 'utf8'))
       expect(state.routes['main:alice'].entry.quota.five_hour.usedPercent).toBe(42)

@@ -39,7 +39,9 @@ process.stdout.write(JSON.stringify({ first, warm: (performance.now() - t1) / ${
 
 const childCode = (withAddon) => `
 const t0 = performance.now()
-${withAddon ? `
+${
+  withAddon
+    ? `
 const { QuotaManager } = require(${JSON.stringify(addonPath)})
 const t1 = performance.now()
 const m = new QuotaManager({ statePath: ${JSON.stringify(statePath)}, storage: { mainAccountId: 'me@example.com' } })
@@ -47,7 +49,9 @@ const t2 = performance.now()
 if (!m.getMain('me@example.com') || m.isMainStale()) throw new Error('seeded entry not adopted')
 const t3 = performance.now()
 process.stdout.write(JSON.stringify({ require: t1 - t0, construct: t2 - t1, firstRead: t3 - t2, sinceOrigin: t3 }))
-` : `process.stdout.write(JSON.stringify({ sinceOrigin: t0 }))`}
+`
+    : `process.stdout.write(JSON.stringify({ sinceOrigin: t0 }))`
+}
 `
 
 function runChild(withAddon, code = childCode(withAddon)) {
@@ -71,7 +75,9 @@ for (let r = 0; r < RUNS; r++) {
   bare.push(await runChild(false))
   addon.push(await runChild(true))
   memory.push(await runChild(true, memoryChildCode))
-  log(`cold start run ${r + 1}/${RUNS}: require ${addon.at(-1).require.toFixed(1)} ms, construct ${addon.at(-1).construct.toFixed(2)} ms, process ${addon.at(-1).wall.toFixed(0)} ms (bare node ${bare.at(-1).wall.toFixed(0)} ms); in memory: first ${memory.at(-1).first.toFixed(2)} ms, then ${memory.at(-1).warm.toFixed(3)} ms each`)
+  log(
+    `cold start run ${r + 1}/${RUNS}: require ${addon.at(-1).require.toFixed(1)} ms, construct ${addon.at(-1).construct.toFixed(2)} ms, process ${addon.at(-1).wall.toFixed(0)} ms (bare node ${bare.at(-1).wall.toFixed(0)} ms); in memory: first ${memory.at(-1).first.toFixed(2)} ms, then ${memory.at(-1).warm.toFixed(3)} ms each`,
+  )
 }
 fs.rmSync(dir, { recursive: true, force: true })
 const pick = (runs, k) => runs.map((x) => x[k])
@@ -82,5 +88,7 @@ emit('cold-start', [
   row(group, 'first getMain + isMainStale', pick(addon, 'firstRead'), 'ms'),
   row('constructor (child process, statePath: null)', 'first new QuotaManager in the process', pick(memory, 'first'), 'ms'),
   row('constructor (child process, statePath: null)', `new QuotaManager, mean of ${WARM_CONSTRUCTIONS} more`, pick(memory, 'warm'), 'ms'),
-  row(group, 'process spawn → exit', pick(addon, 'wall'), 'ms', { baseline: { name: 'bare node process', value: row('', '', pick(bare, 'wall'), '').value } }),
+  row(group, 'process spawn → exit', pick(addon, 'wall'), 'ms', {
+    baseline: { name: 'bare node process', value: row('', '', pick(bare, 'wall'), '').value },
+  }),
 ])

@@ -56,7 +56,15 @@ async function fanIn(sim, k, dirs) {
     failures.push(reports.flatMap((r) => r.results).filter((r) => !r.ok).length)
     await killWorkers()
   }
-  return { k, callers: k * CALLERS, requests, medianRequests: median(requests), medianWallMs: round1(median(wall)), wallMs: wall.map(round1), failures: failures.reduce((a, b) => a + b, 0) }
+  return {
+    k,
+    callers: k * CALLERS,
+    requests,
+    medianRequests: median(requests),
+    medianWallMs: round1(median(wall)),
+    wallMs: wall.map(round1),
+    failures: failures.reduce((a, b) => a + b, 0),
+  }
 }
 
 async function killToSuccess(sim, dirs) {
@@ -137,7 +145,14 @@ async function main() {
       '',
     ]
     process.stdout.write(lines.join('\n') + '\n')
-    process.stdout.write(JSON.stringify({ fanIn: fan, eightOverOne: fan.at(-1).medianWallMs / fan[0].medianWallMs, killToSuccess: kill, eventLoopWhileWaiting: eld }) + '\n')
+    process.stdout.write(
+      JSON.stringify({
+        fanIn: fan,
+        eightOverOne: fan.at(-1).medianWallMs / fan[0].medianWallMs,
+        killToSuccess: kill,
+        eventLoopWhileWaiting: eld,
+      }) + '\n',
+    )
   } finally {
     await killWorkers()
     await sim.close()

@@ -35,7 +35,12 @@ for (const n of [20, 100]) {
   const plain = []
   let requests = []
   for (let r = 0; r < RUNS; r++) {
-    const accounts = Array.from({ length: n }, (_, i) => ({ id: `acct-${r}-${i}`, enabled: true, access: `token-${n}-${r}-${i}`, expires: Date.now() + 3600e3 }))
+    const accounts = Array.from({ length: n }, (_, i) => ({
+      id: `acct-${r}-${i}`,
+      enabled: true,
+      access: `token-${n}-${r}-${i}`,
+      expires: Date.now() + 3600e3,
+    }))
     const manager = new QuotaManager({ statePath: path.join(dir, `state-${n}-${r}.json`), usageUrl: sim.url })
     const before = sim.requests
     let start = performance.now()
@@ -48,11 +53,18 @@ for (const n of [20, 100]) {
     start = performance.now()
     await plainPool(accounts)
     plain.push(performance.now() - start)
-    log(`fallbacks n=${n} run ${r + 1}/${RUNS}: addon ${addon.at(-1).toFixed(0)} ms (${requests.at(-1)} req), plain JS pool ${plain.at(-1).toFixed(0)} ms`)
+    log(
+      `fallbacks n=${n} run ${r + 1}/${RUNS}: addon ${addon.at(-1).toFixed(0)} ms (${requests.at(-1)} req), plain JS pool ${plain.at(-1).toFixed(0)} ms`,
+    )
   }
   const group = `refreshAllFallbacks (${DELAY_MS} ms simulator)`
   const ideal = Math.ceil(n / 4) * DELAY_MS
-  rows.push(row(group, `${n} accounts: wall time`, addon, 'ms', { baseline: { name: 'plain-JS pool of 4', value: row('', '', plain, '').value }, note: `ideal ${ideal} ms` }))
+  rows.push(
+    row(group, `${n} accounts: wall time`, addon, 'ms', {
+      baseline: { name: 'plain-JS pool of 4', value: row('', '', plain, '').value },
+      note: `ideal ${ideal} ms`,
+    }),
+  )
   rows.push(row(group, `${n} accounts: requests`, requests, 'requests', { note: `one per account` }))
 }
 agent.destroy()

@@ -25,7 +25,10 @@ class PlainQuotaCache {
     this.identity = identity
     this.entry = entry
     // match keys of the scoped windows, normalised once per write rather than per read
-    this.scopedKeys = (entry.quota.scoped ?? []).map((w) => [normalise(w.modelId ?? '') + ' ' + normalise(w.modelName) + ' ' + normalise(w.title), w])
+    this.scopedKeys = (entry.quota.scoped ?? []).map((w) => [
+      normalise(w.modelId ?? '') + ' ' + normalise(w.modelName) + ' ' + normalise(w.title),
+      w,
+    ])
   }
   getMain(identity) {
     return identity === undefined || identity === this.identity ? this.entry : null
@@ -54,17 +57,32 @@ class PlainQuotaCache {
       if (!Number.isFinite(fraction)) return undefined
       const used = Math.min(100, Math.max(0, Math.round(fraction * 100)))
       const reset = Number(lower[`anthropic-ratelimit-unified-${prefix}-reset`])
-      return { usedPercent: used, remainingPercent: 100 - used, resetsAt: Number.isFinite(reset) ? new Date(reset * 1000).toISOString() : undefined, checkedAt: now }
+      return {
+        usedPercent: used,
+        remainingPercent: 100 - used,
+        resetsAt: Number.isFinite(reset) ? new Date(reset * 1000).toISOString() : undefined,
+        checkedAt: now,
+      }
     }
     const fiveHour = win('5h')
     const sevenDay = win('7d')
     if (!fiveHour && !sevenDay) return null
-    const quota = { ...this.entry?.quota, five_hour: fiveHour, seven_day: sevenDay, status: lower['anthropic-ratelimit-unified-status'], source: 'headers', checkedAt: now }
+    const quota = {
+      ...this.entry?.quota,
+      five_hour: fiveHour,
+      seven_day: sevenDay,
+      status: lower['anthropic-ratelimit-unified-status'],
+      source: 'headers',
+      checkedAt: now,
+    }
     this.setMain(identity, { quota, checkedAt: now, refreshAfter: now + INTERVAL_MS })
     return this.entry
   }
 }
-const normalise = (s) => String(s).toLowerCase().replace(/[^a-z0-9]/g, '')
+const normalise = (s) =>
+  String(s)
+    .toLowerCase()
+    .replace(/[^a-z0-9]/g, '')
 const memo = new Map()
 const normaliseMemo = (s) => {
   let v = memo.get(s)
@@ -111,7 +129,8 @@ const headers = rateLimitHeaders({ fiveHour: 0.41, sevenDay: 0.73 })
 // sanity: both sides agree
 if (managers.memory.isMainStale(MODEL) !== plain.isMainStale(MODEL)) throw new Error('yardstick disagrees on isMainStale')
 if (!managers.memory.getMain(IDENTITY)?.quota.scoped?.length) throw new Error('no scoped window in the warm entry')
-if (managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL) || !managers.memory.getFallback(FALLBACK)) throw new Error('no fresh fallback entry')
+if (managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL) || !managers.memory.getFallback(FALLBACK))
+  throw new Error('no fresh fallback entry')
 
 const ops = [
   ['needsRefresh(n, model)', (m) => (i) => m.needsRefresh(i, MODEL)],
@@ -142,14 +161,22 @@ for (const [name, make] of ops) {
 // freshness checks against Date.now() (the floor of any time-dependent answer); issue 21 adds the
 // fallback reads (getFallback, isFallbackStale) against the same yardsticks.
 {
-  const map = new Map([[IDENTITY, managers.memory.getMain(IDENTITY)], [FALLBACK, managers.memory.getFallback(FALLBACK)]])
+  const map = new Map([
+    [IDENTITY, managers.memory.getMain(IDENTITY)],
+    [FALLBACK, managers.memory.getFallback(FALLBACK)],
+  ])
   const pairs = [
     ['getMain(identity) vs Map.get', () => managers.memory.getMain(IDENTITY) !== null, () => map.get(IDENTITY) !== null, 'JS Map.get'],
     ['needsRefresh(n, model) vs Date.now()', (i) => managers.memory.needsRefresh(i, MODEL), () => Date.now() === 0, 'Date.now()'],
     ['isMainStale(model) vs Date.now()', () => managers.memory.isMainStale(MODEL), () => Date.now() === 0, 'Date.now()'],
     ['isMainStale() vs Date.now()', () => managers.memory.isMainStale(), () => Date.now() === 0, 'Date.now()'],
     ['getFallback(id) vs Map.get', () => managers.memory.getFallback(FALLBACK) !== null, () => map.get(FALLBACK) !== null, 'JS Map.get'],
-    ['isFallbackStale(id, token, model) vs Date.now()', () => managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL), () => Date.now() === 0, 'Date.now()'],
+    [
+      'isFallbackStale(id, token, model) vs Date.now()',
+      () => managers.memory.isFallbackStale(FALLBACK, FALLBACK_TOKEN, MODEL),
+      () => Date.now() === 0,
+      'Date.now()',
+    ],
     ['isFallbackStale(id) vs Date.now()', () => managers.memory.isFallbackStale(FALLBACK), () => Date.now() === 0, 'Date.now()'],
   ]
   for (const [name, addonFn, jsFn, baseName] of pairs) {

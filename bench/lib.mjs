@@ -42,7 +42,12 @@ export function emit(bench, rows) {
 
 /** A realistic poll snapshot (5h, 7d, one scoped window, extra usage), as the manager keeps it. */
 export function pollSnapshot(now = Date.now()) {
-  const win = (used, resetsInMs) => ({ usedPercent: used, remainingPercent: 100 - used, resetsAt: new Date(now + resetsInMs).toISOString(), checkedAt: now })
+  const win = (used, resetsInMs) => ({
+    usedPercent: used,
+    remainingPercent: 100 - used,
+    resetsAt: new Date(now + resetsInMs).toISOString(),
+    checkedAt: now,
+  })
   return {
     five_hour: win(9, 2 * 3600e3),
     seven_day: win(68, 4 * 86400e3),
@@ -150,5 +155,7 @@ export function startWorker() {
 export async function killWorkers() {
   const procs = [...liveWorkers]
   for (const proc of procs) proc.kill('SIGKILL')
-  await Promise.all(procs.map((proc) => new Promise((done) => (proc.exitCode !== null || proc.signalCode !== null ? done() : proc.on('exit', done)))))
+  await Promise.all(
+    procs.map((proc) => new Promise((done) => (proc.exitCode !== null || proc.signalCode !== null ? done() : proc.on('exit', done)))),
+  )
 }

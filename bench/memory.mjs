@@ -36,7 +36,9 @@ process.stdout.write(JSON.stringify({ rss: after.rss - before.rss, heap: after.h
 
 function runChild(kind) {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', '--input-type=module', '-e', childCode(kind)], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const child = spawn(process.execPath, ['--expose-gc', '--input-type=module', '-e', childCode(kind)], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
     let out = ''
     child.stdout.on('data', (c) => (out += c))
     child.on('error', reject)
@@ -49,11 +51,18 @@ const plain = []
 for (let r = 0; r < RUNS; r++) {
   addon.push(await runChild('addon'))
   plain.push(await runChild('plain'))
-  log(`memory run ${r + 1}/${RUNS}: addon RSS +${(addon.at(-1).rss / 1024).toFixed(0)} KiB, plain JS Map RSS +${(plain.at(-1).rss / 1024).toFixed(0)} KiB`)
+  log(
+    `memory run ${r + 1}/${RUNS}: addon RSS +${(addon.at(-1).rss / 1024).toFixed(0)} KiB, plain JS Map RSS +${(plain.at(-1).rss / 1024).toFixed(0)} KiB`,
+  )
 }
 const kib = (runs, k) => runs.map((x) => x[k] / 1024)
 const group = `memory (${ROUTES.toLocaleString('en')} fallback routes)`
 emit('memory', [
-  row(group, 'RSS growth', kib(addon, 'rss'), 'KiB', { baseline: { name: 'plain JS Map', value: row('', '', kib(plain, 'rss'), '').value } }),
-  row(group, 'JS heap growth', kib(addon, 'heap'), 'KiB', { baseline: { name: 'plain JS Map', value: row('', '', kib(plain, 'heap'), '').value }, note: 'the addon keeps routes in Rust' }),
+  row(group, 'RSS growth', kib(addon, 'rss'), 'KiB', {
+    baseline: { name: 'plain JS Map', value: row('', '', kib(plain, 'rss'), '').value },
+  }),
+  row(group, 'JS heap growth', kib(addon, 'heap'), 'KiB', {
+    baseline: { name: 'plain JS Map', value: row('', '', kib(plain, 'heap'), '').value },
+    note: 'the addon keeps routes in Rust',
+  }),
 ])

@@ -49,8 +49,13 @@ function freePort() {
 async function startRedis() {
   if (spawnSync('redis-server', ['--version']).status !== 0) return null
   const port = await freePort()
-  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', freshDir()], { stdio: 'ignore' })
-  const ping = () => new Promise((done) => execFile('redis-cli', ['-p', String(port), 'PING'], (error, out) => done(!error && out.trim() === 'PONG')))
+  const proc = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', freshDir()],
+    { stdio: 'ignore' },
+  )
+  const ping = () =>
+    new Promise((done) => execFile('redis-cli', ['-p', String(port), 'PING'], (error, out) => done(!error && out.trim() === 'PONG')))
   for (let i = 0; i < 300 && !(await ping()); i++) await sleep(10)
   return { url: `redis://127.0.0.1:${port}/`, proc }
 }
@@ -65,7 +70,12 @@ async function runOnce(sim, k, redisUrl) {
     hosts.map((h) =>
       h.request({
         cmd: 'init',
-        options: { statePath: join(freshDir(), 'state.json'), usageUrl: sim.url, lockTimeoutMs: 20_000, ...(redisUrl ? { redis: { url: redisUrl, keyPrefix } } : {}) },
+        options: {
+          statePath: join(freshDir(), 'state.json'),
+          usageUrl: sim.url,
+          lockTimeoutMs: 20_000,
+          ...(redisUrl ? { redis: { url: redisUrl, keyPrefix } } : {}),
+        },
       }),
     ),
   )
@@ -84,7 +94,10 @@ async function main() {
   const redis = await startRedis()
   if (!redis) log('multi-host: redis-server is not installed: the Redis store column is skipped')
   const rows = []
-  const table = ['| hosts × callers | file store: requests | file store: wall | Redis store: requests | Redis store: wall |', '|---|---:|---:|---:|---:|']
+  const table = [
+    '| hosts × callers | file store: requests | file store: wall | Redis store: requests | Redis store: wall |',
+    '|---|---:|---:|---:|---:|',
+  ]
   try {
     for (const k of HOSTS) {
       const file = { wall: [], requests: [] }
@@ -103,14 +116,22 @@ async function main() {
       const group = `multi-host, ${CALLERS} callers per host, endpoint ${DELAY_MS} ms`
       const fileReq = median(file.requests)
       if (redis) {
-        rows.push(row(group, `${k} hosts: requests, Redis store`, shared.requests, 'requests', { baseline: { name: 'file store', value: fileReq } }))
-        rows.push(row(group, `${k} hosts: wall, Redis store`, shared.wall, 'ms', { baseline: { name: 'file store', value: median(file.wall) } }))
+        rows.push(
+          row(group, `${k} hosts: requests, Redis store`, shared.requests, 'requests', {
+            baseline: { name: 'file store', value: fileReq },
+          }),
+        )
+        rows.push(
+          row(group, `${k} hosts: wall, Redis store`, shared.wall, 'ms', { baseline: { name: 'file store', value: median(file.wall) } }),
+        )
       } else {
         rows.push(row(group, `${k} hosts: requests, file store`, file.requests, 'requests'))
         rows.push(row(group, `${k} hosts: wall, file store`, file.wall, 'ms'))
       }
       const ms = (values) => `${median(values).toFixed(0)} ms`
-      table.push(`| ${k} × ${CALLERS} | ${file.requests.join(', ')} | ${ms(file.wall)} | ${redis ? shared.requests.join(', ') : '—'} | ${redis ? ms(shared.wall) : '—'} |`)
+      table.push(
+        `| ${k} × ${CALLERS} | ${file.requests.join(', ')} | ${ms(file.wall)} | ${redis ? shared.requests.join(', ') : '—'} | ${redis ? ms(shared.wall) : '—'} |`,
+      )
       log(table.at(-1))
     }
   } finally {

@@ -52,7 +52,9 @@ const fmt = (value, unit) => {
 const rows = []
 const failures = []
 const started = performance.now()
-show(`anthropic-quota-manager benchmarks: node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU (${os.cpus()[0]?.model.trim() ?? '?'})${quick ? ', --quick' : ''}`)
+show(
+  `anthropic-quota-manager benchmarks: node ${process.version}, ${os.platform()} ${os.arch()}, ${os.cpus().length} CPU (${os.cpus()[0]?.model.trim() ?? '?'})${quick ? ', --quick' : ''}`,
+)
 for (const name of BENCHES.filter(selected)) {
   process.stderr.write(`\n== ${name}\n`)
   const result = await run(path.join(here, `${name}.mjs`), { capture: true })
@@ -89,19 +91,25 @@ for (const r of rows) {
   body.push([
     `  ${r.name}`,
     fmt(r.value, r.unit),
-    r.baseline ? `${fmt(r.baseline.value, r.unit)} ${r.baseline.name}` : r.note ?? '',
+    r.baseline ? `${fmt(r.baseline.value, r.unit)} ${r.baseline.name}` : (r.note ?? ''),
     r.ratio !== undefined && Number.isFinite(r.ratio) ? `${r.ratio >= 10 ? r.ratio.toFixed(0) : r.ratio.toFixed(2)}×` : '',
   ])
   if (r.baseline && r.note) body.push(['', '', r.note, ''])
 }
 const widths = header.map((_, i) => Math.max(...[header, ...body].map((r) => r[i].length)))
-const line = (r) => r.map((c, i) => (i === 1 || i === 3 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd()
+const line = (r) =>
+  r
+    .map((c, i) => (i === 1 || i === 3 ? c.padStart(widths[i]) : c.padEnd(widths[i])))
+    .join('  ')
+    .trimEnd()
 show('')
 show(line(header))
 show(widths.map((w) => '─'.repeat(w)).join('  '))
 for (const r of body) show(line(r))
 show('')
-show(`ratio = addon / yardstick (lower is better for time and memory). Runs per figure: ${[...new Set(rows.map((r) => r.runs))].join('/')}.`)
+show(
+  `ratio = addon / yardstick (lower is better for time and memory). Runs per figure: ${[...new Set(rows.map((r) => r.runs))].join('/')}.`,
+)
 if (!selected('cross-process')) show('cross-process benchmark: not selected')
 else if (fs.existsSync(crossFile)) show(`cross-process benchmark (its own output above): ${crossProcess}`)
 else show('cross-process benchmark: bench/cross-process.mjs not present, skipped')

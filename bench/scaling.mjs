@@ -117,10 +117,19 @@ function plainSeed(cache, accounts) {
   for (const id of cache.keys()) if (!listed.has(id)) cache.delete(id)
 }
 
-const accountsFor = (n, tag) => Array.from({ length: n }, (_, i) => ({ id: `acct-${tag}-${i}`, enabled: true, access: `token-${tag}-${i}`, expires: Date.now() + 3600e3 }))
+const accountsFor = (n, tag) =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `acct-${tag}-${i}`,
+    enabled: true,
+    access: `token-${tag}-${i}`,
+    expires: Date.now() + 3600e3,
+  }))
 
 /** `length` random-looking token characters (base64url). */
-const tokenChars = (length) => randomBytes(Math.ceil((length * 3) / 4)).toString('base64url').slice(0, length)
+const tokenChars = (length) =>
+  randomBytes(Math.ceil((length * 3) / 4))
+    .toString('base64url')
+    .slice(0, length)
 
 /**
  * Accounts shaped like the plugin's OAuth account records, each with its own poll snapshot, as
@@ -164,7 +173,14 @@ let overBudget = false
 const perAccount = {}
 for (const n of SIZES) {
   if (overBudget) {
-    rows.push({ group: 'refreshAllFallbacks (0 ms simulator)', name: `${n} accounts: wall per account`, value: NaN, unit: 'ms', runs: 0, note: 'skipped: a smaller size exceeded the budget' })
+    rows.push({
+      group: 'refreshAllFallbacks (0 ms simulator)',
+      name: `${n} accounts: wall per account`,
+      value: NaN,
+      unit: 'ms',
+      runs: 0,
+      note: 'skipped: a smaller size exceeded the budget',
+    })
     continue
   }
   const wall = []
@@ -175,7 +191,10 @@ for (const n of SIZES) {
     const start = performance.now()
     const { result, syncMs } = timed(() => manager.refreshAllFallbacks(accounts))
     let timer
-    const outcome = await Promise.race([result.then(() => 'done'), new Promise((resolve) => (timer = setTimeout(resolve, BUDGET_MS, 'timeout')))])
+    const outcome = await Promise.race([
+      result.then(() => 'done'),
+      new Promise((resolve) => (timer = setTimeout(resolve, BUDGET_MS, 'timeout'))),
+    ])
     clearTimeout(timer)
     const elapsed = performance.now() - start
     if (outcome === 'timeout') {
@@ -192,16 +211,33 @@ for (const n of SIZES) {
     const p = timed(() => plainRefreshAll(cache, accounts))
     await p.result
     plainWall.push((performance.now() - plainStart) / n)
-    log(`scaling refreshAllFallbacks n=${n} run ${r + 1}/${RUNS}: addon ${(elapsed / n).toFixed(3)} ms/account (sync ${syncMs.toFixed(1)} ms), plain JS ${plainWall.at(-1).toFixed(3)} ms/account (sync ${p.syncMs.toFixed(1)} ms)`)
+    log(
+      `scaling refreshAllFallbacks n=${n} run ${r + 1}/${RUNS}: addon ${(elapsed / n).toFixed(3)} ms/account (sync ${syncMs.toFixed(1)} ms), plain JS ${plainWall.at(-1).toFixed(3)} ms/account (sync ${p.syncMs.toFixed(1)} ms)`,
+    )
   }
   const group = 'refreshAllFallbacks (0 ms simulator)'
   perAccount[n] = median(wall)
-  const flat = n === SIZES.at(-1) && perAccount[SIZES[0]] ? `${(perAccount[n] / perAccount[SIZES[0]]).toFixed(2)}× the per-account time at ${SIZES[0]}` : undefined
+  const flat =
+    n === SIZES.at(-1) && perAccount[SIZES[0]]
+      ? `${(perAccount[n] / perAccount[SIZES[0]]).toFixed(2)}× the per-account time at ${SIZES[0]}`
+      : undefined
   // (the synchronous time of these calls, on minimal accounts, is only logged: section 2 reports it)
   if (plainWall.length) {
-    rows.push(row(group, `${n} accounts: wall per account`, wall, 'ms', { baseline: { name: 'plain-JS pool of 4', value: median(plainWall) }, note: flat }))
+    rows.push(
+      row(group, `${n} accounts: wall per account`, wall, 'ms', {
+        baseline: { name: 'plain-JS pool of 4', value: median(plainWall) },
+        note: flat,
+      }),
+    )
   } else {
-    rows.push({ group, name: `${n} accounts: wall per account`, value: Infinity, unit: 'ms', runs: 1, note: `did not finish in ${BUDGET_MS / 1000} s` })
+    rows.push({
+      group,
+      name: `${n} accounts: wall per account`,
+      value: Infinity,
+      unit: 'ms',
+      runs: 1,
+      note: `did not finish in ${BUDGET_MS / 1000} s`,
+    })
   }
 }
 
@@ -231,8 +267,15 @@ for (const n of SIZES) {
         await p.result
         plain.push(p.syncMs)
       }
-      log(`scaling refreshAllFallbacks n=${n}, ${label}: synchronous call ${median(addon).toFixed(2)} ms, plain JS ${median(plain).toFixed(2)} ms (medians of ${SYNC_RUNS})`)
-      figures[v].push(row(`refreshAllFallbacks: sync call, ${label}`, `${n} accounts`, addon, 'ms', { baseline: { name: 'plain-JS pool of 4', value: median(plain) }, note: perAccountNote(median(addon), n) }))
+      log(
+        `scaling refreshAllFallbacks n=${n}, ${label}: synchronous call ${median(addon).toFixed(2)} ms, plain JS ${median(plain).toFixed(2)} ms (medians of ${SYNC_RUNS})`,
+      )
+      figures[v].push(
+        row(`refreshAllFallbacks: sync call, ${label}`, `${n} accounts`, addon, 'ms', {
+          baseline: { name: 'plain-JS pool of 4', value: median(plain) },
+          note: perAccountNote(median(addon), n),
+        }),
+      )
     }
   }
   for (const group of figures) rows.push(...group)
@@ -268,11 +311,19 @@ for (const n of SIZES) {
       for (const [s, list] of lists.entries()) plain[s].push(timed(() => plainSeed(cache, list)).syncMs)
       if (cache.size !== n || cache.get(target.id).checkedAt !== now + 60e3) throw new Error('the yardstick did not seed')
     }
-    const stringifyNote = n === 10_000 ? `; JSON.stringify(list) alone: ${median(stringify).toFixed(1)} ms (${perAccountNote(median(stringify), n)})` : ''
+    const stringifyNote =
+      n === 10_000 ? `; JSON.stringify(list) alone: ${median(stringify).toFixed(1)} ms (${perAccountNote(median(stringify), n)})` : ''
     for (const [s, scenario] of scenarios.entries()) {
       const value = median(addon[s])
-      log(`scaling seedFallbacksFromAccounts n=${n}, ${scenario}: ${value.toFixed(2)} ms, plain JS ${median(plain[s]).toFixed(2)} ms (medians of ${SYNC_RUNS})`)
-      figures[s].push(row(`seedFallbacksFromAccounts: sync call, ${scenario}`, `${n} accounts`, addon[s], 'ms', { baseline: { name: "plain-JS Map (plugin's algorithm)", value: median(plain[s]) }, note: perAccountNote(value, n) + stringifyNote }))
+      log(
+        `scaling seedFallbacksFromAccounts n=${n}, ${scenario}: ${value.toFixed(2)} ms, plain JS ${median(plain[s]).toFixed(2)} ms (medians of ${SYNC_RUNS})`,
+      )
+      figures[s].push(
+        row(`seedFallbacksFromAccounts: sync call, ${scenario}`, `${n} accounts`, addon[s], 'ms', {
+          baseline: { name: "plain-JS Map (plugin's algorithm)", value: median(plain[s]) },
+          note: perAccountNote(value, n) + stringifyNote,
+        }),
+      )
     }
     log(`scaling JSON.stringify of ${n} accounts: ${median(stringify).toFixed(2)} ms`)
   }
@@ -302,9 +353,19 @@ for (const n of SIZES) {
     // let any off-thread load finish before the next run; the manager is then closed
     await t.result.close()
     plain.push(timed(() => JSON.parse(fs.readFileSync(statePath, 'utf8'))).syncMs)
-    log(`scaling: constructor on the big file ${t.syncMs.toFixed(0)} ms on the JS thread, plain readFileSync + JSON.parse ${plain.at(-1).toFixed(0)} ms`)
+    log(
+      `scaling: constructor on the big file ${t.syncMs.toFixed(0)} ms on the JS thread, plain readFileSync + JSON.parse ${plain.at(-1).toFixed(0)} ms`,
+    )
   }
-  rows.push(row(`state file of ${(bytes / 1e6).toFixed(0)} MB (${count.toLocaleString('en')} routes)`, 'new QuotaManager: JS-thread time', addon, 'ms', { baseline: { name: 'readFileSync + JSON.parse', value: median(plain) } }))
+  rows.push(
+    row(
+      `state file of ${(bytes / 1e6).toFixed(0)} MB (${count.toLocaleString('en')} routes)`,
+      'new QuotaManager: JS-thread time',
+      addon,
+      'ms',
+      { baseline: { name: 'readFileSync + JSON.parse', value: median(plain) } },
+    ),
+  )
 }
 
 emit('scaling', rows)

@@ -64,7 +64,9 @@ for (let r = 0; r < RUNS; r++) {
   )
   await manager.close()
   plain.push(await measure(() => plainSingleFlight(sim.url)))
-  log(`single flight run ${r + 1}/${RUNS}: addon ${addon.at(-1).requests} req ${addon.at(-1).wall.toFixed(1)} ms p99 ${addon.at(-1).p99.toFixed(1)} ms max ${addon.at(-1).max.toFixed(1)} ms; plain JS ${plain.at(-1).wall.toFixed(1)} ms p99 ${plain.at(-1).p99.toFixed(1)} ms`)
+  log(
+    `single flight run ${r + 1}/${RUNS}: addon ${addon.at(-1).requests} req ${addon.at(-1).wall.toFixed(1)} ms p99 ${addon.at(-1).p99.toFixed(1)} ms max ${addon.at(-1).max.toFixed(1)} ms; plain JS ${plain.at(-1).wall.toFixed(1)} ms p99 ${plain.at(-1).p99.toFixed(1)} ms`,
+  )
 }
 // Issuing 1,000 concurrent refreshMain calls: the synchronous time of the loop that issues
 // them (until the last call has returned its promise), against a TypeScript-style single flight
@@ -103,16 +105,22 @@ for (let r = 0; r < RUNS * 3; r++) {
   issuePlain.push(performance.now() - start)
   await Promise.all(tsCalls)
 }
-log(`single flight: issuing ${ISSUE} refreshMain: addon ${row('', '', issueAddon, '').value.toFixed(2)} ms, TS-style ${row('', '', issuePlain, '').value.toFixed(2)} ms`)
+log(
+  `single flight: issuing ${ISSUE} refreshMain: addon ${row('', '', issueAddon, '').value.toFixed(2)} ms, TS-style ${row('', '', issuePlain, '').value.toFixed(2)} ms`,
+)
 await sim.close()
 fs.rmSync(dir, { recursive: true, force: true })
 
 const pick = (runs, k) => runs.map((x) => x[k])
 const base = (runs, k) => ({ name: 'plain-JS single flight', value: row('', '', pick(runs, k), '').value })
 emit('single-flight', [
-  row('single flight (10,000 concurrent refreshMain)', 'requests sent', pick(addon, 'requests'), 'requests', { baseline: base(plain, 'requests') }),
+  row('single flight (10,000 concurrent refreshMain)', 'requests sent', pick(addon, 'requests'), 'requests', {
+    baseline: base(plain, 'requests'),
+  }),
   row('single flight (10,000 concurrent refreshMain)', 'wall time', pick(addon, 'wall'), 'ms', { baseline: base(plain, 'wall') }),
   row('single flight (10,000 concurrent refreshMain)', 'p99 event-loop delay', pick(addon, 'p99'), 'ms', { baseline: base(plain, 'p99') }),
   row('single flight (10,000 concurrent refreshMain)', 'max event-loop delay', pick(addon, 'max'), 'ms', { baseline: base(plain, 'max') }),
-  row('single flight (1,000 concurrent refreshMain)', 'issuing the calls (synchronous)', issueAddon, 'ms', { baseline: { name: 'TypeScript-style single flight', value: row('', '', issuePlain, '').value } }),
+  row('single flight (1,000 concurrent refreshMain)', 'issuing the calls (synchronous)', issueAddon, 'ms', {
+    baseline: { name: 'TypeScript-style single flight', value: row('', '', issuePlain, '').value },
+  }),
 ])

@@ -157,7 +157,8 @@ function readRegularFile(filePath) {
       const read = fs.readSync(fd, buffer, length, buffer.length - length, null)
       if (read === 0) break
       length += read
-      if (length > MAX_STATE_FILE_BYTES) throw new CliError(`cannot read state file ${filePath}: it grew past the ${MAX_STATE_FILE_BYTES} bytes this tool reads`, 1)
+      if (length > MAX_STATE_FILE_BYTES)
+        throw new CliError(`cannot read state file ${filePath}: it grew past the ${MAX_STATE_FILE_BYTES} bytes this tool reads`, 1)
     }
     return buffer.toString('utf8', 0, length)
   } finally {
@@ -422,7 +423,9 @@ async function refresh(argv) {
     try {
       const routes = readState(statePath).routes ?? {}
       const fp = tokenFingerprint(token)
-      const matches = Object.keys(routes).filter((k) => parseRouteKey(k)?.kind === 'main' && isObject(routes[k]) && routes[k].tokenFingerprint === fp)
+      const matches = Object.keys(routes).filter(
+        (k) => parseRouteKey(k)?.kind === 'main' && isObject(routes[k]) && routes[k].tokenFingerprint === fp,
+      )
       if (matches.length === 1) identity = parseRouteKey(matches[0]).id
     } catch {
       // no usable file yet: the manager creates (or sets aside) it
@@ -441,7 +444,12 @@ async function refresh(argv) {
     if (!identity) result.identity = answer.quota.accountIdentity ?? null
   } catch (error) {
     result.ok = false
-    result.error = { code: error.code ?? 'ERROR', message: String(error.message), status: error.status ?? null, nextRetryAt: error.nextRetryAt ?? null }
+    result.error = {
+      code: error.code ?? 'ERROR',
+      message: String(error.message),
+      status: error.status ?? null,
+      nextRetryAt: error.nextRetryAt ?? null,
+    }
   } finally {
     await manager.close()
   }
@@ -450,7 +458,8 @@ async function refresh(argv) {
     print(JSON.stringify({ refresh: result, status: doc }, null, 2))
   } else {
     const who = result.identity ? `main:${result.identity}` : 'main route'
-    if (result.ok) print(fit(`${who}: ${result.fetched ? 'refreshed (one usage request sent)' : 'answered from the state file (no request)'}`, WIDTH))
+    if (result.ok)
+      print(fit(`${who}: ${result.fetched ? 'refreshed (one usage request sent)' : 'answered from the state file (no request)'}`, WIDTH))
     else process.stderr.write(fit(`${PROGRAM}: refresh: ${who}: ${result.error.code}: ${result.error.message}`, WIDTH) + '\n')
     print('\n' + renderStatus(doc))
   }

@@ -40,11 +40,13 @@ for (const arg of args) {
   }
 }
 if (args.includes('--help') || args.includes('-h')) {
-  console.log('Usage: npm start [-- --real] [-- --clean]\n' +
-    '  (default)  simulator on 127.0.0.1: no network, no token\n' +
-    '  --real     use $ANTHROPIC_OAUTH_TOKEN against the real usage endpoint\n' +
-    '             (or ANTHROPIC_QUOTA_DEMO_REAL=1); exits 2 without a token\n' +
-    '  --clean    delete the temporary state directory at the end')
+  console.log(
+    'Usage: npm start [-- --real] [-- --clean]\n' +
+      '  (default)  simulator on 127.0.0.1: no network, no token\n' +
+      '  --real     use $ANTHROPIC_OAUTH_TOKEN against the real usage endpoint\n' +
+      '             (or ANTHROPIC_QUOTA_DEMO_REAL=1); exits 2 without a token\n' +
+      '  --clean    delete the temporary state directory at the end',
+  )
   process.exit(0)
 }
 const REAL = args.includes('--real') || process.env.ANTHROPIC_QUOTA_DEMO_REAL === '1'
@@ -60,7 +62,8 @@ const pct = (n) => `${Math.round(n)}%`.padStart(4)
 function table(header, rows, indent = '   ', align = 'l' + 'r'.repeat(header.length - 1)) {
   const all = [header, ...rows]
   const widths = header.map((_, i) => Math.max(...all.map((r) => String(r[i]).length)))
-  const line = (r) => (indent + r.map((c, i) => (align[i] === 'l' ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join('  ')).trimEnd()
+  const line = (r) =>
+    (indent + r.map((c, i) => (align[i] === 'l' ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join('  ')).trimEnd()
   out(line(header))
   for (const r of rows) out(line(r))
 }
@@ -160,11 +163,19 @@ async function simulatorTour() {
   const r2 = await runProcesses(3, { statePath, usageUrl: sim.url, identity: TEAM, token: 'demo-token-team', callers: 100 })
   table(
     ['process', 'callers', 'requests', 'got the 429 error', 'served cached (stale)'],
-    r2.map((r, i) => [`#${i + 1} pid ${r.pid}`, r.callers, r.stats.apiCalls, Object.values(r.errors).reduce((a, b) => a + b, 0), r.fromCache]),
+    r2.map((r, i) => [
+      `#${i + 1} pid ${r.pid}`,
+      r.callers,
+      r.stats.apiCalls,
+      Object.values(r.errors).reduce((a, b) => a + b, 0),
+      r.fromCache,
+    ]),
   )
   const teamRecord = readState(statePath).routes[`main:${TEAM}`]
   const b = teamRecord.backoff
-  out(`   → ${sim.requests - before2} request${sim.requests - before2 === 1 ? '' : 's'}. The state file now holds the backoff: attempt ${b.attempts},`)
+  out(
+    `   → ${sim.requests - before2} request${sim.requests - before2 === 1 ? '' : 's'}. The state file now holds the backoff: attempt ${b.attempts},`,
+  )
   out(`     ${formatDuration(b.nextRetryAt - b.lastError.checkedAt)} (60 s + up to 10 % jitter), shared by every process.`)
   const before2b = sim.requests
   const [late] = await runProcesses(1, { statePath, usageUrl: sim.url, identity: TEAM, token: 'demo-token-team', callers: 20 })
@@ -264,7 +275,13 @@ async function simulatorTour() {
     const why = verdict.passes
       ? '✓ passes'
       : `✗ ${verdict.reason}${verdict.blockedUntil ? ` (${formatDuration(verdict.blockedUntil - Date.now())})` : ''}`
-    return [name, `${bar(quota?.five_hour?.usedPercent, 10)}${pct(quota?.five_hour?.usedPercent ?? 0)}`, `${bar(quota?.seven_day?.usedPercent, 10)}${pct(quota?.seven_day?.usedPercent ?? 0)}`, fable ? pct(fable.usedPercent) : '   -', why]
+    return [
+      name,
+      `${bar(quota?.five_hour?.usedPercent, 10)}${pct(quota?.five_hour?.usedPercent ?? 0)}`,
+      `${bar(quota?.seven_day?.usedPercent, 10)}${pct(quota?.seven_day?.usedPercent ?? 0)}`,
+      fable ? pct(fable.usedPercent) : '   -',
+      why,
+    ]
   })
   table(['route', '5h used', '7d used', 'Fable', 'evaluateQuota'], routeRows, '   ', 'lrrrl')
   out(`   → ${chosen ? `route to fallback ${chosen}` : 'no usable route'} (${sim.requests - before4} requests: one per fallback).`)
@@ -348,9 +365,22 @@ async function finish({ requests, childStats }) {
   }
   out('')
   out('   stats(): the child processes (summed) and the managers in this process:')
-  const keys = ['apiCalls', 'joinedInFlight', 'joinedOtherProcess', 'servedDuringBackoff', 'lockWaits', 'lockTimeouts', 'stateWrites', 'callbackErrors']
+  const keys = [
+    'apiCalls',
+    'joinedInFlight',
+    'joinedOtherProcess',
+    'servedDuringBackoff',
+    'lockWaits',
+    'lockTimeouts',
+    'stateWrites',
+    'callbackErrors',
+  ]
   const columns = [['children', childStats], ...managers.map(([label, m]) => [label, m.stats()])]
-  table(['', ...columns.map(([label]) => label)], keys.map((k) => [k, ...columns.map(([, st]) => st[k] ?? 0)]), '     ')
+  table(
+    ['', ...columns.map(([label]) => label)],
+    keys.map((k) => [k, ...columns.map(([, st]) => st[k] ?? 0)]),
+    '     ',
+  )
   if (requests !== undefined) out(`   The simulator received ${requests} requests in all.`)
   out('')
   out('   Look at it again with the status command:')
@@ -361,7 +391,9 @@ async function finish({ requests, childStats }) {
   } else {
     out(`   (left in place; remove with: rm -r ${dir})`)
   }
-  out(`\nDone in ${(performance.now() - started) / 1000 < 10 ? ((performance.now() - started) / 1000).toFixed(1) : Math.round((performance.now() - started) / 1000)} s.`)
+  out(
+    `\nDone in ${(performance.now() - started) / 1000 < 10 ? ((performance.now() - started) / 1000).toFixed(1) : Math.round((performance.now() - started) / 1000)} s.`,
+  )
 }
 
 // ----- --real ----------------------------------------------------------------------------------
@@ -387,7 +419,16 @@ async function realTour() {
   const r = await runProcesses(3, { statePath, identity, token, callers: 50, usageUrl })
   table(
     ['process', 'callers', 'requests', 'joined in-process', 'via other process', 'errors'],
-    r.map((x, i) => [`#${i + 1} pid ${x.pid}`, x.callers, x.stats.apiCalls, x.stats.joinedInFlight, x.stats.joinedOtherProcess, Object.entries(x.errors).map(([k, v]) => `${k}×${v}`).join(' ') || '0']),
+    r.map((x, i) => [
+      `#${i + 1} pid ${x.pid}`,
+      x.callers,
+      x.stats.apiCalls,
+      x.stats.joinedInFlight,
+      x.stats.joinedOtherProcess,
+      Object.entries(x.errors)
+        .map(([k, v]) => `${k}×${v}`)
+        .join(' ') || '0',
+    ]),
   )
   const sent = r.reduce((n, x) => n + x.stats.apiCalls, 0)
   out(`   → ${sent} request${sent === 1 ? '' : 's'} to the endpoint for ${r.reduce((n, x) => n + x.callers, 0)} callers.`)
@@ -411,7 +452,7 @@ async function realTour() {
     out(`   evaluateQuota (keep ≥10 % 5h, ≥5 % 7d) → ${verdict.passes ? 'passes' : `blocked: ${verdict.reason}`}`)
   } else {
     out('   No snapshot yet. (The real endpoint often answers 429: that is its own')
-    out('   rate limit, and the demo\'s state file now carries the backoff.)')
+    out("   rate limit, and the demo's state file now carries the backoff.)")
   }
   out('')
   out('   Sections 2–4 (429 ladder, header harvest, routing) need a controllable endpoint:')

@@ -115,11 +115,7 @@ export async function bindMainIdentity(accessToken: string, providerChanged: boo
   if (accessToken !== boundAccessToken) {
     boundAccessToken = accessToken
     mainQuotaKey = await resolveQuotaKey(accessToken)
-    const cleared = quotaManager.setMainQuotaAccountIdentity(
-      mainQuotaKey,
-      accessToken.startsWith('sk-ant-oat'),
-      providerChanged,
-    )
+    const cleared = quotaManager.setMainQuotaAccountIdentity(mainQuotaKey, accessToken.startsWith('sk-ant-oat'), providerChanged)
     if (cleared !== undefined) await persistMainClear(cleared)
   }
   // The generation a request-bound refresh must still match when it starts.

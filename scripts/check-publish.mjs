@@ -21,9 +21,7 @@ for (const script of ['preinstall', 'install', 'postinstall', 'prepare']) {
 }
 
 const npmDir = path.join(root, 'npm')
-const platformPackages = fs.readdirSync(npmDir).map((dir) =>
-  JSON.parse(fs.readFileSync(path.join(npmDir, dir, 'package.json'), 'utf8')),
-)
+const platformPackages = fs.readdirSync(npmDir).map((dir) => JSON.parse(fs.readFileSync(path.join(npmDir, dir, 'package.json'), 'utf8')))
 if (platformPackages.length !== manifest.napi.targets.length) {
   problems.push(`${manifest.napi.targets.length} napi targets but ${platformPackages.length} npm/ packages`)
 }

@@ -44,7 +44,15 @@ function usageBody({
 }
 
 /** `anthropic-ratelimit-unified-*` headers as a /v1/messages response carries them. */
-function rateLimitHeaders({ fiveHour = 0.12, sevenDay = 0.7, fiveHourReset, sevenDayReset, status = 'allowed', claim = 'five_hour', fallback } = {}) {
+function rateLimitHeaders({
+  fiveHour = 0.12,
+  sevenDay = 0.7,
+  fiveHourReset,
+  sevenDayReset,
+  status = 'allowed',
+  claim = 'five_hour',
+  fallback,
+} = {}) {
   const now = Math.floor(Date.now() / 1000)
   const headers = {
     'anthropic-ratelimit-unified-status': status,

@@ -171,9 +171,7 @@ export interface FallbackAccountLineage {
  * Response headers as the host has them: a plain object, or anything iterable as `[name, value]`
  * pairs with an `entries()` method (`response.headers`, a `Headers`, a `Map`).
  */
-export type HeadersInput =
-  | Record<string, string>
-  | { entries(): IterableIterator<[string, string]> }
+export type HeadersInput = Record<string, string> | { entries(): IterableIterator<[string, string]> }
 
 export interface QuotaSnapshotRequest {
   kind: 'main' | 'fallback'
@@ -249,9 +247,7 @@ export interface QuotaManagerOptions {
       ) => unknown)
     | undefined
   onApiError?: ((error: QuotaApiError, errorGeneration: number) => unknown) | undefined
-  onFallbackQuotaFetched?:
-    | ((accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => unknown)
-    | undefined
+  onFallbackQuotaFetched?: ((accountId: string, quota: QuotaSnapshot, checkedAt: number, fetchStartedAt: number) => unknown) | undefined
   onFallbackApiError?: ((accountId: string, error: QuotaApiError) => unknown) | undefined
 }
 
@@ -300,8 +296,7 @@ export interface RedisOptions {
 
 export interface QuotaPolicy {
   minimumRemaining?:
-    | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
-    | undefined
+    { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined } | undefined
   /** Default `true`: unknown quota fails closed, as the plugin's policy does. */
   failClosedOnUnknownQuota?: boolean | undefined
 }

@@ -42,10 +42,9 @@ export interface RecordedEvents {
   fallbackErrors: Array<{ accountId: string; error: QuotaApiError }>
 }
 
-export function recordingCallbacks(events: RecordedEvents): Pick<
-  QuotaManagerOptions,
-  'onMainQuotaFetched' | 'onApiError' | 'onFallbackQuotaFetched' | 'onFallbackApiError'
-> {
+export function recordingCallbacks(
+  events: RecordedEvents,
+): Pick<QuotaManagerOptions, 'onMainQuotaFetched' | 'onApiError' | 'onFallbackQuotaFetched' | 'onFallbackApiError'> {
   return {
     onMainQuotaFetched: (quota, checkedAt, fingerprint, fetchStartedAt) => {
       events.mainFetched.push({ quota, checkedAt, fingerprint, fetchStartedAt })

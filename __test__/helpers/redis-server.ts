@@ -57,9 +57,13 @@ export class RedisServer {
   }
 
   private async run(): Promise<void> {
-    this.proc = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir], {
-      stdio: 'ignore',
-    })
+    this.proc = spawn(
+      'redis-server',
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', this.dir],
+      {
+        stdio: 'ignore',
+      },
+    )
     for (let i = 0; i < 500; i++) {
       try {
         if ((await redisCommand(this.port, ['PING'], 500)) === 'PONG') return

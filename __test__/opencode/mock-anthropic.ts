@@ -63,7 +63,11 @@ function streamAnswer(response: ServerResponse, model: string): void {
   sse(response, 'content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } })
   sse(response, 'content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: ANSWER_TEXT } })
   sse(response, 'content_block_stop', { type: 'content_block_stop', index: 0 })
-  sse(response, 'message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: 8 } })
+  sse(response, 'message_delta', {
+    type: 'message_delta',
+    delta: { stop_reason: 'end_turn', stop_sequence: null },
+    usage: { output_tokens: 8 },
+  })
   sse(response, 'message_stop', { type: 'message_stop' })
   response.end()
 }

@@ -45,10 +45,14 @@ function installOpenCode(): string {
   if (!existsSync(stamp)) {
     rmSync(CACHE, { recursive: true, force: true })
     mkdirSync(CACHE, { recursive: true })
-    execFileSync('npm', ['install', '--prefix', CACHE, '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--loglevel=error', ...packages], {
-      stdio: 'inherit',
-      timeout: 300_000,
-    })
+    execFileSync(
+      'npm',
+      ['install', '--prefix', CACHE, '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--loglevel=error', ...packages],
+      {
+        stdio: 'inherit',
+        timeout: 300_000,
+      },
+    )
     writeFileSync(stamp, '')
   }
   return join(CACHE, 'node_modules', '.bin', 'opencode')
@@ -202,9 +206,25 @@ describe(`real OpenCode ${OPENCODE_VERSION} with the plugin example`, () => {
     await withMock({ usage: () => usageAnswer(10), rateLimits: () => quotaLeft }, async (mock) => {
       const project = makeProject('typecheck', mock)
       const tsc = join(REPO, 'node_modules', 'typescript', 'bin', 'tsc')
-      const args = ['--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext', '--moduleResolution', 'nodenext', '--skipLibCheck', '--types', 'node']
+      const args = [
+        '--noEmit',
+        '--strict',
+        '--target',
+        'es2022',
+        '--module',
+        'nodenext',
+        '--moduleResolution',
+        'nodenext',
+        '--skipLibCheck',
+        '--types',
+        'node',
+      ]
       try {
-        execFileSync(process.execPath, [tsc, ...args, join('plugins', 'quota-routing.ts')], { cwd: project.dir, encoding: 'utf8', stdio: 'pipe' })
+        execFileSync(process.execPath, [tsc, ...args, join('plugins', 'quota-routing.ts')], {
+          cwd: project.dir,
+          encoding: 'utf8',
+          stdio: 'pipe',
+        })
       } catch (error) {
         throw new Error(`tsc: ${String((error as { stdout?: string }).stdout ?? error)}`, { cause: error })
       }
@@ -216,7 +236,9 @@ describe(`real OpenCode ${OPENCODE_VERSION} with the plugin example`, () => {
       const project = makeProject('main-has-quota', mock)
       const runs = await runProcesses(project.dir)
       expectEveryRunAnswered(runs)
-      console.log(`[opencode e2e] main has quota: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`)
+      console.log(
+        `[opencode e2e] main has quota: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`,
+      )
       expect(mock.usageCalls).toEqual([MAIN_TOKEN])
       expect(mock.messageTokens.length).toBe(2 * runs.length)
       expect(new Set(mock.messageTokens)).toEqual(new Set([MAIN_TOKEN]))
@@ -230,7 +252,9 @@ describe(`real OpenCode ${OPENCODE_VERSION} with the plugin example`, () => {
       const project = makeProject('main-exhausted', mock)
       const runs = await runProcesses(project.dir)
       expectEveryRunAnswered(runs)
-      console.log(`[opencode e2e] main exhausted: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`)
+      console.log(
+        `[opencode e2e] main exhausted: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`,
+      )
       expect(mock.usageCallsFor(MAIN_TOKEN)).toBe(1)
       expect(mock.usageCallsFor(FALLBACK_TOKEN)).toBe(1)
       expect(mock.usageCalls).toHaveLength(2)
@@ -240,13 +264,19 @@ describe(`real OpenCode ${OPENCODE_VERSION} with the plugin example`, () => {
   })
 
   it('the usage endpoint answers 429: one call in all, every process backed off and still answering', async () => {
-    const usage = () => ({ status: 429, body: { type: 'error', error: { type: 'rate_limit_error', message: 'slow down' } }, headers: { 'retry-after': '0' } })
+    const usage = () => ({
+      status: 429,
+      body: { type: 'error', error: { type: 'rate_limit_error', message: 'slow down' } },
+      headers: { 'retry-after': '0' },
+    })
     await withMock({ usage, rateLimits: () => quotaLeft }, async (mock) => {
       // Unknown quota routes to main (the plugin's `failClosedOnUnknownQuota: false`).
       const project = makeProject('usage-429', mock, false)
       const runs = await runProcesses(project.dir)
       expectEveryRunAnswered(runs)
-      console.log(`[opencode e2e] usage 429: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`)
+      console.log(
+        `[opencode e2e] usage 429: usage calls main=${mock.usageCallsFor(MAIN_TOKEN)} fallback=${mock.usageCallsFor(FALLBACK_TOKEN)}, model requests ${mock.messageTokens.length}`,
+      )
       expect(mock.usageCalls).toEqual([MAIN_TOKEN])
       expect(new Set(mock.messageTokens)).toEqual(new Set([MAIN_TOKEN]))
       // The backoff every process obeyed is the shared one, armed once.

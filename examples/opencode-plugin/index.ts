@@ -14,13 +14,7 @@
 import { readFile } from 'node:fs/promises'
 
 import type { Plugin } from '@opencode-ai/plugin'
-import {
-  QuotaManager,
-  evaluateQuota,
-  type QuotaManagerOptions,
-  type QuotaPolicy,
-  type QuotaSnapshot,
-} from 'anthropic-quota-manager'
+import { QuotaManager, evaluateQuota, type QuotaManagerOptions, type QuotaPolicy, type QuotaSnapshot } from 'anthropic-quota-manager'
 
 /** The plugin's options: the second element of its entry in the `plugin` list. */
 export interface QuotaRoutingOptions {
@@ -60,8 +54,7 @@ export const QuotaRoutingPlugin: Plugin = async (_input, options) => {
   if (settings.checkIntervalMinutes !== undefined) managerOptions.checkIntervalMinutes = settings.checkIntervalMinutes
   const quota = new QuotaManager(managerOptions)
   const policy: QuotaPolicy = { failClosedOnUnknownQuota: settings.failClosedOnUnknownQuota ?? true }
-  const passes = (snapshot: QuotaSnapshot | undefined, model: string | undefined): boolean =>
-    evaluateQuota(snapshot, policy, model).passes
+  const passes = (snapshot: QuotaSnapshot | undefined, model: string | undefined): boolean => evaluateQuota(snapshot, policy, model).passes
 
   async function fallbackLogins(): Promise<FallbackLogin[]> {
     if (!settings.accountsFile) return []
@@ -152,7 +145,10 @@ function modelOf(body: BodyInit | null | undefined): string | undefined {
 }
 
 function withOAuthBeta(betas: string | null): string {
-  const list = (betas ?? '').split(',').map((b) => b.trim()).filter(Boolean)
+  const list = (betas ?? '')
+    .split(',')
+    .map((b) => b.trim())
+    .filter(Boolean)
   if (!list.includes('oauth-2025-04-20')) list.push('oauth-2025-04-20')
   return list.join(',')
 }

@@ -14,7 +14,9 @@ export type OAuthQuotaSnapshot = {
   extraUsage?: { used: QuotaMoney; limit: QuotaMoney; utilizationPercent?: number; severity?: string; exhausted: boolean }
   bindingWindow?: string
   bindingWindowSource?: 'poll' | 'headers'
-  fieldSources?: Partial<Record<'five_hour' | 'seven_day' | 'scoped' | 'extraUsage' | 'bindingWindow' | 'fallbackAdvised', 'poll' | 'headers'>>
+  fieldSources?: Partial<
+    Record<'five_hour' | 'seven_day' | 'scoped' | 'extraUsage' | 'bindingWindow' | 'fallbackAdvised', 'poll' | 'headers'>
+  >
   fallbackAdvised?: boolean
   source?: 'poll' | 'headers'
   checkedAt?: number

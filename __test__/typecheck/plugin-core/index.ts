@@ -4,10 +4,4 @@
 // replaces the barrel's `export * from './quota-manager.ts'`.
 
 export * from './accounts.js'
-export {
-  QuotaManager,
-  tokenFingerprint,
-  type QuotaEntry,
-  type QuotaManagerOptions,
-  type QuotaRefreshResult,
-} from '../../../index.js'
+export { QuotaManager, tokenFingerprint, type QuotaEntry, type QuotaManagerOptions, type QuotaRefreshResult } from '../../../index.js'
