@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use super::backoff::{BackoffConfig, BackoffState};
 use super::error::QuotaError;
 use super::fingerprint::fingerprint;
-use super::snapshot::QuotaEntry;
+use super::snapshot::{QuotaEntry, WindowKind};
 use platform::{open_lock_file, FileStamp};
 
 /// The schema this build reads and writes. A file of an older (or no) version is set aside; a
@@ -151,9 +151,10 @@ impl RouteRecord {
             };
             let quota = &mut entry.quota;
             quota.checked_at = quota.checked_at.map(seen);
-            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()].into_iter().flatten()
-            {
-                window.checked_at = seen(window.checked_at);
+            for kind in WindowKind::ALL {
+                if let Some(window) = quota.window_mut(kind) {
+                    window.checked_at = seen(window.checked_at);
+                }
             }
             for window in quota.scoped.iter_mut().flatten() {
                 window.checked_at = seen(window.checked_at);
