@@ -12,13 +12,16 @@
 //! - text fields are trimmed and kept when non-blank; `fallbackAdvised` when a boolean;
 //!   `extraUsage`, `source`, `bindingWindowSource` and `fieldSources` when they read as their
 //!   types; a repeated key counts as its last occurrence, as in a `Value` (serde's derive would
-//!   refuse it, hence the key-by-key [`Fields`] reader).
+//!   refuse it, hence the key-by-key [`Fields`] reader). Leaves are `serde_with`'s [`DefaultOnError`].
 
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{Deserializer, IgnoredAny, IntoDeserializer, MapAccess, Visitor};
+use serde::de::{
+    DeserializeOwned, Deserializer, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde::Deserialize;
+use serde_json::Value;
 use serde_with::de::DeserializeAsWrap;
 use serde_with::DefaultOnError;
 
@@ -29,8 +32,8 @@ pub struct LenientSnapshot(pub Option<QuotaSnapshot>);
 
 impl<'de> Deserialize<'de> for LenientSnapshot {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let read = Lenient::<Fields<QuotaSnapshot>>::deserialize(deserializer)?.into_inner();
-        Ok(Self(read.map(|Fields(mut snapshot)| {
+        let Fields(read) = Fields::<QuotaSnapshot>::deserialize(deserializer)?;
+        Ok(Self(read.map(|mut snapshot| {
             snapshot.settle_field_sources();
             snapshot
         })))
@@ -57,6 +60,12 @@ fn non_blank<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<String>, A::E
     }))
 }
 
+/// A field kept when it reads as its own serde type. Read through a (small) `Value` rather than
+/// [`lenient`], so that a repeated key inside it also counts as its last occurrence.
+fn typed<'de, T: DeserializeOwned, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T>, A::Error> {
+    Ok(T::deserialize(&map.next_value::<Value>()?).ok())
+}
+
 /// A non-negative whole-millisecond timestamp below 9e15 (fractions are truncated), as
 /// [`crate::snapshot::timestamp_from_value`] reads one.
 fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Error> {
@@ -64,8 +73,10 @@ fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Erro
     Ok(number.filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64))
 }
 
-/// An object read key by key into `T`.
-struct Fields<T>(T);
+/// An object read key by key into `T`; any other value is consumed and read as `None`. Not
+/// [`Lenient`]: `serde_with` would first buffer the whole object, which made seeding 10,000
+/// snapshots measurably slower, and objects are where the bytes are.
+struct Fields<T>(Option<T>);
 
 /// How one kind of object takes each of its keys.
 trait ReadFields<'de>: Default {
@@ -76,25 +87,58 @@ trait ReadFields<'de>: Default {
 
 impl<'de, T: ReadFields<'de>> Deserialize<'de> for Fields<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor<T>(PhantomData<T>);
+        deserializer.deserialize_any(FieldsVisitor(PhantomData))
+    }
+}
 
-        impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
-            type Value = Fields<T>;
+struct FieldsVisitor<T>(PhantomData<T>);
 
-            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                formatter.write_str("an object")
-            }
+impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
+    type Value = Fields<T>;
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = T::default();
-                while let Some(key) = map.next_key()? {
-                    fields.read(key, &mut map)?;
-                }
-                Ok(Fields(fields))
-            }
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = T::default();
+        while let Some(key) = map.next_key()? {
+            fields.read(key, &mut map)?;
         }
+        Ok(Fields(Some(fields)))
+    }
 
-        deserializer.deserialize_map(FieldsVisitor(PhantomData))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Fields(None))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Fields(None))
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
 }
 
@@ -216,27 +260,27 @@ impl<'de> ReadFields<'de> for QuotaSnapshot {
     fn read<A: MapAccess<'de>>(&mut self, key: SnapshotKey, map: &mut A) -> Result<(), A::Error> {
         let field = match key {
             SnapshotKey::Window(kind) => {
-                let fields: Option<Fields<WindowFields>> = lenient(map)?;
-                *self.window_mut(kind) = fields.and_then(|Fields(w)| w.window());
+                let Fields(fields) = map.next_value::<Fields<WindowFields>>()?;
+                *self.window_mut(kind) = fields.and_then(|w| w.window());
                 return Ok(());
             }
             SnapshotKey::Field(field) => field,
         };
         match field {
             SnapshotField::Scoped => {
-                let items: Option<Vec<Lenient<Fields<WindowFields>>>> = lenient(map)?;
+                let items: Option<Vec<Fields<WindowFields>>> = lenient(map)?;
                 self.scoped = items.map(|items| {
-                    items.into_iter().filter_map(|item| item.into_inner()?.0.scoped()).collect()
+                    items.into_iter().filter_map(|Fields(item)| item?.scoped()).collect()
                 });
             }
-            SnapshotField::ExtraUsage => self.extra_usage = lenient(map)?,
+            SnapshotField::ExtraUsage => self.extra_usage = typed(map)?,
             SnapshotField::BindingWindow => self.binding_window = non_blank(map)?,
-            SnapshotField::BindingWindowSource => self.binding_window_source = lenient(map)?,
+            SnapshotField::BindingWindowSource => self.binding_window_source = typed(map)?,
             SnapshotField::FallbackAdvised => self.fallback_advised = lenient(map)?,
-            SnapshotField::Source => self.source = lenient(map)?,
+            SnapshotField::Source => self.source = typed(map)?,
             SnapshotField::CheckedAt => self.checked_at = timestamp(map)?,
             SnapshotField::AccountIdentity => self.account_identity = non_blank(map)?,
-            SnapshotField::FieldSources => self.field_sources = lenient(map)?,
+            SnapshotField::FieldSources => self.field_sources = typed(map)?,
             SnapshotField::Other => drop(map.next_value::<IgnoredAny>()?),
         }
         Ok(())
