@@ -1,8 +1,6 @@
 //! The one error type of the core. Each variant has a stable `code` (docs/api.md#error-codes) that the binding
 //! copies onto the JavaScript `Error`, and a backoff class (docs/backoff.md#failure-classes).
 
-use std::fmt;
-
 /// How a failure of the usage endpoint affects the route's backoff (docs/backoff.md#failure-classes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
@@ -16,39 +14,53 @@ pub enum FailureClass {
     None,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum QuotaError {
     /// The route is backed off and nothing is cached.
+    #[error("Quota API rate-limited — try again later")]
     BackedOff { next_retry_at: i64, retry_after_ms: i64 },
     /// A non-2xx answer other than 401/403.
+    #[error("Claude quota check failed: {status} — {body}")]
     Http { status: u16, retry_after_ms: Option<i64>, body: String },
     /// 401 or 403.
+    #[error("Claude quota check failed: {status} — {body}")]
     Auth { status: u16, body: String },
     /// The connection failed.
+    #[error("Claude quota check failed: network error — {0}")]
     Network(String),
     /// The host's transport (`fetchQuotaSnapshot`) rejected with no HTTP status and no sign of
     /// a connection failure.
+    #[error("Claude quota check failed: {0}")]
     Transport(String),
     /// The request, or a wait for another process's lock, timed out.
+    #[error("Claude quota check timed out — {0}")]
     Timeout(String),
     /// The body was not JSON or was too large.
+    #[error("Claude quota check failed: bad response — {0}")]
     BadResponse(String),
     /// The manager was closed.
+    #[error("QuotaManager is closed")]
     Closed,
     /// The state file could not be read or written.
+    #[error("Quota state file {path}: {reason}")]
     State { path: String, reason: String },
     /// The Redis shared store (`target`: its URL without credentials) could not be read.
+    #[error("Quota shared store {target}: {reason}")]
     SharedStore { target: String, reason: String },
     /// The state file's lock (`path`) stayed held by another holder for the whole bounded wait.
+    #[error("Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms")]
     LockTimeout { path: String, waited_ms: u64 },
     /// A value the host passed cannot be used (e.g. a token with a line break); the binding
     /// turns it into a `TypeError`. Never sent, never an endpoint failure.
+    #[error("{0}")]
     InvalidArgument(String),
     /// `refreshMain(id, token, expectedIdentityGeneration)`: the main identity moved on before
     /// the request was made (none was).
+    #[error("Main quota identity changed before refresh")]
     IdentityChanged,
     /// The host's transport called the manager back for the route it was polling (a call that
     /// would have waited for itself): the host's bug, never an endpoint failure.
+    #[error("{0}")]
     Reentered(String),
 }
 
@@ -121,48 +133,21 @@ impl QuotaError {
     }
 }
 
-impl fmt::Display for QuotaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BackedOff { .. } => write!(f, "Quota API rate-limited — try again later"),
-            Self::Http { status, body, .. } | Self::Auth { status, body } => {
-                write!(f, "Claude quota check failed: {status} — {body}")
-            }
-            Self::Network(reason) => {
-                write!(f, "Claude quota check failed: network error — {reason}")
-            }
-            Self::Transport(reason) => write!(f, "Claude quota check failed: {reason}"),
-            Self::Timeout(reason) => write!(f, "Claude quota check timed out — {reason}"),
-            Self::BadResponse(reason) => {
-                write!(f, "Claude quota check failed: bad response — {reason}")
-            }
-            Self::Closed => write!(f, "QuotaManager is closed"),
-            Self::State { path, reason } => write!(f, "Quota state file {path}: {reason}"),
-            Self::SharedStore { target, reason } => {
-                write!(f, "Quota shared store {target}: {reason}")
-            }
-            Self::LockTimeout { path, waited_ms } => {
-                write!(f, "Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms")
-            }
-            Self::InvalidArgument(reason) | Self::Reentered(reason) => write!(f, "{reason}"),
-            Self::IdentityChanged => write!(f, "Main quota identity changed before refresh"),
-        }
-    }
-}
-
-impl std::error::Error for QuotaError {}
-
 /// A manager option the core cannot use, with the option it came from, so the binding's
 /// `TypeError` names the right one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// `usageUrl` is not an absolute http(s) URL.
+    #[error("{0}")]
     UsageUrl(String),
     /// `userAgent` is not a valid HTTP header value.
+    #[error("{0}")]
     UserAgent(String),
     /// The HTTP client could not be built (no option is at fault).
+    #[error("{0}")]
     HttpClient(String),
     /// `redis.url` is not a Redis URL.
+    #[error("{0}")]
     RedisUrl(String),
 }
 
@@ -177,19 +162,6 @@ impl ConfigError {
         }
     }
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UsageUrl(reason)
-            | Self::UserAgent(reason)
-            | Self::HttpClient(reason)
-            | Self::RedisUrl(reason) => f.write_str(reason),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {

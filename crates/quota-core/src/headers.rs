@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, SecondsFormat};
 
-use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow};
+use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 
 const PREFIX: &str = "anthropic-ratelimit-unified-";
 
@@ -30,36 +30,12 @@ const MAX_TOKEN_LEN: usize = 64;
 /// `parse_iso_ms` could not read them back.
 const MAX_RESET_SECONDS: f64 = 253_402_300_799.0;
 
-/// The headers we read, by the name that follows [`PREFIX`]. The statuses are deliberately
-/// absent (see the module docs).
-#[derive(Clone, Copy)]
-enum Field {
-    FiveHourUsed,
-    FiveHourReset,
-    SevenDayUsed,
-    SevenDayReset,
-    BindingReset,
-    Fallback,
-    Claim,
-}
-
-const FIELDS: [(&str, Field); 7] = [
-    ("5h-utilization", Field::FiveHourUsed),
-    ("5h-reset", Field::FiveHourReset),
-    ("7d-utilization", Field::SevenDayUsed),
-    ("7d-reset", Field::SevenDayReset),
-    ("reset", Field::BindingReset),
-    ("fallback", Field::Fallback),
-    ("representative-claim", Field::Claim),
-];
-
-/// The fields of one header frame, before they become a snapshot.
+/// The fields of one header frame, before they become a snapshot; `used` and `reset` are
+/// indexed like [`WindowKind::ALL`].
 #[derive(Default)]
 struct Frame {
-    five_hour_used: Option<f64>,
-    five_hour_reset: Option<String>,
-    seven_day_used: Option<f64>,
-    seven_day_reset: Option<String>,
+    used: [Option<f64>; WindowKind::ALL.len()],
+    reset: [Option<String>; WindowKind::ALL.len()],
     binding_reset: Option<String>,
     fallback_advised: Option<bool>,
     representative_claim: Option<String>,
@@ -70,66 +46,66 @@ struct Frame {
 /// Header names are matched case-insensitively and values are trimmed. Windows get
 /// `usedPercent = round(fraction * 100)` (half away from zero, so `0.125` gives 13) clamped to
 /// 0..=100, a `resetsAt` in RFC 3339 UTC (`…Z`) and `checkedAt = now_ms`. Returns `None` when the
-/// frame has neither a 5-hour nor a 7-day utilisation, because such a frame carries no quota.
+/// frame has no window's utilisation, because such a frame carries no quota.
 pub fn parse_quota_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     now_ms: i64,
 ) -> Option<QuotaSnapshot> {
     let mut frame = Frame::default();
     for (name, value) in headers {
-        let Some(suffix) = strip_prefix_ignore_case(name.trim(), PREFIX) else {
-            continue;
-        };
-        let value = value.trim();
-        // Each arm only assigns when the value parses, so garbage never erases a valid value.
-        match FIELDS
-            .iter()
-            .find(|(known, _)| suffix.eq_ignore_ascii_case(known))
-            .map(|(_, field)| field)
-        {
-            Some(Field::FiveHourUsed) => set(&mut frame.five_hour_used, used_percent(value)),
-            Some(Field::FiveHourReset) => set(&mut frame.five_hour_reset, reset_iso(value)),
-            Some(Field::SevenDayUsed) => set(&mut frame.seven_day_used, used_percent(value)),
-            Some(Field::SevenDayReset) => set(&mut frame.seven_day_reset, reset_iso(value)),
-            Some(Field::BindingReset) => set(&mut frame.binding_reset, reset_iso(value)),
-            Some(Field::Fallback) => {
-                frame.fallback_advised = Some(value.eq_ignore_ascii_case("available"));
-            }
-            Some(Field::Claim) => set(&mut frame.representative_claim, token(value)),
-            None => {}
+        if let Some(suffix) = strip_prefix_ignore_case(name.trim(), PREFIX) {
+            frame.read(suffix, value.trim());
         }
     }
     frame.into_snapshot(now_ms)
 }
 
 impl Frame {
+    /// Reads one header (its name after [`PREFIX`]); the statuses are deliberately ignored (see
+    /// the module docs). Each field is only assigned when the value parses, so garbage never
+    /// erases a valid value.
+    fn read(&mut self, suffix: &str, value: &str) {
+        let same = |known: &str| suffix.eq_ignore_ascii_case(known);
+        if same("reset") {
+            set(&mut self.binding_reset, reset_iso(value));
+        } else if same("fallback") {
+            self.fallback_advised = Some(value.eq_ignore_ascii_case("available"));
+        } else if same("representative-claim") {
+            set(&mut self.representative_claim, token(value));
+        }
+        for (at, kind) in WindowKind::ALL.into_iter().enumerate() {
+            let Some(field) = strip_prefix_ignore_case(suffix, kind.spec().header) else {
+                continue;
+            };
+            if field.eq_ignore_ascii_case("-utilization") {
+                set(&mut self.used[at], used_percent(value));
+            } else if field.eq_ignore_ascii_case("-reset") {
+                set(&mut self.reset[at], reset_iso(value));
+            }
+        }
+    }
+
     fn into_snapshot(self, now_ms: i64) -> Option<QuotaSnapshot> {
-        if self.five_hour_used.is_none() && self.seven_day_used.is_none() {
+        if self.used.iter().all(Option::is_none) {
             return None;
         }
         let claim = self.representative_claim.as_deref();
-        let binding_reset = |window: &str| {
-            if claim == Some(window) {
-                self.binding_reset.clone()
-            } else {
-                None
-            }
-        };
-        let five_hour_reset = self.five_hour_reset.or_else(|| binding_reset("five_hour"));
-        let seven_day_reset = self.seven_day_reset.or_else(|| binding_reset("seven_day"));
-        let window = |used: Option<f64>, reset: Option<String>| {
-            used.map(|used| QuotaWindow::from_used(used, reset, now_ms))
-        };
-        Some(QuotaSnapshot {
-            five_hour: window(self.five_hour_used, five_hour_reset),
-            seven_day: window(self.seven_day_used, seven_day_reset),
-            binding_window_source: self.representative_claim.as_ref().map(|_| QuotaSource::Headers),
-            binding_window: self.representative_claim,
+        let mut snapshot = QuotaSnapshot {
+            binding_window_source: claim.map(|_| QuotaSource::Headers),
             fallback_advised: self.fallback_advised,
             source: Some(QuotaSource::Headers),
             checked_at: Some(now_ms),
             ..QuotaSnapshot::default()
-        })
+        };
+        for (at, kind) in WindowKind::ALL.into_iter().enumerate() {
+            // The binding window's reset stands in for the claimed window's missing own one.
+            let binding_reset = (claim == Some(kind.name())).then(|| self.binding_reset.clone());
+            let reset = self.reset[at].clone().or(binding_reset.flatten());
+            *snapshot.window_mut(kind) =
+                self.used[at].map(|used| QuotaWindow::from_used(used, reset, now_ms));
+        }
+        snapshot.binding_window = self.representative_claim;
+        Some(snapshot)
     }
 }
 
@@ -168,7 +144,7 @@ fn reset_iso(value: &str) -> Option<String> {
     DateTime::from_timestamp_millis(millis).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
-/// A short token such as `five_hour` or `allowed_warning`, lowercased so comparisons downstream
+/// A short token such as a window's name or `allowed_warning`, lowercased so comparisons downstream
 /// need not care how the server spelled it.
 fn token(value: &str) -> Option<String> {
     let valid = !value.is_empty()

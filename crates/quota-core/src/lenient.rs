@@ -1,8 +1,8 @@
 //! Reading a snapshot leniently out of untrusted JSON (host storage, a JavaScript object, an
-//! account list), field by field: a junk field is dropped, never the whole snapshot. One set of
-//! serde visitors reads both a parsed `Value` and JSON text, so a list of 10,000 snapshots
-//! (7 MB) is read straight from its text instead of through a `Value` tree first, which took
-//! the JavaScript thread ~110 ms, mostly allocating and freeing that tree.
+//! account list), field by field: a junk field is dropped, never the whole snapshot. The same
+//! readers take a parsed `Value` and JSON text, so a list of 10,000 snapshots (7 MB) is read
+//! straight from its text instead of through a `Value` tree first, which took the JavaScript
+//! thread ~110 ms, mostly allocating and freeing that tree.
 //!
 //! The rules (what counts as junk):
 //! - a window needs a finite `usedPercent` (clamped to 0..=100; `remainingPercent` is derived
@@ -11,173 +11,146 @@
 //!   "<modelName> only"; items of `scoped` that are not such windows are dropped;
 //! - text fields are trimmed and kept when non-blank; `fallbackAdvised` when a boolean;
 //!   `extraUsage`, `source`, `bindingWindowSource` and `fieldSources` when they read as their
-//!   types; a repeated key counts as its last occurrence, as in a `Value`.
+//!   types; a repeated key counts as its last occurrence, as in a `Value` (serde's derive would
+//!   refuse it, hence the key-by-key [`Fields`] reader). Leaves are `serde_with`'s [`DefaultOnError`].
 
 use std::fmt;
+use std::marker::PhantomData;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    DeserializeOwned, Deserializer, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
+use serde::Deserialize;
 use serde_json::Value;
+use serde_with::de::DeserializeAsWrap;
+use serde_with::DefaultOnError;
 
-use crate::snapshot::{QuotaSnapshot, QuotaWindow, ScopedQuotaWindow};
+use crate::snapshot::{QuotaSnapshot, QuotaWindow, ScopedQuotaWindow, WindowKind};
 
 /// A snapshot read leniently: `None` when the value is not an object.
 pub struct LenientSnapshot(pub Option<QuotaSnapshot>);
 
 impl<'de> Deserialize<'de> for LenientSnapshot {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(Junk::or(SnapshotVisitor)).map(Self)
+        let Fields(read) = Fields::<QuotaSnapshot>::deserialize(deserializer)?;
+        Ok(Self(read.map(|mut snapshot| {
+            snapshot.settle_field_sources();
+            snapshot
+        })))
     }
 }
 
-/// Declares the rule for one kind of leaf: which JSON values it keeps, and as what.
-macro_rules! leaf {
-    ($name:ident -> $out:ty, $what:literal, |$visitor:ident| { $($method:item)* }) => {
-        struct $name(Option<$out>);
+/// A value kept when it reads as `T`, else `None`: `serde_with` buffers it first, so junk is
+/// consumed whole, from a `Value` and from JSON text alike.
+type Lenient<T> = DeserializeAsWrap<Option<T>, DefaultOnError>;
 
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct $visitor;
-
-                impl<'de> Visitor<'de> for $visitor {
-                    type Value = Option<$out>;
-
-                    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                        formatter.write_str($what)
-                    }
-
-                    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                        skip_seq(seq)
-                    }
-
-                    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                        skip_map(map)
-                    }
-
-                    $($method)*
-                }
-
-                deserializer.deserialize_any(Junk::or($visitor)).map(Self)
-            }
-        }
-    };
+fn lenient<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    map: &mut A,
+) -> Result<Option<T>, A::Error> {
+    Ok(map.next_value::<Lenient<T>>()?.into_inner())
 }
 
-leaf!(Finite -> f64, "a finite number", |FiniteVisitor| {
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Some(v as f64))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Some(v as f64))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Some(v).filter(|v| v.is_finite()))
-    }
-});
+/// A text field, trimmed, when it is a non-blank string.
+fn non_blank<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<String>, A::Error> {
+    let text: Option<String> = lenient(map)?;
+    Ok(text.and_then(|text| match text.trim() {
+        "" => None,
+        trimmed if trimmed.len() == text.len() => Some(text),
+        trimmed => Some(trimmed.to_owned()),
+    }))
+}
 
-leaf!(NonBlank -> String, "a non-blank string", |NonBlankVisitor| {
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        let trimmed = v.trim();
-        Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
-    }
-});
-
-leaf!(Flag -> bool, "a boolean", |FlagVisitor| {
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Some(v))
-    }
-});
+/// A field kept when it reads as its own serde type. Read through a (small) `Value` rather than
+/// [`lenient`], so that a repeated key inside it also counts as its last occurrence.
+fn typed<'de, T: DeserializeOwned, A: MapAccess<'de>>(map: &mut A) -> Result<Option<T>, A::Error> {
+    Ok(T::deserialize(&map.next_value::<Value>()?).ok())
+}
 
 /// A non-negative whole-millisecond timestamp below 9e15 (fractions are truncated), as
 /// [`crate::snapshot::timestamp_from_value`] reads one.
-fn timestamp(number: Option<f64>) -> Option<i64> {
-    number.filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64)
+fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Error> {
+    let number: Option<f64> = lenient(map)?;
+    Ok(number.filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64))
 }
 
-/// A field read as its own serde type, or dropped: buffered as a (small) `Value` first, since a
-/// failed typed read cannot be taken back in the middle of a text.
-struct Typed<T>(Option<T>);
+/// An object read key by key into `T`; any other value is consumed and read as `None`. Not
+/// [`Lenient`]: `serde_with` would first buffer the whole object, which made seeding 10,000
+/// snapshots measurably slower, and objects are where the bytes are.
+struct Fields<T>(Option<T>);
 
-impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Typed<T> {
+/// How one kind of object takes each of its keys.
+trait ReadFields<'de>: Default {
+    type Key: Deserialize<'de>;
+
+    fn read<A: MapAccess<'de>>(&mut self, key: Self::Key, map: &mut A) -> Result<(), A::Error>;
+}
+
+impl<'de, T: ReadFields<'de>> Deserialize<'de> for Fields<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(deserializer)?;
-        Ok(Self(T::deserialize(&value).ok()))
+        deserializer.deserialize_any(FieldsVisitor(PhantomData))
     }
 }
 
-/// Wraps a visitor that understands some JSON types: every other value is consumed whole and
-/// read as `None`.
-struct Junk<V>(V);
+struct FieldsVisitor<T>(PhantomData<T>);
 
-impl<V> Junk<V> {
-    fn or(visitor: V) -> Self {
-        Self(visitor)
-    }
-}
-
-impl<'de, T, V: Visitor<'de, Value = Option<T>>> Visitor<'de> for Junk<V> {
-    type Value = Option<T>;
+impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
+    type Value = Fields<T>;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        self.0.expecting(formatter)
+        formatter.write_str("any JSON value")
     }
 
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        self.0.visit_bool::<E>(v).or(Ok(None))
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = T::default();
+        while let Some(key) = map.next_key()? {
+            fields.read(key, &mut map)?;
+        }
+        Ok(Fields(Some(fields)))
     }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        self.0.visit_i64::<E>(v).or(Ok(None))
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Fields(None))
     }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        self.0.visit_u64::<E>(v).or(Ok(None))
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        self.0.visit_f64::<E>(v).or(Ok(None))
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        self.0.visit_str::<E>(v).or(Ok(None))
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_seq(seq)
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        self.0.visit_map(map)
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Fields(None))
     }
 }
 
-/// The default of a visitor that reads no arrays: consume one and answer `None`.
-fn skip_seq<'de, A: SeqAccess<'de>, T>(mut seq: A) -> Result<Option<T>, A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
-    Ok(None)
-}
-
-/// The default of a visitor that reads no objects: consume one and answer `None`.
-fn skip_map<'de, A: MapAccess<'de>, T>(mut map: A) -> Result<Option<T>, A::Error> {
-    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-    Ok(None)
-}
-
-#[derive(serde::Deserialize)]
-#[serde(field_identifier)]
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
 enum WindowKey {
-    #[serde(rename = "usedPercent")]
     UsedPercent,
-    #[serde(rename = "checkedAt")]
     CheckedAt,
-    #[serde(rename = "resetsAt")]
     ResetsAt,
-    #[serde(rename = "id")]
     Id,
-    #[serde(rename = "title")]
     Title,
-    #[serde(rename = "modelId")]
     ModelId,
-    #[serde(rename = "modelName")]
     ModelName,
     #[serde(other)]
     Other,
@@ -187,7 +160,7 @@ enum WindowKey {
 #[derive(Default)]
 struct WindowFields {
     used_percent: Option<f64>,
-    checked_at: Option<f64>,
+    checked_at: Option<i64>,
     resets_at: Option<String>,
     id: Option<String>,
     title: Option<String>,
@@ -195,18 +168,31 @@ struct WindowFields {
     model_name: Option<String>,
 }
 
+impl<'de> ReadFields<'de> for WindowFields {
+    type Key = WindowKey;
+
+    fn read<A: MapAccess<'de>>(&mut self, key: WindowKey, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            WindowKey::UsedPercent => self.used_percent = lenient(map)?,
+            WindowKey::CheckedAt => self.checked_at = timestamp(map)?,
+            WindowKey::ResetsAt => self.resets_at = non_blank(map)?,
+            WindowKey::Id => self.id = non_blank(map)?,
+            WindowKey::Title => self.title = non_blank(map)?,
+            WindowKey::ModelId => self.model_id = non_blank(map)?,
+            WindowKey::ModelName => self.model_name = non_blank(map)?,
+            WindowKey::Other => drop(map.next_value::<IgnoredAny>()?),
+        }
+        Ok(())
+    }
+}
+
 impl WindowFields {
     fn window(&self) -> Option<QuotaWindow> {
-        Some(QuotaWindow::from_used(
-            self.used_percent?,
-            self.resets_at.clone(),
-            timestamp(self.checked_at)?,
-        ))
+        Some(QuotaWindow::from_used(self.used_percent?, self.resets_at.clone(), self.checked_at?))
     }
 
     fn scoped(self) -> Option<ScopedQuotaWindow> {
         let window = self.window()?;
-        let id = self.id?;
         let model_name = self.model_name?;
         Some(ScopedQuotaWindow {
             used_percent: window.used_percent,
@@ -214,166 +200,90 @@ impl WindowFields {
             resets_at: window.resets_at,
             checked_at: window.checked_at,
             title: self.title.unwrap_or_else(|| format!("{model_name} only")),
-            id,
+            id: self.id?,
             model_id: self.model_id,
             model_name,
         })
     }
 }
 
-struct WindowFieldsVisitor;
-
-impl<'de> Visitor<'de> for WindowFieldsVisitor {
-    type Value = Option<WindowFields>;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a quota window object")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        skip_seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields = WindowFields::default();
-        while let Some(key) = map.next_key::<WindowKey>()? {
-            match key {
-                WindowKey::UsedPercent => fields.used_percent = map.next_value::<Finite>()?.0,
-                WindowKey::CheckedAt => fields.checked_at = map.next_value::<Finite>()?.0,
-                WindowKey::ResetsAt => fields.resets_at = map.next_value::<NonBlank>()?.0,
-                WindowKey::Id => fields.id = map.next_value::<NonBlank>()?.0,
-                WindowKey::Title => fields.title = map.next_value::<NonBlank>()?.0,
-                WindowKey::ModelId => fields.model_id = map.next_value::<NonBlank>()?.0,
-                WindowKey::ModelName => fields.model_name = map.next_value::<NonBlank>()?.0,
-                WindowKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Some(fields))
-    }
-}
-
-/// A window's fields when the value is an object.
-struct Window(Option<WindowFields>);
-
-impl<'de> Deserialize<'de> for Window {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(Junk::or(WindowFieldsVisitor)).map(Self)
-    }
-}
-
-/// `scoped`: the items that are scoped windows, when it is an array.
-struct Scoped(Option<Vec<ScopedQuotaWindow>>);
-
-impl<'de> Deserialize<'de> for Scoped {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ScopedVisitor;
-
-        impl<'de> Visitor<'de> for ScopedVisitor {
-            type Value = Option<Vec<ScopedQuotaWindow>>;
-
-            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                formatter.write_str("an array of scoped windows")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut windows = Vec::new();
-                while let Some(Window(fields)) = seq.next_element()? {
-                    windows.extend(fields.and_then(WindowFields::scoped));
-                }
-                Ok(Some(windows))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                skip_map(map)
-            }
-        }
-
-        deserializer.deserialize_any(Junk::or(ScopedVisitor)).map(Self)
-    }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(field_identifier)]
+/// A snapshot's key: a standard window's name, or one of its other fields.
 enum SnapshotKey {
-    #[serde(rename = "five_hour")]
-    FiveHour,
-    #[serde(rename = "seven_day")]
-    SevenDay,
-    #[serde(rename = "scoped")]
+    Window(WindowKind),
+    Field(SnapshotField),
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum SnapshotField {
     Scoped,
-    #[serde(rename = "extraUsage")]
     ExtraUsage,
-    #[serde(rename = "bindingWindow")]
     BindingWindow,
-    #[serde(rename = "bindingWindowSource")]
     BindingWindowSource,
-    #[serde(rename = "fallbackAdvised")]
     FallbackAdvised,
-    #[serde(rename = "source")]
     Source,
-    #[serde(rename = "checkedAt")]
     CheckedAt,
-    #[serde(rename = "accountIdentity")]
     AccountIdentity,
-    #[serde(rename = "fieldSources")]
     FieldSources,
     #[serde(other)]
     Other,
 }
 
-struct SnapshotVisitor;
+impl<'de> Deserialize<'de> for SnapshotKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
 
-impl<'de> Visitor<'de> for SnapshotVisitor {
-    type Value = Option<QuotaSnapshot>;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = SnapshotKey;
 
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a quota snapshot object")
-    }
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a snapshot field name")
+            }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        skip_seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut snapshot = QuotaSnapshot::default();
-        while let Some(key) = map.next_key::<SnapshotKey>()? {
-            match key {
-                SnapshotKey::FiveHour => {
-                    snapshot.five_hour = map.next_value::<Window>()?.0.and_then(|w| w.window());
-                }
-                SnapshotKey::SevenDay => {
-                    snapshot.seven_day = map.next_value::<Window>()?.0.and_then(|w| w.window());
-                }
-                SnapshotKey::Scoped => snapshot.scoped = map.next_value::<Scoped>()?.0,
-                SnapshotKey::ExtraUsage => snapshot.extra_usage = map.next_value::<Typed<_>>()?.0,
-                SnapshotKey::BindingWindow => {
-                    snapshot.binding_window = map.next_value::<NonBlank>()?.0;
-                }
-                SnapshotKey::BindingWindowSource => {
-                    snapshot.binding_window_source = map.next_value::<Typed<_>>()?.0;
-                }
-                SnapshotKey::FallbackAdvised => {
-                    snapshot.fallback_advised = map.next_value::<Flag>()?.0;
-                }
-                SnapshotKey::Source => snapshot.source = map.next_value::<Typed<_>>()?.0,
-                SnapshotKey::CheckedAt => {
-                    snapshot.checked_at = timestamp(map.next_value::<Finite>()?.0);
-                }
-                SnapshotKey::AccountIdentity => {
-                    snapshot.account_identity = map.next_value::<NonBlank>()?.0;
-                }
-                SnapshotKey::FieldSources => {
-                    snapshot.field_sources = map.next_value::<Typed<_>>()?.0;
-                }
-                SnapshotKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<SnapshotKey, E> {
+                match WindowKind::named(key) {
+                    Some(kind) => Ok(SnapshotKey::Window(kind)),
+                    None => {
+                        SnapshotField::deserialize(key.into_deserializer()).map(SnapshotKey::Field)
+                    }
                 }
             }
         }
-        snapshot.settle_field_sources();
-        Ok(Some(snapshot))
+
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> ReadFields<'de> for QuotaSnapshot {
+    type Key = SnapshotKey;
+
+    fn read<A: MapAccess<'de>>(&mut self, key: SnapshotKey, map: &mut A) -> Result<(), A::Error> {
+        let field = match key {
+            SnapshotKey::Window(kind) => {
+                let Fields(fields) = map.next_value::<Fields<WindowFields>>()?;
+                *self.window_mut(kind) = fields.and_then(|w| w.window());
+                return Ok(());
+            }
+            SnapshotKey::Field(field) => field,
+        };
+        match field {
+            SnapshotField::Scoped => {
+                let items: Option<Vec<Fields<WindowFields>>> = lenient(map)?;
+                self.scoped = items.map(|items| {
+                    items.into_iter().filter_map(|Fields(item)| item?.scoped()).collect()
+                });
+            }
+            SnapshotField::ExtraUsage => self.extra_usage = typed(map)?,
+            SnapshotField::BindingWindow => self.binding_window = non_blank(map)?,
+            SnapshotField::BindingWindowSource => self.binding_window_source = typed(map)?,
+            SnapshotField::FallbackAdvised => self.fallback_advised = lenient(map)?,
+            SnapshotField::Source => self.source = typed(map)?,
+            SnapshotField::CheckedAt => self.checked_at = timestamp(map)?,
+            SnapshotField::AccountIdentity => self.account_identity = non_blank(map)?,
+            SnapshotField::FieldSources => self.field_sources = typed(map)?,
+            SnapshotField::Other => drop(map.next_value::<IgnoredAny>()?),
+        }
+        Ok(())
     }
 }
 
@@ -383,7 +293,7 @@ mod tests {
     //! junk included, the same way, from a `Value` and from JSON text.
     use super::*;
     use crate::snapshot::{finite, non_blank_string, timestamp_from_value};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn snapshot_oracle(value: &Value) -> Option<QuotaSnapshot> {
         let object = value.as_object()?;

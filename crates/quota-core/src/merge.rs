@@ -5,7 +5,7 @@
 //! extra usage. Polls know everything, but are rare and rate-limited. Each merge keeps what the
 //! other source owns and, for the shared 5h/7d windows, prefers the newer observation.
 
-use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow};
+use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 
 /// Merges one header frame into the cached snapshot (if any).
 ///
@@ -35,27 +35,6 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
         return snapshot;
     };
     let headers = Some(QuotaSource::Headers);
-    let window_source = |frame_window: Option<&QuotaWindow>,
-                         cached_window: Option<&QuotaWindow>,
-                         field: fn(&FieldSources) -> Option<QuotaSource>| {
-        match (frame_window, cached_window) {
-            (Some(f), Some(c)) if c.checked_at > f.checked_at => Some(cached.source_of(field)),
-            (Some(_), _) => headers,
-            (None, _) => Some(cached.source_of(field)),
-        }
-    };
-    let field_sources = FieldSources {
-        five_hour: window_source(frame.five_hour.as_ref(), cached.five_hour.as_ref(), |f| {
-            f.five_hour
-        }),
-        seven_day: window_source(frame.seven_day.as_ref(), cached.seven_day.as_ref(), |f| {
-            f.seven_day
-        }),
-        scoped: Some(cached.source_of(|f| f.scoped)),
-        extra_usage: Some(cached.source_of(|f| f.extra_usage)),
-        binding_window: None,
-        fallback_advised: headers,
-    };
     let poll_binding = cached.binding_window.is_some()
         && cached.binding_window_source.or(cached.source) == Some(QuotaSource::Poll);
     let (binding_window, binding_window_source) = if poll_binding {
@@ -63,9 +42,13 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
     } else {
         (frame.binding_window.clone(), frame.binding_window.as_ref().map(|_| QuotaSource::Headers))
     };
+    let mut field_sources = FieldSources {
+        scoped: Some(cached.source_of(|f| f.scoped)),
+        extra_usage: Some(cached.source_of(|f| f.extra_usage)),
+        fallback_advised: headers,
+        ..FieldSources::default()
+    };
     let mut merged = QuotaSnapshot {
-        five_hour: newer_window(frame.five_hour.as_ref(), cached.five_hour.as_ref()),
-        seven_day: newer_window(frame.seven_day.as_ref(), cached.seven_day.as_ref()),
         scoped: cached.scoped.clone(),
         extra_usage: cached.extra_usage.clone(),
         binding_window,
@@ -77,8 +60,18 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
             .account_identity
             .clone()
             .or_else(|| frame.account_identity.clone()),
-        field_sources: Some(field_sources),
+        ..QuotaSnapshot::default()
     };
+    for kind in WindowKind::ALL {
+        let (from_frame, from_cache) = (frame.window(kind), cached.window(kind));
+        // A cached window observed strictly later than the frame's stays, with its source.
+        let frame_wins =
+            from_frame.is_some_and(|f| from_cache.is_none_or(|c| c.checked_at <= f.checked_at));
+        *merged.window_mut(kind) = if frame_wins { from_frame } else { from_cache }.cloned();
+        *field_sources.window_mut(kind) =
+            if frame_wins { headers } else { Some(cached.source_of(|s| s.window(kind))) };
+    }
+    merged.field_sources = Some(field_sources);
     merged.settle_field_sources();
     merged
 }
@@ -116,22 +109,14 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
             _ => poll_window.cloned(),
         }
     };
-    merged.five_hour = keep_newer(cached.five_hour.as_ref(), poll.five_hour.as_ref());
-    merged.seven_day = keep_newer(cached.seven_day.as_ref(), poll.seven_day.as_ref());
-    let kept = |merged_window: Option<&QuotaWindow>,
-                poll_window: Option<&QuotaWindow>,
-                field: fn(&FieldSources) -> Option<QuotaSource>| {
-        if merged_window == poll_window {
-            Some(QuotaSource::Poll)
-        } else {
-            Some(cached.source_of(field))
-        }
-    };
-    let mut field_sources = FieldSources {
-        five_hour: kept(merged.five_hour.as_ref(), poll.five_hour.as_ref(), |f| f.five_hour),
-        seven_day: kept(merged.seven_day.as_ref(), poll.seven_day.as_ref(), |f| f.seven_day),
-        ..FieldSources::default()
-    };
+    let mut field_sources = FieldSources::default();
+    for kind in WindowKind::ALL {
+        let kept = keep_newer(cached.window(kind), poll.window(kind));
+        let from_poll = kept.as_ref() == poll.window(kind);
+        *field_sources.window_mut(kind) =
+            Some(if from_poll { QuotaSource::Poll } else { cached.source_of(|s| s.window(kind)) });
+        *merged.window_mut(kind) = kept;
+    }
     let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
         && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
     if cached_is_newer_headers
@@ -152,15 +137,6 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
 /// Does the window's period still run at `at` (its reset is known and later)?
 fn still_running(window: &QuotaWindow, at: i64) -> bool {
     window.resets_at_ms().is_some_and(|reset| reset > at)
-}
-
-/// The frame's window unless the cached one was observed strictly later.
-fn newer_window(frame: Option<&QuotaWindow>, cached: Option<&QuotaWindow>) -> Option<QuotaWindow> {
-    match (frame, cached) {
-        (Some(f), Some(c)) if c.checked_at > f.checked_at => Some(c.clone()),
-        (Some(f), _) => Some(f.clone()),
-        (None, c) => c.cloned(),
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::snapshot::{finite, scoped_window_for_model, QuotaSnapshot, QuotaWindow};
+use super::snapshot::{finite, scoped_window_for_model, QuotaSnapshot, QuotaWindow, WindowKind};
 
 /// Per-window thresholds, in percent remaining (0..=100).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -22,18 +22,34 @@ pub struct MinimumRemaining {
 }
 
 impl MinimumRemaining {
-    /// Reads thresholds from untrusted JSON (host storage or a JS object). Accepts `five_hour` /
-    /// `seven_day` and the plugin's aliases `5h` / `1w`; a canonical key wins over its alias
-    /// when both hold a usable number. Finite numbers are clamped to 0..=100; anything else is
-    /// ignored and leaves the threshold at 0.
+    pub fn of(&self, kind: WindowKind) -> f64 {
+        match kind {
+            WindowKind::FiveHour => self.five_hour,
+            WindowKind::SevenDay => self.seven_day,
+        }
+    }
+
+    fn of_mut(&mut self, kind: WindowKind) -> &mut f64 {
+        match kind {
+            WindowKind::FiveHour => &mut self.five_hour,
+            WindowKind::SevenDay => &mut self.seven_day,
+        }
+    }
+
+    /// Reads thresholds from untrusted JSON (host storage or a JS object). Accepts each window's
+    /// name and the plugin's alias of it (`5h`, `1w`); the name wins over its alias when both
+    /// hold a usable number. Finite numbers are clamped to 0..=100; anything else is ignored and
+    /// leaves the threshold at 0.
     pub fn from_value_lenient(v: &Value) -> Self {
-        let read = |canonical: &str, alias: &str| {
-            [canonical, alias]
+        let mut minimum = Self::default();
+        for kind in WindowKind::ALL {
+            let spec = kind.spec();
+            *minimum.of_mut(kind) = [spec.name, spec.threshold_alias]
                 .into_iter()
                 .find_map(|key| v.get(key).and_then(finite))
-                .map_or(0.0, |n| n.clamp(0.0, 100.0))
-        };
-        Self { five_hour: read("five_hour", "5h"), seven_day: read("seven_day", "1w") }
+                .map_or(0.0, |n| n.clamp(0.0, 100.0));
+        }
+        minimum
     }
 }
 
@@ -71,18 +87,16 @@ impl QuotaPolicy {
 /// Why a snapshot failed the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockReason {
-    FiveHour,
-    SevenDay,
+    Window(WindowKind),
     Scoped,
     Unknown,
 }
 
 impl BlockReason {
-    /// The JavaScript spelling: `five_hour`, `seven_day`, `scoped` or `unknown`.
+    /// The JavaScript spelling: the window's name, `scoped` or `unknown`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::FiveHour => "five_hour",
-            Self::SevenDay => "seven_day",
+            Self::Window(kind) => kind.name(),
             Self::Scoped => "scoped",
             Self::Unknown => "unknown",
         }
@@ -133,12 +147,11 @@ pub fn evaluate_quota(
     let mut blockers: Vec<(BlockReason, Option<i64>)> = Vec::new();
     let minimum = &policy.minimum_remaining;
     let mut unknown = false;
-    for (reason, window, threshold) in [
-        (BlockReason::FiveHour, &quota.five_hour, minimum.five_hour),
-        (BlockReason::SevenDay, &quota.seven_day, minimum.seven_day),
-    ] {
-        match window.as_ref().filter(|w| w.remaining_percent.is_finite()) {
-            Some(w) if window_exhausted(w, threshold) => blockers.push((reason, w.resets_at_ms())),
+    for kind in WindowKind::ALL {
+        match quota.window(kind).filter(|w| w.remaining_percent.is_finite()) {
+            Some(w) if window_exhausted(w, minimum.of(kind)) => {
+                blockers.push((BlockReason::Window(kind), w.resets_at_ms()));
+            }
             Some(_) => {}
             // A non-finite percentage (only possible from hand-built data) says nothing.
             None => unknown = true,
@@ -170,11 +183,10 @@ pub fn exhausted_until(
     minimum: &MinimumRemaining,
     now_ms: i64,
 ) -> Option<i64> {
-    [(&quota.five_hour, minimum.five_hour), (&quota.seven_day, minimum.seven_day)]
-        .into_iter()
-        .filter_map(|(window, threshold)| window.as_ref().map(|w| (w, threshold)))
-        .filter(|(w, threshold)| window_exhausted(w, *threshold))
-        .filter_map(|(w, _)| w.resets_at_ms())
+    quota
+        .windows()
+        .filter(|(kind, w)| window_exhausted(w, minimum.of(*kind)))
+        .filter_map(|(_, w)| w.resets_at_ms())
         .filter(|reset| *reset > now_ms)
         .max()
 }
@@ -246,21 +258,21 @@ mod tests {
         assert!(evaluate_quota(Some(&quota), &policy(20.0, 0.0, false), None).passes);
         assert_eq!(
             evaluate_quota(Some(&quota), &policy(20.5, 0.0, false), None),
-            blocked(BlockReason::FiveHour, Some(FIVE_RESET_MS))
+            blocked(BlockReason::Window(WindowKind::FiveHour), Some(FIVE_RESET_MS))
         );
     }
 
     #[test]
     fn seven_day_below_threshold_blocks_until_its_reset() {
         let eval = evaluate_quota(Some(&snapshot(9.0, 95.0, 0.0)), &policy(0.0, 10.0, false), None);
-        assert_eq!(eval, blocked(BlockReason::SevenDay, Some(SEVEN_RESET_MS)));
+        assert_eq!(eval, blocked(BlockReason::Window(WindowKind::SevenDay), Some(SEVEN_RESET_MS)));
         assert_eq!(eval.reason.unwrap().as_str(), "seven_day");
     }
 
     #[test]
     fn fully_used_window_blocks_with_default_threshold() {
         let eval = evaluate_quota(Some(&snapshot(100.0, 50.0, 0.0)), &QuotaPolicy::default(), None);
-        assert_eq!(eval, blocked(BlockReason::FiveHour, Some(FIVE_RESET_MS)));
+        assert_eq!(eval, blocked(BlockReason::Window(WindowKind::FiveHour), Some(FIVE_RESET_MS)));
         assert!(
             evaluate_quota(Some(&snapshot(99.0, 50.0, 0.0)), &QuotaPolicy::default(), None).passes
         );
@@ -288,7 +300,7 @@ mod tests {
     fn several_blockers_report_the_latest_reset() {
         let quota = snapshot(100.0, 100.0, 100.0);
         let eval = evaluate_quota(Some(&quota), &QuotaPolicy::default(), Some("claude-fable-5-1"));
-        assert_eq!(eval, blocked(BlockReason::SevenDay, Some(SEVEN_RESET_MS)));
+        assert_eq!(eval, blocked(BlockReason::Window(WindowKind::SevenDay), Some(SEVEN_RESET_MS)));
 
         let mut quota = snapshot(100.0, 50.0, 100.0);
         quota.seven_day = None;
@@ -306,7 +318,7 @@ mod tests {
         quota.five_hour.as_mut().unwrap().resets_at = Some("soon".into());
         assert_eq!(
             evaluate_quota(Some(&quota), &QuotaPolicy::default(), None),
-            blocked(BlockReason::FiveHour, None)
+            blocked(BlockReason::Window(WindowKind::FiveHour), None)
         );
     }
 
@@ -318,7 +330,7 @@ mod tests {
         };
         assert_eq!(
             evaluate_quota(Some(&quota), &QuotaPolicy::default(), None),
-            blocked(BlockReason::FiveHour, Some(946_684_800_000))
+            blocked(BlockReason::Window(WindowKind::FiveHour), Some(946_684_800_000))
         );
     }
 
@@ -350,8 +362,8 @@ mod tests {
 
     #[test]
     fn reason_strings() {
-        assert_eq!(BlockReason::FiveHour.as_str(), "five_hour");
-        assert_eq!(BlockReason::SevenDay.as_str(), "seven_day");
+        assert_eq!(BlockReason::Window(WindowKind::FiveHour).as_str(), "five_hour");
+        assert_eq!(BlockReason::Window(WindowKind::SevenDay).as_str(), "seven_day");
         assert_eq!(BlockReason::Scoped.as_str(), "scoped");
         assert_eq!(BlockReason::Unknown.as_str(), "unknown");
     }

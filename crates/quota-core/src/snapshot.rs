@@ -5,6 +5,59 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// A standard quota window: the one table that parsing (usage body and headers), lenient
+/// reading, merging, evaluation and freshness iterate. A new kind is a variant with its row in
+/// [`WindowKind::spec`] and a field in [`QuotaSnapshot`], [`FieldSources`] and
+/// `policy::MinimumRemaining` (their accessors match on the kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    FiveHour,
+    SevenDay,
+}
+
+/// The spellings of one window kind.
+pub struct WindowSpec {
+    /// Its key in a snapshot and in the usage body (docs/endpoint.md#response-body), its
+    /// `representative-claim` and its block reason.
+    pub name: &'static str,
+    /// Its headers' infix: `anthropic-ratelimit-unified-<infix>-utilization` (docs/headers.md).
+    pub header: &'static str,
+    /// The plugin's alias of its threshold in `minimumRemaining`.
+    pub threshold_alias: &'static str,
+    /// The usage body's `limits[].kind` that names it the binding window.
+    pub limit_kind: &'static str,
+}
+
+impl WindowKind {
+    pub const ALL: [Self; 2] = [Self::FiveHour, Self::SevenDay];
+
+    pub const fn spec(self) -> WindowSpec {
+        match self {
+            Self::FiveHour => WindowSpec {
+                name: "five_hour",
+                header: "5h",
+                threshold_alias: "5h",
+                limit_kind: "session",
+            },
+            Self::SevenDay => WindowSpec {
+                name: "seven_day",
+                header: "7d",
+                threshold_alias: "1w",
+                limit_kind: "weekly_all",
+            },
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The kind whose `name` this is.
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
 /// Where a snapshot (or its binding window) came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +149,22 @@ pub struct FieldSources {
     pub fallback_advised: Option<QuotaSource>,
 }
 
+impl FieldSources {
+    pub fn window(&self, kind: WindowKind) -> Option<QuotaSource> {
+        match kind {
+            WindowKind::FiveHour => self.five_hour,
+            WindowKind::SevenDay => self.seven_day,
+        }
+    }
+
+    pub fn window_mut(&mut self, kind: WindowKind) -> &mut Option<QuotaSource> {
+        match kind {
+            WindowKind::FiveHour => &mut self.five_hour,
+            WindowKind::SevenDay => &mut self.seven_day,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSnapshot {
@@ -125,9 +194,28 @@ pub struct QuotaSnapshot {
 }
 
 impl QuotaSnapshot {
+    pub fn window(&self, kind: WindowKind) -> Option<&QuotaWindow> {
+        match kind {
+            WindowKind::FiveHour => self.five_hour.as_ref(),
+            WindowKind::SevenDay => self.seven_day.as_ref(),
+        }
+    }
+
+    pub fn window_mut(&mut self, kind: WindowKind) -> &mut Option<QuotaWindow> {
+        match kind {
+            WindowKind::FiveHour => &mut self.five_hour,
+            WindowKind::SevenDay => &mut self.seven_day,
+        }
+    }
+
+    /// The standard windows present, with their kinds.
+    pub fn windows(&self) -> impl Iterator<Item = (WindowKind, &QuotaWindow)> {
+        WindowKind::ALL.into_iter().filter_map(|kind| Some((kind, self.window(kind)?)))
+    }
+
     /// Where one field's value came from: as recorded, else the snapshot's own source (a poll
     /// when unknown).
-    pub fn source_of(&self, field: fn(&FieldSources) -> Option<QuotaSource>) -> QuotaSource {
+    pub fn source_of(&self, field: impl Fn(&FieldSources) -> Option<QuotaSource>) -> QuotaSource {
         self.field_sources.as_ref().and_then(field).or(self.source).unwrap_or(QuotaSource::Poll)
     }
 
@@ -146,9 +234,7 @@ impl QuotaSnapshot {
         let pick = |present: bool, recorded: Option<QuotaSource>| {
             present.then(|| recorded.unwrap_or(fallback))
         };
-        let settled = FieldSources {
-            five_hour: pick(self.five_hour.is_some(), recorded.five_hour),
-            seven_day: pick(self.seven_day.is_some(), recorded.seven_day),
+        let mut settled = FieldSources {
             scoped: pick(self.scoped.is_some(), recorded.scoped),
             extra_usage: pick(self.extra_usage.is_some(), recorded.extra_usage),
             binding_window: pick(
@@ -156,23 +242,26 @@ impl QuotaSnapshot {
                 recorded.binding_window.or(self.binding_window_source),
             ),
             fallback_advised: pick(self.fallback_advised.is_some(), recorded.fallback_advised),
+            ..FieldSources::default()
         };
+        for kind in WindowKind::ALL {
+            *settled.window_mut(kind) = pick(self.window(kind).is_some(), recorded.window(kind));
+        }
         self.field_sources = (settled != FieldSources::default()).then_some(settled);
     }
 
-    /// True when the snapshot carries at least one 5-hour or 7-day window.
+    /// True when the snapshot carries at least one standard window.
     pub fn has_windows(&self) -> bool {
-        self.five_hour.is_some() || self.seven_day.is_some()
+        self.windows().next().is_some()
     }
 
-    /// Every window's `checkedAt` (5h, 7d and scoped).
+    /// Every window's `checkedAt` (standard and scoped).
     fn window_checked_ats(&self) -> impl Iterator<Item = i64> + '_ {
-        let windows = self.five_hour.iter().chain(self.seven_day.iter());
         let scoped = self.scoped.iter().flatten().map(|w| w.checked_at);
-        windows.map(|w| w.checked_at).chain(scoped)
+        self.windows().map(|(_, w)| w.checked_at).chain(scoped)
     }
 
-    /// The oldest `checkedAt` among the snapshot's windows (5h, 7d and scoped), falling back to
+    /// The oldest `checkedAt` among the snapshot's windows (standard and scoped), falling back to
     /// the snapshot's own `checkedAt`.
     pub fn oldest_window_checked_at(&self) -> Option<i64> {
         self.window_checked_ats().min().or(self.checked_at)

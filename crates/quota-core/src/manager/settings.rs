@@ -41,14 +41,8 @@ impl Settings {
     /// An entry seeded from the host's persisted snapshot: due by its standard windows only (an
     /// old scoped window makes it due for that window's model alone, by the per-model rule).
     pub fn seeded_entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
-        let oldest_standard = quota
-            .five_hour
-            .iter()
-            .chain(quota.seven_day.iter())
-            .map(|w| w.checked_at)
-            .min()
-            .unwrap_or(checked_at)
-            .min(checked_at);
+        let oldest_standard =
+            quota.windows().map(|(_, w)| w.checked_at).min().unwrap_or(checked_at).min(checked_at);
         let exhausted = exhausted_until(&quota, &self.minimum, now);
         let refresh_after =
             freshness::refresh_after(&quota, oldest_standard, self.interval_ms, exhausted);

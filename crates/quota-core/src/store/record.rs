@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::{BackoffConfig, BackoffState};
-use crate::snapshot::QuotaEntry;
+use crate::snapshot::{QuotaEntry, WindowKind};
 
 /// How far ahead of this process's clock another's observation may be dated: the skew between
 /// hosts sharing Redis, a clock step, or a host whose `now` lags the machine's clock. Beyond
@@ -105,9 +105,10 @@ impl RouteRecord {
             };
             let quota = &mut entry.quota;
             quota.checked_at = quota.checked_at.map(seen);
-            for window in [quota.five_hour.as_mut(), quota.seven_day.as_mut()].into_iter().flatten()
-            {
-                window.checked_at = seen(window.checked_at);
+            for kind in WindowKind::ALL {
+                if let Some(window) = quota.window_mut(kind) {
+                    window.checked_at = seen(window.checked_at);
+                }
             }
             for window in quota.scoped.iter_mut().flatten() {
                 window.checked_at = seen(window.checked_at);
