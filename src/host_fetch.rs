@@ -176,7 +176,7 @@ impl Answer {
                     status: status.and_then(status_of),
                     network,
                     retry_after_ms: retry_after_ms
-                        .or(retry_after.map(|s| s * 1000.0))
+                        .or_else(|| retry_after.map(|s| s * 1000.0))
                         .filter(|ms| *ms >= 0.0)
                         .map(|ms| ms as i64),
                     message,

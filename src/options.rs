@@ -268,8 +268,9 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
     let defaults = BackoffConfig::default();
     let initial_ms =
         fields.integer("initialMs", 1.0, 24.0 * HOUR_MS)?.unwrap_or(defaults.initial_ms);
-    let max_ms =
-        fields.integer("maxMs", 1.0, 24.0 * HOUR_MS)?.unwrap_or(defaults.max_ms.max(initial_ms));
+    let max_ms = fields
+        .integer("maxMs", 1.0, 24.0 * HOUR_MS)?
+        .unwrap_or_else(|| defaults.max_ms.max(initial_ms));
     if max_ms < initial_ms {
         return Err(super::js::range_error(
             env,

@@ -46,7 +46,7 @@ impl ObjectFinalize for QuotaManager {
 }
 
 /// A promise that resolves with `undefined` when `work` is done (it cannot fail).
-pub(crate) fn void_promise(
+pub fn void_promise(
     env: &Env,
     work: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<PromiseRaw<'_, ()>> {
@@ -60,10 +60,7 @@ pub(crate) fn void_promise(
 }
 
 /// A promise-returning method's body: a bad argument rejects the promise, never throws.
-pub(crate) fn or_rejected<'env>(
-    env: &'env Env,
-    body: Result<Unknown<'env>>,
-) -> Result<Unknown<'env>> {
+pub fn or_rejected<'env>(env: &'env Env, body: Result<Unknown<'env>>) -> Result<Unknown<'env>> {
     match body {
         Ok(promise) => Ok(promise),
         Err(error) => rejected(env, error),

@@ -60,7 +60,7 @@ impl Default for BackoffConfig {
 ///
 /// `attempts` counts failures in a row (the ladder rung last used); `next_retry_at` is the end of
 /// the current (or last) window; `last_error` is the record handed to the host.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackoffState {
     pub attempts: u32,
@@ -179,7 +179,7 @@ impl BackoffState {
     /// restated fields), so merging is idempotent, commutative and associative: processes that
     /// merge each other's state in any order converge. A reset (success) state contributes
     /// nothing: the state file orders successes and failures by when the backoff last changed.
-    pub fn merge_from(&mut self, other: &BackoffState) {
+    pub fn merge_from(&mut self, other: &Self) {
         self.attempts = self.attempts.max(other.attempts);
         self.next_retry_at = self.next_retry_at.max(other.next_retry_at);
         let newest = match (&self.last_error, &other.last_error) {

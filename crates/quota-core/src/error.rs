@@ -14,7 +14,7 @@ pub enum FailureClass {
     None,
 }
 
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
     /// The route is backed off and nothing is cached.
     #[error("Quota API rate-limited — try again later")]

@@ -100,7 +100,7 @@ impl Frame {
         for (at, kind) in WindowKind::ALL.into_iter().enumerate() {
             // The binding window's reset stands in for the claimed window's missing own one.
             let binding_reset = (claim == Some(kind.name())).then(|| self.binding_reset.clone());
-            let reset = self.reset[at].clone().or(binding_reset.flatten());
+            let reset = self.reset[at].clone().or_else(|| binding_reset.flatten());
             *snapshot.window_mut(kind) =
                 self.used[at].map(|used| QuotaWindow::from_used(used, reset, now_ms));
         }

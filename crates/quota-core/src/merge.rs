@@ -458,7 +458,7 @@ mod tests {
         after_reset.checked_at = Some(AFTER_RESET);
         let merged = merge_poll_result(Some(&cached), &after_reset);
         assert_eq!(merged.five_hour, None, "a window whose period ended is not kept");
-        let mut no_reset = cached.clone();
+        let mut no_reset = cached;
         no_reset.seven_day = Some(QuotaWindow::from_used(50.0, None, 100));
         let merged = merge_poll_result(Some(&no_reset), &blind);
         assert_eq!(merged.seven_day, None, "a window of unknown period is not kept");

@@ -105,7 +105,7 @@ impl BlockReason {
 
 /// The verdict of [`evaluate_quota`]. `reason` is set exactly when `passes` is false;
 /// `blocked_until` (Unix ms) is the reset of the blocking window, when known.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaEvaluation {
     pub passes: bool,
     pub reason: Option<BlockReason>,

@@ -45,7 +45,7 @@ pub struct LockedRoute {
     pub problem: Option<QuotaError>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreError {
     /// Redis did not answer (or refused): the composite store falls back to the file.
     Unavailable(String),
@@ -295,10 +295,11 @@ impl SharedStore {
     /// `call` where the routes are shared now: Redis while it answers, else the file (or memory).
     async fn redis_first<'s, T, F>(
         &'s self,
-        call: impl Fn(Backend<'s>) -> F,
+        call: impl Fn(Backend<'s>) -> F + Sync,
     ) -> Result<T, StoreError>
     where
-        F: Future<Output = Result<T, StoreError>>,
+        F: Future<Output = Result<T, StoreError>> + Send,
+        T: Send,
     {
         match self.on_live_redis(&call).await {
             Some(answer) => answer,

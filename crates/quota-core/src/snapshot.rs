@@ -343,7 +343,7 @@ impl QuotaEntry {
 }
 
 /// A failure of the usage endpoint as the host sees it (`QuotaApiError` in docs/api.md#data-types).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiErrorRecord {
     pub message: String,

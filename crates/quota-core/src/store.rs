@@ -235,7 +235,7 @@ impl StateStore {
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
-        Self::ensure_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        Self::ensure_dir(self.path.parent().unwrap_or_else(|| Path::new(".")))?;
         let path = &self.lock_path;
         let file = open_lock_file(path).map_err(|e| Self::error(path, e))?;
         // The OS releases the lock of a holder that dies, but not of one that is stopped or
@@ -275,7 +275,7 @@ impl StateStore {
     /// The files beside the state file whose names `is_own` accepts: only names of exactly this
     /// store's patterns, never a sibling store's.
     fn own_files(&self, is_own: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
         let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
         let Ok(entries) = fs::read_dir(dir) else {
             return Vec::new();
@@ -286,7 +286,7 @@ impl StateStore {
     /// Writes the file atomically, and keeps it as the parsed copy from the moment it is in place
     /// (readers must not parse it again while the directory is being synced).
     fn write_atomically(&self, state: &StateFile) -> Result<(), QuotaError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
         // Temporary files are only created under the state lock, which the caller holds: any

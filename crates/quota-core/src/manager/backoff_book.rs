@@ -13,7 +13,7 @@ use crate::snapshot::{ApiErrorRecord, QuotaSource};
 const BACKOFF_RECHECK_MS: i64 = 1_000;
 
 /// The answer the plugin sends itself when it fails closed (docs/routing.md#fail-closed-answer).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailClosedResponse {
     pub retry_after_secs: i64,
     pub body: String,

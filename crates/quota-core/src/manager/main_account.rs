@@ -46,7 +46,7 @@ impl QuotaManager {
             .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
             .cloned();
         if force {
-            routes.retarget_main(wanted.clone());
+            routes.retarget_main(wanted);
             routes.generations.error_cleared(now);
             self.schedule_main_write(state);
             return None;
@@ -57,7 +57,7 @@ impl QuotaManager {
                 // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
                 // whoever binds it), and drops an entry not stamped for the new identity.
                 (None, Some(wanted)) => routes.bind_main(wanted),
-                _ => routes.retarget_main(wanted.clone()),
+                _ => routes.retarget_main(wanted),
             }
             routes.main_mut().record.entry = kept_entry;
         } else if wanted_name.is_some() && kept_entry.is_none() {

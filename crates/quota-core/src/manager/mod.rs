@@ -213,7 +213,7 @@ impl QuotaManager {
         let weak = Arc::downgrade(&manager.inner);
         let job = Box::new(move || {
             if let Some(inner) = weak.upgrade() {
-                QuotaManager { inner }.seed(storage.as_ref());
+                Self { inner }.seed(storage.as_ref());
             }
         });
         manager.inner.loading.arm(job);

@@ -149,7 +149,7 @@ impl QuotaManager {
         let known = state.routes.generations.known;
         let bound = state.routes.main_owner().map(MainIdentity::persisted);
         let identity = if known {
-            bound.clone()
+            bound
         } else {
             identity
                 .or(storage.main_account_id.as_deref())

@@ -219,7 +219,7 @@ async fn renew_while_held(store: RedisStore, key: String, fence: i64, lost: Arc<
     loop {
         tokio::time::sleep(period).await;
         // An unanswered renewal is tried again: the lock may still be ours until its TTL.
-        if let Ok(false) = store.renew(&key, fence).await {
+        if store.renew(&key, fence).await == Ok(false) {
             lost.store(true, Ordering::SeqCst);
             return;
         }

@@ -13,7 +13,7 @@ use crate::snapshot::QuotaEntry;
 
 mod records;
 
-pub(crate) struct RedisServer {
+pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,

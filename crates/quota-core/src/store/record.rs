@@ -44,7 +44,7 @@ pub struct RouteRecord {
 impl RouteRecord {
     /// Folds a newer or concurrent observation into this record: the one merge rule of the
     /// cache, the state file and Redis (docs/state-file.md#merge-rule).
-    pub fn merge(&mut self, incoming: &RouteRecord) {
+    pub fn merge(&mut self, incoming: &Self) {
         if incoming.lineage.is_some() && incoming.lineage != self.lineage {
             *self = incoming.clone();
             return;
@@ -70,7 +70,7 @@ impl RouteRecord {
     /// backoff change here dated after that comes from a clock running ahead (or a damaged
     /// value), and the incoming one replaces it, whatever its date. Otherwise a just-fetched
     /// result would lose to such a record, window after window.
-    pub fn merge_as_of(&mut self, incoming: &RouteRecord, trusted_until: i64) {
+    pub fn merge_as_of(&mut self, incoming: &Self, trusted_until: i64) {
         let from_the_future = |at: i64| at > trusted_until;
         if incoming.entry.is_some()
             && self.entry.as_ref().is_some_and(|e| from_the_future(e.checked_at))
@@ -88,7 +88,7 @@ impl RouteRecord {
     /// damaged value such as `i64::MAX`) must not freeze polling or back a route off for years.
     /// Saturating arithmetic throughout: any `i64` input is safe.
     #[must_use]
-    pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> RouteRecord {
+    pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> Self {
         let latest_seen = now.saturating_add(limits.max_clock_skew_ms.max(0));
         let latest_retry = now.saturating_add(limits.max_backoff_ms.max(0));
         let seen = |at: i64| if at > latest_seen { now } else { at };

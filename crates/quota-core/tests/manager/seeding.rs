@@ -24,7 +24,7 @@ async fn a_persisted_error_older_than_the_persisted_poll_is_not_a_backoff() {
     };
     let mut storage = HostStorage {
         main_account_id: Some("alice".into()),
-        main_last_error: Some(error.clone()),
+        main_last_error: Some(error),
         ..HostStorage::default()
     };
     seeded.seed_main(&storage, None);

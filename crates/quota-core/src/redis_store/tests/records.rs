@@ -70,14 +70,15 @@ async fn concurrent_unfenced_merges_lose_no_update_and_follow_the_merge_rule() {
         .map(|i| {
             let store = store(&server);
             tokio::spawn(async move {
-                let mut update = RouteRecord {
-                    last_attempt_at: Some(i),
-                    last_attempt_token: Some(format!("fp{i}")),
-                    ..RouteRecord::default()
+                let update = if i == 7 {
+                    record(500)
+                } else {
+                    RouteRecord {
+                        last_attempt_at: Some(i),
+                        last_attempt_token: Some(format!("fp{i}")),
+                        ..RouteRecord::default()
+                    }
                 };
-                if i == 7 {
-                    update = record(500);
-                }
                 store.apply_as_of(&[merge("main:acct", update)], None, i64::MAX).await
             })
         })

@@ -136,7 +136,7 @@ fn merge_keeps_what_is_here_on_ties_and_folds_equal_backoff_changes() {
     newer.backoff_updated_at = 11;
     newer.last_attempt_at = Some(8);
     newer.last_attempt_token = Some("newer".into());
-    let mut merged = here.clone();
+    let mut merged = here;
     merged.merge(&newer);
     assert_eq!(merged.entry, newer.entry);
     assert_eq!(merged.backoff, backoff(1, 50), "a newer change replaces");
@@ -164,7 +164,7 @@ fn a_write_replaces_a_record_dated_after_the_writers_clock() {
     let mut near = record(NOW + 10);
     near.backoff_updated_at = NOW + 10;
     store.apply_as_of(&[merge("main:b", near.clone())], i64::MAX).unwrap();
-    let written = store.apply_as_of(&[merge("main:b", fresh.clone())], NOW + 10).unwrap();
+    let written = store.apply_as_of(&[merge("main:b", fresh)], NOW + 10).unwrap();
     assert_eq!(written.state.routes["main:b"], near);
     // An update without an entry or a backoff change leaves a future one alone.
     store.apply_as_of(&[merge("main:c", skewed.clone())], i64::MAX).unwrap();
