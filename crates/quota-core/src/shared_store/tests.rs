@@ -62,6 +62,7 @@ async fn redis_first_then_the_file_while_it_is_down_then_redis_again() {
     let file = StateStore::new(dir.path().join("state.json"));
     let shared = SharedStore::new(Some(file.clone()), Some(redis(&server)));
     assert_eq!(shared.mode(), StoreMode::Redis);
+    assert_eq!(shared.redis_fallbacks(), 0);
 
     // Up: the lock is Redis's, the write lands in Redis and in the file.
     let locked = shared.lock_route("main:a", Duration::ZERO).await.unwrap();
@@ -202,4 +203,33 @@ async fn a_released_redis_guard_has_freed_the_route_when_release_resolves() {
     let mut reply = [0u8; 4];
     stream.read_exact(&mut reply).unwrap();
     assert_eq!(&reply, b":0\r\n", "the lock was still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_read_without_a_lock_from_where_the_routes_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = StateStore::new(dir.path().join("state.json"));
+    Backend::File(&file).apply(&[merge("main:a", 5)], None, i64::MAX).await.unwrap();
+    let read = Backend::File(&file).read_route("main:a").await.unwrap();
+    assert_eq!(checked_at(read.as_ref()), Some(5));
+    let shared = SharedStore::new(Some(file), None);
+    assert_eq!(checked_at(shared.read_route("main:a").await.unwrap().as_ref()), Some(5));
+    assert_eq!(shared.read_route("main:b").await.unwrap(), None);
+    assert_eq!(SharedStore::new(None, None).read_route("main:a").await.unwrap(), None);
+}
+
+#[test]
+fn modes_errors_and_the_store_describe_themselves() {
+    let names: Vec<_> =
+        [StoreMode::Redis, StoreMode::File, StoreMode::Memory].map(StoreMode::as_str).into();
+    assert_eq!(names, ["redis", "file", "memory"]);
+    assert_eq!(StoreError::Unavailable("refused".into()).to_string(), "Redis unavailable: refused");
+    assert_eq!(StoreError::StaleLock.to_string(), "the route lock expired before the write");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let shared = SharedStore::new(Some(StateStore::new(path.clone())), None);
+    let described = format!("{shared:?}");
+    assert!(described.starts_with("SharedStore {"), "{described}");
+    assert!(described.contains(&format!("{path:?}")), "{described}");
+    assert!(described.contains("mode: File"), "{described}");
 }
