@@ -259,7 +259,7 @@ impl SharedHttp {
                 Ok::<_, String>(client)
             });
             for warning in warnings {
-                eprintln!("anthropic-quota-manager: {warning}");
+                log::warn!("{warning}");
             }
             client
         });
