@@ -33,27 +33,28 @@ export interface ExtraUsage {
   exhausted: boolean
 }
 
-/** Where each present field of a snapshot came from. */
-export interface QuotaFieldSources {
-  five_hour?: 'poll' | 'headers'
-  seven_day?: 'poll' | 'headers'
-  scoped?: 'poll' | 'headers'
-  extraUsage?: 'poll' | 'headers'
-  bindingWindow?: 'poll' | 'headers'
-  fallbackAdvised?: 'poll' | 'headers'
-}
+/** The quota windows every snapshot may carry, by their field name. */
+export type QuotaWindowKind = 'five_hour' | 'seven_day'
 
-export interface QuotaSnapshot {
-  five_hour?: QuotaWindow
-  seven_day?: QuotaWindow
+/** Where a snapshot, or one of its fields, came from. */
+export type QuotaSource = 'poll' | 'headers'
+
+/** Where each present field of a snapshot came from. */
+export interface QuotaFieldSources
+  extends Partial<Record<QuotaWindowKind | 'scoped' | 'extraUsage' | 'bindingWindow' | 'fallbackAdvised', QuotaSource>> {}
+
+/** The remaining percentage each window must keep; `'5h'` and `'1w'` are the plugin's aliases. */
+export type MinimumRemaining = { [window in QuotaWindowKind | '5h' | '1w']?: number | undefined }
+
+export interface QuotaSnapshot extends Partial<Record<QuotaWindowKind, QuotaWindow>> {
   /** Only from polls; `[]` is meaningful (the poll saw no scoped limit). */
   scoped?: ScopedQuotaWindow[]
   /** Only from polls. */
   extraUsage?: ExtraUsage
   bindingWindow?: string
-  bindingWindowSource?: 'poll' | 'headers'
+  bindingWindowSource?: QuotaSource
   fallbackAdvised?: boolean
-  source?: 'poll' | 'headers'
+  source?: QuotaSource
   /** Unix ms. */
   checkedAt?: number
   /** The route's identity, never a token. */
@@ -111,9 +112,7 @@ export interface AccountStorage {
         enabled?: boolean | undefined
         checkIntervalMinutes?: number | undefined
         refreshEveryNRequests?: number | undefined
-        minimumRemaining?:
-          | { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined }
-          | undefined
+        minimumRemaining?: MinimumRemaining | undefined
         failClosedOnUnknownQuota?: boolean | undefined
         mainQuota?: QuotaSnapshot | undefined
         mainQuotaCheckedAt?: number | undefined
@@ -166,13 +165,41 @@ export interface FallbackAccountLineage {
   authLineageId?: string | undefined
 }
 
-/** What `fetchQuotaSnapshot` is asked for. */
+/** What `evaluateQuota` answers; `reason` names the window that refuses. */
+export interface QuotaEvaluation {
+  passes: boolean
+  reason?: QuotaWindowKind | 'scoped' | 'unknown'
+  blockedUntil?: number
+}
+
+/**
+ * The methods the facade (index.js) defines over the native class; `getAllFallbacks` builds its
+ * Map there, and each `…WithMetadata` twin is its method with `fetched` added.
+ */
+export interface QuotaManager {
+  /** Every cached fallback entry, by account id. */
+  getAllFallbacks(): Map<string, QuotaEntry>
+  /** `refreshMain`, telling whether a request was sent (`fetched`) or the cache served. */
+  refreshMainWithMetadata(
+    mainAccountId: string | undefined,
+    accessToken?: string | undefined,
+    expectedIdentityGeneration?: number | undefined,
+  ): Promise<QuotaRefreshResult>
+  /** `refreshFallback`, telling whether a request was sent. */
+  refreshFallbackWithMetadata(
+    accountId: string,
+    accessToken: string,
+    account?: FallbackAccountLineage | FallbackAccount | undefined,
+  ): Promise<QuotaRefreshResult>
+}
+
 /**
  * Response headers as the host has them: a plain object, or anything iterable as `[name, value]`
  * pairs with an `entries()` method (`response.headers`, a `Headers`, a `Map`).
  */
 export type HeadersInput = Record<string, string> | { entries(): IterableIterator<[string, string]> }
 
+/** What `fetchQuotaSnapshot` is asked for. */
 export interface QuotaSnapshotRequest {
   kind: 'main' | 'fallback'
   /** The main identity, or the fallback id. */
@@ -295,8 +322,7 @@ export interface RedisOptions {
 }
 
 export interface QuotaPolicy {
-  minimumRemaining?:
-    { five_hour?: number | undefined; seven_day?: number | undefined; '5h'?: number | undefined; '1w'?: number | undefined } | undefined
+  minimumRemaining?: MinimumRemaining | undefined
   /** Default `true`: unknown quota fails closed, as the plugin's policy does. */
   failClosedOnUnknownQuota?: boolean | undefined
 }
@@ -363,6 +389,7 @@ export declare class QuotaManager {
    * skipped. Failures are recorded on each account's route, never thrown.
    */
   refreshAllFallbacks<A extends FallbackAccount>(accounts: readonly A[], resolveAccessToken?: ((account: A) => string | undefined) | undefined): Promise<void>
+
   /**
    * The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
    * identity is strict, is stamped with it). Without: `null` while an identity is bound (as
@@ -374,8 +401,6 @@ export declare class QuotaManager {
    * first if its login was replaced (a different `authLineageId`).
    */
   getFallback(accountId: string, account?: FallbackAccountLineage | FallbackAccount | undefined): QuotaEntry | null
-  /** Every cached fallback entry, by account id. */
-  getAllFallbacks(): Map<string, QuotaEntry>
   /**
    * Binds the main identity (docs/compat.md#main-identity). Returns the new error generation when a backoff
    * error recorded for another identity was cleared, else `undefined`.
@@ -451,15 +476,11 @@ export declare class QuotaManager {
    * one request get the same promise and the same frozen snapshot. Bad arguments reject.
    */
   refreshMain(mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined): Promise<QuotaSnapshot>
-  /** `refreshMain`, telling whether a request was sent (`fetched`) or the cache served. */
-  refreshMainWithMetadata(mainAccountId: string | undefined, accessToken?: string | undefined, expectedIdentityGeneration?: number | undefined): Promise<QuotaRefreshResult>
   /**
    * Polls the usage endpoint for one fallback account. `accessToken` may be `''` when
    * `canFetchWithoutAccessToken()`. Bad arguments reject.
    */
   refreshFallback(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaSnapshot>
-  /** `refreshFallback`, telling whether a request was sent. */
-  refreshFallbackWithMetadata(accountId: string, accessToken: string, account?: FallbackAccountLineage | FallbackAccount | undefined): Promise<QuotaRefreshResult>
   /**
    * Starts a main refresh nobody awaits. Never rejects; does nothing while one runs or while
    * the route is backed off.
@@ -497,7 +518,7 @@ export declare function defaultStatePath(): string | null
  * Does this snapshot allow a request on this model? `blockedUntil` is when the binding window
  * resets.
  */
-export declare function evaluateQuota(quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string): { passes: boolean; reason?: 'five_hour' | 'seven_day' | 'scoped' | 'unknown'; blockedUntil?: number }
+export declare function evaluateQuota(quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string): QuotaEvaluation
 
 /**
  * Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry

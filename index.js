@@ -256,6 +256,59 @@ function runPoll(fetchQuotaSnapshot, request, owner) {
   return isThenable(answer) ? Promise.resolve(answer).catch(failed) : answer
 }
 
+/** The promise `start` returns, or one rejected with what it threw: promise-returning methods never throw. */
+function rejecting(start) {
+  try {
+    return start()
+  } catch (error) {
+    return Promise.reject(error)
+  }
+}
+
+let flushesAtExit = false
+
+/**
+ * Has every manager with a state file write what is still unsaved (header pushes wait up to
+ * 250 ms to be written together) when the host exits, even through `process.exit()` or a signal.
+ * One `exit` listener and one listener per signal, per thread, serve every manager.
+ *
+ * Signals: a listener changes what a signal does (Node no longer terminates), so ours flushes
+ * and then, when the host had no listener of its own when the signal arrived, re-raises the
+ * signal with no listener left (the default action: the process ends by that signal). When the
+ * host had listeners, the host decides; ours only flushes. Ours is put first, so it sees the
+ * host's `once` listeners before they remove themselves. A signal caught just as the event loop
+ * ends would never reach a listener (the loop no longer polls): when the loop runs dry, it gets
+ * one more turn, which delivers it.
+ *
+ * Windows has its own set: SIGINT (Ctrl+C), SIGBREAK (Ctrl+Break) and SIGHUP (the console window
+ * closes; Windows ends the process seconds later). It never raises SIGTERM, and `process.kill`
+ * there can only end a process (as SIGTERM: SIGBREAK and SIGHUP cannot be sent), so that is how
+ * the default action is re-raised.
+ */
+function flushAtExit() {
+  if (flushesAtExit) return
+  flushesAtExit = true
+  const flush = () => Native._flushUnsaved()
+  process.on('exit', flush)
+  const windows = process.platform === 'win32'
+  for (const signal of windows ? ['SIGINT', 'SIGBREAK', 'SIGHUP'] : ['SIGINT', 'SIGTERM']) {
+    const onSignal = () => {
+      flush()
+      if (process.listenerCount(signal) > 1) return
+      process.removeListener(signal, onSignal)
+      process.kill(process.pid, windows ? 'SIGTERM' : signal)
+    }
+    process.prependListener(signal, onSignal)
+  }
+  // Every other time the loop runs dry: the extra turn ends in beforeExit again, and then the
+  // process may exit.
+  let turnGiven = false
+  process.on('beforeExit', () => {
+    turnGiven = !turnGiven
+    if (turnGiven) setImmediate(() => {})
+  })
+}
+
 class QuotaManager extends Native {
   #changes = NEVER_CURRENT
   /** The core's time now, as the native entry would see it (sampling the host's `now`); NaN: ask natively. */
@@ -278,31 +331,34 @@ class QuotaManager extends Native {
     const owner = {}
     super(withPollContext(options, owner))
     this.#owner = owner
+    if (this.statePath !== null) flushAtExit()
     if (!this.#useClockOf(options)) return
     const changes = this._changeCounter()
     if (changes !== null) this.#changes = changes
   }
 
   refreshMain(mainAccountId, accessToken, expectedIdentityGeneration) {
-    return (
-      this.#refusedReentry('refreshMain', 'main', mainAccountId) ??
-      this.#refreshMain(0, mainAccountId, accessToken, expectedIdentityGeneration)
-    )
+    return this.#refreshMain(false, mainAccountId, accessToken, expectedIdentityGeneration)
   }
 
   refreshMainWithMetadata(mainAccountId, accessToken, expectedIdentityGeneration) {
+    return this.#refreshMain(true, mainAccountId, accessToken, expectedIdentityGeneration)
+  }
+
+  refreshFallback(accountId, accessToken, account) {
+    return this.#refreshFallback(false, accountId, accessToken, account)
+  }
+
+  refreshFallbackWithMetadata(accountId, accessToken, account) {
+    return this.#refreshFallback(true, accountId, accessToken, account)
+  }
+
+  #refreshFallback(withMetadata, accountId, accessToken, account) {
+    const method = withMetadata ? 'refreshFallbackWithMetadata' : 'refreshFallback'
     return (
-      this.#refusedReentry('refreshMainWithMetadata', 'main', mainAccountId) ??
-      this.#refreshMain(1, mainAccountId, accessToken, expectedIdentityGeneration)
+      this.#refusedReentry(method, 'fallback', accountId) ??
+      rejecting(() => super.refreshFallback(accountId, accessToken, account, withMetadata))
     )
-  }
-
-  refreshFallback(...args) {
-    return this.#refusedReentry('refreshFallback', 'fallback', args[0]) ?? super.refreshFallback(...args)
-  }
-
-  refreshFallbackWithMetadata(...args) {
-    return this.#refusedReentry('refreshFallbackWithMetadata', 'fallback', args[0]) ?? super.refreshFallbackWithMetadata(...args)
   }
 
   /**
@@ -335,13 +391,16 @@ class QuotaManager extends Native {
    * core says which request such a call would join now. Anything else goes native. Not with a
    * `now` option, which every native entry samples.
    */
-  #refreshMain(shape, id, token, generation) {
+  #refreshMain(withMetadata, id, token, generation) {
+    const refused = this.#refusedReentry(withMetadata ? 'refreshMainWithMetadata' : 'refreshMain', 'main', id)
+    if (refused !== undefined) return refused
+    const shape = withMetadata ? 1 : 0
     const kept = this.#refreshed[shape]
     if (kept !== null && id === kept.id && token === kept.token && generation === undefined && this.#stillJoins(kept)) {
       Atomics.add(this.#changes, 1, 1)
       return kept.promise
     }
-    const promise = shape === 0 ? super.refreshMain(id, token, generation) : super.refreshMainWithMetadata(id, token, generation)
+    const promise = rejecting(() => super.refreshMain(id, token, generation, withMetadata))
     const keep =
       this.#changes !== NEVER_CURRENT &&
       !this.#samplesNow &&
@@ -426,8 +485,15 @@ class QuotaManager extends Native {
     const flat =
       !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
     const compact = flat === null ? null : jsonOrNull(flat)
-    if (compact === null) return super.refreshAllFallbacks(accounts, resolveAccessToken)
-    return this._refreshAllFallbacksFrom(compact, accounts, resolveAccessToken)
+    return rejecting(() =>
+      compact === null
+        ? super.refreshAllFallbacks(accounts, resolveAccessToken)
+        : this._refreshAllFallbacksFrom(compact, accounts, resolveAccessToken),
+    )
+  }
+
+  getAllFallbacks() {
+    return new Map(super.getAllFallbacks())
   }
 
   /**

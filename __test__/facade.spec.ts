@@ -475,17 +475,18 @@ describe('refreshMain joined in JavaScript', () => {
     const rest = Array.from({ length: 99 }, () => manager.refreshMain(ME, 'token-join'))
     expect(calls).toHaveBeenCalledTimes(1)
     for (const p of rest) expect(p).toBe(first)
-    // Another shape is another promise, on the same request.
+    // Another shape is another promise, on the same request (its first call is native too).
     const withMetadata = manager.refreshMainWithMetadata(ME, 'token-join')
     expect(withMetadata).not.toBe(first)
     expect(manager.refreshMainWithMetadata(ME, 'token-join')).toBe(withMetadata)
+    expect(calls).toHaveBeenCalledTimes(2)
     await Promise.all([first, withMetadata])
     expect(sim.requests).toBe(1)
     expect(manager.stats().joinedInFlight).toBe(101)
     // The request is over: the next call is a new request, natively.
     await manager.refreshMain(ME, 'token-join')
     expect(sim.requests).toBe(2)
-    expect(calls).toHaveBeenCalledTimes(2)
+    expect(calls).toHaveBeenCalledTimes(3)
   })
 
   it('other arguments, an expected generation, or close() are never joined in JavaScript', async () => {

@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
 use super::js::{is_thenable, to_json, type_error};
-use super::manager::{or_rejected, void_promise, QuotaManager};
+use super::manager::{void_promise, QuotaManager};
 use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::PendingTokens;
@@ -111,15 +111,13 @@ impl QuotaManager {
         accounts: Option<Unknown>,
         resolver: Option<Unknown>,
     ) -> Result<Unknown<'env>> {
-        let body = self.tick(env).and_then(|()| {
-            let accounts = accounts.filter(|v| v.is_array().unwrap_or(false));
-            let accounts = accounts.ok_or_else(|| type_error(env, NOT_AN_ARRAY))?;
-            let resolver = resolver_arg(env, resolver)?;
-            let list = AccountList::from_value(&to_json(env, accounts, "accounts")?)
-                .map_err(|e| type_error(env, e))?;
-            self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
-        });
-        or_rejected(env, body)
+        self.tick(env)?;
+        let accounts = accounts.filter(|v| v.is_array().unwrap_or(false));
+        let accounts = accounts.ok_or_else(|| type_error(env, NOT_AN_ARRAY))?;
+        let resolver = resolver_arg(env, resolver)?;
+        let list = AccountList::from_value(&to_json(env, accounts, "accounts")?)
+            .map_err(|e| type_error(env, e))?;
+        self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
     }
 
     /// Seeding, first half: reads the compact list (a `TypeError` names a bad account) and
@@ -202,14 +200,14 @@ impl QuotaManager {
         accounts: Array,
         resolver: Option<Function<Unknown, Unknown>>,
     ) -> Result<Unknown<'env>> {
-        let body = self.tick(env).and_then(|()| match resolver {
+        self.tick(env)?;
+        match resolver {
             Some(resolver) => {
                 let list = read_compact(&compact, None, false).map_err(|e| type_error(env, e))?;
                 self.start_refreshes(env, list, &accounts, Some(resolver))
             }
             None => self.refresh_off_thread(env, compact),
-        });
-        or_rejected(env, body)
+        }
     }
 }
 

@@ -39,7 +39,7 @@ fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
 #[napi(
     catch_unwind,
     ts_args_type = "quota: QuotaSnapshot | null | undefined, policy?: QuotaPolicy, modelId?: string",
-    ts_return_type = "{ passes: boolean; reason?: 'five_hour' | 'seven_day' | 'scoped' | 'unknown'; blockedUntil?: number }"
+    ts_return_type = "QuotaEvaluation"
 )]
 pub fn evaluate_quota(
     env: Env,

@@ -18,16 +18,8 @@ use super::views::Frozen;
 use quota_core::manager::{Refresh, RefreshOutcome};
 use quota_core::snapshot::QuotaSnapshot;
 
-/// What a refresh method resolves with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Shape {
-    /// `refreshMain` / `refreshFallback`: the snapshot.
-    Snapshot,
-    /// The `…WithMetadata` variants: `{ quota, fetched }`.
-    WithMetadata,
-}
-
-/// A settled refresh, in the shape its method promises.
+/// A settled refresh, in the shape its method promises: the `…WithMetadata` twins resolve with
+/// `{ quota, fetched }`.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Answer {
@@ -35,7 +27,8 @@ enum Answer {
     WithMetadata { quota: QuotaSnapshot, fetched: bool },
 }
 
-type Running = HashMap<(u64, Shape), UnknownRef<false>>;
+/// By attempt and shape (`true`: with metadata).
+type Running = HashMap<(u64, bool), UnknownRef<false>>;
 
 #[derive(Default)]
 pub struct SharedPromises {
@@ -86,10 +79,10 @@ impl SharedPromises {
         &self,
         env: &'env Env,
         refresh: Refresh,
-        shape: Shape,
+        with_metadata: bool,
     ) -> Result<Unknown<'env>> {
         let Refresh { wait, attempt_id, hold } = refresh;
-        let key = attempt_id.map(|id| (id, shape));
+        let key = attempt_id.map(|id| (id, with_metadata));
         if let Some(existing) =
             key.and_then(|key| self.running.borrow().get(&key).map(|r| r.get_value(env)))
         {
@@ -111,11 +104,10 @@ impl SharedPromises {
                 // (the same synchronous run of JS) joined this request and got this promise.
                 drop(hold);
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
-                Ok(Frozen(match shape {
-                    Shape::Snapshot => Answer::Snapshot(outcome.quota),
-                    Shape::WithMetadata => {
-                        Answer::WithMetadata { quota: outcome.quota, fetched: outcome.fetched }
-                    }
+                Ok(Frozen(if with_metadata {
+                    Answer::WithMetadata { quota: outcome.quota, fetched: outcome.fetched }
+                } else {
+                    Answer::Snapshot(outcome.quota)
                 }))
             })?;
         let promise = promise.to_unknown();

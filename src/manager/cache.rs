@@ -64,20 +64,16 @@ impl QuotaManager {
         self.views.get(env, Some(&id), entry)
     }
 
-    /// Every cached fallback entry, by account id.
-    #[napi(catch_unwind, ts_return_type = "Map<string, QuotaEntry>")]
-    pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Unknown<'env>> {
+    /// Every cached fallback entry, as `[id, entry]` pairs: the facade makes them the `Map` its
+    /// type promises (`src/types.d.ts`).
+    #[napi(catch_unwind, skip_typescript)]
+    pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Vec<(String, Unknown<'env>)>> {
         self.tick(env)?;
-        let global = env.get_global()?;
-        let map_class: Function<(), Unknown> = global.get_named_property("Map")?;
-        let map = map_class.new_instance(())?;
-        let set: Function<FnArgs<(String, Unknown)>, Unknown> =
-            map.coerce_to_object()?.get_named_property("set")?;
-        for (id, entry) in self.core.all_fallbacks() {
+        let pairs = self.core.all_fallbacks().into_iter().map(|(id, entry)| {
             let view = self.views.get(env, Some(&id), Some(entry))?;
-            set.apply(map, FnArgs::from((id, view)))?;
-        }
-        Ok(map)
+            Ok((id, view))
+        });
+        pairs.collect()
     }
 
     // ----- main identity -------------------------------------------------------------------

@@ -13,7 +13,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::callbacks::JsCallbacks;
-use crate::js::rejected;
 use crate::js::{type_error, Json};
 use crate::js_now::JsNow;
 use crate::options::parse_options;
@@ -59,14 +58,6 @@ pub fn void_promise(
     )
 }
 
-/// A promise-returning method's body: a bad argument rejects the promise, never throws.
-pub fn or_rejected<'env>(env: &'env Env, body: Result<Unknown<'env>>) -> Result<Unknown<'env>> {
-    match body {
-        Ok(promise) => Ok(promise),
-        Err(error) => rejected(env, error),
-    }
-}
-
 #[napi]
 impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
@@ -93,7 +84,7 @@ impl QuotaManager {
         })?;
         crate::host_env::print_trust_warnings_once(core.trust_warnings());
         if core.state_path().is_some() {
-            crate::exit::flush_at_exit(&env, &core)?;
+            crate::exit::flush_at_exit(&core);
         }
         Ok(Self {
             core,
