@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use std::sync::{Arc, OnceLock};
 
-use super::js::{is_thenable, to_json, type_error};
+use super::js::{is_thenable, optional, to_json, type_error};
 use super::manager::{void_promise, QuotaManager};
 use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
@@ -114,7 +114,7 @@ impl QuotaManager {
         self.tick(env)?;
         let accounts = accounts.filter(|v| v.is_array().unwrap_or(false));
         let accounts = accounts.ok_or_else(|| type_error(env, NOT_AN_ARRAY))?;
-        let resolver = resolver_arg(env, resolver)?;
+        let resolver = optional::<Function<Unknown, Unknown>>(env, resolver, "resolveAccessToken")?;
         let list = AccountList::from_value(&to_json(env, accounts, "accounts")?)
             .map_err(|e| type_error(env, e))?;
         self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
@@ -190,8 +190,8 @@ impl QuotaManager {
     /// `refreshAllFallbacks` over the compact list (`accounts` is the host's own, for the
     /// resolver). Without a resolver, the list is read off the JavaScript thread, then the due
     /// refreshes start (`access` counts while `expires` is after now); its tokens count as
-    /// tokens from the moment this returns (see `QuotaManager::expect_tokens`). A bad account rejects the promise
-    /// with the `TypeError` naming it, and nothing starts.
+    /// tokens from the moment this returns (see `QuotaManager::expect_tokens`). A bad account is
+    /// a `TypeError` naming it, and nothing starts.
     #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
     pub fn refresh_all_fallbacks_from<'env>(
         &self,
@@ -208,22 +208,6 @@ impl QuotaManager {
             }
             None => self.refresh_off_thread(env, compact),
         }
-    }
-}
-
-/// `resolveAccessToken`: a function, or nullish.
-fn resolver_arg<'env>(
-    env: &Env,
-    resolver: Option<Unknown<'env>>,
-) -> Result<Option<Function<'env, Unknown<'env>, Unknown<'env>>>> {
-    match resolver {
-        Some(r) if !super::js::is_nullish(&r) => {
-            if r.get_type()? != ValueType::Function {
-                return Err(type_error(env, "resolveAccessToken must be a function"));
-            }
-            Ok(Some(unsafe { r.cast::<Function<Unknown, Unknown>>() }?))
-        }
-        _ => Ok(None),
     }
 }
 

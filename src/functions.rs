@@ -5,7 +5,7 @@ use napi_derive::napi;
 use serde::Serialize;
 
 use super::js::{
-    describe, headers_arg, is_nullish, number_in, optional_string, required_string, to_json,
+    headers_arg, number_in, object_arg, optional, or_undefined, present, required, to_json,
     type_error, Json, OrUndefined,
 };
 use quota_core::backoff;
@@ -28,9 +28,9 @@ struct Evaluation {
 }
 
 fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
-    match value {
-        Some(value) if !is_nullish(&value) => Ok(number_in(env, value, name, 0.0, 8.64e15)? as i64),
-        _ => Ok(SystemClock.now_ms()),
+    match present(value) {
+        Some(value) => Ok(number_in(env, value, name, 0.0, 8.64e15)? as i64),
+        None => Ok(SystemClock.now_ms()),
     }
 }
 
@@ -47,29 +47,17 @@ pub fn evaluate_quota(
     policy: Option<Unknown>,
     model_id: Option<Unknown>,
 ) -> Result<Json<impl Serialize>> {
-    let quota = match quota {
-        Some(value) if !is_nullish(&value) => {
-            let json = to_json(&env, value, "quota")?;
-            Some(
-                QuotaSnapshot::from_value_lenient(&json)
-                    .ok_or_else(|| type_error(&env, "quota must be an object"))?,
-            )
-        }
-        _ => None,
-    };
-    let policy = match policy {
-        Some(value) if !is_nullish(&value) => match value.get_type()? {
-            ValueType::Object => QuotaPolicy::from_value_lenient(&to_json(&env, value, "policy")?),
-            other => {
-                return Err(type_error(
-                    &env,
-                    format!("policy must be an object, got {}", describe(other)),
-                ))
-            }
-        },
-        _ => QuotaPolicy::default(),
-    };
-    let model = optional_string(&env, model_id, "modelId")?;
+    let quota = present(quota).map(|value| {
+        let json = to_json(&env, value, "quota")?;
+        QuotaSnapshot::from_value_lenient(&json)
+            .ok_or_else(|| type_error(&env, "quota must be an object"))
+    });
+    let quota = quota.transpose()?;
+    let policy = present(policy).map(|value| object_arg(&env, Some(value), "policy"));
+    let policy = policy
+        .transpose()?
+        .map_or_else(QuotaPolicy::default, |json| QuotaPolicy::from_value_lenient(&json));
+    let model = optional::<String>(&env, model_id, "modelId")?;
     let result = evaluate(quota.as_ref(), &policy, model.as_deref());
     Ok(Json(Evaluation {
         passes: result.passes,
@@ -82,7 +70,7 @@ pub fn evaluate_quota(
 /// without storing it.
 #[napi(catch_unwind, ts_args_type = "token: string")]
 pub fn token_fingerprint(env: Env, token: Option<Unknown>) -> Result<String> {
-    Ok(fingerprint(&required_string(&env, token, "token")?))
+    Ok(fingerprint(&required::<String>(&env, token, "token")?))
 }
 
 /// Reads quota from `anthropic-ratelimit-unified-*` response headers; `null` when they carry
@@ -116,9 +104,9 @@ pub fn parse_retry_after(
     value: Option<Unknown>,
     now_ms: Option<Unknown>,
 ) -> Result<OrUndefined<f64>> {
-    let value = required_string(&env, value, "value")?;
+    let value = required::<String>(&env, value, "value")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
-    Ok(OrUndefined(backoff::parse_retry_after(&value, now).map(|ms| ms as f64)))
+    Ok(or_undefined(backoff::parse_retry_after(&value, now).map(|ms| ms as f64)))
 }
 
 /// The state file a manager uses when `statePath` is not given: `anthropic-quota-state.json`
@@ -145,7 +133,7 @@ struct ParsedRouteKey {
     ts_return_type = "{ kind: 'main' | 'fallback'; id: string } | null"
 )]
 pub fn parse_route_key(env: Env, key: Option<Unknown>) -> Result<Json<Option<impl Serialize>>> {
-    let key = required_string(&env, key, "key")?;
+    let key = required::<String>(&env, key, "key")?;
     Ok(Json(
         RouteKey::parse(&key)
             .map(|key| ParsedRouteKey { kind: key.kind(), id: key.id().to_owned() }),

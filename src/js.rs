@@ -23,7 +23,7 @@ impl<T: Serialize> ToNapiValue for Json<T> {
     }
 }
 
-fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
+pub fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
     env: &'env Env,
     name: &str,
 ) -> Result<Function<'env, Args, Return>> {
@@ -111,6 +111,16 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
 }
 
+/// An object argument, read as plain data.
+pub fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
+    let value =
+        value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
+    match value.get_type()? {
+        ValueType::Object => to_json(env, value, name),
+        other => Err(type_error(env, format!("{name} must be an object, got {}", describe(other)))),
+    }
+}
+
 /// Response headers (or a snapshot) as plain data. A `Headers` or a `Map` (anything with an
 /// `entries()` method that is not an array: `response.headers` is the natural argument) is read
 /// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
@@ -143,29 +153,43 @@ pub fn is_nullish(value: &Unknown) -> bool {
     matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null))
 }
 
-/// An optional string argument.
-pub fn optional_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<String>> {
-    match value {
-        None => Ok(None),
-        Some(value) if is_nullish(&value) => Ok(None),
-        Some(value) => match value.get_type()? {
-            ValueType::String => Ok(Some(unsafe { value.cast::<String>() }?)),
-            other => {
-                Err(type_error(env, format!("{name} must be a string, got {}", describe(other))))
-            }
-        },
-    }
+/// An optional argument, with `undefined` and `null` read as absent.
+pub fn present(value: Option<Unknown>) -> Option<Unknown> {
+    value.filter(|value| !is_nullish(value))
 }
 
-/// A required string argument.
-pub fn required_string(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
-    optional_string(env, value, name)?
-        .ok_or_else(|| type_error(env, format!("{name} must be a string, got undefined")))
+/// An optional argument of one JavaScript type.
+pub fn optional<T: FromNapiValue + TypeName>(
+    env: &Env,
+    value: Option<Unknown>,
+    name: &str,
+) -> Result<Option<T>> {
+    present(value).map(|value| of_type(env, value, name)).transpose()
+}
+
+/// A value of one JavaScript type; another type is a `TypeError` naming the argument.
+fn of_type<T: FromNapiValue + TypeName>(env: &Env, value: Unknown, name: &str) -> Result<T> {
+    let (expected, actual) = (T::value_type(), value.get_type()?);
+    if actual != expected {
+        let message = format!("{name} must be {}, got {}", describe(expected), describe(actual));
+        return Err(type_error(env, message));
+    }
+    unsafe { value.cast::<T>() }
+}
+
+/// A required argument of one JavaScript type.
+pub fn required<T: FromNapiValue + TypeName>(
+    env: &Env,
+    value: Option<Unknown>,
+    name: &str,
+) -> Result<T> {
+    let missing = || format!("{name} must be {}, got undefined", describe(T::value_type()));
+    optional(env, value, name)?.ok_or_else(|| type_error(env, missing()))
 }
 
 /// A required non-empty string argument (ids and tokens).
 pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
-    let text = required_string(env, value, name)?;
+    let text: String = required(env, value, name)?;
     if text.trim().is_empty() {
         return Err(type_error(env, format!("{name} must be a non-empty string")));
     }
@@ -174,15 +198,7 @@ pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Resu
 
 /// A finite number argument, within `min..=max`.
 pub fn number_in(env: &Env, value: Unknown, name: &str, min: f64, max: f64) -> Result<f64> {
-    let number = match value.get_type()? {
-        ValueType::Number => unsafe { value.cast::<f64>() }?,
-        other => {
-            return Err(type_error(
-                env,
-                format!("{name} must be a number, got {}", describe(other)),
-            ))
-        }
-    };
+    let number: f64 = of_type(env, value, name)?;
     if !number.is_finite() || number < min || number > max {
         return Err(range_error(
             env,
@@ -209,25 +225,10 @@ pub fn describe(value_type: ValueType) -> &'static str {
 }
 
 /// `undefined` when absent (the optional results of docs/api.md#methods), the value otherwise.
-pub struct OrUndefined<T>(pub Option<T>);
+pub type OrUndefined<T> = Either<T, Undefined>;
 
-impl<T: ToNapiValue> ToNapiValue for OrUndefined<T> {
-    unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
-        match value.0 {
-            Some(inner) => T::to_napi_value(env, inner),
-            None => <()>::to_napi_value(env, ()),
-        }
-    }
-}
-
-impl<T> TypeName for OrUndefined<T> {
-    fn type_name() -> &'static str {
-        "OrUndefined"
-    }
-
-    fn value_type() -> ValueType {
-        ValueType::Unknown
-    }
+pub fn or_undefined<T>(value: Option<T>) -> OrUndefined<T> {
+    value.map_or(Either::B(()), Either::A)
 }
 
 /// A promise rejected with `error` (the same JS error object, `code` included): promise-returning
@@ -238,19 +239,6 @@ pub fn rejected(env: &Env, error: Error) -> Result<Unknown<'_>> {
     let promise = promise.coerce_to_object()?;
     let reject: Function<Unknown, Unknown> = promise.get_named_property("reject")?;
     reject.apply(promise, value)
-}
-
-/// An optional boolean argument (`undefined`/`null`: absent).
-pub fn optional_bool(env: &Env, value: Option<Unknown>, name: &str) -> Result<Option<bool>> {
-    match value {
-        Some(value) if !is_nullish(&value) => match value.get_type()? {
-            ValueType::Boolean => Ok(Some(unsafe { value.cast::<bool>() }?)),
-            other => {
-                Err(type_error(env, format!("{name} must be a boolean, got {}", describe(other))))
-            }
-        },
-        _ => Ok(None),
-    }
 }
 
 /// A Promise or another thenable: an object or function with a callable `then`.

@@ -5,9 +5,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
 
-use super::js::{
-    is_nullish, optional_string, quota_error, required_string, to_json, type_error, Json,
-};
+use super::js::{is_nullish, optional, quota_error, required, to_json, type_error, Json};
 use quota_core::error::QuotaError;
 use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore, RedisStoreError};
 use quota_core::store::SCHEMA_VERSION;
@@ -84,8 +82,8 @@ pub fn read_redis_state<'env>(
     key_prefix: Option<Unknown>,
 ) -> Result<Unknown<'env>> {
     let read = || -> Result<RedisStore> {
-        let url = required_string(env, url, "url")?;
-        let key_prefix = optional_string(env, key_prefix, "keyPrefix")?;
+        let url = required::<String>(env, url, "url")?;
+        let key_prefix = optional::<String>(env, key_prefix, "keyPrefix")?;
         let config = RedisConfig::new(url, key_prefix);
         validate(env, &config, "url")?;
         RedisStore::new(&config).map_err(|e| type_error(env, e.to_string()))

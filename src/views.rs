@@ -25,24 +25,34 @@ pub struct EntryViews {
 }
 
 impl EntryViews {
-    /// The view of `entry` for `route`, or `null` when there is no entry.
+    /// The view of `route`'s entry; `None` (`null`) when there is none.
     pub fn get<'env>(
         &self,
         env: &'env Env,
         route: Option<&str>,
         entry: Option<Arc<QuotaEntry>>,
+    ) -> Result<Option<Unknown<'env>>> {
+        if let Some(entry) = entry {
+            return self.view(env, route, entry).map(Some);
+        }
+        // A fallback without an entry lets its view go. Main keeps its view: `getMain` answers
+        // null for another identity while the entry stays, and the entry must keep its object
+        // for every identity it is shown to (the facade keeps one per identity).
+        if let Some(stale) = route.and_then(|id| self.views.borrow_mut().remove(&Some(id.into()))) {
+            stale.object.unref(env)?;
+        }
+        Ok(None)
+    }
+
+    /// The view of `entry` for `route`: the same object while the entry is unchanged.
+    pub fn view<'env>(
+        &self,
+        env: &'env Env,
+        route: Option<&str>,
+        entry: Arc<QuotaEntry>,
     ) -> Result<Unknown<'env>> {
         let mut views = self.views.borrow_mut();
         let key = route.map(str::to_owned);
-        let Some(entry) = entry else {
-            // A fallback without an entry lets its view go. Main keeps its view: `getMain`
-            // answers null for another identity while the entry stays, and the entry must keep
-            // its object for every identity it is shown to (the facade keeps one per identity).
-            if let Some(stale) = route.and_then(|_| views.remove(&key)) {
-                stale.object.unref(env)?;
-            }
-            return null(env);
-        };
         if let Some(view) = views.get(&key).filter(|v| Arc::ptr_eq(&v.entry, &entry)) {
             return Ok(view.object.get_value(env)?.to_unknown());
         }
@@ -54,30 +64,12 @@ impl EntryViews {
         Ok(object.to_unknown())
     }
 
-    /// The view of a new entry, or `null` (leaving the route's view alone) when there is none.
-    pub fn show<'env>(
-        &self,
-        env: &'env Env,
-        route: Option<&str>,
-        entry: Option<Arc<QuotaEntry>>,
-    ) -> Result<Unknown<'env>> {
-        match entry {
-            Some(entry) => self.get(env, route, Some(entry)),
-            None => null(env),
-        }
-    }
-
     /// Lets go of every view (the manager is being collected).
     pub fn release(&self, env: &Env) {
         for (_, view) in self.views.borrow_mut().drain() {
             let _ = view.object.unref(env);
         }
     }
-}
-
-fn null(env: &Env) -> Result<Unknown<'_>> {
-    let raw = unsafe { ToNapiValue::to_napi_value(env.raw(), Null) }?;
-    Ok(unsafe { Unknown::from_raw_unchecked(env.raw(), raw) })
 }
 
 /// A value handed to JavaScript deep-frozen, for results several callers share.
@@ -92,8 +84,7 @@ impl<T: Serialize> ToNapiValue for Frozen<T> {
 
 fn frozen_object<'env, T: Serialize>(env: &'env Env, value: &T) -> Result<Object<'env>> {
     let tree = serde_json::to_value(value).map_err(|e| Error::from_reason(e.to_string()))?;
-    let json: Object = env.get_global()?.get_named_property("JSON")?;
-    let parse: Function<String, Object> = json.get_named_property("parse")?;
+    let parse: Function<String, Object> = crate::js::json_function(env, "parse")?;
     let mut object = parse.call(tree.to_string())?;
     freeze_tree(&mut object, &tree)?;
     Ok(object)

@@ -2,24 +2,14 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::js::{
-    headers_arg, optional_bool, optional_string, required_non_empty, Json, OrUndefined,
-};
+use crate::js::{headers_arg, optional, or_undefined, required_non_empty, Json, OrUndefined};
 use quota_core::headers::frame_from_value;
 use quota_core::snapshot::ApiErrorRecord;
 
 use super::args::{entry_arg, optional_account, request_count};
 use super::QuotaManager;
-
-#[derive(Serialize)]
-pub struct FailClosedAnswer {
-    status: u16,
-    headers: std::collections::BTreeMap<&'static str, String>,
-    body: String,
-}
 
 #[napi]
 impl QuotaManager {
@@ -37,9 +27,9 @@ impl QuotaManager {
         &self,
         env: &'env Env,
         main_account_id: Option<Unknown>,
-    ) -> Result<Unknown<'env>> {
+    ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
-        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = optional::<String>(env, main_account_id, "mainAccountId")?;
         let identity = self.core.identity_form(identity, None);
         self.views.get(env, None, self.core.get_main(identity.as_deref()))
     }
@@ -56,7 +46,7 @@ impl QuotaManager {
         env: &'env Env,
         account_id: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<Unknown<'env>> {
+    ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         let account = optional_account(env, &id, account, "account")?;
@@ -70,7 +60,7 @@ impl QuotaManager {
     pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Vec<(String, Unknown<'env>)>> {
         self.tick(env)?;
         let pairs = self.core.all_fallbacks().into_iter().map(|(id, entry)| {
-            let view = self.views.get(env, Some(&id), Some(entry))?;
+            let view = self.views.view(env, Some(&id), entry)?;
             Ok((id, view))
         });
         pairs.collect()
@@ -93,11 +83,11 @@ impl QuotaManager {
         force: Option<Unknown>,
     ) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        let identity = optional_string(&env, identity, "identity")?;
+        let identity = optional::<String>(&env, identity, "identity")?;
         let identity = self.core.identity_form(identity, None);
-        let strict = optional_bool(&env, strict, "strict")?.unwrap_or(true);
-        let force = optional_bool(&env, force, "force")?.unwrap_or(false);
-        Ok(OrUndefined(
+        let strict = optional::<bool>(&env, strict, "strict")?.unwrap_or(true);
+        let force = optional::<bool>(&env, force, "force")?.unwrap_or(false);
+        Ok(or_undefined(
             self.core.set_main_identity(identity.as_deref(), strict, force).map(|g| g as f64),
         ))
     }
@@ -120,7 +110,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        Ok(OrUndefined(self.core.main_error_cleared_at().map(|t| t as f64)))
+        Ok(or_undefined(self.core.main_error_cleared_at().map(|t| t as f64)))
     }
 
     /// Unbinds the main identity and drops the main entry.
@@ -136,7 +126,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        Ok(OrUndefined(self.core.clear_main_backoff().map(|g| g as f64)))
+        Ok(or_undefined(self.core.clear_main_backoff().map(|g| g as f64)))
     }
 
     /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
@@ -157,7 +147,7 @@ impl QuotaManager {
         entry: Option<Unknown>,
     ) -> Result<()> {
         self.tick(&env)?;
-        let identity = optional_string(&env, main_account_id, "mainAccountId")?;
+        let identity = optional::<String>(&env, main_account_id, "mainAccountId")?;
         let identity = self.core.identity_form(identity, None);
         let entry = entry_arg(&env, entry, "entry")?;
         self.core.set_main(identity.as_deref(), entry);
@@ -206,14 +196,14 @@ impl QuotaManager {
         env: &'env Env,
         main_account_id: Option<Unknown>,
         headers: Option<Unknown>,
-    ) -> Result<Unknown<'env>> {
+    ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
-        let identity = optional_string(env, main_account_id, "mainAccountId")?;
+        let identity = optional::<String>(env, main_account_id, "mainAccountId")?;
         let identity = self.core.identity_form(identity, None);
         let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
-        self.views.show(env, None, entry)
+        entry.map(|entry| self.views.view(env, None, entry)).transpose()
     }
 
     /// Harvests quota from response headers (or a snapshot) into a fallback's cache. `null` when
@@ -230,14 +220,14 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         headers: Option<Unknown>,
         account: Option<Unknown>,
-    ) -> Result<Unknown<'env>> {
+    ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         let headers = headers_arg(env, headers, "headers")?;
         let account = optional_account(env, &id, account, "account")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
-        self.views.show(env, Some(&id), entry)
+        entry.map(|entry| self.views.view(env, Some(&id), entry)).transpose()
     }
 
     // ----- freshness -----------------------------------------------------------------------
@@ -246,7 +236,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_args_type = "modelId?: string | undefined")]
     pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
         self.tick(&env)?;
-        let model = optional_string(&env, model_id, "modelId")?;
+        let model = optional::<String>(&env, model_id, "modelId")?;
         Ok(self.core.is_main_stale(model.as_deref()))
     }
 
@@ -266,8 +256,8 @@ impl QuotaManager {
     ) -> Result<bool> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
-        optional_string(&env, access_token, "accessToken")?;
-        let model = optional_string(&env, model_id, "modelId")?;
+        optional::<String>(&env, access_token, "accessToken")?;
+        let model = optional::<String>(&env, model_id, "modelId")?;
         let account = optional_account(&env, &id, account, "account")?;
         if account.is_some() {
             self.core.get_fallback(&id, account.as_ref());
@@ -297,7 +287,7 @@ impl QuotaManager {
     ) -> Result<bool> {
         self.tick(&env)?;
         let count = request_count(&env, count)?;
-        let model = optional_string(&env, model_id, "modelId")?;
+        let model = optional::<String>(&env, model_id, "modelId")?;
         Ok(self.core.needs_refresh(count, model.as_deref()))
     }
 
@@ -322,7 +312,7 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
         self.tick(&env)?;
-        Ok(OrUndefined(self.core.last_api_error().map(|e| Json(with_seconds(e)))))
+        Ok(or_undefined(self.core.last_api_error().map(|e| Json(with_seconds(e)))))
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -337,7 +327,7 @@ impl QuotaManager {
         account_id: Option<Unknown>,
     ) -> Result<OrUndefined<Json<ApiErrorRecord>>> {
         let id = required_non_empty(&env, account_id, "accountId")?;
-        Ok(OrUndefined(self.core.fallback_api_error(&id).map(Json)))
+        Ok(or_undefined(self.core.fallback_api_error(&id).map(Json)))
     }
 
     // ----- routing -------------------------------------------------------------------------
@@ -348,19 +338,17 @@ impl QuotaManager {
         catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
-    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<Value>>> {
         self.tick(&env)?;
         Ok(Json(self.core.fail_closed_response().map(|answer| {
-            FailClosedAnswer {
-                status: 429,
-                headers: [
-                    ("retry-after", answer.retry_after_secs.to_string()),
-                    ("content-type", "application/json".to_owned()),
-                ]
-                .into_iter()
-                .collect(),
-                body: answer.body,
-            }
+            json!({
+                "status": 429,
+                "headers": {
+                    "retry-after": answer.retry_after_secs.to_string(),
+                    "content-type": "application/json",
+                },
+                "body": answer.body,
+            })
         })))
     }
 }

@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::{optional_string, required_non_empty};
+use crate::js::required_non_empty;
 
 use super::QuotaManager;
 
@@ -39,12 +39,12 @@ impl QuotaManager {
     }
 
     /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
-    /// the change counter stays put; `-Infinity` when it already is whatever the time.
+    /// the change counter stays put; `-Infinity` when it already is whatever the time. The
+    /// facade passes a string or `undefined` model only.
     #[napi(catch_unwind, js_name = "_mainStaleFrom", skip_typescript)]
-    pub fn main_stale_from(&self, env: Env, model_id: Option<Unknown>) -> Result<f64> {
+    pub fn main_stale_from(&self, env: Env, model_id: Option<String>) -> Result<f64> {
         self.tick(&env)?;
-        let model = optional_string(&env, model_id, "modelId")?;
-        Ok(stale_from_ms(self.core.main_stale_from(model.as_deref())))
+        Ok(stale_from_ms(self.core.main_stale_from(model_id.as_deref())))
     }
 
     /// `_mainStaleFrom` for `isFallbackStale(accountId, token, modelId)` without an account.
@@ -53,12 +53,11 @@ impl QuotaManager {
         &self,
         env: Env,
         account_id: Option<Unknown>,
-        model_id: Option<Unknown>,
+        model_id: Option<String>,
     ) -> Result<f64> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
-        let model = optional_string(&env, model_id, "modelId")?;
-        Ok(stale_from_ms(self.core.fallback_stale_from(&id, model.as_deref())))
+        Ok(stale_from_ms(self.core.fallback_stale_from(&id, model_id.as_deref())))
     }
 
     /// `refreshEveryNRequests` in force (0: off).

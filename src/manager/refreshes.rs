@@ -5,7 +5,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::{optional_string, required_non_empty, type_error};
+use crate::js::{optional, required_non_empty, type_error};
 use quota_core::manager::MainTarget;
 
 use super::args::{optional_account, optional_generation};
@@ -38,8 +38,8 @@ impl QuotaManager {
         with_metadata: Option<bool>,
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
-        let first = optional_string(env, first, "mainAccountId")?;
-        let token = optional_string(env, access_token, "accessToken")?;
+        let first = optional::<String>(env, first, "mainAccountId")?;
+        let token = optional::<String>(env, access_token, "accessToken")?;
         let expected = optional_generation(env, generation)?;
         // One argument: it is both the identity and the token. `undefined` as the identity is
         // an identity of its own, as in the plugin's manager: the slot is unbound for it.
@@ -77,7 +77,7 @@ impl QuotaManager {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         // A token that is not a string is as unavailable as an empty one.
-        let token = match optional_string(env, access_token, "accessToken") {
+        let token = match optional::<String>(env, access_token, "accessToken") {
             Ok(token) => {
                 self.usable_token(env, token.unwrap_or_default(), FALLBACK_TOKEN_UNAVAILABLE)
             }
@@ -97,7 +97,7 @@ impl QuotaManager {
         access_token: Option<Unknown>,
     ) -> Result<()> {
         self.tick(&env)?;
-        let token = optional_string(&env, access_token, "accessToken")?.unwrap_or_default();
+        let token = optional::<String>(&env, access_token, "accessToken")?.unwrap_or_default();
         let token = self.usable_token(&env, token, "accessToken must be a non-empty string")?;
         if let Some(refresh) = self.core.background_main_refresh(&token) {
             napi::bindgen_prelude::spawn(refresh);

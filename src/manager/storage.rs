@@ -3,24 +3,18 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::optional_string;
+use crate::js::{optional, present, to_json, type_error};
+use quota_core::host::HostStorage;
 
-use super::args::optional_storage;
 use super::QuotaManager;
 
 #[napi]
 impl QuotaManager {
-    // ----- host storage --------------------------------------------------------------------
-
     /// Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it.
     #[napi(catch_unwind, ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
-        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            self.core.storage_identities(&mut storage);
-            storage
-        });
-        self.core.update_storage(storage.as_ref());
+        self.core.update_storage(self.storage_arg(&env, storage)?.as_ref());
         Ok(())
     }
 
@@ -36,15 +30,25 @@ impl QuotaManager {
         main_account_id: Option<Unknown>,
     ) -> Result<()> {
         self.tick(&env)?;
-        let storage = optional_storage(&env, storage, "storage")?.map(|mut storage| {
-            self.core.storage_identities(&mut storage);
-            storage
-        });
-        let identity = optional_string(&env, main_account_id, "mainAccountId")?;
+        let storage = self.storage_arg(&env, storage)?;
+        let identity = optional::<String>(&env, main_account_id, "mainAccountId")?;
         let identity = self.core.identity_form(identity, None);
         if let Some(storage) = storage {
             self.core.seed_main(&storage, identity.as_deref());
         }
         Ok(())
+    }
+}
+
+impl QuotaManager {
+    /// The `storage` argument, its identities in the form the core keys routes by.
+    fn storage_arg(&self, env: &Env, value: Option<Unknown>) -> Result<Option<HostStorage>> {
+        let Some(value) = present(value) else {
+            return Ok(None);
+        };
+        let mut storage = HostStorage::from_value(&to_json(env, value, "storage")?)
+            .map_err(|e| type_error(env, format!("storage: {e}")))?;
+        self.core.storage_identities(&mut storage);
+        Ok(Some(storage))
     }
 }
