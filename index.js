@@ -378,9 +378,7 @@ class QuotaManager extends Native {
   }
 
   close() {
-    const refused = this.#refusedReentry('close')
-    if (refused !== undefined) return refused
-    return super.close()
+    return this.#refusedReentry('close') ?? super.close()
   }
 
   /**

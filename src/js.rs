@@ -31,16 +31,6 @@ pub fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
     json.get_named_property(name)
 }
 
-impl<T> TypeName for Json<T> {
-    fn type_name() -> &'static str {
-        "Json"
-    }
-
-    fn value_type() -> ValueType {
-        ValueType::Object
-    }
-}
-
 /// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
 pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsTypeError::from(Error::new(Status::InvalidArg, message.into()));
@@ -83,8 +73,7 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
     }
     if let Some(retry_after_ms) = error.retry_after_ms() {
         object.set("retryAfterMs", retry_after_ms as f64)?;
-        // The plugin reads seconds.
-        object.set("retryAfter", (retry_after_ms.max(0) as f64 / 1000.0).ceil())?;
+        object.set("retryAfter", retry_after_secs(retry_after_ms))?;
     }
     if let QuotaError::BackedOff { next_retry_at, .. } = error {
         object.set("nextRetryAt", *next_retry_at as f64)?;
@@ -94,6 +83,11 @@ fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()>
         object.set("path", path)?;
     }
     Ok(())
+}
+
+/// `Retry-After` in whole seconds, rounded up, as the plugin reads it.
+pub fn retry_after_secs(ms: i64) -> f64 {
+    (ms.max(0) as f64 / 1000.0).ceil()
 }
 
 /// Reads any JavaScript value as JSON-like data, through V8's own `JSON.stringify` (much faster

@@ -2,14 +2,24 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::js::{headers_arg, optional, or_undefined, required_non_empty, Json, OrUndefined};
+use crate::js::{
+    headers_arg, optional, or_undefined, required_non_empty, retry_after_secs, Json, OrUndefined,
+};
 use quota_core::headers::frame_from_value;
 use quota_core::snapshot::ApiErrorRecord;
 
 use super::args::{entry_arg, optional_account, request_count};
 use super::QuotaManager;
+
+#[derive(Serialize)]
+pub struct FailClosedAnswer {
+    status: u16,
+    headers: std::collections::BTreeMap<&'static str, String>,
+    body: String,
+}
 
 #[napi]
 impl QuotaManager {
@@ -338,27 +348,28 @@ impl QuotaManager {
         catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
-    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<Value>>> {
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
         self.tick(&env)?;
         Ok(Json(self.core.fail_closed_response().map(|answer| {
-            json!({
-                "status": 429,
-                "headers": {
-                    "retry-after": answer.retry_after_secs.to_string(),
-                    "content-type": "application/json",
-                },
-                "body": answer.body,
-            })
+            FailClosedAnswer {
+                status: 429,
+                headers: [
+                    ("retry-after", answer.retry_after_secs.to_string()),
+                    ("content-type", "application/json".to_owned()),
+                ]
+                .into(),
+                body: answer.body,
+            }
         })))
     }
 }
 
 /// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
-fn with_seconds(error: ApiErrorRecord) -> serde_json::Value {
-    let retry_after = error.retry_after_ms.map(|ms| (ms.max(0) as f64 / 1000.0).ceil());
+fn with_seconds(error: ApiErrorRecord) -> Value {
+    let retry_after = error.retry_after_ms.map(retry_after_secs);
     let mut value = serde_json::to_value(&error).unwrap_or(Value::Null);
     if let (Some(seconds), Some(object)) = (retry_after, value.as_object_mut()) {
-        object.insert("retryAfter".into(), serde_json::json!(seconds));
+        object.insert("retryAfter".into(), json!(seconds));
     }
     value
 }
