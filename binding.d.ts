@@ -40,8 +40,9 @@ export type QuotaWindowKind = 'five_hour' | 'seven_day'
 export type QuotaSource = 'poll' | 'headers'
 
 /** Where each present field of a snapshot came from. */
-export interface QuotaFieldSources
-  extends Partial<Record<QuotaWindowKind | 'scoped' | 'extraUsage' | 'bindingWindow' | 'fallbackAdvised', QuotaSource>> {}
+export interface QuotaFieldSources extends Partial<
+  Record<QuotaWindowKind | 'scoped' | 'extraUsage' | 'bindingWindow' | 'fallbackAdvised', QuotaSource>
+> {}
 
 /** The remaining percentage each window must keep; `'5h'` and `'1w'` are the plugin's aliases. */
 export type MinimumRemaining = { [window in QuotaWindowKind | '5h' | '1w']?: number | undefined }
@@ -173,24 +174,16 @@ export interface QuotaEvaluation {
 }
 
 /**
- * The methods the facade (index.js) defines over the native class; `getAllFallbacks` builds its
- * Map there, and each `…WithMetadata` twin is its method with `fetched` added.
+ * The methods the facade (index.js) defines over the native class: `getAllFallbacks` builds its
+ * Map there, and each `…WithMetadata` twin takes its method's arguments and adds `fetched`.
  */
 export interface QuotaManager {
   /** Every cached fallback entry, by account id. */
   getAllFallbacks(): Map<string, QuotaEntry>
   /** `refreshMain`, telling whether a request was sent (`fetched`) or the cache served. */
-  refreshMainWithMetadata(
-    mainAccountId: string | undefined,
-    accessToken?: string | undefined,
-    expectedIdentityGeneration?: number | undefined,
-  ): Promise<QuotaRefreshResult>
+  refreshMainWithMetadata(...args: Parameters<QuotaManager['refreshMain']>): Promise<QuotaRefreshResult>
   /** `refreshFallback`, telling whether a request was sent. */
-  refreshFallbackWithMetadata(
-    accountId: string,
-    accessToken: string,
-    account?: FallbackAccountLineage | FallbackAccount | undefined,
-  ): Promise<QuotaRefreshResult>
+  refreshFallbackWithMetadata(...args: Parameters<QuotaManager['refreshFallback']>): Promise<QuotaRefreshResult>
 }
 
 /**

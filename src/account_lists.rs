@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::sync::{Arc, OnceLock};
 
 use super::js::{is_thenable, optional, to_json, type_error};
-use super::manager::{void_promise, QuotaManager};
+use super::manager::QuotaManager;
 use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::PendingTokens;
@@ -253,7 +253,11 @@ impl QuotaManager {
         }
         self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         let work = self.core.refresh_all_fallbacks(accounts);
-        Ok(void_promise(env, work)?.to_unknown())
+        let promise = env.spawn_future(async move {
+            work.await;
+            Ok(())
+        })?;
+        Ok(promise.to_unknown())
     }
 
     /// Reads the compact list on the blocking pool, then starts the due refreshes.

@@ -44,20 +44,6 @@ impl ObjectFinalize for QuotaManager {
     }
 }
 
-/// A promise that resolves with `undefined` when `work` is done (it cannot fail).
-pub fn void_promise(
-    env: &Env,
-    work: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<PromiseRaw<'_, ()>> {
-    env.spawn_future_with_callback(
-        async move {
-            work.await;
-            Ok(())
-        },
-        |_, ()| Ok(()),
-    )
-}
-
 #[napi]
 impl QuotaManager {
     /// Builds a manager. Throws a `TypeError` or `RangeError` naming the option for bad options.
@@ -119,11 +105,12 @@ impl QuotaManager {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
         let unsettled = self.promises.unsettled();
-        void_promise(env, async move {
+        env.spawn_future(async move {
             closing.await;
             // The running calls' promises settle first: `await close()` sees them settled.
             unsettled.all_settled().await;
             callbacks.release();
+            Ok(())
         })
     }
 }
