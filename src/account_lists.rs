@@ -76,6 +76,9 @@ impl ListRead {
     }
 }
 
+/// `_planFallbackSeeding`'s answer, an array in JavaScript.
+type SeedingPlan = (External<AwaitedSnapshots>, Uint32Array, f64, bool);
+
 /// A settled seeding's fallback epoch for the facade; -1: not settled.
 fn settled_epoch(epoch: Option<u64>) -> f64 {
     epoch.map_or(-1.0, |epoch| epoch as f64)
@@ -130,12 +133,12 @@ impl QuotaManager {
     /// seeded again changes nothing; and whether each row was an account of its own (no api-key
     /// account, no repeated id), which a later seeding of changed rows only relies on.
     #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
-    pub fn plan_fallback_seeding<'env>(
+    pub fn plan_fallback_seeding(
         &self,
-        env: &'env Env,
+        env: &Env,
         compact: String,
         changed: Option<String>,
-    ) -> Result<Array<'env>> {
+    ) -> Result<SeedingPlan> {
         self.tick(env)?;
         let changed: Option<Vec<u32>> = changed
             .map(|text| serde_json::from_str(&text))
@@ -148,12 +151,7 @@ impl QuotaManager {
         let awaited = self.core.seed_fallbacks_but_snapshots(list.accounts, &list.bounds, scope);
         let indices: Vec<u32> = awaited.positions.iter().map(|&at| list.indices[at]).collect();
         let epoch = settled_epoch(awaited.settled_epoch());
-        let mut answer = env.create_array(4)?;
-        answer.set(0, External::new(awaited))?;
-        answer.set(1, Uint32Array::new(indices))?;
-        answer.set(2, epoch)?;
-        answer.set(3, !list.dropped_any)?;
-        Ok(answer)
+        Ok((External::new(awaited), Uint32Array::new(indices), epoch, !list.dropped_any))
     }
 
     /// Seeding, second half: `snapshots` is the JSON array of the snapshots asked for, in order.
