@@ -265,8 +265,6 @@ function rejecting(start) {
   }
 }
 
-let flushesAtExit = false
-
 /**
  * Has every manager with a state file write what is still unsaved (header pushes wait up to
  * 250 ms to be written together) when the host exits, even through `process.exit()` or a signal.
@@ -286,8 +284,6 @@ let flushesAtExit = false
  * the default action is re-raised.
  */
 function flushAtExit() {
-  if (flushesAtExit) return
-  flushesAtExit = true
   const flush = () => Native._flushUnsaved()
   process.on('exit', flush)
   const windows = process.platform === 'win32'
@@ -331,7 +327,7 @@ class QuotaManager extends Native {
     const owner = {}
     super(withPollContext(options, owner))
     this.#owner = owner
-    if (this.statePath !== null) flushAtExit()
+    if (this.statePath !== null && Native._listenForExit()) flushAtExit()
     if (!this.#useClockOf(options)) return
     const changes = this._changeCounter()
     if (changes !== null) this.#changes = changes

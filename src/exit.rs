@@ -3,7 +3,7 @@
 //! killed by a signal) still gets them on disk. The facade (`index.js`) installs the process
 //! listeners, once per thread, and they call `QuotaManager._flushUnsaved()`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use napi_derive::napi;
 
@@ -12,6 +12,7 @@ use quota_core::manager::{QuotaManager as CoreManager, WeakQuotaManager};
 
 thread_local! {
     static MANAGERS: RefCell<Vec<WeakQuotaManager>> = const { RefCell::new(Vec::new()) };
+    static LISTENING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Has `manager`'s unsaved state written by `_flushUnsaved`.
@@ -24,6 +25,13 @@ pub fn flush_at_exit(manager: &CoreManager) {
 
 #[napi]
 impl QuotaManager {
+    /// `true` once per thread: then the facade installs the listeners. Kept here, with the
+    /// managers, so that loading `index.js` again (a cleared module cache) adds no listener.
+    #[napi(js_name = "_listenForExit", skip_typescript)]
+    pub fn listen_for_exit() -> bool {
+        !LISTENING.replace(true)
+    }
+
     /// Writes every living manager's unsaved state, keeping them registered (after a signal,
     /// the host may go on).
     #[napi(js_name = "_flushUnsaved", skip_typescript)]
