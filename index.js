@@ -2,7 +2,8 @@
 // `napi build` generates (binding.js, binding.d.ts): it re-exports everything and answers the
 // synchronous reads the plugin makes on every model request (getMain, isMainStale,
 // needsRefresh, getFallback, isFallbackStale) without calling into native code while nothing
-// changed.
+// changed. It also does the JavaScript-shaped work: the `…WithMetadata` twins, getAllFallbacks'
+// Map, the rejections of promise-returning methods, the process listeners that flush at exit.
 //
 // How it stays true: the Rust core bumps a change counter on every mutable access to its state
 // (a poll's result, a header push, another process's record adopted, clear, close, identity
