@@ -118,9 +118,6 @@ impl QuotaManager {
 impl QuotaManager {
     /// Samples the host's `now` (when given) into the core clock; every entry calls it first.
     pub(crate) fn tick(&self, env: &Env) -> Result<()> {
-        match &self.js_now {
-            Some(now) => now.sample(env),
-            None => Ok(()),
-        }
+        self.js_now.as_ref().map_or(Ok(()), |now| now.sample(env))
     }
 }
