@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use super::js::{is_nullish, optional, quota_error, required, to_json, type_error, Json};
 use quota_core::error::QuotaError;
-use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore, RedisStoreError};
+use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore};
+use quota_core::shared_store::StoreError;
 use quota_core::store::SCHEMA_VERSION;
 
 const REDIS_KEYS: &[&str] = &["url", "keyPrefix"];
@@ -95,7 +96,7 @@ pub fn read_redis_state<'env>(
     let target = store.target().to_owned();
     let promise = env.spawn_future_with_callback(
         async move { Ok(store.load_all_reporting().await) },
-        move |env, loaded: std::result::Result<LoadedRoutes, RedisStoreError>| {
+        move |env, loaded: std::result::Result<LoadedRoutes, StoreError>| {
             let loaded = loaded.map_err(|error| {
                 quota_error(
                     env,

@@ -21,10 +21,11 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, Cmd, FromRedisValue, Script, ScriptInvocation};
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
+use crate::shared_store::StoreError;
 use crate::store::{RouteRecord, StoreUpdate};
 
 mod lock;
@@ -118,33 +119,6 @@ impl RedisConfig {
         }
     }
 }
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RedisStoreError {
-    /// The URL is not a Redis URL.
-    BadUrl(String),
-    /// Redis could not be reached, did not answer within the operation timeout, or refused the
-    /// command: the caller degrades to its local store.
-    Unavailable(String),
-    /// A write under a route lock that is no longer held by that writer (it expired, and maybe
-    /// a newer holder has it): rejected, so the newer result stands.
-    StaleLock,
-    /// The record kept changing under a compare-and-set for every retry.
-    Contended,
-}
-
-impl std::fmt::Display for RedisStoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::BadUrl(reason) => write!(f, "not a Redis URL: {reason}"),
-            Self::Unavailable(reason) => write!(f, "Redis unavailable: {reason}"),
-            Self::StaleLock => write!(f, "the route lock expired before the write"),
-            Self::Contended => write!(f, "the route record kept changing during the write"),
-        }
-    }
-}
-
-impl std::error::Error for RedisStoreError {}
 
 /// The Redis names of one prefix.
 #[derive(Clone, Debug)]
@@ -245,9 +219,9 @@ pub enum LockTry {
 
 impl RedisStore {
     /// Checks the URL; connects on first use.
-    pub fn new(config: &RedisConfig) -> Result<Self, RedisStoreError> {
+    pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
         let client = Client::open(config.url.as_str())
-            .map_err(|e| RedisStoreError::BadUrl(format!("{}: {e}", redact(&config.url))))?;
+            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", redact(&config.url))))?;
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -284,25 +258,17 @@ impl RedisStore {
     }
 
     /// One round trip: does Redis answer?
-    pub async fn ping(&self) -> Result<(), RedisStoreError> {
-        let mut connection = self.connection()?;
-        self.bounded("PING", async move {
-            redis::cmd("PING").query_async::<String>(&mut connection).await
-        })
-        .await
-        .map(drop)
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.query::<String>("PING", redis::cmd("PING")).await.map(drop)
     }
 
     /// One try at the route's lock (never waits for a holder).
-    pub async fn try_lock_route(&self, key: &str) -> Result<LockTry, RedisStoreError> {
+    pub async fn try_lock_route(&self, key: &str) -> Result<LockTry, StoreError> {
         let keys = &self.inner.keys;
-        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
-        let mut connection = self.connection()?;
         let mut invocation = ACQUIRE.prepare_invoke();
-        invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(ttl_ms);
-        let (taken, fence_or_pttl, record): (i64, i64, Vec<u8>) = self
-            .bounded("lock", async move { invocation.invoke_async(&mut connection).await })
-            .await?;
+        invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(self.ttl_ms());
+        let (taken, fence_or_pttl, record): (i64, i64, Vec<u8>) =
+            self.run("lock", invocation).await?;
         if taken == 1 {
             let lock = RedisRouteLock::held(self.clone(), key, fence_or_pttl);
             return Ok(LockTry::Acquired(Box::new((lock, parse_record(&record)))));
@@ -322,7 +288,7 @@ impl RedisStore {
         &self,
         key: &str,
         wait: Duration,
-    ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, RedisStoreError> {
+    ) -> Result<Option<(RedisRouteLock, Option<RouteRecord>)>, StoreError> {
         let deadline = Instant::now() + wait;
         // Subscribed before the first try: a release between the try and the wait is not missed.
         let mut notices = self.notices();
@@ -345,14 +311,14 @@ impl RedisStore {
     }
 
     /// The route's record, `None` when Redis has none (or a damaged one).
-    pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, RedisStoreError> {
+    pub async fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, StoreError> {
         Ok(self.read_with_rev(key).await?.0)
     }
 
     /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none
     /// (another type than a hash, or a damaged record), each with why (`status --redis`): one
     /// foreign key must not hide every route.
-    pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, RedisStoreError> {
+    pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
         let pattern = self.inner.keys.route_pattern();
         let prefix_len = self.inner.keys.route("").len();
         let mut connection = self.connection()?;
@@ -401,14 +367,14 @@ impl RedisStore {
     /// Folds each update into Redis with [`RouteRecord::merge_as_of`], by a writer whose clock
     /// reads no later than `trusted_until` (its time plus the skew allowed between hosts;
     /// `i64::MAX`: no bound). The update of the route `lock` guards is fenced: rejected with
-    /// [`RedisStoreError::StaleLock`] when the lock is no longer this holder's. Stops at the
+    /// [`StoreError::StaleLock`] when the lock is no longer this holder's. Stops at the
     /// first error.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
         lock: Option<&RedisRouteLock>,
         trusted_until: i64,
-    ) -> Result<(), RedisStoreError> {
+    ) -> Result<(), StoreError> {
         for update in updates {
             let key = update_key(update);
             let fence = lock.filter(|l| l.key == key).map(|l| l.fence);
@@ -422,7 +388,7 @@ impl RedisStore {
         update: &StoreUpdate,
         fence: Option<i64>,
         trusted_until: i64,
-    ) -> Result<(), RedisStoreError> {
+    ) -> Result<(), StoreError> {
         let key = update_key(update);
         for _ in 0..MAX_WRITE_CONFLICTS {
             let (current, rev) = self.read_with_rev(key).await?;
@@ -443,10 +409,10 @@ impl RedisStore {
             match self.compare_and_set(key, rev.as_deref(), &json, fence).await? {
                 1 => return Ok(()),
                 0 => {}
-                _ => return Err(RedisStoreError::StaleLock),
+                _ => return Err(StoreError::StaleLock),
             }
         }
-        Err(RedisStoreError::Contended)
+        Err(StoreError::Contended)
     }
 
     async fn compare_and_set(
@@ -455,9 +421,8 @@ impl RedisStore {
         rev: Option<&str>,
         json: &str,
         fence: Option<i64>,
-    ) -> Result<i64, RedisStoreError> {
+    ) -> Result<i64, StoreError> {
         let keys = &self.inner.keys;
-        let mut connection = self.connection()?;
         let mut invocation = WRITE.prepare_invoke();
         invocation
             .key(keys.route(key))
@@ -467,29 +432,20 @@ impl RedisStore {
             .arg(fence.map_or_else(String::new, |f| f.to_string()))
             .arg(keys.events())
             .arg(key);
-        self.bounded("write", async move { invocation.invoke_async(&mut connection).await }).await
+        self.run("write", invocation).await
     }
 
     async fn read_with_rev(
         &self,
         key: &str,
-    ) -> Result<(Option<RouteRecord>, Option<String>), RedisStoreError> {
-        let route = self.inner.keys.route(key);
-        let mut connection = self.connection()?;
-        let (json, rev): (Option<Vec<u8>>, Option<String>) = self
-            .bounded("read", async move {
-                redis::cmd("HMGET")
-                    .arg(route)
-                    .arg("record")
-                    .arg("rev")
-                    .query_async(&mut connection)
-                    .await
-            })
-            .await?;
+    ) -> Result<(Option<RouteRecord>, Option<String>), StoreError> {
+        let mut command = redis::cmd("HMGET");
+        command.arg(self.inner.keys.route(key)).arg("record").arg("rev");
+        let (json, rev): (Option<Vec<u8>>, Option<String>) = self.query("read", command).await?;
         Ok((json.as_deref().and_then(parse_record), rev))
     }
 
-    fn connection(&self) -> Result<ConnectionManager, RedisStoreError> {
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let mut slot =
             self.inner.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(connection) = slot.as_ref() {
@@ -508,16 +464,34 @@ impl RedisStore {
         Ok(connection)
     }
 
+    fn ttl_ms(&self) -> u64 {
+        self.inner.lock_ttl.as_millis().max(1) as u64
+    }
+
+    async fn run<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: ScriptInvocation<'static>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        self.bounded(what, async move { script.invoke_async(&mut connection).await }).await
+    }
+
+    async fn query<T: FromRedisValue>(&self, what: &str, command: Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        self.bounded(what, async move { command.query_async(&mut connection).await }).await
+    }
+
     /// Runs one Redis call under the operation timeout.
     async fn bounded<T>(
         &self,
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, RedisStoreError> {
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.inner.op_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.unavailable(what, &error)),
-            Err(_) => Err(RedisStoreError::Unavailable(format!(
+            Err(_) => Err(StoreError::Unavailable(format!(
                 "{}: {what} got no answer within {} ms",
                 self.inner.target,
                 self.inner.op_timeout.as_millis()
@@ -525,8 +499,8 @@ impl RedisStore {
         }
     }
 
-    fn unavailable(&self, what: &str, error: &redis::RedisError) -> RedisStoreError {
-        RedisStoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
+    fn unavailable(&self, what: &str, error: &redis::RedisError) -> StoreError {
+        StoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
     }
 }
 

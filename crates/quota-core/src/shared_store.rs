@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::QuotaError;
-use crate::redis_store::{RedisRouteLock, RedisStore, RedisStoreError};
+use crate::redis_store::{RedisRouteLock, RedisStore};
 use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate, MAX_CLOCK_SKEW_MS};
 
 /// How often a Redis that stopped answering is asked again.
@@ -45,39 +45,26 @@ pub struct LockedRoute {
     pub problem: Option<QuotaError>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a call to a shared store failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// Redis did not answer (or refused): the composite store falls back to the file.
+    /// The URL is not a Redis URL.
+    #[error("not a Redis URL: {0}")]
+    BadUrl(String),
+    /// Redis could not be reached, did not answer within the operation timeout, or refused the
+    /// command: the composite store falls back to the file.
+    #[error("Redis unavailable: {0}")]
     Unavailable(String),
-    /// A fenced write whose lock had expired: rejected, the newer holder's result stands.
+    /// A fenced write whose lock had expired (and maybe a newer holder has it): rejected, the
+    /// newer holder's result stands.
+    #[error("the route lock expired before the write")]
     StaleLock,
+    /// The Redis record kept changing under a compare-and-set for every retry.
+    #[error("the route record kept changing during the write")]
+    Contended,
     /// The state file could not be used.
-    State(QuotaError),
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Unavailable(reason) => write!(f, "Redis unavailable: {reason}"),
-            Self::StaleLock => write!(f, "the route lock expired before the write"),
-            Self::State(error) => write!(f, "{error}"),
-        }
-    }
-}
-
-impl From<RedisStoreError> for StoreError {
-    fn from(error: RedisStoreError) -> Self {
-        match error {
-            RedisStoreError::StaleLock => Self::StaleLock,
-            other => Self::Unavailable(other.to_string()),
-        }
-    }
-}
-
-impl From<QuotaError> for StoreError {
-    fn from(error: QuotaError) -> Self {
-        Self::State(error)
-    }
+    #[error("{0}")]
+    State(#[from] QuotaError),
 }
 
 /// Where one call goes: Redis, the state file, or nowhere (memory only).
@@ -284,8 +271,11 @@ impl SharedStore {
     {
         let side = self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))?;
         match call(Backend::Redis(&side.store)).await {
-            Err(StoreError::Unavailable(reason)) => {
-                self.redis_failed(side, &reason);
+            Err(
+                error
+                @ (StoreError::BadUrl(_) | StoreError::Unavailable(_) | StoreError::Contended),
+            ) => {
+                self.redis_failed(side, &error.to_string());
                 None
             }
             answer => Some(answer),

@@ -225,7 +225,8 @@ impl QuotaManager {
             // result stands in Redis; this host's file has ours (merged, newest wins).
             Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
             Err(StoreError::State(error)) => self.after_write(Err(error)),
-            Err(StoreError::Unavailable(reason)) => {
+            Err(error) => {
+                let reason = error.to_string();
                 self.after_write(Err(QuotaError::State { path: String::new(), reason }));
             }
         }

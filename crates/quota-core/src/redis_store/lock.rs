@@ -10,7 +10,8 @@ use redis::Script;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
-use super::{Inner, RedisStore, RedisStoreError};
+use super::{Inner, RedisStore};
+use crate::shared_store::StoreError;
 
 /// Compare-and-`PEXPIRE`: 1 when still ours.
 const RENEW_SCRIPT: &str = r"
@@ -47,26 +48,17 @@ impl RedisStore {
         Notices { receiver }
     }
 
-    async fn renew(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
-        let ttl_ms = self.inner.lock_ttl.as_millis().max(1) as u64;
-        let mut connection = self.connection()?;
+    async fn renew(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
         let mut invocation = RENEW.prepare_invoke();
-        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(ttl_ms);
-        let renewed: i64 = self
-            .bounded("renew", async move { invocation.invoke_async(&mut connection).await })
-            .await?;
-        Ok(renewed == 1)
+        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(self.ttl_ms());
+        Ok(self.run::<i64>("renew", invocation).await? == 1)
     }
 
-    async fn release(&self, key: &str, fence: i64) -> Result<bool, RedisStoreError> {
+    async fn release(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
         let keys = &self.inner.keys;
-        let mut connection = self.connection()?;
         let mut invocation = RELEASE.prepare_invoke();
         invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
-        let released: i64 = self
-            .bounded("unlock", async move { invocation.invoke_async(&mut connection).await })
-            .await?;
-        Ok(released == 1)
+        Ok(self.run::<i64>("unlock", invocation).await? == 1)
     }
 }
 
@@ -183,7 +175,7 @@ impl RedisRouteLock {
     }
 
     /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.
-    pub async fn release(mut self) -> Result<bool, RedisStoreError> {
+    pub async fn release(mut self) -> Result<bool, StoreError> {
         self.renewal.abort();
         self.released = true;
         self.store.release(&self.key, self.fence).await

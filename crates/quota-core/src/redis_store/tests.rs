@@ -215,7 +215,7 @@ async fn fencing_rejects_the_write_of_a_holder_whose_lock_expired() {
         .apply_as_of(&[merge("main:acct", record(200))], Some(&stale), i64::MAX)
         .await
         .unwrap_err();
-    assert_eq!(error, RedisStoreError::StaleLock);
+    assert_eq!(error, StoreError::StaleLock);
     let stored = b.read_route("main:acct").await.unwrap();
     assert_eq!(checked_at(stored.as_ref()), Some(100));
     // Released by its owner only: A's release leaves B's lock alone.
@@ -241,7 +241,7 @@ async fn fences_stay_unique_when_redis_is_flushed() {
         .apply_as_of(&[merge("main:acct", record(200))], Some(&stale), i64::MAX)
         .await
         .unwrap_err();
-    assert_eq!(error, RedisStoreError::StaleLock);
+    assert_eq!(error, StoreError::StaleLock);
     assert!(!stale.release().await.unwrap());
     assert!(matches!(a.try_lock_route("main:acct").await.unwrap(), LockTry::Held { .. }));
     let stored = b.read_route("main:acct").await.unwrap();

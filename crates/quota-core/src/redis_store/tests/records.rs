@@ -58,7 +58,7 @@ async fn a_key_under_the_route_prefix_that_is_no_hash_is_skipped_and_reported() 
     let mut limited = config(&server);
     limited.url = format!("redis://no-hget:secret@127.0.0.1:{}/", server.port);
     let limited = RedisStore::new(&limited).unwrap();
-    assert!(matches!(limited.load_all_reporting().await, Err(RedisStoreError::Unavailable(_))));
+    assert!(matches!(limited.load_all_reporting().await, Err(StoreError::Unavailable(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +224,7 @@ fn urls_are_redacted_and_prefix_globs_escaped() {
     assert_eq!(keys.route_pattern(), r"a\*\[b\]:route:*");
     assert!(matches!(
         RedisStore::new(&RedisConfig::new("http://x", None)),
-        Err(RedisStoreError::BadUrl(_))
+        Err(StoreError::BadUrl(_))
     ));
 }
 
@@ -241,10 +241,10 @@ fn a_store_describes_itself_without_credentials() {
     assert!(debug.contains("redis://h:6380/2") && debug.contains("\"p:\""), "{debug}");
     assert!(!debug.contains("secret"), "{debug}");
     let messages = [
-        (RedisStoreError::BadUrl("x".into()), "not a Redis URL: x"),
-        (RedisStoreError::Unavailable("y".into()), "Redis unavailable: y"),
-        (RedisStoreError::StaleLock, "the route lock expired before the write"),
-        (RedisStoreError::Contended, "the route record kept changing during the write"),
+        (StoreError::BadUrl("x".into()), "not a Redis URL: x"),
+        (StoreError::Unavailable("y".into()), "Redis unavailable: y"),
+        (StoreError::StaleLock, "the route lock expired before the write"),
+        (StoreError::Contended, "the route record kept changing during the write"),
     ];
     for (error, message) in messages {
         assert_eq!(error.to_string(), message);
