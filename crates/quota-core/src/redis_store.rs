@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, FromRedisValue, Script, ScriptInvocation};
+use redis::{AsyncCommands, Client, Cmd, FromRedisValue, ScanOptions, Script, ScriptInvocation};
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
@@ -319,27 +320,12 @@ impl RedisStore {
     /// (another type than a hash, or a damaged record), each with why (`status --redis`): one
     /// foreign key must not hide every route.
     pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
-        let pattern = self.inner.keys.route_pattern();
+        let scan = ScanOptions::default().with_pattern(self.inner.keys.route_pattern());
+        let scan = scan.with_count(500);
         let prefix_len = self.inner.keys.route("").len();
         let mut connection = self.connection()?;
         self.bounded("scan", async move {
-            let mut names: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut connection)
-                    .await?;
-                names.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            let names: Vec<String> = connection.scan_options(scan).await?.try_collect().await?;
             let mut loaded = LoadedRoutes::default();
             for name in names {
                 let json: redis::RedisResult<Option<Vec<u8>>> =
