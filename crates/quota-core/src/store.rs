@@ -36,6 +36,8 @@ const TEMP_SUFFIX: &str = ".tmp";
 /// this store's temp files exactly and never a sibling store's.
 const TEMP_RANDOM_CHARS: usize = 6;
 const QUARANTINE_INFIX: &str = ".corrupt-";
+/// A quarantined copy's name ends with its time, e.g. `20260914T021000.123Z`: names sort by age.
+const QUARANTINE_STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
 /// How many quarantined copies are kept; older ones are deleted so a recurring cause (e.g. a
 /// disk that keeps damaging the file) cannot fill the directory.
 pub const MAX_QUARANTINED_COPIES: usize = 5;
@@ -235,7 +237,7 @@ impl StateStore {
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
-        Self::ensure_dir(self.path.parent().unwrap_or_else(|| Path::new(".")))?;
+        Self::ensure_dir(self.dir())?;
         let path = &self.lock_path;
         let file = open_lock_file(path).map_err(|e| Self::error(path, e))?;
         // The OS releases the lock of a holder that dies, but not of one that is stopped or
@@ -255,13 +257,12 @@ impl StateStore {
     }
 
     fn quarantine(&self) -> Result<PathBuf, QuotaError> {
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let stamp = chrono::Utc::now().format(QUARANTINE_STAMP);
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(format!("{QUARANTINE_INFIX}{stamp}"));
         let target = self.path.with_file_name(name);
         fs::rename(&self.path, &target).map_err(|e| Self::error(&self.path, e))?;
-        // Keeps the newest copies: the timestamp format sorts by name.
-        let prefix = format!("{}{QUARANTINE_INFIX}", self.file_name());
+        let prefix = format!("{}{QUARANTINE_INFIX}", file_name(&self.path));
         let mut copies =
             self.own_files(|name| name.strip_prefix(&prefix).is_some_and(is_quarantine_stamp));
         copies.sort();
@@ -275,9 +276,7 @@ impl StateStore {
     /// The files beside the state file whose names `is_own` accepts: only names of exactly this
     /// store's patterns, never a sibling store's.
     fn own_files(&self, is_own: impl Fn(&str) -> bool) -> Vec<PathBuf> {
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-        let Ok(entries) = fs::read_dir(dir) else {
+        let Ok(entries) = fs::read_dir(self.dir()) else {
             return Vec::new();
         };
         entries.flatten().map(|e| e.path()).filter(|p| is_own(&file_name(p))).collect()
@@ -286,12 +285,12 @@ impl StateStore {
     /// Writes the file atomically, and keeps it as the parsed copy from the moment it is in place
     /// (readers must not parse it again while the directory is being synced).
     fn write_atomically(&self, state: &StateFile) -> Result<(), QuotaError> {
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let dir = self.dir();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
         // Temporary files are only created under the state lock, which the caller holds: any
         // left now belong to a writer that died mid-write, and would otherwise pile up.
-        let prefix = format!(".{}.", self.file_name());
+        let prefix = format!(".{}.", file_name(&self.path));
         for abandoned in self.own_files(|name| is_own_temp_file(name, &prefix)) {
             let _ = fs::remove_file(abandoned);
         }
@@ -321,8 +320,9 @@ impl StateStore {
         platform::sync_dir(dir).map_err(|e| Self::error(dir, e))
     }
 
-    fn file_name(&self) -> String {
-        file_name(&self.path)
+    /// The state file's directory (`.` for a bare file name).
+    fn dir(&self) -> &Path {
+        self.path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."))
     }
 
     fn ensure_dir(dir: &Path) -> Result<(), QuotaError> {
@@ -338,10 +338,9 @@ impl StateStore {
     fn ensure_locks_dir(&self) -> Result<(), QuotaError> {
         let dir = &self.locks_dir;
         match fs::symlink_metadata(dir) {
-            Ok(meta) if meta.file_type().is_symlink() => Err(Self::error(
-                dir,
-                std::io::Error::other("is a symbolic link; refusing to follow it"),
-            )),
+            Ok(meta) if meta.file_type().is_symlink() => {
+                Err(Self::error(dir, platform::link_refused()))
+            }
             Ok(meta) if meta.is_dir() => {
                 // Best effort: a directory of another owner cannot be changed, and lock files
                 // are opened without following links, so a planted link there is harmless.
@@ -408,7 +407,7 @@ fn is_own_temp_file(name: &str, prefix: &str) -> bool {
     )
 }
 
-/// The `%Y%m%dT%H%M%S%.3fZ` stamp of a quarantined copy, e.g. `20260914T021000.123Z`.
+/// Has `stamp` the shape of a [`QUARANTINE_STAMP`] (digits where digits go, not a valid date)?
 fn is_quarantine_stamp(stamp: &str) -> bool {
     let bytes = stamp.as_bytes();
     bytes.len() == 20

@@ -24,8 +24,8 @@ pub use imp::{
     FileStamp,
 };
 
-/// The error a lock file that turned out to be a link fails with.
-fn link_refused() -> io::Error {
+/// The error a lock file or directory that turned out to be a link fails with.
+pub fn link_refused() -> io::Error {
     io::Error::other("is a symbolic link; refusing to follow it")
 }
 
@@ -79,22 +79,17 @@ mod imp {
     }
 
     pub fn open_lock_file(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
+        let opened = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(
-                |e| {
-                    if e.raw_os_error() == Some(libc::ELOOP) {
-                        super::link_refused()
-                    } else {
-                        e
-                    }
-                },
-            )
+            .open(path);
+        match opened {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(super::link_refused()),
+            opened => opened,
+        }
     }
 
     /// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
