@@ -362,7 +362,7 @@ impl RedisStore {
         trusted_until: i64,
     ) -> Result<(), StoreError> {
         for update in updates {
-            let key = update_key(update);
+            let key = update.key();
             let fence = lock.filter(|l| l.key == key).map(|l| l.fence);
             self.apply_one(update, fence, trusted_until).await?;
         }
@@ -375,17 +375,10 @@ impl RedisStore {
         fence: Option<i64>,
         trusted_until: i64,
     ) -> Result<(), StoreError> {
-        let key = update_key(update);
+        let key = update.key();
         for _ in 0..MAX_WRITE_CONFLICTS {
             let (current, rev) = self.read_with_rev(key).await?;
-            let next = match update {
-                StoreUpdate::Merge { record, .. } => {
-                    let mut merged = current.clone().unwrap_or_default();
-                    merged.merge_as_of(record, trusted_until);
-                    Some(merged)
-                }
-                StoreUpdate::Remove { .. } => None,
-            };
+            let next = update.apply_to(current.clone(), trusted_until);
             if next == current && fence.is_none() {
                 return Ok(());
             }
@@ -487,12 +480,6 @@ impl RedisStore {
 
     fn unavailable(&self, what: &str, error: &redis::RedisError) -> StoreError {
         StoreError::Unavailable(format!("{}: {what}: {error}", self.inner.target))
-    }
-}
-
-fn update_key(update: &StoreUpdate) -> &str {
-    match update {
-        StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key,
     }
 }
 

@@ -63,6 +63,28 @@ pub enum StoreUpdate {
     Remove { key: String },
 }
 
+impl StoreUpdate {
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Merge { key, .. } | Self::Remove { key } => key,
+        }
+    }
+
+    /// The route's record after this update, folded in with [`RouteRecord::merge_as_of`].
+    pub fn apply_to(
+        &self,
+        current: Option<RouteRecord>,
+        trusted_until: i64,
+    ) -> Option<RouteRecord> {
+        let Self::Merge { record, .. } = self else {
+            return None;
+        };
+        let mut merged = current.unwrap_or_default();
+        merged.merge_as_of(record, trusted_until);
+        Some(merged)
+    }
+}
+
 /// The result of reading the file.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -386,13 +408,9 @@ fn read_only(version: u64, state: StateFile) -> Loaded {
 
 fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: i64) {
     for update in updates {
-        match update {
-            StoreUpdate::Merge { key, record } => {
-                state.routes.entry(key.clone()).or_default().merge_as_of(record, trusted_until);
-            }
-            StoreUpdate::Remove { key } => {
-                state.routes.remove(key);
-            }
+        let current = state.routes.remove(update.key());
+        if let Some(record) = update.apply_to(current, trusted_until) {
+            state.routes.insert(update.key().to_owned(), record);
         }
     }
 }
