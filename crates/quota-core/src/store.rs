@@ -344,7 +344,10 @@ impl StateStore {
 
     /// The state file's directory (`.` for a bare file name).
     fn dir(&self) -> &Path {
-        self.path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        self.path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."))
     }
 
     fn ensure_dir(dir: &Path) -> Result<(), QuotaError> {

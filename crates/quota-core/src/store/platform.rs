@@ -18,11 +18,41 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-pub use imp::{
-    create_private_dir, make_private_dir, make_private_file, open_lock_file, replace, sync_dir,
-    FileStamp,
-};
+pub use imp::{create_private_dir, make_private_dir, make_private_file, open_lock_file, FileStamp};
+
+/// How long a replace keeps trying while another program holds the old file open without
+/// delete sharing (Windows only; such holds last milliseconds; the caller holds the state lock
+/// meanwhile).
+const REPLACE_RETRY_FOR: Duration = Duration::from_secs(1);
+const REPLACE_RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+/// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
+/// mix).
+pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    let started = Instant::now();
+    loop {
+        match fs::rename(from, to) {
+            Err(e)
+                if cfg!(windows)
+                    && e.kind() == io::ErrorKind::PermissionDenied
+                    && started.elapsed() < REPLACE_RETRY_FOR =>
+            {
+                std::thread::sleep(REPLACE_RETRY_PAUSE);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Makes a rename in `dir` durable (not needed on Windows, see the module docs).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    if cfg!(windows) {
+        return Ok(());
+    }
+    File::open(dir).and_then(|d| d.sync_all())
+}
 
 /// The error a lock file or directory that turned out to be a link fails with.
 pub fn link_refused() -> io::Error {
@@ -42,8 +72,8 @@ mod imp {
         device: u64,
         inode: u64,
         len: u64,
-        modified_ns: i128,
-        changed_ns: i128,
+        modified: (i64, i64),
+        changed: (i64, i64),
     }
 
     impl FileStamp {
@@ -53,10 +83,8 @@ mod imp {
                 device: metadata.dev(),
                 inode: metadata.ino(),
                 len: metadata.len(),
-                modified_ns: i128::from(metadata.mtime()) * 1_000_000_000
-                    + i128::from(metadata.mtime_nsec()),
-                changed_ns: i128::from(metadata.ctime()) * 1_000_000_000
-                    + i128::from(metadata.ctime_nsec()),
+                modified: (metadata.mtime(), metadata.mtime_nsec()),
+                changed: (metadata.ctime(), metadata.ctime_nsec()),
             })
         }
     }
@@ -91,17 +119,6 @@ mod imp {
             opened => opened,
         }
     }
-
-    /// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
-    /// mix).
-    pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
-    }
-
-    /// Makes a rename in `dir` durable.
-    pub fn sync_dir(dir: &Path) -> io::Result<()> {
-        File::open(dir).and_then(|d| d.sync_all())
-    }
 }
 
 #[cfg(windows)]
@@ -110,7 +127,6 @@ mod imp {
     use std::os::windows::fs::{MetadataExt, OpenOptionsExt};
     use std::os::windows::io::AsRawHandle;
     use std::sync::OnceLock;
-    use std::time::{Duration, Instant};
 
     use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, HANDLE};
     use windows_sys::Win32::Security::Authorization::{SetNamedSecurityInfoW, SE_FILE_OBJECT};
@@ -127,11 +143,6 @@ mod imp {
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
     use super::{fs, io, File, OpenOptions, Path};
-
-    /// How long a replace keeps trying while another program holds the old file open without
-    /// delete sharing (such holds last milliseconds; the caller holds the state lock meanwhile).
-    const REPLACE_RETRY_FOR: Duration = Duration::from_secs(1);
-    const REPLACE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
     /// What tells one version of the file from another: writers replace the file by renaming a
     /// new one over it, so a new version has a new file index (NTFS indexes carry a sequence
@@ -204,26 +215,6 @@ mod imp {
             return Err(super::link_refused());
         }
         Ok(file)
-    }
-
-    pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
-        let started = Instant::now();
-        loop {
-            match fs::rename(from, to) {
-                Err(e)
-                    if e.kind() == io::ErrorKind::PermissionDenied
-                        && started.elapsed() < REPLACE_RETRY_FOR =>
-                {
-                    std::thread::sleep(REPLACE_RETRY_PAUSE);
-                }
-                result => return result,
-            }
-        }
-    }
-
-    #[allow(clippy::unnecessary_wraps)] // the signature both platforms share
-    pub fn sync_dir(_dir: &Path) -> io::Result<()> {
-        Ok(())
     }
 
     /// Replaces the object's DACL with one entry granting the current user full control, and
