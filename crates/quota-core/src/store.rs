@@ -44,9 +44,8 @@ pub const MAX_QUARANTINED_COPIES: usize = 5;
 /// Default bound on waiting for the state-file lock. Critical sections are a read, a merge and a
 /// small write (milliseconds); a holder that keeps it this long is stopped or stalled.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between two attempts at a held lock.
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
-/// The whole file.
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StateFile {
     pub version: u64,
@@ -126,14 +125,9 @@ struct ParsedCopy {
 
 impl StateStore {
     pub fn new(path: PathBuf) -> Self {
-        let with_suffix = |suffix: &str| {
-            let mut name = path.file_name().unwrap_or_default().to_os_string();
-            name.push(suffix);
-            path.with_file_name(name)
-        };
         Self {
-            lock_path: with_suffix(".lock"),
-            locks_dir: with_suffix(".locks"),
+            lock_path: with_suffix(&path, ".lock"),
+            locks_dir: with_suffix(&path, ".locks"),
             path,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             parsed: Arc::default(),
@@ -280,9 +274,7 @@ impl StateStore {
 
     fn quarantine(&self) -> Result<PathBuf, QuotaError> {
         let stamp = chrono::Utc::now().format(QUARANTINE_STAMP);
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!("{QUARANTINE_INFIX}{stamp}"));
-        let target = self.path.with_file_name(name);
+        let target = with_suffix(&self.path, &format!("{QUARANTINE_INFIX}{stamp}"));
         fs::rename(&self.path, &target).map_err(|e| Self::error(&self.path, e))?;
         let prefix = format!("{}{QUARANTINE_INFIX}", file_name(&self.path));
         let mut copies =
@@ -392,6 +384,13 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name().unwrap_or_default().to_string_lossy().into_owned()
 }
@@ -453,20 +452,13 @@ fn parse_state(bytes: &[u8]) -> Parsed {
         _ => return Parsed::Corrupt,
     }
     object.remove("version");
-    let routes = object.remove("routes");
-    let routes = routes
-        .as_ref()
-        .and_then(Value::as_object)
-        .map(|routes| {
-            routes
-                .iter()
-                .filter_map(|(key, record)| {
-                    let record = RouteRecord::deserialize(record).ok()?;
-                    Some((key.clone(), record))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let routes = match object.remove("routes") {
+        Some(Value::Object(routes)) => routes
+            .into_iter()
+            .filter_map(|(key, record)| Some((key, RouteRecord::deserialize(record).ok()?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     Parsed::Valid(Arc::new(StateFile { version: SCHEMA_VERSION, routes, extra: object }))
 }
 
