@@ -245,10 +245,6 @@ impl RedisStore {
         &self.inner.target
     }
 
-    pub fn key_prefix(&self) -> &str {
-        &self.inner.keys.prefix
-    }
-
     pub fn lock_ttl(&self) -> Duration {
         self.inner.lock_ttl
     }

@@ -138,9 +138,9 @@ pub struct RedisRouteLock {
     store: RedisStore,
     pub(super) key: String,
     pub(super) fence: i64,
-    lost: Arc<AtomicBool>,
-    renewal: tokio::task::JoinHandle<()>,
-    released: bool,
+    pub(super) lost: Arc<AtomicBool>,
+    pub(super) renewal: tokio::task::JoinHandle<()>,
+    pub(super) released: bool,
 }
 
 impl std::fmt::Debug for RedisRouteLock {
@@ -160,32 +160,11 @@ impl RedisRouteLock {
         Self { store, key: key.to_owned(), fence, lost, renewal, released: false }
     }
 
-    /// The fencing token: larger than every earlier holder's.
-    pub fn fence(&self) -> i64 {
-        self.fence
-    }
-
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// A renewal found the lock gone or taken: writes under it will be rejected.
-    pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
     /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.
     pub async fn release(mut self) -> Result<bool, StoreError> {
         self.renewal.abort();
         self.released = true;
         self.store.release(&self.key, self.fence).await
-    }
-
-    /// Stops renewing without releasing, as a holder that died would: test support.
-    #[cfg(test)]
-    pub(super) fn abandon(mut self) {
-        self.renewal.abort();
-        self.released = true;
     }
 }
 

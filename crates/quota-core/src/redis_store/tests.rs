@@ -110,6 +110,35 @@ impl Drop for RedisServer {
     }
 }
 
+/// What the tests look at in a store and a held lock.
+impl RedisStore {
+    fn key_prefix(&self) -> &str {
+        &self.inner.keys.prefix
+    }
+}
+
+impl RedisRouteLock {
+    /// The fencing token: larger than every earlier holder's.
+    fn fence(&self) -> i64 {
+        self.fence
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// A renewal found the lock gone or taken: writes under it will be rejected.
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Stops renewing without releasing, as a holder that died would.
+    fn abandon(mut self) {
+        self.renewal.abort();
+        self.released = true;
+    }
+}
+
 fn config(server: &RedisServer) -> RedisConfig {
     let mut config = RedisConfig::new(server.url(), Some("test:".into()));
     config.op_timeout = Duration::from_millis(500);
