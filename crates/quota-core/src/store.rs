@@ -253,7 +253,10 @@ impl StateStore {
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
-        Self::ensure_dir(self.dir())?;
+        let dir = self.dir();
+        if !dir.is_dir() {
+            platform::create_private_dir(dir).map_err(|e| Self::error(dir, e))?;
+        }
         let path = &self.lock_path;
         let file = open_lock_file(path).map_err(|e| Self::error(path, e))?;
         // The OS releases the lock of a holder that dies, but not of one that is stopped or
@@ -342,13 +345,6 @@ impl StateStore {
             .unwrap_or_else(|| Path::new("."))
     }
 
-    fn ensure_dir(dir: &Path) -> Result<(), QuotaError> {
-        if dir.as_os_str().is_empty() || dir.is_dir() {
-            return Ok(());
-        }
-        platform::create_private_dir(dir).map_err(|e| Self::error(dir, e))
-    }
-
     /// The `.locks` directory belongs to this package (its name is ours), so it is made private
     /// even when it already exists with wider permissions. The state file's own directory is
     /// the user's (`OpenCode`'s config dir) and is never changed; see the module docs.
@@ -365,7 +361,9 @@ impl StateStore {
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Self::ensure_dir(dir),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                platform::create_private_dir(dir).map_err(|e| Self::error(dir, e))
+            }
             Err(e) => Err(Self::error(dir, e)),
         }
     }
