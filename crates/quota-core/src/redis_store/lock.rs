@@ -138,7 +138,7 @@ pub struct RedisRouteLock {
     store: RedisStore,
     pub(super) key: String,
     pub(super) fence: i64,
-    pub(super) lost: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
     pub(super) renewal: tokio::task::JoinHandle<()>,
     pub(super) released: bool,
 }
@@ -158,6 +158,11 @@ impl RedisRouteLock {
         let renewal =
             tokio::spawn(renew_while_held(store.clone(), key.to_owned(), fence, lost.clone()));
         Self { store, key: key.to_owned(), fence, lost, renewal, released: false }
+    }
+
+    /// A renewal found the lock gone or taken: writes under it will be rejected.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// Releases the lock (if still ours) and wakes the waiters. `Ok(false)`: it had expired.

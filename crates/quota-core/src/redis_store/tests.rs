@@ -127,11 +127,6 @@ impl RedisRouteLock {
         &self.key
     }
 
-    /// A renewal found the lock gone or taken: writes under it will be rejected.
-    fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
     /// Stops renewing without releasing, as a holder that died would.
     fn abandon(mut self) {
         self.renewal.abort();
