@@ -381,33 +381,23 @@ impl RedisStore {
             let json = next.map_or_else(String::new, |record| {
                 serde_json::to_string(&record).expect("a route record serialises")
             });
-            match self.compare_and_set(key, rev.as_deref(), &json, fence).await? {
+            let keys = &self.inner.keys;
+            let mut write = WRITE.prepare_invoke();
+            write
+                .key(keys.route(key))
+                .key(keys.lock(key))
+                .arg(rev.unwrap_or_default())
+                .arg(json)
+                .arg(fence.map_or_else(String::new, |f| f.to_string()))
+                .arg(keys.events())
+                .arg(key);
+            match self.run::<i64>("write", write).await? {
                 1 => return Ok(()),
                 0 => {}
                 _ => return Err(StoreError::StaleLock),
             }
         }
         Err(StoreError::Contended)
-    }
-
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        rev: Option<&str>,
-        json: &str,
-        fence: Option<i64>,
-    ) -> Result<i64, StoreError> {
-        let keys = &self.inner.keys;
-        let mut invocation = WRITE.prepare_invoke();
-        invocation
-            .key(keys.route(key))
-            .key(keys.lock(key))
-            .arg(rev.unwrap_or(""))
-            .arg(json)
-            .arg(fence.map_or_else(String::new, |f| f.to_string()))
-            .arg(keys.events())
-            .arg(key);
-        self.run("write", invocation).await
     }
 
     async fn read_with_rev(
