@@ -163,7 +163,7 @@ impl StateStore {
             Parsed::Valid(state) => {
                 Loaded { state: Arc::unwrap_or_clone(state), ..Loaded::default() }
             }
-            Parsed::Newer(version) => read_only(version, StateFile::default()),
+            Parsed::Newer(version) => Loaded { newer_schema: Some(version), ..Loaded::default() },
             Parsed::Missing | Parsed::Corrupt => Loaded { quarantined, ..Loaded::default() },
         })
     }
@@ -228,9 +228,9 @@ impl StateStore {
             Parsed::Valid(state) => Arc::unwrap_or_clone(state),
             Parsed::Missing | Parsed::Corrupt => StateFile::default(),
             Parsed::Newer(version) => {
-                let mut alone = StateFile::default();
-                apply_updates(&mut alone, updates, trusted_until);
-                return Ok(read_only(version, alone));
+                let mut state = StateFile::default();
+                apply_updates(&mut state, updates, trusted_until);
+                return Ok(Loaded { state, quarantined: None, newer_schema: Some(version) });
             }
         };
         apply_updates(&mut state, updates, trusted_until);
@@ -400,10 +400,6 @@ enum Parsed {
     Corrupt,
     /// Written by a newer build, with this schema version: not ours to read, move or replace.
     Newer(u64),
-}
-
-fn read_only(version: u64, state: StateFile) -> Loaded {
-    Loaded { state, quarantined: None, newer_schema: Some(version) }
 }
 
 fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: i64) {
