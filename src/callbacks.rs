@@ -64,7 +64,6 @@ pub struct JsCallbacks {
 
 impl JsCallbacks {
     pub fn new(
-        _env: &Env,
         main_fetched: Option<Unknown>,
         api_error: Option<Unknown>,
         fallback_fetched: Option<Unknown>,
@@ -142,45 +141,46 @@ fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
     Ok(Some(Arc::new(callback)))
 }
 
-/// Calls one callback (it has run when this returns). A promise it returned is awaited only
-/// with `awaitCallbacks` (at most [`CALLBACK_PROMISE_WAIT`]); otherwise it is watched in the
-/// background so a rejection is still caught and counted. A throw is counted and reported.
-fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
-    callback: Option<Arc<Callback<T, Args>>>,
-    value: T,
-    name: &'static str,
-    stats: Arc<Stats>,
-    await_promises: bool,
-) -> BoxFuture<'static, ()> {
-    async move {
-        let Some(callback) = callback else {
-            return;
-        };
-        match callback.call_async_catch(value).await {
-            Ok(CallbackReturn::Promise(promise)) if await_promises => {
-                if let Ok(settled) = tokio::time::timeout(CALLBACK_PROMISE_WAIT, promise).await {
+impl JsCallbacks {
+    /// Calls the callback in `slot`, if any (it has run when this returns). A promise it
+    /// returned is awaited only with `awaitCallbacks` (at most [`CALLBACK_PROMISE_WAIT`]);
+    /// otherwise it is watched in the background so a rejection is still caught and counted. A
+    /// throw is counted and reported.
+    fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
+        &self,
+        slot: impl FnOnce(&Slots) -> Option<Arc<Callback<T, Args>>>,
+        value: T,
+        name: &'static str,
+    ) -> BoxFuture<'static, ()> {
+        let callback = slot(&self.slots());
+        let stats = self.stats.clone();
+        let await_promise = self.await_promises;
+        async move {
+            let Some(callback) = callback else {
+                return;
+            };
+            let promise = match callback.call_async_catch(value).await {
+                Ok(CallbackReturn::Promise(promise)) => promise,
+                Ok(CallbackReturn::Value) => return,
+                Err(error) => return report(Err(error), name, &stats),
+            };
+            let wait = if await_promise { CALLBACK_PROMISE_WAIT } else { CALLBACK_PROMISE_WATCH };
+            let watch = async move {
+                // A promise still pending then is let go: a later rejection is still caught
+                // (the promise keeps its handlers), just no longer counted. Nor may a promise
+                // that never settles hold a task forever.
+                if let Ok(settled) = tokio::time::timeout(wait, promise).await {
                     report(settled.map(|_| ()), name, &stats);
                 }
-                // Still pending: stop holding up the callers; a later rejection is still
-                // caught (the promise keeps its handlers) but no longer counted.
+            };
+            if await_promise {
+                watch.await;
+            } else {
+                napi::bindgen_prelude::spawn(watch);
             }
-            Ok(CallbackReturn::Promise(promise)) => {
-                let stats = stats.clone();
-                napi::bindgen_prelude::spawn(async move {
-                    // Watched for a while only: a promise that never settles must not hold a
-                    // task forever. A later rejection is still caught (the promise keeps its
-                    // handlers), just no longer counted.
-                    if let Ok(settled) = tokio::time::timeout(CALLBACK_PROMISE_WATCH, promise).await
-                    {
-                        report(settled.map(|_| ()), name, &stats);
-                    }
-                });
-            }
-            Ok(CallbackReturn::Value) => {}
-            Err(error) => report(Err(error), name, &stats),
         }
+        .boxed()
     }
-    .boxed()
 }
 
 /// Counts and logs a callback failure. Not failures: Node shutting down (nobody is left to
@@ -199,48 +199,18 @@ fn report(outcome: Result<()>, name: &str, stats: &Stats) {
 
 impl HostEvents for JsCallbacks {
     fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()> {
-        let callback = self.slots().main_fetched.clone();
-        invoke(callback, event, "onMainQuotaFetched", self.stats.clone(), self.await_promises)
+        self.invoke(|s| s.main_fetched.clone(), event, "onMainQuotaFetched")
     }
 
     fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()> {
-        let callback = self.slots().api_error.clone();
-        invoke(
-            callback,
-            (error, error_generation),
-            "onApiError",
-            self.stats.clone(),
-            self.await_promises,
-        )
+        self.invoke(|s| s.api_error.clone(), (error, error_generation), "onApiError")
     }
 
-    fn fallback_quota_fetched(
-        &self,
-        account_id: String,
-        event: FetchedEvent,
-    ) -> BoxFuture<'static, ()> {
-        let callback = self.slots().fallback_fetched.clone();
-        invoke(
-            callback,
-            (account_id, event),
-            "onFallbackQuotaFetched",
-            self.stats.clone(),
-            self.await_promises,
-        )
+    fn fallback_quota_fetched(&self, id: String, event: FetchedEvent) -> BoxFuture<'static, ()> {
+        self.invoke(|s| s.fallback_fetched.clone(), (id, event), "onFallbackQuotaFetched")
     }
 
-    fn fallback_api_error(
-        &self,
-        account_id: String,
-        error: ApiErrorRecord,
-    ) -> BoxFuture<'static, ()> {
-        let callback = self.slots().fallback_error.clone();
-        invoke(
-            callback,
-            (account_id, error),
-            "onFallbackApiError",
-            self.stats.clone(),
-            self.await_promises,
-        )
+    fn fallback_api_error(&self, id: String, error: ApiErrorRecord) -> BoxFuture<'static, ()> {
+        self.invoke(|s| s.fallback_error.clone(), (id, error), "onFallbackApiError")
     }
 }

@@ -6,7 +6,7 @@ use napi::{JsRangeError, JsTypeError};
 use serde::Serialize;
 use serde_json::Value;
 
-use quota_core::error::QuotaError;
+use quota_core::error::{ConfigError, QuotaError};
 
 /// A serde value handed to JavaScript as plain data (objects, arrays, numbers, strings).
 pub struct Json<T>(pub T);
@@ -41,6 +41,20 @@ pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
 pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsRangeError::from(Error::new(Status::InvalidArg, message.into()));
     with_code(error.into_unknown(*env), "ERR_OUT_OF_RANGE")
+}
+
+/// The error for an option the core refused: a `RangeError` for a value outside its range, a
+/// `TypeError` otherwise, naming the option as the host wrote it (`options.backoff.maxMs`).
+pub fn config_error(env: &Env, error: &ConfigError) -> Error {
+    let message = match error.option() {
+        Some(_) => format!("options.{error}"),
+        None => error.to_string(),
+    };
+    if error.is_range() {
+        range_error(env, message)
+    } else {
+        type_error(env, message)
+    }
 }
 
 fn with_code(error: Unknown, code: &str) -> Error {

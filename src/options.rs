@@ -1,9 +1,9 @@
-//! `QuotaManagerOptions`: read field by field so a bad option throws a `TypeError` or
-//! `RangeError` that names it, at construction.
+//! `QuotaManagerOptions`, read at construction: each field's JavaScript type is checked here (a
+//! `TypeError` naming it), its value by the core's `ManagerConfig::new` (a `RangeError` or a
+//! `TypeError` naming it, through `config_error`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 
@@ -11,21 +11,16 @@ use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
 use super::host_env::host_var;
 use super::host_fetch::HostFetch;
-use super::js::{describe, is_nullish, number_in, to_json, type_error};
+use super::js::{config_error, describe, is_nullish, to_json, type_error};
 use super::js_now::JsNow;
-use super::redis::parse_redis_option;
-use quota_core::backoff::BackoffConfig;
-use quota_core::client::{UsageClientConfig, DEFAULT_USAGE_URL, DEFAULT_USER_AGENT};
+use quota_core::backoff::BackoffOptions;
 use quota_core::clock::{Clock, SystemClock};
+use quota_core::config::ManagerOptions;
 use quota_core::host::HostStorage;
-use quota_core::manager::{
-    ManagerConfig, DEFAULT_API_CALL_GAP_MS, DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_MAX_CONCURRENT_FETCHES,
-};
+use quota_core::manager::ManagerConfig;
+use quota_core::redis_store::RedisConfig;
 use quota_core::store::default_state_path;
 use quota_core::transport::Transport;
-
-const HOUR_MS: f64 = 3_600_000.0;
-const DEFAULT_REQUEST_TIMEOUT_MS: f64 = 10_000.0;
 
 /// Every key `QuotaManagerOptions` has; any other key is a `TypeError` (a misspelt `fetchImpl`
 /// must not silently poll the real endpoint).
@@ -56,6 +51,8 @@ const OPTION_KEYS: &[&str] = &[
 const BACKOFF_KEYS: &[&str] =
     &["initialMs", "maxMs", "nonTransientMs", "jitter", "maxRetryAfterMs"];
 
+const REDIS_KEYS: &[&str] = &["url", "keyPrefix"];
+
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
     pub config: ManagerConfig,
@@ -66,7 +63,7 @@ pub struct ParsedOptions {
     pub callbacks: JsCallbacks,
 }
 
-/// Reads one options object; every field optional.
+/// One options object; every field optional.
 struct Fields<'a> {
     env: &'a Env,
     object: Option<Object<'a>>,
@@ -74,20 +71,23 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn new(env: &'a Env, value: Option<Unknown<'a>>, name: &'static str) -> Result<Self> {
-        let object = match value {
+    /// `value` must be an object (or `undefined`/`null`) whose own keys are all in `known`.
+    fn new(
+        env: &'a Env,
+        value: Option<Unknown<'a>>,
+        prefix: &'static str,
+        known: &[&str],
+    ) -> Result<Self> {
+        let mut fields = Self { env, object: None, prefix };
+        match value {
             Some(value) if !is_nullish(&value) => match value.get_type()? {
-                ValueType::Object => Some(value.coerce_to_object()?),
-                other => {
-                    return Err(type_error(
-                        env,
-                        format!("{name} must be an object, got {}", describe(other)),
-                    ))
-                }
+                ValueType::Object => fields.object = Some(value.coerce_to_object()?),
+                other => return Err(fields.wrong_type(prefix, "an object", other)),
             },
-            _ => None,
-        };
-        Ok(Self { env, object, prefix: name })
+            _ => return Ok(fields),
+        }
+        fields.reject_unknown_keys(known)?;
+        Ok(fields)
     }
 
     /// Refuses keys that are not options (a key whose value is `undefined` counts as absent).
@@ -100,35 +100,21 @@ impl<'a> Fields<'a> {
         let object_class: Unknown = self.env.get_global()?.get_named_property("Object")?;
         let own_keys: Function<Object, Vec<String>> =
             object_class.coerce_to_object()?.get_named_property("keys")?;
-        let keys = own_keys.call(*object)?;
-        for key in keys {
-            if known.contains(&key.as_str()) || self.raw(&key)?.is_none() {
-                continue;
+        for key in own_keys.call(*object)? {
+            if !known.contains(&key.as_str()) && self.raw(&key)?.is_some() {
+                let message = format!("{} is not a known option", self.name(&key));
+                return Err(type_error(self.env, message));
             }
-            return Err(type_error(self.env, format!("{} is not a known option", self.name(&key))));
         }
         Ok(())
     }
 
-    fn boolean(&self, field: &str) -> Result<Option<bool>> {
-        match self.raw(field)? {
-            None => Ok(None),
-            Some(value) if value.get_type()? == ValueType::Boolean => {
-                Ok(Some(unsafe { value.cast::<bool>() }?))
-            }
-            Some(value) => Err(type_error(
-                self.env,
-                format!(
-                    "{} must be a boolean, got {}",
-                    self.name(field),
-                    describe(value.get_type()?)
-                ),
-            )),
-        }
-    }
-
     fn name(&self, field: &str) -> String {
         format!("{}.{field}", self.prefix)
+    }
+
+    fn wrong_type(&self, name: &str, expected: &str, actual: ValueType) -> Error {
+        type_error(self.env, format!("{name} must be {expected}, got {}", describe(actual)))
     }
 
     /// The raw value, `None` when missing or `undefined` (`null` is kept: it can mean "off").
@@ -140,103 +126,61 @@ impl<'a> Fields<'a> {
         Ok(value.filter(|v| !matches!(v.get_type(), Ok(ValueType::Undefined))))
     }
 
-    fn number(&self, field: &str, min: f64, max: f64) -> Result<Option<f64>> {
-        match self.raw(field)? {
-            None => Ok(None),
-            Some(value) => number_in(self.env, value, &self.name(field), min, max).map(Some),
-        }
-    }
-
-    fn integer(&self, field: &str, min: f64, max: f64) -> Result<Option<i64>> {
-        let Some(number) = self.number(field, min, max)? else {
+    /// A field of JavaScript type `expected`. `null` means "none" for a function, and is a
+    /// wrong type for the others.
+    fn get<T: FromNapiValue>(&self, field: &str, expected: ValueType) -> Result<Option<T>> {
+        let Some(value) = self.raw(field)? else {
             return Ok(None);
         };
-        if number.fract() != 0.0 {
-            return Err(super::js::range_error(
-                self.env,
-                format!("{} must be a whole number, got {number}", self.name(field)),
-            ));
+        match value.get_type()? {
+            actual if actual == expected => Ok(Some(unsafe { value.cast::<T>() }?)),
+            ValueType::Null if expected == ValueType::Function => Ok(None),
+            actual => Err(self.wrong_type(&self.name(field), describe(expected), actual)),
         }
-        Ok(Some(number as i64))
     }
 
+    fn number(&self, field: &str) -> Result<Option<f64>> {
+        self.get(field, ValueType::Number)
+    }
+
+    /// A string that is not blank.
     fn string(&self, field: &str) -> Result<Option<String>> {
-        match self.raw(field)? {
-            None => Ok(None),
-            Some(value) => match value.get_type()? {
-                ValueType::String => {
-                    let text = unsafe { value.cast::<String>() }?;
-                    if text.trim().is_empty() {
-                        return Err(type_error(
-                            self.env,
-                            format!("{} must be a non-empty string", self.name(field)),
-                        ));
-                    }
-                    Ok(Some(text))
-                }
-                other => Err(type_error(
-                    self.env,
-                    format!("{} must be a string, got {}", self.name(field), describe(other)),
-                )),
-            },
+        let text: Option<String> = self.get(field, ValueType::String)?;
+        if text.as_ref().is_some_and(|text| text.trim().is_empty()) {
+            let message = format!("{} must be a non-empty string", self.name(field));
+            return Err(type_error(self.env, message));
         }
+        Ok(text)
     }
 
     fn function(&self, field: &str) -> Result<Option<Unknown<'a>>> {
-        match self.raw(field)? {
-            Some(value) if !is_nullish(&value) => match value.get_type()? {
-                ValueType::Function => Ok(Some(value)),
-                other => Err(type_error(
-                    self.env,
-                    format!("{} must be a function, got {}", self.name(field), describe(other)),
-                )),
-            },
-            _ => Ok(None),
-        }
+        self.get(field, ValueType::Function)
     }
 }
 
 pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOptions> {
-    let fields = Fields::new(env, options, "options")?;
-    fields.reject_unknown_keys(OPTION_KEYS)?;
+    let fields = Fields::new(env, options, "options", OPTION_KEYS)?;
     let storage = match fields.raw("storage")? {
         Some(value) if !is_nullish(&value) => {
             let json = to_json(env, value, "options.storage")?;
-            Some(
-                HostStorage::from_value(&json)
-                    .map_err(|e| type_error(env, format!("options.{e}")))?,
-            )
+            let storage = HostStorage::from_value(&json);
+            Some(storage.map_err(|e| type_error(env, format!("options.{e}")))?)
         }
         _ => None,
     };
-    let usage = UsageClientConfig {
-        url: fields.string("usageUrl")?.unwrap_or_else(|| DEFAULT_USAGE_URL.to_owned()),
-        user_agent: fields.string("userAgent")?.unwrap_or_else(|| DEFAULT_USER_AGENT.to_owned()),
-        timeout: Duration::from_millis(
-            fields
-                .number("requestTimeoutMs", 1.0, 10.0 * 60_000.0)?
-                .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS) as u64,
-        ),
-    };
-    let config = ManagerConfig {
-        usage,
-        check_interval_minutes: fields.number("checkIntervalMinutes", 1.0, 7.0 * 24.0 * 60.0)?,
-        refresh_every_n_requests: fields.integer("refreshEveryNRequests", 0.0, 1e9)?,
-        api_call_gap_ms: fields
-            .integer("apiCallGapMs", 0.0, HOUR_MS)?
-            .unwrap_or(DEFAULT_API_CALL_GAP_MS),
-        lock_timeout_ms: fields
-            .integer("lockTimeoutMs", 0.0, HOUR_MS)?
-            .unwrap_or(DEFAULT_LOCK_TIMEOUT_MS),
-        max_concurrent_fetches: fields
-            .integer("maxConcurrentFetches", 1.0, 64.0)?
-            .map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
+    let options = ManagerOptions {
+        usage_url: fields.string("usageUrl")?,
+        user_agent: fields.string("userAgent")?,
+        request_timeout_ms: fields.number("requestTimeoutMs")?,
+        check_interval_minutes: fields.number("checkIntervalMinutes")?,
+        refresh_every_n_requests: fields.number("refreshEveryNRequests")?,
+        api_call_gap_ms: fields.number("apiCallGapMs")?,
+        lock_timeout_ms: fields.number("lockTimeoutMs")?,
+        max_concurrent_fetches: fields.number("maxConcurrentFetches")?,
         backoff: parse_backoff(env, fields.raw("backoff")?)?,
-        state_path: parse_state_path(env, &fields)?,
-        transport: None,
-        connection: quota_core::client::ConnectionOptions::default(),
-        redis: parse_redis_option(env, fields.raw("redis")?)?,
+        redis: parse_redis(env, fields.raw("redis")?)?,
     };
+    let config = ManagerConfig::new(options).map_err(|e| config_error(env, &e))?;
     let (clock, js_now) = parse_clock(env, &fields)?;
     let transport = HostFetch::from_options(
         env,
@@ -245,49 +189,54 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         fields.function("now")?,
         js_now.as_ref().map(JsNow::clock),
     )?;
-    let config = ManagerConfig { transport: transport.map(|t| Transport(Arc::new(t))), ..config };
     Ok(ParsedOptions {
-        config,
+        config: ManagerConfig {
+            state_path: parse_state_path(env, &fields)?,
+            transport: transport.map(|t| Transport(Arc::new(t))),
+            ..config
+        },
         storage,
         clock,
         js_now,
         callbacks: JsCallbacks::new(
-            env,
             fields.function("onMainQuotaFetched")?,
             fields.function("onApiError")?,
             fields.function("onFallbackQuotaFetched")?,
             fields.function("onFallbackApiError")?,
-            fields.boolean("awaitCallbacks")?.unwrap_or(false),
+            fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false),
         )?,
     })
 }
 
-fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffConfig> {
-    let fields = Fields::new(env, value, "options.backoff")?;
-    fields.reject_unknown_keys(BACKOFF_KEYS)?;
-    let defaults = BackoffConfig::default();
-    let initial_ms =
-        fields.integer("initialMs", 1.0, 24.0 * HOUR_MS)?.unwrap_or(defaults.initial_ms);
-    let max_ms = fields
-        .integer("maxMs", 1.0, 24.0 * HOUR_MS)?
-        .unwrap_or_else(|| defaults.max_ms.max(initial_ms));
-    if max_ms < initial_ms {
-        return Err(super::js::range_error(
-            env,
-            format!("options.backoff.maxMs ({max_ms}) must not be below options.backoff.initialMs ({initial_ms})"),
-        ));
-    }
-    Ok(BackoffConfig {
-        initial_ms,
-        max_ms,
-        non_transient_ms: fields
-            .integer("nonTransientMs", 0.0, 24.0 * HOUR_MS)?
-            .unwrap_or(defaults.non_transient_ms),
-        jitter: fields.number("jitter", 0.0, 1.0)?.unwrap_or(defaults.jitter),
-        max_retry_after_ms: fields
-            .integer("maxRetryAfterMs", 0.0, 7.0 * 24.0 * HOUR_MS)?
-            .unwrap_or(defaults.max_retry_after_ms),
+fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffOptions> {
+    let fields = Fields::new(env, value, "options.backoff", BACKOFF_KEYS)?;
+    Ok(BackoffOptions {
+        initial_ms: fields.number("initialMs")?,
+        max_ms: fields.number("maxMs")?,
+        non_transient_ms: fields.number("nonTransientMs")?,
+        jitter: fields.number("jitter")?,
+        max_retry_after_ms: fields.number("maxRetryAfterMs")?,
     })
+}
+
+/// `options.redis`: `{ url: string; keyPrefix?: string }`, or absent/`null` (the state file
+/// alone).
+fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>> {
+    let Some(value) = value.filter(|v| !is_nullish(v)) else {
+        return Ok(None);
+    };
+    let fields = Fields::new(env, Some(value), "options.redis", REDIS_KEYS)?;
+    let Some(url) = fields.string("url")? else {
+        return Err(type_error(
+            env,
+            "options.redis.url must be a non-empty string (redis:// or rediss://)",
+        ));
+    };
+    let key_prefix = match fields.raw("keyPrefix")? {
+        Some(value) if is_nullish(&value) => None,
+        _ => fields.get("keyPrefix", ValueType::String)?,
+    };
+    Ok(Some(RedisConfig::new(url, key_prefix)))
 }
 
 /// `undefined`: the `OpenCode` config dir, resolved now so later environment changes cannot move
@@ -298,13 +247,12 @@ fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
         Some(value) if is_nullish(&value) => Ok(None),
         Some(_) => {
             let path = PathBuf::from(fields.string("statePath")?.unwrap_or_default());
-            Ok(Some(if path.is_absolute() {
-                path
-            } else {
-                std::env::current_dir()
-                    .map_err(|e| type_error(env, format!("options.statePath: {e}")))?
-                    .join(path)
-            }))
+            if path.is_absolute() {
+                return Ok(Some(path));
+            }
+            let cwd = std::env::current_dir()
+                .map_err(|e| type_error(env, format!("options.statePath: {e}")))?;
+            Ok(Some(cwd.join(path)))
         }
     }
 }

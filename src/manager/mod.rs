@@ -13,7 +13,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::callbacks::JsCallbacks;
-use crate::js::{type_error, Json};
+use crate::js::Json;
 use crate::js_now::JsNow;
 use crate::options::parse_options;
 use crate::shared::SharedPromises;
@@ -64,10 +64,7 @@ impl QuotaManager {
             stats,
             runtime,
         )
-        .map_err(|e| match e.option() {
-            Some(option) => type_error(&env, format!("options.{option}: {e}")),
-            None => type_error(&env, e.to_string()),
-        })?;
+        .map_err(|e| crate::js::config_error(&env, &e))?;
         crate::host_env::print_trust_warnings_once(core.trust_warnings());
         if core.state_path().is_some() {
             crate::exit::flush_at_exit(&core);

@@ -10,7 +10,8 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{FailureClass, QuotaError};
+use super::config::{range, HOUR_MS as HOUR};
+use super::error::{ConfigError, FailureClass, QuotaError};
 use super::snapshot::ApiErrorRecord;
 
 const SECOND_MS: i64 = 1_000;
@@ -28,8 +29,9 @@ pub const RETRY_AFTER_ABSURD_MS: i64 = 30 * 24 * HOUR_MS;
 /// Six hours is the longest window this crate arms with the default configuration.
 pub const PERSISTED_WINDOW_CAP_MS: i64 = 6 * HOUR_MS;
 
-/// Tunables of the backoff (the `backoff` option in docs/api.md#options). Validation of user input is the caller's
-/// job; the functions here only guarantee not to overflow or shorten a delay on odd values.
+/// Tunables of the backoff (the `backoff` option in docs/api.md#options), checked by
+/// [`BackoffConfig::new`]; the functions here still never overflow or shorten a delay on odd
+/// values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackoffConfig {
     /// Delay of the first transient failure (ladder rung 1).
@@ -53,6 +55,47 @@ impl Default for BackoffConfig {
             jitter: 0.1,
             max_retry_after_ms: 6 * HOUR_MS,
         }
+    }
+}
+
+/// The `backoff` option as the host gives it (`None`: absent).
+#[derive(Clone, Debug, Default)]
+pub struct BackoffOptions {
+    pub initial_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub non_transient_ms: Option<f64>,
+    pub jitter: Option<f64>,
+    pub max_retry_after_ms: Option<f64>,
+}
+
+impl BackoffConfig {
+    /// Checks the option's ranges and fills in the defaults; an absent `maxMs` is raised to a
+    /// larger `initialMs`, a given one must not be below it.
+    pub fn new(options: &BackoffOptions) -> Result<Self, ConfigError> {
+        let day = 24.0 * HOUR;
+        let defaults = Self::default();
+        let initial_ms = range("backoff.initialMs", 1.0, day)
+            .whole(options.initial_ms)?
+            .unwrap_or(defaults.initial_ms);
+        let max_ms = range("backoff.maxMs", 1.0, day)
+            .whole(options.max_ms)?
+            .unwrap_or_else(|| defaults.max_ms.max(initial_ms));
+        if max_ms < initial_ms {
+            return Err(ConfigError::BackoffMaxBelowInitial { initial_ms, max_ms });
+        }
+        Ok(Self {
+            initial_ms,
+            max_ms,
+            non_transient_ms: range("backoff.nonTransientMs", 0.0, day)
+                .whole(options.non_transient_ms)?
+                .unwrap_or(defaults.non_transient_ms),
+            jitter: range("backoff.jitter", 0.0, 1.0)
+                .number(options.jitter)?
+                .unwrap_or(defaults.jitter),
+            max_retry_after_ms: range("backoff.maxRetryAfterMs", 0.0, 7.0 * day)
+                .whole(options.max_retry_after_ms)?
+                .unwrap_or(defaults.max_retry_after_ms),
+        })
     }
 }
 

@@ -133,33 +133,60 @@ impl QuotaError {
     }
 }
 
-/// A manager option the core cannot use, with the option it came from, so the binding's
-/// `TypeError` names the right one.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// A manager option the core cannot use. Each message starts with the option at fault, as the
+/// host spells it (`backoff.maxMs`), so the binding only has to say where the options came from.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
+    /// A number outside its option's range, or not finite.
+    #[error("{option} must be a finite number from {min} to {max}, got {value}")]
+    OutOfRange { option: &'static str, min: f64, max: f64, value: f64 },
+    /// A fraction where the option counts whole units.
+    #[error("{option} must be a whole number, got {value}")]
+    NotWhole { option: &'static str, value: f64 },
+    /// A backoff ladder whose cap is below its first rung.
+    #[error("backoff.maxMs ({max_ms}) must not be below backoff.initialMs ({initial_ms})")]
+    BackoffMaxBelowInitial { initial_ms: i64, max_ms: i64 },
     /// `usageUrl` is not an absolute http(s) URL.
-    #[error("{0}")]
+    #[error("usageUrl: {0}")]
     UsageUrl(String),
     /// `userAgent` is not a valid HTTP header value.
-    #[error("{0}")]
+    #[error("userAgent: {0}")]
     UserAgent(String),
     /// The HTTP client could not be built (no option is at fault).
     #[error("{0}")]
     HttpClient(String),
     /// `redis.url` is not a Redis URL.
-    #[error("{0}")]
+    #[error("redis.url: {0}")]
     RedisUrl(String),
+    /// `redis.url` is a URL of another scheme (shown without its credentials).
+    #[error("redis.url must start with redis:// or rediss://, got {0}")]
+    RedisScheme(String),
+    /// `redis.keyPrefix` is longer than a namespace needs.
+    #[error("redis.keyPrefix must be a string of at most {0} characters")]
+    RedisKeyPrefix(usize),
 }
 
 impl ConfigError {
     /// The option at fault, as the host spells it; `None` when no option is.
     pub fn option(&self) -> Option<&'static str> {
         match self {
+            Self::OutOfRange { option, .. } | Self::NotWhole { option, .. } => Some(option),
+            Self::BackoffMaxBelowInitial { .. } => Some("backoff.maxMs"),
             Self::UsageUrl(_) => Some("usageUrl"),
             Self::UserAgent(_) => Some("userAgent"),
             Self::HttpClient(_) => None,
-            Self::RedisUrl(_) => Some("redis.url"),
+            Self::RedisUrl(_) | Self::RedisScheme(_) => Some("redis.url"),
+            Self::RedisKeyPrefix(_) => Some("redis.keyPrefix"),
         }
+    }
+
+    /// A value outside the range its option allows (the binding's `RangeError`), rather than
+    /// a value of the wrong kind.
+    pub const fn is_range(&self) -> bool {
+        matches!(
+            self,
+            Self::OutOfRange { .. } | Self::NotWhole { .. } | Self::BackoffMaxBelowInitial { .. }
+        )
     }
 }
 

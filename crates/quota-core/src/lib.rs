@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod fingerprint;
 pub mod freshness;
