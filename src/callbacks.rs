@@ -71,37 +71,36 @@ impl JsCallbacks {
         await_promises: bool,
     ) -> Result<Self> {
         let slots = Slots {
-            main_fetched: build(main_fetched, |ctx: ThreadsafeCallContext<FetchedEvent>| {
-                let event = ctx.value;
-                Ok(FnArgs::from((
-                    Json(event.quota),
-                    event.checked_at as f64,
-                    event.token_fingerprint,
-                    event.fetch_started_at as f64,
-                    event.error_generation as f64,
-                    event.error_cleared_at.map(|t| t as f64),
-                )))
-            })?,
-            api_error: build(api_error, |ctx: ThreadsafeCallContext<(ApiErrorRecord, u64)>| {
-                let (error, generation) = ctx.value;
-                Ok(FnArgs::from((Json(error), generation as f64)))
-            })?,
-            fallback_fetched: build(
-                fallback_fetched,
-                |ctx: ThreadsafeCallContext<(String, FetchedEvent)>| {
-                    let (id, event) = ctx.value;
+            main_fetched: build::<FetchedEvent, _>(
+                main_fetched,
+                |ThreadsafeCallContext { value: event, .. }| {
                     Ok(FnArgs::from((
-                        id,
                         Json(event.quota),
                         event.checked_at as f64,
+                        event.token_fingerprint,
                         event.fetch_started_at as f64,
+                        event.error_generation as f64,
+                        event.error_cleared_at.map(|t| t as f64),
                     )))
+                },
+            )?,
+            api_error: build(
+                api_error,
+                |ThreadsafeCallContext { value: (error, generation), .. }| {
+                    Ok(FnArgs::from((Json(error), generation as f64)))
+                },
+            )?,
+            fallback_fetched: build::<(String, FetchedEvent), _>(
+                fallback_fetched,
+                |ThreadsafeCallContext { value: (id, event), .. }| {
+                    let (checked_at, started_at) =
+                        (event.checked_at as f64, event.fetch_started_at as f64);
+                    Ok(FnArgs::from((id, Json(event.quota), checked_at, started_at)))
                 },
             )?,
             fallback_error: build(
                 fallback_error,
-                |ctx: ThreadsafeCallContext<(String, ApiErrorRecord)>| {
-                    let (id, error) = ctx.value;
+                |ThreadsafeCallContext { value: (id, error), .. }| {
                     Ok(FnArgs::from((id, Json(error))))
                 },
             )?,
@@ -117,7 +116,7 @@ impl JsCallbacks {
 
     /// Drops every callback, so nothing the host passed in outlives `close()`.
     pub fn release(&self) {
-        *self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Slots::default();
+        *self.slots() = Slots::default();
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
@@ -129,16 +128,16 @@ fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
     function: Option<Unknown>,
     to_args: impl 'static + FnMut(ThreadsafeCallContext<T>) -> Result<Args>,
 ) -> Result<Option<Arc<Callback<T, Args>>>> {
-    let Some(function) = function else {
-        return Ok(None);
+    let build = |function: Unknown| {
+        let function = unsafe { function.cast::<Function<Unknown, CallbackReturn>>() }?;
+        let callback = function
+            .build_threadsafe_function::<T>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build_callback(to_args)?;
+        Ok(Arc::new(callback))
     };
-    let function = unsafe { function.cast::<Function<Unknown, CallbackReturn>>() }?;
-    let callback = function
-        .build_threadsafe_function::<T>()
-        .weak::<true>()
-        .callee_handled::<false>()
-        .build_callback(to_args)?;
-    Ok(Some(Arc::new(callback)))
+    function.map(build).transpose()
 }
 
 impl JsCallbacks {

@@ -2,7 +2,7 @@
 //! Bun keeps `process.env` apart from the C environment, so a variable set (or deleted) at run
 //! time is only visible there. Read on the JavaScript thread, at construction.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -38,12 +38,7 @@ fn process_env(env: &Env) -> Result<Option<Object<'_>>> {
 
 /// The first of `names` that is set.
 fn first_var(env: &Env, names: &[&str]) -> Result<Option<String>> {
-    for name in names {
-        if let Some(value) = host_var(env, name)? {
-            return Ok(Some(value));
-        }
-    }
-    Ok(None)
+    names.iter().find_map(|name| host_var(env, name).transpose()).transpose()
 }
 
 /// Extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`) and the proxy
@@ -51,12 +46,10 @@ fn first_var(env: &Env, names: &[&str]) -> Result<Option<String>> {
 /// `process.env`. No proxy variable means no proxy: a C-environment-only proxy is not used
 /// behind the host's back. Loopback endpoints never use a proxy.
 pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
-    let mut extra_ca_files = Vec::new();
-    for name in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"] {
-        if let Some(file) = host_var(env, name)? {
-            extra_ca_files.push(PathBuf::from(file));
-        }
-    }
+    let extra_ca_files = ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"]
+        .iter()
+        .filter_map(|name| host_var(env, name).map(|file| file.map(PathBuf::from)).transpose())
+        .collect::<Result<_>>()?;
     let proxy = match first_var(env, &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"])? {
         Some(url) => {
             ProxySetting::Url { url, no_proxy: first_var(env, &["NO_PROXY", "no_proxy"])? }
@@ -68,9 +61,8 @@ pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
 
 /// Logs each trust-store warning once per process, however many managers are built.
 pub fn print_trust_warnings_once(warnings: &[String]) {
-    static PRINTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    static PRINTED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let mut printed = PRINTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let printed = printed.get_or_insert_with(HashSet::new);
     for warning in warnings {
         if printed.insert(warning.clone()) {
             log::warn!("{warning}");

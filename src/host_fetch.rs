@@ -113,66 +113,54 @@ impl HostFetch {
     }
 }
 
+/// The adapter's answer: what the host's function gave, and the host's `now` when it settled.
 #[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-enum Answer {
+struct Answer {
+    now: Option<f64>,
+    #[serde(flatten)]
+    kind: AnswerKind,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+enum AnswerKind {
     Response {
         status: f64,
-        #[serde(rename = "retryAfter")]
         retry_after: Option<String>,
         body: String,
-        now: Option<f64>,
     },
     Snapshot {
         snapshot: Option<Value>,
-        now: Option<f64>,
     },
     Rejected {
         status: Option<f64>,
-        #[serde(rename = "retryAfter")]
         retry_after: Option<f64>,
-        #[serde(rename = "retryAfterMs")]
         retry_after_ms: Option<f64>,
         message: String,
         /// The rejection is a connection failure (a socket code, or fetch's `TypeError`).
         #[serde(default)]
         network: bool,
-        now: Option<f64>,
     },
     Failed {
         message: String,
-        now: Option<f64>,
     },
     Reentered {
         message: String,
-        now: Option<f64>,
     },
 }
 
-impl Answer {
-    fn now(&self) -> Option<f64> {
-        match self {
-            Self::Response { now, .. }
-            | Self::Snapshot { now, .. }
-            | Self::Rejected { now, .. }
-            | Self::Failed { now, .. }
-            | Self::Reentered { now, .. } => *now,
-        }
-    }
-
-    fn into_host_answer(self) -> HostAnswer {
+impl From<AnswerKind> for HostAnswer {
+    fn from(kind: AnswerKind) -> Self {
         let status_of =
             |n: f64| (n.fract() == 0.0 && (100.0..=599.0).contains(&n)).then_some(n as u16);
-        match self {
-            Self::Response { status, retry_after, body, .. } => match status_of(status) {
-                Some(status) => HostAnswer::Response { status, retry_after, body },
-                None => HostAnswer::Failed(format!("fetchImpl answered status {status}")),
+        match kind {
+            AnswerKind::Response { status, retry_after, body } => match status_of(status) {
+                Some(status) => Self::Response { status, retry_after, body },
+                None => Self::Failed(format!("fetchImpl answered status {status}")),
             },
-            Self::Snapshot { snapshot, .. } => {
-                HostAnswer::Snapshot(snapshot.unwrap_or(Value::Null))
-            }
-            Self::Rejected { status, retry_after, retry_after_ms, message, network, .. } => {
-                HostAnswer::Rejected {
+            AnswerKind::Snapshot { snapshot } => Self::Snapshot(snapshot.unwrap_or(Value::Null)),
+            AnswerKind::Rejected { status, retry_after, retry_after_ms, message, network } => {
+                Self::Rejected {
                     status: status.and_then(status_of),
                     network,
                     retry_after_ms: retry_after_ms
@@ -182,8 +170,8 @@ impl Answer {
                     message,
                 }
             }
-            Self::Failed { message, .. } => HostAnswer::Failed(message),
-            Self::Reentered { message, .. } => HostAnswer::Reentered(message),
+            AnswerKind::Failed { message } => Self::Failed(message),
+            AnswerKind::Reentered { message } => Self::Reentered(message),
         }
     }
 }
@@ -204,10 +192,7 @@ impl HostTransport for HostFetch {
         let adapter = self.adapter.clone();
         let clock = self.clock.clone();
         async move {
-            let text = match adapter.call_async(argument).await {
-                Ok(promise) => promise.await,
-                Err(error) => Err(error),
-            };
+            let text: Result<String> = async { adapter.call_async(argument).await?.await }.await;
             let text = match text {
                 Ok(text) => text,
                 Err(error) => {
@@ -220,10 +205,10 @@ impl HostTransport for HostFetch {
                     return HostAnswer::Failed(format!("host transport answer unreadable: {error}"))
                 }
             };
-            if let (Some(clock), Some(now)) = (&clock, answer.now()) {
+            if let (Some(clock), Some(now)) = (&clock, answer.now) {
                 clock.set(now as i64);
             }
-            answer.into_host_answer()
+            answer.kind.into()
         }
         .boxed()
     }

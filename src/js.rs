@@ -46,9 +46,9 @@ pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
 /// The error for an option the core refused: a `RangeError` for a value outside its range, a
 /// `TypeError` otherwise, naming the option as the host wrote it (`options.backoff.maxMs`).
 pub fn config_error(env: &Env, error: &ConfigError) -> Error {
-    let message = match error.option() {
-        Some(_) => format!("options.{error}"),
-        None => error.to_string(),
+    let message = match error {
+        ConfigError::HttpClient(reason) => reason.clone(),
+        named => format!("options.{named}"),
     };
     if error.is_range() {
         range_error(env, message)

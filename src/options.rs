@@ -2,6 +2,7 @@
 //! `TypeError` naming it), its value by the core's `ManagerConfig::new` (a `RangeError` or a
 //! `TypeError` naming it, through `config_error`).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -22,37 +23,6 @@ use quota_core::redis_store::RedisConfig;
 use quota_core::store::default_state_path;
 use quota_core::transport::Transport;
 
-/// Every key `QuotaManagerOptions` has; any other key is a `TypeError` (a misspelt `fetchImpl`
-/// must not silently poll the real endpoint).
-const OPTION_KEYS: &[&str] = &[
-    "storage",
-    "statePath",
-    "usageUrl",
-    "userAgent",
-    "checkIntervalMinutes",
-    "refreshEveryNRequests",
-    "apiCallGapMs",
-    "requestTimeoutMs",
-    "lockTimeoutMs",
-    "maxConcurrentFetches",
-    "backoff",
-    "clock",
-    "now",
-    "fetchImpl",
-    "fetchQuotaSnapshot",
-    "awaitCallbacks",
-    "onMainQuotaFetched",
-    "onApiError",
-    "onFallbackQuotaFetched",
-    "onFallbackApiError",
-    "redis",
-];
-
-const BACKOFF_KEYS: &[&str] =
-    &["initialMs", "maxMs", "nonTransientMs", "jitter", "maxRetryAfterMs"];
-
-const REDIS_KEYS: &[&str] = &["url", "keyPrefix"];
-
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
     pub config: ManagerConfig,
@@ -63,37 +33,32 @@ pub struct ParsedOptions {
     pub callbacks: JsCallbacks,
 }
 
-/// One options object; every field optional.
+/// One options object; every field optional. Its options are the fields read from it: any
+/// other key is a `TypeError` (a misspelt `fetchImpl` must not silently poll the real endpoint).
 struct Fields<'a> {
     env: &'a Env,
     object: Option<Object<'a>>,
     prefix: &'static str,
+    read: RefCell<Vec<&'static str>>,
 }
 
 impl<'a> Fields<'a> {
-    /// `value` must be an object (or `undefined`/`null`) whose own keys are all in `known`.
-    fn new(
-        env: &'a Env,
-        value: Option<Unknown<'a>>,
-        prefix: &'static str,
-        known: &[&str],
-    ) -> Result<Self> {
-        let mut fields = Self { env, object: None, prefix };
-        match value {
-            Some(value) if !is_nullish(&value) => match value.get_type()? {
+    /// `value` must be an object, `undefined` or `null`.
+    fn new(env: &'a Env, value: Option<Unknown<'a>>, prefix: &'static str) -> Result<Self> {
+        let mut fields = Self { env, object: None, prefix, read: RefCell::default() };
+        if let Some(value) = value.filter(|v| !is_nullish(v)) {
+            match value.get_type()? {
                 ValueType::Object => fields.object = Some(value.coerce_to_object()?),
                 other => return Err(fields.wrong_type(prefix, "an object", other)),
-            },
-            _ => return Ok(fields),
+            }
         }
-        fields.reject_unknown_keys(known)?;
         Ok(fields)
     }
 
-    /// Refuses keys that are not options (a key whose value is `undefined` counts as absent).
+    /// Refuses keys that were not read (a key whose value is `undefined` counts as absent).
     /// Only the object's own enumerable keys (`Object.keys`): N-API's key listing also walks the
     /// prototype chain, and an enumerable `Object.prototype` property is not an option given.
-    fn reject_unknown_keys(&self, known: &[&str]) -> Result<()> {
+    fn reject_unknown_keys(&self) -> Result<()> {
         let Some(object) = &self.object else {
             return Ok(());
         };
@@ -101,7 +66,8 @@ impl<'a> Fields<'a> {
         let own_keys: Function<Object, Vec<String>> =
             object_class.coerce_to_object()?.get_named_property("keys")?;
         for key in own_keys.call(*object)? {
-            if !known.contains(&key.as_str()) && self.raw(&key)?.is_some() {
+            if !self.read.borrow().contains(&key.as_str()) && object.get::<Unknown>(&key)?.is_some()
+            {
                 let message = format!("{} is not a known option", self.name(&key));
                 return Err(type_error(self.env, message));
             }
@@ -118,17 +84,14 @@ impl<'a> Fields<'a> {
     }
 
     /// The raw value, `None` when missing or `undefined` (`null` is kept: it can mean "off").
-    fn raw(&self, field: &str) -> Result<Option<Unknown<'a>>> {
-        let Some(object) = &self.object else {
-            return Ok(None);
-        };
-        let value: Option<Unknown> = object.get(field)?;
-        Ok(value.filter(|v| !matches!(v.get_type(), Ok(ValueType::Undefined))))
+    fn raw(&self, field: &'static str) -> Result<Option<Unknown<'a>>> {
+        self.read.borrow_mut().push(field);
+        self.object.as_ref().map_or(Ok(None), |object| object.get(field))
     }
 
     /// A field of JavaScript type `expected`. `null` means "none" for a function, and is a
     /// wrong type for the others.
-    fn get<T: FromNapiValue>(&self, field: &str, expected: ValueType) -> Result<Option<T>> {
+    fn get<T: FromNapiValue>(&self, field: &'static str, expected: ValueType) -> Result<Option<T>> {
         let Some(value) = self.raw(field)? else {
             return Ok(None);
         };
@@ -139,12 +102,12 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn number(&self, field: &str) -> Result<Option<f64>> {
+    fn number(&self, field: &'static str) -> Result<Option<f64>> {
         self.get(field, ValueType::Number)
     }
 
     /// A string that is not blank.
-    fn string(&self, field: &str) -> Result<Option<String>> {
+    fn string(&self, field: &'static str) -> Result<Option<String>> {
         let text: Option<String> = self.get(field, ValueType::String)?;
         if text.as_ref().is_some_and(|text| text.trim().is_empty()) {
             let message = format!("{} must be a non-empty string", self.name(field));
@@ -153,13 +116,13 @@ impl<'a> Fields<'a> {
         Ok(text)
     }
 
-    fn function(&self, field: &str) -> Result<Option<Unknown<'a>>> {
+    fn function(&self, field: &'static str) -> Result<Option<Unknown<'a>>> {
         self.get(field, ValueType::Function)
     }
 }
 
 pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOptions> {
-    let fields = Fields::new(env, options, "options", OPTION_KEYS)?;
+    let fields = Fields::new(env, options, "options")?;
     let storage = match fields.raw("storage")? {
         Some(value) if !is_nullish(&value) => {
             let json = to_json(env, value, "options.storage")?;
@@ -189,34 +152,39 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         fields.function("now")?,
         js_now.as_ref().map(JsNow::clock),
     )?;
+    let state_path = parse_state_path(env, &fields)?;
+    let callbacks = JsCallbacks::new(
+        fields.function("onMainQuotaFetched")?,
+        fields.function("onApiError")?,
+        fields.function("onFallbackQuotaFetched")?,
+        fields.function("onFallbackApiError")?,
+        fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false),
+    )?;
+    fields.reject_unknown_keys()?;
     Ok(ParsedOptions {
         config: ManagerConfig {
-            state_path: parse_state_path(env, &fields)?,
+            state_path,
             transport: transport.map(|t| Transport(Arc::new(t))),
             ..config
         },
         storage,
         clock,
         js_now,
-        callbacks: JsCallbacks::new(
-            fields.function("onMainQuotaFetched")?,
-            fields.function("onApiError")?,
-            fields.function("onFallbackQuotaFetched")?,
-            fields.function("onFallbackApiError")?,
-            fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false),
-        )?,
+        callbacks,
     })
 }
 
 fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffOptions> {
-    let fields = Fields::new(env, value, "options.backoff", BACKOFF_KEYS)?;
-    Ok(BackoffOptions {
+    let fields = Fields::new(env, value, "options.backoff")?;
+    let options = BackoffOptions {
         initial_ms: fields.number("initialMs")?,
         max_ms: fields.number("maxMs")?,
         non_transient_ms: fields.number("nonTransientMs")?,
         jitter: fields.number("jitter")?,
         max_retry_after_ms: fields.number("maxRetryAfterMs")?,
-    })
+    };
+    fields.reject_unknown_keys()?;
+    Ok(options)
 }
 
 /// `options.redis`: `{ url: string; keyPrefix?: string }`, or absent/`null` (the state file
@@ -225,7 +193,7 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
     let Some(value) = value.filter(|v| !is_nullish(v)) else {
         return Ok(None);
     };
-    let fields = Fields::new(env, Some(value), "options.redis", REDIS_KEYS)?;
+    let fields = Fields::new(env, Some(value), "options.redis")?;
     let Some(url) = fields.string("url")? else {
         return Err(type_error(
             env,
@@ -236,6 +204,7 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
         Some(value) if is_nullish(&value) => None,
         _ => fields.get("keyPrefix", ValueType::String)?,
     };
+    fields.reject_unknown_keys()?;
     Ok(Some(RedisConfig::new(url, key_prefix)))
 }
 

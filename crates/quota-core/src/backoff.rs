@@ -10,7 +10,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{range, HOUR_MS as HOUR};
+use super::config::{number, whole};
 use super::error::{ConfigError, FailureClass, QuotaError};
 use super::snapshot::ApiErrorRecord;
 
@@ -72,29 +72,25 @@ impl BackoffConfig {
     /// Checks the option's ranges and fills in the defaults; an absent `maxMs` is raised to a
     /// larger `initialMs`, a given one must not be below it.
     pub fn new(options: &BackoffOptions) -> Result<Self, ConfigError> {
-        let day = 24.0 * HOUR;
+        let day = (24 * HOUR_MS) as f64;
         let defaults = Self::default();
-        let initial_ms = range("backoff.initialMs", 1.0, day)
-            .whole(options.initial_ms)?
+        let initial_ms = whole("backoff.initialMs", options.initial_ms, 1.0, day)?
             .unwrap_or(defaults.initial_ms);
-        let max_ms = range("backoff.maxMs", 1.0, day)
-            .whole(options.max_ms)?
+        let max_ms = whole("backoff.maxMs", options.max_ms, 1.0, day)?
             .unwrap_or_else(|| defaults.max_ms.max(initial_ms));
         if max_ms < initial_ms {
             return Err(ConfigError::BackoffMaxBelowInitial { initial_ms, max_ms });
         }
+        let non_transient_ms = whole("backoff.nonTransientMs", options.non_transient_ms, 0.0, day)?;
+        let jitter = number("backoff.jitter", options.jitter, 0.0, 1.0)?;
+        let max_retry_after_ms =
+            whole("backoff.maxRetryAfterMs", options.max_retry_after_ms, 0.0, 7.0 * day)?;
         Ok(Self {
             initial_ms,
             max_ms,
-            non_transient_ms: range("backoff.nonTransientMs", 0.0, day)
-                .whole(options.non_transient_ms)?
-                .unwrap_or(defaults.non_transient_ms),
-            jitter: range("backoff.jitter", 0.0, 1.0)
-                .number(options.jitter)?
-                .unwrap_or(defaults.jitter),
-            max_retry_after_ms: range("backoff.maxRetryAfterMs", 0.0, 7.0 * day)
-                .whole(options.max_retry_after_ms)?
-                .unwrap_or(defaults.max_retry_after_ms),
+            non_transient_ms: non_transient_ms.unwrap_or(defaults.non_transient_ms),
+            jitter: jitter.unwrap_or(defaults.jitter),
+            max_retry_after_ms: max_retry_after_ms.unwrap_or(defaults.max_retry_after_ms),
         })
     }
 }
@@ -271,19 +267,12 @@ pub fn from_persisted(error: &ApiErrorRecord, now_ms: i64) -> BackoffState {
 /// The ladder delay of failure `attempt` in a row: `initial × 2^(attempt-1)`, capped at `max_ms`.
 /// Attempt 0 is treated as 1. Saturates instead of overflowing for any attempt.
 pub fn ladder_delay_ms(attempt: u32, config: &BackoffConfig) -> i64 {
-    let initial = config.initial_ms.max(0);
-    let cap = config.max_ms.max(0);
     let doublings = attempt.saturating_sub(1);
-    let delay = if doublings >= 62 {
-        if initial == 0 {
-            0
-        } else {
-            i64::MAX
-        }
-    } else {
-        initial.saturating_mul(1_i64 << doublings)
-    };
-    delay.min(cap)
+    config
+        .initial_ms
+        .max(0)
+        .saturating_mul(2_i64.saturating_pow(doublings))
+        .min(config.max_ms.max(0))
 }
 
 /// Lengthens `delay_ms` by up to `jitter × delay_ms` (scaled by `random_unit` in `[0, 1)`),

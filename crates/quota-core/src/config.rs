@@ -12,8 +12,8 @@ use crate::manager::{
 };
 use crate::redis_store::{RedisConfig, RedisStore};
 
-pub(crate) const MINUTE_MS: f64 = 60_000.0;
-pub(crate) const HOUR_MS: f64 = 60.0 * MINUTE_MS;
+const MINUTE_MS: f64 = 60_000.0;
+const HOUR_MS: f64 = 60.0 * MINUTE_MS;
 
 /// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
 pub const MAX_KEY_PREFIX_CHARS: usize = 256;
@@ -34,40 +34,32 @@ pub struct ManagerOptions {
     pub redis: Option<RedisConfig>,
 }
 
-/// The values a numeric option accepts.
-pub(crate) struct Range {
-    pub option: &'static str,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Range {
-    /// A finite number within the range.
-    pub fn number(&self, value: Option<f64>) -> Result<Option<f64>, ConfigError> {
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        if !value.is_finite() || value < self.min || value > self.max {
-            let Self { option, min, max } = *self;
-            return Err(ConfigError::OutOfRange { option, min, max, value });
+/// A number option: finite and within `min..=max` (`None`: absent).
+pub(crate) fn number(
+    option: &'static str,
+    value: Option<f64>,
+    min: f64,
+    max: f64,
+) -> Result<Option<f64>, ConfigError> {
+    match value {
+        Some(value) if !value.is_finite() || value < min || value > max => {
+            Err(ConfigError::OutOfRange { option, min, max, value })
         }
-        Ok(Some(value))
-    }
-
-    /// A whole number within the range.
-    pub fn whole(&self, value: Option<f64>) -> Result<Option<i64>, ConfigError> {
-        let Some(value) = self.number(value)? else {
-            return Ok(None);
-        };
-        if value.fract() != 0.0 {
-            return Err(ConfigError::NotWhole { option: self.option, value });
-        }
-        Ok(Some(value as i64))
+        _ => Ok(value),
     }
 }
 
-pub(crate) const fn range(option: &'static str, min: f64, max: f64) -> Range {
-    Range { option, min, max }
+/// A count option: a whole [`number`].
+pub(crate) fn whole(
+    option: &'static str,
+    value: Option<f64>,
+    min: f64,
+    max: f64,
+) -> Result<Option<i64>, ConfigError> {
+    match number(option, value, min, max)? {
+        Some(value) if value.fract() != 0.0 => Err(ConfigError::NotWhole { option, value }),
+        value => Ok(value.map(|value| value as i64)),
+    }
 }
 
 impl ManagerConfig {
@@ -75,28 +67,32 @@ impl ManagerConfig {
     /// the connection settings come from the host's environment: the binding sets them.
     pub fn new(options: ManagerOptions) -> Result<Self, ConfigError> {
         let usage = UsageClientConfig::default();
-        let timeout = range("requestTimeoutMs", 1.0, 10.0 * MINUTE_MS)
-            .number(options.request_timeout_ms)?
-            .map_or(usage.timeout, |ms| Duration::from_millis(ms as u64));
+        let timeout_ms =
+            number("requestTimeoutMs", options.request_timeout_ms, 1.0, 10.0 * MINUTE_MS)?;
+        let gap_ms = whole("apiCallGapMs", options.api_call_gap_ms, 0.0, HOUR_MS)?;
+        let lock_ms = whole("lockTimeoutMs", options.lock_timeout_ms, 0.0, HOUR_MS)?;
+        let fetches = whole("maxConcurrentFetches", options.max_concurrent_fetches, 1.0, 64.0)?;
         Ok(Self {
             usage: UsageClientConfig {
                 url: options.usage_url.unwrap_or(usage.url),
                 user_agent: options.user_agent.unwrap_or(usage.user_agent),
-                timeout,
+                timeout: timeout_ms.map_or(usage.timeout, |ms| Duration::from_millis(ms as u64)),
             },
-            check_interval_minutes: range("checkIntervalMinutes", 1.0, 7.0 * 24.0 * 60.0)
-                .number(options.check_interval_minutes)?,
-            refresh_every_n_requests: range("refreshEveryNRequests", 0.0, 1e9)
-                .whole(options.refresh_every_n_requests)?,
-            api_call_gap_ms: range("apiCallGapMs", 0.0, HOUR_MS)
-                .whole(options.api_call_gap_ms)?
-                .unwrap_or(DEFAULT_API_CALL_GAP_MS),
-            lock_timeout_ms: range("lockTimeoutMs", 0.0, HOUR_MS)
-                .whole(options.lock_timeout_ms)?
-                .unwrap_or(DEFAULT_LOCK_TIMEOUT_MS),
-            max_concurrent_fetches: range("maxConcurrentFetches", 1.0, 64.0)
-                .whole(options.max_concurrent_fetches)?
-                .map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
+            check_interval_minutes: number(
+                "checkIntervalMinutes",
+                options.check_interval_minutes,
+                1.0,
+                7.0 * 24.0 * 60.0,
+            )?,
+            refresh_every_n_requests: whole(
+                "refreshEveryNRequests",
+                options.refresh_every_n_requests,
+                0.0,
+                1e9,
+            )?,
+            api_call_gap_ms: gap_ms.unwrap_or(DEFAULT_API_CALL_GAP_MS),
+            lock_timeout_ms: lock_ms.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS),
+            max_concurrent_fetches: fetches.map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
             backoff: BackoffConfig::new(&options.backoff)?,
             state_path: None,
             transport: None,

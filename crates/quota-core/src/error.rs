@@ -133,8 +133,8 @@ impl QuotaError {
     }
 }
 
-/// A manager option the core cannot use. Each message starts with the option at fault, as the
-/// host spells it (`backoff.maxMs`), so the binding only has to say where the options came from.
+/// A manager option the core cannot use. Each message but `HttpClient`'s starts with the option
+/// at fault, as the host spells it (`backoff.maxMs`): the binding only adds where it came from.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A number outside its option's range, or not finite.
@@ -167,19 +167,6 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// The option at fault, as the host spells it; `None` when no option is.
-    pub fn option(&self) -> Option<&'static str> {
-        match self {
-            Self::OutOfRange { option, .. } | Self::NotWhole { option, .. } => Some(option),
-            Self::BackoffMaxBelowInitial { .. } => Some("backoff.maxMs"),
-            Self::UsageUrl(_) => Some("usageUrl"),
-            Self::UserAgent(_) => Some("userAgent"),
-            Self::HttpClient(_) => None,
-            Self::RedisUrl(_) | Self::RedisScheme(_) => Some("redis.url"),
-            Self::RedisKeyPrefix(_) => Some("redis.keyPrefix"),
-        }
-    }
-
     /// A value outside the range its option allows (the binding's `RangeError`), rather than
     /// a value of the wrong kind.
     pub const fn is_range(&self) -> bool {

@@ -554,7 +554,7 @@ fn new_rejects_unusable_urls_and_names_them() {
         |url: &str| UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() };
     for url in ["not a url", "/api/oauth/usage", "ftp://example.com/usage", ""] {
         let error = UsageClient::new(config(url)).unwrap_err();
-        assert_eq!(error.option(), Some("usageUrl"));
+        assert!(matches!(error, ConfigError::UsageUrl(_)));
         let message = error.to_string();
         assert!(message.contains(&format!("{url:?}")), "{message}");
     }
@@ -563,7 +563,7 @@ fn new_rejects_unusable_urls_and_names_them() {
     let bad_agent =
         UsageClientConfig { user_agent: "claude\ncode".into(), ..UsageClientConfig::default() };
     let error = UsageClient::new(bad_agent).unwrap_err();
-    assert_eq!(error.option(), Some("userAgent"));
+    assert!(matches!(error, ConfigError::UserAgent(_)));
     assert!(error.to_string().contains("user agent"));
 }
 

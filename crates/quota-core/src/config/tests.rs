@@ -54,7 +54,7 @@ fn numbers_out_of_range_name_the_option_and_the_range() {
     assert!(refused(interval(f64::INFINITY)).starts_with("checkIntervalMinutes must be"));
     let error = ManagerConfig::new(interval(0.0)).unwrap_err();
     assert!(error.is_range());
-    assert_eq!(error.option(), Some("checkIntervalMinutes"));
+    assert!(error.to_string().starts_with("checkIntervalMinutes"));
     for (options, option) in [
         (
             ManagerOptions { request_timeout_ms: Some(0.5), ..Default::default() },
@@ -83,7 +83,7 @@ fn numbers_out_of_range_name_the_option_and_the_range() {
         ),
     ] {
         let error = ManagerConfig::new(options).unwrap_err();
-        assert_eq!(error.option(), Some(option), "{error}");
+        assert!(error.to_string().starts_with(option), "{error}");
         assert!(error.is_range());
     }
 }
@@ -103,10 +103,10 @@ fn counts_must_be_whole() {
 fn backoff_ranges_and_order() {
     let backoff = |options: BackoffOptions| BackoffConfig::new(&options);
     let error = backoff(BackoffOptions { jitter: Some(-0.5), ..Default::default() }).unwrap_err();
-    assert_eq!(error.option(), Some("backoff.jitter"));
+    assert!(error.to_string().starts_with("backoff.jitter"));
     assert!(backoff(BackoffOptions { jitter: Some(1.0), ..Default::default() }).is_ok());
     let error = backoff(BackoffOptions { initial_ms: Some(0.0), ..Default::default() });
-    assert_eq!(error.unwrap_err().option(), Some("backoff.initialMs"));
+    assert!(error.unwrap_err().to_string().starts_with("backoff.initialMs"));
     let error = backoff(BackoffOptions {
         initial_ms: Some(20.0),
         max_ms: Some(10.0),
@@ -128,7 +128,7 @@ fn backoff_ranges_and_order() {
     assert_eq!(config.non_transient_ms, 0);
     assert_eq!(config.max_retry_after_ms, 7 * 24 * 3_600_000);
     let error = backoff(BackoffOptions { max_retry_after_ms: Some(1.5), ..Default::default() });
-    assert_eq!(error.unwrap_err().option(), Some("backoff.maxRetryAfterMs"));
+    assert!(error.unwrap_err().to_string().starts_with("backoff.maxRetryAfterMs"));
 }
 
 #[test]
@@ -138,13 +138,13 @@ fn redis_urls_and_prefixes_are_checked() {
     };
     assert!(redis("redis://127.0.0.1:6379", None).is_ok());
     assert!(redis("rediss://127.0.0.1", Some("")).is_ok());
-    assert_eq!(redis("http://127.0.0.1:1", None).unwrap_err().option(), Some("redis.url"));
+    assert!(redis("http://127.0.0.1:1", None).unwrap_err().to_string().starts_with("redis.url"));
     assert_eq!(
         redis("unix:///tmp/redis.sock", None).unwrap_err(),
         ConfigError::RedisScheme("unix:///tmp/redis.sock".into())
     );
     let error = redis("redis://user:hunter2@[bad", None).unwrap_err();
-    assert_eq!(error.option(), Some("redis.url"));
+    assert!(error.to_string().starts_with("redis.url"));
     assert!(!error.to_string().contains("hunter2"), "{error}");
     assert!(!error.is_range());
     let long = "k".repeat(MAX_KEY_PREFIX_CHARS + 1);
@@ -156,5 +156,5 @@ fn redis_urls_and_prefixes_are_checked() {
         redis: Some(RedisConfig::new("redis://[bad", None)),
         ..ManagerOptions::default()
     });
-    assert_eq!(error.unwrap_err().option(), Some("redis.url"));
+    assert!(error.unwrap_err().to_string().starts_with("redis.url"));
 }

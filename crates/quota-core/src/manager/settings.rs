@@ -9,7 +9,6 @@ use crate::host::HostStorage;
 use crate::policy::{exhausted_until, MinimumRemaining};
 use crate::snapshot::{QuotaEntry, QuotaSnapshot};
 
-/// Settings that come from the host's storage, with explicit options on top.
 #[derive(Clone, Debug)]
 pub(super) struct Settings {
     pub interval_ms: i64,
@@ -36,8 +35,6 @@ impl Settings {
         }
     }
 
-    /// A cache entry whose `refreshAfter` follows docs/freshness.md#refresh-after, measured from the oldest window so a
-    /// header push never postpones the poll that the older poll-only fields need.
     /// An entry seeded from the host's persisted snapshot: due by its standard windows only (an
     /// old scoped window makes it due for that window's model alone, by the per-model rule).
     pub fn seeded_entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
@@ -49,6 +46,9 @@ impl Settings {
         Arc::new(QuotaEntry { quota, checked_at, refresh_after })
     }
 
+    /// A cache entry whose `refreshAfter` follows docs/freshness.md#refresh-after, measured from
+    /// the oldest window so a header push never postpones the poll that the older poll-only
+    /// fields need.
     pub fn entry(&self, quota: QuotaSnapshot, checked_at: i64, now: i64) -> Arc<QuotaEntry> {
         let oldest = quota.oldest_window_checked_at().unwrap_or(checked_at).min(checked_at);
         let exhausted = exhausted_until(&quota, &self.minimum, now);
