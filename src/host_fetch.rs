@@ -76,7 +76,7 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
 type Factory<'a> = Function<
     'a,
     FnArgs<(Option<Unknown<'a>>, Option<Unknown<'a>>, Option<Unknown<'a>>)>,
-    Unknown<'a>,
+    Function<'a, Value, Promise<String>>,
 >;
 
 type Adapter = ThreadsafeFunction<Value, Promise<String>, Value, Status, false, true>;
@@ -102,9 +102,8 @@ impl HostFetch {
         }
         let without_token = fetch_quota_snapshot.is_some();
         let factory: Factory = env.run_script(ADAPTER)?;
-        let adapter = factory.call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?;
-        let adapter = unsafe { adapter.cast::<Function<Value, Promise<String>>>() }?;
-        let adapter = adapter
+        let adapter = factory
+            .call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?
             .build_threadsafe_function::<Value>()
             .weak::<true>()
             .callee_handled::<false>()

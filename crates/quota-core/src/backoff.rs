@@ -117,10 +117,7 @@ impl BackoffState {
 
     /// Time left in the window; 0 when it is closed.
     pub fn remaining_ms(&self, now_ms: i64) -> i64 {
-        match self.next_retry_at {
-            Some(at) if now_ms < at => at.saturating_sub(now_ms),
-            _ => 0,
-        }
+        self.next_retry_at.map_or(0, |at| at.saturating_sub(now_ms).max(0))
     }
 
     /// Records a failure of the usage endpoint and returns the record of the window it armed

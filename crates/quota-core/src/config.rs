@@ -14,6 +14,7 @@ use crate::redis_store::{RedisConfig, RedisStore};
 
 const MINUTE_MS: f64 = 60_000.0;
 const HOUR_MS: f64 = 60.0 * MINUTE_MS;
+const WEEK_MINUTES: f64 = 7.0 * 24.0 * 60.0;
 
 /// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
 pub const MAX_KEY_PREFIX_CHARS: usize = 256;
@@ -34,13 +35,10 @@ pub struct ManagerOptions {
     pub redis: Option<RedisConfig>,
 }
 
+type Checked<T> = Result<Option<T>, ConfigError>;
+
 /// A number option: finite and within `min..=max` (`None`: absent).
-pub(crate) fn number(
-    option: &'static str,
-    value: Option<f64>,
-    min: f64,
-    max: f64,
-) -> Result<Option<f64>, ConfigError> {
+pub(crate) fn number(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<f64> {
     match value {
         Some(value) if !value.is_finite() || value < min || value > max => {
             Err(ConfigError::OutOfRange { option, min, max, value })
@@ -50,12 +48,7 @@ pub(crate) fn number(
 }
 
 /// A count option: a whole [`number`].
-pub(crate) fn whole(
-    option: &'static str,
-    value: Option<f64>,
-    min: f64,
-    max: f64,
-) -> Result<Option<i64>, ConfigError> {
+pub(crate) fn whole(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<i64> {
     match number(option, value, min, max)? {
         Some(value) if value.fract() != 0.0 => Err(ConfigError::NotWhole { option, value }),
         value => Ok(value.map(|value| value as i64)),
@@ -82,7 +75,7 @@ impl ManagerConfig {
                 "checkIntervalMinutes",
                 options.check_interval_minutes,
                 1.0,
-                7.0 * 24.0 * 60.0,
+                WEEK_MINUTES,
             )?,
             refresh_every_n_requests: whole(
                 "refreshEveryNRequests",
