@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::{BoxFuture, FutureExt};
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction, UnknownReturnValue};
+use napi::threadsafe_function::{ThreadsafeFunction, UnknownReturnValue};
 
 use super::js::Json;
 use quota_core::manager::{FetchedEvent, HostEvents};
 use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use quota_core::stats::{bump, Stats};
 
-/// A weak, non-callee-handled threadsafe function taking one Rust payload.
-type Callback<T, Args> = ThreadsafeFunction<T, CallbackReturn, Args, Status, false, true>;
+/// A weak, non-callee-handled threadsafe function, called with its arguments.
+type Callback<Args> = ThreadsafeFunction<Args, CallbackReturn, Args, Status, false, true>;
 
 /// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -49,10 +49,10 @@ type FallbackErrorArgs = FnArgs<(String, Json<ApiErrorRecord>)>;
 
 #[derive(Default)]
 struct Slots {
-    main_fetched: Option<Arc<Callback<FetchedEvent, MainFetchedArgs>>>,
-    api_error: Option<Arc<Callback<(ApiErrorRecord, u64), ApiErrorArgs>>>,
-    fallback_fetched: Option<Arc<Callback<(String, FetchedEvent), FallbackFetchedArgs>>>,
-    fallback_error: Option<Arc<Callback<(String, ApiErrorRecord), FallbackErrorArgs>>>,
+    main_fetched: Option<Arc<Callback<MainFetchedArgs>>>,
+    api_error: Option<Arc<Callback<ApiErrorArgs>>>,
+    fallback_fetched: Option<Arc<Callback<FallbackFetchedArgs>>>,
+    fallback_error: Option<Arc<Callback<FallbackErrorArgs>>>,
 }
 
 /// The four optional host callbacks, until `release` drops them.
@@ -71,39 +71,10 @@ impl JsCallbacks {
         await_promises: bool,
     ) -> Result<Self> {
         let slots = Slots {
-            main_fetched: build::<FetchedEvent, _>(
-                main_fetched,
-                |ThreadsafeCallContext { value: event, .. }| {
-                    Ok(FnArgs::from((
-                        Json(event.quota),
-                        event.checked_at as f64,
-                        event.token_fingerprint,
-                        event.fetch_started_at as f64,
-                        event.error_generation as f64,
-                        event.error_cleared_at.map(|t| t as f64),
-                    )))
-                },
-            )?,
-            api_error: build(
-                api_error,
-                |ThreadsafeCallContext { value: (error, generation), .. }| {
-                    Ok(FnArgs::from((Json(error), generation as f64)))
-                },
-            )?,
-            fallback_fetched: build::<(String, FetchedEvent), _>(
-                fallback_fetched,
-                |ThreadsafeCallContext { value: (id, event), .. }| {
-                    let (checked_at, started_at) =
-                        (event.checked_at as f64, event.fetch_started_at as f64);
-                    Ok(FnArgs::from((id, Json(event.quota), checked_at, started_at)))
-                },
-            )?,
-            fallback_error: build(
-                fallback_error,
-                |ThreadsafeCallContext { value: (id, error), .. }| {
-                    Ok(FnArgs::from((id, Json(error))))
-                },
-            )?,
+            main_fetched: build(main_fetched)?,
+            api_error: build(api_error)?,
+            fallback_fetched: build(fallback_fetched)?,
+            fallback_error: build(fallback_error)?,
         };
         Ok(Self { slots: Mutex::new(slots), stats: Arc::new(Stats::default()), await_promises })
     }
@@ -122,33 +93,15 @@ impl JsCallbacks {
     fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-fn build<T: 'static, Args: 'static + JsValuesTupleIntoVec>(
-    function: Option<Unknown>,
-    to_args: impl 'static + FnMut(ThreadsafeCallContext<T>) -> Result<Args>,
-) -> Result<Option<Arc<Callback<T, Args>>>> {
-    let build = |function: Unknown| {
-        let function = unsafe { function.cast::<Function<Unknown, CallbackReturn>>() }?;
-        let callback = function
-            .build_threadsafe_function::<T>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build_callback(to_args)?;
-        Ok(Arc::new(callback))
-    };
-    function.map(build).transpose()
-}
-
-impl JsCallbacks {
     /// Calls the callback in `slot`, if any (it has run when this returns). A promise it
     /// returned is awaited only with `awaitCallbacks` (at most [`CALLBACK_PROMISE_WAIT`]);
     /// otherwise it is watched in the background so a rejection is still caught and counted. A
     /// throw is counted and reported.
-    fn invoke<T: 'static + Send, Args: 'static + JsValuesTupleIntoVec>(
+    fn invoke<Args: 'static + Send + JsValuesTupleIntoVec>(
         &self,
-        slot: impl FnOnce(&Slots) -> Option<Arc<Callback<T, Args>>>,
-        value: T,
+        slot: impl FnOnce(&Slots) -> Option<Arc<Callback<Args>>>,
+        args: Args,
         name: &'static str,
     ) -> BoxFuture<'static, ()> {
         let callback = slot(&self.slots());
@@ -158,18 +111,18 @@ impl JsCallbacks {
             let Some(callback) = callback else {
                 return;
             };
-            let promise = match callback.call_async_catch(value).await {
+            let promise = match callback.call_async_catch(args).await {
                 Ok(CallbackReturn::Promise(promise)) => promise,
                 Ok(CallbackReturn::Value) => return,
-                Err(error) => return report(Err(error), name, &stats),
+                Err(error) => return report(&error, name, &stats),
             };
             let wait = if await_promise { CALLBACK_PROMISE_WAIT } else { CALLBACK_PROMISE_WATCH };
             let watch = async move {
                 // A promise still pending then is let go: a later rejection is still caught
                 // (the promise keeps its handlers), just no longer counted. Nor may a promise
                 // that never settles hold a task forever.
-                if let Ok(settled) = tokio::time::timeout(wait, promise).await {
-                    report(settled.map(|_| ()), name, &stats);
+                if let Ok(Err(error)) = tokio::time::timeout(wait, promise).await {
+                    report(&error, name, &stats);
                 }
             };
             if await_promise {
@@ -182,13 +135,25 @@ impl JsCallbacks {
     }
 }
 
+fn build<Args: 'static + JsValuesTupleIntoVec>(
+    function: Option<Unknown>,
+) -> Result<Option<Arc<Callback<Args>>>> {
+    let build = |function: Unknown| {
+        let function = unsafe { function.cast::<Function<Args, CallbackReturn>>() }?;
+        let callback = function
+            .build_threadsafe_function::<Args>()
+            .weak::<true>()
+            .callee_handled::<false>()
+            .build()?;
+        Ok(Arc::new(callback))
+    };
+    function.map(build).transpose()
+}
+
 /// Counts and logs a callback failure. Not failures: Node shutting down (nobody is left to
 /// tell), and a promise that was garbage-collected unsettled (Bun collects a never-settling,
 /// unreferenced promise with its handlers; it can never settle, so it never failed).
-fn report(outcome: Result<()>, name: &str, stats: &Stats) {
-    let Err(error) = outcome else {
-        return;
-    };
+fn report(error: &Error, name: &str, stats: &Stats) {
     if error.status == Status::Closing || error.reason.contains("canceled") {
         return;
     }
@@ -198,18 +163,28 @@ fn report(outcome: Result<()>, name: &str, stats: &Stats) {
 
 impl HostEvents for JsCallbacks {
     fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()> {
-        self.invoke(|s| s.main_fetched.clone(), event, "onMainQuotaFetched")
+        let args = (
+            Json(event.quota),
+            event.checked_at as f64,
+            event.token_fingerprint,
+            event.fetch_started_at as f64,
+            event.error_generation as f64,
+            event.error_cleared_at.map(|t| t as f64),
+        );
+        self.invoke(|s| s.main_fetched.clone(), args.into(), "onMainQuotaFetched")
     }
 
     fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()> {
-        self.invoke(|s| s.api_error.clone(), (error, error_generation), "onApiError")
+        let args = (Json(error), error_generation as f64);
+        self.invoke(|s| s.api_error.clone(), args.into(), "onApiError")
     }
 
     fn fallback_quota_fetched(&self, id: String, event: FetchedEvent) -> BoxFuture<'static, ()> {
-        self.invoke(|s| s.fallback_fetched.clone(), (id, event), "onFallbackQuotaFetched")
+        let args = (id, Json(event.quota), event.checked_at as f64, event.fetch_started_at as f64);
+        self.invoke(|s| s.fallback_fetched.clone(), args.into(), "onFallbackQuotaFetched")
     }
 
     fn fallback_api_error(&self, id: String, error: ApiErrorRecord) -> BoxFuture<'static, ()> {
-        self.invoke(|s| s.fallback_error.clone(), (id, error), "onFallbackApiError")
+        self.invoke(|s| s.fallback_error.clone(), (id, Json(error)).into(), "onFallbackApiError")
     }
 }

@@ -5,7 +5,6 @@
 //! Everything here is a pure function of its inputs (time and randomness are passed in), so the
 //! manager decides when to call it and tests need neither a clock nor a random source.
 
-use std::cmp::Ordering;
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
@@ -218,30 +217,19 @@ impl BackoffState {
     pub fn merge_from(&mut self, other: &Self) {
         self.attempts = self.attempts.max(other.attempts);
         self.next_retry_at = self.next_retry_at.max(other.next_retry_at);
-        let newest = match (&self.last_error, &other.last_error) {
-            (Some(mine), Some(theirs)) => match record_order(theirs, mine) {
-                Ordering::Greater => Some(theirs.clone()),
-                _ => Some(mine.clone()),
-            },
-            (mine, theirs) => mine.clone().or_else(|| theirs.clone()),
-        };
+        // The newest by observation time, ignoring the fields restated below, so the winner
+        // does not depend on merge order (records that tie differ only in those fields).
+        let newest = self.last_error.iter().chain(&other.last_error).max_by_key(|&r| {
+            (r.checked_at, r.status, r.retry_after_ms, &r.message, &r.account_identity)
+        });
         // Restating from the merged fields alone (never from the record's own values) is what
         // keeps the result independent of merge order when two records tie.
-        self.last_error = newest.map(|mut record| {
+        self.last_error = newest.cloned().map(|mut record| {
             record.next_retry_at = self.next_retry_at;
             record.retry_count = (self.attempts > 0).then_some(self.attempts);
             record
         });
     }
-}
-
-/// Total order on failure records by observation time, ignoring the fields `merge_from`
-/// restates (`next_retry_at`, `retry_count`), so the winner does not depend on merge order.
-fn record_order(a: &ApiErrorRecord, b: &ApiErrorRecord) -> Ordering {
-    let key = |r: &ApiErrorRecord| {
-        (r.checked_at, r.status, r.retry_after_ms, r.message.clone(), r.account_identity.clone())
-    };
-    key(a).cmp(&key(b))
 }
 
 /// Seeds a route's backoff from a persisted failure (the host's `mainLastQuotaApiError`, a
