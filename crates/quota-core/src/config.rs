@@ -62,6 +62,9 @@ impl ManagerConfig {
         let usage = UsageClientConfig::default();
         let timeout_ms =
             number("requestTimeoutMs", options.request_timeout_ms, 1.0, 10.0 * MINUTE_MS)?;
+        let interval =
+            number("checkIntervalMinutes", options.check_interval_minutes, 1.0, WEEK_MINUTES)?;
+        let refresh = whole("refreshEveryNRequests", options.refresh_every_n_requests, 0.0, 1e9)?;
         let gap_ms = whole("apiCallGapMs", options.api_call_gap_ms, 0.0, HOUR_MS)?;
         let lock_ms = whole("lockTimeoutMs", options.lock_timeout_ms, 0.0, HOUR_MS)?;
         let fetches = whole("maxConcurrentFetches", options.max_concurrent_fetches, 1.0, 64.0)?;
@@ -71,18 +74,8 @@ impl ManagerConfig {
                 user_agent: options.user_agent.unwrap_or(usage.user_agent),
                 timeout: timeout_ms.map_or(usage.timeout, |ms| Duration::from_millis(ms as u64)),
             },
-            check_interval_minutes: number(
-                "checkIntervalMinutes",
-                options.check_interval_minutes,
-                1.0,
-                WEEK_MINUTES,
-            )?,
-            refresh_every_n_requests: whole(
-                "refreshEveryNRequests",
-                options.refresh_every_n_requests,
-                0.0,
-                1e9,
-            )?,
+            check_interval_minutes: interval,
+            refresh_every_n_requests: refresh,
             api_call_gap_ms: gap_ms.unwrap_or(DEFAULT_API_CALL_GAP_MS),
             lock_timeout_ms: lock_ms.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS),
             max_concurrent_fetches: fetches.map_or(DEFAULT_MAX_CONCURRENT_FETCHES, |n| n as usize),
