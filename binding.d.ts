@@ -535,7 +535,8 @@ export declare function parseRouteKey(key: string): { kind: 'main' | 'fallback';
  * What Redis holds under a key prefix, in the state file's shape (`{ version, routes }`), for
  * `anthropic-quota-manager status --redis URL`, with the keys under `<prefix>route:` that hold
  * no route record (`skipped`: another type than a hash, or a damaged record). Rejects with
- * `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call).
+ * `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call), with a `TypeError` on
+ * bad arguments.
  */
 export declare function readRedisState(url: string, keyPrefix?: string): Promise<{ version: number; routes: Record<string, unknown>; skipped: Array<{ key: string; reason: string }> }>
 

@@ -642,5 +642,5 @@ module.exports.evaluateQuota = binding.evaluateQuota
 module.exports.parseQuotaHeaders = binding.parseQuotaHeaders
 module.exports.parseRetryAfter = binding.parseRetryAfter
 module.exports.parseRouteKey = binding.parseRouteKey
-module.exports.readRedisState = binding.readRedisState
+module.exports.readRedisState = (url, keyPrefix) => rejecting(() => binding.readRedisState(url, keyPrefix))
 module.exports.tokenFingerprint = binding.tokenFingerprint

@@ -239,16 +239,6 @@ pub fn or_undefined<T>(value: Option<T>) -> OrUndefined<T> {
     value.map_or(Either::B(()), Either::A)
 }
 
-/// A promise rejected with `error` (the same JS error object, `code` included): promise-returning
-/// methods report bad arguments this way, never by throwing.
-pub fn rejected(env: &Env, error: Error) -> Result<Unknown<'_>> {
-    let value = napi::JsError::from(error).into_unknown(*env);
-    let promise: Unknown = env.get_global()?.get_named_property("Promise")?;
-    let promise = promise.coerce_to_object()?;
-    let reject: Function<Unknown, Unknown> = promise.get_named_property("reject")?;
-    reject.apply(promise, value)
-}
-
 /// A Promise or another thenable: an object or function with a callable `then`.
 pub fn is_thenable(value: &Unknown) -> Result<bool> {
     if !matches!(value.get_type()?, ValueType::Object | ValueType::Function) {

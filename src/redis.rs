@@ -15,7 +15,8 @@ use quota_core::store::SCHEMA_VERSION;
 /// What Redis holds under a key prefix, in the state file's shape (`{ version, routes }`), for
 /// `anthropic-quota-manager status --redis URL`, with the keys under `<prefix>route:` that hold
 /// no route record (`skipped`: another type than a hash, or a damaged record). Rejects with
-/// `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call).
+/// `QUOTA_STATE_ERROR` when Redis does not answer (within 1 s per call), with a `TypeError` on
+/// bad arguments.
 #[napi(
     ts_args_type = "url: string, keyPrefix?: string",
     ts_return_type = "Promise<{ version: number; routes: Record<string, unknown>; skipped: Array<{ key: string; reason: string }> }>"
@@ -25,17 +26,12 @@ pub fn read_redis_state<'env>(
     url: Option<Unknown>,
     key_prefix: Option<Unknown>,
 ) -> Result<Unknown<'env>> {
-    let read = || -> Result<RedisStore> {
-        let url = required::<String>(env, url, "url")?;
-        let key_prefix = optional::<String>(env, key_prefix, "keyPrefix")?;
-        let config = check_redis(RedisConfig::new(url, key_prefix))
-            .map_err(|e| type_error(env, e.to_string()))?;
-        RedisStore::new(&config).map_err(|e| type_error(env, e.to_string()))
-    };
-    let store = match read() {
-        Ok(store) => store,
-        Err(error) => return super::js::rejected(env, error),
-    };
+    // Bad arguments throw here; index.js turns the throw into the rejection.
+    let url = required::<String>(env, url, "url")?;
+    let key_prefix = optional::<String>(env, key_prefix, "keyPrefix")?;
+    let config = check_redis(RedisConfig::new(url, key_prefix))
+        .map_err(|e| type_error(env, e.to_string()))?;
+    let store = RedisStore::new(&config).map_err(|e| type_error(env, e.to_string()))?;
     let target = store.target().to_owned();
     let promise = env.spawn_future_with_callback(
         async move { Ok(store.load_all_reporting().await) },
