@@ -112,12 +112,6 @@ pub struct QuotaEvaluation {
     pub blocked_until: Option<i64>,
 }
 
-impl QuotaEvaluation {
-    fn pass() -> Self {
-        Self { passes: true, reason: None, blocked_until: None }
-    }
-}
-
 /// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)?
 ///
 /// Each present 5h/7d window must not be exhausted against its threshold (see the module docs),
@@ -131,47 +125,34 @@ pub fn evaluate_quota(
     policy: &QuotaPolicy,
     model: Option<&str>,
 ) -> QuotaEvaluation {
-    let fail_closed = policy.fail_closed_on_unknown_quota;
-    let Some(quota) = quota else {
-        return if fail_closed {
-            QuotaEvaluation {
-                passes: false,
-                reason: Some(BlockReason::Unknown),
-                blocked_until: None,
-            }
-        } else {
-            QuotaEvaluation::pass()
-        };
-    };
-
     let mut blockers: Vec<(BlockReason, Option<i64>)> = Vec::new();
     let minimum = &policy.minimum_remaining;
-    let mut unknown = false;
-    for kind in WindowKind::ALL {
-        match quota.window(kind).filter(|w| w.remaining_percent.is_finite()) {
-            Some(w) if window_exhausted(w, minimum.of(kind)) => {
-                blockers.push((BlockReason::Window(kind), w.resets_at_ms()));
+    let mut unknown = quota.is_none();
+    if let Some(quota) = quota {
+        for kind in WindowKind::ALL {
+            match quota.window(kind).filter(|w| w.remaining_percent.is_finite()) {
+                Some(w) if window_exhausted(w, minimum.of(kind)) => {
+                    blockers.push((BlockReason::Window(kind), w.resets_at_ms()));
+                }
+                Some(_) => {}
+                // A non-finite percentage (only possible from hand-built data) says nothing.
+                None => unknown = true,
             }
-            Some(_) => {}
-            // A non-finite percentage (only possible from hand-built data) says nothing.
-            None => unknown = true,
+        }
+        let scoped = model.and_then(|model| scoped_window_for_model(quota, model));
+        if let Some(scoped) = scoped.filter(|w| w.remaining_percent <= 0.0) {
+            blockers.push((BlockReason::Scoped, scoped.resets_at_ms()));
         }
     }
-    let scoped = model.and_then(|model| scoped_window_for_model(quota, model));
-    if let Some(scoped) = scoped.filter(|w| w.remaining_percent <= 0.0) {
-        blockers.push((BlockReason::Scoped, scoped.resets_at_ms()));
-    }
-    if unknown && fail_closed {
+    if unknown && policy.fail_closed_on_unknown_quota {
         blockers.push((BlockReason::Unknown, None));
     }
-
     // `None < Some(_)`, and only a strictly later reset displaces an earlier blocker.
     let worst = blockers.into_iter().reduce(|best, next| if next.1 > best.1 { next } else { best });
-    match worst {
-        Some((reason, blocked_until)) => {
-            QuotaEvaluation { passes: false, reason: Some(reason), blocked_until }
-        }
-        None => QuotaEvaluation::pass(),
+    QuotaEvaluation {
+        passes: worst.is_none(),
+        reason: worst.map(|(reason, _)| reason),
+        blocked_until: worst.and_then(|(_, until)| until),
     }
 }
 
@@ -201,6 +182,12 @@ mod tests {
     use super::*;
     use crate::snapshot::ScopedQuotaWindow;
     use serde_json::json;
+
+    impl QuotaEvaluation {
+        fn pass() -> Self {
+            Self { passes: true, reason: None, blocked_until: None }
+        }
+    }
 
     const FIVE_RESET: &str = "2026-09-14T02:10:00Z";
     const FIVE_RESET_MS: i64 = 1_789_351_800_000;

@@ -219,13 +219,6 @@ impl QuotaSnapshot {
         self.field_sources.as_ref().and_then(field).or(self.source).unwrap_or(QuotaSource::Poll)
     }
 
-    /// The snapshot with [`QuotaSnapshot::settle_field_sources`] applied.
-    #[must_use]
-    pub fn with_settled_field_sources(mut self) -> Self {
-        self.settle_field_sources();
-        self
-    }
-
     /// Keeps `fieldSources` to the present fields, filling a missing one from the snapshot's
     /// source; `None` when no such field is present.
     pub fn settle_field_sources(&mut self) {
@@ -363,24 +356,15 @@ pub struct ApiErrorRecord {
 impl ApiErrorRecord {
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         let object = value.as_object()?;
+        let field = |name: &str| object.get(name);
         Some(Self {
-            message: object
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-                .to_owned(),
-            checked_at: object.get("checkedAt").and_then(timestamp_from_value)?,
-            next_retry_at: object.get("nextRetryAt").and_then(timestamp_from_value),
-            retry_count: object
-                .get("retryCount")
-                .and_then(Value::as_u64)
-                .and_then(|n| u32::try_from(n).ok()),
-            status: object
-                .get("status")
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok()),
-            retry_after_ms: object.get("retryAfterMs").and_then(timestamp_from_value),
-            account_identity: object.get("accountIdentity").and_then(non_blank_string),
+            message: field("message").and_then(Value::as_str).unwrap_or("unknown error").to_owned(),
+            checked_at: field("checkedAt").and_then(timestamp_from_value)?,
+            next_retry_at: field("nextRetryAt").and_then(timestamp_from_value),
+            retry_count: field("retryCount").and_then(|n| u32::deserialize(n).ok()),
+            status: field("status").and_then(|n| u16::deserialize(n).ok()),
+            retry_after_ms: field("retryAfterMs").and_then(timestamp_from_value),
+            account_identity: field("accountIdentity").and_then(non_blank_string),
         })
     }
 }
@@ -402,6 +386,16 @@ pub fn non_blank_string(value: &Value) -> Option<String> {
 /// Parses an RFC 3339 / ISO 8601 timestamp into Unix milliseconds.
 pub fn parse_iso_ms(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text.trim()).ok().map(|t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+impl QuotaSnapshot {
+    /// The snapshot with [`QuotaSnapshot::settle_field_sources`] applied.
+    #[must_use]
+    pub fn with_settled_field_sources(mut self) -> Self {
+        self.settle_field_sources();
+        self
+    }
 }
 
 #[cfg(test)]

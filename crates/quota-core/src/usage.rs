@@ -74,52 +74,32 @@ pub fn parse_json_lenient(bytes: &[u8]) -> Result<Value, serde_json::Error> {
 fn null_out_of_range_numbers(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut changed = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let end = string_end(bytes, i);
-                out.extend_from_slice(&bytes[i..end]);
-                i = end;
+    let mut in_string = false;
+    let mut rest = bytes;
+    while let Some(&byte) = rest.first() {
+        let len = if in_string {
+            in_string = byte != b'"';
+            if byte == b'\\' {
+                2
+            } else {
+                1
             }
-            b'-' | b'0'..=b'9' => {
-                let end = i + bytes[i..]
-                    .iter()
-                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-                    .unwrap_or(bytes.len() - i);
-                let literal = &bytes[i..end];
-                let overflows = std::str::from_utf8(literal)
-                    .ok()
-                    .and_then(|text| text.parse::<f64>().ok())
-                    .is_some_and(f64::is_infinite);
-                if overflows {
-                    out.extend_from_slice(b"null");
-                    changed = true;
-                } else {
-                    out.extend_from_slice(literal);
-                }
-                i = end;
-            }
-            other => {
-                out.push(other);
-                i += 1;
-            }
-        }
+        } else if byte == b'-' || byte.is_ascii_digit() {
+            rest.iter().position(|b| !b"0123456789+-.eE".contains(b)).unwrap_or(rest.len())
+        } else {
+            in_string = byte == b'"';
+            1
+        };
+        let (token, tail) = rest.split_at(len.min(rest.len()));
+        let overflows = std::str::from_utf8(token)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .is_some_and(f64::is_infinite);
+        out.extend_from_slice(if overflows { b"null" } else { token });
+        changed |= overflows;
+        rest = tail;
     }
     changed.then_some(out)
-}
-
-/// The index just past the string literal starting at `start` (a `"`), escapes skipped.
-fn string_end(bytes: &[u8], start: usize) -> usize {
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return i + 1,
-            _ => i += 1,
-        }
-    }
-    bytes.len()
 }
 
 /// Lowercase, runs outside `[a-z0-9]` become one `-`, no leading or trailing `-`.
