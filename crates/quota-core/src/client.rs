@@ -66,7 +66,7 @@ impl Default for UsageClientConfig {
 
 /// Transport settings beyond [`UsageClientConfig`], all passed in by the caller (the binding
 /// reads the host's `process.env`; the core never reads environment variables for these).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionOptions {
     /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`), added to the
     /// bundled and system roots. A file that cannot be opened is skipped and named in
@@ -99,11 +99,6 @@ pub struct UsageClient {
 }
 
 impl UsageClient {
-    /// Builds a client with default [`ConnectionOptions`]; see [`UsageClient::with_options`].
-    pub fn new(config: UsageClientConfig) -> Result<Self, ConfigError> {
-        Self::with_options(config, &ConnectionOptions::default())
-    }
-
     /// Builds a client; fails when the URL is not an absolute http(s) URL, is plain http to a
     /// host other than loopback, carries credentials, or the user agent is not a valid header
     /// value, or the proxy URL is invalid. The message names the offending value.
@@ -115,15 +110,13 @@ impl UsageClient {
         let user_agent = HeaderValue::from_str(&config.user_agent).map_err(|_| {
             ConfigError::UserAgent(format!("invalid user agent {:?}", config.user_agent))
         })?;
+        let mut connection = options.clone();
         // A local endpoint (tests, the demo) must never be sent to a proxy.
-        let proxy = if is_loopback(&url) { ProxySetting::Disabled } else { options.proxy.clone() };
-        proxy_of(&proxy).map_err(ConfigError::HttpClient)?;
-        let settings = HttpSettings {
-            user_agent,
-            timeout: config.timeout,
-            extra_ca_files: options.extra_ca_files.clone(),
-            proxy,
-        };
+        if is_loopback(&url) {
+            connection.proxy = ProxySetting::Disabled;
+        }
+        proxy_of(&connection.proxy).map_err(ConfigError::HttpClient)?;
+        let settings = HttpSettings { user_agent, timeout: config.timeout, connection };
         Ok(Self { http: SharedHttp::for_settings(settings), url })
     }
 
@@ -131,11 +124,6 @@ impl UsageClient {
     /// report once.
     pub fn trust_warnings(&self) -> &[String] {
         &self.http.trust_warnings
-    }
-
-    /// The endpoint this client polls.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
     }
 
     /// Polls the endpoint once with `access_token`.
@@ -207,11 +195,9 @@ pub fn timed_out(timeout: Duration) -> QuotaError {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct HttpSettings {
     user_agent: HeaderValue,
-    /// Covers the whole request: connecting, the response headers and the full body.
     timeout: Duration,
-    extra_ca_files: Vec<PathBuf>,
-    /// [`ProxySetting::Disabled`] for a loopback endpoint.
-    proxy: ProxySetting,
+    /// With [`ProxySetting::Disabled`] for a loopback endpoint.
+    connection: ConnectionOptions,
 }
 
 /// One HTTP client per distinct [`HttpSettings`] in the process, built at its first request:
@@ -235,7 +221,7 @@ impl SharedHttp {
         let entry = shared.entry(settings).or_insert_with_key(|settings| {
             let mut ca_files = Vec::new();
             let mut trust_warnings = Vec::new();
-            for file in &settings.extra_ca_files {
+            for file in &settings.connection.extra_ca_files {
                 match std::fs::File::open(file) {
                     Ok(_) => ca_files.push(file.clone()),
                     Err(e) => trust_warnings.push(unusable_ca_file(file, &e.to_string())),
@@ -277,10 +263,11 @@ impl SharedHttp {
         for root in roots {
             builder = builder.add_root_certificate(root.clone());
         }
-        if settings.proxy != ProxySetting::System {
+        let proxy = &settings.connection.proxy;
+        if *proxy != ProxySetting::System {
             builder = builder.no_proxy();
         }
-        if let Some(proxy) = proxy_of(&settings.proxy)? {
+        if let Some(proxy) = proxy_of(proxy)? {
             builder = builder.proxy(proxy);
         }
         builder.build().map_err(|e| format!("cannot build the HTTP client: {e}"))

@@ -426,8 +426,8 @@ pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaS
         return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
     }
     let mut value = value.clone();
-    for window in ["five_hour", "seven_day"] {
-        if let Some(window) = value.get_mut(window).and_then(|w| w.as_object_mut()) {
+    for kind in WindowKind::ALL {
+        if let Some(window) = value.get_mut(kind.name()).and_then(|w| w.as_object_mut()) {
             window.entry("checkedAt").or_insert_with(|| serde_json::json!(now_ms));
         }
     }

@@ -6,7 +6,9 @@
 use serde_json::Value;
 
 use super::policy::MinimumRemaining;
-use super::snapshot::{non_blank_string, timestamp_from_value, ApiErrorRecord, QuotaSnapshot};
+use super::snapshot::{
+    finite, non_blank_string, timestamp_from_value, ApiErrorRecord, QuotaSnapshot,
+};
 
 /// `AccountStorage`, as far as the manager uses it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,15 +35,11 @@ impl HostStorage {
             value.as_object().ok_or_else(|| "storage must be an object or null".to_owned())?;
         let quota = object.get("quota").and_then(Value::as_object);
         let setting = |name: &str| quota.and_then(|q| q.get(name));
+        let number = |name: &str| setting(name).and_then(finite).filter(|n| *n >= 0.0);
         Ok(Self {
             main_account_id: object.get("mainAccountId").and_then(non_blank_string),
-            check_interval_minutes: setting("checkIntervalMinutes")
-                .and_then(Value::as_f64)
-                .filter(|m| m.is_finite() && *m >= 1.0),
-            refresh_every_n_requests: setting("refreshEveryNRequests")
-                .and_then(Value::as_f64)
-                .filter(|n| n.is_finite() && *n >= 0.0)
-                .map(|n| n as i64),
+            check_interval_minutes: number("checkIntervalMinutes").filter(|m| *m >= 1.0),
+            refresh_every_n_requests: number("refreshEveryNRequests").map(|n| n as i64),
             minimum_remaining: setting("minimumRemaining")
                 .map(MinimumRemaining::from_value_lenient),
             fail_closed_on_unknown_quota: setting("failClosedOnUnknownQuota")
@@ -50,14 +48,10 @@ impl HostStorage {
             main_quota_checked_at: setting("mainQuotaCheckedAt").and_then(timestamp_from_value),
             main_last_error: setting("mainLastQuotaApiError")
                 .and_then(ApiErrorRecord::from_value_lenient),
-            main_quota_error_generation: setting("mainQuotaErrorGeneration")
-                .and_then(Value::as_f64)
-                .filter(|n| n.is_finite() && *n >= 0.0 && n.fract() == 0.0 && *n <= 9.0e15)
+            main_quota_error_generation: number("mainQuotaErrorGeneration")
+                .filter(|n| n.fract() == 0.0 && *n <= 9.0e15)
                 .map(|n| n as u64),
-            main_quota_error_cleared_at: setting("mainQuotaErrorClearedAt")
-                .and_then(Value::as_f64)
-                .filter(|n| n.is_finite() && *n >= 0.0)
-                .map(|n| n as i64),
+            main_quota_error_cleared_at: number("mainQuotaErrorClearedAt").map(|n| n as i64),
         })
     }
 }
@@ -177,15 +171,6 @@ fn optional_text(
     }
 }
 
-/// `accounts[index]`, formatted only for an error message.
-struct ItemName(usize);
-
-impl std::fmt::Display for ItemName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "accounts[{}]", self.0)
-    }
-}
-
 /// An account list read and checked, one item at a time: api-key accounts dropped, every other
 /// account checked (an error names the host's `accounts[i].field`), the first of equal ids kept.
 #[derive(Default)]
@@ -219,13 +204,14 @@ impl AccountList {
         fields: Option<AccountFields>,
         quota_is_bound: bool,
     ) -> Result<(), String> {
-        let mut fields = fields.ok_or_else(|| format!("{} must be an object", ItemName(index)))?;
+        let mut fields = fields.ok_or_else(|| format!("accounts[{index}] must be an object"))?;
         if fields.is_api_key_account() {
             self.dropped_any = true;
             return Ok(());
         }
         let bound = quota_is_bound.then(|| fields.take("quota").and_then(Value::as_f64));
-        let account = fields.read(ItemName(index))?;
+        // Formatted only for an error message.
+        let account = fields.read(format_args!("accounts[{index}]"))?;
         if !self.seen.insert(account.id.clone()) {
             self.dropped_any = true;
             return Ok(());

@@ -70,11 +70,14 @@ async fn fetch_reply(bytes: Vec<u8>) -> Result<QuotaSnapshot, QuotaError> {
 }
 
 fn client(url: &str, timeout: Duration) -> UsageClient {
-    UsageClient::new(UsageClientConfig {
-        url: url.to_owned(),
-        user_agent: DEFAULT_USER_AGENT.to_owned(),
-        timeout,
-    })
+    UsageClient::with_options(
+        UsageClientConfig {
+            url: url.to_owned(),
+            user_agent: DEFAULT_USER_AGENT.to_owned(),
+            timeout,
+        },
+        &ConnectionOptions::default(),
+    )
     .unwrap()
 }
 
@@ -409,7 +412,10 @@ async fn an_echo_straddling_the_read_limit_is_redacted() {
 #[test]
 fn plain_http_is_refused_except_to_loopback() {
     let build = |url: &str| {
-        UsageClient::new(UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() })
+        UsageClient::with_options(
+            UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() },
+            &ConnectionOptions::default(),
+        )
     };
     for url in [
         "http://api.anthropic.com/api/oauth/usage",
@@ -439,10 +445,10 @@ fn urls_with_credentials_are_refused() {
         "https://user@api.anthropic.com/usage",
         "http://:pw@127.0.0.1/usage",
     ] {
-        let message = UsageClient::new(UsageClientConfig {
-            url: url.to_owned(),
-            ..UsageClientConfig::default()
-        })
+        let message = UsageClient::with_options(
+            UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() },
+            &ConnectionOptions::default(),
+        )
         .unwrap_err()
         .to_string();
         assert!(message.contains("credentials"), "{url}: {message}");
@@ -543,7 +549,9 @@ async fn now_is_called_once_when_the_headers_arrive() {
 #[test]
 fn fetch_futures_are_send() {
     fn assert_send<T: Send>(_: &T) {}
-    let client = UsageClient::new(UsageClientConfig::default()).unwrap();
+    let client =
+        UsageClient::with_options(UsageClientConfig::default(), &ConnectionOptions::default())
+            .unwrap();
     let future = client.fetch("t", || 0);
     assert_send(&future);
 }
@@ -553,16 +561,21 @@ fn new_rejects_unusable_urls_and_names_them() {
     let config =
         |url: &str| UsageClientConfig { url: url.to_owned(), ..UsageClientConfig::default() };
     for url in ["not a url", "/api/oauth/usage", "ftp://example.com/usage", ""] {
-        let error = UsageClient::new(config(url)).unwrap_err();
+        let error =
+            UsageClient::with_options(config(url), &ConnectionOptions::default()).unwrap_err();
         assert!(matches!(error, ConfigError::UsageUrl(_)));
         let message = error.to_string();
         assert!(message.contains(&format!("{url:?}")), "{message}");
     }
-    let client = UsageClient::new(config("http://127.0.0.1:9/usage")).unwrap();
-    assert_eq!(client.url(), "http://127.0.0.1:9/usage");
+    let client = UsageClient::with_options(
+        config("http://127.0.0.1:9/usage"),
+        &ConnectionOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(client.url.as_str(), "http://127.0.0.1:9/usage");
     let bad_agent =
         UsageClientConfig { user_agent: "claude\ncode".into(), ..UsageClientConfig::default() };
-    let error = UsageClient::new(bad_agent).unwrap_err();
+    let error = UsageClient::with_options(bad_agent, &ConnectionOptions::default()).unwrap_err();
     assert!(matches!(error, ConfigError::UserAgent(_)));
     assert!(error.to_string().contains("user agent"));
 }
