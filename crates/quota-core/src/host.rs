@@ -226,6 +226,7 @@ impl AccountList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::WindowKind;
     use serde_json::json;
 
     #[test]
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(storage.main_account_id.as_deref(), Some("alice"));
         assert_eq!(storage.check_interval_minutes, None, "below the 1 minute floor");
         assert_eq!(storage.refresh_every_n_requests, Some(10));
-        assert_eq!(storage.minimum_remaining.unwrap().five_hour, 20.0);
+        assert_eq!(storage.minimum_remaining.unwrap().of(WindowKind::FiveHour), 20.0);
         assert_eq!(storage.fail_closed_on_unknown_quota, None);
         assert_eq!(storage.main_quota.unwrap().seven_day.unwrap().used_percent, 50.0);
         assert!(HostStorage::from_value(&json!(3)).is_err());

@@ -21,19 +21,10 @@ use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow, Win
 /// - `source` is `headers`, `checkedAt` the frame's; `accountIdentity` is the cache's, else the
 ///   frame's.
 pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
-    let Some(cached) = cached else {
-        let mut snapshot = QuotaSnapshot {
-            // Headers never introduce poll-only fields, even when pushed as a whole snapshot.
-            scoped: None,
-            extra_usage: None,
-            binding_window_source: frame.binding_window.as_ref().map(|_| QuotaSource::Headers),
-            source: Some(QuotaSource::Headers),
-            field_sources: None,
-            ..frame.clone()
-        };
-        snapshot.settle_field_sources();
-        return snapshot;
-    };
+    // With nothing cached, poll-only fields stay absent even when the frame (a host's push of a
+    // whole snapshot) has them.
+    let nothing = QuotaSnapshot::default();
+    let cached = cached.unwrap_or(&nothing);
     let headers = Some(QuotaSource::Headers);
     let poll_binding = cached.binding_window.is_some()
         && cached.binding_window_source.or(cached.source) == Some(QuotaSource::Poll);

@@ -14,26 +14,13 @@ use serde_json::Value;
 
 use super::snapshot::{finite, scoped_window_for_model, QuotaSnapshot, QuotaWindow, WindowKind};
 
-/// Per-window thresholds, in percent remaining (0..=100).
+/// Per-window thresholds, in percent remaining (0..=100), indexed like [`WindowKind::ALL`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct MinimumRemaining {
-    pub five_hour: f64,
-    pub seven_day: f64,
-}
+pub struct MinimumRemaining(pub [f64; WindowKind::ALL.len()]);
 
 impl MinimumRemaining {
     pub fn of(&self, kind: WindowKind) -> f64 {
-        match kind {
-            WindowKind::FiveHour => self.five_hour,
-            WindowKind::SevenDay => self.seven_day,
-        }
-    }
-
-    fn of_mut(&mut self, kind: WindowKind) -> &mut f64 {
-        match kind {
-            WindowKind::FiveHour => &mut self.five_hour,
-            WindowKind::SevenDay => &mut self.seven_day,
-        }
+        self.0[kind as usize]
     }
 
     /// Reads thresholds from untrusted JSON (host storage or a JS object). Accepts each window's
@@ -41,15 +28,13 @@ impl MinimumRemaining {
     /// hold a usable number. Finite numbers are clamped to 0..=100; anything else is ignored and
     /// leaves the threshold at 0.
     pub fn from_value_lenient(v: &Value) -> Self {
-        let mut minimum = Self::default();
-        for kind in WindowKind::ALL {
+        Self(WindowKind::ALL.map(|kind| {
             let spec = kind.spec();
-            *minimum.of_mut(kind) = [spec.name, spec.threshold_alias]
+            [spec.name, spec.threshold_alias]
                 .into_iter()
                 .find_map(|key| v.get(key).and_then(finite))
-                .map_or(0.0, |n| n.clamp(0.0, 100.0));
-        }
-        minimum
+                .map_or(0.0, |n| n.clamp(0.0, 100.0))
+        }))
     }
 }
 
@@ -220,7 +205,7 @@ mod tests {
 
     fn policy(five: f64, seven: f64, fail_closed: bool) -> QuotaPolicy {
         QuotaPolicy {
-            minimum_remaining: MinimumRemaining { five_hour: five, seven_day: seven },
+            minimum_remaining: MinimumRemaining([five, seven]),
             fail_closed_on_unknown_quota: fail_closed,
         }
     }
@@ -358,7 +343,7 @@ mod tests {
     #[test]
     fn minimum_remaining_reads_canonical_keys_and_aliases() {
         let read = |v: Value| MinimumRemaining::from_value_lenient(&v);
-        let m = |five_hour, seven_day| MinimumRemaining { five_hour, seven_day };
+        let m = |five_hour, seven_day| MinimumRemaining([five_hour, seven_day]);
         assert_eq!(read(json!({"five_hour": 10, "seven_day": 20.5})), m(10.0, 20.5));
         assert_eq!(read(json!({"5h": 15, "1w": 25})), m(15.0, 25.0));
         assert_eq!(
@@ -401,7 +386,7 @@ mod tests {
             None,
             "scoped is not counted"
         );
-        let strict = MinimumRemaining { five_hour: 0.0, seven_day: 40.0 };
+        let strict = MinimumRemaining([0.0, 40.0]);
         assert_eq!(exhausted_until(&snapshot(10.0, 70.0, 0.0), &strict, now), Some(SEVEN_RESET_MS));
         assert_eq!(exhausted_until(&snapshot(10.0, 60.0, 0.0), &strict, now), None);
     }

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 /// A standard quota window: the one table that parsing (usage body and headers), lenient
 /// reading, merging, evaluation and freshness iterate. A new kind is a variant with its row in
-/// [`WindowKind::spec`] and a field in [`QuotaSnapshot`], [`FieldSources`] and
-/// `policy::MinimumRemaining` (their accessors match on the kind).
+/// [`WindowKind::spec`] and a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors
+/// match on the kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
     FiveHour,
