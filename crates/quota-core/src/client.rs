@@ -28,7 +28,7 @@ use crate::usage::{check_usage_body, parse_json_lenient, parse_usage_body};
 
 mod redact;
 use redact::error_body_text;
-pub use redact::{redact_strings, redact_token, scrub_message};
+pub use redact::{redact_strings, scrub_message};
 
 /// Where the usage endpoint lives unless the host configures `usageUrl`.
 pub const DEFAULT_USAGE_URL: &str = "https://api.anthropic.com/api/oauth/usage";
@@ -442,9 +442,6 @@ fn parse_success_body(
     }
     let mut value: Value = parse_json_lenient(body)
         .map_err(|e| QuotaError::BadResponse(format!("body is not JSON ({e})")))?;
-    if !value.is_object() {
-        return Err(QuotaError::BadResponse("body is not a JSON object".into()));
-    }
     check_usage_body(&value).map_err(QuotaError::BadResponse)?;
     // Strings of the body can end up in the stored snapshot (model names, severity): a token
     // the server echoed there must not reach the state file or the host.
