@@ -409,15 +409,16 @@ pub fn interpret_response(
     let reason = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let start = &body[..body.len().min(ERROR_BODY_READ_BYTES)];
     let body = error_body_text(start, access_token, reason);
-    Err(match status {
+    let retry_after_ms = retry_after.and_then(|v| crate::backoff::parse_retry_after(v, checked_at));
+    Err(status_error(status, retry_after_ms, body))
+}
+
+/// The failure a non-2xx status stands for (docs/backoff.md#failure-classes).
+pub fn status_error(status: u16, retry_after_ms: Option<i64>, body: String) -> QuotaError {
+    match status {
         401 | 403 => QuotaError::Auth { status, body },
-        _ => QuotaError::Http {
-            status,
-            retry_after_ms: retry_after
-                .and_then(|v| crate::backoff::parse_retry_after(v, checked_at)),
-            body,
-        },
-    })
+        _ => QuotaError::Http { status, retry_after_ms, body },
+    }
 }
 
 /// The headers a poll sends, for a host `fetch` (the bearer under `Authorization`, as the

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::client::{interpret_response, redact_strings, scrub_message, timed_out};
+use crate::client::{interpret_response, redact_strings, scrub_message, status_error, timed_out};
 use crate::error::QuotaError;
 use crate::snapshot::{QuotaSnapshot, QuotaSource};
 
@@ -133,9 +133,8 @@ fn rejection_error(
     message: String,
 ) -> QuotaError {
     match status {
-        Some(status @ (401 | 403)) => QuotaError::Auth { status, body: message },
         Some(status) if !(200..300).contains(&status) => {
-            QuotaError::Http { status, retry_after_ms, body: message }
+            status_error(status, retry_after_ms, message)
         }
         _ if network => QuotaError::Network(message),
         _ => QuotaError::Transport(message),
