@@ -126,8 +126,6 @@ impl UsageClient {
         &self.http.trust_warnings
     }
 
-    /// Polls the endpoint once with `access_token`.
-    ///
     /// `now` is called when the response headers arrive, to stamp checkedAt (and to resolve an
     /// HTTP-date `Retry-After`).
     pub async fn fetch(

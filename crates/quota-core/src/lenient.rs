@@ -136,10 +136,6 @@ impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(Fields(None))
     }
-
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
 }
 
 #[derive(Deserialize)]

@@ -52,7 +52,6 @@ impl WindowKind {
         self.spec().name
     }
 
-    /// The kind whose `name` this is.
     pub fn named(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
@@ -208,7 +207,6 @@ impl QuotaSnapshot {
         }
     }
 
-    /// The standard windows present, with their kinds.
     pub fn windows(&self) -> impl Iterator<Item = (WindowKind, &QuotaWindow)> {
         WindowKind::ALL.into_iter().filter_map(|kind| Some((kind, self.window(kind)?)))
     }
@@ -243,12 +241,10 @@ impl QuotaSnapshot {
         self.field_sources = (settled != FieldSources::default()).then_some(settled);
     }
 
-    /// True when the snapshot carries at least one standard window.
     pub fn has_windows(&self) -> bool {
         self.windows().next().is_some()
     }
 
-    /// Every window's `checkedAt` (standard and scoped).
     fn window_checked_ats(&self) -> impl Iterator<Item = i64> + '_ {
         let scoped = self.scoped.iter().flatten().map(|w| w.checked_at);
         self.windows().map(|(_, w)| w.checked_at).chain(scoped)
@@ -369,7 +365,6 @@ impl ApiErrorRecord {
     }
 }
 
-/// A finite JSON number.
 pub fn finite(value: &Value) -> Option<f64> {
     value.as_f64().filter(|n| n.is_finite())
 }
