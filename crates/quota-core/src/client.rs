@@ -1,16 +1,7 @@
-//! The HTTP client for Anthropic's usage endpoint (docs/endpoint.md): one GET, a bounded body, and every
-//! failure mapped onto a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
-//!
-//! The access token goes only into the `Authorization` header (marked sensitive) and is scrubbed
-//! from any error body the server echoes back (also JSON-, unicode- or percent-escaped, and a
-//! part of it cut off at the end of what was read), and from every string of a success body, so
-//! no error message or stored snapshot ever carries it.
-//!
-//! Transport security: TLS trusts the bundled Mozilla roots, the system store, and PEM files the
-//! caller names ([`ConnectionOptions::extra_ca_files`], e.g. from `SSL_CERT_FILE` and
-//! `NODE_EXTRA_CA_CERTS` as the host's `process.env` has them: the core never reads the C
-//! environment for these). Plain `http://` is refused except to loopback, URLs with credentials
-//! are refused, and loopback traffic never goes through a proxy.
+//! The HTTP client for Anthropic's usage endpoint (docs/endpoint.md): one GET, a bounded body, and
+//! every failure mapped onto a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
+//! The token is scrubbed from what comes back (docs/endpoint.md#token-scrubbing); TLS, plain http
+//! and proxies follow docs/endpoint.md#transport-security.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

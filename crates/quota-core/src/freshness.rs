@@ -11,22 +11,9 @@ pub const MINUTE_MS: i64 = 60_000;
 /// to show the fresh window, and polling at the exact reset would likely see the old one.
 pub const EXHAUSTED_GRACE_MS: i64 = 60_000;
 
-/// The earliest time a new poll of `quota` (observed at `checked_at`) is due.
-///
-/// Normally `checked_at + interval_ms`. When `exhausted_until` is a reset later than
-/// `checked_at` (the caller found a window below its `minimumRemaining` threshold), docs/freshness.md#refresh-after says
-/// the account is exhausted until that reset and the poll is due at reset + 60 s, "but never
-/// later than the oldest window's `checkedAt` + interval". So the result is
-/// `min(reset + 60 s, oldest + interval)`, where the oldest window counts the scoped windows
-/// too ([`QuotaSnapshot::oldest_window_checked_at`], falling back to `checked_at`).
-///
-/// Consequences worth knowing: an exhaustion never pushes the poll past the interval of the
-/// oldest data; it pulls it forward when the reset comes sooner, so the quota coming back is
-/// seen promptly. And when header pushes keep `checked_at` new while poll-only windows (scoped)
-/// age, the oldest window bounds the result, which may then be earlier than `checked_at +
-/// interval`, even already past, so the next request polls and renews those windows. A reset
-/// at or before `checked_at` is no exhaustion (the window has already renewed): the normal rule
-/// applies.
+/// The earliest time a new poll of `quota` (observed at `checked_at`) is due
+/// (docs/freshness.md#refresh-after): `checked_at + interval_ms`, or, when `exhausted_until` is a
+/// reset after `checked_at`, `min(reset + 60 s, oldest window's checkedAt + interval)`.
 pub fn refresh_after(
     quota: &QuotaSnapshot,
     checked_at: i64,
@@ -43,10 +30,7 @@ pub fn refresh_after(
     }
 }
 
-/// Is a poll due? True when there is no entry, when `now_ms` has reached its `refresh_after`,
-/// or, for a request on `model`, when the scoped window that model counts against was observed
-/// an interval or more ago. Scoped windows of other models do not make the entry stale: a
-/// request can only be blocked by its own scoped window.
+/// Is a poll due (docs/freshness.md#staleness)?
 pub fn is_stale(
     entry: Option<&QuotaEntry>,
     now_ms: i64,
@@ -56,11 +40,9 @@ pub fn is_stale(
     now_ms >= stale_from(entry, interval_ms, model)
 }
 
-/// The first instant at which [`is_stale`] answers true for this entry and model: `i64::MIN`
-/// when there is no entry (stale whatever the time), otherwise the earlier of `refresh_after`
-/// and, for a model with a scoped window, that window's `checked_at + interval`. [`is_stale`] is
-/// defined through it, so a host that caches the deadline and compares it with the same clock
-/// gives exactly the same answers.
+/// The first instant at which [`is_stale`] answers true for this entry and model (`i64::MIN`
+/// without an entry). [`is_stale`] is defined through it, so a host that caches the deadline and
+/// compares it with the same clock gives exactly the same answers.
 pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&str>) -> i64 {
     let Some(entry) = entry else {
         return i64::MIN;
@@ -72,13 +54,9 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
         })
 }
 
-/// When a main entry built only from response headers is due for its first usage poll:
-/// `None` when the rule does not apply (a poll result, or anything with `scoped`, even an empty
-/// list, which is a real poll result), `i64::MIN` when no poll was attempted for the account
-/// yet, else an interval after the last attempt. Headers keep the 5-hour and 7-day windows
-/// fresh but never carry the model-scoped ones, so without it such an entry would never learn
-/// them; counting the attempt, not its success, keeps a failing poll (a 403 arms no backoff)
-/// from repeating on every request.
+/// When a main entry built only from response headers is due for a usage poll
+/// (docs/freshness.md#header-only-staleness): `None` when the rule does not apply, `i64::MIN`
+/// when no poll was attempted for the account yet, else an interval after the last attempt.
 pub fn header_only_due_from(
     quota: &QuotaSnapshot,
     last_attempt_at: Option<i64>,

@@ -3,15 +3,6 @@
 //! Every response already carries these headers, so reading them costs no usage-endpoint call.
 //! The values arrive from the network and through the JavaScript host, so each field is parsed
 //! on its own: a garbage value drops that field, never the frame, and nothing here can panic.
-//!
-//! Decisions worth knowing:
-//! - The statuses (`-status`, `-5h-status`, `-7d-status`) are ignored: a snapshot has no place
-//!   for them (the plugin's strict quota codec refuses a `status` key), and the utilisation
-//!   already says how full each window is.
-//! - `anthropic-ratelimit-unified-reset` (the binding window's reset) fills in the reset of the
-//!   window named by `representative-claim` when that window's own reset header is missing.
-//! - When a header occurs more than once (e.g. in two spellings), a later valid value replaces an
-//!   earlier one; a garbage value never replaces a valid one.
 
 use chrono::{DateTime, SecondsFormat};
 
@@ -41,12 +32,8 @@ struct Frame {
     representative_claim: Option<String>,
 }
 
-/// Builds a header-sourced snapshot from one response's headers (docs/headers.md#parsing).
-///
-/// Header names are matched case-insensitively and values are trimmed. Windows get
-/// `usedPercent = round(fraction * 100)` (half away from zero, so `0.125` gives 13) clamped to
-/// 0..=100, a `resetsAt` in RFC 3339 UTC (`…Z`) and `checkedAt = now_ms`. Returns `None` when the
-/// frame has no window's utilisation, because such a frame carries no quota.
+/// Builds a header-sourced snapshot from one response's headers (docs/headers.md#parsing);
+/// `None` when the frame has no window's utilisation, because such a frame carries no quota.
 pub fn parse_quota_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     now_ms: i64,

@@ -7,19 +7,8 @@
 
 use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 
-/// Merges one header frame into the cached snapshot (if any).
-///
-/// - The frame's 5h and 7d windows replace the cached ones; a window the frame lacks keeps the
-///   cached one. A cached window observed strictly *after* the frame's window is kept too, so a
-///   late-delivered frame cannot roll back a newer poll or frame.
-/// - `scoped` and `extraUsage` come from the cache only: headers never introduce them.
-/// - A cached `bindingWindow` that came from a poll is kept; otherwise the frame's binding window
-///   (and its source) applies, including its absence. A binding window without a recorded source
-///   counts as a poll's when the cached snapshot itself came from a poll (older host storage
-///   wrote no `bindingWindowSource`).
-/// - `fallbackAdvised` is the frame's: it describes the latest response only.
-/// - `source` is `headers`, `checkedAt` the frame's; `accountIdentity` is the cache's, else the
-///   frame's.
+/// Merges one header frame into the cached snapshot, if any
+/// (docs/headers.md#merging-a-header-frame); `accountIdentity` is the cache's, else the frame's.
 pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
     // With nothing cached, poll-only fields stay absent even when the frame (a host's push of a
     // whole snapshot) has them.
@@ -67,17 +56,8 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
     merged
 }
 
-/// Merges a finished poll into the cached snapshot (if any).
-///
-/// The poll normally wins whole. The exceptions are a cached 5h or 7d window observed *after*
-/// the poll (`window.checkedAt > poll.checkedAt`, i.e. header frames that arrived while the poll
-/// was in flight): that newer window is kept in place of the poll's; and a cached 5h or 7d
-/// window the poll did not report at all whose reset is still ahead of the poll: a poll never
-/// erases a window it did not observe (issue 11 §7) while that window's period still runs. A
-/// window whose reset has passed (or is unknown) is not kept: it says nothing about now. When the cached snapshot itself
-/// is such a newer header frame, its header-only field (`fallbackAdvised`) is kept
-/// too, since the poll cannot know it. `scoped`, `extraUsage` and `bindingWindow` always come
-/// from the poll; `source` stays `poll` and `checkedAt` the poll's.
+/// Merges a finished poll into the cached snapshot, if any (docs/headers.md#merging-a-poll): the
+/// poll wins whole but for the cached windows it did not observe or observed earlier.
 pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -> QuotaSnapshot {
     let mut merged = poll.clone();
     if merged.binding_window.is_some() && merged.binding_window_source.is_none() {

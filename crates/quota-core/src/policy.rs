@@ -1,14 +1,6 @@
-//! The routing policy (docs/routing.md#policy): may this account serve a request on this model, and if not,
-//! until when is it blocked?
-//!
-//! A window counts as exhausted when its `remainingPercent` is below the threshold, *or* is zero
-//! or less: a fully used window never passes, even with the default threshold of 0, because
-//! Anthropic would reject the request anyway. (docs/routing.md#policy; a bare `remaining >= threshold` would let `0 >= 0` pass. The
-//! freshness rule for `exhausted_until` treats it as exhausted, and both use the same test here.)
-//!
-//! Windows are evaluated as given, even when their `resetsAt` already lies in the past: this is a
-//! pure function of the snapshot, and refreshing a stale snapshot is the caller's job (the
-//! freshness rules make such an entry stale at `reset + 60 s`).
+//! The routing policy (docs/routing.md#policy): may this account serve a request on this model,
+//! and if not, until when is it blocked? A pure function of the snapshot, whose windows are
+//! evaluated as given even past their reset: refreshing a stale snapshot is the caller's job.
 
 use serde_json::Value;
 
@@ -23,10 +15,8 @@ impl MinimumRemaining {
         self.0[kind as usize]
     }
 
-    /// Reads thresholds from untrusted JSON (host storage or a JS object). Accepts each window's
-    /// name and the plugin's alias of it (`5h`, `1w`); the name wins over its alias when both
-    /// hold a usable number. Finite numbers are clamped to 0..=100; anything else is ignored and
-    /// leaves the threshold at 0.
+    /// Reads thresholds from untrusted JSON (host storage or a JS object), as
+    /// docs/routing.md#thresholds says.
     pub fn from_value_lenient(v: &Value) -> Self {
         Self(WindowKind::ALL.map(|kind| {
             let spec = kind.spec();
@@ -97,14 +87,9 @@ pub struct QuotaEvaluation {
     pub blocked_until: Option<i64>,
 }
 
-/// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)?
-///
-/// Each present 5h/7d window must not be exhausted against its threshold (see the module docs),
-/// and the scoped window matching `model`, if any, must have more than 0 % remaining. A missing
-/// 5h/7d window, or a missing snapshot, passes unless `fail_closed_on_unknown_quota`, in which
-/// case it blocks with [`BlockReason::Unknown`]. When several windows block, the one with the
-/// latest reset is reported, since the account is unusable until then; ties and unknown resets
-/// go to the first blocker in the order 5h, 7d, scoped, unknown.
+/// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)? Of
+/// several blockers, the one with the latest reset; ties go to the first in the order 5h, 7d,
+/// scoped, unknown.
 pub fn evaluate_quota(
     quota: Option<&QuotaSnapshot>,
     policy: &QuotaPolicy,
@@ -157,7 +142,8 @@ pub fn exhausted_until(
         .max()
 }
 
-/// Below the threshold, or fully used whatever the threshold.
+/// Below the threshold, or fully used whatever the threshold: Anthropic would refuse the request
+/// anyway, and a bare `remaining >= threshold` would let `0 >= 0` pass.
 fn window_exhausted(window: &QuotaWindow, threshold: f64) -> bool {
     window.remaining_percent < threshold || window.remaining_percent <= 0.0
 }
