@@ -1,7 +1,5 @@
-//! Polls through the host instead of HTTP (docs/endpoint.md#host-transports): a `fetch`-like function (`fetchImpl`) or a
-//! snapshot source (`fetchQuotaSnapshot`). Only the poll itself goes through the host; single
-//! flight, pacing, backoff, locks and the state file stay in the manager. The binding implements
-//! [`HostTransport`] on the JavaScript side; this module turns its answers into the same
+//! Polls through the host instead of HTTP (docs/endpoint.md#host-transports): the binding
+//! implements [`HostTransport`]; this module turns its answers into the same
 //! `Result<QuotaSnapshot, QuotaError>` the HTTP client gives.
 
 use std::fmt;
@@ -122,10 +120,9 @@ fn snapshot_from_host(value: &Value, now: i64) -> Result<QuotaSnapshot, QuotaErr
     Ok(snapshot)
 }
 
-/// A rejection of `fetchQuotaSnapshot`, classified like an HTTP failure of that status. Without
-/// a status it is a network error (transient) only when it says so (`network`); anything else
-/// (a vault that refused, a credential missing) is the host's refusal: a flat backoff, so a
-/// failing transport is not retried on the ladder's first minute.
+/// A rejection of `fetchQuotaSnapshot`, classified like an HTTP failure of that status, else as
+/// a network error only when it says so (`network`), else as the host's refusal (a flat
+/// backoff, so a failing transport is not retried on the ladder's first minute).
 fn rejection_error(
     status: Option<u16>,
     network: bool,
