@@ -314,16 +314,11 @@ impl QuotaEntry {
     /// entry, but with `fieldSources` only as the host gave it, so that it comes back as it
     /// was set (the plugin compares it with `toEqual`).
     pub fn from_host_value(value: &Value) -> Option<Self> {
-        let mut entry = Self::from_value_lenient(value)?;
-        entry.quota.field_sources = value
-            .get("quota")
-            .and_then(|quota| quota.get("fieldSources"))
+        let raw_quota = value.get("quota")?;
+        let mut quota = QuotaSnapshot::from_value_lenient(raw_quota)?;
+        quota.field_sources = raw_quota
+            .get("fieldSources")
             .and_then(|sources| FieldSources::deserialize(sources).ok());
-        Some(entry)
-    }
-
-    pub fn from_value_lenient(value: &Value) -> Option<Self> {
-        let quota = QuotaSnapshot::from_value_lenient(value.get("quota")?)?;
         let checked_at = value.get("checkedAt").and_then(timestamp_from_value)?;
         let refresh_after =
             value.get("refreshAfter").and_then(timestamp_from_value).unwrap_or(checked_at);
