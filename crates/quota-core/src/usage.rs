@@ -204,20 +204,18 @@ fn extra_usage(body: &Value) -> Option<ExtraUsage> {
     }
     let used = finite(extra.get("used_credits")?)?;
     let limit = finite(extra.get("monthly_limit")?)?;
-    let spend = body.get("spend");
-    let spend_limit = spend.and_then(|s| s.get("limit"));
-    let currency = spend_limit
-        .and_then(|l| l.get("currency"))
+    let currency = body
+        .pointer("/spend/limit/currency")
         .and_then(currency_code)
         .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
     let exponent =
-        spend_limit.and_then(|l| l.get("exponent")).and_then(exponent).unwrap_or(DEFAULT_EXPONENT);
+        body.pointer("/spend/limit/exponent").and_then(exponent).unwrap_or(DEFAULT_EXPONENT);
     let money = |amount_minor| QuotaMoney { amount_minor, currency: currency.clone(), exponent };
     Some(ExtraUsage {
         used: money(used),
         limit: money(limit),
         utilization_percent: extra.get("utilization").and_then(finite),
-        severity: spend.and_then(|s| s.get("severity")).and_then(non_blank_string),
+        severity: body.pointer("/spend/severity").and_then(non_blank_string),
         exhausted: used >= limit,
     })
 }
