@@ -66,11 +66,9 @@ fn typed<'de, T: DeserializeOwned, A: MapAccess<'de>>(map: &mut A) -> Result<Opt
     Ok(T::deserialize(&map.next_value::<Value>()?).ok())
 }
 
-/// A non-negative whole-millisecond timestamp below 9e15 (fractions are truncated), as
-/// [`crate::snapshot::timestamp_from_value`] reads one.
+/// A timestamp, as [`crate::snapshot::timestamp`] reads one.
 fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Error> {
-    let number: Option<f64> = lenient(map)?;
-    Ok(number.filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64))
+    Ok(lenient(map)?.and_then(crate::snapshot::timestamp))
 }
 
 /// An object read key by key into `T`; any other value is consumed and read as `None`. Not

@@ -364,9 +364,13 @@ pub fn finite(value: &Value) -> Option<f64> {
     value.as_f64().filter(|n| n.is_finite())
 }
 
-/// A non-negative whole-millisecond timestamp (fractions are truncated).
 pub fn timestamp_from_value(value: &Value) -> Option<i64> {
-    finite(value).filter(|n| *n >= 0.0 && *n < 9.0e15).map(|n| n as i64)
+    finite(value).and_then(timestamp)
+}
+
+/// A non-negative whole-millisecond timestamp below 9e15 (fractions are truncated).
+pub fn timestamp(number: f64) -> Option<i64> {
+    (0.0..9.0e15).contains(&number).then_some(number as i64)
 }
 
 pub fn non_blank_string(value: &Value) -> Option<String> {
