@@ -63,11 +63,8 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     if merged.binding_window.is_some() && merged.binding_window_source.is_none() {
         merged.binding_window_source = Some(QuotaSource::Poll);
     }
-    merged.field_sources = None;
-    let Some(cached) = cached else {
-        merged.settle_field_sources();
-        return merged;
-    };
+    let nothing = QuotaSnapshot::default();
+    let cached = cached.unwrap_or(&nothing);
     let poll_time = |window: Option<&QuotaWindow>| {
         poll.checked_at.or_else(|| window.map(|w| w.checked_at)).unwrap_or(i64::MIN)
     };
