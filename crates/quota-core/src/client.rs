@@ -274,25 +274,21 @@ fn proxy_of(setting: &ProxySetting) -> Result<Option<Proxy>, String> {
 
 fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("invalid usage URL {text:?}: {e}"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => {
-            return Err(format!(
-                "invalid usage URL {text:?}: plain http is only allowed to loopback (the bearer token would travel in clear)"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "invalid usage URL {text:?}: scheme {other:?} is not http or https"
-            ))
-        }
-    }
+    let refusal = match url.scheme() {
+        "https" => None,
+        "http" if is_loopback(&url) => None,
+        "http" => Some(
+            "plain http is only allowed to loopback (the bearer token would travel in clear)"
+                .into(),
+        ),
+        other => Some(format!("scheme {other:?} is not http or https")),
+    };
     // Credentials in the URL would become a second `Authorization` header.
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("invalid usage URL {text:?}: it must not contain user credentials"));
+    let credentials = !url.username().is_empty() || url.password().is_some();
+    match refusal.or_else(|| credentials.then(|| "it must not contain user credentials".into())) {
+        Some(reason) => Err(format!("invalid usage URL {text:?}: {reason}")),
+        None => Ok(url),
     }
-    Ok(url)
 }
 
 /// 127.0.0.0/8, `::1` (also as an IPv4-mapped address) and `localhost`.
@@ -353,11 +349,8 @@ fn bearer(access_token: &str) -> Result<HeaderValue, QuotaError> {
 
 /// The innermost error message: reqwest's own text repeats the URL and says little about why.
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(source) = current.source() {
-        current = source;
-    }
-    current.to_string()
+    let innermost = std::iter::successors(Some(error), |e| e.source()).last();
+    innermost.map(ToString::to_string).unwrap_or_default()
 }
 
 fn body_too_large() -> QuotaError {
