@@ -25,7 +25,6 @@ pub enum QuotaError {
     /// 401 or 403.
     #[error("Claude quota check failed: {status} — {body}")]
     Auth { status: u16, body: String },
-    /// The connection failed.
     #[error("Claude quota check failed: network error — {0}")]
     Network(String),
     /// The host's transport (`fetchQuotaSnapshot`) rejected with no HTTP status and no sign of
@@ -38,7 +37,6 @@ pub enum QuotaError {
     /// The body was not JSON or was too large.
     #[error("Claude quota check failed: bad response — {0}")]
     BadResponse(String),
-    /// The manager was closed.
     #[error("QuotaManager is closed")]
     Closed,
     /// The state file could not be read or written.

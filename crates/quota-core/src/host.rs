@@ -126,11 +126,6 @@ impl<'a> AccountFields<'a> {
         ACCOUNT_FIELDS.iter().position(|field| *field == name).expect("a field of the list")
     }
 
-    /// An API-key account (`type: 'api'`): it has no quota, so it is ignored like an unlisted one.
-    fn is_api_key_account(&self) -> bool {
-        self.get("type").and_then(Value::as_str) == Some("api")
-    }
-
     /// The account, or the offending field (`{name}.id must be a non-empty string`); `name` is
     /// formatted only then.
     fn read(&self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
@@ -205,7 +200,8 @@ impl AccountList {
         quota_is_bound: bool,
     ) -> Result<(), String> {
         let mut fields = fields.ok_or_else(|| format!("accounts[{index}] must be an object"))?;
-        if fields.is_api_key_account() {
+        // An API-key account has no quota: it is ignored like an unlisted one.
+        if fields.get("type").and_then(Value::as_str) == Some("api") {
             self.dropped_any = true;
             return Ok(());
         }
