@@ -1,9 +1,10 @@
 //! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body).
 //!
 //! The body is untrusted: every field is read on its own and a junk value drops only that field
-//! (or that one `limits[]` entry), never the whole snapshot.
+//! (or that one `limits[]` entry), never the whole snapshot. Fields are read by indexing a
+//! `Value`, which never panics: a missing one, or one of a non-object, reads as `null`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::snapshot::{
     finite, non_blank_string, parse_iso_ms, ExtraUsage, QuotaMoney, QuotaSnapshot, QuotaSource,
@@ -36,7 +37,7 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
         ..Default::default()
     };
     for kind in WindowKind::ALL {
-        *snapshot.window_mut(kind) = body.get(kind.name()).and_then(|v| window(v, checked_at));
+        *snapshot.window_mut(kind) = window(&body[kind.name()], checked_at);
     }
     snapshot.settle_field_sources();
     snapshot
@@ -123,28 +124,23 @@ pub fn slug(text: &str) -> String {
 }
 
 /// The `limits[]` entries that are objects; anything else in the array is junk.
-fn limit_entries(body: &Value) -> Vec<&Map<String, Value>> {
-    body.get("limits")
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Value::as_object).collect())
-        .unwrap_or_default()
+fn limit_entries(body: &Value) -> Vec<&Value> {
+    body["limits"]
+        .as_array()
+        .map_or_else(Vec::new, |items| items.iter().filter(|item| item.is_object()).collect())
 }
 
 fn window(value: &Value, checked_at: i64) -> Option<QuotaWindow> {
-    let used = finite(value.get("utilization")?)?;
-    Some(QuotaWindow::from_used(used, iso_time(value.get("resets_at")), checked_at))
+    let used = finite(&value["utilization"])?;
+    Some(QuotaWindow::from_used(used, iso_time(&value["resets_at"]), checked_at))
 }
 
 /// A reset time is kept only when it parses, so later reset arithmetic never meets junk.
-fn iso_time(value: Option<&Value>) -> Option<String> {
-    value.and_then(non_blank_string).filter(|text| parse_iso_ms(text).is_some())
+fn iso_time(value: &Value) -> Option<String> {
+    non_blank_string(value).filter(|text| parse_iso_ms(text).is_some())
 }
 
-fn str_field<'a>(entry: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    entry.get(name).and_then(Value::as_str)
-}
-
-fn scoped_windows(limits: &[&Map<String, Value>], checked_at: i64) -> Vec<ScopedQuotaWindow> {
+fn scoped_windows(limits: &[&Value], checked_at: i64) -> Vec<ScopedQuotaWindow> {
     let mut windows: Vec<ScopedQuotaWindow> = Vec::new();
     for window in limits.iter().filter_map(|e| scoped_window(e, checked_at)) {
         if !windows.iter().any(|seen| seen.id == window.id) {
@@ -155,21 +151,19 @@ fn scoped_windows(limits: &[&Map<String, Value>], checked_at: i64) -> Vec<Scoped
 }
 
 /// A scoped limit as a scoped window; `None` when any required part is missing.
-fn scoped_window(entry: &Map<String, Value>, checked_at: i64) -> Option<ScopedQuotaWindow> {
-    if str_field(entry, "kind") != Some(SCOPED_LIMIT_KIND)
-        || str_field(entry, "group") != Some("weekly")
-    {
+fn scoped_window(entry: &Value, checked_at: i64) -> Option<ScopedQuotaWindow> {
+    if entry["kind"] != SCOPED_LIMIT_KIND || entry["group"] != "weekly" {
         return None;
     }
-    let percent = finite(entry.get("percent")?)?;
-    let model = entry.get("scope")?.get("model")?;
-    let model_name = model.get("display_name").and_then(non_blank_string)?;
-    let model_id = model.get("id").and_then(non_blank_string);
+    let percent = finite(&entry["percent"])?;
+    let model = &entry["scope"]["model"];
+    let model_name = non_blank_string(&model["display_name"])?;
+    let model_id = non_blank_string(&model["id"]);
     let id_slug = slug(model_id.as_deref().unwrap_or(&model_name));
     if id_slug.is_empty() {
         return None;
     }
-    let base = QuotaWindow::from_used(percent, iso_time(entry.get("resets_at")), checked_at);
+    let base = QuotaWindow::from_used(percent, iso_time(&entry["resets_at"]), checked_at);
     Some(ScopedQuotaWindow {
         used_percent: base.used_percent,
         remaining_percent: base.remaining_percent,
@@ -184,11 +178,9 @@ fn scoped_window(entry: &Map<String, Value>, checked_at: i64) -> Option<ScopedQu
 
 /// Only the first active limit counts: a later active one is not a fallback for a first one
 /// that is unknown or malformed.
-fn binding_window(limits: &[&Map<String, Value>], checked_at: i64) -> Option<String> {
-    let active = limits
-        .iter()
-        .find(|entry| entry.get("is_active").and_then(Value::as_bool) == Some(true))?;
-    match str_field(active, "kind")? {
+fn binding_window(limits: &[&Value], checked_at: i64) -> Option<String> {
+    let active = limits.iter().find(|entry| entry["is_active"] == true)?;
+    match active["kind"].as_str()? {
         SCOPED_LIMIT_KIND => scoped_window(active, checked_at).map(|w| w.id),
         kind => WindowKind::ALL
             .into_iter()
@@ -198,24 +190,22 @@ fn binding_window(limits: &[&Map<String, Value>], checked_at: i64) -> Option<Str
 }
 
 fn extra_usage(body: &Value) -> Option<ExtraUsage> {
-    let extra = body.get("extra_usage")?;
-    if extra.get("is_enabled").and_then(Value::as_bool) != Some(true) {
+    let extra = &body["extra_usage"];
+    if extra["is_enabled"] != true {
         return None;
     }
-    let used = finite(extra.get("used_credits")?)?;
-    let limit = finite(extra.get("monthly_limit")?)?;
-    let currency = body
-        .pointer("/spend/limit/currency")
-        .and_then(currency_code)
-        .unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
-    let exponent =
-        body.pointer("/spend/limit/exponent").and_then(exponent).unwrap_or(DEFAULT_EXPONENT);
+    let used = finite(&extra["used_credits"])?;
+    let limit = finite(&extra["monthly_limit"])?;
+    let spend = &body["spend"];
+    let currency =
+        currency_code(&spend["limit"]["currency"]).unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
+    let exponent = exponent(&spend["limit"]["exponent"]).unwrap_or(DEFAULT_EXPONENT);
     let money = |amount_minor| QuotaMoney { amount_minor, currency: currency.clone(), exponent };
     Some(ExtraUsage {
         used: money(used),
         limit: money(limit),
-        utilization_percent: extra.get("utilization").and_then(finite),
-        severity: body.pointer("/spend/severity").and_then(non_blank_string),
+        utilization_percent: finite(&extra["utilization"]),
+        severity: non_blank_string(&spend["severity"]),
         exhausted: used >= limit,
     })
 }
@@ -230,10 +220,7 @@ fn currency_code(value: &Value) -> Option<String> {
 /// A whole number in `0..=MAX_EXPONENT`; `2.0` counts, as it would in JavaScript.
 fn exponent(value: &Value) -> Option<u8> {
     let n = finite(value)?;
-    if n.fract() != 0.0 || !(0.0..=f64::from(MAX_EXPONENT)).contains(&n) {
-        return None;
-    }
-    Some(n as u8)
+    (n.fract() == 0.0 && (0.0..=f64::from(MAX_EXPONENT)).contains(&n)).then_some(n as u8)
 }
 
 #[cfg(test)]
