@@ -22,7 +22,7 @@ impl MinimumRemaining {
             let spec = kind.spec();
             [spec.name, spec.threshold_alias]
                 .into_iter()
-                .find_map(|key| v.get(key).and_then(finite))
+                .find_map(|key| finite(&v[key]))
                 .map_or(0.0, |n| n.clamp(0.0, 100.0))
         }))
     }
@@ -47,14 +47,8 @@ impl QuotaPolicy {
     /// back to the defaults (thresholds 0, fail closed on unknown quota, as the plugin).
     pub fn from_value_lenient(v: &Value) -> Self {
         Self {
-            minimum_remaining: v
-                .get("minimumRemaining")
-                .map(MinimumRemaining::from_value_lenient)
-                .unwrap_or_default(),
-            fail_closed_on_unknown_quota: v
-                .get("failClosedOnUnknownQuota")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            minimum_remaining: MinimumRemaining::from_value_lenient(&v["minimumRemaining"]),
+            fail_closed_on_unknown_quota: v["failClosedOnUnknownQuota"].as_bool().unwrap_or(true),
         }
     }
 }
