@@ -33,8 +33,7 @@ impl HostStorage {
     pub fn from_value(value: &Value) -> Result<Self, String> {
         let object =
             value.as_object().ok_or_else(|| "storage must be an object or null".to_owned())?;
-        let quota = object.get("quota").and_then(Value::as_object);
-        let setting = |name: &str| quota.and_then(|q| q.get(name));
+        let setting = |name: &str| object.get("quota").and_then(|quota| quota.get(name));
         let number = |name: &str| setting(name).and_then(finite).filter(|n| *n >= 0.0);
         Ok(Self {
             main_account_id: object.get("mainAccountId").and_then(non_blank_string),
