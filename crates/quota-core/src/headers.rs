@@ -54,20 +54,20 @@ impl Frame {
     fn read(&mut self, suffix: &str, value: &str) {
         let same = |known: &str| suffix.eq_ignore_ascii_case(known);
         if same("reset") {
-            set(&mut self.binding_reset, reset_iso(value));
+            self.binding_reset = reset_iso(value).or_else(|| self.binding_reset.take());
         } else if same("fallback") {
             self.fallback_advised = Some(value.eq_ignore_ascii_case("available"));
         } else if same("representative-claim") {
-            set(&mut self.representative_claim, token(value));
+            self.representative_claim = token(value).or_else(|| self.representative_claim.take());
         }
         for (at, kind) in WindowKind::ALL.into_iter().enumerate() {
             let Some(field) = strip_prefix_ignore_case(suffix, kind.spec().header) else {
                 continue;
             };
             if field.eq_ignore_ascii_case("-utilization") {
-                set(&mut self.used[at], used_percent(value));
+                self.used[at] = used_percent(value).or(self.used[at]);
             } else if field.eq_ignore_ascii_case("-reset") {
-                set(&mut self.reset[at], reset_iso(value));
+                self.reset[at] = reset_iso(value).or_else(|| self.reset[at].take());
             }
         }
     }
@@ -93,12 +93,6 @@ impl Frame {
         }
         snapshot.binding_window = self.representative_claim;
         Some(snapshot)
-    }
-}
-
-fn set<T>(slot: &mut Option<T>, parsed: Option<T>) {
-    if parsed.is_some() {
-        *slot = parsed;
     }
 }
 
