@@ -345,17 +345,17 @@ pub struct ApiErrorRecord {
 }
 
 impl ApiErrorRecord {
+    /// Reads a recorded error out of untrusted JSON; `None` without a `checkedAt` (a value that
+    /// is not an object has none).
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
-        let object = value.as_object()?;
-        let field = |name: &str| object.get(name);
         Some(Self {
-            message: field("message").and_then(Value::as_str).unwrap_or("unknown error").to_owned(),
-            checked_at: field("checkedAt").and_then(timestamp_from_value)?,
-            next_retry_at: field("nextRetryAt").and_then(timestamp_from_value),
-            retry_count: field("retryCount").and_then(|n| u32::deserialize(n).ok()),
-            status: field("status").and_then(|n| u16::deserialize(n).ok()),
-            retry_after_ms: field("retryAfterMs").and_then(timestamp_from_value),
-            account_identity: field("accountIdentity").and_then(non_blank_string),
+            message: value["message"].as_str().unwrap_or("unknown error").to_owned(),
+            checked_at: timestamp_from_value(&value["checkedAt"])?,
+            next_retry_at: timestamp_from_value(&value["nextRetryAt"]),
+            retry_count: u32::deserialize(&value["retryCount"]).ok(),
+            status: u16::deserialize(&value["status"]).ok(),
+            retry_after_ms: timestamp_from_value(&value["retryAfterMs"]),
+            account_identity: non_blank_string(&value["accountIdentity"]),
         })
     }
 }
