@@ -105,22 +105,10 @@ fn null_out_of_range_numbers(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// Lowercase, runs outside `[a-z0-9]` become one `-`, no leading or trailing `-`.
 pub fn slug(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    // Starting as if after a dash drops leading separators without a second pass.
-    let mut after_dash = true;
-    for c in text.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-            after_dash = false;
-        } else if !after_dash {
-            out.push('-');
-            after_dash = true;
-        }
-    }
-    if out.ends_with('-') {
-        out.pop();
-    }
-    out
+    let lower = text.to_lowercase();
+    let is_separator = |c: char| !c.is_ascii_lowercase() && !c.is_ascii_digit();
+    let words: Vec<&str> = lower.split(is_separator).filter(|word| !word.is_empty()).collect();
+    words.join("-")
 }
 
 /// The `limits[]` entries that are objects; anything else in the array is junk.
