@@ -3,9 +3,6 @@
 
 use std::fmt;
 
-const MAIN_PREFIX: &str = "main:";
-const FALLBACK_PREFIX: &str = "fallback:";
-
 /// A route's name in the state file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RouteKey {
@@ -18,10 +15,10 @@ pub enum RouteKey {
 impl RouteKey {
     /// Reads a state-file key; `None` for a key of another kind.
     pub fn parse(text: &str) -> Option<Self> {
-        if let Some(identity) = text.strip_prefix(MAIN_PREFIX) {
-            Some(Self::Main(identity.to_owned()))
-        } else {
-            text.strip_prefix(FALLBACK_PREFIX).map(|id| Self::Fallback(id.to_owned()))
+        match text.split_once(':')? {
+            ("main", identity) => Some(Self::Main(identity.to_owned())),
+            ("fallback", id) => Some(Self::Fallback(id.to_owned())),
+            _ => None,
         }
     }
 
@@ -43,10 +40,7 @@ impl RouteKey {
 
 impl fmt::Display for RouteKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Main(identity) => write!(f, "{MAIN_PREFIX}{identity}"),
-            Self::Fallback(id) => write!(f, "{FALLBACK_PREFIX}{id}"),
-        }
+        write!(f, "{}:{}", self.kind(), self.id())
     }
 }
 
