@@ -48,9 +48,9 @@ pub fn parse_quota_headers<'a>(
 }
 
 impl Frame {
-    /// Reads one header (its name after [`PREFIX`]); the statuses are deliberately ignored (see
-    /// the module docs). Each field is only assigned when the value parses, so garbage never
-    /// erases a valid value.
+    /// Reads one header (its name after [`PREFIX`]); the statuses are deliberately ignored
+    /// (docs/headers.md#header-names). Each field is only assigned when the value parses, so
+    /// garbage never erases a valid value.
     fn read(&mut self, suffix: &str, value: &str) {
         let same = |known: &str| suffix.eq_ignore_ascii_case(known);
         if same("reset") {
