@@ -2,7 +2,7 @@
 //! whether an account is exhausted, and until when, is decided by the routing policy and passed
 //! in as a reset time.
 
-use super::snapshot::{scoped_window_for_model, QuotaEntry, QuotaSnapshot, QuotaSource};
+use super::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 
 /// One minute in milliseconds (`checkIntervalMinutes` is in minutes).
 pub const MINUTE_MS: i64 = 60_000;
@@ -48,7 +48,7 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
         return i64::MIN;
     };
     model
-        .and_then(|model| scoped_window_for_model(&entry.quota, model))
+        .and_then(|model| entry.quota.scoped_window_for(model))
         .map_or(entry.refresh_after, |window| {
             window.checked_at.saturating_add(interval_ms).min(entry.refresh_after)
         })

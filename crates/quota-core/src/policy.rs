@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::snapshot::{finite, scoped_window_for_model, QuotaSnapshot, QuotaWindow, WindowKind};
+use super::snapshot::{finite, QuotaSnapshot, QuotaWindow, WindowKind};
 
 /// Per-window thresholds, in percent remaining (0..=100), indexed like [`WindowKind::ALL`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -103,7 +103,7 @@ pub fn evaluate_quota(
                 None => unknown = true,
             }
         }
-        let scoped = model.and_then(|model| scoped_window_for_model(quota, model));
+        let scoped = model.and_then(|model| quota.scoped_window_for(model));
         if let Some(scoped) = scoped.filter(|w| w.remaining_percent <= 0.0) {
             blockers.push((BlockReason::Scoped, scoped.resets_at_ms()));
         }

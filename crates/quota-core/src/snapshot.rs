@@ -241,6 +241,11 @@ impl QuotaSnapshot {
         self.field_sources = (settled != FieldSources::default()).then_some(settled);
     }
 
+    /// The scoped window that a request on `model` counts against, if any.
+    pub fn scoped_window_for(&self, model: &str) -> Option<&ScopedQuotaWindow> {
+        self.scoped.as_ref()?.iter().find(|window| model_matches_scoped(model, window))
+    }
+
     pub fn has_windows(&self) -> bool {
         self.windows().next().is_some()
     }
@@ -290,14 +295,6 @@ pub fn model_matches_scoped(model: &str, window: &ScopedQuotaWindow) -> bool {
         .into_iter()
         .flatten()
         .any(|text| normalize_model_text(text).contains(needle))
-}
-
-/// The scoped window that a request on `model` counts against, if any.
-pub fn scoped_window_for_model<'a>(
-    snapshot: &'a QuotaSnapshot,
-    model: &str,
-) -> Option<&'a ScopedQuotaWindow> {
-    snapshot.scoped.as_ref()?.iter().find(|window| model_matches_scoped(model, window))
 }
 
 /// A cache entry: the snapshot, when it was observed, and when the next poll is due.
