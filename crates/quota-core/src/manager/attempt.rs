@@ -141,7 +141,7 @@ impl QuotaManager {
         attempt: &Attempt,
         record: Option<&RouteRecord>,
     ) -> Option<Settled> {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
         // A record from a clock running ahead is adopted clamped, but never taken as another
@@ -223,7 +223,7 @@ impl QuotaManager {
         fetch_slot: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
         let token_fingerprint = fingerprint(&attempt.token);
-        let fetch_started_at = self.now();
+        let fetch_started_at = self.now_ms();
         self.note_request(attempt, &token_fingerprint, fetch_started_at);
         bump(&self.inner.stats.api_calls);
         let result = self.poll(attempt).await;
@@ -261,7 +261,7 @@ impl QuotaManager {
         mut snapshot: QuotaSnapshot,
         token_fingerprint: &str,
     ) -> (QuotaSnapshot, bool) {
-        let now = self.now();
+        let now = self.now_ms();
         let checked_at = snapshot.checked_at.unwrap_or(now);
         snapshot.account_identity.clone_from(&attempt.identity);
         let mut state = self.state();

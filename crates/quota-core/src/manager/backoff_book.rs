@@ -74,7 +74,7 @@ impl QuotaManager {
             let Ok(Some(record)) = manager.inner.shared.read_route(&key).await else {
                 return;
             };
-            let now = manager.now();
+            let now = manager.now_ms();
             let mut state = manager.state();
             let record = record.clamped(now, &manager.adoption_limits(state.settings.interval_ms));
             if let Some(slot) = state.routes.attempt_slot(&route, generation) {
@@ -89,7 +89,7 @@ impl QuotaManager {
         attempt: &Attempt,
         error: &QuotaError,
     ) -> Option<ApiErrorRecord> {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         // The route that was polled, even when the main slot was re-bound meanwhile.
         let record =
@@ -109,14 +109,14 @@ impl QuotaManager {
     }
 
     pub fn is_backed_off(&self) -> bool {
-        let now = self.now();
+        let now = self.now_ms();
         let state = self.state();
         self.recheck_backoff_soon(&state, &RouteId::Main, now);
         state.routes.main().record.backoff.is_open(now)
     }
 
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
-        let now = self.now();
+        let now = self.now_ms();
         let state = self.state();
         let backed_off =
             state.routes.fallback(id).is_some_and(|slot| slot.record.backoff.is_open(now));
@@ -137,7 +137,7 @@ impl QuotaManager {
     /// docs/routing.md#fail-closed-answer: the 429 the plugin answers with when it fails closed, main is backed off and
     /// nothing is cached.
     pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
-        let now = self.now();
+        let now = self.now_ms();
         let state = self.state();
         let main = state.routes.main();
         let backoff = &main.record.backoff;

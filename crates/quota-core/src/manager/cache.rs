@@ -113,7 +113,7 @@ impl QuotaManager {
         mut frame: QuotaSnapshot,
     ) -> Arc<QuotaEntry> {
         frame.source = Some(QuotaSource::Headers);
-        let now = self.now();
+        let now = self.now_ms();
         let owner = state.routes.snapshot_identity(route);
         let slot = state.routes.slot_mut(route);
         let mut checked_at = frame.checked_at.unwrap_or(now);
@@ -136,7 +136,7 @@ impl QuotaManager {
     // ----- freshness -----------------------------------------------------------------------
 
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
-        self.now() >= self.main_stale_from(model)
+        self.now_ms() >= self.main_stale_from(model)
     }
 
     /// The first instant at which [`Self::is_main_stale`] turns true while nothing else changes
@@ -165,7 +165,7 @@ impl QuotaManager {
     }
 
     pub fn is_fallback_stale(&self, id: &str, model: Option<&str>) -> bool {
-        self.now() >= self.fallback_stale_from(id, model)
+        self.now_ms() >= self.fallback_stale_from(id, model)
     }
 
     /// [`Self::main_stale_from`] for a fallback route.

@@ -42,7 +42,7 @@ impl QuotaManager {
     }
 
     fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         if !state.routes.bind_fallback_for(&account.id, Some(account)) {
             return false;

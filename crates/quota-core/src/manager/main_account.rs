@@ -21,7 +21,7 @@ impl QuotaManager {
         strict: bool,
         force: bool,
     ) -> Option<u64> {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
         let routes = &mut state.routes;
@@ -100,7 +100,7 @@ impl QuotaManager {
     /// Clears the main backoff here and, through the state file, in every process. `None`
     /// when no error is set.
     pub fn clear_main_backoff(&self) -> Option<u64> {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
         let main = state.routes.main_mut();

@@ -4,22 +4,7 @@
 //! lock, on the whole machine.
 //!
 //! This file is the facade: construction, the shared state and the handles. Each concern lives
-//! in a module of its own, adding its methods to [`QuotaManager`]:
-//! - [`routes`]: route slots, route keys, binding a slot to an identity or a login
-//! - [`identity`], [`main_account`]: the main identity (token identities included), its
-//!   generations and strictness
-//! - [`single_flight`]: a flight's stages; one running request per route, shared by its callers
-//! - [`outcome`]: what a refresh ends with and how its callers are counted
-//! - [`refresh`]: registering a refresh at the call; counting how each caller was served
-//! - [`attempt`]: one request's life: locks, adopting the state file, fetching, recording
-//! - [`pacing`]: the gap between two requests with one token
-//! - [`backoff_book`]: arming, adopting and answering from a route's backoff
-//! - [`write_behind`]: coalesced state-file writes
-//! - [`seeding`]: seeding from the state file and from the host's storage
-//! - [`announce`]: the host's callbacks
-//! - [`fallbacks`]: refreshing every due fallback account
-//! - [`cache`]: cache reads, host writes, header frames, freshness
-//! - [`settings`]: the host's settings and cache-entry deadlines
+//! in a module of its own, adding its methods to [`QuotaManager`].
 
 mod announce;
 mod attempt;
@@ -40,6 +25,7 @@ mod settings;
 mod single_flight;
 mod write_behind;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -65,7 +51,6 @@ pub use seeding::{AwaitedSnapshots, SeedingScope};
 use changes::StateGuard;
 use identity::SeenTokens;
 use loading::Loading;
-use pacing::Pacing;
 use routes::Routes;
 use settings::Settings;
 use write_behind::WriteBehind;
@@ -118,7 +103,8 @@ struct State {
     closed: bool,
     settings: Settings,
     routes: Routes,
-    pacing: Pacing,
+    /// Pacing: token fingerprint → the last time a usage request went out with it here.
+    last_call_by_token: HashMap<String, i64>,
     writes: WriteBehind,
 }
 
@@ -158,13 +144,12 @@ impl QuotaManager {
     /// state file is read here, once; a corrupt one is set aside and reported.
     pub fn new(
         config: ManagerConfig,
-        storage: Option<HostStorage>,
+        mut storage: Option<HostStorage>,
         clock: Arc<dyn Clock>,
         events: Arc<dyn HostEvents>,
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, ConfigError> {
-        let mut storage = storage;
         if let Some(storage) = storage.as_mut() {
             SeenTokens::default().storage_identities(storage);
         }
@@ -183,7 +168,7 @@ impl QuotaManager {
             closed: false,
             settings: Settings::from_config(&config, storage.as_ref()),
             routes: Routes::default(),
-            pacing: Pacing::default(),
+            last_call_by_token: HashMap::new(),
             writes: WriteBehind::new(!shared.is_memory_only()),
         };
         let manager = Self {
@@ -238,10 +223,6 @@ impl QuotaManager {
     /// The manager's clock (a `ManualClock` in tests).
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
-    }
-
-    fn now(&self) -> i64 {
-        self.now_ms()
     }
 
     /// Bounds for times adopted from the shared file (a clock running ahead, a damaged value).

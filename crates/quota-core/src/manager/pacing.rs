@@ -2,7 +2,6 @@
 //! attempt (time and token fingerprint) is part of its record in the state file, so the gap
 //! holds across processes too, even after a failure that left no snapshot.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use super::attempt::Attempt;
@@ -11,13 +10,6 @@ use crate::fingerprint::fingerprint;
 
 /// The most requests with one token that may queue behind each other (one per fetch slot).
 const MAX_QUEUED_REQUESTS: i64 = 64;
-
-/// When each token was last used in this process.
-#[derive(Default)]
-pub(super) struct Pacing {
-    /// Token fingerprint → the last time a usage request went out with it.
-    last_call_by_token: HashMap<String, i64>,
-}
 
 impl QuotaManager {
     /// Waits until the token's gap has passed. The gap is measured on the manager's clock but
@@ -30,10 +22,10 @@ impl QuotaManager {
             return;
         }
         let token_fingerprint = fingerprint(&attempt.token);
-        let now = self.now();
+        let now = self.now_ms();
         let send_at = {
             let mut state = self.state();
-            let by_token = state.pacing.last_call_by_token.get(&token_fingerprint).copied();
+            let by_token = state.last_call_by_token.get(&token_fingerprint).copied();
             let by_route = state
                 .routes
                 .slot(&attempt.route)
@@ -47,7 +39,7 @@ impl QuotaManager {
             let send_at = by_token
                 .max(by_route)
                 .map_or(now, |last| last.saturating_add(gap).clamp(now, latest));
-            state.pacing.last_call_by_token.insert(token_fingerprint, send_at);
+            state.last_call_by_token.insert(token_fingerprint, send_at);
             send_at
         };
         let wait = send_at - now;
@@ -60,8 +52,7 @@ impl QuotaManager {
     /// one polled even if the main slot was re-bound meanwhile) for the others.
     pub(super) fn note_request(&self, attempt: &Attempt, token_fingerprint: &str, at: i64) {
         let mut state = self.state();
-        let last_call =
-            state.pacing.last_call_by_token.entry(token_fingerprint.to_owned()).or_insert(at);
+        let last_call = state.last_call_by_token.entry(token_fingerprint.to_owned()).or_insert(at);
         // A reservation made by a later request (see `wait_for_pacing`) stays.
         *last_call = (*last_call).max(at);
         if let Some(record) =

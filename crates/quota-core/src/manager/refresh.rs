@@ -151,7 +151,7 @@ impl QuotaManager {
     /// A refresh of the main route that nobody awaits: `None` when one is running already,
     /// the route is backed off, or the manager is closed.
     pub fn background_main_refresh(&self, token: &str) -> Option<BoxFuture<'static, ()>> {
-        let now = self.now();
+        let now = self.now_ms();
         let identity = {
             let state = self.state();
             let main = state.routes.main();
@@ -195,7 +195,7 @@ impl QuotaManager {
     /// (0: none; it would be answered at once, or start one): the host may answer such a call
     /// with the last call's answer, counting it with [`super::ChangeCounter`]'s joined calls.
     pub fn main_joinable(&self) -> u64 {
-        let now = self.now();
+        let now = self.now_ms();
         let state = self.state();
         let main = state.routes.main();
         let flight = main.flights.last_handed().filter(|_| !state.closed);
@@ -231,7 +231,7 @@ impl QuotaManager {
         route: RouteId,
         token: &str,
     ) -> (Ticket<Settled>, Option<FlightHold>) {
-        let now = self.now();
+        let now = self.now_ms();
         let flight_key = route.flight_key(token);
         let generation = {
             let slot = state.routes.slot_mut(&route);

@@ -112,7 +112,7 @@ impl QuotaManager {
         if let Some(aside) = &loaded.quarantined {
             self.report_quarantine(aside);
         }
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let limits = self.adoption_limits(state.settings.interval_ms);
         for (key, record) in &loaded.state.routes {
@@ -143,7 +143,7 @@ impl QuotaManager {
     /// Adopts the host's persisted main snapshot when it is newer than the cache, and its
     /// persisted backoff when that is newer than ours.
     pub fn seed_main(&self, storage: &HostStorage, identity: Option<&str>) {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
         let known = state.routes.generations.known;
@@ -211,7 +211,7 @@ impl QuotaManager {
         latest_at_most: &[Option<f64>],
         scope: SeedingScope,
     ) -> AwaitedSnapshots {
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
         if scope == SeedingScope::WholeList {
@@ -257,7 +257,7 @@ impl QuotaManager {
         if awaited.accounts.is_empty() {
             return awaited.settled_epoch;
         }
-        let now = self.now();
+        let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
         for account in &awaited.accounts {

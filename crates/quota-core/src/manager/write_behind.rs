@@ -35,6 +35,7 @@ const EXIT_LOCK_WAIT: Duration = Duration::from_secs(1);
 /// The changes waiting for the next write.
 // Each flag is one independent "reported once" latch: an enum would not say more.
 #[allow(clippy::struct_excessive_bools)]
+#[derive(Default)]
 pub(super) struct WriteBehind {
     /// `false` in memory-only mode: nothing is ever queued.
     enabled: bool,
@@ -68,19 +69,14 @@ impl Staged {
 
 impl WriteBehind {
     pub fn new(enabled: bool) -> Self {
-        Self {
-            enabled,
-            unsaved: HashMap::new(),
-            running: Vec::new(),
-            write_coming: false,
-            quarantine_reported: false,
-            state_error_reported: false,
-            newer_schema_reported: false,
-        }
+        Self { enabled, ..Self::default() }
     }
 
     /// Queues one change.
     fn stage(&mut self, update: StoreUpdate) -> Staged {
+        if !self.enabled {
+            return Staged { needs_write: false };
+        }
         let key = match &update {
             StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key.clone(),
         };
@@ -95,27 +91,16 @@ impl WriteBehind {
         self.write_coming = false;
         self.unsaved.drain().map(|(_, update)| update).collect()
     }
+}
 
-    /// `true` the first time only: a set-aside file is reported once per manager.
-    fn first_quarantine(&mut self) -> bool {
-        !std::mem::replace(&mut self.quarantine_reported, true)
-    }
-
-    fn first_state_error(&mut self) -> bool {
-        !std::mem::replace(&mut self.state_error_reported, true)
-    }
-
-    fn first_newer_schema(&mut self) -> bool {
-        !std::mem::replace(&mut self.newer_schema_reported, true)
-    }
+/// `true` the first time only: each problem is reported once per manager.
+fn first_time(reported: &mut bool) -> bool {
+    !std::mem::replace(reported, true)
 }
 
 impl State {
     /// Queues the route's current record.
     pub(super) fn stage_route(&mut self, route: &RouteId) -> Staged {
-        if !self.writes.enabled {
-            return Staged { needs_write: false };
-        }
         let Some(slot) = self.routes.slot(route) else {
             return Staged { needs_write: false };
         };
@@ -128,9 +113,6 @@ impl State {
 
     /// Queues the removal of a forgotten fallback account.
     pub(super) fn stage_removal(&mut self, id: &str) -> Staged {
-        if !self.writes.enabled {
-            return Staged { needs_write: false };
-        }
         let key = RouteKey::Fallback(id.to_owned()).to_string();
         self.writes.stage(StoreUpdate::Remove { key })
     }
@@ -214,12 +196,16 @@ impl QuotaManager {
 
     /// `flush`, with the update of the route `lock` holds written under (fenced by) that lock.
     async fn flush_under(&self, lock: Option<&RouteGuard>) {
-        let turn = self.inner.writer.clone().lock_owned().await;
-        let Some(updates) = self.take_unsaved() else {
+        if self.inner.shared.is_memory_only() {
             return;
-        };
+        }
+        let turn = self.inner.writer.clone().lock_owned().await;
+        let updates = self.state().writes.take();
+        if updates.is_empty() {
+            return;
+        }
         let started = std::time::Instant::now();
-        match self.inner.shared.apply_as_of(&updates, lock, self.now()).await {
+        match self.inner.shared.apply_as_of(&updates, lock, self.now_ms()).await {
             Ok(loaded) => self.after_write(Ok(loaded)),
             // The lock expired while this process was paused, and another holder's newer
             // result stands in Redis; this host's file has ours (merged, newest wins).
@@ -237,16 +223,6 @@ impl QuotaManager {
         });
     }
 
-    /// Everything queued, for the write about to run; `None` when there is nothing to write
-    /// (or nowhere to write it: memory only).
-    fn take_unsaved(&self) -> Option<Vec<StoreUpdate>> {
-        if self.inner.shared.is_memory_only() {
-            return None;
-        }
-        let updates = self.state().writes.take();
-        (!updates.is_empty()).then_some(updates)
-    }
-
     /// `flush`, on the calling thread: for the host's exit, when no task will run any more.
     /// The lock wait is short there: a stopped holder must not keep the host from exiting.
     /// With Redis, only the state file is written here (Redis got each poll's record when it
@@ -259,7 +235,7 @@ impl QuotaManager {
         if !updates.is_empty() {
             let store =
                 store.with_lock_timeout(EXIT_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
-            self.after_write(store.apply_as_of(&updates, self.now()));
+            self.after_write(store.apply_as_of(&updates, self.now_ms()));
         }
     }
 
@@ -284,7 +260,7 @@ impl QuotaManager {
     /// trying the file, so a fixed directory is used again without a restart.
     pub(super) fn report_state_error(&self, error: &QuotaError) {
         bump(&self.inner.stats.state_errors);
-        if self.state().writes.first_state_error() {
+        if first_time(&mut self.state().writes.state_error_reported) {
             log::warn!(
                 "the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
             );
@@ -295,7 +271,7 @@ impl QuotaManager {
     /// once, counted in `stateFileNewerSchema`, never as a state error.
     pub(super) fn report_newer_schema(&self, version: u64) {
         bump(&self.inner.stats.state_file_newer_schema);
-        if self.state().writes.first_newer_schema() {
+        if first_time(&mut self.state().writes.newer_schema_reported) {
             log::warn!(
                 "the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
                 self.state_path().map_or_else(String::new, |p| p.display().to_string())
@@ -305,7 +281,7 @@ impl QuotaManager {
 
     pub(super) fn report_quarantine(&self, aside: &std::path::Path) {
         bump(&self.inner.stats.state_file_quarantines);
-        if self.state().writes.first_quarantine() {
+        if first_time(&mut self.state().writes.quarantine_reported) {
             log::warn!(
                 "the quota state file could not be read; it was moved to {} and the manager starts empty",
                 aside.display()
