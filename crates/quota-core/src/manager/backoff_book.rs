@@ -112,7 +112,7 @@ impl QuotaManager {
         let now = self.now_ms();
         let state = self.state();
         self.recheck_backoff_soon(&state, &RouteId::Main, now);
-        state.routes.main().record.backoff.is_open(now)
+        state.routes.main.record.backoff.is_open(now)
     }
 
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
@@ -127,7 +127,7 @@ impl QuotaManager {
     }
 
     pub fn last_api_error(&self) -> Option<ApiErrorRecord> {
-        self.state().routes.main().record.backoff.last_error.clone()
+        self.state().routes.main.record.backoff.last_error.clone()
     }
 
     pub fn fallback_api_error(&self, id: &str) -> Option<ApiErrorRecord> {
@@ -139,7 +139,7 @@ impl QuotaManager {
     pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
         let now = self.now_ms();
         let state = self.state();
-        let main = state.routes.main();
+        let main = &state.routes.main;
         let backoff = &main.record.backoff;
         if !state.settings.fail_closed || main.entry().is_some() || !backoff.is_open(now) {
             return None;

@@ -14,10 +14,6 @@ use crate::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 impl QuotaManager {
     // ----- reads ---------------------------------------------------------------------------
 
-    pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
-        self.main_entry_for(identity)
-    }
-
     pub fn get_fallback(
         &self,
         id: &str,
@@ -45,7 +41,7 @@ impl QuotaManager {
         if let Some(identity) = identity {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
-        state.routes.main_mut().record.entry = Some(Arc::new(entry));
+        state.routes.main.record.entry = Some(Arc::new(entry));
         let staged = state.stage_route(&RouteId::Main);
         self.schedule_flush(staged);
     }
@@ -143,12 +139,16 @@ impl QuotaManager {
     /// (`i64::MIN`: already, whatever the time). A host may keep it until the change counter
     /// moves and compare it with the manager's clock itself.
     pub fn main_stale_from(&self, model: Option<&str>) -> i64 {
-        // A strict identity makes the main entry stale unless it is stamped with that identity.
-        if self.main_strictly_unmatched() {
-            return i64::MIN;
-        }
         let state = self.state();
-        let main = state.routes.main();
+        let routes = &state.routes;
+        let main = &routes.main;
+        // A strict identity makes the main entry stale unless it is stamped with that identity.
+        if routes.generations.strict_known() {
+            let owner = routes.main_owner().map(MainIdentity::persisted);
+            if owner.is_none() || main.entry().is_some_and(|e| e.quota.account_identity != owner) {
+                return i64::MIN;
+            }
+        }
         // The last attempt is the shared record's: an attempt by any process counts, so many
         // processes still poll once per interval between them.
         freshness::main_stale_from(

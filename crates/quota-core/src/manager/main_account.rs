@@ -27,41 +27,37 @@ impl QuotaManager {
         let routes = &mut state.routes;
         let wanted = identity.map(MainIdentity::parse);
         let previous = routes.main_owner().cloned();
-        let was_known = routes.generations.known;
-        let changed = force
-            || !was_known
-            || !same_identity(previous.as_ref(), wanted.as_ref())
-            || strict != routes.generations.strict;
-        routes.generations.known = true;
-        routes.generations.strict = strict;
-        if !changed {
+        let identity_moved = !same_identity(previous.as_ref(), wanted.as_ref());
+        let was_known = std::mem::replace(&mut routes.generations.known, true);
+        let was_strict = std::mem::replace(&mut routes.generations.strict, strict);
+        if !(force || !was_known || identity_moved || strict != was_strict) {
             return None;
         }
         routes.generations.identity += 1;
         let wanted_name = wanted.as_ref().map(MainIdentity::persisted);
-        let last_error = routes.main().record.backoff.last_error.clone();
+        let last_error = routes.main.record.backoff.last_error.clone();
         let kept_entry = routes
-            .main()
+            .main
             .entry()
             .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
             .cloned();
         if force {
             routes.retarget_main(wanted);
             routes.generations.error_cleared(now);
-            self.schedule_main_write(state);
+            self.schedule_flush(state.stage_route(&RouteId::Main));
             return None;
         }
-        let identity_moved = !same_identity(previous.as_ref(), wanted.as_ref());
         if identity_moved {
             match (&previous, wanted.clone()) {
                 // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
-                // whoever binds it), and drops an entry not stamped for the new identity.
+                // whoever binds it).
                 (None, Some(wanted)) => routes.bind_main(wanted),
                 _ => routes.retarget_main(wanted),
             }
-            routes.main_mut().record.entry = kept_entry;
-        } else if wanted_name.is_some() && kept_entry.is_none() {
-            routes.main_mut().record.entry = None;
+        }
+        // Only an entry stamped for the identity now bound stays.
+        if identity_moved || wanted_name.is_some() {
+            routes.main.record.entry = kept_entry;
         }
         let error_of_another = last_error.as_ref().is_some_and(|error| {
             wanted_name.is_some()
@@ -71,9 +67,9 @@ impl QuotaManager {
                 }
         });
         if error_of_another {
-            routes.main_mut().clear_backoff(now);
+            routes.main.clear_backoff(now);
             let generation = routes.generations.error_cleared(now);
-            self.schedule_main_write(state);
+            self.schedule_flush(state.stage_route(&RouteId::Main));
             return Some(generation);
         }
         None
@@ -93,8 +89,7 @@ impl QuotaManager {
 
     /// Unbinds the main identity and drops its entry (strictness and `known` stay).
     pub fn clear_main(&self) {
-        let mut state = self.state();
-        state.routes.retarget_main(None);
+        self.state().routes.retarget_main(None);
     }
 
     /// Clears the main backoff here and, through the state file, in every process. `None`
@@ -103,19 +98,14 @@ impl QuotaManager {
         let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
-        let main = state.routes.main_mut();
+        let main = &mut state.routes.main;
         if main.record.backoff.last_error.is_none() && !main.record.backoff.is_open(now) {
             return None;
         }
         main.clear_backoff(now);
         let generation = state.routes.generations.error_cleared(now);
-        self.schedule_main_write(state);
+        self.schedule_flush(state.stage_route(&RouteId::Main));
         Some(generation)
-    }
-
-    pub(super) fn schedule_main_write(&self, state: &mut super::State) {
-        let staged = state.stage_route(&RouteId::Main);
-        self.schedule_flush(staged);
     }
 
     /// Seeding order (docs/compat.md#main-identity): a persisted clear cannot erase a newer in-memory error, and a
@@ -128,15 +118,14 @@ impl QuotaManager {
     ) -> bool {
         let routes = &mut state.routes;
         let persisted_error = storage.main_last_error.as_ref();
-        let current_checked_at = |routes: &Routes| {
-            routes.main().record.backoff.last_error.as_ref().map(|e| e.checked_at)
-        };
+        let current_checked_at =
+            |routes: &Routes| routes.main.record.backoff.last_error.as_ref().map(|e| e.checked_at);
         if let Some(cleared) = storage.main_quota_error_cleared_at {
             if routes.generations.error_cleared_at.is_none_or(|at| cleared > at) {
                 routes.generations.error_cleared_at = Some(cleared);
                 let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
                 if persisted_older && current_checked_at(routes).is_none_or(|at| at <= cleared) {
-                    routes.main_mut().clear_backoff(now);
+                    routes.main.clear_backoff(now);
                 }
             }
         }
@@ -147,7 +136,7 @@ impl QuotaManager {
                 if persisted_error.is_none()
                     && current_checked_at(routes).is_none_or(|at| cleared.is_none_or(|c| at <= c))
                 {
-                    routes.main_mut().clear_backoff(now);
+                    routes.main.clear_backoff(now);
                 }
             }
         }
@@ -171,10 +160,10 @@ impl QuotaManager {
     }
 
     /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).
-    pub(super) fn main_entry_for(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
+    pub fn get_main(&self, identity: Option<&str>) -> Option<Arc<QuotaEntry>> {
         let state = self.state();
         let routes = &state.routes;
-        let entry = routes.main().entry()?;
+        let entry = routes.main.entry()?;
         match identity {
             None => {
                 let bound_by_name = matches!(routes.main_owner(), Some(MainIdentity::Account(_)));
@@ -195,21 +184,6 @@ impl QuotaManager {
             }
         }
         Some(entry.clone())
-    }
-
-    /// A strict identity makes the main entry stale unless it is stamped with that identity.
-    pub(super) fn main_strictly_unmatched(&self) -> bool {
-        let state = self.state();
-        let routes = &state.routes;
-        if !routes.generations.strict_known() {
-            return false;
-        }
-        let Some(owner) = routes.main_owner() else {
-            return true;
-        };
-        routes.main().entry().is_some_and(|e| {
-            e.quota.account_identity.as_deref() != Some(owner.persisted().as_str())
-        })
     }
 
     /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the

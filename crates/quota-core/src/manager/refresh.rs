@@ -154,7 +154,7 @@ impl QuotaManager {
         let now = self.now_ms();
         let identity = {
             let state = self.state();
-            let main = state.routes.main();
+            let main = &state.routes.main;
             if state.closed || !main.flights.is_empty() || main.record.backoff.is_open(now) {
                 return None;
             }
@@ -197,7 +197,7 @@ impl QuotaManager {
     pub fn main_joinable(&self) -> u64 {
         let now = self.now_ms();
         let state = self.state();
-        let main = state.routes.main();
+        let main = &state.routes.main;
         let flight = main.flights.last_handed().filter(|_| !state.closed);
         flight.filter(|_| !main.record.backoff.is_open(now)).map_or(0, Flight::id)
     }
@@ -205,7 +205,7 @@ impl QuotaManager {
     /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
     /// request the last main refresh call was handed, as if each had joined it.
     pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
-        let Some(flight) = state.routes.main().flights.last_handed() else {
+        let Some(flight) = state.routes.main.flights.last_handed() else {
             return;
         };
         if let Some(&(served, _)) = flight.count_callers(joined) {

@@ -156,7 +156,7 @@ pub(super) struct Routes {
     main_owner: Option<MainIdentity>,
     /// The main identity's generations (docs/compat.md#main-identity).
     pub generations: MainGenerations,
-    main: RouteSlot,
+    pub main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
     /// Main routes the slot was re-bound away from, by state-file key: their backoff and pacing
     /// (never their cache), so a request of the old identity still records its failure, and
@@ -164,7 +164,7 @@ pub(super) struct Routes {
     left_main: Vec<(String, RouteRecord)>,
     /// Main routes read from the state file at construction, by key, before the host named
     /// its account: the one of the identity the host names first is taken then, never another.
-    unclaimed_main: Vec<(String, RouteRecord)>,
+    pub unclaimed_main: Vec<(String, RouteRecord)>,
     /// One counter for slot generations and request ids, so neither ever repeats.
     last_id: u64,
     /// Bumped whenever a fallback slot may change (every mutable access to one): while it
@@ -176,14 +176,6 @@ impl Routes {
     pub fn next_id(&mut self) -> u64 {
         self.last_id += 1;
         self.last_id
-    }
-
-    pub fn main(&self) -> &RouteSlot {
-        &self.main
-    }
-
-    pub fn main_mut(&mut self) -> &mut RouteSlot {
-        &mut self.main
     }
 
     pub fn main_owner(&self) -> Option<&MainIdentity> {
@@ -375,11 +367,6 @@ impl Routes {
         self.reset(&RouteId::Main, None);
         self.main_owner = None;
         self.return_to_main();
-    }
-
-    /// Keeps a main route of the state file until the host names its account.
-    pub fn keep_unclaimed_main(&mut self, key: String, record: RouteRecord) {
-        self.unclaimed_main.push((key, record));
     }
 
     /// Takes the state file's route of the identity just bound, if construction read one.

@@ -123,7 +123,7 @@ impl QuotaManager {
                     if main_identity.as_ref() == Some(&identity) {
                         state.routes.seed_main(identity, &record);
                     } else {
-                        state.routes.keep_unclaimed_main(key.clone(), record);
+                        state.routes.unclaimed_main.push((key.clone(), record));
                     }
                 }
                 Some(RouteKey::Fallback(id)) => state.routes.seed_fallback(&id, &record),
@@ -159,12 +159,12 @@ impl QuotaManager {
         if let (Some(identity), false) = (&identity, known) {
             state.routes.bind_main(MainIdentity::parse(identity));
         }
-        let held_error = state.routes.main().record.backoff.last_error.is_some();
+        let held_error = state.routes.main.record.backoff.last_error.is_some();
         let adopt_error = Self::seed_main_generations(state, storage, now);
-        if held_error && state.routes.main().record.backoff.last_error.is_none() {
+        if held_error && state.routes.main.record.backoff.last_error.is_none() {
             // The host's store says the backoff was cleared (the plugin's reset command): the
             // shared state file must not keep it for the other processes either.
-            self.schedule_main_write(state);
+            self.schedule_flush(state.stage_route(&RouteId::Main));
         }
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {
@@ -185,7 +185,7 @@ impl QuotaManager {
             checked_at: storage.main_quota_checked_at,
             last_error: storage.main_last_error.as_ref().filter(|_| adopt_error),
         };
-        persisted.seed(state.routes.main_mut(), &state.settings, now);
+        persisted.seed(&mut state.routes.main, &state.settings, now);
     }
 
     /// Adopts each configured account's persisted quota and backoff, and forgets accounts that
