@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::announce::Announcement;
+use super::backoff_book::backed_off_answer;
 use super::outcome::{RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
@@ -152,26 +153,20 @@ impl QuotaManager {
         let attempt_from_the_future =
             record.and_then(|r| r.last_attempt_at).is_some_and(beyond_skew);
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
-        if state.routes.attempt_slot(&attempt.route, attempt.generation).is_none() {
+        let Some(slot) = state.routes.attempt_slot(&attempt.route, attempt.generation) else {
             // The slot was re-bound meanwhile: the polled route's backoff still holds.
             let kept =
                 state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
             if let Some(record) = &record {
                 kept.merge(record);
             }
-            let kept = RouteSlot::detached(kept.clone());
-            return kept
-                .record
-                .backoff
-                .is_open(now)
-                .then(|| (Served::DuringBackoff, kept.served_from_cache(now)));
-        }
-        let slot = state.routes.attempt_slot(&attempt.route, attempt.generation)?;
+            return backed_off_answer(kept, now);
+        };
         if let Some(record) = &record {
             slot.adopt(record);
         }
-        if slot.record.backoff.is_open(now) {
-            return Some((Served::DuringBackoff, slot.served_from_cache(now)));
+        if let Some(answer) = backed_off_answer(&slot.record, now) {
+            return Some(answer);
         }
         let entry = slot.entry()?;
         let produced_by_another = attempt.baseline_checked_at.is_none_or(|b| entry.checked_at > b);

@@ -2,12 +2,13 @@
 //! one the host persisted, and answering while it is open (docs/backoff.md, docs/routing.md#fail-closed-answer).
 
 use super::attempt::Attempt;
-use super::outcome::RefreshOutcome;
+use super::outcome::{RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::QuotaManager;
 use crate::backoff;
 use crate::error::QuotaError;
 use crate::snapshot::{ApiErrorRecord, QuotaSource};
+use crate::store::RouteRecord;
 
 /// How often, at most, a route backed off here looks at the shared store again.
 const BACKOFF_RECHECK_MS: i64 = 1_000;
@@ -19,20 +20,22 @@ pub struct FailClosedResponse {
     pub body: String,
 }
 
-impl RouteSlot {
-    /// The answer while backed off: the cache, or a `QUOTA_BACKED_OFF` error when empty.
-    pub(super) fn served_from_cache(&self, now: i64) -> Result<RefreshOutcome, QuotaError> {
-        if let Some(entry) = self.entry() {
-            Ok(RefreshOutcome { quota: entry.quota.clone(), fetched: false })
-        } else {
-            let next_retry_at = self.record.backoff.next_retry_at.unwrap_or(now);
-            Err(QuotaError::BackedOff {
-                next_retry_at,
-                retry_after_ms: (next_retry_at - now).max(0),
-            })
-        }
+/// The answer while the route is backed off: the cache, or a `QUOTA_BACKED_OFF` error when
+/// empty; `None` when it is not backed off.
+pub(super) fn backed_off_answer(record: &RouteRecord, now: i64) -> Option<Settled> {
+    if !record.backoff.is_open(now) {
+        return None;
     }
+    let answer = if let Some(entry) = &record.entry {
+        Ok(RefreshOutcome { quota: entry.quota.clone(), fetched: false })
+    } else {
+        let next_retry_at = record.backoff.next_retry_at.unwrap_or(now);
+        Err(QuotaError::BackedOff { next_retry_at, retry_after_ms: (next_retry_at - now).max(0) })
+    };
+    Some((Served::DuringBackoff, answer))
+}
 
+impl RouteSlot {
     /// A poll succeeded: the ladder starts over.
     pub(super) fn clear_backoff(&mut self, now: i64) {
         self.record.backoff.record_success();

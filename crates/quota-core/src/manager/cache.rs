@@ -39,7 +39,7 @@ impl QuotaManager {
     pub fn set_main(&self, identity: Option<&str>, entry: QuotaEntry) {
         let mut state = self.state();
         if let Some(identity) = identity {
-            state.routes.bind_main(MainIdentity::parse(identity));
+            state.routes.bind_main(Some(MainIdentity::parse(identity)));
         }
         state.routes.main.record.entry = Some(Arc::new(entry));
         let staged = state.stage_route(&RouteId::Main);
@@ -78,7 +78,7 @@ impl QuotaManager {
     ) -> Option<Arc<QuotaEntry>> {
         let mut state = self.state();
         if let Some(identity) = identity {
-            state.routes.bind_main(MainIdentity::parse(identity));
+            state.routes.bind_main(Some(MainIdentity::parse(identity)));
         }
         Some(self.merge_frame(&mut state, &RouteId::Main, frame))
     }

@@ -48,11 +48,12 @@ impl QuotaManager {
             return None;
         }
         if identity_moved {
-            match (&previous, wanted.clone()) {
-                // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
-                // whoever binds it).
-                (None, Some(wanted)) => routes.bind_main(wanted),
-                _ => routes.retarget_main(wanted),
+            // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
+            // whoever binds it).
+            if previous.is_none() {
+                routes.bind_main(wanted);
+            } else {
+                routes.retarget_main(wanted);
             }
         }
         // Only an entry stamped for the identity now bound stays.

@@ -6,9 +6,10 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
+use super::backoff_book::backed_off_answer;
 use super::identity::{same_identity, MainIdentity, MainTarget};
 use super::outcome::{RefreshOutcome, Served, Settled};
-use super::routes::{RouteId, RouteSlot};
+use super::routes::RouteId;
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
@@ -113,12 +114,8 @@ impl QuotaManager {
         if moves && state.routes.generations.known {
             state.routes.generations.identity += 1;
         }
-        match identity {
-            Some(identity) => state.routes.bind_main(identity),
-            None => state.routes.unbind_main(),
-        }
-        let (ticket, hold) = self.join_or_start(&mut state, RouteId::Main, token);
-        self.settle(ticket, hold)
+        state.routes.bind_main(identity);
+        self.join_or_start(&mut state, RouteId::Main, token)
     }
 
     pub async fn refresh_fallback(
@@ -143,9 +140,7 @@ impl QuotaManager {
         }
         // A refresh for a login that was replaced answers for the current one.
         state.routes.bind_fallback_for(id, account);
-        let (ticket, hold) =
-            self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token);
-        self.settle(ticket, hold)
+        self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)
     }
 
     /// A refresh of the main route that nobody awaits: `None` when one is running already,
@@ -213,55 +208,42 @@ impl QuotaManager {
         }
     }
 
-    /// Joined once the request was done: its starter's tally was final. Counted now, as the
-    /// starter counts its callers (a caller handed a promise already made never awaits its own
-    /// wait).
-    fn count_late_joiner(&self, served: Served) {
-        bump(served.counter(&self.inner.stats));
-    }
-
     fn hold(&self, route: &RouteId, generation: u64, id: u64) -> FlightHold {
         FlightHold { manager: self.downgrade(), route: route.clone(), generation, id }
     }
 
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
-    fn join_or_start(
-        &self,
-        state: &mut State,
-        route: RouteId,
-        token: &str,
-    ) -> (Ticket<Settled>, Option<FlightHold>) {
+    fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Refresh {
         let now = self.now_ms();
         let flight_key = route.flight_key(token);
-        let generation = {
-            let slot = state.routes.slot_mut(&route);
-            if slot.record.backoff.is_open(now) {
-                bump(&self.inner.stats.served_during_backoff);
-                slot.flights.handed(None);
-                let cached = (Served::DuringBackoff, slot.served_from_cache(now));
-                self.recheck_backoff_soon(state, &route, now);
-                return (Ticket::ready(cached), None);
+        let slot = state.routes.slot_mut(&route);
+        if let Some(cached) = backed_off_answer(&slot.record, now) {
+            bump(&self.inner.stats.served_during_backoff);
+            slot.flights.handed(None);
+            self.recheck_backoff_soon(state, &route, now);
+            return self.settle(Ticket::ready(cached), None);
+        }
+        if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
+            let id = running.id();
+            // Joined once the request was done: its starter's tally was final. Counted now, as
+            // the starter counts its callers (a caller handed a promise already made never
+            // awaits its own wait).
+            if let Some(&(served, _)) = running.count_callers(1) {
+                bump(served.counter(&self.inner.stats));
             }
-            if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
-                let id = running.id();
-                if let Some(&(served, _)) = running.count_callers(1) {
-                    self.count_late_joiner(served);
-                }
-                let ticket = running.join();
-                slot.flights.handed(Some(id));
-                return (ticket, Some(self.hold(&route, slot.generation, id)));
-            }
-            slot.generation
-        };
+            let ticket = running.join();
+            slot.flights.handed(Some(id));
+            return self.settle(ticket, Some(self.hold(&route, slot.generation, id)));
+        }
+        let generation = slot.generation;
+        let baseline_checked_at = slot.own_checked_at();
+        let baseline_attempt_at = slot.record.last_attempt_at;
         let flight_id = state.routes.next_id();
         let attempt = Attempt {
             identity: state.routes.snapshot_identity(&route),
             key: state.routes.key(&route).to_string(),
-            baseline_checked_at: state.routes.slot(&route).and_then(RouteSlot::own_checked_at),
-            baseline_attempt_at: state
-                .routes
-                .slot(&route)
-                .and_then(|slot| slot.record.last_attempt_at),
+            baseline_checked_at,
+            baseline_attempt_at,
             route: route.clone(),
             token: token.to_owned(),
             generation,
@@ -278,8 +260,7 @@ impl QuotaManager {
         }
         .boxed();
         let (flight, ticket) = Flight::lead(flight_id, work);
-        let hold = self.hold(&route, generation, flight_id);
         state.routes.slot_mut(&route).flights.start(flight_key, flight);
-        (ticket, Some(hold))
+        self.settle(ticket, Some(self.hold(&route, generation, flight_id)))
     }
 }

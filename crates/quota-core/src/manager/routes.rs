@@ -93,11 +93,6 @@ pub(super) enum LineageBind {
 }
 
 impl RouteSlot {
-    /// A slot bound to nothing, around a record (to answer from a route no slot holds).
-    pub fn detached(record: RouteRecord) -> Self {
-        Self { record, ..Self::default() }
-    }
-
     pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
         self.record.entry.as_ref()
     }
@@ -328,45 +323,37 @@ impl Routes {
         slot.record.lineage == lineage.map(fingerprint)
     }
 
-    /// Binds the main slot to `identity`, dropping another identity's data.
-    pub fn bind_main(&mut self, identity: MainIdentity) {
-        match &self.main_owner {
+    /// Binds the main slot to `identity`, dropping another identity's data; `None`
+    /// (`refreshMain(undefined, …)`) unbinds it. The account left keeps its backoff and pacing
+    /// under its key, and the account bound gets back what it had when it was left.
+    pub fn bind_main(&mut self, identity: Option<MainIdentity>) {
+        match (&self.main_owner, &identity) {
+            (None, None) => return,
             // One account, whichever way it was named (a token and `token:<fingerprint>`).
-            Some(owner) if same_identity(Some(owner), Some(&identity)) => {}
-            Some(_) => {
-                self.leave_main();
-                self.reset(&RouteId::Main, None);
-                self.main_owner = Some(identity);
-                self.return_to_main();
-            }
-            None => {
+            (Some(owner), Some(new)) if same_identity(Some(owner), Some(new)) => {}
+            (None, Some(new)) => {
                 // What an unbound slot holds was stored for nobody in particular (a legacy seed):
                 // it is served to the account it names, never to another one.
                 let named = self
                     .main
                     .entry()
                     .and_then(|e| e.quota.account_identity.as_deref())
-                    .is_some_and(|id| id == identity.persisted() || identity.is_named_by(id));
+                    .is_some_and(|id| id == new.persisted() || new.is_named_by(id));
                 if !named {
                     self.main.record.entry = None;
                 }
-                self.main_owner = Some(identity);
+                self.main_owner = identity;
+            }
+            (Some(_), _) => {
+                self.leave_main();
+                self.reset(&RouteId::Main, None);
+                self.main_owner = identity;
+                self.return_to_main();
             }
         }
-        self.claim_main();
-    }
-
-    /// Unbinds the main slot (`refreshMain(undefined, …)`): the account it was bound to keeps
-    /// its backoff and pacing under its key, its cache is dropped, and the unnamed route gets
-    /// back what it had.
-    pub fn unbind_main(&mut self) {
-        if self.main_owner.is_none() {
-            return;
+        if self.main_owner.is_some() {
+            self.claim_main();
         }
-        self.leave_main();
-        self.reset(&RouteId::Main, None);
-        self.main_owner = None;
-        self.return_to_main();
     }
 
     /// Takes the state file's route of the identity just bound, if construction read one.
@@ -412,16 +399,14 @@ impl Routes {
         generation: u64,
         key: &str,
     ) -> Option<&mut RouteRecord> {
-        let current_key = self.key(route).to_string();
         match route {
-            RouteId::Main if self.main.generation != generation && current_key != key => {
-                let index = if let Some(index) = self.left_main.iter().position(|(k, _)| k == key) {
-                    index
-                } else {
+            RouteId::Main
+                if self.main.generation != generation && self.key(route).to_string() != key =>
+            {
+                if !self.left_main.iter().any(|(k, _)| k == key) {
                     self.left_main.push((key.to_owned(), RouteRecord::default()));
-                    self.left_main.len() - 1
-                };
-                Some(&mut self.left_main[index].1)
+                }
+                self.left_main.iter_mut().find(|(k, _)| k == key).map(|(_, record)| record)
             }
             RouteId::Main => Some(&mut self.main.record),
             RouteId::Fallback(_) => {

@@ -157,7 +157,7 @@ impl QuotaManager {
                 .map(str::to_owned)
         };
         if let (Some(identity), false) = (&identity, known) {
-            state.routes.bind_main(MainIdentity::parse(identity));
+            state.routes.bind_main(Some(MainIdentity::parse(identity)));
         }
         let held_error = state.routes.main.record.backoff.last_error.is_some();
         let adopt_error = Self::seed_main_generations(state, storage, now);
