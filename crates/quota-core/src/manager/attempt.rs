@@ -177,7 +177,8 @@ impl QuotaManager {
                 && Self::main_attempted_meanwhile(attempt, slot, now, interval))
         {
             let outcome = RefreshOutcome { quota: slot.entry()?.quota.clone(), fetched: false };
-            slot.answered_with_adopted();
+            // From now on this process knows the adopted snapshot.
+            slot.adopted_checked_at = None;
             return Some((Served::OtherProcess, Ok(outcome)));
         }
         None

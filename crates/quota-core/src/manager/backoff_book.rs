@@ -112,21 +112,18 @@ impl QuotaManager {
     }
 
     pub fn is_backed_off(&self) -> bool {
-        let now = self.now_ms();
-        let state = self.state();
-        self.recheck_backoff_soon(&state, &RouteId::Main, now);
-        state.routes.main.record.backoff.is_open(now)
+        self.is_route_backed_off(&RouteId::Main)
     }
 
     pub fn is_fallback_backed_off(&self, id: &str) -> bool {
+        self.is_route_backed_off(&RouteId::Fallback(id.to_owned()))
+    }
+
+    fn is_route_backed_off(&self, route: &RouteId) -> bool {
         let now = self.now_ms();
         let state = self.state();
-        let backed_off =
-            state.routes.fallback(id).is_some_and(|slot| slot.record.backoff.is_open(now));
-        if backed_off {
-            self.recheck_backoff_soon(&state, &RouteId::Fallback(id.to_owned()), now);
-        }
-        backed_off
+        self.recheck_backoff_soon(&state, route, now);
+        state.routes.slot(route).is_some_and(|slot| slot.record.backoff.is_open(now))
     }
 
     pub fn last_api_error(&self) -> Option<ApiErrorRecord> {

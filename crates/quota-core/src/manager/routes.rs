@@ -54,31 +54,16 @@ pub(super) struct RouteSlot {
     /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
     /// login named later is then a replacement, as upstream.
     lineage_observed: bool,
-    lineage_memo: LineageMemo,
+    /// The last login id the slot was handed and its fingerprint: the host hands the same one
+    /// with every seeding and refresh, and hashing it each time was most of a 10,000-account
+    /// seeding.
+    lineage_memo: Option<(String, String)>,
     /// When the shared store was last looked at for this route's backoff (see
     /// `recheck_backoff_soon`): atomic, so a read-only question can claim the next look.
     backoff_rechecked_at: AtomicI64,
     /// The `checkedAt` of a snapshot taken from the shared store (another process's result)
     /// that no refresh here has answered with yet (see [`RouteSlot::own_checked_at`]).
-    adopted_checked_at: Option<i64>,
-}
-
-/// The last login id a slot was handed and its fingerprint: the host hands the same one with
-/// every seeding and refresh, and hashing it each time was most of a 10,000-account seeding.
-#[derive(Default)]
-struct LineageMemo(Option<(String, String)>);
-
-impl LineageMemo {
-    fn fingerprint(&mut self, lineage: &str) -> String {
-        match &self.0 {
-            Some((seen, fingerprinted)) if seen == lineage => fingerprinted.clone(),
-            _ => {
-                let fingerprinted = fingerprint(lineage);
-                self.0 = Some((lineage.to_owned(), fingerprinted.clone()));
-                fingerprinted
-            }
-        }
-    }
+    pub adopted_checked_at: Option<i64>,
 }
 
 /// What binding an observed login did to a fallback slot.
@@ -93,6 +78,17 @@ pub(super) enum LineageBind {
 }
 
 impl RouteSlot {
+    fn lineage_fingerprint(&mut self, lineage: &str) -> String {
+        match &self.lineage_memo {
+            Some((seen, fingerprinted)) if seen == lineage => fingerprinted.clone(),
+            _ => {
+                let fingerprinted = fingerprint(lineage);
+                self.lineage_memo = Some((lineage.to_owned(), fingerprinted.clone()));
+                fingerprinted
+            }
+        }
+    }
+
     pub fn entry(&self) -> Option<&Arc<QuotaEntry>> {
         self.record.entry.as_ref()
     }
@@ -105,11 +101,6 @@ impl RouteSlot {
     pub fn own_checked_at(&self) -> Option<i64> {
         let at = self.entry()?.checked_at;
         (self.adopted_checked_at != Some(at)).then_some(at)
-    }
-
-    /// A refresh answered with the adopted snapshot: from now on this process knows it.
-    pub fn answered_with_adopted(&mut self) {
-        self.adopted_checked_at = None;
     }
 
     /// Claims the next look at the shared store for this route when the last was at least
@@ -134,13 +125,10 @@ impl RouteSlot {
         }
         let before = self.record.entry.clone();
         self.record.merge(incoming);
-        let replaced = match (&before, self.entry()) {
-            (Some(before), Some(after)) => !Arc::ptr_eq(before, after),
-            (None, Some(_)) => true,
-            (_, None) => false,
-        };
-        if replaced {
-            self.adopted_checked_at = self.entry().map(|e| e.checked_at);
+        if let Some(after) =
+            self.entry().filter(|after| !before.is_some_and(|b| Arc::ptr_eq(&b, after)))
+        {
+            self.adopted_checked_at = Some(after.checked_at);
         }
     }
 }
@@ -159,7 +147,7 @@ pub(super) struct Routes {
     left_main: Vec<(String, RouteRecord)>,
     /// Main routes read from the state file at construction, by key, before the host named
     /// its account: the one of the identity the host names first is taken then, never another.
-    pub unclaimed_main: Vec<(String, RouteRecord)>,
+    pub unclaimed_main: HashMap<String, RouteRecord>,
     /// One counter for slot generations and request ids, so neither ever repeats.
     last_id: u64,
     /// Bumped whenever a fallback slot may change (every mutable access to one): while it
@@ -275,22 +263,17 @@ impl Routes {
     pub fn observe_fallback(&mut self, id: &str, lineage: Option<&str>) -> LineageBind {
         let route = RouteId::Fallback(id.to_owned());
         let slot = self.slot_mut(&route);
-        let observed = lineage.map(|lineage| slot.lineage_memo.fingerprint(lineage));
+        let observed = lineage.map(|lineage| slot.lineage_fingerprint(lineage));
         let observed_before = std::mem::replace(&mut slot.lineage_observed, true);
         match (&slot.record.lineage, observed) {
             (Some(owner), Some(lineage)) if *owner == lineage => LineageBind::Same,
             (_, Some(lineage)) if slot.retired_lineages.contains(&lineage) => LineageBind::Refused,
             (Some(_), Some(lineage)) => self.replace_login(&route, lineage),
             (None, Some(lineage)) if observed_before => self.replace_login(&route, lineage),
-            (None, Some(lineage)) => {
-                slot.record.lineage = Some(lineage);
+            (_, observed) => {
+                slot.record.lineage = observed;
                 LineageBind::Same
             }
-            (Some(_), None) => {
-                slot.record.lineage = None;
-                LineageBind::Same
-            }
-            (None, None) => LineageBind::Same,
         }
     }
 
@@ -348,20 +331,19 @@ impl Routes {
                 self.leave_main();
                 self.reset(&RouteId::Main, None);
                 self.main_owner = identity;
-                self.return_to_main();
+                let key = self.key(&RouteId::Main).to_string();
+                if let Some(index) = self.left_main.iter().position(|(k, _)| *k == key) {
+                    let (_, kept) = self.left_main.remove(index);
+                    self.main.adopt(&kept);
+                }
             }
         }
+        // The state file's route of the identity just bound, if construction read one.
         if self.main_owner.is_some() {
-            self.claim_main();
-        }
-    }
-
-    /// Takes the state file's route of the identity just bound, if construction read one.
-    fn claim_main(&mut self) {
-        let key = self.key(&RouteId::Main).to_string();
-        if let Some(index) = self.unclaimed_main.iter().position(|(k, _)| *k == key) {
-            let (_, record) = self.unclaimed_main.swap_remove(index);
-            self.main.adopt(&record);
+            if let Some(record) = self.unclaimed_main.remove(&self.key(&RouteId::Main).to_string())
+            {
+                self.main.adopt(&record);
+            }
         }
     }
 
@@ -378,15 +360,6 @@ impl Routes {
         self.left_main.push((key, kept));
         let excess = self.left_main.len().saturating_sub(LEFT_MAIN_ROUTES_KEPT);
         self.left_main.drain(..excess);
-    }
-
-    /// Takes back the backoff and pacing the new main identity had when it was left.
-    fn return_to_main(&mut self) {
-        let key = self.key(&RouteId::Main).to_string();
-        if let Some(index) = self.left_main.iter().position(|(k, _)| *k == key) {
-            let (_, kept) = self.left_main.remove(index);
-            self.main.adopt(&kept);
-        }
     }
 
     /// The record a request must record its attempt and failure in: its slot's, or, for a main

@@ -123,7 +123,7 @@ impl QuotaManager {
                     if main_identity.as_ref() == Some(&identity) {
                         state.routes.seed_main(identity, &record);
                     } else {
-                        state.routes.unclaimed_main.push((key.clone(), record));
+                        state.routes.unclaimed_main.insert(key.clone(), record);
                     }
                 }
                 Some(RouteKey::Fallback(id)) => state.routes.seed_fallback(&id, &record),
