@@ -42,8 +42,7 @@ impl QuotaManager {
             state.routes.bind_main(Some(MainIdentity::parse(identity)));
         }
         state.routes.main.record.entry = Some(Arc::new(entry));
-        let staged = state.stage_route(&RouteId::Main);
-        self.schedule_flush(staged);
+        self.write_route_soon(&mut state, &RouteId::Main);
     }
 
     pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
@@ -54,16 +53,14 @@ impl QuotaManager {
         }
         let route = RouteId::Fallback(id.to_owned());
         state.routes.slot_mut(&route).record.entry = Some(Arc::new(entry));
-        let staged = state.stage_route(&route);
-        self.schedule_flush(staged);
+        self.write_route_soon(&mut state, &route);
     }
 
     pub fn clear_fallback(&self, id: &str) {
         let mut state = self.state();
         // A poll still running for it finds no slot of its generation and caches nothing.
         if state.routes.remove_fallback(id) {
-            let staged = state.stage_removal(id);
-            self.schedule_flush(staged);
+            self.remove_route_soon(&mut state, id);
         }
     }
 
@@ -124,8 +121,7 @@ impl QuotaManager {
         }
         let entry = state.settings.entry(quota, checked_at, now);
         slot.record.entry = Some(entry.clone());
-        let staged = state.stage_route(route);
-        self.schedule_flush(staged);
+        self.write_route_soon(state, route);
         entry
     }
 

@@ -44,7 +44,7 @@ impl QuotaManager {
         if force {
             routes.retarget_main(wanted);
             routes.generations.error_cleared(now);
-            self.schedule_flush(state.stage_route(&RouteId::Main));
+            self.write_route_soon(state, &RouteId::Main);
             return None;
         }
         if identity_moved {
@@ -70,7 +70,7 @@ impl QuotaManager {
         if error_of_another {
             routes.main.clear_backoff(now);
             let generation = routes.generations.error_cleared(now);
-            self.schedule_flush(state.stage_route(&RouteId::Main));
+            self.write_route_soon(state, &RouteId::Main);
             return Some(generation);
         }
         None
@@ -105,7 +105,7 @@ impl QuotaManager {
         }
         main.clear_backoff(now);
         let generation = state.routes.generations.error_cleared(now);
-        self.schedule_flush(state.stage_route(&RouteId::Main));
+        self.write_route_soon(state, &RouteId::Main);
         Some(generation)
     }
 

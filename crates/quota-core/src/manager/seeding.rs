@@ -164,7 +164,7 @@ impl QuotaManager {
         if held_error && state.routes.main.record.backoff.last_error.is_none() {
             // The host's store says the backoff was cleared (the plugin's reset command): the
             // shared state file must not keep it for the other processes either.
-            self.schedule_flush(state.stage_route(&RouteId::Main));
+            self.write_route_soon(state, &RouteId::Main);
         }
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {

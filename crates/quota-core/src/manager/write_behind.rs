@@ -1,10 +1,6 @@
 //! Write-behind: changes to the state file wait a moment to be written together. The first
 //! change schedules one write that carries every change made until it runs; a poll's result is
 //! written at once (other processes wait on the route's lock for exactly that).
-//!
-//! The invariant — a queued change always has a write coming — is kept by a type: queuing
-//! returns a [`Staged`], which must be handed to [`QuotaManager::schedule_flush`] or declared
-//! flushed by the caller.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,37 +49,21 @@ pub(super) struct WriteBehind {
     newer_schema_reported: bool,
 }
 
-/// A change is queued: someone must make sure a write takes it.
-#[must_use = "a queued change is written only by a flush: pass it to `schedule_flush`, or flush now"]
-pub(super) struct Staged {
-    /// The queue had no write coming: this change must bring one.
-    needs_write: bool,
-}
-
-impl Staged {
-    /// The caller writes the queue itself, right after queuing.
-    pub fn flushed_by_caller(self) {
-        let Self { needs_write: _ } = self;
-    }
-}
-
 impl WriteBehind {
     pub fn new(enabled: bool) -> Self {
         Self { enabled, ..Self::default() }
     }
 
-    /// Queues one change.
-    fn stage(&mut self, update: StoreUpdate) -> Staged {
+    /// Queues one change; `true` when no write was coming: the caller must bring one.
+    fn stage(&mut self, update: StoreUpdate) -> bool {
         if !self.enabled {
-            return Staged { needs_write: false };
+            return false;
         }
         let key = match &update {
             StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key.clone(),
         };
         self.unsaved.insert(key, update);
-        let needs_write = !self.write_coming;
-        self.write_coming = true;
-        Staged { needs_write }
+        !std::mem::replace(&mut self.write_coming, true)
     }
 
     /// Everything queued, for the write that is running now.
@@ -98,31 +78,26 @@ fn first_time(reported: &mut bool) -> bool {
     !std::mem::replace(reported, true)
 }
 
-impl State {
-    /// Queues the route's current record.
-    pub(super) fn stage_route(&mut self, route: &RouteId) -> Staged {
-        let Some(slot) = self.routes.slot(route) else {
-            return Staged { needs_write: false };
+impl QuotaManager {
+    /// Queues the route's current record for the next write.
+    pub(super) fn write_route_soon(&self, state: &mut State, route: &RouteId) {
+        let Some(slot) = state.routes.slot(route) else {
+            return;
         };
-        let update = StoreUpdate::Merge {
-            key: self.routes.key(route).to_string(),
-            record: Box::new(slot.record.clone()),
-        };
-        self.writes.stage(update)
+        let key = state.routes.key(route).to_string();
+        self.write_soon(state, StoreUpdate::Merge { key, record: Box::new(slot.record.clone()) });
     }
 
     /// Queues the removal of a forgotten fallback account.
-    pub(super) fn stage_removal(&mut self, id: &str) -> Staged {
+    pub(super) fn remove_route_soon(&self, state: &mut State, id: &str) {
         let key = RouteKey::Fallback(id.to_owned()).to_string();
-        self.writes.stage(StoreUpdate::Remove { key })
+        self.write_soon(state, StoreUpdate::Remove { key });
     }
-}
 
-impl QuotaManager {
     /// Coalesces writes: the first change schedules one write a moment later that carries
     /// every change made until then.
-    pub(super) fn schedule_flush(&self, staged: Staged) {
-        if !staged.needs_write {
+    fn write_soon(&self, state: &mut State, update: StoreUpdate) {
+        if !state.writes.stage(update) {
             return;
         }
         let manager = self.clone();
@@ -151,7 +126,8 @@ impl QuotaManager {
                 return;
             };
             let update = StoreUpdate::Merge { key: attempt.key.clone(), record };
-            state.writes.stage(update).flushed_by_caller();
+            // Written right below, by this caller.
+            state.writes.stage(update);
             let manager = self.clone();
             let task = self.inner.runtime.spawn(async move {
                 // Fenced by the route's lock: a holder whose Redis lock expired meanwhile
