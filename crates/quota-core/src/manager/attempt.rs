@@ -61,29 +61,25 @@ impl QuotaManager {
     }
 
     async fn attempt_under_locks(&self, attempt: &Attempt) -> (Settled, Option<Announcement>) {
-        let failed = |error| ((Served::Request, Err(error)), None);
         let fetch_slot = match attempt.route {
-            RouteId::Fallback(_) => match self.inner.fallback_fetch_slots.acquire().await {
-                Ok(permit) => Some(permit),
-                Err(_) => return failed(QuotaError::Closed),
-            },
+            // Never closed: acquiring cannot fail.
+            RouteId::Fallback(_) => self.inner.fallback_fetch_slots.acquire().await.ok(),
             RouteId::Main => None,
         };
         let route_lock = if self.inner.shared.is_memory_only() {
             None
         } else {
-            match self.lock_route(&attempt.key).await {
-                Ok((lock, shared)) => {
-                    if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
-                        if let Some(lock) = lock {
-                            lock.release().await;
-                        }
-                        return (settled, None);
-                    }
-                    lock
+            let (lock, shared) = match self.lock_route(&attempt.key).await {
+                Ok(locked) => locked,
+                Err(error) => return ((Served::Request, Err(error)), None),
+            };
+            if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
+                if let Some(lock) = lock {
+                    lock.release().await;
                 }
-                Err(error) => return failed(error),
+                return (settled, None);
             }
+            lock
         };
         self.wait_for_pacing(attempt).await;
         let (result, announcement) = self.fetch_and_record(attempt, fetch_slot).await;

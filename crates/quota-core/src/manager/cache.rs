@@ -12,8 +12,6 @@ use crate::merge::merge_header_frame;
 use crate::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 
 impl QuotaManager {
-    // ----- reads ---------------------------------------------------------------------------
-
     pub fn get_fallback(
         &self,
         id: &str,
@@ -34,8 +32,6 @@ impl QuotaManager {
         self.state().routes.fallback_entries()
     }
 
-    // ----- the host's writes ---------------------------------------------------------------
-
     pub fn set_main(&self, identity: Option<&str>, entry: QuotaEntry) {
         let mut state = self.state();
         if let Some(identity) = identity {
@@ -47,8 +43,7 @@ impl QuotaManager {
 
     pub fn set_fallback(&self, id: &str, entry: QuotaEntry, account: Option<&FallbackAccount>) {
         let mut state = self.state();
-        let bound = state.routes.bind_fallback_for(id, account);
-        if !bound {
+        if !state.routes.bind_fallback_for(id, account) {
             return;
         }
         let route = RouteId::Fallback(id.to_owned());
@@ -63,8 +58,6 @@ impl QuotaManager {
             self.remove_route_soon(&mut state, id);
         }
     }
-
-    // ----- header frames -------------------------------------------------------------------
 
     /// Merges a header frame (or a host-supplied snapshot, windows or not) into the main cache.
     /// A frame for another identity starts that identity from nothing.
@@ -125,8 +118,6 @@ impl QuotaManager {
         entry
     }
 
-    // ----- freshness -----------------------------------------------------------------------
-
     pub fn is_main_stale(&self, model: Option<&str>) -> bool {
         self.now_ms() >= self.main_stale_from(model)
     }
@@ -172,8 +163,7 @@ impl QuotaManager {
     }
 
     pub fn should_refresh_on_request_count(&self, request_count: i64) -> bool {
-        let every_n = self.state().settings.refresh_every_n;
-        freshness::should_refresh_on_request_count(request_count, every_n)
+        freshness::should_refresh_on_request_count(request_count, self.refresh_every_n())
     }
 
     pub fn needs_refresh(&self, request_count: i64, model: Option<&str>) -> bool {

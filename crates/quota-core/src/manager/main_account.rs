@@ -113,11 +113,10 @@ impl QuotaManager {
     /// persisted error at or before the cleared-at time is ignored. Returns whether the
     /// persisted error may be adopted.
     pub(super) fn seed_main_generations(
-        state: &mut super::State,
+        routes: &mut Routes,
         storage: &HostStorage,
         now: i64,
     ) -> bool {
-        let routes = &mut state.routes;
         let persisted_error = storage.main_last_error.as_ref();
         let current_checked_at =
             |routes: &Routes| routes.main.record.backoff.last_error.as_ref().map(|e| e.checked_at);
@@ -150,14 +149,7 @@ impl QuotaManager {
         let after_clear =
             routes.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
         let newest = current_checked_at(routes).is_none_or(|at| error.checked_at >= at);
-        let active = error.next_retry_at.is_some_and(|at| at > now);
-        if identity_ok && after_clear && newest && active {
-            if let Some(generation) = storage.main_quota_error_generation {
-                routes.generations.error = generation.max(routes.generations.error);
-            }
-            return true;
-        }
-        false
+        identity_ok && after_clear && newest && error.next_retry_at.is_some_and(|at| at > now)
     }
 
     /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).

@@ -30,68 +30,51 @@ impl Persisted<'_> {
     /// Adopts the snapshot when it is newer than the cache, and the error's backoff when that
     /// is newer than the route's.
     fn seed(&self, slot: &mut RouteSlot, settings: &Settings, now: i64) {
-        self.seed_quota(slot, settings, now);
-        if let Some(error) = self.last_error {
-            slot.adopt_persisted_error(error, now);
-        }
-    }
-
-    /// A newer header harvest is cached and the host persisted an older poll: the poll's own
-    /// fields (scoped windows, extra usage, its binding window) come back under the newer
-    /// header windows, as the plugin's seeding does. `true` when it merged.
-    fn restore_poll_fields(
-        slot: &mut RouteSlot,
-        persisted: &QuotaSnapshot,
-        checked_at: i64,
-    ) -> bool {
-        let Some(current) = slot.entry() else {
-            return false;
-        };
-        let merges = current.checked_at >= checked_at
-            && current.quota.source == Some(QuotaSource::Headers)
-            && persisted.source == Some(QuotaSource::Poll);
-        if !merges {
-            return false;
-        }
-        let mut quota = merge_header_frame(Some(persisted), &current.quota);
-        quota.account_identity.clone_from(&current.quota.account_identity);
-        slot.record.entry = Some(Arc::new(QuotaEntry {
-            quota,
-            checked_at: current.checked_at,
-            refresh_after: current.refresh_after,
-        }));
-        true
-    }
-
-    fn seed_quota(&self, slot: &mut RouteSlot, settings: &Settings, now: i64) {
         // A persisted main quota counts even without windows (legacy `{ quotas: [], expires }`):
         // it is the host's last word for that account, and its time says how fresh it is.
         let main_legacy = self.checked_at.is_some();
         let has_any_window =
             |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
-        if let Some(quota) = self.quota.filter(|q| main_legacy || has_any_window(q)) {
-            // As the plugin dates a persisted snapshot: by its own times (its latest window or
-            // its own `checkedAt`); a legacy one without any is dated 0, due at once.
-            let checked_at = quota.latest_checked_at().or_else(|| main_legacy.then_some(0));
-            if let Some(checked_at) = checked_at {
-                if main_legacy && Self::restore_poll_fields(slot, quota, checked_at) {
-                    return;
-                }
-                if slot.entry().is_none_or(|e| checked_at > e.checked_at) {
-                    slot.record.entry = Some(settings.seeded_entry(quota.clone(), checked_at, now));
-                }
+        // As the plugin dates a persisted snapshot: by its own times (its latest window or its
+        // own `checkedAt`); a legacy one without any is dated 0, due at once.
+        let dated = self.quota.filter(|q| main_legacy || has_any_window(q)).and_then(|quota| {
+            Some((quota, quota.latest_checked_at().or_else(|| main_legacy.then_some(0))?))
+        });
+        if let Some((quota, checked_at)) = dated {
+            let restored = main_legacy && restore_poll_fields(slot, quota, checked_at);
+            if !restored && slot.entry().is_none_or(|e| checked_at > e.checked_at) {
+                slot.record.entry = Some(settings.seeded_entry(quota.clone(), checked_at, now));
             }
         }
+        if let Some(error) = self.last_error {
+            slot.adopt_persisted_error(error, now);
+        }
     }
+}
+
+/// A newer header harvest is cached and the host persisted an older poll: the poll's own fields
+/// (scoped windows, extra usage, its binding window) come back under the newer header windows,
+/// as the plugin's seeding does. `true` when it merged.
+fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_at: i64) -> bool {
+    let Some(current) = slot.entry().filter(|current| {
+        current.checked_at >= checked_at
+            && current.quota.source == Some(QuotaSource::Headers)
+            && persisted.source == Some(QuotaSource::Poll)
+    }) else {
+        return false;
+    };
+    let mut quota = merge_header_frame(Some(persisted), &current.quota);
+    quota.account_identity.clone_from(&current.quota.account_identity);
+    slot.record.entry = Some(Arc::new(QuotaEntry { quota, ..**current }));
+    true
 }
 
 impl QuotaManager {
     /// Takes every route from the state file: the main route of `main_identity`, and every
     /// fallback account. Other main routes are kept aside, unowned: the file holds other
     /// accounts' routes too, and this process's account is known only once the host names it
-    /// (or passes its token); the route of that identity is taken then. Every adopted time is clamped (a clock running ahead, a damaged
-    /// value). This runs on the host's thread: the lock it may take (only to set a corrupt file
-    /// aside) is waited for briefly.
+    /// (or passes its token); the route of that identity is taken then. Every adopted time is
+    /// clamped (a clock running ahead, a damaged value).
     pub(super) fn seed_from_state_file(&self, main_identity: Option<MainIdentity>) {
         let Some(store) = &self.inner.store else {
             return;
@@ -146,39 +129,38 @@ impl QuotaManager {
         let now = self.now_ms();
         let mut state = self.state();
         let state = &mut *state;
-        let known = state.routes.generations.known;
-        let bound = state.routes.main_owner().map(MainIdentity::persisted);
-        let identity = if known {
-            bound
+        let identity = if state.routes.generations.known {
+            state.routes.main_owner().map(MainIdentity::persisted)
         } else {
-            identity
+            let named = identity
                 .or(storage.main_account_id.as_deref())
                 .or_else(|| storage.main_quota.as_ref()?.account_identity.as_deref())
-                .map(str::to_owned)
+                .map(str::to_owned);
+            if let Some(named) = &named {
+                state.routes.bind_main(Some(MainIdentity::parse(named)));
+            }
+            named
         };
-        if let (Some(identity), false) = (&identity, known) {
-            state.routes.bind_main(Some(MainIdentity::parse(identity)));
-        }
         let held_error = state.routes.main.record.backoff.last_error.is_some();
-        let adopt_error = Self::seed_main_generations(state, storage, now);
+        let adopt_error = Self::seed_main_generations(&mut state.routes, storage, now);
         if held_error && state.routes.main.record.backoff.last_error.is_none() {
             // The host's store says the backoff was cleared (the plugin's reset command): the
             // shared state file must not keep it for the other processes either.
             self.write_route_soon(state, &RouteId::Main);
         }
+        let strict = state.routes.generations.strict_known();
         // A legacy persisted quota carries no identity: it is the one it is seeded for.
         let quota = storage.main_quota.clone().map(|mut quota| {
-            if quota.account_identity.is_none() && !state.routes.generations.strict_known() {
+            if quota.account_identity.is_none() && !strict {
                 quota.account_identity.clone_from(&identity);
             }
             quota
         });
-        if let (Some(quota), Some(identity)) = (&quota, &identity) {
-            if state.routes.generations.strict_known()
-                && quota.account_identity.as_deref() != Some(identity.as_str())
-            {
-                return;
-            }
+        if strict
+            && identity.is_some()
+            && quota.as_ref().is_some_and(|q| q.account_identity != identity)
+        {
+            return;
         }
         let persisted = Persisted {
             quota: quota.as_ref(),
