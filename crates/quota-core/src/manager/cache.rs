@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::identity::MainIdentity;
-use super::routes::{LineageBind, RouteId};
+use super::routes::RouteId;
 use super::{QuotaManager, State};
 use crate::freshness;
 use crate::host::FallbackAccount;
@@ -18,12 +18,8 @@ impl QuotaManager {
         account: Option<&FallbackAccount>,
     ) -> Option<Arc<QuotaEntry>> {
         let mut state = self.state();
-        if let Some(account) = account {
-            if state.routes.observe_fallback(id, account.auth_lineage_id.as_deref())
-                == LineageBind::Refused
-            {
-                return None;
-            }
+        if account.is_some() && !state.routes.bind_fallback_for(id, account) {
+            return None;
         }
         state.routes.fallback(id)?.entry().cloned()
     }

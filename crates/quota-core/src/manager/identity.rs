@@ -125,21 +125,18 @@ pub(super) struct SeenTokens {
 }
 
 impl SeenTokens {
-    /// Is `identity` a token: the token of the same call, one shaped like an OAuth token
-    /// (Anthropic's start with `sk-ant-`), or one this manager was handed?
-    pub fn is_token(&self, identity: &str, token: Option<&str>) -> bool {
-        token == Some(identity) || identity.starts_with("sk-ant-") || {
+    /// `identity` as it may be kept: `token:<fingerprint>` when it is a token (the token of the
+    /// same call, one shaped like an OAuth token: Anthropic's start with `sk-ant-`, or one this
+    /// manager was handed).
+    pub fn identity_form(&self, identity: String, token: Option<&str>) -> String {
+        let is_token = token == Some(identity.as_str()) || identity.starts_with("sk-ant-") || {
             let pending = std::mem::take(&mut *lock(&self.pending));
             for tokens in pending {
                 self.remember(tokens().iter().map(String::as_str));
             }
-            lock(&self.hashes).contains(&self.keys.hash_one(identity))
-        }
-    }
-
-    /// `identity` as it may be kept: `token:<fingerprint>` when it is a token.
-    pub fn identity_form(&self, identity: String, token: Option<&str>) -> String {
-        if self.is_token(&identity, token) {
+            lock(&self.hashes).contains(&self.keys.hash_one(&identity))
+        };
+        if is_token {
             MainIdentity::of_token(&identity).persisted()
         } else {
             identity

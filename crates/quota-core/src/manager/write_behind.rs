@@ -137,11 +137,7 @@ impl QuotaManager {
                     lock.release().await;
                 }
             });
-            let write = async move {
-                let _ = task.await;
-            }
-            .boxed()
-            .shared();
+            let write = task.map(drop).boxed().shared();
             state.writes.running.retain(|w| w.peek().is_none());
             state.writes.running.push(write.clone());
             write
