@@ -5,15 +5,14 @@
 use std::time::Duration;
 
 use super::announce::Announcement;
-use super::backoff_book::backed_off_answer;
-use super::outcome::{RefreshOutcome, Served, Settled};
+use super::outcome::{backed_off_answer, RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
 use crate::error::QuotaError;
 use crate::fingerprint::fingerprint;
 use crate::freshness;
 use crate::merge::merge_poll_result;
-use crate::shared_store::{RouteGuard, StoreError};
+use crate::shared_store::RouteGuard;
 use crate::snapshot::QuotaSnapshot;
 use crate::stats::bump;
 use crate::store::{RouteRecord, MAX_CLOCK_SKEW_MS};
@@ -105,15 +104,8 @@ impl QuotaManager {
         }
         let outcome = match outcome {
             Ok(outcome) => outcome,
-            Err(StoreError::State(error)) => {
-                self.report_state_error(&error);
-                return Ok((None, None));
-            }
             Err(error) => {
-                self.report_state_error(&QuotaError::State {
-                    path: String::new(),
-                    reason: error.to_string(),
-                });
+                self.report_store_error(error);
                 return Ok((None, None));
             }
         };

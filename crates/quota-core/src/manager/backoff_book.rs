@@ -2,13 +2,11 @@
 //! one the host persisted, and answering while it is open (docs/backoff.md, docs/routing.md#fail-closed-answer).
 
 use super::attempt::Attempt;
-use super::outcome::{RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::QuotaManager;
 use crate::backoff;
 use crate::error::QuotaError;
 use crate::snapshot::{ApiErrorRecord, QuotaSource};
-use crate::store::RouteRecord;
 
 /// How often, at most, a route backed off here looks at the shared store again.
 const BACKOFF_RECHECK_MS: i64 = 1_000;
@@ -18,21 +16,6 @@ const BACKOFF_RECHECK_MS: i64 = 1_000;
 pub struct FailClosedResponse {
     pub retry_after_secs: i64,
     pub body: String,
-}
-
-/// The answer while the route is backed off: the cache, or a `QUOTA_BACKED_OFF` error when
-/// empty; `None` when it is not backed off.
-pub(super) fn backed_off_answer(record: &RouteRecord, now: i64) -> Option<Settled> {
-    if !record.backoff.is_open(now) {
-        return None;
-    }
-    let answer = if let Some(entry) = &record.entry {
-        Ok(RefreshOutcome { quota: entry.quota.clone(), fetched: false })
-    } else {
-        let next_retry_at = record.backoff.next_retry_at.unwrap_or(now);
-        Err(QuotaError::BackedOff { next_retry_at, retry_after_ms: (next_retry_at - now).max(0) })
-    };
-    Some((Served::DuringBackoff, answer))
 }
 
 impl RouteSlot {

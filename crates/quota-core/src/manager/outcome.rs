@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use crate::error::QuotaError;
 use crate::snapshot::QuotaSnapshot;
 use crate::stats::Stats;
+use crate::store::RouteRecord;
 
 /// What a refresh hands back.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,3 +38,18 @@ impl Served {
 }
 
 pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);
+
+/// The answer while the route is backed off: the cache, or a `QUOTA_BACKED_OFF` error when
+/// empty; `None` when it is not backed off.
+pub(super) fn backed_off_answer(record: &RouteRecord, now: i64) -> Option<Settled> {
+    if !record.backoff.is_open(now) {
+        return None;
+    }
+    let answer = if let Some(entry) = &record.entry {
+        Ok(RefreshOutcome { quota: entry.quota.clone(), fetched: false })
+    } else {
+        let next_retry_at = record.backoff.next_retry_at.unwrap_or(now);
+        Err(QuotaError::BackedOff { next_retry_at, retry_after_ms: (next_retry_at - now).max(0) })
+    };
+    Some((Served::DuringBackoff, answer))
+}

@@ -6,9 +6,8 @@ use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
 
 use super::attempt::Attempt;
-use super::backoff_book::backed_off_answer;
 use super::identity::{same_identity, MainIdentity, MainTarget};
-use super::outcome::{RefreshOutcome, Served, Settled};
+use super::outcome::{backed_off_answer, RefreshOutcome, Served, Settled};
 use super::routes::RouteId;
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};

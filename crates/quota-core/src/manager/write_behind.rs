@@ -182,11 +182,7 @@ impl QuotaManager {
             // The lock expired while this process was paused, and another holder's newer
             // result stands in Redis; this host's file has ours (merged, newest wins).
             Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
-            Err(StoreError::State(error)) => self.after_write(Err(error)),
-            Err(error) => {
-                let reason = error.to_string();
-                self.after_write(Err(QuotaError::State { path: String::new(), reason }));
-            }
+            Err(error) => self.report_store_error(error),
         }
         let pause = started.elapsed().min(MAX_WRITE_PAUSE);
         self.inner.runtime.spawn(async move {
@@ -237,6 +233,13 @@ impl QuotaManager {
                 "the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
             );
         }
+    }
+
+    pub(super) fn report_store_error(&self, error: StoreError) {
+        self.report_state_error(&match error {
+            StoreError::State(error) => error,
+            other => QuotaError::State { path: String::new(), reason: other.to_string() },
+        });
     }
 
     /// A file written by a newer build is left alone (never read, moved or written): reported
