@@ -37,6 +37,24 @@ pub(super) struct Attempt {
     pub baseline_attempt_at: Option<i64>,
 }
 
+impl Attempt {
+    /// Another process attempted the main route with this token while this request waited,
+    /// and knowing that, the cached entry is not due (the header-only rule counts an attempt,
+    /// not its success): polling again would make two polls in one interval. A failure met
+    /// with another token is no answer for this one.
+    fn main_attempted_meanwhile(&self, slot: &RouteSlot, now: i64, interval: i64) -> bool {
+        let record = &slot.record;
+        let Some(attempted_at) = record.last_attempt_at else {
+            return false;
+        };
+        let entry = slot.entry().map(AsRef::as_ref);
+        self.route == RouteId::Main
+            && self.baseline_attempt_at.is_none_or(|known| attempted_at > known)
+            && record.last_attempt_token.as_deref() == Some(fingerprint(&self.token).as_str())
+            && now < freshness::main_stale_from(entry, Some(attempted_at), interval, None)
+    }
+}
+
 impl QuotaManager {
     pub(super) async fn run_attempt(&self, attempt: Attempt) -> Settled {
         let (settled, announcement) = self.attempt_under_locks(&attempt).await;
@@ -161,8 +179,7 @@ impl QuotaManager {
         let recent = entry.checked_at >= attempt.started_at
             || !freshness::is_stale(Some(entry), now, interval, None);
         if (produced_by_another && recent && !from_the_future)
-            || (!attempt_from_the_future
-                && Self::main_attempted_meanwhile(attempt, slot, now, interval))
+            || (!attempt_from_the_future && attempt.main_attempted_meanwhile(slot, now, interval))
         {
             let outcome = RefreshOutcome { quota: slot.entry()?.quota.clone(), fetched: false };
             // From now on this process knows the adopted snapshot.
@@ -170,32 +187,6 @@ impl QuotaManager {
             return Some((Served::OtherProcess, Ok(outcome)));
         }
         None
-    }
-
-    /// Another process attempted the main route with this token while this request waited,
-    /// and knowing that, the cached entry is not due (the header-only rule counts an attempt,
-    /// not its success): polling again would make two polls in one interval. A failure met
-    /// with another token is no answer for this one.
-    fn main_attempted_meanwhile(
-        attempt: &Attempt,
-        slot: &RouteSlot,
-        now: i64,
-        interval: i64,
-    ) -> bool {
-        let record = &slot.record;
-        let Some(attempted_at) = record.last_attempt_at else {
-            return false;
-        };
-        let due = freshness::main_stale_from(
-            slot.entry().map(AsRef::as_ref),
-            Some(attempted_at),
-            interval,
-            None,
-        );
-        attempt.route == RouteId::Main
-            && attempt.baseline_attempt_at.is_none_or(|known| attempted_at > known)
-            && record.last_attempt_token.as_deref() == Some(fingerprint(&attempt.token).as_str())
-            && now < due
     }
 
     /// The fetch slot bounds concurrent requests only: it is given back as soon as the answer

@@ -157,26 +157,15 @@ impl QuotaManager {
         let state = self.state();
         let routes = &state.routes;
         let entry = routes.main.entry()?;
-        match identity {
-            None => {
-                let bound_by_name = matches!(routes.main_owner(), Some(MainIdentity::Account(_)));
-                if bound_by_name || routes.generations.strict_known() {
-                    return None;
-                }
-            }
+        let strict = routes.generations.strict_known();
+        let owner = || routes.main_owner().map(MainIdentity::persisted);
+        let served = match identity {
+            None => !strict && !matches!(routes.main_owner(), Some(MainIdentity::Account(_))),
             Some(wanted) => {
-                if !routes.main_matches(Some(wanted)) {
-                    return None;
-                }
-                if routes.generations.strict_known() {
-                    let owner = routes.main_owner().map(MainIdentity::persisted);
-                    if entry.quota.account_identity != owner {
-                        return None;
-                    }
-                }
+                routes.main_matches(wanted) && (!strict || entry.quota.account_identity == owner())
             }
-        }
-        Some(entry.clone())
+        };
+        served.then(|| entry.clone())
     }
 
     /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the

@@ -96,8 +96,8 @@ impl QuotaManager {
         }
         if let Some(expected) = expected_identity_generation {
             let named_moved = match target {
-                MainTarget::Named(id) => !state.routes.main_matches(Some(id)),
-                MainTarget::Token => !state.routes.main_matches(Some(token)),
+                MainTarget::Named(id) => !state.routes.main_matches(id),
+                MainTarget::Token => !state.routes.main_matches(token),
                 MainTarget::Unnamed => state.routes.main_owner().is_some(),
             };
             if state.routes.generations.identity != expected || named_moved {

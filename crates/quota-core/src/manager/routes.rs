@@ -394,13 +394,9 @@ impl Routes {
         self.main_owner = identity;
     }
 
-    /// Is the main slot the account the host names (`None`: whichever it holds)?
-    pub fn main_matches(&self, identity: Option<&str>) -> bool {
-        match (identity, &self.main_owner) {
-            (None, _) => true,
-            (Some(wanted), Some(owner)) => owner.is_named_by(wanted),
-            (Some(_), None) => false,
-        }
+    /// Is the main slot the account the host names?
+    pub fn main_matches(&self, identity: &str) -> bool {
+        self.main_owner.as_ref().is_some_and(|owner| owner.is_named_by(identity))
     }
 
     /// The route's key in the state file.
