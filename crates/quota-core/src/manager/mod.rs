@@ -17,7 +17,6 @@ mod loading;
 mod main_account;
 mod outcome;
 mod pacing;
-mod poll;
 mod refresh;
 mod routes;
 mod seeding;
