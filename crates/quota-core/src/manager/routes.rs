@@ -211,7 +211,6 @@ impl Routes {
         (slot.generation == generation).then_some(slot)
     }
 
-    /// Forgets a fallback account; `false` when it had no slot.
     pub fn remove_fallback(&mut self, id: &str) -> bool {
         self.fallbacks_mut().remove(id).is_some()
     }
@@ -231,7 +230,6 @@ impl Routes {
         entries
     }
 
-    /// The requests running now, on every route.
     pub fn running_flights(&self) -> Vec<super::single_flight::Shared<Settled>> {
         std::iter::once(&self.main)
             .chain(self.fallbacks.values())
@@ -268,19 +266,16 @@ impl Routes {
         match (&slot.record.lineage, observed) {
             (Some(owner), Some(lineage)) if *owner == lineage => LineageBind::Same,
             (_, Some(lineage)) if slot.retired_lineages.contains(&lineage) => LineageBind::Refused,
-            (Some(_), Some(lineage)) => self.replace_login(&route, lineage),
-            (None, Some(lineage)) if observed_before => self.replace_login(&route, lineage),
+            (owner, Some(lineage)) if owner.is_some() || observed_before => {
+                self.reset(&route, Some(lineage));
+                self.slot_mut(&route).lineage_observed = true;
+                LineageBind::Replaced
+            }
             (_, observed) => {
                 slot.record.lineage = observed;
                 LineageBind::Same
             }
         }
-    }
-
-    fn replace_login(&mut self, route: &RouteId, lineage: String) -> LineageBind {
-        self.reset(route, Some(lineage));
-        self.slot_mut(route).lineage_observed = true;
-        LineageBind::Replaced
     }
 
     /// Binds a fallback slot for a call that may name the account (its record, or
@@ -297,13 +292,10 @@ impl Routes {
     /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it
     /// only when no login is bound yet or it is the bound one; it never rebinds.
     pub fn accepts_fallback_observation(&self, id: &str, lineage: Option<&str>) -> bool {
-        let Some(slot) = self.fallbacks.get(id) else {
-            return true;
-        };
-        if !slot.lineage_observed && slot.record.lineage.is_none() {
-            return true;
-        }
-        slot.record.lineage == lineage.map(fingerprint)
+        self.fallbacks.get(id).is_none_or(|slot| {
+            let unbound = !slot.lineage_observed && slot.record.lineage.is_none();
+            unbound || slot.record.lineage == lineage.map(fingerprint)
+        })
     }
 
     /// Binds the main slot to `identity`, dropping another identity's data; `None`

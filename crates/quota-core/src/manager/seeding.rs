@@ -180,13 +180,12 @@ impl QuotaManager {
     }
 
     /// The first half of a seeding whose snapshots are not at hand yet (they cross from
-    /// JavaScript only when wanted: with 10,000 unchanged accounts that was most of the cost).
-    /// Does all of `seed_fallbacks` but adopting the snapshots that could be adopted: those with
-    /// no cached entry, or whose latest `checkedAt` may be newer than it (`latest_at_most[i]`
-    /// bounds account `i`'s; `None`: unknown). A snapshot no newer than its entry is never
-    /// adopted, so the answer may say "wanted" too often, never too rarely. The second half,
-    /// [`Self::seed_awaited_snapshots`], takes those accounts back with their snapshots. Ids
-    /// are unique, as [`crate::host::AccountList`] leaves them.
+    /// JavaScript only when wanted: with 10,000 unchanged accounts that was most of the cost):
+    /// all of `seed_fallbacks` but adopting the snapshots that could be adopted, those with no
+    /// cached entry or whose latest `checkedAt` may be newer (`latest_at_most[i]` bounds account
+    /// `i`'s; `None`: unknown), so it may say "wanted" too often, never too rarely. The second
+    /// half, [`Self::seed_awaited_snapshots`], takes those accounts back with their snapshots.
+    /// Ids are unique, as [`crate::host::AccountList`] leaves them.
     pub fn seed_fallbacks_but_snapshots(
         &self,
         accounts: Vec<FallbackAccount>,

@@ -145,23 +145,17 @@ impl QuotaManager {
         let _ = tokio::time::timeout(RESULT_WRITE_WAIT, write).await;
     }
 
-    /// The writes still running (see [`QuotaManager::persist_attempt`]).
     pub(super) fn running_writes(&self) -> Vec<RunningWrite> {
         std::mem::take(&mut self.state().writes.running)
     }
 
     /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
-    ///
-    /// Writes are serialised: a caller that finds, once its turn comes, nothing left to write
-    /// had its changes written by the caller before it (which took the whole queue), and that
-    /// write has landed: so "flushed" still means "on disk" for everyone.
-    ///
-    /// After a write, the next one waits as long as this one took (at most a second): a large
-    /// file written back to back would otherwise take the CPU from the requests whose results
-    /// it writes, and each write would carry only a handful of them. Waiting that long lets the
-    /// next write carry everything that came in meanwhile, so the number of writes stays about
-    /// the same however many accounts there are, and the cost per account stays flat. A single
-    /// result is still written at once (nothing is queued behind it).
+    /// Writes are serialised: a caller that finds nothing left to write once its turn comes had
+    /// its changes written, and landed, by the caller before it, so "flushed" means "on disk".
+    /// The next write waits as long as this one took (at most a second): written back to back,
+    /// a large file would take the CPU from the requests whose results it writes, a handful
+    /// each; waiting lets it carry everything that came in meanwhile, so the number of writes
+    /// stays flat however many accounts there are. A single result is still written at once.
     pub async fn flush(&self) {
         self.flush_under(None).await;
     }
