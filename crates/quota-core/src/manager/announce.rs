@@ -49,19 +49,13 @@ impl QuotaManager {
         let events = &self.inner.events;
         match (route, announcement) {
             (RouteId::Main, Announcement::Fetched(mut event)) => {
-                {
-                    let state = self.state();
-                    event.error_generation = state.routes.generations.error;
-                    event.error_cleared_at = state.routes.generations.error_cleared_at;
-                }
+                let generations = self.state().routes.generations.clone();
+                event.error_generation = generations.error;
+                event.error_cleared_at = generations.error_cleared_at;
                 events.main_quota_fetched(*event).await;
             }
             (RouteId::Main, Announcement::Failed(record)) => {
-                let generation = {
-                    let mut state = self.state();
-                    state.routes.generations.error += 1;
-                    state.routes.generations.error
-                };
+                let generation = self.state().routes.generations.error_set();
                 events.api_error(record, generation).await;
             }
             (RouteId::Fallback(id), Announcement::Fetched(event)) => {

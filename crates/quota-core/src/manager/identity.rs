@@ -92,11 +92,16 @@ pub(super) struct MainGenerations {
 }
 
 impl MainGenerations {
-    /// The error was set or cleared at `now`: a new error generation.
-    pub fn error_cleared(&mut self, now: i64) -> u64 {
+    /// The error was set: a new error generation.
+    pub fn error_set(&mut self) -> u64 {
         self.error += 1;
-        self.error_cleared_at = Some(self.error_cleared_at.map_or(now, |at| at.max(now)));
         self.error
+    }
+
+    /// The error was cleared at `now`: a new error generation.
+    pub fn error_cleared(&mut self, now: i64) -> u64 {
+        self.error_cleared_at = Some(self.error_cleared_at.map_or(now, |at| at.max(now)));
+        self.error_set()
     }
 
     pub fn strict_known(&self) -> bool {

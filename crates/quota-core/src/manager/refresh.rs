@@ -57,8 +57,12 @@ pub struct FlightHold {
 
 impl Drop for FlightHold {
     fn drop(&mut self) {
-        if let Some(manager) = self.manager.upgrade() {
-            manager.flight_answered(&self.route, self.generation, self.id);
+        let Some(manager) = self.manager.upgrade() else {
+            return;
+        };
+        let mut state = manager.state();
+        if let Some(slot) = state.routes.attempt_slot(&self.route, self.generation) {
+            slot.flights.answered(self.id);
         }
     }
 }
@@ -175,16 +179,6 @@ impl QuotaManager {
         Refresh { wait: wait.boxed(), attempt_id: id, hold }
     }
 
-    /// A caller's hold is dropped: frees the route for a new request when the request is done
-    /// and this was its last caller to be answered.
-    fn flight_answered(&self, route: &RouteId, generation: u64, id: u64) {
-        let mut state = self.state();
-        let Some(slot) = state.routes.attempt_slot(route, generation) else {
-            return;
-        };
-        slot.flights.answered(id);
-    }
-
     /// The request a main refresh call with the same arguments as the last one would join now
     /// (0: none; it would be answered at once, or start one): the host may answer such a call
     /// with the last call's answer, counting it with [`super::ChangeCounter`]'s joined calls.
@@ -199,10 +193,8 @@ impl QuotaManager {
     /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
     /// request the last main refresh call was handed, as if each had joined it.
     pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
-        let Some(flight) = state.routes.main.flights.last_handed() else {
-            return;
-        };
-        if let Some(&(served, _)) = flight.count_callers(joined) {
+        let flight = state.routes.main.flights.last_handed();
+        if let Some(&(served, _)) = flight.and_then(|flight| flight.count_callers(joined)) {
             bump_by(served.counter(&self.inner.stats), joined);
         }
     }
