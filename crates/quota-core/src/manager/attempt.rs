@@ -24,7 +24,6 @@ pub(super) struct Attempt {
     pub route: RouteId,
     /// The identity its snapshots carry: the main identity or the fallback id, as at the start.
     pub identity: Option<String>,
-    /// The route's state-file key.
     pub key: String,
     pub token: String,
     pub generation: u64,

@@ -48,11 +48,10 @@ impl QuotaManager {
             return false;
         }
         let interval = state.settings.interval_ms;
-        let Some(slot) = state.routes.fallback(&account.id) else {
-            return true;
-        };
-        !slot.record.backoff.is_open(now)
-            && slot.flights.is_empty()
-            && freshness::is_stale(slot.entry().map(AsRef::as_ref), now, interval, None)
+        state.routes.fallback(&account.id).is_none_or(|slot| {
+            !slot.record.backoff.is_open(now)
+                && slot.flights.is_empty()
+                && freshness::is_stale(slot.entry().map(AsRef::as_ref), now, interval, None)
+        })
     }
 }

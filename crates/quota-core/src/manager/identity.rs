@@ -31,7 +31,6 @@ impl MainIdentity {
         }
     }
 
-    /// The identity of the account behind `token`.
     pub fn of_token(token: &str) -> Self {
         Self::Token { fingerprint: fingerprint(token) }
     }

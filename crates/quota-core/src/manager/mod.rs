@@ -163,16 +163,16 @@ impl QuotaManager {
             .map(|redis| RedisStore::new(redis).map_err(|e| ConfigError::RedisUrl(e.to_string())))
             .transpose()?;
         let shared = SharedStore::new(store.clone(), redis);
-        let initial = State {
-            closed: false,
-            settings: Settings::from_config(&config, storage.as_ref()),
-            routes: Routes::default(),
-            last_call_by_token: HashMap::new(),
-            writes: WriteBehind::new(!shared.is_memory_only()),
-        };
         let manager = Self {
             inner: Arc::new(Inner {
                 fallback_fetch_slots: Semaphore::new(config.max_concurrent_fetches.max(1)),
+                state: Mutex::new(State {
+                    closed: false,
+                    settings: Settings::from_config(&config, storage.as_ref()),
+                    routes: Routes::default(),
+                    last_call_by_token: HashMap::new(),
+                    writes: WriteBehind::new(!shared.is_memory_only()),
+                }),
                 config,
                 clock,
                 client,
@@ -181,7 +181,6 @@ impl QuotaManager {
                 events,
                 stats,
                 runtime,
-                state: Mutex::new(initial),
                 changes: ChangeCounter::default(),
                 loading: Loading::done(),
                 writer: Arc::default(),
@@ -210,7 +209,6 @@ impl QuotaManager {
         Ok(manager)
     }
 
-    /// Seeds from the state file, then from the host's storage.
     fn seed(&self, storage: Option<&HostStorage>) {
         let main_identity = storage.and_then(|s| s.main_account_id.as_deref());
         self.seed_from_state_file(main_identity.map(MainIdentity::parse));

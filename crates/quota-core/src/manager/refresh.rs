@@ -20,7 +20,6 @@ pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
 
 /// A refresh registered at the call.
 pub struct Refresh {
-    /// Resolves with the caller's result.
     pub wait: RefreshFuture,
     /// The request the call is attached to (it started it or joined it); `None` when it was
     /// answered at once (backed off, closed). Calls with the same id get the same result.

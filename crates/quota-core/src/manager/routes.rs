@@ -219,7 +219,6 @@ impl Routes {
         self.fallbacks_mut().retain(|id, _| keep(id));
     }
 
-    /// Every cached fallback entry, by account id.
     pub fn fallback_entries(&self) -> Vec<(String, Arc<QuotaEntry>)> {
         let mut entries: Vec<_> = self
             .fallbacks

@@ -253,7 +253,6 @@ impl QuotaManager {
         awaited.is_settled(&state.routes).then(|| state.routes.fallback_epoch())
     }
 
-    /// The fallback epoch (see [`Self::seed_awaited_snapshots`]).
     pub fn fallback_epoch(&self) -> u64 {
         self.state().routes.fallback_epoch()
     }

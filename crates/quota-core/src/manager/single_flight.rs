@@ -185,7 +185,6 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
     }
 }
 
-/// An answer known at once.
 pub(super) fn ready<T: Clone + Send + Sync + 'static>(value: T) -> Shared<T> {
     futures::future::ready(value).boxed().shared()
 }

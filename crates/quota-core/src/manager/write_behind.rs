@@ -88,7 +88,6 @@ impl QuotaManager {
         self.write_soon(state, StoreUpdate::Merge { key, record: Box::new(slot.record.clone()) });
     }
 
-    /// Queues the removal of a forgotten fallback account.
     pub(super) fn remove_route_soon(&self, state: &mut State, id: &str) {
         let key = RouteKey::Fallback(id.to_owned()).to_string();
         self.write_soon(state, StoreUpdate::Remove { key });
