@@ -67,17 +67,8 @@ impl Drop for FlightHold {
 }
 
 impl QuotaManager {
-    /// Refreshes the main route. `identity` `None` means the host named the account only by
-    /// its token.
-    pub async fn refresh_main(
-        &self,
-        identity: Option<&str>,
-        token: &str,
-    ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_main(identity, token).answer().await
-    }
-
-    /// Joins or starts the main refresh now, at the call, and returns the wait for its result.
+    /// Joins or starts the main refresh now, at the call, and returns the wait for its result
+    /// (`identity` `None`: the host named the account only by its token).
     /// Registering synchronously keeps the call's place: a `close()` or an identity switch
     /// issued after it cannot overtake it.
     pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh {
@@ -118,15 +109,6 @@ impl QuotaManager {
         }
         state.routes.bind_main(identity);
         self.join_or_start(&mut state, RouteId::Main, token)
-    }
-
-    pub async fn refresh_fallback(
-        &self,
-        id: &str,
-        token: &str,
-        account: Option<&FallbackAccount>,
-    ) -> Result<RefreshOutcome, QuotaError> {
-        self.begin_refresh_fallback(id, token, account).answer().await
     }
 
     /// `begin_refresh_main` for a fallback account.

@@ -10,10 +10,47 @@ pub use quota_core::client::UsageClientConfig;
 pub use quota_core::clock::ManualClock;
 pub use quota_core::error::QuotaError;
 pub use quota_core::host::{FallbackAccount, HostStorage};
-pub use quota_core::manager::{FetchedEvent, HostEvents, ManagerConfig, QuotaManager};
+pub use quota_core::manager::{
+    FetchedEvent, HostEvents, ManagerConfig, QuotaManager, RefreshOutcome,
+};
 pub use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot, QuotaSource};
 pub use quota_core::stats::Stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A refresh awaited where it is called, registered when first polled.
+pub trait Refreshes {
+    fn refresh_main<'a>(
+        &'a self,
+        identity: Option<&'a str>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<RefreshOutcome, QuotaError>>;
+
+    fn refresh_fallback<'a>(
+        &'a self,
+        id: &'a str,
+        token: &'a str,
+        account: Option<&'a FallbackAccount>,
+    ) -> BoxFuture<'a, Result<RefreshOutcome, QuotaError>>;
+}
+
+impl Refreshes for QuotaManager {
+    fn refresh_main<'a>(
+        &'a self,
+        identity: Option<&'a str>,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<RefreshOutcome, QuotaError>> {
+        async move { self.begin_refresh_main(identity, token).answer().await }.boxed()
+    }
+
+    fn refresh_fallback<'a>(
+        &'a self,
+        id: &'a str,
+        token: &'a str,
+        account: Option<&'a FallbackAccount>,
+    ) -> BoxFuture<'a, Result<RefreshOutcome, QuotaError>> {
+        async move { self.begin_refresh_fallback(id, token, account).answer().await }.boxed()
+    }
+}
 
 pub const START: i64 = 1_800_000_000_000;
 pub const BODY: &str = r#"{"five_hour":{"utilization":9},"seven_day":{"utilization":68},
