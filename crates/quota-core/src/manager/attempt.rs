@@ -10,7 +10,6 @@ use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
 use crate::client::poll_headers;
 use crate::error::QuotaError;
-use crate::fingerprint::fingerprint;
 use crate::freshness;
 use crate::merge::merge_poll_result;
 use crate::shared_store::RouteGuard;
@@ -26,6 +25,7 @@ pub(super) struct Attempt {
     pub identity: Option<String>,
     pub key: String,
     pub token: String,
+    pub token_fingerprint: String,
     pub generation: u64,
     /// The id of the flight this request runs for (its callers' shared result).
     pub flight_id: u64,
@@ -51,7 +51,7 @@ impl Attempt {
         let entry = slot.entry().map(AsRef::as_ref);
         self.route == RouteId::Main
             && self.baseline_attempt_at.is_none_or(|known| attempted_at > known)
-            && record.last_attempt_token.as_deref() == Some(fingerprint(&self.token).as_str())
+            && record.last_attempt_token.as_deref() == Some(self.token_fingerprint.as_str())
             && now < freshness::main_stale_from(entry, Some(attempted_at), interval, None)
     }
 }
@@ -198,21 +198,20 @@ impl QuotaManager {
         attempt: &Attempt,
         fetch_slot: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> (Result<RefreshOutcome, QuotaError>, Option<Announcement>) {
-        let token_fingerprint = fingerprint(&attempt.token);
         let fetch_started_at = self.now_ms();
-        self.note_request(attempt, &token_fingerprint, fetch_started_at);
+        self.note_request(attempt, fetch_started_at);
         bump(&self.inner.stats.api_calls);
         let result = self.poll(attempt).await;
         drop(fetch_slot);
         match result {
             Ok(snapshot) => {
-                let (quota, cached) = self.record_success(attempt, snapshot, &token_fingerprint);
+                let (quota, cached) = self.record_success(attempt, snapshot);
                 // A poll overtaken by a new identity or login is its callers' alone.
                 let announcement = cached.then(|| {
                     Announcement::Fetched(Box::new(FetchedEvent {
                         checked_at: quota.checked_at.unwrap_or(fetch_started_at),
                         quota: quota.clone(),
-                        token_fingerprint,
+                        token_fingerprint: attempt.token_fingerprint.clone(),
                         fetch_started_at,
                         error_generation: 0,
                         error_cleared_at: None,
@@ -263,7 +262,6 @@ impl QuotaManager {
         &self,
         attempt: &Attempt,
         mut snapshot: QuotaSnapshot,
-        token_fingerprint: &str,
     ) -> (QuotaSnapshot, bool) {
         let now = self.now_ms();
         let checked_at = snapshot.checked_at.unwrap_or(now);
@@ -275,7 +273,7 @@ impl QuotaManager {
         };
         let quota = merge_poll_result(slot.entry().map(|e| &e.quota), &snapshot);
         slot.record.entry = Some(state.settings.entry(quota.clone(), checked_at, now));
-        slot.record.token_fingerprint = Some(token_fingerprint.to_owned());
+        slot.record.token_fingerprint = Some(attempt.token_fingerprint.clone());
         let had_error = slot.record.backoff.last_error.is_some();
         slot.clear_backoff(now);
         if had_error && attempt.route == RouteId::Main {

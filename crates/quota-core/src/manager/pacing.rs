@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::attempt::Attempt;
 use super::QuotaManager;
-use crate::fingerprint::fingerprint;
 
 /// The most requests with one token that may queue behind each other (one per fetch slot).
 const MAX_QUEUED_REQUESTS: i64 = 64;
@@ -21,17 +20,16 @@ impl QuotaManager {
         if gap <= 0 {
             return;
         }
-        let token_fingerprint = fingerprint(&attempt.token);
         let now = self.now_ms();
         let send_at = {
             let mut state = self.state();
-            let by_token = state.last_call_by_token.get(&token_fingerprint).copied();
+            let by_token = state.last_call_by_token.get(&attempt.token_fingerprint).copied();
             let by_route = state
                 .routes
                 .slot(&attempt.route)
                 .map(|slot| &slot.record)
                 .filter(|record| {
-                    record.last_attempt_token.as_deref() == Some(token_fingerprint.as_str())
+                    record.last_attempt_token.as_deref() == Some(attempt.token_fingerprint.as_str())
                 })
                 .and_then(|record| record.last_attempt_at);
             // Bounded: a time from a clock running ahead cannot stall the token for long.
@@ -39,7 +37,7 @@ impl QuotaManager {
             let send_at = by_token
                 .max(by_route)
                 .map_or(now, |last| last.saturating_add(gap).clamp(now, latest));
-            state.last_call_by_token.insert(token_fingerprint, send_at);
+            state.last_call_by_token.insert(attempt.token_fingerprint.clone(), send_at);
             send_at
         };
         let wait = send_at - now;
@@ -50,16 +48,17 @@ impl QuotaManager {
 
     /// Notes a request going out now, for this process and (through the route's record, the
     /// one polled even if the main slot was re-bound meanwhile) for the others.
-    pub(super) fn note_request(&self, attempt: &Attempt, token_fingerprint: &str, at: i64) {
+    pub(super) fn note_request(&self, attempt: &Attempt, at: i64) {
         let mut state = self.state();
-        let last_call = state.last_call_by_token.entry(token_fingerprint.to_owned()).or_insert(at);
+        let last_call =
+            state.last_call_by_token.entry(attempt.token_fingerprint.clone()).or_insert(at);
         // A reservation made by a later request (see `wait_for_pacing`) stays.
         *last_call = (*last_call).max(at);
         if let Some(record) =
             state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)
         {
             record.last_attempt_at = Some(at);
-            record.last_attempt_token = Some(token_fingerprint.to_owned());
+            record.last_attempt_token = Some(attempt.token_fingerprint.clone());
         }
     }
 }

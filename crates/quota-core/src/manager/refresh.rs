@@ -12,6 +12,7 @@ use super::routes::RouteId;
 use super::single_flight::{Flight, Ticket};
 use super::{QuotaManager, State, WeakQuotaManager};
 use crate::error::QuotaError;
+use crate::fingerprint::fingerprint;
 use crate::host::FallbackAccount;
 use crate::stats::{bump, bump_by};
 
@@ -218,6 +219,7 @@ impl QuotaManager {
             baseline_attempt_at,
             route: route.clone(),
             token: token.to_owned(),
+            token_fingerprint: fingerprint(token),
             generation,
             flight_id,
             started_at: now,

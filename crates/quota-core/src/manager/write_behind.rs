@@ -81,7 +81,7 @@ fn first_time(reported: &mut bool) -> bool {
 impl QuotaManager {
     /// Queues the route's current record for the next write.
     pub(super) fn write_route_soon(&self, state: &mut State, route: &RouteId) {
-        let Some(slot) = state.routes.slot(route) else {
+        let Some(slot) = state.routes.slot(route).filter(|_| state.writes.enabled) else {
             return;
         };
         let key = state.routes.key(route).to_string();
