@@ -54,9 +54,7 @@ impl Loading {
             // then starts with what was seeded so far, as a failed read starts empty.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             self.done.store(true, Ordering::Release);
-            let mut pending = self.lock();
-            pending.runner = None;
-            drop(pending);
+            self.lock().runner = None;
             self.finished.notify_all();
             return;
         }

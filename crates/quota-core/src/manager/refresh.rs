@@ -39,9 +39,8 @@ impl Refresh {
 
     /// Waits for the result; the caller is answered when it has it.
     pub async fn answer(self) -> Result<RefreshOutcome, QuotaError> {
-        let Self { wait, hold, .. } = self;
-        let result = wait.await;
-        drop(hold);
+        let result = self.wait.await;
+        drop(self.hold);
         result
     }
 }

@@ -173,9 +173,8 @@ impl QuotaManager {
     /// Adopts each configured account's persisted quota and backoff, and forgets accounts that
     /// are no longer configured. Disabled accounts are skipped; ids are unique.
     pub fn seed_fallbacks(&self, accounts: Vec<FallbackAccount>) {
-        let unknown = vec![None; accounts.len()];
-        let awaited =
-            self.seed_fallbacks_but_snapshots(accounts, &unknown, SeedingScope::WholeList);
+        // No bound given: every snapshot could be adopted.
+        let awaited = self.seed_fallbacks_but_snapshots(accounts, &[], SeedingScope::WholeList);
         self.seed_awaited_snapshots(awaited);
     }
 
