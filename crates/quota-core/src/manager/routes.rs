@@ -240,16 +240,14 @@ impl Routes {
     fn reset(&mut self, route: &RouteId, lineage: Option<String>) {
         let generation = self.next_id();
         let slot = self.slot_mut(route);
-        let mut retired = std::mem::take(&mut slot.retired_lineages);
-        let lineage_memo = std::mem::take(&mut slot.lineage_memo);
-        retired.extend(slot.record.lineage.take());
-        let excess = retired.len().saturating_sub(RETIRED_LINEAGES_KEPT);
-        retired.drain(..excess);
+        slot.retired_lineages.extend(slot.record.lineage.take());
+        let excess = slot.retired_lineages.len().saturating_sub(RETIRED_LINEAGES_KEPT);
+        slot.retired_lineages.drain(..excess);
         *slot = RouteSlot {
             record: RouteRecord { lineage, ..RouteRecord::default() },
-            retired_lineages: retired,
+            retired_lineages: std::mem::take(&mut slot.retired_lineages),
+            lineage_memo: slot.lineage_memo.take(),
             generation,
-            lineage_memo,
             ..RouteSlot::default()
         };
     }
@@ -394,9 +392,7 @@ impl Routes {
     pub fn key(&self, route: &RouteId) -> RouteKey {
         match route {
             RouteId::Main => RouteKey::Main(
-                self.main_owner
-                    .as_ref()
-                    .map_or_else(|| "default".to_owned(), MainIdentity::persisted),
+                self.snapshot_identity(route).unwrap_or_else(|| "default".to_owned()),
             ),
             RouteId::Fallback(id) => RouteKey::Fallback(id.clone()),
         }
