@@ -127,8 +127,7 @@ impl QuotaManager {
         if !state.settings.fail_closed || main.entry().is_some() || !backoff.is_open(now) {
             return None;
         }
-        let remaining_ms = backoff.remaining_ms(now);
-        let retry_after_secs = ((remaining_ms + 999) / 1000).max(1);
+        let retry_after_secs = ((backoff.remaining_ms(now) + 999) / 1000).max(1);
         let last_error =
             backoff.last_error.as_ref().map_or("unknown error", |e| e.message.as_str());
         let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");

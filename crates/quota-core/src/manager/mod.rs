@@ -194,12 +194,11 @@ impl QuotaManager {
         // The file is read and seeded on the blocking pool: the constructor returns at once.
         // Seeding from the host's storage follows it there, in the same order as before.
         let weak = Arc::downgrade(&manager.inner);
-        let job = Box::new(move || {
+        manager.inner.loading.arm(Box::new(move || {
             if let Some(inner) = weak.upgrade() {
                 Self { inner }.seed(storage.as_ref());
             }
-        });
-        manager.inner.loading.arm(job);
+        }));
         let weak = Arc::downgrade(&manager.inner);
         manager.inner.runtime.spawn_blocking(move || {
             if let Some(inner) = weak.upgrade() {
