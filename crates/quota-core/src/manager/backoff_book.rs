@@ -40,12 +40,11 @@ impl RouteSlot {
 }
 
 impl QuotaManager {
-    /// A backoff held here may have been cleared meanwhile by another process
-    /// (`clearMainBackoff` clears it in every process, docs/compat.md#main-identity; a success there starts the
-    /// ladder over), which this process would otherwise learn only at its next attempt, and it
-    /// makes none while backed off. So while a route is backed off, asking about it looks at the
-    /// shared store again, in the background and at most once a second, and takes its record
-    /// when it is newer (the one merge rule).
+    /// Another process may have cleared a backoff held here (`clearMainBackoff` clears it in
+    /// every process, docs/compat.md#main-identity; a success there starts the ladder over), and
+    /// this process, making no attempt while backed off, would not learn it. So asking about a
+    /// backed-off route reads the shared store again, in the background and at most once a
+    /// second, and adopts its record when newer (the one merge rule).
     pub(super) fn recheck_backoff_soon(&self, state: &super::State, route: &RouteId, now: i64) {
         let Some(slot) = state.routes.slot(route) else {
             return;

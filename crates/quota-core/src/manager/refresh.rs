@@ -139,8 +139,7 @@ impl QuotaManager {
             }
             state.routes.main_owner().map(MainIdentity::persisted)
         };
-        let refresh = self.begin_refresh_main(identity.as_deref(), token);
-        Some(refresh.answer().map(drop).boxed())
+        Some(self.begin_refresh_main(identity.as_deref(), token).answer().map(drop).boxed())
     }
 
     /// The caller's wait: counted, when it ends, by how it was served.
