@@ -67,17 +67,11 @@ impl Drop for FlightHold {
 }
 
 impl QuotaManager {
-    /// Joins or starts the main refresh now, at the call, and returns the wait for its result
-    /// (`identity` `None`: the host named the account only by its token).
+    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (docs/compat.md#signatures):
+    /// joins or starts the main refresh now, at the call, and returns the wait for its result.
     /// Registering synchronously keeps the call's place: a `close()` or an identity switch
-    /// issued after it cannot overtake it.
-    pub fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh {
-        let target = identity.map_or(MainTarget::Token, MainTarget::Named);
-        self.begin_refresh_main_for(target, token, None)
-    }
-
-    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (docs/compat.md#signatures): with a
-    /// generation, a main identity that moved on since rejects with no request.
+    /// issued after it cannot overtake it. With a generation, a main identity that moved on
+    /// since rejects with no request.
     pub fn begin_refresh_main_for(
         &self,
         target: MainTarget<'_>,
@@ -139,7 +133,8 @@ impl QuotaManager {
             }
             state.routes.main_owner().map(MainIdentity::persisted)
         };
-        Some(self.begin_refresh_main(identity.as_deref(), token).answer().map(drop).boxed())
+        let target = identity.as_deref().map_or(MainTarget::Token, MainTarget::Named);
+        Some(self.begin_refresh_main_for(target, token, None).answer().map(drop).boxed())
     }
 
     /// The caller's wait: counted, when it ends, by how it was served.

@@ -11,14 +11,18 @@ pub use quota_core::clock::ManualClock;
 pub use quota_core::error::QuotaError;
 pub use quota_core::host::{FallbackAccount, HostStorage};
 pub use quota_core::manager::{
-    FetchedEvent, HostEvents, ManagerConfig, QuotaManager, RefreshOutcome,
+    FetchedEvent, HostEvents, MainTarget, ManagerConfig, QuotaManager, Refresh, RefreshOutcome,
 };
 pub use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot, QuotaSource};
 pub use quota_core::stats::Stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A refresh awaited where it is called, registered when first polled.
+/// The refresh calls of a Rust caller: `begin_refresh_main` registers at the call (`identity`
+/// `None`: the account named only by its token); the others are awaited where they are called,
+/// registered when first polled.
 pub trait Refreshes {
+    fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh;
+
     fn refresh_main<'a>(
         &'a self,
         identity: Option<&'a str>,
@@ -34,6 +38,11 @@ pub trait Refreshes {
 }
 
 impl Refreshes for QuotaManager {
+    fn begin_refresh_main(&self, identity: Option<&str>, token: &str) -> Refresh {
+        let target = identity.map_or(MainTarget::Token, MainTarget::Named);
+        self.begin_refresh_main_for(target, token, None)
+    }
+
     fn refresh_main<'a>(
         &'a self,
         identity: Option<&'a str>,
