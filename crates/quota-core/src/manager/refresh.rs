@@ -105,7 +105,7 @@ impl QuotaManager {
         self.join_or_start(&mut state, RouteId::Main, token)
     }
 
-    /// `begin_refresh_main` for a fallback account.
+    /// `begin_refresh_main_for` for a fallback account.
     pub fn begin_refresh_fallback(
         &self,
         id: &str,
