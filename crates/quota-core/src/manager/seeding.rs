@@ -82,19 +82,10 @@ impl QuotaManager {
         let store = store
             .clone()
             .with_lock_timeout(SEED_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
-        let loaded = match store.load() {
-            Ok(loaded) => loaded,
-            Err(error) => {
-                self.report_state_error(&error);
-                return;
-            }
+        // A file of a newer build reads as empty: nothing to seed.
+        let Some(loaded) = self.file_used(store.load()) else {
+            return;
         };
-        if let Some(version) = loaded.newer_schema {
-            self.report_newer_schema(version);
-        }
-        if let Some(aside) = &loaded.quarantined {
-            self.report_quarantine(aside);
-        }
         let now = self.now_ms();
         let mut state = self.state();
         let limits = self.adoption_limits(state.settings.interval_ms);

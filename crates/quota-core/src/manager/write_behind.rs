@@ -201,19 +201,23 @@ impl QuotaManager {
     }
 
     fn after_write(&self, written: Result<Loaded, QuotaError>) {
-        match written {
-            Ok(loaded) => {
-                if let Some(version) = loaded.newer_schema {
-                    self.report_newer_schema(version);
-                    return;
-                }
-                bump(&self.inner.stats.state_writes);
-                if let Some(aside) = loaded.quarantined {
-                    self.report_quarantine(&aside);
-                }
-            }
-            Err(error) => self.report_state_error(&error),
+        if self.file_used(written).is_some() {
+            bump(&self.inner.stats.state_writes);
         }
+    }
+
+    /// Reports what reading or writing the state file found (a file that cannot be used, one
+    /// set aside, one of a newer build, which is left alone); `None` when it was not used.
+    pub(super) fn file_used(&self, result: Result<Loaded, QuotaError>) -> Option<Loaded> {
+        let loaded = result.inspect_err(|error| self.report_state_error(error)).ok()?;
+        if let Some(aside) = &loaded.quarantined {
+            self.report_quarantine(aside);
+        }
+        if let Some(version) = loaded.newer_schema {
+            self.report_newer_schema(version);
+            return None;
+        }
+        Some(loaded)
     }
 
     /// The state file or its locks could not be used. Counted every time, printed once: the
@@ -237,7 +241,7 @@ impl QuotaManager {
 
     /// A file written by a newer build is left alone (never read, moved or written): reported
     /// once, counted in `stateFileNewerSchema`, never as a state error.
-    pub(super) fn report_newer_schema(&self, version: u64) {
+    fn report_newer_schema(&self, version: u64) {
         bump(&self.inner.stats.state_file_newer_schema);
         if first_time(&mut self.state().writes.newer_schema_reported) {
             log::warn!(
@@ -247,7 +251,7 @@ impl QuotaManager {
         }
     }
 
-    pub(super) fn report_quarantine(&self, aside: &std::path::Path) {
+    fn report_quarantine(&self, aside: &std::path::Path) {
         bump(&self.inner.stats.state_file_quarantines);
         if first_time(&mut self.state().writes.quarantine_reported) {
             log::warn!(
