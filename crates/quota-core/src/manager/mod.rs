@@ -275,19 +275,17 @@ impl QuotaManager {
 
     /// Refuses new calls from now on; the future waits for running ones and the last write.
     pub fn begin_close(&self) -> futures::future::BoxFuture<'static, ()> {
-        use futures::FutureExt;
         let running = {
             let mut state = self.state();
             state.closed = true;
             state.routes.running_flights()
         };
         let manager = self.clone();
-        async move {
+        Box::pin(async move {
             futures::future::join_all(running).await;
             futures::future::join_all(manager.running_writes()).await;
             manager.flush().await;
-        }
-        .boxed()
+        })
     }
 }
 

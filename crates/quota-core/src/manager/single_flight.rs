@@ -146,8 +146,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
 
     /// The flight the last caller was handed, while it is joinable.
     pub fn last_handed(&self) -> Option<&Flight<T>> {
-        let id = self.last_handed?;
-        self.iter().find(|flight| flight.id == id)
+        self.iter().find(|flight| Some(flight.id) == self.last_handed)
     }
 
     /// The flight `id`'s result is known before its work ends.
