@@ -121,11 +121,21 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
 
 /// An object argument, read as plain data.
 pub fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
-    let value =
-        value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
-    match value.get_type()? {
-        ValueType::Object => to_json(env, value, name),
-        other => Err(type_error(env, format!("{name} must be an object, got {}", describe(other)))),
+    to_json(env, object_value(env, value, name, "an object")?, name)
+}
+
+/// An argument that must be an object; anything else is a `TypeError` saying it must be
+/// `expected`.
+fn object_value<'a>(
+    env: &Env,
+    value: Option<Unknown<'a>>,
+    name: &str,
+    expected: &str,
+) -> Result<Unknown<'a>> {
+    let actual = value.as_ref().map_or(Ok(ValueType::Undefined), Unknown::get_type)?;
+    match value {
+        Some(value) if actual == ValueType::Object => Ok(value),
+        _ => Err(type_error(env, format!("{name} must be {expected}, got {}", describe(actual)))),
     }
 }
 
@@ -133,15 +143,7 @@ pub fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value
 /// `entries()` method that is not an array: `response.headers` is the natural argument) is read
 /// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
 pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
-    let value =
-        value.ok_or_else(|| type_error(env, format!("{name} must be an object, got undefined")))?;
-    let value_type = value.get_type()?;
-    if value_type != ValueType::Object {
-        return Err(type_error(
-            env,
-            format!("{name} must be an object, a Headers or a Map, got {}", describe(value_type)),
-        ));
-    }
+    let value = object_value(env, value, name, "an object, a Headers or a Map")?;
     let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
     if !value.is_array()? && entries.get_type()? == ValueType::Function {
         // `Object` is a function: read it as an unknown value to reach its static method.

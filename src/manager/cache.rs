@@ -2,7 +2,6 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::js::{
@@ -13,13 +12,6 @@ use quota_core::snapshot::ApiErrorRecord;
 
 use super::args::{entry_arg, optional_account, request_count};
 use super::QuotaManager;
-
-#[derive(Serialize)]
-pub struct FailClosedAnswer {
-    status: u16,
-    headers: std::collections::BTreeMap<&'static str, String>,
-    body: String,
-}
 
 #[napi]
 impl QuotaManager {
@@ -39,8 +31,7 @@ impl QuotaManager {
         main_account_id: Option<Unknown>,
     ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
-        let identity = optional::<String>(env, main_account_id, "mainAccountId")?;
-        let identity = self.core.identity_form(identity, None);
+        let identity = self.main_identity(env, main_account_id, "mainAccountId")?;
         self.views.get(env, None, self.core.get_main(identity.as_deref()))
     }
 
@@ -59,17 +50,15 @@ impl QuotaManager {
     ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
-        let account = optional_account(env, &id, account, "account")?;
-        let entry = self.core.get_fallback(&id, account.as_ref());
-        self.views.get(env, Some(&id), entry)
+        let account = optional_account(env, &id, account)?;
+        self.views.get(env, Some(&id), self.core.get_fallback(&id, account.as_ref()))
     }
 
     /// Every cached fallback entry, as `[id, entry]` pairs: the facade makes them the `Map` its
     /// type promises (`src/types.d.ts`).
     #[napi(catch_unwind, skip_typescript)]
     pub fn get_all_fallbacks<'env>(&self, env: &'env Env) -> Result<Vec<(String, Unknown<'env>)>> {
-        self.tick(env)?;
-        let pairs = self.core.all_fallbacks().into_iter().map(|(id, entry)| {
+        let pairs = self.tick(env)?.all_fallbacks().into_iter().map(|(id, entry)| {
             let view = self.views.view(env, Some(&id), entry)?;
             Ok((id, view))
         });
@@ -93,8 +82,7 @@ impl QuotaManager {
         force: Option<Unknown>,
     ) -> Result<OrUndefined<f64>> {
         self.tick(&env)?;
-        let identity = optional::<String>(&env, identity, "identity")?;
-        let identity = self.core.identity_form(identity, None);
+        let identity = self.main_identity(&env, identity, "identity")?;
         let strict = optional::<bool>(&env, strict, "strict")?.unwrap_or(true);
         let force = optional::<bool>(&env, force, "force")?.unwrap_or(false);
         Ok(or_undefined(
@@ -105,29 +93,25 @@ impl QuotaManager {
     /// Bumped whenever the bound main identity changes.
     #[napi(catch_unwind)]
     pub fn get_main_quota_identity_generation(&self, env: Env) -> Result<f64> {
-        self.tick(&env)?;
-        Ok(self.core.main_identity_generation() as f64)
+        Ok(self.tick(&env)?.main_identity_generation() as f64)
     }
 
     /// Bumped whenever the main backoff error is set or cleared.
     #[napi(catch_unwind)]
     pub fn get_main_quota_error_generation(&self, env: Env) -> Result<f64> {
-        self.tick(&env)?;
-        Ok(self.core.main_error_generation() as f64)
+        Ok(self.tick(&env)?.main_error_generation() as f64)
     }
 
     /// When the main backoff error was last cleared.
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
-        self.tick(&env)?;
-        Ok(or_undefined(self.core.main_error_cleared_at().map(|t| t as f64)))
+        Ok(or_undefined(self.tick(&env)?.main_error_cleared_at().map(|t| t as f64)))
     }
 
     /// Unbinds the main identity and drops the main entry.
     #[napi(catch_unwind)]
     pub fn clear_main(&self, env: Env) -> Result<()> {
-        self.tick(&env)?;
-        self.core.clear_main();
+        self.tick(&env)?.clear_main();
         Ok(())
     }
 
@@ -135,8 +119,7 @@ impl QuotaManager {
     /// new error generation, or `undefined` when no error was set.
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
-        self.tick(&env)?;
-        Ok(or_undefined(self.core.clear_main_backoff().map(|g| g as f64)))
+        Ok(or_undefined(self.tick(&env)?.clear_main_backoff().map(|g| g as f64)))
     }
 
     /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
@@ -157,9 +140,8 @@ impl QuotaManager {
         entry: Option<Unknown>,
     ) -> Result<()> {
         self.tick(&env)?;
-        let identity = optional::<String>(&env, main_account_id, "mainAccountId")?;
-        let identity = self.core.identity_form(identity, None);
-        let entry = entry_arg(&env, entry, "entry")?;
+        let identity = self.main_identity(&env, main_account_id, "mainAccountId")?;
+        let entry = entry_arg(&env, entry)?;
         self.core.set_main(identity.as_deref(), entry);
         Ok(())
     }
@@ -178,8 +160,8 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
-        let entry = entry_arg(&env, entry, "entry")?;
-        let account = optional_account(&env, &id, account, "account")?;
+        let entry = entry_arg(&env, entry)?;
+        let account = optional_account(&env, &id, account)?;
         self.core.set_fallback(&id, entry, account.as_ref());
         Ok(())
     }
@@ -208,8 +190,7 @@ impl QuotaManager {
         headers: Option<Unknown>,
     ) -> Result<Option<Unknown<'env>>> {
         self.tick(env)?;
-        let identity = optional::<String>(env, main_account_id, "mainAccountId")?;
-        let identity = self.core.identity_form(identity, None);
+        let identity = self.main_identity(env, main_account_id, "mainAccountId")?;
         let headers = headers_arg(env, headers, "headers")?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_main_frame(identity.as_deref(), frame));
@@ -234,7 +215,7 @@ impl QuotaManager {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         let headers = headers_arg(env, headers, "headers")?;
-        let account = optional_account(env, &id, account, "account")?;
+        let account = optional_account(env, &id, account)?;
         let entry = frame_from_value(&headers, self.core.now_ms())
             .and_then(|frame| self.core.push_fallback_frame(&id, frame, account.as_ref()));
         entry.map(|entry| self.views.view(env, Some(&id), entry)).transpose()
@@ -268,7 +249,7 @@ impl QuotaManager {
         let id = required_non_empty(&env, account_id, "accountId")?;
         optional::<String>(&env, access_token, "accessToken")?;
         let model = optional::<String>(&env, model_id, "modelId")?;
-        let account = optional_account(&env, &id, account, "account")?;
+        let account = optional_account(&env, &id, account)?;
         if account.is_some() {
             self.core.get_fallback(&id, account.as_ref());
         }
@@ -306,8 +287,7 @@ impl QuotaManager {
     /// Is the main route backed off?
     #[napi(catch_unwind)]
     pub fn is_backed_off(&self, env: Env) -> Result<bool> {
-        self.tick(&env)?;
-        Ok(self.core.is_backed_off())
+        Ok(self.tick(&env)?.is_backed_off())
     }
 
     /// Is this fallback's route backed off?
@@ -321,8 +301,7 @@ impl QuotaManager {
     /// The main route's last backoff-arming failure.
     #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
-        self.tick(&env)?;
-        Ok(or_undefined(self.core.last_api_error().map(|e| Json(with_seconds(e)))))
+        Ok(or_undefined(self.tick(&env)?.last_api_error().map(|e| Json(with_seconds(e)))))
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -348,18 +327,16 @@ impl QuotaManager {
         catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
-    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
-        self.tick(&env)?;
-        Ok(Json(self.core.fail_closed_response().map(|answer| {
-            FailClosedAnswer {
-                status: 429,
-                headers: [
-                    ("retry-after", answer.retry_after_secs.to_string()),
-                    ("content-type", "application/json".to_owned()),
-                ]
-                .into(),
-                body: answer.body,
-            }
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<Value>>> {
+        Ok(Json(self.tick(&env)?.fail_closed_response().map(|answer| {
+            json!({
+                "status": 429,
+                "headers": {
+                    "retry-after": answer.retry_after_secs.to_string(),
+                    "content-type": "application/json",
+                },
+                "body": answer.body,
+            })
         })))
     }
 }
@@ -367,9 +344,9 @@ impl QuotaManager {
 /// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
 fn with_seconds(error: ApiErrorRecord) -> Value {
     let retry_after = error.retry_after_ms.map(retry_after_secs);
-    let mut value = serde_json::to_value(&error).unwrap_or(Value::Null);
-    if let (Some(seconds), Some(object)) = (retry_after, value.as_object_mut()) {
-        object.insert("retryAfter".into(), json!(seconds));
+    let mut value = json!(error);
+    if let Some(seconds) = retry_after {
+        value["retryAfter"] = json!(seconds);
     }
     value
 }

@@ -43,8 +43,7 @@ impl QuotaManager {
     /// facade passes a string or `undefined` model only.
     #[napi(catch_unwind, js_name = "_mainStaleFrom", skip_typescript)]
     pub fn main_stale_from(&self, env: Env, model_id: Option<String>) -> Result<f64> {
-        self.tick(&env)?;
-        Ok(stale_from_ms(self.core.main_stale_from(model_id.as_deref())))
+        Ok(stale_from_ms(self.tick(&env)?.main_stale_from(model_id.as_deref())))
     }
 
     /// `_mainStaleFrom` for `isFallbackStale(accountId, token, modelId)` without an account.

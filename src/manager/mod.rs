@@ -7,6 +7,7 @@ mod facade;
 mod refreshes;
 mod storage;
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
@@ -33,8 +34,8 @@ pub struct QuotaManager {
     js_now: Option<JsNow>,
     /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
     /// one buffer per memory).
-    counter_shown: std::cell::Cell<bool>,
-    now_shown: std::cell::Cell<bool>,
+    counter_shown: Cell<bool>,
+    now_shown: Cell<bool>,
 }
 
 impl ObjectFinalize for QuotaManager {
@@ -54,8 +55,7 @@ impl QuotaManager {
         let js_now = parsed.js_now;
         let stats = Arc::new(Stats::default());
         let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
-        let runtime =
-            napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::current);
+        let runtime = within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
             parsed.storage,
@@ -75,8 +75,8 @@ impl QuotaManager {
             views: EntryViews::default(),
             promises: SharedPromises::default(),
             js_now,
-            counter_shown: std::cell::Cell::new(false),
-            now_shown: std::cell::Cell::new(false),
+            counter_shown: Cell::new(false),
+            now_shown: Cell::new(false),
         })
     }
 
@@ -113,8 +113,10 @@ impl QuotaManager {
 }
 
 impl QuotaManager {
-    /// Samples the host's `now` (when given) into the core clock; every entry calls it first.
-    pub(crate) fn tick(&self, env: &Env) -> Result<()> {
-        self.js_now.as_ref().map_or(Ok(()), |now| now.sample(env))
+    /// Samples the host's `now` (when given) into the core clock, then hands out the core: every
+    /// entry calls it first.
+    pub(crate) fn tick(&self, env: &Env) -> Result<&CoreManager> {
+        self.js_now.as_ref().map_or(Ok(()), |now| now.sample(env))?;
+        Ok(&self.core)
     }
 }

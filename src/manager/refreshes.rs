@@ -43,10 +43,9 @@ impl QuotaManager {
         let expected = optional_generation(env, generation)?;
         // One argument: it is both the identity and the token. `undefined` as the identity is
         // an identity of its own, as in the plugin's manager: the slot is unbound for it.
-        let one_argument = first.is_some() && token.is_none();
-        let (identity, token) = match (first, token) {
-            (Some(first), None) => (None, first),
-            (first, token) => (first, token.unwrap_or_default()),
+        let (identity, token, one_argument) = match (first, token) {
+            (Some(first), None) => (None, first, true),
+            (first, token) => (first, token.unwrap_or_default(), false),
         };
         let token = self.usable_token(env, token, MAIN_TOKEN_UNAVAILABLE)?;
         let identity = self.core.identity_form(identity, Some(&token));
@@ -77,13 +76,11 @@ impl QuotaManager {
         self.tick(env)?;
         let id = required_non_empty(env, account_id, "accountId")?;
         // A token that is not a string is as unavailable as an empty one.
-        let token = match optional::<String>(env, access_token, "accessToken") {
-            Ok(token) => {
-                self.usable_token(env, token.unwrap_or_default(), FALLBACK_TOKEN_UNAVAILABLE)
-            }
-            Err(_) => Err(type_error(env, FALLBACK_TOKEN_UNAVAILABLE)),
-        }?;
-        let account = optional_account(env, &id, account, "account")?;
+        let token = optional::<String>(env, access_token, "accessToken")
+            .map_err(|_| type_error(env, FALLBACK_TOKEN_UNAVAILABLE))?;
+        let token =
+            self.usable_token(env, token.unwrap_or_default(), FALLBACK_TOKEN_UNAVAILABLE)?;
+        let account = optional_account(env, &id, account)?;
         let refresh = self.core.begin_refresh_fallback(&id, &token, account.as_ref());
         self.promises.promise(env, refresh, with_metadata.unwrap_or(false))
     }

@@ -3,7 +3,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::{optional, present, to_json, type_error};
+use crate::js::{present, to_json, type_error};
 use quota_core::host::HostStorage;
 
 use super::QuotaManager;
@@ -13,8 +13,7 @@ impl QuotaManager {
     /// Takes the host's settings (interval, thresholds, fail-closed) and seeds main from it.
     #[napi(catch_unwind, ts_args_type = "storage: AccountStorage | null")]
     pub fn update_storage(&self, env: Env, storage: Option<Unknown>) -> Result<()> {
-        self.tick(&env)?;
-        self.core.update_storage(self.storage_arg(&env, storage)?.as_ref());
+        self.tick(&env)?.update_storage(self.storage_arg(&env, storage)?.as_ref());
         Ok(())
     }
 
@@ -31,8 +30,7 @@ impl QuotaManager {
     ) -> Result<()> {
         self.tick(&env)?;
         let storage = self.storage_arg(&env, storage)?;
-        let identity = optional::<String>(&env, main_account_id, "mainAccountId")?;
-        let identity = self.core.identity_form(identity, None);
+        let identity = self.main_identity(&env, main_account_id, "mainAccountId")?;
         if let Some(storage) = storage {
             self.core.seed_main(&storage, identity.as_deref());
         }
