@@ -2,11 +2,9 @@
 
 use napi::bindgen_prelude::*;
 
-use crate::js::{number_in, object_arg, optional, present, to_json, type_error};
+use crate::js::{number_in, object_arg, present, to_json, type_error};
 use quota_core::host::FallbackAccount;
 use quota_core::snapshot::QuotaEntry;
-
-use super::QuotaManager;
 
 /// The largest count or generation taken: whole numbers up to it are exact in a double.
 const MAX_WHOLE: f64 = 9.0e15;
@@ -44,16 +42,4 @@ pub(super) fn request_count(env: &Env, value: Option<Unknown>) -> Result<i64> {
     let value =
         value.ok_or_else(|| type_error(env, "requestCount must be a number, got undefined"))?;
     Ok(number_in(env, value, "requestCount", 0.0, MAX_WHOLE)? as i64)
-}
-
-impl QuotaManager {
-    /// An optional main identity argument, in the form the core keys routes by.
-    pub(super) fn main_identity(
-        &self,
-        env: &Env,
-        value: Option<Unknown>,
-        name: &str,
-    ) -> Result<Option<String>> {
-        Ok(self.core.identity_form(optional(env, value, name)?, None))
-    }
 }

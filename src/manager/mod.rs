@@ -14,7 +14,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::callbacks::JsCallbacks;
-use crate::js::Json;
+use crate::js::{optional, Json};
 use crate::js_now::JsNow;
 use crate::options::parse_options;
 use crate::shared::SharedPromises;
@@ -80,8 +80,6 @@ impl QuotaManager {
         })
     }
 
-    // ----- observability and lifecycle -----------------------------------------------------
-
     /// The shared state file this manager uses (resolved at construction), or `null` when it
     /// keeps everything in memory.
     #[napi(catch_unwind, getter, ts_return_type = "string | null")]
@@ -118,5 +116,15 @@ impl QuotaManager {
     pub(crate) fn tick(&self, env: &Env) -> Result<&CoreManager> {
         self.js_now.as_ref().map_or(Ok(()), |now| now.sample(env))?;
         Ok(&self.core)
+    }
+
+    /// An optional main identity argument, in the form the core keys routes by.
+    fn main_identity(
+        &self,
+        env: &Env,
+        value: Option<Unknown>,
+        name: &str,
+    ) -> Result<Option<String>> {
+        Ok(self.core.identity_form(optional(env, value, name)?, None))
     }
 }

@@ -41,8 +41,6 @@ impl QuotaManager {
         let first = optional::<String>(env, first, "mainAccountId")?;
         let token = optional::<String>(env, access_token, "accessToken")?;
         let expected = optional_generation(env, generation)?;
-        // One argument: it is both the identity and the token. `undefined` as the identity is
-        // an identity of its own, as in the plugin's manager: the slot is unbound for it.
         let (identity, token, one_argument) = match (first, token) {
             (Some(first), None) => (None, first, true),
             (first, token) => (first, token.unwrap_or_default(), false),
