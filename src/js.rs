@@ -34,13 +34,13 @@ pub fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
 /// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
 pub fn type_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsTypeError::from(Error::new(Status::InvalidArg, message.into()));
-    with_code(error.into_unknown(*env), "ERR_INVALID_ARG_TYPE")
+    with_fields(error.into_unknown(*env), |error| error.set("code", "ERR_INVALID_ARG_TYPE"))
 }
 
 /// A `RangeError` naming the culprit, with Node's `ERR_OUT_OF_RANGE` code.
 pub fn range_error(env: &Env, message: impl Into<String>) -> Error {
     let error = JsRangeError::from(Error::new(Status::InvalidArg, message.into()));
-    with_code(error.into_unknown(*env), "ERR_OUT_OF_RANGE")
+    with_fields(error.into_unknown(*env), |error| error.set("code", "ERR_OUT_OF_RANGE"))
 }
 
 /// The error for an option the core refused: a `RangeError` for a value outside its range, a
@@ -57,9 +57,10 @@ pub fn config_error(env: &Env, error: &ConfigError) -> Error {
     }
 }
 
-fn with_code(error: Unknown, code: &str) -> Error {
+/// `error` with the fields `set` writes on it (the ones it fails to write are left out).
+fn with_fields(error: Unknown, set: impl FnOnce(&mut Object) -> Result<()>) -> Error {
     if let Ok(mut object) = error.coerce_to_object() {
-        let _ = object.set("code", code);
+        let _ = set(&mut object);
     }
     Error::from(error)
 }
@@ -74,10 +75,7 @@ pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
     } else {
         napi::JsError::from(reason).into_unknown(*env)
     };
-    if let Ok(mut object) = value.coerce_to_object() {
-        let _ = set_quota_error_fields(&mut object, error);
-    }
-    Error::from(value)
+    with_fields(value, |object| set_quota_error_fields(object, error))
 }
 
 fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()> {
@@ -121,29 +119,20 @@ pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
 
 /// An object argument, read as plain data.
 pub fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
-    to_json(env, object_value(env, value, name, "an object")?, name)
-}
-
-/// An argument that must be an object; anything else is a `TypeError` saying it must be
-/// `expected`.
-fn object_value<'a>(
-    env: &Env,
-    value: Option<Unknown<'a>>,
-    name: &str,
-    expected: &str,
-) -> Result<Unknown<'a>> {
-    let actual = value.as_ref().map_or(Ok(ValueType::Undefined), Unknown::get_type)?;
-    match value {
-        Some(value) if actual == ValueType::Object => Ok(value),
-        _ => Err(type_error(env, format!("{name} must be {expected}, got {}", describe(actual)))),
-    }
+    let object: Object = required(env, value, name)?;
+    to_json(env, object.to_unknown(), name)
 }
 
 /// Response headers (or a snapshot) as plain data. A `Headers` or a `Map` (anything with an
 /// `entries()` method that is not an array: `response.headers` is the natural argument) is read
 /// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
 pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
-    let value = object_value(env, value, name, "an object, a Headers or a Map")?;
+    let actual = value.as_ref().map_or(Ok(ValueType::Undefined), Unknown::get_type)?;
+    let (Some(value), ValueType::Object) = (value, actual) else {
+        let message =
+            format!("{name} must be an object, a Headers or a Map, got {}", describe(actual));
+        return Err(type_error(env, message));
+    };
     let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
     if !value.is_array()? && entries.get_type()? == ValueType::Function {
         // `Object` is a function: read it as an unknown value to reach its static method.
