@@ -249,9 +249,8 @@ impl QuotaManager {
         let id = required_non_empty(&env, account_id, "accountId")?;
         optional::<String>(&env, access_token, "accessToken")?;
         let model = optional::<String>(&env, model_id, "modelId")?;
-        let account = optional_account(&env, &id, account)?;
-        if account.is_some() {
-            self.core.get_fallback(&id, account.as_ref());
+        if let Some(account) = optional_account(&env, &id, account)? {
+            self.core.get_fallback(&id, Some(&account));
         }
         Ok(self.core.is_fallback_stale(&id, model.as_deref()))
     }
