@@ -326,18 +326,27 @@ impl QuotaManager {
         catch_unwind,
         ts_return_type = "{ status: 429; headers: Record<string, string>; body: string } | null"
     )]
-    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<Value>>> {
+    pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
         Ok(Json(self.tick(&env)?.fail_closed_response().map(|answer| {
-            json!({
-                "status": 429,
-                "headers": {
-                    "retry-after": answer.retry_after_secs.to_string(),
-                    "content-type": "application/json",
-                },
-                "body": answer.body,
-            })
+            FailClosedAnswer {
+                status: 429,
+                headers: [
+                    ("retry-after", answer.retry_after_secs.to_string()),
+                    ("content-type", "application/json".to_owned()),
+                ]
+                .into(),
+                body: answer.body,
+            }
         })))
     }
+}
+
+/// Its fields in the plugin's order (a `json!` object would sort them).
+#[derive(serde::Serialize)]
+pub struct FailClosedAnswer {
+    status: u16,
+    headers: std::collections::BTreeMap<&'static str, String>,
+    body: String,
 }
 
 /// A main API error as the plugin reads it: `retryAfter` in seconds beside `retryAfterMs`.
