@@ -8,6 +8,7 @@
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use super::config::{number, whole};
 use super::error::{ConfigError, FailureClass, QuotaError};
@@ -98,13 +99,12 @@ impl BackoffConfig {
 ///
 /// `attempts` counts failures in a row (the ladder rung last used); `next_retry_at` is the end of
 /// the current (or last) window; `last_error` is the record handed to the host.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct BackoffState {
     pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ApiErrorRecord>,
 }
 

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 /// A standard quota window: the one table that parsing (usage body and headers), lenient
 /// reading, merging, evaluation and freshness iterate. A new kind is a variant with its row in
@@ -65,12 +66,12 @@ pub enum QuotaSource {
     Headers,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaWindow {
     pub used_percent: f64,
     pub remaining_percent: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resets_at: Option<String>,
     pub checked_at: i64,
 }
@@ -88,17 +89,16 @@ impl QuotaWindow {
     }
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopedQuotaWindow {
     pub used_percent: f64,
     pub remaining_percent: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resets_at: Option<String>,
     pub checked_at: i64,
     pub id: String,
     pub title: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_id: Option<String>,
     pub model_name: String,
 }
@@ -117,34 +117,30 @@ pub struct QuotaMoney {
     pub exponent: u8,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ExtraUsage {
     pub used: QuotaMoney,
     pub limit: QuotaMoney,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub utilization_percent: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<String>,
     pub exhausted: bool,
 }
 
 /// For each present field of a snapshot, whether its value came from a poll or from response
 /// headers (docs/headers.md#field-sources).
+#[skip_serializing_none]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FieldSources {
-    #[serde(rename = "five_hour", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "five_hour")]
     pub five_hour: Option<QuotaSource>,
-    #[serde(rename = "seven_day", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "seven_day")]
     pub seven_day: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoped: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_usage: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_window: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_advised: Option<QuotaSource>,
 }
 
@@ -164,31 +160,23 @@ impl FieldSources {
     }
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSnapshot {
-    #[serde(rename = "five_hour", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "five_hour")]
     pub five_hour: Option<QuotaWindow>,
-    #[serde(rename = "seven_day", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "seven_day")]
     pub seven_day: Option<QuotaWindow>,
     /// Only polls know scoped windows; `Some(vec![])` means "the poll saw none".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoped: Option<Vec<ScopedQuotaWindow>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_usage: Option<ExtraUsage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_window: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_window_source: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_advised: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<QuotaSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_identity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_sources: Option<FieldSources>,
 }
 
@@ -324,20 +312,16 @@ impl QuotaEntry {
 }
 
 /// A failure of the usage endpoint as the host sees it (`QuotaApiError` in docs/api.md#data-types).
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiErrorRecord {
     pub message: String,
     pub checked_at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_count: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_identity: Option<String>,
 }
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::backoff::{BackoffConfig, BackoffState};
 use crate::snapshot::{QuotaEntry, WindowKind};
@@ -16,28 +17,22 @@ pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
 /// only the fingerprint of the token that produced the snapshot.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct RouteRecord {
     /// Shared, never mutated in place: a new observation is a new `Arc`, so a reader can tell
     /// by pointer whether the entry changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry: Option<Arc<QuotaEntry>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_fingerprint: Option<String>,
-    #[serde(default)]
     pub backoff: BackoffState,
     /// When the backoff last changed (a failure armed it, or a success cleared it).
-    #[serde(default)]
     pub backoff_updated_at: i64,
     /// Fingerprint of the fallback login (`authLineageId`) this record belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<String>,
     /// The last time any process sent a usage request for this route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_at: Option<i64>,
     /// Fingerprint of the token that request used (pacing is per token).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_token: Option<String>,
 }
 
