@@ -91,6 +91,15 @@ impl<'de, T: ReadFields<'de>> Deserialize<'de> for Fields<T> {
 
 struct FieldsVisitor<T>(PhantomData<T>);
 
+/// The visits of values that are not objects (`null` is a unit): each reads as `None`.
+macro_rules! not_an_object {
+    ($($visit:ident($($value:ty)?)),*) => {$(
+        fn $visit<E>(self $(, _: $value)?) -> Result<Self::Value, E> {
+            Ok(Fields(None))
+        }
+    )*};
+}
+
 impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
     type Value = Fields<T>;
 
@@ -111,29 +120,8 @@ impl<'de, T: ReadFields<'de>> Visitor<'de> for FieldsVisitor<T> {
         Ok(Fields(None))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Fields(None))
-    }
+    not_an_object!(visit_bool(bool), visit_i64(i64), visit_u64(u64), visit_f64(f64));
+    not_an_object!(visit_str(&str), visit_unit());
 }
 
 #[derive(Deserialize)]

@@ -121,13 +121,31 @@ impl RedisConfig {
     }
 }
 
-/// The Redis names of one prefix.
-#[derive(Clone, Debug)]
-struct Keys {
+struct Inner {
+    client: Client,
     prefix: String,
+    op_timeout: Duration,
+    lock_ttl: Duration,
+    /// The URL without credentials, for messages.
+    target: String,
+    /// Made on first use, inside the runtime: a store can be built while Redis is down.
+    connection: Mutex<Option<ConnectionManager>>,
+    notices: broadcast::Sender<String>,
+    listener_started: AtomicBool,
+    /// The `events` channel is subscribed: waiters can rely on notices.
+    listening: Arc<AtomicBool>,
+    stop_listener: Arc<Notify>,
 }
 
-impl Keys {
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // `notify_one` keeps a permit when the listener is not waiting right now.
+        self.stop_listener.notify_one();
+    }
+}
+
+/// The Redis names under the prefix.
+impl Inner {
     fn route(&self, key: &str) -> String {
         format!("{}route:{key}", self.prefix)
     }
@@ -154,29 +172,6 @@ impl Keys {
     }
 }
 
-struct Inner {
-    client: Client,
-    keys: Keys,
-    op_timeout: Duration,
-    lock_ttl: Duration,
-    /// The URL without credentials, for messages.
-    target: String,
-    /// Made on first use, inside the runtime: a store can be built while Redis is down.
-    connection: Mutex<Option<ConnectionManager>>,
-    notices: broadcast::Sender<String>,
-    listener_started: AtomicBool,
-    /// The `events` channel is subscribed: waiters can rely on notices.
-    listening: Arc<AtomicBool>,
-    stop_listener: Arc<Notify>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // `notify_one` keeps a permit when the listener is not waiting right now.
-        self.stop_listener.notify_one();
-    }
-}
-
 /// A handle on the Redis shared store. Cheap to clone; clones share one connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -187,7 +182,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("target", &self.inner.target)
-            .field("prefix", &self.inner.keys.prefix)
+            .field("prefix", &self.inner.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -227,7 +222,7 @@ impl RedisStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                keys: Keys { prefix: config.key_prefix.clone() },
+                prefix: config.key_prefix.clone(),
                 op_timeout: config.op_timeout,
                 lock_ttl: config.lock_ttl,
                 target: redact(&config.url),
@@ -261,7 +256,7 @@ impl RedisStore {
 
     /// One try at the route's lock (never waits for a holder).
     pub async fn try_lock_route(&self, key: &str) -> Result<LockTry, StoreError> {
-        let keys = &self.inner.keys;
+        let keys = &self.inner;
         let mut invocation = ACQUIRE.prepare_invoke();
         invocation.key(keys.lock(key)).key(keys.fence()).key(keys.route(key)).arg(self.ttl_ms());
         let (taken, fence_or_pttl, record): (i64, i64, Vec<u8>) =
@@ -316,9 +311,9 @@ impl RedisStore {
     /// (another type than a hash, or a damaged record), each with why (`status --redis`): one
     /// foreign key must not hide every route.
     pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
-        let scan = ScanOptions::default().with_pattern(self.inner.keys.route_pattern());
+        let scan = ScanOptions::default().with_pattern(self.inner.route_pattern());
         let scan = scan.with_count(500);
-        let prefix_len = self.inner.keys.route("").len();
+        let prefix_len = self.inner.route("").len();
         let mut connection = self.connection()?;
         self.bounded("scan", async move {
             let names: Vec<String> = connection.scan_options(scan).await?.try_collect().await?;
@@ -381,7 +376,7 @@ impl RedisStore {
             let json = next.map_or_else(String::new, |record| {
                 serde_json::to_string(&record).expect("a route record serialises")
             });
-            let keys = &self.inner.keys;
+            let keys = &self.inner;
             let mut write = WRITE.prepare_invoke();
             write
                 .key(keys.route(key))
@@ -405,7 +400,7 @@ impl RedisStore {
         key: &str,
     ) -> Result<(Option<RouteRecord>, Option<String>), StoreError> {
         let mut command = redis::cmd("HMGET");
-        command.arg(self.inner.keys.route(key)).arg("record").arg("rev");
+        command.arg(self.inner.route(key)).arg("record").arg("rev");
         let (json, rev): (Option<Vec<u8>>, Option<String>) = self.query("read", command).await?;
         Ok((json.as_deref().and_then(parse_record), rev))
     }
@@ -471,9 +466,7 @@ impl RedisStore {
 
 /// A record as stored; a damaged one reads as none (as a damaged route in the state file).
 fn parse_record(bytes: &[u8]) -> Option<RouteRecord> {
-    if bytes.is_empty() {
-        return None;
-    }
+    // Empty (no record under the lock) is not JSON either.
     serde_json::from_slice(bytes).ok()
 }
 

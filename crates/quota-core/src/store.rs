@@ -459,10 +459,7 @@ fn parse_state(bytes: &[u8]) -> Parsed {
 /// The variable that names the user's home directory where Node's `os.homedir()` looks first:
 /// `OpenCode` (through xdg-basedir) and the plugin put their config under `<home>/.config/opencode`
 /// on Windows too, with home `%USERPROFILE%` there.
-#[cfg(windows)]
-const HOME_VAR: &str = "USERPROFILE";
-#[cfg(not(windows))]
-const HOME_VAR: &str = "HOME";
+const HOME_VAR: &str = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
 
 /// The default state file: `$OPENCODE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/opencode`, else
 /// `~/.config/opencode` (`%USERPROFILE%\.config\opencode` on Windows), each holding

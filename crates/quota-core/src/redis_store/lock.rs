@@ -50,12 +50,12 @@ impl RedisStore {
 
     async fn renew(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
         let mut invocation = RENEW.prepare_invoke();
-        invocation.key(self.inner.keys.lock(key)).arg(fence).arg(self.ttl_ms());
+        invocation.key(self.inner.lock(key)).arg(fence).arg(self.ttl_ms());
         Ok(self.run::<i64>("renew", invocation).await? == 1)
     }
 
     async fn release(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
-        let keys = &self.inner.keys;
+        let keys = &self.inner;
         let mut invocation = RELEASE.prepare_invoke();
         invocation.key(keys.lock(key)).arg(fence).arg(keys.events()).arg(key);
         Ok(self.run::<i64>("unlock", invocation).await? == 1)
@@ -67,9 +67,8 @@ impl RedisStore {
 async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify>) {
     let mut pause = Duration::from_millis(50);
     loop {
-        let Some((client, channel, timeout)) = store
-            .upgrade()
-            .map(|inner| (inner.client.clone(), inner.keys.events(), inner.op_timeout))
+        let Some((client, channel, timeout)) =
+            store.upgrade().map(|inner| (inner.client.clone(), inner.events(), inner.op_timeout))
         else {
             return;
         };

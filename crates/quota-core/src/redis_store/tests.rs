@@ -113,7 +113,7 @@ impl Drop for RedisServer {
 /// What the tests look at in a store and a held lock.
 impl RedisStore {
     fn key_prefix(&self) -> &str {
-        &self.inner.keys.prefix
+        &self.inner.prefix
     }
 }
 

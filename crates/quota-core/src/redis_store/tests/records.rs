@@ -220,8 +220,8 @@ fn urls_are_redacted_and_prefix_globs_escaped() {
     assert_eq!(redact("rediss://:p%40ss@host"), "rediss://host");
     assert_eq!(redact("redis://127.0.0.1:1/"), "redis://127.0.0.1:1/");
     assert_eq!(redact("no scheme"), "<redis url>");
-    let keys = Keys { prefix: "a*[b]:".into() };
-    assert_eq!(keys.route_pattern(), r"a\*\[b\]:route:*");
+    let store = RedisStore::new(&RedisConfig::new("redis://h", Some("a*[b]:".into()))).unwrap();
+    assert_eq!(store.inner.route_pattern(), r"a\*\[b\]:route:*");
     assert!(matches!(
         RedisStore::new(&RedisConfig::new("http://x", None)),
         Err(StoreError::BadUrl(_))
