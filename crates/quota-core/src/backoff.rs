@@ -151,25 +151,27 @@ impl BackoffState {
         if matches!(class, FailureClass::Auth | FailureClass::None) {
             return None;
         }
-        let asked_ms = error.retry_after_ms().filter(|ms| *ms > 0);
+        let record = ApiErrorRecord {
+            message: error.to_string(),
+            checked_at: now_ms,
+            status: error.status(),
+            retry_after_ms: error.retry_after_ms().filter(|ms| *ms > 0),
+            account_identity: account_identity.map(str::to_owned),
+            ..ApiErrorRecord::default()
+        };
 
         if self.is_open(now_ms) {
-            let record = self.last_error.get_or_insert_with(|| ApiErrorRecord {
-                message: String::new(),
-                checked_at: now_ms,
+            let kept = self.last_error.take().unwrap_or_else(|| ApiErrorRecord {
                 next_retry_at: self.next_retry_at,
                 retry_count: (self.attempts > 0).then_some(self.attempts),
-                status: None,
-                retry_after_ms: None,
-                account_identity: None,
+                ..ApiErrorRecord::default()
             });
-            record.message = error.to_string();
-            record.checked_at = now_ms;
-            record.status = error.status();
-            record.retry_after_ms = asked_ms;
-            if let Some(identity) = account_identity {
-                record.account_identity = Some(identity.to_owned());
-            }
+            self.last_error = Some(ApiErrorRecord {
+                next_retry_at: kept.next_retry_at,
+                retry_count: kept.retry_count,
+                account_identity: record.account_identity.or(kept.account_identity),
+                ..record
+            });
             return None;
         }
 
@@ -179,20 +181,14 @@ impl BackoffState {
         } else {
             config.non_transient_ms.max(0)
         };
-        let delay_ms = match asked_ms {
-            Some(asked) => rung_ms.max(asked.min(config.max_retry_after_ms)),
-            None => rung_ms,
-        };
+        let delay_ms = record
+            .retry_after_ms
+            .map_or(rung_ms, |asked| rung_ms.max(asked.min(config.max_retry_after_ms)));
         let next_retry_at = now_ms.saturating_add(delay_ms);
-
         let record = ApiErrorRecord {
-            message: error.to_string(),
-            checked_at: now_ms,
             next_retry_at: Some(next_retry_at),
             retry_count: Some(attempt),
-            status: error.status(),
-            retry_after_ms: asked_ms,
-            account_identity: account_identity.map(str::to_owned),
+            ..record
         };
         self.attempts = attempt;
         self.next_retry_at = Some(next_retry_at);

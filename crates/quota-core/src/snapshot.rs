@@ -313,7 +313,7 @@ impl QuotaEntry {
 
 /// A failure of the usage endpoint as the host sees it (`QuotaApiError` in docs/api.md#data-types).
 #[skip_serializing_none]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiErrorRecord {
     pub message: String,
