@@ -92,14 +92,7 @@ impl QuotaError {
                 FailureClass::NonTransient
             }
             Self::Auth { .. } => FailureClass::Auth,
-            Self::BackedOff { .. }
-            | Self::Closed
-            | Self::State { .. }
-            | Self::SharedStore { .. }
-            | Self::LockTimeout { .. }
-            | Self::InvalidArgument(_)
-            | Self::IdentityChanged
-            | Self::Reentered(_) => FailureClass::None,
+            _ => FailureClass::None,
         }
     }
 

@@ -128,7 +128,7 @@ mod imp {
     use std::os::windows::io::AsRawHandle;
     use std::sync::OnceLock;
 
-    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, HANDLE};
+    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, FILETIME, HANDLE};
     use windows_sys::Win32::Security::Authorization::{SetNamedSecurityInfoW, SE_FILE_OBJECT};
     use windows_sys::Win32::Security::{
         AddAccessAllowedAceEx, GetLengthSid, GetTokenInformation, InitializeAcl, TokenUser,
@@ -167,18 +167,13 @@ mod imp {
                 return Err(io::Error::last_os_error());
             }
             let join = |high: u32, low: u32| (u64::from(high) << 32) | u64::from(low);
+            let time = |time: FILETIME| join(time.dwHighDateTime, time.dwLowDateTime);
             Ok(Self {
                 volume: info.dwVolumeSerialNumber,
                 index: join(info.nFileIndexHigh, info.nFileIndexLow),
                 len: join(info.nFileSizeHigh, info.nFileSizeLow),
-                modified: join(
-                    info.ftLastWriteTime.dwHighDateTime,
-                    info.ftLastWriteTime.dwLowDateTime,
-                ),
-                created: join(
-                    info.ftCreationTime.dwHighDateTime,
-                    info.ftCreationTime.dwLowDateTime,
-                ),
+                modified: time(info.ftLastWriteTime),
+                created: time(info.ftCreationTime),
             })
         }
     }
