@@ -113,20 +113,17 @@ pub struct Notices {
 }
 
 impl Notices {
-    /// Waits up to `within` for a notice about `key`; `true` when one came (or notices were
-    /// lost, so the caller should look again).
-    pub async fn changed(&mut self, key: &str, within: Duration) -> bool {
+    /// Waits up to `within` for a notice about `key`, or until notices were lost (the caller
+    /// looks again either way).
+    pub async fn changed(&mut self, key: &str, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Err(_) => return false,
-                Ok(Ok(route)) if route == key => return true,
-                Ok(Ok(_)) => {}
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => return true,
+                Ok(Ok(route)) if route != key => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    tokio::time::sleep_until(deadline).await;
-                    return false;
+                    return tokio::time::sleep_until(deadline).await;
                 }
+                _ => return,
             }
         }
     }
