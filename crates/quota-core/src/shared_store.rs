@@ -25,11 +25,8 @@ pub enum RouteGuard {
 impl RouteGuard {
     /// Lets the route go. A Redis lock is deleted (if still ours) and its notice published.
     pub async fn release(self) {
-        match self {
-            Self::File(lock) => drop(lock),
-            Self::Redis(lock) => {
-                let _ = lock.release().await;
-            }
+        if let Self::Redis(lock) = self {
+            let _ = lock.release().await;
         }
     }
 }

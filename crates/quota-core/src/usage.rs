@@ -80,11 +80,8 @@ fn null_out_of_range_numbers(bytes: &[u8]) -> Option<Vec<u8>> {
     while let Some(&byte) = rest.first() {
         let len = if in_string {
             in_string = byte != b'"';
-            if byte == b'\\' {
-                2
-            } else {
-                1
-            }
+            // An escape and the character it escapes.
+            1 + usize::from(byte == b'\\')
         } else if byte == b'-' || byte.is_ascii_digit() {
             rest.iter().position(|b| !b"0123456789+-.eE".contains(b)).unwrap_or(rest.len())
         } else {

@@ -150,9 +150,5 @@ impl AdoptionLimits {
 /// Is `theirs` a newer observation than `ours`? The one rule by which every copy of a route
 /// (this process's cache, the state file, another process's write) adopts another's snapshot.
 pub fn is_newer(ours: Option<&QuotaEntry>, theirs: Option<&QuotaEntry>) -> bool {
-    match (ours, theirs) {
-        (_, None) => false,
-        (None, Some(_)) => true,
-        (Some(ours), Some(theirs)) => theirs.checked_at > ours.checked_at,
-    }
+    theirs.is_some_and(|theirs| ours.is_none_or(|ours| theirs.checked_at > ours.checked_at))
 }
