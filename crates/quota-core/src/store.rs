@@ -224,19 +224,17 @@ impl StateStore {
     ) -> Result<Loaded, QuotaError> {
         let _guard = self.lock_file()?;
         let (parsed, quarantined) = self.read_locked()?;
-        let mut state = match parsed {
-            Parsed::Valid(state) => Arc::unwrap_or_clone(state),
-            Parsed::Missing | Parsed::Corrupt => StateFile::default(),
-            Parsed::Newer(version) => {
-                let mut state = StateFile::default();
-                apply_updates(&mut state, updates, trusted_until);
-                return Ok(Loaded { state, quarantined: None, newer_schema: Some(version) });
-            }
+        let (mut state, newer_schema) = match parsed {
+            Parsed::Valid(state) => (Arc::unwrap_or_clone(state), None),
+            Parsed::Missing | Parsed::Corrupt => (StateFile::default(), None),
+            Parsed::Newer(version) => (StateFile::default(), Some(version)),
         };
         apply_updates(&mut state, updates, trusted_until);
-        state.version = SCHEMA_VERSION;
-        self.write_atomically(&state)?;
-        Ok(Loaded { state, quarantined, newer_schema: None })
+        if newer_schema.is_none() {
+            state.version = SCHEMA_VERSION;
+            self.write_atomically(&state)?;
+        }
+        Ok(Loaded { state, quarantined, newer_schema })
     }
 
     /// Takes a route's refresh lock. With `wait`, blocks the calling thread until the holder
