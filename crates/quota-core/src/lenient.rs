@@ -17,13 +17,15 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    DeserializeOwned, Deserializer, IgnoredAny, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use serde_with::de::DeserializeAsWrap;
 use serde_with::DefaultOnError;
 
-use crate::snapshot::{QuotaSnapshot, QuotaWindow, ScopedQuotaWindow};
+use crate::snapshot::{QuotaSnapshot, QuotaWindow, ScopedQuotaWindow, WindowKind};
 
 /// A snapshot read leniently: `None` when the value is not an object.
 pub struct LenientSnapshot(pub Option<QuotaSnapshot>);
@@ -187,14 +189,15 @@ impl WindowFields {
     }
 }
 
-/// A snapshot's key; the standard windows' are [`crate::snapshot::WindowKind`]'s names.
+/// A snapshot's key: a standard window's name, or one of its other fields.
+enum SnapshotKey {
+    Window(WindowKind),
+    Field(SnapshotField),
+}
+
 #[derive(Deserialize)]
 #[serde(field_identifier, rename_all = "camelCase")]
 enum SnapshotField {
-    #[serde(rename = "five_hour")]
-    FiveHour,
-    #[serde(rename = "seven_day")]
-    SevenDay,
     Scoped,
     ExtraUsage,
     BindingWindow,
@@ -208,19 +211,44 @@ enum SnapshotField {
     Other,
 }
 
-/// A standard window, when it reads as one.
-fn window<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<QuotaWindow>, A::Error> {
-    let Fields(fields) = map.next_value::<Fields<WindowFields>>()?;
-    Ok(fields.and_then(|w| w.window()))
+impl<'de> Deserialize<'de> for SnapshotKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = SnapshotKey;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a snapshot field name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<SnapshotKey, E> {
+                match WindowKind::named(key) {
+                    Some(kind) => Ok(SnapshotKey::Window(kind)),
+                    None => {
+                        SnapshotField::deserialize(key.into_deserializer()).map(SnapshotKey::Field)
+                    }
+                }
+            }
+        }
+
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
 }
 
 impl<'de> ReadFields<'de> for QuotaSnapshot {
-    type Key = SnapshotField;
+    type Key = SnapshotKey;
 
-    fn read<A: MapAccess<'de>>(&mut self, key: SnapshotField, map: &mut A) -> Result<(), A::Error> {
-        match key {
-            SnapshotField::FiveHour => self.five_hour = window(map)?,
-            SnapshotField::SevenDay => self.seven_day = window(map)?,
+    fn read<A: MapAccess<'de>>(&mut self, key: SnapshotKey, map: &mut A) -> Result<(), A::Error> {
+        let field = match key {
+            SnapshotKey::Window(kind) => {
+                let Fields(fields) = map.next_value::<Fields<WindowFields>>()?;
+                *self.window_mut(kind) = fields.and_then(|w| w.window());
+                return Ok(());
+            }
+            SnapshotKey::Field(field) => field,
+        };
+        match field {
             SnapshotField::Scoped => {
                 let items: Option<Vec<Fields<WindowFields>>> = lenient(map)?;
                 self.scoped = items.map(|items| {

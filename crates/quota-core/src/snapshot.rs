@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_with::skip_serializing_none;
 
-/// A standard quota window: the one table that parsing (usage body and headers), merging,
-/// evaluation and freshness iterate. A new kind is a variant with its row in [`WindowKind::spec`],
-/// a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors match on the kind) and a
-/// key of the lenient reader (`lenient::SnapshotField`).
+/// A standard quota window: the one table that parsing (usage body and headers), lenient
+/// reading, merging, evaluation and freshness iterate. A new kind is a variant with its row in
+/// [`WindowKind::spec`] and a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors
+/// match on the kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
     FiveHour,
