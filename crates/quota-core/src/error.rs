@@ -92,7 +92,14 @@ impl QuotaError {
                 FailureClass::NonTransient
             }
             Self::Auth { .. } => FailureClass::Auth,
-            _ => FailureClass::None,
+            Self::BackedOff { .. }
+            | Self::Closed
+            | Self::State { .. }
+            | Self::SharedStore { .. }
+            | Self::LockTimeout { .. }
+            | Self::InvalidArgument(_)
+            | Self::IdentityChanged
+            | Self::Reentered(_) => FailureClass::None,
         }
     }
 
