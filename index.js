@@ -5,19 +5,12 @@
 // changed. It also does the JavaScript-shaped work: the `…WithMetadata` twins, getAllFallbacks'
 // Map, the rejections of promise-returning methods, the process listeners that flush at exit.
 //
-// How it stays true: the Rust core bumps a change counter on every mutable access to its state
-// (a poll's result, a header push, another process's record adopted, clear, close, identity
-// binding, settings, seeding). The counter lives in memory shared with JavaScript (an Int32Array
-// over an external ArrayBuffer), read with Atomics.load. An answer is kept together with the
-// counter value read before it was computed, and served only while the counter has not moved.
-// Time-dependent answers are not kept: the core hands out the instant at which an entry turns
-// stale (_mainStaleFrom, _fallbackStaleFrom), and the facade compares it at every call with the
-// same clock the core reads (Date.now, the time of the ManualClock passed as options.clock read
-// in shared memory, or options.now sampled here and stored in shared memory where the core reads
-// it, as every native entry samples it). Arguments other than the plain shapes (string or
-// undefined ids and models, no account, a request count in range) always go to the native
-// method, which stays the authority for errors. Account lists cross in a compact form whose
-// fields the core names (QuotaManager._accountFields(), src/account_lists.rs).
+// How it stays true: the core bumps a change counter, shared with JavaScript (an Int32Array over
+// an external ArrayBuffer, src/hot_path.rs), on every mutable access to its state. An answer is
+// kept with the counter value read before it was computed, and served only while the counter
+// has not moved. Time-dependent answers are not kept: the core hands out the instant an entry
+// turns stale, compared at every call with the clock the core reads. Arguments other than the
+// plain shapes always go to the native method, which stays the authority for errors.
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
@@ -32,15 +25,13 @@ const NEVER_CURRENT = new Int32Array(2)
 /**
  * Answers kept while the change counter holds still: per question, a Map from its key (an id, a
  * model) to the native answer (a frozen entry view, a stale-from deadline); isFallbackStale's
- * keys are the id, then the model; the one setting read, `refreshEveryNRequests`, as it is. A
- * read serves its kept answer while the counter equals the version they were kept at (checked
- * inline: it is the whole cost of the hot path); #ask adds one.
+ * keys are the id, then the model; `refreshEveryNRequests` as it is.
  */
 function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
 }
 
-/** Each ManualClock's time in shared memory (handed out once per clock, so kept here). */
+/** Each ManualClock's time in shared memory (the clock hands it out once). */
 const clockTimes = new WeakMap()
 
 /** A ManualClock's time (a BigInt64Array over the core's clock), or null if it cannot be shared. */
@@ -64,13 +55,24 @@ const RESOLVING = 2
 const isEnumerable = Object.prototype.propertyIsEnumerable
 
 /**
- * An object whose fields `ownField` reads as JSON.stringify does: a plain object (no toJSON),
- * not a Proxy (whose traps may answer a property read and JSON's own-key walk differently).
+ * Whether JSON.stringify may write this object as something else than its properties: a Proxy
+ * (whose traps may answer a property read and JSON's own-key walk differently), or an object
+ * with toJSON. Anything but an object counts as rewritten.
  */
+function rewrittenByJson(value) {
+  return typeof value !== 'object' || isProxy(value) || typeof value.toJSON === 'function'
+}
+
+/** An object whose fields `ownField` reads as JSON.stringify does (its prototype checked first). */
 function isPlainObject(value) {
   if (typeof value !== 'object' || value === null || isProxy(value)) return false
   const proto = Object.getPrototypeOf(value)
   return (proto === Object.prototype || proto === null) && typeof value.toJSON !== 'function'
+}
+
+/** An array JSON.stringify writes item by item. */
+function isPlainArray(value) {
+  return Array.isArray(value) && !rewrittenByJson(value)
 }
 
 /**
@@ -88,18 +90,15 @@ const ID_AT = ROW.indexOf('id')
 const TYPE_AT = ROW.indexOf('type')
 
 /**
- * The account list as the binding's compact form (src/account_lists.rs): one flat array with,
- * per account, the raw values of the ROW fields, so the core checks and names them as it does
- * whole objects. Seeding and a resolver send `access` only when it is not a string (it is
- * checked, not used); seeding sends a bound on the snapshot's `checkedAt` instead of the
- * snapshot, and puts each account's snapshot in `quotas`. Only the fields a call uses are read:
- * others are not looked at, so a value with no JSON form in a field the manager does not use is
- * no longer an error. Null when an account is not a plain object or a getter throws (and, later,
- * JSON.stringify of the rows sent fails when a value read has no JSON form): the native method
- * then reads the list whole.
+ * The account list as the binding's compact form (src/account_lists.rs): one flat array of the
+ * ROW fields' raw values per account, only the fields this call uses (null for the others, so a
+ * value with no JSON form there is not an error). Seeding and a resolver send `access` only when
+ * it is not a string (it is checked, not used); seeding sends a bound on the snapshot's
+ * `checkedAt` and puts the snapshot in `quotas`. Null when the list or an account is not plain,
+ * or a getter throws: the native method then reads the list whole.
  */
 function compactAccounts(accounts, purpose, quotas) {
-  if (!Array.isArray(accounts) || isProxy(accounts) || typeof accounts.toJSON === 'function') return null
+  if (!isPlainArray(accounts)) return null
   const flat = []
   try {
     for (let i = 0; i < accounts.length; i++) {
@@ -134,11 +133,6 @@ function rowValue(account, field, purpose, quotas, index) {
     default:
       return ownField(account, field)
   }
-}
-
-/** A Promise or another thenable (read as the native method reads it). */
-function isThenable(value) {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof value.then === 'function'
 }
 
 /** JSON text, or null when the value has none (a BigInt, a cycle): then the native method reads the list. */
@@ -177,15 +171,9 @@ function snapshotJsonOrNull(quota) {
 const UNREADABLE = NaN
 
 /**
- * Whether JSON.stringify may write this value as something else than its properties (the bound
- * must hold for what the core reads). An inherited or non-enumerable `checkedAt`, which JSON
- * leaves out, only makes the bound higher than it needs to be: no harm.
+ * A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. An inherited
+ * or non-enumerable `checkedAt`, which JSON leaves out, only makes the bound higher: no harm.
  */
-function rewrittenByJson(value) {
-  return typeof value !== 'object' || isProxy(value) || typeof value.toJSON === 'function'
-}
-
-/** A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
   if (rewrittenByJson(window)) return UNREADABLE
@@ -195,9 +183,9 @@ function windowCheckedAt(window) {
 }
 
 /**
- * A number no `checkedAt` of the snapshot exceeds (its own, its 5-hour, 7-day and scoped
- * windows': the core dates a snapshot by the latest), -1 without any; null when it cannot tell
- * (then the snapshot is sent and the core decides).
+ * A number no `checkedAt` of the snapshot exceeds (its own, its windows': the core dates a
+ * snapshot by the latest), -1 without any; null when it cannot tell (then the snapshot is sent
+ * and the core decides).
  */
 function quotaCheckedAtBound(quota) {
   if (quota === undefined || quota === null) return -1
@@ -205,7 +193,7 @@ function quotaCheckedAtBound(quota) {
   let bound = Math.max(windowCheckedAt(quota), windowCheckedAt(quota.five_hour), windowCheckedAt(quota.seven_day))
   const scoped = quota.scoped
   if (scoped !== undefined && scoped !== null) {
-    if (!Array.isArray(scoped) || isProxy(scoped) || typeof scoped.toJSON === 'function') return null
+    if (!isPlainArray(scoped)) return null
     for (let i = 0; i < scoped.length; i++) {
       const window = scoped[i]
       // Items that are not objects are dropped by the core.
@@ -221,7 +209,7 @@ function quotaCheckedAtBound(quota) {
  * A call the host makes from inside its fetchQuotaSnapshot back into the route being polled
  * would wait for the very request it runs in (until the request timeout, which then arms a
  * backoff for the host's own bug): such a call is refused at once (#refusedReentry), and the
- * poll it broke fails without a backoff.
+ * poll it broke fails without a backoff (src/host_fetch.rs reads the code).
  */
 const runningPoll = new AsyncLocalStorage()
 const REENTRANT_CALL = 'QUOTA_REENTRANT_CALL'
@@ -239,22 +227,17 @@ function withPollContext(options, owner) {
   return { ...options, fetchQuotaSnapshot: (request) => runPoll(fetchQuotaSnapshot, request, owner) }
 }
 
-function runPoll(fetchQuotaSnapshot, request, owner) {
+async function runPoll(fetchQuotaSnapshot, request, owner) {
   const poll = { owner, kind: request.kind, accountId: request.accountId, refused: false }
-  const failed = (error) => {
+  try {
+    return await runningPoll.run(poll, fetchQuotaSnapshot, request)
+  } catch (error) {
     if (!poll.refused) throw error
     const reason = error !== null && typeof error === 'object' && 'message' in error ? error.message : error
     throw reentrantCall(
       `fetchQuotaSnapshot failed after calling the manager back for the ${poll.kind} route it was polling: ${String(reason)}`,
     )
   }
-  let answer
-  try {
-    answer = runningPoll.run(poll, fetchQuotaSnapshot, request)
-  } catch (error) {
-    failed(error)
-  }
-  return isThenable(answer) ? Promise.resolve(answer).catch(failed) : answer
 }
 
 /** The promise `start` returns, or one rejected with what it threw: promise-returning methods never throw. */
@@ -267,22 +250,13 @@ function rejecting(start) {
 }
 
 /**
- * Has every manager with a state file write what is still unsaved (header pushes wait up to
- * 250 ms to be written together) when the host exits, even through `process.exit()` or a signal.
- * One `exit` listener and one listener per signal, per thread, serve every manager.
- *
- * Signals: a listener changes what a signal does (Node no longer terminates), so ours flushes
- * and then, when the host had no listener of its own when the signal arrived, re-raises the
- * signal with no listener left (the default action: the process ends by that signal). When the
- * host had listeners, the host decides; ours only flushes. Ours is put first, so it sees the
- * host's `once` listeners before they remove themselves. A signal caught just as the event loop
- * ends would never reach a listener (the loop no longer polls): when the loop runs dry, it gets
- * one more turn, which delivers it.
- *
- * Windows has its own set: SIGINT (Ctrl+C), SIGBREAK (Ctrl+Break) and SIGHUP (the console window
- * closes; Windows ends the process seconds later). It never raises SIGTERM, and `process.kill`
- * there can only end a process (as SIGTERM: SIGBREAK and SIGHUP cannot be sent), so that is how
- * the default action is re-raised.
+ * The listeners that have every manager with a state file write what is unsaved at exit
+ * (src/exit.rs), one set per thread. A signal listener stops Node from terminating: ours
+ * flushes, then, when the host had no listener of its own, re-raises the signal with none left
+ * (the default action). It goes first, to see the host's `once` listeners before they remove
+ * themselves. A signal caught as the loop ends would reach no listener: a loop that runs dry
+ * gets one more turn. Windows raises SIGINT, SIGBREAK and SIGHUP (the console closes), never
+ * SIGTERM, and `process.kill` there can only end a process (as SIGTERM).
  */
 function flushAtExit() {
   const flush = () => Native._flushUnsaved()
@@ -297,8 +271,7 @@ function flushAtExit() {
     }
     process.prependListener(signal, onSignal)
   }
-  // Every other time the loop runs dry: the extra turn ends in beforeExit again, and then the
-  // process may exit.
+  // Every other time: the extra turn ends in beforeExit again.
   let turnGiven = false
   process.on('beforeExit', () => {
     turnGiven = !turnGiven
@@ -312,7 +285,7 @@ class QuotaManager extends Native {
   #time = Date.now
   /** The core's time as last sampled, without sampling again. */
   #read = Date.now
-  /** The host's `now` option is sampled at every entry, natively or here. */
+  /** The host's `now` option is sampled at every entry. */
   #samplesNow = false
   /** The counter value the kept answers were computed at. */
   #version = NaN
@@ -379,11 +352,9 @@ class QuotaManager extends Native {
   }
 
   /**
-   * A call with the same arguments as the last one is the same call again while it would join
-   * the same request: it gets that call's promise (callers of one request share one) and is
-   * added to the calls the core counts on that request (the counter's second element). That
-   * holds while the change counter has not moved since it was last checked; when it moved, the
-   * core says which request such a call would join now. Anything else goes native. Not with a
+   * A call with the same arguments as the last one, while it would join the same request, gets
+   * that call's promise and is counted on that request (the counter's second element). When the
+   * change counter moved, the core says which request such a call would join now. Not with a
    * `now` option, which every native entry samples.
    */
   #refreshMain(withMetadata, id, token, generation) {
@@ -417,13 +388,9 @@ class QuotaManager extends Native {
   }
 
   /**
-   * The account list crosses in a compact form (only the fields seeding reads), and a snapshot
-   * crosses only when the core could adopt it (it is newer than the cached entry): a seeding of
-   * 10,000 unchanged accounts no longer turns 10,000 snapshots into JSON. When the core says a
-   * seeding is settled (the same list again would change nothing while its fallback epoch holds:
-   * no fallback route changed since), the same list again is not sent at all: the plugin seeds
-   * the list it reloads from disk before every request. Lists holding anything but plain
-   * objects go native whole.
+   * In two halves (src/account_lists.rs): a snapshot crosses only when the core could adopt it.
+   * A settled seeding's list is not sent again while its epoch holds (the plugin seeds the list
+   * it reloads from disk before every request), nor are its unchanged rows.
    */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
@@ -446,11 +413,9 @@ class QuotaManager extends Native {
   }
 
   /**
-   * The indices of the accounts whose compact rows differ from the last settled seeding's, when
-   * seeding only those is the same as seeding the list: its fallback epoch holds (no fallback
-   * route changed since), the same ids sit in the same places, each row is an account of its
-   * own (no api-key account, no repeated id) and no account's type changed. Empty: nothing to
-   * do. Null: seed the whole list.
+   * The indices of the rows that differ from the last settled seeding's, when seeding only those
+   * is the same as seeding the list: its epoch holds, the same ids sit in the same places, each
+   * row is an account of its own and no type changed. Empty: nothing to do. Null: seed the list.
    */
   #changedSinceSettled(flat) {
     const settled = this.#settled
@@ -469,12 +434,6 @@ class QuotaManager extends Native {
     return changed.length > 0 && !settled.rowsAreAccounts ? null : changed
   }
 
-  /**
-   * The list crosses in a compact form. Without a resolver it is read, and the refreshes are
-   * registered, off the JavaScript thread (a bad account rejects the promise). With one, the
-   * core reads the list first, then asks the resolver once per account it kept (api-key
-   * accounts and repeated ids are not asked about, nor any account of a bad list).
-   */
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
     const flat =
@@ -522,10 +481,7 @@ class QuotaManager extends Native {
     return true
   }
 
-  /**
-   * Where to keep an answer about to be asked natively: read before asking, so the answer is
-   * stamped with the counter as it was before (every kept answer is forgotten when it moved).
-   */
+  /** Where to keep an answer about to be asked: the counter is read before asking. */
   #keep() {
     const version = Atomics.load(this.#changes, 0)
     if (version !== this.#version) {
@@ -535,7 +491,6 @@ class QuotaManager extends Native {
     return this.#kept
   }
 
-  /** Asks natively and keeps the answer under `key` of `question`. */
   #ask(question, key, ask) {
     const kept = this.#keep()[question]
     const answer = ask()
@@ -543,15 +498,11 @@ class QuotaManager extends Native {
     return answer
   }
 
-  /**
-   * With the host's `now`, whether a kept answer may be served: `now` sampled (and stored where
-   * the core reads it) as a native entry would, and a usable time.
-   */
+  /** With the host's `now`: sampled (and stored where the core reads it), and a usable time. */
   #sampled() {
     return this.#time() === this.#read()
   }
 
-  /** Whether answers can be kept for these arguments: an id and a model, each a string or undefined. */
   #keepable(id, model) {
     return (
       this.#changes !== NEVER_CURRENT && (id === undefined || typeof id === 'string') && (model === undefined || typeof model === 'string')

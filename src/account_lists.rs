@@ -1,14 +1,12 @@
-//! `seedFallbacksFromAccounts` and `refreshAllFallbacks`: one way in per operation, every account
-//! read by `quota_core::host::AccountList` (the api-key, field and duplicate-id rules). The
-//! native methods read the host's list whole, through JSON; the facade (`index.js`) sends plain
-//! lists in a compact form instead, one row of `ACCOUNT_FIELDS` per account (with 10,000
-//! accounts, turning whole accounts, snapshots included, into JSON and back held the JavaScript
-//! thread 50-400 ms):
+//! `seedFallbacksFromAccounts` and `refreshAllFallbacks`, every account read by
+//! `quota_core::host::AccountList`. The native methods read the host's list whole, through JSON;
+//! the facade (`index.js`) sends plain lists as compact rows of `ACCOUNT_FIELDS` instead (with
+//! 10,000 accounts, whole accounts through JSON held the JavaScript thread 50-400 ms):
 //! - a seeding comes in two halves: the first seeds all but the snapshots the core could adopt
 //!   and asks for those, the second brings them; a settled seeding's epoch lets the facade skip
 //!   the same list, or send only the rows that changed (`SeedingScope::ChangedAccounts`);
 //! - `refreshAllFallbacks` reads its list off the JavaScript thread, unless a resolver must be
-//!   asked about the accounts first (then it is read here, before the resolver is asked).
+//!   asked about the accounts first.
 //!
 //! A seeding's plan is an external value the facade hands back, so a host callback that calls
 //! the manager again cannot mix two lists up.
@@ -123,15 +121,13 @@ impl QuotaManager {
         self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
     }
 
-    /// Seeding, first half: reads the compact list (a `TypeError` names a bad account) and
-    /// seeds all but the snapshots the core could adopt. `changed` (a JSON array of host
-    /// indices, one per row) says the rows are only the accounts that changed since a settled
-    /// seeding of the same ids (see `index.js`): the others are left as they are, none is
-    /// forgotten. Answers `[plan, indices, epoch, rowsAreAccounts]`: the indices, in the host's
-    /// list, of the accounts whose snapshot `_applyFallbackSeeding` must bring; when none, the
-    /// fallback epoch if the seeding is settled (-1: not): while that epoch holds, the same list
-    /// seeded again changes nothing; and whether each row was an account of its own (no api-key
-    /// account, no repeated id), which a later seeding of changed rows only relies on.
+    /// Seeding, first half. `changed` (a JSON array of host indices, one per row) says the rows
+    /// are only the accounts that changed since a settled seeding of the same ids: the others
+    /// are left as they are. Answers `[plan, indices, epoch, rowsAreAccounts]`: the host's
+    /// indices of the snapshots `_applyFallbackSeeding` must bring; when none, the settled epoch
+    /// (while it holds, the same list seeded again changes nothing); and whether each row was an
+    /// account of its own (no api-key account, no repeated id), which a later seeding of changed
+    /// rows relies on.
     #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
     pub fn plan_fallback_seeding(
         &self,
@@ -155,7 +151,6 @@ impl QuotaManager {
     }
 
     /// Seeding, second half: `snapshots` is the JSON array of the snapshots asked for, in order.
-    /// Returns the fallback epoch if the seeding is settled, else -1.
     #[napi(catch_unwind, js_name = "_applyFallbackSeeding", skip_typescript)]
     pub fn apply_fallback_seeding(
         &self,
@@ -186,10 +181,8 @@ impl QuotaManager {
     }
 
     /// `refreshAllFallbacks` over the compact list (`accounts` is the host's own, for the
-    /// resolver). Without a resolver, the list is read off the JavaScript thread, then the due
-    /// refreshes start (`access` counts while `expires` is after now); its tokens count as
-    /// tokens from the moment this returns (see `QuotaManager::expect_tokens`). A bad account is
-    /// a `TypeError` naming it, and nothing starts.
+    /// resolver). Without a resolver, its tokens count as tokens from the moment this returns
+    /// (see `QuotaManager::expect_tokens`), though the list is read later, off this thread.
     #[napi(catch_unwind, js_name = "_refreshAllFallbacksFrom", skip_typescript)]
     pub fn refresh_all_fallbacks_from<'env>(
         &self,
@@ -210,9 +203,8 @@ impl QuotaManager {
 }
 
 impl QuotaManager {
-    /// Starts the refreshes of a list read on this thread: each account's token is the
-    /// resolver's answer for the host's item (asked once the whole list is read), else `access`
-    /// while `expires` is in the future.
+    /// Starts the refreshes of a list read on this thread; the resolver is asked once the whole
+    /// list is read.
     fn start_refreshes<'env>(
         &self,
         env: &'env Env,

@@ -15,8 +15,17 @@ use quota_core::manager::{FetchedEvent, HostEvents};
 use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use quota_core::stats::{bump, Stats};
 
-/// A weak, non-callee-handled threadsafe function, called with its arguments.
-type Callback<Args> = ThreadsafeFunction<Args, CallbackReturn, Args, Status, false, true>;
+/// A host function the core's threads call with its arguments: weak (it never keeps Node alive),
+/// not callee-handled (its throw is the call's error).
+pub type HostFunction<Args, Return> = ThreadsafeFunction<Args, Return, Args, Status, false, true>;
+
+pub fn host_function<Args: 'static + JsValuesTupleIntoVec, Return: FromNapiValue>(
+    function: &Function<Args, Return>,
+) -> Result<HostFunction<Args, Return>> {
+    function.build_threadsafe_function().weak::<true>().callee_handled::<false>().build()
+}
+
+type Callback<Args> = HostFunction<Args, CallbackReturn>;
 
 /// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -94,10 +103,7 @@ impl JsCallbacks {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Calls the callback in `slot`, if any (it has run when this returns). A promise it
-    /// returned is awaited only with `awaitCallbacks` (at most [`CALLBACK_PROMISE_WAIT`]);
-    /// otherwise it is watched in the background so a rejection is still caught and counted. A
-    /// throw is counted and reported.
+    /// Calls the callback in `slot`, if any (it has run when this returns).
     fn invoke<Args: 'static + Send + JsValuesTupleIntoVec>(
         &self,
         slot: impl FnOnce(&Slots) -> Option<Arc<Callback<Args>>>,
@@ -140,12 +146,7 @@ fn build<Args: 'static + JsValuesTupleIntoVec>(
 ) -> Result<Option<Arc<Callback<Args>>>> {
     let build = |function: Unknown| {
         let function = unsafe { function.cast::<Function<Args, CallbackReturn>>() }?;
-        let callback = function
-            .build_threadsafe_function::<Args>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build()?;
-        Ok(Arc::new(callback))
+        Ok(Arc::new(host_function(&function)?))
     };
     function.map(build).transpose()
 }

@@ -7,10 +7,10 @@
 
 use futures::future::{BoxFuture, FutureExt};
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::{ThreadsafeCallContext, ThreadsafeFunction};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::callbacks::{host_function, HostFunction};
 use quota_core::clock::ManualClock;
 use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest};
 
@@ -79,7 +79,7 @@ type Factory<'a> = Function<
     Function<'a, Value, Promise<String>>,
 >;
 
-type Adapter = ThreadsafeFunction<Value, Promise<String>, Value, Status, false, true>;
+type Adapter = HostFunction<Value, Promise<String>>;
 
 /// The host's transport, as the core sees it.
 pub struct HostFetch {
@@ -102,13 +102,9 @@ impl HostFetch {
         }
         let without_token = fetch_quota_snapshot.is_some();
         let factory: Factory = env.run_script(ADAPTER)?;
-        let adapter = factory
-            .call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?
-            .build_threadsafe_function::<Value>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build_callback(|ctx: ThreadsafeCallContext<Value>| Ok(ctx.value))?;
-        Ok(Some(Self { adapter: std::sync::Arc::new(adapter), without_token, clock }))
+        let adapter = factory.call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?;
+        let adapter = std::sync::Arc::new(host_function(&adapter)?);
+        Ok(Some(Self { adapter, without_token, clock }))
     }
 }
 
@@ -182,11 +178,7 @@ impl HostTransport for HostFetch {
             "accountId": request.account_id,
             "accessToken": request.access_token,
             "url": request.url,
-            "headers": request
-                .headers
-                .into_iter()
-                .map(|(name, value)| (name, Value::String(value)))
-                .collect::<serde_json::Map<String, Value>>(),
+            "headers": request.headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         });
         let adapter = self.adapter.clone();
         let clock = self.clock.clone();

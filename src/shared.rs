@@ -6,12 +6,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::UnknownRef;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use super::js::quota_error;
 use super::views::Frozen;
@@ -39,32 +39,12 @@ pub struct SharedPromises {
 /// How many promises handed out are not settled yet, so `close()` can resolve after them: each
 /// promise is settled by a task of its own, in no particular order with `close()`'s.
 #[derive(Default)]
-pub struct Unsettled {
-    count: AtomicUsize,
-    settled: tokio::sync::Notify,
-}
+pub struct Unsettled(watch::Sender<usize>);
 
 impl Unsettled {
-    fn add(&self) {
-        self.count.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Called on the JavaScript thread just before the promise settles: anything that waits
-    /// for this resolves in a later turn, after the promise's own handlers are queued.
-    fn done(&self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
-        self.settled.notify_waiters();
-    }
-
     /// Resolves once every promise handed out so far has settled.
     pub async fn all_settled(self: Arc<Self>) {
-        loop {
-            let notified = self.settled.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        let _ = self.0.subscribe().wait_for(|&count| count == 0).await;
     }
 }
 
@@ -93,10 +73,12 @@ impl SharedPromises {
         }
         let running = self.running.clone();
         let unsettled = self.unsettled.clone();
-        unsettled.add();
+        unsettled.0.send_modify(|count| *count += 1);
         let promise =
             env.spawn_future_with_callback(async move { Ok(wait.await) }, move |env, settled| {
-                unsettled.done();
+                // Before the promise settles: whatever waits for this resolves in a later turn,
+                // after the promise's own handlers are queued.
+                unsettled.0.send_modify(|count| *count -= 1);
                 if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
                     let _ = reference.unref(env);
                 }
