@@ -47,11 +47,6 @@ function sharedTimeOf(clock) {
 /** The largest time JavaScript dates can hold (the host's `now` beyond it goes native). */
 const MAX_TIME_MS = 8.64e15
 
-/** What an account list is read for: each reads other fields (src/account_lists.rs). */
-const SEEDING = 0
-const REFRESHING = 1
-const RESOLVING = 2
-
 const isEnumerable = Object.prototype.propertyIsEnumerable
 
 /**
@@ -92,19 +87,19 @@ const TYPE_AT = ROW.indexOf('type')
 /**
  * The account list as the binding's compact form (src/account_lists.rs): one flat array of the
  * ROW fields' raw values per account, only the fields this call uses (null for the others, so a
- * value with no JSON form there is not an error). Seeding and a resolver send `access` only when
- * it is not a string (it is checked, not used); seeding sends a bound on the snapshot's
- * `checkedAt` and puts the snapshot in `quotas`. Null when the list or an account is not plain,
- * or a getter throws: the native method then reads the list whole.
+ * value with no JSON form there is not an error). A seeding (given `quotas`) sends `access` only
+ * when it is not a string (it is checked, not used), and a bound on the snapshot's `checkedAt`,
+ * the snapshot going to `quotas`. Null when the list or an account is not plain, or a getter
+ * throws: the native method then reads the list whole.
  */
-function compactAccounts(accounts, purpose, quotas) {
+function compactAccounts(accounts, quotas) {
   if (!isPlainArray(accounts)) return null
   const flat = []
   try {
     for (let i = 0; i < accounts.length; i++) {
       const account = accounts[i]
       if (!isPlainObject(account)) return null
-      for (const field of ROW) flat.push(rowValue(account, field, purpose, quotas, i))
+      for (const field of ROW) flat.push(rowValue(account, field, quotas, i))
     }
     return flat
   } catch {
@@ -113,18 +108,18 @@ function compactAccounts(accounts, purpose, quotas) {
 }
 
 /** One value of an account's compact row (null: a field this call does not use). */
-function rowValue(account, field, purpose, quotas, index) {
+function rowValue(account, field, quotas, index) {
   switch (field) {
     case 'access': {
       const access = ownField(account, field)
-      return purpose !== REFRESHING && typeof access === 'string' ? null : access
+      return quotas !== undefined && typeof access === 'string' ? null : access
     }
     case 'expires':
-      return purpose === SEEDING ? null : ownField(account, field)
+      return quotas !== undefined ? null : ownField(account, field)
     case 'lastQuotaRefreshError':
-      return purpose === SEEDING ? ownField(account, field) : null
+      return quotas !== undefined ? ownField(account, field) : null
     case 'quota': {
-      if (purpose !== SEEDING) return null
+      if (quotas === undefined) return null
       // Read once: the snapshot sent, if the core asks for it, is the one bounded here.
       const quota = ownField(account, field)
       quotas[index] = quota
@@ -394,7 +389,7 @@ class QuotaManager extends Native {
    */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
-    const flat = compactAccounts(accounts, SEEDING, quotas)
+    const flat = compactAccounts(accounts, quotas)
     if (flat === null) {
       this.#settled = null
       return super.seedFallbacksFromAccounts(accounts)
@@ -405,7 +400,7 @@ class QuotaManager extends Native {
     const rows = changed === null ? flat : changed.flatMap((index) => flat.slice(index * FIELDS, (index + 1) * FIELDS))
     const compact = jsonOrNull(rows)
     if (compact === null) return super.seedFallbacksFromAccounts(accounts)
-    const [plan, wanted, planned, rowsAreAccounts] = this._planFallbackSeeding(compact, changed === null ? null : JSON.stringify(changed))
+    const [plan, wanted, planned, rowsAreAccounts] = this._planFallbackSeeding(compact, changed === null ? null : Uint32Array.from(changed))
     const epoch = wanted.length === 0 ? planned : this._applyFallbackSeeding(plan, snapshotsJson(quotas, wanted))
     // Changed rows of a list whose rows were accounts of their own still are (same ids, no
     // type changed).
@@ -436,8 +431,7 @@ class QuotaManager extends Native {
 
   refreshAllFallbacks(accounts, resolveAccessToken) {
     const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
-    const flat =
-      !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, resolving ? RESOLVING : REFRESHING) : null
+    const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     return rejecting(() =>
       compact === null

@@ -121,25 +121,21 @@ impl QuotaManager {
         self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
     }
 
-    /// Seeding, first half. `changed` (a JSON array of host indices, one per row) says the rows
-    /// are only the accounts that changed since a settled seeding of the same ids: the others
-    /// are left as they are. Answers `[plan, indices, epoch, rowsAreAccounts]`: the host's
-    /// indices of the snapshots `_applyFallbackSeeding` must bring; when none, the settled epoch
-    /// (while it holds, the same list seeded again changes nothing); and whether each row was an
-    /// account of its own (no api-key account, no repeated id), which a later seeding of changed
-    /// rows relies on.
+    /// Seeding, first half. `changed` (the host's index of each row) says the rows are only the
+    /// accounts that changed since a settled seeding of the same ids: the others are left as
+    /// they are. Answers `[plan, indices, epoch, rowsAreAccounts]`: the host's indices of the
+    /// snapshots `_applyFallbackSeeding` must bring; when none, the settled epoch (while it
+    /// holds, the same list seeded again changes nothing); and whether each row was an account of
+    /// its own (no api-key account, no repeated id), which a later seeding of changed rows relies
+    /// on.
     #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
     pub fn plan_fallback_seeding(
         &self,
         env: &Env,
         compact: String,
-        changed: Option<String>,
+        changed: Option<Uint32Array>,
     ) -> Result<SeedingPlan> {
         self.tick(env)?;
-        let changed: Option<Vec<u32>> = changed
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|_| type_error(env, NOT_AN_ARRAY))?;
         let list =
             read_compact(&compact, changed.as_deref(), true).map_err(|e| type_error(env, e))?;
         let scope =
