@@ -207,11 +207,9 @@ function quotaCheckedAtBound(quota) {
  * poll it broke fails without a backoff (src/host_fetch.rs reads the code).
  */
 const runningPoll = new AsyncLocalStorage()
-const REENTRANT_CALL = 'QUOTA_REENTRANT_CALL'
-
 function reentrantCall(message) {
   const error = new Error(message)
-  error.code = REENTRANT_CALL
+  error.code = 'QUOTA_REENTRANT_CALL'
   return error
 }
 
@@ -390,15 +388,11 @@ class QuotaManager extends Native {
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
     const flat = compactAccounts(accounts, quotas)
-    if (flat === null) {
-      this.#settled = null
-      return super.seedFallbacksFromAccounts(accounts)
-    }
-    const changed = this.#changedSinceSettled(flat)
+    const changed = flat === null ? null : this.#changedSinceSettled(flat)
     if (changed !== null && changed.length === 0) return
     this.#settled = null
     const rows = changed === null ? flat : changed.flatMap((index) => flat.slice(index * FIELDS, (index + 1) * FIELDS))
-    const compact = jsonOrNull(rows)
+    const compact = rows === null ? null : jsonOrNull(rows)
     if (compact === null) return super.seedFallbacksFromAccounts(accounts)
     const [plan, wanted, planned, rowsAreAccounts] = this._planFallbackSeeding(compact, changed === null ? null : Uint32Array.from(changed))
     const epoch = wanted.length === 0 ? planned : this._applyFallbackSeeding(plan, snapshotsJson(quotas, wanted))
@@ -430,8 +424,7 @@ class QuotaManager extends Native {
   }
 
   refreshAllFallbacks(accounts, resolveAccessToken) {
-    const resolving = resolveAccessToken !== undefined && resolveAccessToken !== null
-    const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts) : null
+    const flat = resolveAccessToken == null || typeof resolveAccessToken === 'function' ? compactAccounts(accounts) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     return rejecting(() =>
       compact === null

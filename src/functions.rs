@@ -3,6 +3,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde::Serialize;
+use serde_json::{json, Value};
 
 use super::js::{
     headers_arg, number_in, object_arg, optional, or_undefined, present, required, to_json,
@@ -119,12 +120,6 @@ pub fn default_state_path(env: Env) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-#[derive(Serialize)]
-struct ParsedRouteKey {
-    kind: &'static str,
-    id: String,
-}
-
 /// Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of
 /// another kind.
 #[napi(
@@ -132,10 +127,7 @@ struct ParsedRouteKey {
     ts_args_type = "key: string",
     ts_return_type = "{ kind: 'main' | 'fallback'; id: string } | null"
 )]
-pub fn parse_route_key(env: Env, key: Option<Unknown>) -> Result<Json<Option<impl Serialize>>> {
+pub fn parse_route_key(env: Env, key: Option<Unknown>) -> Result<Json<Option<Value>>> {
     let key = required::<String>(&env, key, "key")?;
-    Ok(Json(
-        RouteKey::parse(&key)
-            .map(|key| ParsedRouteKey { kind: key.kind(), id: key.id().to_owned() }),
-    ))
+    Ok(Json(RouteKey::parse(&key).map(|key| json!({ "kind": key.kind(), "id": key.id() }))))
 }

@@ -12,7 +12,7 @@ use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
 use super::host_env::host_var;
 use super::host_fetch::HostFetch;
-use super::js::{config_error, describe, is_nullish, to_json, type_error};
+use super::js::{config_error, describe, is_nullish, present, to_json, type_error};
 use super::js_now::JsNow;
 use quota_core::backoff::BackoffOptions;
 use quota_core::clock::{Clock, SystemClock};
@@ -46,7 +46,7 @@ impl<'a> Fields<'a> {
     /// `value` must be an object, `undefined` or `null`.
     fn new(env: &'a Env, value: Option<Unknown<'a>>, prefix: &'static str) -> Result<Self> {
         let mut fields = Self { env, object: None, prefix, read: RefCell::default() };
-        if let Some(value) = value.filter(|v| !is_nullish(v)) {
+        if let Some(value) = present(value) {
             match value.get_type()? {
                 ValueType::Object => fields.object = Some(value.coerce_to_object()?),
                 other => return Err(fields.wrong_type(prefix, "an object", other)),
@@ -123,14 +123,11 @@ impl<'a> Fields<'a> {
 
 pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOptions> {
     let fields = Fields::new(env, options, "options")?;
-    let storage = match fields.raw("storage")? {
-        Some(value) if !is_nullish(&value) => {
-            let json = to_json(env, value, "options.storage")?;
-            let storage = HostStorage::from_value(&json);
-            Some(storage.map_err(|e| type_error(env, format!("options.{e}")))?)
-        }
-        _ => None,
-    };
+    let storage = present(fields.raw("storage")?).map(|value| {
+        let json = to_json(env, value, "options.storage")?;
+        HostStorage::from_value(&json).map_err(|e| type_error(env, format!("options.{e}")))
+    });
+    let storage = storage.transpose()?;
     let options = ManagerOptions {
         usage_url: fields.string("usageUrl")?,
         user_agent: fields.string("userAgent")?,
@@ -190,7 +187,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffOptions> {
 /// `options.redis`: `{ url: string; keyPrefix?: string }`, or absent/`null` (the state file
 /// alone).
 fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>> {
-    let Some(value) = value.filter(|v| !is_nullish(v)) else {
+    let Some(value) = present(value) else {
         return Ok(None);
     };
     let fields = Fields::new(env, Some(value), "options.redis")?;
@@ -200,9 +197,9 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
             "options.redis.url must be a non-empty string (redis:// or rediss://)",
         ));
     };
-    let key_prefix = match fields.raw("keyPrefix")? {
-        Some(value) if is_nullish(&value) => None,
-        _ => fields.get("keyPrefix", ValueType::String)?,
+    let key_prefix = match present(fields.raw("keyPrefix")?) {
+        Some(_) => fields.get("keyPrefix", ValueType::String)?,
+        None => None,
     };
     fields.reject_unknown_keys()?;
     Ok(Some(RedisConfig::new(url, key_prefix)))
@@ -227,7 +224,7 @@ fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
 }
 
 fn parse_clock(env: &Env, fields: &Fields) -> Result<(Arc<dyn Clock>, Option<JsNow>)> {
-    let manual = fields.raw("clock")?.filter(|v| !is_nullish(v));
+    let manual = present(fields.raw("clock")?);
     if let Some(now) = fields.function("now")? {
         if manual.is_some() {
             return Err(type_error(env, "options.clock and options.now cannot both be set"));
