@@ -7,7 +7,7 @@ use super::js::number_in;
 use quota_core::clock::{Clock, ManualClock as CoreManualClock};
 
 /// The largest time JavaScript dates can hold, in milliseconds.
-const MAX_TIME_MS: f64 = 8.64e15;
+pub const MAX_TIME_MS: f64 = 8.64e15;
 
 /// Time that moves only when told. Pass it as `options.clock` and every timestamp and deadline
 /// the manager keeps (freshness, backoff, pacing) follows it, so tests never wait for real.

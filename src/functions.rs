@@ -5,6 +5,7 @@ use napi_derive::napi;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::clock::MAX_TIME_MS;
 use super::js::{
     headers_arg, number_in, object_arg, optional, or_undefined, present, required, to_json,
     type_error, Json, OrUndefined,
@@ -30,7 +31,7 @@ struct Evaluation {
 
 fn optional_time(env: &Env, value: Option<Unknown>, name: &str) -> Result<i64> {
     match present(value) {
-        Some(value) => Ok(number_in(env, value, name, 0.0, 8.64e15)? as i64),
+        Some(value) => Ok(number_in(env, value, name, 0.0, MAX_TIME_MS)? as i64),
         None => Ok(SystemClock.now_ms()),
     }
 }
