@@ -31,18 +31,8 @@ function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
 }
 
-/** Each ManualClock's time in shared memory (the clock hands it out once). */
+/** Each ManualClock's time in shared memory (the clock hands it out once), or null if it cannot be shared. */
 const clockTimes = new WeakMap()
-
-/** A ManualClock's time (a BigInt64Array over the core's clock), or null if it cannot be shared. */
-function sharedTimeOf(clock) {
-  let time = clockTimes.get(clock)
-  if (time === undefined) {
-    time = clock._sharedTime()
-    clockTimes.set(clock, time)
-  }
-  return time
-}
 
 /** The largest time JavaScript dates can hold (the host's `now` beyond it goes native). */
 const MAX_TIME_MS = 8.64e15
@@ -460,8 +450,10 @@ class QuotaManager extends Native {
       }
       return true
     }
-    if (options.clock instanceof binding.ManualClock) {
-      const time = sharedTimeOf(options.clock)
+    const clock = options.clock
+    if (clock instanceof binding.ManualClock) {
+      if (!clockTimes.has(clock)) clockTimes.set(clock, clock._sharedTime())
+      const time = clockTimes.get(clock)
       if (time === null) return false
       this.#read = this.#time = () => Number(Atomics.load(time, 0))
     }
