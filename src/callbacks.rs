@@ -72,19 +72,18 @@ pub struct JsCallbacks {
 }
 
 impl JsCallbacks {
-    pub fn new(
-        main_fetched: Option<Unknown>,
-        api_error: Option<Unknown>,
-        fallback_fetched: Option<Unknown>,
-        fallback_error: Option<Unknown>,
-        await_promises: bool,
+    /// The callbacks `option` reads by their option names, then `awaitCallbacks`.
+    pub fn new<'a>(
+        option: impl Fn(&'static str) -> Result<Option<Unknown<'a>>>,
+        await_promises: impl FnOnce() -> Result<bool>,
     ) -> Result<Self> {
         let slots = Slots {
-            main_fetched: build(main_fetched)?,
-            api_error: build(api_error)?,
-            fallback_fetched: build(fallback_fetched)?,
-            fallback_error: build(fallback_error)?,
+            main_fetched: build(option("onMainQuotaFetched")?)?,
+            api_error: build(option("onApiError")?)?,
+            fallback_fetched: build(option("onFallbackQuotaFetched")?)?,
+            fallback_error: build(option("onFallbackApiError")?)?,
         };
+        let await_promises = await_promises()?;
         Ok(Self { slots: Mutex::new(slots), stats: Arc::new(Stats::default()), await_promises })
     }
 

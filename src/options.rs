@@ -151,11 +151,8 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
     )?;
     let state_path = parse_state_path(env, &fields)?;
     let callbacks = JsCallbacks::new(
-        fields.function("onMainQuotaFetched")?,
-        fields.function("onApiError")?,
-        fields.function("onFallbackQuotaFetched")?,
-        fields.function("onFallbackApiError")?,
-        fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false),
+        |name| fields.function(name),
+        || Ok(fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false)),
     )?;
     fields.reject_unknown_keys()?;
     Ok(ParsedOptions {
