@@ -1,10 +1,13 @@
 //! One request's life, led by the first caller of a route: take the fallback fetch slot and the
 //! route's cross-process lock, fold in what other processes wrote (which may answer it), wait
 //! out the pacing gap, fetch, record the result, write it, and tell the host.
+//!
+//! Pacing: at least `apiCallGapMs` between two usage requests with one token. A route's last
+//! attempt (time and token fingerprint) is part of its record in the state file, so the gap
+//! holds across processes too, even after a failure that left no snapshot.
 
 use std::time::Duration;
 
-use super::announce::Announcement;
 use super::outcome::{backed_off_answer, RefreshOutcome, Served, Settled};
 use super::routes::{RouteId, RouteSlot};
 use super::{FetchedEvent, QuotaManager};
@@ -13,10 +16,19 @@ use crate::error::QuotaError;
 use crate::freshness;
 use crate::merge::merge_poll_result;
 use crate::shared_store::RouteGuard;
-use crate::snapshot::QuotaSnapshot;
+use crate::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use crate::stats::bump;
 use crate::store::{RouteRecord, MAX_CLOCK_SKEW_MS};
 use crate::transport::{PollKind, PollRequest};
+
+/// The most requests with one token that may queue behind each other (one per fetch slot).
+const MAX_QUEUED_REQUESTS: i64 = 64;
+
+/// What the host hears about a request.
+enum Announcement {
+    Fetched(Box<FetchedEvent>),
+    Failed(ApiErrorRecord),
+}
 
 /// What one leader request knows about itself.
 pub(super) struct Attempt {
@@ -280,5 +292,79 @@ impl QuotaManager {
             state.routes.generations.error_cleared(checked_at);
         }
         (quota, true)
+    }
+
+    /// Waits until the token's gap has passed. The gap is measured on the manager's clock but
+    /// waited out in real time, so a frozen test clock never hangs. The send time is reserved
+    /// under the state lock, so two routes sharing a token (two fallbacks with one token) take
+    /// turns instead of both seeing the token idle.
+    async fn wait_for_pacing(&self, attempt: &Attempt) {
+        let gap = self.inner.config.api_call_gap_ms;
+        if gap <= 0 {
+            return;
+        }
+        let now = self.now_ms();
+        let send_at = {
+            let mut state = self.state();
+            let by_token = state.last_call_by_token.get(&attempt.token_fingerprint).copied();
+            let by_route = state
+                .routes
+                .slot(&attempt.route)
+                .map(|slot| &slot.record)
+                .filter(|record| {
+                    record.last_attempt_token.as_deref() == Some(attempt.token_fingerprint.as_str())
+                })
+                .and_then(|record| record.last_attempt_at);
+            // Bounded: a time from a clock running ahead cannot stall the token for long.
+            let latest = now.saturating_add(gap.saturating_mul(MAX_QUEUED_REQUESTS));
+            let send_at = by_token
+                .max(by_route)
+                .map_or(now, |last| last.saturating_add(gap).clamp(now, latest));
+            state.last_call_by_token.insert(attempt.token_fingerprint.clone(), send_at);
+            send_at
+        };
+        let wait = send_at - now;
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        }
+    }
+
+    /// Notes a request going out now, for this process and (through the route's record, the
+    /// one polled even if the main slot was re-bound meanwhile) for the others.
+    fn note_request(&self, attempt: &Attempt, at: i64) {
+        let mut state = self.state();
+        let last_call =
+            state.last_call_by_token.entry(attempt.token_fingerprint.clone()).or_insert(at);
+        // A reservation made by a later request (see `wait_for_pacing`) stays.
+        *last_call = (*last_call).max(at);
+        if let Some(record) =
+            state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)
+        {
+            record.last_attempt_at = Some(at);
+            record.last_attempt_token = Some(attempt.token_fingerprint.clone());
+        }
+    }
+
+    /// Tells the host, and waits until it has handled it.
+    async fn announce(&self, route: &RouteId, announcement: Announcement) {
+        let events = &self.inner.events;
+        match (route, announcement) {
+            (RouteId::Main, Announcement::Fetched(mut event)) => {
+                let generations = self.state().routes.generations.clone();
+                event.error_generation = generations.error;
+                event.error_cleared_at = generations.error_cleared_at;
+                events.main_quota_fetched(*event).await;
+            }
+            (RouteId::Main, Announcement::Failed(record)) => {
+                let generation = self.state().routes.generations.error_set();
+                events.api_error(record, generation).await;
+            }
+            (RouteId::Fallback(id), Announcement::Fetched(event)) => {
+                events.fallback_quota_fetched(id.clone(), *event).await;
+            }
+            (RouteId::Fallback(id), Announcement::Failed(record)) => {
+                events.fallback_api_error(id.clone(), record).await;
+            }
+        }
     }
 }

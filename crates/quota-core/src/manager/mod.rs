@@ -6,17 +6,14 @@
 //! This file is the facade: construction, the shared state and the handles. Each concern lives
 //! in a module of its own, adding its methods to [`QuotaManager`].
 
-mod announce;
 mod attempt;
 mod backoff_book;
 mod cache;
 mod changes;
-mod fallbacks;
 mod identity;
 mod loading;
 mod main_account;
 mod outcome;
-mod pacing;
 mod refresh;
 mod routes;
 mod seeding;
@@ -39,11 +36,10 @@ use crate::shared_store::SharedStore;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{AdoptionLimits, StateStore, DEFAULT_LOCK_TIMEOUT};
 
-pub use announce::{FetchedEvent, HostEvents};
 pub use backoff_book::FailClosedResponse;
 pub use changes::ChangeCounter;
 pub use identity::{MainIdentity, MainTarget, PendingTokens};
-pub use outcome::RefreshOutcome;
+pub use outcome::{FetchedEvent, HostEvents, RefreshOutcome};
 pub use refresh::{Refresh, RefreshFuture};
 pub use seeding::{AwaitedSnapshots, SeedingScope};
 
@@ -171,7 +167,7 @@ impl QuotaManager {
                     settings: Settings::from_config(&config, storage.as_ref()),
                     routes: Routes::default(),
                     last_call_by_token: HashMap::new(),
-                    writes: WriteBehind::new(!shared.is_memory_only()),
+                    writes: WriteBehind::default(),
                 }),
                 config,
                 clock,

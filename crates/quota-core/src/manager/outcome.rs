@@ -1,9 +1,12 @@
-//! What a refresh ends with, shared by the modules that start, run and answer it.
+//! What a refresh ends with, shared by the modules that start, run and answer it: its callers'
+//! answer, and the host's callbacks, which hear of it once the request's locks are released.
 
 use std::sync::atomic::AtomicU64;
 
+use futures::future::BoxFuture;
+
 use crate::error::QuotaError;
-use crate::snapshot::QuotaSnapshot;
+use crate::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use crate::stats::Stats;
 use crate::store::RouteRecord;
 
@@ -35,6 +38,37 @@ impl Served {
             Self::DuringBackoff => &stats.served_during_backoff,
         }
     }
+}
+
+/// A successful poll, as reported to the host.
+#[derive(Clone, Debug)]
+pub struct FetchedEvent {
+    pub quota: QuotaSnapshot,
+    pub checked_at: i64,
+    pub token_fingerprint: String,
+    pub fetch_started_at: i64,
+    /// The main route's error generation after this success (docs/compat.md#callbacks); 0 for fallbacks.
+    pub error_generation: u64,
+    /// The main route's cleared-at time after this success.
+    pub error_cleared_at: Option<i64>,
+}
+
+/// The host's callbacks. Each returns when the host has handled the event, so results reach
+/// callers only after the host saw them.
+pub trait HostEvents: Send + Sync {
+    fn main_quota_fetched(&self, event: FetchedEvent) -> BoxFuture<'static, ()>;
+    /// `error_generation`: the main route's error generation after this error.
+    fn api_error(&self, error: ApiErrorRecord, error_generation: u64) -> BoxFuture<'static, ()>;
+    fn fallback_quota_fetched(
+        &self,
+        account_id: String,
+        event: FetchedEvent,
+    ) -> BoxFuture<'static, ()>;
+    fn fallback_api_error(
+        &self,
+        account_id: String,
+        error: ApiErrorRecord,
+    ) -> BoxFuture<'static, ()>;
 }
 
 pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);

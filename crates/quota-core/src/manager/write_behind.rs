@@ -3,6 +3,7 @@
 //! written at once (other processes wait on the route's lock for exactly that).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -29,36 +30,30 @@ const RESULT_WRITE_WAIT: Duration = Duration::from_secs(1);
 const EXIT_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// The changes waiting for the next write.
-// Each flag is one independent "reported once" latch: an enum would not say more.
-#[allow(clippy::struct_excessive_bools)]
 #[derive(Default)]
 pub(super) struct WriteBehind {
-    /// `false` in memory-only mode: nothing is ever queued.
-    enabled: bool,
     /// One update per route key: a later change to a route replaces the earlier one.
     unsaved: HashMap<String, StoreUpdate>,
     /// Polled routes' writes still running in the background.
     running: Vec<RunningWrite>,
     /// A write will take the queue: scheduled, or about to be run by the caller that queued.
     write_coming: bool,
-    quarantine_reported: bool,
-    /// The state file (or its locks) could not be used: reported once, then the manager keeps
-    /// working in memory and keeps trying the file.
-    state_error_reported: bool,
-    /// A newer build's file is left alone: reported once.
-    newer_schema_reported: bool,
+    /// The state-file problems already printed: each is printed once per manager.
+    reported: Vec<FileProblem>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileProblem {
+    /// The state file (or its locks) could not be used: the manager keeps working in memory
+    /// and keeps trying the file.
+    Unusable,
+    NewerSchema,
+    Quarantined,
 }
 
 impl WriteBehind {
-    pub fn new(enabled: bool) -> Self {
-        Self { enabled, ..Self::default() }
-    }
-
     /// Queues one change; `true` when no write was coming: the caller must bring one.
     fn stage(&mut self, update: StoreUpdate) -> bool {
-        if !self.enabled {
-            return false;
-        }
         let key = match &update {
             StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key.clone(),
         };
@@ -73,15 +68,11 @@ impl WriteBehind {
     }
 }
 
-/// `true` the first time only: each problem is reported once per manager.
-fn first_time(reported: &mut bool) -> bool {
-    !std::mem::replace(reported, true)
-}
-
 impl QuotaManager {
     /// Queues the route's current record for the next write.
     pub(super) fn write_route_soon(&self, state: &mut State, route: &RouteId) {
-        let Some(slot) = state.routes.slot(route).filter(|_| state.writes.enabled) else {
+        let Some(slot) = state.routes.slot(route).filter(|_| !self.inner.shared.is_memory_only())
+        else {
             return;
         };
         let key = state.routes.key(route).to_string();
@@ -96,7 +87,7 @@ impl QuotaManager {
     /// Coalesces writes: the first change schedules one write a moment later that carries
     /// every change made until then.
     fn write_soon(&self, state: &mut State, update: StoreUpdate) {
-        if !state.writes.stage(update) {
+        if self.inner.shared.is_memory_only() || !state.writes.stage(update) {
             return;
         }
         let manager = self.clone();
@@ -211,10 +202,17 @@ impl QuotaManager {
     pub(super) fn file_used(&self, result: Result<Loaded, QuotaError>) -> Option<Loaded> {
         let loaded = result.inspect_err(|error| self.report_state_error(error)).ok()?;
         if let Some(aside) = &loaded.quarantined {
-            self.report_quarantine(aside);
+            self.report(FileProblem::Quarantined, &self.inner.stats.state_file_quarantines, || {
+                format!("the quota state file could not be read; it was moved to {} and the manager starts empty", aside.display())
+            });
         }
+        // A file written by a newer build is left alone (never read, moved or written), and
+        // counted apart from the state errors.
         if let Some(version) = loaded.newer_schema {
-            self.report_newer_schema(version);
+            self.report(FileProblem::NewerSchema, &self.inner.stats.state_file_newer_schema, || {
+                let path = self.state_path().map_or_else(String::new, |p| p.display().to_string());
+                format!("the quota state file {path} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone")
+            });
             return None;
         }
         Some(loaded)
@@ -224,12 +222,9 @@ impl QuotaManager {
     /// manager keeps its quota in memory (single flight still holds in this process) and keeps
     /// trying the file, so a fixed directory is used again without a restart.
     pub(super) fn report_state_error(&self, error: &QuotaError) {
-        bump(&self.inner.stats.state_errors);
-        if first_time(&mut self.state().writes.state_error_reported) {
-            log::warn!(
-                "the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write"
-            );
-        }
+        self.report(FileProblem::Unusable, &self.inner.stats.state_errors, || {
+            format!("the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write")
+        });
     }
 
     pub(super) fn report_store_error(&self, error: StoreError) {
@@ -239,25 +234,13 @@ impl QuotaManager {
         });
     }
 
-    /// A file written by a newer build is left alone (never read, moved or written): reported
-    /// once, counted in `stateFileNewerSchema`, never as a state error.
-    fn report_newer_schema(&self, version: u64) {
-        bump(&self.inner.stats.state_file_newer_schema);
-        if first_time(&mut self.state().writes.newer_schema_reported) {
-            log::warn!(
-                "the quota state file {} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone",
-                self.state_path().map_or_else(String::new, |p| p.display().to_string())
-            );
-        }
-    }
-
-    fn report_quarantine(&self, aside: &std::path::Path) {
-        bump(&self.inner.stats.state_file_quarantines);
-        if first_time(&mut self.state().writes.quarantine_reported) {
-            log::warn!(
-                "the quota state file could not be read; it was moved to {} and the manager starts empty",
-                aside.display()
-            );
+    /// Counts a problem every time, and prints it the first time.
+    fn report(&self, problem: FileProblem, counter: &AtomicU64, message: impl FnOnce() -> String) {
+        bump(counter);
+        let reported = &mut self.state().writes.reported;
+        if !reported.contains(&problem) {
+            reported.push(problem);
+            log::warn!("{}", message());
         }
     }
 }
