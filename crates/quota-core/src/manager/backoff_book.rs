@@ -54,7 +54,7 @@ impl QuotaManager {
             return;
         }
         let (manager, route, generation) = (self.clone(), route.clone(), slot.generation);
-        let key = state.routes.key(&route).to_string();
+        let key = state.routes.key(&route);
         self.inner.runtime.spawn(async move {
             let Ok(Some(record)) = manager.inner.shared.read_route(&key).await else {
                 return;

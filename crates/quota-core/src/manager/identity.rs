@@ -7,7 +7,6 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::fingerprint::fingerprint;
-use crate::host::HostStorage;
 
 /// How a main identity named only by a token is persisted: `token:<fingerprint>`.
 const TOKEN_IDENTITY_PREFIX: &str = "token:";
@@ -129,32 +128,13 @@ pub(super) struct SeenTokens {
 }
 
 impl SeenTokens {
-    /// `identity` as it may be kept: `token:<fingerprint>` when it is a token (the token of the
-    /// same call, one shaped like an OAuth token: Anthropic's start with `sk-ant-`, or one this
-    /// manager was handed).
-    pub fn identity_form(&self, identity: String, token: Option<&str>) -> String {
-        let is_token = token == Some(identity.as_str()) || identity.starts_with("sk-ant-") || {
-            let pending = std::mem::take(&mut *lock(&self.pending));
-            for tokens in pending {
-                self.remember(tokens().iter().map(String::as_str));
-            }
-            lock(&self.hashes).contains(&self.keys.hash_one(&identity))
-        };
-        if is_token {
-            MainIdentity::of_token(&identity).persisted()
-        } else {
-            identity
+    /// Was `identity` handed over as a token (the lists still being read included)?
+    pub fn contains(&self, identity: &str) -> bool {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for tokens in pending {
+            self.remember(tokens().iter().map(String::as_str));
         }
-    }
-
-    /// The host's storage with every main identity that is a token in its fingerprint form
-    /// (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
-    pub fn storage_identities(&self, storage: &mut HostStorage) {
-        let quota = storage.main_quota.as_mut().map(|quota| &mut quota.account_identity);
-        let error = storage.main_last_error.as_mut().map(|error| &mut error.account_identity);
-        for identity in [Some(&mut storage.main_account_id), quota, error].into_iter().flatten() {
-            *identity = identity.take().map(|id| self.identity_form(id, None));
-        }
+        lock(&self.hashes).contains(&self.keys.hash_one(identity))
     }
 
     pub fn expect(&self, tokens: PendingTokens) {

@@ -168,15 +168,25 @@ impl QuotaManager {
         served.then(|| entry.clone())
     }
 
-    /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the
-    /// token of the same call, one shaped like an OAuth token, or one this manager was handed).
+    /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the token
+    /// of the same call, one shaped like an OAuth token: Anthropic's start with `sk-ant-`, or
+    /// one this manager was handed), so no token reaches the state file or a callback.
     pub fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
-        Some(self.inner.seen_tokens.identity_form(identity?, token))
+        let identity = identity?;
+        let is_token = token == Some(identity.as_str())
+            || identity.starts_with("sk-ant-")
+            || self.inner.seen_tokens.contains(&identity);
+        Some(if is_token { MainIdentity::of_token(&identity).persisted() } else { identity })
     }
 
-    /// The host's storage with every main identity that is a token in its fingerprint form.
+    /// The host's storage with every main identity that is a token in its fingerprint form
+    /// (`mainAccountId`, and the persisted quota's and error's `accountIdentity`).
     pub fn storage_identities(&self, storage: &mut HostStorage) {
-        self.inner.seen_tokens.storage_identities(storage);
+        let quota = storage.main_quota.as_mut().map(|quota| &mut quota.account_identity);
+        let error = storage.main_last_error.as_mut().map(|error| &mut error.account_identity);
+        for identity in [Some(&mut storage.main_account_id), quota, error].into_iter().flatten() {
+            *identity = self.identity_form(identity.take(), None);
+        }
     }
 
     /// Tokens handed to the manager: an identity equal to one of them is a token from now on.

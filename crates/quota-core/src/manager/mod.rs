@@ -145,9 +145,6 @@ impl QuotaManager {
         stats: Arc<Stats>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self, ConfigError> {
-        if let Some(storage) = storage.as_mut() {
-            SeenTokens::default().storage_identities(storage);
-        }
         let client = UsageClient::with_options(config.usage.clone(), &config.connection)?;
         let store = config
             .state_path
@@ -183,6 +180,9 @@ impl QuotaManager {
                 seen_tokens: SeenTokens::default(),
             }),
         };
+        if let Some(storage) = storage.as_mut() {
+            manager.storage_identities(storage);
+        }
         if manager.inner.store.is_none() {
             manager.seed(storage.as_ref());
             return Ok(manager);

@@ -212,7 +212,7 @@ impl QuotaManager {
         let flight_id = state.routes.next_id();
         let attempt = Attempt {
             identity: state.routes.snapshot_identity(&route),
-            key: state.routes.key(&route).to_string(),
+            key: state.routes.key(&route),
             baseline_checked_at,
             baseline_attempt_at,
             route: route.clone(),

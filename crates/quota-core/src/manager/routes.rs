@@ -310,7 +310,7 @@ impl Routes {
                     .main
                     .entry()
                     .and_then(|e| e.quota.account_identity.as_deref())
-                    .is_some_and(|id| id == new.persisted() || new.is_named_by(id));
+                    .is_some_and(|id| new.is_named_by(id));
                 if !named {
                     self.main.record.entry = None;
                 }
@@ -320,7 +320,7 @@ impl Routes {
                 self.leave_main();
                 self.reset(&RouteId::Main, None);
                 self.main_owner = identity;
-                let key = self.key(&RouteId::Main).to_string();
+                let key = self.key(&RouteId::Main);
                 if let Some(index) = self.left_main.iter().position(|(k, _)| *k == key) {
                     let (_, kept) = self.left_main.remove(index);
                     self.main.adopt(&kept);
@@ -329,8 +329,7 @@ impl Routes {
         }
         // The state file's route of the identity just bound, if construction read one.
         if self.main_owner.is_some() {
-            if let Some(record) = self.unclaimed_main.remove(&self.key(&RouteId::Main).to_string())
-            {
+            if let Some(record) = self.unclaimed_main.remove(&self.key(&RouteId::Main)) {
                 self.main.adopt(&record);
             }
         }
@@ -338,7 +337,7 @@ impl Routes {
 
     /// Keeps the backoff and pacing of the main route being left, under its key.
     fn leave_main(&mut self) {
-        let key = self.key(&RouteId::Main).to_string();
+        let key = self.key(&RouteId::Main);
         let kept = RouteRecord {
             entry: None,
             token_fingerprint: None,
@@ -362,9 +361,7 @@ impl Routes {
         key: &str,
     ) -> Option<&mut RouteRecord> {
         match route {
-            RouteId::Main
-                if self.main.generation != generation && self.key(route).to_string() != key =>
-            {
+            RouteId::Main if self.main.generation != generation && self.key(route) != key => {
                 if !self.left_main.iter().any(|(k, _)| k == key) {
                     self.left_main.push((key.to_owned(), RouteRecord::default()));
                 }
@@ -389,13 +386,14 @@ impl Routes {
     }
 
     /// The route's key in the state file.
-    pub fn key(&self, route: &RouteId) -> RouteKey {
+    pub fn key(&self, route: &RouteId) -> String {
         match route {
             RouteId::Main => RouteKey::Main(
                 self.snapshot_identity(route).unwrap_or_else(|| "default".to_owned()),
             ),
             RouteId::Fallback(id) => RouteKey::Fallback(id.clone()),
         }
+        .to_string()
     }
 
     /// The identity a route's snapshots carry: the main account's identity, or the fallback id.

@@ -75,7 +75,7 @@ impl QuotaManager {
         else {
             return;
         };
-        let key = state.routes.key(route).to_string();
+        let key = state.routes.key(route);
         self.write_soon(state, StoreUpdate::Merge { key, record: Box::new(slot.record.clone()) });
     }
 
