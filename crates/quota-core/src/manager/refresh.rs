@@ -173,9 +173,17 @@ impl QuotaManager {
     /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
     /// request the last main refresh call was handed, as if each had joined it.
     pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
-        let flight = state.routes.main.flights.last_handed();
-        if let Some(&(served, _)) = flight.and_then(|flight| flight.count_callers(joined)) {
-            bump_by(served.counter(&self.inner.stats), joined);
+        if let Some(flight) = state.routes.main.flights.last_handed() {
+            self.count_joiners(flight, joined);
+        }
+    }
+
+    /// Counts `n` callers joining `flight`: in its starter's tally while it runs; once it is
+    /// done, the tally is final and they are counted now, as the starter counts its callers (a
+    /// caller handed a promise already made never awaits its own wait).
+    fn count_joiners(&self, flight: &Flight<Settled>, n: u64) {
+        if let Some(&(served, _)) = flight.count_callers(n) {
+            bump_by(served.counter(&self.inner.stats), n);
         }
     }
 
@@ -196,12 +204,7 @@ impl QuotaManager {
         }
         if let Some(running) = slot.flights.keyed(flight_key.as_deref()) {
             let id = running.id();
-            // Joined once the request was done: its starter's tally was final. Counted now, as
-            // the starter counts its callers (a caller handed a promise already made never
-            // awaits its own wait).
-            if let Some(&(served, _)) = running.count_callers(1) {
-                bump(served.counter(&self.inner.stats));
-            }
+            self.count_joiners(running, 1);
             let ticket = running.join();
             slot.flights.handed(Some(id));
             return self.settle(ticket, Some(self.hold(&route, slot.generation, id)));
