@@ -255,12 +255,8 @@ impl QuotaManager {
                     // Long lists must not hold one runtime thread for their whole length.
                     tokio::task::yield_now().await;
                 }
-                if manager.is_fallback_due(account) {
-                    let token = account.access.as_deref().unwrap_or_default();
-                    refreshes.push(
-                        manager.begin_refresh_fallback(&account.id, token, Some(account)).wait,
-                    );
-                }
+                // Its hold goes at once: nobody is answered with the result.
+                refreshes.extend(manager.begin_refresh_if_due(account).map(|refresh| refresh.wait));
             }
             // Errors are on each route now; the caller asked for none.
             futures::future::join_all(refreshes).await;
@@ -268,17 +264,20 @@ impl QuotaManager {
         .boxed()
     }
 
-    fn is_fallback_due(&self, account: &FallbackAccount) -> bool {
+    /// A fallback account's refresh when it is due: not backed off, not running, and stale.
+    fn begin_refresh_if_due(&self, account: &FallbackAccount) -> Option<Refresh> {
         let now = self.now_ms();
         let mut state = self.state();
-        if !state.routes.bind_fallback_for(&account.id, Some(account)) {
-            return false;
+        if state.closed || !state.routes.bind_fallback_for(&account.id, Some(account)) {
+            return None;
         }
         let interval = state.settings.interval_ms;
-        state.routes.fallback(&account.id).is_none_or(|slot| {
-            !slot.record.backoff.is_open(now)
-                && slot.flights.is_empty()
-                && freshness::is_stale(slot.entry().map(AsRef::as_ref), now, interval, None)
-        })
+        let slot = state.routes.fallback(&account.id)?;
+        let due = !slot.record.backoff.is_open(now)
+            && slot.flights.is_empty()
+            && freshness::is_stale(slot.entry().map(AsRef::as_ref), now, interval, None);
+        let route = RouteId::Fallback(account.id.clone());
+        let token = account.access.as_deref().unwrap_or_default();
+        due.then(|| self.join_or_start(&mut state, route, token))
     }
 }
