@@ -16,39 +16,35 @@ use std::sync::Arc;
 /// aside): it runs on the host's thread.
 const SEED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What the host persisted for one route.
-struct Persisted<'a> {
-    quota: Option<&'a QuotaSnapshot>,
-    /// The host's separate time for a main snapshot (`mainQuotaCheckedAt`): it marks a main
-    /// snapshot the host kept, windows or not, but never dates it (it is when the host wrote
-    /// it, not when the quota was seen).
-    checked_at: Option<i64>,
-    last_error: Option<&'a ApiErrorRecord>,
-}
-
-impl Persisted<'_> {
-    /// Adopts the snapshot when it is newer than the cache, and the error's backoff when that
-    /// is newer than the route's.
-    fn seed(&self, slot: &mut RouteSlot, settings: &Settings, now: i64) {
-        // A persisted main quota counts even without windows (legacy `{ quotas: [], expires }`):
-        // it is the host's last word for that account, and its time says how fresh it is.
-        let main_legacy = self.checked_at.is_some();
-        let has_any_window =
-            |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
-        // As the plugin dates a persisted snapshot: by its own times (its latest window or its
-        // own `checkedAt`); a legacy one without any is dated 0, due at once.
-        let dated = self.quota.filter(|q| main_legacy || has_any_window(q)).and_then(|quota| {
-            Some((quota, quota.latest_checked_at().or_else(|| main_legacy.then_some(0))?))
-        });
-        if let Some((quota, checked_at)) = dated {
-            let restored = main_legacy && restore_poll_fields(slot, quota, checked_at);
-            if !restored && slot.entry().is_none_or(|e| checked_at > e.checked_at) {
-                slot.record.entry = Some(settings.seeded_entry(quota.clone(), checked_at, now));
-            }
+/// Adopts what the host persisted for a route: its snapshot when newer than the cache, and its
+/// error's backoff when newer than the route's. `main_kept`: a main snapshot the host kept with
+/// a time of its own (`mainQuotaCheckedAt`), windows or not; that time never dates it (it is
+/// when the host wrote it, not when the quota was seen).
+fn seed_persisted(
+    slot: &mut RouteSlot,
+    quota: Option<&QuotaSnapshot>,
+    main_kept: bool,
+    last_error: Option<&ApiErrorRecord>,
+    settings: &Settings,
+    now: i64,
+) {
+    // A persisted main quota counts even without windows (legacy `{ quotas: [], expires }`): it
+    // is the host's last word for that account, and its time says how fresh it is.
+    let has_any_window =
+        |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
+    // As the plugin dates a persisted snapshot: by its own times (its latest window or its own
+    // `checkedAt`); a legacy one without any is dated 0, due at once.
+    let dated = quota.filter(|q| main_kept || has_any_window(q)).and_then(|quota| {
+        Some((quota, quota.latest_checked_at().or_else(|| main_kept.then_some(0))?))
+    });
+    if let Some((quota, checked_at)) = dated {
+        let restored = main_kept && restore_poll_fields(slot, quota, checked_at);
+        if !restored && slot.entry().is_none_or(|e| checked_at > e.checked_at) {
+            slot.record.entry = Some(settings.seeded_entry(quota.clone(), checked_at, now));
         }
-        if let Some(error) = self.last_error {
-            slot.adopt_persisted_error(error, now);
-        }
+    }
+    if let Some(error) = last_error {
+        slot.adopt_persisted_error(error, now);
     }
 }
 
@@ -153,12 +149,10 @@ impl QuotaManager {
         {
             return;
         }
-        let persisted = Persisted {
-            quota: quota.as_ref(),
-            checked_at: storage.main_quota_checked_at,
-            last_error: storage.main_last_error.as_ref().filter(|_| adopt_error),
-        };
-        persisted.seed(&mut state.routes.main, &state.settings, now);
+        let main_kept = storage.main_quota_checked_at.is_some();
+        let error = storage.main_last_error.as_ref().filter(|_| adopt_error);
+        let main = &mut state.routes.main;
+        seed_persisted(main, quota.as_ref(), main_kept, error, &state.settings, now);
     }
 
     /// Adopts each configured account's persisted quota and backoff, and forgets accounts that
@@ -232,13 +226,9 @@ impl QuotaManager {
         let mut state = self.state();
         let state = &mut *state;
         for account in &awaited.accounts {
-            let persisted = Persisted {
-                quota: account.quota.as_deref(),
-                checked_at: None,
-                last_error: account.last_error.as_deref(),
-            };
             let slot = state.routes.slot_mut(&RouteId::Fallback(account.id.clone()));
-            persisted.seed(slot, &state.settings, now);
+            let error = account.last_error.as_deref();
+            seed_persisted(slot, account.quota.as_deref(), false, error, &state.settings, now);
         }
         awaited.is_settled(&state.routes).then(|| state.routes.fallback_epoch())
     }
