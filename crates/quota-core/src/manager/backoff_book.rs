@@ -46,13 +46,12 @@ impl QuotaManager {
     /// backed-off route reads the shared store again, in the background and at most once a
     /// second, and adopts its record when newer (the one merge rule).
     pub(super) fn recheck_backoff_soon(&self, state: &super::State, route: &RouteId, now: i64) {
-        let Some(slot) = state.routes.slot(route) else {
+        let due = |slot: &&RouteSlot| {
+            slot.record.backoff.is_open(now) && slot.claim_backoff_recheck(now, BACKOFF_RECHECK_MS)
+        };
+        let Some(slot) = state.routes.slot(route).filter(due) else {
             return;
         };
-        if !slot.record.backoff.is_open(now) || !slot.claim_backoff_recheck(now, BACKOFF_RECHECK_MS)
-        {
-            return;
-        }
         let (manager, route, generation) = (self.clone(), route.clone(), slot.generation);
         let key = state.routes.key(&route);
         self.inner.runtime.spawn(async move {

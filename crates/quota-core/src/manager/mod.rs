@@ -85,9 +85,8 @@ impl ManagerConfig {
     /// most the store's default (critical sections are milliseconds; a holder that keeps the
     /// lock longer is stopped or stalled, and nobody may wait on it unboundedly).
     fn state_lock_wait(&self) -> std::time::Duration {
-        let cap = i64::try_from(DEFAULT_LOCK_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
-        let ms = self.lock_timeout_ms.clamp(MIN_STATE_LOCK_WAIT_MS, cap);
-        std::time::Duration::from_millis(u64::try_from(ms).unwrap_or_default())
+        let ms = self.lock_timeout_ms.max(MIN_STATE_LOCK_WAIT_MS).unsigned_abs();
+        std::time::Duration::from_millis(ms).min(DEFAULT_LOCK_TIMEOUT)
     }
 }
 

@@ -54,10 +54,7 @@ enum FileProblem {
 impl WriteBehind {
     /// Queues one change; `true` when no write was coming: the caller must bring one.
     fn stage(&mut self, update: StoreUpdate) -> bool {
-        let key = match &update {
-            StoreUpdate::Merge { key, .. } | StoreUpdate::Remove { key } => key.clone(),
-        };
-        self.unsaved.insert(key, update);
+        self.unsaved.insert(update.key().to_owned(), update);
         !std::mem::replace(&mut self.write_coming, true)
     }
 
