@@ -77,6 +77,8 @@ pub struct ManagerConfig {
     pub redis: Option<RedisConfig>,
 }
 
+/// The longest a state-file read or write on the host's thread waits for the file's lock.
+const HOST_THREAD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The shortest bound on the state-file lock: a busy machine must not make writes give up.
 const MIN_STATE_LOCK_WAIT_MS: i64 = 200;
 
@@ -245,6 +247,13 @@ impl QuotaManager {
     /// have changed (entries, identities, settings, backoff, `closed`).
     pub fn changes(&self) -> &ChangeCounter {
         &self.inner.changes
+    }
+
+    /// The state file for a read or write that may run on the host's thread (construction, the
+    /// host's exit): a stopped lock holder must not keep the host waiting more than a moment.
+    fn store_on_host_thread(&self) -> Option<StateStore> {
+        let wait = HOST_THREAD_LOCK_WAIT.min(self.inner.config.state_lock_wait());
+        Some(self.inner.store.clone()?.with_lock_timeout(wait))
     }
 
     /// The shared state file, `None` in memory-only mode.

@@ -12,10 +12,6 @@ use crate::route_key::RouteKey;
 use crate::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
 use std::sync::Arc;
 
-/// How long construction waits for the state-file lock (taken only to set a corrupt file
-/// aside): it runs on the host's thread.
-const SEED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Adopts what the host persisted for a route: its snapshot when newer than the cache, and its
 /// error's backoff when newer than the route's. `main_kept`: a main snapshot the host kept with
 /// a time of its own (`mainQuotaCheckedAt`), windows or not; that time never dates it (it is
@@ -72,12 +68,10 @@ impl QuotaManager {
     /// (or passes its token); the route of that identity is taken then. Every adopted time is
     /// clamped (a clock running ahead, a damaged value).
     pub(super) fn seed_from_state_file(&self, main_identity: Option<MainIdentity>) {
-        let Some(store) = &self.inner.store else {
+        // The lock is taken only to set a corrupt file aside.
+        let Some(store) = self.store_on_host_thread() else {
             return;
         };
-        let store = store
-            .clone()
-            .with_lock_timeout(SEED_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
         // A file of a newer build reads as empty: nothing to seed.
         let Some(loaded) = self.file_used(store.load()) else {
             return;

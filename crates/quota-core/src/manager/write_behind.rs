@@ -26,8 +26,6 @@ const MAX_WRITE_PAUSE: Duration = Duration::from_secs(1);
 const WRITE_COALESCE_MS: u64 = 250;
 /// How long a poll's callers wait for its write before they get the result anyway.
 const RESULT_WRITE_WAIT: Duration = Duration::from_secs(1);
-/// The longest the host's exit waits for the state-file lock.
-const EXIT_LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// The changes waiting for the next write.
 #[derive(Default)]
@@ -172,18 +170,15 @@ impl QuotaManager {
         });
     }
 
-    /// `flush`, on the calling thread: for the host's exit, when no task will run any more.
-    /// The lock wait is short there: a stopped holder must not keep the host from exiting.
-    /// With Redis, only the state file is written here (Redis got each poll's record when it
-    /// was polled; what waits now are header pushes and host writes).
+    /// `flush`, on the calling thread: for the host's exit, when no task will run any more. With
+    /// Redis, only the state file is written here (Redis got each poll's record when it was
+    /// polled; what waits now are header pushes and host writes).
     pub fn flush_now(&self) {
-        let Some(store) = self.inner.store.clone() else {
+        let Some(store) = self.store_on_host_thread() else {
             return;
         };
         let updates = self.state().writes.take();
         if !updates.is_empty() {
-            let store =
-                store.with_lock_timeout(EXIT_LOCK_WAIT.min(self.inner.config.state_lock_wait()));
             self.after_write(store.apply_as_of(&updates, self.now_ms()));
         }
     }
