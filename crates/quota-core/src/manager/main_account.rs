@@ -35,7 +35,13 @@ impl QuotaManager {
         }
         routes.generations.identity += 1;
         let wanted_name = wanted.as_ref().map(MainIdentity::persisted);
-        let last_error = routes.main.record.backoff.last_error.clone();
+        let error_of_another = wanted_name.is_some()
+            && routes.main.record.backoff.last_error.as_ref().is_some_and(|error| {
+                match &error.account_identity {
+                    Some(owner) => Some(owner) != wanted_name.as_ref(),
+                    None => was_known && previous.is_some() && identity_moved,
+                }
+            });
         let kept_entry = routes
             .main
             .entry()
@@ -60,13 +66,6 @@ impl QuotaManager {
         if identity_moved || wanted_name.is_some() {
             routes.main.record.entry = kept_entry;
         }
-        let error_of_another = last_error.as_ref().is_some_and(|error| {
-            wanted_name.is_some()
-                && match &error.account_identity {
-                    Some(owner) => Some(owner) != wanted_name.as_ref(),
-                    None => was_known && previous.is_some() && identity_moved,
-                }
-        });
         if error_of_another {
             routes.main.clear_backoff(now);
             let generation = routes.generations.error_cleared(now);

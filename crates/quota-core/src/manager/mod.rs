@@ -206,8 +206,8 @@ impl QuotaManager {
     }
 
     fn seed(&self, storage: Option<&HostStorage>) {
-        let main_identity = storage.and_then(|s| s.main_account_id.as_deref());
-        self.seed_from_state_file(main_identity.map(MainIdentity::parse));
+        self.seed_from_state_file();
+        // The state file's main route of the account the storage names is claimed here.
         if let Some(storage) = storage {
             self.seed_main(storage, None);
         }

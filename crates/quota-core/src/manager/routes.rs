@@ -404,12 +404,6 @@ impl Routes {
         }
     }
 
-    /// Takes the main route of `identity` from the state file.
-    pub fn seed_main(&mut self, identity: MainIdentity, record: &RouteRecord) {
-        self.main_owner = Some(identity);
-        self.main.adopt(record);
-    }
-
     /// Takes a fallback route from the state file, bound to the login that wrote it.
     pub fn seed_fallback(&mut self, id: &str, record: &RouteRecord) {
         let slot = self.slot_mut(&RouteId::Fallback(id.to_owned()));

@@ -62,12 +62,11 @@ fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_
 }
 
 impl QuotaManager {
-    /// Takes every route from the state file: the main route of `main_identity`, and every
-    /// fallback account. Other main routes are kept aside, unowned: the file holds other
-    /// accounts' routes too, and this process's account is known only once the host names it
-    /// (or passes its token); the route of that identity is taken then. Every adopted time is
-    /// clamped (a clock running ahead, a damaged value).
-    pub(super) fn seed_from_state_file(&self, main_identity: Option<MainIdentity>) {
+    /// Takes every fallback route from the state file. Main routes are kept aside, unowned: the
+    /// file holds other accounts' routes too, and this process's account is known only once the
+    /// host names it (in the storage seeded next, or a call); the route of that identity is
+    /// taken then. Every adopted time is clamped (a clock running ahead, a damaged value).
+    pub(super) fn seed_from_state_file(&self) {
         // The lock is taken only to set a corrupt file aside.
         let Some(store) = self.store_on_host_thread() else {
             return;
@@ -82,13 +81,8 @@ impl QuotaManager {
         for (key, record) in &loaded.state.routes {
             let record = record.clamped(now, &limits);
             match RouteKey::parse(key) {
-                Some(RouteKey::Main(identity)) => {
-                    let identity = MainIdentity::parse(&identity);
-                    if main_identity.as_ref() == Some(&identity) {
-                        state.routes.seed_main(identity, &record);
-                    } else {
-                        state.routes.unclaimed_main.insert(key.clone(), record);
-                    }
+                Some(RouteKey::Main(_)) => {
+                    state.routes.unclaimed_main.insert(key.clone(), record);
                 }
                 Some(RouteKey::Fallback(id)) => state.routes.seed_fallback(&id, &record),
                 None => {}
