@@ -318,8 +318,7 @@ impl Routes {
             }
             (Some(_), _) => {
                 self.leave_main();
-                self.reset(&RouteId::Main, None);
-                self.main_owner = identity;
+                self.retarget_main(identity);
                 let key = self.key(&RouteId::Main);
                 if let Some(index) = self.left_main.iter().position(|(k, _)| *k == key) {
                     let (_, kept) = self.left_main.remove(index);
