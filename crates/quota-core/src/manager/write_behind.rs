@@ -12,7 +12,6 @@ use super::attempt::Attempt;
 use super::routes::RouteId;
 use super::{QuotaManager, State};
 use crate::error::QuotaError;
-use crate::route_key::RouteKey;
 use crate::shared_store::{RouteGuard, StoreError};
 use crate::stats::bump;
 use crate::store::{Loaded, StoreUpdate};
@@ -75,7 +74,7 @@ impl QuotaManager {
     }
 
     pub(super) fn remove_route_soon(&self, state: &mut State, id: &str) {
-        let key = RouteKey::Fallback(id.to_owned()).to_string();
+        let key = state.routes.key(&RouteId::Fallback(id.to_owned()));
         self.write_soon(state, StoreUpdate::Remove { key });
     }
 
