@@ -98,7 +98,7 @@ impl MainGenerations {
 
     /// The error was cleared at `now`: a new error generation.
     pub fn error_cleared(&mut self, now: i64) -> u64 {
-        self.error_cleared_at = Some(self.error_cleared_at.map_or(now, |at| at.max(now)));
+        self.error_cleared_at = self.error_cleared_at.max(Some(now));
         self.error_set()
     }
 
