@@ -229,8 +229,7 @@ impl QuotaManager {
                         error_cleared_at: None,
                     }))
                 });
-                let outcome = RefreshOutcome { quota, fetched: true };
-                (Ok(outcome), announcement)
+                (Ok(RefreshOutcome { quota, fetched: true }), announcement)
             }
             Err(error) => {
                 let armed = self.record_failure(attempt, &error);

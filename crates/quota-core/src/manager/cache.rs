@@ -105,9 +105,7 @@ impl QuotaManager {
             checked_at += 1;
         }
         let mut quota = merge_header_frame(slot.entry().map(|e| &e.quota), &frame);
-        if quota.account_identity.is_none() {
-            quota.account_identity = owner;
-        }
+        quota.account_identity = quota.account_identity.or(owner);
         let entry = state.settings.entry(quota, checked_at, now);
         slot.record.entry = Some(entry.clone());
         self.write_route_soon(state, route);
