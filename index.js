@@ -77,19 +77,20 @@ const TYPE_AT = ROW.indexOf('type')
 /**
  * The account list as the binding's compact form (src/account_lists.rs): one flat array of the
  * ROW fields' raw values per account, only the fields this call uses (null for the others, so a
- * value with no JSON form there is not an error). A seeding (given `quotas`) sends `access` only
- * when it is not a string (it is checked, not used), and a bound on the snapshot's `checkedAt`,
- * the snapshot going to `quotas`. Null when the list or an account is not plain, or a getter
+ * value with no JSON form there is not an error). A seeding (given `quotas`) and a refresh with a
+ * resolver send `access` only when it is not a string (it is checked, not used: 10,000 tokens
+ * would be most of the text); a seeding sends a bound on the snapshot's `checkedAt`, the
+ * snapshot going to `quotas`. Null when the list or an account is not plain, or a getter
  * throws: the native method then reads the list whole.
  */
-function compactAccounts(accounts, quotas) {
+function compactAccounts(accounts, quotas, resolving = false) {
   if (!isPlainArray(accounts)) return null
   const flat = []
   try {
     for (let i = 0; i < accounts.length; i++) {
       const account = accounts[i]
       if (!isPlainObject(account)) return null
-      for (const field of ROW) flat.push(rowValue(account, field, quotas, i))
+      for (const field of ROW) flat.push(rowValue(account, field, quotas, i, resolving))
     }
     return flat
   } catch {
@@ -98,11 +99,11 @@ function compactAccounts(accounts, quotas) {
 }
 
 /** One value of an account's compact row (null: a field this call does not use). */
-function rowValue(account, field, quotas, index) {
+function rowValue(account, field, quotas, index, resolving) {
   switch (field) {
     case 'access': {
       const access = ownField(account, field)
-      return quotas !== undefined && typeof access === 'string' ? null : access
+      return (quotas !== undefined || resolving) && typeof access === 'string' ? null : access
     }
     case 'expires':
       return quotas !== undefined ? null : ownField(account, field)
@@ -414,7 +415,8 @@ class QuotaManager extends Native {
   }
 
   refreshAllFallbacks(accounts, resolveAccessToken) {
-    const flat = resolveAccessToken == null || typeof resolveAccessToken === 'function' ? compactAccounts(accounts) : null
+    const resolving = resolveAccessToken != null
+    const flat = !resolving || typeof resolveAccessToken === 'function' ? compactAccounts(accounts, undefined, resolving) : null
     const compact = flat === null ? null : jsonOrNull(flat)
     return rejecting(() =>
       compact === null
