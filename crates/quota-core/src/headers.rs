@@ -5,6 +5,7 @@
 //! on its own: a garbage value drops that field, never the frame, and nothing here can panic.
 
 use chrono::{DateTime, SecondsFormat};
+use serde_json::Value;
 
 use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 
@@ -134,6 +135,42 @@ fn token(value: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
     valid.then(|| value.to_ascii_lowercase())
+}
+
+/// The header pairs of a plain `{ name: value }` object. Strings are taken as they are, numbers
+/// as their decimal text (a host may have parsed them already); anything else is junk and dropped.
+pub fn header_pairs(value: &Value) -> Vec<(String, String)> {
+    let text = |value: &Value| match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    };
+    let fields = value.as_object().into_iter().flatten();
+    fields.filter_map(|(name, value)| Some((name.clone(), text(value)?))).collect()
+}
+
+/// What a header push carries: the response's headers, or a snapshot the host built itself.
+/// `None` for headers that carry no 5-hour or 7-day quota, and for a value with no snapshot
+/// field at all; a snapshot without windows is still a frame (it is merged, as the plugin's
+/// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
+pub fn frame_from_value(value: &Value, now_ms: i64) -> Option<QuotaSnapshot> {
+    let object = value.as_object()?;
+    let looks_like_headers =
+        object.keys().any(|name| name.to_ascii_lowercase().starts_with("anthropic-ratelimit-"));
+    if looks_like_headers {
+        let pairs = header_pairs(value);
+        return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
+    }
+    let mut value = value.clone();
+    for kind in WindowKind::ALL {
+        if let Some(window) = value.get_mut(kind.name()).and_then(|w| w.as_object_mut()) {
+            window.entry("checkedAt").or_insert_with(|| serde_json::json!(now_ms));
+        }
+    }
+    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)
+        .filter(|snapshot| *snapshot != QuotaSnapshot::default())?;
+    snapshot.checked_at.get_or_insert(now_ms);
+    Some(snapshot)
 }
 
 #[cfg(test)]
@@ -373,49 +410,6 @@ mod tests {
         assert!(snapshot.five_hour.is_none());
         assert_eq!(snapshot.seven_day.unwrap().used_percent, 20.0);
     }
-}
-
-/// The header pairs of a plain `{ name: value }` object. Strings are taken as they are, numbers
-/// as their decimal text (a host may have parsed them already); anything else is junk and dropped.
-pub fn header_pairs(value: &serde_json::Value) -> Vec<(String, String)> {
-    let Some(object) = value.as_object() else {
-        return Vec::new();
-    };
-    object
-        .iter()
-        .filter_map(|(name, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text.clone(),
-                serde_json::Value::Number(number) => number.to_string(),
-                _ => return None,
-            };
-            Some((name.clone(), text))
-        })
-        .collect()
-}
-
-/// What a header push carries: the response's headers, or a snapshot the host built itself.
-/// `None` for headers that carry no 5-hour or 7-day quota, and for a value with no snapshot
-/// field at all; a snapshot without windows is still a frame (it is merged, as the plugin's
-/// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
-pub fn frame_from_value(value: &serde_json::Value, now_ms: i64) -> Option<QuotaSnapshot> {
-    let object = value.as_object()?;
-    let looks_like_headers =
-        object.keys().any(|name| name.to_ascii_lowercase().starts_with("anthropic-ratelimit-"));
-    if looks_like_headers {
-        let pairs = header_pairs(value);
-        return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
-    }
-    let mut value = value.clone();
-    for kind in WindowKind::ALL {
-        if let Some(window) = value.get_mut(kind.name()).and_then(|w| w.as_object_mut()) {
-            window.entry("checkedAt").or_insert_with(|| serde_json::json!(now_ms));
-        }
-    }
-    let mut snapshot = QuotaSnapshot::from_value_lenient(&value)
-        .filter(|snapshot| *snapshot != QuotaSnapshot::default())?;
-    snapshot.checked_at.get_or_insert(now_ms);
-    Some(snapshot)
 }
 
 #[cfg(test)]
