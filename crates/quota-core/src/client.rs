@@ -139,27 +139,19 @@ impl UsageClient {
         let retry_after =
             response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = if status.is_success() {
-            self.read_body(response).await?
-        } else {
-            read_error_body(response).await
-        };
-        interpret_response(status.as_u16(), retry_after.as_deref(), &body, access_token, checked_at)
-    }
-
-    /// Reads the success body chunk by chunk so an oversized one is refused after 1 MiB, not
-    /// after it has all been buffered.
-    async fn read_body(&self, mut response: Response) -> Result<Vec<u8>, QuotaError> {
-        if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(body_too_large());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(&e))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            // Refused before the first byte when announced, else once past the limit (in
+            // `interpret_response`), never after the whole body has been buffered.
+            if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
                 return Err(body_too_large());
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            read_up_to(response, MAX_BODY_BYTES + 1)
+                .await
+                .map_err(|(_, e)| self.transport_error(&e))?
+        } else {
+            // A read failure keeps what arrived: the status is what matters.
+            read_up_to(response, ERROR_BODY_READ_BYTES).await.unwrap_or_else(|(start, _)| start)
+        };
+        interpret_response(status.as_u16(), retry_after.as_deref(), &body, access_token, checked_at)
     }
 
     fn transport_error(&self, error: &reqwest::Error) -> QuotaError {
@@ -357,18 +349,22 @@ fn body_too_large() -> QuotaError {
     QuotaError::BadResponse(format!("body larger than {MAX_BODY_BYTES} bytes"))
 }
 
-/// The start of an error body, at least [`ERROR_BODY_READ_BYTES`] when there is that much (what
-/// is kept is cut to exactly that, so it never depends on how the network chunked it). A read
-/// failure keeps what arrived: the status is what matters.
-async fn read_error_body(mut response: Response) -> Vec<u8> {
+/// The body until it ends or holds at least `limit` bytes; what is kept of it is cut by
+/// [`interpret_response`], so it never depends on how the network chunked it. A read failure
+/// comes with what arrived before it.
+async fn read_up_to(
+    mut response: Response,
+    limit: usize,
+) -> Result<Vec<u8>, (Vec<u8>, reqwest::Error)> {
     let mut body = Vec::new();
-    while body.len() < ERROR_BODY_READ_BYTES {
+    while body.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(error) => return Err((body, error)),
         }
     }
-    body
+    Ok(body)
 }
 
 /// Reads an answer, the HTTP client's or the one a host's `fetch` gave
