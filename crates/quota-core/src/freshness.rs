@@ -20,13 +20,12 @@ pub fn refresh_after(
     interval_ms: i64,
     exhausted_until: Option<i64>,
 ) -> i64 {
-    let normal = checked_at.saturating_add(interval_ms);
     match exhausted_until {
         Some(reset) if reset > checked_at => {
             let oldest = quota.oldest_window_checked_at().unwrap_or(checked_at);
             reset.saturating_add(EXHAUSTED_GRACE_MS).min(oldest.saturating_add(interval_ms))
         }
-        _ => normal,
+        _ => checked_at.saturating_add(interval_ms),
     }
 }
 

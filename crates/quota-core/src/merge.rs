@@ -65,28 +65,21 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     }
     let nothing = QuotaSnapshot::default();
     let cached = cached.unwrap_or(&nothing);
-    let poll_time = |window: Option<&QuotaWindow>| {
-        poll.checked_at.or_else(|| window.map(|w| w.checked_at)).unwrap_or(i64::MIN)
-    };
-    let keep_newer = |cached_window: Option<&QuotaWindow>, poll_window: Option<&QuotaWindow>| {
-        match cached_window {
-            Some(w) if w.checked_at > poll_time(poll_window) => Some(w.clone()),
-            Some(w) if poll_window.is_none() && still_running(w, poll_time(None)) => {
-                Some(w.clone())
-            }
-            _ => poll_window.cloned(),
-        }
-    };
     let mut field_sources = FieldSources::default();
     for kind in WindowKind::ALL {
-        let kept = keep_newer(cached.window(kind), poll.window(kind));
-        let from_poll = kept.as_ref() == poll.window(kind);
+        let (from_cache, from_poll) = (cached.window(kind), poll.window(kind));
+        let poll_time =
+            poll.checked_at.or_else(|| from_poll.map(|w| w.checked_at)).unwrap_or(i64::MIN);
+        let cache_wins = from_cache.is_some_and(|c| {
+            c.checked_at > poll_time || (from_poll.is_none() && still_running(c, poll_time))
+        });
+        *merged.window_mut(kind) = if cache_wins { from_cache } else { from_poll }.cloned();
         *field_sources.window_mut(kind) =
-            Some(if from_poll { QuotaSource::Poll } else { cached.source_of(|s| s.window(kind)) });
-        *merged.window_mut(kind) = kept;
+            Some(if cache_wins { cached.source_of(|s| s.window(kind)) } else { QuotaSource::Poll });
     }
-    let cached_is_newer_headers = cached.source == Some(QuotaSource::Headers)
-        && cached.checked_at.unwrap_or(i64::MIN) > poll_time(None);
+    // `None < Some(_)`: a poll without a time is older than any cached time.
+    let cached_is_newer_headers =
+        cached.source == Some(QuotaSource::Headers) && cached.checked_at > poll.checked_at;
     if cached_is_newer_headers
         && merged.fallback_advised.is_none()
         && cached.fallback_advised.is_some()
