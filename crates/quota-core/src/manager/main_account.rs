@@ -157,11 +157,12 @@ impl QuotaManager {
         let routes = &state.routes;
         let entry = routes.main.entry()?;
         let strict = routes.generations.strict_known();
-        let owner = || routes.main_owner().map(MainIdentity::persisted);
+        let owner = routes.main_owner();
+        let stamped = || entry.quota.account_identity == owner.map(MainIdentity::persisted);
         let served = match identity {
-            None => !strict && !matches!(routes.main_owner(), Some(MainIdentity::Account(_))),
+            None => !strict && !matches!(owner, Some(MainIdentity::Account(_))),
             Some(wanted) => {
-                routes.main_matches(wanted) && (!strict || entry.quota.account_identity == owner())
+                owner.is_some_and(|owner| owner.is_named_by(wanted)) && (!strict || stamped())
             }
         };
         served.then(|| entry.clone())

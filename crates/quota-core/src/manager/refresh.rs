@@ -87,22 +87,16 @@ impl QuotaManager {
         if state.closed {
             return Refresh::ready(Err(QuotaError::Closed));
         }
-        if let Some(expected) = expected_identity_generation {
-            let named_moved = match target {
-                MainTarget::Named(id) => !state.routes.main_matches(id),
-                MainTarget::Token => !state.routes.main_matches(token),
-                MainTarget::Unnamed => state.routes.main_owner().is_some(),
-            };
-            if state.routes.generations.identity != expected || named_moved {
-                return Refresh::ready(Err(QuotaError::IdentityChanged));
-            }
-        }
         let identity = match target {
             MainTarget::Token => Some(MainIdentity::of_token(token)),
             MainTarget::Named(id) => Some(MainIdentity::parse(id)),
             MainTarget::Unnamed => None,
         };
         let moves = !same_identity(state.routes.main_owner(), identity.as_ref());
+        let generation = state.routes.generations.identity;
+        if expected_identity_generation.is_some_and(|expected| moves || generation != expected) {
+            return Refresh::ready(Err(QuotaError::IdentityChanged));
+        }
         if moves && state.routes.generations.known {
             state.routes.generations.identity += 1;
         }

@@ -379,11 +379,6 @@ impl Routes {
         self.main_owner = identity;
     }
 
-    /// Is the main slot the account the host names?
-    pub fn main_matches(&self, identity: &str) -> bool {
-        self.main_owner.as_ref().is_some_and(|owner| owner.is_named_by(identity))
-    }
-
     /// The route's key in the state file.
     pub fn key(&self, route: &RouteId) -> String {
         match route {
