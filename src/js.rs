@@ -167,7 +167,7 @@ pub fn optional<T: FromNapiValue + TypeName>(
 }
 
 /// A value of one JavaScript type; another type is a `TypeError` naming the argument.
-fn of_type<T: FromNapiValue + TypeName>(env: &Env, value: Unknown, name: &str) -> Result<T> {
+pub fn of_type<T: FromNapiValue + TypeName>(env: &Env, value: Unknown, name: &str) -> Result<T> {
     let (expected, actual) = (T::value_type(), value.get_type()?);
     if actual != expected {
         let message = format!("{name} must be {}, got {}", describe(expected), describe(actual));
@@ -188,7 +188,11 @@ pub fn required<T: FromNapiValue + TypeName>(
 
 /// A required non-empty string argument (ids and tokens).
 pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Result<String> {
-    let text: String = required(env, value, name)?;
+    non_blank(env, required(env, value, name)?, name)
+}
+
+/// `text`, unless it is blank.
+pub fn non_blank(env: &Env, text: String, name: &str) -> Result<String> {
     if text.trim().is_empty() {
         return Err(type_error(env, format!("{name} must be a non-empty string")));
     }

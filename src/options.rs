@@ -12,7 +12,9 @@ use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
 use super::host_env::host_var;
 use super::host_fetch::HostFetch;
-use super::js::{config_error, describe, is_nullish, present, to_json, type_error};
+use super::js::{
+    config_error, is_nullish, non_blank, of_type, optional, present, to_json, type_error,
+};
 use super::js_now::JsNow;
 use quota_core::backoff::BackoffOptions;
 use quota_core::clock::{Clock, SystemClock};
@@ -45,14 +47,8 @@ struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// `value` must be an object, `undefined` or `null`.
     fn new(env: &'a Env, value: Option<Unknown<'a>>, prefix: &'static str) -> Result<Self> {
-        let mut fields = Self { env, object: None, prefix, read: RefCell::default() };
-        if let Some(value) = present(value) {
-            match value.get_type()? {
-                ValueType::Object => fields.object = Some(value.coerce_to_object()?),
-                other => return Err(fields.wrong_type(prefix, "an object", other)),
-            }
-        }
-        Ok(fields)
+        let object = optional(env, value, prefix)?;
+        Ok(Self { env, object, prefix, read: RefCell::default() })
     }
 
     /// Refuses keys that were not read (a key whose value is `undefined` counts as absent).
@@ -79,45 +75,28 @@ impl<'a> Fields<'a> {
         format!("{}.{field}", self.prefix)
     }
 
-    fn wrong_type(&self, name: &str, expected: &str, actual: ValueType) -> Error {
-        type_error(self.env, format!("{name} must be {expected}, got {}", describe(actual)))
-    }
-
     /// The raw value, `None` when missing or `undefined` (`null` is kept: it can mean "off").
     fn raw(&self, field: &'static str) -> Result<Option<Unknown<'a>>> {
         self.read.borrow_mut().push(field);
         self.object.as_ref().map_or(Ok(None), |object| object.get(field))
     }
 
-    /// A field of JavaScript type `expected`. `null` means "none" for a function, and is a
-    /// wrong type for the others.
-    fn get<T: FromNapiValue>(&self, field: &'static str, expected: ValueType) -> Result<Option<T>> {
-        let Some(value) = self.raw(field)? else {
-            return Ok(None);
-        };
-        match value.get_type()? {
-            actual if actual == expected => Ok(Some(unsafe { value.cast::<T>() }?)),
-            ValueType::Null if expected == ValueType::Function => Ok(None),
-            actual => Err(self.wrong_type(&self.name(field), describe(expected), actual)),
-        }
-    }
-
-    fn number(&self, field: &'static str) -> Result<Option<f64>> {
-        self.get(field, ValueType::Number)
+    /// A field of one JavaScript type; `null` is a wrong type.
+    fn get<T: FromNapiValue + TypeName>(&self, field: &'static str) -> Result<Option<T>> {
+        let name = self.name(field);
+        self.raw(field)?.map(|value| of_type(self.env, value, &name)).transpose()
     }
 
     /// A string that is not blank.
     fn string(&self, field: &'static str) -> Result<Option<String>> {
-        let text: Option<String> = self.get(field, ValueType::String)?;
-        if text.as_ref().is_some_and(|text| text.trim().is_empty()) {
-            let message = format!("{} must be a non-empty string", self.name(field));
-            return Err(type_error(self.env, message));
-        }
-        Ok(text)
+        let name = self.name(field);
+        self.get(field)?.map(|text| non_blank(self.env, text, &name)).transpose()
     }
 
+    /// A function; `null` means none.
     fn function(&self, field: &'static str) -> Result<Option<Unknown<'a>>> {
-        self.get(field, ValueType::Function)
+        let function: Option<Function> = optional(self.env, self.raw(field)?, &self.name(field))?;
+        Ok(function.map(|function| function.to_unknown()))
     }
 }
 
@@ -131,12 +110,12 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
     let options = ManagerOptions {
         usage_url: fields.string("usageUrl")?,
         user_agent: fields.string("userAgent")?,
-        request_timeout_ms: fields.number("requestTimeoutMs")?,
-        check_interval_minutes: fields.number("checkIntervalMinutes")?,
-        refresh_every_n_requests: fields.number("refreshEveryNRequests")?,
-        api_call_gap_ms: fields.number("apiCallGapMs")?,
-        lock_timeout_ms: fields.number("lockTimeoutMs")?,
-        max_concurrent_fetches: fields.number("maxConcurrentFetches")?,
+        request_timeout_ms: fields.get("requestTimeoutMs")?,
+        check_interval_minutes: fields.get("checkIntervalMinutes")?,
+        refresh_every_n_requests: fields.get("refreshEveryNRequests")?,
+        api_call_gap_ms: fields.get("apiCallGapMs")?,
+        lock_timeout_ms: fields.get("lockTimeoutMs")?,
+        max_concurrent_fetches: fields.get("maxConcurrentFetches")?,
         backoff: parse_backoff(env, fields.raw("backoff")?)?,
         redis: parse_redis(env, fields.raw("redis")?)?,
     };
@@ -147,12 +126,12 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         fields.function("fetchImpl")?,
         fields.function("fetchQuotaSnapshot")?,
         fields.function("now")?,
-        js_now.as_ref().map(JsNow::clock),
+        js_now.as_ref().map(|now| now.clock.clone()),
     )?;
     let state_path = parse_state_path(env, &fields)?;
     let callbacks = JsCallbacks::new(
         |name| fields.function(name),
-        || Ok(fields.get("awaitCallbacks", ValueType::Boolean)?.unwrap_or(false)),
+        || Ok(fields.get("awaitCallbacks")?.unwrap_or(false)),
     )?;
     fields.reject_unknown_keys()?;
     Ok(ParsedOptions {
@@ -171,11 +150,11 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
 fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffOptions> {
     let fields = Fields::new(env, value, "options.backoff")?;
     let options = BackoffOptions {
-        initial_ms: fields.number("initialMs")?,
-        max_ms: fields.number("maxMs")?,
-        non_transient_ms: fields.number("nonTransientMs")?,
-        jitter: fields.number("jitter")?,
-        max_retry_after_ms: fields.number("maxRetryAfterMs")?,
+        initial_ms: fields.get("initialMs")?,
+        max_ms: fields.get("maxMs")?,
+        non_transient_ms: fields.get("nonTransientMs")?,
+        jitter: fields.get("jitter")?,
+        max_retry_after_ms: fields.get("maxRetryAfterMs")?,
     };
     fields.reject_unknown_keys()?;
     Ok(options)
@@ -194,10 +173,7 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
             "options.redis.url must be a non-empty string (redis:// or rediss://)",
         ));
     };
-    let key_prefix = match present(fields.raw("keyPrefix")?) {
-        Some(_) => fields.get("keyPrefix", ValueType::String)?,
-        None => None,
-    };
+    let key_prefix = optional(env, fields.raw("keyPrefix")?, &fields.name("keyPrefix"))?;
     fields.reject_unknown_keys()?;
     Ok(Some(RedisConfig::new(url, key_prefix)))
 }
@@ -227,7 +203,7 @@ fn parse_clock(env: &Env, fields: &Fields) -> Result<(Arc<dyn Clock>, Option<JsN
             return Err(type_error(env, "options.clock and options.now cannot both be set"));
         }
         let js_now = JsNow::new(env, now)?;
-        return Ok((Arc::new(js_now.clock()), Some(js_now)));
+        return Ok((Arc::new(js_now.clock.clone()), Some(js_now)));
     }
     let Some(value) = manual else {
         return Ok((Arc::new(SystemClock), None));
@@ -236,5 +212,5 @@ fn parse_clock(env: &Env, fields: &Fields) -> Result<(Arc<dyn Clock>, Option<JsN
         return Err(type_error(env, "options.clock must be a ManualClock"));
     }
     let clock = unsafe { value.cast::<ClassInstance<ManualClock>>() }?;
-    Ok((Arc::new(clock.core_clock()), None))
+    Ok((Arc::new(clock.clock.clone()), None))
 }
