@@ -13,7 +13,7 @@ pub const MAX_TIME_MS: f64 = 8.64e15;
 /// the manager keeps (freshness, backoff, pacing) follows it, so tests never wait for real.
 #[napi]
 pub struct ManualClock {
-    clock: CoreManualClock,
+    pub(crate) clock: CoreManualClock,
     /// Whether the time was shown to JavaScript (V8 allows one buffer per memory).
     time_shown: std::cell::Cell<bool>,
 }
@@ -56,16 +56,6 @@ impl ManualClock {
     /// once per clock; `null` on a second call or where the runtime refuses external buffers.
     #[napi(catch_unwind, js_name = "_sharedTime", skip_typescript)]
     pub fn shared_time<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
-        if self.time_shown.replace(true) {
-            return None;
-        }
-        super::hot_path::shared_view(env, self.clock.shared())
-    }
-}
-
-impl ManualClock {
-    /// The core clock this object drives (clones share the time).
-    pub fn core_clock(&self) -> CoreManualClock {
-        self.clock.clone()
+        super::hot_path::shared_view(env, &self.time_shown, self.clock.shared())
     }
 }

@@ -4,6 +4,7 @@
 //! the answers it keeps are still current, and reads (or, for the `now` option, writes) the very
 //! time the core compares deadlines with.
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicI64};
@@ -33,8 +34,15 @@ impl SharedCell for AtomicI64 {
 /// `None` when the runtime refuses external buffers (Electron's V8 sandbox). napi-rs's own
 /// `ArrayBuffer::from_external` would fall back to a copy there, which would freeze the number
 /// the facade reads: the facade must rather know, and then keep nothing. V8 allows one buffer per
-/// memory: call this once per cell.
-pub fn shared_view<T: SharedCell>(env: &Env, cell: Arc<T>) -> Option<Unknown<'_>> {
+/// memory: `shown` records that the cell was shown, and a later call answers `None`.
+pub fn shared_view<'env, T: SharedCell>(
+    env: &'env Env,
+    shown: &Cell<bool>,
+    cell: Arc<T>,
+) -> Option<Unknown<'env>> {
+    if shown.replace(true) {
+        return None;
+    }
     let data = Arc::as_ptr(&cell).cast_mut().cast::<c_void>();
     // The buffer keeps its own strong reference until V8 collects it.
     let hint = Arc::into_raw(cell).cast_mut().cast::<c_void>();

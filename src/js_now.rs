@@ -13,7 +13,8 @@ use quota_core::clock::ManualClock;
 /// The host's `now` and the core clock that holds its last reading.
 pub struct JsNow {
     function: FunctionRef<(), Unknown<'static>>,
-    clock: ManualClock,
+    /// The clock the core reads (clones share the time).
+    pub clock: ManualClock,
 }
 
 impl JsNow {
@@ -21,11 +22,6 @@ impl JsNow {
         let function = unsafe { function.cast::<Function<(), Unknown>>() }?;
         let start = read(env, &function)?;
         Ok(Self { function: function.create_ref()?, clock: ManualClock::new(start) })
-    }
-
-    /// The clock the core reads (clones share the time).
-    pub fn clock(&self) -> ManualClock {
-        self.clock.clone()
     }
 
     /// Reads the host's clock now, on the JavaScript thread, into the core clock.

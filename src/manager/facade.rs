@@ -14,10 +14,7 @@ impl QuotaManager {
     /// `null` on a second call or where the runtime refuses external buffers.
     #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
     pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
-        if self.counter_shown.replace(true) {
-            return None;
-        }
-        crate::hot_path::shared_view(env, self.core.changes().shared())
+        crate::hot_path::shared_view(env, &self.counter_shown, self.core.changes().shared())
     }
 
     /// The request a `refreshMain` like the last one would join now (0: none; see `index.js`).
@@ -31,11 +28,8 @@ impl QuotaManager {
     /// entry and stores the sample there, exactly as every native entry does.
     #[napi(catch_unwind, js_name = "_sharedNow", skip_typescript)]
     pub fn shared_now<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
-        let clock = self.js_now.as_ref()?.clock();
-        if self.now_shown.replace(true) {
-            return None;
-        }
-        crate::hot_path::shared_view(env, clock.shared())
+        let time = self.js_now.as_ref()?.clock.shared();
+        crate::hot_path::shared_view(env, &self.now_shown, time)
     }
 
     /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
