@@ -33,25 +33,18 @@ type Running = HashMap<(u64, bool), UnknownRef<false>>;
 #[derive(Default)]
 pub struct SharedPromises {
     running: Rc<RefCell<Running>>,
-    unsettled: Arc<Unsettled>,
-}
-
-/// How many promises handed out are not settled yet, so `close()` can resolve after them: each
-/// promise is settled by a task of its own, in no particular order with `close()`'s.
-#[derive(Default)]
-pub struct Unsettled(watch::Sender<usize>);
-
-impl Unsettled {
-    /// Resolves once every promise handed out so far has settled.
-    pub async fn all_settled(self: Arc<Self>) {
-        let _ = self.0.subscribe().wait_for(|&count| count == 0).await;
-    }
+    /// How many promises handed out are not settled yet, so `close()` can resolve after them:
+    /// each promise is settled by a task of its own, in no particular order with `close()`'s.
+    unsettled: Arc<watch::Sender<usize>>,
 }
 
 impl SharedPromises {
-    /// The count of promises not settled yet, for `close()`.
-    pub fn unsettled(&self) -> Arc<Unsettled> {
-        self.unsettled.clone()
+    /// Resolves once every promise handed out so far (by the time it is awaited) has settled.
+    pub fn all_settled(&self) -> impl std::future::Future<Output = ()> {
+        let mut unsettled = self.unsettled.subscribe();
+        async move {
+            let _ = unsettled.wait_for(|&count| count == 0).await;
+        }
     }
 
     /// The promise for `refresh`: the running request's, when one was already handed out.
@@ -73,12 +66,12 @@ impl SharedPromises {
         }
         let running = self.running.clone();
         let unsettled = self.unsettled.clone();
-        unsettled.0.send_modify(|count| *count += 1);
+        unsettled.send_modify(|count| *count += 1);
         let promise =
             env.spawn_future_with_callback(async move { Ok(wait.await) }, move |env, settled| {
                 // Before the promise settles: whatever waits for this resolves in a later turn,
                 // after the promise's own handlers are queued.
-                unsettled.0.send_modify(|count| *count -= 1);
+                unsettled.send_modify(|count| *count -= 1);
                 if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
                     let _ = reference.unref(env);
                 }

@@ -99,11 +99,11 @@ impl QuotaManager {
     pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, ()>> {
         let closing = self.core.begin_close();
         let callbacks = self.callbacks.clone();
-        let unsettled = self.promises.unsettled();
+        let all_settled = self.promises.all_settled();
         env.spawn_future(async move {
             closing.await;
             // The running calls' promises settle first: `await close()` sees them settled.
-            unsettled.all_settled().await;
+            all_settled.await;
             callbacks.release();
             Ok(())
         })
