@@ -3,7 +3,6 @@
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use serde_json::Value;
 
 use super::js::{optional, quota_error, required, type_error, Json};
 use quota_core::config::check_redis;
@@ -42,15 +41,10 @@ pub fn read_redis_state<'env>(
                     &QuotaError::SharedStore { target: target.clone(), reason: error.to_string() },
                 )
             })?;
-            let skipped: Vec<Value> = loaded
-                .skipped
-                .into_iter()
-                .map(|k| serde_json::json!({ "key": k.key, "reason": k.reason }))
-                .collect();
             Ok(Json(serde_json::json!({
                 "version": SCHEMA_VERSION,
                 "routes": loaded.routes,
-                "skipped": skipped,
+                "skipped": loaded.skipped,
             })))
         },
     )?;

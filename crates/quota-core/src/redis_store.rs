@@ -197,7 +197,7 @@ pub struct LoadedRoutes {
 }
 
 /// A key under `<prefix>route:` that holds no route record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct SkippedKey {
     /// The whole Redis key.
     pub key: String,
