@@ -5,7 +5,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use super::js::{optional, quota_error, required, type_error, Json};
-use quota_core::config::check_redis;
 use quota_core::error::QuotaError;
 use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore};
 use quota_core::shared_store::StoreError;
@@ -28,9 +27,8 @@ pub fn read_redis_state<'env>(
     // Bad arguments throw here; index.js turns the throw into the rejection.
     let url = required::<String>(env, url, "url")?;
     let key_prefix = optional::<String>(env, key_prefix, "keyPrefix")?;
-    let config = check_redis(RedisConfig::new(url, key_prefix))
+    let store = RedisStore::new(&RedisConfig::new(url, key_prefix))
         .map_err(|e| type_error(env, e.to_string()))?;
-    let store = RedisStore::new(&config).map_err(|e| type_error(env, e.to_string()))?;
     let target = store.target().to_owned();
     let promise = env.spawn_future_with_callback(
         async move { Ok(store.load_all_reporting().await) },

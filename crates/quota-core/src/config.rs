@@ -1,6 +1,7 @@
 //! The manager's options as the host gives them (docs/api.md#options), and the rules that turn
 //! them into a [`ManagerConfig`]: every range and every default. A value a rule refuses is a
-//! [`ConfigError`] naming its option; the binding only checks the JavaScript types.
+//! [`ConfigError`] naming its option; the binding only checks the JavaScript types. The `redis`
+//! option is checked where the store is built, by [`RedisStore::new`].
 
 use std::time::Duration;
 
@@ -15,9 +16,6 @@ use crate::redis_store::{RedisConfig, RedisStore};
 const MINUTE_MS: f64 = 60_000.0;
 const HOUR_MS: f64 = 60.0 * MINUTE_MS;
 const WEEK_MINUTES: f64 = 7.0 * 24.0 * 60.0;
-
-/// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
-pub const MAX_KEY_PREFIX_CHARS: usize = 256;
 
 /// The options with a rule, as given (`None`: absent). Numbers are JavaScript numbers: whether
 /// one must be whole is a rule too.
@@ -83,22 +81,10 @@ impl ManagerConfig {
             state_path: None,
             transport: None,
             connection: ConnectionOptions::default(),
-            redis: options.redis.map(check_redis).transpose()?,
+            // Checked now, though Redis is first reached at the first refresh.
+            redis: options.redis.map(|redis| RedisStore::new(&redis).map(|_| redis)).transpose()?,
         })
     }
-}
-
-/// Checks a Redis shared store's URL and key prefix (Redis is first reached at the first
-/// refresh).
-pub fn check_redis(config: RedisConfig) -> Result<RedisConfig, ConfigError> {
-    if config.key_prefix.chars().count() > MAX_KEY_PREFIX_CHARS {
-        return Err(ConfigError::RedisKeyPrefix(MAX_KEY_PREFIX_CHARS));
-    }
-    let store = RedisStore::new(&config).map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-    if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
-        return Err(ConfigError::RedisScheme(store.target().to_owned()));
-    }
-    Ok(config)
 }
 
 #[cfg(test)]

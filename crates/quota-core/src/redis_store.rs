@@ -26,6 +26,7 @@ use redis::{AsyncCommands, Client, Cmd, FromRedisValue, ScanOptions, Script, Scr
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
+use crate::error::ConfigError;
 use crate::shared_store::StoreError;
 use crate::store::{RouteRecord, StoreUpdate};
 
@@ -34,6 +35,8 @@ pub use lock::{Notices, RedisRouteLock};
 
 /// The key prefix when the host names none.
 pub const DEFAULT_KEY_PREFIX: &str = "anthropic-quota:";
+/// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
+pub const MAX_KEY_PREFIX_CHARS: usize = 256;
 /// Bound on one Redis round trip (connecting included): past it, the call fails and the
 /// manager falls back to the state file.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -123,9 +126,7 @@ impl RedisConfig {
 
 struct Inner {
     client: Client,
-    prefix: String,
-    op_timeout: Duration,
-    lock_ttl: Duration,
+    config: RedisConfig,
     /// The URL without credentials, for messages.
     target: String,
     /// Made on first use, inside the runtime: a store can be built while Redis is down.
@@ -133,7 +134,7 @@ struct Inner {
     notices: broadcast::Sender<String>,
     listener_started: AtomicBool,
     /// The `events` channel is subscribed: waiters can rely on notices.
-    listening: Arc<AtomicBool>,
+    listening: AtomicBool,
     stop_listener: Arc<Notify>,
 }
 
@@ -147,16 +148,16 @@ impl Drop for Inner {
 /// The Redis names under the prefix.
 impl Inner {
     fn route(&self, key: &str) -> String {
-        format!("{}route:{key}", self.prefix)
+        format!("{}route:{key}", self.config.key_prefix)
     }
     fn lock(&self, key: &str) -> String {
-        format!("{}lock:{key}", self.prefix)
+        format!("{}lock:{key}", self.config.key_prefix)
     }
     fn fence(&self) -> String {
-        format!("{}fence", self.prefix)
+        format!("{}fence", self.config.key_prefix)
     }
     fn events(&self) -> String {
-        format!("{}events", self.prefix)
+        format!("{}events", self.config.key_prefix)
     }
     /// A `SCAN MATCH` pattern for every route key; glob characters of the prefix are escaped.
     fn route_pattern(&self) -> String {
@@ -182,7 +183,7 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("target", &self.inner.target)
-            .field("prefix", &self.inner.prefix)
+            .field("prefix", &self.inner.config.key_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -214,22 +215,28 @@ pub enum LockTry {
 }
 
 impl RedisStore {
-    /// Checks the URL; connects on first use.
-    pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
+    /// Checks the `redis` option (docs/redis.md#option); connects on first use.
+    pub fn new(config: &RedisConfig) -> Result<Self, ConfigError> {
+        if config.key_prefix.chars().count() > MAX_KEY_PREFIX_CHARS {
+            return Err(ConfigError::RedisKeyPrefix(MAX_KEY_PREFIX_CHARS));
+        }
+        let target = redact(&config.url);
         let client = Client::open(config.url.as_str())
-            .map_err(|e| StoreError::BadUrl(format!("{}: {e}", redact(&config.url))))?;
+            .map_err(|e| ConfigError::RedisUrl(format!("not a Redis URL: {target}: {e}")))?;
+        // The client also opens other schemes (Unix sockets): not documented, not taken.
+        if !(config.url.starts_with("redis://") || config.url.starts_with("rediss://")) {
+            return Err(ConfigError::RedisScheme(target));
+        }
         let (notices, _) = broadcast::channel(NOTICE_BUFFER);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
-                prefix: config.key_prefix.clone(),
-                op_timeout: config.op_timeout,
-                lock_ttl: config.lock_ttl,
-                target: redact(&config.url),
+                config: config.clone(),
+                target,
                 connection: Mutex::new(None),
                 notices,
                 listener_started: AtomicBool::new(false),
-                listening: Arc::new(AtomicBool::new(false)),
+                listening: AtomicBool::new(false),
                 stop_listener: Arc::new(Notify::new()),
             }),
         })
@@ -241,7 +248,7 @@ impl RedisStore {
     }
 
     pub fn lock_ttl(&self) -> Duration {
-        self.inner.lock_ttl
+        self.inner.config.lock_ttl
     }
 
     /// Is the notice channel subscribed right now?
@@ -411,7 +418,7 @@ impl RedisStore {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let timeout = self.inner.op_timeout;
+        let timeout = self.inner.config.op_timeout;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -425,7 +432,7 @@ impl RedisStore {
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.inner.lock_ttl.as_millis().max(1) as u64
+        self.inner.config.lock_ttl.as_millis().max(1) as u64
     }
 
     async fn run<T: FromRedisValue>(
@@ -448,13 +455,13 @@ impl RedisStore {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.inner.op_timeout, call).await {
+        match tokio::time::timeout(self.inner.config.op_timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(self.unavailable(what, &error)),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "{}: {what} got no answer within {} ms",
                 self.inner.target,
-                self.inner.op_timeout.as_millis()
+                self.inner.config.op_timeout.as_millis()
             ))),
         }
     }

@@ -3,6 +3,7 @@
 //! is what the manager holds: Redis while it answers, the state file when it does not (reported
 //! once per outage), and Redis again when it is back (docs/redis.md#failure-behaviour).
 
+use std::fs::File;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::QuotaError;
 use crate::redis_store::{RedisRouteLock, RedisStore};
-use crate::store::{Loaded, RouteLock, RouteRecord, StateStore, StoreUpdate, MAX_CLOCK_SKEW_MS};
+use crate::store::{Loaded, RouteRecord, StateStore, StoreUpdate, MAX_CLOCK_SKEW_MS};
 
 /// How often a Redis that stopped answering is asked again.
 pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -18,7 +19,8 @@ pub const REDIS_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Holds a route's lock until released (Redis: also wakes the waiters) or dropped.
 #[derive(Debug)]
 pub enum RouteGuard {
-    File(RouteLock),
+    /// The open lock file of [`StateStore::lock_route`].
+    File(File),
     Redis(RedisRouteLock),
 }
 
@@ -45,9 +47,6 @@ pub struct LockedRoute {
 /// Why a call to a shared store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// The URL is not a Redis URL.
-    #[error("not a Redis URL: {0}")]
-    BadUrl(String),
     /// Redis could not be reached, did not answer within the operation timeout, or refused the
     /// command: the composite store falls back to the file.
     #[error("Redis unavailable: {0}")]
@@ -162,36 +161,13 @@ async fn lock_and_read(file: &StateStore, key: &str, wait: bool) -> Option<Locke
             Ok(None) => return Ok(None),
             Err(error) => (None, Some(error)),
         };
-        let (record, read_problem) = match file.read_route(&key) {
-            Ok(record) => (record, None),
-            Err(error) => (None, Some(error)),
-        };
-        Ok(Some(LockedRoute { guard, record, problem: lock_problem.or(read_problem) }))
+        let read = file.read_route(&key);
+        let problem = lock_problem.or_else(|| read.as_ref().err().cloned());
+        Ok(Some(LockedRoute { guard, record: read.ok().flatten(), problem }))
     });
     locked.await.unwrap_or_else(|problem| {
         Some(LockedRoute { guard: None, record: None, problem: Some(problem) })
     })
-}
-
-/// Which store the composite uses right now (`stats().sharedStore`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreMode {
-    /// Redis answers: locks and records are shared across hosts.
-    Redis,
-    /// The state file (no Redis configured, or Redis does not answer).
-    File,
-    /// Neither: this process keeps everything in memory.
-    Memory,
-}
-
-impl StoreMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::File => "file",
-            Self::Memory => "memory",
-        }
-    }
 }
 
 struct RedisSide {
@@ -239,17 +215,24 @@ impl SharedStore {
         self.file.is_none() && self.redis.is_none()
     }
 
-    pub fn mode(&self) -> StoreMode {
-        match (&self.redis, &self.file) {
-            (Some(side), _) if !side.down.load(Ordering::SeqCst) => StoreMode::Redis,
-            (_, Some(_)) => StoreMode::File,
-            (_, None) => StoreMode::Memory,
+    /// Where the routes are shared right now (`stats().sharedStore`): `"redis"` while Redis
+    /// answers (across hosts), else `"file"` (this machine) or `"memory"` (this process).
+    pub fn mode(&self) -> &'static str {
+        match self.live_redis() {
+            Some(_) => "redis",
+            None if self.file.is_some() => "file",
+            None => "memory",
         }
     }
 
     /// How many times Redis stopped answering and the file took over.
     pub fn redis_fallbacks(&self) -> u64 {
         self.redis.as_ref().map_or(0, |side| side.fallbacks.load(Ordering::SeqCst))
+    }
+
+    /// Redis, while it answers.
+    fn live_redis(&self) -> Option<&Arc<RedisSide>> {
+        self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))
     }
 
     /// The state file, or memory when there is none.
@@ -266,12 +249,9 @@ impl SharedStore {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let side = self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))?;
+        let side = self.live_redis()?;
         match call(Backend::Redis(&side.store)).await {
-            Err(
-                error
-                @ (StoreError::BadUrl(_) | StoreError::Unavailable(_) | StoreError::Contended),
-            ) => {
+            Err(error @ (StoreError::Unavailable(_) | StoreError::Contended)) => {
                 self.redis_failed(side, &error.to_string());
                 None
             }

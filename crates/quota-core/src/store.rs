@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 use super::error::QuotaError;
 use super::fingerprint::fingerprint;
 use platform::{open_lock_file, FileStamp};
-pub use record::{is_newer, AdoptionLimits, RouteRecord, MAX_CLOCK_SKEW_MS};
+pub use record::{AdoptionLimits, RouteRecord, MAX_CLOCK_SKEW_MS};
 
 /// The schema this build reads and writes. A file of an older (or no) version is set aside; a
 /// file of a newer version belongs to a newer build and is left alone (see [`Loaded`]).
@@ -96,12 +96,6 @@ pub struct Loaded {
     pub newer_schema: Option<u64>,
 }
 
-/// Holds a route's cross-process refresh lock until dropped.
-#[derive(Debug)]
-pub struct RouteLock {
-    _file: File,
-}
-
 #[derive(Debug, Clone)]
 pub struct StateStore {
     path: PathBuf,
@@ -150,22 +144,15 @@ impl StateStore {
     /// not parse, or has an older or no schema version, is moved aside and reads as empty; a
     /// newer schema reads as empty with [`Loaded::newer_schema`] set, the file untouched.
     pub fn load(&self) -> Result<Loaded, QuotaError> {
-        let (parsed, quarantined) = match self.read()? {
+        match self.read()? {
             // Another process may have replaced the file since we looked: only a file that is
             // still unreadable under the lock is moved.
             Parsed::Corrupt => {
                 let _guard = self.lock_file()?;
-                self.read_locked()?
+                self.read_locked()
             }
-            parsed => (parsed, None),
-        };
-        Ok(match parsed {
-            Parsed::Valid(state) => {
-                Loaded { state: Arc::unwrap_or_clone(state), ..Loaded::default() }
-            }
-            Parsed::Newer(version) => Loaded { newer_schema: Some(version), ..Loaded::default() },
-            Parsed::Missing | Parsed::Corrupt => Loaded { quarantined, ..Loaded::default() },
-        })
+            parsed => Ok(parsed.into()),
+        }
     }
 
     /// Reads one route without a lock.
@@ -201,11 +188,13 @@ impl StateStore {
 
     /// [`StateStore::read`] under the state lock, which a corrupt file is set aside under: it
     /// then reads as missing, with where it went.
-    fn read_locked(&self) -> Result<(Parsed, Option<PathBuf>), QuotaError> {
-        match self.read()? {
-            Parsed::Corrupt => Ok((Parsed::Missing, Some(self.quarantine()?))),
-            parsed => Ok((parsed, None)),
-        }
+    fn read_locked(&self) -> Result<Loaded, QuotaError> {
+        Ok(match self.read()? {
+            Parsed::Corrupt => {
+                Loaded { quarantined: Some(self.quarantine()?), ..Loaded::default() }
+            }
+            parsed => parsed.into(),
+        })
     }
 
     fn parsed_copy(&self) -> std::sync::MutexGuard<'_, Option<ParsedCopy>> {
@@ -223,31 +212,32 @@ impl StateStore {
         trusted_until: i64,
     ) -> Result<Loaded, QuotaError> {
         let _guard = self.lock_file()?;
-        let (parsed, quarantined) = self.read_locked()?;
-        let (mut state, newer_schema) = match parsed {
-            Parsed::Valid(state) => (Arc::unwrap_or_clone(state), None),
-            Parsed::Missing | Parsed::Corrupt => (StateFile::default(), None),
-            Parsed::Newer(version) => (StateFile::default(), Some(version)),
-        };
-        apply_updates(&mut state, updates, trusted_until);
-        if newer_schema.is_none() {
-            state.version = SCHEMA_VERSION;
-            self.write_atomically(&state)?;
+        let mut loaded = self.read_locked()?;
+        let routes = &mut loaded.state.routes;
+        for update in updates {
+            let current = routes.remove(update.key());
+            if let Some(record) = update.apply_to(current, trusted_until) {
+                routes.insert(update.key().to_owned(), record);
+            }
         }
-        Ok(Loaded { state, quarantined, newer_schema })
+        if loaded.newer_schema.is_none() {
+            loaded.state.version = SCHEMA_VERSION;
+            self.write_atomically(&loaded.state)?;
+        }
+        Ok(loaded)
     }
 
-    /// Takes a route's refresh lock. With `wait`, blocks the calling thread until the holder
-    /// unlocks or dies (the OS wakes it: no polling): run it on a blocking pool, never on a
-    /// runtime worker or the JavaScript thread; a lock nobody ends up waiting for (its waiter
-    /// gave up) is released as soon as it is taken, when the guard is dropped. Without, one try:
-    /// `None` when another holder has it.
-    pub fn lock_route(&self, key: &str, wait: bool) -> Result<Option<RouteLock>, QuotaError> {
+    /// Takes a route's refresh lock, held while the returned file is open. With `wait`, blocks
+    /// the calling thread until the holder unlocks or dies (the OS wakes it: no polling): run it
+    /// on a blocking pool, never on a runtime worker or the JavaScript thread; a lock nobody ends
+    /// up waiting for (its waiter gave up) is released as soon as it is taken, when the file is
+    /// dropped. Without, one try: `None` when another holder has it.
+    pub fn lock_route(&self, key: &str, wait: bool) -> Result<Option<File>, QuotaError> {
         self.ensure_locks_dir()?;
         let path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
         let file = open_lock_file(&path).map_err(|e| Self::error(&path, e))?;
         let taken = if wait { file.lock().map(|()| true) } else { try_lock(&file) };
-        Ok(taken.map_err(|e| Self::error(&path, e))?.then_some(RouteLock { _file: file }))
+        Ok(taken.map_err(|e| Self::error(&path, e))?.then_some(file))
     }
 
     fn lock_file(&self) -> Result<File, QuotaError> {
@@ -400,11 +390,13 @@ enum Parsed {
     Newer(u64),
 }
 
-fn apply_updates(state: &mut StateFile, updates: &[StoreUpdate], trusted_until: i64) {
-    for update in updates {
-        let current = state.routes.remove(update.key());
-        if let Some(record) = update.apply_to(current, trusted_until) {
-            state.routes.insert(update.key().to_owned(), record);
+impl From<Parsed> for Loaded {
+    /// A file that is missing, corrupt or a newer build's reads as empty.
+    fn from(parsed: Parsed) -> Self {
+        match parsed {
+            Parsed::Valid(state) => Self { state: Arc::unwrap_or_clone(state), ..Self::default() },
+            Parsed::Newer(version) => Self { newer_schema: Some(version), ..Self::default() },
+            Parsed::Missing | Parsed::Corrupt => Self::default(),
         }
     }
 }
@@ -467,12 +459,7 @@ pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBu
     // The plugin's own files moved (its tests, users who relocate them): the quota state
     // follows them, so whoever isolates the plugin's files isolates this state too.
     if let Some(auth_file) = non_empty("OPENCODE_ANTHROPIC_AUTH_FILE") {
-        let auth_file = PathBuf::from(auth_file);
-        let auth_file = if auth_file.is_absolute() {
-            auth_file
-        } else {
-            std::env::current_dir().ok()?.join(auth_file)
-        };
+        let auth_file = std::path::absolute(auth_file).ok()?;
         if let Some(dir) = auth_file.parent() {
             return Some(dir.join(STATE_FILE_NAME));
         }

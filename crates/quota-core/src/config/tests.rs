@@ -1,4 +1,5 @@
 use super::*;
+use crate::redis_store::MAX_KEY_PREFIX_CHARS;
 
 fn refused(options: ManagerOptions) -> String {
     ManagerConfig::new(options).unwrap_err().to_string()
@@ -134,7 +135,7 @@ fn backoff_ranges_and_order() {
 #[test]
 fn redis_urls_and_prefixes_are_checked() {
     let redis = |url: &str, prefix: Option<&str>| {
-        check_redis(RedisConfig::new(url, prefix.map(str::to_owned)))
+        RedisStore::new(&RedisConfig::new(url, prefix.map(str::to_owned)))
     };
     assert!(redis("redis://127.0.0.1:6379", None).is_ok());
     assert!(redis("rediss://127.0.0.1", Some("")).is_ok());

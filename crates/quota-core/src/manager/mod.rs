@@ -151,11 +151,7 @@ impl QuotaManager {
             .state_path
             .clone()
             .map(|path| StateStore::new(path).with_lock_timeout(config.state_lock_wait()));
-        let redis = config
-            .redis
-            .as_ref()
-            .map(|redis| RedisStore::new(redis).map_err(|e| ConfigError::RedisUrl(e.to_string())))
-            .transpose()?;
+        let redis = config.redis.as_ref().map(RedisStore::new).transpose()?;
         let shared = SharedStore::new(store.clone(), redis);
         let manager = Self {
             inner: Arc::new(Inner {
@@ -266,7 +262,7 @@ impl QuotaManager {
         // calls the host answered from its kept `refreshMain` answer.
         drop(self.state());
         StatsSnapshot {
-            shared_store: self.inner.shared.mode().as_str(),
+            shared_store: self.inner.shared.mode(),
             redis_fallbacks: self.inner.shared.redis_fallbacks(),
             ..self.inner.stats.snapshot()
         }

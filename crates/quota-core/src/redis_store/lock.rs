@@ -39,19 +39,9 @@ impl RedisStore {
     pub fn notices(&self) -> Notices {
         let receiver = self.inner.notices.subscribe();
         if !self.inner.listener_started.swap(true, Ordering::SeqCst) {
-            tokio::spawn(listen(
-                Arc::downgrade(&self.inner),
-                self.inner.listening.clone(),
-                self.inner.stop_listener.clone(),
-            ));
+            tokio::spawn(listen(Arc::downgrade(&self.inner), self.inner.stop_listener.clone()));
         }
         Notices { receiver }
-    }
-
-    async fn renew(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
-        let mut invocation = RENEW.prepare_invoke();
-        invocation.key(self.inner.lock(key)).arg(fence).arg(self.ttl_ms());
-        Ok(self.run::<i64>("renew", invocation).await? == 1)
     }
 
     async fn release(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
@@ -64,11 +54,17 @@ impl RedisStore {
 
 /// Keeps the `events` channel subscribed while the store lives, re-subscribing after Redis
 /// comes back, and hands each notice to the waiters.
-async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify>) {
+async fn listen(store: Weak<Inner>, stop: Arc<Notify>) {
     let mut pause = Duration::from_millis(50);
+    let listening = |subscribed: bool| {
+        if let Some(inner) = store.upgrade() {
+            inner.listening.store(subscribed, Ordering::SeqCst);
+        }
+    };
     loop {
-        let Some((client, channel, timeout)) =
-            store.upgrade().map(|inner| (inner.client.clone(), inner.events(), inner.op_timeout))
+        let Some((client, channel, timeout)) = store
+            .upgrade()
+            .map(|inner| (inner.client.clone(), inner.events(), inner.config.op_timeout))
         else {
             return;
         };
@@ -79,15 +75,13 @@ async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify
         })
         .await;
         if let Ok(Ok(pubsub)) = subscribed {
-            listening.store(true, Ordering::SeqCst);
+            listening(true);
             pause = Duration::from_millis(50);
             let mut messages = pubsub.into_on_message();
             loop {
                 tokio::select! {
-                    () = stop.notified() => {
-                        listening.store(false, Ordering::SeqCst);
-                        return;
-                    }
+                    // Only a dropped store stops it: nobody is left to ask whether it listens.
+                    () = stop.notified() => return,
                     message = messages.next() => {
                         let Some(message) = message else { break };
                         let Some(inner) = store.upgrade() else { return };
@@ -97,7 +91,7 @@ async fn listen(store: Weak<Inner>, listening: Arc<AtomicBool>, stop: Arc<Notify
                     }
                 }
             }
-            listening.store(false, Ordering::SeqCst);
+            listening(false);
         }
         tokio::select! {
             () = stop.notified() => return,
@@ -190,8 +184,10 @@ async fn renew_while_held(store: RedisStore, key: String, fence: i64, lost: Arc<
     let period = (store.lock_ttl() / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(period).await;
+        let mut renew = RENEW.prepare_invoke();
+        renew.key(store.inner.lock(&key)).arg(fence).arg(store.ttl_ms());
         // An unanswered renewal is tried again: the lock may still be ours until its TTL.
-        if store.renew(&key, fence).await == Ok(false) {
+        if store.run::<i64>("renew", renew).await == Ok(0) {
             lost.store(true, Ordering::SeqCst);
             return;
         }

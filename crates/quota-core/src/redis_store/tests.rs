@@ -113,7 +113,7 @@ impl Drop for RedisServer {
 /// What the tests look at in a store and a held lock.
 impl RedisStore {
     fn key_prefix(&self) -> &str {
-        &self.inner.prefix
+        &self.inner.config.key_prefix
     }
 }
 

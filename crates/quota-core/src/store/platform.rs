@@ -1,16 +1,7 @@
 //! What the state file needs from the operating system, in one form per platform: the file's
-//! change stamp, owner-only directories and files, lock files that are never opened through a
-//! link, the atomic replace and its durability.
-//!
-//! - Unix: `dev`/`ino` plus size, mtime and ctime; modes 0700/0600; `O_NOFOLLOW`; `rename(2)`
-//!   and an fsync of the directory.
-//! - Windows: volume serial number and file index plus size, last-write and creation time (from
-//!   the open handle); a protected DACL that grants the current user alone full control (the
-//!   Windows counterpart of 0700/0600); lock files opened as reparse points and refused when they
-//!   are links; std's rename (POSIX semantics where the OS offers them), retried briefly while
-//!   another program (a reader, an indexer, an antivirus scanner) holds the old file without
-//!   delete sharing; no directory fsync (NTFS journals the rename, and a directory cannot be
-//!   opened for flushing like a file).
+//! change stamp, owner-only directories and files (modes 0700/0600 on Unix, a DACL granting the
+//! current user alone on Windows), lock files that are never opened through a link, the atomic
+//! replace and its durability.
 //!
 //! Locking itself is std's `File::lock`/`try_lock` on every platform (`flock` on Unix,
 //! `LockFileEx` on Windows): both are released by the OS when their holder dies.
@@ -22,14 +13,14 @@ use std::time::{Duration, Instant};
 
 pub use imp::{create_private_dir, make_private_dir, make_private_file, open_lock_file, FileStamp};
 
-/// How long a replace keeps trying while another program holds the old file open without
-/// delete sharing (Windows only; such holds last milliseconds; the caller holds the state lock
-/// meanwhile).
+/// How long a replace keeps trying while another program (a reader, an indexer, an antivirus
+/// scanner) holds the old file open without delete sharing (Windows only; such holds last
+/// milliseconds; the caller holds the state lock meanwhile).
 const REPLACE_RETRY_FOR: Duration = Duration::from_secs(1);
 const REPLACE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
-/// mix).
+/// mix; std's rename has POSIX semantics where Windows offers them).
 pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     let started = Instant::now();
     loop {
@@ -46,7 +37,8 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes a rename in `dir` durable (not needed on Windows, see the module docs).
+/// Makes a rename in `dir` durable. Not on Windows: NTFS journals the rename, and a directory
+/// cannot be opened for flushing like a file.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     if cfg!(windows) {
         return Ok(());

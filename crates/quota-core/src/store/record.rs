@@ -44,7 +44,9 @@ impl RouteRecord {
             *self = incoming.clone();
             return;
         }
-        if is_newer(self.entry.as_deref(), incoming.entry.as_deref()) {
+        // Option's order: any observation is newer than none.
+        let observed_at = |record: &Self| record.entry.as_ref().map(|entry| entry.checked_at);
+        if observed_at(incoming) > observed_at(self) {
             self.entry.clone_from(&incoming.entry);
             self.token_fingerprint.clone_from(&incoming.token_fingerprint);
         }
@@ -145,10 +147,4 @@ impl AdoptionLimits {
             max_refresh_interval_ms: refresh_interval_ms,
         }
     }
-}
-
-/// Is `theirs` a newer observation than `ours`? The one rule by which every copy of a route
-/// (this process's cache, the state file, another process's write) adopts another's snapshot.
-pub fn is_newer(ours: Option<&QuotaEntry>, theirs: Option<&QuotaEntry>) -> bool {
-    theirs.is_some_and(|theirs| ours.is_none_or(|ours| theirs.checked_at > ours.checked_at))
 }

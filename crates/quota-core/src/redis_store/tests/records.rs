@@ -222,10 +222,9 @@ fn urls_are_redacted_and_prefix_globs_escaped() {
     assert_eq!(redact("no scheme"), "<redis url>");
     let store = RedisStore::new(&RedisConfig::new("redis://h", Some("a*[b]:".into()))).unwrap();
     assert_eq!(store.inner.route_pattern(), r"a\*\[b\]:route:*");
-    assert!(matches!(
-        RedisStore::new(&RedisConfig::new("http://x", None)),
-        Err(StoreError::BadUrl(_))
-    ));
+    let error = RedisStore::new(&RedisConfig::new("http://x", None)).unwrap_err();
+    assert!(matches!(error, ConfigError::RedisUrl(_)));
+    assert!(error.to_string().starts_with("redis.url: not a Redis URL: http://x: "), "{error}");
 }
 
 /// What a store tells about itself (`stats()`, messages) names the server without its password.
@@ -241,7 +240,6 @@ fn a_store_describes_itself_without_credentials() {
     assert!(debug.contains("redis://h:6380/2") && debug.contains("\"p:\""), "{debug}");
     assert!(!debug.contains("secret"), "{debug}");
     let messages = [
-        (StoreError::BadUrl("x".into()), "not a Redis URL: x"),
         (StoreError::Unavailable("y".into()), "Redis unavailable: y"),
         (StoreError::StaleLock, "the route lock expired before the write"),
         (StoreError::Contended, "the route record kept changing during the write"),
