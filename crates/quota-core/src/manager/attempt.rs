@@ -1,10 +1,7 @@
 //! One request's life, led by the first caller of a route: take the fallback fetch slot and the
 //! route's cross-process lock, fold in what other processes wrote (which may answer it), wait
-//! out the pacing gap, fetch, record the result, write it, and tell the host.
-//!
-//! Pacing: at least `apiCallGapMs` between two usage requests with one token. A route's last
-//! attempt (time and token fingerprint) is part of its record in the state file, so the gap
-//! holds across processes too, even after a failure that left no snapshot.
+//! out the pacing gap, fetch, record the result, write it, and tell the host
+//! (docs/single-flight.md#adopting-another-result, docs/single-flight.md#pacing).
 
 use std::time::Duration;
 
@@ -42,29 +39,29 @@ pub(super) struct Attempt {
     /// The id of the flight this request runs for (its callers' shared result).
     pub flight_id: u64,
     pub started_at: i64,
-    /// The cached snapshot's time when the request began; a newer one in the state file was
-    /// produced by someone else meanwhile.
+    /// [`RouteSlot::own_checked_at`] when the request began: a newer snapshot is someone else's.
     pub baseline_checked_at: Option<i64>,
-    /// The route's last attempt known when the request began; a later one in the state file
-    /// was made by someone else meanwhile.
+    /// The route's last attempt when the request began: a later one is someone else's.
     pub baseline_attempt_at: Option<i64>,
 }
 
 impl Attempt {
-    /// Another process attempted the main route with this token while this request waited,
-    /// and knowing that, the cached entry is not due (the header-only rule counts an attempt,
-    /// not its success): polling again would make two polls in one interval. A failure met
-    /// with another token is no answer for this one.
+    /// The route's last attempt, when it was made with this request's token (a failure met
+    /// with another token is no answer for this one; pacing is per token).
+    fn last_attempt_with_token(&self, record: &RouteRecord) -> Option<i64> {
+        let same_token = record.last_attempt_token.as_deref() == Some(&*self.token_fingerprint);
+        record.last_attempt_at.filter(|_| same_token)
+    }
+
+    /// Rule 3 of docs/single-flight.md#adopting-another-result: another process attempted the
+    /// main route with this token meanwhile, and counting that attempt the cache is not due.
     fn main_attempted_meanwhile(&self, slot: &RouteSlot, now: i64, interval: i64) -> bool {
-        let record = &slot.record;
-        let Some(attempted_at) = record.last_attempt_at else {
-            return false;
-        };
         let entry = slot.entry().map(AsRef::as_ref);
         self.route == RouteId::Main
-            && self.baseline_attempt_at.is_none_or(|known| attempted_at > known)
-            && record.last_attempt_token.as_deref() == Some(self.token_fingerprint.as_str())
-            && now < freshness::main_stale_from(entry, Some(attempted_at), interval, None)
+            && self.last_attempt_with_token(&slot.record).is_some_and(|attempted_at| {
+                self.baseline_attempt_at.is_none_or(|known| attempted_at > known)
+                    && now < freshness::main_stale_from(entry, Some(attempted_at), interval, None)
+            })
     }
 }
 
@@ -81,9 +78,8 @@ impl QuotaManager {
             }
             self.announce(&attempt.route, announcement).await;
         }
-        // Callers not answered yet (a JS promise settles later, on the event loop) keep the
-        // request joinable with this result: a call made before then shares it.
-        // Only its own flight: another token's request, started later, runs on.
+        // Callers not answered yet keep the request joinable with this result (see
+        // `Refresh::hold`); only its own flight: another token's request runs on.
         if let Some(slot) = self.state().routes.attempt_slot(&attempt.route, attempt.generation) {
             slot.flights.finish(attempt.flight_id, settled.clone());
         }
@@ -117,11 +113,9 @@ impl QuotaManager {
         ((Served::Request, result), announcement)
     }
 
-    /// Takes the route's lock where routes are shared (Redis, or the state file), waiting
-    /// (without blocking a thread) for another process's or host's refresh to finish, and reads
-    /// the route's record under it. A lock or file that cannot be used at all (read-only
-    /// directory, `.locks` that is a file, unreadable state file) is reported once and the
-    /// request goes on without it: single flight still holds in this process.
+    /// Takes the route's shared lock, waiting without blocking a thread, and reads the route's
+    /// record under it. A lock or file that cannot be used at all is reported once and the
+    /// request goes on without it (docs/single-flight.md#without-a-shared-store).
     async fn lock_route(
         &self,
         key: &str,
@@ -133,19 +127,19 @@ impl QuotaManager {
             bump(&self.inner.stats.lock_waits);
             outcome = self.inner.shared.lock_route(key, timeout).await;
         }
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
+        let locked = match outcome {
+            Ok(Some(locked)) => locked,
+            Ok(None) => {
+                bump(&self.inner.stats.lock_timeouts);
+                return Err(QuotaError::Timeout(format!(
+                    "waited {} ms for another process's quota refresh",
+                    timeout.as_millis()
+                )));
+            }
             Err(error) => {
                 self.report_store_error(error);
                 return Ok((None, None));
             }
-        };
-        let Some(locked) = outcome else {
-            bump(&self.inner.stats.lock_timeouts);
-            return Err(QuotaError::Timeout(format!(
-                "waited {} ms for another process's quota refresh",
-                timeout.as_millis()
-            )));
         };
         if let Some(problem) = &locked.problem {
             self.report_state_error(problem);
@@ -153,9 +147,8 @@ impl QuotaManager {
         Ok((locked.guard, locked.record))
     }
 
-    /// With the route lock held: folds in what other processes wrote, then answers from it
-    /// when it makes a request pointless (an open shared backoff, or a result produced while
-    /// this call waited). `None` means: fetch.
+    /// With the route lock held: folds in what other processes wrote, and answers from it when
+    /// a request is pointless (docs/single-flight.md#adopting-another-result). `None`: fetch.
     fn serve_from_shared_state(
         &self,
         attempt: &Attempt,
@@ -166,11 +159,9 @@ impl QuotaManager {
         let interval = state.settings.interval_ms;
         // A record from a clock running ahead is adopted clamped, but never taken as another
         // process's fresh answer: clamped to "now", it would look fresh at every poll.
-        let beyond_skew = |at: i64| at > now.saturating_add(MAX_CLOCK_SKEW_MS);
-        let from_the_future =
-            record.and_then(|r| r.entry.as_ref()).is_some_and(|e| beyond_skew(e.checked_at));
-        let attempt_from_the_future =
-            record.and_then(|r| r.last_attempt_at).is_some_and(beyond_skew);
+        let beyond_skew = |at: Option<i64>| at > Some(now.saturating_add(MAX_CLOCK_SKEW_MS));
+        let from_the_future = beyond_skew(record.and_then(|r| Some(r.entry.as_ref()?.checked_at)));
+        let attempt_from_the_future = beyond_skew(record.and_then(|r| r.last_attempt_at));
         let record = record.map(|r| r.clamped(now, &self.adoption_limits(interval)));
         let Some(slot) = state.routes.attempt_slot(&attempt.route, attempt.generation) else {
             // The slot was re-bound meanwhile: the polled route's backoff still holds.
@@ -267,8 +258,7 @@ impl QuotaManager {
     }
 
     /// Caches a poll, merged with newer header windows, and clears the backoff, unless the
-    /// route was dropped or replaced meanwhile. Returns the snapshot to hand out, and whether
-    /// it was cached.
+    /// route was dropped or replaced meanwhile. Returns the snapshot and whether it was cached.
     fn record_success(
         &self,
         attempt: &Attempt,
@@ -293,10 +283,9 @@ impl QuotaManager {
         (quota, true)
     }
 
-    /// Waits until the token's gap has passed. The gap is measured on the manager's clock but
-    /// waited out in real time, so a frozen test clock never hangs. The send time is reserved
-    /// under the state lock, so two routes sharing a token (two fallbacks with one token) take
-    /// turns instead of both seeing the token idle.
+    /// Waits until the token's gap has passed (docs/single-flight.md#pacing): measured on the
+    /// manager's clock, waited out in real time (a frozen test clock never hangs). The send time
+    /// is reserved under the state lock, so two routes sharing a token take turns.
     async fn wait_for_pacing(&self, attempt: &Attempt) {
         let gap = self.inner.config.api_call_gap_ms;
         if gap <= 0 {
@@ -309,11 +298,7 @@ impl QuotaManager {
             let by_route = state
                 .routes
                 .slot(&attempt.route)
-                .map(|slot| &slot.record)
-                .filter(|record| {
-                    record.last_attempt_token.as_deref() == Some(attempt.token_fingerprint.as_str())
-                })
-                .and_then(|record| record.last_attempt_at);
+                .and_then(|slot| attempt.last_attempt_with_token(&slot.record));
             // Bounded: a time from a clock running ahead cannot stall the token for long.
             let latest = now.saturating_add(gap.saturating_mul(MAX_QUEUED_REQUESTS));
             let send_at = by_token
@@ -322,9 +307,8 @@ impl QuotaManager {
             state.last_call_by_token.insert(attempt.token_fingerprint.clone(), send_at);
             send_at
         };
-        let wait = send_at - now;
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        if send_at > now {
+            tokio::time::sleep(Duration::from_millis(send_at.abs_diff(now))).await;
         }
     }
 

@@ -1,10 +1,6 @@
-//! The manager: per-route cache, backoff and single flight, the shared state file, pacing, and
-//! the host callbacks. Every route (the main account of one identity, or one fallback account)
-//! is refreshed by at most one request at a time in this process, and, through the route's OS
-//! lock, on the whole machine.
-//!
-//! This file is the facade: construction, the shared state and the handles. Each concern lives
-//! in a module of its own, adding its methods to [`QuotaManager`].
+//! The manager: per-route cache, backoff and single flight (docs/single-flight.md), the shared
+//! state file, pacing, and the host callbacks. This file is the facade: construction, the shared
+//! state and the handles; each concern is a module of its own, adding its methods.
 
 mod attempt;
 mod backoff_book;
@@ -121,9 +117,8 @@ struct Inner {
     changes: ChangeCounter,
     /// The state file's load, run off the host's thread; every state access waits for it.
     loading: Loading,
-    /// One state-file write at a time: callers queue, and whoever comes next writes everything
-    /// queued meanwhile (a group commit), so many routes' results cost a few writes, not one
-    /// read-modify-write and fsync each.
+    /// One state-file write at a time: whoever comes next writes everything queued meanwhile
+    /// (a group commit), so many routes' results cost a few writes, not an fsync each.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The tokens the host handed over (which identities are tokens).
     seen_tokens: SeenTokens,
@@ -136,8 +131,8 @@ pub struct QuotaManager {
 }
 
 impl QuotaManager {
-    /// Builds a manager and seeds it from the state file, then from the host's storage. The
-    /// state file is read here, once; a corrupt one is set aside and reported.
+    /// Builds a manager, seeded from the state file (read once; a corrupt one is set aside and
+    /// reported), then from the host's storage.
     pub fn new(
         config: ManagerConfig,
         mut storage: Option<HostStorage>,
@@ -180,18 +175,23 @@ impl QuotaManager {
         if let Some(storage) = storage.as_mut() {
             manager.storage_identities(storage);
         }
+        // The state file first, then the host's storage, which claims the file's main route of
+        // the account it names.
+        let weak = manager.downgrade();
+        let seed = move || {
+            if let Some(manager) = weak.upgrade() {
+                manager.seed_from_state_file();
+                if let Some(storage) = &storage {
+                    manager.seed_main(storage, None);
+                }
+            }
+        };
         if manager.inner.store.is_none() {
-            manager.seed(storage.as_ref());
+            seed();
             return Ok(manager);
         }
         // The file is read and seeded on the blocking pool: the constructor returns at once.
-        // Seeding from the host's storage follows it there, in the same order as before.
-        let weak = Arc::downgrade(&manager.inner);
-        manager.inner.loading.arm(Box::new(move || {
-            if let Some(inner) = weak.upgrade() {
-                Self { inner }.seed(storage.as_ref());
-            }
-        }));
+        manager.inner.loading.arm(Box::new(seed));
         let weak = Arc::downgrade(&manager.inner);
         manager.inner.runtime.spawn_blocking(move || {
             if let Some(inner) = weak.upgrade() {
@@ -199,14 +199,6 @@ impl QuotaManager {
             }
         });
         Ok(manager)
-    }
-
-    fn seed(&self, storage: Option<&HostStorage>) {
-        self.seed_from_state_file();
-        // The state file's main route of the account the storage names is claimed here.
-        if let Some(storage) = storage {
-            self.seed_main(storage, None);
-        }
     }
 
     /// The manager's clock (a `ManualClock` in tests).
@@ -231,10 +223,10 @@ impl QuotaManager {
         let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = StateGuard::new(guard, &self.inner.changes);
         // Calls the host answered from its kept `refreshMain` answer belong to the main request
-        // that answer came from: counted on it before anything can change it.
+        // that answer came from: counted on it, as if each had joined it, before it can change.
         let joined = self.inner.changes.take_joined();
-        if joined > 0 {
-            self.count_joined_main(&state, joined);
+        if let Some(flight) = state.routes.main.flights.last_handed().filter(|_| joined > 0) {
+            self.count_joiners(flight, joined);
         }
         state
     }

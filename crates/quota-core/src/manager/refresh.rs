@@ -30,10 +30,9 @@ pub struct Refresh {
     /// The request the call is attached to (it started it or joined it); `None` when it was
     /// answered at once (backed off, closed). Calls with the same id get the same result.
     pub attempt_id: Option<u64>,
-    /// Keeps the request joinable, with its result, until this caller has been answered: drop
-    /// it once the result has reached the caller (for a JS caller: when its promise settles,
-    /// which is later than `wait` ends). A call made meanwhile is concurrent with this one and
-    /// shares its request. `None` when there is no request.
+    /// Keeps the request joinable, with its result, until dropped: drop it once the result has
+    /// reached the caller (for a JS caller: when its promise settles, later than `wait` ends;
+    /// docs/single-flight.md#in-one-process). `None` when there is no request.
     pub hold: Option<FlightHold>,
 }
 
@@ -72,11 +71,8 @@ impl Drop for FlightHold {
 }
 
 impl QuotaManager {
-    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)` (docs/compat.md#signatures):
-    /// joins or starts the main refresh now, at the call, and returns the wait for its result.
-    /// Registering synchronously keeps the call's place: a `close()` or an identity switch
-    /// issued after it cannot overtake it. With a generation, a main identity that moved on
-    /// since rejects with no request.
+    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)`, registered at the call
+    /// (docs/compat.md#signatures).
     pub fn begin_refresh_main_for(
         &self,
         target: MainTarget<'_>,
@@ -153,9 +149,8 @@ impl QuotaManager {
         Refresh { wait: wait.boxed(), attempt_id: id, hold }
     }
 
-    /// The request a main refresh call with the same arguments as the last one would join now
-    /// (0: none; it would be answered at once, or start one): the host may answer such a call
-    /// with the last call's answer, counting it with [`super::ChangeCounter`]'s joined calls.
+    /// The request a main refresh call with the last call's arguments would join now (0: none):
+    /// the host may answer it with the last answer, counted by [`super::ChangeCounter`].
     pub fn main_joinable(&self) -> u64 {
         let now = self.now_ms();
         let state = self.state();
@@ -164,18 +159,9 @@ impl QuotaManager {
         flight.filter(|_| !main.record.backoff.is_open(now)).map_or(0, Flight::id)
     }
 
-    /// `joined` calls the host answered from its kept `refreshMain` answer: counted on the
-    /// request the last main refresh call was handed, as if each had joined it.
-    pub(super) fn count_joined_main(&self, state: &State, joined: u64) {
-        if let Some(flight) = state.routes.main.flights.last_handed() {
-            self.count_joiners(flight, joined);
-        }
-    }
-
-    /// Counts `n` callers joining `flight`: in its starter's tally while it runs; once it is
-    /// done, the tally is final and they are counted now, as the starter counts its callers (a
+    /// Counts `n` callers joining `flight`: in its starter's tally while it runs, else now (a
     /// caller handed a promise already made never awaits its own wait).
-    fn count_joiners(&self, flight: &Flight<Settled>, n: u64) {
+    pub(super) fn count_joiners(&self, flight: &Flight<Settled>, n: u64) {
         if let Some(&(served, _)) = flight.count_callers(n) {
             bump_by(served.counter(&self.inner.stats), n);
         }
@@ -233,12 +219,10 @@ impl QuotaManager {
         self.settle(ticket, Some(self.hold(&route, generation, flight_id)))
     }
 
-    /// Refreshes the due accounts; the future waits for all of them. Failures are recorded on
-    /// each route (backoff, callbacks), never returned. The refreshes are registered when the
-    /// future first runs, on the runtime, not on the caller's thread: with 10,000 accounts that
-    /// took the JavaScript thread 50-100 ms. Whoever asks for one of these routes meanwhile
-    /// starts its request, and this fan-out then finds it running and leaves it be, exactly as
-    /// it leaves any request already running.
+    /// Refreshes the due accounts (docs/single-flight.md#concurrency); the future waits for all
+    /// of them. The refreshes are registered when it first runs, on the runtime, not on the
+    /// caller's thread: with 10,000 accounts that took the JavaScript thread 50-100 ms. A route
+    /// someone else starts meanwhile is then found running and left be, as any running one.
     pub fn refresh_all_fallbacks(&self, accounts: Vec<FallbackAccount>) -> BoxFuture<'static, ()> {
         let manager = self.clone();
         async move {

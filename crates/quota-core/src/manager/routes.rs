@@ -27,10 +27,9 @@ pub(super) enum RouteId {
 }
 
 impl RouteId {
-    /// Which of the route's running requests a caller with `token` shares: on the main route
-    /// only one with the same token (a failure belongs to the token that met it: a 401 for a
-    /// revoked token is no answer for its successor); on a fallback route the one running,
-    /// whatever the token (a rotated token of one login joins it).
+    /// Which running request a caller with `token` shares: on the main route only its token's
+    /// (a 401 for a revoked token is no answer for its successor), on a fallback route the one
+    /// running (docs/single-flight.md#in-one-process).
     pub fn flight_key(&self, token: &str) -> Option<String> {
         match self {
             Self::Main => Some(fingerprint(token)),
@@ -54,9 +53,8 @@ pub(super) struct RouteSlot {
     /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
     /// login named later is then a replacement, as upstream.
     lineage_observed: bool,
-    /// The last login id the slot was handed and its fingerprint: the host hands the same one
-    /// with every seeding and refresh, and hashing it each time was most of a 10,000-account
-    /// seeding.
+    /// The last login id handed and its fingerprint: the host hands the same one every time,
+    /// and hashing it each time was most of a 10,000-account seeding.
     lineage_memo: Option<(String, String)>,
     /// When the shared store was last looked at for this route's backoff (see
     /// `recheck_backoff_soon`): atomic, so a read-only question can claim the next look.
@@ -81,11 +79,7 @@ impl RouteSlot {
     fn lineage_fingerprint(&mut self, lineage: &str) -> String {
         match &self.lineage_memo {
             Some((seen, fingerprinted)) if seen == lineage => fingerprinted.clone(),
-            _ => {
-                let fingerprinted = fingerprint(lineage);
-                self.lineage_memo = Some((lineage.to_owned(), fingerprinted.clone()));
-                fingerprinted
-            }
+            _ => self.lineage_memo.insert((lineage.to_owned(), fingerprint(lineage))).1.clone(),
         }
     }
 
@@ -93,11 +87,9 @@ impl RouteSlot {
         self.record.entry.as_ref()
     }
 
-    /// The time of the cached snapshot when this process knew it already (its own poll, header
-    /// push or host write, or another process's result a refresh here has answered with): a
-    /// refresh then asks for a newer one. `None` when nothing is cached, or when the cached
-    /// snapshot was only taken from the shared store: it is this route's own record, written by
-    /// another process, and when still fresh it answers the refresh with no request.
+    /// The cached snapshot's time when this process knows it itself: a refresh then asks for a
+    /// newer one. `None` when nothing is cached or it was only taken from the shared store: it
+    /// may answer the refresh (docs/single-flight.md#adopting-another-result).
     pub fn own_checked_at(&self) -> Option<i64> {
         let at = self.entry()?.checked_at;
         (self.adopted_checked_at != Some(at)).then_some(at)
@@ -115,8 +107,7 @@ impl RouteSlot {
     }
 
     /// Folds another observer's record (the state file) into the slot, by the state file's own
-    /// rule: newer snapshot, more recently changed backoff, latest attempt, and a record of
-    /// another login replaces the slot's.
+    /// rule (docs/state-file.md#merge-rule).
     pub fn adopt(&mut self, incoming: &RouteRecord) {
         // A record another process wrote for a login this slot has since replaced is stale.
         if incoming.lineage.as_ref().is_some_and(|lineage| self.retired_lineages.contains(lineage))
@@ -350,9 +341,8 @@ impl Routes {
     }
 
     /// The record a request must record its attempt and failure in: its slot's, or, for a main
-    /// route the slot was re-bound away from meanwhile, the one kept for its key (the route
-    /// that was polled, whatever happened to the slot). `None` for a fallback slot that was
-    /// dropped or given to a new login.
+    /// slot re-bound meanwhile, the one kept for its key; `None` for a fallback slot dropped or
+    /// given to a new login (docs/single-flight.md#a-route-re-bound-during-a-request).
     pub fn attempt_record(
         &mut self,
         route: &RouteId,

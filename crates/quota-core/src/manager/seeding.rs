@@ -1,6 +1,5 @@
 //! Seeding: the state file is read once, at construction; the host's storage (its persisted
-//! snapshots and errors) is adopted whenever the host hands it over. Either way a route only
-//! takes what is newer than what it has.
+//! snapshots and errors) is adopted whenever the host hands it over (docs/state-file.md#seeding).
 
 use super::identity::MainIdentity;
 use super::routes::{LineageBind, RouteId, RouteSlot};
@@ -14,8 +13,7 @@ use std::sync::Arc;
 
 /// Adopts what the host persisted for a route: its snapshot when newer than the cache, and its
 /// error's backoff when newer than the route's. `main_kept`: a main snapshot the host kept with
-/// a time of its own (`mainQuotaCheckedAt`), windows or not; that time never dates it (it is
-/// when the host wrote it, not when the quota was seen).
+/// `mainQuotaCheckedAt`, dated as docs/state-file.md#seeding says.
 fn seed_persisted(
     slot: &mut RouteSlot,
     quota: Option<&QuotaSnapshot>,
@@ -24,12 +22,8 @@ fn seed_persisted(
     settings: &Settings,
     now: i64,
 ) {
-    // A persisted main quota counts even without windows (legacy `{ quotas: [], expires }`): it
-    // is the host's last word for that account, and its time says how fresh it is.
     let has_any_window =
         |q: &QuotaSnapshot| q.has_windows() || q.scoped.as_ref().is_some_and(|s| !s.is_empty());
-    // As the plugin dates a persisted snapshot: by its own times (its latest window or its own
-    // `checkedAt`); a legacy one without any is dated 0, due at once.
     let dated = quota.filter(|q| main_kept || has_any_window(q)).and_then(|quota| {
         Some((quota, quota.latest_checked_at().or_else(|| main_kept.then_some(0))?))
     });
@@ -45,8 +39,7 @@ fn seed_persisted(
 }
 
 /// A newer header harvest is cached and the host persisted an older poll: the poll's own fields
-/// (scoped windows, extra usage, its binding window) come back under the newer header windows,
-/// as the plugin's seeding does. `true` when it merged.
+/// come back under the newer header windows, as the plugin's seeding does. `true` when merged.
 fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_at: i64) -> bool {
     let Some(current) = slot.entry().filter(|current| {
         current.checked_at >= checked_at
@@ -63,9 +56,8 @@ fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_
 
 impl QuotaManager {
     /// Takes every fallback route from the state file. Main routes are kept aside, unowned: the
-    /// file holds other accounts' routes too, and this process's account is known only once the
-    /// host names it (in the storage seeded next, or a call); the route of that identity is
-    /// taken then. Every adopted time is clamped (a clock running ahead, a damaged value).
+    /// file holds other accounts' too, and this process's is known only once the host names it
+    /// (in the storage seeded next, or a call). Adopted times are clamped (a clock running ahead).
     pub(super) fn seed_from_state_file(&self) {
         // The lock is taken only to set a corrupt file aside.
         let Some(store) = self.store_on_host_thread() else {
@@ -151,13 +143,11 @@ impl QuotaManager {
         self.seed_awaited_snapshots(awaited);
     }
 
-    /// The first half of a seeding whose snapshots are not at hand yet (they cross from
-    /// JavaScript only when wanted: with 10,000 unchanged accounts that was most of the cost):
-    /// all of `seed_fallbacks` but adopting the snapshots that could be adopted, those with no
-    /// cached entry or whose latest `checkedAt` may be newer (`latest_at_most[i]` bounds account
-    /// `i`'s; `None`: unknown), so it may say "wanted" too often, never too rarely. The second
-    /// half, [`Self::seed_awaited_snapshots`], takes those accounts back with their snapshots.
-    /// Ids are unique, as [`crate::host::AccountList`] leaves them.
+    /// The first half of a seeding whose snapshots cross from JavaScript only when wanted (with
+    /// 10,000 unchanged accounts that was most of the cost): all of `seed_fallbacks` but adopting
+    /// the snapshots that could be adopted (`latest_at_most[i]` bounds account `i`'s latest
+    /// `checkedAt`, `None`: unknown; wanted too often, never too rarely), which
+    /// [`Self::seed_awaited_snapshots`] takes back. Ids are unique ([`crate::host::AccountList`]).
     pub fn seed_fallbacks_but_snapshots(
         &self,
         accounts: Vec<FallbackAccount>,
@@ -204,8 +194,7 @@ impl QuotaManager {
     }
 
     /// The second half of a seeding: each awaited account with its snapshot in `quota`. Returns
-    /// the fallback epoch when the seeding is settled: seeding the same list again would change
-    /// nothing while the epoch stays put (`None`: it might, e.g. a login was just replaced).
+    /// the fallback epoch when the seeding is settled (see `AwaitedSnapshots::is_settled`).
     pub fn seed_awaited_snapshots(&self, awaited: AwaitedSnapshots) -> Option<u64> {
         if awaited.accounts.is_empty() {
             return awaited.settled_epoch;
@@ -241,9 +230,8 @@ fn could_adopt(slot: Option<&RouteSlot>, latest: Option<f64>) -> bool {
 pub enum SeedingScope {
     /// Every configured account: the others are forgotten.
     WholeList,
-    /// Only the accounts that changed since a settled seeding of the same list (same ids,
-    /// each once), while its fallback epoch held: the rest would change nothing, and every
-    /// configured route is kept.
+    /// Only the accounts that changed since a settled seeding of the same list (same ids, each
+    /// once), while its fallback epoch held: every configured route is kept.
     ChangedAccounts,
 }
 
