@@ -66,7 +66,7 @@ impl Attempt {
 }
 
 impl QuotaManager {
-    pub(super) async fn run_attempt(&self, attempt: Attempt) -> Settled {
+    pub(super) async fn run_attempt(self, attempt: Attempt) -> Settled {
         let (settled, announcement) = self.attempt_under_locks(&attempt).await;
         // The route lock is released by now: other processes need not wait for our host.
         if let Some(announcement) = announcement {

@@ -174,7 +174,9 @@ impl QuotaManager {
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
     fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Refresh {
         let now = self.now_ms();
-        let flight_key = route.flight_key(token);
+        // The running request a caller shares: on the main route only its token's (a 401 for a
+        // revoked token is no answer for its successor), on a fallback route the one running.
+        let flight_key = (route == RouteId::Main).then(|| fingerprint(token));
         let slot = state.routes.slot_mut(&route);
         if let Some(cached) = backed_off_answer(&slot.record, now) {
             bump(&self.inner.stats.served_during_backoff);
@@ -205,8 +207,7 @@ impl QuotaManager {
             flight_id,
             started_at: now,
         };
-        let manager = self.clone();
-        let task = self.inner.runtime.spawn(async move { manager.run_attempt(attempt).await });
+        let task = self.inner.runtime.spawn(self.clone().run_attempt(attempt));
         let work = async move {
             task.await.unwrap_or_else(|e| {
                 let failure = QuotaError::Network(format!("refresh task failed: {e}"));

@@ -26,18 +26,6 @@ pub(super) enum RouteId {
     Fallback(String),
 }
 
-impl RouteId {
-    /// Which running request a caller with `token` shares: on the main route only its token's
-    /// (a 401 for a revoked token is no answer for its successor), on a fallback route the one
-    /// running (docs/single-flight.md#in-one-process).
-    pub fn flight_key(&self, token: &str) -> Option<String> {
-        match self {
-            Self::Main => Some(fingerprint(token)),
-            Self::Fallback(_) => None,
-        }
-    }
-}
-
 /// One route's cache, backoff and running request.
 #[derive(Default)]
 pub(super) struct RouteSlot {
@@ -386,12 +374,5 @@ impl Routes {
             RouteId::Main => self.main_owner.as_ref().map(MainIdentity::persisted),
             RouteId::Fallback(id) => Some(id.clone()),
         }
-    }
-
-    /// Takes a fallback route from the state file, bound to the login that wrote it.
-    pub fn seed_fallback(&mut self, id: &str, record: &RouteRecord) {
-        let slot = self.slot_mut(&RouteId::Fallback(id.to_owned()));
-        slot.record.lineage.clone_from(&record.lineage);
-        slot.adopt(record);
     }
 }

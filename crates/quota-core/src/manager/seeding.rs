@@ -76,7 +76,12 @@ impl QuotaManager {
                 Some(RouteKey::Main(_)) => {
                     state.routes.unclaimed_main.insert(key.clone(), record);
                 }
-                Some(RouteKey::Fallback(id)) => state.routes.seed_fallback(&id, &record),
+                Some(RouteKey::Fallback(id)) => {
+                    // Bound to the login that wrote it.
+                    let slot = state.routes.slot_mut(&RouteId::Fallback(id));
+                    slot.record.lineage.clone_from(&record.lineage);
+                    slot.adopt(&record);
+                }
                 None => {}
             }
         }
