@@ -225,8 +225,10 @@ impl QuotaManager {
         // Calls the host answered from its kept `refreshMain` answer belong to the main request
         // that answer came from: counted on it, as if each had joined it, before it can change.
         let joined = self.inner.changes.take_joined();
-        if let Some(flight) = state.routes.main.flights.last_handed().filter(|_| joined > 0) {
-            self.count_joiners(flight, joined);
+        if joined > 0 {
+            if let Some(flight) = state.routes.main.flights.last_handed() {
+                self.count_joiners(flight, joined);
+            }
         }
         state
     }
