@@ -157,8 +157,8 @@ impl QuotaManager {
         let now = self.now_ms();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
-        // A record from a clock running ahead is adopted clamped, but never taken as another
-        // process's fresh answer: clamped to "now", it would look fresh at every poll.
+        // A record from a clock running ahead is adopted clamped, but never taken as an answer:
+        // clamped to "now", it would look fresh at every poll.
         let beyond_skew = |at: Option<i64>| at > Some(now.saturating_add(MAX_CLOCK_SKEW_MS));
         let from_the_future = beyond_skew(record.and_then(|r| Some(r.entry.as_ref()?.checked_at)));
         let attempt_from_the_future = beyond_skew(record.and_then(|r| r.last_attempt_at));

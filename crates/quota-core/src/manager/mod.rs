@@ -80,8 +80,7 @@ const MIN_STATE_LOCK_WAIT_MS: i64 = 200;
 
 impl ManagerConfig {
     /// How long a state-file read-modify-write waits for the file's lock: `lockTimeoutMs`, at
-    /// most the store's default (critical sections are milliseconds; a holder that keeps the
-    /// lock longer is stopped or stalled, and nobody may wait on it unboundedly).
+    /// most the store's default (critical sections take milliseconds; a longer holder is stuck).
     fn state_lock_wait(&self) -> std::time::Duration {
         let ms = self.lock_timeout_ms.max(MIN_STATE_LOCK_WAIT_MS).unsigned_abs();
         std::time::Duration::from_millis(ms).min(DEFAULT_LOCK_TIMEOUT)
