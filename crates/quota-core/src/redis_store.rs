@@ -1,23 +1,14 @@
 //! The Redis shared store (docs/redis.md): route locks, route records and change notices on a
 //! Redis server, so "one usage call per account per freshness window" holds across hosts, not
-//! only across the processes of one machine as with the state file ([`crate::store`]).
-//!
-//! Keys, under the configured prefix (default [`DEFAULT_KEY_PREFIX`]; docs/redis.md#keys):
-//! `route:<routeKey>` (a hash: `record`, the state file's JSON; `rev`; `fence`), `lock:<routeKey>`
-//! (the holder's fencing token, with a TTL), `fence` (the counter) and the `events` channel.
-//! Route keys name identities (account ids or fingerprints): no token is ever sent to Redis.
-//!
-//! A lock carries a fencing token larger than every earlier holder's and is renewed while held
-//! (docs/redis.md#locks). A write folds the update in with [`RouteRecord::merge`], the one merge
-//! rule, and stores the result by compare-and-set, fenced by the writer's lock
-//! (docs/redis.md#writes). Every call is bounded by the operation timeout; the connection is made
-//! lazily and re-made after a failure (docs/redis.md#failure-behaviour). Waiters wake on the
-//! `events` channel, at the latest when the held lock's TTL runs out.
+//! only across the processes of one machine as with the state file ([`crate::store`]). Keys:
+//! docs/redis.md#keys (route keys name identities: no token is ever sent to Redis); fenced,
+//! renewed locks: docs/redis.md#locks; compare-and-set writes with the one merge rule:
+//! docs/redis.md#writes; timeouts and reconnection: docs/redis.md#failure-behaviour.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -31,14 +22,13 @@ use crate::shared_store::StoreError;
 use crate::store::{RouteRecord, StoreUpdate};
 
 mod lock;
-pub use lock::{Notices, RedisRouteLock};
+pub use lock::RedisRouteLock;
 
 /// The key prefix when the host names none.
 pub const DEFAULT_KEY_PREFIX: &str = "anthropic-quota:";
 /// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
 pub const MAX_KEY_PREFIX_CHARS: usize = 256;
-/// Bound on one Redis round trip (connecting included): past it, the call fails and the
-/// manager falls back to the state file.
+/// Bound on one Redis round trip, connecting included (docs/redis.md#failure-behaviour).
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a route lock outlives a holder that stopped renewing it.
 pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
@@ -50,13 +40,9 @@ const MAX_WRITE_CONFLICTS: usize = 16;
 const NOTICE_BUFFER: usize = 256;
 
 /// Takes the lock when free, with a new fencing token, and reads the record under it in the
-/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl, ''}` when held.
-///
-/// The token is at least Redis's clock in microseconds, so tokens stay unique when Redis
-/// restarts empty or is flushed (the counter starts again at 1, the clock does not). A lock with
-/// no expiry (set by hand: no holder of ours ever sets one) gets the lease a holder's has, so it
-/// cannot block the route forever. Numbers cross as `%d` text: Lua writes large numbers
-/// in exponent form.
+/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl, ''}` when held. Why the
+/// token is raised to Redis's clock and a lock without expiry gets a lease: docs/redis.md#locks.
+/// Numbers cross as `%d` text: Lua writes large numbers in exponent form.
 const ACQUIRE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local pttl = redis.call('PTTL', KEYS[1])
@@ -130,7 +116,7 @@ struct Inner {
     /// The URL without credentials, for messages.
     target: String,
     /// Made on first use, inside the runtime: a store can be built while Redis is down.
-    connection: Mutex<Option<ConnectionManager>>,
+    connection: OnceLock<ConnectionManager>,
     notices: broadcast::Sender<String>,
     listener_started: AtomicBool,
     /// The `events` channel is subscribed: waiters can rely on notices.
@@ -233,7 +219,7 @@ impl RedisStore {
                 client,
                 config: config.clone(),
                 target,
-                connection: Mutex::new(None),
+                connection: OnceLock::new(),
                 notices,
                 listener_started: AtomicBool::new(false),
                 listening: AtomicBool::new(false),
@@ -305,7 +291,7 @@ impl RedisStore {
             if !self.is_listening() {
                 nap = nap.min(POLL_WITHOUT_NOTICES);
             }
-            notices.changed(key, nap).await;
+            lock::notice_about(&mut notices, key, nap).await;
         }
     }
 
@@ -314,9 +300,8 @@ impl RedisStore {
         Ok(self.read_with_rev(key).await?.0)
     }
 
-    /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none
-    /// (another type than a hash, or a damaged record), each with why (`status --redis`): one
-    /// foreign key must not hide every route.
+    /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none,
+    /// each with why: one foreign key must not hide every route (docs/redis.md#keys).
     pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
         let scan = ScanOptions::default().with_pattern(self.inner.route_pattern());
         let scan = scan.with_count(500);
@@ -327,7 +312,7 @@ impl RedisStore {
             let mut loaded = LoadedRoutes::default();
             for name in names {
                 let json: redis::RedisResult<Option<Vec<u8>>> =
-                    redis::cmd("HGET").arg(&name).arg("record").query_async(&mut connection).await;
+                    connection.hget(&name, "record").await;
                 let skipped = match json {
                     // Deleted since the scan.
                     Ok(None) => continue,
@@ -348,11 +333,10 @@ impl RedisStore {
         .await
     }
 
-    /// Folds each update into Redis with [`RouteRecord::merge_as_of`], by a writer whose clock
-    /// reads no later than `trusted_until` (its time plus the skew allowed between hosts;
-    /// `i64::MAX`: no bound). The update of the route `lock` guards is fenced: rejected with
-    /// [`StoreError::StaleLock`] when the lock is no longer this holder's. Stops at the
-    /// first error.
+    /// Folds each update into Redis with [`RouteRecord::merge_as_of`], `trusted_until` as in
+    /// [`crate::store::StateStore::apply_as_of`]. The update of the route `lock` guards is
+    /// fenced: rejected with [`StoreError::StaleLock`] when the lock is no longer this holder's.
+    /// Stops at the first error.
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
@@ -406,16 +390,13 @@ impl RedisStore {
         &self,
         key: &str,
     ) -> Result<(Option<RouteRecord>, Option<String>), StoreError> {
-        let mut command = redis::cmd("HMGET");
-        command.arg(self.inner.route(key)).arg("record").arg("rev");
+        let command = Cmd::hmget(self.inner.route(key), &["record", "rev"]);
         let (json, rev): (Option<Vec<u8>>, Option<String>) = self.query("read", command).await?;
         Ok((json.as_deref().and_then(parse_record), rev))
     }
 
     fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot =
-            self.inner.connection.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(connection) = slot.as_ref() {
+        if let Some(connection) = self.inner.connection.get() {
             return Ok(connection.clone());
         }
         let timeout = self.inner.config.op_timeout;
@@ -427,8 +408,7 @@ impl RedisStore {
             .set_max_delay(timeout);
         let connection = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
             .map_err(|e| self.unavailable("connect", &e))?;
-        *slot = Some(connection.clone());
-        Ok(connection)
+        Ok(self.inner.connection.get_or_init(|| connection).clone())
     }
 
     fn ttl_ms(&self) -> u64 {

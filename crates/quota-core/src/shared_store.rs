@@ -72,10 +72,11 @@ enum Backend<'a> {
 }
 
 impl Backend<'_> {
-    /// Takes the route's lock, waiting up to `wait` for another holder (Redis: woken by its
-    /// release notice or its TTL running out; file: see [`lock_file_route`]), and reads the
-    /// route's record under it; `None` when another holder kept it for the whole wait. Memory
-    /// takes no lock. This is the manager's only wait on another process.
+    /// Takes the route's lock, waiting up to `wait` for another holder, and reads the route's
+    /// record under it; `None` when another holder kept it for the whole wait. Redis wakes on the
+    /// holder's release notice or its TTL running out; the file waits on the blocking pool (never
+    /// a runtime worker or the host's thread), and a lock it gets after `wait` is let go at once.
+    /// Memory takes no lock. This is the manager's only wait on another process.
     async fn lock_route(
         self,
         key: &str,
@@ -85,7 +86,12 @@ impl Backend<'_> {
             Self::Redis(redis) => redis.lock_route(key, wait).await?.map(|(lock, record)| {
                 LockedRoute { guard: Some(RouteGuard::Redis(lock)), record, problem: None }
             }),
-            Self::File(file) => lock_file_route(file, key, wait).await,
+            Self::File(file) => match lock_and_read(file, key, false).await {
+                None if !wait.is_zero() => {
+                    tokio::time::timeout(wait, lock_and_read(file, key, true)).await.ok().flatten()
+                }
+                tried => tried,
+            },
             Self::Memory => Some(LockedRoute { guard: None, record: None, problem: None }),
         })
     }
@@ -137,18 +143,6 @@ async fn on_blocking_pool<T: Send + 'static>(
     tokio::task::spawn_blocking(call)
         .await
         .unwrap_or_else(|e| Err(QuotaError::State { path: String::new(), reason: e.to_string() }))
-}
-
-/// The file's route lock with the record read under it: one try and, while another process
-/// holds it, a wait on the blocking pool (never a runtime worker, never the host's thread) that
-/// the OS ends the moment the holder unlocks or dies. Past `wait` the caller stops waiting; the
-/// thread goes on until the lock is free, then lets it go.
-async fn lock_file_route(file: &StateStore, key: &str, wait: Duration) -> Option<LockedRoute> {
-    let tried = lock_and_read(file, key, false).await;
-    if tried.is_some() || wait.is_zero() {
-        return tried;
-    }
-    tokio::time::timeout(wait, lock_and_read(file, key, true)).await.ok().flatten()
 }
 
 /// [`StateStore::lock_route`] and the record read under it, in one trip to the blocking pool;

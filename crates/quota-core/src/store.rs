@@ -1,13 +1,7 @@
 //! The shared state file (docs/state-file.md): one JSON document per machine that every
-//! process's manager reads and merges into, so a route polled by one process is fresh (or backed
-//! off) in all of them.
-//!
-//! Writes are read-modify-write under an OS lock on `<file>.lock`, and land atomically
-//! (docs/state-file.md#atomic-writes). Route locks are OS locks on files in `<file>.locks/`: a
-//! dead holder frees them at once, and nothing ever needs cleaning up. The file lock is waited
-//! for up to a deadline (a holder stopped with Ctrl-Z must not hang every other process). Lock
-//! files are opened without following links. A file of a newer schema is never moved or
-//! overwritten (docs/state-file.md#newer-schema).
+//! process's manager reads and merges into. Writes are read-modify-writes under an OS lock on
+//! `<file>.lock`, waited for up to a deadline, that land atomically; route locks are OS locks on
+//! files in `<file>.locks/`, which a dead holder frees at once (docs/state-file.md#atomic-writes).
 
 mod platform;
 mod record;
@@ -27,8 +21,8 @@ use super::fingerprint::fingerprint;
 use platform::{open_lock_file, FileStamp};
 pub use record::{AdoptionLimits, RouteRecord, MAX_CLOCK_SKEW_MS};
 
-/// The schema this build reads and writes. A file of an older (or no) version is set aside; a
-/// file of a newer version belongs to a newer build and is left alone (see [`Loaded`]).
+/// The schema this build reads and writes: an older (or no) version is set aside, a newer one
+/// left alone (see [`Loaded`]).
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
 const TEMP_SUFFIX: &str = ".tmp";
@@ -38,8 +32,7 @@ const TEMP_RANDOM_CHARS: usize = 6;
 const QUARANTINE_INFIX: &str = ".corrupt-";
 /// A quarantined copy's name ends with its time, e.g. `20260914T021000.123Z`: names sort by age.
 const QUARANTINE_STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
-/// How many quarantined copies are kept; older ones are deleted so a recurring cause (e.g. a
-/// disk that keeps damaging the file) cannot fill the directory.
+/// How many quarantined copies are kept (docs/state-file.md#corrupt-file).
 pub const MAX_QUARANTINED_COPIES: usize = 5;
 /// Default bound on waiting for the state-file lock. Critical sections are a read, a merge and a
 /// small write (milliseconds); a holder that keeps it this long is stopped or stalled.
@@ -102,10 +95,9 @@ pub struct StateStore {
     lock_path: PathBuf,
     locks_dir: PathBuf,
     lock_timeout: Duration,
-    /// The file as last read or written here, shared by clones: a read of an unchanged file
-    /// takes it from here instead of parsing the whole file again (a route's read under its lock
-    /// happens once per request: with thousands of accounts, parsing each time made the cost of
-    /// `refreshAllFallbacks` grow with the square of their number).
+    /// The file as last read or written here, shared by clones: an unchanged file is not parsed
+    /// again (a route is read under its lock once per request: parsing each time made
+    /// `refreshAllFallbacks` quadratic in the number of accounts).
     parsed: Arc<Mutex<Option<ParsedCopy>>>,
 }
 
@@ -140,9 +132,8 @@ impl StateStore {
         &self.path
     }
 
-    /// Reads the file without taking any lock (writers replace it atomically). A file that does
-    /// not parse, or has an older or no schema version, is moved aside and reads as empty; a
-    /// newer schema reads as empty with [`Loaded::newer_schema`] set, the file untouched.
+    /// Reads the file without taking any lock (writers replace it atomically). A corrupt file is
+    /// moved aside and reads as empty; a newer schema's reads as empty, untouched (see [`Loaded`]).
     pub fn load(&self) -> Result<Loaded, QuotaError> {
         match self.read()? {
             // Another process may have replaced the file since we looked: only a file that is
@@ -157,10 +148,8 @@ impl StateStore {
 
     /// Reads one route without a lock.
     pub fn read_route(&self, key: &str) -> Result<Option<RouteRecord>, QuotaError> {
-        Ok(match self.read()? {
-            Parsed::Valid(state) => state.routes.get(key).cloned(),
-            Parsed::Missing | Parsed::Corrupt | Parsed::Newer(_) => None,
-        })
+        let Parsed::Valid(state) = self.read()? else { return Ok(None) };
+        Ok(state.routes.get(key).cloned())
     }
 
     /// The file's content: the parsed copy while the file is unchanged since this store last read
@@ -203,9 +192,7 @@ impl StateStore {
 
     /// Applies updates with a locked read-modify-write, merging into whatever other processes
     /// wrote meanwhile, by a writer whose clock reads no later than `trusted_until` (`i64::MAX`:
-    /// no bound): a record here dated after it yields to the update
-    /// ([`RouteRecord::merge_as_of`]). Returns the merged file and where a corrupt file was set
-    /// aside, if one was.
+    /// no bound; [`RouteRecord::merge_as_of`]). Returns the merged file.
     pub fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
@@ -333,9 +320,8 @@ impl StateStore {
             .unwrap_or_else(|| Path::new("."))
     }
 
-    /// The `.locks` directory belongs to this package (its name is ours), so it is made private
-    /// even when it already exists with wider permissions. The state file's own directory is
-    /// the user's (`OpenCode`'s config dir) and is never changed; see the module docs.
+    /// The `.locks` directory is ours, so it is made private even when it already exists with
+    /// wider permissions; the state file's own directory is the user's and is never changed.
     fn ensure_locks_dir(&self) -> Result<(), QuotaError> {
         let dir = &self.locks_dir;
         match fs::symlink_metadata(dir) {
@@ -446,18 +432,12 @@ fn parse_state(bytes: &[u8]) -> Parsed {
     Parsed::Valid(Arc::new(StateFile { version: SCHEMA_VERSION, routes, extra: object }))
 }
 
-/// The variable that names the user's home directory where Node's `os.homedir()` looks first:
-/// `OpenCode` (through xdg-basedir) and the plugin put their config under `<home>/.config/opencode`
-/// on Windows too, with home `%USERPROFILE%` there.
+/// Where Node's `os.homedir()` looks first, as `OpenCode` and the plugin do on Windows too.
 const HOME_VAR: &str = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
 
-/// The default state file: `$OPENCODE_CONFIG_DIR`, else `$XDG_CONFIG_HOME/opencode`, else
-/// `~/.config/opencode` (`%USERPROFILE%\.config\opencode` on Windows), each holding
-/// `anthropic-quota-state.json`.
+/// The default state file, in the first of the directories docs/state-file.md#location lists.
 pub fn default_state_path(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let non_empty = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-    // The plugin's own files moved (its tests, users who relocate them): the quota state
-    // follows them, so whoever isolates the plugin's files isolates this state too.
     if let Some(auth_file) = non_empty("OPENCODE_ANTHROPIC_AUTH_FILE") {
         let auth_file = std::path::absolute(auth_file).ok()?;
         if let Some(dir) = auth_file.parent() {

@@ -36,12 +36,12 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_SCRIPT))
 
 impl RedisStore {
     /// A receiver of change notices; starts the channel listener on first use.
-    pub fn notices(&self) -> Notices {
+    pub fn notices(&self) -> broadcast::Receiver<String> {
         let receiver = self.inner.notices.subscribe();
         if !self.inner.listener_started.swap(true, Ordering::SeqCst) {
             tokio::spawn(listen(Arc::downgrade(&self.inner), self.inner.stop_listener.clone()));
         }
-        Notices { receiver }
+        receiver
     }
 
     async fn release(&self, key: &str, fence: i64) -> Result<bool, StoreError> {
@@ -101,24 +101,17 @@ async fn listen(store: Weak<Inner>, stop: Arc<Notify>) {
     }
 }
 
-/// Change notices of one waiter.
-pub struct Notices {
-    receiver: broadcast::Receiver<String>,
-}
-
-impl Notices {
-    /// Waits up to `within` for a notice about `key`, or until notices were lost (the caller
-    /// looks again either way).
-    pub async fn changed(&mut self, key: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
-                Ok(Ok(route)) if route != key => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return tokio::time::sleep_until(deadline).await;
-                }
-                _ => return,
-            }
+/// Waits up to `within` for a notice about `key`, or until notices were lost (the caller looks
+/// again either way). The channel cannot close meanwhile: the waiter's store holds its sender.
+pub(super) async fn notice_about(
+    notices: &mut broadcast::Receiver<String>,
+    key: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while let Ok(Ok(route)) = tokio::time::timeout_at(deadline, notices.recv()).await {
+        if route == key {
+            return;
         }
     }
 }

@@ -1,10 +1,7 @@
-//! What the state file needs from the operating system, in one form per platform: the file's
-//! change stamp, owner-only directories and files (modes 0700/0600 on Unix, a DACL granting the
-//! current user alone on Windows), lock files that are never opened through a link, the atomic
-//! replace and its durability.
-//!
-//! Locking itself is std's `File::lock`/`try_lock` on every platform (`flock` on Unix,
-//! `LockFileEx` on Windows): both are released by the OS when their holder dies.
+//! What the state file needs from the operating system, in one form per platform
+//! (docs/state-file.md#windows): the file's change stamp, owner-only directories and files, lock
+//! files never opened through a link, the atomic replace and its durability. Locking itself is
+//! std's `File::lock`/`try_lock` on every platform.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -14,8 +11,7 @@ use std::time::{Duration, Instant};
 pub use imp::{create_private_dir, make_private_dir, make_private_file, open_lock_file, FileStamp};
 
 /// How long a replace keeps trying while another program (a reader, an indexer, an antivirus
-/// scanner) holds the old file open without delete sharing (Windows only; such holds last
-/// milliseconds; the caller holds the state lock meanwhile).
+/// scanner) holds the old file open without delete sharing (Windows only: such holds are short).
 const REPLACE_RETRY_FOR: Duration = Duration::from_secs(1);
 const REPLACE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 

@@ -11,8 +11,7 @@ use crate::backoff::{BackoffConfig, BackoffState};
 use crate::snapshot::{QuotaEntry, WindowKind};
 
 /// How far ahead of this process's clock another's observation may be dated: the skew between
-/// hosts sharing Redis, a clock step, or a host whose `now` lags the machine's clock. Beyond
-/// it, an observation comes from a clock running ahead (or a damaged value).
+/// hosts, a clock step, a lagging `now` (docs/state-file.md#clock-bounds).
 pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
 /// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
@@ -64,9 +63,8 @@ impl RouteRecord {
 
     /// Folds in `incoming` as [`RouteRecord::merge`] does, written by a process whose clock
     /// reads no later than `trusted_until` (its time plus the skew allowed): a snapshot or a
-    /// backoff change here dated after that comes from a clock running ahead (or a damaged
-    /// value), and the incoming one replaces it, whatever its date. Otherwise a just-fetched
-    /// result would lose to such a record, window after window.
+    /// backoff change here dated after that yields to the incoming one, whatever its date
+    /// (docs/state-file.md#clock-bounds).
     pub fn merge_as_of(&mut self, incoming: &Self, trusted_until: i64) {
         let from_the_future = |at: i64| at > trusted_until;
         if incoming.entry.is_some()
@@ -81,9 +79,7 @@ impl RouteRecord {
     }
 
     /// This record with every time bounded relative to `now`, for adoption from the shared file
-    /// or Redis (docs/state-file.md#clock-bounds): a write from a clock running ahead (or a
-    /// damaged value such as `i64::MAX`) must not freeze polling or back a route off for years.
-    /// Saturating arithmetic throughout: any `i64` input is safe.
+    /// or Redis (docs/state-file.md#clock-bounds). Saturating arithmetic: any `i64` is safe.
     #[must_use]
     pub fn clamped(&self, now: i64, limits: &AdoptionLimits) -> Self {
         let latest_seen = now.saturating_add(limits.max_clock_skew_ms.max(0));
