@@ -237,7 +237,6 @@ impl RedisStore {
         self.inner.config.lock_ttl
     }
 
-    /// Is the notice channel subscribed right now?
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::SeqCst)
     }
@@ -303,8 +302,7 @@ impl RedisStore {
     /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none,
     /// each with why: one foreign key must not hide every route (docs/redis.md#keys).
     pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
-        let scan = ScanOptions::default().with_pattern(self.inner.route_pattern());
-        let scan = scan.with_count(500);
+        let scan = ScanOptions::default().with_pattern(self.inner.route_pattern()).with_count(500);
         let prefix_len = self.inner.route("").len();
         let mut connection = self.connection()?;
         self.bounded("scan", async move {

@@ -204,7 +204,6 @@ impl SharedStore {
         }
     }
 
-    /// Nothing is shared: memory only.
     pub fn is_memory_only(&self) -> bool {
         self.file.is_none() && self.redis.is_none()
     }

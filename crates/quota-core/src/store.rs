@@ -152,8 +152,7 @@ impl StateStore {
         Ok(state.routes.get(key).cloned())
     }
 
-    /// The file's content: the parsed copy while the file is unchanged since this store last read
-    /// or wrote it, else the file parsed (and kept as the parsed copy).
+    /// The file's content: the parsed copy while the file is unchanged, else the file parsed.
     fn read(&self) -> Result<Parsed, QuotaError> {
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
@@ -216,8 +215,7 @@ impl StateStore {
 
     /// Takes a route's refresh lock, held while the returned file is open. With `wait`, blocks
     /// the calling thread until the holder unlocks or dies (the OS wakes it: no polling): run it
-    /// on a blocking pool, never on a runtime worker or the JavaScript thread; a lock nobody ends
-    /// up waiting for (its waiter gave up) is released as soon as it is taken, when the file is
+    /// on a blocking pool; a lock taken after its waiter gave up is released when the file is
     /// dropped. Without, one try: `None` when another holder has it.
     pub fn lock_route(&self, key: &str, wait: bool) -> Result<Option<File>, QuotaError> {
         self.ensure_locks_dir()?;

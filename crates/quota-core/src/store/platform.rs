@@ -245,15 +245,10 @@ mod imp {
         if let Some(sid) = SID.get() {
             return Ok(sid);
         }
-        let sid = read_current_user_sid()?;
-        Ok(SID.get_or_init(|| sid))
-    }
-
-    fn read_current_user_sid() -> io::Result<Vec<u32>> {
         let mut token: HANDLE = std::ptr::null_mut();
         // SAFETY: plain out-pointer calls; the token handle is closed below on every path, and
         // the buffer is u64-aligned and as long as the size the first call reported.
-        unsafe {
+        let sid = unsafe {
             if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &raw mut token) == 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -275,7 +270,8 @@ mod imp {
             let user = &*buffer.as_ptr().cast::<TOKEN_USER>();
             let sid = user.User.Sid;
             let len = (GetLengthSid(sid) as usize).div_ceil(4);
-            Ok(std::slice::from_raw_parts(sid.cast::<u32>(), len).to_vec())
-        }
+            std::slice::from_raw_parts(sid.cast::<u32>(), len).to_vec()
+        };
+        Ok(SID.get_or_init(|| sid))
     }
 }
