@@ -89,13 +89,10 @@ impl RouteRecord {
         if let Some(entry) = record.entry.as_mut().map(Arc::make_mut) {
             let from_the_future = entry.checked_at > latest_seen;
             entry.checked_at = seen(entry.checked_at);
-            entry.refresh_after = if from_the_future {
-                now
-            } else {
-                entry
-                    .refresh_after
-                    .min(entry.checked_at.saturating_add(limits.max_refresh_interval_ms.max(0)))
-            };
+            let fresh_until =
+                entry.checked_at.saturating_add(limits.max_refresh_interval_ms.max(0));
+            entry.refresh_after =
+                if from_the_future { now } else { entry.refresh_after.min(fresh_until) };
             let quota = &mut entry.quota;
             quota.checked_at = quota.checked_at.map(seen);
             for kind in WindowKind::ALL {
