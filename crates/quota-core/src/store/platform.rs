@@ -173,8 +173,7 @@ mod imp {
         restrict_to_current_user(dir, OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE)
     }
 
-    /// Windows has no cheap "is it private" bit to test: the DACL is set every time, which is
-    /// idempotent.
+    /// Set every time: Windows has no cheap "is it private" test (docs/state-file.md#windows).
     pub fn make_private_dir(dir: &Path, _metadata: &fs::Metadata) -> io::Result<()> {
         restrict_to_current_user(dir, OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE)
     }
