@@ -16,9 +16,8 @@ use super::js::{
     config_error, is_nullish, non_blank, of_type, optional, present, to_json, type_error,
 };
 use super::js_now::JsNow;
-use quota_core::backoff::BackoffOptions;
 use quota_core::clock::{Clock, SystemClock};
-use quota_core::config::ManagerOptions;
+use quota_core::config::{BackoffOptions, ManagerOptions};
 use quota_core::host::HostStorage;
 use quota_core::manager::ManagerConfig;
 use quota_core::redis_store::RedisConfig;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::backoff::{BackoffConfig, BackoffOptions};
+use crate::backoff::BackoffConfig;
 use crate::client::{ConnectionOptions, UsageClientConfig};
 use crate::error::ConfigError;
 use crate::manager::{
@@ -33,10 +33,20 @@ pub struct ManagerOptions {
     pub redis: Option<RedisConfig>,
 }
 
+/// The `backoff` option as the host gives it (`None`: absent).
+#[derive(Clone, Debug, Default)]
+pub struct BackoffOptions {
+    pub initial_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub non_transient_ms: Option<f64>,
+    pub jitter: Option<f64>,
+    pub max_retry_after_ms: Option<f64>,
+}
+
 type Checked<T> = Result<Option<T>, ConfigError>;
 
 /// A number option: finite and within `min..=max` (`None`: absent).
-pub(crate) fn number(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<f64> {
+fn number(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<f64> {
     match value {
         Some(value) if !value.is_finite() || value < min || value > max => {
             Err(ConfigError::OutOfRange { option, min, max, value })
@@ -46,10 +56,37 @@ pub(crate) fn number(option: &'static str, value: Option<f64>, min: f64, max: f6
 }
 
 /// A count option: a whole [`number`].
-pub(crate) fn whole(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<i64> {
+fn whole(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checked<i64> {
     match number(option, value, min, max)? {
         Some(value) if value.fract() != 0.0 => Err(ConfigError::NotWhole { option, value }),
         value => Ok(value.map(|value| value as i64)),
+    }
+}
+
+impl BackoffConfig {
+    /// Checks the option's ranges and fills in the defaults; an absent `maxMs` is raised to a
+    /// larger `initialMs`, a given one must not be below it.
+    pub fn new(options: &BackoffOptions) -> Result<Self, ConfigError> {
+        let day = 24.0 * HOUR_MS;
+        let defaults = Self::default();
+        let initial_ms = whole("backoff.initialMs", options.initial_ms, 1.0, day)?
+            .unwrap_or(defaults.initial_ms);
+        let max_ms = whole("backoff.maxMs", options.max_ms, 1.0, day)?
+            .unwrap_or_else(|| defaults.max_ms.max(initial_ms));
+        if max_ms < initial_ms {
+            return Err(ConfigError::BackoffMaxBelowInitial { initial_ms, max_ms });
+        }
+        let non_transient_ms = whole("backoff.nonTransientMs", options.non_transient_ms, 0.0, day)?;
+        let jitter = number("backoff.jitter", options.jitter, 0.0, 1.0)?;
+        let max_retry_after_ms =
+            whole("backoff.maxRetryAfterMs", options.max_retry_after_ms, 0.0, 7.0 * day)?;
+        Ok(Self {
+            initial_ms,
+            max_ms,
+            non_transient_ms: non_transient_ms.unwrap_or(defaults.non_transient_ms),
+            jitter: jitter.unwrap_or(defaults.jitter),
+            max_retry_after_ms: max_retry_after_ms.unwrap_or(defaults.max_retry_after_ms),
+        })
     }
 }
 

@@ -1,6 +1,5 @@
-//! When a cached snapshot is due for a new poll (docs/freshness.md). Policy thresholds stay out of here:
-//! whether an account is exhausted, and until when, is decided by the routing policy and passed
-//! in as a reset time.
+//! When a cached snapshot is due for a new poll (docs/freshness.md). Whether an account is
+//! exhausted, and until when, is the routing policy's answer, passed in as a reset time.
 
 use super::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 
@@ -12,8 +11,7 @@ pub const MINUTE_MS: i64 = 60_000;
 pub const EXHAUSTED_GRACE_MS: i64 = 60_000;
 
 /// The earliest time a new poll of `quota` (observed at `checked_at`) is due
-/// (docs/freshness.md#refresh-after): `checked_at + interval_ms`, or, when `exhausted_until` is a
-/// reset after `checked_at`, `min(reset + 60 s, oldest window's checkedAt + interval)`.
+/// (docs/freshness.md#refresh-after).
 pub fn refresh_after(
     quota: &QuotaSnapshot,
     checked_at: i64,
@@ -54,8 +52,7 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
 }
 
 /// When a main entry built only from response headers is due for a usage poll
-/// (docs/freshness.md#header-only-staleness): `None` when the rule does not apply, `i64::MIN`
-/// when no poll was attempted for the account yet, else an interval after the last attempt.
+/// (docs/freshness.md#header-only-staleness); `None` when the rule does not apply.
 pub fn header_only_due_from(
     quota: &QuotaSnapshot,
     last_attempt_at: Option<i64>,
@@ -65,9 +62,7 @@ pub fn header_only_due_from(
     header_only.then(|| last_attempt_at.map_or(i64::MIN, |at| at.saturating_add(interval_ms)))
 }
 
-/// The main route's [`stale_from`]: an entry built only from headers is also due an interval
-/// after the last poll attempt for the account, or at once without one
-/// ([`header_only_due_from`]).
+/// The main route's [`stale_from`], which also applies [`header_only_due_from`].
 pub fn main_stale_from(
     entry: Option<&QuotaEntry>,
     last_attempt_at: Option<i64>,
@@ -80,8 +75,7 @@ pub fn main_stale_from(
         .map_or(by_time, |due| due.min(by_time))
 }
 
-/// The `refreshEveryNRequests` trigger: request `n` refreshes when `n > 0`, `every_n > 0` and
-/// `n` is a multiple of `every_n`. `every_n` of 0 (the default) or below turns it off.
+/// The `refreshEveryNRequests` trigger (docs/freshness.md#request-count).
 pub fn should_refresh_on_request_count(request_count: i64, every_n: i64) -> bool {
     request_count > 0 && every_n > 0 && request_count % every_n == 0
 }

@@ -1,9 +1,6 @@
-//! Combining header frames and polls into one cached snapshot (docs/headers.md).
-//!
-//! Two sources own different fields. Headers arrive with every model response and are the
-//! freshest view of the 5-hour and 7-day windows, but they know nothing about scoped windows or
-//! extra usage. Polls know everything, but are rare and rate-limited. Each merge keeps what the
-//! other source owns and, for the shared 5h/7d windows, prefers the newer observation.
+//! Combining header frames and polls into one cached snapshot (docs/headers.md). Headers are the
+//! freshest view of the 5h/7d windows but know nothing else; polls know everything but are rare.
+//! Each merge keeps what the other source owns and, for the shared windows, the newer one.
 
 use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 

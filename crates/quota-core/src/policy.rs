@@ -44,7 +44,7 @@ impl Default for QuotaPolicy {
 
 impl QuotaPolicy {
     /// Reads `{minimumRemaining, failClosedOnUnknownQuota}` from untrusted JSON; junk fields fall
-    /// back to the defaults (thresholds 0, fail closed on unknown quota, as the plugin).
+    /// back to the defaults.
     pub fn from_value_lenient(v: &Value) -> Self {
         Self {
             minimum_remaining: MinimumRemaining::from_value_lenient(&v["minimumRemaining"]),
@@ -120,9 +120,8 @@ pub fn evaluate_quota(
     }
 }
 
-/// The latest future reset (Unix ms) among the 5h/7d windows that are exhausted against
-/// `minimum` (remaining below the threshold, or at most 0), or `None` when no exhausted window
-/// has a known reset after `now_ms`. The freshness code sleeps an exhausted account until then.
+/// The latest reset after `now_ms` (Unix ms) among the 5h/7d windows exhausted against
+/// `minimum`: the freshness code sleeps an exhausted account until then.
 pub fn exhausted_until(
     quota: &QuotaSnapshot,
     minimum: &MinimumRemaining,

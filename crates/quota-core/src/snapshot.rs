@@ -8,8 +8,7 @@ use serde_with::skip_serializing_none;
 
 /// A standard quota window: the one table that parsing (usage body and headers), lenient
 /// reading, merging, evaluation and freshness iterate. A new kind is a variant with its row in
-/// [`WindowKind::spec`] and a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors
-/// match on the kind).
+/// `SPECS` and a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors match on it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
     FiveHour,
@@ -17,6 +16,7 @@ pub enum WindowKind {
 }
 
 /// The spellings of one window kind.
+#[derive(Clone, Copy)]
 pub struct WindowSpec {
     /// Its key in a snapshot and in the usage body (docs/endpoint.md#response-body), its
     /// `representative-claim` and its block reason.
@@ -29,24 +29,17 @@ pub struct WindowSpec {
     pub limit_kind: &'static str,
 }
 
+/// Each kind's spellings, indexed like [`WindowKind::ALL`].
+const SPECS: [WindowSpec; WindowKind::ALL.len()] = [
+    WindowSpec { name: "five_hour", header: "5h", threshold_alias: "5h", limit_kind: "session" },
+    WindowSpec { name: "seven_day", header: "7d", threshold_alias: "1w", limit_kind: "weekly_all" },
+];
+
 impl WindowKind {
     pub const ALL: [Self; 2] = [Self::FiveHour, Self::SevenDay];
 
     pub const fn spec(self) -> WindowSpec {
-        match self {
-            Self::FiveHour => WindowSpec {
-                name: "five_hour",
-                header: "5h",
-                threshold_alias: "5h",
-                limit_kind: "session",
-            },
-            Self::SevenDay => WindowSpec {
-                name: "seven_day",
-                header: "7d",
-                threshold_alias: "1w",
-                limit_kind: "weekly_all",
-            },
-        }
+        SPECS[self as usize]
     }
 
     pub const fn name(self) -> &'static str {
@@ -295,9 +288,8 @@ pub struct QuotaEntry {
 }
 
 impl QuotaEntry {
-    /// A cache entry the host hands in (`setMain`, `setFallback`): read like any untrusted
-    /// entry, but with `fieldSources` only as the host gave it, so that it comes back as it
-    /// was set (the plugin compares it with `toEqual`).
+    /// A cache entry the host hands in (`setMain`, `setFallback`): read leniently, but with
+    /// `fieldSources` only as the host gave it (docs/headers.md#field-sources).
     pub fn from_host_value(value: &Value) -> Option<Self> {
         let raw_quota = value.get("quota")?;
         let mut quota = QuotaSnapshot::from_value_lenient(raw_quota)?;
