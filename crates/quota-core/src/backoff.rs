@@ -29,11 +29,9 @@ pub struct BackoffConfig {
     pub initial_ms: i64,
     /// Cap of the ladder, jitter included.
     pub max_ms: i64,
-    /// Flat delay of a non-transient failure.
     pub non_transient_ms: i64,
     /// Fraction by which jitter may lengthen a ladder delay (0 makes the ladder exact).
     pub jitter: f64,
-    /// Cap on how long a server's `Retry-After` may hold a route.
     pub max_retry_after_ms: i64,
 }
 
@@ -49,10 +47,9 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Per-route backoff state; serde-serialisable (camelCase) because it is persisted.
-///
-/// `attempts` counts failures in a row (the ladder rung last used); `next_retry_at` is the end of
-/// the current (or last) window; `last_error` is the record handed to the host.
+/// Per-route backoff state, persisted with the route: `attempts` counts failures in a row (the
+/// ladder rung last used), `next_retry_at` ends the current (or last) window, `last_error` is
+/// the record handed to the host.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

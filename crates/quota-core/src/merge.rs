@@ -2,7 +2,7 @@
 //! freshest view of the 5h/7d windows but know nothing else; polls know everything but are rare.
 //! Each merge keeps what the other source owns and, for the shared windows, the newer one.
 
-use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
+use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, WindowKind};
 
 /// Merges one header frame into the cached snapshot, if any
 /// (docs/headers.md#merging-a-header-frame); `accountIdentity` is the cache's, else the frame's.
@@ -67,8 +67,10 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
         let (from_cache, from_poll) = (cached.window(kind), poll.window(kind));
         let poll_time =
             poll.checked_at.or_else(|| from_poll.map(|w| w.checked_at)).unwrap_or(i64::MIN);
+        // A window the poll lacks is kept while its period still runs.
         let cache_wins = from_cache.is_some_and(|c| {
-            c.checked_at > poll_time || (from_poll.is_none() && still_running(c, poll_time))
+            c.checked_at > poll_time
+                || (from_poll.is_none() && c.resets_at_ms().is_some_and(|reset| reset > poll_time))
         });
         *merged.window_mut(kind) = if cache_wins { from_cache } else { from_poll }.cloned();
         *field_sources.window_mut(kind) =
@@ -92,15 +94,10 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
     merged
 }
 
-/// Does the window's period still run at `at` (its reset is known and later)?
-fn still_running(window: &QuotaWindow, at: i64) -> bool {
-    window.resets_at_ms().is_some_and(|reset| reset > at)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{ExtraUsage, QuotaMoney, ScopedQuotaWindow};
+    use crate::snapshot::{ExtraUsage, QuotaMoney, QuotaWindow, ScopedQuotaWindow};
 
     fn window(used: f64, checked_at: i64) -> QuotaWindow {
         QuotaWindow::from_used(used, Some("2026-09-14T02:10:00Z".into()), checked_at)

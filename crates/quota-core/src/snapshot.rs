@@ -1,6 +1,6 @@
 //! The quota data model shared by every module: windows, snapshots, cache entries and recorded
-//! API errors. The serde shape *is* the JavaScript shape (docs/api.md#data-types) and the state-file shape, so
-//! one definition serves the binding and the persistence layer.
+//! API errors. The serde shape *is* the JavaScript shape (docs/api.md#data-types) and the
+//! state-file shape, so one definition serves the binding and the persistence layer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,11 +138,8 @@ pub struct FieldSources {
 }
 
 impl FieldSources {
-    pub fn window(&self, kind: WindowKind) -> Option<QuotaSource> {
-        match kind {
-            WindowKind::FiveHour => self.five_hour,
-            WindowKind::SevenDay => self.seven_day,
-        }
+    pub fn window(mut self, kind: WindowKind) -> Option<QuotaSource> {
+        *self.window_mut(kind)
     }
 
     pub fn window_mut(&mut self, kind: WindowKind) -> &mut Option<QuotaSource> {
@@ -248,9 +245,8 @@ impl QuotaSnapshot {
         self.window_checked_ats().chain(self.checked_at).max()
     }
 
-    /// Reads a snapshot out of untrusted JSON (host storage, the state file, a JS object),
-    /// field by field: a junk field is dropped, never the whole snapshot. `None` when the value
-    /// is not an object.
+    /// Reads a snapshot out of untrusted JSON field by field (`lenient.rs`): a junk field is
+    /// dropped, never the whole snapshot. `None` when the value is not an object.
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         crate::lenient::LenientSnapshot::deserialize(value).ok().and_then(|read| read.0)
     }
