@@ -73,7 +73,7 @@ impl FallbackAccount {
     /// The `{ authLineageId }` argument of the fallback methods (no `id` needed).
     pub fn lineage_of(value: &Value, id: &str, name: &str) -> Result<Self, String> {
         let object = value.as_object().ok_or_else(|| format!("{name} must be an object"))?;
-        let auth_lineage_id = optional_text(object.get("authLineageId"), &name, "authLineageId")?;
+        let auth_lineage_id = AccountFields::of_object(object).text("authLineageId", &name)?;
         Ok(Self { id: id.to_owned(), enabled: true, auth_lineage_id, ..Self::default() })
     }
 
@@ -125,6 +125,15 @@ impl<'a> AccountFields<'a> {
         ACCOUNT_FIELDS.iter().position(|field| *field == name).expect("a field of the list")
     }
 
+    /// An optional string field: absent, `null` and `''` are none; anything else is an error.
+    fn text(&self, field: &str, name: &dyn std::fmt::Display) -> Result<Option<String>, String> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
+            Some(_) => Err(format!("{name}.{field} must be a string")),
+        }
+    }
+
     /// The account, or the offending field (`{name}.id must be a non-empty string`); `name` is
     /// formatted only then.
     fn read(&self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
@@ -138,8 +147,8 @@ impl<'a> AccountFields<'a> {
             Some(_) => return Err(format!("{name}.enabled must be a boolean")),
         };
         Ok(FallbackAccount {
-            access: optional_text(self.get("access"), &name, "access")?,
-            auth_lineage_id: optional_text(self.get("authLineageId"), &name, "authLineageId")?,
+            access: self.text("access", &name)?,
+            auth_lineage_id: self.text("authLineageId", &name)?,
             quota: self.get("quota").and_then(QuotaSnapshot::from_value_lenient).map(Box::new),
             last_error: self
                 .get("lastQuotaRefreshError")
@@ -149,19 +158,6 @@ impl<'a> AccountFields<'a> {
             id,
             enabled,
         })
-    }
-}
-
-/// An optional string field: absent, `null` and `''` are none; anything else is an error.
-fn optional_text(
-    value: Option<&Value>,
-    name: &dyn std::fmt::Display,
-    field: &str,
-) -> Result<Option<String>, String> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone()).filter(|t| !t.is_empty())),
-        Some(_) => Err(format!("{name}.{field} must be a string")),
     }
 }
 
@@ -205,7 +201,6 @@ impl AccountList {
             return Ok(());
         }
         let bound = quota_is_bound.then(|| fields.take("quota").and_then(Value::as_f64));
-        // Formatted only for an error message.
         let account = fields.read(format_args!("accounts[{index}]"))?;
         if !self.seen.insert(account.id.clone()) {
             self.dropped_any = true;

@@ -289,12 +289,9 @@ impl QuotaEntry {
     pub fn from_host_value(value: &Value) -> Option<Self> {
         let raw_quota = value.get("quota")?;
         let mut quota = QuotaSnapshot::from_value_lenient(raw_quota)?;
-        quota.field_sources = raw_quota
-            .get("fieldSources")
-            .and_then(|sources| FieldSources::deserialize(sources).ok());
-        let checked_at = value.get("checkedAt").and_then(timestamp_from_value)?;
-        let refresh_after =
-            value.get("refreshAfter").and_then(timestamp_from_value).unwrap_or(checked_at);
+        quota.field_sources = FieldSources::deserialize(&raw_quota["fieldSources"]).ok();
+        let checked_at = timestamp_from_value(&value["checkedAt"])?;
+        let refresh_after = timestamp_from_value(&value["refreshAfter"]).unwrap_or(checked_at);
         Some(Self { quota, checked_at, refresh_after })
     }
 }
