@@ -141,13 +141,11 @@ impl BackoffState {
     pub fn merge_from(&mut self, other: &Self) {
         self.attempts = self.attempts.max(other.attempts);
         self.next_retry_at = self.next_retry_at.max(other.next_retry_at);
-        // The newest by observation time, ignoring the fields restated below, so the winner
-        // does not depend on merge order (records that tie differ only in those fields).
+        // The newest by a total order that ignores the restated fields, then restated from the
+        // merged fields alone: records that tie differ only in those, so merge order is moot.
         let newest = self.last_error.iter().chain(&other.last_error).max_by_key(|&r| {
             (r.checked_at, r.status, r.retry_after_ms, &r.message, &r.account_identity)
         });
-        // Restating from the merged fields alone (never from the record's own values) is what
-        // keeps the result independent of merge order when two records tie.
         self.last_error = newest.cloned().map(|record| self.restated(record));
     }
 }

@@ -37,9 +37,8 @@ pub fn is_stale(
     now_ms >= stale_from(entry, interval_ms, model)
 }
 
-/// The first instant at which [`is_stale`] answers true for this entry and model (`i64::MIN`
-/// without an entry). [`is_stale`] is defined through it, so a host that caches the deadline and
-/// compares it with the same clock gives exactly the same answers.
+/// The first instant at which [`is_stale`] answers true (`i64::MIN` without an entry): a host
+/// that caches it answers exactly as [`is_stale`] (docs/freshness.md#staleness).
 pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&str>) -> i64 {
     let Some(entry) = entry else {
         return i64::MIN;
