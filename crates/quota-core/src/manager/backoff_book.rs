@@ -1,5 +1,5 @@
-//! Backoff bookkeeping on a route: arming it for a failure, clearing it for a success, adopting
-//! one the host persisted, and answering while it is open (docs/backoff.md, docs/routing.md#fail-closed-answer).
+//! Backoff bookkeeping on a route (docs/backoff.md): arming it for a failure, clearing it for a
+//! success, adopting one the host persisted, and the fail-closed answer while it is open.
 
 use super::attempt::Attempt;
 use super::routes::{RouteId, RouteSlot};
@@ -40,11 +40,9 @@ impl RouteSlot {
 }
 
 impl QuotaManager {
-    /// Another process may have cleared a backoff held here (`clearMainBackoff` clears it in
-    /// every process, docs/compat.md#main-identity; a success there starts the ladder over), and
-    /// this process, making no attempt while backed off, would not learn it. So asking about a
-    /// backed-off route reads the shared store again, in the background and at most once a
-    /// second, and adopts its record when newer (the one merge rule).
+    /// Another process may have cleared a backoff held here, and this process, making no attempt
+    /// while backed off, would not learn it: asking about a backed-off route reads the shared
+    /// store again, in the background and at most once a second (docs/backoff.md#shared-backoff).
     pub(super) fn recheck_backoff_soon(&self, state: &super::State, route: &RouteId, now: i64) {
         let due = |slot: &&RouteSlot| {
             slot.record.backoff.is_open(now) && slot.claim_backoff_recheck(now, BACKOFF_RECHECK_MS)
@@ -67,7 +65,8 @@ impl QuotaManager {
         });
     }
 
-    /// Arms the route's backoff for an endpoint failure; the record to report when it did.
+    /// Arms the route's backoff for an endpoint failure, unless it is open already; the record
+    /// to report when it did.
     pub(super) fn record_failure(
         &self,
         attempt: &Attempt,
@@ -78,7 +77,6 @@ impl QuotaManager {
         // The route that was polled, even when the main slot was re-bound meanwhile.
         let record =
             state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)?;
-        let was_open = record.backoff.is_open(now);
         let armed = record.backoff.record_failure(
             error,
             now,
@@ -86,10 +84,10 @@ impl QuotaManager {
             rand::random::<f64>(),
             attempt.identity.as_deref(),
         );
-        if armed.is_some() && !was_open {
+        if armed.is_some() {
             record.backoff_updated_at = now;
         }
-        armed.filter(|_| !was_open)
+        armed
     }
 
     pub fn is_backed_off(&self) -> bool {
@@ -115,8 +113,7 @@ impl QuotaManager {
         self.state().routes.fallback(id)?.record.backoff.last_error.clone()
     }
 
-    /// docs/routing.md#fail-closed-answer: the 429 the plugin answers with when it fails closed, main is backed off and
-    /// nothing is cached.
+    /// The 429 the plugin answers with when it fails closed (docs/routing.md#fail-closed-answer).
     pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
         let now = self.now_ms();
         let state = self.state();
@@ -129,7 +126,7 @@ impl QuotaManager {
         let last_error =
             backoff.last_error.as_ref().map_or("unknown error", |e| e.message.as_str());
         let message = format!("Quota API backed off for {retry_after_secs}s after: {last_error}");
-        // Built by hand: docs/routing.md#fail-closed-answer fixes the key order, which a JSON map would sort.
+        // Built by hand: the key order is fixed, and a JSON map would sort it.
         let body = format!(
             r#"{{"type":"error","error":{{"type":"rate_limit_error","message":{}}}}}"#,
             serde_json::Value::String(message)

@@ -1,19 +1,15 @@
 //! The change counter: bumped whenever the manager's state is borrowed mutably, so a host can
-//! keep answers of the synchronous reads (`getMain`, the staleness deadline, settings) and know,
-//! with one atomic load and no call into the manager, whether they may still be served.
-//!
-//! The counter lives in its own allocation with a stable address, so the binding can show it to
-//! JavaScript as shared memory (an `Int32Array` over an external `ArrayBuffer`).
+//! keep answers of the synchronous reads (`getMain`, the staleness deadline, settings) while one
+//! atomic load finds it unmoved. It has a stable address, so the binding shows it to JavaScript
+//! as shared memory (an `Int32Array` over an external `ArrayBuffer`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
-/// A version number of the manager's state; it only ever moves on (wrapping at `i32::MAX`).
-/// Beside it, the calls the host answered from its kept `refreshMain` answer (`index.js`) and
-/// the manager has not counted yet: a host adds one per call, with one atomic add and no call
-/// into the manager, and the manager counts them on the main route's request before its state
-/// can change (see `QuotaManager::state`).
+/// A version number of the manager's state (wrapping at `i32::MAX`), and beside it the calls the
+/// host answered from its kept `refreshMain` answer (`index.js`, one atomic add each), for the
+/// manager to count on the main request before its state can change (`QuotaManager::state`).
 #[derive(Debug, Default)]
 pub struct ChangeCounter(Arc<[AtomicI32; 2]>);
 
@@ -35,18 +31,15 @@ impl ChangeCounter {
         }
     }
 
-    /// The counter and the joined calls, for a host that reads and adds in place (their
-    /// address never changes while an `Arc` is held).
+    /// The counter and the joined calls, at an address that holds while an `Arc` is held.
     pub fn shared(&self) -> Arc<[AtomicI32; 2]> {
         self.0.clone()
     }
 }
 
-/// The state mutex's guard, bumping the counter when it was borrowed mutably. The bump happens
-/// in `drop`, before the mutex is released: a reader that sees the old number read before the
-/// change was made visible; one that sees the new number and asks the manager gets the new state.
-/// Every change of the state goes through `DerefMut`, so no change can be missed (as long as
-/// `State` holds no interior mutability of its own).
+/// The state mutex's guard, bumping the counter when it was borrowed mutably (every change goes
+/// through `DerefMut`). It bumps in `drop`, before the mutex is released: a reader that sees the
+/// old number read before the change was visible; one that sees the new one gets the new state.
 pub(super) struct StateGuard<'a, T> {
     guard: MutexGuard<'a, T>,
     changes: &'a ChangeCounter,

@@ -1,6 +1,5 @@
-//! Who the main route belongs to, and which strings are tokens (docs/compat.md#main-identity).
-//! An identity that is a token is kept only as `token:<fingerprint>`, so no token reaches the
-//! state file or a callback as an identity.
+//! Who the main route belongs to, and which strings are tokens: an identity that is a token is
+//! kept only as `token:<fingerprint>` (docs/compat.md#main-identity, docs/state-file.md#no-tokens).
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -8,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::fingerprint::fingerprint;
 
-/// How a main identity named only by a token is persisted: `token:<fingerprint>`.
 const TOKEN_IDENTITY_PREFIX: &str = "token:";
 
 /// Who the main route belongs to.
@@ -16,8 +14,7 @@ const TOKEN_IDENTITY_PREFIX: &str = "token:";
 pub enum MainIdentity {
     /// An account the host named (`mainAccountId`, or an `identity` argument).
     Account(String),
-    /// An account the host named only by its token: the token's fingerprint, so the identity
-    /// can be persisted without the token.
+    /// An account the host named only by its token, kept as the token's fingerprint.
     Token { fingerprint: String },
 }
 

@@ -1,8 +1,7 @@
-//! Loading the state file off the host's thread: the constructor hands the read (and the seeding
-//! that follows it) to the blocking pool and returns at once. Whoever needs the manager's state
-//! first waits for it: the load is then either running (wait for it) or not started yet (the
-//! waiter runs it itself, on its own thread, so a runtime that never gets to the task cannot
-//! leave anyone waiting). A 51 MB file took 2 s of the JavaScript thread in the constructor.
+//! Loading the state file off the host's thread (a 51 MB file took 2 s of the JavaScript thread
+//! in the constructor): the read and the seeding after it run on the blocking pool, and whoever
+//! needs the state first waits for them, or runs them itself when they have not started (so a
+//! runtime that never gets to the task cannot leave anyone waiting).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};

@@ -1,8 +1,5 @@
-//! The main identity as the plugin binds it (docs/compat.md#main-identity): an identity generation bumped whenever
-//! the bound identity changes, an error generation and a cleared-at time bumped whenever the
-//! main backoff error is set or cleared, and strictness (a strict identity serves nothing that
-//! is not stamped with it). The host persists the generations through the callbacks and hands
-//! them back in its storage; seeding compares them (see [`QuotaManager::seed_main_generations`]).
+//! The main identity as the plugin binds it, with its generations and strictness
+//! (docs/compat.md#main-identity), and which identities are tokens.
 
 use std::sync::Arc;
 
@@ -13,8 +10,8 @@ use crate::host::HostStorage;
 use crate::snapshot::QuotaEntry;
 
 impl QuotaManager {
-    /// `setMainQuotaAccountIdentity`: see docs/compat.md#main-identity. Returns the new error generation when a
-    /// backoff error recorded for another identity was cleared.
+    /// `setMainQuotaAccountIdentity` (docs/compat.md#main-identity): the new error generation
+    /// when a backoff error recorded for another identity was cleared.
     pub fn set_main_identity(
         &self,
         identity: Option<&str>,
@@ -42,37 +39,35 @@ impl QuotaManager {
                     None => was_known && previous.is_some() && identity_moved,
                 }
             });
-        let kept_entry = routes
-            .main
-            .entry()
-            .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
-            .cloned();
         if force {
             routes.retarget_main(wanted);
-            routes.generations.error_cleared(now);
-            self.write_route_soon(state, &RouteId::Main);
-            return None;
-        }
-        if identity_moved {
+        } else {
+            let kept_entry = routes
+                .main
+                .entry()
+                .filter(|e| wanted_name.is_some() && e.quota.account_identity == wanted_name)
+                .cloned();
             // Binding an unbound slot keeps its backoff (a legacy persisted error belongs to
             // whoever binds it).
-            if previous.is_none() {
+            if identity_moved && previous.is_none() {
                 routes.bind_main(wanted);
-            } else {
+            } else if identity_moved {
                 routes.retarget_main(wanted);
             }
-        }
-        // Only an entry stamped for the identity now bound stays.
-        if identity_moved || wanted_name.is_some() {
-            routes.main.record.entry = kept_entry;
-        }
-        if error_of_another {
+            // Only an entry stamped for the identity now bound stays.
+            if identity_moved || wanted_name.is_some() {
+                routes.main.record.entry = kept_entry;
+            }
+            if !error_of_another {
+                return None;
+            }
             routes.main.clear_backoff(now);
-            let generation = routes.generations.error_cleared(now);
-            self.write_route_soon(state, &RouteId::Main);
-            return Some(generation);
         }
-        None
+        // The error is gone: dropped with the slot (`force`, which answers nothing), or cleared
+        // as another identity's.
+        let generation = routes.generations.error_cleared(now);
+        self.write_route_soon(state, &RouteId::Main);
+        (!force).then_some(generation)
     }
 
     pub fn main_identity_generation(&self) -> u64 {
@@ -106,49 +101,6 @@ impl QuotaManager {
         let generation = state.routes.generations.error_cleared(now);
         self.write_route_soon(state, &RouteId::Main);
         Some(generation)
-    }
-
-    /// Seeding order (docs/compat.md#main-identity): a persisted clear cannot erase a newer in-memory error, and a
-    /// persisted error at or before the cleared-at time is ignored. Returns whether the
-    /// persisted error may be adopted.
-    pub(super) fn seed_main_generations(
-        routes: &mut Routes,
-        storage: &HostStorage,
-        now: i64,
-    ) -> bool {
-        let persisted_error = storage.main_last_error.as_ref();
-        let current_checked_at =
-            |routes: &Routes| routes.main.record.backoff.last_error.as_ref().map(|e| e.checked_at);
-        if let Some(cleared) = storage.main_quota_error_cleared_at {
-            if routes.generations.error_cleared_at.is_none_or(|at| cleared > at) {
-                routes.generations.error_cleared_at = Some(cleared);
-                let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
-                if persisted_older && current_checked_at(routes).is_none_or(|at| at <= cleared) {
-                    routes.main.clear_backoff(now);
-                }
-            }
-        }
-        if let Some(generation) = storage.main_quota_error_generation {
-            if generation > routes.generations.error {
-                routes.generations.error = generation;
-                let cleared = routes.generations.error_cleared_at;
-                if persisted_error.is_none()
-                    && current_checked_at(routes).is_none_or(|at| cleared.is_none_or(|c| at <= c))
-                {
-                    routes.main.clear_backoff(now);
-                }
-            }
-        }
-        let Some(error) = persisted_error else {
-            return false;
-        };
-        let identity_ok = !routes.generations.known
-            || error.account_identity.is_none()
-            || error.account_identity == routes.main_owner().map(MainIdentity::persisted);
-        let after_clear =
-            routes.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
-        let newest = current_checked_at(routes).is_none_or(|at| error.checked_at >= at);
-        identity_ok && after_clear && newest && error.next_retry_at.is_some_and(|at| at > now)
     }
 
     /// The main entry as `getMain(id)` serves it (docs/compat.md#main-identity).
@@ -208,5 +160,44 @@ impl QuotaManager {
         if self.inner.seen_tokens.settle(tokens) {
             self.inner.changes.bump();
         }
+    }
+}
+
+impl Routes {
+    /// Takes the generations the host persisted, in the seeding order
+    /// (docs/compat.md#main-identity); `true` when the persisted error may be adopted.
+    pub(super) fn seed_main_generations(&mut self, storage: &HostStorage, now: i64) -> bool {
+        let persisted_error = storage.main_last_error.as_ref();
+        let current_checked_at =
+            |routes: &Self| routes.main.record.backoff.last_error.as_ref().map(|e| e.checked_at);
+        if let Some(cleared) = storage.main_quota_error_cleared_at {
+            if self.generations.error_cleared_at.is_none_or(|at| cleared > at) {
+                self.generations.error_cleared_at = Some(cleared);
+                let persisted_older = persisted_error.is_none_or(|e| e.checked_at <= cleared);
+                if persisted_older && current_checked_at(self).is_none_or(|at| at <= cleared) {
+                    self.main.clear_backoff(now);
+                }
+            }
+        }
+        if let Some(generation) = storage.main_quota_error_generation {
+            if generation > self.generations.error {
+                self.generations.error = generation;
+                let cleared = self.generations.error_cleared_at;
+                if persisted_error.is_none()
+                    && current_checked_at(self).is_none_or(|at| cleared.is_none_or(|c| at <= c))
+                {
+                    self.main.clear_backoff(now);
+                }
+            }
+        }
+        let Some(error) = persisted_error else {
+            return false;
+        };
+        let identity_ok = !self.generations.known
+            || error.account_identity.is_none()
+            || error.account_identity == self.main_owner().map(MainIdentity::persisted);
+        let after_clear = self.generations.error_cleared_at.is_none_or(|at| error.checked_at > at);
+        let newest = current_checked_at(self).is_none_or(|at| error.checked_at >= at);
+        identity_ok && after_clear && newest && error.next_retry_at.is_some_and(|at| at > now)
     }
 }

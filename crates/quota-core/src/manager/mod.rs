@@ -13,7 +13,6 @@ mod outcome;
 mod refresh;
 mod routes;
 mod seeding;
-mod settings;
 mod single_flight;
 mod write_behind;
 
@@ -39,11 +38,11 @@ pub use outcome::{FetchedEvent, HostEvents, RefreshOutcome};
 pub use refresh::{Refresh, RefreshFuture};
 pub use seeding::{AwaitedSnapshots, SeedingScope};
 
+use cache::Settings;
 use changes::StateGuard;
 use identity::SeenTokens;
 use loading::Loading;
 use routes::Routes;
-use settings::Settings;
 use write_behind::WriteBehind;
 
 pub const DEFAULT_CHECK_INTERVAL_MINUTES: f64 = 5.0;

@@ -47,7 +47,7 @@ pub struct FetchedEvent {
     pub checked_at: i64,
     pub token_fingerprint: String,
     pub fetch_started_at: i64,
-    /// The main route's error generation after this success (docs/compat.md#callbacks); 0 for fallbacks.
+    /// The main error generation after this success (docs/compat.md#callbacks); 0 for fallbacks.
     pub error_generation: u64,
     /// The main route's cleared-at time after this success.
     pub error_cleared_at: Option<i64>,

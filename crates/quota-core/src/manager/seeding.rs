@@ -1,9 +1,9 @@
 //! Seeding: the state file is read once, at construction; the host's storage (its persisted
 //! snapshots and errors) is adopted whenever the host hands it over (docs/state-file.md#seeding).
 
+use super::cache::Settings;
 use super::identity::MainIdentity;
 use super::routes::{LineageBind, RouteId, RouteSlot};
-use super::settings::Settings;
 use super::QuotaManager;
 use crate::host::{FallbackAccount, HostStorage};
 use crate::merge::merge_header_frame;
@@ -114,7 +114,7 @@ impl QuotaManager {
             named
         };
         let held_error = state.routes.main.record.backoff.last_error.is_some();
-        let adopt_error = Self::seed_main_generations(&mut state.routes, storage, now);
+        let adopt_error = state.routes.seed_main_generations(storage, now);
         if held_error && state.routes.main.record.backoff.last_error.is_none() {
             // The host's store says the backoff was cleared (the plugin's reset command): the
             // shared state file must not keep it for the other processes either.

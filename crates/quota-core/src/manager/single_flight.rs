@@ -1,6 +1,5 @@
-//! Single flight (docs/single-flight.md#in-one-process): while a request runs, every caller for
-//! the same route waits on it instead of starting another, and all of them get its one result.
-//! The route's slot holds its [`Flights`]; this module knows nothing of routes or quota.
+//! Single flight (docs/single-flight.md#in-one-process): the callers of a route share its running
+//! request and its one result. This module knows nothing of routes or quota.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,17 +9,13 @@ use futures::future::{BoxFuture, FutureExt};
 /// A running piece of work's result, which any number of callers can await.
 pub(super) type Shared<T> = futures::future::Shared<BoxFuture<'static, T>>;
 
-/// Where a flight is in its life.
+/// Where a flight is in its life (docs/single-flight.md#in-one-process): a joiner is counted in
+/// the leader's tally until the flight is finished, and counts itself after.
 enum Stage<T> {
-    /// The work runs: a joiner waits for it and is counted in the leader's tally.
     Running,
-    /// The result is known while the work still has something to do (telling the host): a
-    /// joiner gets it at once, still counted in the tally.
+    /// The result is known while the work still tells the host: a joiner gets it at once.
     Settled(T),
-    /// The work is done and the leader's tally final. The flight stays joinable, with its
-    /// result, until every caller holding it has been answered (a JS promise settles on the
-    /// event loop, later than the work ends, and a call made before then shares it): a joiner
-    /// counts itself.
+    /// The work is done; the flight stays joinable until every caller holding it is answered.
     Finished(T),
 }
 
@@ -63,15 +58,13 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         self.stage = Stage::Settled(value);
     }
 
-    /// The work is done with `value`. Returns `true` when every caller has been answered
-    /// already: the flight can go.
+    /// The work is done with `value`; `true` when every caller was answered: the flight can go.
     pub fn finish(&mut self, value: T) -> bool {
         self.stage = Stage::Finished(value);
         self.unanswered == 0
     }
 
-    /// One caller was answered. Returns `true` when the work is done and this was the last
-    /// caller waiting: the flight can go.
+    /// One caller was answered; `true` when the work is done and it was the last: it can go.
     pub fn answered(&mut self) -> bool {
         self.unanswered -= 1;
         self.unanswered == 0 && matches!(self.stage, Stage::Finished(_))
@@ -94,7 +87,7 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
         self.unanswered += 1;
         let result = match &self.stage {
             Stage::Running => self.shared.clone(),
-            Stage::Settled(value) | Stage::Finished(value) => ready(value.clone()),
+            Stage::Settled(value) | Stage::Finished(value) => Ticket::ready(value.clone()).result,
         };
         Ticket { result, callers: None, id: Some(self.id) }
     }
@@ -105,9 +98,8 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
     }
 }
 
-/// The flights running on one route, each under a key: callers share a flight only when their
-/// keys match (the main route keys its flights by token). A flight is found and removed by its
-/// id, so a flight that ends never takes another one, started later, with it.
+/// The flights running on one route, each under a key its callers share (the main route keys
+/// them by token), found and removed by id (docs/single-flight.md#in-one-process).
 pub(super) struct Flights<T: Clone> {
     running: Vec<(Option<String>, Flight<T>)>,
     /// The flight the last caller was handed (it started or joined it); `None` when the last
@@ -127,7 +119,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         self.running.iter_mut().find(|(k, _)| k.as_deref() == key).map(|(_, flight)| flight)
     }
 
-    pub fn by_id(&mut self, id: u64) -> Option<&mut Flight<T>> {
+    fn by_id(&mut self, id: u64) -> Option<&mut Flight<T>> {
         self.running.iter_mut().map(|(_, flight)| flight).find(|flight| flight.id == id)
     }
 
@@ -163,8 +155,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         }
     }
 
-    /// One caller of the flight `id` was answered: it goes when it was the last, and the work
-    /// is done.
+    /// One caller of the flight `id` was answered: it goes if it was the last and the work is done.
     pub fn answered(&mut self, id: u64) {
         if self.by_id(id).is_some_and(Flight::answered) {
             self.remove(id);
@@ -184,14 +175,10 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
     }
 }
 
-pub(super) fn ready<T: Clone + Send + Sync + 'static>(value: T) -> Shared<T> {
-    futures::future::ready(value).boxed().shared()
-}
-
 impl<T: Clone + Send + Sync + 'static> Ticket<T> {
     /// An answer known at once: no flight, nobody to join.
     pub fn ready(value: T) -> Self {
-        Self { result: ready(value), callers: None, id: None }
+        Self { result: futures::future::ready(value).boxed().shared(), callers: None, id: None }
     }
 }
 

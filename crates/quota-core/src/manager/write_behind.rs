@@ -1,23 +1,20 @@
-//! Write-behind: changes to the state file wait a moment to be written together. The first
-//! change schedules one write that carries every change made until it runs; a poll's result is
-//! written at once (other processes wait on the route's lock for exactly that).
+//! Write-behind (docs/state-file.md#write-behind): changes to the state file wait a moment to be
+//! written together; a poll's result is written at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 
 use super::attempt::Attempt;
 use super::routes::RouteId;
+use super::single_flight::Shared;
 use super::{QuotaManager, State};
 use crate::error::QuotaError;
 use crate::shared_store::{RouteGuard, StoreError};
 use crate::stats::bump;
 use crate::store::{Loaded, StoreUpdate};
-
-/// A polled route's write running in the background.
-pub(super) type RunningWrite = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 /// The longest pause between two state-file writes (see [`QuotaManager::flush`]).
 const MAX_WRITE_PAUSE: Duration = Duration::from_secs(1);
@@ -32,20 +29,9 @@ pub(super) struct WriteBehind {
     /// One update per route key: a later change to a route replaces the earlier one.
     unsaved: HashMap<String, StoreUpdate>,
     /// Polled routes' writes still running in the background.
-    running: Vec<RunningWrite>,
+    running: Vec<Shared<()>>,
     /// A write will take the queue: scheduled, or about to be run by the caller that queued.
     write_coming: bool,
-    /// The state-file problems already printed: each is printed once per manager.
-    reported: Vec<FileProblem>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FileProblem {
-    /// The state file (or its locks) could not be used: the manager keeps working in memory
-    /// and keeps trying the file.
-    Unusable,
-    NewerSchema,
-    Quarantined,
 }
 
 impl WriteBehind {
@@ -73,14 +59,9 @@ impl QuotaManager {
         self.write_soon(state, StoreUpdate::Merge { key, record: Box::new(slot.record.clone()) });
     }
 
-    pub(super) fn remove_route_soon(&self, state: &mut State, id: &str) {
-        let key = state.routes.key(&RouteId::Fallback(id.to_owned()));
-        self.write_soon(state, StoreUpdate::Remove { key });
-    }
-
     /// Coalesces writes: the first change schedules one write a moment later that carries
     /// every change made until then.
-    fn write_soon(&self, state: &mut State, update: StoreUpdate) {
+    pub(super) fn write_soon(&self, state: &mut State, update: StoreUpdate) {
         if self.inner.shared.is_memory_only() || !state.writes.stage(update) {
             return;
         }
@@ -91,27 +72,23 @@ impl QuotaManager {
         });
     }
 
-    /// Writes the polled route's record now (other processes wait on its lock for exactly
-    /// this), together with anything else waiting to be written, then releases the route's lock.
-    /// The caller waits for the write only briefly: a write stuck on the state-file lock (a
-    /// stopped process holds it) goes on in the background, bounded by the lock timeout, and
-    /// the fetched result reaches its callers anyway. `close()` waits for such writes.
+    /// Writes the polled route's record now, with anything else waiting, then releases the
+    /// route's lock. The caller waits for it only briefly: a write stuck on the state-file lock
+    /// (a stopped process holds it) goes on in the background, bounded by the lock timeout.
     pub(super) async fn persist_attempt(&self, attempt: &Attempt, route_lock: Option<RouteGuard>) {
         if self.inner.shared.is_memory_only() {
             return;
         }
         let write = {
             let mut state = self.state();
-            let Some(record) = state
-                .routes
-                .attempt_record(&attempt.route, attempt.generation, &attempt.key)
-                .map(|record| Box::new(record.clone()))
+            let Some(record) =
+                state.routes.attempt_record(&attempt.route, attempt.generation, &attempt.key)
             else {
                 return;
             };
-            let update = StoreUpdate::Merge { key: attempt.key.clone(), record };
+            let record = Box::new(record.clone());
             // Written right below, by this caller.
-            state.writes.stage(update);
+            state.writes.stage(StoreUpdate::Merge { key: attempt.key.clone(), record });
             let manager = self.clone();
             let task = self.inner.runtime.spawn(async move {
                 // Fenced by the route's lock: a holder whose Redis lock expired meanwhile
@@ -129,17 +106,15 @@ impl QuotaManager {
         let _ = tokio::time::timeout(RESULT_WRITE_WAIT, write).await;
     }
 
-    pub(super) fn running_writes(&self) -> Vec<RunningWrite> {
+    pub(super) fn running_writes(&self) -> Vec<Shared<()>> {
         std::mem::take(&mut self.state().writes.running)
     }
 
-    /// Writes everything waiting to be written and adopts what other processes wrote meanwhile.
-    /// Writes are serialised: a caller that finds nothing left to write once its turn comes had
-    /// its changes written, and landed, by the caller before it, so "flushed" means "on disk".
-    /// The next write waits as long as this one took (at most a second): written back to back,
-    /// a large file would take the CPU from the requests whose results it writes, a handful
-    /// each; waiting lets it carry everything that came in meanwhile, so the number of writes
-    /// stays flat however many accounts there are. A single result is still written at once.
+    /// Writes everything waiting to be written. Writes are serialised: a caller that finds
+    /// nothing left once its turn comes had its changes written by the one before, so "flushed"
+    /// means "on disk". The next write waits as long as this one took (at most a second):
+    /// written back to back, a large file would take the CPU from the requests whose results it
+    /// writes; waiting lets it carry everything that came in meanwhile.
     pub async fn flush(&self) {
         self.flush_under(None).await;
     }
@@ -193,14 +168,13 @@ impl QuotaManager {
     pub(super) fn file_used(&self, result: Result<Loaded, QuotaError>) -> Option<Loaded> {
         let loaded = result.inspect_err(|error| self.report_state_error(error)).ok()?;
         if let Some(aside) = &loaded.quarantined {
-            self.report(FileProblem::Quarantined, &self.inner.stats.state_file_quarantines, || {
+            report(&self.inner.stats.state_file_quarantines, || {
                 format!("the quota state file could not be read; it was moved to {} and the manager starts empty", aside.display())
             });
         }
-        // A file written by a newer build is left alone (never read, moved or written), and
-        // counted apart from the state errors.
+        // docs/state-file.md#newer-schema: left alone, and counted apart from the state errors.
         if let Some(version) = loaded.newer_schema {
-            self.report(FileProblem::NewerSchema, &self.inner.stats.state_file_newer_schema, || {
+            report(&self.inner.stats.state_file_newer_schema, || {
                 let path = self.state_path().map_or_else(String::new, |p| p.display().to_string());
                 format!("the quota state file {path} was written by a newer version (schema {version}); this process keeps its quota in memory and leaves the file alone")
             });
@@ -209,11 +183,9 @@ impl QuotaManager {
         Some(loaded)
     }
 
-    /// The state file or its locks could not be used. Counted every time, printed once: the
-    /// manager keeps its quota in memory (single flight still holds in this process) and keeps
-    /// trying the file, so a fixed directory is used again without a restart.
+    /// The state file or its locks could not be used (docs/state-file.md#unusable-file).
     pub(super) fn report_state_error(&self, error: &QuotaError) {
-        self.report(FileProblem::Unusable, &self.inner.stats.state_errors, || {
+        report(&self.inner.stats.state_errors, || {
             format!("the quota state file cannot be used ({error}); this process keeps its quota in memory and retries the file at each write")
         });
     }
@@ -224,14 +196,12 @@ impl QuotaManager {
             other => QuotaError::State { path: String::new(), reason: other.to_string() },
         });
     }
+}
 
-    /// Counts a problem every time, and prints it the first time.
-    fn report(&self, problem: FileProblem, counter: &AtomicU64, message: impl FnOnce() -> String) {
-        bump(counter);
-        let reported = &mut self.state().writes.reported;
-        if !reported.contains(&problem) {
-            reported.push(problem);
-            log::warn!("{}", message());
-        }
+/// Counts a problem every time, and prints it the first time: its counter, this manager's alone,
+/// is bumped nowhere else.
+fn report(counter: &AtomicU64, message: impl FnOnce() -> String) {
+    if counter.fetch_add(1, Ordering::Relaxed) == 0 {
+        log::warn!("{}", message());
     }
 }
