@@ -1,16 +1,11 @@
-// anthropic-quota-manager: the package's entry point. Written by hand, over the binding that
-// `napi build` generates (binding.js, binding.d.ts): it re-exports everything and answers the
-// synchronous reads the plugin makes on every model request (getMain, isMainStale,
-// needsRefresh, getFallback, isFallbackStale) without calling into native code while nothing
-// changed. It also does the JavaScript-shaped work: the `…WithMetadata` twins, getAllFallbacks'
-// Map, the rejections of promise-returning methods, the process listeners that flush at exit.
-//
-// How it stays true: the core bumps a change counter, shared with JavaScript (an Int32Array over
-// an external ArrayBuffer, src/hot_path.rs), on every mutable access to its state. An answer is
-// kept with the counter value read before it was computed, and served only while the counter
-// has not moved. Time-dependent answers are not kept: the core hands out the instant an entry
-// turns stale, compared at every call with the clock the core reads. Arguments other than the
-// plain shapes always go to the native method, which stays the authority for errors.
+// anthropic-quota-manager's entry point: a hand-written facade over the generated binding
+// (README.md#development, "Layout"). It answers the reads the plugin makes on every model
+// request without calling into native code while nothing changed: the core bumps a change
+// counter in shared memory (src/hot_path.rs) on every mutable access to its state, and an answer
+// is kept with the counter value read before it was computed, served only while the counter has
+// not moved. For time-dependent answers the core hands out the instant an entry turns stale,
+// compared at every call with the clock the core reads. Arguments other than the plain shapes
+// always go native, which stays the authority for errors.
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
@@ -22,11 +17,7 @@ const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
 const NEVER_CURRENT = new Int32Array(2)
 
-/**
- * Answers kept while the change counter holds still: per question, a Map from its key (an id, a
- * model) to the native answer (a frozen entry view, a stale-from deadline); isFallbackStale's
- * keys are the id, then the model; `refreshEveryNRequests` as it is.
- */
+/** Native answers kept while the change counter holds still, per question by key (isFallbackStale's: id, then model). */
 function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
 }
@@ -41,8 +32,7 @@ const isEnumerable = Object.prototype.propertyIsEnumerable
 
 /**
  * Whether JSON.stringify may write this object as something else than its properties: a Proxy
- * (whose traps may answer a property read and JSON's own-key walk differently), or an object
- * with toJSON. Anything but an object counts as rewritten.
+ * (its traps may answer a read and JSON's own-key walk differently), toJSON, or not an object.
  */
 function rewrittenByJson(value) {
   return typeof value !== 'object' || isProxy(value) || typeof value.toJSON === 'function'
@@ -60,10 +50,7 @@ function isPlainArray(value) {
   return Array.isArray(value) && !rewrittenByJson(value)
 }
 
-/**
- * A field as JSON.stringify reads it (and so the native method): own and enumerable, else
- * absent. An inherited field (`Object.prototype.access = …`) or a non-enumerable one is not data.
- */
+/** A field as JSON.stringify (and so the native method) reads it: own and enumerable, else absent. */
 function ownField(object, key) {
   return isEnumerable.call(object, key) ? object[key] : undefined
 }
@@ -75,13 +62,12 @@ const ID_AT = ROW.indexOf('id')
 const TYPE_AT = ROW.indexOf('type')
 
 /**
- * The account list as the binding's compact form (src/account_lists.rs): one flat array of the
- * ROW fields' raw values per account, only the fields this call uses (null for the others, so a
- * value with no JSON form there is not an error). A seeding (given `quotas`) and a refresh with a
- * resolver send `access` only when it is not a string (it is checked, not used: 10,000 tokens
- * would be most of the text); a seeding sends a bound on the snapshot's `checkedAt`, the
- * snapshot going to `quotas`. Null when the list or an account is not plain, or a getter
- * throws: the native method then reads the list whole.
+ * The list as the binding's compact rows (README.md#account-lists): the ROW fields' values per
+ * account, null for those this call does not use. A seeding (given `quotas`) and a refresh with
+ * a resolver send `access` only when it is not a string (checked, not used: 10,000 tokens would
+ * be most of the text); a seeding sends a bound on the snapshot's `checkedAt`, the snapshot going
+ * to `quotas`. Null when the list or an account is not plain, or a getter throws: the native
+ * method then reads the list whole.
  */
 function compactAccounts(accounts, quotas, resolving = false) {
   if (!isPlainArray(accounts)) return null
@@ -121,7 +107,7 @@ function rowValue(account, field, quotas, index, resolving) {
   }
 }
 
-/** JSON text, or null when the value has none (a BigInt, a cycle): then the native method reads the list. */
+/** JSON text, or null when the value has none (a BigInt, a cycle). */
 function jsonOrNull(value) {
   try {
     return JSON.stringify(value)
@@ -131,18 +117,13 @@ function jsonOrNull(value) {
 }
 
 /**
- * The snapshots the core asked for, as a JSON array. A snapshot holding a value with no JSON
- * form is junk, dropped the way the core drops junk inside a snapshot: a BigInt field is left
- * out; a snapshot that cannot be written at all (a cycle, a throwing getter) counts as none.
- * The first half of the seeding has run by then: throwing here would leave it half done.
+ * The snapshots the core asked for, as a JSON array; what has no JSON form is junk (a BigInt
+ * field left out, a snapshot that cannot be written counting as none), never an error: the
+ * seeding's first half has run, and throwing would leave it half done.
  */
 function snapshotsJson(quotas, wanted) {
   const picked = Array.from(wanted, (index) => quotas[index])
-  try {
-    return JSON.stringify(picked)
-  } catch {
-    return `[${picked.map(snapshotJsonOrNull).join(',')}]`
-  }
+  return jsonOrNull(picked) ?? `[${picked.map(snapshotJsonOrNull).join(',')}]`
 }
 
 function snapshotJsonOrNull(quota) {
@@ -156,10 +137,7 @@ function snapshotJsonOrNull(quota) {
 /** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
 const UNREADABLE = NaN
 
-/**
- * A window's `checkedAt` when it is a number; -1 without one; UNREADABLE otherwise. An inherited
- * or non-enumerable `checkedAt`, which JSON leaves out, only makes the bound higher: no harm.
- */
+/** A window's `checkedAt` when a number, -1 without one, else UNREADABLE (an inherited one only raises the bound). */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
   if (rewrittenByJson(window)) return UNREADABLE
@@ -169,9 +147,8 @@ function windowCheckedAt(window) {
 }
 
 /**
- * A number no `checkedAt` of the snapshot exceeds (its own, its windows': the core dates a
- * snapshot by the latest), -1 without any; null when it cannot tell (then the snapshot is sent
- * and the core decides).
+ * A number no `checkedAt` of the snapshot (its own, its windows': the core dates it by the
+ * latest) exceeds, -1 without any; null when it cannot tell: the snapshot is sent, the core decides.
  */
 function quotaCheckedAtBound(quota) {
   if (quota === undefined || quota === null) return -1
@@ -192,10 +169,7 @@ function quotaCheckedAtBound(quota) {
 
 /**
  * The host transport's poll running in this async context: { owner, kind, accountId, refused }.
- * A call the host makes from inside its fetchQuotaSnapshot back into the route being polled
- * would wait for the very request it runs in (until the request timeout, which then arms a
- * backoff for the host's own bug): such a call is refused at once (#refusedReentry), and the
- * poll it broke fails without a backoff (src/host_fetch.rs reads the code).
+ * A call from inside it back into the route it polls is refused (docs/endpoint.md#host-transports).
  */
 const runningPoll = new AsyncLocalStorage()
 function reentrantCall(message) {
@@ -235,12 +209,7 @@ function rejecting(start) {
 
 /**
  * The listeners that have every manager with a state file write what is unsaved at exit
- * (src/exit.rs), one set per thread. A signal listener stops Node from terminating: ours
- * flushes, then, when the host had no listener of its own, re-raises the signal with none left
- * (the default action). It goes first, to see the host's `once` listeners before they remove
- * themselves. A signal caught as the loop ends would reach no listener: a loop that runs dry
- * gets one more turn. Windows raises SIGINT, SIGBREAK and SIGHUP (the console closes), never
- * SIGTERM, and `process.kill` there can only end a process (as SIGTERM).
+ * (src/exit.rs), one set per thread; why each is as it is: docs/state-file.md#write-behind.
  */
 function flushAtExit() {
   const flush = () => Native._flushUnsaved()
@@ -255,7 +224,8 @@ function flushAtExit() {
     }
     process.prependListener(signal, onSignal)
   }
-  // Every other time: the extra turn ends in beforeExit again.
+  // One more turn for a loop that runs dry, to deliver a signal caught as it ended (every other
+  // time: that turn ends in beforeExit again).
   let turnGiven = false
   process.on('beforeExit', () => {
     turnGiven = !turnGiven
@@ -315,11 +285,7 @@ class QuotaManager extends Native {
     )
   }
 
-  /**
-   * A rejected promise when called from inside this manager's fetchQuotaSnapshot for the route it
-   * is polling (close(): for any route); undefined otherwise. A main poll whose identity is not
-   * known is taken for every main route.
-   */
+  /** A rejected promise when called from inside this manager's poll of the route (close(): of any route). */
   #refusedReentry(method, kind, id) {
     const poll = runningPoll.getStore()
     if (poll === undefined || poll.owner !== this.#owner) return undefined
@@ -336,10 +302,8 @@ class QuotaManager extends Native {
   }
 
   /**
-   * A call with the same arguments as the last one, while it would join the same request, gets
-   * that call's promise and is counted on that request (the counter's second element). When the
-   * change counter moved, the core says which request such a call would join now. Not with a
-   * `now` option, which every native entry samples.
+   * The last call's promise for a call like it while it would join the same request
+   * (docs/single-flight.md#in-one-process). Not with a `now` option, which every native entry samples.
    */
   #refreshMain(withMetadata, id, token, generation) {
     const refused = this.#refusedReentry(withMetadata ? 'refreshMainWithMetadata' : 'refreshMain', 'main', id)
@@ -371,11 +335,7 @@ class QuotaManager extends Native {
     return true
   }
 
-  /**
-   * In two halves (src/account_lists.rs): a snapshot crosses only when the core could adopt it.
-   * A settled seeding's list is not sent again while its epoch holds (the plugin seeds the list
-   * it reloads from disk before every request), nor are its unchanged rows.
-   */
+  /** In two halves (src/account_lists.rs); a settled list, or its unchanged rows, is not sent again (README.md#account-lists). */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
     const flat = compactAccounts(accounts, quotas)
@@ -387,8 +347,7 @@ class QuotaManager extends Native {
     if (compact === null) return super.seedFallbacksFromAccounts(accounts)
     const [plan, wanted, planned, rowsAreAccounts] = this._planFallbackSeeding(compact, changed === null ? null : Uint32Array.from(changed))
     const epoch = wanted.length === 0 ? planned : this._applyFallbackSeeding(plan, snapshotsJson(quotas, wanted))
-    // Changed rows of a list whose rows were accounts of their own still are (same ids, no
-    // type changed).
+    // Changed rows of rows that were accounts of their own still are (same ids and types).
     if (epoch >= 0) this.#settled = { flat, epoch, rowsAreAccounts: changed === null ? rowsAreAccounts : true }
   }
 

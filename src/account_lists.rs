@@ -1,15 +1,9 @@
 //! `seedFallbacksFromAccounts` and `refreshAllFallbacks`, every account read by
-//! `quota_core::host::AccountList`. The native methods read the host's list whole, through JSON;
-//! the facade (`index.js`) sends plain lists as compact rows of `ACCOUNT_FIELDS` instead (with
-//! 10,000 accounts, whole accounts through JSON held the JavaScript thread 50-400 ms):
-//! - a seeding comes in two halves: the first seeds all but the snapshots the core could adopt
-//!   and asks for those, the second brings them; a settled seeding's epoch lets the facade skip
-//!   the same list, or send only the rows that changed (`SeedingScope::ChangedAccounts`);
-//! - `refreshAllFallbacks` reads its list off the JavaScript thread, unless a resolver must be
-//!   asked about the accounts first.
-//!
-//! A seeding's plan is an external value the facade hands back, so a host callback that calls
-//! the manager again cannot mix two lists up.
+//! `quota_core::host::AccountList`: the host's list whole, through JSON, or the compact rows of
+//! `ACCOUNT_FIELDS` the facade sends for plain lists (README.md#account-lists; with 10,000
+//! accounts, whole accounts through JSON held the JavaScript thread 50-400 ms). A seeding's plan
+//! is an external value the facade hands back, so a host callback that calls the manager again
+//! cannot mix two lists up.
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -121,13 +115,11 @@ impl QuotaManager {
         self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
     }
 
-    /// Seeding, first half. `changed` (the host's index of each row) says the rows are only the
-    /// accounts that changed since a settled seeding of the same ids: the others are left as
-    /// they are. Answers `[plan, indices, epoch, rowsAreAccounts]`: the host's indices of the
-    /// snapshots `_applyFallbackSeeding` must bring; when none, the settled epoch (while it
-    /// holds, the same list seeded again changes nothing); and whether each row was an account of
-    /// its own (no api-key account, no repeated id), which a later seeding of changed rows relies
-    /// on.
+    /// Seeding, first half: all but the snapshots the core could adopt. `changed` (the host's
+    /// index of each row) says the rows are only the accounts that changed since a settled
+    /// seeding of the same ids. Answers `[plan, indices, epoch, rowsAreAccounts]`: the host's
+    /// indices of the snapshots `_applyFallbackSeeding` must bring; when none, the settled epoch;
+    /// whether each row was an account of its own (no api-key account, no repeated id).
     #[napi(catch_unwind, js_name = "_planFallbackSeeding", skip_typescript)]
     pub fn plan_fallback_seeding(
         &self,

@@ -328,15 +328,9 @@ impl QuotaManager {
     )]
     pub fn fail_closed_response(&self, env: Env) -> Result<Json<Option<FailClosedAnswer>>> {
         Ok(Json(self.tick(&env)?.fail_closed_response().map(|answer| {
-            FailClosedAnswer {
-                status: 429,
-                headers: [
-                    ("retry-after", answer.retry_after_secs.to_string()),
-                    ("content-type", "application/json".to_owned()),
-                ]
-                .into(),
-                body: answer.body,
-            }
+            let retry_after = answer.retry_after_secs.to_string();
+            let headers = json!({ "retry-after": retry_after, "content-type": "application/json" });
+            FailClosedAnswer { status: 429, headers, body: answer.body }
         })))
     }
 }
@@ -345,7 +339,7 @@ impl QuotaManager {
 #[derive(serde::Serialize)]
 pub struct FailClosedAnswer {
     status: u16,
-    headers: std::collections::BTreeMap<&'static str, String>,
+    headers: Value,
     body: String,
 }
 

@@ -33,11 +33,11 @@ impl QuotaManager {
     }
 
     /// The first instant (manager's clock, ms) at which `isMainStale(modelId)` turns true while
-    /// the change counter stays put; `-Infinity` when it already is whatever the time. The
-    /// facade passes a string or `undefined` model only.
+    /// the change counter stays put (`i64::MIN`, below any time: already). The facade passes a
+    /// string or `undefined` model only.
     #[napi(catch_unwind, js_name = "_mainStaleFrom", skip_typescript)]
     pub fn main_stale_from(&self, env: Env, model_id: Option<String>) -> Result<f64> {
-        Ok(stale_from_ms(self.tick(&env)?.main_stale_from(model_id.as_deref())))
+        Ok(self.tick(&env)?.main_stale_from(model_id.as_deref()) as f64)
     }
 
     /// `_mainStaleFrom` for `isFallbackStale(accountId, token, modelId)` without an account.
@@ -50,21 +50,12 @@ impl QuotaManager {
     ) -> Result<f64> {
         self.tick(&env)?;
         let id = required_non_empty(&env, account_id, "accountId")?;
-        Ok(stale_from_ms(self.core.fallback_stale_from(&id, model_id.as_deref())))
+        Ok(self.core.fallback_stale_from(&id, model_id.as_deref()) as f64)
     }
 
     /// `refreshEveryNRequests` in force (0: off).
     #[napi(catch_unwind, js_name = "_refreshEveryN", skip_typescript)]
     pub fn refresh_every_n(&self) -> f64 {
         self.core.refresh_every_n() as f64
-    }
-}
-
-/// A stale-from instant for JavaScript: `i64::MIN` (stale whatever the time) as `-Infinity`.
-fn stale_from_ms(from: i64) -> f64 {
-    if from == i64::MIN {
-        f64::NEG_INFINITY
-    } else {
-        from as f64
     }
 }
