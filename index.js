@@ -45,7 +45,6 @@ function isPlainObject(value) {
   return (proto === Object.prototype || proto === null) && typeof value.toJSON !== 'function'
 }
 
-/** An array JSON.stringify writes item by item. */
 function isPlainArray(value) {
   return Array.isArray(value) && !rewrittenByJson(value)
 }
@@ -84,7 +83,6 @@ function compactAccounts(accounts, quotas, resolving = false) {
   }
 }
 
-/** One value of an account's compact row (null: a field this call does not use). */
 function rowValue(account, field, quotas, index, resolving) {
   switch (field) {
     case 'access': {

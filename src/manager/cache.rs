@@ -15,8 +15,6 @@ use super::QuotaManager;
 
 #[napi]
 impl QuotaManager {
-    // ----- cache reads ---------------------------------------------------------------------
-
     /// The main cache entry. With an id: `null` unless the entry belongs to it (and, while the
     /// identity is strict, is stamped with it). Without: `null` while an identity is bound (as
     /// the plugin's). The object is frozen, and the same one is returned until it changes.
@@ -64,8 +62,6 @@ impl QuotaManager {
         });
         pairs.collect()
     }
-
-    // ----- main identity -------------------------------------------------------------------
 
     /// Binds the main identity (docs/compat.md#main-identity). Returns the new error generation when a backoff
     /// error recorded for another identity was cleared, else `undefined`.
@@ -128,8 +124,6 @@ impl QuotaManager {
     pub fn can_fetch_without_access_token(&self) -> bool {
         self.core.can_fetch_without_access_token()
     }
-
-    // ----- cache writes --------------------------------------------------------------------
 
     /// Replaces the main cache entry (for example with one the host persisted).
     #[napi(catch_unwind, ts_args_type = "mainAccountId: string | undefined, entry: QuotaEntry")]
@@ -221,8 +215,6 @@ impl QuotaManager {
         entry.map(|entry| self.views.view(env, Some(&id), entry)).transpose()
     }
 
-    // ----- freshness -----------------------------------------------------------------------
-
     /// Is the main entry missing or due (for this model's scoped window too, when given)?
     #[napi(catch_unwind, ts_args_type = "modelId?: string | undefined")]
     pub fn is_main_stale(&self, env: Env, model_id: Option<Unknown>) -> Result<bool> {
@@ -281,8 +273,6 @@ impl QuotaManager {
         Ok(self.core.needs_refresh(count, model.as_deref()))
     }
 
-    // ----- backoff -------------------------------------------------------------------------
-
     /// Is the main route backed off?
     #[napi(catch_unwind)]
     pub fn is_backed_off(&self, env: Env) -> Result<bool> {
@@ -317,8 +307,6 @@ impl QuotaManager {
         let id = required_non_empty(&env, account_id, "accountId")?;
         Ok(or_undefined(self.core.fallback_api_error(&id).map(Json)))
     }
-
-    // ----- routing -------------------------------------------------------------------------
 
     /// The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
     /// cached, and `failClosedOnUnknownQuota` set. `null` otherwise.

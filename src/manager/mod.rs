@@ -32,8 +32,7 @@ pub struct QuotaManager {
     promises: SharedPromises,
     /// The host's `now` option, sampled at every entry (see `js_now.rs`).
     js_now: Option<JsNow>,
-    /// Whether the change counter and the `now` clock's time were shown to JavaScript (V8 allows
-    /// one buffer per memory).
+    /// Whether the change counter and the `now` clock's time were shown (`hot_path::shared_view`).
     counter_shown: Cell<bool>,
     now_shown: Cell<bool>,
 }
