@@ -9,9 +9,8 @@ use super::QuotaManager;
 
 #[napi]
 impl QuotaManager {
-    /// The change counter and the calls answered from the kept `refreshMain` answer as an
-    /// `Int32Array` of length 2 in shared memory, once per manager;
-    /// `null` on a second call or where the runtime refuses external buffers.
+    /// The change counter and the calls answered from the kept `refreshMain` answer, as an
+    /// `Int32Array` of length 2 in shared memory (`null`: see `hot_path::shared_view`).
     #[napi(catch_unwind, js_name = "_changeCounter", skip_typescript)]
     pub fn change_counter<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
         crate::hot_path::shared_view(env, &self.counter_shown, self.core.changes().shared())
@@ -23,9 +22,8 @@ impl QuotaManager {
         self.core.main_joinable() as f64
     }
 
-    /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory, once
-    /// per manager (`null` without a `now` option): the facade samples `now` itself at each
-    /// entry and stores the sample there, exactly as every native entry does.
+    /// The `now` option's last sample as a `BigInt64Array` of length 1 in shared memory (`null`
+    /// without one), where the facade stores its own samples, as every native entry does.
     #[napi(catch_unwind, js_name = "_sharedNow", skip_typescript)]
     pub fn shared_now<'env>(&self, env: &'env Env) -> Option<Unknown<'env>> {
         let time = self.js_now.as_ref()?.clock.shared();
