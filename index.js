@@ -135,7 +135,7 @@ function snapshotJsonOrNull(quota) {
 /** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
 const UNREADABLE = NaN
 
-/** A window's `checkedAt` when a number, -1 without one, else UNREADABLE (an inherited one only raises the bound). */
+/** A window's `checkedAt` when a number, -1 without one, else UNREADABLE (an inherited one, left out by JSON, only raises the bound). */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
   if (rewrittenByJson(window)) return UNREADABLE
@@ -145,8 +145,8 @@ function windowCheckedAt(window) {
 }
 
 /**
- * A number no `checkedAt` of the snapshot (its own, its windows': the core dates it by the
- * latest) exceeds, -1 without any; null when it cannot tell: the snapshot is sent, the core decides.
+ * A number no `checkedAt` of the snapshot exceeds (its own, its windows': the core dates it by
+ * the latest), -1 without any; null when it cannot tell (the snapshot is sent, the core decides).
  */
 function quotaCheckedAtBound(quota) {
   if (quota === undefined || quota === null) return -1
