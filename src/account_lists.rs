@@ -5,6 +5,7 @@
 //! is an external value the facade hands back, so a host callback that calls the manager again
 //! cannot mix two lists up.
 
+use futures::FutureExt;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
@@ -230,11 +231,7 @@ impl QuotaManager {
             .filter(|token| !token.is_empty());
         }
         self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
-        let work = self.core.refresh_all_fallbacks(accounts);
-        let promise = env.spawn_future(async move {
-            work.await;
-            Ok(())
-        })?;
+        let promise = env.spawn_future(self.core.refresh_all_fallbacks(accounts).map(Ok))?;
         Ok(promise.to_unknown())
     }
 
@@ -257,7 +254,7 @@ impl QuotaManager {
             Ok(())
         };
         let promise = env.spawn_future_with_callback(
-            async move { Ok(work.await) },
+            work.map(Ok),
             |env, outcome: std::result::Result<(), String>| {
                 outcome.map_err(|message| type_error(env, message))
             },
