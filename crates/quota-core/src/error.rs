@@ -4,13 +4,13 @@
 /// How a failure of the usage endpoint affects the route's backoff (docs/backoff.md#failure-classes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
-    /// 429, 5xx, network failure, timeout: the exponential ladder.
+    /// The exponential ladder.
     Transient,
-    /// Any other non-2xx answer, a bad body: a flat delay.
+    /// A flat delay.
     NonTransient,
-    /// 401 / 403: no backoff; the host must refresh the token.
+    /// No backoff; the host must refresh the token.
     Auth,
-    /// Not an endpoint failure at all (closed manager, backed off, state file): no backoff.
+    /// Not an endpoint failure at all: no backoff.
     None,
 }
 
@@ -39,13 +39,11 @@ pub enum QuotaError {
     BadResponse(String),
     #[error("QuotaManager is closed")]
     Closed,
-    /// The state file could not be read or written.
     #[error("Quota state file {path}: {reason}")]
     State { path: String, reason: String },
     /// The Redis shared store (`target`: its URL without credentials) could not be read.
     #[error("Quota shared store {target}: {reason}")]
     SharedStore { target: String, reason: String },
-    /// The state file's lock (`path`) stayed held by another holder for the whole bounded wait.
     #[error("Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms")]
     LockTimeout { path: String, waited_ms: u64 },
     /// A value the host passed cannot be used (e.g. a token with a line break); the binding
@@ -56,8 +54,7 @@ pub enum QuotaError {
     /// the request was made (none was).
     #[error("Main quota identity changed before refresh")]
     IdentityChanged,
-    /// The host's transport called the manager back for the route it was polling (a call that
-    /// would have waited for itself): the host's bug, never an endpoint failure.
+    /// A host transport called back for the route it polls (docs/endpoint.md#host-transports).
     #[error("{0}")]
     Reentered(String),
 }
@@ -84,10 +81,9 @@ impl QuotaError {
 
     pub fn failure_class(&self) -> FailureClass {
         match self {
-            Self::Http { status, .. } if *status == 429 || *status >= 500 => {
+            Self::Http { status: 429 | 500.., .. } | Self::Network(_) | Self::Timeout(_) => {
                 FailureClass::Transient
             }
-            Self::Network(_) | Self::Timeout(_) => FailureClass::Transient,
             Self::Http { .. } | Self::BadResponse(_) | Self::Transport(_) => {
                 FailureClass::NonTransient
             }
@@ -135,31 +131,24 @@ impl QuotaError {
 /// at fault, as the host spells it (`backoff.maxMs`): the binding only adds where it came from.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    /// A number outside its option's range, or not finite.
     #[error("{option} must be a finite number from {min} to {max}, got {value}")]
     OutOfRange { option: &'static str, min: f64, max: f64, value: f64 },
-    /// A fraction where the option counts whole units.
     #[error("{option} must be a whole number, got {value}")]
     NotWhole { option: &'static str, value: f64 },
-    /// A backoff ladder whose cap is below its first rung.
     #[error("backoff.maxMs ({max_ms}) must not be below backoff.initialMs ({initial_ms})")]
     BackoffMaxBelowInitial { initial_ms: i64, max_ms: i64 },
-    /// `usageUrl` is not an absolute http(s) URL.
     #[error("usageUrl: {0}")]
     UsageUrl(String),
-    /// `userAgent` is not a valid HTTP header value.
     #[error("userAgent: {0}")]
     UserAgent(String),
     /// The HTTP client could not be built (no option is at fault).
     #[error("{0}")]
     HttpClient(String),
-    /// `redis.url` is not a Redis URL.
     #[error("redis.url: {0}")]
     RedisUrl(String),
-    /// `redis.url` is a URL of another scheme (shown without its credentials).
+    /// Shown without its credentials.
     #[error("redis.url must start with redis:// or rediss://, got {0}")]
     RedisScheme(String),
-    /// `redis.keyPrefix` is longer than a namespace needs.
     #[error("redis.keyPrefix must be a string of at most {0} characters")]
     RedisKeyPrefix(usize),
 }
