@@ -45,9 +45,8 @@ pub enum HostAnswer {
     /// The host's function failed in a way that says nothing about the endpoint (a `fetch`
     /// rejection, a non-object answer): a network error.
     Failed(String),
-    /// The host's function failed because it called the manager back for the route it was
-    /// polling (a call that would have waited for itself): the host's bug, not the endpoint's,
-    /// so no backoff.
+    /// The host's function failed by calling back for the route it polls: no backoff
+    /// (docs/endpoint.md#host-transports).
     Reentered(String),
 }
 
@@ -82,6 +81,7 @@ impl Transport {
             .await
             .map_err(|_| timed_out(timeout))?;
         let checked_at = now();
+        let scrub = |message: String| scrub_message(&message, &token);
         match answer {
             HostAnswer::Response { status, retry_after, body } => interpret_response(
                 status,
@@ -96,15 +96,11 @@ impl Transport {
                 redact_strings(&mut value, &token);
                 snapshot_from_host(&value, checked_at)
             }
-            HostAnswer::Rejected { status, network, retry_after_ms, message } => Err(
-                rejection_error(status, network, retry_after_ms, scrub_message(&message, &token)),
-            ),
-            HostAnswer::Failed(message) => {
-                Err(QuotaError::Network(scrub_message(&message, &token)))
+            HostAnswer::Rejected { status, network, retry_after_ms, message } => {
+                Err(rejection_error(status, network, retry_after_ms, scrub(message)))
             }
-            HostAnswer::Reentered(message) => {
-                Err(QuotaError::Reentered(scrub_message(&message, &token)))
-            }
+            HostAnswer::Failed(message) => Err(QuotaError::Network(scrub(message))),
+            HostAnswer::Reentered(message) => Err(QuotaError::Reentered(scrub(message))),
         }
     }
 }
@@ -116,13 +112,12 @@ fn snapshot_from_host(value: &Value, now: i64) -> Result<QuotaSnapshot, QuotaErr
         QuotaError::BadResponse("fetchQuotaSnapshot resolved with a non-object".into())
     })?;
     snapshot.source = Some(QuotaSource::Poll);
-    snapshot.checked_at = Some(snapshot.checked_at.unwrap_or(now));
+    snapshot.checked_at.get_or_insert(now);
     Ok(snapshot)
 }
 
-/// A rejection of `fetchQuotaSnapshot`, classified like an HTTP failure of that status, else as
-/// a network error only when it says so (`network`), else as the host's refusal (a flat
-/// backoff, so a failing transport is not retried on the ladder's first minute).
+/// A rejection of `fetchQuotaSnapshot`: by its status, else a network error only when it says so,
+/// else the host's refusal (docs/endpoint.md#host-transports).
 fn rejection_error(
     status: Option<u16>,
     network: bool,
