@@ -4,7 +4,6 @@
 //! and proxies follow docs/endpoint.md#transport-security.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -12,6 +11,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{redirect, Certificate, Proxy, Response, StatusCode, Url};
 use serde_json::Value;
+use url::Host;
 
 use crate::error::{ConfigError, QuotaError};
 use crate::snapshot::QuotaSnapshot;
@@ -21,7 +21,6 @@ mod redact;
 use redact::error_body_text;
 pub use redact::{redact_strings, scrub_message};
 
-/// Where the usage endpoint lives unless the host configures `usageUrl`.
 pub const DEFAULT_USAGE_URL: &str = "https://api.anthropic.com/api/oauth/usage";
 /// The endpoint only answers OAuth clients that look like Claude Code.
 pub const DEFAULT_USER_AGENT: &str = "claude-code/2.1.257";
@@ -36,7 +35,6 @@ const ANTHROPIC_BETA: &str = "oauth-2025-04-20";
 /// pull a large error page over the wire.
 const ERROR_BODY_READ_BYTES: usize = 4 * MAX_ERROR_BODY_CHARS;
 
-/// How to reach the usage endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageClientConfig {
     pub url: String,
@@ -59,11 +57,9 @@ impl Default for UsageClientConfig {
 /// reads the host's `process.env`; the core never reads environment variables for these).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionOptions {
-    /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`), added to the
-    /// bundled and system roots. A file that cannot be opened is skipped and named in
-    /// [`UsageClient::trust_warnings`]; one that cannot be read or holds no certificate is
-    /// skipped and named on stderr when the client is built (at the first request): a bad
-    /// variable must not stop quota checks.
+    /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`); an unusable one
+    /// is skipped and reported (docs/endpoint.md#transport-security): a bad variable must not stop
+    /// quota checks.
     pub extra_ca_files: Vec<PathBuf>,
     /// Which proxy non-loopback requests use. Loopback requests never use one.
     pub proxy: ProxySetting,
@@ -90,9 +86,8 @@ pub struct UsageClient {
 }
 
 impl UsageClient {
-    /// Builds a client; fails when the URL is not an absolute http(s) URL, is plain http to a
-    /// host other than loopback, carries credentials, or the user agent is not a valid header
-    /// value, or the proxy URL is invalid. The message names the offending value.
+    /// Fails, naming the offending value, on a URL docs/endpoint.md#request refuses, or an invalid
+    /// user agent or proxy URL.
     pub fn with_options(
         config: UsageClientConfig,
         options: &ConnectionOptions,
@@ -111,8 +106,7 @@ impl UsageClient {
         Ok(Self { http: SharedHttp::for_settings(settings), url })
     }
 
-    /// Extra CA files that cannot be opened, one message each (naming the file), for the host to
-    /// report once.
+    /// One message per extra CA file that cannot be opened, for the host to report once.
     pub fn trust_warnings(&self) -> &[String] {
         &self.http.trust_warnings
     }
@@ -159,11 +153,8 @@ impl UsageClient {
             return timed_out(self.http.settings.timeout);
         }
         let cause = root_cause(error);
-        if error.is_connect() {
-            QuotaError::Network(format!("cannot connect: {cause}"))
-        } else {
-            QuotaError::Network(cause)
-        }
+        let cause = if error.is_connect() { format!("cannot connect: {cause}") } else { cause };
+        QuotaError::Network(cause)
     }
 }
 
@@ -189,7 +180,6 @@ struct SharedHttp {
     settings: HttpSettings,
     /// The extra CA files that open; they are read when the client is built.
     ca_files: Vec<PathBuf>,
-    /// One message per extra CA file that cannot be opened, known at once.
     trust_warnings: Vec<String>,
     client: OnceLock<Result<reqwest::Client, String>>,
 }
@@ -285,19 +275,16 @@ fn parse_url(text: &str) -> Result<Url, String> {
 
 /// 127.0.0.0/8, `::1` (also as an IPv4-mapped address) and `localhost`.
 fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
-        Ok(IpAddr::V6(ip)) => {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
             ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
-        Err(_) => {
-            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+        Some(Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
             name == "localhost" || name.ends_with(".localhost")
         }
+        None => false,
     }
 }
 
@@ -325,9 +312,8 @@ fn unusable_ca_file(file: &std::path::Path, reason: &str) -> String {
     format!("extra CA file {} cannot be used ({reason}); skipped", file.display())
 }
 
-/// The `Authorization` value, marked sensitive so it is never printed by `Debug`. A token that
-/// cannot be a header value (a line break, a control character) is the caller's mistake, not an
-/// endpoint failure: it is refused before any request and arms no backoff.
+/// The `Authorization` value, marked sensitive so `Debug` never prints it. A token that cannot be
+/// a header value is the caller's mistake, refused before any request (docs/endpoint.md#request).
 fn bearer(access_token: &str) -> Result<HeaderValue, QuotaError> {
     let mut value = HeaderValue::from_str(&format!("Bearer {access_token}")).map_err(|_| {
         QuotaError::InvalidArgument(
@@ -367,10 +353,9 @@ async fn read_up_to(
     Ok(body)
 }
 
-/// Reads an answer, the HTTP client's or the one a host's `fetch` gave
-/// (docs/endpoint.md#host-transports, `fetchImpl`): the status picks the error class,
-/// `Retry-After` is honoured, the body is checked (at most [`MAX_BODY_BYTES`] on success) and
-/// scrubbed of the token.
+/// Reads an answer, the HTTP client's or a host `fetchImpl`'s (docs/endpoint.md#host-transports):
+/// the status picks the error class, `Retry-After` is honoured, the body is checked (at most
+/// [`MAX_BODY_BYTES`] on success) and scrubbed of the token.
 pub fn interpret_response(
     status: u16,
     retry_after: Option<&str>,

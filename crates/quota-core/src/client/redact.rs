@@ -22,19 +22,16 @@ pub(super) fn error_body_text(raw: &[u8], access_token: &str, status: StatusCode
     }
 }
 
-/// Text from outside (an error body, a host transport's rejection) fit for a message that is
-/// stored and handed to the host: every echo of the token redacted, trimmed, at most
-/// [`MAX_ERROR_BODY_CHARS`] bytes.
+/// Text from outside (an error body, a host transport's rejection) fit for a stored message:
+/// every echo of the token redacted, trimmed, at most [`MAX_ERROR_BODY_CHARS`] bytes.
 pub fn scrub_message(text: &str, access_token: &str) -> String {
     let text = redact_token(text, access_token);
     truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS).trim_end().to_owned()
 }
 
-/// `text` with every echo of `token` replaced by [`REDACTED`]: literal, or with any of its
-/// characters written as a JSON escape (`\/`, `\u002F`) or percent-escape (`%2F`); and a
-/// token prefix of at least [`MIN_PARTIAL_ECHO_CHARS`] characters that the end of `text` cuts
-/// off (the read stopped inside the echo).
-pub fn redact_token(text: &str, token: &str) -> String {
+/// `text` with every echo of `token` replaced by [`REDACTED`], escaped (`\/`, `\u002F`, `%2F`)
+/// or cut off by the end of `text` too (docs/endpoint.md#token-scrubbing).
+fn redact_token(text: &str, token: &str) -> String {
     if token.is_empty() {
         return text.to_owned();
     }
@@ -79,10 +76,9 @@ fn escaped_char_len(text: &str, wanted: char) -> Option<usize> {
     if text.starts_with(wanted) {
         return Some(wanted.len_utf8());
     }
-    let bytes = text.as_bytes();
-    let hex_char = |digits: &[u8]| {
-        std::str::from_utf8(digits)
-            .ok()
+    // `from_str_radix` alone would take a sign too.
+    let hex_char = |digits: Option<&str>| {
+        digits
             .filter(|d| d.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|d| u32::from_str_radix(d, 16).ok())
             .and_then(char::from_u32)
@@ -90,10 +86,10 @@ fn escaped_char_len(text: &str, wanted: char) -> Option<usize> {
     if wanted == '/' && text.starts_with("\\/") {
         return Some(2);
     }
-    if bytes.len() >= 6 && bytes.starts_with(b"\\u") && hex_char(&bytes[2..6]) == Some(wanted) {
+    if text.starts_with("\\u") && hex_char(text.get(2..6)) == Some(wanted) {
         return Some(6);
     }
-    if bytes.len() >= 3 && bytes[0] == b'%' && hex_char(&bytes[1..3]) == Some(wanted) {
+    if text.starts_with('%') && hex_char(text.get(1..3)) == Some(wanted) {
         return Some(3);
     }
     None
