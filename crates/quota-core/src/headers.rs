@@ -1,8 +1,6 @@
 //! Quota harvested from the unified rate-limit headers of `/v1/messages` responses (docs/headers.md).
-//!
-//! Every response already carries these headers, so reading them costs no usage-endpoint call.
-//! The values arrive from the network and through the JavaScript host, so each field is parsed
-//! on its own: a garbage value drops that field, never the frame, and nothing here can panic.
+//! The values arrive from the network and through the JavaScript host: a garbage value drops its
+//! field, never the frame, and nothing here can panic.
 
 use chrono::{DateTime, SecondsFormat};
 use serde_json::Value;
@@ -15,7 +13,6 @@ const PREFIX: &str = "anthropic-ratelimit-unified-";
 /// refusing it early keeps a hostile megabyte-long header cheap.
 const MAX_NUMBER_LEN: usize = 64;
 
-/// Longest `representative-claim` token we accept.
 const MAX_TOKEN_LEN: usize = 64;
 
 /// 9999-12-31T23:59:59Z: later resets would not format as RFC 3339 (five-digit years), so
@@ -111,14 +108,12 @@ fn non_negative_number(value: &str) -> Option<f64> {
     value.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0)
 }
 
-/// A utilisation fraction as a whole used percentage. A fraction above 1 clamps to 100 (the
-/// window is over its limit); a negative one is garbage rather than "unused".
+/// A utilisation fraction as a whole used percentage (docs/headers.md#parsing).
 fn used_percent(value: &str) -> Option<f64> {
     non_negative_number(value).map(|fraction| (fraction * 100.0).round().clamp(0.0, 100.0))
 }
 
-/// Unix seconds as an RFC 3339 UTC string. Zero is treated as garbage: it is a placeholder, not
-/// a reset in 1970.
+/// Unix seconds as an RFC 3339 UTC string; zero is a placeholder (docs/headers.md#parsing).
 fn reset_iso(value: &str) -> Option<String> {
     let seconds = non_negative_number(value).filter(|s| *s > 0.0 && *s <= MAX_RESET_SECONDS)?;
     // Whole milliseconds keep fractional seconds without float noise in the output.
@@ -149,10 +144,9 @@ pub fn header_pairs(value: &Value) -> Vec<(String, String)> {
     fields.filter_map(|(name, value)| Some((name.clone(), text(value)?))).collect()
 }
 
-/// What a header push carries: the response's headers, or a snapshot the host built itself.
-/// `None` for headers that carry no 5-hour or 7-day quota, and for a value with no snapshot
-/// field at all; a snapshot without windows is still a frame (it is merged, as the plugin's
-/// manager merges it: its other fields, such as `fallbackAdvised`, are the latest response's).
+/// What a header push carries: the response's headers, or a snapshot the host built itself,
+/// which is a frame even without windows (docs/headers.md#merging-a-header-frame). `None` for
+/// headers without quota and for a value with no snapshot field at all.
 pub fn frame_from_value(value: &Value, now_ms: i64) -> Option<QuotaSnapshot> {
     let object = value.as_object()?;
     let looks_like_headers =
