@@ -140,14 +140,14 @@ enum WindowKey {
 
 /// Every field a (scoped) window may have, as read.
 #[derive(Default)]
-struct WindowFields {
-    used_percent: Option<f64>,
-    checked_at: Option<i64>,
-    resets_at: Option<String>,
-    id: Option<String>,
-    title: Option<String>,
-    model_id: Option<String>,
-    model_name: Option<String>,
+pub(crate) struct WindowFields {
+    pub used_percent: Option<f64>,
+    pub checked_at: Option<i64>,
+    pub resets_at: Option<String>,
+    pub id: Option<String>,
+    pub title: Option<String>,
+    pub model_id: Option<String>,
+    pub model_name: Option<String>,
 }
 
 impl<'de> ReadFields<'de> for WindowFields {
@@ -173,7 +173,7 @@ impl WindowFields {
         Some(QuotaWindow::from_used(self.used_percent?, self.resets_at.clone(), self.checked_at?))
     }
 
-    fn scoped(self) -> Option<ScopedQuotaWindow> {
+    pub fn scoped(self) -> Option<ScopedQuotaWindow> {
         let window = self.window()?;
         let model_name = self.model_name?;
         Some(ScopedQuotaWindow {
@@ -240,30 +240,28 @@ impl<'de> ReadFields<'de> for QuotaSnapshot {
     type Key = SnapshotKey;
 
     fn read<A: MapAccess<'de>>(&mut self, key: SnapshotKey, map: &mut A) -> Result<(), A::Error> {
-        let field = match key {
+        match key {
             SnapshotKey::Window(kind) => {
                 let Fields(fields) = map.next_value::<Fields<WindowFields>>()?;
                 *self.window_mut(kind) = fields.and_then(|w| w.window());
-                return Ok(());
             }
-            SnapshotKey::Field(field) => field,
-        };
-        match field {
-            SnapshotField::Scoped => {
-                let items: Option<Vec<Fields<WindowFields>>> = lenient(map)?;
-                self.scoped = items.map(|items| {
-                    items.into_iter().filter_map(|Fields(item)| item?.scoped()).collect()
-                });
-            }
-            SnapshotField::ExtraUsage => self.extra_usage = typed(map)?,
-            SnapshotField::BindingWindow => self.binding_window = non_blank(map)?,
-            SnapshotField::BindingWindowSource => self.binding_window_source = typed(map)?,
-            SnapshotField::FallbackAdvised => self.fallback_advised = lenient(map)?,
-            SnapshotField::Source => self.source = typed(map)?,
-            SnapshotField::CheckedAt => self.checked_at = timestamp(map)?,
-            SnapshotField::AccountIdentity => self.account_identity = non_blank(map)?,
-            SnapshotField::FieldSources => self.field_sources = typed(map)?,
-            SnapshotField::Other => drop(map.next_value::<IgnoredAny>()?),
+            SnapshotKey::Field(field) => match field {
+                SnapshotField::Scoped => {
+                    let items: Option<Vec<Fields<WindowFields>>> = lenient(map)?;
+                    self.scoped = items.map(|items| {
+                        items.into_iter().filter_map(|Fields(item)| item?.scoped()).collect()
+                    });
+                }
+                SnapshotField::ExtraUsage => self.extra_usage = typed(map)?,
+                SnapshotField::BindingWindow => self.binding_window = non_blank(map)?,
+                SnapshotField::BindingWindowSource => self.binding_window_source = typed(map)?,
+                SnapshotField::FallbackAdvised => self.fallback_advised = lenient(map)?,
+                SnapshotField::Source => self.source = typed(map)?,
+                SnapshotField::CheckedAt => self.checked_at = timestamp(map)?,
+                SnapshotField::AccountIdentity => self.account_identity = non_blank(map)?,
+                SnapshotField::FieldSources => self.field_sources = typed(map)?,
+                SnapshotField::Other => drop(map.next_value::<IgnoredAny>()?),
+            },
         }
         Ok(())
     }

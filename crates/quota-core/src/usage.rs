@@ -1,11 +1,10 @@
-//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body).
-//!
-//! The body is untrusted: every field is read on its own and a junk value drops only that field
-//! (or that one `limits[]` entry), never the whole snapshot. Fields are read by indexing a
-//! `Value`, which never panics: a missing one, or one of a non-object, reads as `null`.
+//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body),
+//! field by field. Fields are read by indexing a `Value`, which never panics: a missing one, or
+//! one of a non-object, reads as `null`.
 
 use serde_json::Value;
 
+use crate::lenient::WindowFields;
 use crate::snapshot::{
     finite, non_blank_string, parse_iso_ms, ExtraUsage, QuotaMoney, QuotaSnapshot, QuotaSource,
     QuotaWindow, ScopedQuotaWindow, WindowKind,
@@ -24,9 +23,10 @@ const MAX_EXPONENT: u8 = 20;
 /// arrived (Unix ms). `scoped` is always `Some`, so a merge can tell "the poll saw no scoped
 /// windows" from "no poll yet".
 pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
-    let limits = limit_entries(body);
-    let scoped = scoped_windows(&limits, checked_at);
-    let binding_window = binding_window(&limits, checked_at);
+    // Entries that are not objects read as nothing: indexing one gives `null`.
+    let limits = body["limits"].as_array().map_or(&[][..], Vec::as_slice);
+    let scoped = scoped_windows(limits, checked_at);
+    let binding_window = binding_window(limits, checked_at);
     let mut snapshot = QuotaSnapshot {
         scoped: Some(scoped),
         extra_usage: extra_usage(body),
@@ -43,9 +43,8 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     snapshot
 }
 
-/// The top-level fields of a usage answer besides the standard windows. A 200 with none of
-/// them (e.g. an error object `{"type":"error",…}` sent with the wrong status) observed nothing:
-/// taking it as an empty snapshot would erase known windows.
+/// The usage fields besides the standard windows; a 200 with none of them observed nothing
+/// (docs/endpoint.md#response-body).
 const OTHER_USAGE_FIELDS: [&str; 3] = ["seven_day_opus", "limits", "extra_usage"];
 
 /// Checks that a parsed 200 body is a usage answer; the reason when it is not.
@@ -108,13 +107,6 @@ pub fn slug(text: &str) -> String {
     words.join("-")
 }
 
-/// The `limits[]` entries that are objects; anything else in the array is junk.
-fn limit_entries(body: &Value) -> Vec<&Value> {
-    body["limits"]
-        .as_array()
-        .map_or_else(Vec::new, |items| items.iter().filter(|item| item.is_object()).collect())
-}
-
 fn window(value: &Value, checked_at: i64) -> Option<QuotaWindow> {
     let used = finite(&value["utilization"])?;
     Some(QuotaWindow::from_used(used, iso_time(&value["resets_at"]), checked_at))
@@ -125,7 +117,7 @@ fn iso_time(value: &Value) -> Option<String> {
     non_blank_string(value).filter(|text| parse_iso_ms(text).is_some())
 }
 
-fn scoped_windows(limits: &[&Value], checked_at: i64) -> Vec<ScopedQuotaWindow> {
+fn scoped_windows(limits: &[Value], checked_at: i64) -> Vec<ScopedQuotaWindow> {
     let mut windows: Vec<ScopedQuotaWindow> = Vec::new();
     for window in limits.iter().filter_map(|e| scoped_window(e, checked_at)) {
         if !windows.iter().any(|seen| seen.id == window.id) {
@@ -140,30 +132,26 @@ fn scoped_window(entry: &Value, checked_at: i64) -> Option<ScopedQuotaWindow> {
     if entry["kind"] != SCOPED_LIMIT_KIND || entry["group"] != "weekly" {
         return None;
     }
-    let percent = finite(&entry["percent"])?;
     let model = &entry["scope"]["model"];
     let model_name = non_blank_string(&model["display_name"])?;
     let model_id = non_blank_string(&model["id"]);
     let id_slug = slug(model_id.as_deref().unwrap_or(&model_name));
-    if id_slug.is_empty() {
-        return None;
-    }
-    let base = QuotaWindow::from_used(percent, iso_time(&entry["resets_at"]), checked_at);
-    Some(ScopedQuotaWindow {
-        used_percent: base.used_percent,
-        remaining_percent: base.remaining_percent,
-        resets_at: base.resets_at,
-        checked_at,
-        id: format!("{SCOPED_ID_PREFIX}{id_slug}"),
-        title: format!("{model_name} only"),
+    // Built by the stored window's reader, so both follow one rule (its default title).
+    WindowFields {
+        used_percent: finite(&entry["percent"]),
+        checked_at: Some(checked_at),
+        resets_at: iso_time(&entry["resets_at"]),
+        id: (!id_slug.is_empty()).then(|| format!("{SCOPED_ID_PREFIX}{id_slug}")),
+        title: None,
         model_id,
-        model_name,
-    })
+        model_name: Some(model_name),
+    }
+    .scoped()
 }
 
 /// Only the first active limit counts: a later active one is not a fallback for a first one
 /// that is unknown or malformed.
-fn binding_window(limits: &[&Value], checked_at: i64) -> Option<String> {
+fn binding_window(limits: &[Value], checked_at: i64) -> Option<String> {
     let active = limits.iter().find(|entry| entry["is_active"] == true)?;
     match active["kind"].as_str()? {
         SCOPED_LIMIT_KIND => scoped_window(active, checked_at).map(|w| w.id),
