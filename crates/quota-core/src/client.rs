@@ -231,9 +231,7 @@ impl SharedHttp {
             .redirect(redirect::Policy::none())
             .timeout(settings.timeout)
             .tls_built_in_native_certs(system_roots);
-        for root in roots {
-            builder = builder.add_root_certificate(root.clone());
-        }
+        builder = roots.iter().cloned().fold(builder, reqwest::ClientBuilder::add_root_certificate);
         let proxy = &settings.connection.proxy;
         if *proxy != ProxySetting::System {
             builder = builder.no_proxy();

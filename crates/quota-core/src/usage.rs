@@ -19,9 +19,8 @@ const DEFAULT_EXPONENT: u8 = 2;
 /// Larger exponents make `10^exponent` overflow the JS number range used for formatting.
 const MAX_EXPONENT: u8 = 20;
 
-/// Builds a poll snapshot from a usage-endpoint body. `checked_at` is when the response headers
-/// arrived (Unix ms). `scoped` is always `Some`, so a merge can tell "the poll saw no scoped
-/// windows" from "no poll yet".
+/// A poll snapshot from a usage-endpoint body; `checked_at` is when the response headers arrived.
+/// `scoped` is always `Some`, even empty (docs/endpoint.md#scoped-windows).
 pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     // Entries that are not objects read as nothing: indexing one gives `null`.
     let limits = body["limits"].as_array().map_or(&[][..], Vec::as_slice);
@@ -149,8 +148,7 @@ fn scoped_window(entry: &Value, checked_at: i64) -> Option<ScopedQuotaWindow> {
     .scoped()
 }
 
-/// Only the first active limit counts: a later active one is not a fallback for a first one
-/// that is unknown or malformed.
+/// Only the first active limit counts (docs/endpoint.md#binding-window).
 fn binding_window(limits: &[Value], checked_at: i64) -> Option<String> {
     let active = limits.iter().find(|entry| entry["is_active"] == true)?;
     match active["kind"].as_str()? {
