@@ -124,11 +124,8 @@ fn reset_iso(value: &str) -> Option<String> {
 /// A short token such as a window's name or `allowed_warning`, lowercased so comparisons downstream
 /// need not care how the server spelled it.
 fn token(value: &str) -> Option<String> {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_TOKEN_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
+    let valid = (1..=MAX_TOKEN_LEN).contains(&value.len()) && value.bytes().all(allowed);
     valid.then(|| value.to_ascii_lowercase())
 }
 
