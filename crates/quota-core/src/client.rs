@@ -31,8 +31,7 @@ pub const MAX_ERROR_BODY_CHARS: usize = 1024;
 
 /// The OAuth usage endpoint refuses requests without this beta flag.
 const ANTHROPIC_BETA: &str = "oauth-2025-04-20";
-/// Read a little past the message limit so trimming and redaction see whole words, but never
-/// pull a large error page over the wire.
+/// Past the message limit, so trimming and redaction see whole words (docs/endpoint.md#limits).
 const ERROR_BODY_READ_BYTES: usize = 4 * MAX_ERROR_BODY_CHARS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,8 +132,7 @@ impl UsageClient {
         let retry_after =
             response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = if status.is_success() {
-            // Refused before the first byte when announced, else once past the limit (in
-            // `interpret_response`), never after the whole body has been buffered.
+            // Refused by its announced length, else once past the limit (docs/endpoint.md#limits).
             if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
                 return Err(body_too_large());
             }
