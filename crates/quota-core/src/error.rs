@@ -146,7 +146,7 @@ pub enum ConfigError {
     HttpClient(String),
     #[error("redis.url: {0}")]
     RedisUrl(String),
-    /// Shown without its credentials.
+    /// The URL is shown without its credentials.
     #[error("redis.url must start with redis:// or rediss://, got {0}")]
     RedisScheme(String),
     #[error("redis.keyPrefix must be a string of at most {0} characters")]
