@@ -25,8 +25,7 @@ impl RouteSlot {
         self.record.backoff_updated_at = now;
     }
 
-    /// Adopts a backoff the host persisted, when it is newer than the one the slot has and no
-    /// poll succeeded after it (the host may keep its last error after a later success).
+    /// Adopts a backoff the host persisted (docs/backoff.md#persisted-backoff).
     pub(super) fn adopt_persisted_error(&mut self, error: &ApiErrorRecord, now: i64) {
         let polled_since = self.entry().is_some_and(|entry| {
             entry.quota.source == Some(QuotaSource::Poll) && entry.checked_at > error.checked_at
@@ -40,9 +39,8 @@ impl RouteSlot {
 }
 
 impl QuotaManager {
-    /// Another process may have cleared a backoff held here, and this process, making no attempt
-    /// while backed off, would not learn it: asking about a backed-off route reads the shared
-    /// store again, in the background and at most once a second (docs/backoff.md#shared-backoff).
+    /// Reads a backed-off route's shared record again, which another process may have cleared
+    /// (docs/backoff.md#shared-backoff).
     pub(super) fn recheck_backoff_soon(&self, state: &super::State, route: &RouteId, now: i64) {
         let due = |slot: &&RouteSlot| {
             slot.record.backoff.is_open(now) && slot.claim_backoff_recheck(now, BACKOFF_RECHECK_MS)
@@ -84,10 +82,7 @@ impl QuotaManager {
             rand::random::<f64>(),
             attempt.identity.as_deref(),
         );
-        if armed.is_some() {
-            record.backoff_updated_at = now;
-        }
-        armed
+        armed.inspect(|_| record.backoff_updated_at = now)
     }
 
     pub fn is_backed_off(&self) -> bool {
@@ -113,7 +108,6 @@ impl QuotaManager {
         self.state().routes.fallback(id)?.record.backoff.last_error.clone()
     }
 
-    /// The 429 the plugin answers with when it fails closed (docs/routing.md#fail-closed-answer).
     pub fn fail_closed_response(&self) -> Option<FailClosedResponse> {
         let now = self.now_ms();
         let state = self.state();

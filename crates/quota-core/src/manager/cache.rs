@@ -169,8 +169,7 @@ impl QuotaManager {
     }
 
     /// The first instant at which [`Self::is_main_stale`] turns true while nothing else changes
-    /// (`i64::MIN`: already, whatever the time). A host may keep it until the change counter
-    /// moves and compare it with the manager's clock itself.
+    /// (`i64::MIN`: already), for the host to keep (docs/freshness.md#staleness).
     pub fn main_stale_from(&self, model: Option<&str>) -> i64 {
         let state = self.state();
         let routes = &state.routes;
@@ -182,8 +181,7 @@ impl QuotaManager {
                 return i64::MIN;
             }
         }
-        // The last attempt is the shared record's: an attempt by any process counts, so many
-        // processes still poll once per interval between them.
+        // The shared record's last attempt (docs/freshness.md#header-only-staleness).
         freshness::main_stale_from(
             main.entry().map(Arc::as_ref),
             main.record.last_attempt_at,

@@ -1,7 +1,6 @@
-//! The change counter: bumped whenever the manager's state is borrowed mutably, so a host can
-//! keep answers of the synchronous reads (`getMain`, the staleness deadline, settings) while one
-//! atomic load finds it unmoved. It has a stable address, so the binding shows it to JavaScript
-//! as shared memory (an `Int32Array` over an external `ArrayBuffer`).
+//! The change counter: bumped whenever the manager's state is borrowed mutably, so a host keeps
+//! its answers of the synchronous reads (`getMain`, the staleness deadline, settings) while it
+//! has not moved; the binding shows it to JavaScript as shared memory (an `Int32Array`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -14,10 +13,6 @@ use std::sync::{Arc, MutexGuard};
 pub struct ChangeCounter(Arc<[AtomicI32; 2]>);
 
 impl ChangeCounter {
-    pub fn current(&self) -> i32 {
-        self.0[0].load(Ordering::Acquire)
-    }
-
     /// Announces a change made outside the guarded state (which identities are tokens).
     pub(super) fn bump(&self) {
         self.0[0].fetch_add(1, Ordering::AcqRel);
@@ -72,6 +67,13 @@ impl<T> Drop for StateGuard<'_, T> {
         if self.changed {
             self.changes.bump();
         }
+    }
+}
+
+#[cfg(test)]
+impl ChangeCounter {
+    pub fn current(&self) -> i32 {
+        self.0[0].load(Ordering::Acquire)
     }
 }
 

@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use super::loading::lock;
 use crate::fingerprint::fingerprint;
 
 const TOKEN_IDENTITY_PREFIX: &str = "token:";
 
-/// Who the main route belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MainIdentity {
     /// An account the host named (`mainAccountId`, or an `identity` argument).
@@ -63,13 +63,11 @@ pub(super) fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) 
     }
 }
 
-/// Who a main refresh is for.
 #[derive(Clone, Copy, Debug)]
 pub enum MainTarget<'a> {
     /// Named only by its token (one-argument `refreshMain`).
     Token,
-    /// No identity (`refreshMain(undefined, token)`), as the plugin's manager takes it: an
-    /// identity of its own, so a bound one is unbound first.
+    /// No identity (`refreshMain(undefined, token)`): one of its own (docs/compat.md#signatures).
     Unnamed,
     Named(&'a str),
 }
@@ -158,8 +156,4 @@ impl SeenTokens {
         }
         any_new
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

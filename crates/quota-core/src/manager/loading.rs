@@ -1,7 +1,6 @@
-//! Loading the state file off the host's thread (a 51 MB file took 2 s of the JavaScript thread
-//! in the constructor): the read and the seeding after it run on the blocking pool, and whoever
-//! needs the state first waits for them, or runs them itself when they have not started (so a
-//! runtime that never gets to the task cannot leave anyone waiting).
+//! Loading the state file off the host's thread (docs/state-file.md#seeding; a 51 MB file took
+//! 2 s of it): whoever needs the state first waits for the load, or runs it itself when it has
+//! not started, so a runtime that never gets to the task cannot leave anyone waiting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -31,7 +30,7 @@ impl Loading {
 
     /// A load to run before anyone may read the state (armed before the manager is handed out).
     pub fn arm(&self, job: Job) {
-        self.lock().job = Some(job);
+        lock(&self.inner).job = Some(job);
         self.done.store(false, Ordering::Release);
     }
 
@@ -41,7 +40,7 @@ impl Loading {
         if self.done.load(Ordering::Acquire) {
             return;
         }
-        let mut pending = self.lock();
+        let mut pending = lock(&self.inner);
         let here = std::thread::current().id();
         if pending.runner == Some(here) {
             return;
@@ -53,7 +52,7 @@ impl Loading {
             // then starts with what was seeded so far, as a failed read starts empty.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             self.done.store(true, Ordering::Release);
-            self.lock().runner = None;
+            lock(&self.inner).runner = None;
             self.finished.notify_all();
             return;
         }
@@ -61,10 +60,11 @@ impl Loading {
             pending = self.finished.wait(pending).unwrap_or_else(PoisonError::into_inner);
         }
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Pending> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// Locks `mutex` even when poisoned: a panic elsewhere must not disable the manager.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -87,8 +87,7 @@ impl QuotaManager {
         self.state().routes.retarget_main(None);
     }
 
-    /// Clears the main backoff here and, through the state file, in every process. `None`
-    /// when no error is set.
+    /// `clearMainBackoff` (docs/compat.md#main-identity).
     pub fn clear_main_backoff(&self) -> Option<u64> {
         let now = self.now_ms();
         let mut state = self.state();
@@ -120,9 +119,8 @@ impl QuotaManager {
         served.then(|| entry.clone())
     }
 
-    /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the token
-    /// of the same call, one shaped like an OAuth token: Anthropic's start with `sk-ant-`, or
-    /// one this manager was handed), so no token reaches the state file or a callback.
+    /// `identity` as the manager keeps it: `token:<fingerprint>` when it is a token (the same
+    /// call's, `sk-ant-…`, or one handed over; docs/state-file.md#no-tokens).
     pub fn identity_form(&self, identity: Option<String>, token: Option<&str>) -> Option<String> {
         let identity = identity?;
         let is_token = token == Some(identity.as_str())

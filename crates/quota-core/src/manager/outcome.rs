@@ -10,7 +10,6 @@ use crate::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use crate::stats::Stats;
 use crate::store::RouteRecord;
 
-/// What a refresh hands back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RefreshOutcome {
     pub quota: QuotaSnapshot,
@@ -73,8 +72,7 @@ pub trait HostEvents: Send + Sync {
 
 pub(super) type Settled = (Served, Result<RefreshOutcome, QuotaError>);
 
-/// The answer while the route is backed off: the cache, or a `QUOTA_BACKED_OFF` error when
-/// empty; `None` when it is not backed off.
+/// The answer while the route is backed off (docs/backoff.md#while-backed-off); `None` when not.
 pub(super) fn backed_off_answer(record: &RouteRecord, now: i64) -> Option<Settled> {
     if !record.backoff.is_open(now) {
         return None;

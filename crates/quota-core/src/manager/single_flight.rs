@@ -9,8 +9,7 @@ use futures::future::{BoxFuture, FutureExt};
 /// A running piece of work's result, which any number of callers can await.
 pub(super) type Shared<T> = futures::future::Shared<BoxFuture<'static, T>>;
 
-/// Where a flight is in its life (docs/single-flight.md#in-one-process): a joiner is counted in
-/// the leader's tally until the flight is finished, and counts itself after.
+/// Where a flight is in its life: how a joiner is counted (docs/single-flight.md#in-one-process).
 enum Stage<T> {
     Running,
     /// The result is known while the work still tells the host: a joiner gets it at once.
@@ -141,21 +140,18 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         self.iter().find(|flight| Some(flight.id) == self.last_handed)
     }
 
-    /// The flight `id`'s result is known before its work ends.
     pub fn settle(&mut self, id: u64, value: T) {
         if let Some(flight) = self.by_id(id) {
             flight.settle(value);
         }
     }
 
-    /// The flight `id`'s work is done: it goes once every caller has been answered.
     pub fn finish(&mut self, id: u64, value: T) {
         if self.by_id(id).is_some_and(|flight| flight.finish(value)) {
             self.remove(id);
         }
     }
 
-    /// One caller of the flight `id` was answered: it goes if it was the last and the work is done.
     pub fn answered(&mut self, id: u64) {
         if self.by_id(id).is_some_and(Flight::answered) {
             self.remove(id);

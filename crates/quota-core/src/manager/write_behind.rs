@@ -51,16 +51,14 @@ impl WriteBehind {
 impl QuotaManager {
     /// Queues the route's current record for the next write.
     pub(super) fn write_route_soon(&self, state: &mut State, route: &RouteId) {
-        let Some(slot) = state.routes.slot(route).filter(|_| !self.inner.shared.is_memory_only())
-        else {
-            return;
-        };
-        let key = state.routes.key(route);
-        self.write_soon(state, StoreUpdate::Merge { key, record: Box::new(slot.record.clone()) });
+        let slot = state.routes.slot(route).filter(|_| !self.inner.shared.is_memory_only());
+        if let Some(record) = slot.map(|slot| Box::new(slot.record.clone())) {
+            let key = state.routes.key(route);
+            self.write_soon(state, StoreUpdate::Merge { key, record });
+        }
     }
 
-    /// Coalesces writes: the first change schedules one write a moment later that carries
-    /// every change made until then.
+    /// Queues `update` for the coalesced write (docs/state-file.md#write-behind).
     pub(super) fn write_soon(&self, state: &mut State, update: StoreUpdate) {
         if self.inner.shared.is_memory_only() || !state.writes.stage(update) {
             return;
@@ -73,8 +71,7 @@ impl QuotaManager {
     }
 
     /// Writes the polled route's record now, with anything else waiting, then releases the
-    /// route's lock. The caller waits for it only briefly: a write stuck on the state-file lock
-    /// (a stopped process holds it) goes on in the background, bounded by the lock timeout.
+    /// route's lock; the caller waits only briefly (docs/state-file.md#write-behind).
     pub(super) async fn persist_attempt(&self, attempt: &Attempt, route_lock: Option<RouteGuard>) {
         if self.inner.shared.is_memory_only() {
             return;
@@ -91,8 +88,7 @@ impl QuotaManager {
             state.writes.stage(StoreUpdate::Merge { key: attempt.key.clone(), record });
             let manager = self.clone();
             let task = self.inner.runtime.spawn(async move {
-                // Fenced by the route's lock: a holder whose Redis lock expired meanwhile
-                // cannot overwrite the newer holder's result.
+                // Fenced by the route's lock (docs/redis.md#writes).
                 manager.flush_under(route_lock.as_ref()).await;
                 if let Some(lock) = route_lock {
                     lock.release().await;
@@ -110,11 +106,10 @@ impl QuotaManager {
         std::mem::take(&mut self.state().writes.running)
     }
 
-    /// Writes everything waiting to be written. Writes are serialised: a caller that finds
-    /// nothing left once its turn comes had its changes written by the one before, so "flushed"
-    /// means "on disk". The next write waits as long as this one took (at most a second):
-    /// written back to back, a large file would take the CPU from the requests whose results it
-    /// writes; waiting lets it carry everything that came in meanwhile.
+    /// Writes everything queued. Writes are serialised, so "flushed" means "on disk": a caller
+    /// finding nothing left had its changes written by the one before. The next write waits as
+    /// long as this one took (at most a second), so a large file does not take the CPU from the
+    /// requests, and the next write carries all that came meanwhile.
     pub async fn flush(&self) {
         self.flush_under(None).await;
     }
@@ -132,8 +127,7 @@ impl QuotaManager {
         let started = std::time::Instant::now();
         match self.inner.shared.apply_as_of(&updates, lock, self.now_ms()).await {
             Ok(loaded) => self.after_write(Ok(loaded)),
-            // The lock expired while this process was paused, and another holder's newer
-            // result stands in Redis; this host's file has ours (merged, newest wins).
+            // Fenced out by a newer lock holder (docs/redis.md#writes); this host's file has ours.
             Err(StoreError::StaleLock) => bump(&self.inner.stats.state_writes),
             Err(error) => self.report_store_error(error),
         }
@@ -144,9 +138,8 @@ impl QuotaManager {
         });
     }
 
-    /// `flush`, on the calling thread: for the host's exit, when no task will run any more. With
-    /// Redis, only the state file is written here (Redis got each poll's record when it was
-    /// polled; what waits now are header pushes and host writes).
+    /// `flush`, on the calling thread, for the host's exit (no task runs any more); with Redis,
+    /// only the state file is written (each poll's record went to Redis when it was polled).
     pub fn flush_now(&self) {
         let Some(store) = self.store_on_host_thread() else {
             return;
