@@ -67,7 +67,7 @@ pub(super) fn same_identity(a: Option<&MainIdentity>, b: Option<&MainIdentity>) 
 pub enum MainTarget<'a> {
     /// Named only by its token (one-argument `refreshMain`).
     Token,
-    /// No identity (`refreshMain(undefined, token)`): one of its own (docs/compat.md#signatures).
+    /// `refreshMain(undefined, token)`: no identity is one of its own (docs/compat.md#signatures).
     Unnamed,
     Named(&'a str),
 }
