@@ -1,9 +1,5 @@
 //! The Redis shared store (docs/redis.md): route locks, route records and change notices on a
-//! Redis server, so "one usage call per account per freshness window" holds across hosts, not
-//! only across the processes of one machine as with the state file ([`crate::store`]). Keys:
-//! docs/redis.md#keys (route keys name identities: no token is ever sent to Redis); fenced,
-//! renewed locks: docs/redis.md#locks; compare-and-set writes with the one merge rule:
-//! docs/redis.md#writes; timeouts and reconnection: docs/redis.md#failure-behaviour.
+//! Redis server, shared across hosts. No token is ever sent to Redis (docs/redis.md#keys).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -39,10 +35,9 @@ const MAX_WRITE_CONFLICTS: usize = 16;
 /// Notices buffered per waiter; a waiter that falls behind simply looks again.
 const NOTICE_BUFFER: usize = 256;
 
-/// Takes the lock when free, with a new fencing token, and reads the record under it in the
-/// same round trip. Returns `{1, fence, record or ''}`, or `{0, pttl, ''}` when held. Why the
-/// token is raised to Redis's clock and a lock without expiry gets a lease: docs/redis.md#locks.
-/// Numbers cross as `%d` text: Lua writes large numbers in exponent form.
+/// Takes the lock when free, with a new fencing token (docs/redis.md#locks), and reads the record
+/// in the same round trip: `{1, fence, record or ''}`, or `{0, pttl, ''}` when held. Numbers
+/// cross as `%d` text: Lua writes large numbers in exponent form.
 const ACQUIRE_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local pttl = redis.call('PTTL', KEYS[1])
@@ -265,9 +260,7 @@ impl RedisStore {
         Ok(LockTry::Held { expires_in })
     }
 
-    /// Takes the route's lock, waiting up to `wait` for another holder: woken by its release
-    /// notice, or by its TTL running out (a dead holder sends none). `None` when still held at
-    /// the deadline.
+    /// Takes the route's lock, waiting up to `wait` (docs/redis.md#locks); `None` when still held.
     pub async fn lock_route(
         &self,
         key: &str,
@@ -331,10 +324,8 @@ impl RedisStore {
         .await
     }
 
-    /// Folds each update into Redis with [`RouteRecord::merge_as_of`], `trusted_until` as in
-    /// [`crate::store::StateStore::apply_as_of`]. The update of the route `lock` guards is
-    /// fenced: rejected with [`StoreError::StaleLock`] when the lock is no longer this holder's.
-    /// Stops at the first error.
+    /// Folds each update in ([`RouteRecord::merge_as_of`]); `lock` fences its route's
+    /// (docs/redis.md#writes).
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],

@@ -1,7 +1,5 @@
-//! Where route locks and route records are shared: the state file (the processes of one
-//! machine, [`crate::store`]) or Redis (several hosts, [`crate::redis_store`]). [`SharedStore`]
-//! is what the manager holds: Redis while it answers, the state file when it does not (reported
-//! once per outage), and Redis again when it is back (docs/redis.md#failure-behaviour).
+//! Where route locks and records are shared: Redis ([`crate::redis_store`]) while it answers, else
+//! the state file ([`crate::store`]), reported once per outage (docs/redis.md#failure-behaviour).
 
 use std::fs::File;
 use std::future::Future;
@@ -36,8 +34,7 @@ impl RouteGuard {
 /// A route lock taken, and the route's record read under it.
 #[derive(Debug)]
 pub struct LockedRoute {
-    /// `None` when the lock could not be used at all (the file's `.locks` directory is
-    /// unusable...): the request goes on without it, single flight still holds in-process.
+    /// `None` when the lock cannot be used (docs/single-flight.md#without-a-shared-store).
     pub guard: Option<RouteGuard>,
     pub record: Option<RouteRecord>,
     /// Why the lock or the record could not be used, for the host's report.
@@ -47,12 +44,10 @@ pub struct LockedRoute {
 /// Why a call to a shared store failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// Redis could not be reached, did not answer within the operation timeout, or refused the
-    /// command: the composite store falls back to the file.
+    /// Redis unreachable, silent past the operation timeout, or refusing: the file takes over.
     #[error("Redis unavailable: {0}")]
     Unavailable(String),
-    /// A fenced write whose lock had expired (and maybe a newer holder has it): rejected, the
-    /// newer holder's result stands.
+    /// A fenced write whose lock had expired: the newer holder's result stands.
     #[error("the route lock expired before the write")]
     StaleLock,
     /// The Redis record kept changing under a compare-and-set for every retry.
@@ -72,11 +67,8 @@ enum Backend<'a> {
 }
 
 impl Backend<'_> {
-    /// Takes the route's lock, waiting up to `wait` for another holder, and reads the route's
-    /// record under it; `None` when another holder kept it for the whole wait. Redis wakes on the
-    /// holder's release notice or its TTL running out; the file waits on the blocking pool (never
-    /// a runtime worker or the host's thread), and a lock it gets after `wait` is let go at once.
-    /// Memory takes no lock. This is the manager's only wait on another process.
+    /// Takes the route's lock, waiting up to `wait` (the file on the blocking pool, letting a lock
+    /// got later go), and reads its record under it; `None` when another holder kept it.
     async fn lock_route(
         self,
         key: &str,
@@ -107,10 +99,8 @@ impl Backend<'_> {
         }
     }
 
-    /// Folds the updates in with [`RouteRecord::merge_as_of`], written by a process whose clock
-    /// reads `now`. In Redis, the update of the route `guard` holds is fenced (rejected when the
-    /// lock expired meanwhile); the file is written under its own lock, the route's held by the
-    /// caller: no fence needed.
+    /// Folds the updates in ([`RouteRecord::merge_as_of`]) by a writer whose clock reads `now`.
+    /// Redis fences the route `guard` holds; the file needs no fence (docs/redis.md#writes).
     async fn apply(
         self,
         updates: &[StoreUpdate],
@@ -172,8 +162,7 @@ struct RedisSide {
     fallbacks: AtomicU64,
 }
 
-/// The manager's shared store: Redis first when configured, the state file when Redis does not
-/// answer (and as the write-through copy), or nothing (memory only).
+/// The manager's shared store: Redis first, the state file (also its write-through copy), or none.
 #[derive(Clone)]
 pub struct SharedStore {
     file: Option<StateStore>,
@@ -208,8 +197,7 @@ impl SharedStore {
         self.file.is_none() && self.redis.is_none()
     }
 
-    /// Where the routes are shared right now (`stats().sharedStore`): `"redis"` while Redis
-    /// answers (across hosts), else `"file"` (this machine) or `"memory"` (this process).
+    /// Where the routes are shared now (`stats().sharedStore`): `"redis"`, `"file"` or `"memory"`.
     pub fn mode(&self) -> &'static str {
         match self.live_redis() {
             Some(_) => "redis",
@@ -233,8 +221,7 @@ impl SharedStore {
         self.file.as_ref().map_or(Backend::Memory, Backend::File)
     }
 
-    /// `call` on Redis while it is up; `None` when it is not, or when it does not answer now
-    /// (reported once per outage: the file takes over until a probe hears Redis again).
+    /// `call` on Redis while it answers; `None` when it is down or stops answering now (reported).
     async fn on_live_redis<'s, T, F>(
         &'s self,
         call: impl FnOnce(Backend<'s>) -> F,
@@ -311,10 +298,8 @@ impl SharedStore {
         self.redis_first(|backend| backend.read_route(key)).await
     }
 
-    /// Writes the updates to Redis (fenced by `guard`) while it answers, and to the state file,
-    /// by a process whose clock reads `now` (see [`Backend::apply`]). The file's result is
-    /// returned (its quarantine and schema reports); a rejected fenced write is returned as
-    /// [`StoreError::StaleLock`] after the file was written.
+    /// Writes the updates to Redis while it answers and to the state file ([`Backend::apply`]):
+    /// the file's result, or [`StoreError::StaleLock`] (after the file was written).
     pub async fn apply_as_of(
         &self,
         updates: &[StoreUpdate],

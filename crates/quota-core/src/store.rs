@@ -1,7 +1,5 @@
-//! The shared state file (docs/state-file.md): one JSON document per machine that every
-//! process's manager reads and merges into. Writes are read-modify-writes under an OS lock on
-//! `<file>.lock`, waited for up to a deadline, that land atomically; route locks are OS locks on
-//! files in `<file>.locks/`, which a dead holder frees at once (docs/state-file.md#atomic-writes).
+//! The shared state file (docs/state-file.md): read-modify-writes under an OS lock on
+//! `<file>.lock`, landing atomically, and route locks in `<file>.locks/`.
 
 mod platform;
 mod record;
@@ -21,8 +19,7 @@ use super::fingerprint::fingerprint;
 use platform::{open_lock_file, FileStamp};
 pub use record::{AdoptionLimits, RouteRecord, MAX_CLOCK_SKEW_MS};
 
-/// The schema this build reads and writes: an older (or no) version is set aside, a newer one
-/// left alone (see [`Loaded`]).
+/// The schema this build reads and writes (docs/state-file.md#newer-schema).
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
 const TEMP_SUFFIX: &str = ".tmp";
@@ -34,8 +31,7 @@ const QUARANTINE_INFIX: &str = ".corrupt-";
 const QUARANTINE_STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
 /// How many quarantined copies are kept (docs/state-file.md#corrupt-file).
 pub const MAX_QUARANTINED_COPIES: usize = 5;
-/// Default bound on waiting for the state-file lock. Critical sections are a read, a merge and a
-/// small write (milliseconds); a holder that keeps it this long is stopped or stalled.
+/// Default bound on the state-file lock's wait: a holder keeps it for milliseconds, or is stuck.
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
@@ -83,9 +79,8 @@ pub struct Loaded {
     pub state: StateFile,
     /// Where an unreadable file was moved, when this read set one aside.
     pub quarantined: Option<PathBuf>,
-    /// The schema version of a file written by a newer build. The file was left untouched (not
-    /// read, not written): the store is read-only while it is there, and the updates of an
-    /// `apply` were not saved. `state` is then empty (for `load`) or the updates alone.
+    /// The version of a newer build's file, left untouched (docs/state-file.md#newer-schema):
+    /// `state` is then empty (for `load`) or the updates alone, not saved.
     pub newer_schema: Option<u64>,
 }
 
@@ -96,8 +91,7 @@ pub struct StateStore {
     locks_dir: PathBuf,
     lock_timeout: Duration,
     /// The file as last read or written here, shared by clones: an unchanged file is not parsed
-    /// again (a route is read under its lock once per request: parsing each time made
-    /// `refreshAllFallbacks` quadratic in the number of accounts).
+    /// again (parsing it per request made `refreshAllFallbacks` quadratic).
     parsed: Arc<Mutex<Option<ParsedCopy>>>,
 }
 
@@ -120,8 +114,7 @@ impl StateStore {
         }
     }
 
-    /// Bounds the wait for the state-file lock; past it, reads and writes that need the lock fail
-    /// with [`QuotaError::LockTimeout`] instead of waiting for a stopped holder.
+    /// Bounds the wait for the state-file lock, then [`QuotaError::LockTimeout`].
     #[must_use]
     pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout;
@@ -132,8 +125,7 @@ impl StateStore {
         &self.path
     }
 
-    /// Reads the file without taking any lock (writers replace it atomically). A corrupt file is
-    /// moved aside and reads as empty; a newer schema's reads as empty, untouched (see [`Loaded`]).
+    /// Reads the file without a lock: a corrupt or newer one reads as empty (see [`Loaded`]).
     pub fn load(&self) -> Result<Loaded, QuotaError> {
         match self.read()? {
             // Another process may have replaced the file since we looked: only a file that is
@@ -189,9 +181,8 @@ impl StateStore {
         self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies updates with a locked read-modify-write, merging into whatever other processes
-    /// wrote meanwhile, by a writer whose clock reads no later than `trusted_until` (`i64::MAX`:
-    /// no bound; [`RouteRecord::merge_as_of`]). Returns the merged file.
+    /// Applies updates in a locked read-modify-write, by a writer trusting times up to
+    /// `trusted_until` ([`RouteRecord::merge_as_of`]). Returns the merged file.
     pub fn apply_as_of(
         &self,
         updates: &[StoreUpdate],
@@ -213,10 +204,8 @@ impl StateStore {
         Ok(loaded)
     }
 
-    /// Takes a route's refresh lock, held while the returned file is open. With `wait`, blocks
-    /// the calling thread until the holder unlocks or dies (the OS wakes it: no polling): run it
-    /// on a blocking pool; a lock taken after its waiter gave up is released when the file is
-    /// dropped. Without, one try: `None` when another holder has it.
+    /// Takes a route's refresh lock, held while the returned file is open: `wait` blocks the thread
+    /// until the holder unlocks or dies (a blocking pool's); else one try, `None` when held.
     pub fn lock_route(&self, key: &str, wait: bool) -> Result<Option<File>, QuotaError> {
         self.ensure_locks_dir()?;
         let path = self.locks_dir.join(format!("{}.lock", fingerprint(key)));
@@ -263,8 +252,7 @@ impl StateStore {
         Ok(target)
     }
 
-    /// The files beside the state file whose names `is_own` accepts: only names of exactly this
-    /// store's patterns, never a sibling store's.
+    /// The files beside the state file whose names `is_own` accepts (never a sibling store's).
     fn own_files(&self, is_own: impl Fn(&str) -> bool) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(self.dir()) else {
             return Vec::new();
@@ -318,8 +306,7 @@ impl StateStore {
             .unwrap_or_else(|| Path::new("."))
     }
 
-    /// The `.locks` directory is ours, so it is made private even when it already exists with
-    /// wider permissions; the state file's own directory is the user's and is never changed.
+    /// The `.locks` directory, made private even when it exists (docs/state-file.md#atomic-writes).
     fn ensure_locks_dir(&self) -> Result<(), QuotaError> {
         let dir = &self.locks_dir;
         match fs::symlink_metadata(dir) {
@@ -388,11 +375,10 @@ impl From<Parsed> for Loaded {
 /// `.<file name>.` + exactly [`TEMP_RANDOM_CHARS`] alphanumerics + `.tmp`: the names this
 /// store's tempfile calls produce, and no other store's (`q.json` vs `q.json.x.json`).
 fn is_own_temp_file(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(TEMP_SUFFIX)).is_some_and(
-        |random| {
-            random.len() == TEMP_RANDOM_CHARS && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        },
-    )
+    let random = name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(TEMP_SUFFIX));
+    random.is_some_and(|r| {
+        r.len() == TEMP_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// Has `stamp` the shape of a [`QUARANTINE_STAMP`] (digits where digits go, not a valid date)?
@@ -407,9 +393,7 @@ fn is_quarantine_stamp(stamp: &str) -> bool {
         })
 }
 
-/// Parses the file: corrupt when it is not a JSON object or has no (or an older) schema version;
-/// [`Parsed::Newer`] for a newer version. A single damaged route record is dropped rather than
-/// condemning the whole file; unknown top-level fields are kept for the next write.
+/// Parses the file (docs/state-file.md#corrupt-file, docs/state-file.md#newer-schema).
 fn parse_state(bytes: &[u8]) -> Parsed {
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(bytes) else {
         return Parsed::Corrupt;

@@ -1,7 +1,5 @@
-//! One request's life, led by the first caller of a route: take the fallback fetch slot and the
-//! route's cross-process lock, fold in what other processes wrote (which may answer it), wait
-//! out the pacing gap, fetch, record the result, write it, and tell the host
-//! (docs/single-flight.md#adopting-another-result, docs/single-flight.md#pacing).
+//! One request's life, led by its route's first caller: the fetch slot, the route's lock, the
+//! shared record (which may answer it), pacing, fetch, write, the host (docs/single-flight.md).
 
 use std::time::Duration;
 
@@ -46,8 +44,7 @@ pub(super) struct Attempt {
 }
 
 impl Attempt {
-    /// The route's last attempt, when it was made with this request's token (a failure met
-    /// with another token is no answer for this one; pacing is per token).
+    /// The route's last attempt, when made with this request's token (pacing is per token).
     fn last_attempt_with_token(&self, record: &RouteRecord) -> Option<i64> {
         let same_token = record.last_attempt_token.as_deref() == Some(&*self.token_fingerprint);
         record.last_attempt_at.filter(|_| same_token)
@@ -113,9 +110,8 @@ impl QuotaManager {
         ((Served::Request, result), announcement)
     }
 
-    /// Takes the route's shared lock, waiting without blocking a thread, and reads the route's
-    /// record under it. A lock or file that cannot be used at all is reported once and the
-    /// request goes on without it (docs/single-flight.md#without-a-shared-store).
+    /// Takes the route's shared lock and reads its record under it; an unusable lock is reported
+    /// and done without (docs/single-flight.md#without-a-shared-store).
     async fn lock_route(
         &self,
         key: &str,
@@ -157,8 +153,7 @@ impl QuotaManager {
         let now = self.now_ms();
         let mut state = self.state();
         let interval = state.settings.interval_ms;
-        // A record from a clock running ahead is adopted clamped, but never taken as an answer:
-        // clamped to "now", it would look fresh at every poll.
+        // Adopted clamped, but never an answer (docs/state-file.md#clock-bounds).
         let beyond_skew = |at: Option<i64>| at > Some(now.saturating_add(MAX_CLOCK_SKEW_MS));
         let from_the_future = beyond_skew(record.and_then(|r| Some(r.entry.as_ref()?.checked_at)));
         let attempt_from_the_future = beyond_skew(record.and_then(|r| r.last_attempt_at));
@@ -193,9 +188,8 @@ impl QuotaManager {
         None
     }
 
-    /// The fetch slot bounds concurrent requests only: it is given back as soon as the answer
-    /// is in, so the next account's request goes out while this result is being written (and
-    /// the writes of many results can be grouped into one).
+    /// The fetch slot is given back once the answer is in: the next account's request goes out
+    /// while this result is written (and many results' writes are grouped).
     async fn fetch_and_record(
         &self,
         attempt: &Attempt,
@@ -229,8 +223,7 @@ impl QuotaManager {
         }
     }
 
-    /// The poll itself: over HTTP, or through the host's transport when it gave one
-    /// (docs/endpoint.md#host-transports).
+    /// The poll: over HTTP, or through the host's transport (docs/endpoint.md#host-transports).
     async fn poll(&self, attempt: &Attempt) -> Result<QuotaSnapshot, QuotaError> {
         let clock = self.inner.clock.clone();
         let now = move || clock.now_ms();
@@ -251,8 +244,7 @@ impl QuotaManager {
         transport.fetch(request, config.timeout, now).await
     }
 
-    /// May a refresh be made with an empty token? Only through a host transport that brings
-    /// its own credentials.
+    /// Only a host transport with its own credentials may refresh with an empty token.
     pub fn can_fetch_without_access_token(&self) -> bool {
         self.inner.config.transport.as_ref().is_some_and(|t| t.0.fetches_without_token())
     }
@@ -283,9 +275,7 @@ impl QuotaManager {
         (quota, true)
     }
 
-    /// Waits until the token's gap has passed (docs/single-flight.md#pacing): measured on the
-    /// manager's clock, waited out in real time (a frozen test clock never hangs). The send time
-    /// is reserved under the state lock, so two routes sharing a token take turns.
+    /// Waits out the token's gap, its send time reserved first (docs/single-flight.md#pacing).
     async fn wait_for_pacing(&self, attempt: &Attempt) {
         let gap = self.inner.config.api_call_gap_ms;
         if gap <= 0 {
@@ -312,8 +302,7 @@ impl QuotaManager {
         }
     }
 
-    /// Notes a request going out now, for this process and (through the route's record, the
-    /// one polled even if the main slot was re-bound meanwhile) for the others.
+    /// Notes a request going out now, here and in the polled route's record (for the others).
     fn note_request(&self, attempt: &Attempt, at: i64) {
         let mut state = self.state();
         let last_call =

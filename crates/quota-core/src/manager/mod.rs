@@ -1,6 +1,5 @@
-//! The manager: per-route cache, backoff and single flight (docs/single-flight.md), the shared
-//! state file, pacing, and the host callbacks. This file is the facade: construction, the shared
-//! state and the handles; each concern is a module of its own, adding its methods.
+//! The manager (docs/single-flight.md, docs/state-file.md). This file builds it and holds its
+//! shared state; each concern is a module of its own, adding its methods.
 
 mod attempt;
 mod backoff_book;
@@ -78,17 +77,16 @@ const HOST_THREAD_LOCK_WAIT: std::time::Duration = std::time::Duration::from_sec
 const MIN_STATE_LOCK_WAIT_MS: i64 = 200;
 
 impl ManagerConfig {
-    /// How long a state-file read-modify-write waits for the file's lock: `lockTimeoutMs`, at
-    /// most the store's default (critical sections take milliseconds; a longer holder is stuck).
+    /// The state-file lock wait: `lockTimeoutMs` in 200 ms..5 s (docs/state-file.md#atomic-writes).
     fn state_lock_wait(&self) -> std::time::Duration {
         let ms = self.lock_timeout_ms.max(MIN_STATE_LOCK_WAIT_MS).unsigned_abs();
         std::time::Duration::from_millis(ms).min(DEFAULT_LOCK_TIMEOUT)
     }
 }
 
-/// The manager's whole mutable state, behind one mutex that is never held across an await.
-/// Every mutable borrow bumps the change counter ([`changes`]): keep it free of interior
-/// mutability (`Cell`, atomics, inner mutexes), or a change could go unannounced.
+/// The manager's mutable state, behind one mutex never held across an await. Every mutable
+/// borrow bumps the change counter ([`changes`]): no interior mutability here, or a change could
+/// go unannounced.
 struct State {
     closed: bool,
     settings: Settings,
@@ -104,8 +102,7 @@ struct Inner {
     client: UsageClient,
     /// The state file: seeding at construction and the write at the host's exit.
     store: Option<StateStore>,
-    /// Where route locks and records are shared: Redis when configured and answering, else
-    /// the state file (same `StateStore`), else nothing (memory only).
+    /// Where route locks and records are shared: Redis, the state file, or nothing.
     shared: SharedStore,
     events: Arc<dyn HostEvents>,
     stats: Arc<Stats>,
@@ -115,8 +112,7 @@ struct Inner {
     changes: ChangeCounter,
     /// The state file's load, run off the host's thread; every state access waits for it.
     loading: Loading,
-    /// One state-file write at a time: whoever comes next writes everything queued meanwhile
-    /// (a group commit), so many routes' results cost a few writes, not an fsync each.
+    /// One state-file write at a time; the next writes all queued meanwhile (a group commit).
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The tokens the host handed over (which identities are tokens).
     seen_tokens: SeenTokens,
@@ -129,8 +125,8 @@ pub struct QuotaManager {
 }
 
 impl QuotaManager {
-    /// Builds a manager, seeded from the state file (read once; a corrupt one is set aside and
-    /// reported), then from the host's storage.
+    /// Builds a manager, seeded from the state file, then from the host's storage
+    /// (docs/state-file.md#seeding).
     pub fn new(
         config: ManagerConfig,
         mut storage: Option<HostStorage>,
@@ -173,8 +169,6 @@ impl QuotaManager {
         if let Some(storage) = storage.as_mut() {
             manager.storage_identities(storage);
         }
-        // The state file first, then the host's storage, which claims the file's main route of
-        // the account it names.
         let weak = manager.downgrade();
         let seed = move || {
             if let Some(manager) = weak.upgrade() {
@@ -216,12 +210,11 @@ impl QuotaManager {
 
     fn state(&self) -> StateGuard<'_, State> {
         self.inner.loading.wait();
-        // A panic while holding the lock cannot leave the state half-updated in a way that
-        // matters more than refusing every later call would.
+        // A panic under the lock leaves nothing worse than refusing every later call would.
         let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = StateGuard::new(guard, &self.inner.changes);
-        // Calls the host answered from its kept `refreshMain` answer belong to the main request
-        // that answer came from: counted on it, as if each had joined it, before it can change.
+        // Calls the host answered from its kept `refreshMain` answer, counted on that request
+        // before it can change (docs/single-flight.md#in-one-process).
         let joined = self.inner.changes.take_joined();
         if joined > 0 {
             if let Some(flight) = state.routes.main.flights.last_handed() {
@@ -237,8 +230,7 @@ impl QuotaManager {
         &self.inner.changes
     }
 
-    /// The state file for a read or write that may run on the host's thread (construction, the
-    /// host's exit): a stopped lock holder must not keep the host waiting more than a moment.
+    /// The state file for a read or write on the host's thread: its lock waited for 1 s at most.
     fn store_on_host_thread(&self) -> Option<StateStore> {
         let wait = HOST_THREAD_LOCK_WAIT.min(self.inner.config.state_lock_wait());
         Some(self.inner.store.clone()?.with_lock_timeout(wait))
@@ -250,8 +242,7 @@ impl QuotaManager {
     }
 
     pub fn stats(&self) -> StatsSnapshot {
-        // The counters include what loading the state file found (a file set aside...), and the
-        // calls the host answered from its kept `refreshMain` answer.
+        // Waits for the state file's load, and counts the host's kept `refreshMain` answers.
         drop(self.state());
         StatsSnapshot {
             shared_store: self.inner.shared.mode(),

@@ -1,7 +1,6 @@
-//! Registering a refresh: a call joins its route's running request, or starts one, at the call
-//! (so a later `close()` or identity switch cannot overtake it), and each caller is counted,
-//! when the request is done, by how it was served. The fallback fan-out registers one per due
-//! account, a few running at a time (the fetch slots).
+//! Registering a refresh at the call, so a later `close()` or identity switch cannot overtake it:
+//! it joins its route's running request or starts one, and each caller is counted by how it was
+//! served (docs/single-flight.md#in-one-process). The fallback fan-out: one per due account.
 
 use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
@@ -30,9 +29,8 @@ pub struct Refresh {
     /// The request the call is attached to (it started it or joined it); `None` when it was
     /// answered at once (backed off, closed). Calls with the same id get the same result.
     pub attempt_id: Option<u64>,
-    /// Keeps the request joinable, with its result, until dropped: drop it once the result has
-    /// reached the caller (for a JS caller: when its promise settles, later than `wait` ends;
-    /// docs/single-flight.md#in-one-process). `None` when there is no request.
+    /// Keeps the request joinable, with its result, until dropped once the result reached the
+    /// caller (a JS promise settles later than `wait` ends; docs/single-flight.md#in-one-process).
     pub hold: Option<FlightHold>,
 }
 
@@ -174,8 +172,7 @@ impl QuotaManager {
     /// Joins the route's running request, or starts one. Served from the cache when backed off.
     fn join_or_start(&self, state: &mut State, route: RouteId, token: &str) -> Refresh {
         let now = self.now_ms();
-        // The running request a caller shares: on the main route only its token's (a 401 for a
-        // revoked token is no answer for its successor), on a fallback route the one running.
+        // Main flights are per token (docs/single-flight.md#in-one-process).
         let flight_key = (route == RouteId::Main).then(|| fingerprint(token));
         let slot = state.routes.slot_mut(&route);
         if let Some(cached) = backed_off_answer(&slot.record, now) {
@@ -220,10 +217,8 @@ impl QuotaManager {
         self.settle(ticket, Some(self.hold(&route, generation, flight_id)))
     }
 
-    /// Refreshes the due accounts (docs/single-flight.md#concurrency); the future waits for all
-    /// of them. The refreshes are registered when it first runs, on the runtime, not on the
-    /// caller's thread: with 10,000 accounts that took the JavaScript thread 50-100 ms. A route
-    /// someone else starts meanwhile is then found running and left be, as any running one.
+    /// Refreshes the due accounts (docs/single-flight.md#concurrency), registered when the future
+    /// first runs, on the runtime: 10,000 accounts took the JavaScript thread 50-100 ms.
     pub fn refresh_all_fallbacks(&self, accounts: Vec<FallbackAccount>) -> BoxFuture<'static, ()> {
         let manager = self.clone();
         async move {

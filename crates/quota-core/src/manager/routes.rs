@@ -1,6 +1,5 @@
-//! Route slots and who they belong to: the main slot is bound to one identity, a fallback slot to
-//! one login (`authLineageId`). A new owner drops the slot; a slot's generation tells a request
-//! started before that it must not write into it.
+//! Route slots and their owners (docs/single-flight.md#route-keys). A new owner drops the slot; its
+//! generation tells a request started before that it must not write into it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,8 +28,7 @@ pub(super) enum RouteId {
 /// One route's cache, backoff and running request.
 #[derive(Default)]
 pub(super) struct RouteSlot {
-    /// The same record the state file keeps (snapshot, backoff, last attempt and, for a
-    /// fallback, its login), so one merge rule serves the cache and the file.
+    /// The state file's record, so one merge rule serves the cache and the file.
     pub record: RouteRecord,
     /// Logins this fallback slot was bound to before.
     retired_lineages: Vec<String>,
@@ -47,8 +45,7 @@ pub(super) struct RouteSlot {
     /// When the shared store was last looked at for this route's backoff (see
     /// `recheck_backoff_soon`): atomic, so a read-only question can claim the next look.
     backoff_rechecked_at: AtomicI64,
-    /// The `checkedAt` of a snapshot taken from the shared store (another process's result)
-    /// that no refresh here has answered with yet (see [`RouteSlot::own_checked_at`]).
+    /// The `checkedAt` of an adopted snapshot no refresh here has answered with yet.
     pub adopted_checked_at: Option<i64>,
 }
 
@@ -75,16 +72,13 @@ impl RouteSlot {
         self.record.entry.as_ref()
     }
 
-    /// The cached snapshot's time when this process knows it itself: a refresh then asks for a
-    /// newer one. `None` when nothing is cached or it was only taken from the shared store: it
-    /// may answer the refresh (docs/single-flight.md#adopting-another-result).
+    /// The cache's time unless it was only adopted (docs/single-flight.md#adopting-another-result).
     pub fn own_checked_at(&self) -> Option<i64> {
         let at = self.entry()?.checked_at;
         (self.adopted_checked_at != Some(at)).then_some(at)
     }
 
-    /// Claims the next look at the shared store for this route when the last was at least
-    /// `every_ms` ago; `false` when it is not time yet (or another caller claimed it).
+    /// Claims the next look at the shared store when the last was `every_ms` ago or more.
     pub fn claim_backoff_recheck(&self, now: i64, every_ms: i64) -> bool {
         let last = self.backoff_rechecked_at.load(Ordering::Relaxed);
         now - last >= every_ms
@@ -94,8 +88,7 @@ impl RouteSlot {
                 .is_ok()
     }
 
-    /// Folds another observer's record (the state file) into the slot, by the state file's own
-    /// rule (docs/state-file.md#merge-rule).
+    /// Folds another process's record into the slot (docs/state-file.md#merge-rule).
     pub fn adopt(&mut self, incoming: &RouteRecord) {
         // A record another process wrote for a login this slot has since replaced is stale.
         if incoming.lineage.as_ref().is_some_and(|lineage| self.retired_lineages.contains(lineage))
@@ -120,12 +113,9 @@ pub(super) struct Routes {
     pub generations: MainGenerations,
     pub main: RouteSlot,
     fallbacks: HashMap<String, RouteSlot>,
-    /// Main routes the slot was re-bound away from, by state-file key: their backoff and pacing
-    /// (never their cache), so a request of the old identity still records its failure, and
-    /// switching back finds the backoff it armed.
+    /// Main routes left, by key: their backoff and pacing (docs/single-flight.md#route-keys).
     left_main: Vec<(String, RouteRecord)>,
-    /// Main routes read from the state file at construction, by key, before the host named
-    /// its account: the one of the identity the host names first is taken then, never another.
+    /// The state file's main routes, by key, until the host names its account (the only one taken).
     pub unclaimed_main: HashMap<String, RouteRecord>,
     /// One counter for slot generations and request ids, so neither ever repeats.
     last_id: u64,
@@ -231,9 +221,7 @@ impl Routes {
         };
     }
 
-    /// Binds a fallback slot to the login of an account record the host handed over (its
-    /// `authLineageId`, possibly none). Upstream's rule: the first login named after none was
-    /// bound (even "none") is a new login; a login replaced earlier is refused.
+    /// Binds a fallback slot to an account record's login (docs/single-flight.md#route-keys).
     pub fn observe_fallback(&mut self, id: &str, lineage: Option<&str>) -> LineageBind {
         let route = RouteId::Fallback(id.to_owned());
         let slot = self.slot_mut(&route);
@@ -254,9 +242,8 @@ impl Routes {
         }
     }
 
-    /// Binds a fallback slot for a call that may name the account (its record, or
-    /// `{ authLineageId }`): the account's login is observed as a seeding would; without one,
-    /// the slot is bound to whatever login it has. `false` for a login replaced earlier.
+    /// Binds a fallback slot for a call that may name the account's login as a seeding does;
+    /// without an account, to the login it has. `false` for a login replaced earlier.
     pub fn bind_fallback_for(&mut self, id: &str, account: Option<&FallbackAccount>) -> bool {
         let Some(account) = account else {
             self.slot_mut(&RouteId::Fallback(id.to_owned()));
@@ -265,8 +252,7 @@ impl Routes {
         self.observe_fallback(id, account.auth_lineage_id.as_deref()) != LineageBind::Refused
     }
 
-    /// Would a header observation of `lineage` belong to the slot's login? Upstream accepts it
-    /// only when no login is bound yet or it is the bound one; it never rebinds.
+    /// Would a header observation of `lineage` belong to the slot's login? It never rebinds.
     pub fn accepts_fallback_observation(&self, id: &str, lineage: Option<&str>) -> bool {
         self.fallbacks.get(id).is_none_or(|slot| {
             let unbound = !slot.lineage_observed && slot.record.lineage.is_none();
@@ -274,9 +260,7 @@ impl Routes {
         })
     }
 
-    /// Binds the main slot to `identity`, dropping another identity's data; `None`
-    /// (`refreshMain(undefined, …)`) unbinds it. The account left keeps its backoff and pacing
-    /// under its key, and the account bound gets back what it had when it was left.
+    /// Binds the main slot to `identity`, `None` unbinding it (docs/single-flight.md#route-keys).
     pub fn bind_main(&mut self, identity: Option<MainIdentity>) {
         match (&self.main_owner, &identity) {
             (None, None) => return,
@@ -328,9 +312,8 @@ impl Routes {
         self.left_main.drain(..excess);
     }
 
-    /// The record a request must record its attempt and failure in: its slot's, or, for a main
-    /// slot re-bound meanwhile, the one kept for its key; `None` for a fallback slot dropped or
-    /// given to a new login (docs/single-flight.md#a-route-re-bound-during-a-request).
+    /// The record a request records its attempt and failure in; `None` for a fallback slot
+    /// dropped or replaced (docs/single-flight.md#a-route-re-bound-during-a-request).
     pub fn attempt_record(
         &mut self,
         route: &RouteId,

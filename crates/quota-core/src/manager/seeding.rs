@@ -11,9 +11,8 @@ use crate::route_key::RouteKey;
 use crate::snapshot::{ApiErrorRecord, QuotaEntry, QuotaSnapshot, QuotaSource};
 use std::sync::Arc;
 
-/// Adopts what the host persisted for a route: its snapshot when newer than the cache, and its
-/// error's backoff when newer than the route's. `main_kept`: a main snapshot the host kept with
-/// `mainQuotaCheckedAt`, dated as docs/state-file.md#seeding says.
+/// Adopts a route's persisted snapshot and error when newer than ours. `main_kept`: a main
+/// snapshot the host kept with `mainQuotaCheckedAt` (docs/state-file.md#seeding).
 fn seed_persisted(
     slot: &mut RouteSlot,
     quota: Option<&QuotaSnapshot>,
@@ -38,8 +37,8 @@ fn seed_persisted(
     }
 }
 
-/// A newer header harvest is cached and the host persisted an older poll: the poll's own fields
-/// come back under the newer header windows, as the plugin's seeding does. `true` when merged.
+/// An older persisted poll's fields under newer cached header windows, as the plugin's seeding
+/// does (docs/state-file.md#seeding). `true` when merged.
 fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_at: i64) -> bool {
     let Some(current) = slot.entry().filter(|current| {
         current.checked_at >= checked_at
@@ -55,9 +54,8 @@ fn restore_poll_fields(slot: &mut RouteSlot, persisted: &QuotaSnapshot, checked_
 }
 
 impl QuotaManager {
-    /// Takes every fallback route from the state file. Main routes are kept aside, unowned: the
-    /// file holds other accounts' too, and this process's is known only once the host names it
-    /// (in the storage seeded next, or a call). Adopted times are clamped (a clock running ahead).
+    /// Takes every fallback route from the state file; main routes wait aside until the host
+    /// names its account (docs/state-file.md#contents).
     pub(super) fn seed_from_state_file(&self) {
         // The lock is taken only to set a corrupt file aside.
         let Some(store) = self.store_on_host_thread() else {
@@ -95,8 +93,7 @@ impl QuotaManager {
         }
     }
 
-    /// Adopts the host's persisted main snapshot when it is newer than the cache, and its
-    /// persisted backoff when that is newer than ours.
+    /// Seeds the main route from the host's storage (see `seed_persisted`).
     pub fn seed_main(&self, storage: &HostStorage, identity: Option<&str>) {
         let now = self.now_ms();
         let mut state = self.state();
@@ -116,8 +113,7 @@ impl QuotaManager {
         let held_error = state.routes.main.record.backoff.last_error.is_some();
         let adopt_error = state.routes.seed_main_generations(storage, now);
         if held_error && state.routes.main.record.backoff.last_error.is_none() {
-            // The host's store says the backoff was cleared (the plugin's reset command): the
-            // shared state file must not keep it for the other processes either.
+            // Cleared by the host: in the state file too (docs/state-file.md#host-callbacks).
             self.write_route_soon(state, &RouteId::Main);
         }
         let strict = state.routes.generations.strict_known();
@@ -148,11 +144,10 @@ impl QuotaManager {
         self.seed_awaited_snapshots(awaited);
     }
 
-    /// The first half of a seeding whose snapshots cross from JavaScript only when wanted (with
-    /// 10,000 unchanged accounts that was most of the cost): all of `seed_fallbacks` but adopting
-    /// the snapshots that could be adopted (`latest_at_most[i]` bounds account `i`'s latest
-    /// `checkedAt`, `None`: unknown; wanted too often, never too rarely), which
-    /// [`Self::seed_awaited_snapshots`] takes back. Ids are unique ([`crate::host::AccountList`]).
+    /// The first half of a seeding whose snapshots cross from JavaScript only when wanted (most
+    /// of the cost of 10,000 unchanged accounts): all but the snapshots it could adopt
+    /// (`latest_at_most[i]` bounds account `i`'s latest `checkedAt`), which
+    /// [`Self::seed_awaited_snapshots`] takes. Ids are unique ([`crate::host::AccountList`]).
     pub fn seed_fallbacks_but_snapshots(
         &self,
         accounts: Vec<FallbackAccount>,
@@ -254,8 +249,7 @@ pub struct AwaitedSnapshots {
 }
 
 impl AwaitedSnapshots {
-    /// When nothing is awaited: the fallback epoch if the seeding is settled (see
-    /// [`QuotaManager::seed_awaited_snapshots`]).
+    /// When nothing is awaited: the fallback epoch if the seeding is settled.
     pub fn settled_epoch(&self) -> Option<u64> {
         self.settled_epoch
     }

@@ -1,5 +1,4 @@
-//! A held route lock, renewed until released (docs/redis.md#locks), and the change notices its
-//! waiters wake on.
+//! A route lock, renewed until released (docs/redis.md#locks), and the notices waiters wake on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -52,8 +51,7 @@ impl RedisStore {
     }
 }
 
-/// Keeps the `events` channel subscribed while the store lives, re-subscribing after Redis
-/// comes back, and hands each notice to the waiters.
+/// Keeps the `events` channel subscribed while the store lives, handing notices to waiters.
 async fn listen(store: Weak<Inner>, stop: Arc<Notify>) {
     let mut pause = Duration::from_millis(50);
     let listening = |subscribed: bool| {

@@ -1,7 +1,5 @@
-//! What the state file needs from the operating system, in one form per platform
-//! (docs/state-file.md#windows): the file's change stamp, owner-only directories and files, lock
-//! files never opened through a link, the atomic replace and its durability. Locking itself is
-//! std's `File::lock`/`try_lock` on every platform.
+//! What the state file needs from the operating system, one form per platform
+//! (docs/state-file.md#windows). Locking itself is std's `File::lock` on every platform.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -10,13 +8,11 @@ use std::time::{Duration, Instant};
 
 pub use imp::{create_private_dir, make_private_dir, make_private_file, open_lock_file, FileStamp};
 
-/// How long a replace keeps trying while another program (a reader, an indexer, an antivirus
-/// scanner) holds the old file open without delete sharing (Windows only: such holds are short).
+/// How long a replace retries while another program holds the old file (docs/state-file.md#windows).
 const REPLACE_RETRY_FOR: Duration = Duration::from_secs(1);
 const REPLACE_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
-/// Replaces `to` with `from` atomically (a reader sees the old file or the new one, never a
-/// mix; std's rename has POSIX semantics where Windows offers them).
+/// Replaces `to` with `from` atomically (docs/state-file.md#atomic-writes).
 pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     let started = Instant::now();
     loop {
@@ -33,8 +29,7 @@ pub fn replace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-/// Makes a rename in `dir` durable. Not on Windows: NTFS journals the rename, and a directory
-/// cannot be opened for flushing like a file.
+/// Makes a rename in `dir` durable; not on Windows, where NTFS journals it.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     if cfg!(windows) {
         return Ok(());
@@ -199,8 +194,7 @@ mod imp {
         Ok(file)
     }
 
-    /// Replaces the object's DACL with one entry granting the current user full control, and
-    /// stops it inheriting entries from its parent.
+    /// Replaces the object's DACL with one granting the current user alone full control.
     fn restrict_to_current_user(path: &Path, inherit: ACE_FLAGS) -> io::Result<()> {
         let sid = current_user_sid()?;
         let sid: PSID = sid.as_ptr().cast_mut().cast();

@@ -1,6 +1,5 @@
-//! A route's record and the one merge rule by which every copy of it (this process's cache, the
-//! state file, Redis) adopts another's (docs/state-file.md#merge-rule), with the bounds on times
-//! adopted from another clock (docs/state-file.md#clock-bounds).
+//! A route's record, the one merge rule of its copies (docs/state-file.md#merge-rule), and the
+//! bounds on times adopted from another clock (docs/state-file.md#clock-bounds).
 
 use std::sync::Arc;
 
@@ -10,12 +9,10 @@ use serde_with::skip_serializing_none;
 use crate::backoff::{BackoffConfig, BackoffState};
 use crate::snapshot::{QuotaEntry, WindowKind};
 
-/// How far ahead of this process's clock another's observation may be dated: the skew between
-/// hosts, a clock step, a lagging `now` (docs/state-file.md#clock-bounds).
+/// How far ahead of this clock another's time may be dated (docs/state-file.md#clock-bounds).
 pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
-/// What one route (main by identity, or a fallback by id) looks like on disk. No token, ever:
-/// only the fingerprint of the token that produced the snapshot.
+/// One route's record, as on disk: no token, ever (docs/state-file.md#contents).
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -36,8 +33,7 @@ pub struct RouteRecord {
 }
 
 impl RouteRecord {
-    /// Folds a newer or concurrent observation into this record: the one merge rule of the
-    /// cache, the state file and Redis (docs/state-file.md#merge-rule).
+    /// Folds another copy of the record into this one (docs/state-file.md#merge-rule).
     pub fn merge(&mut self, incoming: &Self) {
         if incoming.lineage.is_some() && incoming.lineage != self.lineage {
             *self = incoming.clone();
@@ -61,10 +57,8 @@ impl RouteRecord {
         }
     }
 
-    /// Folds in `incoming` as [`RouteRecord::merge`] does, written by a process whose clock
-    /// reads no later than `trusted_until` (its time plus the skew allowed): a snapshot or a
-    /// backoff change here dated after that yields to the incoming one, whatever its date
-    /// (docs/state-file.md#clock-bounds).
+    /// [`RouteRecord::merge`] by a writer trusting times up to `trusted_until`: a snapshot or
+    /// backoff change here dated later yields (docs/state-file.md#clock-bounds).
     pub fn merge_as_of(&mut self, incoming: &Self, trusted_until: i64) {
         let from_the_future = |at: i64| at > trusted_until;
         if incoming.entry.is_some()
@@ -128,8 +122,7 @@ pub struct AdoptionLimits {
 }
 
 impl AdoptionLimits {
-    /// The limits for a manager with this backoff configuration and freshness interval: the
-    /// longest window is the largest of the ladder cap, the flat delay and `maxRetryAfterMs`.
+    /// The limits for this backoff configuration and interval (docs/state-file.md#clock-bounds).
     pub fn new(backoff: &BackoffConfig, refresh_interval_ms: i64) -> Self {
         Self {
             max_clock_skew_ms: MAX_CLOCK_SKEW_MS,
