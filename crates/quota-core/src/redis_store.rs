@@ -20,7 +20,6 @@ use crate::store::{RouteRecord, StoreUpdate};
 mod lock;
 pub use lock::RedisRouteLock;
 
-/// The key prefix when the host names none.
 pub const DEFAULT_KEY_PREFIX: &str = "anthropic-quota:";
 /// Longest `redis.keyPrefix`: a prefix is a namespace, not data.
 pub const MAX_KEY_PREFIX_CHARS: usize = 256;

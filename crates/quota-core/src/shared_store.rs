@@ -53,7 +53,6 @@ pub enum StoreError {
     /// The Redis record kept changing under a compare-and-set for every retry.
     #[error("the route record kept changing during the write")]
     Contended,
-    /// The state file could not be used.
     #[error("{0}")]
     State(#[from] QuotaError),
 }
@@ -211,7 +210,6 @@ impl SharedStore {
         self.redis.as_ref().map_or(0, |side| side.fallbacks.load(Ordering::SeqCst))
     }
 
-    /// Redis, while it answers.
     fn live_redis(&self) -> Option<&Arc<RedisSide>> {
         self.redis.as_ref().filter(|side| !side.down.load(Ordering::SeqCst))
     }

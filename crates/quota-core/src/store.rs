@@ -23,8 +23,7 @@ pub use record::{AdoptionLimits, RouteRecord, MAX_CLOCK_SKEW_MS};
 pub const SCHEMA_VERSION: u64 = 1;
 const STATE_FILE_NAME: &str = "anthropic-quota-state.json";
 const TEMP_SUFFIX: &str = ".tmp";
-/// Random characters tempfile puts between our prefix and suffix; fixed so clean-up can match
-/// this store's temp files exactly and never a sibling store's.
+/// Random characters tempfile puts between our prefix and suffix (see [`is_own_temp_file`]).
 const TEMP_RANDOM_CHARS: usize = 6;
 const QUARANTINE_INFIX: &str = ".corrupt-";
 /// A quarantined copy's name ends with its time, e.g. `20260914T021000.123Z`: names sort by age.
@@ -166,8 +165,7 @@ impl StateStore {
         Ok(parsed)
     }
 
-    /// [`StateStore::read`] under the state lock, which a corrupt file is set aside under: it
-    /// then reads as missing, with where it went.
+    /// [`StateStore::read`] under the state lock, setting a corrupt file aside.
     fn read_locked(&self) -> Result<Loaded, QuotaError> {
         Ok(match self.read()? {
             Parsed::Corrupt => {
@@ -341,7 +339,6 @@ fn try_lock(file: &File) -> std::io::Result<bool> {
     }
 }
 
-/// `path` with `suffix` appended to its file name.
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);

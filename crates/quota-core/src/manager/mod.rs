@@ -84,9 +84,8 @@ impl ManagerConfig {
     }
 }
 
-/// The manager's mutable state, behind one mutex never held across an await. Every mutable
-/// borrow bumps the change counter ([`changes`]): no interior mutability here, or a change could
-/// go unannounced.
+/// The mutable state, behind one mutex never held across an await. Mutable borrows bump the
+/// change counter ([`changes`]): no interior mutability here, or a change goes unannounced.
 struct State {
     closed: bool,
     settings: Settings,
@@ -224,8 +223,7 @@ impl QuotaManager {
         state
     }
 
-    /// The change counter: it moves whenever anything the synchronous reads answer from may
-    /// have changed (entries, identities, settings, backoff, `closed`).
+    /// The change counter: it moves whenever a synchronous read's answer may have changed.
     pub fn changes(&self) -> &ChangeCounter {
         &self.inner.changes
     }

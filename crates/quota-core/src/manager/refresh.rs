@@ -69,8 +69,7 @@ impl Drop for FlightHold {
 }
 
 impl QuotaManager {
-    /// `refreshMain(id | undefined, token, expectedIdentityGeneration?)`, registered at the call
-    /// (docs/compat.md#signatures).
+    /// `refreshMain(id?, token, expectedIdentityGeneration?)` (docs/compat.md#signatures).
     pub fn begin_refresh_main_for(
         &self,
         target: MainTarget<'_>,

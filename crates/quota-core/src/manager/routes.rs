@@ -30,14 +30,12 @@ pub(super) enum RouteId {
 pub(super) struct RouteSlot {
     /// The state file's record, so one merge rule serves the cache and the file.
     pub record: RouteRecord,
-    /// Logins this fallback slot was bound to before.
     retired_lineages: Vec<String>,
     /// Bumped whenever the slot is dropped, so a request started before cannot write into it.
     pub generation: u64,
     /// Its running requests: one per token on the main route, one in all on a fallback route.
     pub flights: Flights<Settled>,
-    /// A host account record was seen for this slot (its lineage, possibly none, is bound): a
-    /// login named later is then a replacement, as upstream.
+    /// An account record bound the slot's login, possibly none (docs/single-flight.md#route-keys).
     lineage_observed: bool,
     /// The last login id handed and its fingerprint: the host hands the same one every time,
     /// and hashing it each time was most of a 10,000-account seeding.
@@ -155,8 +153,7 @@ impl Routes {
         }
     }
 
-    /// The route's slot, created when missing. A new slot gets a generation of its own, so a
-    /// request started for a slot that was cleared meanwhile can never write into it.
+    /// The route's slot, created when missing with a generation of its own.
     pub fn slot_mut(&mut self, route: &RouteId) -> &mut RouteSlot {
         match route {
             RouteId::Main => &mut self.main,

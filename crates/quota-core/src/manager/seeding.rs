@@ -1,5 +1,4 @@
-//! Seeding: the state file is read once, at construction; the host's storage (its persisted
-//! snapshots and errors) is adopted whenever the host hands it over (docs/state-file.md#seeding).
+//! Seeding from the state file and the host's storage (docs/state-file.md#seeding).
 
 use super::cache::Settings;
 use super::identity::MainIdentity;
@@ -145,9 +144,8 @@ impl QuotaManager {
     }
 
     /// The first half of a seeding whose snapshots cross from JavaScript only when wanted (most
-    /// of the cost of 10,000 unchanged accounts): all but the snapshots it could adopt
-    /// (`latest_at_most[i]` bounds account `i`'s latest `checkedAt`), which
-    /// [`Self::seed_awaited_snapshots`] takes. Ids are unique ([`crate::host::AccountList`]).
+    /// of the cost of 10,000 unchanged accounts): all but the snapshots it could adopt, bounded
+    /// by `latest_at_most` (each account's latest `checkedAt`). Ids are unique.
     pub fn seed_fallbacks_but_snapshots(
         &self,
         accounts: Vec<FallbackAccount>,
@@ -235,8 +233,7 @@ pub enum SeedingScope {
     ChangedAccounts,
 }
 
-/// What the first half of a seeding leaves for the second: the accounts whose snapshots it
-/// could adopt, and their positions in the list it was given.
+/// The accounts whose snapshots the first half of a seeding could adopt, and their positions.
 #[derive(Default)]
 pub struct AwaitedSnapshots {
     pub accounts: Vec<FallbackAccount>,

@@ -12,7 +12,7 @@ use crate::snapshot::{QuotaEntry, WindowKind};
 /// How far ahead of this clock another's time may be dated (docs/state-file.md#clock-bounds).
 pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
 
-/// One route's record, as on disk: no token, ever (docs/state-file.md#contents).
+/// One route's record, as on disk, its fields as docs/state-file.md#contents says: no token, ever.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -22,13 +22,9 @@ pub struct RouteRecord {
     pub entry: Option<Arc<QuotaEntry>>,
     pub token_fingerprint: Option<String>,
     pub backoff: BackoffState,
-    /// When the backoff last changed (a failure armed it, or a success cleared it).
     pub backoff_updated_at: i64,
-    /// Fingerprint of the fallback login (`authLineageId`) this record belongs to.
     pub lineage: Option<String>,
-    /// The last time any process sent a usage request for this route.
     pub last_attempt_at: Option<i64>,
-    /// Fingerprint of the token that request used (pacing is per token).
     pub last_attempt_token: Option<String>,
 }
 
