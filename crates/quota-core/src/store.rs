@@ -378,16 +378,11 @@ fn is_own_temp_file(name: &str, prefix: &str) -> bool {
     })
 }
 
-/// Has `stamp` the shape of a [`QUARANTINE_STAMP`] (digits where digits go, not a valid date)?
+/// Has `stamp` the shape of a [`QUARANTINE_STAMP`] (a digit for each `0`, not a valid date)?
 fn is_quarantine_stamp(stamp: &str) -> bool {
-    let bytes = stamp.as_bytes();
-    bytes.len() == 20
-        && bytes.iter().enumerate().all(|(i, b)| match i {
-            8 => *b == b'T',
-            15 => *b == b'.',
-            19 => *b == b'Z',
-            _ => b.is_ascii_digit(),
-        })
+    const SHAPE: &[u8] = b"00000000T000000.000Z";
+    stamp.len() == SHAPE.len()
+        && stamp.bytes().zip(SHAPE).all(|(b, &s)| b == s || (s == b'0' && b.is_ascii_digit()))
 }
 
 /// Parses the file (docs/state-file.md#corrupt-file, docs/state-file.md#newer-schema).

@@ -56,12 +56,10 @@ impl QuotaManager {
     /// Takes every fallback route from the state file; main routes wait aside until the host
     /// names its account (docs/state-file.md#contents).
     pub(super) fn seed_from_state_file(&self) {
-        // The lock is taken only to set a corrupt file aside.
-        let Some(store) = self.store_on_host_thread() else {
-            return;
-        };
-        // A file of a newer build reads as empty: nothing to seed.
-        let Some(loaded) = self.file_used(store.load()) else {
+        // The lock is taken only to set a corrupt file aside; a newer build's file is not read.
+        let Some(loaded) =
+            self.store_on_host_thread().and_then(|store| self.file_used(store.load()))
+        else {
             return;
         };
         let now = self.now_ms();
