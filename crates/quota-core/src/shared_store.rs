@@ -32,7 +32,7 @@ impl RouteGuard {
 }
 
 /// A route lock taken, and the route's record read under it.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LockedRoute {
     /// `None` when the lock cannot be used (docs/single-flight.md#without-a-shared-store).
     pub guard: Option<RouteGuard>,
@@ -83,7 +83,7 @@ impl Backend<'_> {
                 }
                 tried => tried,
             },
-            Self::Memory => Some(LockedRoute { guard: None, record: None, problem: None }),
+            Self::Memory => Some(LockedRoute::default()),
         })
     }
 
@@ -149,7 +149,7 @@ async fn lock_and_read(file: &StateStore, key: &str, wait: bool) -> Option<Locke
         Ok(Some(LockedRoute { guard, record: read.ok().flatten(), problem }))
     });
     locked.await.unwrap_or_else(|problem| {
-        Some(LockedRoute { guard: None, record: None, problem: Some(problem) })
+        Some(LockedRoute { problem: Some(problem), ..Default::default() })
     })
 }
 

@@ -50,8 +50,7 @@ impl Attempt {
         record.last_attempt_at.filter(|_| same_token)
     }
 
-    /// Rule 3 of docs/single-flight.md#adopting-another-result: another process attempted the
-    /// main route with this token meanwhile, and counting that attempt the cache is not due.
+    /// Rule 3 of docs/single-flight.md#adopting-another-result: another process's main attempt.
     fn main_attempted_meanwhile(&self, slot: &RouteSlot, now: i64, interval: i64) -> bool {
         let entry = slot.entry().map(AsRef::as_ref);
         self.route == RouteId::Main

@@ -48,8 +48,7 @@ mod imp {
 
     use super::{fs, io, File, OpenOptions, Path};
 
-    /// What tells one version of the file from another: writers replace the file by renaming a
-    /// new one over it, so a new version has a new inode (and its own change time, length, mtime).
+    /// What tells one version of the file from another (docs/state-file.md#windows).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct FileStamp {
         device: u64,
@@ -127,9 +126,7 @@ mod imp {
 
     use super::{fs, io, File, OpenOptions, Path};
 
-    /// What tells one version of the file from another: writers replace the file by renaming a
-    /// new one over it, so a new version has a new file index (NTFS indexes carry a sequence
-    /// number, so a reused record differs too), and its own length and times.
+    /// What tells one version of the file from another (docs/state-file.md#windows).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct FileStamp {
         volume: u32,
@@ -173,15 +170,13 @@ mod imp {
         restrict_to_current_user(dir, OBJECT_INHERIT_ACE | CONTAINER_INHERIT_ACE)
     }
 
-    /// A new file inherits its directory's permissions, which in the user's own config
-    /// directory usually admit administrators and SYSTEM too: restrict it, as 0600 does.
+    /// A new file inherits its directory's permissions (administrators, SYSTEM): restrict it.
     pub fn make_private_file(path: &Path) -> io::Result<()> {
         restrict_to_current_user(path, 0)
     }
 
     pub fn open_lock_file(path: &Path) -> io::Result<File> {
-        // Opening the reparse point itself never creates or opens a link's target; a link found
-        // there is then refused, as O_NOFOLLOW refuses it on Unix.
+        // The reparse point itself, never a link's target; a link is refused, as by O_NOFOLLOW.
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
