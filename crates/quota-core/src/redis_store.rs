@@ -291,8 +291,7 @@ impl RedisStore {
         Ok(self.read_with_rev(key).await?.0)
     }
 
-    /// Every route record under the prefix, and the keys under `<prefix>route:` that hold none,
-    /// each with why: one foreign key must not hide every route (docs/redis.md#keys).
+    /// Every route record under the prefix, and the keys holding none (docs/redis.md#keys).
     pub async fn load_all_reporting(&self) -> Result<LoadedRoutes, StoreError> {
         let scan = ScanOptions::default().with_pattern(self.inner.route_pattern()).with_count(500);
         let prefix_len = self.inner.route("").len();

@@ -1,6 +1,5 @@
-//! Registering a refresh at the call, so a later `close()` or identity switch cannot overtake it:
-//! it joins its route's running request or starts one, and each caller is counted by how it was
-//! served (docs/single-flight.md#in-one-process). The fallback fan-out: one per due account.
+//! A refresh registered at the call, so a later `close()` or identity switch cannot overtake it:
+//! it joins its route's running request or starts one (docs/single-flight.md#in-one-process).
 
 use futures::future::{BoxFuture, FutureExt};
 use std::sync::atomic::Ordering;
@@ -113,8 +112,7 @@ impl QuotaManager {
         self.join_or_start(&mut state, RouteId::Fallback(id.to_owned()), token)
     }
 
-    /// A refresh of the main route that nobody awaits: `None` when one is running already,
-    /// the route is backed off, or the manager is closed.
+    /// A main refresh nobody awaits: `None` when one runs, the route is backed off, or closed.
     pub fn background_main_refresh(&self, token: &str) -> Option<BoxFuture<'static, ()>> {
         let now = self.now_ms();
         let identity = {
@@ -146,8 +144,7 @@ impl QuotaManager {
         Refresh { wait: wait.boxed(), attempt_id: id, hold }
     }
 
-    /// The request a main refresh call with the last call's arguments would join now (0: none):
-    /// the host may answer it with the last answer, counted by [`super::ChangeCounter`].
+    /// The request a repeated `refreshMain` joins now, or 0 (docs/single-flight.md#in-one-process).
     pub fn main_joinable(&self) -> u64 {
         let now = self.now_ms();
         let state = self.state();

@@ -264,8 +264,7 @@ impl Routes {
             // One account, whichever way it was named (a token and `token:<fingerprint>`).
             (Some(owner), Some(new)) if same_identity(Some(owner), Some(new)) => {}
             (None, Some(new)) => {
-                // What an unbound slot holds was stored for nobody in particular (a legacy seed):
-                // it is served to the account it names, never to another one.
+                // A legacy seed stays for the account it names (docs/single-flight.md#route-keys).
                 let named = self
                     .main
                     .entry()
