@@ -66,8 +66,8 @@ enum Backend<'a> {
 }
 
 impl Backend<'_> {
-    /// Takes the route's lock, waiting up to `wait` (the file on the blocking pool, letting a lock
-    /// got later go), and reads its record under it; `None` when another holder kept it.
+    /// Takes the route's lock, waiting up to `wait` (the file on the blocking pool, letting go a
+    /// lock taken too late), and reads its record under it; `None` when another holder kept it.
     async fn lock_route(
         self,
         key: &str,

@@ -111,7 +111,8 @@ struct Inner {
     changes: ChangeCounter,
     /// The state file's load, run off the host's thread; every state access waits for it.
     loading: Loading,
-    /// One state-file write at a time; the next writes all queued meanwhile (a group commit).
+    /// One state-file write at a time, the next taking all queued meanwhile: a few fsyncs, not one
+    /// per result (a group commit).
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The tokens the host handed over (which identities are tokens).
     seen_tokens: SeenTokens,
