@@ -11,6 +11,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, UnknownReturnValue};
 
 use super::js::Json;
+use super::options::Fields;
 use quota_core::manager::{FetchedEvent, HostEvents};
 use quota_core::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use quota_core::stats::{bump, Stats};
@@ -67,30 +68,22 @@ struct Slots {
 /// The four optional host callbacks, until `release` drops them.
 pub struct JsCallbacks {
     slots: Mutex<Slots>,
-    stats: Arc<Stats>,
+    /// Where callback failures are counted: the manager's stats.
+    pub stats: Arc<Stats>,
     await_promises: bool,
 }
 
 impl JsCallbacks {
-    /// The callbacks `option` reads by their option names, then `awaitCallbacks`.
-    pub fn new<'a>(
-        option: impl Fn(&'static str) -> Result<Option<Unknown<'a>>>,
-        await_promises: impl FnOnce() -> Result<bool>,
-    ) -> Result<Self> {
+    /// The callbacks in `options`, by their option names, then `awaitCallbacks`.
+    pub fn new(options: &Fields) -> Result<Self> {
         let slots = Slots {
-            main_fetched: build(option("onMainQuotaFetched")?)?,
-            api_error: build(option("onApiError")?)?,
-            fallback_fetched: build(option("onFallbackQuotaFetched")?)?,
-            fallback_error: build(option("onFallbackApiError")?)?,
+            main_fetched: build(options.function("onMainQuotaFetched")?)?,
+            api_error: build(options.function("onApiError")?)?,
+            fallback_fetched: build(options.function("onFallbackQuotaFetched")?)?,
+            fallback_error: build(options.function("onFallbackApiError")?)?,
         };
-        let await_promises = await_promises()?;
+        let await_promises = options.get("awaitCallbacks")?.unwrap_or(false);
         Ok(Self { slots: Mutex::new(slots), stats: Arc::new(Stats::default()), await_promises })
-    }
-
-    /// Counts callback failures into the manager's stats.
-    pub fn with_stats(mut self, stats: Arc<Stats>) -> Self {
-        self.stats = stats;
-        self
     }
 
     /// Drops every callback, so nothing the host passed in outlives `close()`.
@@ -141,13 +134,9 @@ impl JsCallbacks {
 }
 
 fn build<Args: 'static + JsValuesTupleIntoVec>(
-    function: Option<Unknown>,
+    function: Option<Function<Args, CallbackReturn>>,
 ) -> Result<Option<Arc<Callback<Args>>>> {
-    let build = |function: Unknown| {
-        let function = unsafe { function.cast::<Function<Args, CallbackReturn>>() }?;
-        Ok(Arc::new(host_function(&function)?))
-    };
-    function.map(build).transpose()
+    function.map(|function| Ok(Arc::new(host_function(&function)?))).transpose()
 }
 
 /// Counts and logs a callback failure. Not failures: Node shutting down (nobody is left to

@@ -1,9 +1,7 @@
-//! The host transports (docs/endpoint.md#host-transports): `fetchImpl` (a `fetch` for tests) and `fetchQuotaSnapshot`
-//! (the plugin's own poll, e.g. through a credential vault). A small JavaScript adapter, built
-//! once per manager, calls the host's function, reads its answer (status, `Retry-After`,
-//! `text()`, or the snapshot / the rejection's `status` and `retryAfter(Ms)`), samples `now`
-//! when it settled, and hands back one JSON string; the core reads it like an HTTP answer. The
-//! adapter is called through a weak threadsafe function, so it never keeps Node alive.
+//! The host transports (docs/endpoint.md#host-transports): a JavaScript adapter, built once per
+//! manager, calls the host's `fetchImpl` or `fetchQuotaSnapshot`, reads its answer, samples `now`
+//! when it settled, and hands back one JSON string the core reads like an HTTP answer. It is
+//! called through a weak threadsafe function, so it never keeps Node alive.
 
 use futures::future::{BoxFuture, FutureExt};
 use napi::bindgen_prelude::*;
@@ -75,7 +73,7 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
 /// The adapter factory: `(fetchImpl, fetchQuotaSnapshot, now) => adapter`.
 type Factory<'a> = Function<
     'a,
-    FnArgs<(Option<Unknown<'a>>, Option<Unknown<'a>>, Option<Unknown<'a>>)>,
+    FnArgs<(Option<Function<'a>>, Option<Function<'a>>, Option<Function<'a>>)>,
     Function<'a, Value, Promise<String>>,
 >;
 
@@ -92,9 +90,9 @@ impl HostFetch {
     /// `None` when the host gave neither function.
     pub fn from_options(
         env: &Env,
-        fetch_impl: Option<Unknown>,
-        fetch_quota_snapshot: Option<Unknown>,
-        now: Option<Unknown>,
+        fetch_impl: Option<Function>,
+        fetch_quota_snapshot: Option<Function>,
+        now: Option<Function>,
         clock: Option<ManualClock>,
     ) -> Result<Option<Self>> {
         if fetch_impl.is_none() && fetch_quota_snapshot.is_none() {
@@ -184,16 +182,12 @@ impl HostTransport for HostFetch {
         let clock = self.clock.clone();
         async move {
             let text: Result<String> = async { adapter.call_async(argument).await?.await }.await;
-            let text = match text {
-                Ok(text) => text,
+            let unreadable = |error| format!("host transport answer unreadable: {error}");
+            let answer = match text.map(|text| serde_json::from_str::<Answer>(&text)) {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => return HostAnswer::Failed(unreadable(error)),
                 Err(error) => {
                     return HostAnswer::Failed(format!("host transport failed: {}", error.reason))
-                }
-            };
-            let answer: Answer = match serde_json::from_str(&text) {
-                Ok(answer) => answer,
-                Err(error) => {
-                    return HostAnswer::Failed(format!("host transport answer unreadable: {error}"))
                 }
             };
             if let (Some(clock), Some(now)) = (&clock, answer.now) {

@@ -75,26 +75,24 @@ pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
     } else {
         napi::JsError::from(reason).into_unknown(*env)
     };
-    with_fields(value, |object| set_quota_error_fields(object, error))
-}
-
-fn set_quota_error_fields(object: &mut Object, error: &QuotaError) -> Result<()> {
-    object.set("code", error.code())?;
-    if let Some(status) = error.status() {
-        object.set("status", u32::from(status))?;
-    }
-    if let Some(retry_after_ms) = error.retry_after_ms() {
-        object.set("retryAfterMs", retry_after_ms as f64)?;
-        object.set("retryAfter", retry_after_secs(retry_after_ms))?;
-    }
-    if let QuotaError::BackedOff { next_retry_at, .. } = error {
-        object.set("nextRetryAt", *next_retry_at as f64)?;
-    }
-    // A state error or a state-lock timeout names its file.
-    if let Some(path) = error.path() {
-        object.set("path", path)?;
-    }
-    Ok(())
+    with_fields(value, |object| {
+        object.set("code", error.code())?;
+        if let Some(status) = error.status() {
+            object.set("status", u32::from(status))?;
+        }
+        if let Some(retry_after_ms) = error.retry_after_ms() {
+            object.set("retryAfterMs", retry_after_ms as f64)?;
+            object.set("retryAfter", retry_after_secs(retry_after_ms))?;
+        }
+        if let QuotaError::BackedOff { next_retry_at, .. } = error {
+            object.set("nextRetryAt", *next_retry_at as f64)?;
+        }
+        // A state error or a state-lock timeout names its file.
+        if let Some(path) = error.path() {
+            object.set("path", path)?;
+        }
+        Ok(())
+    })
 }
 
 /// `Retry-After` in whole seconds, rounded up, as the plugin reads it.

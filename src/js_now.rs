@@ -18,8 +18,7 @@ pub struct JsNow {
 }
 
 impl JsNow {
-    pub fn new(env: &Env, function: Unknown) -> Result<Self> {
-        let function = unsafe { function.cast::<Function<(), Unknown>>() }?;
+    pub fn new(env: &Env, function: Function<(), Unknown<'static>>) -> Result<Self> {
         let start = read(env, &function)?;
         Ok(Self { function: function.create_ref()?, clock: ManualClock::new(start) })
     }

@@ -36,7 +36,7 @@ pub struct ParsedOptions {
 
 /// One options object; every field optional. Its options are the fields read from it: any
 /// other key is a `TypeError` (a misspelt `fetchImpl` must not silently poll the real endpoint).
-struct Fields<'a> {
+pub struct Fields<'a> {
     env: &'a Env,
     object: Option<Object<'a>>,
     prefix: &'static str,
@@ -81,7 +81,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A field of one JavaScript type; `null` is a wrong type.
-    fn get<T: FromNapiValue + TypeName>(&self, field: &'static str) -> Result<Option<T>> {
+    pub fn get<T: FromNapiValue + TypeName>(&self, field: &'static str) -> Result<Option<T>> {
         let name = self.name(field);
         self.raw(field)?.map(|value| of_type(self.env, value, &name)).transpose()
     }
@@ -93,9 +93,11 @@ impl<'a> Fields<'a> {
     }
 
     /// A function; `null` means none.
-    fn function(&self, field: &'static str) -> Result<Option<Unknown<'a>>> {
-        let function: Option<Function> = optional(self.env, self.raw(field)?, &self.name(field))?;
-        Ok(function.map(|function| function.to_unknown()))
+    pub fn function<Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
+        &self,
+        field: &'static str,
+    ) -> Result<Option<Function<'a, Args, Return>>> {
+        optional(self.env, self.raw(field)?, &self.name(field))
     }
 }
 
@@ -128,10 +130,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
         js_now.as_ref().map(|now| now.clock.clone()),
     )?;
     let state_path = parse_state_path(env, &fields)?;
-    let callbacks = JsCallbacks::new(
-        |name| fields.function(name),
-        || Ok(fields.get("awaitCallbacks")?.unwrap_or(false)),
-    )?;
+    let callbacks = JsCallbacks::new(&fields)?;
     fields.reject_unknown_keys()?;
     Ok(ParsedOptions {
         config: ManagerConfig {

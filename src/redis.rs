@@ -6,8 +6,7 @@ use napi_derive::napi;
 
 use super::js::{optional, quota_error, required, type_error, Json};
 use quota_core::error::QuotaError;
-use quota_core::redis_store::{LoadedRoutes, RedisConfig, RedisStore};
-use quota_core::shared_store::StoreError;
+use quota_core::redis_store::{RedisConfig, RedisStore};
 use quota_core::store::SCHEMA_VERSION;
 
 /// What Redis holds under a key prefix, in the state file's shape (`{ version, routes }`), for
@@ -30,21 +29,17 @@ pub fn read_redis_state<'env>(
     let store = RedisStore::new(&RedisConfig::new(url, key_prefix))
         .map_err(|e| type_error(env, e.to_string()))?;
     let target = store.target().to_owned();
-    let promise = env.spawn_future_with_callback(
-        async move { Ok(store.load_all_reporting().await) },
-        move |env, loaded: std::result::Result<LoadedRoutes, StoreError>| {
-            let loaded = loaded.map_err(|error| {
-                quota_error(
-                    env,
-                    &QuotaError::SharedStore { target: target.clone(), reason: error.to_string() },
-                )
-            })?;
-            Ok(Json(serde_json::json!({
-                "version": SCHEMA_VERSION,
-                "routes": loaded.routes,
-                "skipped": loaded.skipped,
-            })))
-        },
-    )?;
+    let load = async move {
+        let loaded = store.load_all_reporting().await;
+        Ok(loaded.map_err(|error| QuotaError::SharedStore { target, reason: error.to_string() }))
+    };
+    let promise = env.spawn_future_with_callback(load, |env, loaded| {
+        let loaded = loaded.map_err(|error| quota_error(env, &error))?;
+        Ok(Json(serde_json::json!({
+            "version": SCHEMA_VERSION,
+            "routes": loaded.routes,
+            "skipped": loaded.skipped,
+        })))
+    })?;
     Ok(promise.to_unknown())
 }

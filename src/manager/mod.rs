@@ -20,7 +20,6 @@ use crate::options::parse_options;
 use crate::shared::SharedPromises;
 use crate::views::EntryViews;
 use quota_core::manager::QuotaManager as CoreManager;
-use quota_core::stats::Stats;
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
 /// whole machine, a backoff shared by every process, and a locked state file.
@@ -52,8 +51,8 @@ impl QuotaManager {
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = crate::host_env::connection_options(&env)?;
         let js_now = parsed.js_now;
-        let stats = Arc::new(Stats::default());
-        let callbacks = Arc::new(parsed.callbacks.with_stats(stats.clone()));
+        let callbacks = Arc::new(parsed.callbacks);
+        let stats = callbacks.stats.clone();
         let runtime = within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
