@@ -1,8 +1,6 @@
-//! The host's callbacks, called from the core's threads through *weak* threadsafe functions
-//! (they never keep Node alive), before the refresh's promise settles. A promise a callback
-//! returns is not awaited unless `awaitCallbacks` is set (the plugin's callbacks take file locks
-//! for seconds; a refresh must not wait for them), but its rejection is still caught. A callback
-//! that throws or rejects is counted and reported, never propagated.
+//! The host's callbacks (docs/compat.md#callbacks), called from the core's threads through *weak*
+//! threadsafe functions (they never keep Node alive). A callback that throws or rejects is
+//! counted and reported, never propagated.
 
 use std::sync::{Arc, Mutex};
 

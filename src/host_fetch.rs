@@ -3,6 +3,8 @@
 //! when it settled, and hands back one JSON string the core reads like an HTTP answer. It is
 //! called through a weak threadsafe function, so it never keeps Node alive.
 
+use std::sync::Arc;
+
 use futures::future::{BoxFuture, FutureExt};
 use napi::bindgen_prelude::*;
 use serde::Deserialize;
@@ -14,10 +16,9 @@ use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest};
 
 /// Builds the adapter around the host's functions (`fetchQuotaSnapshot` wins over `fetchImpl`,
 /// as upstream). It never rejects: every failure becomes an answer.
-const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
+const ADAPTER: &str = r"(function ([fetchImpl, fetchQuotaSnapshot, now]) {
   const finite = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
   const message = (e) => String(e && typeof e === 'object' && 'message' in e ? e.message : e)
-  // A connection that failed (Node's socket codes, or fetch's TypeError), not an answer.
   const networkCodes = ['ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'ECONNREFUSED']
   const networkFailure = (e) => {
     if (e instanceof TypeError) return true
@@ -70,18 +71,9 @@ const ADAPTER: &str = r"(function (fetchImpl, fetchQuotaSnapshot, now) {
   }
 })";
 
-/// The adapter factory: `(fetchImpl, fetchQuotaSnapshot, now) => adapter`.
-type Factory<'a> = Function<
-    'a,
-    FnArgs<(Option<Function<'a>>, Option<Function<'a>>, Option<Function<'a>>)>,
-    Function<'a, Value, Promise<String>>,
->;
-
-type Adapter = HostFunction<Value, Promise<String>>;
-
 /// The host's transport, as the core sees it.
 pub struct HostFetch {
-    adapter: std::sync::Arc<Adapter>,
+    adapter: Arc<HostFunction<Value, Promise<String>>>,
     without_token: bool,
     clock: Option<ManualClock>,
 }
@@ -99,9 +91,10 @@ impl HostFetch {
             return Ok(None);
         }
         let without_token = fetch_quota_snapshot.is_some();
-        let factory: Factory = env.run_script(ADAPTER)?;
-        let adapter = factory.call(FnArgs::from((fetch_impl, fetch_quota_snapshot, now)))?;
-        let adapter = std::sync::Arc::new(host_function(&adapter)?);
+        let factory: Function<Vec<Option<Function>>, Function<Value, Promise<String>>> =
+            env.run_script(ADAPTER)?;
+        let adapter = factory.call(vec![fetch_impl, fetch_quota_snapshot, now])?;
+        let adapter = Arc::new(host_function(&adapter)?);
         Ok(Some(Self { adapter, without_token, clock }))
     }
 }

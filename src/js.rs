@@ -145,7 +145,6 @@ pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Valu
     to_json(env, value, name)
 }
 
-/// `undefined` and `null` read as absent.
 pub fn is_nullish(value: &Unknown) -> bool {
     matches!(value.get_type(), Ok(ValueType::Undefined | ValueType::Null))
 }
@@ -174,7 +173,6 @@ pub fn of_type<T: FromNapiValue + TypeName>(env: &Env, value: Unknown, name: &st
     unsafe { value.cast::<T>() }
 }
 
-/// A required argument of one JavaScript type.
 pub fn required<T: FromNapiValue + TypeName>(
     env: &Env,
     value: Option<Unknown>,
@@ -189,7 +187,6 @@ pub fn required_non_empty(env: &Env, value: Option<Unknown>, name: &str) -> Resu
     non_blank(env, required(env, value, name)?, name)
 }
 
-/// `text`, unless it is blank.
 pub fn non_blank(env: &Env, text: String, name: &str) -> Result<String> {
     if text.trim().is_empty() {
         return Err(type_error(env, format!("{name} must be a non-empty string")));

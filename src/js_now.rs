@@ -1,9 +1,7 @@
-//! The `now` option: a host clock function. Core threads must never call into JavaScript
-//! synchronously (the JS thread may be inside a method holding the manager's lock: a blocking
-//! call would deadlock), so the function is only ever called **on the JavaScript thread**: at
-//! every entry into the manager (each method samples it first), and by the host transport's
-//! adapter when a poll settles. The core reads the last sample from a `ManualClock` it shares
-//! with this object. Tests move their clock between calls, so the samples are exact for them.
+//! The `now` option (docs/api.md#options), only ever called on the JavaScript thread (a core
+//! thread calling into JavaScript could deadlock with a method holding the manager's lock): at
+//! every entry into the manager and when a poll settles. The core reads the last sample from a
+//! `ManualClock` it shares with this object.
 
 use napi::bindgen_prelude::*;
 

@@ -158,8 +158,7 @@ fn parse_backoff(env: &Env, value: Option<Unknown>) -> Result<BackoffOptions> {
     Ok(options)
 }
 
-/// `options.redis`: `{ url: string; keyPrefix?: string }`, or absent/`null` (the state file
-/// alone).
+/// `options.redis`: `{ url, keyPrefix? }`, or absent/`null` (the state file alone).
 fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>> {
     let Some(value) = present(value) else {
         return Ok(None);

@@ -1,5 +1,4 @@
-//! `readRedisState`, for the CLI's `status --redis URL` (the `redis` option is read with the
-//! others, in `options.rs`).
+//! `readRedisState` (the `redis` option is read with the others, in `options.rs`).
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
