@@ -164,12 +164,8 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
         return Ok(None);
     };
     let fields = Fields::new(env, Some(value), "options.redis")?;
-    let Some(url) = fields.string("url")? else {
-        return Err(type_error(
-            env,
-            "options.redis.url must be a non-empty string (redis:// or rediss://)",
-        ));
-    };
+    let missing = "options.redis.url must be a non-empty string (redis:// or rediss://)";
+    let url = fields.string("url")?.ok_or_else(|| type_error(env, missing))?;
     let key_prefix = optional(env, fields.raw("keyPrefix")?, &fields.name("keyPrefix"))?;
     fields.reject_unknown_keys()?;
     Ok(Some(RedisConfig::new(url, key_prefix)))

@@ -10,22 +10,12 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::UnknownRef;
-use serde::Serialize;
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::js::quota_error;
 use super::views::Frozen;
 use quota_core::manager::{Refresh, RefreshOutcome};
-use quota_core::snapshot::QuotaSnapshot;
-
-/// A settled refresh, in the shape its method promises: the `…WithMetadata` twins resolve with
-/// `{ quota, fetched }`.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Answer {
-    Snapshot(QuotaSnapshot),
-    WithMetadata { quota: QuotaSnapshot, fetched: bool },
-}
 
 /// By attempt and shape (`true`: with metadata).
 type Running = HashMap<(u64, bool), UnknownRef<false>>;
@@ -79,10 +69,11 @@ impl SharedPromises {
                 // (the same synchronous run of JS) joined this request and got this promise.
                 drop(hold);
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
+                // The `…WithMetadata` twins resolve with `{ quota, fetched }`.
                 Ok(Frozen(if with_metadata {
-                    Answer::WithMetadata { quota: outcome.quota, fetched: outcome.fetched }
+                    json!({ "quota": outcome.quota, "fetched": outcome.fetched })
                 } else {
-                    Answer::Snapshot(outcome.quota)
+                    json!(outcome.quota)
                 }))
             })?;
         let promise = promise.to_unknown();
