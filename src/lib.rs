@@ -1,4 +1,3 @@
-#![deny(clippy::all)]
 // In a Rust test build (clippy --all-targets) the `#[napi]` exports have no caller: Node.js is
 // their caller, through the registration the macros generate for the cdylib.
 #![cfg_attr(test, allow(dead_code))]

@@ -17,12 +17,10 @@ use super::js::quota_error;
 use super::views::Frozen;
 use quota_core::manager::{Refresh, RefreshOutcome};
 
-/// By attempt and shape (`true`: with metadata).
-type Running = HashMap<(u64, bool), UnknownRef<false>>;
-
 #[derive(Default)]
 pub struct SharedPromises {
-    running: Rc<RefCell<Running>>,
+    /// By attempt and shape (`true`: with metadata).
+    running: Rc<RefCell<HashMap<(u64, bool), UnknownRef<false>>>>,
     /// How many promises handed out are not settled yet, so `close()` can resolve after them:
     /// each promise is settled by a task of its own, in no particular order with `close()`'s.
     unsettled: Arc<watch::Sender<usize>>,
