@@ -1,8 +1,7 @@
-//! Shared memory for the JavaScript facade (`index.js`): the core's change counter, and the
-//! time of a clock the core reads, shown to JavaScript as a typed array of length 1 over an
-//! external `ArrayBuffer`. The facade tells with one `Atomics.load`, without calling in, whether
-//! the answers it keeps are still current, and reads (or, for the `now` option, writes) the very
-//! time the core compares deadlines with.
+//! Shared memory for the JavaScript facade (`index.js`): the core's change counter and a clock's
+//! time, as typed arrays over external `ArrayBuffer`s. With one `Atomics.load`, without calling
+//! in, the facade tells whether the answers it keeps are still current, and reads (or, for the
+//! `now` option, writes) the very time the core compares deadlines with.
 
 use std::cell::Cell;
 use std::ffi::c_void;
