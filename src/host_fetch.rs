@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::callbacks::{host_function, HostFunction};
 use quota_core::clock::ManualClock;
-use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest};
+use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest, Transport};
 
 /// Builds the adapter around the host's functions (`fetchQuotaSnapshot` wins over `fetchImpl`,
 /// as upstream). It never rejects: every failure becomes an answer.
@@ -79,14 +79,14 @@ pub struct HostFetch {
 }
 
 impl HostFetch {
-    /// `None` when the host gave neither function.
+    /// The core's handle on the host's transport; `None` when the host gave neither function.
     pub fn from_options(
         env: &Env,
         fetch_impl: Option<Function>,
         fetch_quota_snapshot: Option<Function>,
         now: Option<Function>,
         clock: Option<ManualClock>,
-    ) -> Result<Option<Self>> {
+    ) -> Result<Option<Transport>> {
         if fetch_impl.is_none() && fetch_quota_snapshot.is_none() {
             return Ok(None);
         }
@@ -95,7 +95,7 @@ impl HostFetch {
             env.run_script(ADAPTER)?;
         let adapter = factory.call(vec![fetch_impl, fetch_quota_snapshot, now])?;
         let adapter = Arc::new(host_function(&adapter)?);
-        Ok(Some(Self { adapter, without_token, clock }))
+        Ok(Some(Transport(Arc::new(Self { adapter, without_token, clock }))))
     }
 }
 

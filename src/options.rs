@@ -22,7 +22,6 @@ use quota_core::host::HostStorage;
 use quota_core::manager::ManagerConfig;
 use quota_core::redis_store::RedisConfig;
 use quota_core::store::default_state_path;
-use quota_core::transport::Transport;
 
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
@@ -133,11 +132,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
     let callbacks = JsCallbacks::new(&fields)?;
     fields.reject_unknown_keys()?;
     Ok(ParsedOptions {
-        config: ManagerConfig {
-            state_path,
-            transport: transport.map(|t| Transport(Arc::new(t))),
-            ..config
-        },
+        config: ManagerConfig { state_path, transport, ..config },
         storage,
         clock,
         js_now,
