@@ -1,36 +1,27 @@
-//! Per-route backoff of the usage endpoint (docs/backoff.md). Pure functions: time and randomness
-//! are passed in, so tests need neither a clock nor a random source.
+//! Per-route backoff of the usage endpoint (docs/backoff.md): pure, time and randomness given.
 
 use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
+use super::clock::{HOUR_MS, MINUTE_MS, SECOND_MS};
 use super::error::{FailureClass, QuotaError};
 use super::snapshot::ApiErrorRecord;
 
-const SECOND_MS: i64 = 1_000;
-const MINUTE_MS: i64 = 60 * SECOND_MS;
-const HOUR_MS: i64 = 60 * MINUTE_MS;
-
-/// The ceiling of a parsed `Retry-After` (docs/backoff.md#retry-after). A value beyond it is
-/// capped, not dropped: dropping it would fall back to the 60 s ladder.
+/// The ceiling of a parsed `Retry-After`: capped, not dropped (docs/backoff.md#retry-after).
 pub const RETRY_AFTER_ABSURD_MS: i64 = 30 * 24 * HOUR_MS;
 
-/// The longest persisted window [`from_persisted`] honours: the longest window of the default
-/// configuration, so damaged data cannot lock a route out for good.
+/// The longest persisted window [`from_persisted`] honours (docs/backoff.md#persisted-backoff).
 pub const PERSISTED_WINDOW_CAP_MS: i64 = 6 * HOUR_MS;
 
 /// Tunables of the backoff (docs/backoff.md#configuration), checked by [`BackoffConfig::new`];
 /// the functions here still never overflow or shorten a delay on odd values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackoffConfig {
-    /// Delay of the first transient failure (ladder rung 1).
     pub initial_ms: i64,
-    /// Cap of the ladder, jitter included.
     pub max_ms: i64,
     pub non_transient_ms: i64,
-    /// Fraction by which jitter may lengthen a ladder delay (0 makes the ladder exact).
     pub jitter: f64,
     pub max_retry_after_ms: i64,
 }
@@ -70,12 +61,9 @@ impl BackoffState {
         self.next_retry_at.map_or(0, |at| at.saturating_sub(now_ms).max(0))
     }
 
-    /// Records a failure of the usage endpoint and returns the record of the window it armed
-    /// (also stored in `last_error`), or `None` when it armed nothing: an auth failure or a
-    /// non-endpoint one arms nothing and leaves the state as it is
-    /// (docs/backoff.md#failure-classes), and one inside an open window only refreshes the
-    /// description in `last_error` (docs/backoff.md#one-escalation-per-window). `random_unit` is
-    /// a uniform sample from `[0, 1)`.
+    /// Records a failure of the usage endpoint (docs/backoff.md#failure-classes,
+    /// docs/backoff.md#one-escalation-per-window): the record of the window it armed, else `None`.
+    /// `random_unit` is a uniform sample from `[0, 1)`.
     pub fn record_failure(
         &mut self,
         error: &QuotaError,
@@ -134,10 +122,8 @@ impl BackoffState {
         *self = Self::default();
     }
 
-    /// Joins what another observer of the same route knows (docs/backoff.md#shared-backoff): the
-    /// later deadline, the higher count, and the newest failure restated with both. Each field is
-    /// a join, so processes merging in any order converge. A reset (success) state contributes
-    /// nothing: the state file orders successes and failures by when the backoff last changed.
+    /// Joins a copy of the same moment (docs/backoff.md#shared-backoff): each field is a join, so
+    /// any merge order converges; of copies of different moments, the state file keeps the newer.
     pub fn merge_from(&mut self, other: &Self) {
         self.attempts = self.attempts.max(other.attempts);
         self.next_retry_at = self.next_retry_at.max(other.next_retry_at);
@@ -150,9 +136,7 @@ impl BackoffState {
     }
 }
 
-/// Seeds a route's backoff from a persisted failure (docs/backoff.md#persisted-backoff): the
-/// count (at least 1) and the record carry over, the deadline capped at
-/// [`PERSISTED_WINDOW_CAP_MS`] from now; an expired one leaves the window closed.
+/// Seeds a route's backoff from a persisted failure (docs/backoff.md#persisted-backoff).
 pub fn from_persisted(error: &ApiErrorRecord, now_ms: i64) -> BackoffState {
     let next_retry_at =
         error.next_retry_at.map(|at| at.min(now_ms.saturating_add(PERSISTED_WINDOW_CAP_MS)));
@@ -161,8 +145,7 @@ pub fn from_persisted(error: &ApiErrorRecord, now_ms: i64) -> BackoffState {
     BackoffState { attempts, next_retry_at, last_error: Some(record) }
 }
 
-/// The ladder delay of failure `attempt` in a row (docs/backoff.md#ladder); attempt 0 counts as
-/// 1. Saturates instead of overflowing.
+/// The ladder delay of failure `attempt` in a row (docs/backoff.md#ladder), 0 counting as 1.
 pub fn ladder_delay_ms(attempt: u32, config: &BackoffConfig) -> i64 {
     let doublings = attempt.saturating_sub(1);
     config
@@ -172,9 +155,8 @@ pub fn ladder_delay_ms(attempt: u32, config: &BackoffConfig) -> i64 {
         .min(config.max_ms.max(0))
 }
 
-/// Lengthens `delay_ms` by up to `jitter × delay_ms`, never past `max_ms` and never shortening
-/// it (docs/backoff.md#jitter). Out-of-range or NaN inputs are clamped so the result always stays
-/// between `delay_ms` and `max(delay_ms, max_ms)`.
+/// Lengthens `delay_ms` by jitter (docs/backoff.md#jitter). Odd or NaN inputs are clamped: the
+/// result stays between `delay_ms` and `max(delay_ms, max_ms)`.
 pub fn jittered_ms(delay_ms: i64, config: &BackoffConfig, random_unit: f64) -> i64 {
     if delay_ms >= config.max_ms || delay_ms <= 0 {
         return delay_ms;
@@ -186,8 +168,7 @@ pub fn jittered_ms(delay_ms: i64, config: &BackoffConfig, random_unit: f64) -> i
     delay_ms.saturating_add(extra.max(0)).min(config.max_ms)
 }
 
-/// Parses a `Retry-After` value into milliseconds from `now_ms` (docs/backoff.md#retry-after):
-/// `None` for 0, negative, unparsable or past values, at most [`RETRY_AFTER_ABSURD_MS`].
+/// A `Retry-After` value in milliseconds from `now_ms` (docs/backoff.md#retry-after).
 pub fn parse_retry_after(value: &str, now_ms: i64) -> Option<i64> {
     let value = value.trim();
     let delta_ms = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {

@@ -1,7 +1,6 @@
 //! The manager's options as the host gives them (docs/api.md#options), and the rules that turn
 //! them into a [`ManagerConfig`]: every range and every default. A value a rule refuses is a
-//! [`ConfigError`] naming its option; the binding only checks the JavaScript types. The `redis`
-//! option is checked where the store is built, by [`RedisStore::new`].
+//! [`ConfigError`] naming its option; the binding only checks the JavaScript types.
 
 use std::time::Duration;
 
@@ -17,8 +16,7 @@ const MINUTE_MS: f64 = 60_000.0;
 const HOUR_MS: f64 = 60.0 * MINUTE_MS;
 const WEEK_MINUTES: f64 = 7.0 * 24.0 * 60.0;
 
-/// The options with a rule, as given (`None`: absent). Numbers are JavaScript numbers: whether
-/// one must be whole is a rule too.
+/// The options with a rule, as given (`None`: absent); numbers are JavaScript numbers.
 #[derive(Clone, Debug, Default)]
 pub struct ManagerOptions {
     pub usage_url: Option<String>,
@@ -64,8 +62,7 @@ fn whole(option: &'static str, value: Option<f64>, min: f64, max: f64) -> Checke
 }
 
 impl BackoffConfig {
-    /// Checks the option's ranges and fills in the defaults; an absent `maxMs` is raised to a
-    /// larger `initialMs`, a given one must not be below it.
+    /// Checks the option's ranges and fills in the defaults (docs/backoff.md#configuration).
     pub fn new(options: &BackoffOptions) -> Result<Self, ConfigError> {
         let day = 24.0 * HOUR_MS;
         let defaults = Self::default();

@@ -1,17 +1,13 @@
 //! When a cached snapshot is due for a new poll (docs/freshness.md). Whether an account is
 //! exhausted, and until when, is the routing policy's answer, passed in as a reset time.
 
+use super::clock::MINUTE_MS;
 use super::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 
-/// One minute in milliseconds (`checkIntervalMinutes` is in minutes).
-pub const MINUTE_MS: i64 = 60_000;
+/// The wait after an exhausted window's reset (docs/freshness.md#refresh-after).
+pub const EXHAUSTED_GRACE_MS: i64 = MINUTE_MS;
 
-/// How long after an exhausted window's reset the next poll is due: the endpoint needs a moment
-/// to show the fresh window, and polling at the exact reset would likely see the old one.
-pub const EXHAUSTED_GRACE_MS: i64 = 60_000;
-
-/// The earliest time a new poll of `quota` (observed at `checked_at`) is due
-/// (docs/freshness.md#refresh-after).
+/// When a new poll of `quota`, observed at `checked_at`, is due (docs/freshness.md#refresh-after).
 pub fn refresh_after(
     quota: &QuotaSnapshot,
     checked_at: i64,
@@ -37,17 +33,14 @@ pub fn is_stale(
     now_ms >= stale_from(entry, interval_ms, model)
 }
 
-/// The first instant at which [`is_stale`] answers true (`i64::MIN` without an entry): a host
-/// that caches it answers exactly as [`is_stale`] (docs/freshness.md#staleness).
+/// When [`is_stale`] first turns true, `i64::MIN` without an entry (docs/freshness.md#staleness).
 pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&str>) -> i64 {
     let Some(entry) = entry else {
         return i64::MIN;
     };
-    model
-        .and_then(|model| entry.quota.scoped_window_for(model))
-        .map_or(entry.refresh_after, |window| {
-            window.checked_at.saturating_add(interval_ms).min(entry.refresh_after)
-        })
+    let scoped = model.and_then(|model| entry.quota.scoped_window_for(model));
+    let due = entry.refresh_after;
+    scoped.map_or(due, |window| window.checked_at.saturating_add(interval_ms).min(due))
 }
 
 /// When a main entry built only from response headers is due for a usage poll

@@ -1,7 +1,5 @@
-//! The host plugin's own data, read from untrusted JSON: its `AccountStorage` (settings and the
-//! persisted main quota) and its fallback account records. Wrong types at the top of a record are
-//! reported (the binding turns them into a `TypeError`); junk inside a snapshot is dropped field
-//! by field.
+//! The host plugin's own data, read from untrusted JSON (docs/api.md#host-data): its
+//! `AccountStorage` and its fallback account records.
 
 use serde_json::Value;
 
@@ -21,15 +19,12 @@ pub struct HostStorage {
     pub main_quota: Option<QuotaSnapshot>,
     pub main_quota_checked_at: Option<i64>,
     pub main_last_error: Option<ApiErrorRecord>,
-    /// The error generation the host persisted (`mainQuotaErrorGeneration`).
     pub main_quota_error_generation: Option<u64>,
-    /// When the host last saw the main error cleared (`mainQuotaErrorClearedAt`).
     pub main_quota_error_cleared_at: Option<i64>,
 }
 
 impl HostStorage {
-    /// Reads the storage object; junk settings are ignored, not fatal, because the plugin wrote
-    /// this file itself and a bad value in it must not stop the manager.
+    /// Reads the storage object; junk settings are ignored (docs/api.md#host-data).
     pub fn from_value(value: &Value) -> Result<Self, String> {
         let object =
             value.as_object().ok_or_else(|| "storage must be an object or null".to_owned())?;
@@ -65,7 +60,6 @@ pub struct FallbackAccount {
     /// Boxed, like the error: a list of 10,000 accounts moved 550 bytes per account otherwise.
     pub quota: Option<Box<QuotaSnapshot>>,
     pub last_error: Option<Box<ApiErrorRecord>>,
-    /// When `access` expires (Unix ms); without a resolver, `access` is used only before then.
     pub expires: Option<i64>,
 }
 
@@ -77,7 +71,7 @@ impl FallbackAccount {
         Ok(Self { id: id.to_owned(), enabled: true, auth_lineage_id, ..Self::default() })
     }
 
-    /// Without a resolver, `access` counts only while `expires` is after `now`.
+    /// Without a resolver, `access` counts only before `expires` (docs/api.md#host-data).
     pub fn drop_expired_access(&mut self, now: i64) {
         if self.expires.is_none_or(|at| at <= now) {
             self.access = None;
@@ -161,14 +155,13 @@ impl<'a> AccountFields<'a> {
     }
 }
 
-/// An account list read and checked, one item at a time: api-key accounts dropped, every other
-/// account checked (an error names the host's `accounts[i].field`), the first of equal ids kept.
+/// An account list read and checked one item at a time (docs/api.md#host-data).
 #[derive(Default)]
 pub struct AccountList {
     pub accounts: Vec<FallbackAccount>,
     /// Each kept account's index in the host's list.
     pub indices: Vec<u32>,
-    /// Each kept account's bound on its snapshot's `checkedAt` (compact rows of a seeding).
+    /// Each kept account's bound on its snapshot's `checkedAt` ([`ACCOUNT_FIELDS`]).
     pub bounds: Vec<Option<f64>>,
     /// An api-key account or a repeated id was dropped.
     pub dropped_any: bool,
@@ -186,8 +179,7 @@ impl AccountList {
         Ok(list)
     }
 
-    /// Reads the host's item `index` (`None`: not an object). `quota_is_bound`: the item is a
-    /// compact row of a seeding, its `quota` a bound on the snapshot's `checkedAt`.
+    /// Reads the host's item `index` (`None`: not an object); `quota_is_bound`: a seeding's row.
     pub fn push(
         &mut self,
         index: usize,
@@ -195,7 +187,6 @@ impl AccountList {
         quota_is_bound: bool,
     ) -> Result<(), String> {
         let mut fields = fields.ok_or_else(|| format!("accounts[{index}] must be an object"))?;
-        // An API-key account has no quota: it is ignored like an unlisted one.
         if fields.get("type").and_then(Value::as_str) == Some("api") {
             self.dropped_any = true;
             return Ok(());

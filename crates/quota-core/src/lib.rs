@@ -1,4 +1,3 @@
-#![deny(clippy::all)]
 //! anthropic-quota-core: the napi-free core of anthropic-quota-manager. Everything here is plain
 //! Rust, tested with `cargo test -p anthropic-quota-core`; the root crate binds it to Node.js.
 

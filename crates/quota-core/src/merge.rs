@@ -1,14 +1,11 @@
-//! Combining header frames and polls into one cached snapshot (docs/headers.md). Headers are the
-//! freshest view of the 5h/7d windows but know nothing else; polls know everything but are rare.
-//! Each merge keeps what the other source owns and, for the shared windows, the newer one.
+//! Combining header frames and polls into one cached snapshot (docs/headers.md).
 
 use super::snapshot::{FieldSources, QuotaSnapshot, QuotaSource, WindowKind};
 
 /// Merges one header frame into the cached snapshot, if any
 /// (docs/headers.md#merging-a-header-frame); `accountIdentity` is the cache's, else the frame's.
 pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot) -> QuotaSnapshot {
-    // With nothing cached, poll-only fields stay absent even when the frame (a host's push of a
-    // whole snapshot) has them.
+    // Nothing cached: poll-only fields stay absent, even those of a pushed whole snapshot.
     let nothing = QuotaSnapshot::default();
     let cached = cached.unwrap_or(&nothing);
     let headers = Some(QuotaSource::Headers);
@@ -53,8 +50,7 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
     merged
 }
 
-/// Merges a finished poll into the cached snapshot, if any (docs/headers.md#merging-a-poll): the
-/// poll wins whole but for the cached windows it did not observe or observed earlier.
+/// Merges a finished poll into the cached snapshot, if any (docs/headers.md#merging-a-poll).
 pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -> QuotaSnapshot {
     let mut merged = poll.clone();
     if merged.binding_window.is_some() && merged.binding_window_source.is_none() {
@@ -77,9 +73,8 @@ pub fn merge_poll_result(cached: Option<&QuotaSnapshot>, poll: &QuotaSnapshot) -
             Some(if cache_wins { cached.source_of(|s| s.window(kind)) } else { QuotaSource::Poll });
     }
     // `None < Some(_)`: a poll without a time is older than any cached time.
-    let cached_is_newer_headers =
-        cached.source == Some(QuotaSource::Headers) && cached.checked_at > poll.checked_at;
-    if cached_is_newer_headers
+    if cached.source == Some(QuotaSource::Headers)
+        && cached.checked_at > poll.checked_at
         && merged.fallback_advised.is_none()
         && cached.fallback_advised.is_some()
     {

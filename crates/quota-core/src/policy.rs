@@ -1,6 +1,5 @@
 //! The routing policy (docs/routing.md#policy): may this account serve a request on this model,
-//! and if not, until when is it blocked? A pure function of the snapshot, whose windows are
-//! evaluated as given even past their reset: refreshing a stale snapshot is the caller's job.
+//! and if not, until when is it blocked? A pure function of the snapshot.
 
 use serde_json::Value;
 
@@ -15,8 +14,7 @@ impl MinimumRemaining {
         self.0[kind as usize]
     }
 
-    /// Reads thresholds from untrusted JSON (host storage or a JS object), as
-    /// docs/routing.md#thresholds says.
+    /// Reads thresholds from untrusted JSON (docs/routing.md#thresholds).
     pub fn from_value_lenient(v: &Value) -> Self {
         Self(WindowKind::ALL.map(|kind| {
             let spec = kind.spec();
@@ -43,8 +41,7 @@ impl Default for QuotaPolicy {
 }
 
 impl QuotaPolicy {
-    /// Reads `{minimumRemaining, failClosedOnUnknownQuota}` from untrusted JSON; junk fields fall
-    /// back to the defaults.
+    /// Reads a policy from untrusted JSON; junk fields fall back to the defaults.
     pub fn from_value_lenient(v: &Value) -> Self {
         Self {
             minimum_remaining: MinimumRemaining::from_value_lenient(&v["minimumRemaining"]),
@@ -62,7 +59,7 @@ pub enum BlockReason {
 }
 
 impl BlockReason {
-    /// The JavaScript spelling: the window's name, `scoped` or `unknown`.
+    /// The JavaScript spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Window(kind) => kind.name(),
@@ -72,8 +69,7 @@ impl BlockReason {
     }
 }
 
-/// The verdict of [`evaluate_quota`]. `reason` is set exactly when `passes` is false;
-/// `blocked_until` (Unix ms) is the reset of the blocking window, when known.
+/// The verdict of [`evaluate_quota`] (docs/routing.md#policy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaEvaluation {
     pub passes: bool,
@@ -81,9 +77,7 @@ pub struct QuotaEvaluation {
     pub blocked_until: Option<i64>,
 }
 
-/// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)? Of
-/// several blockers, the one with the latest reset; ties go to the first in the order 5h, 7d,
-/// scoped, unknown.
+/// Does this snapshot allow a request on `model` under `policy` (docs/routing.md#policy)?
 pub fn evaluate_quota(
     quota: Option<&QuotaSnapshot>,
     policy: &QuotaPolicy,
@@ -120,8 +114,8 @@ pub fn evaluate_quota(
     }
 }
 
-/// The latest reset after `now_ms` (Unix ms) among the 5h/7d windows exhausted against
-/// `minimum`: the freshness code sleeps an exhausted account until then.
+/// The latest future reset of a 5h/7d window exhausted against `minimum`: until then the account
+/// is exhausted (docs/freshness.md#refresh-after).
 pub fn exhausted_until(
     quota: &QuotaSnapshot,
     minimum: &MinimumRemaining,
@@ -135,8 +129,8 @@ pub fn exhausted_until(
         .max()
 }
 
-/// Below the threshold, or fully used whatever the threshold: Anthropic would refuse the request
-/// anyway, and a bare `remaining >= threshold` would let `0 >= 0` pass.
+/// Below the threshold, or fully used (docs/routing.md#policy): the threshold alone would let a
+/// fully used window pass at the default threshold of 0.
 fn window_exhausted(window: &QuotaWindow, threshold: f64) -> bool {
     window.remaining_percent < threshold || window.remaining_percent <= 0.0
 }

@@ -3,7 +3,6 @@
 
 use std::fmt;
 
-/// A route's name in the state file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RouteKey {
     /// The main account of one identity (as persisted: an account id or `token:<fingerprint>`).
@@ -22,7 +21,6 @@ impl RouteKey {
         }
     }
 
-    /// `"main"` or `"fallback"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Main(_) => "main",

@@ -189,8 +189,7 @@ impl QuotaSnapshot {
         WindowKind::ALL.into_iter().filter_map(|kind| Some((kind, self.window(kind)?)))
     }
 
-    /// Where one field's value came from: as recorded, else the snapshot's own source (a poll
-    /// when unknown).
+    /// Where one field's value came from (docs/headers.md#field-sources).
     pub fn source_of(&self, field: impl Fn(&FieldSources) -> Option<QuotaSource>) -> QuotaSource {
         self.field_sources.as_ref().and_then(field).or(self.source).unwrap_or(QuotaSource::Poll)
     }
@@ -233,8 +232,7 @@ impl QuotaSnapshot {
         self.windows().map(|(_, w)| w.checked_at).chain(scoped)
     }
 
-    /// The oldest `checkedAt` among the snapshot's windows (standard and scoped), falling back to
-    /// the snapshot's own `checkedAt`.
+    /// The oldest `checkedAt` of the snapshot's windows, scoped ones included, else its own.
     pub fn oldest_window_checked_at(&self) -> Option<i64> {
         self.window_checked_ats().min().or(self.checked_at)
     }
@@ -245,8 +243,7 @@ impl QuotaSnapshot {
         self.window_checked_ats().chain(self.checked_at).max()
     }
 
-    /// Reads a snapshot out of untrusted JSON field by field (`lenient.rs`): a junk field is
-    /// dropped, never the whole snapshot. `None` when the value is not an object.
+    /// Reads a snapshot out of untrusted JSON, dropping junk fields; `None` for a non-object.
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         crate::lenient::LenientSnapshot::deserialize(value).ok().and_then(|read| read.0)
     }
@@ -284,8 +281,7 @@ pub struct QuotaEntry {
 }
 
 impl QuotaEntry {
-    /// A cache entry the host hands in (`setMain`, `setFallback`): read leniently, but with
-    /// `fieldSources` only as the host gave it (docs/headers.md#field-sources).
+    /// An entry the host sets, its `fieldSources` kept as given (docs/headers.md#field-sources).
     pub fn from_host_value(value: &Value) -> Option<Self> {
         let raw_quota = value.get("quota")?;
         let mut quota = QuotaSnapshot::from_value_lenient(raw_quota)?;
@@ -311,8 +307,7 @@ pub struct ApiErrorRecord {
 }
 
 impl ApiErrorRecord {
-    /// Reads a recorded error out of untrusted JSON; `None` without a `checkedAt` (a value that
-    /// is not an object has none).
+    /// Reads a recorded error out of untrusted JSON; `None` without a `checkedAt`.
     pub fn from_value_lenient(value: &Value) -> Option<Self> {
         Some(Self {
             message: value["message"].as_str().unwrap_or("unknown error").to_owned(),

@@ -4,25 +4,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Declares each counter once: as an atomic of [`Stats`] and as a field of its copy,
-/// [`StatsSnapshot`].
+/// Declares each counter once: an atomic of [`Stats`] and a field of its copy [`StatsSnapshot`].
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
+    ($($name:ident,)*) => {
         #[derive(Debug, Default)]
         pub struct Stats {
             $(pub $name: AtomicU64,)*
         }
 
-        /// A copy of the counters at one moment (`QuotaStats` in docs/api.md#stats, plus two
-        /// state-file counters).
+        /// A copy of the counters at one moment (`QuotaStats` in docs/api.md#stats).
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
         #[serde(rename_all = "camelCase")]
         pub struct StatsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
-            /// Where routes are shared right now: `"redis"`, `"file"` (no Redis configured, or
-            /// Redis not answering) or `"memory"` (filled in by the manager, not counted here).
+            $(pub $name: u64,)*
+            /// With `redis_fallbacks`, filled in by the manager (docs/redis.md#failure-behaviour).
             pub shared_store: &'static str,
-            /// Times Redis stopped answering and the state file took over.
             pub redis_fallbacks: u64,
         }
 
@@ -49,7 +45,6 @@ counters! {
     callback_errors,
     state_file_quarantines,
     state_errors,
-    /// Reads or writes that left a newer build's state file alone.
     state_file_newer_schema,
 }
 

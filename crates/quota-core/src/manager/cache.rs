@@ -30,7 +30,7 @@ impl Settings {
             .or_else(|| storage?.check_interval_minutes)
             .unwrap_or(DEFAULT_CHECK_INTERVAL_MINUTES);
         Self {
-            interval_ms: (minutes * freshness::MINUTE_MS as f64) as i64,
+            interval_ms: (minutes * crate::clock::MINUTE_MS as f64) as i64,
             refresh_every_n: config
                 .refresh_every_n_requests
                 .or_else(|| storage?.refresh_every_n_requests)
