@@ -38,9 +38,8 @@ impl Default for BackoffConfig {
     }
 }
 
-/// Per-route backoff state, persisted with the route: `attempts` counts failures in a row (the
-/// ladder rung last used), `next_retry_at` ends the current (or last) window, `last_error` is
-/// the record handed to the host.
+/// Per-route backoff, persisted with the route: `attempts` failures in a row (the rung last used),
+/// `next_retry_at` the end of the current (or last) window, `last_error` the host's record.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -43,8 +43,7 @@ pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&s
     scoped.map_or(due, |window| window.checked_at.saturating_add(interval_ms).min(due))
 }
 
-/// When a main entry built only from response headers is due for a usage poll
-/// (docs/freshness.md#header-only-staleness); `None` when the rule does not apply.
+/// When a header-only main entry is due (docs/freshness.md#header-only-staleness), if it is one.
 pub fn header_only_due_from(
     quota: &QuotaSnapshot,
     last_attempt_at: Option<i64>,

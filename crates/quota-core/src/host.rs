@@ -128,8 +128,7 @@ impl<'a> AccountFields<'a> {
         }
     }
 
-    /// The account, or the offending field (`{name}.id must be a non-empty string`); `name` is
-    /// formatted only then.
+    /// The account, or the error naming the offending field; `name` is formatted only then.
     fn read(&self, name: impl std::fmt::Display) -> Result<FallbackAccount, String> {
         let id = match self.get("id") {
             Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),

@@ -129,8 +129,7 @@ pub fn exhausted_until(
         .max()
 }
 
-/// Below the threshold, or fully used (docs/routing.md#policy): the threshold alone would let a
-/// fully used window pass at the default threshold of 0.
+/// Below the threshold, or fully used even at a threshold of 0 (docs/routing.md#policy).
 fn window_exhausted(window: &QuotaWindow, threshold: f64) -> bool {
     window.remaining_percent < threshold || window.remaining_percent <= 0.0
 }

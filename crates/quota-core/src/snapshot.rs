@@ -1,6 +1,5 @@
-//! The quota data model shared by every module: windows, snapshots, cache entries and recorded
-//! API errors. The serde shape *is* the JavaScript shape (docs/api.md#data-types) and the
-//! state-file shape, so one definition serves the binding and the persistence layer.
+//! The quota data model shared by every module. The serde shape *is* the JavaScript shape
+//! (docs/api.md#data-types) and the state-file shape: one definition serves binding and store.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -121,8 +120,7 @@ pub struct ExtraUsage {
     pub exhausted: bool,
 }
 
-/// For each present field of a snapshot, whether its value came from a poll or from response
-/// headers (docs/headers.md#field-sources).
+/// Where each present field of a snapshot came from (docs/headers.md#field-sources).
 #[skip_serializing_none]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -194,8 +192,7 @@ impl QuotaSnapshot {
         self.field_sources.as_ref().and_then(field).or(self.source).unwrap_or(QuotaSource::Poll)
     }
 
-    /// Keeps `fieldSources` to the present fields, filling a missing one from the snapshot's
-    /// source; `None` when no such field is present.
+    /// Keeps `fieldSources` to the present fields, filling gaps (docs/headers.md#field-sources).
     pub fn settle_field_sources(&mut self) {
         let recorded = self.field_sources.take().unwrap_or_default();
         let fallback = self.source.unwrap_or(QuotaSource::Poll);
@@ -237,8 +234,7 @@ impl QuotaSnapshot {
         self.window_checked_ats().min().or(self.checked_at)
     }
 
-    /// The latest `checkedAt` among the snapshot's windows and its own: how the plugin dates a
-    /// persisted snapshot.
+    /// The latest `checkedAt`, windows' or its own: how the plugin dates a persisted snapshot.
     pub fn latest_checked_at(&self) -> Option<i64> {
         self.window_checked_ats().chain(self.checked_at).max()
     }

@@ -26,8 +26,7 @@ macro_rules! counters {
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
                     $($name: self.$name.load(Ordering::Relaxed),)*
-                    shared_store: "",
-                    redis_fallbacks: 0,
+                    ..StatsSnapshot::default()
                 }
             }
         }
