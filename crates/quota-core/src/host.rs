@@ -1,5 +1,4 @@
-//! The host plugin's own data, read from untrusted JSON (docs/api.md#host-data): its
-//! `AccountStorage` and its fallback account records.
+//! The host plugin's storage and account records, read from untrusted JSON (docs/api.md#host-data).
 
 use serde_json::Value;
 

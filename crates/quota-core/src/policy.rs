@@ -114,8 +114,7 @@ pub fn evaluate_quota(
     }
 }
 
-/// The latest future reset of a 5h/7d window exhausted against `minimum`: until then the account
-/// is exhausted (docs/freshness.md#refresh-after).
+/// The latest future reset of an exhausted 5h/7d window (docs/freshness.md#refresh-after).
 pub fn exhausted_until(
     quota: &QuotaSnapshot,
     minimum: &MinimumRemaining,

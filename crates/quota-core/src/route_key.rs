@@ -1,5 +1,4 @@
-//! Route keys: how the state file names a route. `main:<identity>` is the main account of one
-//! identity, `fallback:<id>` one fallback account. The one place that writes and reads them.
+//! Route keys: how the state file names a route (docs/state-file.md#contents).
 
 use std::fmt;
 
