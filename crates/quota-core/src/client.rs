@@ -1,7 +1,5 @@
 //! The HTTP client for Anthropic's usage endpoint (docs/endpoint.md): one GET, a bounded body, and
-//! every failure mapped onto a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
-//! The token is scrubbed from what comes back (docs/endpoint.md#token-scrubbing); TLS, plain http
-//! and proxies follow docs/endpoint.md#transport-security.
+//! every failure a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,13 +50,10 @@ impl Default for UsageClientConfig {
     }
 }
 
-/// Transport settings beyond [`UsageClientConfig`], all passed in by the caller (the binding
-/// reads the host's `process.env`; the core never reads environment variables for these).
+/// Transport settings read from the host's `process.env` (docs/endpoint.md#transport-security).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnectionOptions {
-    /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`); an unusable one
-    /// is skipped and reported (docs/endpoint.md#transport-security): a bad variable must not stop
-    /// quota checks.
+    /// PEM files of extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`).
     pub extra_ca_files: Vec<PathBuf>,
     /// Which proxy non-loopback requests use. Loopback requests never use one.
     pub proxy: ProxySetting,
@@ -76,8 +71,7 @@ pub enum ProxySetting {
     Url { url: String, no_proxy: Option<String> },
 }
 
-/// A client for the usage endpoint. Cloning is cheap; every client of the process with the same
-/// transport settings shares one HTTP client (one connection pool), built at its first request.
+/// A client for the usage endpoint. Cloning is cheap; clients with equal settings share one pool.
 #[derive(Clone, Debug)]
 pub struct UsageClient {
     http: Arc<SharedHttp>,
@@ -110,8 +104,7 @@ impl UsageClient {
         &self.http.trust_warnings
     }
 
-    /// `now` is called when the response headers arrive, to stamp checkedAt (and to resolve an
-    /// HTTP-date `Retry-After`).
+    /// `now` is called once the response headers arrive (checkedAt, an HTTP-date `Retry-After`).
     pub async fn fetch(
         &self,
         access_token: &str,
@@ -170,9 +163,8 @@ struct HttpSettings {
     connection: ConnectionOptions,
 }
 
-/// One HTTP client per distinct [`HttpSettings`] in the process, built at its first request:
-/// building one loads the system trust store and parses the extra CA files, milliseconds that
-/// constructing a manager should not cost (nor a second manager cost again).
+/// One HTTP client per distinct [`HttpSettings`], built at its first request
+/// (docs/endpoint.md#transport-security).
 #[derive(Debug)]
 struct SharedHttp {
     settings: HttpSettings,
@@ -202,9 +194,8 @@ impl SharedHttp {
         Arc::clone(entry)
     }
 
-    /// The client, built on first use; what that finds wrong with the trust store is printed
-    /// then. A system store with nothing usable in it must not stop quota checks: the bundled
-    /// roots and the extra files still apply.
+    /// The client, built on first use, without an unusable system store
+    /// (docs/endpoint.md#transport-security); trust warnings are printed then.
     fn client(&self) -> Result<&reqwest::Client, QuotaError> {
         let built = self.client.get_or_init(|| {
             let (roots, mut warnings) = load_extra_roots(&self.ca_files);
@@ -308,8 +299,7 @@ fn unusable_ca_file(file: &std::path::Path, reason: &str) -> String {
     format!("extra CA file {} cannot be used ({reason}); skipped", file.display())
 }
 
-/// The `Authorization` value, marked sensitive so `Debug` never prints it. A token that cannot be
-/// a header value is the caller's mistake, refused before any request (docs/endpoint.md#request).
+/// The `Authorization` value, marked sensitive: `Debug` never prints it (docs/endpoint.md#request).
 fn bearer(access_token: &str) -> Result<HeaderValue, QuotaError> {
     let mut value = HeaderValue::from_str(&format!("Bearer {access_token}")).map_err(|_| {
         QuotaError::InvalidArgument(
@@ -331,9 +321,8 @@ fn body_too_large() -> QuotaError {
     QuotaError::BadResponse(format!("body larger than {MAX_BODY_BYTES} bytes"))
 }
 
-/// The body until it ends or holds at least `limit` bytes; what is kept of it is cut by
-/// [`interpret_response`], so it never depends on how the network chunked it. A read failure
-/// comes with what arrived before it.
+/// The body until it ends or holds at least `limit` bytes (with what arrived, on a read failure);
+/// [`interpret_response`] cuts it, so the result never depends on how the network chunked it.
 async fn read_up_to(
     mut response: Response,
     limit: usize,
@@ -349,9 +338,8 @@ async fn read_up_to(
     Ok(body)
 }
 
-/// Reads an answer, the HTTP client's or a host `fetchImpl`'s (docs/endpoint.md#host-transports):
-/// the status picks the error class, `Retry-After` is honoured, the body is checked (at most
-/// [`MAX_BODY_BYTES`] on success) and scrubbed of the token.
+/// Reads an answer, the HTTP client's or a host `fetchImpl`'s, by docs/endpoint.md#errors and
+/// docs/endpoint.md#limits.
 pub fn interpret_response(
     status: u16,
     retry_after: Option<&str>,
@@ -380,8 +368,7 @@ pub fn status_error(status: u16, retry_after_ms: Option<i64>, body: String) -> Q
     }
 }
 
-/// The headers a poll sends, for a host `fetch` (the bearer under `Authorization`, as the
-/// plugin's own poll spells it).
+/// The headers a poll sends through a host `fetchImpl` (docs/endpoint.md#request).
 pub fn poll_headers(access_token: &str, user_agent: &str) -> Vec<(String, String)> {
     vec![
         ("Authorization".into(), format!("Bearer {access_token}")),
@@ -403,8 +390,7 @@ fn parse_success_body(
     let mut value: Value = parse_json_lenient(body)
         .map_err(|e| QuotaError::BadResponse(format!("body is not JSON ({e})")))?;
     check_usage_body(&value).map_err(QuotaError::BadResponse)?;
-    // Strings of the body can end up in the stored snapshot (model names, severity): a token
-    // the server echoed there must not reach the state file or the host.
+    // Strings of the body reach the snapshot (docs/endpoint.md#token-scrubbing).
     redact_strings(&mut value, access_token);
     Ok(parse_usage_body(&value, checked_at))
 }

@@ -1,7 +1,7 @@
-//! The one error type of the core. Each variant has a stable `code` (docs/api.md#error-codes) that the binding
-//! copies onto the JavaScript `Error`, and a backoff class (docs/backoff.md#failure-classes).
+//! The one error type of the core. Each variant has a stable `code` (docs/api.md#error-codes) that
+//! the binding copies onto its `Error`, and a backoff class (docs/backoff.md#failure-classes).
 
-/// How a failure of the usage endpoint affects the route's backoff (docs/backoff.md#failure-classes).
+/// How a failure affects the route's backoff (docs/backoff.md#failure-classes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
     /// The exponential ladder.
@@ -27,8 +27,7 @@ pub enum QuotaError {
     Auth { status: u16, body: String },
     #[error("Claude quota check failed: network error — {0}")]
     Network(String),
-    /// The host's transport (`fetchQuotaSnapshot`) rejected with no HTTP status and no sign of
-    /// a connection failure.
+    /// A host transport's refusal (docs/endpoint.md#host-transports).
     #[error("Claude quota check failed: {0}")]
     Transport(String),
     /// The request, or a wait for another process's lock, timed out.
@@ -46,12 +45,10 @@ pub enum QuotaError {
     SharedStore { target: String, reason: String },
     #[error("Quota state lock {path} is held elsewhere; gave up after {waited_ms} ms")]
     LockTimeout { path: String, waited_ms: u64 },
-    /// A value the host passed cannot be used (e.g. a token with a line break); the binding
-    /// turns it into a `TypeError`. Never sent, never an endpoint failure.
+    /// A value the host passed cannot be used: a `TypeError` (docs/endpoint.md#request).
     #[error("{0}")]
     InvalidArgument(String),
-    /// `refreshMain(id, token, expectedIdentityGeneration)`: the main identity moved on before
-    /// the request was made (none was).
+    /// `refreshMain`'s expected identity generation moved on; nothing was sent.
     #[error("Main quota identity changed before refresh")]
     IdentityChanged,
     /// A host transport called back for the route it polls (docs/endpoint.md#host-transports).
@@ -67,7 +64,7 @@ impl QuotaError {
             Self::Auth { .. } => "QUOTA_AUTH_ERROR",
             Self::Network(_) => "QUOTA_NETWORK_ERROR",
             Self::Transport(_) => "QUOTA_TRANSPORT_ERROR",
-            // docs/api.md#error-codes: QUOTA_TIMEOUT covers a request that timed out and a lock wait that ran out.
+            // A request that timed out, a lock wait that ran out (docs/api.md#error-codes).
             Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
             Self::Closed => "QUOTA_CLOSED",
@@ -154,8 +151,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// A value outside the range its option allows (the binding's `RangeError`), rather than
-    /// a value of the wrong kind.
+    /// A value outside its option's range (the binding's `RangeError`), not of the wrong kind.
     pub const fn is_range(&self) -> bool {
         matches!(
             self,

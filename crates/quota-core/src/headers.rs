@@ -1,6 +1,5 @@
 //! Quota harvested from the unified rate-limit headers of `/v1/messages` responses (docs/headers.md).
-//! The values arrive from the network and through the JavaScript host: a garbage value drops its
-//! field, never the frame, and nothing here can panic.
+//! The values are untrusted: a garbage value drops its field, and nothing here may panic.
 
 use chrono::{DateTime, SecondsFormat};
 use serde_json::Value;
@@ -9,14 +8,12 @@ use super::snapshot::{QuotaSnapshot, QuotaSource, QuotaWindow, WindowKind};
 
 const PREFIX: &str = "anthropic-ratelimit-unified-";
 
-/// Longest value we bother parsing as a number; anything longer is garbage by construction and
-/// refusing it early keeps a hostile megabyte-long header cheap.
+/// Longest value parsed as a number: refusing longer ones early keeps a hostile header cheap.
 const MAX_NUMBER_LEN: usize = 64;
 
 const MAX_TOKEN_LEN: usize = 64;
 
-/// 9999-12-31T23:59:59Z: later resets would not format as RFC 3339 (five-digit years), so
-/// `parse_iso_ms` could not read them back.
+/// 9999-12-31T23:59:59Z: a later reset would format with a five-digit year `parse_iso_ms` refuses.
 const MAX_RESET_SECONDS: f64 = 253_402_300_799.0;
 
 /// The fields of one header frame, before they become a snapshot; `used` and `reset` are
@@ -30,25 +27,23 @@ struct Frame {
     representative_claim: Option<String>,
 }
 
-/// Builds a header-sourced snapshot from one response's headers (docs/headers.md#parsing);
-/// `None` when the frame has no window's utilisation, because such a frame carries no quota.
-pub fn parse_quota_headers<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+/// One response's headers as a snapshot; `None` without utilisation (docs/headers.md#parsing).
+pub fn parse_quota_headers(
+    headers: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
     now_ms: i64,
 ) -> Option<QuotaSnapshot> {
     let mut frame = Frame::default();
     for (name, value) in headers {
-        if let Some(suffix) = strip_prefix_ignore_case(name.trim(), PREFIX) {
-            frame.read(suffix, value.trim());
+        if let Some(suffix) = strip_prefix_ignore_case(name.as_ref().trim(), PREFIX) {
+            frame.read(suffix, value.as_ref().trim());
         }
     }
     frame.into_snapshot(now_ms)
 }
 
 impl Frame {
-    /// Reads one header (its name after [`PREFIX`]); the statuses are deliberately ignored
-    /// (docs/headers.md#header-names). Each field is only assigned when the value parses, so
-    /// garbage never erases a valid value.
+    /// Reads one header (its name after [`PREFIX`]; docs/headers.md#header-names). A field is only
+    /// assigned when the value parses, so garbage never erases a valid value.
     fn read(&mut self, suffix: &str, value: &str) {
         let same = |known: &str| suffix.eq_ignore_ascii_case(known);
         if same("reset") {
@@ -121,16 +116,14 @@ fn reset_iso(value: &str) -> Option<String> {
     DateTime::from_timestamp_millis(millis).map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
-/// A short token such as a window's name or `allowed_warning`, lowercased so comparisons downstream
-/// need not care how the server spelled it.
+/// A short token such as a window's name, lowercased so comparisons need not care about case.
 fn token(value: &str) -> Option<String> {
     let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':');
     let valid = (1..=MAX_TOKEN_LEN).contains(&value.len()) && value.bytes().all(allowed);
     valid.then(|| value.to_ascii_lowercase())
 }
 
-/// The header pairs of a plain `{ name: value }` object. Strings are taken as they are, numbers
-/// as their decimal text (a host may have parsed them already); anything else is junk and dropped.
+/// The header pairs of a plain `{ name: value }` object (docs/headers.md#header-names).
 pub fn header_pairs(value: &Value) -> Vec<(String, String)> {
     let text = |value: &Value| match value {
         Value::String(text) => Some(text.clone()),
@@ -141,16 +134,14 @@ pub fn header_pairs(value: &Value) -> Vec<(String, String)> {
     fields.filter_map(|(name, value)| Some((name.clone(), text(value)?))).collect()
 }
 
-/// What a header push carries: the response's headers, or a snapshot the host built itself,
-/// which is a frame even without windows (docs/headers.md#merging-a-header-frame). `None` for
-/// headers without quota and for a value with no snapshot field at all.
+/// What a header push carries: headers, or a snapshot the host built, a frame even without
+/// windows (docs/headers.md#merging-a-header-frame); `None` for no quota and no snapshot field.
 pub fn frame_from_value(value: &Value, now_ms: i64) -> Option<QuotaSnapshot> {
     let object = value.as_object()?;
     let looks_like_headers =
         object.keys().any(|name| name.to_ascii_lowercase().starts_with("anthropic-ratelimit-"));
     if looks_like_headers {
-        let pairs = header_pairs(value);
-        return parse_quota_headers(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms);
+        return parse_quota_headers(header_pairs(value), now_ms);
     }
     let mut value = value.clone();
     for kind in WindowKind::ALL {

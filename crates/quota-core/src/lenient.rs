@@ -1,18 +1,8 @@
-//! Reading a snapshot leniently out of untrusted JSON (host storage, a JavaScript object, an
-//! account list), field by field: a junk field is dropped, never the whole snapshot. The same
-//! readers take a parsed `Value` and JSON text, so a list of 10,000 snapshots (7 MB) is read
-//! straight from its text instead of through a `Value` tree first, which took the JavaScript
-//! thread ~110 ms, mostly allocating and freeing that tree.
-//!
-//! The rules (what counts as junk):
-//! - a window needs a finite `usedPercent` (clamped to 0..=100; `remainingPercent` is derived
-//!   from it) and a `checkedAt` timestamp; `resetsAt` is kept when it is a non-blank string;
-//! - a scoped window also needs a non-blank `id` and `modelName`; `title` defaults to
-//!   "<modelName> only"; items of `scoped` that are not such windows are dropped;
-//! - text fields are trimmed and kept when non-blank; `fallbackAdvised` when a boolean;
-//!   `extraUsage`, `source`, `bindingWindowSource` and `fieldSources` when they read as their
-//!   types; a repeated key counts as its last occurrence, as in a `Value` (serde's derive would
-//!   refuse it, hence the key-by-key [`Fields`] reader). Leaves are `serde_with`'s [`DefaultOnError`].
+//! Reading a snapshot leniently out of untrusted JSON (docs/headers.md#lenient-reading). The same
+//! readers take a `Value` and JSON text, so a list of 10,000 snapshots (7 MB) is read straight
+//! from its text: a `Value` tree first took the JavaScript thread ~110 ms. serde's derive would
+//! refuse a repeated key, hence the key-by-key [`Fields`] reader; leaves are `serde_with`'s
+//! [`DefaultOnError`].
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -40,8 +30,7 @@ impl<'de> Deserialize<'de> for LenientSnapshot {
     }
 }
 
-/// A value kept when it reads as `T`, else `None`: `serde_with` buffers it first, so junk is
-/// consumed whole, from a `Value` and from JSON text alike.
+/// A value kept when it reads as `T`: `serde_with` buffers it, so junk is consumed whole.
 type Lenient<T> = DeserializeAsWrap<Option<T>, DefaultOnError>;
 
 fn lenient<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
@@ -71,9 +60,8 @@ fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Erro
     Ok(lenient(map)?.and_then(crate::snapshot::timestamp))
 }
 
-/// An object read key by key into `T`; any other value is consumed and read as `None`. Not
-/// [`Lenient`]: `serde_with` would first buffer the whole object, which made seeding 10,000
-/// snapshots measurably slower, and objects are where the bytes are.
+/// An object read key by key into `T`; any other value reads as `None`. Not [`Lenient`]: buffering
+/// whole objects, where the bytes are, made seeding 10,000 snapshots measurably slower.
 struct Fields<T>(Option<T>);
 
 /// How one kind of object takes each of its keys.

@@ -1,6 +1,5 @@
 //! Polls through the host instead of HTTP (docs/endpoint.md#host-transports): the binding
-//! implements [`HostTransport`]; this module turns its answers into the same
-//! `Result<QuotaSnapshot, QuotaError>` the HTTP client gives.
+//! implements [`HostTransport`]; its answers become what the HTTP client's would.
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,19 +38,15 @@ pub enum HostAnswer {
     Response { status: u16, retry_after: Option<String>, body: String },
     /// A snapshot (`fetchQuotaSnapshot` resolved).
     Snapshot(Value),
-    /// `fetchQuotaSnapshot` rejected: classified by its `status` and `retryAfter(Ms)`; without
-    /// a status, by whether it is a connection failure (`network`).
+    /// `fetchQuotaSnapshot` rejected (docs/endpoint.md#host-transports).
     Rejected { status: Option<u16>, network: bool, retry_after_ms: Option<i64>, message: String },
-    /// The host's function failed in a way that says nothing about the endpoint (a `fetch`
-    /// rejection, a non-object answer): a network error.
+    /// The host's function failed (a `fetch` rejection, a non-object answer): a network error.
     Failed(String),
-    /// The host's function failed by calling back for the route it polls: no backoff
-    /// (docs/endpoint.md#host-transports).
+    /// The host's function failed by calling back for the route it polls.
     Reentered(String),
 }
 
-/// A host transport. `fetches_without_token`: polls may be made with an empty token (the
-/// transport brings its own credentials).
+/// A host transport; `fetches_without_token`: it brings its own credentials.
 pub trait HostTransport: Send + Sync {
     fn poll(&self, request: PollRequest) -> BoxFuture<'static, HostAnswer>;
     fn fetches_without_token(&self) -> bool;
@@ -68,8 +63,7 @@ impl fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Polls once through the host, bounded by `timeout` (a host function that never settles
-    /// still times out), and reads its answer like an HTTP response.
+    /// Polls once through the host, bounded by `timeout` (docs/endpoint.md#limits).
     pub async fn fetch(
         &self,
         request: PollRequest,
@@ -90,8 +84,7 @@ impl Transport {
                 &token,
                 checked_at,
             ),
-            // What the host hands back is scrubbed as an HTTP answer is: its messages and the
-            // strings of its snapshot reach the state file, `onApiError` and the rejection.
+            // Scrubbed as an HTTP answer is (docs/endpoint.md#host-transports).
             HostAnswer::Snapshot(mut value) => {
                 redact_strings(&mut value, &token);
                 snapshot_from_host(&value, checked_at)
@@ -105,8 +98,7 @@ impl Transport {
     }
 }
 
-/// A host snapshot, normalised like a parsed body: junk dropped field by field, `source: 'poll'`,
-/// `checkedAt` now when absent.
+/// A host snapshot, read leniently and stamped as a poll (docs/endpoint.md#host-transports).
 fn snapshot_from_host(value: &Value, now: i64) -> Result<QuotaSnapshot, QuotaError> {
     let mut snapshot = QuotaSnapshot::from_value_lenient(value).ok_or_else(|| {
         QuotaError::BadResponse("fetchQuotaSnapshot resolved with a non-object".into())
@@ -116,8 +108,7 @@ fn snapshot_from_host(value: &Value, now: i64) -> Result<QuotaSnapshot, QuotaErr
     Ok(snapshot)
 }
 
-/// A rejection of `fetchQuotaSnapshot`: by its status, else a network error only when it says so,
-/// else the host's refusal (docs/endpoint.md#host-transports).
+/// A rejection of `fetchQuotaSnapshot`, classified by docs/endpoint.md#host-transports.
 fn rejection_error(
     status: Option<u16>,
     network: bool,

@@ -1,6 +1,7 @@
-//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body),
-//! field by field. Fields are read by indexing a `Value`, which never panics: a missing one, or
-//! one of a non-object, reads as `null`.
+//! Parsing of the usage endpoint's JSON body into a [`QuotaSnapshot`] (docs/endpoint.md#response-body).
+//! Fields are read by indexing a `Value`: a missing one, or one of a non-object, reads as `null`.
+
+use std::collections::HashSet;
 
 use serde_json::Value;
 
@@ -19,8 +20,7 @@ const DEFAULT_EXPONENT: u8 = 2;
 /// Larger exponents make `10^exponent` overflow the JS number range used for formatting.
 const MAX_EXPONENT: u8 = 20;
 
-/// A poll snapshot from a usage-endpoint body; `checked_at` is when the response headers arrived.
-/// `scoped` is always `Some`, even empty (docs/endpoint.md#scoped-windows).
+/// A poll snapshot from a usage body, `scoped` always `Some` (docs/endpoint.md#response-body).
 pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     // Entries that are not objects read as nothing: indexing one gives `null`.
     let limits = body["limits"].as_array().map_or(&[][..], Vec::as_slice);
@@ -42,8 +42,7 @@ pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     snapshot
 }
 
-/// The usage fields besides the standard windows; a 200 with none of them observed nothing
-/// (docs/endpoint.md#response-body).
+/// The usage fields besides the standard windows (docs/endpoint.md#response-body).
 const OTHER_USAGE_FIELDS: [&str; 3] = ["seven_day_opus", "limits", "extra_usage"];
 
 /// Checks that a parsed 200 body is a usage answer; the reason when it is not.
@@ -59,8 +58,7 @@ pub fn check_usage_body(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses JSON like `serde_json`, except that a number too large for an `f64` (`1e400`) reads
-/// as `null` instead of failing the whole document, so only that field is dropped.
+/// JSON as `serde_json` reads it, except that a number overflowing `f64` (`1e400`) reads as `null`.
 pub fn parse_json_lenient(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice(bytes).or_else(|error| match null_out_of_range_numbers(bytes) {
         Some(fixed) => serde_json::from_slice(&fixed),
@@ -117,13 +115,9 @@ fn iso_time(value: &Value) -> Option<String> {
 }
 
 fn scoped_windows(limits: &[Value], checked_at: i64) -> Vec<ScopedQuotaWindow> {
-    let mut windows: Vec<ScopedQuotaWindow> = Vec::new();
-    for window in limits.iter().filter_map(|e| scoped_window(e, checked_at)) {
-        if !windows.iter().any(|seen| seen.id == window.id) {
-            windows.push(window);
-        }
-    }
-    windows
+    let mut ids = HashSet::new();
+    let windows = limits.iter().filter_map(|e| scoped_window(e, checked_at));
+    windows.filter(|window| ids.insert(window.id.clone())).collect()
 }
 
 /// A scoped limit as a scoped window; `None` when any required part is missing.
