@@ -1,6 +1,5 @@
-//! Keeping the access token out of every message and stored string: echoes of it in text from
-//! outside (an error body, a host's rejection), also escaped or cut off at the end of what was
-//! read, and in the strings of a parsed body.
+//! Keeping the access token out of every message and stored string
+//! (docs/endpoint.md#token-scrubbing).
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -11,8 +10,7 @@ const REDACTED: &str = "[redacted]";
 /// A token prefix this long at the very end of a cut-off body counts as an echo of the token.
 const MIN_PARTIAL_ECHO_CHARS: usize = 6;
 
-/// An error body fit for a message: token scrubbed, trimmed, at most [`MAX_ERROR_BODY_CHARS`]
-/// bytes; the status's reason phrase when the body is blank, so the message never ends in `— `.
+/// An error body fit for a message (docs/endpoint.md#error-messages).
 pub(super) fn error_body_text(raw: &[u8], access_token: &str, status: StatusCode) -> String {
     let body = scrub_message(&String::from_utf8_lossy(raw), access_token);
     if body.is_empty() {
@@ -22,8 +20,7 @@ pub(super) fn error_body_text(raw: &[u8], access_token: &str, status: StatusCode
     }
 }
 
-/// Text from outside (an error body, a host transport's rejection) fit for a stored message:
-/// every echo of the token redacted, trimmed, at most [`MAX_ERROR_BODY_CHARS`] bytes.
+/// Text from outside fit for a stored message: redacted, trimmed, at most [`MAX_ERROR_BODY_CHARS`].
 pub fn scrub_message(text: &str, access_token: &str) -> String {
     let text = redact_token(text, access_token);
     truncate_on_char_boundary(text.trim(), MAX_ERROR_BODY_CHARS).trim_end().to_owned()
@@ -59,16 +56,11 @@ fn redact_token(text: &str, token: &str) -> String {
 /// How far `text` matches a (possibly escaped) prefix of `token`: bytes consumed and token
 /// characters matched; `None` when not even the first character matches.
 fn match_echo(text: &str, token: &[char]) -> Option<(usize, usize)> {
-    let mut consumed = 0;
-    let mut matched = 0;
-    for &wanted in token {
-        let Some(len) = escaped_char_len(&text[consumed..], wanted) else {
-            break;
-        };
-        consumed += len;
-        matched += 1;
-    }
-    (matched > 0).then_some((consumed, matched))
+    let ends = token.iter().scan(0, |end, &wanted| {
+        *end += escaped_char_len(&text[*end..], wanted)?;
+        Some(*end)
+    });
+    ends.enumerate().last().map(|(at, end)| (end, at + 1))
 }
 
 /// The length of `wanted` at the start of `text`, written literally or escaped.
