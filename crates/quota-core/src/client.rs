@@ -79,8 +79,7 @@ pub struct UsageClient {
 }
 
 impl UsageClient {
-    /// Fails, naming the offending value, on a URL docs/endpoint.md#request refuses, or an invalid
-    /// user agent or proxy URL.
+    /// Fails, naming it, on a URL docs/endpoint.md#request refuses, a bad user agent or proxy URL.
     pub fn with_options(
         config: UsageClientConfig,
         options: &ConnectionOptions,
