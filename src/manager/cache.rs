@@ -46,8 +46,7 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Option<Unknown<'env>>> {
-        self.tick(env)?;
-        let id = required_non_empty(env, account_id, "accountId")?;
+        let id = self.tick_fallback(env, account_id)?;
         let account = optional_account(env, &id, account)?;
         self.views.get(env, Some(&id), self.core.get_fallback(&id, account.as_ref()))
     }
@@ -152,8 +151,7 @@ impl QuotaManager {
         entry: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<()> {
-        self.tick(&env)?;
-        let id = required_non_empty(&env, account_id, "accountId")?;
+        let id = self.tick_fallback(&env, account_id)?;
         let entry = entry_arg(&env, entry)?;
         let account = optional_account(&env, &id, account)?;
         self.core.set_fallback(&id, entry, account.as_ref());
@@ -163,9 +161,7 @@ impl QuotaManager {
     /// Forgets a fallback's cache and backoff, here and in the state file.
     #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn clear_fallback(&self, env: Env, account_id: Option<Unknown>) -> Result<()> {
-        self.tick(&env)?;
-        let id = required_non_empty(&env, account_id, "accountId")?;
-        self.core.clear_fallback(&id);
+        self.core.clear_fallback(&self.tick_fallback(&env, account_id)?);
         Ok(())
     }
 
@@ -206,8 +202,7 @@ impl QuotaManager {
         headers: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<Option<Unknown<'env>>> {
-        self.tick(env)?;
-        let id = required_non_empty(env, account_id, "accountId")?;
+        let id = self.tick_fallback(env, account_id)?;
         let headers = headers_arg(env, headers, "headers")?;
         let account = optional_account(env, &id, account)?;
         let entry = frame_from_value(&headers, self.core.now_ms())
@@ -237,8 +232,7 @@ impl QuotaManager {
         model_id: Option<Unknown>,
         account: Option<Unknown>,
     ) -> Result<bool> {
-        self.tick(&env)?;
-        let id = required_non_empty(&env, account_id, "accountId")?;
+        let id = self.tick_fallback(&env, account_id)?;
         optional::<String>(&env, access_token, "accessToken")?;
         let model = optional::<String>(&env, model_id, "modelId")?;
         if let Some(account) = optional_account(&env, &id, account)? {
@@ -282,9 +276,7 @@ impl QuotaManager {
     /// Is this fallback's route backed off?
     #[napi(catch_unwind, ts_args_type = "accountId: string")]
     pub fn is_fallback_backed_off(&self, env: Env, account_id: Option<Unknown>) -> Result<bool> {
-        self.tick(&env)?;
-        let id = required_non_empty(&env, account_id, "accountId")?;
-        Ok(self.core.is_fallback_backed_off(&id))
+        Ok(self.core.is_fallback_backed_off(&self.tick_fallback(&env, account_id)?))
     }
 
     /// The main route's last backoff-arming failure.

@@ -3,8 +3,6 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::required_non_empty;
-
 use super::QuotaManager;
 
 #[napi]
@@ -46,8 +44,7 @@ impl QuotaManager {
         account_id: Option<Unknown>,
         model_id: Option<String>,
     ) -> Result<f64> {
-        self.tick(&env)?;
-        let id = required_non_empty(&env, account_id, "accountId")?;
+        let id = self.tick_fallback(&env, account_id)?;
         Ok(self.core.fallback_stale_from(&id, model_id.as_deref()) as f64)
     }
 

@@ -116,6 +116,12 @@ impl QuotaManager {
         Ok(&self.core)
     }
 
+    /// `tick`, then the `accountId` argument of a method about one fallback.
+    fn tick_fallback(&self, env: &Env, account_id: Option<Unknown>) -> Result<String> {
+        self.tick(env)?;
+        crate::js::required_non_empty(env, account_id, "accountId")
+    }
+
     /// An optional main identity argument, in the form the core keys routes by.
     fn main_identity(
         &self,

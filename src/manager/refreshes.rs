@@ -5,7 +5,7 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::{optional, required_non_empty, type_error};
+use crate::js::{optional, type_error};
 use quota_core::manager::MainTarget;
 
 use super::args::{optional_account, optional_generation};
@@ -71,8 +71,7 @@ impl QuotaManager {
         account: Option<Unknown>,
         with_metadata: Option<bool>,
     ) -> Result<Unknown<'env>> {
-        self.tick(env)?;
-        let id = required_non_empty(env, account_id, "accountId")?;
+        let id = self.tick_fallback(env, account_id)?;
         // A token that is not a string is as unavailable as an empty one.
         let token = optional::<String>(env, access_token, "accessToken")
             .map_err(|_| type_error(env, FALLBACK_TOKEN_UNAVAILABLE))?;
