@@ -10,11 +10,11 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock};
 
 use super::js::{is_thenable, optional, to_json, type_error};
 use super::manager::QuotaManager;
-use quota_core::host::{AccountFields, AccountList, ACCOUNT_FIELDS};
+use quota_core::host::{AccountFields, AccountList, FallbackAccount, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
 use quota_core::manager::PendingTokens;
 use quota_core::manager::{AwaitedSnapshots, SeedingScope};
@@ -40,33 +40,18 @@ fn read_compact(
     Ok(list)
 }
 
-/// A refresh's compact list, read once by whoever needs it first: the task that starts the
-/// refreshes (on the blocking pool), or the JavaScript thread when it must know every token the
-/// manager was handed before that task got to it.
-struct ListRead {
-    text: String,
-    /// When the call was made: `access` counts while `expires` is after it.
-    now: i64,
-    read: OnceLock<std::result::Result<Vec<quota_core::host::FallbackAccount>, String>>,
+/// Drops each token that `expires` says is out of date at `now` (the call's time).
+fn unexpired(mut accounts: Vec<FallbackAccount>, now: i64) -> Vec<FallbackAccount> {
+    for account in &mut accounts {
+        account.drop_expired_access(now);
+    }
+    accounts
 }
 
-impl ListRead {
-    fn accounts(&self) -> &std::result::Result<Vec<quota_core::host::FallbackAccount>, String> {
-        self.read.get_or_init(|| {
-            let mut accounts = read_compact(&self.text, None, false)?.accounts;
-            for account in &mut accounts {
-                account.drop_expired_access(self.now);
-            }
-            Ok(accounts)
-        })
-    }
-
-    fn tokens(&self) -> Vec<String> {
-        self.accounts()
-            .as_ref()
-            .map(|accounts| accounts.iter().filter_map(|a| a.access.clone()).collect())
-            .unwrap_or_default()
-    }
+/// The whole list the host passed, checked as JSON reads it (a non-array and its first bad item
+/// are named).
+fn read_whole(env: &Env, accounts: Unknown) -> Result<AccountList> {
+    AccountList::from_value(&to_json(env, accounts, "accounts")?).map_err(|e| type_error(env, e))
 }
 
 /// `_planFallbackSeeding`'s answer, an array in JavaScript.
@@ -83,12 +68,8 @@ impl QuotaManager {
     #[napi(catch_unwind, ts_args_type = "accounts: readonly FallbackAccount[]")]
     pub fn seed_fallbacks_from_accounts(&self, env: Env, accounts: Option<Unknown>) -> Result<()> {
         self.tick(&env)?;
-        let list = match accounts {
-            // Not an array: JSON's reading of it says so (as it names its first bad item).
-            Some(value) => AccountList::from_value(&to_json(&env, value, "accounts")?),
-            None => Err(NOT_AN_ARRAY.to_owned()),
-        };
-        self.core.seed_fallbacks(list.map_err(|e| type_error(&env, e))?.accounts);
+        let accounts = accounts.ok_or_else(|| type_error(&env, NOT_AN_ARRAY))?;
+        self.core.seed_fallbacks(read_whole(&env, accounts)?.accounts);
         Ok(())
     }
 
@@ -111,8 +92,7 @@ impl QuotaManager {
         let accounts = accounts.filter(|v| v.is_array().unwrap_or(false));
         let accounts = accounts.ok_or_else(|| type_error(env, NOT_AN_ARRAY))?;
         let resolver = optional::<Function<Unknown, Unknown>>(env, resolver, "resolveAccessToken")?;
-        let list = AccountList::from_value(&to_json(env, accounts, "accounts")?)
-            .map_err(|e| type_error(env, e))?;
+        let list = read_whole(env, accounts)?;
         self.start_refreshes(env, list, &unsafe { accounts.cast::<Array>() }?, resolver)
     }
 
@@ -201,13 +181,11 @@ impl QuotaManager {
         originals: &Array,
         resolver: Option<Function<Unknown, Unknown>>,
     ) -> Result<Unknown<'env>> {
+        let Some(resolve) = resolver else {
+            return self.spawn_refreshes(env, unexpired(list.accounts, self.core.now_ms()));
+        };
         let mut accounts = list.accounts;
-        let now = self.core.now_ms();
         for (account, &index) in accounts.iter_mut().zip(&list.indices) {
-            let Some(resolve) = &resolver else {
-                account.drop_expired_access(now);
-                continue;
-            };
             let name = format!("accounts[{index}]");
             let item: Unknown = originals
                 .get(index)?
@@ -230,6 +208,15 @@ impl QuotaManager {
             }
             .filter(|token| !token.is_empty());
         }
+        self.spawn_refreshes(env, accounts)
+    }
+
+    /// Remembers the list's tokens, then starts its due refreshes.
+    fn spawn_refreshes<'env>(
+        &self,
+        env: &'env Env,
+        accounts: Vec<FallbackAccount>,
+    ) -> Result<Unknown<'env>> {
         self.core.remember_tokens(accounts.iter().filter_map(|a| a.access.as_deref()));
         let promise = env.spawn_future(self.core.refresh_all_fallbacks(accounts).map(Ok))?;
         Ok(promise.to_unknown())
@@ -237,16 +224,23 @@ impl QuotaManager {
 
     /// Reads the compact list on the blocking pool, then starts the due refreshes.
     fn refresh_off_thread<'env>(&self, env: &'env Env, compact: String) -> Result<Unknown<'env>> {
-        let list =
-            Arc::new(ListRead { text: compact, now: self.core.now_ms(), read: OnceLock::new() });
+        let now = self.core.now_ms();
+        // Read once, by whoever needs it first: the task below (on the blocking pool), or the
+        // JavaScript thread when it must know every token the manager was handed before that.
+        let list = Arc::new(LazyLock::new(move || {
+            read_compact(&compact, None, false).map(|list| unexpired(list.accounts, now))
+        }));
         let tokens: PendingTokens = {
             let list = list.clone();
-            Arc::new(move || list.tokens())
+            Arc::new(move || {
+                let accounts = list.as_deref().unwrap_or_default();
+                accounts.iter().filter_map(|a| a.access.clone()).collect()
+            })
         };
         self.core.expect_tokens(tokens.clone());
         let core = self.core.clone();
         let work = async move {
-            let read = tokio::task::spawn_blocking(move || list.accounts().clone())
+            let read = tokio::task::spawn_blocking(move || (**list).clone())
                 .await
                 .unwrap_or_else(|_| Err("accounts could not be read".to_owned()));
             core.settle_tokens(&tokens);
