@@ -1,11 +1,6 @@
-// anthropic-quota-manager's entry point: a hand-written facade over the generated binding
-// (README.md#development, "Layout"). It answers the reads the plugin makes on every model
-// request without calling into native code while nothing changed: the core bumps a change
-// counter in shared memory (src/hot_path.rs) on every mutable access to its state, and an answer
-// is kept with the counter value read before it was computed, served only while the counter has
-// not moved. For time-dependent answers the core hands out the instant an entry turns stale,
-// compared at every call with the clock the core reads. Arguments other than the plain shapes
-// always go native, which stays the authority for errors.
+// anthropic-quota-manager's entry point: a hand-written facade over the generated binding that
+// answers the plugin's per-request reads from kept answers while the core's change counter holds
+// still (README.md#development, "Layout").
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
@@ -106,13 +101,15 @@ function rowValue(account, field, quotas, index, resolving) {
 }
 
 /** JSON text, or null when the value has none (a BigInt, a cycle). */
-function jsonOrNull(value) {
+function jsonOrNull(value, replacer) {
   try {
-    return JSON.stringify(value)
+    return JSON.stringify(value, replacer)
   } catch {
     return null
   }
 }
+
+const withoutBigInts = (_, value) => (typeof value === 'bigint' ? undefined : value)
 
 /**
  * The snapshots the core asked for, as a JSON array; what has no JSON form is junk (a BigInt
@@ -121,15 +118,7 @@ function jsonOrNull(value) {
  */
 function snapshotsJson(quotas, wanted) {
   const picked = Array.from(wanted, (index) => quotas[index])
-  return jsonOrNull(picked) ?? `[${picked.map(snapshotJsonOrNull).join(',')}]`
-}
-
-function snapshotJsonOrNull(quota) {
-  try {
-    return JSON.stringify(quota, (_, value) => (typeof value === 'bigint' ? undefined : value)) ?? 'null'
-  } catch {
-    return 'null'
-  }
+  return jsonOrNull(picked) ?? `[${picked.map((quota) => jsonOrNull(quota, withoutBigInts) ?? 'null').join(',')}]`
 }
 
 /** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
@@ -313,12 +302,7 @@ class QuotaManager extends Native {
       return kept.promise
     }
     const promise = rejecting(() => super.refreshMain(id, token, generation, withMetadata))
-    const keep =
-      this.#changes !== NEVER_CURRENT &&
-      !this.#samplesNow &&
-      generation === undefined &&
-      typeof token === 'string' &&
-      (id === undefined || typeof id === 'string')
+    const keep = this.#keepable(id) && !this.#samplesNow && generation === undefined && typeof token === 'string'
     const version = Atomics.load(this.#changes, 0)
     const flight = keep ? this._mainJoinable() : 0
     this.#refreshed[shape] = flight === 0 ? null : { version, flight, id, token, promise }
