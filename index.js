@@ -112,9 +112,8 @@ function jsonOrNull(value, replacer) {
 const withoutBigInts = (_, value) => (typeof value === 'bigint' ? undefined : value)
 
 /**
- * The snapshots the core asked for, as a JSON array; what has no JSON form is junk (a BigInt
- * field left out, a snapshot that cannot be written counting as none), never an error: the
- * seeding's first half has run, and throwing would leave it half done.
+ * The snapshots the core asked for, as a JSON array; what has no JSON form is junk
+ * (README.md#account-lists), never an error: throwing would leave the seeding half done.
  */
 function snapshotsJson(quotas, wanted) {
   const picked = Array.from(wanted, (index) => quotas[index])
@@ -498,8 +497,7 @@ class QuotaManager extends Native {
     if (count === 0) return false
     let everyN = this.#kept.everyN
     if (everyN === undefined || Atomics.load(this.#changes, 0) !== this.#version) {
-      const kept = this.#keep()
-      everyN = kept.everyN = this._refreshEveryN()
+      everyN = this.#keep().everyN = this._refreshEveryN()
     }
     return everyN > 0 && count % everyN === 0
   }

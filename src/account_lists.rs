@@ -16,8 +16,7 @@ use super::js::{is_thenable, optional, to_json, type_error};
 use super::manager::QuotaManager;
 use quota_core::host::{AccountFields, AccountList, FallbackAccount, ACCOUNT_FIELDS};
 use quota_core::lenient::LenientSnapshot;
-use quota_core::manager::PendingTokens;
-use quota_core::manager::{AwaitedSnapshots, SeedingScope};
+use quota_core::manager::{AwaitedSnapshots, PendingTokens, SeedingScope};
 
 const NOT_AN_ARRAY: &str = "accounts must be an array";
 

@@ -50,7 +50,6 @@ impl QuotaManager {
     pub fn new(env: Env, options: Option<Unknown>) -> Result<Self> {
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = crate::host_env::connection_options(&env)?;
-        let js_now = parsed.js_now;
         let callbacks = Arc::new(parsed.callbacks);
         let stats = callbacks.stats.clone();
         let runtime = within_runtime_if_available(tokio::runtime::Handle::current);
@@ -72,7 +71,7 @@ impl QuotaManager {
             callbacks,
             views: EntryViews::default(),
             promises: SharedPromises::default(),
-            js_now,
+            js_now: parsed.js_now,
             counter_shown: Cell::new(false),
             now_shown: Cell::new(false),
         })
