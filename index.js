@@ -120,16 +120,13 @@ function snapshotsJson(quotas, wanted) {
   return jsonOrNull(picked) ?? `[${picked.map((quota) => jsonOrNull(quota, withoutBigInts) ?? 'null').join(',')}]`
 }
 
-/** What `windowCheckedAt` answers for a value it cannot read: send the snapshot. */
-const UNREADABLE = NaN
-
-/** A window's `checkedAt` when a number, -1 without one, else UNREADABLE (an inherited one, left out by JSON, only raises the bound). */
+/** A window's `checkedAt` when a number, -1 without one, else NaN: unreadable (an inherited one, left out by JSON, only raises the bound). */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
-  if (rewrittenByJson(window)) return UNREADABLE
+  if (rewrittenByJson(window)) return NaN
   const at = window.checkedAt
   if (at === undefined || at === null) return -1
-  return typeof at === 'number' ? at : UNREADABLE
+  return typeof at === 'number' ? at : NaN
 }
 
 /**

@@ -1,9 +1,8 @@
-//! `seedFallbacksFromAccounts` and `refreshAllFallbacks`, every account read by
-//! `quota_core::host::AccountList`: the host's list whole, through JSON, or the compact rows of
-//! `ACCOUNT_FIELDS` the facade sends for plain lists (README.md#account-lists; with 10,000
-//! accounts, whole accounts through JSON held the JavaScript thread 50-400 ms). A seeding's plan
-//! is an external value the facade hands back, so a host callback that calls the manager again
-//! cannot mix two lists up.
+//! `seedFallbacksFromAccounts` and `refreshAllFallbacks` over the host's list read whole through
+//! JSON, or over the compact rows the facade sends for plain lists (README.md#account-lists; 10,000
+//! whole accounts through JSON held the JavaScript thread 50-400 ms). A seeding's plan is an
+//! external value the facade hands back, so a host callback that calls the manager again cannot
+//! mix two lists up.
 
 use futures::FutureExt;
 use napi::bindgen_prelude::*;
@@ -47,8 +46,7 @@ fn unexpired(mut accounts: Vec<FallbackAccount>, now: i64) -> Vec<FallbackAccoun
     accounts
 }
 
-/// The whole list the host passed, checked as JSON reads it (a non-array and its first bad item
-/// are named).
+/// The host's list read whole, as JSON reads it.
 fn read_whole(env: &Env, accounts: Unknown) -> Result<AccountList> {
     AccountList::from_value(&to_json(env, accounts, "accounts")?).map_err(|e| type_error(env, e))
 }
