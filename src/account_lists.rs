@@ -158,13 +158,11 @@ impl QuotaManager {
         resolver: Option<Function<Unknown, Unknown>>,
     ) -> Result<Unknown<'env>> {
         self.tick(env)?;
-        match resolver {
-            Some(resolver) => {
-                let list = read_compact(&compact, None, false).map_err(|e| type_error(env, e))?;
-                self.start_refreshes(env, list, &accounts, Some(resolver))
-            }
-            None => self.refresh_off_thread(env, compact),
-        }
+        let Some(resolver) = resolver else {
+            return self.refresh_off_thread(env, compact);
+        };
+        let list = read_compact(&compact, None, false).map_err(|e| type_error(env, e))?;
+        self.start_refreshes(env, list, &accounts, Some(resolver))
     }
 }
 
