@@ -10,8 +10,7 @@ use crate::js::{
 use quota_core::headers::frame_from_value;
 use quota_core::snapshot::ApiErrorRecord;
 
-use super::args::{entry_arg, optional_account, request_count};
-use super::QuotaManager;
+use super::{entry_arg, optional_account, request_count, QuotaManager};
 
 #[napi]
 impl QuotaManager {

@@ -1,7 +1,6 @@
-//! The `QuotaManager` class: argument checks and conversions around the core manager. No quota
-//! logic lives here.
+//! The `QuotaManager` class and the argument readers its method modules share: checks and
+//! conversions around the core manager. No quota logic lives here.
 
-mod args;
 mod cache;
 mod facade;
 mod refreshes;
@@ -14,12 +13,16 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use crate::callbacks::JsCallbacks;
-use crate::js::{optional, Json};
+use crate::js::{
+    number_in, object_arg, optional, present, required_non_empty, to_json, type_error, Json,
+};
 use crate::js_now::JsNow;
 use crate::options::parse_options;
 use crate::shared::SharedPromises;
 use crate::views::EntryViews;
+use quota_core::host::{FallbackAccount, HostStorage};
 use quota_core::manager::QuotaManager as CoreManager;
+use quota_core::snapshot::QuotaEntry;
 
 /// Keeps Claude accounts' usage quota: one usage call per account per freshness window on the
 /// whole machine, a backoff shared by every process, and a locked state file.
@@ -118,7 +121,7 @@ impl QuotaManager {
     /// `tick`, then the `accountId` argument of a method about one fallback.
     fn tick_fallback(&self, env: &Env, account_id: Option<Unknown>) -> Result<String> {
         self.tick(env)?;
-        crate::js::required_non_empty(env, account_id, "accountId")
+        required_non_empty(env, account_id, "accountId")
     }
 
     /// An optional main identity argument, in the form the core keys routes by.
@@ -130,4 +133,63 @@ impl QuotaManager {
     ) -> Result<Option<String>> {
         Ok(self.core.identity_form(optional(env, value, name)?, None))
     }
+
+    /// The `storage` argument, its identities in the form the core keys routes by.
+    fn storage_arg(&self, env: &Env, value: Option<Unknown>) -> Result<Option<HostStorage>> {
+        let Some(value) = present(value) else {
+            return Ok(None);
+        };
+        let mut storage = HostStorage::from_value(&to_json(env, value, "storage")?)
+            .map_err(|e| type_error(env, format!("storage: {e}")))?;
+        self.core.storage_identities(&mut storage);
+        Ok(Some(storage))
+    }
+
+    /// `token`, remembered as a token, unless it is empty while no host transport brings its own
+    /// credentials: then a `TypeError` saying `unavailable`.
+    fn usable_token(&self, env: &Env, token: String, unavailable: &str) -> Result<String> {
+        if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
+            return Err(type_error(env, unavailable));
+        }
+        self.core.remember_tokens([token.as_str()]);
+        Ok(token)
+    }
+}
+
+/// The largest count or generation taken: whole numbers up to it are exact in a double.
+const MAX_WHOLE: f64 = 9.0e15;
+
+/// The `account` argument of the fallback methods: only its `authLineageId` is read (the plugin
+/// passes `{ authLineageId }`, or its whole account record).
+fn optional_account(
+    env: &Env,
+    id: &str,
+    value: Option<Unknown>,
+) -> Result<Option<FallbackAccount>> {
+    let read = |value| {
+        let json = to_json(env, value, "account")?;
+        FallbackAccount::lineage_of(&json, id, "account").map_err(|e| type_error(env, e))
+    };
+    present(value).map(read).transpose()
+}
+
+/// An optional identity generation: a non-negative whole number.
+fn optional_generation(env: &Env, value: Option<Unknown>) -> Result<Option<u64>> {
+    let read = |value| number_in(env, value, "expectedIdentityGeneration", 0.0, MAX_WHOLE);
+    Ok(present(value).map(read).transpose()?.map(|number| number as u64))
+}
+
+/// A cache entry the host hands in; its quota is read field by field.
+fn entry_arg(env: &Env, value: Option<Unknown>) -> Result<QuotaEntry> {
+    const SHAPE: &str = "{ quota: QuotaSnapshot, checkedAt: number, refreshAfter?: number }";
+    let json = object_arg(env, value, "entry")?;
+    QuotaEntry::from_host_value(&json)
+        .ok_or_else(|| type_error(env, format!("entry must be {SHAPE}")))
+}
+
+/// A request count: a non-negative whole number (anything else is a `TypeError`/`RangeError`).
+fn request_count(env: &Env, value: Option<Unknown>) -> Result<i64> {
+    let value =
+        value.ok_or_else(|| type_error(env, "requestCount must be a number, got undefined"))?;
+    Ok(number_in(env, value, "requestCount", 0.0, MAX_WHOLE)? as i64)
 }

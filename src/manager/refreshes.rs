@@ -8,8 +8,7 @@ use napi_derive::napi;
 use crate::js::{optional, type_error};
 use quota_core::manager::MainTarget;
 
-use super::args::{optional_account, optional_generation};
-use super::QuotaManager;
+use super::{optional_account, optional_generation, QuotaManager};
 
 const MAIN_TOKEN_UNAVAILABLE: &str =
     "Main OAuth access token is unavailable: accessToken must be a non-empty string";
@@ -97,17 +96,5 @@ impl QuotaManager {
             napi::bindgen_prelude::spawn(refresh);
         }
         Ok(())
-    }
-}
-
-impl QuotaManager {
-    /// `token`, remembered as a token, unless it is empty while no host transport brings its own
-    /// credentials: then a `TypeError` saying `unavailable`.
-    fn usable_token(&self, env: &Env, token: String, unavailable: &str) -> Result<String> {
-        if token.trim().is_empty() && !self.core.can_fetch_without_access_token() {
-            return Err(type_error(env, unavailable));
-        }
-        self.core.remember_tokens([token.as_str()]);
-        Ok(token)
     }
 }

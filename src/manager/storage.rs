@@ -3,9 +3,6 @@
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use crate::js::{present, to_json, type_error};
-use quota_core::host::HostStorage;
-
 use super::QuotaManager;
 
 #[napi]
@@ -35,18 +32,5 @@ impl QuotaManager {
             self.core.seed_main(&storage, identity.as_deref());
         }
         Ok(())
-    }
-}
-
-impl QuotaManager {
-    /// The `storage` argument, its identities in the form the core keys routes by.
-    fn storage_arg(&self, env: &Env, value: Option<Unknown>) -> Result<Option<HostStorage>> {
-        let Some(value) = present(value) else {
-            return Ok(None);
-        };
-        let mut storage = HostStorage::from_value(&to_json(env, value, "storage")?)
-            .map_err(|e| type_error(env, format!("storage: {e}")))?;
-        self.core.storage_identities(&mut storage);
-        Ok(Some(storage))
     }
 }
