@@ -12,7 +12,10 @@ const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
 const NEVER_CURRENT = new Int32Array(2)
 
-/** Native answers kept while the change counter holds still, per question by key (isFallbackStale's: id, then model). */
+/**
+ * Native answers kept while the change counter holds still, per question by key
+ * (isFallbackStale's: id, then model).
+ */
 function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
 }
@@ -120,7 +123,10 @@ function snapshotsJson(quotas, wanted) {
   return jsonOrNull(picked) ?? `[${picked.map((quota) => jsonOrNull(quota, withoutBigInts) ?? 'null').join(',')}]`
 }
 
-/** A window's `checkedAt` when a number, -1 without one, else NaN: unreadable (an inherited one, left out by JSON, only raises the bound). */
+/**
+ * A window's `checkedAt` when a number, -1 without one, else NaN: unreadable (an inherited one,
+ * left out by JSON, only raises the bound).
+ */
 function windowCheckedAt(window) {
   if (window === undefined || window === null) return -1
   if (rewrittenByJson(window)) return NaN
@@ -268,7 +274,10 @@ class QuotaManager extends Native {
     )
   }
 
-  /** A rejected promise when called from inside this manager's poll of the route (close(): of any route). */
+  /**
+   * A rejected promise when called from inside this manager's poll of the route (close(): of any
+   * route).
+   */
   #refusedReentry(method, kind, id) {
     const poll = runningPoll.getStore()
     if (poll === undefined || poll.owner !== this.#owner) return undefined
@@ -286,7 +295,8 @@ class QuotaManager extends Native {
 
   /**
    * The last call's promise for a call like it while it would join the same request
-   * (docs/single-flight.md#in-one-process). Not with a `now` option, which every native entry samples.
+   * (docs/single-flight.md#in-one-process). Not with a `now` option, which every native entry
+   * samples.
    */
   #refreshMain(withMetadata, id, token, generation) {
     const refused = this.#refusedReentry(withMetadata ? 'refreshMainWithMetadata' : 'refreshMain', 'main', id)
@@ -313,7 +323,10 @@ class QuotaManager extends Native {
     return true
   }
 
-  /** In two halves (src/account_lists.rs); a settled list, or its unchanged rows, is not sent again (README.md#account-lists). */
+  /**
+   * In two halves (src/account_lists.rs); a settled list, or its unchanged rows, is not sent again
+   * (README.md#account-lists).
+   */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
     const flat = compactAccounts(accounts, quotas)
