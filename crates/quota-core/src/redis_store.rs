@@ -141,15 +141,9 @@ impl Inner {
     }
     /// A `SCAN MATCH` pattern for every route key; glob characters of the prefix are escaped.
     fn route_pattern(&self) -> String {
-        let mut pattern = String::new();
-        for c in self.route("").chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
-        pattern.push('*');
-        pattern
+        let glob = |c: char| matches!(c, '*' | '?' | '[' | ']' | '\\');
+        let escaped = |c| glob(c).then_some('\\').into_iter().chain([c]);
+        self.route("").chars().flat_map(escaped).chain(['*']).collect()
     }
 }
 

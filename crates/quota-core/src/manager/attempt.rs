@@ -10,7 +10,7 @@ use crate::client::poll_headers;
 use crate::error::QuotaError;
 use crate::freshness;
 use crate::merge::merge_poll_result;
-use crate::shared_store::RouteGuard;
+use crate::shared_store::LockedRoute;
 use crate::snapshot::{ApiErrorRecord, QuotaSnapshot};
 use crate::stats::bump;
 use crate::store::{RouteRecord, MAX_CLOCK_SKEW_MS};
@@ -91,17 +91,17 @@ impl QuotaManager {
         let route_lock = if self.inner.shared.is_memory_only() {
             None
         } else {
-            let (lock, shared) = match self.lock_route(&attempt.key).await {
+            let locked = match self.lock_route(&attempt.key).await {
                 Ok(locked) => locked,
                 Err(error) => return ((Served::Request, Err(error)), None),
             };
-            if let Some(settled) = self.serve_from_shared_state(attempt, shared.as_ref()) {
-                if let Some(lock) = lock {
+            if let Some(settled) = self.serve_from_shared_state(attempt, locked.record.as_ref()) {
+                if let Some(lock) = locked.guard {
                     lock.release().await;
                 }
                 return (settled, None);
             }
-            lock
+            locked.guard
         };
         self.wait_for_pacing(attempt).await;
         let (result, announcement) = self.fetch_and_record(attempt, fetch_slot).await;
@@ -111,10 +111,7 @@ impl QuotaManager {
 
     /// Takes the route's shared lock and reads its record under it; an unusable lock is reported
     /// and done without (docs/single-flight.md#without-a-shared-store).
-    async fn lock_route(
-        &self,
-        key: &str,
-    ) -> Result<(Option<RouteGuard>, Option<RouteRecord>), QuotaError> {
+    async fn lock_route(&self, key: &str) -> Result<LockedRoute, QuotaError> {
         let timeout = Duration::from_millis(self.inner.config.lock_timeout_ms.max(0) as u64);
         // One try first, so a wait is counted (`lockWaits`) when it starts, not when it ends.
         let mut outcome = self.inner.shared.lock_route(key, Duration::ZERO).await;
@@ -133,13 +130,13 @@ impl QuotaManager {
             }
             Err(error) => {
                 self.report_store_error(error);
-                return Ok((None, None));
+                return Ok(LockedRoute::default());
             }
         };
         if let Some(problem) = &locked.problem {
             self.report_state_error(problem);
         }
-        Ok((locked.guard, locked.record))
+        Ok(locked)
     }
 
     /// With the route lock held: folds in what other processes wrote, and answers from it when
@@ -179,7 +176,7 @@ impl QuotaManager {
         if (produced_by_another && recent && !from_the_future)
             || (!attempt_from_the_future && attempt.main_attempted_meanwhile(slot, now, interval))
         {
-            let outcome = RefreshOutcome { quota: slot.entry()?.quota.clone(), fetched: false };
+            let outcome = RefreshOutcome { quota: entry.quota.clone(), fetched: false };
             // From now on this process knows the adopted snapshot.
             slot.adopted_checked_at = None;
             return Some((Served::OtherProcess, Ok(outcome)));
@@ -187,8 +184,7 @@ impl QuotaManager {
         None
     }
 
-    /// The fetch slot is given back once the answer is in: the next account's request goes out
-    /// while this result is written (and many results' writes are grouped).
+    /// The fetch slot goes back once the answer is in: the next request goes out during the write.
     async fn fetch_and_record(
         &self,
         attempt: &Attempt,

@@ -1,5 +1,4 @@
-//! Backoff bookkeeping on a route (docs/backoff.md): arming it for a failure, clearing it for a
-//! success, adopting one the host persisted, and the fail-closed answer while it is open.
+//! A route's backoff (docs/backoff.md): armed, cleared, adopted from the host, and failing closed.
 
 use super::attempt::Attempt;
 use super::routes::{RouteId, RouteSlot};
@@ -63,8 +62,7 @@ impl QuotaManager {
         });
     }
 
-    /// Arms the route's backoff for an endpoint failure, unless it is open already; the record
-    /// to report when it did.
+    /// Arms the route's backoff for a failure unless open already: `Some`, the record to report.
     pub(super) fn record_failure(
         &self,
         attempt: &Attempt,

@@ -1,5 +1,4 @@
-//! The cache as the host sees it: reads, the host's own writes, header frames merged in, and
-//! whether an entry is due.
+//! The cache as the host sees it: reads, the host's own writes, header frames merged in, staleness.
 
 use std::sync::Arc;
 
@@ -13,8 +12,7 @@ use crate::policy::{exhausted_until, MinimumRemaining};
 use crate::snapshot::{QuotaEntry, QuotaSnapshot, QuotaSource};
 use crate::store::StoreUpdate;
 
-/// The settings the host keeps in its storage (explicit options on top), which decide when a
-/// cache entry is due.
+/// The host's stored settings (explicit options on top): they decide when an entry is due.
 #[derive(Clone, Debug)]
 pub(super) struct Settings {
     pub interval_ms: i64,

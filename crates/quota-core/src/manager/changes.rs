@@ -1,14 +1,12 @@
-//! The change counter: bumped whenever the manager's state is borrowed mutably, so a host keeps
-//! its answers of the synchronous reads (`getMain`, the staleness deadline, settings) while it
-//! has not moved; the binding shows it to JavaScript as shared memory (an `Int32Array`).
+//! The change counter: it moves whenever the manager's state is borrowed mutably, so a host keeps
+//! its synchronous reads' answers while it stays put (JavaScript sees it as an `Int32Array`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 /// A version number of the manager's state (wrapping at `i32::MAX`), and beside it the calls the
-/// host answered from its kept `refreshMain` answer (`index.js`, one atomic add each), for the
-/// manager to count on the main request before its state can change (`QuotaManager::state`).
+/// host answered from its kept `refreshMain` answer (docs/single-flight.md#in-one-process).
 #[derive(Debug, Default)]
 pub struct ChangeCounter(Arc<[AtomicI32; 2]>);
 

@@ -1,5 +1,4 @@
-//! The main identity as the plugin binds it, with its generations and strictness
-//! (docs/compat.md#main-identity), and which identities are tokens.
+//! The main identity as the plugin binds it (docs/compat.md#main-identity), and which are tokens.
 
 use std::sync::Arc;
 

@@ -34,7 +34,7 @@ pub use backoff_book::FailClosedResponse;
 pub use changes::ChangeCounter;
 pub use identity::{MainIdentity, MainTarget, PendingTokens};
 pub use outcome::{FetchedEvent, HostEvents, RefreshOutcome};
-pub use refresh::{Refresh, RefreshFuture};
+pub use refresh::Refresh;
 pub use seeding::{AwaitedSnapshots, SeedingScope};
 
 use cache::Settings;
@@ -111,8 +111,7 @@ struct Inner {
     changes: ChangeCounter,
     /// The state file's load, run off the host's thread; every state access waits for it.
     loading: Loading,
-    /// One state-file write at a time, the next taking all queued meanwhile: a few fsyncs, not one
-    /// per result (a group commit).
+    /// One state-file write at a time, each taking all queued (docs/state-file.md#write-behind).
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The tokens the host handed over (which identities are tokens).
     seen_tokens: SeenTokens,
@@ -125,8 +124,7 @@ pub struct QuotaManager {
 }
 
 impl QuotaManager {
-    /// Builds a manager, seeded from the state file, then from the host's storage
-    /// (docs/state-file.md#seeding).
+    /// A manager seeded from the state file, then the host's storage (docs/state-file.md#seeding).
     pub fn new(
         config: ManagerConfig,
         mut storage: Option<HostStorage>,
@@ -210,9 +208,7 @@ impl QuotaManager {
 
     fn state(&self) -> StateGuard<'_, State> {
         self.inner.loading.wait();
-        // A panic under the lock leaves nothing worse than refusing every later call would.
-        let guard = self.inner.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = StateGuard::new(guard, &self.inner.changes);
+        let state = StateGuard::new(loading::lock(&self.inner.state), &self.inner.changes);
         // Calls the host answered from its kept `refreshMain` answer, counted on that request
         // before it can change (docs/single-flight.md#in-one-process).
         let joined = self.inner.changes.take_joined();

@@ -1,5 +1,4 @@
-//! What a refresh ends with, shared by the modules that start, run and answer it: its callers'
-//! answer, and the host's callbacks, which hear of it once the request's locks are released.
+//! What a refresh ends with: its callers' answer, and the host's callbacks once its locks are free.
 
 use std::sync::atomic::AtomicU64;
 

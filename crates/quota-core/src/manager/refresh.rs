@@ -19,12 +19,9 @@ use crate::stats::{bump, bump_by};
 /// How many accounts a fan-out registers before it lets other tasks on its thread run.
 const REGISTERED_PER_TURN: usize = 256;
 
-/// A caller's wait for a refresh that is already registered.
-pub type RefreshFuture = BoxFuture<'static, Result<RefreshOutcome, QuotaError>>;
-
 /// A refresh registered at the call.
 pub struct Refresh {
-    pub wait: RefreshFuture,
+    pub wait: BoxFuture<'static, Result<RefreshOutcome, QuotaError>>,
     /// The request the call is attached to (it started it or joined it); `None` when it was
     /// answered at once (backed off, closed). Calls with the same id get the same result.
     pub attempt_id: Option<u64>,
@@ -218,7 +215,7 @@ impl QuotaManager {
     pub fn refresh_all_fallbacks(&self, accounts: Vec<FallbackAccount>) -> BoxFuture<'static, ()> {
         let manager = self.clone();
         async move {
-            let mut refreshes: Vec<RefreshFuture> = Vec::new();
+            let mut refreshes = Vec::new();
             let usable = accounts.iter().filter(|a| a.enabled && a.access.is_some());
             for (registered, account) in usable.enumerate() {
                 if registered % REGISTERED_PER_TURN == REGISTERED_PER_TURN - 1 {

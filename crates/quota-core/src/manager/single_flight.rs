@@ -101,8 +101,7 @@ impl<T: Clone + Send + Sync + 'static> Flight<T> {
 /// them by token), found and removed by id (docs/single-flight.md#in-one-process).
 pub(super) struct Flights<T: Clone> {
     running: Vec<(Option<String>, Flight<T>)>,
-    /// The flight the last caller was handed (it started or joined it); `None` when the last
-    /// caller was answered at once.
+    /// The flight the last caller was handed (started or joined); `None`: answered at once.
     last_handed: Option<u64>,
 }
 
@@ -122,8 +121,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
         self.running.iter_mut().map(|(_, flight)| flight).find(|flight| flight.id == id)
     }
 
-    /// Adds a flight for `key`, handed to its first caller; a finished one left under the same
-    /// key gives way to it.
+    /// Adds a flight for `key`, handed to its first caller; a finished one under `key` gives way.
     pub fn start(&mut self, key: Option<String>, flight: Flight<T>) {
         self.last_handed = Some(flight.id);
         self.running.retain(|(k, _)| *k != key);

@@ -106,10 +106,8 @@ impl QuotaManager {
         std::mem::take(&mut self.state().writes.running)
     }
 
-    /// Writes everything queued. Writes are serialised, so "flushed" means "on disk": a caller
-    /// finding nothing left had its changes written by the one before. The next write waits as
-    /// long as this one took (at most a second), so a large file does not take the CPU from the
-    /// requests, and the next write carries all that came meanwhile.
+    /// Writes everything queued, one write at a time (docs/state-file.md#write-behind): a caller
+    /// finding nothing left had its changes written by the one before ("flushed" is "on disk").
     pub async fn flush(&self) {
         self.flush_under(None).await;
     }
