@@ -1,6 +1,5 @@
-//! The host's callbacks (docs/compat.md#callbacks), called from the core's threads through *weak*
-//! threadsafe functions (they never keep Node alive). A callback that throws or rejects is
-//! counted and reported, never propagated.
+//! The host's callbacks (docs/compat.md#callbacks, docs/state-file.md#host-callbacks), called
+//! from the core's threads.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,8 +22,6 @@ pub fn host_function<Args: 'static + JsValuesTupleIntoVec, Return: FromNapiValue
 ) -> Result<HostFunction<Args, Return>> {
     function.build_threadsafe_function().weak::<true>().callee_handled::<false>().build()
 }
-
-type Callback<Args> = HostFunction<Args, CallbackReturn>;
 
 /// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -50,17 +47,15 @@ impl FromNapiValue for CallbackReturn {
     }
 }
 
-type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64, f64, Option<f64>)>;
-type ApiErrorArgs = FnArgs<(Json<ApiErrorRecord>, f64)>;
-type FallbackFetchedArgs = FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>;
-type FallbackErrorArgs = FnArgs<(String, Json<ApiErrorRecord>)>;
+/// A callback taking `Args`, if the host gave one.
+type Slot<Args> = Option<Arc<HostFunction<Args, CallbackReturn>>>;
 
 #[derive(Default)]
 struct Slots {
-    main_fetched: Option<Arc<Callback<MainFetchedArgs>>>,
-    api_error: Option<Arc<Callback<ApiErrorArgs>>>,
-    fallback_fetched: Option<Arc<Callback<FallbackFetchedArgs>>>,
-    fallback_error: Option<Arc<Callback<FallbackErrorArgs>>>,
+    main_fetched: Slot<FnArgs<(Json<QuotaSnapshot>, f64, String, f64, f64, Option<f64>)>>,
+    api_error: Slot<FnArgs<(Json<ApiErrorRecord>, f64)>>,
+    fallback_fetched: Slot<FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>>,
+    fallback_error: Slot<FnArgs<(String, Json<ApiErrorRecord>)>>,
 }
 
 /// The four optional host callbacks, until `release` drops them.
@@ -96,7 +91,7 @@ impl JsCallbacks {
     /// Calls the callback in `slot`, if any (it has run when this returns).
     fn invoke<Args: 'static + Send + JsValuesTupleIntoVec>(
         &self,
-        slot: impl FnOnce(&Slots) -> Option<Arc<Callback<Args>>>,
+        slot: impl FnOnce(&Slots) -> Slot<Args>,
         args: Args,
         name: &'static str,
     ) -> BoxFuture<'static, ()> {
@@ -114,9 +109,8 @@ impl JsCallbacks {
             };
             let wait = if await_promise { CALLBACK_PROMISE_WAIT } else { CALLBACK_PROMISE_WATCH };
             let watch = async move {
-                // A promise still pending then is let go: a later rejection is still caught
-                // (the promise keeps its handlers), just no longer counted. Nor may a promise
-                // that never settles hold a task forever.
+                // Then let go, so a promise that never settles holds no task: a later rejection
+                // is still caught (the promise keeps its handlers), just no longer counted.
                 if let Ok(Err(error)) = tokio::time::timeout(wait, promise).await {
                     report(&error, name, &stats);
                 }
@@ -133,7 +127,7 @@ impl JsCallbacks {
 
 fn build<Args: 'static + JsValuesTupleIntoVec>(
     function: Option<Function<Args, CallbackReturn>>,
-) -> Result<Option<Arc<Callback<Args>>>> {
+) -> Result<Slot<Args>> {
     function.map(|function| Ok(Arc::new(host_function(&function)?))).transpose()
 }
 

@@ -1,7 +1,5 @@
-//! Writes what is still unsaved when the host exits. Header pushes wait up to 250 ms to be
-//! written together; a host that exits within that time (even through `process.exit()`, or
-//! killed by a signal) still gets them on disk. The facade (`index.js`) installs the process
-//! listeners, once per thread, and they call `QuotaManager._flushUnsaved()`.
+//! Writes what is still unsaved when the host exits (docs/state-file.md#write-behind); the
+//! listeners `index.js` installs call `QuotaManager._flushUnsaved()`.
 
 use std::cell::{Cell, RefCell};
 

@@ -17,7 +17,6 @@ use quota_core::headers::{header_pairs, parse_quota_headers};
 use quota_core::policy::{evaluate_quota as evaluate, QuotaPolicy};
 use quota_core::route_key::RouteKey;
 use quota_core::snapshot::QuotaSnapshot;
-use quota_core::store;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -117,8 +116,7 @@ pub fn parse_retry_after(
 /// is set. Variables are read from the host's `process.env`.
 #[napi(catch_unwind, ts_return_type = "string | null")]
 pub fn default_state_path(env: Env) -> Option<String> {
-    store::default_state_path(|name| super::host_env::host_var(&env, name).ok().flatten())
-        .map(|p| p.display().to_string())
+    super::host_env::default_state_path(&env).map(|p| p.display().to_string())
 }
 
 /// Reads a state-file route key (`main:<identity>` or `fallback:<id>`); `null` for a key of

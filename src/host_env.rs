@@ -1,6 +1,5 @@
-//! The host's environment as its JavaScript sees it (`process.env`), for the transport settings:
-//! Bun keeps `process.env` apart from the C environment, so a variable set (or deleted) at run
-//! time is only visible there. Read on the JavaScript thread, at construction.
+//! The host's environment as its JavaScript sees it (`process.env`, apart from the C environment
+//! under Bun), read at construction (docs/endpoint.md#transport-security).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -9,6 +8,7 @@ use std::sync::Mutex;
 use napi::bindgen_prelude::*;
 
 use quota_core::client::{ConnectionOptions, ProxySetting};
+use quota_core::store;
 
 /// One variable of the host's `process.env`; blank counts as unset. Falls back to the C
 /// environment only when the host has no `process.env` at all.
@@ -36,15 +36,18 @@ fn process_env(env: &Env) -> Result<Option<Object<'_>>> {
     Ok(Some(vars.coerce_to_object()?))
 }
 
+/// The state file used when `statePath` is not given (docs/state-file.md#location).
+pub fn default_state_path(env: &Env) -> Option<PathBuf> {
+    store::default_state_path(|name| host_var(env, name).ok().flatten())
+}
+
 /// The first of `names` that is set.
 fn first_var(env: &Env, names: &[&str]) -> Result<Option<String>> {
     names.iter().find_map(|name| host_var(env, name).transpose()).transpose()
 }
 
-/// Extra trusted roots (`SSL_CERT_FILE`, `NODE_EXTRA_CA_CERTS`) and the proxy
-/// (`HTTPS_PROXY`, else `HTTP_PROXY`, with `NO_PROXY`; upper or lower case) from the host's
-/// `process.env`. No proxy variable means no proxy: a C-environment-only proxy is not used
-/// behind the host's back. Loopback endpoints never use a proxy.
+/// Extra trusted roots and the proxy (docs/endpoint.md#transport-security); the proxy
+/// variables are read in upper or lower case.
 pub fn connection_options(env: &Env) -> Result<ConnectionOptions> {
     let extra_ca_files = ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"]
         .iter()

@@ -1,7 +1,6 @@
 //! The host transports (docs/endpoint.md#host-transports): a JavaScript adapter, built once per
-//! manager, calls the host's `fetchImpl` or `fetchQuotaSnapshot`, reads its answer, samples `now`
-//! when it settled, and hands back one JSON string the core reads like an HTTP answer. It is
-//! called through a weak threadsafe function, so it never keeps Node alive.
+//! manager, calls the host's function and hands back its answer, and `now` when it settled, as
+//! one JSON string.
 
 use std::sync::Arc;
 
@@ -18,14 +17,11 @@ use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest, Tr
 /// as upstream). It never rejects: every failure becomes an answer.
 const ADAPTER: &str = r"(function ([fetchImpl, fetchQuotaSnapshot, now]) {
   const finite = (v) => (typeof v === 'number' && Number.isFinite(v) ? v : undefined)
-  const message = (e) => String(e && typeof e === 'object' && 'message' in e ? e.message : e)
+  const fields = (v) => (v && typeof v === 'object' ? v : {})
+  const message = (e) => String('message' in fields(e) ? e.message : e)
   const networkCodes = ['ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND', 'ECONNREFUSED']
-  const networkFailure = (e) => {
-    if (e instanceof TypeError) return true
-    const codeOf = (v) => (v && typeof v === 'object' && typeof v.code === 'string' ? v.code : undefined)
-    const code = codeOf(e) ?? codeOf(e && typeof e === 'object' ? e.cause : undefined)
-    return code !== undefined && networkCodes.includes(code)
-  }
+  const networkFailure = (e) => e instanceof TypeError ||
+    networkCodes.includes(typeof fields(e).code === 'string' ? e.code : fields(fields(e).cause).code)
   const settle = (answer) => {
     try { answer.now = now ? finite(now()) : undefined } catch (e) { answer.now = undefined }
     try { return JSON.stringify(answer) } catch (e) {
@@ -41,7 +37,7 @@ const ADAPTER: &str = r"(function ([fetchImpl, fetchQuotaSnapshot, now]) {
         })
         return settle({ kind: 'snapshot', snapshot })
       } catch (error) {
-        const e = error && typeof error === 'object' ? error : {}
+        const e = fields(error)
         // The facade's mark: the host called the manager back for the route it was polling.
         if (e.code === 'QUOTA_REENTRANT_CALL') return settle({ kind: 'reentered', message: message(error) })
         return settle({
@@ -58,8 +54,7 @@ const ADAPTER: &str = r"(function ([fetchImpl, fetchQuotaSnapshot, now]) {
       if (!response || typeof response !== 'object') {
         return settle({ kind: 'failed', message: 'fetchImpl did not resolve with a response' })
       }
-      const headers = response.headers
-      const retryAfter = headers && typeof headers.get === 'function' ? headers.get('retry-after') : null
+      const retryAfter = typeof response.headers?.get === 'function' ? response.headers.get('retry-after') : null
       const body = await response.text()
       return settle({
         kind: 'response', status: Number(response.status),

@@ -29,11 +29,9 @@ impl SharedCell for AtomicI64 {
     const TYPED_ARRAY: sys::napi_typedarray_type = sys::TypedarrayType::bigint64_array;
 }
 
-/// A typed array over `cell` (an `Int32Array` or a `BigInt64Array`), or
-/// `None` when the runtime refuses external buffers (Electron's V8 sandbox). napi-rs's own
-/// `ArrayBuffer::from_external` would fall back to a copy there, which would freeze the number
-/// the facade reads: the facade must rather know, and then keep nothing. V8 allows one buffer per
-/// memory: `shown` records that the cell was shown, and a later call answers `None`.
+/// A typed array over `cell`, or `None` when the runtime refuses external buffers (Electron's V8
+/// sandbox), where napi-rs's `ArrayBuffer::from_external` would copy and so freeze the number the
+/// facade reads. V8 allows one buffer per memory: after the first call (`shown`), `None`.
 pub fn shared_view<'env, T: SharedCell>(
     env: &'env Env,
     shown: &Cell<bool>,

@@ -18,17 +18,20 @@ impl<T: Serialize> ToNapiValue for Json<T> {
         let text = serde_json::to_string(&value.0)
             .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
         let env = Env::from_raw(env);
-        let parse: Function<String, Unknown> = json_function(&env, "parse")?;
+        let parse: Function<String, Unknown> = global_function(&env, "JSON", "parse")?;
         Ok(parse.call(text)?.raw())
     }
 }
 
-pub fn json_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
+/// A static method of a global (`JSON.parse`, `Object.keys`).
+pub fn global_function<'env, Args: JsValuesTupleIntoVec, Return: FromNapiValue>(
     env: &'env Env,
+    global: &str,
     name: &str,
 ) -> Result<Function<'env, Args, Return>> {
-    let json: Object = env.get_global()?.get_named_property("JSON")?;
-    json.get_named_property(name)
+    // Unchecked: `Object` is a function, which the checked read refuses as an object.
+    let global: Object = env.get_global()?.get_named_property_unchecked(global)?;
+    global.get_named_property(name)
 }
 
 /// A `TypeError` naming the culprit, with Node's `ERR_INVALID_ARG_TYPE` code.
@@ -87,7 +90,6 @@ pub fn quota_error(env: &Env, error: &QuotaError) -> Error {
         if let QuotaError::BackedOff { next_retry_at, .. } = error {
             object.set("nextRetryAt", *next_retry_at as f64)?;
         }
-        // A state error or a state-lock timeout names its file.
         if let Some(path) = error.path() {
             object.set("path", path)?;
         }
@@ -106,12 +108,9 @@ pub fn retry_after_secs(ms: i64) -> f64 {
 pub fn to_json(env: &Env, value: Unknown, name: &str) -> Result<Value> {
     let unreadable =
         |reason: &str| type_error(env, format!("{name} could not be read as plain data: {reason}"));
-    let stringify: Function<Unknown, Unknown> = json_function(env, "stringify")?;
+    let stringify: Function<Unknown, Option<String>> = global_function(env, "JSON", "stringify")?;
     let text = stringify.call(value).map_err(|e| unreadable(&e.reason))?;
-    if text.get_type()? != ValueType::String {
-        return Err(unreadable("it has no JSON form"));
-    }
-    let text = unsafe { text.cast::<String>() }?;
+    let text = text.ok_or_else(|| unreadable("it has no JSON form"))?;
     serde_json::from_str(&text).map_err(|e| unreadable(&e.to_string()))
 }
 
@@ -121,9 +120,8 @@ pub fn object_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value
     to_json(env, object.to_unknown(), name)
 }
 
-/// Response headers (or a snapshot) as plain data. A `Headers` or a `Map` (anything with an
-/// `entries()` method that is not an array: `response.headers` is the natural argument) is read
-/// through `Object.fromEntries`; another object as it is; anything else is a `TypeError`.
+/// Response headers (or a snapshot) as plain data: a `Headers` or a `Map` (anything with an
+/// `entries()` method that is not an array) through `Object.fromEntries`, another object as it is.
 pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Value> {
     let actual = value.as_ref().map_or(Ok(ValueType::Undefined), Unknown::get_type)?;
     let (Some(value), ValueType::Object) = (value, actual) else {
@@ -133,10 +131,8 @@ pub fn headers_arg(env: &Env, value: Option<Unknown>, name: &str) -> Result<Valu
     };
     let entries: Unknown = value.coerce_to_object()?.get_named_property("entries")?;
     if !value.is_array()? && entries.get_type()? == ValueType::Function {
-        // `Object` is a function: read it as an unknown value to reach its static method.
-        let object: Unknown = env.get_global()?.get_named_property("Object")?;
         let from_entries: Function<Unknown, Unknown> =
-            object.coerce_to_object()?.get_named_property("fromEntries")?;
+            global_function(env, "Object", "fromEntries")?;
         let plain = from_entries
             .call(value)
             .map_err(|e| type_error(env, format!("{name} could not be read: {}", e.reason)))?;

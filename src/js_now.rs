@@ -1,7 +1,5 @@
-//! The `now` option (docs/api.md#options), only ever called on the JavaScript thread (a core
-//! thread calling into JavaScript could deadlock with a method holding the manager's lock): at
-//! every entry into the manager and when a poll settles. The core reads the last sample from a
-//! `ManualClock` it shares with this object.
+//! The `now` option, only ever called on the JavaScript thread (docs/api.md#options); the core
+//! reads its last sample from a `ManualClock` it shares with this object.
 
 use napi::bindgen_prelude::*;
 

@@ -10,10 +10,11 @@ use napi::bindgen_prelude::*;
 
 use super::callbacks::JsCallbacks;
 use super::clock::ManualClock;
-use super::host_env::host_var;
+use super::host_env::default_state_path;
 use super::host_fetch::HostFetch;
 use super::js::{
-    config_error, is_nullish, non_blank, of_type, optional, present, to_json, type_error,
+    config_error, global_function, is_nullish, non_blank, of_type, optional, present, to_json,
+    type_error,
 };
 use super::js_now::JsNow;
 use quota_core::clock::{Clock, SystemClock};
@@ -21,7 +22,6 @@ use quota_core::config::{BackoffOptions, ManagerOptions};
 use quota_core::host::HostStorage;
 use quota_core::manager::ManagerConfig;
 use quota_core::redis_store::RedisConfig;
-use quota_core::store::default_state_path;
 
 /// Everything the constructor needs, read from the options object.
 pub struct ParsedOptions {
@@ -56,9 +56,7 @@ impl<'a> Fields<'a> {
         let Some(object) = &self.object else {
             return Ok(());
         };
-        let object_class: Unknown = self.env.get_global()?.get_named_property("Object")?;
-        let own_keys: Function<Object, Vec<String>> =
-            object_class.coerce_to_object()?.get_named_property("keys")?;
+        let own_keys: Function<Object, Vec<String>> = global_function(self.env, "Object", "keys")?;
         for key in own_keys.call(*object)? {
             if !self.read.borrow().contains(&key.as_str()) && object.get::<Unknown>(&key)?.is_some()
             {
@@ -166,11 +164,10 @@ fn parse_redis(env: &Env, value: Option<Unknown>) -> Result<Option<RedisConfig>>
     Ok(Some(RedisConfig::new(url, key_prefix)))
 }
 
-/// `undefined`: the `OpenCode` config dir, resolved now so later environment changes cannot move
-/// it. `null`: memory only.
+/// `undefined`: the default, resolved now; `null`: memory only (docs/state-file.md#location).
 fn parse_state_path(env: &Env, fields: &Fields) -> Result<Option<PathBuf>> {
     match fields.raw("statePath")? {
-        None => Ok(default_state_path(|name| host_var(env, name).ok().flatten())),
+        None => Ok(default_state_path(env)),
         Some(value) if is_nullish(&value) => Ok(None),
         Some(_) => {
             let path = PathBuf::from(fields.string("statePath")?.unwrap_or_default());

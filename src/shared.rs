@@ -1,7 +1,5 @@
-//! One promise per running request. Every caller attached to the same request (it started it,
-//! or joined it) gets the same promise, settled once with one deep-frozen result: 10,000
-//! callers of one refresh cost one conversion and one resolution, not 10,000. The core counts
-//! every caller in `stats()` when the request is done.
+//! One promise per running request (docs/single-flight.md#in-one-process): its callers share one
+//! deep-frozen result, so 10,000 callers of one refresh cost one conversion and one resolution.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -63,8 +61,7 @@ impl SharedPromises {
                 if let Some(reference) = key.and_then(|key| running.borrow_mut().remove(&key)) {
                     let _ = reference.unref(env);
                 }
-                // The caller is answered now, not when `wait` ended: a call made in between
-                // (the same synchronous run of JS) joined this request and got this promise.
+                // Released now, not when `wait` ended: a call made in between joined this promise.
                 drop(hold);
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
                 // The `…WithMetadata` twins resolve with `{ quota, fetched }`.

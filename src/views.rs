@@ -1,7 +1,6 @@
-//! Frozen JavaScript views of cache entries. The hot path (`getMain` on every model request)
-//! returns the same object until the entry changes, instead of converting the entry again:
-//! the core replaces an entry's `Arc` whenever it changes, so pointer equality says "unchanged".
-//! The views are deep-frozen so that no caller can alter what the next caller reads.
+//! Deep-frozen JavaScript views of cache entries, the same object until the entry changes
+//! (docs/api.md#methods): the core replaces an entry's `Arc` whenever it changes, so pointer
+//! equality says "unchanged".
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,7 +83,7 @@ impl<T: Serialize> ToNapiValue for Frozen<T> {
 
 fn frozen_object<'env, T: Serialize>(env: &'env Env, value: &T) -> Result<Object<'env>> {
     let tree = serde_json::to_value(value).map_err(|e| Error::from_reason(e.to_string()))?;
-    let parse: Function<String, Object> = crate::js::json_function(env, "parse")?;
+    let parse: Function<String, Object> = crate::js::global_function(env, "JSON", "parse")?;
     let mut object = parse.call(tree.to_string())?;
     freeze_tree(&mut object, &tree)?;
     Ok(object)
