@@ -23,6 +23,8 @@ pub fn host_function<Args: 'static + JsValuesTupleIntoVec, Return: FromNapiValue
     function.build_threadsafe_function().weak::<true>().callee_handled::<false>().build()
 }
 
+type Callback<Args> = HostFunction<Args, CallbackReturn>;
+
 /// How long a callback's promise may keep a refresh's callers waiting (`awaitCallbacks`).
 const CALLBACK_PROMISE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a callback's promise is watched for a rejection when nobody waits for it.
@@ -47,15 +49,17 @@ impl FromNapiValue for CallbackReturn {
     }
 }
 
-/// A callback taking `Args`, if the host gave one.
-type Slot<Args> = Option<Arc<HostFunction<Args, CallbackReturn>>>;
+type MainFetchedArgs = FnArgs<(Json<QuotaSnapshot>, f64, String, f64, f64, Option<f64>)>;
+type ApiErrorArgs = FnArgs<(Json<ApiErrorRecord>, f64)>;
+type FallbackFetchedArgs = FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>;
+type FallbackErrorArgs = FnArgs<(String, Json<ApiErrorRecord>)>;
 
 #[derive(Default)]
 struct Slots {
-    main_fetched: Slot<FnArgs<(Json<QuotaSnapshot>, f64, String, f64, f64, Option<f64>)>>,
-    api_error: Slot<FnArgs<(Json<ApiErrorRecord>, f64)>>,
-    fallback_fetched: Slot<FnArgs<(String, Json<QuotaSnapshot>, f64, f64)>>,
-    fallback_error: Slot<FnArgs<(String, Json<ApiErrorRecord>)>>,
+    main_fetched: Option<Arc<Callback<MainFetchedArgs>>>,
+    api_error: Option<Arc<Callback<ApiErrorArgs>>>,
+    fallback_fetched: Option<Arc<Callback<FallbackFetchedArgs>>>,
+    fallback_error: Option<Arc<Callback<FallbackErrorArgs>>>,
 }
 
 /// The four optional host callbacks, until `release` drops them.
@@ -91,7 +95,7 @@ impl JsCallbacks {
     /// Calls the callback in `slot`, if any (it has run when this returns).
     fn invoke<Args: 'static + Send + JsValuesTupleIntoVec>(
         &self,
-        slot: impl FnOnce(&Slots) -> Slot<Args>,
+        slot: impl FnOnce(&Slots) -> Option<Arc<Callback<Args>>>,
         args: Args,
         name: &'static str,
     ) -> BoxFuture<'static, ()> {
@@ -109,8 +113,8 @@ impl JsCallbacks {
             };
             let wait = if await_promise { CALLBACK_PROMISE_WAIT } else { CALLBACK_PROMISE_WATCH };
             let watch = async move {
-                // Then let go, so a promise that never settles holds no task: a later rejection
-                // is still caught (the promise keeps its handlers), just no longer counted.
+                // Still pending after `wait`, it is let go (it may never settle): a later
+                // rejection is still caught (the promise keeps its handlers), just not counted.
                 if let Ok(Err(error)) = tokio::time::timeout(wait, promise).await {
                     report(&error, name, &stats);
                 }
@@ -127,7 +131,7 @@ impl JsCallbacks {
 
 fn build<Args: 'static + JsValuesTupleIntoVec>(
     function: Option<Function<Args, CallbackReturn>>,
-) -> Result<Slot<Args>> {
+) -> Result<Option<Arc<Callback<Args>>>> {
     function.map(|function| Ok(Arc::new(host_function(&function)?))).transpose()
 }
 

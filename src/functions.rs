@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::clock::MAX_TIME_MS;
 use super::js::{
-    headers_arg, number_in, object_arg, optional, or_undefined, present, required, to_json,
-    type_error, Json, OrUndefined,
+    headers_arg, number_in, object_arg, optional, present, required, to_json, type_error, Json,
+    OrUndefined,
 };
 use quota_core::backoff;
 use quota_core::clock::{Clock, SystemClock};
@@ -107,7 +107,7 @@ pub fn parse_retry_after(
 ) -> Result<OrUndefined<f64>> {
     let value = required::<String>(&env, value, "value")?;
     let now = optional_time(&env, now_ms, "nowMs")?;
-    Ok(or_undefined(backoff::parse_retry_after(&value, now).map(|ms| ms as f64)))
+    Ok(backoff::parse_retry_after(&value, now).map(|ms| ms as f64).into())
 }
 
 /// The state file a manager uses when `statePath` is not given: `anthropic-quota-state.json`

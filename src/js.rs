@@ -218,12 +218,9 @@ pub fn describe(value_type: ValueType) -> &'static str {
     }
 }
 
-/// `undefined` when absent (the optional results of docs/api.md#methods), the value otherwise.
+/// `undefined` when absent (the optional results of docs/api.md#methods), the value otherwise;
+/// napi-rs converts an `Option` into it (`.into()`).
 pub type OrUndefined<T> = Either<T, Undefined>;
-
-pub fn or_undefined<T>(value: Option<T>) -> OrUndefined<T> {
-    value.map_or(Either::B(()), Either::A)
-}
 
 /// A Promise or another thenable: an object or function with a callable `then`.
 pub fn is_thenable(value: &Unknown) -> Result<bool> {

@@ -1,6 +1,5 @@
-//! `QuotaManagerOptions`, read at construction: each field's JavaScript type is checked here (a
-//! `TypeError` naming it), its value by the core's `ManagerConfig::new` (a `RangeError` or a
-//! `TypeError` naming it, through `config_error`).
+//! `QuotaManagerOptions` (docs/api.md#options): each field's JavaScript type is checked here, its
+//! value by the core's `ManagerConfig::new` (docs/api.md#bad-input).
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -33,8 +32,8 @@ pub struct ParsedOptions {
     pub callbacks: JsCallbacks,
 }
 
-/// One options object; every field optional. Its options are the fields read from it: any
-/// other key is a `TypeError` (a misspelt `fetchImpl` must not silently poll the real endpoint).
+/// One options object, every field optional; a key no reader asked for is refused
+/// (docs/api.md#bad-input).
 pub struct Fields<'a> {
     env: &'a Env,
     object: Option<Object<'a>>,
@@ -49,9 +48,8 @@ impl<'a> Fields<'a> {
         Ok(Self { env, object, prefix, read: RefCell::default() })
     }
 
-    /// Refuses keys that were not read (a key whose value is `undefined` counts as absent).
-    /// Only the object's own enumerable keys (`Object.keys`): N-API's key listing also walks the
-    /// prototype chain, and an enumerable `Object.prototype` property is not an option given.
+    /// Refuses the own enumerable keys (`Object.keys`) not read: N-API's key listing also walks
+    /// the prototype chain, and an enumerable `Object.prototype` property is not an option given.
     fn reject_unknown_keys(&self) -> Result<()> {
         let Some(object) = &self.object else {
             return Ok(());

@@ -4,9 +4,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::{json, Value};
 
-use crate::js::{
-    headers_arg, optional, or_undefined, required_non_empty, retry_after_secs, Json, OrUndefined,
-};
+use crate::js::{headers_arg, optional, required_non_empty, retry_after_secs, Json, OrUndefined};
 use quota_core::headers::frame_from_value;
 use quota_core::snapshot::ApiErrorRecord;
 
@@ -79,9 +77,7 @@ impl QuotaManager {
         let identity = self.main_identity(&env, identity, "identity")?;
         let strict = optional::<bool>(&env, strict, "strict")?.unwrap_or(true);
         let force = optional::<bool>(&env, force, "force")?.unwrap_or(false);
-        Ok(or_undefined(
-            self.core.set_main_identity(identity.as_deref(), strict, force).map(|g| g as f64),
-        ))
+        Ok(self.core.set_main_identity(identity.as_deref(), strict, force).map(|g| g as f64).into())
     }
 
     /// Bumped whenever the bound main identity changes.
@@ -99,7 +95,7 @@ impl QuotaManager {
     /// When the main backoff error was last cleared.
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn get_main_quota_error_cleared_at(&self, env: Env) -> Result<OrUndefined<f64>> {
-        Ok(or_undefined(self.tick(&env)?.main_error_cleared_at().map(|t| t as f64)))
+        Ok(self.tick(&env)?.main_error_cleared_at().map(|t| t as f64).into())
     }
 
     /// Unbinds the main identity and drops the main entry.
@@ -113,7 +109,7 @@ impl QuotaManager {
     /// new error generation, or `undefined` when no error was set.
     #[napi(catch_unwind, ts_return_type = "number | undefined")]
     pub fn clear_main_backoff(&self, env: Env) -> Result<OrUndefined<f64>> {
-        Ok(or_undefined(self.tick(&env)?.clear_main_backoff().map(|g| g as f64)))
+        Ok(self.tick(&env)?.clear_main_backoff().map(|g| g as f64).into())
     }
 
     /// `true` when polls go through `fetchQuotaSnapshot`: only then may a refresh be called
@@ -281,7 +277,7 @@ impl QuotaManager {
     /// The main route's last backoff-arming failure.
     #[napi(catch_unwind, ts_return_type = "QuotaApiError | undefined")]
     pub fn get_last_api_error(&self, env: Env) -> Result<OrUndefined<Json<Value>>> {
-        Ok(or_undefined(self.tick(&env)?.last_api_error().map(|e| Json(with_seconds(e)))))
+        Ok(self.tick(&env)?.last_api_error().map(|e| Json(with_seconds(e))).into())
     }
 
     /// A fallback route's last backoff-arming failure.
@@ -296,7 +292,7 @@ impl QuotaManager {
         account_id: Option<Unknown>,
     ) -> Result<OrUndefined<Json<ApiErrorRecord>>> {
         let id = required_non_empty(&env, account_id, "accountId")?;
-        Ok(or_undefined(self.core.fallback_api_error(&id).map(Json)))
+        Ok(self.core.fallback_api_error(&id).map(Json).into())
     }
 
     /// The 429 answer the plugin sends itself when it fails closed: main backed off, nothing
