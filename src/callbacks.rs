@@ -135,9 +135,8 @@ fn build<Args: 'static + JsValuesTupleIntoVec>(
     function.map(|function| Ok(Arc::new(host_function(&function)?))).transpose()
 }
 
-/// Counts and logs a callback failure. Not failures: Node shutting down (nobody is left to
-/// tell), and a promise that was garbage-collected unsettled (Bun collects a never-settling,
-/// unreferenced promise with its handlers; it can never settle, so it never failed).
+/// Counts and logs a callback failure; a promise collected unsettled (Bun) and Node shutting down
+/// are none (docs/compat.md#callbacks).
 fn report(error: &Error, name: &str, stats: &Stats) {
     if error.status == Status::Closing || error.reason.contains("canceled") {
         return;

@@ -1,6 +1,5 @@
 //! The host transports (docs/endpoint.md#host-transports): a JavaScript adapter, built once per
-//! manager, calls the host's function and hands back its answer, and `now` when it settled, as
-//! one JSON string.
+//! manager, calls the host's function and hands back its answer and settling `now` as JSON.
 
 use std::sync::Arc;
 
@@ -10,6 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::callbacks::{host_function, HostFunction};
+use super::js_now::JsNow;
+use super::options::Fields;
 use quota_core::clock::ManualClock;
 use quota_core::transport::{HostAnswer, HostTransport, PollKind, PollRequest, Transport};
 
@@ -74,22 +75,24 @@ pub struct HostFetch {
 }
 
 impl HostFetch {
-    /// The core's handle on the host's transport; `None` when the host gave neither function.
+    /// The core's handle on the transport in `options`; `None` when the host gave neither.
     pub fn from_options(
         env: &Env,
-        fetch_impl: Option<Function>,
-        fetch_quota_snapshot: Option<Function>,
-        now: Option<Function>,
-        clock: Option<ManualClock>,
+        options: &Fields,
+        js_now: Option<&JsNow>,
     ) -> Result<Option<Transport>> {
+        let fetch_impl: Option<Function> = options.function("fetchImpl")?;
+        let fetch_quota_snapshot: Option<Function> = options.function("fetchQuotaSnapshot")?;
         if fetch_impl.is_none() && fetch_quota_snapshot.is_none() {
             return Ok(None);
         }
         let without_token = fetch_quota_snapshot.is_some();
         let factory: Function<Vec<Option<Function>>, Function<Value, Promise<String>>> =
             env.run_script(ADAPTER)?;
-        let adapter = factory.call(vec![fetch_impl, fetch_quota_snapshot, now])?;
+        let adapter =
+            factory.call(vec![fetch_impl, fetch_quota_snapshot, options.function("now")?])?;
         let adapter = Arc::new(host_function(&adapter)?);
+        let clock = js_now.map(|now| now.clock.clone());
         Ok(Some(Transport(Arc::new(Self { adapter, without_token, clock }))))
     }
 }

@@ -1,7 +1,6 @@
-//! Shared memory for the JavaScript facade (`index.js`): the core's change counter and a clock's
-//! time, as typed arrays over external `ArrayBuffer`s. With one `Atomics.load`, without calling
-//! in, the facade tells whether the answers it keeps are still current, and reads (or, for the
-//! `now` option, writes) the very time the core compares deadlines with.
+//! Shared memory for the facade (`index.js`): the core's change counter and a clock's time, as
+//! typed arrays over external `ArrayBuffer`s. With one `Atomics.load`, without calling in, it tells
+//! whether its kept answers are current, and reads (for `now`, writes) the core's very time.
 
 use std::cell::Cell;
 use std::ffi::c_void;

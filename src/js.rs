@@ -15,8 +15,8 @@ impl<T: Serialize> ToNapiValue for Json<T> {
     /// Serialised in Rust and rebuilt by V8's own `JSON.parse`: several times faster than
     /// creating the objects property by property through N-API, on the hot path of every read.
     unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> Result<sys::napi_value> {
-        let text = serde_json::to_string(&value.0)
-            .map_err(|e| Error::new(Status::GenericFailure, e.to_string()))?;
+        let text =
+            serde_json::to_string(&value.0).map_err(|e| Error::from_reason(e.to_string()))?;
         let env = Env::from_raw(env);
         let parse: Function<String, Unknown> = global_function(&env, "JSON", "parse")?;
         Ok(parse.call(text)?.raw())
@@ -218,8 +218,7 @@ pub fn describe(value_type: ValueType) -> &'static str {
     }
 }
 
-/// `undefined` when absent (the optional results of docs/api.md#methods), the value otherwise;
-/// napi-rs converts an `Option` into it (`.into()`).
+/// `undefined` when absent (docs/api.md#methods); napi-rs converts an `Option` into it.
 pub type OrUndefined<T> = Either<T, Undefined>;
 
 /// A Promise or another thenable: an object or function with a callable `then`.

@@ -1,5 +1,4 @@
-// In a Rust test build (clippy --all-targets) the `#[napi]` exports have no caller: Node.js is
-// their caller, through the registration the macros generate for the cdylib.
+// A Rust test build (clippy --all-targets) has no caller for the `#[napi]` exports: Node.js is.
 #![cfg_attr(test, allow(dead_code))]
 //! anthropic-quota-manager: the napi-rs binding over [`quota_core`]. It converts options,
 //! arguments, results, callbacks and errors between JavaScript and the core; nothing here

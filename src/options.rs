@@ -117,13 +117,7 @@ pub fn parse_options(env: &Env, options: Option<Unknown>) -> Result<ParsedOption
     };
     let config = ManagerConfig::new(options).map_err(|e| config_error(env, &e))?;
     let (clock, js_now) = parse_clock(env, &fields)?;
-    let transport = HostFetch::from_options(
-        env,
-        fields.function("fetchImpl")?,
-        fields.function("fetchQuotaSnapshot")?,
-        fields.function("now")?,
-        js_now.as_ref().map(|now| now.clock.clone()),
-    )?;
+    let transport = HostFetch::from_options(env, &fields, js_now.as_ref())?;
     let state_path = parse_state_path(env, &fields)?;
     let callbacks = JsCallbacks::new(&fields)?;
     fields.reject_unknown_keys()?;
