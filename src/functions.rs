@@ -55,9 +55,8 @@ pub fn evaluate_quota(
     });
     let quota = quota.transpose()?;
     let policy = present(policy).map(|value| object_arg(&env, Some(value), "policy"));
-    let policy = policy
-        .transpose()?
-        .map_or_else(QuotaPolicy::default, |json| QuotaPolicy::from_value_lenient(&json));
+    // No policy reads as `null`: every field its default.
+    let policy = QuotaPolicy::from_value_lenient(&policy.transpose()?.unwrap_or_default());
     let model = optional::<String>(&env, model_id, "modelId")?;
     let result = evaluate(quota.as_ref(), &policy, model.as_deref());
     Ok(Json(Evaluation {
