@@ -146,12 +146,8 @@ pub fn from_persisted(error: &ApiErrorRecord, now_ms: i64) -> BackoffState {
 
 /// The ladder delay of failure `attempt` in a row (docs/backoff.md#ladder), 0 counting as 1.
 pub fn ladder_delay_ms(attempt: u32, config: &BackoffConfig) -> i64 {
-    let doublings = attempt.saturating_sub(1);
-    config
-        .initial_ms
-        .max(0)
-        .saturating_mul(2_i64.saturating_pow(doublings))
-        .min(config.max_ms.max(0))
+    let (initial, max) = (config.initial_ms.max(0), config.max_ms.max(0));
+    initial.saturating_mul(2_i64.saturating_pow(attempt.saturating_sub(1))).min(max)
 }
 
 /// Lengthens `delay_ms` by jitter (docs/backoff.md#jitter). Odd or NaN inputs are clamped: the

@@ -2,6 +2,7 @@
 //! every failure a [`QuotaError`] whose class drives the backoff (docs/backoff.md).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -59,7 +60,6 @@ pub struct ConnectionOptions {
     pub proxy: ProxySetting,
 }
 
-/// Where non-loopback requests go.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ProxySetting {
     /// reqwest's own reading of `HTTP(S)_PROXY`/`NO_PROXY` from the C environment.
@@ -162,8 +162,7 @@ struct HttpSettings {
     connection: ConnectionOptions,
 }
 
-/// One HTTP client per distinct [`HttpSettings`], built at its first request
-/// (docs/endpoint.md#transport-security).
+/// One HTTP client per [`HttpSettings`], built lazily (docs/endpoint.md#transport-security).
 #[derive(Debug)]
 struct SharedHttp {
     settings: HttpSettings,
@@ -242,30 +241,24 @@ fn proxy_of(setting: &ProxySetting) -> Result<Option<Proxy>, String> {
 
 fn parse_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("invalid usage URL {text:?}: {e}"))?;
-    let refusal = match url.scheme() {
-        "https" => None,
-        "http" if is_loopback(&url) => None,
-        "http" => Some(
-            "plain http is only allowed to loopback (the bearer token would travel in clear)"
-                .into(),
-        ),
-        other => Some(format!("scheme {other:?} is not http or https")),
-    };
     // Credentials in the URL would become a second `Authorization` header.
     let credentials = !url.username().is_empty() || url.password().is_some();
-    match refusal.or_else(|| credentials.then(|| "it must not contain user credentials".into())) {
-        Some(reason) => Err(format!("invalid usage URL {text:?}: {reason}")),
-        None => Ok(url),
-    }
+    let reason = match url.scheme() {
+        "http" if !is_loopback(&url) => {
+            "plain http is only allowed to loopback (the bearer token would travel in clear)".into()
+        }
+        "http" | "https" if credentials => "it must not contain user credentials".into(),
+        "http" | "https" => return Ok(url),
+        other => format!("scheme {other:?} is not http or https"),
+    };
+    Err(format!("invalid usage URL {text:?}: {reason}"))
 }
 
 /// 127.0.0.0/8, `::1` (also as an IPv4-mapped address) and `localhost`.
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).to_canonical().is_loopback(),
         Some(Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             name == "localhost" || name.ends_with(".localhost")
@@ -337,8 +330,7 @@ async fn read_up_to(
     Ok(body)
 }
 
-/// Reads an answer, the HTTP client's or a host `fetchImpl`'s, by docs/endpoint.md#errors and
-/// docs/endpoint.md#limits.
+/// Reads an answer, the HTTP client's or a host `fetchImpl`'s (docs/endpoint.md#errors, #limits).
 pub fn interpret_response(
     status: u16,
     retry_after: Option<&str>,

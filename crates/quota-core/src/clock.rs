@@ -14,7 +14,6 @@ pub trait Clock: Send + Sync {
     fn now_ms(&self) -> i64;
 }
 
-/// The wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

@@ -4,11 +4,8 @@
 /// How a failure affects the route's backoff (docs/backoff.md#failure-classes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureClass {
-    /// The exponential ladder.
     Transient,
-    /// A flat delay.
     NonTransient,
-    /// No backoff; the host must refresh the token.
     Auth,
     /// Not an endpoint failure at all: no backoff.
     None,
@@ -64,7 +61,6 @@ impl QuotaError {
             Self::Auth { .. } => "QUOTA_AUTH_ERROR",
             Self::Network(_) => "QUOTA_NETWORK_ERROR",
             Self::Transport(_) => "QUOTA_TRANSPORT_ERROR",
-            // A request that timed out, a lock wait that ran out (docs/api.md#error-codes).
             Self::Timeout(_) | Self::LockTimeout { .. } => "QUOTA_TIMEOUT",
             Self::BadResponse(_) => "QUOTA_BAD_RESPONSE",
             Self::Closed => "QUOTA_CLOSED",

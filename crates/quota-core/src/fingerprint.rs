@@ -4,9 +4,7 @@ use sha2::{Digest, Sha256};
 
 /// The first 16 hex characters of the SHA-256 of `token`.
 pub fn fingerprint(token: &str) -> String {
-    let mut hex = format!("{:x}", Sha256::digest(token.as_bytes()));
-    hex.truncate(16);
-    hex
+    format!("{:x}", Sha256::digest(token.as_bytes()))[..16].to_owned()
 }
 
 #[cfg(test)]

@@ -16,8 +16,7 @@ const MAX_TOKEN_LEN: usize = 64;
 /// 9999-12-31T23:59:59Z: a later reset would format with a five-digit year `parse_iso_ms` refuses.
 const MAX_RESET_SECONDS: f64 = 253_402_300_799.0;
 
-/// The fields of one header frame, before they become a snapshot; `used` and `reset` are
-/// indexed like [`WindowKind::ALL`].
+/// One header frame's fields; `used` and `reset` are indexed like [`WindowKind::ALL`].
 #[derive(Default)]
 struct Frame {
     used: [Option<f64>; WindowKind::ALL.len()],

@@ -1,8 +1,7 @@
-//! Reading a snapshot leniently out of untrusted JSON (docs/headers.md#lenient-reading). The same
-//! readers take a `Value` and JSON text, so a list of 10,000 snapshots (7 MB) is read straight
-//! from its text: a `Value` tree first took the JavaScript thread ~110 ms. serde's derive would
-//! refuse a repeated key, hence the key-by-key [`Fields`] reader; leaves are `serde_with`'s
-//! [`DefaultOnError`].
+//! Reading a snapshot leniently out of untrusted JSON (docs/headers.md#lenient-reading), from a
+//! `Value` or straight from JSON text: a `Value` tree of 10,000 snapshots (7 MB) took the
+//! JavaScript thread ~110 ms. serde's derive refuses a repeated key, hence the key-by-key
+//! [`Fields`] reader; leaves are `serde_with`'s [`DefaultOnError`].
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -31,12 +30,10 @@ impl<'de> Deserialize<'de> for LenientSnapshot {
 }
 
 /// A value kept when it reads as `T`: `serde_with` buffers it, so junk is consumed whole.
-type Lenient<T> = DeserializeAsWrap<Option<T>, DefaultOnError>;
-
 fn lenient<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     map: &mut A,
 ) -> Result<Option<T>, A::Error> {
-    Ok(map.next_value::<Lenient<T>>()?.into_inner())
+    Ok(map.next_value::<DeserializeAsWrap<Option<T>, DefaultOnError>>()?.into_inner())
 }
 
 /// A text field, trimmed, when it is a non-blank string.
@@ -60,7 +57,7 @@ fn timestamp<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<i64>, A::Erro
     Ok(lenient(map)?.and_then(crate::snapshot::timestamp))
 }
 
-/// An object read key by key into `T`; any other value reads as `None`. Not [`Lenient`]: buffering
+/// An object read key by key into `T`; any other value reads as `None`. Not [`lenient`]: buffering
 /// whole objects, where the bytes are, made seeding 10,000 snapshots measurably slower.
 struct Fields<T>(Option<T>);
 

@@ -22,6 +22,7 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
         fallback_advised: headers,
         ..FieldSources::default()
     };
+    let identity = cached.account_identity.as_ref().or(frame.account_identity.as_ref());
     let mut merged = QuotaSnapshot {
         scoped: cached.scoped.clone(),
         extra_usage: cached.extra_usage.clone(),
@@ -30,10 +31,7 @@ pub fn merge_header_frame(cached: Option<&QuotaSnapshot>, frame: &QuotaSnapshot)
         fallback_advised: frame.fallback_advised,
         source: Some(QuotaSource::Headers),
         checked_at: frame.checked_at,
-        account_identity: cached
-            .account_identity
-            .clone()
-            .or_else(|| frame.account_identity.clone()),
+        account_identity: identity.cloned(),
         ..QuotaSnapshot::default()
     };
     for kind in WindowKind::ALL {

@@ -50,7 +50,6 @@ impl QuotaPolicy {
     }
 }
 
-/// Why a snapshot failed the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockReason {
     Window(WindowKind),

@@ -12,14 +12,12 @@ use crate::client::{interpret_response, redact_strings, scrub_message, status_er
 use crate::error::QuotaError;
 use crate::snapshot::{QuotaSnapshot, QuotaSource};
 
-/// Which route a poll is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PollKind {
     Main,
     Fallback,
 }
 
-/// One poll handed to the host.
 #[derive(Clone, Debug)]
 pub struct PollRequest {
     pub kind: PollKind,
@@ -31,7 +29,6 @@ pub struct PollRequest {
     pub headers: Vec<(String, String)>,
 }
 
-/// What the host answered.
 #[derive(Clone, Debug)]
 pub enum HostAnswer {
     /// A `fetch` response, read whole.

@@ -24,10 +24,9 @@ const MAX_EXPONENT: u8 = 20;
 pub fn parse_usage_body(body: &Value, checked_at: i64) -> QuotaSnapshot {
     // Entries that are not objects read as nothing: indexing one gives `null`.
     let limits = body["limits"].as_array().map_or(&[][..], Vec::as_slice);
-    let scoped = scoped_windows(limits, checked_at);
     let binding_window = binding_window(limits, checked_at);
     let mut snapshot = QuotaSnapshot {
-        scoped: Some(scoped),
+        scoped: Some(scoped_windows(limits, checked_at)),
         extra_usage: extra_usage(body),
         binding_window_source: binding_window.as_ref().map(|_| QuotaSource::Poll),
         binding_window,

@@ -1,5 +1,4 @@
-//! Keeping the access token out of every message and stored string
-//! (docs/endpoint.md#token-scrubbing).
+//! Keeping the access token out of messages and stored strings (docs/endpoint.md#token-scrubbing).
 
 use reqwest::StatusCode;
 use serde_json::Value;
