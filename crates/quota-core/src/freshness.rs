@@ -35,12 +35,11 @@ pub fn is_stale(
 
 /// When [`is_stale`] first turns true, `i64::MIN` without an entry (docs/freshness.md#staleness).
 pub fn stale_from(entry: Option<&QuotaEntry>, interval_ms: i64, model: Option<&str>) -> i64 {
-    let Some(entry) = entry else {
-        return i64::MIN;
-    };
-    let scoped = model.and_then(|model| entry.quota.scoped_window_for(model));
-    let due = entry.refresh_after;
-    scoped.map_or(due, |window| window.checked_at.saturating_add(interval_ms).min(due))
+    entry.map_or(i64::MIN, |entry| {
+        let scoped = model.and_then(|model| entry.quota.scoped_window_for(model));
+        let due = entry.refresh_after;
+        scoped.map_or(due, |window| window.checked_at.saturating_add(interval_ms).min(due))
+    })
 }
 
 /// When a header-only main entry is due (docs/freshness.md#header-only-staleness), if it is one.

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_with::skip_serializing_none;
 
-/// A standard quota window, the table every module iterates. A new kind is a variant with its
-/// row in `SPECS` and a field in [`QuotaSnapshot`] and [`FieldSources`] (their accessors match).
+/// A standard quota window, the one table that parsing, merging, evaluation and freshness iterate.
+/// A new kind: a variant, its row in `SPECS`, a field in [`QuotaSnapshot`] and [`FieldSources`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
     FiveHour,
