@@ -33,15 +33,8 @@ pub struct QuotaPolicy {
     pub fail_closed_on_unknown_quota: bool,
 }
 
-impl Default for QuotaPolicy {
-    /// The plugin's defaults: no thresholds, and unknown quota fails closed.
-    fn default() -> Self {
-        Self { minimum_remaining: MinimumRemaining::default(), fail_closed_on_unknown_quota: true }
-    }
-}
-
 impl QuotaPolicy {
-    /// Reads a policy from untrusted JSON; junk fields fall back to the defaults.
+    /// Reads a policy from untrusted JSON; junk fields (and `null`) read as the plugin's defaults.
     pub fn from_value_lenient(v: &Value) -> Self {
         Self {
             minimum_remaining: MinimumRemaining::from_value_lenient(&v["minimumRemaining"]),
@@ -130,6 +123,14 @@ pub fn exhausted_until(
 /// Below the threshold, or fully used even at a threshold of 0 (docs/routing.md#policy).
 fn window_exhausted(window: &QuotaWindow, threshold: f64) -> bool {
     window.remaining_percent < threshold || window.remaining_percent <= 0.0
+}
+
+#[cfg(test)]
+impl Default for QuotaPolicy {
+    /// The plugin's defaults: no thresholds, and unknown quota fails closed.
+    fn default() -> Self {
+        Self { minimum_remaining: MinimumRemaining::default(), fail_closed_on_unknown_quota: true }
+    }
 }
 
 #[cfg(test)]
