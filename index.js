@@ -12,10 +12,7 @@ const MAX_REQUEST_COUNT = 9e15
 /** Where external buffers are refused, a counter that never matches: every read goes native. */
 const NEVER_CURRENT = new Int32Array(2)
 
-/**
- * Native answers kept while the change counter holds still, per question by key
- * (isFallbackStale's: id, then model).
- */
+/** Answers kept while the change counter holds still, by key (fallbackStaleFrom's: id, model). */
 function keptAnswers() {
   return { main: new Map(), mainStaleFrom: new Map(), fallback: new Map(), fallbackStaleFrom: new Map(), everyN: undefined }
 }
@@ -60,11 +57,9 @@ const TYPE_AT = ROW.indexOf('type')
 
 /**
  * The list as the binding's compact rows (README.md#account-lists): the ROW fields' values per
- * account, null for those this call does not use. A seeding (given `quotas`) and a refresh with
- * a resolver send `access` only when it is not a string (checked, not used: 10,000 tokens would
- * be most of the text); a seeding sends a bound on the snapshot's `checkedAt`, the snapshot going
- * to `quotas`. Null when the list or an account is not plain, or a getter throws: the native
- * method then reads the list whole.
+ * account, null for those this call does not use; a seeding (given `quotas`) sends a bound on each
+ * snapshot's `checkedAt`, the snapshot going to `quotas`. Null when the list or an account is not
+ * plain, or a getter throws: the native method then reads the list whole.
  */
 function compactAccounts(accounts, quotas, resolving = false) {
   if (!isPlainArray(accounts)) return null
@@ -84,6 +79,7 @@ function compactAccounts(accounts, quotas, resolving = false) {
 function rowValue(account, field, quotas, index, resolving) {
   switch (field) {
     case 'access': {
+      // A seeding and a resolver's refresh check only its type (10,000 tokens: most of the text).
       const access = ownField(account, field)
       return (quotas !== undefined || resolving) && typeof access === 'string' ? null : access
     }
@@ -162,9 +158,7 @@ function quotaCheckedAtBound(quota) {
  */
 const runningPoll = new AsyncLocalStorage()
 function reentrantCall(message) {
-  const error = new Error(message)
-  error.code = 'QUOTA_REENTRANT_CALL'
-  return error
+  return Object.assign(new Error(message), { code: 'QUOTA_REENTRANT_CALL' })
 }
 
 /** Options as given, with a plain object's fetchQuotaSnapshot run inside `runningPoll`. */
@@ -274,10 +268,7 @@ class QuotaManager extends Native {
     )
   }
 
-  /**
-   * A rejected promise when called from inside this manager's poll of the route (close(): of any
-   * route).
-   */
+  /** A rejected promise when called from inside this manager's poll of the route (close: any). */
   #refusedReentry(method, kind, id) {
     const poll = runningPoll.getStore()
     if (poll === undefined || poll.owner !== this.#owner) return undefined
@@ -294,9 +285,8 @@ class QuotaManager extends Native {
   }
 
   /**
-   * The last call's promise for a call like it while it would join the same request
-   * (docs/single-flight.md#in-one-process). Not with a `now` option, which every native entry
-   * samples.
+   * The last call's promise for a like call while it would join the same request
+   * (docs/single-flight.md#in-one-process); not with a `now` option, which every entry samples.
    */
   #refreshMain(withMetadata, id, token, generation) {
     const refused = this.#refusedReentry(withMetadata ? 'refreshMainWithMetadata' : 'refreshMain', 'main', id)
@@ -323,10 +313,7 @@ class QuotaManager extends Native {
     return true
   }
 
-  /**
-   * In two halves (src/account_lists.rs); a settled list, or its unchanged rows, is not sent again
-   * (README.md#account-lists).
-   */
+  /** In two halves (src/account_lists.rs); settled rows are not sent (README.md#account-lists). */
   seedFallbacksFromAccounts(accounts) {
     const quotas = []
     const flat = compactAccounts(accounts, quotas)

@@ -51,9 +51,6 @@ fn read_whole(env: &Env, accounts: Unknown) -> Result<AccountList> {
     AccountList::from_value(&to_json(env, accounts, "accounts")?).map_err(|e| type_error(env, e))
 }
 
-/// `_planFallbackSeeding`'s answer, an array in JavaScript.
-type SeedingPlan = (External<AwaitedSnapshots>, Uint32Array, f64, bool);
-
 /// A settled seeding's fallback epoch for the facade; -1: not settled.
 fn settled_epoch(epoch: Option<u64>) -> f64 {
     epoch.map_or(-1.0, |epoch| epoch as f64)
@@ -104,7 +101,7 @@ impl QuotaManager {
         env: &Env,
         compact: String,
         changed: Option<Uint32Array>,
-    ) -> Result<SeedingPlan> {
+    ) -> Result<(External<AwaitedSnapshots>, Uint32Array, f64, bool)> {
         self.tick(env)?;
         let list =
             read_compact(&compact, changed.as_deref(), true).map_err(|e| type_error(env, e))?;
@@ -225,13 +222,11 @@ impl QuotaManager {
         let list = Arc::new(LazyLock::new(move || {
             read_compact(&compact, None, false).map(|list| unexpired(list.accounts, now))
         }));
-        let tokens: PendingTokens = {
-            let list = list.clone();
-            Arc::new(move || {
-                let accounts = list.as_deref().unwrap_or_default();
-                accounts.iter().filter_map(|a| a.access.clone()).collect()
-            })
-        };
+        let for_tokens = list.clone();
+        let tokens: PendingTokens = Arc::new(move || {
+            let accounts = for_tokens.as_deref().unwrap_or_default();
+            accounts.iter().filter_map(|a| a.access.clone()).collect()
+        });
         self.core.expect_tokens(tokens.clone());
         let core = self.core.clone();
         let work = async move {

@@ -2,7 +2,6 @@
 //! conversions around the core manager. No quota logic lives here.
 
 mod cache;
-mod facade;
 mod refreshes;
 mod storage;
 
@@ -54,15 +53,13 @@ impl QuotaManager {
         let mut parsed = parse_options(&env, options)?;
         parsed.config.connection = crate::host_env::connection_options(&env)?;
         let callbacks = Arc::new(parsed.callbacks);
-        let stats = callbacks.stats.clone();
-        let runtime = within_runtime_if_available(tokio::runtime::Handle::current);
         let core = CoreManager::new(
             parsed.config,
             parsed.storage,
             parsed.clock,
             callbacks.clone(),
-            stats,
-            runtime,
+            callbacks.stats.clone(),
+            within_runtime_if_available(tokio::runtime::Handle::current),
         )
         .map_err(|e| crate::js::config_error(&env, &e))?;
         crate::host_env::print_trust_warnings_once(core.trust_warnings());
