@@ -190,10 +190,7 @@ function rejecting(start) {
   }
 }
 
-/**
- * The listeners that have every manager with a state file write what is unsaved at exit
- * (src/exit.rs), one set per thread; why each is as it is: docs/state-file.md#write-behind.
- */
+/** Writes every state-file manager's unsaved state at exit (docs/state-file.md#write-behind). */
 function flushAtExit() {
   const flush = () => Native._flushUnsaved()
   process.on('exit', flush)
@@ -207,8 +204,7 @@ function flushAtExit() {
     }
     process.prependListener(signal, onSignal)
   }
-  // One more turn for a loop that runs dry, to deliver a signal caught as it ended (every other
-  // time: that turn ends in beforeExit again).
+  // One more turn for a loop run dry, to deliver a late signal (every other time: it ends here).
   let turnGiven = false
   process.on('beforeExit', () => {
     turnGiven = !turnGiven

@@ -1,8 +1,7 @@
 //! `seedFallbacksFromAccounts` and `refreshAllFallbacks` over the host's list read whole through
-//! JSON, or over the compact rows the facade sends for plain lists (README.md#account-lists; 10,000
-//! whole accounts through JSON held the JavaScript thread 50-400 ms). A seeding's plan is an
-//! external value the facade hands back, so a host callback that calls the manager again cannot
-//! mix two lists up.
+//! JSON, or over the compact rows the facade sends for plain lists (README.md#account-lists). A
+//! seeding's plan is an external value the facade hands back, so a host callback that calls the
+//! manager again cannot mix two lists up.
 
 use futures::FutureExt;
 use napi::bindgen_prelude::*;
