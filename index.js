@@ -405,10 +405,8 @@ class QuotaManager extends Native {
     return this.#kept
   }
 
-  #ask(question, key, ask) {
-    const kept = this.#keep()[question]
-    const answer = ask()
-    kept.set(key, answer)
+  #remember(answers, key, answer) {
+    answers.set(key, answer)
     return answer
   }
 
@@ -417,10 +415,8 @@ class QuotaManager extends Native {
     return this.#time() === this.#read()
   }
 
-  #keepable(id, model) {
-    return (
-      this.#changes !== NEVER_CURRENT && (id === undefined || typeof id === 'string') && (model === undefined || typeof model === 'string')
-    )
+  #keepable(key) {
+    return this.#changes !== NEVER_CURRENT && (key === undefined || typeof key === 'string')
   }
 
   getMain(mainAccountId) {
@@ -429,7 +425,7 @@ class QuotaManager extends Native {
       if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
     }
     if (!this.#keepable(mainAccountId)) return super.getMain(mainAccountId)
-    return this.#ask('main', mainAccountId, () => super.getMain(mainAccountId))
+    return this.#remember(this.#keep().main, mainAccountId, super.getMain(mainAccountId))
   }
 
   isMainStale(modelId) {
@@ -440,9 +436,9 @@ class QuotaManager extends Native {
         if (now === now) return now >= from
       }
     }
-    if (!this.#keepable(undefined, modelId)) return super.isMainStale(modelId)
+    if (!this.#keepable(modelId)) return super.isMainStale(modelId)
     // Native: it samples the host's `now` (when given) as isMainStale would.
-    return this.#read() >= this.#ask('mainStaleFrom', modelId, () => this._mainStaleFrom(modelId))
+    return this.#read() >= this.#remember(this.#keep().mainStaleFrom, modelId, this._mainStaleFrom(modelId))
   }
 
   /** With an account (its login is bound first, which may change the cache), always native. */
@@ -453,7 +449,7 @@ class QuotaManager extends Native {
       if (view !== undefined && (!this.#samplesNow || this.#sampled())) return view
     }
     if (typeof accountId !== 'string' || !this.#keepable()) return super.getFallback(accountId)
-    return this.#ask('fallback', accountId, () => super.getFallback(accountId))
+    return this.#remember(this.#keep().fallback, accountId, super.getFallback(accountId))
   }
 
   /** With an account (its login is bound first) or a token that is not a string, always native. */
@@ -471,13 +467,12 @@ class QuotaManager extends Native {
         if (now === now) return now >= from
       }
     }
-    if (typeof accountId !== 'string' || !this.#keepable(undefined, modelId)) return super.isFallbackStale(accountId, accessToken, modelId)
+    if (typeof accountId !== 'string' || !this.#keepable(modelId)) return super.isFallbackStale(accountId, accessToken, modelId)
     const byId = this.#keep().fallbackStaleFrom
     let kept = byId.get(accountId)
     if (kept === undefined) byId.set(accountId, (kept = new Map()))
     // Native: it checks the id and the model, and samples the host's `now`, as isFallbackStale would.
-    const from = this._fallbackStaleFrom(accountId, modelId)
-    kept.set(modelId, from)
+    const from = this.#remember(kept, modelId, this._fallbackStaleFrom(accountId, modelId))
     return this.#read() >= from
   }
 
