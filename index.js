@@ -1,6 +1,5 @@
-// anthropic-quota-manager's entry point: a hand-written facade over the generated binding that
-// answers the plugin's per-request reads from kept answers while the core's change counter holds
-// still (README.md#development, "Layout").
+// The entry point: a hand-written facade over the generated binding, answering the plugin's
+// per-request reads from kept answers while the change counter stays put (README.md#development).
 'use strict'
 
 const { AsyncLocalStorage } = require('node:async_hooks')
@@ -257,11 +256,8 @@ class QuotaManager extends Native {
   }
 
   #refreshFallback(withMetadata, accountId, accessToken, account) {
-    const method = withMetadata ? 'refreshFallbackWithMetadata' : 'refreshFallback'
-    return (
-      this.#refusedReentry(method, 'fallback', accountId) ??
-      rejecting(() => super.refreshFallback(accountId, accessToken, account, withMetadata))
-    )
+    const refused = this.#refusedReentry(withMetadata ? 'refreshFallbackWithMetadata' : 'refreshFallback', 'fallback', accountId)
+    return refused ?? rejecting(() => super.refreshFallback(accountId, accessToken, account, withMetadata))
   }
 
   /** A rejected promise when called from inside this manager's poll of the route (close: any). */
