@@ -433,8 +433,9 @@ class QuotaManager extends Native {
       }
     }
     if (!this.#keepable(modelId)) return super.isMainStale(modelId)
-    // Native: it samples the host's `now` (when given) as isMainStale would.
-    return this.#read() >= this.#remember(this.#keep().mainStaleFrom, modelId, this._mainStaleFrom(modelId))
+    // Native: it samples the host's `now` (when given) as isMainStale would; read after it.
+    const from = this.#remember(this.#keep().mainStaleFrom, modelId, this._mainStaleFrom(modelId))
+    return this.#read() >= from
   }
 
   /** With an account (its login is bound first, which may change the cache), always native. */

@@ -301,6 +301,18 @@ describe('the facade never serves a replaced value', () => {
     expect(manager.isMainStale()).toBe(false)
   })
 
+  it("the first read after a change compares with the host's `now` that read sampled", () => {
+    let time = T0
+    const manager = new QuotaManager({ statePath: null, now: () => time })
+    managers.push(manager)
+    manager.setMain(ME, entryAt(T0, 10))
+    time = T0 + 60 * MINUTE
+    expect(manager.isMainStale()).toBe(true)
+    manager.setMain(ME, entryAt(time, 10))
+    time += 60 * MINUTE
+    expect(manager.isMainStale(MODEL)).toBe(true)
+  })
+
   it('a `now` option answering garbage gets the native TypeError, from the kept path too', () => {
     let time: unknown = T0
     const manager = new QuotaManager({ statePath: null, now: () => time as number })
