@@ -127,9 +127,9 @@ fn window_exhausted(window: &QuotaWindow, threshold: f64) -> bool {
 
 #[cfg(test)]
 impl Default for QuotaPolicy {
-    /// The plugin's defaults: no thresholds, and unknown quota fails closed.
+    /// The plugin's defaults, as the binding reads an absent policy.
     fn default() -> Self {
-        Self { minimum_remaining: MinimumRemaining::default(), fail_closed_on_unknown_quota: true }
+        Self::from_value_lenient(&Value::Null)
     }
 }
 
