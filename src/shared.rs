@@ -8,12 +8,21 @@ use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::UnknownRef;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::watch;
 
 use super::js::quota_error;
 use super::views::Frozen;
 use quota_core::manager::{Refresh, RefreshOutcome};
+use quota_core::snapshot::QuotaSnapshot;
+
+/// A settled refresh in the shape its method promises, serialised once (no `Value` in between).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Snapshot(QuotaSnapshot),
+    WithMetadata { quota: QuotaSnapshot, fetched: bool },
+}
 
 #[derive(Default)]
 pub struct SharedPromises {
@@ -66,9 +75,9 @@ impl SharedPromises {
                 let outcome: RefreshOutcome = settled.map_err(|error| quota_error(env, &error))?;
                 // The `…WithMetadata` twins resolve with `{ quota, fetched }`.
                 Ok(Frozen(if with_metadata {
-                    json!({ "quota": outcome.quota, "fetched": outcome.fetched })
+                    Answer::WithMetadata { quota: outcome.quota, fetched: outcome.fetched }
                 } else {
-                    json!(outcome.quota)
+                    Answer::Snapshot(outcome.quota)
                 }))
             })?;
         let promise = promise.to_unknown();
